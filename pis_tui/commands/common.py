@@ -1,0 +1,143 @@
+"""Arguments and output helpers shared by the subcommands (parsing only: no engine work)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+MAX_SPARSITY = 0.9
+
+
+def parse_fraction(text: str, what: str, lo: float = 0.0, hi: float = 1.0) -> float:
+    """'0.10' or '10%' → 0.10, checked against [lo, hi]."""
+    s = str(text).strip()
+    try:
+        v = float(s[:-1]) / 100.0 if s.endswith("%") else float(s)
+    except ValueError:
+        raise UserError(f"{what} {text!r} is not a number (use a fraction like 0.10 or 10%)") from None
+    if not (lo <= v <= hi) or v != v:
+        raise UserError(f"{what} {text} is outside [{lo:g}, {hi:g}]")
+    return v
+
+
+def parse_sparsities(text: str) -> tuple[float, ...]:
+    vals = tuple(parse_fraction(t, "sparsity", 0.0, MAX_SPARSITY) for t in text.split(",") if t.strip())
+    if not vals:
+        raise UserError("no sparsity given")
+    return tuple(sorted(set(vals)))
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    out = []
+    for t in str(text).split(","):
+        t = t.strip()
+        if not t:
+            continue
+        try:
+            v = int(t)
+        except ValueError:
+            raise UserError(f"{what} {t!r} is not an integer") from None
+        if v <= 0:
+            raise UserError(f"{what} must be positive, got {v}")
+        out.append(v)
+    if not out:
+        raise UserError(f"no {what} given")
+    return tuple(out)
+
+
+def positive_int(what: str):
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be positive, got {v}")
+        return v
+    return conv
+
+
+def add_model_gpu(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=model_required, default=None if model_required else "llama-3.1-8b",
+                   help="preset name, config.json path or directory, or a model id in the local HF cache")
+    p.add_argument("--gpu", "-g", default=None,
+                   help="GPU profile or 'local' (default: the local CUDA GPU if any, else h200-sxm)")
+
+
+def add_scenario(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scenario")
+    g.add_argument("--prefill-batch", type=positive_int("prefill batch"), default=1)
+    g.add_argument("--prompt-len", type=positive_int("prompt length"), default=1024)
+    g.add_argument("--decode-batch", type=positive_int("decode batch"), default=16)
+    g.add_argument("--context-len", type=positive_int("context length"), default=1024)
+    g.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+
+
+def add_strategy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--granularity", choices=("layer", "sublayer"), default="layer",
+                   help="static_depth: drop whole layers or attention/MLP blocks separately")
+    p.add_argument("--align", type=positive_int("alignment"), default=128,
+                   help="static_width / static_width_hidden: round kept channels to this multiple")
+
+
+def add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", default=None,
+                   help="DuckDB cache file (default: $PIS_TUI_CACHE or the user cache dir)")
+
+
+def add_outputs(p: argparse.ArgumentParser, csv: bool = True) -> None:
+    p.add_argument("--json", dest="json_out", metavar="FILE|-", default=None,
+                   help="write the pis-tui/1 JSON to FILE (or '-' for stdout)")
+    if csv:
+        p.add_argument("--csv", dest="csv_out", metavar="FILE", default=None, help="write the points as CSV")
+
+
+def resolve_gpu(name: str | None) -> str:
+    from ..hardware import default_gpu
+
+    if name:
+        return name
+    d = default_gpu()
+    print(f"pis-tui: --gpu not given, using {d}", file=sys.stderr)
+    return d
+
+
+def check_writable(path: str) -> Path:
+    """Fail early (before measuring anything) when an output path cannot be written."""
+    p = Path(path).expanduser()
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory, give a file name")
+    if not parent.is_dir():
+        raise UserError(f"{p}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{p}: not writable")
+    return p
+
+
+def write_text(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        if not text.endswith("\n"):
+            sys.stdout.write("\n")
+        return
+    p = check_writable(path)
+    try:
+        p.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{p}: cannot write ({e.strerror})") from None
+
+
+def dump_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False))
+
+
+def console():
+    from rich.console import Console
+
+    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)

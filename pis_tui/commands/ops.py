@@ -1,0 +1,66 @@
+"""`pis-tui ops`: the op list of one strategy in one phase, priced on a device."""
+
+from __future__ import annotations
+
+from .common import add_cache, add_model_gpu, add_scenario, add_strategy_options, parse_fraction
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ops", help="show what a family does to the GEMMs: the priced op list")
+    add_model_gpu(p)
+    p.add_argument("--strategy", "-s", default="dense")
+    p.add_argument("--sparsity", default="0.25")
+    p.add_argument("--phase", choices=("prefill", "decode"), default="prefill")
+    add_scenario(p)
+    add_strategy_options(p)
+    add_cache(p)
+    p.add_argument("--json", dest="json_out", metavar="FILE|-", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from ..engine import make_estimator, resolve
+    from ..taxonomy import FAMILY_AXIS, Strategy, build_phase_ops
+    from ._run import open_cache_if_local, scenario_from_args
+    from .common import console, dump_json, resolve_gpu
+
+    spec, device = resolve(args.model, resolve_gpu(args.gpu))
+    scenario = scenario_from_args(args, device)
+    strat = Strategy(args.strategy, parse_fraction(args.sparsity, "sparsity", 0.0, 0.9),
+                     args.granularity, args.align)
+    po = build_phase_ops(spec, strat, scenario, args.phase)
+    est = make_estimator(device, scenario.dtype, open_cache_if_local(args, device)).estimate(po)
+    if args.json_out:
+        dump_json(args.json_out, {
+            "strategy": strat.family, "sparsity": strat.sparsity,
+            "achieved_sparsity": po.achieved_sparsity, "phase": args.phase,
+            "latency_ms": est.latency_ms, "dims": dict(po.dims), "notes": list(po.notes),
+            "ops": [{**asdict(p.op), "flops": p.op.flops(), "bytes": p.op.bytes(),
+                     "ms_per_call": p.ms_per_call, "total_ms": p.total_ms, "source": p.source,
+                     "note": p.note} for p in est.ops]})
+        return 0
+    con = console()
+    con.print(f"[bold]{spec.name}[/] · {strat.family} ({FAMILY_AXIS[strat.family]}) "
+              f"asked {strat.sparsity:.1%}, achieved {po.achieved_sparsity:.1%} · "
+              f"{scenario.label(args.phase)} · {device.display_name} · {scenario.dtype}")
+    for k, v in po.dims:
+        con.print(f"  {k}: {v}")
+    for n in po.notes:
+        con.print(f"  note: {n}")
+    t = Table(title_justify="left")
+    for c in ("op", "kind", "shape", "count", "GFLOP", "MB", "ms/call", "total ms", "share", "source"):
+        t.add_column(c, justify="left" if c in ("op", "kind", "shape", "source") else "right")
+    for p in est.ops:
+        o = p.op
+        kind = getattr(o, "kind", o.op_type)
+        t.add_row(o.name, kind if o.op_type != "attention" else "attention", o.shape(),
+                  f"{o.count:g}", f"{o.flops() / 1e9:.3f}", f"{o.bytes() / 1e6:.2f}",
+                  f"{p.ms_per_call:.4f}", f"{p.total_ms:.3f}",
+                  f"{p.total_ms / est.latency_ms:.1%}", p.source + (f" ({p.note})" if p.note else ""))
+    con.print(t)
+    con.print(f"total {est.latency_ms:.3f} ms · {est.flops / 1e12:.3f} TFLOP · timing: {est.timing_source}")
+    return 0

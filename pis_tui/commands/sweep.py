@@ -1,0 +1,42 @@
+"""`pis-tui sweep`: every strategy × sparsity × phase: latency, speedup, FLOPs speedup."""
+
+from __future__ import annotations
+
+from ._run import add_quality_args, add_sweep_args
+from .common import add_outputs
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="estimate every strategy × sparsity in prefill and decode")
+    add_sweep_args(p)
+    add_quality_args(p)
+    add_outputs(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..export import to_csv, to_json
+    from ._run import run_sweep
+    from ._tables import points_table, source_line
+    from .common import check_writable, console, write_text
+
+    for out in (args.json_out, args.csv_out):
+        if out and out != "-":
+            check_writable(out)
+    result = run_sweep(args)
+    if args.json_out:
+        write_text(args.json_out, to_json(result))
+    if args.csv_out:
+        write_text(args.csv_out, to_csv(result))
+    if args.json_out != "-":
+        con = console()
+        for ph in ("prefill", "decode"):
+            con.print(points_table(result, ph))
+        con.print(source_line(result))
+        con.print("quality: " + _quality_legend(result))
+    return 0
+
+
+def _quality_legend(result) -> str:
+    return (f"{result.quality_metric} ({result.quality_protocol} protocol); "
+            "ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source")

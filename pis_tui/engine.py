@@ -1,0 +1,179 @@
+"""The facade the CLI and the TUI both call: model + device + scenario + strategies → points.
+
+``sweep()`` builds each strategy's op list per phase (taxonomy), prices it (estimator, with
+measurements from the cache and tables shipped for the GPU), and pairs each point with its
+quality cost (quality model).  It never imports torch: measuring is ``profiling``'s job, and
+its results reach the estimate through the cache.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from typing import Callable, Iterable, Optional
+
+from . import __version__
+from .errors import UserError
+from .estimator import Estimator
+from .hardware import DeviceProfile, load_gpu
+from .model_spec import ModelSpec, load_model_spec
+from .profiles import profile_path
+from .results import PhaseEstimate, Point, QualityEstimate
+from .scenario import PHASES, Scenario
+from .taxonomy import (DEFAULT_SPARSITIES, DEFAULT_STRATEGIES, PhaseOps, Strategy,
+                       build_phase_ops, strategies_grid)
+
+
+@dataclass
+class SweepResult:
+    spec: ModelSpec
+    device: DeviceProfile
+    scenario: Scenario
+    estimates: list[PhaseEstimate]
+    points: list[Point]
+    phase_ops: dict = field(repr=False, default_factory=dict)
+    quality_protocol: str = "lora"
+    quality_metric: str = "accuracy_drop"
+    quality_curves: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def dense(self, phase: str) -> PhaseEstimate:
+        for e in self.estimates:
+            if e.strategy == "dense" and e.phase == phase:
+                return e
+        raise KeyError(phase)
+
+    def estimate_for(self, strategy: str, sparsity: float, phase: str) -> PhaseEstimate:
+        for e in self.estimates:
+            if e.strategy == strategy and e.phase == phase and abs(e.sparsity - sparsity) < 1e-9:
+                return e
+        raise KeyError((strategy, sparsity, phase))
+
+    def phase_points(self, phase: str) -> list[Point]:
+        return [p for p in self.points if p.phase == phase]
+
+    def source_summary(self) -> dict[str, int]:
+        """Distinct ops (by kernel key) per timing source, over the whole sweep."""
+        seen: dict[str, str] = {}
+        for e in self.estimates:
+            for p in e.ops:
+                seen.setdefault(p.op.key(), p.source)
+        out: dict[str, int] = {}
+        for s in seen.values():
+            out[s] = out.get(s, 0) + 1
+        return out
+
+
+def software_versions() -> dict:
+    """Versions without importing the packages (importlib.metadata)."""
+    out = {"pis-tui": __version__}
+    for pkg in ("torch", "transformers", "duckdb", "textual"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@lru_cache(maxsize=8)
+def _shipped_rows(table: str) -> tuple:
+    path = profile_path("measured", table)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return ()
+    return tuple(data.get("entries", ()))
+
+
+def default_dtype(device: DeviceProfile) -> str:
+    return "fp32" if device.kind == "cpu" else "bf16"
+
+
+def make_estimator(device: DeviceProfile, dtype: str, cache=None) -> Estimator:
+    """An estimator for `device` with what is known about it: cached measurements (local
+    device), the measured table shipped for that GPU, the measured peak/bandwidth."""
+    measured: Iterable = ()
+    calibration: dict = {}
+    if cache is not None:
+        measured = cache.get_measurements(device.fingerprint, dtype)
+        cal = cache.get_calibration(device.fingerprint, dtype)
+        if cal:
+            calibration[dtype] = cal
+    shipped = _shipped_rows(device.measured_table) if device.measured_table else ()
+    return Estimator(device, measured, shipped, calibration)
+
+
+def resolve(model, gpu) -> tuple[ModelSpec, DeviceProfile]:
+    spec = model if isinstance(model, ModelSpec) else load_model_spec(model)
+    device = gpu if isinstance(gpu, DeviceProfile) else load_gpu(gpu)
+    return spec, device
+
+
+def phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, phase: str) -> PhaseOps:
+    return build_phase_ops(spec, strategy, scenario, phase)
+
+
+def sweep(model, gpu, scenario: Optional[Scenario] = None,
+          strategies: Iterable[str] = DEFAULT_STRATEGIES,
+          sparsities: Iterable[float] = DEFAULT_SPARSITIES, *,
+          granularity: str = "layer", align: int = 128, quality=None, cache=None,
+          phases: Iterable[str] = PHASES,
+          on_progress: Optional[Callable[[int, int], None]] = None) -> SweepResult:
+    """Price every strategy × sparsity × phase and attach quality costs.
+
+    `quality` is a quality model with ``estimate(model_name, strategy, sparsity)`` (see
+    pis_tui.quality) or None; `cache` a pis_tui.cache.Cache or None.
+    """
+    spec, device = resolve(model, gpu)
+    scenario = scenario or Scenario(dtype=default_dtype(device))
+    est = make_estimator(device, scenario.dtype, cache)
+    grid = strategies_grid(tuple(strategies), tuple(sparsities), granularity, align)
+    phases = tuple(phases)
+    estimates: list[PhaseEstimate] = []
+    ops_by_key: dict = {}
+    total = len(grid) * len(phases)
+    for i, strat in enumerate(grid):
+        for j, ph in enumerate(phases):
+            po = build_phase_ops(spec, strat, scenario, ph)
+            ops_by_key[(strat.family, strat.sparsity, ph)] = po
+            estimates.append(est.estimate(po))
+            if on_progress:
+                on_progress(i * len(phases) + j + 1, total)
+    dense = {e.phase: e for e in estimates if e.strategy == "dense"}
+    points = []
+    for e in estimates:
+        d = dense[e.phase]
+        q = QualityEstimate(0.0, source="dense") if e.strategy == "dense" else QualityEstimate(None)
+        if quality is not None and e.strategy != "dense":
+            q = quality.estimate(spec.name, e.strategy, e.achieved_sparsity)
+        if quality is not None and e.strategy == "dense":
+            q = QualityEstimate(0.0, metric=getattr(quality, "metric", "accuracy_drop"),
+                                source="dense", protocol=getattr(quality, "protocol", "lora"))
+        points.append(Point(e.strategy, e.sparsity, e.achieved_sparsity, e.phase, e.latency_ms,
+                            d.latency_ms, d.latency_ms / e.latency_ms,
+                            d.flops / e.flops if e.flops else 1.0, e.timing_source, q))
+    curves = {}
+    if quality is not None and hasattr(quality, "curve_info"):
+        for fam in {s.family for s in grid if s.family != "dense"}:
+            curves[fam] = quality.curve_info(spec.name, fam)
+    return SweepResult(
+        spec, device, scenario, estimates, points, ops_by_key,
+        quality_protocol=getattr(quality, "protocol", "lora"),
+        quality_metric=getattr(quality, "metric", "accuracy_drop"),
+        quality_curves=curves,
+        provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
+                    "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"},
+    )
+
+
+def check_sparsities(values: Iterable[float]) -> tuple[float, ...]:
+    out = tuple(values)
+    for v in out:
+        if not 0.0 <= v <= 0.9:
+            raise UserError(f"sparsity {v} is outside [0, 0.9]")
+    return out

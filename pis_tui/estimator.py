@@ -1,0 +1,276 @@
+"""Prices ops on a device, and phases as sums of their ops.
+
+For each op, in order of trust:
+
+1. ``measured``: a measurement of exactly this kernel call on this device (the cache);
+2. ``shipped``: the same, from a table measured on that GPU elsewhere (profiles/measured/);
+3. ``interpolated``: the roofline time divided by the *utilization* of the nearest measured
+   shapes of the same kind on this device (log-space in M, N, K for GEMMs; never below the
+   roofline);
+4. ``roofline``: the roofline floor max(FLOPs/peak, bytes/bandwidth) corrected by an
+   analytical efficiency model (tile and wave quantization on GPUs, attainable shares of peak
+   and bandwidth, a per-kernel launch overhead);
+5. ``unsupported``: the device has no kernel for it (2:4 without sparse tensor cores, or on a
+   CPU): priced as the dense kernel it falls back to, so no speedup is claimed.
+
+No torch, no DuckDB: measurements arrive as plain records (key, op dict, ms, status).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional
+
+from .hardware import DeviceProfile
+from .ops import Attention, Elementwise, Gemm, Op, op_from_dict
+from .results import PhaseEstimate, PricedOp
+
+SOURCE_RANK = {"measured": 0, "shipped": 1, "interpolated": 2, "roofline": 3, "unsupported": 4}
+
+# Analytical efficiency model (used only where nothing was measured on the device).
+# Attainable shares of the datasheet peaks, typical of cuBLAS/cuDNN/FlashAttention-class kernels
+# on recent datacenter GPUs and of oneDNN/OpenBLAS on CPUs.
+GPU_GEMM_EFF = 0.80
+GPU_ATTN_EFF = 0.55
+GPU_BW_EFF = 0.85
+CPU_GEMM_EFF = 0.70
+CPU_BW_EFF = 0.80
+TILE_N = 128
+
+
+@dataclass(frozen=True)
+class MeasuredRecord:
+    key: str
+    op: Op
+    ms: float
+    status: str = "ok"
+
+
+def _as_record(m) -> Optional[MeasuredRecord]:
+    get = (lambda k, d=None: m.get(k, d)) if isinstance(m, dict) else (lambda k, d=None: getattr(m, k, d))
+    status = get("status", "ok")
+    op = get("op")
+    if isinstance(op, dict):
+        d = dict(op)
+        d.setdefault("count", 1.0)
+        try:
+            op = op_from_dict(d)
+        except (KeyError, TypeError):
+            return None
+    ms = get("ms")
+    if op is None or (status == "ok" and (ms is None or not ms > 0)):
+        return None
+    return MeasuredRecord(get("key") or op.key(), op, float(ms or 0.0), status)
+
+
+def _kernel_key(op: Op) -> str:
+    """The key of the kernel that really runs (unstructured runs the dense GEMM)."""
+    if isinstance(op, Gemm) and op.kind == "unstructured":
+        return replace(op, kind="dense", density=1.0).key()
+    return op.key()
+
+
+class Estimator:
+    def __init__(self, device: DeviceProfile, measurements: Iterable = (), shipped: Iterable = (),
+                 calibration: Optional[dict] = None):
+        self.device = device
+        self.calibration = calibration or {}
+        self._exact: dict[str, tuple[MeasuredRecord, str]] = {}
+        self._by_class: dict[tuple, list[MeasuredRecord]] = {}
+        for source, rows in (("shipped", shipped), ("measured", measurements)):
+            for raw in rows:
+                rec = _as_record(raw)
+                if rec is None:
+                    continue
+                self._exact[rec.key] = (rec, source)
+                if rec.status == "ok":
+                    self._by_class.setdefault(_class_of(rec.op), []).append(rec)
+        self._gemm_index: dict[tuple, dict[tuple[int, int], list[tuple[float, float]]]] = {}
+
+    # ---------------------------------------------------------------- roofline
+
+    def peak(self, dtype: str, sparse: bool = False) -> float:
+        cal = self.calibration.get(dtype) or {}
+        if cal.get("peak_tflops") and not sparse:
+            return float(cal["peak_tflops"]) * 1e12
+        if cal.get("peak_tflops") and sparse:  # scale the measured dense rate by the spec ratio
+            return float(cal["peak_tflops"]) * 1e12 * self.device.peak(dtype, True) / self.device.peak(dtype)
+        return self.device.peak(dtype, sparse)
+
+    def bandwidth(self, dtype: str = "bf16") -> float:
+        cal = self.calibration.get(dtype) or next(iter(self.calibration.values()), {}) or {}
+        if cal.get("bandwidth_gbs"):
+            return float(cal["bandwidth_gbs"]) * 1e9
+        return self.device.bandwidth
+
+    def roofline_ms(self, op: Op) -> float:
+        """The hardware floor of one call: max(FLOPs/peak, bytes/bandwidth)."""
+        sparse = isinstance(op, Gemm) and op.kind == "sparse_24" and self.device.sparse_24
+        flops = op.flops()
+        peak = self.peak(op.dtype, sparse)
+        return max(flops / peak, op.bytes() / self.bandwidth(op.dtype)) * 1e3
+
+    def analytical_ms(self, op: Op) -> float:
+        """Roofline corrected by the documented efficiency model (no measurement)."""
+        d = self.device
+        launch = d.launch_overhead_us * 1e-3
+        bw = self.bandwidth(op.dtype)
+        if d.kind == "cpu":
+            eff_c, eff_b = CPU_GEMM_EFF, CPU_BW_EFF
+            t_c = op.flops() / (self.peak(op.dtype) * eff_c)
+            return max(t_c, op.bytes() / (bw * eff_b)) * 1e3 + launch
+        if isinstance(op, Gemm):
+            sparse = op.kind == "sparse_24" and d.sparse_24
+            peak = self.peak(op.dtype, sparse)
+            # tile and wave quantization: the GPU computes whole tiles in whole waves
+            tile_m = 128 if op.m >= 128 else max(16, 1 << math.ceil(math.log2(max(op.m, 1))))
+            tiles = math.ceil(op.m / tile_m) * math.ceil(op.n / TILE_N)
+            sms = max(d.sm_count, 1)
+            waves = math.ceil(tiles / sms)
+            per_tile = 2.0 * tile_m * TILE_N * op.k / (peak / sms)
+            t_c = waves * per_tile / GPU_GEMM_EFF
+            return max(t_c, op.bytes() / (bw * GPU_BW_EFF)) * 1e3 + launch
+        if isinstance(op, Attention):
+            t_c = op.flops() / (self.peak(op.dtype) * GPU_ATTN_EFF)
+            return max(t_c, op.bytes() / (bw * GPU_BW_EFF)) * 1e3 + launch
+        return op.bytes() / (bw * GPU_BW_EFF) * 1e3 + launch
+
+    # ---------------------------------------------------------------- pricing
+
+    def price(self, op: Op) -> PricedOp:
+        unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
+        if unsupported:
+            dense = replace(op, kind="dense", density=1.0)
+            p = self.price(dense)
+            return PricedOp(op, p.ms_per_call, "unsupported",
+                            f"no 2:4 sparse kernel on {self.device.display_name}: runs dense "
+                            f"({p.source} time)")
+        hit = self._exact.get(_kernel_key(op))
+        if hit and hit[0].status == "ok":
+            rec, source = hit
+            return PricedOp(op, rec.ms, source)
+        if hit and hit[0].status == "unsupported" and isinstance(op, Gemm) and op.kind == "sparse_24":
+            dense = replace(op, kind="dense", density=1.0)
+            p = self.price(dense)
+            return PricedOp(op, p.ms_per_call, "unsupported", "2:4 kernel unavailable: runs dense")
+        ms = self._interpolate(op)
+        if ms is not None:
+            return PricedOp(op, ms, "interpolated")
+        return PricedOp(op, self.analytical_ms(op), "roofline")
+
+    def estimate(self, phase_ops) -> PhaseEstimate:
+        priced = tuple(self.price(o) for o in phase_ops.ops)
+        latency = sum(p.total_ms for p in priced)
+        counts: dict[str, dict] = {}
+        for p in priced:
+            c = counts.setdefault(p.source, {"ops": 0, "ms": 0.0})
+            c["ops"] += 1
+            c["ms"] += p.total_ms
+        weakest = max((p.source for p in priced), key=lambda s: SOURCE_RANK[s])
+        if weakest == "unsupported" and any(p.source == "roofline" for p in priced):
+            weakest = "unsupported"
+        flops = sum(o.effective_flops() * o.count for o in phase_ops.ops)
+        s = phase_ops.strategy
+        return PhaseEstimate(s.family, s.sparsity, phase_ops.achieved_sparsity, phase_ops.phase,
+                             priced, latency, flops, weakest, counts, phase_ops.notes)
+
+    # ---------------------------------------------------------------- interpolation
+
+    def _interpolate(self, op: Op) -> Optional[float]:
+        cands = self._by_class.get(_class_of(op))
+        if not cands:
+            return None
+        roof = self.roofline_ms(op)
+        if isinstance(op, Gemm):
+            u = self._gemm_utilization(op, cands)
+        elif isinstance(op, Attention):
+            u = _nearest_utilization(op, cands, self.roofline_ms, _attn_distance)
+        else:
+            return _elementwise_interp(op, cands, roof)
+        if u is None or u <= 0:
+            return None
+        return roof / min(u, 1.0)
+
+    def _gemm_utilization(self, op: Gemm, cands: list[MeasuredRecord]) -> Optional[float]:
+        cls = _class_of(op)
+        idx = self._gemm_index.get(cls)
+        if idx is None:
+            idx = {}
+            for r in cands:
+                idx.setdefault((r.op.n, r.op.k), []).append(
+                    (math.log(r.op.m), self.roofline_ms(r.op) / r.ms))
+            for v in idx.values():
+                v.sort()
+            self._gemm_index[cls] = idx
+        lm = math.log(op.m)
+        if (op.n, op.k) in idx:
+            return _interp_sorted(idx[(op.n, op.k)], lm)
+        # nearest (N, K) pairs in log space, inverse-distance weighted, each interpolated at M
+        ln, lk = math.log(op.n), math.log(op.k)
+        scored = sorted(((math.hypot(math.log(n) - ln, math.log(k) - lk), (n, k)) for n, k in idx))
+        near = scored[:4]
+        if near[0][0] == 0:
+            return _interp_sorted(idx[near[0][1]], lm)
+        wsum = usum = 0.0
+        for dist, nk in near:
+            w = 1.0 / (dist * dist)
+            wsum += w
+            usum += w * _interp_sorted(idx[nk], lm)
+        return usum / wsum
+
+
+def _class_of(op: Op) -> tuple:
+    if isinstance(op, Gemm):
+        kernel = "sparse_24" if op.kind == "sparse_24" else "dense"
+        return ("gemm", kernel, op.dtype)
+    if isinstance(op, Attention):
+        return ("attn", op.dtype, op.q_len == 1, op.block_density < 1.0)
+    return ("ew", op.kind, op.dtype)
+
+
+def _interp_sorted(pts: list[tuple[float, float]], x: float) -> float:
+    """Linear interpolation over sorted (x, y) points; flat beyond the ends."""
+    xs = [p[0] for p in pts]
+    i = bisect.bisect_left(xs, x)
+    if i <= 0:
+        return pts[0][1]
+    if i >= len(pts):
+        return pts[-1][1]
+    (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+    if x1 == x0:
+        return y1
+    t = (x - x0) / (x1 - x0)
+    return y0 + t * (y1 - y0)
+
+
+def _attn_distance(a: Attention, b: Attention) -> float:
+    return (abs(math.log(a.batch * a.q_heads) - math.log(b.batch * b.q_heads))
+            + abs(math.log(a.q_len) - math.log(b.q_len))
+            + abs(math.log(a.kv_len) - math.log(b.kv_len))
+            + abs(math.log(a.head_dim) - math.log(b.head_dim))
+            + abs(math.log(a.q_heads / a.kv_heads) - math.log(b.q_heads / b.kv_heads)))
+
+
+def _nearest_utilization(op, cands, roofline, dist) -> Optional[float]:
+    best = min(cands, key=lambda r: dist(op, r.op))
+    return roofline(best.op) / best.ms
+
+
+def _elementwise_interp(op: Elementwise, cands: list[MeasuredRecord], roof: float) -> float:
+    """Memory-bound ops: time is piecewise-linear in bytes moved between measured sizes; below
+    the smallest measured size it keeps that size's time (a fixed launch cost dominates), above
+    the largest it scales with bytes."""
+    pts = sorted((r.op.bytes(), r.ms) for r in cands)
+    b = op.bytes()
+    if b <= pts[0][0]:
+        return max(roof, pts[0][1])
+    if b >= pts[-1][0]:
+        return max(roof, pts[-1][1] * b / pts[-1][0])
+    return max(roof, _interp_sorted(pts, b))
+
+
+def roofline_ms(op: Op, device: DeviceProfile) -> float:
+    """Convenience for callers that only need the floor (e.g. ordering a measurement plan)."""
+    return Estimator(device).roofline_ms(op)

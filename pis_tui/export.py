@@ -1,0 +1,120 @@
+"""Serialises sweep results and recommendations: the "pis-tui/1" JSON schema and CSV.
+
+The schema ships as ``pis_tui/schema/pis-tui-1.schema.json``; keys are stable (scripts read
+them): add, never rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Optional
+
+from .engine import SweepResult
+from .results import Point, Recommendation
+
+SCHEMA_ID = "pis-tui/1"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "pis-tui-1.schema.json"
+
+
+def _r(x: Optional[float], nd: int = 6) -> Optional[float]:
+    return None if x is None else round(float(x), nd)
+
+
+def point_dict(p: Point, result: SweepResult) -> dict:
+    q = p.quality
+    e = result.estimate_for(p.strategy, p.sparsity, p.phase)
+    return {
+        "strategy": p.strategy,
+        "sparsity": _r(p.sparsity),
+        "achieved_sparsity": _r(p.achieved_sparsity),
+        "phase": p.phase,
+        "latency_ms": _r(p.latency_ms),
+        "dense_latency_ms": _r(p.dense_latency_ms),
+        "speedup": _r(p.speedup),
+        "flops_speedup": _r(p.flops_speedup),
+        "gap": _r(p.gap),
+        "quality_loss": _r(q.value),
+        "quality_metric": q.metric,
+        "quality_source": q.source,
+        "quality_protocol": q.protocol,
+        "quality_flags": {"extrapolated": q.extrapolated, "borrowed_from": q.borrowed_from,
+                          "secondary": q.secondary},
+        "quality_note": q.note,
+        "citations": list(q.citations),
+        "timing_source": p.timing_source,
+        "timing_sources": {k: {"ops": v["ops"], "ms": _r(v["ms"])} for k, v in e.source_counts.items()},
+        "notes": list(e.notes),
+    }
+
+
+def recommendation_dict(r: Recommendation) -> dict:
+    best, ru = r.best, r.runner_up
+    flags = {"extrapolated": False, "borrowed": False, "secondary": False}
+    citations: list[str] = []
+    if best is not None:
+        q = best.quality
+        flags = {"extrapolated": q.extrapolated, "borrowed": q.borrowed_from is not None,
+                 "secondary": q.secondary}
+        citations = list(q.citations)
+    return {
+        "strategy": best.strategy if best else None,
+        "sparsity": _r(best.sparsity) if best else None,
+        "achieved_sparsity": _r(best.achieved_sparsity) if best else None,
+        "speedup": _r(best.speedup) if best else None,
+        "quality_loss": _r(best.quality_loss) if best else None,
+        "quality_metric": r.metric,
+        "budget": _r(r.budget),
+        "runner_up": None if ru is None else {
+            "strategy": ru.strategy, "sparsity": _r(ru.sparsity), "speedup": _r(ru.speedup),
+            "quality_loss": _r(ru.quality_loss)},
+        "margin": _r(r.margin),
+        "reason": r.reason,
+        "protocol": best.quality.protocol if best else None,
+        "flags": flags,
+        "borrowed_from": best.quality.borrowed_from if best else None,
+        "citations": citations,
+        "frontier": [{"strategy": p.strategy, "sparsity": _r(p.sparsity),
+                      "speedup": _r(p.speedup), "quality_loss": _r(p.quality_loss)}
+                     for p in r.frontier],
+    }
+
+
+def to_dict(result: SweepResult, recommendations: Optional[dict] = None) -> dict:
+    return {
+        "schema": SCHEMA_ID,
+        "model": result.spec.to_dict(),
+        "gpu": result.device.to_dict(),
+        "scenario": result.scenario.to_dict(),
+        "quality": {"protocol": result.quality_protocol, "metric": result.quality_metric,
+                    "curves": result.quality_curves},
+        "results": [point_dict(p, result) for p in result.points],
+        "recommendations": {ph: recommendation_dict(r) for ph, r in (recommendations or {}).items()},
+        "timing_summary": result.source_summary(),
+        "provenance": result.provenance,
+    }
+
+
+def to_json(result: SweepResult, recommendations: Optional[dict] = None) -> str:
+    return json.dumps(to_dict(result, recommendations), indent=2)
+
+
+CSV_COLUMNS = ("strategy", "sparsity", "achieved_sparsity", "phase", "latency_ms",
+               "dense_latency_ms", "speedup", "flops_speedup", "gap", "quality_loss",
+               "quality_metric", "quality_source", "timing_source")
+
+
+def to_csv(result: SweepResult) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for p in result.points:
+        w.writerow(point_dict(p, result))
+    return buf.getvalue()
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,193 @@
+"""The op vocabulary of a transformer forward pass: what the taxonomy produces,
+what timing measures, what the estimator prices and what the cache keys on.
+
+Pure data: no torch, no I/O. Every op is a small frozen dataclass with
+
+* ``count``  – how many times it runs in the phase (layers × per-layer uses);
+  fractional counts are expected values (dynamic depth at batch 1 in decode);
+* ``flops()`` / ``bytes()`` – work and minimum memory traffic of ONE call;
+* ``key()`` – a stable string identifying the kernel call (shape, dtype, kind)
+  without ``count``, used to dedupe and to key measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+
+#: GEMM kinds.  ``unstructured`` has zeros in the weights but runs through the dense
+#: kernel; ``sparse_24`` is a 2:4 semi-structured sparse GEMM (half the MACs).
+GEMM_KINDS = ("dense", "sparse_24", "unstructured")
+
+#: memory-bound ops and the routing/selection ops; see ``Elementwise.bytes``.
+ELEMENTWISE_KINDS = (
+    "rmsnorm",       # read x[rows,width] + weight, write y
+    "rotary",        # read q/k [rows,width] + cos/sin, write back
+    "silu_mul",      # read gate,up [rows,width], write [rows,width]
+    "residual_add",  # read a,b [rows,width], write [rows,width]
+    "bias_add",      # read x [rows,width] + bias, write
+    "embedding",     # gather rows of an embedding table of `width` columns
+    "kv_write",      # copy new k/v [rows,width] into the KV cache
+    "topk",          # top-k along `width` for each of `rows` (k in `extra`)
+    "gather",        # gather `rows` of width `width` (token routing)
+    "scatter",       # scatter-add `rows` of width `width` back into the residual
+    "block_pool",    # mean-pool q/k [rows,width] into blocks (block-sparse gating)
+)
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """Y[M,N] = X[M,K] · Wᵀ[K,N]."""
+
+    name: str
+    m: int
+    n: int
+    k: int
+    count: float = 1.0
+    dtype: str = "bf16"
+    kind: str = "dense"
+    density: float = 1.0  # share of non-zero weights (1 dense, 0.5 for 2:4)
+    op_type: str = field(default="gemm", init=False)
+
+    def flops(self) -> float:
+        """Nominal FLOPs of one call (what the dense kernel executes)."""
+        return 2.0 * self.m * self.n * self.k
+
+    def effective_flops(self) -> float:
+        """FLOPs left after pruning (what a FLOPs count predicts)."""
+        return self.flops() * self.density
+
+    def bytes(self) -> float:
+        b = dtype_bytes(self.dtype)
+        weight = self.n * self.k * b
+        if self.kind == "sparse_24":
+            # values at half density plus 2-bit metadata per kept value
+            weight = self.n * self.k * b * 0.5 + self.n * self.k * 0.5 * 0.25
+        return weight + (self.m * self.k + self.m * self.n) * b
+
+    def key(self) -> str:
+        return f"gemm:{self.kind}:{self.dtype}:{self.m}x{self.n}x{self.k}"
+
+    def shape(self) -> str:
+        return f"M={self.m} N={self.n} K={self.k}"
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Scaled-dot-product attention of one layer (all heads of all sequences)."""
+
+    name: str
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    causal: bool = True
+    block_density: float = 1.0  # share of attention blocks computed (block-sparse)
+    block_size: int = 64
+    count: float = 1.0
+    dtype: str = "bf16"
+    op_type: str = field(default="attention", init=False)
+
+    def _pairs(self) -> float:
+        """Query-key pairs actually computed (causal halves a square prefill)."""
+        if self.causal and self.q_len > 1:
+            # query i (offset kv_len - q_len) sees kv_len - q_len + i + 1 keys
+            off = self.kv_len - self.q_len
+            pairs = self.q_len * off + self.q_len * (self.q_len + 1) / 2
+        else:
+            pairs = float(self.q_len * self.kv_len)
+        return pairs * self.block_density
+
+    def flops(self) -> float:
+        # QKᵀ and PV: 2 GEMMs of 2·d FLOPs per pair and head
+        return 4.0 * self.batch * self.q_heads * self.head_dim * self._pairs()
+
+    def effective_flops(self) -> float:
+        return self.flops()
+
+    def bytes(self) -> float:
+        b = dtype_bytes(self.dtype)
+        q_o = 2 * self.batch * self.q_heads * self.q_len * self.head_dim * b
+        kv = 2 * self.batch * self.kv_heads * self.kv_len * self.head_dim * b
+        return q_o + kv * (self.block_density if self.q_len == 1 else 1.0)
+
+    def key(self) -> str:
+        return (
+            f"attn:{self.dtype}:b{self.batch}:h{self.q_heads}/{self.kv_heads}:"
+            f"q{self.q_len}:kv{self.kv_len}:d{self.head_dim}:"
+            f"{'causal' if self.causal else 'full'}:bd{self.block_density:.4f}:bs{self.block_size}"
+        )
+
+    def shape(self) -> str:
+        s = (f"B={self.batch} H={self.q_heads}/{self.kv_heads} q={self.q_len} "
+             f"kv={self.kv_len} d={self.head_dim}")
+        if self.block_density < 1.0:
+            s += f" blocks={self.block_density:.0%}"
+        return s
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """A memory-bound or routing op over a [rows, width] activation."""
+
+    name: str
+    kind: str
+    rows: int
+    width: int
+    count: float = 1.0
+    dtype: str = "bf16"
+    extra: int = 0  # topk: k; embedding: vocab size; rotary: head_dim
+    op_type: str = field(default="elementwise", init=False)
+
+    def flops(self) -> float:
+        per = {"rmsnorm": 4, "rotary": 6, "silu_mul": 5, "residual_add": 1, "bias_add": 1,
+               "topk": 2, "block_pool": 1, "scatter": 1}.get(self.kind, 0)
+        return float(per * self.rows * self.width)
+
+    def effective_flops(self) -> float:
+        return self.flops()
+
+    def bytes(self) -> float:
+        b = dtype_bytes(self.dtype)
+        n = self.rows * self.width * b
+        reads_writes = {
+            "rmsnorm": 2, "rotary": 2, "silu_mul": 3, "residual_add": 3, "bias_add": 2,
+            "embedding": 2, "kv_write": 2, "topk": 1, "gather": 2, "scatter": 3,
+            "block_pool": 1,
+        }[self.kind]
+        return n * reads_writes
+
+    def key(self) -> str:
+        return f"ew:{self.kind}:{self.dtype}:{self.rows}x{self.width}:e{self.extra}"
+
+    def shape(self) -> str:
+        s = f"rows={self.rows} width={self.width}"
+        if self.kind == "topk":
+            s += f" k={self.extra}"
+        return s
+
+
+Op = Union[Gemm, Attention, Elementwise]
+
+
+def op_from_dict(d: dict) -> Op:
+    """Inverse of ``dataclasses.asdict`` for ops (used by the measuring subprocess)."""
+    d = dict(d)
+    t = d.pop("op_type")
+    cls = {"gemm": Gemm, "attention": Attention, "elementwise": Elementwise}[t]
+    return cls(**d)
+
+
+def total_flops(ops: list[Op], effective: bool = True) -> float:
+    return sum((o.effective_flops() if effective else o.flops()) * o.count for o in ops)

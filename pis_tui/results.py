@@ -1,0 +1,100 @@
+"""Value types of results: priced ops, phase estimates, Pareto points, recommendations.
+
+Small frozen dataclasses so results are easy to cache, compare and serialise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .ops import Op
+
+#: where an op's time comes from (and a phase's: the weakest source among its ops)
+TIMING_SOURCES = ("measured", "shipped", "interpolated", "roofline", "unsupported")
+
+
+@dataclass(frozen=True)
+class PricedOp:
+    op: Op
+    ms_per_call: float
+    source: str  # one of TIMING_SOURCES
+    note: str = ""
+
+    @property
+    def total_ms(self) -> float:
+        return self.ms_per_call * self.op.count
+
+
+@dataclass(frozen=True)
+class PhaseEstimate:
+    """One strategy × sparsity × phase, priced on one device."""
+
+    strategy: str
+    sparsity: float
+    achieved_sparsity: float
+    phase: str
+    ops: tuple[PricedOp, ...]
+    latency_ms: float
+    flops: float
+    timing_source: str  # weakest source over ops (measured > shipped > interpolated > roofline)
+    source_counts: dict = field(default_factory=dict, hash=False, compare=False)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QualityEstimate:
+    """The quality cost of a (model, strategy, sparsity).
+
+    ``value`` is a fraction: the relative drop of average zero-shot accuracy when
+    ``metric == "accuracy_drop"``; the relative perplexity increase when
+    ``metric == "ppl_increase"``.  ``None`` when nothing is known.
+    """
+
+    value: Optional[float]
+    metric: str = "accuracy_drop"
+    source: str = "none"  # prior | user | measured | none
+    protocol: str = "lora"
+    extrapolated: bool = False
+    borrowed_from: Optional[str] = None
+    secondary: bool = False
+    citations: tuple[str, ...] = ()
+    n_points: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Point:
+    """A strategy × sparsity in one phase: its speed and its quality cost."""
+
+    strategy: str
+    sparsity: float
+    achieved_sparsity: float
+    phase: str
+    latency_ms: float
+    dense_latency_ms: float
+    speedup: float
+    flops_speedup: float
+    timing_source: str
+    quality: QualityEstimate = field(default_factory=lambda: QualityEstimate(None))
+
+    @property
+    def quality_loss(self) -> Optional[float]:
+        return self.quality.value
+
+    @property
+    def gap(self) -> float:
+        """Relative shortfall of the real speedup against the FLOPs-predicted one."""
+        return self.speedup / self.flops_speedup - 1.0 if self.flops_speedup else 0.0
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    phase: str
+    budget: float
+    metric: str
+    best: Optional[Point]
+    runner_up: Optional[Point]
+    margin: Optional[float]  # best.speedup - runner_up.speedup
+    reason: str
+    frontier: tuple[Point, ...] = ()

@@ -1,0 +1,50 @@
+"""The serving scenario: how big prefill and decode are, and in which dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UserError
+from .ops import DTYPE_BYTES
+
+PHASES = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    prefill_batch: int = 1
+    prompt_len: int = 1024
+    decode_batch: int = 16
+    context_len: int = 1024
+    dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise UserError(f"{name.replace('_', ' ')} must be a positive integer, got {v!r}")
+            if v > 1 << 20:
+                raise UserError(f"{name.replace('_', ' ')} {v} is too large (at most {1 << 20})")
+        if self.dtype not in DTYPE_BYTES:
+            raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+
+    def batch(self, phase: str) -> int:
+        return self.prefill_batch if phase == "prefill" else self.decode_batch
+
+    def to_dict(self) -> dict:
+        return {
+            "prefill": {"batch": self.prefill_batch, "prompt_len": self.prompt_len},
+            "decode": {"batch": self.decode_batch, "context_len": self.context_len},
+            "dtype": self.dtype,
+        }
+
+    def label(self, phase: str) -> str:
+        if phase == "prefill":
+            return f"prefill {self.prefill_batch}×{self.prompt_len}"
+        return f"decode batch {self.decode_batch} @ {self.context_len}"
+
+
+def check_phase(phase: str) -> str:
+    if phase not in PHASES:
+        raise UserError(f"unknown phase {phase!r}; choose prefill or decode")
+    return phase
