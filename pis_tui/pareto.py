@@ -1,0 +1,182 @@
+"""Pareto frontier (speedup vs quality loss) and the recommendation under a budget.
+
+Pure Python; works on :class:`pis_tui.results.Point` from one run.
+
+* A point *dominates* another when its speedup is at least as high and its loss at
+  most as high, and it is strictly better on one of the two.  Only points with a known
+  quality value and a finite speedup take part.
+* Ties (identical speedup and identical loss): one representative is kept, the one
+  with the smallest achieved sparsity (least pruning), then the strategy name in
+  alphabetical order, then the asked sparsity (so ``dense`` wins a tie with any
+  strategy at zero sparsity).
+* Accuracy drops and perplexity increases never meet: mixing metrics raises
+  ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence
+
+from .results import Point, QualityEstimate, Recommendation
+
+_TOL = 1e-12
+
+
+def _loss(p: Point) -> Optional[float]:
+    return p.quality.value if p.quality is not None else None
+
+
+def _usable(p: Point) -> bool:
+    v = _loss(p)
+    return v is not None and math.isfinite(v) and p.speedup is not None and math.isfinite(p.speedup)
+
+
+def _tiebreak(p: Point) -> tuple:
+    return (p.achieved_sparsity, p.strategy, p.sparsity)
+
+
+def points_metric(points: Iterable[Point]) -> Optional[str]:
+    """The one quality metric of these points (those with a known value); ValueError if mixed."""
+    metrics = {p.quality.metric for p in points if _loss(p) is not None}
+    if len(metrics) > 1:
+        raise ValueError(f"points mix quality metrics {sorted(metrics)}: accuracy drops and "
+                         "perplexity increases cannot share an axis")
+    return metrics.pop() if metrics else None
+
+
+def dominates(a: Point, b: Point) -> bool:
+    la, lb = _loss(a), _loss(b)
+    return (a.speedup >= b.speedup and la <= lb) and (a.speedup > b.speedup or la < lb)
+
+
+def frontier(points: Iterable[Point], phase: Optional[str] = None) -> list[Point]:
+    """Non-dominated points (known quality), sorted by loss (then speedup).
+
+    Pass the points of one phase, or give ``phase`` to pick them; points of several
+    phases without ``phase`` raise ``ValueError`` (phases are never compared).
+    """
+    pts = list(points)
+    if phase is not None:
+        pts = [p for p in pts if p.phase == phase]
+    elif len({p.phase for p in pts}) > 1:
+        raise ValueError("frontier() got points of several phases; give phase=")
+    points_metric(pts)
+    usable = sorted((p for p in pts if _usable(p)), key=lambda p: (_loss(p), -p.speedup, _tiebreak(p)))
+    out: list[Point] = []
+    best_speed = -math.inf
+    for p in usable:
+        if p.speedup > best_speed:
+            out.append(p)
+            best_speed = p.speedup
+    return out
+
+
+# --------------------------------------------------------------------------- wording
+
+def _pct(v: float, digits: int = 1) -> str:
+    return f"{v * 100:.{digits}f}%"
+
+
+def _sparsity_label(p: Point) -> str:
+    s = f"{p.achieved_sparsity * 100:.1f}".rstrip("0").rstrip(".")
+    return f"{s}%"
+
+
+def _name(p: Point) -> str:
+    if p.strategy == "dense":
+        return "dense (no pruning)"
+    return f"{p.strategy} {_sparsity_label(p)}"
+
+
+def _loss_words(v: float, metric: str) -> str:
+    if metric == "ppl_increase":
+        return f"+{_pct(v)} perplexity"
+    return f"{_pct(v)} loss"
+
+
+def _describe(p: Point, metric: str, short: bool = False) -> str:
+    v = _loss(p)
+    if short:
+        lw = _pct(v) if metric != "ppl_increase" else f"+{_pct(v)} perplexity"
+    else:
+        lw = _loss_words(v, metric)
+    return f"{_name(p)}: {p.speedup:.2f}× at {lw}"
+
+
+def _flags(p: Point) -> str:
+    q = p.quality
+    tags = []
+    if q.borrowed_from:
+        tags.append(f"quality borrowed from {q.borrowed_from}")
+    if q.extrapolated:
+        tags.append("quality extrapolated")
+    if q.secondary:
+        tags.append("secondary source")
+    return f" [{', '.join(tags)}]" if tags else ""
+
+
+# --------------------------------------------------------------------------- recommendation
+
+def _dense_baseline(pts: Sequence[Point], phase: str, metric: str) -> Point:
+    for p in pts:
+        if p.strategy == "dense" and _usable(p):
+            return p
+    ref = pts[0] if pts else None
+    dense_ms = ref.dense_latency_ms if ref else 0.0
+    src = ref.quality.source if ref else "prior"
+    proto = ref.quality.protocol if ref else "lora"
+    return Point(strategy="dense", sparsity=0.0, achieved_sparsity=0.0, phase=phase,
+                 latency_ms=dense_ms, dense_latency_ms=dense_ms, speedup=1.0, flops_speedup=1.0,
+                 timing_source=ref.timing_source if ref else "roofline",
+                 quality=QualityEstimate(0.0, metric, src, proto, note="dense: nothing removed"))
+
+
+def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendation:
+    """The fastest point of ``phase`` whose quality loss stays within ``budget``.
+
+    * ``best``: the highest speedup among pruned points with loss ≤ budget (ties: the
+      lower loss, then the tie rule above); ``dense`` when no feasible pruned point
+      beats 1.0×; ``None`` when no pruned point stays within the budget at all.
+    * ``runner_up``: the best feasible point of a different strategy, else the next
+      feasible point of the same strategy, else dense; ``margin`` = best − runner-up
+      speedup.
+    * ``frontier``: the phase's frontier, dense included.
+    """
+    if budget is None or not math.isfinite(budget) or budget < 0:
+        raise ValueError(f"budget must be a fraction ≥ 0, got {budget!r}")
+    pts = [p for p in points if p.phase == phase]
+    metric = points_metric(pts) or next((p.quality.metric for p in pts), "accuracy_drop")
+    dense = _dense_baseline(pts, phase, metric)
+    pruned = [p for p in pts if p.strategy != "dense" and _usable(p)]
+    fr = tuple(frontier([dense] + pruned))
+    budget_words = _loss_words(budget, metric)
+
+    if not pruned:
+        reason = (f"{phase}: no strategy has a known quality cost, so none can be checked "
+                  f"against the budget; keep the dense model")
+        return Recommendation(phase, budget, metric, None, None, None, reason, fr)
+
+    rank = lambda p: (-p.speedup, _loss(p), _tiebreak(p))  # noqa: E731
+    feasible = sorted((p for p in pruned if _loss(p) <= budget + _TOL), key=rank)
+    if not feasible:
+        smallest = min(pruned, key=lambda p: (_loss(p), -p.speedup, _tiebreak(p)))
+        reason = (f"no strategy stays within {budget_words}; the smallest loss on offer is "
+                  f"{_name(smallest)} at {_loss_words(_loss(smallest), metric).replace(' loss', '')}"
+                  f" ({smallest.speedup:.2f}×); keep the dense model")
+        return Recommendation(phase, budget, metric, None, None, None, reason, fr)
+
+    top = feasible[0]
+    if top.speedup <= 1.0 + _TOL:
+        best, runner = dense, top
+        reason = (f"no pruning: nothing within {budget_words} beats dense in {phase}; "
+                  f"the fastest within budget is {_describe(top, metric, short=True)}")
+        return Recommendation(phase, budget, metric, best, runner, best.speedup - runner.speedup, reason, fr)
+
+    best = top
+    runner = next((p for p in feasible[1:] if p.strategy != best.strategy), None)
+    if runner is None:
+        runner = feasible[1] if len(feasible) > 1 else dense
+    margin = best.speedup - runner.speedup
+    reason = f"{_describe(best, metric)}{_flags(best)}; next best {_describe(runner, metric, short=True)}"
+    return Recommendation(phase, budget, metric, best, runner, margin, reason, fr)
