@@ -1,0 +1,358 @@
+"""``pis-tui quality``: measured quality of real pruning on a local Hugging Face model.
+
+Loads the model and its tokenizer from a directory (offline), prunes a copy per family ×
+sparsity (pis_tui.pruning), and measures perplexity on the user's text file
+(pis_tui.perplexity).  The result per point is the relative perplexity increase
+(ppl_pruned − ppl_dense) / ppl_dense, a metric of its own (``ppl_increase``), never
+mixed with the accuracy-drop priors.
+
+The first ``--calib-tokens`` tokens of the text calibrate the importance scores (Block
+Influence, activation magnitudes, Wanda norms); perplexity is measured on the tokens after
+them, so calibration and evaluation never overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from ..errors import MeasureError, UserError
+from .common import add_cache, check_writable, dump_json, parse_sparsities, positive_int
+
+FAMILIES = ("dense", "static_depth", "dynamic_depth", "static_width", "static_width_hidden",
+            "semi_structured_24", "unstructured", "low_rank", "dynamic_sparse_attention")
+#: measured by default (every family this tool can really apply)
+DEFAULT_STRATEGIES = ("static_depth", "dynamic_depth", "static_width", "semi_structured_24",
+                      "unstructured", "low_rank", "dynamic_sparse_attention")
+DEFAULT_SPARSITIES = "0.125,0.25,0.375,0.5"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",
+                    "spiece.model")
+ROW_KEYS = ("model", "strategy", "sparsity", "achieved_sparsity", "ppl_dense", "ppl_pruned",
+            "ppl_increase", "text_sha256", "n_tokens")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "quality", help="measure the perplexity cost of real pruning on a local model",
+        description="Prune a local Hugging Face model for real, family by family, and measure the "
+                    "relative perplexity increase on your text file (metric: ppl_increase). Runs "
+                    "on CPU for small models; nothing is downloaded.")
+    p.add_argument("--model", "-m", required=True, metavar="DIR",
+                   help="directory of a Hugging Face causal LM (config, weights and tokenizer)")
+    p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file to measure perplexity on")
+    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                   help="comma-separated families (dense, the baseline, is always measured)")
+    p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
+                   help="comma-separated fractions (semi_structured_24 is always 0.5)")
+    p.add_argument("--max-tokens", type=positive_int("max tokens"), default=4096,
+                   help="evaluate on at most this many tokens after the calibration tokens")
+    p.add_argument("--calib-tokens", type=positive_int("calibration tokens"), default=512,
+                   help="tokens at the start of the text used for importance (at most a quarter of it)")
+    p.add_argument("--seq-len", type=positive_int("sequence length"), default=512,
+                   help="window length for perplexity")
+    p.add_argument("--stride", type=positive_int("stride"), default=None,
+                   help="new tokens scored per window (default seq-len − 1: disjoint windows)")
+    p.add_argument("--batch-size", type=positive_int("batch size"), default=1)
+    p.add_argument("--granularity", choices=("layer", "sublayer"), default="layer",
+                   help="static_depth: drop whole layers or attention/MLP blocks separately")
+    p.add_argument("--align", type=positive_int("alignment"), default=None,
+                   help="static_width: MLP channels kept in multiples of this "
+                        "(default 128, or 8 when the intermediate size is under 1024)")
+    p.add_argument("--block", type=positive_int("block size"), default=64,
+                   help="dynamic_sparse_attention: block size in tokens (capped at seq-len/4)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="default fp32 on CPU, bf16 on CUDA")
+    add_cache(p)
+    p.add_argument("--json", dest="json_out", metavar="FILE|-", default=None,
+                   help="write the measured points as JSON to FILE (or '-' for stdout)")
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------------
+# plain functions (also used by the TUI / cache)
+# ---------------------------------------------------------------------------------------------
+
+def measured_quality_rows(model: str, points, ppl_dense: float, text_sha256: str, n_tokens: int) -> list[dict]:
+    """Plain dicts ready for the cache, one per measured point.
+
+    ``points``: iterables of (strategy, sparsity, achieved_sparsity, ppl_pruned).
+    ``ppl_increase`` = (ppl_pruned − ppl_dense) / ppl_dense, a fraction.
+    """
+    rows = []
+    for strategy, sparsity, achieved, ppl in points:
+        rows.append({
+            "model": model, "strategy": strategy, "sparsity": float(sparsity),
+            "achieved_sparsity": float(achieved), "ppl_dense": float(ppl_dense),
+            "ppl_pruned": float(ppl), "ppl_increase": (float(ppl) - ppl_dense) / ppl_dense,
+            "text_sha256": text_sha256, "n_tokens": int(n_tokens),
+        })
+    return rows
+
+
+def store_rows(rows: list[dict], cache_path: str | None) -> str | None:
+    """Store rows in the DuckDB cache when pis_tui.cache offers ``put_quality_results``.
+    Returns a note for the user, or None when nothing was stored."""
+    if not rows:
+        return None
+    try:
+        from .. import cache as cache_mod
+    except ImportError:
+        return None
+    fn = getattr(cache_mod, "put_quality_results", None)
+    if fn is None:
+        return None
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if cache_path is not None and "path" in params:
+        fn(rows, path=cache_path)
+    elif cache_path is not None and "cache" in params:
+        fn(rows, cache=cache_path)
+    else:
+        fn(rows)
+    return f"stored {len(rows)} points in the cache"
+
+
+def parse_strategies(text: str) -> tuple[list[str], list[str]]:
+    """(measurable strategies, unsupported ones) from a comma list; unknown names fail."""
+    from ..pruning import MEASURABLE, UNSUPPORTED
+
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise UserError("no strategy given")
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        raise UserError(f"unknown strategy {bad[0]!r} (families: {', '.join(FAMILIES)})")
+    out, unsup = [], []
+    for n in names:
+        if n in MEASURABLE and n not in out:
+            out.append(n)
+        elif n in UNSUPPORTED and n not in unsup:
+            unsup.append(n)
+    return out, unsup
+
+
+def _check_inputs(args) -> tuple[Path, Path, str, bytes]:
+    mdir = Path(args.model).expanduser()
+    if not mdir.exists():
+        raise UserError(f"{mdir}: no such directory")
+    if not mdir.is_dir():
+        raise UserError(f"{mdir}: not a directory (give the directory of a Hugging Face model)")
+    if not (mdir / "config.json").is_file():
+        raise UserError(f"{mdir}: no config.json in this directory")
+    tpath = Path(args.text).expanduser()
+    if not tpath.is_file():
+        raise UserError(f"{tpath}: no such file" if not tpath.exists() else f"{tpath}: not a file")
+    try:
+        raw = tpath.read_bytes()
+    except OSError as e:
+        raise UserError(f"{tpath}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{tpath}: not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise UserError(f"{tpath}: the text is empty")
+    return mdir, tpath, text, raw
+
+
+def _load(mdir: Path, device: str, dtype_name: str | None):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not any((mdir / f).is_file() for f in _TOKENIZER_FILES):
+        raise UserError(f"{mdir}: no tokenizer (tokenizer.json, tokenizer.model…) in this directory: "
+                        "perplexity on a text needs the model's tokenizer")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MeasureError("--device cuda: no CUDA device is available")
+    dtype_name = dtype_name or ("bf16" if device == "cuda" else "fp32")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    try:
+        tok = AutoTokenizer.from_pretrained(str(mdir), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
+        raise UserError(f"{mdir}: cannot load the tokenizer offline ({_first_line(e)})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(mdir), local_files_only=True, dtype=dtype)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{mdir}: cannot load the model offline ({_first_line(e)})") from None
+    model.to(device).eval()
+    return model, tok, device, dtype_name
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .common import console
+    from ..model_spec import load_model_spec
+
+    sparsities = parse_sparsities(args.sparsities)
+    strategies, unsupported = parse_strategies(args.strategies)
+    mdir, tpath, text, raw = _check_inputs(args)
+    if args.json_out and args.json_out != "-":
+        check_writable(args.json_out)
+    spec = load_model_spec(str(mdir))  # one-line errors for MoE and non-decoder configs
+    text_sha = hashlib.sha256(raw).hexdigest()
+    err = Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
+    out = err if args.json_out == "-" else console()
+
+    import copy
+
+    import torch
+
+    from .. import perplexity as P
+    from .. import pruning
+
+    model, tok, device, dtype_name = _load(mdir, args.device, args.dtype)
+    ids = torch.tensor(P.tokenize(tok, text), dtype=torch.long)
+    if ids.numel() < 8:
+        raise UserError(f"{tpath}: only {ids.numel()} tokens; need at least 8 (calibration + evaluation)")
+    n_calib = min(args.calib_tokens, ids.numel() // 4)
+    calib_ids = ids[:n_calib]
+    eval_ids = ids[n_calib:n_calib + args.max_tokens]
+    seq_len = min(args.seq_len, max(2, eval_ids.numel()))
+    windows = P.make_windows(eval_ids.numel(), seq_len, args.stride)
+    calib_wins = P.calibration_windows(calib_ids, seq_len)
+    block = max(2, min(args.block, seq_len // 4))
+
+    variants = []
+    for st in strategies:
+        if st == "semi_structured_24":
+            variants.append((st, pruning.SPARSITY_24))
+        else:
+            variants.extend((st, s) for s in sparsities)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = len(calib_wins) + len(windows) * (1 + len(variants))
+    results = []  # (strategy, sparsity, achieved, ppl, note)
+    rows: list[dict] = []
+    ppl_dense = None
+    t0 = time.time()
+    err.print(f"pis-tui quality: {spec.name} ({spec.num_layers} layers) on {device} {dtype_name}; "
+              f"{n_calib} calibration + {eval_ids.numel()} evaluation tokens, {len(windows)} windows × "
+              f"{1 + len(variants)} models")
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, transient=True) as prog:
+            task = prog.add_task("calibrating", total=total)
+            base = [0]
+
+            def on_prog(done, _n):
+                prog.update(task, completed=base[0] + done)
+
+            needs_cal = any(st in ("static_depth", "static_width", "semi_structured_24", "unstructured")
+                            for st in strategies)
+            cal = None
+            if needs_cal:
+                try:
+                    cal = pruning.calibrate(model, calib_wins, on_progress=on_prog)
+                except RuntimeError as e:
+                    raise MeasureError(f"calibration failed: {_first_line(e)}") from None
+            base[0] += len(calib_wins)
+            prog.update(task, description="dense", completed=base[0])
+            dense = _ppl(P, model, eval_ids, seq_len, args, on_prog, "dense")
+            ppl_dense = dense.ppl
+            base[0] += len(windows)
+            for st, s in variants:
+                prog.update(task, description=f"{st} {s:.1%}", completed=base[0])
+                m = copy.deepcopy(model)
+                try:
+                    res = pruning.apply(m, st, s, cal, align=args.align, granularity=args.granularity,
+                                        block=block)
+                    r = _ppl(P, m, eval_ids, seq_len, args, on_prog, f"{st} {s:g}")
+                finally:
+                    del m
+                achieved = res.final_achieved()
+                results.append((st, s, achieved, r.ppl, res.note))
+                rows.extend(measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], ppl_dense,
+                                                  text_sha, dense.n_tokens))
+                base[0] += len(windows)
+    except KeyboardInterrupt:
+        store_rows(rows, args.cache)
+        raise
+    stored = store_rows(rows, args.cache)
+    elapsed = time.time() - t0
+
+    table = Table(title=f"Measured quality: {spec.name}, perplexity on {tpath.name} "
+                        f"({dense.n_tokens} tokens; dense ppl {ppl_dense:.3f})")
+    for col, kw in (("strategy", {"no_wrap": True}), ("asked", {"justify": "right"}),
+                    ("achieved", {"justify": "right"}), ("ppl", {"justify": "right"}),
+                    ("Δ ppl", {"justify": "right"}), ("how", {"overflow": "fold", "ratio": 1})):
+        table.add_column(col, **kw)
+    table.add_row("dense", "0%", "0%", f"{ppl_dense:.3f}", "0.0%", "baseline")
+    for st, s, a, ppl, note in results:
+        inc = (ppl - ppl_dense) / ppl_dense
+        table.add_row(st, f"{s:.1%}", f"{a:.1%}", f"{ppl:.3f}", f"{inc:+.1%}", note)
+    for st in unsupported:
+        table.add_row(st, "", "", "", "", "unsupported (see below)")
+    out.print(table)
+    out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)")
+    for st in unsupported:
+        err.print(f"unsupported: {pruning.UNSUPPORTED[st]}")
+    if "semi_structured_24" in strategies and pruning.SPARSITY_24 not in sparsities:
+        err.print("note: semi_structured_24 is 2:4, always 50% sparse; measured at 0.5")
+    if any(st in ("dynamic_depth", "dynamic_sparse_attention") for st in strategies):
+        err.print("note: dynamic_depth and dynamic_sparse_attention are quality oracles (every update / "
+                  "score still computed): they bound a learned router's quality, not its speed")
+    err.print(f"done in {elapsed:.1f} s" + (f"; {stored}" if stored else ""))
+
+    if args.json_out:
+        notes = {(st, s): note for st, s, _, _, note in results}
+        doc = {
+            "schema": "pis-tui/measured-quality/1",
+            "model": spec.name, "model_dir": str(mdir.resolve()),
+            "quality_metric": "ppl_increase", "quality_source": "measured",
+            "text": {"path": str(tpath), "sha256": text_sha, "calib_tokens": int(n_calib),
+                     "n_tokens": int(dense.n_tokens)},
+            "settings": {"seq_len": seq_len, "stride": dense.stride, "max_tokens": args.max_tokens,
+                         "granularity": args.granularity, "align": args.align, "block": block,
+                         "device": device, "dtype": dtype_name},
+            "ppl_dense": ppl_dense,
+            "results": [dict(r, quality_metric="ppl_increase", quality_source="measured",
+                             note=notes.get((r["strategy"], r["sparsity"]), "")) for r in rows],
+            "unsupported": [{"strategy": st, "reason": pruning.UNSUPPORTED[st]} for st in unsupported],
+            "provenance": _provenance(),
+        }
+        dump_json(args.json_out, doc)
+    return 0
+
+
+def _ppl(P, model, ids, seq_len, args, on_prog, what):
+    import torch
+
+    try:
+        return P.perplexity(model, ids, seq_len=seq_len, stride=args.stride, batch_size=args.batch_size,
+                            on_progress=on_prog)
+    except torch.OutOfMemoryError:
+        raise MeasureError(f"{what}: out of memory (lower --seq-len or --batch-size)") from None
+
+
+def _provenance() -> dict:
+    import platform
+
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"tool": f"pis-tui {__version__}", "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
