@@ -270,6 +270,7 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
         h2 = kept_hidden(spec, s, strategy.align)
         w = replace(w, hidden=h2)
         hidden_io = h2
+        achieved = 1.0 - h2 / spec.hidden_size
         dims += [("hidden size", f"{spec.hidden_size} → {h2} (align {strategy.align})"),
                  ("K of q/k/v/gate/up, N of o/down, embeddings, lm_head", "shrunk"),
                  ("residual mapping", f"+2 GEMMs {h2}×{h2} per layer")]
@@ -320,11 +321,12 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
     ops.append(Elementwise("final_norm", "rmsnorm", m, hidden_io, 1, dt))
     ops.append(Gemm("lm_head", batch, spec.vocab_size, hidden_io, 1, dt))
 
-    if fam in ("static_width", "low_rank", "static_width_hidden"):
-        dense_p = _decoder_params(spec)
-        achieved = 1.0 - _gemm_params(ops) / dense_p
-        if fam == "static_width_hidden":
-            notes.append("achieved sparsity counts the residual mappings' parameters")
+    if fam in ("static_width", "low_rank"):
+        achieved = 1.0 - _gemm_params(ops) / _decoder_params(spec)
+    if fam == "static_width_hidden":
+        kept = _gemm_params(ops) / _decoder_params(spec)
+        notes.append(f"achieved sparsity is the sliced share of the hidden size; with the residual "
+                     f"mappings the decoder keeps {kept:.1%} of its parameters")
     achieved = max(0.0, achieved)
     return PhaseOps(strategy, phase, tuple(ops), round(achieved, 6), tuple(notes), tuple(dims))
 

@@ -140,4 +140,6 @@ def dump_json(path: str, obj) -> None:
 def console():
     from rich.console import Console
 
-    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    # piped output (files, tests, CI logs) is not squeezed into 80 columns
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False, width=width)
