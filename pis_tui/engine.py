@@ -130,6 +130,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     """
     spec, device = resolve(model, gpu)
     scenario = scenario or Scenario(dtype=default_dtype(device))
+    check_dtype(device, scenario.dtype)
     est = make_estimator(device, scenario.dtype, cache)
     grid = strategies_grid(tuple(strategies), tuple(sparsities), granularity, align)
     phases = tuple(phases)
@@ -169,6 +170,12 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"},
     )
+
+
+def check_dtype(device: DeviceProfile, dtype: str) -> None:
+    if device.kind == "gpu" and dtype not in device.peak_tflops:
+        have = ", ".join(sorted(device.peak_tflops))
+        raise UserError(f"{device.display_name} has no {dtype} peak in its profile (has {have})")
 
 
 def check_sparsities(values: Iterable[float]) -> tuple[float, ...]:
