@@ -1,0 +1,953 @@
+"""End-to-end validation: build the pruned model for real and time it.
+
+pis-tui predicts a phase's latency by summing measured op times (the taxonomy's op list priced
+by the estimator).  This module checks those predictions against the real thing: it builds the
+pruned model with transformers' own model classes (so the non-GEMM work is what users really
+run), random weights, and times
+
+* **TTFT**: one prefill forward over ``batch × prompt`` tokens (``use_cache=True``, logits of the
+  last token only, as ``generate`` does);
+* **TPOT**: one decode step of ``batch`` sequences over a KV cache of ``context`` tokens (a
+  ``StaticCache`` filled to that length; on CUDA the step is captured in a CUDA graph).
+
+Dense and pruned runs are interleaved and repeated and the medians are compared with the
+prediction.  How each family is built (the dims come from :mod:`pis_tui.taxonomy`, so the model
+has exactly the shapes the prediction priced):
+
+* ``static_depth``: fewer decoder layers; ``granularity="sublayer"`` keeps only the attention or
+  only the MLP half of a layer (its norm and residual add go with it).
+* ``static_width``: fewer (GQA groups of) heads and a smaller ``intermediate_size`` in the config
+  (``head_dim`` kept explicit).
+* ``static_width_hidden``: a smaller ``hidden_size`` everywhere plus an H'×H' ``Linear`` on each
+  residual branch (SliceGPT's residual mapping).
+* ``low_rank``: every decoder linear ``W[N,K]`` becomes ``Linear(K,r)`` → ``Linear(r,N)``.
+* ``semi_structured_24``: a 2:4 weight mask; on a CUDA GPU with 2:4 kernels the weights are
+  converted with ``torch.sparse.to_sparse_semi_structured``; elsewhere it runs dense (and says so).
+* ``unstructured``: dense weights with a share ``s`` zeroed (same dense kernels).
+* ``dynamic_depth``: each decoder layer is wrapped; per sublayer a router ``Linear(H,1)`` scores
+  the tokens, top-k keeps ``1−s`` of them (per sequence in prefill, across the batch in decode),
+  they are gathered, normed, run through the sublayer (attention among the kept tokens with their
+  own positions), added to their residual and scattered back.  At decode batch 1 a sublayer runs
+  or not: a seeded plan runs ``round((1−s)·L)`` of the attention and of the MLP sublayers (the
+  router still runs for every one), so each step costs the expectation.
+* ``dynamic_sparse_attention``: a registered attention implementation that keeps ``1−s`` of the
+  64-token key blocks per query block (the diagonal always), chosen by mean-pooled block scores,
+  and runs SDPA over the gathered blocks.  This is a gather-based approximation of a fused
+  block-sparse kernel (SeerAttention-like), labelled as such in the results.
+
+Models are built on the ``meta`` device and materialised with ``to_empty`` and a fast tiled random
+fill (never transformers' slow default init), so a big model is ready in the time it takes to
+touch its memory.  torch and transformers are imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import taxonomy as tx
+from .errors import MeasureError, UserError
+from .model_spec import ModelSpec, load_model_spec, load_preset_config, preset_names
+from .scenario import Scenario
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+ATTN_IMPL = "pis_sdpa"  # SDPA without transformers' mask construction (see _register_attention)
+BLOCK_SPARSE_IMPL = "pis_block_sparse"
+BLOCK = tx.ATTN_BLOCK
+PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+#: the standard set of ``validate --all`` and the accuracy benchmark
+STANDARD_FAMILIES = ("static_depth", "static_width", "low_rank", "dynamic_depth")
+EXTRA_FAMILIES = ("static_width_hidden", "unstructured", "semi_structured_24",
+                  "dynamic_sparse_attention")
+STANDARD_SPARSITIES = (0.25, 0.5)
+
+
+# ============================================================== configs
+
+
+def raw_config(model: str | dict) -> tuple[dict, ModelSpec]:
+    """The raw HF config dict and the spec of a preset, config path/dir, cached id or dict."""
+    if isinstance(model, dict):
+        from .model_spec import spec_from_config
+
+        cfg = dict(model)
+        return cfg, spec_from_config(cfg, str(cfg.get("_name", cfg.get("model_type", "config"))))
+    spec = load_model_spec(model)
+    ref = str(model).strip()
+    if ref in preset_names():
+        cfg = load_preset_config(ref)
+    else:
+        p = Path(ref).expanduser()
+        if p.is_dir():
+            p = p / "config.json"
+        if p.is_file():
+            with open(p, encoding="utf-8") as f:
+                cfg = json.load(f)
+        else:
+            from .model_spec import _autoconfig_dict
+
+            cfg = _autoconfig_dict(ref)
+    if isinstance(cfg.get("text_config"), dict):
+        outer = cfg
+        cfg = dict(cfg["text_config"])
+        cfg.setdefault("tie_word_embeddings", outer.get("tie_word_embeddings", False))
+    return cfg, spec
+
+
+def check_buildable(spec: ModelSpec) -> None:
+    if spec.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UserError(f"{spec.name}: validate builds {', '.join(SUPPORTED_MODEL_TYPES)} models; "
+                        f"this one is {spec.model_type!r}")
+
+
+@dataclass(frozen=True)
+class PrunedDims:
+    """The shapes the pruned model must have (exactly the taxonomy's rounding)."""
+
+    num_layers: int
+    attn_layers: int  # layers that keep their attention block
+    mlp_layers: int  # layers that keep their MLP block
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    ranks: dict = field(default_factory=dict, hash=False)  # proj name → rank (low_rank)
+    residual_map: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def pruned_dims(spec: ModelSpec, strategy: tx.Strategy) -> PrunedDims:
+    fam, s = strategy.family, strategy.effective_sparsity
+    L = spec.num_layers
+    d = dict(num_layers=L, attn_layers=L, mlp_layers=L, hidden_size=spec.hidden_size,
+             num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+             intermediate_size=spec.intermediate_size)
+    if fam == "static_depth":
+        if strategy.granularity == "layer":
+            kept = L - tx.layers_dropped(spec, s)
+            d.update(num_layers=kept, attn_layers=kept, mlp_layers=kept)
+        else:
+            da, dm = tx.sublayers_dropped(spec, s)
+            d.update(num_layers=L - min(da, dm), attn_layers=L - da, mlp_layers=L - dm)
+    elif fam == "static_width":
+        g = tx.kept_kv_groups(spec, s)
+        d.update(num_heads=g * spec.gqa_group, num_kv_heads=g,
+                 intermediate_size=tx.kept_intermediate(spec, s, strategy.align))
+    elif fam == "static_width_hidden":
+        d.update(hidden_size=tx.kept_hidden(spec, s, strategy.align), residual_map=True)
+    dims = PrunedDims(**d)
+    if fam == "low_rank":
+        ranks = {}
+        for name, (n, k) in _proj_shapes(dims).items():
+            r = tx.low_rank(n, k, s)
+            if r * (n + k) < n * k:
+                ranks[name] = r
+        dims = PrunedDims(**{**d, "ranks": ranks})
+    return dims
+
+
+def _proj_shapes(d: PrunedDims) -> dict:
+    q, kv, h, i = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.hidden_size, d.intermediate_size
+    return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
+            "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+
+
+def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
+    """A transformers config for the pruned model (the preset's config with changed dims)."""
+    from transformers import CONFIG_MAPPING
+
+    check_buildable(spec)
+    cfg = {k: v for k, v in raw.items() if not k.startswith("_") and k not in (
+        "model_type", "architectures", "transformers_version", "torch_dtype", "dtype",
+        "layer_types", "max_window_layers", "auto_map", "quantization_config")}
+    cfg.update(num_hidden_layers=dims.num_layers, hidden_size=dims.hidden_size,
+               num_attention_heads=dims.num_heads, num_key_value_heads=dims.num_kv_heads,
+               head_dim=dims.head_dim, intermediate_size=dims.intermediate_size,
+               use_cache=True, tie_word_embeddings=spec.tie_embeddings)
+    if spec.model_type in ("qwen2", "qwen3"):
+        cfg["use_sliding_window"] = False
+        cfg["max_window_layers"] = dims.num_layers
+    if spec.model_type == "mistral":
+        cfg["sliding_window"] = None
+    try:
+        config = CONFIG_MAPPING[spec.model_type](**cfg)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{spec.name}: cannot build a {spec.model_type} config ({e})") from None
+    config._attn_implementation = "sdpa"
+    return config
+
+
+# ============================================================== building
+
+
+@dataclass
+class BuiltModel:
+    """A model ready to time, with what was done to it."""
+
+    model: Any
+    spec: ModelSpec
+    strategy: tx.Strategy
+    dims: PrunedDims
+    device: str
+    dtype: str
+    notes: list = field(default_factory=list)
+    sparse_kernel: Optional[bool] = None  # 2:4: True when a sparse kernel really runs
+    state: dict = field(default_factory=dict)  # runtime state shared with the wrappers
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def attention_modules(self) -> list:
+        return [m for m in self.model.modules() if hasattr(m, "q_proj") and hasattr(m, "o_proj")]
+
+    def describe(self) -> dict:
+        d = self.dims.to_dict()
+        d.update(family=self.strategy.family, sparsity=self.strategy.sparsity,
+                 decoder_layers=len(self.model.model.layers), notes=list(self.notes))
+        return d
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in TORCH_DTYPES:
+        raise UserError(f"validate runs fp32, bf16 or fp16 models, not {name!r}")
+    return getattr(torch, TORCH_DTYPES[name])
+
+
+def build_model(model: str | dict, strategy: tx.Strategy, *, device: str = "cpu",
+                dtype: str = "fp32", seed: int = 0) -> BuiltModel:
+    """Build ``model`` (a preset, config path, cached id or raw config dict) pruned by
+    ``strategy`` with random weights, on ``device``, ready for :func:`time_phase`."""
+    raw, spec = raw_config(model)
+    return build_from_spec(raw, spec, strategy, device=device, dtype=dtype, seed=seed)
+
+
+def build_from_spec(raw: dict, spec: ModelSpec, strategy: tx.Strategy, *, device: str = "cpu",
+                    dtype: str = "fp32", seed: int = 0) -> BuiltModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_buildable(spec)
+    tdt = torch_dtype(dtype)
+    dims = pruned_dims(spec, strategy)
+    config = hf_config(raw, spec, dims)
+    _register_attention()
+    state: dict = {"decode_pos": None}
+    built = BuiltModel(None, spec, strategy, dims, device, dtype, state=state)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(config, dtype=tdt)
+        _transform(m, built, seed)
+    m.to_empty(device=device)
+    _fast_init(m, seed)
+    _rebuild_rotary(m, device)
+    if spec.tie_embeddings:
+        m.tie_weights()
+    m.eval()
+    built.model = m
+    fam = strategy.family
+    if fam in ("unstructured", "semi_structured_24"):
+        _apply_masks(built, seed)
+    if fam == "dynamic_sparse_attention":
+        m.config._attn_implementation = BLOCK_SPARSE_IMPL
+        for a in built.attention_modules():
+            a.pis_keep = 1.0 - strategy.effective_sparsity
+        built.notes.append("block-sparse attention: gather-based approximation (SDPA over the "
+                           "kept 64-token blocks), not a fused kernel")
+    else:
+        m.config._attn_implementation = ATTN_IMPL
+    return built
+
+
+def _transform(m, built: BuiltModel, seed: int) -> None:
+    """Structural changes, applied on the meta device before any memory is allocated."""
+    import torch
+
+    fam, s, dims = built.strategy.family, built.strategy.effective_sparsity, built.dims
+    layers = m.model.layers
+    if fam == "static_depth" and built.strategy.granularity == "sublayer":
+        n = len(layers)
+        no_attn = dims.num_layers - dims.attn_layers  # the last ones lose their attention
+        no_mlp = dims.num_layers - dims.mlp_layers
+        attn_idx = 0
+        for i in range(n):
+            keep_attn, keep_mlp = i < n - no_attn, i < n - no_mlp
+            if keep_attn:
+                layers[i].self_attn.layer_idx = attn_idx
+                attn_idx += 1
+            if not (keep_attn and keep_mlp):
+                layers[i] = _HalfLayer(layers[i], keep_attn, keep_mlp)
+    elif fam == "static_width_hidden":
+        for i in range(len(layers)):
+            layers[i] = _MappedLayer(layers[i], dims.hidden_size)
+    elif fam == "low_rank":
+        for layer in layers:
+            for parent in (layer.self_attn, layer.mlp):
+                for name in PROJ_NAMES:
+                    lin = getattr(parent, name, None)
+                    if lin is not None and name in dims.ranks:
+                        setattr(parent, name, _LowRank(lin, dims.ranks[name]))
+    elif fam == "dynamic_depth":
+        L = len(layers)
+        g = torch.Generator().manual_seed(seed)
+        run = max(0, min(L, tx.round_half_up((1 - s) * L)))
+        plan_attn = set(torch.randperm(L, generator=g, device="cpu")[:run].tolist())
+        plan_mlp = set(torch.randperm(L, generator=g, device="cpu")[:run].tolist())
+        for i in range(L):
+            layers[i] = _RoutedLayer(layers[i], dims.hidden_size, s, built.state,
+                                     i in plan_attn, i in plan_mlp)
+
+
+def _fast_init(m, seed: int) -> None:
+    """Fill every parameter from a small random pool, tiled (a memory-speed copy, not an RNG
+    pass over billions of values); norms get 1, biases 0."""
+    import torch
+
+    pool_n = 1 << 16
+    g = torch.Generator().manual_seed(seed)
+    by_dtype: dict = {}
+    with torch.no_grad():
+        for mod_name, mod in m.named_modules():
+            is_norm = type(mod).__name__.endswith("RMSNorm") or "norm" in mod_name.rsplit(".", 1)[-1]
+            for pname, p in mod.named_parameters(recurse=False):
+                if is_norm:
+                    p.fill_(1.0)
+                    continue
+                if pname == "bias":
+                    p.zero_()
+                    continue
+                key = (p.dtype, p.device)
+                if key not in by_dtype:
+                    by_dtype[key] = (torch.randn(pool_n, generator=g) * 0.02).to(p.dtype).to(p.device)
+                pool = by_dtype[key]
+                flat = p.view(-1)
+                k = flat.numel() // pool_n
+                if k:
+                    flat[: k * pool_n].view(k, pool_n).copy_(pool.expand(k, pool_n))
+                r = flat.numel() - k * pool_n
+                if r:
+                    flat[k * pool_n:].copy_(pool[:r])
+        for mod in m.modules():  # wrapper buffers materialised empty
+            for bname, b in mod.named_buffers(recurse=False):
+                if b.is_floating_point() and not bname.startswith(("inv_freq", "original_inv_freq")):
+                    b.zero_()
+
+
+def _rebuild_rotary(m, device: str) -> None:
+    """``to_empty`` leaves the rotary ``inv_freq`` buffers uninitialised: build them again."""
+    import torch
+
+    rot = getattr(m.model, "rotary_emb", None)
+    if rot is None:
+        return
+    with torch.device(device):
+        m.model.rotary_emb = type(rot)(config=m.config)
+
+
+def _apply_masks(built: BuiltModel, seed: int) -> None:
+    """unstructured: zero a share s of each decoder weight; 2:4: keep 2 of every 4 along K
+    (and switch to the semi-structured sparse kernel where this device has one)."""
+    import torch
+
+    fam, s = built.strategy.family, built.strategy.effective_sparsity
+    g = torch.Generator().manual_seed(seed + 1)
+    pool_n = 1 << 16
+    if fam == "unstructured":
+        pool = torch.rand(pool_n, generator=g) >= s
+    else:
+        patterns = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1],
+                                 [0, 1, 1, 0], [0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.bool)
+        pool = patterns[torch.randint(0, 6, (pool_n // 4,), generator=g)].reshape(-1)
+    pool = pool.to(built.device)
+    linears = _decoder_linears(built.model)
+    with torch.no_grad():
+        for _, lin in linears:
+            w = lin.weight
+            flat = w.view(-1)
+            k, r = flat.numel() // pool_n, flat.numel() % pool_n
+            if k:
+                flat[: k * pool_n].view(k, pool_n).mul_(pool.expand(k, pool_n).to(w.dtype))
+            if r:
+                flat[k * pool_n:].mul_(pool[:r].to(w.dtype))
+    if fam != "semi_structured_24":
+        built.notes.append(f"unstructured: {s:.0%} of decoder weights zeroed; dense kernels run")
+        return
+    ok, why = _semi_structured_supported(built)
+    if ok:
+        from torch.sparse import to_sparse_semi_structured
+
+        try:
+            for _, lin in linears:
+                lin.weight = torch.nn.Parameter(to_sparse_semi_structured(lin.weight.detach()),
+                                                requires_grad=False)
+            built.sparse_kernel = True
+            built.notes.append("2:4: torch semi-structured sparse kernels")
+            return
+        except (RuntimeError, ValueError, TypeError) as e:  # pragma: no cover - GPU only
+            why = f"to_sparse_semi_structured failed ({str(e).splitlines()[0][:120]})"
+    built.sparse_kernel = False
+    built.notes.append(f"2:4 unsupported on this device: runs dense ({why})")
+
+
+def _semi_structured_supported(built: BuiltModel) -> tuple[bool, str]:
+    import torch
+
+    if not str(built.device).startswith("cuda") or not torch.cuda.is_available():
+        return False, "no CUDA device"
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        return False, "needs compute capability 8.0+"
+    if built.dtype not in ("bf16", "fp16"):
+        return False, "2:4 kernels need bf16/fp16"
+    return True, ""
+
+
+def _decoder_linears(m) -> list:
+    import torch
+
+    out = []
+    for name, mod in m.model.layers.named_modules():
+        if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in PROJ_NAMES:
+            out.append((name, mod))
+    return out
+
+
+# ------------------------------------------------------------------ wrapper modules
+# torch.nn is imported lazily: the classes are created on first use.
+
+_CLASSES: dict = {}
+
+
+def _nn():
+    import torch
+
+    return torch.nn
+
+
+def _cache_kw_name(attn_module) -> str:
+    """The KV-cache keyword of an attention forward: ``cache`` (transformers ≥ 5.2x) or
+    ``past_key_values`` (earlier 5.x)."""
+    params = inspect.signature(type(attn_module).forward).parameters
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if name in params:
+            return name
+    return "past_key_values"
+
+
+def _get_cache(kw: dict):
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if kw.get(name) is not None:
+            return name, kw[name]
+    return None, None
+
+
+def _make_classes() -> None:
+    if _CLASSES:
+        return
+    import torch
+    nn = torch.nn
+
+    class LowRank(nn.Module):
+        """W[N,K] → B[N,r]·A[r,K]: two GEMMs through rank r (bias kept on the second)."""
+
+        def __init__(self, lin, rank: int):
+            super().__init__()
+            self.A = nn.Linear(lin.in_features, rank, bias=False)
+            self.B = nn.Linear(rank, lin.out_features, bias=lin.bias is not None)
+            self.rank = rank
+            self.in_features, self.out_features = lin.in_features, lin.out_features
+
+        def forward(self, x):
+            return self.B(self.A(x))
+
+    class HalfLayer(nn.Module):
+        """A decoder layer of which only the attention or only the MLP block is kept."""
+
+        def __init__(self, layer, keep_attn: bool, keep_mlp: bool):
+            super().__init__()
+            self.keep_attn, self.keep_mlp = keep_attn, keep_mlp
+            self.self_attn = layer.self_attn if keep_attn else None
+            self.input_layernorm = layer.input_layernorm if keep_attn else None
+            self.mlp = layer.mlp if keep_mlp else None
+            self.post_attention_layernorm = layer.post_attention_layernorm if keep_mlp else None
+
+        def forward(self, hidden_states, **kw):
+            x = hidden_states
+            if self.keep_attn:
+                a, _ = self.self_attn(hidden_states=self.input_layernorm(x), **kw)
+                x = x + a
+            if self.keep_mlp:
+                x = x + self.mlp(self.post_attention_layernorm(x))
+            return x
+
+    class MappedLayer(nn.Module):
+        """SliceGPT-like layer: the residual of each sublayer goes through an H'×H' mapping."""
+
+        def __init__(self, layer, hidden: int):
+            super().__init__()
+            self.inner = layer
+            self.attn_map = nn.Linear(hidden, hidden, bias=False)
+            self.mlp_map = nn.Linear(hidden, hidden, bias=False)
+
+        def forward(self, hidden_states, **kw):
+            inner = self.inner
+            x = hidden_states
+            a, _ = inner.self_attn(hidden_states=inner.input_layernorm(x), **kw)
+            x = self.attn_map(x) + a
+            return self.mlp_map(x) + inner.mlp(inner.post_attention_layernorm(x))
+
+    class RowCache:
+        """Stands in for the KV cache while a routed subset of the batch decodes: writes the
+        kept rows' new K/V at the decode position and returns those rows' caches."""
+
+        def __init__(self, cache, rows, pos: int):
+            self.cache, self.rows, self.pos = cache, rows, pos
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.cache.layers[layer_idx]
+            layer.keys[self.rows, :, self.pos] = key_states[:, :, 0]
+            layer.values[self.rows, :, self.pos] = value_states[:, :, 0]
+            return layer.keys.index_select(0, self.rows), layer.values.index_select(0, self.rows)
+
+    class RoutedLayer(nn.Module):
+        """Dynamic depth (mixture-of-depths-like token routing) around a decoder layer."""
+
+        def __init__(self, layer, hidden: int, s: float, state: dict, run_attn: bool, run_mlp: bool):
+            super().__init__()
+            self.inner = layer
+            self.s = s
+            self.state = state
+            self.attn_router = nn.Linear(hidden, 1, bias=False)
+            self.mlp_router = nn.Linear(hidden, 1, bias=False)
+            self.plan = {"attn": run_attn, "mlp": run_mlp}
+            self.kept_share: dict = {}  # last routing: sublayer → share of tokens kept
+
+        def _attn(self, x, kw, pe=None, pos=None, cache=None, cache_name=None):
+            kw = dict(kw)
+            if pe is not None:
+                kw["position_embeddings"] = pe
+            if pos is not None:
+                kw["position_ids"] = pos
+            if cache_name is not None:
+                kw[cache_name] = cache
+            kw["attention_mask"] = None
+            a, _ = self.inner.self_attn(hidden_states=self.inner.input_layernorm(x), **kw)
+            return a
+
+        def _mlp(self, x):
+            return self.inner.mlp(self.inner.post_attention_layernorm(x))
+
+        def forward(self, hidden_states, **kw):
+            x = hidden_states.contiguous()
+            x = self._route(x, "attn", kw)
+            return self._route(x, "mlp", kw)
+
+        def _route(self, x, sub: str, kw):
+            B, S, H = x.shape
+            router = self.attn_router if sub == "attn" else self.mlp_router
+            score = router(x).view(B, S)
+            if S > 1:  # prefill: per sequence, top-k over its tokens (kept in order)
+                k = tx._kept_tokens(S, self.s)
+                idx = torch.topk(score, k, dim=1, sorted=False).indices.sort(dim=1).values
+                flat = (idx + torch.arange(B, device=x.device).unsqueeze(1) * S).reshape(-1)
+                xs = x.view(B * S, H).index_select(0, flat).view(B, k, H)
+                if sub == "attn":
+                    cos, sin = kw["position_embeddings"]
+
+                    def pick(t):
+                        t = t.expand(B, S, t.shape[-1]).reshape(B * S, -1)
+                        return t.index_select(0, flat).view(B, k, -1)
+                    pos = kw.get("position_ids")
+                    pos = pos.expand(B, S).gather(1, idx) if pos is not None else None
+                    y = xs + self._attn(xs, kw, pe=(pick(cos), pick(sin)), pos=pos)
+                else:
+                    y = xs + self._mlp(xs)
+                x.view(B * S, H).index_copy_(0, flat, y.view(B * k, H))
+                self.kept_share[sub] = k / S
+                return x
+            if B > 1:  # decode: route across the batch
+                k = tx._kept_tokens(B, self.s)
+                rows = torch.topk(score.view(B), k, sorted=False).indices
+                xs = x.index_select(0, rows)
+                if sub == "attn":
+                    cos, sin = kw["position_embeddings"]
+                    if cos.shape[0] == B:
+                        cos, sin = cos.index_select(0, rows), sin.index_select(0, rows)
+                    pos = kw.get("position_ids")
+                    if pos is not None and pos.shape[0] == B:
+                        pos = pos.index_select(0, rows)
+                    name, cache = _get_cache(kw)
+                    if cache is not None:
+                        cache = RowCache(cache, rows, self.state["decode_pos"])
+                    y = xs + self._attn(xs, kw, pe=(cos, sin), pos=pos, cache=cache,
+                                        cache_name=name)
+                else:
+                    y = xs + self._mlp(xs)
+                x.index_copy_(0, rows, y)
+                self.kept_share[sub] = k / B
+                return x
+            # decode batch 1: the router decides run or skip; a seeded plan fixes which
+            torch.topk(score.view(1, 1), 1)
+            self.kept_share[sub] = 1.0 if self.plan[sub] else 0.0
+            if not self.plan[sub]:
+                return x
+            if sub == "attn":
+                return x + self._attn(x, kw)
+            return x + self._mlp(x)
+
+    _CLASSES.update(LowRank=LowRank, HalfLayer=HalfLayer, MappedLayer=MappedLayer,
+                    RoutedLayer=RoutedLayer, RowCache=RowCache)
+
+
+def _LowRank(lin, rank):  # noqa: N802 - class factories
+    _make_classes()
+    return _CLASSES["LowRank"](lin, rank)
+
+
+def _HalfLayer(layer, keep_attn, keep_mlp):  # noqa: N802
+    _make_classes()
+    return _CLASSES["HalfLayer"](layer, keep_attn, keep_mlp)
+
+
+def _MappedLayer(layer, hidden):  # noqa: N802
+    _make_classes()
+    return _CLASSES["MappedLayer"](layer, hidden)
+
+
+def _RoutedLayer(layer, hidden, s, state, run_attn, run_mlp):  # noqa: N802
+    _make_classes()
+    return _CLASSES["RoutedLayer"](layer, hidden, s, state, run_attn, run_mlp)
+
+
+# ------------------------------------------------------------------ attention implementations
+
+_REGISTERED = False
+
+
+def _register_attention() -> None:
+    """Register two attention implementations with transformers' ``AttentionInterface``:
+
+    * ``pis_sdpa``: transformers' own SDPA function.  Being unknown to the mask interface, it
+      makes transformers skip building masks: prefill runs SDPA's causal kernel (what the default
+      path does without padding) and a decode step attends to its whole, exactly full cache.
+    * ``pis_block_sparse``: block-sparse attention (see :func:`_block_sparse_attention`).
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register(ATTN_IMPL, sdpa_attention_forward)
+    AttentionInterface.register(BLOCK_SPARSE_IMPL, _block_sparse_attention)
+    _REGISTERED = True
+
+
+def _block_sparse_attention(module, query, key, value, attention_mask, dropout=0.0,
+                            scaling=None, **kwargs):
+    """Keep ``module.pis_keep`` of the causal 64-token key blocks of each query block.
+
+    Block scores are the dot products of mean-pooled query and key blocks (summed over the
+    query heads of a GQA group); each query block keeps its diagonal block plus the best others,
+    ``max(1, ceil(keep × visible))`` in all (the taxonomy's count).  The kept key/value blocks
+    are gathered and SDPA runs over them.  In decode the pooled keys of a cache are computed once
+    and reused (a real implementation keeps them beside the cache).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    keep = float(getattr(module, "pis_keep", 1.0))
+    B, Hq, Sq, D = query.shape
+    Hkv, Skv = key.shape[1], key.shape[2]
+    group = Hq // Hkv
+    if keep >= 1.0:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    nk = math.ceil(Skv / BLOCK)
+    pad = nk * BLOCK - Skv
+    qg = query.view(B, Hkv, group, Sq, D)
+
+    def pooled_keys():
+        cache_key = (key.data_ptr(), tuple(key.shape))
+        hit = getattr(module, "_pis_pooled", None)
+        if Sq == 1 and hit is not None and hit[0] == cache_key:
+            return hit[1]
+        kp = F.pad(key, (0, 0, 0, pad)) if pad else key
+        pk = kp.view(B, Hkv, nk, BLOCK, D).mean(dim=3)  # [B,Hkv,nk,D]
+        if Sq == 1:
+            module._pis_pooled = (cache_key, pk)
+        return pk
+
+    pk = pooled_keys()
+    tok = torch.arange(BLOCK, device=query.device)
+    if Sq == 1:
+        n_keep = max(1, math.ceil(keep * nk - 1e-9))
+        scores = torch.einsum("bhgd,bhnd->bhn", qg[:, :, :, 0], pk)  # block_score
+        blocks = torch.topk(scores, n_keep, dim=-1).indices  # [B,Hkv,n_keep]
+        pos = (blocks.unsqueeze(-1) * BLOCK + tok).reshape(B, Hkv, -1)
+        valid = pos < Skv
+        pos = pos.clamp_max(Skv - 1)
+        idx = pos.unsqueeze(-1).expand(-1, -1, -1, D)
+        ks, vs = key.gather(2, idx), value.gather(2, idx)
+        mask = valid.unsqueeze(2)  # [B,Hkv,1,T]
+        out = F.scaled_dot_product_attention(query, ks, vs, attn_mask=mask.repeat_interleave(group, 1),
+                                             scale=scaling, enable_gqa=group > 1)
+        return out.transpose(1, 2).contiguous(), None
+    # prefill: loop over query blocks
+    nq = math.ceil(Sq / BLOCK)
+    off = nk - nq
+    qpad = nq * BLOCK - Sq
+    qp = F.pad(qg, (0, 0, 0, qpad)) if qpad else qg
+    pq = qp.view(B, Hkv, group, nq, BLOCK, D).mean(dim=(2, 4))  # [B,Hkv,nq,D] block_pool
+    scores = torch.einsum("bhqd,bhkd->bhqk", pq, pk)  # block_score
+    outs = []
+    for i in range(nq):
+        visible = min(nk, off + i + 1)
+        n_keep = max(1, math.ceil(keep * visible - 1e-9))
+        diag = off + i
+        q_i = query[:, :, i * BLOCK:min(Sq, (i + 1) * BLOCK)]
+        if n_keep > 1:
+            others = torch.topk(scores[:, :, i, :diag], n_keep - 1, dim=-1).indices
+            blocks = torch.cat([others, torch.full_like(others[..., :1], diag)], dim=-1)
+        else:
+            blocks = torch.full((B, Hkv, 1), diag, device=query.device, dtype=torch.long)
+        pos = (blocks.unsqueeze(-1) * BLOCK + tok).reshape(B, Hkv, -1)
+        qpos = (diag * BLOCK + torch.arange(q_i.shape[2], device=query.device)) - (off * BLOCK) \
+            + (Skv - Sq)
+        allowed = (pos.unsqueeze(2) <= qpos.view(1, 1, -1, 1)) & (pos.unsqueeze(2) < Skv)
+        pos = pos.clamp_max(Skv - 1)
+        idx = pos.unsqueeze(-1).expand(-1, -1, -1, D)
+        ks, vs = key.gather(2, idx), value.gather(2, idx)
+        o = F.scaled_dot_product_attention(q_i, ks, vs, attn_mask=allowed.repeat_interleave(group, 1),
+                                           scale=scaling, enable_gqa=group > 1)
+        outs.append(o)
+    out = torch.cat(outs, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+# ============================================================== timing
+
+
+def local_torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and not os.environ.get("PIS_TUI_NO_CUDA") else "cpu"
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _forward_cache_kw(model) -> str:
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class PhaseRun:
+    """One model, one phase, one shape, prepared for timing: ``sample()`` returns the time of
+    one forward in ms (the mean over ``inner`` back-to-back calls)."""
+
+    def __init__(self, built: BuiltModel, phase: str, batch: int, length: int, *, seed: int = 0,
+                 cuda_graph: bool = True):
+        self.built, self.phase, self.batch, self.length = built, phase, batch, length
+        self.seed = seed
+        self.device = built.device
+        self.cuda = str(self.device).startswith("cuda")
+        self.use_graph = cuda_graph and self.cuda and phase == "decode"
+        self.inner = 1
+        self.graph = None
+        self.notes: list[str] = []
+        self._fn: Optional[Callable] = None
+
+    # ---------------------------------------------------------------- setup
+    def prepare(self) -> None:
+        import torch
+
+        m = self.built.model
+        cfg = m.config
+        g = torch.Generator().manual_seed(self.seed)
+        B = self.batch
+        cache_kw = _forward_cache_kw(m)
+        if self.phase == "prefill":
+            S = self.length
+            self.ids = torch.randint(0, cfg.vocab_size, (B, S), generator=g).to(self.device)
+            self.pos = torch.arange(S, device=self.device).unsqueeze(0)
+            from transformers import DynamicCache
+
+            dyn_kw = {"config": cfg} if "config" in inspect.signature(DynamicCache.__init__).parameters else {}
+
+            def fn():
+                return m(input_ids=self.ids, position_ids=self.pos, use_cache=True,
+                         logits_to_keep=1, **{cache_kw: DynamicCache(**dyn_kw)})
+            self._fn = fn
+            return
+        # decode: a StaticCache filled to `length` tokens, one new token per sequence
+        L = self.length
+        self.cache = self._static_cache(L)
+        self.built.state["decode_pos"] = L
+        self.ids = torch.randint(0, cfg.vocab_size, (B, 1), generator=g).to(self.device)
+        self.pos = torch.full((1, 1), L, device=self.device, dtype=torch.long)
+        layers = self._cache_layers
+
+        def fn():
+            out = m(input_ids=self.ids, position_ids=self.pos, use_cache=True,
+                    **{cache_kw: self.cache})
+            for layer in layers:  # back to `length` cached tokens for the next step
+                layer.cumulative_length.fill_(L)
+            return out
+        self._fn = fn
+        if self.use_graph:
+            self._capture()
+
+    def _static_cache(self, L: int):
+        import torch
+        from transformers import StaticCache
+
+        m = self.built.model
+        cache = StaticCache(config=m.config, max_cache_len=L + 1)
+        tdt = torch_dtype(self.built.dtype)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + 7)
+        used = []
+        for a in self.built.attention_modules():
+            idx = a.layer_idx
+            layer = cache.layers[idx]
+            kvh = a.k_proj.out_features if hasattr(a.k_proj, "out_features") else None
+            hd = a.head_dim
+            kvh = (kvh or self.built.dims.num_kv_heads * hd) // hd
+            dummy = torch.zeros(self.batch, kvh, 1, hd, dtype=tdt, device=self.device)
+            layer.lazy_initialization(dummy, dummy)
+            layer.keys.normal_(0, 1, generator=gen)
+            layer.values.normal_(0, 1, generator=gen)
+            if not isinstance(layer.cumulative_length, torch.Tensor):  # pragma: no cover
+                raise MeasureError("this transformers version's StaticCache has no tensor length")
+            layer.cumulative_length.fill_(L)
+            layer.is_initialized = True
+            used.append(layer)
+        self._cache_layers = used
+        return cache
+
+    def _capture(self) -> None:  # pragma: no cover - CUDA only
+        import torch
+
+        try:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s), torch.inference_mode():
+                for _ in range(3):
+                    self._fn()
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g), torch.inference_mode():
+                self._out = self._fn()
+            self.graph = g
+            self.notes.append("decode step captured in a CUDA graph")
+        except Exception as e:  # capture is an optimisation: fall back to eager, say so
+            self.graph = None
+            torch.cuda.synchronize()
+            self.notes.append(f"CUDA graph capture failed, eager decode ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else ''})")
+
+    # ---------------------------------------------------------------- timing
+    def _call(self) -> None:
+        if self.graph is not None:  # pragma: no cover - CUDA only
+            self.graph.replay()
+        else:
+            self._fn()
+
+    def sample(self) -> float:
+        import torch
+
+        with torch.inference_mode():
+            if self.cuda:  # pragma: no cover - CUDA only
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(self.inner):
+                    self._call()
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end) / self.inner
+            t0 = time.perf_counter()
+            for _ in range(self.inner):
+                self._call()
+            return (time.perf_counter() - t0) * 1e3 / self.inner
+
+    def calibrate(self, target_ms: float) -> None:
+        t = self.sample()
+        self.inner = max(1, min(50, int(math.ceil(target_ms / max(t, 1e-3)))))
+
+    def close(self) -> None:
+        self.graph = None
+        self._fn = None
+        self.cache = None
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    samples: list
+    spread: float  # (p75 − p25) / median
+
+
+def _summary(samples: list) -> Timing:
+    med = statistics.median(samples)
+    if len(samples) >= 4:
+        q = statistics.quantiles(samples, n=4)
+        spread = (q[2] - q[0]) / med if med else 0.0
+    else:
+        spread = (max(samples) - min(samples)) / med if med else 0.0
+    return Timing(med, list(samples), spread)
+
+
+def measure_interleaved(runs: list, repeats: int = 5, warmup: int = 1,
+                        target_ms: Optional[float] = None) -> list:
+    """Time several prepared :class:`PhaseRun` s alternately (ABAB…, reversed every other round)
+    so that drifts of a shared, noisy machine hit them alike; returns a :class:`Timing` each."""
+    import torch
+
+    if repeats < 1:
+        raise UserError("repeats must be at least 1")
+    cpu = not any(r.cuda for r in runs)
+    if target_ms is None:
+        target_ms = 150.0 if cpu else 30.0
+    with torch.inference_mode():
+        for r in runs:
+            for _ in range(max(0, warmup)):
+                r.sample()
+            r.calibrate(target_ms)
+    samples = [[] for _ in runs]
+    for i in range(repeats):
+        order = list(range(len(runs)))
+        if i % 2:
+            order.reverse()
+        for j in order:
+            samples[j].append(runs[j].sample())
+    return [_summary(s) for s in samples]
+
+
+def time_phase(built: BuiltModel, phase: str, batch: int, length: int, *, repeats: int = 5,
+               warmup: int = 1) -> Timing:
+    """Median time of one prefill forward (length = prompt) or decode step (length = context)."""
+    run = PhaseRun(built, phase, batch, length)
+    run.prepare()
+    try:
+        return measure_interleaved([run], repeats, warmup)[0]
+    finally:
+        run.close()

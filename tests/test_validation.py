@@ -1,0 +1,245 @@
+"""pis-tui validate: pruned models built for real have the pruned shapes, run, and route as asked.
+
+Tiny random models from presets scaled down (4 layers, hidden 128); no network, no shared data.
+"""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from helpers import run_cli  # noqa: E402
+
+from pis_tui import taxonomy as tx  # noqa: E402
+from pis_tui import validation as v  # noqa: E402
+from pis_tui.model_spec import load_preset_config  # noqa: E402
+from pis_tui.scenario import Scenario  # noqa: E402
+
+
+def tiny(preset="qwen2.5-0.5b", **over):
+    cfg = load_preset_config(preset)
+    cfg = {k: val for k, val in cfg.items() if not k.startswith("_")}
+    cfg.update(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=32, vocab_size=512, max_position_embeddings=2048)
+    cfg.update(over)
+    return cfg
+
+
+def build(family, s=0.0, cfg=None, **kw):
+    return v.build_model(cfg or tiny(), tx.Strategy(family, s, **kw))
+
+
+def layers(b):
+    return list(b.model.model.layers)
+
+
+def attn_modules(b):
+    return b.attention_modules()
+
+
+def mlps(b):
+    return [m for m in b.model.modules() if hasattr(m, "gate_proj") and hasattr(m, "down_proj")]
+
+
+def run_both(b, batch=2, prompt=70, ctx=80):
+    """One prefill and one decode step run and give logits of the right shape."""
+    with torch.inference_mode():
+        pre = v.PhaseRun(b, "prefill", batch, prompt)
+        pre.prepare()
+        out = pre._fn()
+        assert out.logits.shape == (batch, 1, b.config.vocab_size)
+        dec = v.PhaseRun(b, "decode", batch, ctx)
+        dec.prepare()
+        out = dec._fn()
+        assert out.logits.shape == (batch, 1, b.config.vocab_size)
+        assert torch.isfinite(out.logits).all()
+        # the step leaves the cache at `ctx` tokens, ready for the next one
+        assert all(int(layer.cumulative_length) == ctx for layer in dec._cache_layers)
+
+
+def test_dense_build_is_fast_path_and_runs():
+    b = build("dense")
+    assert len(layers(b)) == 4
+    # weights were filled (no NaN garbage from to_empty), norms are 1, rotary rebuilt
+    w = b.model.model.layers[0].mlp.gate_proj.weight
+    assert torch.isfinite(w).all() and w.abs().max() > 0
+    assert torch.all(b.model.model.norm.weight == 1)
+    assert torch.isfinite(b.model.model.rotary_emb.inv_freq).all()
+    assert b.model.lm_head.weight.data_ptr() == b.model.model.embed_tokens.weight.data_ptr()
+    run_both(b)
+
+
+def test_static_depth_layers_and_sublayers():
+    b = build("static_depth", 0.5)
+    spec = b.spec
+    assert len(layers(b)) == spec.num_layers - tx.layers_dropped(spec, 0.5) == 2
+    run_both(b)
+    b = build("static_depth", 0.375, granularity="sublayer")
+    da, dm = tx.sublayers_dropped(spec, 0.375)  # 3 blocks: 2 attention, 1 MLP
+    assert (da, dm) == (2, 1)
+    assert len(attn_modules(b)) == 4 - da
+    assert len(mlps(b)) == 4 - dm
+    # the kept attention blocks use consecutive cache slots
+    assert sorted(a.layer_idx for a in attn_modules(b)) == list(range(4 - da))
+    run_both(b)
+
+
+def test_static_width_shapes_follow_taxonomy():
+    cfg = tiny(num_attention_heads=8, num_key_value_heads=4, head_dim=16)
+    b = build("static_width", 0.5, cfg=cfg, align=32)
+    spec = b.spec
+    g = tx.kept_kv_groups(spec, 0.5)
+    inter = tx.kept_intermediate(spec, 0.5, 32)
+    assert (g, inter) == (2, 192)
+    for a in attn_modules(b):
+        assert a.q_proj.out_features == 2 * g * 16
+        assert a.k_proj.out_features == a.v_proj.out_features == g * 16
+        assert a.o_proj.in_features == 2 * g * 16
+        assert a.head_dim == 16
+    for m in mlps(b):
+        assert m.gate_proj.out_features == m.up_proj.out_features == inter == m.down_proj.in_features
+    run_both(b)
+
+
+def test_static_width_hidden_has_residual_maps():
+    b = build("static_width_hidden", 0.5, align=32)
+    h2 = tx.kept_hidden(b.spec, 0.5, 32)
+    assert h2 == 64
+    assert b.model.model.embed_tokens.weight.shape == (512, h2)
+    for layer in layers(b):
+        assert layer.attn_map.weight.shape == (h2, h2) and layer.mlp_map.weight.shape == (h2, h2)
+        assert layer.inner.self_attn.q_proj.in_features == h2
+        assert layer.inner.self_attn.q_proj.out_features == 4 * 32  # heads kept
+    run_both(b)
+
+
+def test_low_rank_ranks_follow_taxonomy():
+    b = build("low_rank", 0.5)
+    spec = b.spec
+    a = attn_modules(b)[0]
+    m = mlps(b)[0]
+    # q: 128x128 at 0.5 → r = 0.5·128·128/256 = 32
+    assert a.q_proj.A.out_features == tx.low_rank(128, 128, 0.5) == 32
+    assert a.q_proj.B.in_features == 32 and a.q_proj.B.out_features == 128
+    assert a.q_proj.B.bias is not None  # qwen2's qkv bias survives the factorisation
+    assert m.gate_proj.A.out_features == tx.low_rank(384, 128, 0.5)
+    assert m.down_proj.A.in_features == 384 and m.down_proj.B.out_features == 128
+    # k/v (64x128): r=24 still saves parameters, factorised too
+    assert a.k_proj.A.out_features == tx.low_rank(64, 128, 0.5) == 24
+    assert b.dims.ranks["k_proj"] == 24 and spec.num_kv_heads == 2
+    run_both(b)
+
+
+def test_semi_structured_24_mask_pattern_and_cpu_fallback():
+    b = build("semi_structured_24", 0.5)
+    for _, lin in v._decoder_linears(b.model):
+        groups = (lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1)
+        assert torch.all(groups == 2)
+    if not torch.cuda.is_available():
+        assert b.sparse_kernel is False
+        assert any("unsupported on this device: runs dense" in n for n in b.notes)
+    run_both(b)
+
+
+def test_unstructured_zeroes_the_share():
+    b = build("unstructured", 0.5)
+    zeros = total = 0
+    for _, lin in v._decoder_linears(b.model):
+        zeros += int((lin.weight == 0).sum())
+        total += lin.weight.numel()
+    assert abs(zeros / total - 0.5) < 0.03
+    run_both(b)
+
+
+def test_dynamic_depth_routes_the_asked_share():
+    b = build("dynamic_depth", 0.25)
+    routed = layers(b)
+    with torch.inference_mode():
+        pre = v.PhaseRun(b, "prefill", 2, 64)
+        pre.prepare()
+        pre._fn()
+        k = tx._kept_tokens(64, 0.25)
+        assert k == 48
+        for layer in routed:
+            assert layer.kept_share == {"attn": k / 64, "mlp": k / 64}
+        dec = v.PhaseRun(b, "decode", 4, 70)
+        dec.prepare()
+        dec._fn()
+        for layer in routed:
+            assert layer.kept_share == {"attn": 3 / 4, "mlp": 3 / 4}
+        one = v.PhaseRun(b, "decode", 1, 70)
+        one.prepare()
+        one._fn()
+    ran = sum(layer.kept_share["attn"] + layer.kept_share["mlp"] for layer in routed)
+    assert ran == 2 * tx.round_half_up(0.75 * 4)  # 3 of 4 attention + 3 of 4 MLP blocks
+
+
+def test_routing_everything_reproduces_the_dense_model():
+    """At s = 0 every token is routed: gather/positions/scatter must give the dense logits."""
+    dense = build("dense")
+    routed = build("dynamic_depth", 0.0)
+    ids = torch.randint(0, 512, (2, 40))
+    pos = torch.arange(40).unsqueeze(0)
+    with torch.inference_mode():
+        a = dense.model(input_ids=ids, position_ids=pos).logits
+        b = routed.model(input_ids=ids, position_ids=pos).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    # and the mask-free attention path equals transformers' default masked SDPA
+    dense.model.config._attn_implementation = "sdpa"
+    with torch.inference_mode():
+        c = dense.model(input_ids=ids, position_ids=pos).logits
+    assert torch.allclose(a, c, atol=1e-4)
+
+
+def test_routed_decode_matches_dense_decode_at_zero_sparsity():
+    dense = build("dense")
+    routed = build("dynamic_depth", 0.0)
+    outs = []
+    with torch.inference_mode():
+        for b in (dense, routed):
+            r = v.PhaseRun(b, "decode", 3, 50, seed=3)
+            r.prepare()
+            outs.append(r._fn().logits)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_block_sparse_attention_keeps_blocks_and_runs():
+    b = build("dynamic_sparse_attention", 0.5)
+    assert all(a.pis_keep == 0.5 for a in attn_modules(b))
+    run_both(b, prompt=200, ctx=300)
+    # at keep = 1 the registered implementation is exact SDPA
+    dense = build("dense")
+    full = build("dynamic_sparse_attention", 0.0)
+    ids = torch.randint(0, 512, (1, 130))
+    with torch.inference_mode():
+        x = dense.model(input_ids=ids).logits
+        y = full.model(input_ids=ids).logits
+    assert torch.allclose(x, y, atol=1e-4)
+
+
+def test_llama_family_builds_too():
+    cfg = tiny("llama-3.2-1b")
+    b = build("static_width", 0.5, cfg=cfg, align=32)
+    assert type(b.model).__name__ == "LlamaForCausalLM"
+    run_both(b)
+
+
+def test_unsupported_model_type_is_a_user_error():
+    cfg = tiny()
+    cfg["model_type"] = "gpt2"
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    with pytest.raises(Exception) as e:
+        v.build_model(cfg, tx.Strategy("dense"))
+    assert "validate builds" in str(e.value) or "decoder-only" in str(e.value)
+
+
+def test_interleaved_timing_returns_medians():
+    b = build("dense")
+    p = build("static_depth", 0.5)
+    runs = [v.PhaseRun(x, "decode", 1, 32) for x in (b, p)]
+    for r in runs:
+        r.prepare()
+    t = v.measure_interleaved(runs, repeats=3, warmup=1, target_ms=5)
+    assert all(x.median_ms > 0 and len(x.samples) == 3 for x in t)
