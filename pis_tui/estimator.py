@@ -43,6 +43,7 @@ GPU_SPARSE24_EFF = 0.50
 CPU_GEMM_EFF = 0.70
 CPU_BW_EFF = 0.80
 TILE_N = 128
+SPLIT_K_MIN = 512  # smallest K slice a split-K GEMM hands to one CTA
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,14 @@ class Estimator:
         if isinstance(op, Gemm):
             sparse = op.kind == "sparse_24" and d.sparse_24
             peak = self.peak(op.dtype, sparse)
-            # tile and wave quantization: the GPU computes whole tiles in whole waves
-            tile_m = 128 if op.m >= 128 else max(16, 1 << math.ceil(math.log2(max(op.m, 1))))
+            # tile and wave quantization: the GPU computes whole output tiles in whole waves;
+            # when the tiles cannot fill the SMs, kernels split K across CTAs (split-K)
+            tile_m = 64 if op.m <= 64 else 128
             tiles = math.ceil(op.m / tile_m) * math.ceil(op.n / TILE_N)
             sms = max(d.sm_count, 1)
-            waves = math.ceil(tiles / sms)
-            per_tile = 2.0 * tile_m * TILE_N * op.k / (peak / sms)
+            split = max(1, min(sms // tiles, op.k // SPLIT_K_MIN)) if tiles < sms else 1
+            waves = math.ceil(tiles * split / sms)
+            per_tile = 2.0 * tile_m * TILE_N * (op.k / split) / (peak / sms)
             t_c = waves * per_tile / (GPU_SPARSE24_EFF if sparse else GPU_GEMM_EFF)
             return max(t_c, op.bytes() / (bw * GPU_BW_EFF)) * 1e3 + launch
         if isinstance(op, Attention):
