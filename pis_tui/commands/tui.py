@@ -1,0 +1,44 @@
+"""`pis-tui tui` (and `pis-tui` alone): the Textual explorer."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tui", help="open the explorer (the default when no command is given)")
+    p.add_argument("--model", "-m", default=None, help="start with this model (else the last one used)")
+    p.add_argument("--gpu", "-g", default=None, help="start with this GPU profile or 'local'")
+    p.add_argument("--budget", "-b", default=None, help="start with this quality budget (0.10 or 10%%)")
+    p.add_argument("--cache", default=None,
+                   help="DuckDB cache file (default: $PIS_TUI_CACHE or the user cache dir)")
+    p.add_argument("--no-restore", action="store_true", help="ignore the choices saved last time")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..errors import UserError
+    from .common import parse_fraction
+
+    overrides = {}
+    if args.model:
+        from ..tui.backend import resolve_model
+
+        resolve_model(args.model)  # a clear one-line error before the screen opens
+        overrides["model"] = args.model
+    if args.gpu:
+        from ..hardware import load_gpu
+
+        load_gpu(args.gpu)
+        overrides["gpu"] = args.gpu
+    if args.budget is not None:
+        overrides["budget"] = parse_fraction(args.budget, "budget", 0.0, 0.5)
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise UserError("the explorer needs a terminal; for scripts use 'pis-tui recommend' "
+                        "or 'pis-tui sweep --json -'")
+    from ..tui.app import PisApp
+    from ..tui.backend import Backend
+
+    app = PisApp(Backend(cache_path=args.cache), overrides=overrides, restore=not args.no_restore)
+    app.run()
+    return int(app.return_code or 0)

@@ -1,0 +1,538 @@
+"""The explorer: pick a model, GPU and budget; read a recommendation per phase off live
+charts; measure in the background; export.
+
+It only presents what the core computes: every number comes from a
+:class:`~pis_tui.tui.backend.Backend` (the engine's ``sweep``, the quality model and
+``pareto.recommend``).  Sweeps run in a thread worker (0.1-0.4 s, no torch); measuring runs
+in a subprocess driven by a thread worker (:mod:`pis_tui.tui.profile_worker`); the budget
+re-ranks on the spot without re-sweeping.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Optional
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+
+from ..errors import PisError
+from .backend import PHASES, Backend, Choices, Snapshot, export_name
+from .export_dialog import ExportDialog
+from .flops_chart import FlopsChart, gap_lines
+from .fmt import FAMILY_STYLE, metric_label, pct, rgb, speed
+from .help_screen import HelpScreen
+from .legend import Legend
+from .ops_screen import OpsScreen
+from .palette import PisCommands
+from .pareto_chart import ParetoChart
+from .points_table import PointsView
+from .profile_worker import ProfileRunner
+from .progress import ProfilePanel
+from .recommendation_panel import RecommendationPanel
+from .setup_panel import SetupPanel
+
+CSS = """
+Screen { layout: vertical; }
+#main { height: 1fr; }
+#content { width: 1fr; }
+TabbedContent { height: 1fr; }
+TabPane { padding: 0; }
+.charts { height: 1fr; }
+#gap-summary { height: auto; max-height: 6; padding: 0 1; }
+#recs { height: auto; }
+#status { height: 1; padding: 0 1; color: $text-muted; background: $boost; }
+#status.error { color: $error; }
+App.-short Header { display: none; }
+App.-short RecommendationPanel { max-height: 6; }
+App.-short #gap-summary { max-height: 3; }
+App.-hide-setup SetupPanel { display: none; }
+"""
+
+
+class SweepDone(Message):
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class SweepFailed(Message):
+    def __init__(self, choices: Choices, error: str, field: str) -> None:
+        super().__init__()
+        self.choices = choices
+        self.error = error
+        self.field = field
+
+
+class Restored(Message):
+    def __init__(self, choices: Choices, restored: bool) -> None:
+        super().__init__()
+        self.choices = choices
+        self.restored = restored
+
+
+class OptionsReady(Message):
+    def __init__(self, models, gpus) -> None:
+        super().__init__()
+        self.models = models
+        self.gpus = gpus
+
+
+class ProfileEvent(Message):
+    def __init__(self, event: dict) -> None:
+        super().__init__()
+        self.event = event
+
+
+class PisApp(App):
+    """``PisApp(backend=Backend())``; tests inject a fake backend."""
+
+    TITLE = "pis-tui"
+    CSS = CSS
+    COMMANDS = App.COMMANDS | {PisCommands}
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("question_mark", "help", "help"),
+        Binding("s", "toggle_setup", "setup"),
+        Binding("plus,equals_sign,right_square_bracket", "budget(1)", "budget+", key_display="+"),
+        Binding("minus,left_square_bracket", "budget(-1)", "budget-", key_display="-"),
+        Binding("1", "tab('pareto')", "pareto", show=False),
+        Binding("2", "tab('flops')", "FLOPs", show=False),
+        Binding("3", "tab('points')", "points", show=False),
+        Binding("d", "drill", "ops"),
+        Binding("f", "cycle_family", "family"),
+        Binding("p", "cycle_phase", "phase", show=False),
+        Binding("o", "cycle_sort", "sort", show=False),
+        Binding("O", "reverse_sort", "reverse", show=False),
+        Binding("m", "measure", "measure"),
+        Binding("x", "cancel_measure", "cancel"),
+        Binding("e", "export", "export"),
+        Binding("E", "export_csv", "csv", show=False),
+        Binding("r", "recompute", "recompute", show=False),
+    ]
+
+    def __init__(self, backend: Optional[Backend] = None, choices: Optional[Choices] = None, *,
+                 overrides: Optional[dict] = None, restore: bool = True, monitor_lag: bool = False,
+                 save_delay: float = 1.0, resweep_interval: float = 0.5):
+        super().__init__()
+        self.backend = backend or Backend()
+        self.choices = choices or Choices()
+        self.overrides = dict(overrides or {})
+        self.restore = restore
+        self.snapshot: Optional[Snapshot] = None
+        self.model_options: list = []
+        self.gpu_options: list = []
+        self.runner: Optional[ProfileRunner] = None
+        self.last_error: str = ""
+        self.last_export: Optional[str] = None
+        self.profile_events: list = []
+        self.sweeps_done = 0
+        self.save_delay = save_delay
+        self.resweep_interval = resweep_interval
+        self._measure_dirty = False
+        self._sweeping = False
+        self._sweep_queued = False
+        self._save_timer = None
+        self.started_at = time.perf_counter()
+        self.monitor_lag = monitor_lag
+        self.lags: list[float] = []
+        self._lag_last = 0.0
+        self.setup_visible = True
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            yield SetupPanel(self.choices, self.backend.validate_model, id="setup")
+            with Vertical(id="content"):
+                with TabbedContent(initial="pareto", id="tabs"):
+                    with TabPane("Pareto", id="pareto"):
+                        with Horizontal(classes="charts"):
+                            for ph in PHASES:
+                                yield ParetoChart(ph, id=f"pareto-{ph}")
+                        yield Legend(id="legend")
+                    with TabPane("Beyond FLOPs", id="flops"):
+                        with Horizontal(classes="charts"):
+                            for ph in PHASES:
+                                yield FlopsChart(ph, id=f"flops-{ph}")
+                        yield Static("", id="gap-summary")
+                    with TabPane("Points", id="points"):
+                        yield PointsView(id="points-view")
+                with Horizontal(id="recs"):
+                    for ph in PHASES:
+                        yield RecommendationPanel(ph, id=f"rec-{ph}")
+                yield Static("starting…", id="status")
+        yield ProfilePanel(id="profile")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "pis-tui"
+        self._apply_size()
+        self.setup_visible = self.size.width >= 110
+        self.set_class(not self.setup_visible, "-hide-setup")
+        if self.monitor_lag:
+            self._lag_last = time.perf_counter()
+            self.set_interval(0.02, self._lag_tick)
+        self.set_interval(self.resweep_interval, self._coalesced_resweep)
+        self._startup()
+
+    def on_resize(self, event) -> None:
+        self._apply_size()
+
+    def _apply_size(self) -> None:
+        self.set_class(self.size.height < 30, "-short")
+
+    # ------------------------------------------------------------------ startup
+    @work(thread=True, group="startup", exit_on_error=False)
+    def _startup(self) -> None:
+        base = self.choices
+        if "gpu" not in self.overrides:
+            try:
+                base = replace(base, gpu=self.backend.default_gpu())
+            except PisError:
+                pass
+        restored = None
+        if self.restore:
+            restored = self.backend.load_choices(base)
+        choices = restored or base
+        if self.overrides:
+            choices = replace(choices, **self.overrides)
+        self.post_message(Restored(choices, restored is not None))
+        self._compute(choices)
+        models = self.backend.model_options()
+        gpus = self.backend.gpu_options()
+        self.post_message(OptionsReady(models, gpus))
+
+    def on_restored(self, msg: Restored) -> None:
+        self.choices = msg.choices
+        self.query_one(SetupPanel).set_choices(msg.choices)
+        self._sweeping = True
+        self._update_setup_info()
+        if msg.restored:
+            self.set_status("restored your last choices; estimating…")
+
+    def on_options_ready(self, msg: OptionsReady) -> None:
+        self.model_options, self.gpu_options = msg.models, msg.gpus
+        self.query_one(SetupPanel).set_options(msg.models, msg.gpus)
+        self._update_setup_info()
+
+    def _update_setup_info(self) -> None:
+        panel = self.query_one(SetupPanel)
+        gpu = self.choices.gpu
+        info = ""
+        snap = self.snapshot
+        if snap is not None and snap.choices.gpu == gpu:
+            info = snap.result.device.display_name
+            if gpu == "local":
+                info += f" · {snap.measured_ops} kernels measured"
+        panel.set_gpu_info(info)
+        if gpu == "local":
+            panel.set_measure_info("m: measure here (background); x cancels")
+        else:
+            panel.set_measure_info("measuring needs GPU 'local' (this machine)")
+
+    # ------------------------------------------------------------------ sweeping
+    def _compute(self, choices: Choices, field: str = "") -> None:
+        """Runs in a worker thread: sweep + recommend, then post the result."""
+        try:
+            snap = self.backend.compute(choices)
+        except PisError as e:
+            self.post_message(SweepFailed(choices, str(e), field))
+        except Exception as e:  # noqa: BLE001 - a bug: shown, never a crash
+            self.post_message(SweepFailed(choices, f"internal error: {type(e).__name__}: {e}", field))
+        else:
+            self.post_message(SweepDone(snap))
+
+    @work(thread=True, exclusive=True, group="sweep", exit_on_error=False)
+    def _sweep_worker(self, choices: Choices, field: str) -> None:
+        self._compute(choices, field)
+
+    def request_sweep(self, field: str = "") -> None:
+        if self._sweeping:
+            self._sweep_queued = True
+            return
+        self._sweeping = True
+        self._sweep_queued = False
+        self.set_status("estimating…")
+        self._sweep_worker(self.choices, field)
+
+    def _coalesced_resweep(self) -> None:
+        if self._measure_dirty and not self._sweeping:
+            self._measure_dirty = False
+            self.request_sweep("measure")
+
+    def _sweep_finished(self) -> None:
+        self._sweeping = False
+        if self._sweep_queued:
+            self._sweep_queued = False
+            self.request_sweep()
+
+    def on_sweep_done(self, msg: SweepDone) -> None:
+        snap = msg.snapshot
+        stale = snap.choices.sweep_key() != self.choices.sweep_key()
+        self._sweep_finished()
+        if stale:
+            self._sweep_queued = False
+            self.request_sweep()
+            return
+        if snap.choices != self.choices:
+            snap = Snapshot(self.choices, snap.result, self.backend.recommend(
+                snap.result, self.choices.active_budget), snap.elapsed_s, snap.measured_ops,
+                snap.warnings)
+        self.sweeps_done += 1
+        panel = self.query_one(SetupPanel)
+        panel.set_error("quality", "")
+        self.query_one("#status").remove_class("error")
+        self.last_error = ""
+        self._show(snap)
+
+    def on_sweep_failed(self, msg: SweepFailed) -> None:
+        self._sweep_finished()
+        if msg.choices.sweep_key() != self.choices.sweep_key():
+            return
+        self.last_error = msg.error
+        panel = self.query_one(SetupPanel)
+        where = {"model": "model", "quality": "quality", "scenario": "scenario"}.get(msg.field)
+        if msg.field in ("quality", "protocol") or "quality" in msg.error or "perplexity" in msg.error:
+            where = "quality"
+        if where:
+            panel.set_error(where, msg.error)
+        self.set_status(f"✗ {msg.error}" + ("" if self.snapshot is None
+                                            else " (showing the last good result)"), error=True)
+        self.notify(msg.error, title="cannot compute", severity="error", timeout=8)
+
+    # ------------------------------------------------------------------ showing
+    def _show(self, snap: Snapshot) -> None:
+        first = self.snapshot is None
+        self.snapshot = snap
+        pv = self.query_one(PointsView)
+        fam = pv.family
+        for ph in PHASES:
+            self.query_one(f"#pareto-{ph}", ParetoChart).show(snap)
+            self.query_one(f"#flops-{ph}", FlopsChart).show(snap, family=fam)
+            self.query_one(f"#rec-{ph}", RecommendationPanel).show(snap)
+        pv.show(snap)
+        if first:
+            pv.select_point(snap.recs["prefill"].best)
+        self._show_gaps()
+        self._update_setup_info()
+        r = snap.result
+        self.sub_title = (f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} · budget "
+                          f"{pct(snap.choices.active_budget)}")
+        kernels = ", ".join(f"{n} {k}" for k, n in sorted(r.source_summary().items(), key=lambda kv: -kv[1]))
+        q = f"{r.quality_protocol} {metric_label(r.quality_metric)}"
+        src = {"priors": "priors", "csv": "own CSV", "measured": "measured"}[snap.choices.quality]
+        running = " · measuring…" if self.runner is not None and self.runner.running else ""
+        self.set_status(f"{len(r.points)} points in {snap.elapsed_s:.2f}s · kernels: {kernels} · "
+                        f"quality: {src}, {q}{running}")
+
+    def _show_gaps(self) -> None:
+        snap = self.snapshot
+        if snap is None:
+            return
+        fam = self.query_one(PointsView).family
+        t = Text()
+        t.append("At each family's largest sparsity — real vs FLOPs-predicted speedup:\n", style="dim")
+        for ph in PHASES:
+            t.append(f"{ph:8s}", style="bold")
+            for f, ach, real, flops in gap_lines(snap, ph, fam):
+                marker, color = FAMILY_STYLE[f]
+                t.append(f" {marker}", style=f"bold {rgb(color)}")
+                t.append(f" {pct(ach, 0)} {speed(real)}/{speed(flops)}")
+            t.append("\n")
+        self.query_one("#gap-summary", Static).update(t)
+
+    def set_status(self, text: str, error: bool = False) -> None:
+        st = self.query_one("#status", Static)
+        st.set_class(error, "error")
+        st.update(text)
+
+    # ------------------------------------------------------------------ choices
+    @on(SetupPanel.Changed)
+    def _setup_changed(self, msg: SetupPanel.Changed) -> None:
+        self._apply_choices(msg.choices, msg.field)
+
+    def _apply_choices(self, choices: Choices, field: str) -> None:
+        old = self.choices
+        self.choices = choices
+        self._update_setup_info()
+        self._schedule_save()
+        if choices.sweep_key() != old.sweep_key():
+            self.request_sweep(field)
+        elif self.snapshot is not None:
+            self._rerank()
+
+    def _rerank(self) -> None:
+        snap = self.snapshot
+        recs = self.backend.recommend(snap.result, self.choices.active_budget)
+        self._show(Snapshot(self.choices, snap.result, recs, snap.elapsed_s, snap.measured_ops,
+                            snap.warnings))
+
+    def set_choice(self, name: str, value) -> None:
+        """Palette and tests: change one choice as if typed in the setup panel."""
+        c = self.choices.with_budget(value) if name == "budget" else replace(self.choices, **{name: value})
+        self.query_one(SetupPanel).set_choices(c)
+        self._apply_choices(c, name)
+
+    def _schedule_save(self) -> None:
+        if self._save_timer is not None:
+            self._save_timer.stop()
+        self._save_timer = self.set_timer(self.save_delay, self._save)
+
+    def _save(self) -> None:
+        self._save_worker(self.choices)
+
+    @work(thread=True, exclusive=True, group="save", exit_on_error=False)
+    def _save_worker(self, choices: Choices) -> None:
+        self.backend.save_choices(choices)
+
+    # ------------------------------------------------------------------ actions
+    def action_budget(self, step: int) -> None:
+        self.query_one(SetupPanel).step_budget(step)
+
+    def action_toggle_setup(self) -> None:
+        self.setup_visible = not self.setup_visible
+        self.set_class(not self.setup_visible, "-hide-setup")
+        if self.setup_visible:
+            self.query_one("#model").focus()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        if tab == "points":
+            self.query_one("#points-table", DataTable).focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def selected_point(self):
+        p = self.query_one(PointsView).current()
+        if p is None and self.snapshot is not None:
+            p = self.snapshot.recs["prefill"].best
+        return p
+
+    def action_drill(self) -> None:
+        if self.snapshot is None:
+            self.notify("nothing computed yet", severity="warning")
+            return
+        p = self.selected_point()
+        if p is None:
+            self.notify("highlight a point in the table first (3)", severity="warning")
+            return
+        self.push_screen(OpsScreen(self.snapshot, p))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "points-table":
+            self.action_drill()
+
+    def action_cycle_family(self) -> None:
+        fam = self.query_one(PointsView).cycle_family()
+        if self.snapshot is not None:
+            f = None if fam == "all families" else fam
+            for ph in PHASES:
+                self.query_one(f"#flops-{ph}", FlopsChart).show(self.snapshot, family=f)
+            self._show_gaps()
+        self.notify(f"family filter: {fam}", timeout=2)
+
+    def action_cycle_phase(self) -> None:
+        self.notify(f"table phase: {self.query_one(PointsView).cycle_phase()}", timeout=2)
+
+    def action_cycle_sort(self) -> None:
+        self.notify(f"table sorted by {self.query_one(PointsView).cycle_sort()}", timeout=2)
+
+    def action_reverse_sort(self) -> None:
+        self.query_one(PointsView).toggle_reverse()
+
+    def action_recompute(self) -> None:
+        self.request_sweep("recompute")
+
+    def _export_dialog(self, ext: str) -> None:
+        if self.snapshot is None:
+            self.notify("nothing to export yet", severity="warning")
+            return
+        snap = self.snapshot
+
+        def done(path: Optional[str]) -> None:
+            if path:
+                self.last_export = path
+                self.notify(f"wrote {path}", title="exported", timeout=8)
+
+        self.push_screen(ExportDialog(export_name(self.choices, ext),
+                                      lambda p: self.backend.export(snap, p)), done)
+
+    def action_export(self) -> None:
+        self._export_dialog("json")
+
+    def action_export_csv(self) -> None:
+        self._export_dialog("csv")
+
+    # ------------------------------------------------------------------ measuring
+    def action_measure(self) -> None:
+        if self.runner is not None and self.runner.running:
+            self.notify("already measuring (x cancels)", severity="warning")
+            return
+        if self.choices.gpu != "local":
+            self.notify("measuring runs on this machine: choose GPU 'local' in the setup (s)",
+                        severity="warning", timeout=6)
+            return
+        cmd = self.backend.profile_command(self.choices)
+        self.profile_events = []
+        self.runner = ProfileRunner(cmd, lambda ev: self.post_message(ProfileEvent(ev)))
+        self.query_one(ProfilePanel).start(f"{self.choices.model} on this machine")
+        self._profile_worker(self.runner)
+
+    @work(thread=True, exclusive=True, group="profile", exit_on_error=False)
+    def _profile_worker(self, runner: ProfileRunner) -> None:
+        runner.run()
+
+    def on_profile_event(self, msg: ProfileEvent) -> None:
+        ev = msg.event
+        self.profile_events.append(ev)
+        panel = self.query_one(ProfilePanel)
+        kind = ev.get("event")
+        if kind == "progress":
+            panel.progress(ev)
+            self._measure_dirty = True
+            return
+        text = panel.finish(ev)
+        if kind == "error":
+            self.last_error = text
+            self.notify(text, title="measuring", severity="error", timeout=12)
+        else:
+            self.notify(text, title="measuring", timeout=6)
+        self._measure_dirty = False
+        self.request_sweep("measure")
+        self._refresh_options()
+
+    @work(thread=True, group="options", exit_on_error=False)
+    def _refresh_options(self) -> None:
+        self.post_message(OptionsReady(self.backend.model_options(), self.backend.gpu_options()))
+
+    def action_cancel_measure(self) -> None:
+        if self.runner is None or not self.runner.running:
+            self.notify("nothing is being measured", timeout=3)
+            return
+        self.runner.cancel()
+        self.query_one(ProfilePanel).cancelling()
+
+    async def action_quit(self) -> None:
+        if self.runner is not None and self.runner.running:
+            self.runner.cancel(grace_s=1.0)
+        self.exit()
+
+    # ------------------------------------------------------------------ lag monitor
+    def _lag_tick(self) -> None:
+        now = time.perf_counter()
+        self.lags.append(max(0.0, now - self._lag_last - 0.02))
+        self._lag_last = now
+
+
+def run_app(**kw) -> None:
+    PisApp(**kw).run()

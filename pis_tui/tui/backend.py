@@ -1,0 +1,361 @@
+"""What the explorer asks of the core, behind one small injectable object.
+
+The app never reaches past :class:`Backend`: it hands it the user's :class:`Choices` and
+gets back a :class:`Snapshot` (the engine's ``SweepResult`` plus one recommendation per
+phase).  Tests inject a subclass with a fake fast engine and a fake measuring process.
+
+Nothing here imports textual, torch or transformers: a Hugging Face cache entry or a
+model directory is read as plain JSON (``model_spec.spec_from_config``), so validating a
+typed path never stalls the screen with a transformers import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Optional
+
+from ..errors import PisError, UserError
+
+PHASES = ("prefill", "decode")
+QUALITY_SOURCES = ("priors", "csv", "measured")
+PROTOCOLS = ("lora", "training-free")
+DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8")
+SETTINGS_KEY = "tui.last_choices"
+MAX_BUDGET = 0.50  # accuracy drop on screen: 0-50 %
+MAX_PPL_BUDGET = 1.00  # relative perplexity increase: 0-100 %
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Everything the setup panel decides (fractions, not percentages)."""
+
+    model: str = "llama-3.1-8b"
+    gpu: str = "h200-sxm"
+    budget: float = 0.10
+    ppl_budget: float = 0.20
+    prefill_batch: int = 1
+    prompt_len: int = 1024
+    decode_batch: int = 16
+    context_len: int = 1024
+    protocol: str = "lora"
+    quality: str = "priors"  # priors | csv | measured
+    quality_csv: str = ""
+    dtype: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+
+    @property
+    def active_budget(self) -> float:
+        return self.ppl_budget if self.quality == "measured" else self.budget
+
+    def with_budget(self, value: float) -> "Choices":
+        if self.quality == "measured":
+            return replace(self, ppl_budget=min(max(value, 0.0), MAX_PPL_BUDGET))
+        return replace(self, budget=min(max(value, 0.0), MAX_BUDGET))
+
+    def sweep_key(self) -> tuple:
+        """What a sweep depends on (the budgets only re-rank)."""
+        d = asdict(self)
+        d.pop("budget")
+        d.pop("ppl_budget")
+        return tuple(sorted(d.items()))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, base: Optional["Choices"] = None) -> "Choices":
+        """Tolerant: unknown keys are dropped, wrong types keep the base value."""
+        base = base or cls()
+        try:
+            raw = json.loads(text) if isinstance(text, str) else dict(text)
+        except (TypeError, ValueError):
+            return base
+        if not isinstance(raw, dict):
+            return base
+        kw = {}
+        for f in fields(cls):
+            if f.name not in raw:
+                continue
+            v, cur = raw[f.name], getattr(base, f.name)
+            if isinstance(cur, bool) or type(v) is bool:
+                continue
+            if isinstance(cur, int) and isinstance(v, int) and v > 0:
+                kw[f.name] = v
+            elif isinstance(cur, float) and isinstance(v, (int, float)) and 0 <= v <= 1:
+                kw[f.name] = float(v)
+            elif isinstance(cur, str) and isinstance(v, str):
+                kw[f.name] = v
+        out = replace(base, **kw)
+        if out.quality not in QUALITY_SOURCES:
+            out = replace(out, quality="priors")
+        if out.protocol not in PROTOCOLS:
+            out = replace(out, protocol="lora")
+        if out.dtype not in DTYPES:
+            out = replace(out, dtype="auto")
+        return out
+
+
+@dataclass
+class Snapshot:
+    """One computed state: what every view draws."""
+
+    choices: Choices
+    result: object  # engine.SweepResult
+    recs: dict  # phase -> results.Recommendation
+    elapsed_s: float = 0.0
+    measured_ops: int = 0
+    warnings: list = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return getattr(self.result, "quality_metric", "accuracy_drop")
+
+
+def _hf_hub_root() -> Path:
+    return Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON (line {e.lineno}: {e.msg})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def resolve_model(ref: str):
+    """A ModelSpec from a preset, a config path/directory or a cached HF id, read as plain
+    JSON (never through transformers: that import would stall the screen)."""
+    from ..model_spec import load_model_spec, preset_names, spec_from_config
+
+    ref = (ref or "").strip()
+    if not ref:
+        raise UserError("no model given")
+    if ref in preset_names():
+        return load_model_spec(ref)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise UserError(f"{path}: no config.json in this directory")
+        return spec_from_config(_read_config(cfg), path.name, source=str(cfg))
+    if path.suffix == ".json" or path.exists() or ref.startswith((".", "/", "~")):
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        name = path.stem if path.name != "config.json" else path.parent.name
+        return spec_from_config(_read_config(path), name, source=str(path))
+    if "/" in ref:
+        repo = _hf_hub_root() / ("models--" + ref.replace("/", "--"))
+        snaps = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+        if not snaps:
+            raise UserError(f"{ref}: not a preset and not in the local Hugging Face cache")
+        return spec_from_config(_read_config(snaps[-1]), ref, source=f"hf-cache:{ref}")
+    raise UserError(f"unknown model {ref!r}: not a preset, a config path or a cached "
+                    "Hugging Face id")
+
+
+class Backend:
+    """The real engine, the quality model, the recommendation and the DuckDB cache.
+
+    The cache is opened briefly for each use and closed again: the measuring subprocess
+    needs the same file.
+    """
+
+    def __init__(self, cache_path: Optional[str] = None, use_cache: bool = True):
+        self.cache_path = cache_path
+        self.use_cache = use_cache
+        self._quality_models: dict = {}
+
+    # ------------------------------------------------------------------ cache
+    @contextlib.contextmanager
+    def cache(self):
+        """The cache, opened for the duration of a ``with`` (None when unavailable)."""
+        c = None
+        if self.use_cache:
+            try:
+                from ..cache import Cache
+
+                c = Cache.open(self.cache_path)
+            except ImportError:
+                c = None
+        try:
+            yield c
+        finally:
+            if c is not None and hasattr(c, "close"):
+                with contextlib.suppress(Exception):
+                    c.close()
+
+    def load_choices(self, base: Choices) -> Optional[Choices]:
+        try:
+            with self.cache() as c:
+                if c is None or not hasattr(c, "get_setting"):
+                    return None
+                text = c.get_setting(SETTINGS_KEY)
+        except PisError:
+            return None
+        if not text:
+            return None
+        return Choices.from_json(text, base)
+
+    def save_choices(self, choices: Choices) -> None:
+        try:
+            with self.cache() as c:
+                if c is not None and hasattr(c, "put_setting"):
+                    c.put_setting(SETTINGS_KEY, choices.to_json())
+        except PisError:
+            pass
+
+    # ------------------------------------------------------------------ options
+    def default_gpu(self) -> str:
+        from ..hardware import default_gpu
+
+        return default_gpu()
+
+    def model_options(self) -> list[tuple[str, str]]:
+        from ..model_spec import hf_cache_models, preset_names
+
+        out = [(n, n) for n in preset_names()]
+        try:
+            out += [(f"{m}  (HF cache)", m) for m in hf_cache_models()]
+        except OSError:
+            pass
+        return out
+
+    def gpu_options(self) -> list[tuple[str, str]]:
+        """Local device first, then the shipped profiles, each saying what timings exist."""
+        from ..hardware import gpu_names, load_gpu, local_device
+
+        out = []
+        try:
+            dev = local_device()
+            n = self.measured_count(dev)
+            what = f"{n} measured ops" if n else "not measured yet"
+            out.append((f"local · {what}", "local"))
+        except PisError:
+            pass
+        for g in gpu_names():
+            try:
+                d = load_gpu(g)
+            except PisError:
+                continue
+            what = "shipped measured table" if d.measured_table else "datasheet roofline"
+            out.append((f"{g} · {what}", g))
+        return out
+
+    def measured_count(self, device) -> int:
+        if not device.is_local:
+            return 0
+        try:
+            with self.cache() as c:
+                if c is None:
+                    return 0
+                from ..engine import default_dtype
+
+                return len(list(c.get_measurements(device.fingerprint, default_dtype(device))))
+        except (PisError, AttributeError, TypeError):
+            return 0
+
+    def validate_model(self, ref: str):
+        return resolve_model(ref)
+
+    # ------------------------------------------------------------------ compute
+    def _quality_model(self, choices: Choices, spec, cache):
+        from ..quality import build_quality_model
+
+        if choices.quality == "measured":
+            rows = []
+            if cache is not None and hasattr(cache, "get_quality_results"):
+                rows = list(cache.get_quality_results(spec.name))
+            if not rows:
+                raise UserError("no measured perplexity for this model in the cache: run "
+                                "'pis-tui quality --model DIR --text FILE' first")
+            return build_quality_model(protocol=choices.protocol, measured_rows=rows)
+        if choices.quality == "csv":
+            path = choices.quality_csv.strip()
+            if not path:
+                raise UserError("type the path of your quality CSV "
+                                "(strategy,sparsity,quality_loss[,model,note])")
+            p = Path(path).expanduser()
+            try:
+                mtime = p.stat().st_mtime
+            except OSError:
+                raise UserError(f"{p}: no such file") from None
+            key = ("csv", choices.protocol, str(p), mtime)
+            if key not in self._quality_models:
+                self._quality_models[key] = build_quality_model(protocol=choices.protocol,
+                                                                user_csv=str(p))
+            return self._quality_models[key]
+        key = ("priors", choices.protocol)
+        if key not in self._quality_models:
+            self._quality_models[key] = build_quality_model(protocol=choices.protocol)
+        return self._quality_models[key]
+
+    def compute(self, choices: Choices) -> Snapshot:
+        """Sweep every family × sparsity × phase and recommend per phase (no torch)."""
+        from ..engine import default_dtype, sweep
+        from ..hardware import load_gpu
+        from ..scenario import Scenario
+
+        t0 = time.perf_counter()
+        spec = resolve_model(choices.model)
+        device = load_gpu(choices.gpu)
+        dtype = default_dtype(device) if choices.dtype == "auto" else choices.dtype
+        scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
+                            choices.context_len, dtype)
+        need_cache = device.is_local or choices.quality == "measured"
+        measured = 0
+        with (self.cache() if need_cache else contextlib.nullcontext()) as cache:
+            quality = self._quality_model(choices, spec, cache)
+            result = sweep(spec, device, scenario, quality=quality,
+                           cache=cache if device.is_local else None)
+        if device.is_local:
+            measured = result.source_summary().get("measured", 0)
+        recs = self.recommend(result, choices.active_budget)
+        return Snapshot(choices, result, recs, time.perf_counter() - t0, measured)
+
+    def recommend(self, result, budget: float) -> dict:
+        """Re-rank without re-sweeping (instant)."""
+        from ..pareto import recommend
+
+        return {ph: recommend(result.phase_points(ph), budget, ph) for ph in PHASES}
+
+    # ------------------------------------------------------------------ measuring
+    def profile_command(self, choices: Choices) -> list[str]:
+        """The measuring subprocess (it streams JSON lines; see profile_worker)."""
+        dtype = [] if choices.dtype == "auto" else ["--dtype", choices.dtype]
+        cache = ["--cache", self.cache_path] if self.cache_path else []
+        return [sys.executable, "-m", "pis_tui", "profile", "--model", choices.model,
+                "--gpu", "local", "--prefill-batch", str(choices.prefill_batch),
+                "--prompt-len", str(choices.prompt_len), "--decode-batch",
+                str(choices.decode_batch), "--context-len", str(choices.context_len),
+                *dtype, *cache, "--progress-jsonl"]
+
+    def export(self, snapshot: Snapshot, path: str) -> Path:
+        """Write the pis-tui/1 JSON (or the points as CSV when the name ends in .csv)."""
+        from ..commands.common import check_writable
+        from ..export import to_csv, to_json
+
+        p = check_writable(path)
+        text = to_csv(snapshot.result) if p.suffix.lower() == ".csv" else to_json(
+            snapshot.result, snapshot.recs)
+        try:
+            p.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"{p}: cannot write ({e.strerror})") from None
+        return p.resolve()
+
+
+def export_name(choices: Choices, ext: str = "json") -> str:
+    """``pis-tui-<model>-<gpu>.json`` in the working directory."""
+    model = Path(choices.model).name if ("/" in choices.model and Path(choices.model).exists()) \
+        else choices.model
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in model).strip("_") or "model"
+    return str(Path.cwd() / f"pis-tui-{safe}-{choices.gpu}.{ext}")

@@ -1,0 +1,76 @@
+"""The "Beyond FLOPs" chart of one phase: per family, speedup against achieved sparsity,
+the real (measured or estimated) speedup beside the FLOPs-predicted one.
+
+Real speedups are the family's marker letter joined by a line; the FLOPs-predicted ones
+are a dotted (braille) line in the same colour.  The gap between them is what the
+study is about.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from textual_plotext import PlotextPlot
+
+from .fmt import FAMILY_STYLE
+from .pareto_chart import style_axes
+
+
+class FlopsChart(PlotextPlot):
+    DEFAULT_CSS = """
+    FlopsChart { width: 1fr; height: 1fr; min-height: 8; border: round $primary 40%; }
+    """
+
+    def __init__(self, phase: str, **kw):
+        super().__init__(**kw)
+        self.phase = phase
+        self.summary = ""
+        self.border_title = f"{phase}: estimating…"
+
+    def show(self, snapshot, family: Optional[str] = None) -> None:
+        result = snapshot.result
+        pts = [p for p in result.phase_points(self.phase)
+               if p.strategy != "dense" and family in (None, p.strategy)]
+        plt = self.plt
+        plt.clear_figure()
+        xs_all, ys_all = [0.0], [1.0]
+        for fam in FAMILY_STYLE:
+            fp = sorted((p for p in pts if p.strategy == fam), key=lambda p: p.achieved_sparsity)
+            if not fp:
+                continue
+            marker, color = FAMILY_STYLE[fam]
+            xs = [0.0] + [100 * p.achieved_sparsity for p in fp]
+            plt.plot(xs, [1.0] + [p.flops_speedup for p in fp], marker="braille", color=color)
+            plt.scatter(xs[1:], [p.speedup for p in fp], marker=marker, color=color)
+            xs_all += xs
+            ys_all += [p.speedup for p in fp] + [p.flops_speedup for p in fp]
+        if len(xs_all) == 1:
+            self.border_title = f"{self.phase}: nothing to show"
+            self.summary = "empty"
+            self.refresh()
+            return
+        hi = max(ys_all)
+        lo = min(ys_all)
+        pad = max(0.02, (hi - lo) * 0.06)
+        plt.ylim(lo - pad, hi + pad)
+        plt.xlim(0, max(xs_all) * 1.05 + 0.5)
+        style_axes(plt, max(xs_all) * 1.05 + 0.5, lo - pad, hi + pad, self.size, "%")
+        plt.horizontal_line(1.0, color=(110, 110, 110))
+        self.border_title = f"{result.scenario.label(self.phase)}"
+        self.border_subtitle = "speedup vs achieved sparsity · letters real, dots FLOPs"
+        self.summary = f"{self.phase}: {len(pts)} points"
+        self.refresh()
+
+
+def gap_lines(snapshot, phase: str, family: Optional[str] = None) -> list[tuple[str, float, float, float]]:
+    """Per family, at its largest sparsity: (family, achieved, real speedup, FLOPs speedup)."""
+    out = []
+    for fam in FAMILY_STYLE:
+        if fam == "dense" or family not in (None, fam):
+            continue
+        fp = [p for p in snapshot.result.phase_points(phase) if p.strategy == fam]
+        if not fp:
+            continue
+        p = max(fp, key=lambda p: p.achieved_sparsity)
+        out.append((fam, p.achieved_sparsity, p.speedup, p.flops_speedup))
+    return out

@@ -1,0 +1,69 @@
+"""``?``: what the screen shows and every key."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# pis-tui explorer
+
+How much faster do **prefill** and **decode** get when you prune this model this way, on
+this GPU, and what does it cost in quality?  Estimates need no GPU and appear at once;
+measuring on the local device (`m`) replaces estimates with timings as they arrive.
+
+## Keys
+| key | does |
+|---|---|
+| `s` | show / hide the setup panel (model, GPU, budget, scenario, quality, dtype) |
+| `tab` / `shift+tab` | move between fields; `enter` opens a list or applies a typed value |
+| `+` / `-` | quality budget up / down by 1 % (`]` / `[` too) |
+| `1` `2` `3` | Pareto charts · Beyond FLOPs · all points table |
+| `d` / `enter` | op list of the highlighted point (what the family did to M, N, K; where the time goes) |
+| `f` | filter by family (cycles) · `p` filter by phase |
+| `o` / `O` | sort the table by the next column / reverse |
+| `m` | measure on the local device (a background process; charts update as timings arrive) |
+| `x` | cancel measuring (what was measured stays in the cache) |
+| `e` / `E` | export JSON (pis-tui/1 schema) / the points as CSV |
+| `r` | recompute now |
+| `ctrl+p` | command palette: every action, models, GPUs, budgets |
+| `?` | this help · `q` / `ctrl+c` quit |
+
+## Reading the charts
+* **Pareto** (one per phase): speedup against quality loss.  Each family is a letter in its
+  own colour (legend under the charts); the grey dotted line is the frontier, the red
+  vertical line the budget, `@` the recommended point.
+* **Beyond FLOPs**: per family, speedup against the sparsity actually achieved.  Letters are
+  the real (measured or estimated) speedups, the dotted line of the same colour is what a
+  FLOPs count predicts.  The gap is the point of the study: removing FLOPs does not remove
+  time in the same proportion, and differently in prefill (compute-bound) and decode
+  (memory-bound).
+
+## Sources
+* Timing: **measured** (on this device, from the cache) > **shipped** (a table measured on
+  that GPU) > **interpolated** (between measured shapes) > **roofline** (datasheet).
+* Quality: **prior** (published results, cited), **own CSV**, or **measured ppl**.  Marks:
+  ᵉ extrapolated past the data, ᵇ borrowed from a similar model, ˢ secondary source.
+* On screen quality loss is a percentage; in exported files it is a fraction (0.10 = 10 %).
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 90%; max-width: 110; height: 90%; border: thick $primary; background: $surface;
+    }
+    """
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as v:
+            v.border_title = "help · esc to close"
+            yield Markdown(HELP)
+
+    def action_dismiss(self) -> None:  # type: ignore[override]
+        self.dismiss(None)

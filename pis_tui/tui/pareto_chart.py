@@ -1,0 +1,122 @@
+"""The Pareto chart of one phase: speedup against quality loss, one series per family.
+
+Each family has its own marker letter and colour (see ``fmt.FAMILY_STYLE``; the legend
+widget under the charts spells them out), the frontier is a line, the budget a vertical
+line, and the recommended point is drawn as ``@``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from textual_plotext import PlotextPlot
+
+from .fmt import FAMILY_STYLE, pct
+
+FRONTIER_COLOR = (150, 150, 150)
+BUDGET_COLOR = (230, 80, 80)
+BEST_COLOR = (255, 255, 255)
+
+
+class ParetoChart(PlotextPlot):
+    """Draws :meth:`show`'s data; knows nothing of the engine beyond Point fields."""
+
+    DEFAULT_CSS = """
+    ParetoChart { width: 1fr; height: 1fr; min-height: 8; border: round $primary 40%; }
+    """
+
+    def __init__(self, phase: str, **kw):
+        super().__init__(**kw)
+        self.phase = phase
+        self.drawn_with_data_at: Optional[float] = None
+        self._has_data = False
+        self.summary = ""  # what is drawn, in words (tests and screen readers)
+        self._draw_empty("estimating…")
+
+    def _draw_empty(self, message: str) -> None:
+        self.plt.clear_figure()
+        self.border_title = f"{self.phase}: {message}"
+        self.summary = message
+
+    def show(self, snapshot, family: Optional[str] = None) -> None:
+        result, rec = snapshot.result, snapshot.recs.get(self.phase)
+        budget = snapshot.choices.active_budget
+        ppl = snapshot.metric == "ppl_increase"
+        pts = [p for p in result.phase_points(self.phase) if family in (None, p.strategy)]
+        known = [p for p in pts if p.quality.value is not None]
+        unknown = len(pts) - len(known)
+        plt = self.plt
+        plt.clear_figure()
+        if not known:
+            self._has_data = False
+            self._draw_empty("no point has a known quality cost")
+            self.refresh()
+            return
+        if rec is not None and rec.frontier:
+            fr = sorted(rec.frontier, key=lambda p: p.quality.value)
+            xs = [100 * p.quality.value for p in fr]
+            ys = [p.speedup for p in fr]
+            if len(fr) == 1:
+                xs, ys = xs * 2, ys * 2
+            plt.plot(xs, ys, marker="braille", color=FRONTIER_COLOR)
+        xmax = max(max(100 * p.quality.value for p in known), 100 * budget) * 1.08 + 0.5
+        plt.vertical_line(100 * budget, color=BUDGET_COLOR)
+        fams = [f for f in FAMILY_STYLE if any(p.strategy == f for p in known)]
+        for fam in fams:
+            fp = sorted((p for p in known if p.strategy == fam), key=lambda p: p.sparsity)
+            marker, color = FAMILY_STYLE[fam]
+            plt.scatter([100 * p.quality.value for p in fp], [p.speedup for p in fp],
+                        marker=marker, color=color)
+        best = rec.best if rec is not None else None
+        if best is not None and best.quality.value is not None:
+            plt.scatter([100 * best.quality.value], [best.speedup], marker="@", color=BEST_COLOR)
+        ys = [p.speedup for p in known] + [1.0]
+        lo, hi = min(ys), max(ys)
+        pad = max(0.02, (hi - lo) * 0.08)
+        plt.xlim(0, xmax)
+        plt.ylim(lo - pad, hi + pad)
+        style_axes(plt, xmax, lo - pad, hi + pad, self.size, "%")
+        dense_ms = pts[0].dense_latency_ms if pts else 0.0
+        self.border_title = f"{result.scenario.label(self.phase)} · dense {dense_ms:.3g} ms"
+        sub = "speedup vs +ppl %" if ppl else "speedup vs accuracy drop"
+        if unknown:
+            sub += f" · {unknown} without quality data"
+        self.border_subtitle = sub
+        self._has_data = True
+        self.summary = (f"{self.phase}: {len(known)} points, {len(rec.frontier) if rec else 0} on "
+                        f"the frontier, best {best.strategy if best else 'none'}")
+        self.refresh()
+
+    def render(self):
+        out = super().render()
+        if self._has_data and self.drawn_with_data_at is None:
+            self.drawn_with_data_at = time.perf_counter()
+        return out
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (steps of 1, 2, 2.5 or 5 × a power of ten) covering [lo, hi]."""
+    import math
+
+    span = max(hi - lo, 1e-9)
+    raw = span / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    out, v = [], start
+    while v <= hi + 1e-9:
+        out.append(round(v, 6))
+        v += step
+    return out
+
+
+def style_axes(plt, xmax: float, ylo: float, yhi: float, size, xunit: str) -> None:
+    """Lower and left axes only (saves a row and a column), round tick values."""
+    plt.xaxes(True, False)
+    plt.yaxes(True, False)
+    w, h = (size.width or 60), (size.height or 16)
+    xt = nice_ticks(0, xmax, max(3, w // 12))
+    plt.xticks(xt, [f"{t:g}{xunit}" for t in xt])
+    yt = nice_ticks(ylo, yhi, max(2, h // 4))
+    plt.yticks(yt, [f"{t:g}×" for t in yt])

@@ -1,0 +1,183 @@
+"""Every point in a table: sortable by column (``o`` cycles the key, ``O`` reverses),
+filtered by family (``f``) and phase (``p``); the line under it gives the highlighted
+point's sources (citations, notes, which ops were measured)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from .fmt import FAMILY_STYLE, loss_text, pct, quality_flags, quality_source_text, rgb, speed
+
+#: (key, header, sort key of a Point)
+COLUMNS = (
+    ("phase", "phase", lambda p: p.phase),
+    ("strategy", "strategy", lambda p: p.strategy),
+    ("sparsity", "sparsity", lambda p: p.sparsity),
+    ("achieved", "achieved", lambda p: p.achieved_sparsity),
+    ("latency", "latency ms", lambda p: p.latency_ms),
+    ("speedup", "speedup", lambda p: p.speedup),
+    ("flops", "FLOPs ×", lambda p: p.flops_speedup),
+    ("gap", "gap", lambda p: p.gap),
+    ("loss", "quality loss", lambda p: (p.quality.value is None, p.quality.value or 0.0)),
+    ("timing", "timing", lambda p: p.timing_source),
+    ("qsource", "quality source", lambda p: p.quality.source),
+)
+COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
+
+
+def row_key(p) -> str:
+    return f"{p.phase}|{p.strategy}|{p.sparsity:.6f}"
+
+
+class PointsView(Vertical):
+    DEFAULT_CSS = """
+    PointsView { height: 1fr; }
+    PointsView > DataTable { height: 1fr; }
+    PointsView > #point-detail { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.snapshot = None
+        self.family: Optional[str] = None
+        self.phase: Optional[str] = None
+        self.sort_key = "speedup"
+        self.reverse = True
+        self.points: dict = {}
+        self.shown: list = []
+
+    def compose(self) -> ComposeResult:
+        t = DataTable(id="points-table", cursor_type="row", zebra_stripes=True)
+        for key, header, _ in COLUMNS:
+            t.add_column(header, key=key)
+        yield t
+        yield Static("", id="point-detail")
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one(DataTable)
+
+    def show(self, snapshot) -> None:
+        self.snapshot = snapshot
+        self._refill()
+
+    def title(self) -> str:
+        fam = self.family or "all families"
+        ph = self.phase or "both phases"
+        arrow = "↓" if self.reverse else "↑"
+        return f"{len(self.shown)} points · {fam} · {ph} · sorted by {self.sort_key} {arrow}"
+
+    def _refill(self, keep: Optional[str] = None) -> None:
+        if self.snapshot is None:
+            return
+        t = self.table
+        if keep is None and t.row_count:
+            try:
+                keep = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
+            except Exception:  # noqa: BLE001 - empty or stale cursor
+                keep = None
+        pts = [p for p in self.snapshot.result.points
+               if self.family in (None, p.strategy) and self.phase in (None, p.phase)]
+        sk = dict((c[0], c[2]) for c in COLUMNS)[self.sort_key]
+        pts.sort(key=lambda p: (sk(p), p.phase, p.strategy, p.sparsity), reverse=self.reverse)
+        self.points = {row_key(p): p for p in pts}
+        self.shown = pts
+        t.clear()
+        for p in pts:
+            color = rgb(FAMILY_STYLE.get(p.strategy, ("", (255, 255, 255)))[1])
+            q = p.quality
+            t.add_row(
+                p.phase,
+                Text(p.strategy, style=color),
+                Text(pct(p.sparsity), justify="right"),
+                Text(pct(p.achieved_sparsity), justify="right"),
+                Text(f"{p.latency_ms:.3f}", justify="right"),
+                Text(speed(p.speedup), justify="right", style="bold" if p.speedup > 1 else ""),
+                Text(speed(p.flops_speedup), justify="right"),
+                Text(f"{100 * p.gap:+.0f}%", justify="right"),
+                Text(loss_text(q) + quality_flags(q), justify="right"),
+                p.timing_source,
+                quality_source_text(q),
+                key=row_key(p),
+            )
+        if keep and keep in self.points:
+            self.select_key(keep)
+        self.border_title = self.title()
+        self._detail()
+
+    def select_key(self, key: str) -> None:
+        t = self.table
+        try:
+            t.move_cursor(row=t.get_row_index(key))
+        except Exception:  # noqa: BLE001 - row filtered out
+            pass
+
+    def select_point(self, p) -> None:
+        if p is not None:
+            self.select_key(row_key(p))
+            self._detail()
+
+    def current(self):
+        t = self.table
+        if not t.row_count:
+            return None
+        try:
+            key = t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001
+            return None
+        return self.points.get(key)
+
+    def cycle_family(self) -> str:
+        fams = [None] + [f for f in FAMILY_STYLE if self.snapshot is None
+                         or any(p.strategy == f for p in self.snapshot.result.points)]
+        i = fams.index(self.family) if self.family in fams else 0
+        self.family = fams[(i + 1) % len(fams)]
+        self._refill()
+        return self.family or "all families"
+
+    def cycle_phase(self) -> str:
+        order = [None, "prefill", "decode"]
+        self.phase = order[(order.index(self.phase) + 1) % 3]
+        self._refill()
+        return self.phase or "both phases"
+
+    def cycle_sort(self) -> str:
+        i = COLUMN_KEYS.index(self.sort_key)
+        self.sort_key = COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)]
+        self.reverse = self.sort_key in ("speedup", "flops", "achieved", "sparsity")
+        self._refill()
+        return self.sort_key
+
+    def toggle_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self._refill()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail()
+
+    def _detail(self) -> None:
+        p = self.current()
+        d = self.query_one("#point-detail", Static)
+        if p is None or self.snapshot is None:
+            d.update("")
+            return
+        q = p.quality
+        t = Text()
+        t.append(f"{p.strategy} {pct(p.sparsity)} ({p.phase}): ", style="bold")
+        try:
+            e = self.snapshot.result.estimate_for(p.strategy, p.sparsity, p.phase)
+            srcs = ", ".join(f"{v['ops']} {k}" for k, v in sorted(e.source_counts.items()))
+            t.append(f"ops timed: {srcs}. ")
+        except (KeyError, AttributeError, TypeError):
+            pass
+        if q.note:
+            t.append(q.note + ". ")
+        if q.citations:
+            t.append("Source: " + "; ".join(q.citations), style="italic")
+        t.append("  [enter/d: op list]", style="dim")
+        d.update(t)

@@ -1,0 +1,249 @@
+"""The setup sidebar: model, GPU, budget, scenario, quality protocol and source, dtype.
+
+It owns the user's :class:`~pis_tui.tui.backend.Choices` and posts
+:class:`SetupPanel.Changed` with the new choices whenever one field settles (typed numbers
+after a short pause, a typed path on ``enter``).  Bad input is shown inline, never raised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Optional
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Select, Static
+
+from ..errors import PisError
+from .backend import DTYPES, MAX_BUDGET, MAX_PPL_BUDGET, Choices
+from .budget_control import BudgetControl
+
+SCENARIO_FIELDS = (("prefill-batch", "prefill_batch", "batch"), ("prompt-len", "prompt_len", "prompt"),
+                   ("decode-batch", "decode_batch", "batch"), ("context-len", "context_len", "context"))
+QUALITY_LABELS = (("literature priors (cited)", "priors"), ("own CSV file", "csv"),
+                  ("measured perplexity (cache)", "measured"))
+
+
+class SetupPanel(VerticalScroll):
+    DEFAULT_CSS = """
+    SetupPanel { width: 36; padding: 0 1; border-right: tall $primary 40%;
+                 scrollbar-size-vertical: 1; }
+    SetupPanel .section { margin-top: 1; text-style: bold; color: $accent; }
+    SetupPanel Select { width: 1fr; margin-bottom: 0; }
+    SetupPanel Input { width: 1fr; background: $boost; }
+    SetupPanel .row { height: 1; margin-bottom: 0; }
+    SetupPanel .row Label { width: 9; }
+    SetupPanel .error { color: $error; height: auto; }
+    SetupPanel .info { color: $text-muted; height: auto; }
+    SetupPanel #quality-csv { display: none; }
+    SetupPanel.csv #quality-csv { display: block; }
+    """
+
+    class Changed(Message):
+        def __init__(self, choices: Choices, field: str) -> None:
+            super().__init__()
+            self.choices = choices
+            self.field = field
+
+    def __init__(self, choices: Choices, validate_model: Callable[[str], object], **kw):
+        super().__init__(**kw)
+        self.choices = choices
+        self.validate_model = validate_model
+        self._model_options: list[tuple[str, str]] = [(choices.model, choices.model)]
+        self._gpu_options: list[tuple[str, str]] = [(choices.gpu, choices.gpu)]
+        self._debounce = None
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        c = self.choices
+        yield Label("Model", classes="section")
+        yield Select(self._model_options, value=c.model, allow_blank=False, compact=True, id="model")
+        yield Input(placeholder="or a config path / HF id ⏎", id="model-path", compact=True)
+        yield Static("", id="model-error", classes="error")
+        yield Label("GPU", classes="section")
+        yield Select(self._gpu_options, value=c.gpu, allow_blank=False, compact=True, id="gpu")
+        yield Static("", id="gpu-info", classes="info")
+        yield Label("Quality budget (+/-)", id="budget-label", classes="section")
+        yield BudgetControl(c.active_budget, id="budget")
+        yield Label("Prefill · decode", classes="section")
+        for wid, attr, label in SCENARIO_FIELDS:
+            with Horizontal(classes="row"):
+                yield Label(label)
+                yield Input(str(getattr(c, attr)), type="integer", id=wid, max_length=7, compact=True)
+        yield Static("", id="scenario-error", classes="error")
+        yield Label("Quality", classes="section")
+        yield Select([("LoRA-recovered (study)", "lora"), ("training-free", "training-free")],
+                     value=c.protocol, allow_blank=False, compact=True, id="protocol")
+        yield Select(QUALITY_LABELS, value=c.quality, allow_blank=False, compact=True, id="quality-source")
+        yield Input(c.quality_csv, placeholder="path to your quality CSV ⏎", id="quality-csv", compact=True)
+        yield Static("", id="quality-error", classes="error")
+        yield Label("dtype", classes="section")
+        yield Select([(d if d != "auto" else "auto (bf16 GPU / fp32 CPU)", d) for d in DTYPES],
+                     value=c.dtype, allow_blank=False, compact=True, id="dtype")
+        yield Static("m: measure on the local device", id="measure-info", classes="info")
+
+    def on_mount(self) -> None:
+        self._sync_quality_widgets()
+        for w in ("model", "scenario", "quality"):
+            self.set_error(w, "")
+
+    # ------------------------------------------------------------------ options
+    def set_options(self, models: list[tuple[str, str]], gpus: list[tuple[str, str]]) -> None:
+        c = self.choices
+        if not any(v == c.model for _, v in models):
+            models = models + [(f"{c.model}  (typed)", c.model)]
+        if not any(v == c.gpu for _, v in gpus):
+            gpus = gpus + [(c.gpu, c.gpu)]
+        self._model_options, self._gpu_options = models, gpus
+        ms, gs = self.query_one("#model", Select), self.query_one("#gpu", Select)
+        with ms.prevent(Select.Changed), gs.prevent(Select.Changed):
+            ms.set_options(models)
+            ms.value = c.model
+            gs.set_options(gpus)
+            gs.value = c.gpu
+
+    def set_choices(self, choices: Choices) -> None:
+        """Show `choices` (restored settings, palette commands) without posting Changed."""
+        self.choices = choices
+        for wid, val in (("#model", choices.model), ("#gpu", choices.gpu),
+                         ("#protocol", choices.protocol), ("#quality-source", choices.quality),
+                         ("#dtype", choices.dtype)):
+            s = self.query_one(wid, Select)
+            if wid == "#model" and not any(v == val for _, v in self._model_options):
+                self._model_options = self._model_options + [(f"{val}  (typed)", val)]
+                with s.prevent(Select.Changed):
+                    s.set_options(self._model_options)
+            if wid == "#gpu" and not any(v == val for _, v in self._gpu_options):
+                self._gpu_options = self._gpu_options + [(val, val)]
+                with s.prevent(Select.Changed):
+                    s.set_options(self._gpu_options)
+            with s.prevent(Select.Changed):
+                s.value = val
+        for wid, attr, _ in SCENARIO_FIELDS:
+            inp = self.query_one(f"#{wid}", Input)
+            with inp.prevent(Input.Changed):
+                inp.value = str(getattr(choices, attr))
+        csv = self.query_one("#quality-csv", Input)
+        with csv.prevent(Input.Changed):
+            csv.value = choices.quality_csv
+        self._sync_quality_widgets()
+
+    def _sync_quality_widgets(self) -> None:
+        c = self.choices
+        self.set_class(c.quality == "csv", "csv")
+        ppl = c.quality == "measured"
+        self.query_one("#budget-label", Label).update(
+            "Perplexity budget (+/-)" if ppl else "Quality budget (+/-)")
+        self.query_one(BudgetControl).set(c.active_budget, MAX_PPL_BUDGET if ppl else MAX_BUDGET,
+                                          "perplexity increase" if ppl else "accuracy drop")
+
+    def set_gpu_info(self, text: str) -> None:
+        self.query_one("#gpu-info", Static).update(text)
+
+    def set_measure_info(self, text: str) -> None:
+        self.query_one("#measure-info", Static).update(text)
+
+    def set_error(self, where: str, text: str) -> None:
+        w = self.query_one(f"#{where}-error", Static)
+        w.update(f"✗ {text}" if text else "")
+        w.display = bool(text)
+
+    def set_note(self, where: str, text: str) -> None:
+        w = self.query_one(f"#{where}-error", Static)
+        w.update(text)
+        w.display = bool(text)
+
+    # ------------------------------------------------------------------ changes
+    def _post(self, choices: Choices, field: str) -> None:
+        if choices == self.choices:
+            return
+        self.choices = choices
+        self.post_message(self.Changed(choices, field))
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if event.value is Select.BLANK:
+            return
+        wid = event.select.id
+        c = self.choices
+        if wid == "model":
+            self.set_error("model", "")
+            self._post(replace(c, model=str(event.value)), "model")
+        elif wid == "gpu":
+            self._post(replace(c, gpu=str(event.value)), "gpu")
+        elif wid == "protocol":
+            self._post(replace(c, protocol=str(event.value)), "protocol")
+        elif wid == "quality-source":
+            self.choices = replace(c, quality=str(event.value))
+            self._sync_quality_widgets()
+            self.set_error("quality", "")
+            self.choices = c
+            self._post(replace(c, quality=str(event.value)), "quality")
+        elif wid == "dtype":
+            self._post(replace(c, dtype=str(event.value)), "dtype")
+
+    def on_budget_control_changed(self, event: BudgetControl.Changed) -> None:
+        event.stop()
+        self._post(self.choices.with_budget(event.value), "budget")
+
+    def step_budget(self, pct: int) -> None:
+        b = self.query_one(BudgetControl)
+        b.action_step(pct)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        wid = event.input.id
+        if wid == "model-path":
+            self.apply_model_path(event.value)
+        elif wid == "quality-csv":
+            self._post(replace(self.choices, quality_csv=event.value.strip()), "quality")
+        elif wid in {w for w, _, _ in SCENARIO_FIELDS}:
+            self._apply_scenario()
+
+    def apply_model_path(self, text: str) -> bool:
+        ref = text.strip()
+        if not ref:
+            self.set_error("model", "type a preset, a config.json path or directory, or a cached HF id")
+            return False
+        try:
+            spec = self.validate_model(ref)
+        except PisError as e:
+            self.set_error("model", str(e))
+            return False
+        self.set_note("model",
+            f"✓ {getattr(spec, 'name', ref)}: {getattr(spec, 'num_layers', '?')} layers, "
+            f"hidden {getattr(spec, 'hidden_size', '?')}")
+        c = replace(self.choices, model=ref)
+        self.set_choices(c)
+        self.post_message(self.Changed(c, "model"))
+        return True
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id in {w for w, _, _ in SCENARIO_FIELDS}:
+            event.stop()
+            if self._debounce is not None:
+                self._debounce.stop()
+            self._debounce = self.set_timer(0.4, self._apply_scenario)
+
+    def _apply_scenario(self) -> None:
+        vals = {}
+        for wid, attr, label in SCENARIO_FIELDS:
+            text = self.query_one(f"#{wid}", Input).value.strip()
+            try:
+                v = int(text)
+            except ValueError:
+                self.set_error("scenario", f"{attr.replace('_', ' ')}: {text!r} is not a whole number")
+                return
+            if not 0 < v <= 1 << 20:
+                self.set_error("scenario", f"{attr.replace('_', ' ')} must be 1…{1 << 20}, got {v}")
+                return
+            vals[attr] = v
+        self.set_error("scenario", "")
+        self._post(replace(self.choices, **vals), "scenario")
+
+    def current_model_label(self) -> Optional[str]:
+        for label, v in self._model_options:
+            if v == self.choices.model:
+                return label
+        return None
