@@ -135,10 +135,15 @@ def _read_json_file(path: Path, name: str) -> dict:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def hf_hub_cache() -> Path:
+    """The local Hugging Face hub cache folder (same rules as huggingface_hub)."""
+    return Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+
+
 def hf_cache_models() -> list[str]:
     """Model ids with a config.json in the local Hugging Face hub cache (no network)."""
-    root = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-                or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    root = hf_hub_cache()
     out = []
     if root.is_dir():
         for d in sorted(root.glob("models--*")):
@@ -155,7 +160,8 @@ def _autoconfig_dict(target: str) -> dict:
     except ImportError:  # pragma: no cover - transformers is a dependency
         raise UserError("reading a non-preset model needs transformers installed") from None
     try:
-        cfg = AutoConfig.from_pretrained(target, local_files_only=True)
+        kw = {} if Path(target).exists() else {"cache_dir": str(hf_hub_cache())}
+        cfg = AutoConfig.from_pretrained(target, local_files_only=True, **kw)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{target}: cannot load config offline ({first})") from None
