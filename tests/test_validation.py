@@ -243,3 +243,63 @@ def test_interleaved_timing_returns_medians():
         r.prepare()
     t = v.measure_interleaved(runs, repeats=3, warmup=1, target_ms=5)
     assert all(x.median_ms > 0 and len(x.samples) == 3 for x in t)
+
+
+def _tiny_config_file(tmp_path):
+    cfg = tiny()
+    cfg["architectures"] = ["Qwen2ForCausalLM"]
+    cfg["model_type"] = "qwen2"
+    d = tmp_path / "tiny-qwen"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_cli_validate_end_to_end_json_and_cache(tmp_path):
+    d = _tiny_config_file(tmp_path)
+    out = tmp_path / "val.json"
+    cache = tmp_path / "c.duckdb"
+    r = run_cli("validate", "--model", str(d), "--strategy", "static_depth",
+                "--sparsity", "0.5", "--prompt-len", "32", "--decode-batch", "1,4",
+                "--context-len", "40", "--repeats", "2", "--warmup", "0",
+                "--json", str(out), "--cache", str(cache), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == 3  # prefill b1, decode b1, decode b4
+    keys = {"strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
+            "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
+            "predicted_speedup", "measured_speedup", "error"}
+    for row in rows:
+        assert set(row) == keys
+        assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
+        assert abs(row["measured_speedup"] - row["dense_measured_ms"] / row["measured_ms"]) < 1e-3
+        assert abs(row["error"] - (row["predicted_speedup"] / row["measured_speedup"] - 1)) < 1e-3
+    assert {(x["phase"], x["batch"]) for x in rows} == {("prefill", 1), ("decode", 1), ("decode", 4)}
+    assert all(x["strategy"] == "static_depth" and x["achieved_sparsity"] == 0.5
+               for x in rows)  # 2 of 4 layers
+    assert "predicted vs measured" in r.stdout
+    # the results are kept in the cache for the TUI
+    from pis_tui.cache import Cache
+
+    with Cache.open(str(cache)) as c:
+        stored = c.get_validations()
+    assert len(stored) == 3 and {x["strategy"] for x in stored} == {"static_depth"}
+    assert all(x["model"] == "tiny-qwen" and x["dtype"] == "fp32" for x in stored)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--gpu", "h100-sxm", "--strategy", "static_depth", "--sparsity", "0.5"], "--gpu local"),
+    (["--strategy", "nope", "--sparsity", "0.5"], "unknown strategy"),
+    (["--strategy", "static_depth", "--sparsity", "1.5"], "outside"),
+    (["--strategy", "static_depth"], "--sparsity is needed"),
+    (["--strategy", "static_depth", "--sparsity", "0.5", "--context-len", "0"], "context length"),
+    (["--strategy", "static_depth", "--sparsity", "0.5", "--decode-batch", "1,x"], "decode batch"),
+    (["--model", "no-such-model", "--strategy", "static_depth", "--sparsity", "0.5"], "unknown model"),
+    (["--all", "--strategy", "low_rank"], "not both"),
+])
+def test_cli_validate_bad_inputs_exit_2_one_line(args, msg, tmp_path):
+    r = run_cli("validate", *args, "--json", str(tmp_path / "x.json"))
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and msg in lines[0], r.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,190 @@
+"""`pis-tui validate`: build the pruned model for real, time TTFT and TPOT end to end, and
+compare with pis-tui's prediction from measured ops on this device."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError
+from .common import (add_cache, add_strategy_options, check_writable, parse_int_list,
+                     parse_sparsities)
+
+
+def _one_int(text, what: str, lo: int = 1) -> int:
+    try:
+        v = int(str(text).strip())
+    except ValueError:
+        raise UserError(f"{what} must be an integer, got {text!r}") from None
+    if v < lo:
+        raise UserError(f"{what} must be {'positive' if lo == 1 else f'at least {lo}'}, got {v}")
+    return v
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="build pruned models with random weights, time them end to end and compare "
+             "with the prediction",
+        description="Builds the pruned model with transformers' own classes and random weights "
+                    "(dims exactly as the taxonomy prices them), times a prefill forward (TTFT) "
+                    "and a decode step over a KV cache (TPOT) interleaved with the dense model, "
+                    "and compares the measured speedups with pis-tui's prediction from the ops "
+                    "measured on this device (measured first if needed).  Runs on this machine "
+                    "only (--gpu local).  Defaults: prefill 1×128, decode batch 1 and 16 at "
+                    "context 256.")
+    p.add_argument("--model", "-m", default="qwen2.5-0.5b",
+                   help="preset, config.json path or directory, or a cached HF id (default qwen2.5-0.5b)")
+    p.add_argument("--gpu", "-g", default="local", help="only 'local': validation runs here")
+    p.add_argument("--strategy", "-s", default=None,
+                   help="the pruning family (static_depth, static_width, low_rank, dynamic_depth, …)")
+    p.add_argument("--sparsity", default=None, help="one or more, e.g. 0.5 or 0.25,0.5")
+    p.add_argument("--all", dest="all_", action="store_true",
+                   help="the standard set: static_depth, static_width, low_rank, dynamic_depth (and "
+                        "the other families) at 0.25 and 0.5, both phases; prints the accuracy table")
+    p.add_argument("--core-only", action="store_true",
+                   help="with --all: only the four families of the accuracy target")
+    p.add_argument("--phase", choices=("prefill", "decode", "both"), default="both")
+    g = p.add_argument_group("scenario")
+    g.add_argument("--prefill-batch", default="1")
+    g.add_argument("--prompt-len", default="128")
+    g.add_argument("--decode-batch", default="1,16", help="one or more, e.g. 1,16,64 (default 1,16)")
+    g.add_argument("--context-len", default="256")
+    g.add_argument("--dtype", default=None, help="fp32 (CPU default), bf16 (GPU default), fp16")
+    p.add_argument("--repeats", default="5",
+                   help="timed rounds per model (interleaved dense/pruned; medians)")
+    p.add_argument("--warmup", default="1", help="untimed calls per model first")
+    add_strategy_options(p)
+    p.add_argument("--json", dest="json_out", metavar="FILE|-", default=None,
+                   help="write the rows as a JSON list to FILE (or '-' for stdout)")
+    add_cache(p)
+    p.set_defaults(func=run)
+
+
+def _strategies(args) -> list:
+    from ..taxonomy import FAMILIES, Strategy
+    from ..validation import standard_strategies
+
+    if args.all_:
+        if args.strategy:
+            raise UserError("give either --all or --strategy, not both")
+        sps = parse_sparsities(args.sparsity) if args.sparsity else (0.25, 0.5)
+        return standard_strategies(extra=not args.core_only, sparsities=sps)
+    if not args.strategy:
+        raise UserError("--strategy is needed (or --all for the standard set)")
+    fams = [f.strip() for f in args.strategy.split(",") if f.strip()]
+    for f in fams:
+        if f not in FAMILIES:
+            raise UserError(f"unknown strategy {f!r}; choose from {', '.join(FAMILIES)}")
+    out = []
+    for f in fams:
+        if f in ("semi_structured_24", "dense"):
+            out.append(Strategy(f, 0.5 if f == "semi_structured_24" else 0.0, args.granularity,
+                                args.align))
+            continue
+        if not args.sparsity:
+            raise UserError(f"--sparsity is needed for {f} (e.g. --sparsity 0.5)")
+        out += [Strategy(f, s, args.granularity, args.align) for s in parse_sparsities(args.sparsity)]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..hardware import LOCAL
+
+    if args.gpu not in (LOCAL, None):
+        raise UserError(f"validate builds and times models on this machine: use --gpu local "
+                        f"(not {args.gpu!r}); to estimate another GPU use 'pis-tui sweep'")
+    args.prefill_batch = _one_int(args.prefill_batch, "prefill batch")
+    args.prompt_len = _one_int(args.prompt_len, "prompt length")
+    args.context_len = _one_int(args.context_len, "context length")
+    args.repeats = _one_int(args.repeats, "repeats")
+    args.warmup = _one_int(args.warmup, "warmup", lo=0)
+    strategies = _strategies(args)
+    decode_batches = parse_int_list(args.decode_batch, "decode batch")
+    phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
+    if args.json_out and args.json_out != "-":
+        check_writable(args.json_out)
+    dtype = args.dtype
+    if dtype is not None and dtype not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"validate runs fp32, bf16 or fp16 models, not {dtype!r}")
+    from ..scenario import Scenario
+
+    Scenario(prefill_batch=args.prefill_batch, prompt_len=args.prompt_len,
+             decode_batch=max(decode_batches), context_len=args.context_len,
+             dtype=dtype or "fp32")  # validates the numbers (one-line errors)
+    from ..validation import raw_config, check_buildable
+
+    _, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
+    check_buildable(spec)
+    cache = _open_cache(args)
+
+    from .. import validation as v
+    from .common import console
+
+    quiet = args.json_out == "-"
+    con = console() if not quiet else None
+
+    def progress(msg: str) -> None:
+        if not quiet and sys.stderr.isatty():
+            print(f"\r\033[K{msg[:110]}", end="", file=sys.stderr, flush=True)
+
+    def on_row(r) -> None:
+        if not quiet and sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        if con is not None:
+            con.print(_row_line(r))
+
+    if con is not None:
+        con.print(f"validating {spec.name} on this machine: {len(strategies)} strategies × "
+                  f"{'prefill ' + str(args.prefill_batch) + '×' + str(args.prompt_len) if 'prefill' in phases else ''}"
+                  f"{' + ' if len(phases) == 2 else ''}"
+                  f"{'decode batch ' + ','.join(map(str, decode_batches)) + ' @ ' + str(args.context_len) if 'decode' in phases else ''}"
+                  f", {args.repeats} interleaved rounds")
+    rows = v.validate(args.model, strategies, phases, prefill_batch=args.prefill_batch,
+                      prompt_len=args.prompt_len, decode_batches=decode_batches,
+                      context_len=args.context_len, dtype=dtype, repeats=args.repeats,
+                      warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row)
+    if args.json_out:
+        from .common import dump_json
+
+        dump_json(args.json_out, [r.to_dict() for r in rows])
+    if con is not None:
+        con.print(_table(rows))
+        s = v.accuracy_summary(rows)
+        if s.get("n"):
+            con.print(f"predicted speedup vs measured: median |error| {s['median_abs_error']:.1%}, "
+                      f"worst {s['worst_abs_error']:.1%} ({s['worst']}); the FLOPs ratio: median "
+                      f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}")
+        notes = sorted({n for r in rows for n in r.notes})
+        for n in notes:
+            con.print(f"note: {n}")
+    return 0
+
+
+def _open_cache(args):
+    try:
+        from ..cache import Cache
+    except ImportError:  # the cache module is optional for validation
+        return None
+    return Cache.open(getattr(args, "cache", None))
+
+
+def _row_line(r) -> str:
+    return (f"{r.strategy} s={r.sparsity:g} {r.phase} b{r.batch}: predicted {r.predicted_speedup:.2f}× "
+            f"measured {r.measured_speedup:.2f}× (error {r.error:+.1%})")
+
+
+def _table(rows):
+    from rich.table import Table
+
+    t = Table(title="predicted vs measured (medians of interleaved runs)")
+    for col in ("strategy", "sparsity", "achieved", "phase", "batch", "len", "pred ms",
+                "meas ms", "dense pred", "dense meas", "pred ×", "meas ×", "error", "FLOPs ×"):
+        t.add_column(col, justify="left" if col in ("strategy", "phase") else "right")
+    for r in rows:
+        t.add_row(r.strategy, f"{r.sparsity:g}", f"{r.achieved_sparsity:.1%}", r.phase,
+                  str(r.batch), str(r.length), f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}",
+                  f"{r.dense_predicted_ms:.2f}", f"{r.dense_measured_ms:.2f}",
+                  f"{r.predicted_speedup:.2f}", f"{r.measured_speedup:.2f}", f"{r.error:+.1%}",
+                  f"{r.flops_speedup:.2f}")
+    return t
