@@ -50,7 +50,7 @@ TabPane { padding: 0; }
 #status { height: 1; padding: 0 1; color: $text-muted; background: $boost; }
 #status.error { color: $error; }
 App.-short Header { display: none; }
-App.-short RecommendationPanel { max-height: 6; }
+App.-short RecommendationPanel { height: 5; }
 App.-short #gap-summary { max-height: 3; }
 App.-hide-setup SetupPanel { display: none; }
 """
@@ -132,6 +132,7 @@ class PisApp(App):
         self.gpu_options: list = []
         self.runner: Optional[ProfileRunner] = None
         self.last_error: str = ""
+        self.profile_error: str = ""
         self.last_export: Optional[str] = None
         self.profile_events: list = []
         self.sweeps_done = 0
@@ -310,19 +311,24 @@ class PisApp(App):
         self.notify(msg.error, title="cannot compute", severity="error", timeout=8)
 
     # ------------------------------------------------------------------ showing
-    def _show(self, snap: Snapshot) -> None:
+    def _show(self, snap: Snapshot, rerank_only: bool = False) -> None:
+        """Draw `snap`; a re-rank (budget change) redraws only what the budget moves."""
         first = self.snapshot is None
         self.snapshot = snap
         pv = self.query_one(PointsView)
         fam = pv.family
         for ph in PHASES:
             self.query_one(f"#pareto-{ph}", ParetoChart).show(snap)
-            self.query_one(f"#flops-{ph}", FlopsChart).show(snap, family=fam)
             self.query_one(f"#rec-{ph}", RecommendationPanel).show(snap)
-        pv.show(snap)
+            if not rerank_only:
+                self.query_one(f"#flops-{ph}", FlopsChart).show(snap, family=fam)
+        if rerank_only:
+            pv.snapshot = snap
+        else:
+            pv.show(snap)
+            self._show_gaps()
         if first:
             pv.select_point(snap.recs["prefill"].best)
-        self._show_gaps()
         self._update_setup_info()
         r = snap.result
         self.sub_title = (f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} · budget "
@@ -374,7 +380,7 @@ class PisApp(App):
         snap = self.snapshot
         recs = self.backend.recommend(snap.result, self.choices.active_budget)
         self._show(Snapshot(self.choices, snap.result, recs, snap.elapsed_s, snap.measured_ops,
-                            snap.warnings))
+                            snap.warnings), rerank_only=True)
 
     def set_choice(self, name: str, value) -> None:
         """Palette and tests: change one choice as if typed in the setup panel."""
@@ -484,6 +490,7 @@ class PisApp(App):
             return
         cmd = self.backend.profile_command(self.choices)
         self.profile_events = []
+        self.profile_error = ""
         self.runner = ProfileRunner(cmd, lambda ev: self.post_message(ProfileEvent(ev)))
         self.query_one(ProfilePanel).start(f"{self.choices.model} on this machine")
         self._profile_worker(self.runner)
@@ -503,7 +510,7 @@ class PisApp(App):
             return
         text = panel.finish(ev)
         if kind == "error":
-            self.last_error = text
+            self.profile_error = text
             self.notify(text, title="measuring", severity="error", timeout=12)
         else:
             self.notify(text, title="measuring", timeout=6)

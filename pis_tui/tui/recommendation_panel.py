@@ -49,7 +49,7 @@ def recommendation_text(snapshot, phase: str) -> Text:
 class RecommendationPanel(Static):
     DEFAULT_CSS = """
     RecommendationPanel {
-        width: 1fr; height: auto; min-height: 3; max-height: 7;
+        width: 1fr; height: 6;
         border: round $primary 50%; padding: 0 1;
     }
     """

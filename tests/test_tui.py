@@ -1,0 +1,418 @@
+"""Pilot tests of the explorer with a fake fast engine and a fake measuring process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import jsonschema
+import pytest
+from textual.widgets import DataTable, Input, Select, Static
+
+from pis_tui.export import load_schema
+from pis_tui.tui.app import PisApp
+from pis_tui.tui.backend import Choices, resolve_model
+from pis_tui.tui.export_dialog import ExportDialog
+from pis_tui.tui.help_screen import HelpScreen
+from pis_tui.tui.ops_screen import OpsScreen
+from pis_tui.tui.pareto_chart import ParetoChart, nice_ticks
+from pis_tui.tui.points_table import PointsView
+from pis_tui.tui.profile_worker import ProfileRunner
+from pis_tui.tui.progress import ProfilePanel
+from pis_tui.tui.recommendation_panel import RecommendationPanel
+from tui_fakes import FAKE_PROFILE, FakeBackend
+
+BIG = (120, 36)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def until(pilot, cond, timeout=8.0, what="condition"):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+async def started(app, pilot):
+    await until(pilot, lambda: app.snapshot is not None and not app._sweeping, what="first sweep")
+    await pilot.pause(0.05)
+
+
+def make_app(tmp_path, **kw):
+    settings = kw.pop("settings", None)
+    backend = FakeBackend(tmp_path / "measured.txt", settings=settings, **kw)
+    return PisApp(backend, restore=True, save_delay=0.05, resweep_interval=0.1), backend
+
+
+def rec_text(app, phase):
+    return app.query_one(f"#rec-{phase}", RecommendationPanel).plain
+
+
+# ---------------------------------------------------------------- startup and views
+
+def test_startup_draws_charts_table_and_recommendations(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            assert be.computed[0].model == "llama-3.1-8b" and be.computed[0].gpu == "h200-sxm"
+            for ph in ("prefill", "decode"):
+                best = snap.recs[ph].best
+                assert best is not None and best.strategy in rec_text(app, ph)
+                chart = app.query_one(f"#pareto-{ph}", ParetoChart)
+                assert chart._has_data and "points" in chart.summary
+            assert app.query_one("#points-table", DataTable).row_count == len(snap.result.points)
+            assert "llama-3.1-8b" in app.sub_title and "budget 10.0%" in app.sub_title
+            await until(pilot, lambda: app.query_one("#pareto-prefill", ParetoChart).drawn_with_data_at,
+                        what="chart drawn")
+    run(go())
+
+
+def test_budget_keys_rerank_instantly_without_resweeping(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            n = len(be.computed)
+            before = app.snapshot.recs["prefill"].best
+            await pilot.press(*["plus"] * 5)
+            await pilot.pause(0.1)
+            assert app.choices.budget == pytest.approx(0.15)
+            assert len(be.computed) == n, "a budget change must not re-sweep"
+            after = app.snapshot.recs["prefill"].best
+            assert after.speedup > before.speedup
+            assert after.quality.value <= 0.15 + 1e-9
+            assert "≤ 15.0%" in app.query_one("#rec-prefill", RecommendationPanel).border_title
+            app.set_choice("budget", 0.01)
+            await pilot.press("minus", "minus")
+            await pilot.pause(0.1)
+            assert app.choices.budget == 0.0
+            assert "keep the dense model" in rec_text(app, "prefill")
+            await until(pilot, lambda: be.saved and be.saved[-1].budget == 0.0, what="saved")
+    run(go())
+
+
+def test_change_model_gpu_and_scenario_resweeps(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            first = app.snapshot
+            app.query_one("#model", Select).value = "qwen2.5-0.5b"
+            await until(pilot, lambda: app.snapshot.choices.model == "qwen2.5-0.5b", what="model sweep")
+            assert "qwen2.5-0.5b" in app.sub_title
+            # quality slopes differ for this model: the decode pick changes
+            assert app.snapshot.recs["decode"].best != first.recs["decode"].best
+            gpu = app.query_one("#gpu", Select)
+            gpu.focus()
+            await pilot.press("enter", "down", "enter")  # h200-sxm -> a100-80gb
+            await until(pilot, lambda: app.snapshot.choices.gpu == "a100-80gb", what="gpu sweep")
+            assert "A100-80GB" in app.sub_title
+            inp = app.query_one("#decode-batch", Input)
+            inp.focus()
+            await pilot.press("end", "backspace", "backspace", "6", "4")
+            await until(pilot, lambda: app.snapshot.choices.decode_batch == 64, what="scenario sweep")
+            assert "decode batch 64" in app.query_one("#rec-decode", RecommendationPanel).border_title
+            await pilot.press("backspace", "backspace", "0")
+            await pilot.pause(0.6)
+            assert "must be 1" in str(app.query_one("#scenario-error", Static).render())
+            assert app.snapshot.choices.decode_batch == 64
+    run(go())
+
+
+def test_typed_model_path_is_validated_on_the_spot(tmp_path):
+    cfg = tmp_path / "tiny" / "config.json"
+    cfg.parent.mkdir()
+    cfg.write_text(json.dumps({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                               "num_attention_heads": 4, "vocab_size": 100, "model_type": "llama",
+                               "architectures": ["LlamaForCausalLM"]}))
+    moe = tmp_path / "moe.json"
+    moe.write_text(json.dumps({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                               "num_attention_heads": 4, "vocab_size": 100, "num_local_experts": 8}))
+
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            inp = app.query_one("#model-path", Input)
+            err = app.query_one("#model-error", Static)
+            for bad, words in ((tmp_path / "nope" / "config.json", "no such file"),
+                               (tmp_path, "no config.json"), (moe, "mixture-of-experts")):
+                inp.focus()
+                inp.value = str(bad)
+                await pilot.press("enter")
+                await pilot.pause(0.05)
+                assert words in str(err.render()), str(err.render())
+                assert app.choices.model == "llama-3.1-8b"
+            inp.value = str(cfg.parent)
+            await pilot.press("enter")
+            await until(pilot, lambda: app.snapshot.choices.model == str(cfg.parent), what="typed model")
+            assert "✓ tiny" in str(err.render())
+    run(go())
+
+
+def test_sweep_error_is_shown_and_last_result_kept(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG, notifications=True) as pilot:
+            await started(app, pilot)
+            good = app.snapshot
+            app.set_choice("model", "broken")
+            await until(pilot, lambda: app.last_error, what="error")
+            assert "refuses" in app.last_error
+            assert app.snapshot is good
+            assert "refuses" in str(app.query_one("#status", Static).render())
+            assert any("refuses" in str(n.message) for n in app._notifications)
+            app.set_choice("model", "qwen2.5-0.5b")
+            await until(pilot, lambda: app.snapshot.choices.model == "qwen2.5-0.5b")
+            assert app.last_error == ""
+    run(go())
+
+
+def test_last_choices_are_restored(tmp_path):
+    saved = Choices(model="qwen2.5-0.5b", gpu="a100-80gb", budget=0.07, decode_batch=32)
+
+    async def go():
+        app, be = make_app(tmp_path, settings={"tui.last_choices": saved.to_json()})
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            assert be.computed[0] == saved
+            assert app.query_one("#model", Select).value == "qwen2.5-0.5b"
+            assert app.query_one("#decode-batch", Input).value == "32"
+            assert "budget 7.0%" in app.sub_title
+    run(go())
+
+
+def test_choices_from_json_is_tolerant():
+    base = Choices()
+    assert Choices.from_json("not json", base) == base
+    c = Choices.from_json(json.dumps({"model": "x", "budget": 7, "decode_batch": -3, "quality": "??",
+                                      "unknown": 1}), base)
+    assert c.model == "x" and c.budget == base.budget and c.decode_batch == 16 and c.quality == "priors"
+
+
+# ---------------------------------------------------------------- table, drill-down, help, palette
+
+def test_table_filter_sort_and_drill_down(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await pilot.press("3")
+            pv = app.query_one(PointsView)
+            speeds = [p.speedup for p in pv.shown]
+            assert speeds == sorted(speeds, reverse=True)
+            await pilot.press("f", "f")  # all -> dense -> static_depth
+            assert {p.strategy for p in pv.shown} == {"static_depth"}
+            assert app.query_one("#points-table", DataTable).row_count == len(pv.shown) == 8
+            await pilot.press("p")
+            assert {p.phase for p in pv.shown} == {"prefill"}
+            await pilot.press("o")
+            assert pv.sort_key == "flops"
+            fl = [p.flops_speedup for p in pv.shown]
+            assert fl == sorted(fl, reverse=True)
+            await pilot.press("down", "d")
+            await until(pilot, lambda: isinstance(app.screen, OpsScreen), what="ops screen")
+            scr = app.screen
+            assert scr.point == pv.current()
+            assert scr.query_one(DataTable).row_count == 1
+            assert "64 → 48" in str(scr.query_one("#ops-head", Static).render())
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, OpsScreen))
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+    run(go())
+
+
+def test_command_palette_runs_export(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.2)
+            for ch in "export json":
+                await pilot.press(ch if ch != " " else "space")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ExportDialog), what="export dialog")
+            assert app.screen.query_one(Input).value == str(tmp_path / "pis-tui-llama-3.1-8b-h200-sxm.json")
+    run(go())
+
+
+# ---------------------------------------------------------------- export
+
+def test_export_json_is_valid_and_csv_too(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            out = tmp_path / "out.json"
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
+            app.screen.query_one(Input).value = str(out)
+            await pilot.press("enter")
+            await until(pilot, lambda: app.last_export is not None, what="export")
+            assert app.last_export == str(out.resolve())
+            data = json.loads(out.read_text())
+            jsonschema.validate(data, load_schema())
+            assert data["recommendations"]["prefill"]["strategy"] == app.snapshot.recs["prefill"].best.strategy
+            assert data["recommendations"]["prefill"]["budget"] == pytest.approx(0.10)
+            csv_out = tmp_path / "points.csv"
+            await pilot.press("E")
+            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
+            assert app.screen.query_one(Input).value.endswith(".csv")
+            app.screen.query_one(Input).value = str(csv_out)
+            await pilot.press("enter")
+            await until(pilot, lambda: app.last_export == str(csv_out.resolve()))
+            lines = csv_out.read_text().splitlines()
+            assert lines[0].startswith("strategy,") and len(lines) == 1 + len(app.snapshot.result.points)
+    run(go())
+
+
+def test_export_to_unwritable_path_errors_in_the_dialog(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
+            dlg = app.screen
+            dlg.query_one(Input).value = str(tmp_path / "missing-dir" / "x.json")
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert app.screen is dlg
+            assert "does not exist" in str(dlg.query_one("#export-error", Static).render())
+            dlg.query_one(Input).value = str(tmp_path)
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert "is a directory" in str(dlg.query_one("#export-error", Static).render())
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is not dlg)
+            assert app.last_export is None
+    run(go())
+
+
+# ---------------------------------------------------------------- measuring
+
+def test_measure_streams_progress_and_updates_views(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path, n_ops=6, delay=0.05)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await pilot.press("m")  # not local: refused
+            await pilot.pause(0.05)
+            assert app.runner is None
+            app.set_choice("gpu", "local")
+            await until(pilot, lambda: app.snapshot.choices.gpu == "local")
+            await pilot.press("m")
+            panel = app.query_one(ProfilePanel)
+            assert panel.has_class("active")
+            await until(pilot, lambda: panel.state == "done", what="profile done")
+            prog = [e for e in app.profile_events if e["event"] == "progress"]
+            assert prog and prog[-1]["done"] == 6 and prog[-1]["total"] == 6
+            await until(pilot, lambda: app.snapshot.measured_ops == 6, what="re-sweep with measurements")
+            pts = app.query_one(PointsView).shown
+            assert sum(p.timing_source == "measured" for p in pts) >= 6
+            assert "measured" in str(app.query_one("#points-table", DataTable).get_row_at(0)) or any(
+                p.timing_source == "measured" for p in pts)
+    run(go())
+
+
+@pytest.mark.parametrize("mode,words", [("error", "out of memory"), ("crash", "cannot start")])
+def test_measure_errors_are_shown(tmp_path, mode, words):
+    async def go():
+        app, be = make_app(tmp_path, mode=mode)
+        async with app.run_test(size=BIG, notifications=True) as pilot:
+            await started(app, pilot)
+            app.set_choice("gpu", "local")
+            await pilot.press("m")
+            panel = app.query_one(ProfilePanel)
+            await until(pilot, lambda: panel.state == "failed", what="failure shown")
+            assert words in app.profile_error
+            assert any(words in str(n.message) for n in app._notifications)
+            assert panel.has_class("failed")
+    run(go())
+
+
+def test_cancel_stops_the_process_and_keeps_measurements(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path, n_ops=400, delay=0.05)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            app.set_choice("gpu", "local")
+            await pilot.press("m")
+            await until(pilot, lambda: len(app.profile_events) >= 2, what="progress")
+            proc = app.runner.proc
+            await pilot.press("x")
+            panel = app.query_one(ProfilePanel)
+            await until(pilot, lambda: panel.state == "cancelled", what="cancelled")
+            assert proc.poll() is not None
+            kept = be.measured()
+            assert 0 < kept < 400
+            await until(pilot, lambda: app.snapshot.measured_ops == kept, what="kept measurements")
+    run(go())
+
+
+def test_quit_while_measuring_terminates_the_process(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path, n_ops=400, delay=0.05)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            app.set_choice("gpu", "local")
+            await pilot.press("m")
+            await until(pilot, lambda: len(app.profile_events) >= 1, what="progress")
+            proc = app.runner.proc
+            await pilot.press("q")
+        return proc
+    proc = run(go())
+    proc.wait(timeout=5)
+    assert proc.returncode is not None
+
+
+def test_profile_runner_coalesces_progress(tmp_path):
+    import sys
+
+    events = []
+    r = ProfileRunner([sys.executable, FAKE_PROFILE, str(tmp_path / "s.txt"), "ok", "40", "0.005"],
+                      events.append, min_interval=0.1)
+    final = r.run()
+    prog = [e for e in events if e["event"] == "progress"]
+    assert final["event"] == "done" and final["measured"] == 40
+    assert 1 <= len(prog) < 40 and prog[-1]["done"] == 40  # coalesced, last one always passed
+
+
+# ---------------------------------------------------------------- small screens, helpers
+
+def test_usable_at_80x24(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await started(app, pilot)
+            assert app.has_class("-hide-setup")
+            for ph in ("prefill", "decode"):
+                ch = app.query_one(f"#pareto-{ph}", ParetoChart)
+                assert ch.size.width >= 30 and ch.size.height >= 8
+                assert app.query_one(f"#rec-{ph}", RecommendationPanel).size.height >= 3
+            await pilot.press("s")
+            assert not app.has_class("-hide-setup")
+            assert app.focused is app.query_one("#model", Select)
+    run(go())
+
+
+def test_nice_ticks_and_model_resolution(tmp_path):
+    assert nice_ticks(0, 36.3, 4) == [0, 10, 20, 30]
+    assert nice_ticks(0.9, 2.1, 3) == [1.0, 1.5, 2.0]
+    assert resolve_model("qwen2.5-0.5b").num_layers > 0
+    with pytest.raises(Exception, match="not in the local Hugging Face cache"):
+        resolve_model("someone/not-cached-model")

@@ -1,0 +1,132 @@
+"""A fake fast engine and a fake measuring process for the TUI tests (not collected).
+
+The fake backend returns synthetic, deterministic sweeps (real value types, so the real
+export and the real ``pareto.recommend`` run on them); its "measurements" are the lines the
+fake measuring process appends to a state file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pis_tui.engine import SweepResult
+from pis_tui.errors import UserError
+from pis_tui.hardware import profile_from_dict
+from pis_tui.model_spec import spec_from_config
+from pis_tui.ops import Gemm
+from pis_tui.results import PhaseEstimate, Point, PricedOp, QualityEstimate
+from pis_tui.scenario import Scenario
+from pis_tui.tui.backend import Backend, Choices, Snapshot
+
+FAKE_PROFILE = str(Path(__file__).with_name("tui_fake_profile.py"))
+
+#: family -> (prefill speedup slope, decode speedup slope, quality loss slope)
+FAMILIES = {
+    "static_depth": (1.0, 0.9, 0.40),
+    "static_width": (0.8, 0.7, 0.22),
+    "low_rank": (0.6, 1.1, 0.30),
+    "semi_structured_24": (0.3, 0.5, 0.16),
+}
+SPARSITIES = (0.125, 0.25, 0.375, 0.5)
+MODELS = {"llama-3.1-8b": 1.0, "qwen2.5-0.5b": 1.6}  # quality slope multiplier
+
+
+def _spec(name: str):
+    return spec_from_config({"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 512,
+                             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+                             "model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+                            name, source="fake")
+
+
+def _device(name: str):
+    return profile_from_dict({
+        "name": name, "display_name": f"Fake {name.upper()}", "kind": "gpu",
+        "peak_tflops": {"bf16": 100.0}, "sparse_peak_tflops": {"bf16": 200.0},
+        "memory_bandwidth_gbs": 1000.0, "memory_gb": 80.0, "l2_mb": 50.0, "sm_count": 100,
+        "sparse_24": True, "fingerprint": f"fake:{name}"})
+
+
+class FakeBackend(Backend):
+    def __init__(self, state_file, mode: str = "ok", n_ops: int = 6, delay: float = 0.05,
+                 settings: dict | None = None):
+        super().__init__(use_cache=False)
+        self.state_file = Path(state_file)
+        self.mode = mode
+        self.n_ops = n_ops
+        self.delay = delay
+        self.settings = settings if settings is not None else {}
+        self.computed: list[Choices] = []
+        self.saved: list[Choices] = []
+
+    # settings
+    def load_choices(self, base):
+        text = self.settings.get("tui.last_choices")
+        return Choices.from_json(text, base) if text else None
+
+    def save_choices(self, choices):
+        self.saved.append(choices)
+        self.settings["tui.last_choices"] = choices.to_json()
+
+    # options
+    def default_gpu(self):
+        return "h200-sxm"
+
+    def model_options(self):
+        return [(m, m) for m in MODELS]
+
+    def gpu_options(self):
+        return [(f"local · {self.measured()} measured ops", "local"),
+                ("h200-sxm · datasheet roofline", "h200-sxm"), ("a100-80gb · datasheet roofline", "a100-80gb")]
+
+    def measured(self) -> int:
+        try:
+            return len(self.state_file.read_text().splitlines())
+        except OSError:
+            return 0
+
+    # the fake engine
+    def compute(self, choices: Choices) -> Snapshot:
+        self.computed.append(choices)
+        if choices.model == "broken":
+            raise UserError("broken: the fake engine refuses this model")
+        qmul = MODELS.get(choices.model, 1.2)
+        gmul = {"h200-sxm": 1.0, "a100-80gb": 1.5, "local": 20.0}.get(choices.gpu, 1.0)
+        measured = self.measured() if choices.gpu == "local" else 0
+        spec, device = _spec(choices.model), _device(choices.gpu)
+        scen = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
+                        choices.context_len, "bf16" if choices.dtype == "auto" else choices.dtype)
+        estimates, points = [], []
+        for ph_i, ph in enumerate(("prefill", "decode")):
+            dense_ms = (20.0 if ph == "prefill" else 5.0) * gmul * scen.batch(ph) ** 0.1
+            rows = [("dense", 0.0, 1.0, 0.0)]
+            for fam, (ps, ds, qs) in FAMILIES.items():
+                for s in SPARSITIES if fam != "semi_structured_24" else (0.5,):
+                    rows.append((fam, s, 1.0 + (ps if ph_i == 0 else ds) * s, qs * qmul * s))
+            for i, (fam, s, sp, loss) in enumerate(rows):
+                src = "measured" if i < measured else "roofline"
+                lat = dense_ms / sp
+                op = Gemm("mlp", 64, 256, 256, count=4)
+                e = PhaseEstimate(fam, s, s, ph, (PricedOp(op, lat / 4, src),), lat, 1e9 * (1 - s),
+                                  src, {src: {"ops": 1, "ms": lat}})
+                estimates.append(e)
+                q = (QualityEstimate(0.0, source="dense") if fam == "dense" else
+                     QualityEstimate(round(loss, 6), source="prior", protocol=choices.protocol,
+                                     extrapolated=s > 0.4, citations=("Fake et al. 2024",),
+                                     n_points=3, note="fake prior"))
+                points.append(Point(fam, s, s, ph, lat, dense_ms, sp, 1.0 / (1 - s) if s < 1 else 1.0,
+                                    src, q))
+        result = SweepResult(spec, device, scen, estimates, points, {}, quality_protocol=choices.protocol,
+                             provenance={"versions": {"pis-tui": "test"}, "device_fingerprint": device.fingerprint,
+                                         "created_at": "2025-01-01T00:00:00+00:00"})
+        for e in estimates:
+            from pis_tui.taxonomy import PhaseOps, Strategy
+
+            result.phase_ops[(e.strategy, e.sparsity, e.phase)] = PhaseOps(
+                Strategy(e.strategy, e.sparsity), e.phase, tuple(p.op for p in e.ops), e.sparsity,
+                ("fake note",), (("M", "64 → 48"),))
+        return Snapshot(choices, result, self.recommend(result, choices.active_budget), 0.05, measured)
+
+    def profile_command(self, choices):
+        return [sys.executable, FAKE_PROFILE, str(self.state_file), self.mode, str(self.n_ops),
+                str(self.delay)]
