@@ -1,0 +1,66 @@
+"""`pis-tui cache info|clear|export PATH`: look into, empty or export the DuckDB cache."""
+
+from __future__ import annotations
+
+import json
+
+from .common import add_cache
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cache", help="show, clear or export the measurement cache",
+                       description="The DuckDB cache holds op timings measured on this machine, "
+                                   "device peaks, saved sweeps, validation and quality results.")
+    csub = p.add_subparsers(dest="cache_cmd", metavar="ACTION", required=True)
+    i = csub.add_parser("info", help="where the cache is and what it holds")
+    i.add_argument("--json", action="store_true", help="print the info as JSON")
+    add_cache(i)
+    c = csub.add_parser("clear", help="delete cached results (settings are kept unless --all)")
+    c.add_argument("--table", action="append", default=None,
+                   help="only this table (repeatable): op_timings, device_calibration, sweeps, "
+                        "validations, quality_results, settings")
+    c.add_argument("--all", action="store_true", help="also the TUI's saved settings")
+    add_cache(c)
+    e = csub.add_parser("export", help="write a table to Parquet or CSV (by the file suffix)")
+    e.add_argument("path", help="output file: .parquet or .csv")
+    e.add_argument("--table", default="op_timings", help="table to export (default op_timings)")
+    e.add_argument("--format", choices=("parquet", "csv"), default=None,
+                   help="override the format the suffix implies")
+    add_cache(e)
+    for q in (i, c, e):
+        q.set_defaults(func=run)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..cache import DATA_TABLES, Cache
+    from .common import console
+
+    cache = Cache.open(args.cache)
+    con = console()
+    if args.cache_cmd == "info":
+        info = cache.info()
+        if args.json:
+            print(json.dumps(info, indent=2, default=str))
+            return 0
+        where = "in memory (" + info["fallback_reason"] + ")" if info["in_memory"] else info["path"]
+        size = f", {info['size_bytes'] / 2**20:.1f} MiB" if info.get("size_bytes") else ""
+        con.print(f"cache: {where}{size}, schema v{info['schema_version']}", markup=False)
+        con.print("rows: " + ", ".join(f"{k} {v}" for k, v in info["tables"].items()))
+        for d in info["devices"]:
+            con.print(f"  {d['fingerprint']}: {d['ops']} op timings ({d['ok']} ok), torch {d['torch']}"
+                      f"{', CUDA ' + d['cuda'] if d['cuda'] else ''}, method {d['method']}, last {d['last']}",
+                      markup=False)
+        for c in info["calibrations"]:
+            con.print(f"  peaks {c['fingerprint']} {c['dtype']}: {c['peak_tflops'] * 1e3:.1f} GFLOP/s, "
+                      f"{c['bandwidth_gbs']:.1f} GB/s (torch {c['torch']})", markup=False)
+        return 0
+    if args.cache_cmd == "clear":
+        tables = args.table or (DATA_TABLES + ("settings",) if args.all else None)
+        removed = cache.clear(tables)
+        con.print("cleared: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + f" ({cache.path})",
+                  markup=False)
+        return 0
+    r = cache.export(args.path, table=args.table, fmt=args.format)
+    con.print(f"wrote {r['rows']} rows of {r['table']} to {r['path']} ({r['format']})", markup=False)
+    return 0

@@ -1,0 +1,272 @@
+"""`pis-tui profile`: measure on the local device every op a sweep needs, into the cache.
+
+A second identical run is served from the cache (torch is not even imported).  Ctrl-C
+(or SIGTERM) stops cleanly between two measurements, keeping everything measured; a second
+Ctrl-C interrupts at once (still keeping what was written).  ``--progress-jsonl`` prints one
+JSON object per line on stdout (the TUI's measuring subprocess reads them)::
+
+    {"event": "plan", "total": 376, "cached": 0, "to_measure": 376, ...}
+    {"event": "progress", "done": 3, "total": 376, "current": "GEMM ...", "elapsed_s": 1.2, "eta_s": 80.0}
+    {"event": "measurement", "key": "gemm:dense:fp32:...", "status": "ok", "ms": 1.23, ...}
+    {"event": "done", "measured": 370, "reused": 0, "failed": 0, "cancelled": false,
+     "sources": {"measured": 300, "interpolated": 2, ...}, "elapsed_s": 150.3}
+    {"event": "error", "message": "...", "exit_code": 3}          (instead of "done")
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+from ..errors import EXIT_INTERRUPTED, PisError, UserError
+from .common import add_cache, add_model_gpu, add_scenario, add_strategy_options, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser("profile", help="measure every op a sweep needs on the local device (cached)",
+                       description="Measure, on the local device (a CUDA GPU, or the CPU), every "
+                                   "op the sweep of a model needs, and keep the times in the "
+                                   "DuckDB cache that sweep/recommend/the TUI use.")
+    add_model_gpu(p)
+    add_scenario(p)
+    p.add_argument("--strategies", "-s", default=None, help="comma-separated families (default: all)")
+    p.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.25,0.5 "
+                                                      "(default 0.125,0.25,0.375,0.5)")
+    add_strategy_options(p)
+    p.add_argument("--phase", choices=("prefill", "decode", "both"), default="both")
+    p.add_argument("--grid", choices=("model", "all", "none"), default="model",
+                   help="M grid around tile boundaries for interpolation: for the dense model's "
+                        "GEMM shapes (default), for every GEMM shape, or none")
+    p.add_argument("--repeats", type=positive_int("repeats"), default=None,
+                   help="timed repeats per op (default 5 on CPU, 7 on CUDA)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="measure the device's peak matmul rate and copy bandwidth again")
+    p.add_argument("--progress-jsonl", action="store_true",
+                   help="print progress as JSON lines on stdout (for the TUI)")
+    add_cache(p)
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------ progress displays
+
+
+class _Plain:
+    """Progress as occasional plain lines on stderr (no rich, or not a terminal)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every, self.last = every_s, 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, done, total, label, elapsed, eta):
+        now = time.monotonic()
+        if label and now - self.last < self.every and done < total:
+            return
+        self.last = now
+        eta_s = f", ETA {_fmt_s(eta)}" if eta is not None else ""
+        print(f"[{done}/{total}] {_fmt_s(elapsed)} elapsed{eta_s}  {label}", file=sys.stderr, flush=True)
+
+
+class _Rich:
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[label]}", style="dim"),
+            console=Console(stderr=True), transient=False)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, done, total, label, elapsed, eta):
+        if self.task is None:
+            self.task = self.progress.add_task("measure", total=total, eta="…", label="")
+        self.progress.update(self.task, completed=done, total=total,
+                             eta=_fmt_s(eta) if eta is not None else "…", label=label[:60])
+
+
+class _Jsonl:
+    def __init__(self):
+        self.last = 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, done, total, label, elapsed, eta):
+        emit({"event": "progress", "done": done, "total": total, "current": label,
+              "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 1)})
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _fmt_s(s) -> str:
+    if s is None:
+        return "?"
+    s = int(round(s))
+    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s}s"
+
+
+def progress_display(jsonl: bool = False):
+    if jsonl:
+        return _Jsonl()
+    if sys.stderr.isatty():
+        try:
+            return _Rich()
+        except ImportError:
+            pass
+    return _Plain()
+
+
+@contextmanager
+def cancel_on_signals(event: threading.Event, say=None):
+    """SIGTERM, and a first Ctrl-C, set `event` (stop between measurements); a second Ctrl-C
+    raises KeyboardInterrupt at once.  Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        event.set()
+        if say:
+            say("stopping after the current measurement (Ctrl-C again to stop at once)")
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def _check_local(gpu) -> None:
+    if gpu not in (None, "local"):
+        raise UserError(f"can only measure the local device: use --gpu local (or omit --gpu), "
+                        f"not {gpu!r}")
+
+
+def measurable_dtypes(device) -> tuple:
+    return ("fp32", "bf16") if device.kind == "cpu" else ("bf16", "fp16", "fp32", "tf32")
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except PisError as e:
+        if getattr(args, "progress_jsonl", False):
+            emit({"event": "error", "message": str(e), "exit_code": e.exit_code})
+        raise
+
+
+def _run(args) -> int:
+    from .. import profiling
+    from ..cache import Cache
+    from ..hardware import local_device
+    from ..model_spec import load_model_spec
+    from ..scenario import PHASES
+    from ..taxonomy import parse_strategies
+    from ._run import scenario_from_args
+    from .common import parse_sparsities
+
+    _check_local(args.gpu)
+    jsonl = args.progress_jsonl
+    spec = load_model_spec(args.model)
+    device = local_device()
+    scenario = scenario_from_args(args, device)
+    if scenario.dtype not in measurable_dtypes(device):
+        raise UserError(f"cannot measure {scenario.dtype} on {device.display_name}: "
+                        f"use one of {', '.join(measurable_dtypes(device))}")
+    strategies = parse_strategies(args.strategies)
+    sparsities = parse_sparsities(args.sparsities) if args.sparsities else None
+    phases = PHASES if args.phase == "both" else (args.phase,)
+    options = profiling.PlanOptions(granularity=args.granularity, align=args.align, phases=phases,
+                                    grid=args.grid)
+    warn = (lambda m: emit({"event": "warning", "message": m})) if jsonl else None
+    cache = Cache.open(args.cache, on_warning=warn)
+    planned = profiling.plan_detailed(spec, device, scenario, strategies, sparsities, options)
+    labels = {p.op.key(): p.label for p in planned}
+    say = (lambda m: emit({"event": "message", "message": m})) if jsonl else \
+        (lambda m: print(f"pis-tui: {m}", file=sys.stderr))
+    cancel = threading.Event()
+    if jsonl:
+        cached = {m.key for m in cache.get_measurements(device.fingerprint)
+                  if m.status in profiling.FINAL_STATUSES}
+        n_cached = sum(1 for p in planned if p.op.key() in cached)
+        emit({"event": "plan", "model": spec.name, "device": device.display_name,
+              "fingerprint": device.fingerprint, "scenario": scenario.to_dict(),
+              "total": len(planned), "cached": n_cached, "to_measure": len(planned) - n_cached,
+              "grid": sum(1 for p in planned if p.grid), "cache": cache.path})
+    on_measurement = None
+    if jsonl:
+        def on_measurement(m):
+            emit({"event": "measurement", "key": m.key, "op": m.op, "status": m.status, "ms": m.ms,
+                  "eager_ms": m.eager_ms, "spread": m.spread, "note": m.note})
+    with cancel_on_signals(cancel, say), progress_display(jsonl) as disp:
+        report = profiling.run_profile([p.op for p in planned], None, cache, on_progress=disp.update,
+                                       cancel=cancel, repeats=args.repeats,
+                                       on_measurement=on_measurement, device=device, labels=labels,
+                                       recalibrate=args.recalibrate)
+    sources = profiling.source_counts(spec, device, scenario, strategies, sparsities, options, cache)
+    cal = cache.get_calibration(device.fingerprint, scenario.dtype)
+    summary = {**report.to_dict(), "sources": sources, "cache": cache.path,
+               "calibration": {"peak_tflops": cal["peak_tflops"], "bandwidth_gbs": cal["bandwidth_gbs"]}
+               if cal else None}
+    if jsonl:
+        emit({"event": "done", **summary})
+    else:
+        _print_summary(report, sources, cal, cache, device, scenario)
+    return EXIT_INTERRUPTED if report.cancelled else 0
+
+
+def _print_summary(report, sources, cal, cache, device, scenario) -> None:
+    from .common import console
+
+    con = console()
+    state = "cancelled" if report.cancelled else "done"
+    con.print(f"[bold]{state}[/bold] in {_fmt_s(report.elapsed_s)} on {device.display_name}: "
+              f"{report.measured} measured, {report.reused} reused from the cache, "
+              f"{report.failed} failed (of {report.total} distinct ops incl. the M grid)")
+    order = ("measured", "shipped", "interpolated", "roofline", "unsupported")
+    parts = [f"{sources[k]} {k}" for k in order if sources.get(k)]
+    con.print("sweep ops by timing source now: " + (", ".join(parts) or "none"))
+    if cal:
+        con.print(f"device peaks ({scenario.dtype}, measured): {cal['peak_tflops'] * 1e3:.1f} GFLOP/s "
+                  f"matmul, {cal['bandwidth_gbs']:.1f} GB/s copy")
+    shown = 0
+    for key, status, note in report.failures:
+        if status == "unsupported" and shown >= 3:
+            continue
+        con.print(f"  {status}: {key} — {note}", markup=False)
+        shown += 1
+    if report.cancelled:
+        con.print("everything measured so far is kept in the cache; run the same command to resume")
+    con.print(f"cache: {cache.path}", markup=False)

@@ -1,0 +1,391 @@
+"""Planning and running a measurement sweep on the local device.
+
+* :func:`plan` lists the distinct kernel calls a sweep needs (deduped by op key across
+  strategies, sparsities and phases; unstructured GEMMs run the dense kernel, so they are
+  measured as dense), ordered by their share of their phase's time (the ops that decide the
+  answer first, so charts fill in quickly), followed by a grid of M around tile boundaries
+  for the GEMM (N, K) pairs of the model (up to the M each pair runs at), from which the estimator interpolates shapes that
+  were not timed.
+* :func:`run_profile` measures what the cache does not hold yet, storing measurements as they
+  are taken (flushed at least every second and on any exit, so Ctrl-C loses nothing), with a
+  progress callback and cancellation between measurements.  CUDA out-of-memory on a shape
+  marks that shape ``oom`` and goes on.
+
+torch is imported only when something has to be measured: a profile served entirely from the
+cache never imports it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Optional, Union
+
+from .measured_table import Measurement
+from .ops import Attention, Elementwise, Gemm, Op
+from .scenario import PHASES, Scenario
+
+#: M values around typical GEMM tile boundaries (64/128/256) and powers of two
+M_GRID = (1, 2, 4, 8, 16, 32, 64, 127, 128, 129, 255, 256, 257, 512, 1024, 2048, 4096)
+
+#: statuses of a cached measurement that are not retried (an "error" is retried next time)
+FINAL_STATUSES = ("ok", "unsupported", "oom")
+
+
+@dataclass
+class PlanOptions:
+    granularity: str = "layer"
+    align: int = 128
+    phases: tuple = PHASES
+    #: M grid for interpolation: "model" (the dense model's GEMM pairs), "all" (every pair
+    #: in the plan), or "none"
+    grid: str = "model"
+    m_grid: tuple = M_GRID
+    #: skip grid points whose roofline time exceeds this (ms); None: no cap
+    grid_max_ms: Optional[float] = None
+
+    @classmethod
+    def of(cls, options) -> "PlanOptions":
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in dict(options).items() if k in known})
+
+
+@dataclass
+class PlannedOp:
+    op: Op
+    share: float  # largest share of a phase's (roofline) time this op accounts for
+    grid: bool = False
+    label: str = ""
+
+
+def measuring_form(op: Op) -> Op:
+    """The kernel call actually timed for an op: one call (count 1), unstructured GEMMs as
+    the dense GEMM they run, and a neutral name (the key ignores names)."""
+    if isinstance(op, Gemm) and op.kind == "unstructured":
+        op = replace(op, kind="dense", density=1.0)
+    return replace(op, count=1.0)
+
+
+def _roofline(device):
+    try:
+        from .estimator import roofline_ms
+
+        return lambda op: roofline_ms(op, device)
+    except ImportError:  # pragma: no cover - estimator is part of the package
+        def f(op):
+            return max(op.flops() / device.peak(op.dtype), op.bytes() / device.bandwidth) * 1e3
+        return f
+
+
+def label_of(op: Op) -> str:
+    if isinstance(op, Gemm):
+        kind = "" if op.kind == "dense" else f" {op.kind}"
+        return f"GEMM{kind} {op.m}×{op.n}×{op.k} {op.dtype}"
+    if isinstance(op, Attention):
+        bs = f" block-sparse {op.block_density:.0%}" if op.block_density < 1 else ""
+        return (f"attention{bs} B{op.batch} H{op.q_heads}/{op.kv_heads} q{op.q_len} kv{op.kv_len} "
+                f"d{op.head_dim} {op.dtype}")
+    return f"{op.kind} {op.rows}×{op.width} {op.dtype}"
+
+
+def plan_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=None,
+                  options=None) -> list[PlannedOp]:
+    from .taxonomy import DEFAULT_SPARSITIES, DEFAULT_STRATEGIES, build_phase_ops, strategies_grid
+
+    opt = PlanOptions.of(options)
+    strategies = tuple(strategies) if strategies else DEFAULT_STRATEGIES
+    sparsities = tuple(sparsities) if sparsities else DEFAULT_SPARSITIES
+    roof = _roofline(device)
+    found: dict[str, PlannedOp] = {}
+    dense_pairs: set = set()
+    all_pairs: set = set()
+    pair_max_m: dict = {}
+    for strat in strategies_grid(strategies, sparsities, opt.granularity, opt.align):
+        for ph in opt.phases:
+            po = build_phase_ops(spec, strat, scenario, ph)
+            times = [(o, roof(o) * o.count) for o in po.ops]
+            total = sum(t for _, t in times) or 1.0
+            for o, t in times:
+                mo = measuring_form(o)
+                k = mo.key()
+                share = t / total
+                cur = found.get(k)
+                if cur is None:
+                    found[k] = PlannedOp(mo, share, label=f"{label_of(mo)} ({o.name})")
+                elif share > cur.share:
+                    cur.share = share
+                if isinstance(mo, Gemm):
+                    pair = (mo.n, mo.k, mo.kind, mo.dtype, mo.density)
+                    all_pairs.add(pair)
+                    pair_max_m[pair] = max(pair_max_m.get(pair, 0), mo.m)
+                    if strat.family == "dense":
+                        dense_pairs.add(pair)
+    planned = sorted(found.values(), key=lambda p: -p.share)
+    if opt.grid != "none":
+        max_m = max(scenario.prefill_batch * scenario.prompt_len, scenario.decode_batch)
+        pairs = dense_pairs if opt.grid == "model" else all_pairs
+        grid = []
+        for pair in sorted(pairs):
+            n, k, kind, dtype, dens = pair
+            # up to the first grid point at or above the largest M this pair runs at (an
+            # lm_head runs at M = batch, never at the prompt's M), within the scenario
+            top = min([g for g in opt.m_grid if g >= pair_max_m[pair]] or [pair_max_m[pair]])
+            for m in opt.m_grid:
+                if m > max_m or m > top:
+                    continue
+                g = Gemm("grid", m, n, k, 1.0, dtype, kind=kind, density=dens)
+                if g.key() in found:
+                    continue
+                t = roof(g)
+                if opt.grid_max_ms is not None and t > opt.grid_max_ms:
+                    continue
+                found[g.key()] = p = PlannedOp(g, 0.0, grid=True, label=f"{label_of(g)} (M grid)")
+                grid.append((t, p))
+        grid.sort(key=lambda tp: tp[0])  # cheap points first: the grid fills in quickly
+        planned += [p for _, p in grid]
+    return planned
+
+
+def plan(spec, device, scenario: Scenario, strategies=None, sparsities=None,
+         options=None) -> list[Op]:
+    """The ops (one call each) to measure for a sweep, most important first, then the M grid."""
+    return [p.op for p in plan_detailed(spec, device, scenario, strategies, sparsities, options)]
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class ProfileReport:
+    measured: int = 0
+    reused: int = 0
+    failed: int = 0
+    cancelled: bool = False
+    total: int = 0
+    elapsed_s: float = 0.0
+    calibrated: list = field(default_factory=list)  # dtypes whose peaks were measured now
+    measurements: list = field(default_factory=list)  # the new Measurements
+    failures: list = field(default_factory=list)  # (key, status, note)
+
+    def to_dict(self) -> dict:
+        return {"measured": self.measured, "reused": self.reused, "failed": self.failed,
+                "cancelled": self.cancelled, "total": self.total,
+                "elapsed_s": round(self.elapsed_s, 3), "calibrated": self.calibrated,
+                "failures": [{"key": k, "status": s, "note": n} for k, s, n in self.failures]}
+
+
+ProgressFn = Callable[[int, int, str, float, Optional[float]], None]
+CancelArg = Union[threading.Event, Callable[[], bool], None]
+
+
+def _is_cancelled(cancel: CancelArg) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def _cost_guess(op: Op, roof) -> float:
+    """Rough seconds to measure an op (fixed overhead + about eight calls) for the ETA."""
+    try:
+        t = roof(op) / 1e3
+    except Exception:  # noqa: BLE001
+        t = 0.0
+    return 0.06 + 8 * t
+
+
+class _Writer:
+    """Buffers new measurements and writes them at least every `flush_s` seconds."""
+
+    def __init__(self, cache, device_info: dict, flush_s: float):
+        self.cache, self.info, self.flush_s = cache, device_info, flush_s
+        self.pending: list[Measurement] = []
+        self.last = time.monotonic()
+
+    def add(self, m: Measurement) -> None:
+        self.pending.append(m)
+        if time.monotonic() - self.last >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending and self.cache is not None:
+            self.cache.put_measurements(self.pending, self.info)
+        self.pending = []
+        self.last = time.monotonic()
+
+
+def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[ProgressFn] = None,
+                cancel: CancelArg = None, *, repeats: Optional[int] = None,
+                on_measurement: Optional[Callable[[Measurement], None]] = None,
+                calibrate: bool = True, recalibrate: bool = False, flush_s: float = 1.0, device=None,
+                labels: Optional[dict] = None) -> ProfileReport:
+    """Measure the ops the cache does not hold yet (for this device and software).
+
+    ``device_ctx``: a ``timing.DeviceContext``, or None to open the local device only when
+    something must be measured.  ``on_progress(done, total, current_label, elapsed_s, eta_s)``
+    is called before each measurement and once at the end (``eta_s`` None until known).
+    ``cancel``: a threading.Event or a callable; checked between measurements.  With
+    ``calibrate`` the device's peak matmul rate and copy bandwidth are measured once per dtype
+    (for the estimator's roofline; ``recalibrate`` measures them again).  KeyboardInterrupt is re-raised after what was measured
+    has been written.
+    """
+    from .hardware import local_device
+
+    t0 = time.monotonic()
+    ops = list({measuring_form(o).key(): measuring_form(o) for o in ops}.values())
+    fp = device_ctx.fingerprint if device_ctx is not None else local_device().fingerprint
+    report = ProfileReport(total=len(ops))
+    have = {}
+    if cache is not None:
+        have = {m.key: m for m in cache.get_measurements(fp) if m.status in FINAL_STATUSES}
+    todo = [o for o in ops if o.key() not in have]
+    report.reused = len(ops) - len(todo)
+    dtypes = sorted({o.dtype for o in ops})
+    need_cal = []
+    if calibrate and cache is not None:
+        need_cal = [d for d in dtypes if recalibrate or cache.get_calibration(fp, d) is None]
+    roof = _roofline(device or local_device())
+    guesses = [_cost_guess(o, roof) for o in todo]
+    remaining_guess = sum(guesses) + 1.5 * len(need_cal)
+    done_guess = 0.0
+    measure_s = 0.0
+    total = len(ops)
+    done = report.reused
+
+    def progress(label: str) -> None:
+        if on_progress is None:
+            return
+        eta = None
+        if done_guess > 0 and measure_s > 0:
+            eta = max(0.0, measure_s / done_guess * remaining_guess)
+        on_progress(done, total, label, time.monotonic() - t0, eta)
+
+    if not todo and not need_cal:
+        report.elapsed_s = time.monotonic() - t0
+        progress("")
+        return report
+
+    ctx = device_ctx
+    if ctx is None:
+        from . import timing
+
+        progress("opening the device (importing torch)")
+        ctx = timing.open_device("local")
+    writer = _Writer(cache, ctx.device_info(), flush_s)
+    try:
+        for d in need_cal:
+            if _is_cancelled(cancel):
+                report.cancelled = True
+                break
+            progress(f"device peaks ({d}: large matmul, large copy)")
+            from . import timing
+
+            ts = time.monotonic()
+            if d not in ctx.dtypes:
+                continue
+            peaks = timing.measure_device_peaks(ctx, d)
+            cache.put_calibration(fp, d, peaks["peak_tflops"], peaks["bandwidth_gbs"], peaks,
+                                  software=ctx.software, method=peaks.get("method", ""))
+            report.calibrated.append(d)
+            measure_s += time.monotonic() - ts
+            done_guess += 1.5
+            remaining_guess -= 1.5
+        from . import timing
+
+        for op, guess in zip(todo, guesses):
+            if report.cancelled or _is_cancelled(cancel):
+                report.cancelled = True
+                break
+            label = (labels or {}).get(op.key()) or label_of(op)
+            progress(label)
+            ts = time.monotonic()
+            m = timing.measure_op(op, ctx, repeats=repeats)
+            measure_s += time.monotonic() - ts
+            done_guess += guess
+            remaining_guess -= guess
+            writer.add(m)
+            report.measurements.append(m)
+            if m.status == "ok":
+                report.measured += 1
+            else:
+                if m.status in ("error", "oom"):
+                    report.failed += 1
+                else:
+                    report.measured += 1  # "unsupported" is a result: there is no kernel here
+                report.failures.append((m.key, m.status, m.note))
+            done += 1
+            if on_measurement is not None:
+                on_measurement(m)
+    finally:
+        writer.flush()  # also on KeyboardInterrupt / errors: nothing measured is lost
+    report.elapsed_s = time.monotonic() - t0
+    progress("")
+    return report
+
+
+def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
+                on_progress: Optional[Callable[[str], None]] = None, *, ctx=None,
+                cancel: CancelArg = None, repeats: Optional[int] = None) -> list[Measurement]:
+    """Measurements for exactly these ops (from the cache where present, measured otherwise).
+
+    ``on_progress`` receives one-line messages (the validation command's convention).
+    """
+    ops = [measuring_form(o) for o in ops]
+    if dtype:
+        ops = [o for o in ops if o.dtype == dtype] or ops
+
+    def say(done, total, label, elapsed, eta):
+        if on_progress and label:
+            eta_s = f", ETA {eta:.0f} s" if eta is not None else ""
+            on_progress(f"measuring op {min(done + 1, total)}/{total}: {label}{eta_s}")
+
+    if cache is None:
+        from . import timing
+
+        ctx = ctx or timing.open_device("local")
+        out = []
+        for i, op in enumerate(ops):
+            if _is_cancelled(cancel):
+                break
+            say(i, len(ops), label_of(op), 0.0, None)
+            out.append(timing.measure_op(op, ctx, repeats=repeats))
+        return out
+    report = run_profile(ops, ctx, cache, on_progress=say, cancel=cancel, repeats=repeats,
+                         calibrate=False)
+    from .hardware import local_device
+
+    fp = ctx.fingerprint if ctx is not None else local_device().fingerprint
+    want = {o.key() for o in ops}
+    got = {m.key: m for m in cache.get_measurements(fp) if m.key in want}
+    for m in report.measurements:
+        got.setdefault(m.key, m)
+    return list(got.values())
+
+
+def source_counts(spec, device, scenario: Scenario, strategies=None, sparsities=None,
+                  options=None, cache=None) -> dict:
+    """How the sweep's distinct ops would be priced now: {measured, shipped, interpolated,
+    roofline, unsupported} (what `profile` reports at the end)."""
+    from .engine import make_estimator
+    from .taxonomy import DEFAULT_SPARSITIES, DEFAULT_STRATEGIES, build_phase_ops, strategies_grid
+
+    opt = PlanOptions.of(options)
+    est = make_estimator(device, scenario.dtype, cache)
+    seen: dict = {}
+    for strat in strategies_grid(tuple(strategies or DEFAULT_STRATEGIES),
+                                 tuple(sparsities or DEFAULT_SPARSITIES), opt.granularity, opt.align):
+        for ph in opt.phases:
+            for o in build_phase_ops(spec, strat, scenario, ph).ops:
+                k = o.key()
+                if k not in seen:
+                    seen[k] = est.price(o).source
+    out: dict = {}
+    for s in seen.values():
+        out[s] = out.get(s, 0) + 1
+    return out
