@@ -1231,3 +1231,142 @@ def accuracy_summary(rows: list) -> dict:
             "worst": f"{worst.strategy} {worst.sparsity:g} {worst.phase} b{worst.batch}",
             "flops_median_abs_error": statistics.median(ferrs),
             "flops_worst_abs_error": max(ferrs)}
+
+
+# ============================================================== diagnosis
+
+#: op name → the part of the model it belongs to (for comparing predicted and measured parts)
+PART_OF_OP = {
+    "embedding": "embedding", "final_norm": "final_norm", "lm_head": "lm_head",
+    "input_norm": "norms", "post_attn_norm": "norms",
+    "q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "o_proj": "attention",
+    "qkv_bias": "attention", "qk_norm": "attention", "rotary": "attention",
+    "kv_write": "attention", "attention": "attention", "block_pool": "attention",
+    "block_score": "attention", "block_topk": "attention",
+    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp", "silu_mul": "mlp",
+    "attn_residual": "residual", "mlp_residual": "residual", "residual_map": "residual",
+}
+PARTS = ("embedding", "norms", "attention", "mlp", "residual", "routing", "final_norm", "lm_head",
+         "other")
+
+
+def part_of(op_name: str) -> str:
+    base = op_name.split(".")[0]
+    if base in PART_OF_OP:
+        return PART_OF_OP[base]
+    if base.startswith(("attn_", "mlp_")) and base.split("_", 1)[1] in ("router", "topk", "gather",
+                                                                       "scatter"):
+        return "routing"
+    return "other"
+
+
+def predicted_parts(estimate) -> dict:
+    """ms per model part of a PhaseEstimate."""
+    out = {p: 0.0 for p in PARTS}
+    for p in estimate.ops:
+        out[part_of(p.op.name)] += p.total_ms
+    return out
+
+
+def measured_parts(built: BuiltModel, phase: str, batch: int, length: int, repeats: int = 3) -> dict:
+    """ms per model part of one forward, timed with module hooks (CPU: exact wall time of each
+    module call; on CUDA each hook synchronises, so only use it to diagnose).  ``other`` is the
+    rest of the forward: Python and framework overhead, rotary tables, residual adds inside
+    transformers' layers, routing glue."""
+    import torch
+
+    m = built.model
+    parts: dict = {p: 0.0 for p in PARTS}
+    stack: list = []
+    handles = []
+    cuda = str(built.device).startswith("cuda")
+
+    def add(mod, part):
+        def pre(*_a, **_k):
+            if cuda:
+                torch.cuda.synchronize()
+            stack.append(time.perf_counter())
+
+        def post(*_a, **_k):
+            if cuda:
+                torch.cuda.synchronize()
+            parts[part] += (time.perf_counter() - stack.pop()) * 1e3
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
+
+    add(m.model.embed_tokens, "embedding")
+    add(m.model.norm, "final_norm")
+    add(m.lm_head, "lm_head")
+    for name, mod in m.model.layers.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "self_attn":
+            add(mod, "attention")
+        elif leaf == "mlp":
+            add(mod, "mlp")
+        elif leaf in ("input_layernorm", "post_attention_layernorm"):
+            add(mod, "norms")
+        elif leaf in ("attn_router", "mlp_router"):
+            add(mod, "routing")
+        elif leaf in ("attn_map", "mlp_map"):
+            add(mod, "residual")
+    run = PhaseRun(built, phase, batch, length, cuda_graph=False)
+    run.prepare()
+    totals = []
+    snapshots = []
+    try:
+        with torch.inference_mode():
+            run._fn()  # warm
+            for _ in range(repeats):
+                for k in parts:
+                    parts[k] = 0.0
+                t0 = time.perf_counter()
+                run._fn()
+                _sync(built.device)
+                totals.append((time.perf_counter() - t0) * 1e3)
+                snapshots.append(dict(parts))
+    finally:
+        for h in handles:
+            h.remove()
+        run.close()
+    i = sorted(range(len(totals)), key=lambda j: totals[j])[len(totals) // 2]
+    out = snapshots[i]
+    out["other"] = max(0.0, totals[i] - sum(v for k, v in out.items() if k != "other"))
+    out["total"] = totals[i]
+    return out
+
+
+def tiny_clone(raw: dict, spec: ModelSpec) -> tuple[dict, ModelSpec]:
+    """The same architecture (layers, GQA ratio, biases, tying) with every width tiny: its
+    forward time is almost all framework overhead (Python, module calls, dispatch, glue ops)."""
+    from .model_spec import spec_from_config
+
+    cfg = dict(raw)
+    group = spec.gqa_group
+    cfg.update(hidden_size=64, intermediate_size=64, num_attention_heads=2 * group,
+               num_key_value_heads=2, head_dim=16, vocab_size=64)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        cfg.pop(k, None)
+    return cfg, spec_from_config(cfg, spec.name + "-tiny")
+
+
+def overhead_probe(raw: dict, spec: ModelSpec, strategy: tx.Strategy, phase: str, batch: int,
+                   length: int, times: "OpTimes", repeats: int = 7) -> dict:
+    """Framework overhead of one forward that the sum of ops does not see: the tiny clone's
+    measured time minus its own prediction (ops measured the same way)."""
+    traw, tspec = tiny_clone(raw, spec)
+    built = build_from_spec(traw, tspec, tx.Strategy(strategy.family, strategy.sparsity,
+                                                      strategy.granularity, align=8),
+                            dtype=times.dtype)
+    scen = Scenario(prefill_batch=batch, prompt_len=length if phase == "prefill" else 1,
+                    decode_batch=batch, context_len=length if phase == "decode" else 1,
+                    dtype=times.dtype)
+    pe = predict(tspec, tx.Strategy(strategy.family, strategy.sparsity, strategy.granularity,
+                                    align=8), scen, phase, times)
+    run = PhaseRun(built, phase, batch, length)
+    run.prepare()
+    try:
+        t = measure_interleaved([run], repeats, warmup=2, target_ms=50)[0]
+    finally:
+        run.close()
+    return {"measured_ms": t.median_ms, "predicted_ms": pe.latency_ms,
+            "overhead_ms": max(0.0, t.median_ms - pe.latency_ms)}

@@ -1,0 +1,189 @@
+"""Accuracy benchmark of pis-tui's composed predictions against end-to-end timings (issue 4 §2).
+
+qwen2.5-0.5b, fp32, on this machine's CPU: prefill batch 1 × 128 tokens; decode batch 1 and 16 at
+context 256; static_depth, static_width, low_rank and dynamic_depth at sparsity 0.25 and 0.5.
+Target: the predicted speedup within 5% of the measured speedup at the median, 15% at worst.
+
+The op times behind the predictions are measured in the same run (a fresh cache unless
+``--cache`` is given), then each pruned model is timed interleaved with the dense one.  The
+machine is shared: the script waits (up to ``--wait`` s) for the 1-minute load average to fall
+below ``--max-load`` before starting and records the load during the run.  Rows whose error
+exceeds 5% get a per-part diagnosis (predicted vs hook-timed ms of embedding, norms,
+attention, MLP, residual, routing, lm_head, other).
+
+    PYTHONPATH=. python tests/benchmarks/validate_qwen05b_cpu.py [--repeats 7] [--extra]
+
+Writes tests/benchmarks/validate_qwen05b_cpu.result.md and .result.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from pis_tui import taxonomy as tx  # noqa: E402
+from pis_tui import validation as v  # noqa: E402
+from pis_tui.scenario import Scenario  # noqa: E402
+
+MODEL = "qwen2.5-0.5b"
+FAMILIES = ("static_depth", "static_width", "low_rank", "dynamic_depth")
+SPARSITIES = (0.25, 0.5)
+TARGET_MEDIAN, TARGET_WORST = 0.05, 0.15
+
+
+def wait_quiet(max_load: float, wait_s: float) -> float:
+    t0 = time.time()
+    while os.getloadavg()[0] > max_load and time.time() - t0 < wait_s:
+        time.sleep(10)
+    return os.getloadavg()[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--extra", action="store_true", help="also the other families (informative)")
+    ap.add_argument("--cache", default=None, help="DuckDB cache (default: a fresh temporary one)")
+    ap.add_argument("--max-load", type=float, default=1.5)
+    ap.add_argument("--wait", type=float, default=900)
+    ap.add_argument("--out", default=str(HERE / "validate_qwen05b_cpu.result"))
+    ap.add_argument("--no-diagnose", action="store_true")
+    args = ap.parse_args()
+
+    from pis_tui.cache import Cache
+
+    tmp = None
+    if args.cache is None:
+        tmp = tempfile.mkdtemp(prefix="pis-validate-")
+        args.cache = os.path.join(tmp, "cache.duckdb")
+    cache = Cache.open(args.cache)
+    strategies = [tx.Strategy(f, s) for f in FAMILIES for s in SPARSITIES]
+    if args.extra:
+        strategies += [s for s in v.standard_strategies(extra=True) if s.family not in FAMILIES]
+    load0 = wait_quiet(args.max_load, args.wait)
+    loads = [load0]
+    t0 = time.time()
+
+    def on_row(r):
+        loads.append(os.getloadavg()[0])
+        print(f"{r.strategy:24s} {r.sparsity:.2f} {r.phase:7s} b{r.batch:<3d} predicted "
+              f"{r.predicted_speedup:.3f}× measured {r.measured_speedup:.3f}× error {r.error:+.1%} "
+              f"(FLOPs {r.flops_error:+.1%}; load {loads[-1]:.1f}; {time.time() - t0:.0f} s)",
+              flush=True)
+
+    rows = v.validate(MODEL, strategies, ("prefill", "decode"), prefill_batch=1, prompt_len=128,
+                      decode_batches=(1, 16), context_len=256, dtype="fp32",
+                      repeats=args.repeats, warmup=1, cache=cache, on_row=on_row)
+    elapsed = time.time() - t0
+    core = [r for r in rows if r.strategy in FAMILIES]
+    summary = v.accuracy_summary(core)
+    ok = bool(core) and summary["median_abs_error"] <= TARGET_MEDIAN and \
+        summary["worst_abs_error"] <= TARGET_WORST
+
+    diagnoses = {}
+    if not args.no_diagnose:
+        raw, spec = v.raw_config(MODEL)
+        times = v.OpTimes("fp32", cache)
+        for r in rows:
+            if abs(r.error) <= TARGET_MEDIAN:
+                continue
+            scen = Scenario(prefill_batch=r.batch, prompt_len=r.length if r.phase == "prefill" else 1,
+                            decode_batch=r.batch, context_len=r.length if r.phase == "decode" else 1,
+                            dtype="fp32")
+            d = {}
+            for strat in (tx.Strategy("dense"), tx.Strategy(r.strategy, r.sparsity)):
+                pe = v.predict(spec, strat, scen, r.phase, times)
+                built = v.build_from_spec(raw, spec, strat)
+                d[strat.family] = {"predicted": v.predicted_parts(pe),
+                                   "measured": v.measured_parts(built, r.phase, r.batch, r.length)}
+                del built
+            diagnoses[f"{r.strategy} {r.sparsity:g} {r.phase} b{r.batch}"] = d
+
+    import torch
+    import transformers
+
+    from pis_tui.hardware import local_device
+
+    env = {"device": local_device().display_name, "fingerprint": local_device().fingerprint,
+           "torch": torch.__version__, "transformers": transformers.__version__,
+           "threads": torch.get_num_threads(), "python": platform.python_version(),
+           "load_avg_start": round(load0, 2), "load_avg_max": round(max(loads), 2),
+           "elapsed_s": round(elapsed), "repeats": args.repeats,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    data = {"model": MODEL, "scenario": {"prefill": "1×128", "decode": "batch 1 and 16 @ 256",
+                                         "dtype": "fp32"},
+            "environment": env, "summary_core": summary, "meets_target": ok,
+            "summary_all": v.accuracy_summary(rows),
+            "rows": [r.to_dict(full=True) for r in rows], "diagnoses": diagnoses}
+    Path(args.out + ".json").write_text(json.dumps(data, indent=2))
+    Path(args.out + ".md").write_text(render_md(data, rows))
+    print(json.dumps(summary, indent=2))
+    print("meets target" if ok else "does NOT meet the target")
+    return 0
+
+
+def render_md(data: dict, rows) -> str:
+    env, s = data["environment"], data["summary_core"]
+    lines = [
+        "# validate_qwen05b_cpu: predicted vs end-to-end measured speedups",
+        "",
+        f"{data['model']}, fp32, prefill 1×128, decode batch 1 and 16 at context 256; "
+        f"{env['device']}; torch {env['torch']}, transformers {env['transformers']}, "
+        f"{env['threads']} threads; {env['repeats']} interleaved rounds per pair; load average "
+        f"{env['load_avg_start']} at the start, {env['load_avg_max']} at most; {env['elapsed_s']} s; "
+        f"{env['date']}.",
+        "",
+        f"**Target** (static_depth, static_width, low_rank, dynamic_depth at 0.25/0.5): median "
+        f"|error| ≤ {TARGET_MEDIAN:.0%}, worst ≤ {TARGET_WORST:.0%}.  "
+        f"**Result: median {s['median_abs_error']:.1%}, worst {s['worst_abs_error']:.1%} "
+        f"({s['worst']}) → {'met' if data['meets_target'] else 'NOT met'}.**  "
+        f"The FLOPs ratio as a predictor: median {s['flops_median_abs_error']:.1%}, worst "
+        f"{s['flops_worst_abs_error']:.1%}.",
+        "",
+        "error = predicted speedup / measured speedup − 1; speedups are dense ms / pruned ms; "
+        "spread = interquartile range / median of the pruned model's samples.",
+        "",
+        "| strategy | s | achieved | phase | batch | pred ms | meas ms | dense pred | dense meas "
+        "| pred × | meas × | error | FLOPs × | FLOPs err | spread |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.strategy} | {r.sparsity:g} | {r.achieved_sparsity:.1%} | {r.phase} | {r.batch} "
+            f"| {r.predicted_ms:.1f} | {r.measured_ms:.1f} | {r.dense_predicted_ms:.1f} "
+            f"| {r.dense_measured_ms:.1f} | {r.predicted_speedup:.3f} | {r.measured_speedup:.3f} "
+            f"| {r.error:+.1%} | {r.flops_speedup:.3f} | {r.flops_error:+.1%} "
+            f"| {r.measured_spread:.0%} |")
+    if data["diagnoses"]:
+        lines += ["", "## Diagnosis of the rows with |error| > 5%", "",
+                  "ms per part of one forward: predicted (sum of measured ops) vs measured "
+                  "(module hooks around transformers' own modules; 'other' = the rest of the "
+                  "forward: Python/framework glue, rotary tables, routing glue).", ""]
+        for name, d in data["diagnoses"].items():
+            lines += [f"### {name}", "", "| part | dense pred | dense meas | pruned pred | pruned meas |",
+                      "|---|---|---|---|---|"]
+            fams = list(d)
+            dn, pr = d[fams[0]], d[fams[-1]]
+            for part in v.PARTS:
+                lines.append(f"| {part} | {dn['predicted'][part]:.2f} | {dn['measured'][part]:.2f} "
+                             f"| {pr['predicted'][part]:.2f} | {pr['measured'][part]:.2f} |")
+            lines.append(f"| total | {sum(dn['predicted'].values()):.2f} | {dn['measured']['total']:.2f} "
+                         f"| {sum(pr['predicted'].values()):.2f} | {pr['measured']['total']:.2f} |")
+            lines.append("")
+    lines += ["", "## Notes", ""]
+    notes = sorted({n for r in rows for n in r.notes})
+    lines += [f"- {n}" for n in notes] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
