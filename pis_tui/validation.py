@@ -1182,6 +1182,10 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                         for r in runs:
                             r.prepare()
                         td, tp = measure_interleaved(runs, repeats, warmup)
+                    except (RuntimeError, NotImplementedError) as e:
+                        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                        raise MeasureError(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: "
+                                           f"the model failed to run ({msg})") from None
                     finally:
                         for r in runs:
                             r.close()
