@@ -39,7 +39,8 @@ async def until(pilot, cond, timeout=8.0, what="condition"):
 
 
 async def started(app, pilot):
-    await until(pilot, lambda: app.snapshot is not None and not app._sweeping, what="first sweep")
+    await until(pilot, lambda: app.snapshot is not None and not app._sweeping and app._full,
+                what="first sweep")
     await pilot.pause(0.05)
 
 
@@ -399,13 +400,13 @@ def test_usable_at_80x24(tmp_path):
         app, be = make_app(tmp_path)
         async with app.run_test(size=(80, 24)) as pilot:
             await started(app, pilot)
-            assert app.has_class("-hide-setup")
+            assert not app.query_one("#setup").display
             for ph in ("prefill", "decode"):
                 ch = app.query_one(f"#pareto-{ph}", ParetoChart)
                 assert ch.size.width >= 30 and ch.size.height >= 8
                 assert app.query_one(f"#rec-{ph}", RecommendationPanel).size.height >= 3
             await pilot.press("s")
-            assert not app.has_class("-hide-setup")
+            assert app.query_one("#setup").display
             assert app.focused is app.query_one("#model", Select)
     run(go())
 

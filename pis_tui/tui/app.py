@@ -49,10 +49,6 @@ TabPane { padding: 0; }
 #recs { height: auto; }
 #status { height: 1; padding: 0 1; color: $text-muted; background: $boost; }
 #status.error { color: $error; }
-App.-short Header { display: none; }
-App.-short RecommendationPanel { height: 5; }
-App.-short #gap-summary { max-height: 3; }
-App.-hide-setup SetupPanel { display: none; }
 """
 
 
@@ -95,6 +91,7 @@ class PisApp(App):
 
     TITLE = "pis-tui"
     CSS = CSS
+    AUTO_FOCUS = None  # keys go to the app's bindings until the user tabs into a field
     COMMANDS = App.COMMANDS | {PisCommands}
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [
@@ -125,6 +122,7 @@ class PisApp(App):
         super().__init__()
         self.backend = backend or Backend()
         self.choices = choices or Choices()
+        self._explicit_choices = choices is not None
         self.overrides = dict(overrides or {})
         self.restore = restore
         self.snapshot: Optional[Snapshot] = None
@@ -147,12 +145,17 @@ class PisApp(App):
         self.lags: list[float] = []
         self._lag_last = 0.0
         self.setup_visible = True
+        self._short: Optional[bool] = None
+        self._full = False  # setup panel, Beyond FLOPs and the table mounted
+        self._mounting = False
+        self._quit_after_mount = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="main"):
-            yield SetupPanel(self.choices, self.backend.validate_model, id="setup")
+            # the setup panel, the Beyond-FLOPs charts and the table are mounted right after
+            # the first chart is drawn (see _mount_rest): the first chart comes sooner
             with Vertical(id="content"):
                 with TabbedContent(initial="pareto", id="tabs"):
                     with TabPane("Pareto", id="pareto"):
@@ -160,13 +163,8 @@ class PisApp(App):
                             for ph in PHASES:
                                 yield ParetoChart(ph, id=f"pareto-{ph}")
                         yield Legend(id="legend")
-                    with TabPane("Beyond FLOPs", id="flops"):
-                        with Horizontal(classes="charts"):
-                            for ph in PHASES:
-                                yield FlopsChart(ph, id=f"flops-{ph}")
-                        yield Static("", id="gap-summary")
-                    with TabPane("Points", id="points"):
-                        yield PointsView(id="points-view")
+                    yield TabPane("Beyond FLOPs", id="flops")
+                    yield TabPane("Points", id="points")
                 with Horizontal(id="recs"):
                     for ph in PHASES:
                         yield RecommendationPanel(ph, id=f"rec-{ph}")
@@ -178,7 +176,6 @@ class PisApp(App):
         self.title = "pis-tui"
         self._apply_size()
         self.setup_visible = self.size.width >= 110
-        self.set_class(not self.setup_visible, "-hide-setup")
         if self.monitor_lag:
             self._lag_last = time.perf_counter()
             self.set_interval(0.02, self._lag_tick)
@@ -186,16 +183,25 @@ class PisApp(App):
         self._startup()
 
     def on_resize(self, event) -> None:
-        self._apply_size()
+        if self._short is not None:  # after mount
+            self._apply_size()
 
     def _apply_size(self) -> None:
-        self.set_class(self.size.height < 30, "-short")
+        """Short terminals (< 30 rows): no header, lower recommendation panels.  Styles are
+        set on the few widgets concerned (an app-wide class would restyle every widget)."""
+        short = self.size.height < 30
+        if short == self._short:
+            return
+        self._short = short
+        self.query_one(Header).display = not short
+        for ph in PHASES:
+            self.query_one(f"#rec-{ph}", RecommendationPanel).styles.height = 5 if short else 6
 
     # ------------------------------------------------------------------ startup
     @work(thread=True, group="startup", exit_on_error=False)
     def _startup(self) -> None:
         base = self.choices
-        if "gpu" not in self.overrides:
+        if "gpu" not in self.overrides and not self._explicit_choices:
             try:
                 base = replace(base, gpu=self.backend.default_gpu())
             except PisError:
@@ -212,9 +218,33 @@ class PisApp(App):
         gpus = self.backend.gpu_options()
         self.post_message(OptionsReady(models, gpus))
 
+    async def _mount_rest(self) -> None:
+        """Mount what the first chart does not need: setup panel, Beyond FLOPs, table."""
+        if self._full or self._mounting:
+            return
+        self._mounting = True
+        panel = SetupPanel(self.choices, self.backend.validate_model, id="setup")
+        panel.display = self.setup_visible
+        await self.query_one("#main").mount(panel, before="#content")
+        await self.query_one("#flops", TabPane).mount(
+            Horizontal(*(FlopsChart(ph, id=f"flops-{ph}") for ph in PHASES), classes="charts"),
+            Static("", id="gap-summary"))
+        await self.query_one("#points", TabPane).mount(PointsView(id="points-view"))
+        self._full = True
+        if self._quit_after_mount:
+            self.exit()
+            return
+        if self.model_options or self.gpu_options:
+            panel.set_options(self.model_options, self.gpu_options)
+        if self.snapshot is not None:
+            snap, self.snapshot = self.snapshot, None
+            self._show(snap)
+        self._update_setup_info()
+
     def on_restored(self, msg: Restored) -> None:
         self.choices = msg.choices
-        self.query_one(SetupPanel).set_choices(msg.choices)
+        if self._full:
+            self.query_one(SetupPanel).set_choices(msg.choices)
         self._sweeping = True
         self._update_setup_info()
         if msg.restored:
@@ -222,10 +252,13 @@ class PisApp(App):
 
     def on_options_ready(self, msg: OptionsReady) -> None:
         self.model_options, self.gpu_options = msg.models, msg.gpus
-        self.query_one(SetupPanel).set_options(msg.models, msg.gpus)
+        if self._full:
+            self.query_one(SetupPanel).set_options(msg.models, msg.gpus)
         self._update_setup_info()
 
     def _update_setup_info(self) -> None:
+        if not self._full:
+            return
         panel = self.query_one(SetupPanel)
         gpu = self.choices.gpu
         info = ""
@@ -289,8 +322,8 @@ class PisApp(App):
                 snap.result, self.choices.active_budget), snap.elapsed_s, snap.measured_ops,
                 snap.warnings)
         self.sweeps_done += 1
-        panel = self.query_one(SetupPanel)
-        panel.set_error("quality", "")
+        if self._full:
+            self.query_one(SetupPanel).set_error("quality", "")
         self.query_one("#status").remove_class("error")
         self.last_error = ""
         self._show(snap)
@@ -300,12 +333,11 @@ class PisApp(App):
         if msg.choices.sweep_key() != self.choices.sweep_key():
             return
         self.last_error = msg.error
-        panel = self.query_one(SetupPanel)
         where = {"model": "model", "quality": "quality", "scenario": "scenario"}.get(msg.field)
         if msg.field in ("quality", "protocol") or "quality" in msg.error or "perplexity" in msg.error:
             where = "quality"
-        if where:
-            panel.set_error(where, msg.error)
+        if where and self._full:
+            self.query_one(SetupPanel).set_error(where, msg.error)
         self.set_status(f"✗ {msg.error}" + ("" if self.snapshot is None
                                             else " (showing the last good result)"), error=True)
         self.notify(msg.error, title="cannot compute", severity="error", timeout=8)
@@ -315,20 +347,22 @@ class PisApp(App):
         """Draw `snap`; a re-rank (budget change) redraws only what the budget moves."""
         first = self.snapshot is None
         self.snapshot = snap
-        pv = self.query_one(PointsView)
-        fam = pv.family
         for ph in PHASES:
             self.query_one(f"#pareto-{ph}", ParetoChart).show(snap)
             self.query_one(f"#rec-{ph}", RecommendationPanel).show(snap)
-            if not rerank_only:
-                self.query_one(f"#flops-{ph}", FlopsChart).show(snap, family=fam)
-        if rerank_only:
-            pv.snapshot = snap
+        if not self._full:
+            self.call_after_refresh(self._mount_rest)
         else:
-            pv.show(snap)
-            self._show_gaps()
-        if first:
-            pv.select_point(snap.recs["prefill"].best)
+            pv = self.query_one(PointsView)
+            if rerank_only:
+                pv.snapshot = snap
+            else:
+                for ph in PHASES:
+                    self.query_one(f"#flops-{ph}", FlopsChart).show(snap, family=pv.family)
+                pv.show(snap)
+                self._show_gaps()
+            if first:
+                pv.select_point(snap.recs["prefill"].best)
         self._update_setup_info()
         r = snap.result
         self.sub_title = (f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} · budget "
@@ -385,7 +419,8 @@ class PisApp(App):
     def set_choice(self, name: str, value) -> None:
         """Palette and tests: change one choice as if typed in the setup panel."""
         c = self.choices.with_budget(value) if name == "budget" else replace(self.choices, **{name: value})
-        self.query_one(SetupPanel).set_choices(c)
+        if self._full:
+            self.query_one(SetupPanel).set_choices(c)
         self._apply_choices(c, name)
 
     def _schedule_save(self) -> None:
@@ -402,24 +437,29 @@ class PisApp(App):
 
     # ------------------------------------------------------------------ actions
     def action_budget(self, step: int) -> None:
-        self.query_one(SetupPanel).step_budget(step)
+        if self._full:
+            self.query_one(SetupPanel).step_budget(step)
+        else:
+            self.set_choice("budget", self.choices.active_budget + step / 100.0)
 
     def action_toggle_setup(self) -> None:
+        if not self._full:
+            return
         self.setup_visible = not self.setup_visible
-        self.set_class(not self.setup_visible, "-hide-setup")
+        self.query_one(SetupPanel).display = self.setup_visible
         if self.setup_visible:
             self.query_one("#model").focus()
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        if tab == "points":
+        if tab == "points" and self._full:
             self.query_one("#points-table", DataTable).focus()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
     def selected_point(self):
-        p = self.query_one(PointsView).current()
+        p = self.query_one(PointsView).current() if self._full else None
         if p is None and self.snapshot is not None:
             p = self.snapshot.recs["prefill"].best
         return p
@@ -439,6 +479,8 @@ class PisApp(App):
             self.action_drill()
 
     def action_cycle_family(self) -> None:
+        if not self._full:
+            return
         fam = self.query_one(PointsView).cycle_family()
         if self.snapshot is not None:
             f = None if fam == "all families" else fam
@@ -448,12 +490,18 @@ class PisApp(App):
         self.notify(f"family filter: {fam}", timeout=2)
 
     def action_cycle_phase(self) -> None:
+        if not self._full:
+            return
         self.notify(f"table phase: {self.query_one(PointsView).cycle_phase()}", timeout=2)
 
     def action_cycle_sort(self) -> None:
+        if not self._full:
+            return
         self.notify(f"table sorted by {self.query_one(PointsView).cycle_sort()}", timeout=2)
 
     def action_reverse_sort(self) -> None:
+        if not self._full:
+            return
         self.query_one(PointsView).toggle_reverse()
 
     def action_recompute(self) -> None:
@@ -532,6 +580,9 @@ class PisApp(App):
     async def action_quit(self) -> None:
         if self.runner is not None and self.runner.running:
             self.runner.cancel(grace_s=1.0)
+        if self._mounting and not self._full:
+            self._quit_after_mount = True  # quitting mid-mount trips textual; finish first
+            return
         self.exit()
 
     # ------------------------------------------------------------------ lag monitor

@@ -173,6 +173,7 @@ class Backend:
         self.cache_path = cache_path
         self.use_cache = use_cache
         self._quality_models: dict = {}
+        self.warnings: list[str] = []  # cache warnings (never printed over the screen)
 
     # ------------------------------------------------------------------ cache
     @contextlib.contextmanager
@@ -183,7 +184,7 @@ class Backend:
             try:
                 from ..cache import Cache
 
-                c = Cache.open(self.cache_path)
+                c = Cache.open(self.cache_path, on_warning=self.warnings.append)
             except ImportError:
                 c = None
         try:

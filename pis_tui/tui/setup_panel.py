@@ -84,6 +84,9 @@ class SetupPanel(VerticalScroll):
         yield Static("m: measure on the local device", id="measure-info", classes="info")
 
     def on_mount(self) -> None:
+        self.call_after_refresh(self._ready)
+
+    def _ready(self) -> None:
         self._sync_quality_widgets()
         for w in ("model", "scenario", "quality"):
             self.set_error(w, "")

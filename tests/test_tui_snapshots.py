@@ -1,0 +1,43 @@
+"""SVG snapshots of the explorer (pytest-textual-snapshot), with the fake engine's fixed
+data and fixed terminal sizes.  Refresh after an intended change with
+``pytest tests/test_tui_snapshots.py --snapshot-update`` and look at the SVGs."""
+
+from __future__ import annotations
+
+import time
+
+from pis_tui.tui.app import PisApp
+from tui_fakes import FakeBackend
+
+
+def app_for(tmp_path):
+    return PisApp(FakeBackend(tmp_path / "measured.txt"), restore=False)
+
+
+def ready(*keys):
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        t0 = time.monotonic()
+        while app.snapshot is None or app._sweeping or not app._full:
+            assert time.monotonic() - t0 < 20, "no sweep"
+            await pilot.pause(0.05)
+        if keys:
+            await pilot.press(*keys)
+        await pilot.pause(0.2)
+    return run_before
+
+
+def test_main_screen_120x36(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready())
+
+
+def test_main_screen_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready())
+
+
+def test_points_table(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("3", "f", "f"))
+
+
+def test_op_drill_down(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(100, 30), run_before=ready("3", "d"))
