@@ -63,6 +63,24 @@ class PlannedOp:
     label: str = ""
 
 
+def busy_warning(threads: Optional[int] = None) -> Optional[str]:
+    """A warning when other processes keep the CPU busy (1-minute load above the cores this
+    process uses): multithreaded kernels then wait for descheduled threads, and times are
+    inflated and noisy.  None when the machine looks quiet (or on a GPU run)."""
+    from .hardware import cpu_threads
+
+    n = threads or cpu_threads()
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as f:
+            load = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if load <= n + 0.5:
+        return None
+    return (f"the machine is busy (load {load:.1f} on {n} cores): CPU timings will be slow and "
+            "noisy; measure when it is quiet, or clear the cache and measure again")
+
+
 def measuring_form(op: Op) -> Op:
     """The kernel call actually timed for an op: one call (count 1), unstructured GEMMs as
     the dense GEMM they run, and a neutral name (the key ignores names)."""

@@ -107,6 +107,9 @@ def run(args) -> int:
         (lambda m: print(f"pis-tui: {m}", file=sys.stderr, flush=True))
     say(f"calibrating {device.display_name} ({dtype}): {len(planned)} ops from "
         f"{', '.join(models)}{' (quick)' if args.quick else ''} → {out}")
+    busy = profiling.busy_warning() if device.kind == "cpu" else None
+    if busy:
+        say("warning: " + busy)
     ctx = timing.open_device("local")
     measured: list = []
     state = {"last": time.monotonic(), "peaks": None}

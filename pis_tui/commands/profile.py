@@ -217,6 +217,9 @@ def _run(args) -> int:
     say = (lambda m: emit({"event": "message", "message": m})) if jsonl else \
         (lambda m: print(f"pis-tui: {m}", file=sys.stderr))
     cancel = threading.Event()
+    busy = profiling.busy_warning() if device.kind == "cpu" else None
+    if busy:
+        (warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)))(busy)
     if jsonl:
         cached = {m.key for m in cache.get_measurements(device.fingerprint)
                   if m.status in profiling.FINAL_STATUSES}

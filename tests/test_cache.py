@@ -1,0 +1,261 @@
+"""The DuckDB cache: keys, upserts, every table, sharing between processes, a corrupt or
+newer file moved aside, a lock-less filesystem, export; and no torch on its import path."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pis_tui import cache as cache_mod
+from pis_tui.cache import SCHEMA_VERSION, Cache
+from pis_tui.errors import CacheError, UserError
+from pis_tui.measured_table import Measurement, software_versions
+
+ROOT = Path(__file__).resolve().parents[1]
+FP = "cpu:Test_CPU:2t"
+
+
+def meas(key_m=16, ms=1.5, status="ok", software=None, method="cpu-wall", mv=1, dtype="fp32", fp=FP):
+    op = {"op_type": "gemm", "name": "q", "m": key_m, "n": 64, "k": 32, "count": 1.0, "dtype": dtype,
+          "kind": "dense", "density": 1.0}
+    return Measurement(key=f"gemm:dense:{dtype}:{key_m}x64x32", op=op, ms=ms, eager_ms=ms, spread=0.02,
+                       repeats=5, status=status, note="n", method=method, method_version=mv,
+                       fingerprint=fp, software=software or software_versions(),
+                       measured_at="2026-01-02T03:04:05+00:00")
+
+
+def test_default_path_env_and_platformdirs(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIS_TUI_CACHE", str(tmp_path / "x.duckdb"))
+    assert cache_mod.default_path() == str(tmp_path / "x.duckdb")
+    monkeypatch.delenv("PIS_TUI_CACHE")
+    from platformdirs import user_cache_dir
+
+    assert cache_mod.default_path() == str(Path(user_cache_dir("pis-tui", appauthor=False)) / "cache.duckdb")
+    c = Cache.open(str(tmp_path / "sub" / "c.duckdb"))  # parent directories are created
+    assert Path(c.path).is_file()
+
+
+def test_measurements_land_with_their_keys(tmp_path):
+    c = Cache.open(str(tmp_path / "c.duckdb"))
+    ms = [meas(16), meas(32, ms=3.0), meas(64, status="unsupported", ms=None)]
+    assert c.put_measurements(ms, {"fingerprint": FP, "kind": "cpu"}) == 3
+    got = {m.key: m for m in c.get_measurements(FP)}
+    assert set(got) == {m.key for m in ms}
+    assert got[ms[1].key].ms == 3.0 and got[ms[1].key].op == ms[1].op
+    assert got[ms[2].key].status == "unsupported" and got[ms[2].key].ms is None
+    assert c.get_measurements(FP, "bf16") == [] and len(c.get_measurements(FP, "fp32")) == 3
+    assert c.get_measurements("other-device") == []
+    # the stored row carries every key column
+    con = duckdb.connect(c.path, read_only=True)
+    row = con.execute("SELECT fingerprint, torch_version, cuda_version, cusparselt_version, method, "
+                      "method_version, op_key, dtype, device_json FROM op_timings WHERE op_key = ?",
+                      [ms[0].key]).fetchone()
+    con.close()
+    sw = software_versions()
+    assert row[:8] == (FP, sw["torch"], sw["cuda"], sw["cusparselt"], "cpu-wall", 1, ms[0].key, "fp32")
+    assert json.loads(row[8])["kind"] == "cpu"
+
+
+def test_upsert_and_version_filters(tmp_path):
+    c = Cache.open(str(tmp_path / "c.duckdb"))
+    c.put_measurements([meas(16, ms=1.0)])
+    c.put_measurements([meas(16, ms=2.0)])  # same key: replaced
+    assert [m.ms for m in c.get_measurements(FP)] == [2.0]
+    old = {"torch": "1.0.0", "cuda": "", "cusparselt": ""}
+    c.put_measurements([meas(32, software=old), meas(64, mv=0)])  # older torch, older method
+    assert {m.key for m in c.get_measurements(FP)} == {meas(16).key}
+    assert len(c.get_measurements(FP, any_version=True)) == 3
+
+
+def test_concurrent_writers_in_one_process(tmp_path):
+    c = Cache.open(str(tmp_path / "c.duckdb"))
+    errors = []
+
+    def work(i):
+        try:
+            for j in range(5):
+                c.put_measurements([meas(16, ms=float(i + j)), meas(100 + i)])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    assert len(c.get_measurements(FP)) == 7
+
+
+def test_other_tables_round_trip(tmp_path):
+    c = Cache.open(str(tmp_path / "c.duckdb"))
+    c.put_calibration(FP, "fp32", 0.12, 18.5, {"matmul_n": 2048})
+    cal = c.get_calibration(FP, "fp32")
+    assert cal["peak_tflops"] == 0.12 and cal["bandwidth_gbs"] == 18.5 and cal["matmul_n"] == 2048
+    assert c.get_calibration(FP, "bf16") is None
+    row = {"model": "m", "fingerprint": FP, "strategy": "static_depth", "sparsity": 0.25,
+           "achieved_sparsity": 0.25, "phase": "decode", "batch": 16, "length": 256,
+           "predicted_ms": 10.0, "measured_ms": 11.0, "dense_predicted_ms": 13.0,
+           "dense_measured_ms": 14.0, "predicted_speedup": 1.3, "measured_speedup": 1.27,
+           "error": 0.02, "note": "x"}
+    c.put_validation([row])
+    c.put_validation([{**row, "measured_ms": 12.0}])  # same key: replaced
+    v = c.get_validations("m")
+    assert len(v) == 1 and v[0]["measured_ms"] == 12.0 and v[0]["note"] == "x"
+    assert c.get_validations(fingerprint="nope") == []
+    with pytest.raises(ValueError):
+        c.put_validation([{"model": "m"}])
+    q = {"model": "m", "strategy": "low_rank", "sparsity": 0.5, "achieved_sparsity": 0.49,
+         "ppl_dense": 10.0, "ppl_pruned": 15.0, "ppl_increase": 0.5, "text_sha256": "ab" * 32,
+         "n_tokens": 512}
+    c.put_quality_results([q])
+    got = c.get_quality_results("m")
+    assert len(got) == 1 and got[0]["ppl_increase"] == 0.5 and got[0]["n_tokens"] == 512
+    assert c.get_quality_results("other") == []
+    c.put_setting("last", {"model": "qwen2.5-0.5b", "budget": 0.1})
+    assert c.get_setting("last") == {"model": "qwen2.5-0.5b", "budget": 0.1}
+    assert c.get_setting("missing", 7) == 7
+    key = ("m", "h200-sxm", {"prefill": [1, 1024]})
+    c.put_sweep(key, {"points": [1, 2]}, model="m", gpu="h200-sxm")
+    assert c.get_sweep(key) == {"points": [1, 2]} and c.get_sweep("nope") is None
+
+
+def test_info_clear_export(tmp_path):
+    c = Cache.open(str(tmp_path / "c.duckdb"))
+    c.put_measurements([meas(16), meas(32)])
+    c.put_setting("a", 1)
+    info = c.info()
+    assert info["schema_version"] == SCHEMA_VERSION and info["tables"]["op_timings"] == 2
+    assert info["devices"][0]["fingerprint"] == FP and info["devices"][0]["ops"] == 2
+    pq, csv = tmp_path / "t.parquet", tmp_path / "t.csv"
+    assert c.export(pq)["rows"] == 2
+    assert c.export(csv)["rows"] == 2
+    con = duckdb.connect()
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{pq}')").fetchone()[0] == 2
+    assert con.execute(f"SELECT count(*) FROM read_csv_auto('{csv}')").fetchone()[0] == 2
+    with pytest.raises(UserError):
+        c.export(tmp_path / "t.xlsx")
+    with pytest.raises(UserError):
+        c.export(tmp_path / "nodir" / "t.csv")
+    removed = c.clear()
+    assert removed["op_timings"] == 2
+    assert c.get_measurements(FP) == [] and c.get_setting("a") == 1  # settings kept
+
+
+def _hold(path: str, seconds: float) -> subprocess.Popen:
+    """Another process holding the DuckDB file for `seconds`."""
+    code = ("import duckdb, sys, time\n"
+            f"c = duckdb.connect({path!r}); print('held', flush=True); time.sleep({seconds}); c.close()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_held_file_is_waited_for_then_used(tmp_path):
+    path = str(tmp_path / "c.duckdb")
+    Cache.open(path).put_measurements([meas(16)])
+    p = _hold(path, 1.5)
+    t = time.monotonic()
+    c = Cache.open(path, wait_s=15)
+    assert time.monotonic() - t > 0.5  # it had to wait
+    assert len(c.get_measurements(FP)) == 1
+    p.wait(10)
+
+
+def test_a_file_held_too_long_gives_a_clear_error(tmp_path):
+    path = str(tmp_path / "c.duckdb")
+    Cache.open(path)
+    p = _hold(path, 4)
+    try:
+        with pytest.raises(CacheError, match=r"in use by another pis-tui process \(pid \d+\)"):
+            Cache.open(path, wait_s=0.5)
+    finally:
+        p.kill()
+        p.wait(10)
+
+
+def test_a_second_process_reads_what_the_first_wrote(tmp_path):
+    path = str(tmp_path / "c.duckdb")
+    c = Cache.open(path)
+    c.put_measurements([meas(16), meas(32)])  # connection closed after the call
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from pis_tui.cache import Cache\n"
+            "c = Cache.open(%r, wait_s=5)\n"
+            "print(len(c.get_measurements(%r)), 'torch' in sys.modules)\n"
+            "c.put_setting('from_child', 1)\n") % (str(ROOT), path, FP)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "False"]  # and importing the cache never imported torch
+    assert c.get_setting("from_child") == 1
+
+
+def test_a_corrupt_file_is_moved_aside(tmp_path):
+    path = tmp_path / "c.duckdb"
+    path.write_bytes(b"this is not a database" * 200)
+    warnings = []
+    c = Cache.open(str(path), on_warning=warnings.append)
+    aside = list(tmp_path.glob("c.duckdb.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert warnings and "moved it to" in warnings[0] and str(aside[0]) in warnings[0]
+    c.put_measurements([meas(16)])
+    assert len(c.get_measurements(FP)) == 1
+
+
+def test_a_newer_schema_is_moved_aside(tmp_path):
+    path = str(tmp_path / "c.duckdb")
+    Cache.open(path).put_measurements([meas(16)])
+    con = duckdb.connect(path)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    con.close()
+    warnings = []
+    c = Cache.open(path, on_warning=warnings.append)
+    assert "newer schema" in warnings[0]
+    assert len(list(tmp_path.glob("c.duckdb.newer-schema-*"))) == 1
+    assert c.get_measurements(FP) == [] and c.info()["schema_version"] == SCHEMA_VERSION
+
+
+def test_a_lockless_filesystem_falls_back_to_memory(tmp_path, monkeypatch):
+    real = duckdb.connect
+
+    def no_locks(database=":memory:", *a, **k):
+        if database != ":memory:":
+            raise duckdb.IOException(f'IO Error: Could not set lock on file "{database}": '
+                                     "No locks available")
+        return real(database, *a, **k)
+    monkeypatch.setattr(duckdb, "connect", no_locks)
+    warnings = []
+    c = Cache.open(str(tmp_path / "nfs.duckdb"), on_warning=warnings.append)
+    assert c.in_memory and "does not support file locks" in warnings[0]
+    c.put_measurements([meas(16)])
+    assert len(c.get_measurements(FP)) == 1
+    assert c.info()["in_memory"]
+
+
+def test_an_unusable_path_is_a_cache_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CacheError):
+        Cache.open(str(blocker / "sub" / "c.duckdb"))
+    with pytest.raises(UserError):
+        Cache.open(str(tmp_path))  # a directory
+
+
+def test_cache_command(tmp_path):
+    from helpers import run_cli
+
+    path = str(tmp_path / "c.duckdb")
+    c = Cache.open(path)
+    c.put_measurements([meas(16), meas(32)])
+    r = run_cli("cache", "info", "--cache", path)
+    assert r.returncode == 0 and "op_timings 2" in r.stdout and FP in r.stdout
+    r = run_cli("cache", "export", str(tmp_path / "o.csv"), "--cache", path)
+    assert r.returncode == 0 and (tmp_path / "o.csv").read_text().count("\n") == 3
+    r = run_cli("cache", "clear", "--cache", path)
+    assert r.returncode == 0 and "op_timings 2" in r.stdout
+    assert Cache.open(path).get_measurements(FP) == []
+    r = run_cli("cache", "export", str(tmp_path / "o.txt"), "--cache", path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
