@@ -488,6 +488,7 @@ def _flex_case(op: Attention, ctx: DeviceContext, q, ks, vs, check: bool) -> _Ca
                               f"flex-compile failed: estimate (block mask: {type(e).__name__})")
     key = ctx.torch_device
     if key not in _FLEX:
+        _raise_recompile_limit()
         _FLEX[key] = torch.compile(flex_attention, dynamic=False)
     flex = _FLEX[key]
     kw = {"enable_gqa": True} if rep > 1 else {}
@@ -497,6 +498,27 @@ def _flex_case(op: Attention, ctx: DeviceContext, q, ks, vs, check: bool) -> _Ca
 
     return _Case(fn=fn, ref=ref, copies=n, note=note,
                  fallback=lambda reason: _flex_fallback(op, ctx, q, ks, vs, ref, reason))
+
+
+def _raise_recompile_limit(n: int = 256) -> None:
+    """Each attention shape compiles its own kernel (dynamic=False); dynamo's default limit of
+    8 recompilations per function would silently fall back to eager flex_attention (which
+    builds the full score matrix) once a calibration has seen more shapes."""
+    try:
+        import torch._dynamo.config as cfg
+    except ImportError:  # pragma: no cover
+        return
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < n:
+            setattr(cfg, name, n)
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < 4 * n:
+            setattr(cfg, name, 4 * n)
+
+
+def _oom_error():
+    torch = _torch()
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 def _flex_fallback(op, ctx, q, ks, vs, ref, reason: str) -> _Case:
@@ -738,7 +760,7 @@ def _time_cuda(fn, copies: int, repeats: int, warmup: int, capturable: bool, tar
                 e.synchronize()
                 times.append(s.elapsed_time(e) / n)
             del g
-        except torch.OutOfMemoryError:
+        except _oom_error():
             raise
         except Exception as ex:  # noqa: BLE001 - not capturable: fall back to eager batches
             torch.cuda.synchronize()
@@ -795,7 +817,7 @@ def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
                 if ctx.is_cuda:
                     torch.cuda.synchronize()
                 compile_s = time.perf_counter() - t
-            except torch.OutOfMemoryError:
+            except _oom_error():
                 raise
             except Exception as e:  # noqa: BLE001
                 case = case.fallback(f"flex-compile failed: estimate ({type(e).__name__}: "
@@ -815,7 +837,7 @@ def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
                             status="ok", note="; ".join(notes))
     except Unsupported as e:
         return _measurement(op, ctx, ms=None, status="unsupported", note=str(e))
-    except torch.OutOfMemoryError as e:
+    except _oom_error() as e:
         return _measurement(op, ctx, ms=None, status="oom",
                             note=f"out of memory: {str(e).splitlines()[0][:160] if str(e) else ''}")
     except MeasureError as e:
