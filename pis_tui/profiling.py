@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional, Union
 
 from .measured_table import Measurement
-from .ops import Attention, Elementwise, Gemm, Op
+from .ops import Attention, Gemm, Op
 from .scenario import PHASES, Scenario
 
 #: M values around typical GEMM tile boundaries (64/128/256) and powers of two
@@ -250,8 +250,8 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     is called before each measurement and once at the end (``eta_s`` None until known).
     ``cancel``: a threading.Event or a callable; checked between measurements.  With
     ``calibrate`` the device's peak matmul rate and copy bandwidth are measured once per dtype
-    (for the estimator's roofline; ``recalibrate`` measures them again).  KeyboardInterrupt is re-raised after what was measured
-    has been written.
+    (for the estimator's roofline; ``recalibrate`` measures them again).  KeyboardInterrupt
+    is re-raised after what was measured has been written.
     """
     from .hardware import local_device
 
@@ -289,10 +289,10 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
         progress("")
         return report
 
+    from . import timing
+
     ctx = device_ctx
     if ctx is None:
-        from . import timing
-
         progress("opening the device (importing torch)")
         ctx = timing.open_device("local")
     writer = _Writer(cache, ctx.device_info(), flush_s)
@@ -302,8 +302,6 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 report.cancelled = True
                 break
             progress(f"device peaks ({d}: large matmul, large copy)")
-            from . import timing
-
             ts = time.monotonic()
             if d not in ctx.dtypes:
                 continue
@@ -314,8 +312,6 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
             measure_s += time.monotonic() - ts
             done_guess += 1.5
             remaining_guess -= 1.5
-        from . import timing
-
         for op, guess in zip(todo, guesses):
             if report.cancelled or _is_cancelled(cancel):
                 report.cancelled = True

@@ -25,7 +25,6 @@ computes the right thing.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import shutil
 import statistics
@@ -36,8 +35,7 @@ from typing import Callable, Optional
 
 from . import hardware
 from .errors import MeasureError, UserError
-from .measured_table import (METHOD_VERSIONS, Measurement, method_for_kind, now_iso,
-                             software_versions)
+from .measured_table import METHOD_VERSIONS, Measurement, now_iso, software_versions
 from .ops import Attention, Elementwise, Gemm, Op, dtype_bytes
 
 __all__ = ["DeviceContext", "Measurement", "open_device", "measure_op", "verify_op",
@@ -917,22 +915,20 @@ def measure_device_peaks(ctx: DeviceContext, dtype: str) -> dict:
     # matmul: grow the size until one call takes long enough to be compute-bound and stable
     n = 1024
     while True:
-        a = torch.empty((n, n), dtype=dt, device=dev).uniform_(-1, 1)
-        bm = torch.empty((n, n), dtype=dt, device=dev).uniform_(-1, 1)
-        t = timed(lambda: torch.mm(a, bm), 5)
+        mats = [torch.empty((n, n), dtype=dt, device=dev).uniform_(-1, 1) for _ in range(2)]
+        t = timed(lambda: torch.mm(mats[0], mats[1]), 5)
         min_t = 0.005 if ctx.is_cuda else 0.08
         if t >= min_t or n >= (16384 if ctx.is_cuda else 4096):
             break
         n *= 2
     peak = 2 * n ** 3 / t / 1e12
-    del a, bm
+    mats.clear()
     # copy bandwidth: a buffer well past the caches, read + written
     size = int(max(8 * ctx.cache_mb * 2**20, (1 << 30) if ctx.is_cuda else 256 * 2**20))
-    src = torch.empty(size, dtype=torch.uint8, device=dev).fill_(1)
-    dst = torch.empty_like(src)
-    t = timed(lambda: dst.copy_(src), 5)
+    bufs = [torch.empty(size, dtype=torch.uint8, device=dev).fill_(1) for _ in range(2)]
+    t = timed(lambda: bufs[1].copy_(bufs[0]), 5)
     bw = 2 * size / t / 1e9
-    del src, dst
+    bufs.clear()
     if ctx.is_cuda:
         torch.cuda.empty_cache()
     return {"peak_tflops": peak, "bandwidth_gbs": bw, "dtype": dtype, "matmul_n": n,

@@ -228,11 +228,12 @@ def _run(args) -> int:
               "fingerprint": device.fingerprint, "scenario": scenario.to_dict(),
               "total": len(planned), "cached": n_cached, "to_measure": len(planned) - n_cached,
               "grid": sum(1 for p in planned if p.grid), "cache": cache.path})
-    on_measurement = None
-    if jsonl:
-        def on_measurement(m):
+
+    def on_measurement(m):
+        if jsonl:
             emit({"event": "measurement", "key": m.key, "op": m.op, "status": m.status, "ms": m.ms,
                   "eager_ms": m.eager_ms, "spread": m.spread, "note": m.note})
+
     with cancel_on_signals(cancel, say), progress_display(jsonl) as disp:
         report = profiling.run_profile([p.op for p in planned], None, cache, on_progress=disp.update,
                                        cancel=cancel, repeats=args.repeats,
