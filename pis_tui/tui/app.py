@@ -47,7 +47,9 @@ TabPane { padding: 0; }
 .charts { height: 1fr; }
 #gap-summary { height: auto; max-height: 6; padding: 0 1; }
 #recs { height: auto; }
-#status { height: 1; padding: 0 1; color: $text-muted; background: $boost; }
+#bottom { height: 1; background: $boost; }
+#status { height: 1; width: 1fr; padding: 0 1; color: $text-muted; }
+#bottom.measuring #status { display: none; }
 #status.error { color: $error; }
 """
 
@@ -147,6 +149,7 @@ class PisApp(App):
         self.setup_visible = True
         self._short: Optional[bool] = None
         self._full = False  # setup panel, Beyond FLOPs and the table mounted
+        self._stale_tabs: set = set()
         self._mounting = False
         self._quit_after_mount = False
 
@@ -168,8 +171,11 @@ class PisApp(App):
                 with Horizontal(id="recs"):
                     for ph in PHASES:
                         yield RecommendationPanel(ph, id=f"rec-{ph}")
-                yield Static("starting…", id="status")
-        yield ProfilePanel(id="profile")
+        # one fixed row shared by the status line and the measuring bar: showing the bar
+        # never moves the charts (a full repaint)
+        with Horizontal(id="bottom"):
+            yield Static("starting…", id="status")
+            yield ProfilePanel(id="profile")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -239,6 +245,9 @@ class PisApp(App):
         if self.snapshot is not None:
             snap, self.snapshot = self.snapshot, None
             self._show(snap)
+            self.query_one(PointsView).show(snap)
+            self._stale_tabs.discard("points")
+            self.query_one(PointsView).select_point(snap.recs["prefill"].best)
         self._update_setup_info()
 
     def on_restored(self, msg: Restored) -> None:
@@ -344,12 +353,15 @@ class PisApp(App):
 
     # ------------------------------------------------------------------ showing
     def _show(self, snap: Snapshot, rerank_only: bool = False) -> None:
-        """Draw `snap`; a re-rank (budget change) redraws only what the budget moves."""
+        """Draw `snap`.  To keep every frame short while measurements stream in, a re-rank
+        (budget change) redraws only what the budget moves, hidden tabs are redrawn when
+        they are next shown, and the second chart is drawn on the next frame."""
         first = self.snapshot is None
         self.snapshot = snap
+        self.query_one("#pareto-prefill", ParetoChart).show(snap)
         for ph in PHASES:
-            self.query_one(f"#pareto-{ph}", ParetoChart).show(snap)
             self.query_one(f"#rec-{ph}", RecommendationPanel).show(snap)
+        self.call_after_refresh(self._show_second, snap)
         if not self._full:
             self.call_after_refresh(self._mount_rest)
         else:
@@ -357,10 +369,8 @@ class PisApp(App):
             if rerank_only:
                 pv.snapshot = snap
             else:
-                for ph in PHASES:
-                    self.query_one(f"#flops-{ph}", FlopsChart).show(snap, family=pv.family)
-                pv.show(snap)
-                self._show_gaps()
+                self._stale_tabs = {"flops", "points"}
+                self._show_tab(self.query_one(TabbedContent).active)
             if first:
                 pv.select_point(snap.recs["prefill"].best)
         self._update_setup_info()
@@ -373,6 +383,26 @@ class PisApp(App):
         running = " · measuring…" if self.runner is not None and self.runner.running else ""
         self.set_status(f"{len(r.points)} points in {snap.elapsed_s:.2f}s · kernels: {kernels} · "
                         f"quality: {src}, {q}{running}")
+
+    def _show_second(self, snap: Snapshot) -> None:
+        if snap is self.snapshot:
+            self.query_one("#pareto-decode", ParetoChart).show(snap)
+
+    def _show_tab(self, tab: str) -> None:
+        """Bring a tab's views up to date with the snapshot if it went stale while hidden."""
+        if not self._full or self.snapshot is None or tab not in self._stale_tabs:
+            return
+        self._stale_tabs.discard(tab)
+        pv = self.query_one(PointsView)
+        if tab == "flops":
+            for ph in PHASES:
+                self.query_one(f"#flops-{ph}", FlopsChart).show(self.snapshot, family=pv.family)
+            self._show_gaps()
+        elif tab == "points":
+            pv.show(self.snapshot)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._show_tab(event.pane.id or "")
 
     def _show_gaps(self) -> None:
         snap = self.snapshot
@@ -459,6 +489,9 @@ class PisApp(App):
         self.push_screen(HelpScreen())
 
     def selected_point(self):
+        if "points" in self._stale_tabs and self._full and self.snapshot is not None:
+            self._stale_tabs.discard("points")
+            self.query_one(PointsView).show(self.snapshot)
         p = self.query_one(PointsView).current() if self._full else None
         if p is None and self.snapshot is not None:
             p = self.snapshot.recs["prefill"].best
@@ -483,21 +516,24 @@ class PisApp(App):
             return
         fam = self.query_one(PointsView).cycle_family()
         if self.snapshot is not None:
-            f = None if fam == "all families" else fam
-            for ph in PHASES:
-                self.query_one(f"#flops-{ph}", FlopsChart).show(self.snapshot, family=f)
-            self._show_gaps()
-        self.notify(f"family filter: {fam}", timeout=2)
+            self._stale_tabs.add("flops")
+            self._show_tab(self.query_one(TabbedContent).active)
+        self._say(f"family filter: {fam}")
 
     def action_cycle_phase(self) -> None:
         if not self._full:
             return
-        self.notify(f"table phase: {self.query_one(PointsView).cycle_phase()}", timeout=2)
+        self._say(f"table phase: {self.query_one(PointsView).cycle_phase()}")
 
     def action_cycle_sort(self) -> None:
         if not self._full:
             return
-        self.notify(f"table sorted by {self.query_one(PointsView).cycle_sort()}", timeout=2)
+        self._say(f"table sorted by {self.query_one(PointsView).cycle_sort()}")
+
+    def _say(self, text: str) -> None:
+        """A short toast, unless the table (whose title says it) is on screen."""
+        if self.query_one(TabbedContent).active != "points":
+            self.notify(text, timeout=2)
 
     def action_reverse_sort(self) -> None:
         if not self._full:
@@ -540,6 +576,7 @@ class PisApp(App):
         self.profile_events = []
         self.profile_error = ""
         self.runner = ProfileRunner(cmd, lambda ev: self.post_message(ProfileEvent(ev)))
+        self.query_one("#bottom").add_class("measuring")
         self.query_one(ProfilePanel).start(f"{self.choices.model} on this machine")
         self._profile_worker(self.runner)
 

@@ -36,7 +36,7 @@ def row_key(p) -> str:
 
 class PointsView(Vertical):
     DEFAULT_CSS = """
-    PointsView { height: 1fr; }
+    PointsView { height: 1fr; border: round $primary 40%; }
     PointsView > DataTable { height: 1fr; }
     PointsView > #point-detail { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
     """

@@ -11,7 +11,7 @@ from .fmt import duration
 
 class ProfilePanel(Horizontal):
     DEFAULT_CSS = """
-    ProfilePanel { height: 1; display: none; padding: 0 1; background: $boost; }
+    ProfilePanel { height: 1; width: 1fr; display: none; padding: 0 1; }
     ProfilePanel.active { display: block; }
     ProfilePanel.failed #profile-label { color: $error; }
     ProfilePanel #profile-label { width: auto; padding-right: 1; }
@@ -76,3 +76,5 @@ class ProfilePanel(Horizontal):
     def _hide(self) -> None:
         if self.state in ("done", "cancelled"):
             self.remove_class("active")
+            if self.parent is not None:
+                self.parent.remove_class("measuring")

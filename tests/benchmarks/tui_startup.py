@@ -42,28 +42,33 @@ async def main():
         while ch.drawn_with_data_at is None:
             await pilot.pause(0.01)
         t = time.time() - (time.perf_counter() - ch.drawn_with_data_at)
+        cpu = time.process_time()
         while not app._full:  # the rest of the screen, then the settings save
             await pilot.pause(0.05)
         await pilot.pause(0.3)
-        print(t, app.snapshot.result.spec.name, app.snapshot.result.device.name)
+        print(t, cpu, app.snapshot.result.spec.name, app.snapshot.result.device.name)
 asyncio.run(main())
 """
 
 
 def startup(cache: str, runs: int = 5) -> dict:
     code = CHILD.format(root=str(ROOT), cache=cache)
-    times = []
+    times, cpus = [], []
+    load = os.getloadavg()[0]
     for i in range(runs + 1):
         t0 = time.time()
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         if out.returncode:
             raise SystemExit(out.stderr)
-        drawn, model, gpu = out.stdout.split()
+        drawn, cpu, model, gpu = out.stdout.split()
         if i:  # the first run warms the cache (and the OS file cache)
             times.append(float(drawn) - t0)
+            cpus.append(float(cpu))
     return {"what": "process launch to first Pareto chart drawn, warm cache, 120x36 headless",
             "model": model, "gpu": gpu, "runs_s": [round(t, 3) for t in times],
             "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
+            "cpu_s_to_first_chart": [round(c, 3) for c in cpus],
+            "load_average_1min_at_start": round(load, 2),
             "target_s": 2.0, "pass": max(times) < 2.0}
 
 
