@@ -488,10 +488,13 @@ def _low_rank_class():
     return LowRankLinear
 
 
-def prune_low_rank(model, sparsity: float) -> PruneResult:
+def prune_low_rank(model, sparsity: float, svd_cache: dict | None = None) -> PruneResult:
     """Replace each decoder nn.Linear by two linears through rank r (truncated SVD, singular
     values split evenly as sqrt(S) on both factors).  A linear whose rank would not save
-    parameters (r ≥ min(N, K) or r·(N+K) ≥ N·K) stays dense."""
+    parameters (r ≥ min(N, K) or r·(N+K) ≥ N·K) stays dense.
+
+    ``svd_cache``: a dict shared between calls on copies of the same dense model, so each
+    linear is decomposed once for all sparsities (the SVD dominates the cost on CPU)."""
     import torch
     import torch.nn as nn
 
@@ -506,7 +509,12 @@ def prune_low_rank(model, sparsity: float) -> PruneResult:
         if r >= min(n_out, k_in) or r * (n_out + k_in) >= n_out * k_in:
             continue
         w = lin.weight.data.float()
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        if svd_cache is not None and name in svd_cache:
+            u, s, vh = (t.to(w.device) for t in svd_cache[name])
+        else:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            if svd_cache is not None:
+                svd_cache[name] = (u, s, vh)
         sr = s[:r].sqrt()
         first = nn.Linear(k_in, r, bias=False, device=w.device, dtype=lin.weight.dtype)
         second = nn.Linear(r, n_out, bias=lin.bias is not None, device=w.device, dtype=lin.weight.dtype)
@@ -666,7 +674,7 @@ def enable_block_sparse_attention(model, sparsity: float, block: int = 64) -> Pr
 # ---------------------------------------------------------------------------------------------
 
 def apply(model, strategy: str, sparsity: float, cal: Calibration | None, *, align: int | None = None,
-          granularity: str = "layer", block: int = 64) -> PruneResult:
+          granularity: str = "layer", block: int = 64, svd_cache: dict | None = None) -> PruneResult:
     """Prune ``model`` in place by family ``strategy`` at ``sparsity``.  ``cal`` (from
     :func:`calibrate`) is needed by static_depth, static_width, semi_structured_24, unstructured."""
     if strategy in UNSUPPORTED:
@@ -688,7 +696,7 @@ def apply(model, strategy: str, sparsity: float, cal: Calibration | None, *, ali
     if strategy == "unstructured":
         return prune_unstructured(model, sparsity, cal)
     if strategy == "low_rank":
-        return prune_low_rank(model, sparsity)
+        return prune_low_rank(model, sparsity, svd_cache)
     if strategy == "dynamic_depth":
         return enable_dynamic_depth(model, sparsity)
     return enable_block_sparse_attention(model, sparsity, block)

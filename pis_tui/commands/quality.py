@@ -92,31 +92,25 @@ def measured_quality_rows(model: str, points, ppl_dense: float, text_sha256: str
     return rows
 
 
-def store_rows(rows: list[dict], cache_path: str | None) -> str | None:
-    """Store rows in the DuckDB cache when pis_tui.cache offers ``put_quality_results``.
-    Returns a note for the user, or None when nothing was stored."""
-    if not rows:
-        return None
+def open_quality_cache(cache_path: str | None):
+    """The DuckDB cache (pis_tui.cache) or None when that module is absent.  Opened before
+    measuring, so an unusable cache fails fast (CacheError, exit 4)."""
     try:
-        from .. import cache as cache_mod
+        from ..cache import Cache
     except ImportError:
         return None
-    fn = getattr(cache_mod, "put_quality_results", None)
-    if fn is None:
-        return None
-    import inspect
+    return Cache.open(cache_path)
 
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if cache_path is not None and "path" in params:
-        fn(rows, path=cache_path)
-    elif cache_path is not None and "cache" in params:
-        fn(rows, cache=cache_path)
-    else:
-        fn(rows)
-    return f"stored {len(rows)} points in the cache"
+
+def store_rows(cache, rows: list[dict], extra: dict | None = None) -> int:
+    """Store measured rows (extra settings go to the cache's extra_json); returns how many."""
+    if cache is None or not rows:
+        return 0
+    fn = getattr(cache, "put_quality_results", None)
+    if fn is None:
+        return 0
+    fn([dict(r, **(extra or {})) for r in rows])
+    return len(rows)
 
 
 def parse_strategies(text: str) -> tuple[list[str], list[str]]:
@@ -197,10 +191,6 @@ def _first_line(e: Exception) -> str:
 
 
 def run(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .common import console
     from ..model_spec import load_model_spec
 
     sparsities = parse_sparsities(args.sparsities)
@@ -210,6 +200,20 @@ def run(args) -> int:
         check_writable(args.json_out)
     spec = load_model_spec(str(mdir))  # one-line errors for MoE and non-decoder configs
     text_sha = hashlib.sha256(raw).hexdigest()
+    cache = open_quality_cache(args.cache)
+    try:
+        return _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath, text, text_sha)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath, text, text_sha) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .common import console
+
     err = Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
     out = err if args.json_out == "-" else console()
 
@@ -232,6 +236,10 @@ def run(args) -> int:
     calib_wins = P.calibration_windows(calib_ids, seq_len)
     block = max(2, min(args.block, seq_len // 4))
 
+    settings = {"seq_len": seq_len, "stride": min(args.stride or seq_len - 1, seq_len - 1),
+                "calib_tokens": int(n_calib), "max_tokens": args.max_tokens,
+                "granularity": args.granularity, "align": args.align, "block": block,
+                "device": device, "dtype": dtype_name, "model_dir": str(mdir.resolve())}
     variants = []
     for st in strategies:
         if st == "semi_structured_24":
@@ -244,6 +252,7 @@ def run(args) -> int:
     total = len(calib_wins) + len(windows) * (1 + len(variants))
     results = []  # (strategy, sparsity, achieved, ppl, note)
     rows: list[dict] = []
+    n_stored = 0
     ppl_dense = None
     t0 = time.time()
     err.print(f"pis-tui quality: {spec.name} ({spec.num_layers} layers) on {device} {dtype_name}; "
@@ -271,24 +280,30 @@ def run(args) -> int:
             dense = _ppl(P, model, eval_ids, seq_len, args, on_prog, "dense")
             ppl_dense = dense.ppl
             base[0] += len(windows)
+            svd_cache: dict = {}
             for st, s in variants:
                 prog.update(task, description=f"{st} {s:.1%}", completed=base[0])
                 m = copy.deepcopy(model)
                 try:
                     res = pruning.apply(m, st, s, cal, align=args.align, granularity=args.granularity,
-                                        block=block)
+                                        block=block, svd_cache=svd_cache)
                     r = _ppl(P, m, eval_ids, seq_len, args, on_prog, f"{st} {s:g}")
                 finally:
                     del m
                 achieved = res.final_achieved()
                 results.append((st, s, achieved, r.ppl, res.note))
-                rows.extend(measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], ppl_dense,
-                                                  text_sha, dense.n_tokens))
+                new = measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], ppl_dense,
+                                            text_sha, dense.n_tokens)
+                rows.extend(new)
+                n_stored += store_rows(cache, new, dict(settings, note=res.note))
                 base[0] += len(windows)
+                if st == "low_rank" and s == max(sparsities):
+                    svd_cache.clear()
     except KeyboardInterrupt:
-        store_rows(rows, args.cache)
+        if n_stored:
+            err.print(f"{n_stored} points measured before the interrupt are stored in the cache")
         raise
-    stored = store_rows(rows, args.cache)
+    stored = f"{n_stored} points stored in the cache" if n_stored else ""
     elapsed = time.time() - t0
 
     table = Table(title=f"Measured quality: {spec.name}, perplexity on {tpath.name} "
@@ -322,9 +337,7 @@ def run(args) -> int:
             "quality_metric": "ppl_increase", "quality_source": "measured",
             "text": {"path": str(tpath), "sha256": text_sha, "calib_tokens": int(n_calib),
                      "n_tokens": int(dense.n_tokens)},
-            "settings": {"seq_len": seq_len, "stride": dense.stride, "max_tokens": args.max_tokens,
-                         "granularity": args.granularity, "align": args.align, "block": block,
-                         "device": device, "dtype": dtype_name},
+            "settings": settings,
             "ppl_dense": ppl_dense,
             "results": [dict(r, quality_metric="ppl_increase", quality_source="measured",
                              note=notes.get((r["strategy"], r["sparsity"]), "")) for r in rows],
