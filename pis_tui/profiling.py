@@ -7,7 +7,7 @@
   for the GEMM (N, K) pairs of the model (up to the M each pair runs at), from which the estimator interpolates shapes that
   were not timed.
 * :func:`run_profile` measures what the cache does not hold yet, storing measurements as they
-  are taken (flushed at least every second and on any exit, so Ctrl-C loses nothing), with a
+  are taken (flushed at least every two seconds and on any exit, so Ctrl-C loses nothing), with a
   progress callback and cancellation between measurements.  CUDA out-of-memory on a shape
   marks that shape ``oom`` and goes on.
 
@@ -219,7 +219,8 @@ def _cost_guess(op: Op, roof) -> float:
 
 
 class _Writer:
-    """Buffers new measurements and writes them at least every `flush_s` seconds."""
+    """Buffers new measurements and writes them once `flush_s` seconds have passed since the
+    last write (each write opens and closes the DuckDB file: tens of ms)."""
 
     def __init__(self, cache, device_info: dict, flush_s: float):
         self.cache, self.info, self.flush_s = cache, device_info, flush_s
@@ -241,7 +242,7 @@ class _Writer:
 def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[ProgressFn] = None,
                 cancel: CancelArg = None, *, repeats: Optional[int] = None,
                 on_measurement: Optional[Callable[[Measurement], None]] = None,
-                calibrate: bool = True, recalibrate: bool = False, flush_s: float = 1.0, device=None,
+                calibrate: bool = True, recalibrate: bool = False, flush_s: float = 2.0, device=None,
                 labels: Optional[dict] = None) -> ProfileReport:
     """Measure the ops the cache does not hold yet (for this device and software).
 

@@ -272,19 +272,24 @@ def _pool_elems(ctx: DeviceContext, dtype: str) -> int:
 
 
 def _views(ctx: DeviceContext, dtype: str, shape: tuple, copies: int, density: float = 1.0,
-           offset_elems: int = 0) -> list:
+           offset_elems: int = 0, check: bool = False) -> list:
     """`copies` distinct tensors of `shape`: views into the random pool where they fit, else
-    one fresh tensor (then it is larger than the cache and needs no rotation)."""
+    one fresh tensor (then it is larger than the cache and needs no rotation).  A fresh tensor
+    for timing is filled with a constant (a GEMM's or a gather's time does not depend on the
+    values, and randomising a 500 MB lm_head costs a second); with ``check`` it is random."""
     torch = _torch()
     n = math.prod(shape)
     if n * copies + offset_elems <= _pool_elems(ctx, dtype):
         p = ctx.pool(dtype, density=density)
         return [p[offset_elems + i * n: offset_elems + (i + 1) * n].view(shape) for i in range(copies)]
-    g = torch.Generator(device=ctx.torch_device).manual_seed(7)
     t = torch.empty(shape, dtype=torch_dtype(dtype), device=ctx.torch_device)
-    t.uniform_(-1.0, 1.0, generator=g)
-    if density < 1.0:
-        t.mul_(torch.rand(shape, device=ctx.torch_device, generator=g) < density)
+    if check or density < 1.0:
+        g = torch.Generator(device=ctx.torch_device).manual_seed(7)
+        t.uniform_(-1.0, 1.0, generator=g)
+        if density < 1.0:
+            t.mul_(torch.rand(shape, device=ctx.torch_device, generator=g) < density)
+    else:
+        t.fill_(0.01)
     return [t]
 
 
@@ -309,7 +314,7 @@ def _gemm_case(op: Gemm, ctx: DeviceContext, check: bool, unstructured_kernel: s
         from torch.sparse import to_sparse_semi_structured
 
         copies = _copies_for(ctx, op.n * op.k * b * 0.5625, check)
-        dense = _views(ctx, op.dtype, (op.n, op.k), min(copies, 512))
+        dense = _views(ctx, op.dtype, (op.n, op.k), min(copies, 512), check=check)
         try:
             pruned = [_prune_24(w) for w in dense[:1]]
             ws = [to_sparse_semi_structured(_prune_24(w)) for w in dense]
@@ -321,7 +326,7 @@ def _gemm_case(op: Gemm, ctx: DeviceContext, check: bool, unstructured_kernel: s
                      note="2:4 semi-structured sparse")
     density = op.density if op.kind == "unstructured" else 1.0
     copies = _copies_for(ctx, op.n * op.k * b, check)
-    ws = _views(ctx, op.dtype, (op.n, op.k), copies, density=density)
+    ws = _views(ctx, op.dtype, (op.n, op.k), copies, density=density, check=check)
     note = ""
     if op.kind == "unstructured":
         note = f"dense kernel, {1 - density:.0%} zeros"
@@ -395,7 +400,7 @@ def _attention_case(op: Attention, ctx: DeviceContext, check: bool) -> _Case:
     kv_bytes = 2 * math.prod(kv_shape) * b
     # decode streams its KV cache (rotate it); prefill K/V are fresh activations
     copies = _copies_for(ctx, kv_bytes, check) if op.q_len == 1 else 1
-    ks = _views(ctx, op.dtype, kv_shape, copies)
+    ks = _views(ctx, op.dtype, kv_shape, copies, check=check)
     vs = _views(ctx, op.dtype, kv_shape, len(ks), offset_elems=len(ks) * math.prod(kv_shape)) \
         if copies > 1 else [_rand(ctx, kv_shape, op.dtype, seed=4)]
     n = min(len(ks), len(vs))
@@ -595,7 +600,7 @@ def _ew_case(op: Elementwise, ctx: DeviceContext, check: bool) -> _Case:
         return _Case(lambda i: x + bias, lambda: x.double() + bias.double())
     if kind == "embedding":
         vocab = op.extra or 32000
-        table = _views(ctx, op.dtype, (vocab, width), 1)[0]
+        table = _views(ctx, op.dtype, (vocab, width), 1, check=check)[0]
         g = torch.Generator(device=ctx.torch_device).manual_seed(12)
         ids = torch.randint(0, vocab, (rows,), generator=g, device=ctx.torch_device)
         return _Case(lambda i: F.embedding(ids, table), lambda: table.double()[ids])
@@ -689,8 +694,8 @@ def _time_cpu(fn, copies: int, repeats: int, warmup: int, target_s: float, max_s
     # warm up: touch every copy once (pages, caches) within a small time budget
     est = first
     n_warm = max(warmup - 1, min(copies - 1, int(0.2 / max(first, 1e-7))))
-    if first > 1.0:
-        n_warm = 0  # a call this long: the cold first call was the warm-up
+    if first > 0.1:
+        n_warm = 0  # a call this long: the first call was warm-up enough (its cost dominates)
     w_start = pc()
     for _ in range(n_warm):
         t = pc()

@@ -260,7 +260,7 @@ def test_profile_jsonl_and_interrupt(tmp_path, config_path):
 def test_calibrate_writes_a_table_without_duckdb(tmp_path, config_path):
     out = tmp_path / "table.json"
     # duckdb, textual and rich are not importable: calibrate must not need them
-    block = "import sys\nfor m in ('duckdb', 'textual', 'rich'): sys.modules[m] = None\n"
+    block = "import sys\nfor m in ('duckdb', 'textual', 'rich', 'plotext', 'platformdirs'): sys.modules[m] = None\n"
     r = _cli(["calibrate", "--gpu", "local", "--out", str(out), "--models", config_path, "--quick",
               "--repeats", "2"], tmp_path, pre=block)
     assert r.returncode == 0, r.stderr

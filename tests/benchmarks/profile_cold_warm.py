@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,13 +38,16 @@ def load() -> float:
 
 
 def run(args, env):
+    """(wall seconds, completed process, CPU seconds the child used)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "pis_tui", *args], capture_output=True, text=True,
                        cwd=ROOT, env=env)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"failed ({p.returncode}): {' '.join(args)}\n{p.stderr[-2000:]}")
-    return dt, p
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return dt, p, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main() -> None:
@@ -53,7 +57,7 @@ def main() -> None:
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     args = ["profile", "--model", MODEL, "--gpu", "local", "--progress-jsonl"]
     l0 = load()
-    cold, p1 = run(args, env)
+    cold, p1, cpu = run(args, env)
     l1 = load()
     warm_runs = [run(args, env)[0] for _ in range(3)]
     warm = sorted(warm_runs)[1]
@@ -72,7 +76,9 @@ def main() -> None:
         "M grid for the dense model's GEMM shapes), fresh pis-tui cache and fresh TorchInductor cache.",
         "",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; load average {l0:.1f} before, {l1:.1f} after the cold run",
+        f"Python {platform.python_version()}; load average {l0:.1f} before, {l1:.1f} after the cold run; "
+        f"the cold run got {cpu:.0f} CPU-seconds in {cold:.0f} s of wall time on {os.cpu_count()} cores "
+        f"({cpu / cold / (os.cpu_count() or 1):.0%} of the machine: other processes had the rest)",
         f"- ops planned: {plan['total']} ({plan['grid']} of them M-grid points); measured "
         f"{done['measured']}, failed {done['failed']}",
         f"- FlexAttention compilations: {len(compiles)} ({', '.join(f'{c:.1f} s' for c in compiles)}), "
