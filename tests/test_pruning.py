@@ -286,6 +286,11 @@ def test_unsupported_and_unknown():
         pruning.apply(None, "static_width_hidden", 0.25, None)
     with pytest.raises(UserError, match="unknown strategy"):
         pruning.apply(None, "magic", 0.25, None)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    with pytest.raises(UserError, match="Llama-layout"):
+        pruning.apply(gpt2, "low_rank", 0.25, None)
 
 
 # ------------------------------------------------------------------------------- perplexity

@@ -225,13 +225,16 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     from .. import pruning
 
     model, tok, device, dtype_name = _load(mdir, args.device, args.dtype)
+    pruning.decoder_layers(model)  # an unsupported layout fails now, before any measuring
     ids = torch.tensor(P.tokenize(tok, text), dtype=torch.long)
     if ids.numel() < 8:
         raise UserError(f"{tpath}: only {ids.numel()} tokens; need at least 8 (calibration + evaluation)")
     n_calib = min(args.calib_tokens, ids.numel() // 4)
     calib_ids = ids[:n_calib]
     eval_ids = ids[n_calib:n_calib + args.max_tokens]
-    seq_len = min(args.seq_len, max(2, eval_ids.numel()))
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    seq_len = min(args.seq_len, max(2, eval_ids.numel()), max_pos if isinstance(max_pos, int) and max_pos > 1
+                  else args.seq_len)
     windows = P.make_windows(eval_ids.numel(), seq_len, args.stride)
     calib_wins = P.calibration_windows(calib_ids, seq_len)
     block = max(2, min(args.block, seq_len // 4))
