@@ -139,6 +139,7 @@ class PisApp(App):
         self.save_delay = save_delay
         self.resweep_interval = resweep_interval
         self._measure_dirty = False
+        self._last_resweep = 0.0
         self._sweeping = False
         self._sweep_queued = False
         self._save_timer = None
@@ -185,7 +186,7 @@ class PisApp(App):
         if self.monitor_lag:
             self._lag_last = time.perf_counter()
             self.set_interval(0.02, self._lag_tick)
-        self.set_interval(self.resweep_interval, self._coalesced_resweep)
+        self.set_interval(min(self.resweep_interval, 0.25), self._coalesced_resweep)
         self._startup()
 
     def on_resize(self, event) -> None:
@@ -308,9 +309,22 @@ class PisApp(App):
         self._sweep_worker(self.choices, field)
 
     def _coalesced_resweep(self) -> None:
-        if self._measure_dirty and not self._sweeping:
-            self._measure_dirty = False
-            self.request_sweep("measure")
+        """Re-sweep as measurements arrive, at most every `resweep_interval`, and rarely
+        enough that sweeping takes under a quarter of one core (on a CPU device the app's
+        own work would otherwise disturb the timings being taken, so at most every 2 s)."""
+        if not self._measure_dirty or self._sweeping:
+            return
+        snap = self.snapshot
+        gap = self.resweep_interval
+        if snap is not None:
+            gap = max(gap, 4 * snap.elapsed_s)
+            if getattr(snap.result.device, "kind", "gpu") == "cpu" and self.resweep_interval >= 0.5:
+                gap = max(gap, 2.0)
+        if time.monotonic() - self._last_resweep < gap:
+            return
+        self._last_resweep = time.monotonic()
+        self._measure_dirty = False
+        self.request_sweep("measure")
 
     def _sweep_finished(self) -> None:
         self._sweeping = False

@@ -34,7 +34,7 @@ class ExportDialog(ModalScreen):
         with Vertical() as v:
             v.border_title = "export"
             yield Label("Write results to (enter confirms, esc cancels):")
-            yield Input(self.default_path, id="export-path")
+            yield Input(self.default_path, id="export-path", select_on_focus=False)
             yield Static("pis-tui/1 JSON with the recommendations; a name ending in .csv "
                          "writes the points as CSV. Quality loss is a fraction in files.",
                          id="export-hint")
