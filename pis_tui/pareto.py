@@ -132,11 +132,16 @@ def _dense_baseline(pts: Sequence[Point], phase: str, metric: str) -> Point:
                  quality=QualityEstimate(0.0, metric, src, proto, note="dense: nothing removed"))
 
 
+#: speedups within this share of the fastest feasible one count as a tie (broken by lower loss)
+SPEEDUP_TIE = 0.01
+
+
 def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendation:
     """The fastest point of ``phase`` whose quality loss stays within ``budget``.
 
     * ``best``: the highest speedup among pruned points with loss ≤ budget (ties: the
-      lower loss, then the tie rule above); ``dense`` when no feasible pruned point
+      lower loss, then the tie rule above; speedups within SPEEDUP_TIE of the fastest count
+      as equal, so the lowest loss among them wins); ``dense`` when no feasible pruned point
       beats 1.0×; ``None`` when no pruned point stays within the budget at all.
     * ``runner_up``: the best feasible point of a different strategy, else the next
       feasible point of the same strategy, else dense; ``margin`` = best − runner-up
@@ -166,7 +171,10 @@ def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendat
                   f" ({smallest.speedup:.2f}×); keep the dense model")
         return Recommendation(phase, budget, metric, None, None, None, reason, fr)
 
-    top = feasible[0]
+    # estimates are not finer than ~1 %: among points that fast, the lower quality loss wins
+    near = [p for p in feasible if p.speedup >= feasible[0].speedup * (1.0 - SPEEDUP_TIE)]
+    top = min(near, key=lambda p: (_loss(p), rank(p)))
+    feasible = [top] + [p for p in feasible if p is not top]
     if top.speedup <= 1.0 + _TOL:
         best, runner = dense, top
         reason = (f"no pruning: nothing within {budget_words} beats dense in {phase}; "

@@ -138,3 +138,19 @@ def test_perplexity_metric_in_reason_and_budget_check():
     assert "perplexity" in r.reason
     with pytest.raises(ValueError):
         recommend(pts, -0.1, "prefill")
+
+
+def test_near_equal_speedups_prefer_the_lower_loss():
+    from pis_tui.pareto import recommend
+    from pis_tui.results import Point, QualityEstimate
+
+    def pt(strategy, speedup, loss):
+        return Point(strategy, 0.25, 0.25, "prefill", 10 / speedup, 10.0, speedup, speedup, "roofline",
+                     QualityEstimate(loss, source="prior"))
+
+    pts = [pt("dense", 1.0, 0.0), pt("static_depth", 1.140, 0.029), pt("dynamic_depth", 1.145, 0.098),
+           pt("static_width", 1.10, 0.05)]
+    r = recommend(pts, 0.10, "prefill")
+    assert r.best.strategy == "static_depth" and r.runner_up.strategy == "dynamic_depth"
+    pts.append(pt("low_rank", 1.30, 0.09))  # clearly faster: wins despite more loss
+    assert recommend(pts, 0.10, "prefill").best.strategy == "low_rank"
