@@ -81,6 +81,14 @@ def busy_warning(threads: Optional[int] = None) -> Optional[str]:
             "noisy; measure when it is quiet, or clear the cache and measure again")
 
 
+def contention_message(probe: dict) -> str:
+    return (f"other processes are using this CPU's cores: a small GEMM took "
+            f"{probe['threads_ms']:.2f} ms on {probe['threads']} threads against "
+            f"{probe['single_thread_ms']:.3f} ms on one (each multithreaded kernel waits for a "
+            "descheduled thread), so these timings will be inflated; measure when the machine is "
+            "quiet, then 'pis-tui cache clear' and profile again")
+
+
 def measuring_form(op: Op) -> Op:
     """The kernel call actually timed for an op: one call (count 1), unstructured GEMMs as
     the dense GEMM they run, and a neutral name (the key ignores names)."""
@@ -187,6 +195,7 @@ class ProfileReport:
     total: int = 0
     elapsed_s: float = 0.0
     calibrated: list = field(default_factory=list)  # dtypes whose peaks were measured now
+    contention: dict = field(default_factory=dict)  # timing.contention_probe at the start (CPU)
     measurements: list = field(default_factory=list)  # the new Measurements
     failures: list = field(default_factory=list)  # (key, status, note)
 
@@ -194,6 +203,7 @@ class ProfileReport:
         return {"measured": self.measured, "reused": self.reused, "failed": self.failed,
                 "cancelled": self.cancelled, "total": self.total,
                 "elapsed_s": round(self.elapsed_s, 3), "calibrated": self.calibrated,
+                "contention": self.contention,
                 "failures": [{"key": k, "status": s, "note": n} for k, s, n in self.failures]}
 
 
@@ -243,7 +253,8 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 cancel: CancelArg = None, *, repeats: Optional[int] = None,
                 on_measurement: Optional[Callable[[Measurement], None]] = None,
                 calibrate: bool = True, recalibrate: bool = False, flush_s: float = 2.0, device=None,
-                labels: Optional[dict] = None) -> ProfileReport:
+                labels: Optional[dict] = None,
+                on_warning: Optional[Callable[[str], None]] = None) -> ProfileReport:
     """Measure the ops the cache does not hold yet (for this device and software).
 
     ``device_ctx``: a ``timing.DeviceContext``, or None to open the local device only when
@@ -251,8 +262,10 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     is called before each measurement and once at the end (``eta_s`` None until known).
     ``cancel``: a threading.Event or a callable; checked between measurements.  With
     ``calibrate`` the device's peak matmul rate and copy bandwidth are measured once per dtype
-    (for the estimator's roofline; ``recalibrate`` measures them again).  KeyboardInterrupt
-    is re-raised after what was measured has been written.
+    (for the estimator's roofline; ``recalibrate`` measures them again).  On the CPU a quick
+    probe checks that no other process holds a core (``on_warning`` hears about it: timings
+    would then measure waiting for descheduled threads).  KeyboardInterrupt is re-raised after
+    what was measured has been written.
     """
     from .hardware import local_device
 
@@ -296,7 +309,11 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     if ctx is None:
         progress("opening the device (importing torch)")
         ctx = timing.open_device("local")
-    writer = _Writer(cache, ctx.device_info(), flush_s)
+    if not ctx.is_cuda:
+        report.contention = timing.contention_probe(ctx)
+        if report.contention.get("contended") and on_warning is not None:
+            on_warning(contention_message(report.contention))
+    writer = _Writer(cache, {**ctx.device_info(), "contention": report.contention}, flush_s)
     try:
         for d in need_cal:
             if _is_cancelled(cancel):

@@ -885,6 +885,41 @@ def verify_op(op: Op, ctx: DeviceContext, **kw) -> tuple[float, float]:
     return err, tol
 
 
+def contention_probe(ctx: DeviceContext, budget_s: float = 0.05) -> dict:
+    """Is another process using this CPU's cores right now?
+
+    An OpenMP parallel region waits for every thread at its barrier: when another process
+    holds one of the cores, each multithreaded kernel waits for a descheduled thread (a whole
+    scheduler slice, ~15 ms here), so a 0.07 ms GEMM takes 15 ms.  This times a small GEMM
+    with all threads and with one; ``contended`` when all threads are more than 3× slower.
+    """
+    if ctx.is_cuda or ctx.threads <= 1:
+        return {"contended": False, "ratio": 1.0}
+    torch = _torch()
+    x = torch.ones(16, 896)
+    w = torch.ones(128, 896)
+
+    def rate(threads: int) -> float:
+        torch.set_num_threads(threads)
+        torch.nn.functional.linear(x, w)
+        best = float("inf")
+        end = time.perf_counter() + budget_s
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    try:
+        single = rate(1)
+        multi = min(rate(ctx.threads), rate(ctx.threads))
+    finally:
+        torch.set_num_threads(ctx.threads)
+    ratio = multi / single if single > 0 else 1.0
+    return {"contended": ratio > 3.0, "ratio": ratio, "threads_ms": multi * 1e3,
+            "single_thread_ms": single * 1e3, "threads": ctx.threads}
+
+
 def measure_device_peaks(ctx: DeviceContext, dtype: str) -> dict:
     """Measured compute and memory rates of the device: a large matmul and a large copy.
 

@@ -299,3 +299,19 @@ def test_measured_table_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(TableError):
         read_table(tmp_path / "bad.json")
+
+
+def test_a_busy_cpu_is_reported(tmp_path, ctx, monkeypatch):
+    """Another process on a core makes every multithreaded kernel wait: say so."""
+    from pis_tui import timing
+
+    probe = timing.contention_probe(ctx)
+    assert probe["ratio"] > 0 and isinstance(probe["contended"], bool)
+    fake = {"contended": True, "ratio": 200.0, "threads_ms": 15.0, "single_thread_ms": 0.07,
+            "threads": 2}
+    monkeypatch.setattr(timing, "contention_probe", lambda c: fake)
+    monkeypatch.setattr(timing, "open_device", lambda *a, **k: ctx)
+    warnings = []
+    cache = Cache.open(str(tmp_path / "c.duckdb"))
+    rep = profiling.run_profile(small_ops()[:1], None, cache, calibrate=False, on_warning=warnings.append)
+    assert rep.contention == fake and len(warnings) == 1 and "15.00 ms on 2 threads" in warnings[0]

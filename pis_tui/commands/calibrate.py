@@ -119,7 +119,8 @@ def run(args) -> int:
         table = build_table(measured, ctx.device_info(), software={**ctx.software, "runtime": ctx.runtime},
                             calibration=cal, method=ctx.method,
                             extra={"pis_tui_version": __version__, "models": models, "quick": args.quick,
-                                   "partial": partial, "clocks_at_end": timing.read_clocks()})
+                                   "partial": partial, "clocks_at_end": timing.read_clocks(),
+                                   "contention": report.contention if report else {}})
         write_table(out, table)
 
     def on_measurement(m) -> None:
@@ -139,7 +140,8 @@ def run(args) -> int:
             report = profiling.run_profile([p.op for p in planned], ctx, None, on_progress=disp.update,
                                            cancel=cancel, repeats=args.repeats,
                                            on_measurement=on_measurement, calibrate=False,
-                                           device=device, labels=labels)
+                                           device=device, labels=labels,
+                                           on_warning=None if busy else (lambda m: say("warning: " + m)))
     finally:
         # on Ctrl-C too: keep what was measured
         save(partial=report is None or report.cancelled)

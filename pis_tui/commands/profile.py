@@ -217,9 +217,10 @@ def _run(args) -> int:
     say = (lambda m: emit({"event": "message", "message": m})) if jsonl else \
         (lambda m: print(f"pis-tui: {m}", file=sys.stderr))
     cancel = threading.Event()
+    warn_fn = warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr, flush=True))
     busy = profiling.busy_warning() if device.kind == "cpu" else None
     if busy:
-        (warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)))(busy)
+        warn_fn(busy)
     if jsonl:
         cached = {m.key for m in cache.get_measurements(device.fingerprint)
                   if m.status in profiling.FINAL_STATUSES}
@@ -238,7 +239,8 @@ def _run(args) -> int:
         report = profiling.run_profile([p.op for p in planned], None, cache, on_progress=disp.update,
                                        cancel=cancel, repeats=args.repeats,
                                        on_measurement=on_measurement, device=device, labels=labels,
-                                       recalibrate=args.recalibrate)
+                                       recalibrate=args.recalibrate,
+                                       on_warning=None if busy else warn_fn)
     sources = profiling.source_counts(spec, device, scenario, strategies, sparsities, options, cache)
     cal = cache.get_calibration(device.fingerprint, scenario.dtype)
     summary = {**report.to_dict(), "sources": sources, "cache": cache.path,

@@ -7,13 +7,15 @@ rotated past the last-level cache, real thread count) at M = 1, 16, 128, 1024, a
 reported as GFLOP/s and as a share of the peak (compute) and of the copy bandwidth (bytes
 moved per second: what bounds small-M GEMMs).
 
-Run:  python tests/benchmarks/profile_gemm_rates.py   (writes profile_gemm_rates.result.md)
+Run:  python tests/benchmarks/profile_gemm_rates.py [WAIT_S]   (writes profile_gemm_rates.result.md;
+      waits up to WAIT_S, default 600, for no other process to hold a core)
 """
 
 from __future__ import annotations
 
 import platform
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,8 +36,20 @@ def load() -> float:
         return float("nan")
 
 
+def wait_quiet(ctx, wait_s: float) -> dict:
+    """Wait (up to wait_s) until no other process holds a core (see timing.contention_probe)."""
+    end = time.monotonic() + wait_s
+    while True:
+        probe = timing.contention_probe(ctx)
+        if not probe["contended"] or time.monotonic() > end:
+            return probe
+        time.sleep(10)
+
+
 def main() -> None:
+    wait_s = float(sys.argv[1]) if len(sys.argv) > 1 else 600.0
     ctx = timing.open_device("local")
+    probe = wait_quiet(ctx, wait_s)
     l0 = load()
     peaks = timing.measure_device_peaks(ctx, "fp32")
     peak = peaks["peak_tflops"] * 1e12
@@ -58,12 +72,17 @@ def main() -> None:
             rows.append(f"| {name} | {m}×{n}×{k} | {r.ms:.4f} | {rate / 1e9:.1f} | {rate / peak:.0%} | "
                         f"{mbw / bw:.0%} | {r.spread:.2f} |")
     l1 = load()
+    after = timing.contention_probe(ctx)
+    quiet = (f"no other process held a core at the start (2-thread/1-thread time of a small GEMM "
+             f"{probe['ratio']:.1f}×; at the end {after['ratio']:.1f}×)" if not probe["contended"] else
+             f"**measured while other processes held a core** (a small GEMM {probe['ratio']:.0f}× "
+             "slower on all threads than on one): the rates below are inflated by waiting")
     lines = [
         "# Measured GEMM rates on the local CPU vs its measured peak",
         "",
         f"{ctx.display_name}; torch {ctx.runtime['torch']}, {ctx.threads} threads, last-level cache "
         f"{ctx.cache_mb:.0f} MiB; {platform.python_version()}; load average {l0:.1f} → {l1:.1f} "
-        "(a shared machine: a load above the core count slows and scatters multithreaded kernels).",
+        f"(a shared machine); {quiet}.",
         "",
         f"Measured peak: **{peak / 1e9:.1f} GFLOP/s** (fp32 {peaks['matmul_n']}² matmul, best of 5), "
         f"copy bandwidth **{bw / 1e9:.1f} GB/s** ({peaks['copy_mb']:.0f} MiB buffer, best of 5).",
