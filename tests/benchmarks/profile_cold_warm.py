@@ -69,6 +69,9 @@ def main() -> None:
     flex_fail = [e["key"] for e in meas if "flex-compile failed" in (e["note"] or "")]
     ratio = cold / warm
     cal = done.get("calibration") or {}
+    cont = done.get("contention") or {}
+    cont_line = (f"- contention probe at the start: a small GEMM {cont.get('ratio', 0):.1f}× slower on all "
+                 f"threads than on one ({'another process held a core: every multithreaded kernel waited' if cont.get('contended') else 'quiet'})")
     lines = [
         "# profile: cold vs warm (issue 3 targets)",
         "",
@@ -79,6 +82,7 @@ def main() -> None:
         f"Python {platform.python_version()}; load average {l0:.1f} before, {l1:.1f} after the cold run; "
         f"the cold run got {cpu:.0f} CPU-seconds in {cold:.0f} s of wall time on {os.cpu_count()} cores "
         f"({cpu / cold / (os.cpu_count() or 1):.0%} of the machine: other processes had the rest)",
+        cont_line,
         f"- ops planned: {plan['total']} ({plan['grid']} of them M-grid points); measured "
         f"{done['measured']}, failed {done['failed']}",
         f"- FlexAttention compilations: {len(compiles)} ({', '.join(f'{c:.1f} s' for c in compiles)}), "
