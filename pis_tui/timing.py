@@ -157,10 +157,12 @@ def read_clocks(ctx: Optional[DeviceContext] = None) -> dict:
     return {n: v for n, v in zip(names, vals)}
 
 
-def open_device(name: str = "local", *, threads: Optional[int] = None) -> DeviceContext:
+def open_device(name: str = "local") -> DeviceContext:
     """Open the local device for measuring (imports torch).
 
-    The fingerprint equals ``hardware.local_device().fingerprint`` for the same machine.
+    The fingerprint equals ``hardware.local_device().fingerprint`` for the same machine; on the
+    CPU torch uses ``hardware.cpu_threads()`` threads (the cores this process may run on, or
+    OMP_NUM_THREADS), the count the fingerprint names.
     """
     if name not in ("local", hardware.LOCAL):
         raise UserError(f"can only measure the local device (--gpu local), not {name!r}")
@@ -197,8 +199,7 @@ def open_device(name: str = "local", *, threads: Optional[int] = None) -> Device
             clocks=read_clocks(), method="cuda-graph", method_version=METHOD_VERSIONS["cuda-graph"])
         ctx.sparse_24, ctx.sparse_24_note = _probe_sparse_24(ctx)
         return ctx
-    n = threads or hardware.cpu_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(hardware.cpu_threads())
     return DeviceContext(
         name=hardware.LOCAL, kind="cpu", torch_device="cpu", fingerprint=hw.fingerprint,
         display_name=hw.display_name, software=sw, runtime=runtime, dtypes=("fp32", "bf16"),
@@ -808,6 +809,10 @@ def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
     repeats = repeats or (7 if ctx.is_cuda else 5)
     warmup = warmup or (3 if ctx.is_cuda else 2)
     case = None
+    tf32 = None
+    if ctx.is_cuda:  # "tf32" is fp32 storage with TF32 tensor-core math; "fp32" is true fp32
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = op.dtype == "tf32"
     try:
         case = _build_case(op, ctx, unstructured_kernel=unstructured_kernel)
         note = case.note
@@ -854,6 +859,7 @@ def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
     finally:
         del case
         if ctx.is_cuda:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.cuda.empty_cache()
 
 
