@@ -964,8 +964,10 @@ class OpTimes:
     only those not measured yet); else times them here with ``pis_tui.timing``.
     """
 
-    def __init__(self, dtype: str, cache=None, on_progress: Optional[Callable[[str], None]] = None):
+    def __init__(self, dtype: str, cache=None, on_progress: Optional[Callable[[str], None]] = None,
+                 repeats: Optional[int] = None):
         self.dtype = dtype
+        self.repeats = repeats
         self.cache = cache
         self.on_progress = on_progress
         self._mem: dict = {}  # key → Measurement
@@ -995,7 +997,7 @@ class OpTimes:
         profiling = _profiling()
         if profiling is not None and self.cache is not None:
             done = profiling.measure_ops(list(want.values()), cache=self.cache, dtype=self.dtype,
-                                         on_progress=self.on_progress)
+                                         on_progress=self.on_progress, repeats=self.repeats)
             for m in done:
                 self._mem[m.key] = m
             return
@@ -1006,7 +1008,7 @@ class OpTimes:
         for i, op in enumerate(want.values()):
             if self.on_progress:
                 self.on_progress(f"measuring op {i + 1}/{len(want)}: {op.key()}")
-            m = timing.measure_op(op, self._ctx)
+            m = timing.measure_op(op, self._ctx, repeats=self.repeats)
             self._mem[m.key] = m
 
     def _fingerprint(self) -> str:
@@ -1131,6 +1133,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
              prefill_batch: int = 1, prompt_len: int = 128, decode_batches=(1, 16),
              context_len: int = 256, dtype: Optional[str] = None, repeats: int = 5,
              warmup: int = 1, cache=None, device: Optional[str] = None, seed: int = 0,
+             op_repeats: Optional[int] = None,
              on_progress: Optional[Callable[[str], None]] = None,
              on_row: Optional[Callable[[ValidationRow], None]] = None) -> list:
     """Build each pruned model, time it against the dense one (interleaved), and compare the
@@ -1155,7 +1158,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
         batches = (prefill_batch,) if ph == "prefill" else tuple(decode_batches)
         for b in batches:
             cases.append((ph, b, prompt_len if ph == "prefill" else context_len))
-    times = OpTimes(dtype, cache, on_progress=say)
+    times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
     rows: list = []
     say(f"building dense {spec.name} ({dtype}, {device})")
     dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=device, dtype=dtype, seed=seed)

@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--wait", type=float, default=900)
     ap.add_argument("--out", default=str(HERE / "validate_qwen05b_cpu.result"))
     ap.add_argument("--no-diagnose", action="store_true")
+    ap.add_argument("--op-repeats", type=int, default=9,
+                    help="timed batches per op measurement (median); more resists load bursts")
     args = ap.parse_args()
 
     from pis_tui.cache import Cache
@@ -82,7 +84,8 @@ def main() -> int:
 
     rows = v.validate(MODEL, strategies, ("prefill", "decode"), prefill_batch=1, prompt_len=128,
                       decode_batches=(1, 16), context_len=256, dtype="fp32",
-                      repeats=args.repeats, warmup=1, cache=cache, on_row=on_row)
+                      repeats=args.repeats, warmup=1, cache=cache, on_row=on_row,
+                      op_repeats=args.op_repeats)
     elapsed = time.time() - t0
     core = [r for r in rows if r.strategy in FAMILIES]
     summary = v.accuracy_summary(core)
@@ -91,7 +94,7 @@ def main() -> int:
 
     # framework overhead (what a sum of ops cannot see): tiny clones of each model
     raw, spec = v.raw_config(MODEL)
-    times = v.OpTimes("fp32", cache)
+    times = v.OpTimes("fp32", cache, repeats=args.op_repeats)
     overheads: dict = {}
 
     def overhead(strat, phase, batch, length):
