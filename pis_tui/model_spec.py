@@ -168,8 +168,12 @@ def _autoconfig_dict(target: str) -> dict:
     return cfg.to_dict()
 
 
-def load_model_spec(ref: str) -> ModelSpec:
-    """Load a spec from a preset name, a config path or directory, or a cached HF id."""
+def load_model_spec(ref: str, *, allow_transformers: bool = True) -> ModelSpec:
+    """Load a spec from a preset name, a config path or directory, or a cached HF id.
+
+    With ``allow_transformers=False`` configs are read as plain JSON only (the explorer: a
+    transformers import would stall its screen); a config that omits fields transformers would
+    default is then an error naming the field."""
     if not ref or not str(ref).strip():
         raise UserError("no model given")
     ref = str(ref).strip()
@@ -182,7 +186,8 @@ def load_model_spec(ref: str) -> ModelSpec:
         if not cfg_path.is_file():
             raise UserError(f"{path}: no config.json in this directory")
         raw = _read_json_file(cfg_path, ref)
-        return spec_from_config(_maybe_autoconfig(str(path), raw), path.name, source=str(cfg_path))
+        cfg = _maybe_autoconfig(str(path), raw) if allow_transformers else raw
+        return spec_from_config(cfg, path.name, source=str(cfg_path))
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise UserError(f"{path}: no such file")
@@ -193,6 +198,10 @@ def load_model_spec(ref: str) -> ModelSpec:
         if ref not in hf_cache_models():
             raise UserError(f"{ref}: not a preset and not in the local Hugging Face cache "
                             f"(presets: {', '.join(preset_names())})")
+        if not allow_transformers:
+            repo = hf_hub_cache() / ("models--" + ref.replace("/", "--"))
+            newest = max(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+            return spec_from_config(_read_json_file(newest, ref), ref, source=f"hf-cache:{ref}")
         return spec_from_config(_autoconfig_dict(ref), ref, source=f"hf-cache:{ref}")
     raise UserError(f"unknown model {ref!r}: not a preset ({', '.join(preset_names())}), "
                     "a config path or a cached Hugging Face id")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
+from .display import flag_words
 from .results import Point, QualityEstimate, Recommendation
 
 _TOL = 1e-12
@@ -105,14 +106,7 @@ def _describe(p: Point, metric: str, short: bool = False) -> str:
 
 
 def _flags(p: Point) -> str:
-    q = p.quality
-    tags = []
-    if q.borrowed_from:
-        tags.append(f"quality borrowed from {q.borrowed_from}")
-    if q.extrapolated:
-        tags.append("quality extrapolated")
-    if q.secondary:
-        tags.append("secondary source")
+    tags = flag_words(p.quality)
     return f" [{', '.join(tags)}]" if tags else ""
 
 

@@ -5,24 +5,11 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-
-def pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+from ..display import loss_text, pct, quality_marks
 
 
 def quality_cell(p) -> str:
-    q = p.quality
-    if q.value is None:
-        return "–"
-    v = pct(q.value) if q.metric == "accuracy_drop" else f"+{100 * q.value:.1f}% ppl"
-    marks = ""
-    if q.extrapolated:
-        marks += "ᵉ"
-    if q.borrowed_from:
-        marks += "ᵇ"
-    if q.secondary:
-        marks += "ˢ"
-    return v + marks
+    return loss_text(p.quality) + (quality_marks(p.quality) if p.quality.value is not None else "")
 
 
 def points_table(result, phase: str, title: str | None = None, points=None) -> Table:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -116,50 +115,12 @@ class Snapshot:
         return getattr(self.result, "quality_metric", "accuracy_drop")
 
 
-def _hf_hub_root() -> Path:
-    return Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-                or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: malformed JSON (line {e.lineno}: {e.msg})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-
-
 def resolve_model(ref: str):
     """A ModelSpec from a preset, a config path/directory or a cached HF id, read as plain
     JSON (never through transformers: that import would stall the screen)."""
-    from ..model_spec import load_model_spec, preset_names, spec_from_config
+    from ..model_spec import load_model_spec
 
-    ref = (ref or "").strip()
-    if not ref:
-        raise UserError("no model given")
-    if ref in preset_names():
-        return load_model_spec(ref)
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        cfg = path / "config.json"
-        if not cfg.is_file():
-            raise UserError(f"{path}: no config.json in this directory")
-        return spec_from_config(_read_config(cfg), path.name, source=str(cfg))
-    if path.suffix == ".json" or path.exists() or ref.startswith((".", "/", "~")):
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        name = path.stem if path.name != "config.json" else path.parent.name
-        return spec_from_config(_read_config(path), name, source=str(path))
-    if "/" in ref:
-        repo = _hf_hub_root() / ("models--" + ref.replace("/", "--"))
-        snaps = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
-        if not snaps:
-            raise UserError(f"{ref}: not a preset and not in the local Hugging Face cache")
-        return spec_from_config(_read_config(snaps[-1]), ref, source=f"hf-cache:{ref}")
-    raise UserError(f"unknown model {ref!r}: not a preset, a config path or a cached "
-                    "Hugging Face id")
+    return load_model_spec(ref, allow_transformers=False)
 
 
 class Backend:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..display import flag_words, loss_text, pct, speed
+from ..display import quality_marks as quality_flags
+
+__all__ = ["flag_words", "loss_text", "pct", "speed", "quality_flags"]
+
 #: one marker and colour per family: the Pareto and Beyond-FLOPs charts and the legend agree
 FAMILY_STYLE = {
     "dense": ("D", (220, 220, 220)),
@@ -34,32 +39,8 @@ SHORT = {
 }
 
 
-def pct(x: Optional[float], nd: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{nd}f}%"
 
 
-def speed(x: Optional[float]) -> str:
-    return "–" if x is None else f"{x:.2f}×"
-
-
-def quality_flags(q) -> str:
-    """Superscript marks: ᵉ extrapolated, ᵇ borrowed from another model, ˢ secondary source."""
-    m = ""
-    if q.extrapolated:
-        m += "ᵉ"
-    if q.borrowed_from:
-        m += "ᵇ"
-    if q.secondary:
-        m += "ˢ"
-    return m
-
-
-def loss_text(q) -> str:
-    if q is None or q.value is None:
-        return "–"
-    if q.metric == "ppl_increase":
-        return f"+{100 * q.value:.1f}% ppl"
-    return pct(q.value)
 
 
 def quality_source_text(q) -> str:
@@ -73,16 +54,6 @@ def quality_source_text(q) -> str:
         src += f" [{short[:28]}{'…' if len(short) > 28 else ''}]"
     return src
 
-
-def flag_words(q) -> list[str]:
-    out = []
-    if q.borrowed_from:
-        out.append(f"borrowed from {q.borrowed_from}")
-    if q.extrapolated:
-        out.append("extrapolated")
-    if q.secondary:
-        out.append("secondary source")
-    return out
 
 
 def duration(s: Optional[float]) -> str:

@@ -12,7 +12,7 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
-from .fmt import FAMILY_STYLE, pct
+from .fmt import FAMILY_STYLE
 
 FRONTIER_COLOR = (150, 150, 150)
 BUDGET_COLOR = (230, 80, 80)

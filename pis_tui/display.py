@@ -1,0 +1,40 @@
+"""How figures read on screen, shared by the CLI tables and the explorer (no textual here).
+
+Fractions in files, percentages on screen; superscript marks for quality caveats.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def pct(x: Optional[float], nd: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{nd}f}%"
+
+
+def speed(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def quality_marks(q) -> str:
+    """ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source."""
+    return ("ᵉ" if q.extrapolated else "") + ("ᵇ" if q.borrowed_from else "") + ("ˢ" if q.secondary else "")
+
+
+def loss_text(q) -> str:
+    if q is None or q.value is None:
+        return "–"
+    if q.metric == "ppl_increase":
+        return f"+{100 * q.value:.1f}% ppl"
+    return pct(q.value)
+
+
+def flag_words(q) -> list[str]:
+    out = []
+    if q.borrowed_from:
+        out.append(f"quality borrowed from {q.borrowed_from}")
+    if q.extrapolated:
+        out.append("quality extrapolated")
+    if q.secondary:
+        out.append("secondary source")
+    return out
