@@ -13,6 +13,13 @@ For each op, in order of trust:
 5. ``unsupported``: the device has no kernel for it (2:4 without sparse tensor cores, or on a
    CPU): priced as the dense kernel it falls back to, so no speedup is claimed.
 
+Eager framework overhead (:class:`~pis_tui.ops.Overhead`) is priced from its measurement on
+this device (the dispatch probe of ``pis_tui.validation`` stores it in the cache, CPU only)
+and otherwise at zero: GPU measurements are CUDA-graph replays, which have no host overhead.
+An unmeasured overhead op is reported with source ``roofline`` but does not lower a phase's
+``timing_source`` (its zero is the methodology on a GPU); on a CPU the estimate then carries a
+note that the overhead was not measured.
+
 No torch, no DuckDB: measurements arrive as plain records (key, op dict, ms, status).
 """
 
@@ -24,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 from .hardware import DeviceProfile
-from .ops import Attention, Elementwise, Gemm, Op, op_from_dict
+from .ops import Attention, Elementwise, Gemm, Op, Overhead, op_from_dict
 from .results import PhaseEstimate, PricedOp
 
 SOURCE_RANK = {"measured": 0, "shipped": 1, "interpolated": 2, "roofline": 3, "unsupported": 4}
@@ -94,7 +101,7 @@ class Estimator:
                 if rec is None:
                     continue
                 self._exact[rec.key] = (rec, source)
-                if rec.status == "ok":
+                if rec.status == "ok" and not isinstance(rec.op, Overhead):
                     self._by_class.setdefault(_class_of(rec.op), []).append(rec)
         self._gemm_index: dict[tuple, dict[tuple[int, int], list[tuple[float, float]]]] = {}
 
@@ -152,6 +159,13 @@ class Estimator:
     # ---------------------------------------------------------------- pricing
 
     def price(self, op: Op) -> PricedOp:
+        if isinstance(op, Overhead):
+            hit = self._exact.get(op.key())
+            if hit and hit[0].status == "ok" and self.device.kind == "cpu":
+                return PricedOp(op, hit[0].ms, hit[1])
+            why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
+                   else "eager framework overhead not measured on this CPU")
+            return PricedOp(op, 0.0, "roofline", why)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
         if unsupported:
             dense = replace(op, kind="dense", density=1.0)
@@ -180,13 +194,19 @@ class Estimator:
             c = counts.setdefault(p.source, {"ops": 0, "ms": 0.0})
             c["ops"] += 1
             c["ms"] += p.total_ms
-        weakest = max((p.source for p in priced), key=lambda s: SOURCE_RANK[s])
+        core = [p for p in priced if not (isinstance(p.op, Overhead) and p.ms_per_call == 0.0)]
+        weakest = max((p.source for p in core or priced), key=lambda s: SOURCE_RANK[s])
         if weakest == "unsupported" and any(p.source == "roofline" for p in priced):
             weakest = "unsupported"
         flops = sum(o.effective_flops() * o.count for o in phase_ops.ops)
         s = phase_ops.strategy
+        notes = tuple(phase_ops.notes)
+        if self.device.kind == "cpu" and any(isinstance(p.op, Overhead) and p.ms_per_call == 0.0
+                                             and p.op.count > 0 for p in priced):
+            notes += ("eager framework overhead not measured on this CPU (pis-tui validate "
+                      "measures it): the estimate omits it",)
         return PhaseEstimate(s.family, s.sparsity, phase_ops.achieved_sparsity, phase_ops.phase,
-                             priced, latency, flops, weakest, counts, phase_ops.notes)
+                             priced, latency, flops, weakest, counts, notes)
 
     # ---------------------------------------------------------------- interpolation
 

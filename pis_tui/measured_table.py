@@ -42,7 +42,7 @@ FORMAT = "pis-tui-measured/1"
 
 #: timing methods and their current versions (bump a version when the way a method times
 #: changes; the cache then ignores older measurements instead of mixing them in).
-METHOD_VERSIONS = {"cuda-graph": 1, "cpu-wall": 1}
+METHOD_VERSIONS = {"cuda-graph": 1, "cpu-wall": 2}
 
 METHOD_DOCS = {
     "cuda-graph": (
@@ -53,8 +53,12 @@ METHOD_DOCS = {
         "spread = IQR / median of the replays."),
     "cpu-wall": (
         "CPU: torch.get_num_threads() threads, weights/KV caches rotated past the last-level "
-        "cache, warm-up, then batches of calls timed with time.perf_counter; ms = eager_ms = "
-        "wall time per call, median over repeats; spread = IQR / median."),
+        "cache, warm-up, then batches of calls timed with time.perf_counter; each op is "
+        "measured in 3 rounds interleaved with the other ops of a ~2 s group (a burst of "
+        "another process spoils one round, not the op); ms = eager_ms = wall time per call, "
+        "median of the rounds (each the median of its batches); spread = (max - min) / median "
+        "of the rounds; a GEMM more than 15% slower than the same (N, K) at a larger M is "
+        "re-measured and the lower time kept.  v2: rounds (v1: one burst of batches)."),
 }
 
 STATUSES = ("ok", "unsupported", "oom", "error")

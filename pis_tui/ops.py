@@ -178,14 +178,61 @@ class Elementwise:
         return s
 
 
-Op = Union[Gemm, Attention, Elementwise]
+#: host-side (eager framework) overhead kinds; see :class:`Overhead`
+OVERHEAD_KINDS = (
+    "forward",   # once per forward: model entry, rotary tables, cache bookkeeping, logits
+    "block",     # per attention or MLP block run: the Python of the block's modules and glue
+    "linear",    # per nn.Linear module call (beyond the GEMM kernel itself)
+    "routing",   # per routed sublayer (dynamic depth): router scores, index sort/arange glue
+)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Eager framework overhead: time the host spends outside the kernels of the op list
+    (Python module calls, dispatch, shape glue), which a sum of kernel timings cannot see.
+
+    ``count`` is the number of such calls in the phase (the taxonomy counts blocks, linears,
+    routed sublayers, forwards).  It moves no data and does no FLOPs.  Devices whose
+    measurements are taken through CUDA graphs (GPU profiles, ``cuda-graph`` tables) price it
+    at zero: a graph replay has no host overhead, the way serving engines run.  On the CPU
+    (eager) it is priced from a measured probe (``pis_tui.validation.dispatch_probe``: tiny
+    clones of the model whose run time is almost all overhead) stored in the cache as
+    measurements of the keys below.
+    """
+
+    name: str
+    kind: str
+    phase: str = "decode"
+    count: float = 1.0
+    dtype: str = "bf16"
+    op_type: str = field(default="overhead", init=False)
+
+    def flops(self) -> float:
+        return 0.0
+
+    def effective_flops(self) -> float:
+        return 0.0
+
+    def bytes(self) -> float:
+        return 0.0
+
+    def key(self) -> str:
+        return f"ovh:{self.kind}:{self.phase}:{self.dtype}"
+
+    def shape(self) -> str:
+        return f"{self.kind} ({self.phase})"
+
+
+Op = Union[Gemm, Attention, Elementwise, Overhead]
 
 
 def op_from_dict(d: dict) -> Op:
     """Inverse of ``dataclasses.asdict`` for ops (used by the measuring subprocess)."""
     d = dict(d)
     t = d.pop("op_type")
-    cls = {"gemm": Gemm, "attention": Attention, "elementwise": Elementwise}[t]
+    cls = {"gemm": Gemm, "attention": Attention, "elementwise": Elementwise,
+           "overhead": Overhead}[t]
     return cls(**d)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional, Union
 
 from .measured_table import Measurement
-from .ops import Attention, Gemm, Op
+from .ops import Attention, Gemm, Op, Overhead
 from .scenario import PHASES, Scenario
 
 #: M values around typical GEMM tile boundaries (64/128/256) and powers of two
@@ -31,6 +31,18 @@ M_GRID = (1, 2, 4, 8, 16, 32, 64, 127, 128, 129, 255, 256, 257, 512, 1024, 2048,
 
 #: statuses of a cached measurement that are not retried (an "error" is retried next time)
 FINAL_STATUSES = ("ok", "unsupported", "oom")
+
+#: CPU: each op is measured in this many rounds, interleaved with the other ops of its chunk
+#: (a chunk is about CHUNK_S seconds of measuring), and the median of the rounds is kept.  A
+#: burst of another process (during which every multithreaded kernel waits a scheduler slice)
+#: then spoils one round, not the op.
+CPU_ROUNDS = 3
+CHUNK_S = 2.0
+CHUNK_MAX_OPS = 24
+#: GEMMs of one (N, K) must not get faster as M grows: a time more than this share above a
+#: larger M's is re-measured (in rounds), at most MONOTONE_PASSES times
+MONOTONE_TOL = 0.15
+MONOTONE_PASSES = 2
 
 
 @dataclass
@@ -137,6 +149,8 @@ def plan_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=
             times = [(o, roof(o) * o.count) for o in po.ops]
             total = sum(t for _, t in times) or 1.0
             for o, t in times:
+                if isinstance(o, Overhead):  # measured by the dispatch probe, not as a kernel
+                    continue
                 mo = measuring_form(o)
                 k = mo.key()
                 share = t / total
@@ -198,12 +212,13 @@ class ProfileReport:
     contention: dict = field(default_factory=dict)  # timing.contention_probe at the start (CPU)
     measurements: list = field(default_factory=list)  # the new Measurements
     failures: list = field(default_factory=list)  # (key, status, note)
+    remeasured: int = 0  # GEMMs re-measured because they were slower than a larger M
 
     def to_dict(self) -> dict:
         return {"measured": self.measured, "reused": self.reused, "failed": self.failed,
                 "cancelled": self.cancelled, "total": self.total,
                 "elapsed_s": round(self.elapsed_s, 3), "calibrated": self.calibrated,
-                "contention": self.contention,
+                "contention": self.contention, "remeasured": self.remeasured,
                 "failures": [{"key": k, "status": s, "note": n} for k, s, n in self.failures]}
 
 
@@ -270,7 +285,8 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     from .hardware import local_device
 
     t0 = time.monotonic()
-    ops = list({measuring_form(o).key(): measuring_form(o) for o in ops}.values())
+    ops = list({measuring_form(o).key(): measuring_form(o) for o in ops
+                if not isinstance(o, Overhead)}.values())
     fp = device_ctx.fingerprint if device_ctx is not None else local_device().fingerprint
     report = ProfileReport(total=len(ops))
     have = {}
@@ -330,35 +346,168 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
             measure_s += time.monotonic() - ts
             done_guess += 1.5
             remaining_guess -= 1.5
-        for op, guess in zip(todo, guesses):
+        rounds = 1 if ctx.is_cuda else CPU_ROUNDS
+        for chunk in _chunks(list(zip(todo, guesses)), rounds):
             if report.cancelled or _is_cancelled(cancel):
                 report.cancelled = True
                 break
-            label = (labels or {}).get(op.key()) or label_of(op)
-            progress(label)
             ts = time.monotonic()
-            m = timing.measure_op(op, ctx, repeats=repeats)
+
+            def say(op, r):
+                label = (labels or {}).get(op.key()) or label_of(op)
+                progress(label if rounds == 1 else f"{label} (round {r + 1}/{rounds})")
+            got = measure_rounds([o for o, _ in chunk], ctx, rounds, repeats, say, cancel)
             measure_s += time.monotonic() - ts
-            done_guess += guess
-            remaining_guess -= guess
-            writer.add(m)
-            report.measurements.append(m)
-            if m.status == "ok":
-                report.measured += 1
-            else:
-                if m.status in ("error", "oom"):
-                    report.failed += 1
+            for op, guess in chunk:
+                m = got.get(op.key())
+                if m is None:  # cancelled before all its rounds: not stored
+                    report.cancelled = True
+                    continue
+                done_guess += guess
+                remaining_guess -= guess
+                writer.add(m)
+                report.measurements.append(m)
+                if m.status == "ok":
+                    report.measured += 1
                 else:
-                    report.measured += 1  # "unsupported" is a result: there is no kernel here
-                report.failures.append((m.key, m.status, m.note))
-            done += 1
-            if on_measurement is not None:
-                on_measurement(m)
+                    if m.status in ("error", "oom"):
+                        report.failed += 1
+                    else:
+                        report.measured += 1  # "unsupported" is a result: there is no kernel here
+                    report.failures.append((m.key, m.status, m.note))
+                done += 1
+                if on_measurement is not None:
+                    on_measurement(m)
+                if _is_cancelled(cancel):
+                    report.cancelled = True
+                    break
+            if report.cancelled:
+                break
+        if not ctx.is_cuda and not report.cancelled and report.measurements:
+            cached_ok = [m for m in have.values() if m.status == "ok"]
+            for _ in range(MONOTONE_PASSES):
+                bad = monotone_violations(report.measurements + cached_ok)
+                if not bad:
+                    break
+                progress(f"re-measuring {len(bad)} GEMM(s) slower than a larger M")
+                ops_bad = [b.to_op() for b in bad]
+                again = measure_rounds(ops_bad, ctx, rounds, repeats, None, cancel)
+                old_by_key = {b.key: b for b in bad}
+                for k, m in again.items():
+                    prev = old_by_key[k]
+                    if m.status != "ok" or m.ms >= prev.ms:
+                        continue  # contention only inflates a time: keep the lower one
+                    m.note = (m.note + f"; re-measured (was {prev.ms:.4g} ms, slower than a "
+                              "larger M)").lstrip("; ")
+                    writer.add(m)
+                    report.measurements = [m if x.key == k else x for x in report.measurements]
+                    cached_ok = [m if x.key == k else x for x in cached_ok]
+                    report.remeasured += 1
     finally:
         writer.flush()  # also on KeyboardInterrupt / errors: nothing measured is lost
     report.elapsed_s = time.monotonic() - t0
     progress("")
     return report
+
+
+def _chunks(items: list, rounds: int) -> list:
+    """Consecutive groups of (op, cost guess) of about CHUNK_S seconds per round."""
+    if rounds <= 1:
+        return [[it] for it in items]
+    out, cur, acc = [], [], 0.0
+    for it in items:
+        cur.append(it)
+        acc += it[1]
+        if acc >= CHUNK_S or len(cur) >= CHUNK_MAX_OPS:
+            out.append(cur)
+            cur, acc = [], 0.0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _load() -> Optional[float]:
+    try:
+        import os
+
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def combine_rounds(ms: list) -> Measurement:
+    """One measurement from the rounds of an op: the median round (ms, eager_ms), the spread
+    across rounds, every round's time and the load average in the note."""
+    import statistics
+
+    first = ms[0]
+    if len(ms) == 1 or first.status != "ok":
+        return first
+    ok = [m for m in ms if m.status == "ok" and m.ms]
+    vals = sorted(m.ms for m in ok)
+    med = statistics.median(vals)
+    eager = statistics.median(sorted(m.eager_ms or m.ms for m in ok))
+    rounds = ", ".join(f"{m.ms:.4g}" for m in ok)
+    loads = [x for x in (getattr(m, "_load", None) for m in ok) if x is not None]
+    load = f"; load {max(loads):.2f}" if loads else ""
+    note = "; ".join(x for x in (first.note, f"median of {len(ok)} rounds [{rounds}] ms{load}") if x)
+    return Measurement(key=first.key, op=first.op, ms=med, eager_ms=eager,
+                       spread=(vals[-1] - vals[0]) / med if med > 0 else 0.0,
+                       repeats=sum(m.repeats for m in ok), status="ok", note=note,
+                       method=first.method, method_version=first.method_version,
+                       fingerprint=first.fingerprint, software=first.software,
+                       measured_at=ms[-1].measured_at)
+
+
+def measure_rounds(ops: list, ctx, rounds: int, repeats: Optional[int] = None,
+                   on_each: Optional[Callable] = None, cancel: CancelArg = None) -> dict:
+    """Measure each op in ``rounds`` rounds (round r measures every op once, in order, so the
+    rounds of one op are spread over the whole group's time) and combine them
+    (:func:`combine_rounds`).  An op whose first round is not ``ok`` is not repeated.  Returns
+    {key: Measurement} for the ops whose rounds all ran (cancellation stops between calls)."""
+    from . import timing
+
+    per: dict = {}
+    if repeats is None and rounds > 1:
+        repeats = 3  # batches per round: rounds × 3 in all
+    for r in range(rounds):
+        for op in ops:
+            k = op.key()
+            if r > 0 and (k not in per or per[k][0].status != "ok"):
+                continue
+            if _is_cancelled(cancel):
+                return {k: combine_rounds(v) for k, v in per.items()
+                        if len(v) == rounds or v[0].status != "ok"}
+            if on_each is not None:
+                on_each(op, r)
+            m = timing.measure_op(op, ctx, repeats=repeats)
+            m._load = _load()
+            per.setdefault(k, []).append(m)
+    return {k: combine_rounds(v) for k, v in per.items()}
+
+
+def monotone_violations(measurements: Iterable[Measurement], tol: float = MONOTONE_TOL) -> list:
+    """GEMM measurements slower than the same (N, K, kind, dtype) at a larger M by more than
+    ``tol`` (a GEMM does not get faster with more rows: such a time was taken while the CPU
+    was busy).  Returns the offending (smaller-M) measurements."""
+    groups: dict = {}
+    for m in measurements:
+        if m.status != "ok" or not m.ms or m.op.get("op_type") != "gemm":
+            continue
+        o = m.op
+        groups.setdefault((o["n"], o["k"], o.get("kind"), o.get("dtype"), o.get("density")),
+                          {})[o["m"]] = m
+    bad = []
+    for by_m in groups.values():
+        ms = sorted(by_m)
+        # the fastest time at any larger M bounds each smaller M's time
+        floor = float("inf")
+        for mm in reversed(ms):
+            cur = by_m[mm]
+            if cur.ms > floor * (1 + tol):
+                bad.append(cur)
+            floor = min(floor, cur.ms)
+    return bad
 
 
 def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
@@ -368,7 +517,7 @@ def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
 
     ``on_progress`` receives one-line messages (the validation command's convention).
     """
-    ops = [measuring_form(o) for o in ops]
+    ops = [measuring_form(o) for o in ops if not isinstance(o, Overhead)]
     if dtype:
         ops = [o for o in ops if o.dtype == dtype] or ops
 
@@ -381,13 +530,11 @@ def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
         from . import timing
 
         ctx = ctx or timing.open_device("local")
-        out = []
-        for i, op in enumerate(ops):
-            if _is_cancelled(cancel):
-                break
-            say(i, len(ops), label_of(op), 0.0, None)
-            out.append(timing.measure_op(op, ctx, repeats=repeats))
-        return out
+        pos = {o.key(): i for i, o in enumerate(ops)}
+        got = measure_rounds(ops, ctx, 1 if ctx.is_cuda else CPU_ROUNDS, repeats,
+                             lambda op, r: say(pos[op.key()], len(ops), label_of(op), 0.0, None),
+                             cancel)
+        return [got[o.key()] for o in ops if o.key() in got]
     report = run_profile(ops, ctx, cache, on_progress=say, cancel=cancel, repeats=repeats,
                          calibrate=False)
     from .hardware import local_device

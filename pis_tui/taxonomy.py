@@ -6,7 +6,10 @@ no I/O.  A decoder layer of a Llama-like model is, per call (M tokens, hidden H)
     rmsnorm → q,k,v GEMMs (+bias, +qk-norm) → rotary → kv_write (decode) → attention → o GEMM
     → residual add → rmsnorm → gate,up GEMMs → SiLU·mul → down GEMM → residual add
 
-plus the embedding gather, the final norm and the lm_head (last token of each sequence).
+plus the embedding gather, the final norm and the lm_head (last token of each sequence), and
+the eager framework overhead (:class:`~pis_tui.ops.Overhead`: per forward, per attention/MLP
+block, per nn.Linear call, per routed sublayer), which the estimator prices at zero on
+devices timed through CUDA graphs.
 GEMM convention: Y[M,N] = X[M,K]·Wᵀ, M = tokens (prefill B·S, decode B).
 
 Families and what they do to M, N and K:
@@ -14,7 +17,9 @@ Families and what they do to M, N and K:
 * ``static_depth`` (static M): drop floor(s·L+0.5) whole layers; ``granularity="sublayer"``
   drops floor(s·2L+0.5) attention/MLP blocks (attention blocks first on odd counts: half each).
 * ``dynamic_depth`` (dynamic M): each sublayer runs on a routed share 1−s of the tokens, plus
-  the router GEMM (N=1), top-k, gather and scatter per sublayer.  In decode the routing is
+  the router GEMM (N=1), top-k, gather and scatter per sublayer (prefill: plus the gather of
+  the kept tokens' rotary rows; decode with batch > 1: plus the gather of the kept rows' KV
+  caches per layer).  In decode the routing is
   across the batch; at batch 1 a sublayer either runs or not, so its cost is the expectation.
 * ``static_width`` (static NK): drop whole GQA groups (q,k,v lose N; o loses K) and MLP
   channels rounded to ``align`` (gate,up lose N; down loses K).
@@ -35,7 +40,7 @@ from dataclasses import dataclass, replace
 
 from .errors import UserError
 from .model_spec import ModelSpec
-from .ops import Attention, Elementwise, Gemm, Op
+from .ops import Attention, Elementwise, Gemm, Op, Overhead
 from .scenario import Scenario, check_phase
 
 FAMILIES = (
@@ -321,6 +326,14 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
     ops.append(Elementwise("final_norm", "rmsnorm", m, hidden_io, 1, dt))
     ops.append(Gemm("lm_head", batch, spec.vocab_size, hidden_io, 1, dt))
 
+    # ---- eager framework overhead (zero on devices timed through CUDA graphs)
+    if fam == "dynamic_depth":
+        blocks = 2.0 * L * (1.0 - s if (phase == "decode" and batch == 1) else 1.0)
+    else:
+        blocks = attn_layers + mlp_layers
+    ops += _overhead_ops(ops, overhead_phase(phase, batch), blocks,
+                         2.0 * L if fam == "dynamic_depth" else 0.0, dt)
+
     if fam in ("static_width", "low_rank"):
         achieved = 1.0 - _gemm_params(ops) / _decoder_params(spec)
     if fam == "static_width_hidden":
@@ -329,6 +342,24 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
                      f"mappings the decoder keeps {kept:.1%} of its parameters")
     achieved = max(0.0, achieved)
     return PhaseOps(strategy, phase, tuple(ops), round(achieved, 6), tuple(notes), tuple(dims))
+
+
+def overhead_phase(phase: str, batch: int) -> str:
+    """The code path whose host overhead an :class:`Overhead` op prices: prefill, decode of
+    one sequence, or decode of a batch (routing across the batch runs other glue)."""
+    return "decode_batched" if phase == "decode" and batch > 1 else phase
+
+
+def _overhead_ops(ops, phase: str, blocks: float, routed: float, dt: str) -> list[Op]:
+    """Host overhead of an eager forward: once per forward, per attention/MLP block run, per
+    nn.Linear call (every GEMM but the block-score einsum), per routed sublayer."""
+    linears = sum(o.count for o in ops if isinstance(o, Gemm) and o.name != "block_score")
+    out: list[Op] = [Overhead("forward_overhead", "forward", phase, 1.0, dt),
+                     Overhead("block_overhead", "block", phase, float(blocks), dt),
+                     Overhead("linear_overhead", "linear", phase, float(linears), dt)]
+    if routed:
+        out.append(Overhead("routing_overhead", "routing", phase, float(routed), dt))
+    return out
 
 
 # ------------------------------------------------------------------ dynamic depth
@@ -374,6 +405,13 @@ def _dynamic_depth_layers(spec, w, phase, batch, q_len, kv_len, s, dt, lin, dims
         if not (phase == "decode" and batch == 1):
             ops.append(Elementwise(f"{sub}_gather", "gather", mk, w.hidden, float(L), dt))
             ops.append(Elementwise(f"{sub}_scatter", "scatter", mk, w.hidden, float(L), dt))
+    kvd = w.kv_heads * w.head_dim
+    if phase == "prefill":
+        # the kept tokens' rotary cos/sin rows are gathered (positions follow the tokens)
+        ops.append(Elementwise("attn_pos_gather", "gather", mk, 2 * w.head_dim, float(L), dt))
+    elif batch > 1:
+        # the kept rows' KV caches are gathered for attention (index_select over the batch)
+        ops.append(Elementwise("attn_kv_gather", "gather", kb * kv_len, 2 * kvd, float(L), dt))
     ops += _attn_block(spec, w, phase, kb, kq, kkv, count, dt, lin)
     ops += _mlp_block(w, mk, count, dt, lin)
     # tokens that skip a sublayer still pass through the residual stream: nothing to compute

@@ -979,6 +979,8 @@ class OpTimes:
 
         want = {}
         for o in ops:
+            if isinstance(o, _ops().Overhead):  # priced from the dispatch probe (if run)
+                continue
             if isinstance(o, _ops().Gemm) and o.kind == "unstructured":
                 from dataclasses import replace
 
@@ -992,6 +994,8 @@ class OpTimes:
                 if key in want:
                     self._mem[key] = rec
                     want.pop(key)
+                elif str(key).startswith("ovh:") and key not in self._mem:
+                    self._mem[key] = rec
         if not want:
             return
         profiling = _profiling()
@@ -1009,6 +1013,11 @@ class OpTimes:
             if self.on_progress:
                 self.on_progress(f"measuring op {i + 1}/{len(want)}: {op.key()}")
             m = timing.measure_op(op, self._ctx, repeats=self.repeats)
+            self._mem[m.key] = m
+
+    def add(self, measurements) -> None:
+        """Measurements taken elsewhere (the dispatch probe's overhead ops)."""
+        for m in measurements:
             self._mem[m.key] = m
 
     def _fingerprint(self) -> str:
@@ -1135,10 +1144,15 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
              warmup: int = 1, cache=None, device: Optional[str] = None, seed: int = 0,
              op_repeats: Optional[int] = None,
              on_progress: Optional[Callable[[str], None]] = None,
-             on_row: Optional[Callable[[ValidationRow], None]] = None) -> list:
+             on_row: Optional[Callable[[ValidationRow], None]] = None,
+             probe_overhead: bool = True, probes: Optional[dict] = None) -> list:
     """Build each pruned model, time it against the dense one (interleaved), and compare the
     measured speedups with pis-tui's predictions.  Returns one :class:`ValidationRow` per
-    strategy × phase × batch."""
+    strategy × phase × batch.
+
+    On the CPU the eager framework overhead is measured first (:func:`dispatch_probe`, once per
+    code path, unless the cache already holds it) so the predictions include it; ``probes``
+    (a dict) receives each probe's result by code path."""
     import gc
 
     import torch
@@ -1159,6 +1173,23 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
         for b in batches:
             cases.append((ph, b, prompt_len if ph == "prefill" else context_len))
     times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
+    if device == "cpu" and probe_overhead:
+        from .ops import Overhead
+
+        have = set()
+        if cache is not None:
+            have = {m.key for m in cache.get_measurements(times._fingerprint(), dtype)
+                    if m.key.startswith("ovh:")}
+        for ph, b, length in cases:
+            path = tx.overhead_phase(ph, b)
+            if Overhead("x", "forward", path, 1.0, dtype).key() in have or \
+                    (probes is not None and path in probes):
+                continue
+            say(f"measuring the framework overhead ({path}) with tiny clones")
+            res = dispatch_probe(raw, spec, ph, b, length, times, cache=cache)
+            have.add(Overhead("x", "forward", path, 1.0, dtype).key())
+            if probes is not None:
+                probes[path] = res
     rows: list = []
     say(f"building dense {spec.name} ({dtype}, {device})")
     dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=device, dtype=dtype, seed=seed)
@@ -1261,8 +1292,8 @@ def part_of(op_name: str) -> str:
     base = op_name.split(".")[0]
     if base in PART_OF_OP:
         return PART_OF_OP[base]
-    if base.startswith(("attn_", "mlp_")) and base.split("_", 1)[1] in ("router", "topk", "gather",
-                                                                       "scatter"):
+    if base.startswith(("attn_", "mlp_")) and base.split("_", 1)[1] in (
+            "router", "topk", "gather", "scatter", "pos_gather", "kv_gather"):
         return "routing"
     return "other"
 
@@ -1377,3 +1408,103 @@ def overhead_probe(raw: dict, spec: ModelSpec, strategy: tx.Strategy, phase: str
         run.close()
     return {"measured_ms": t.median_ms, "predicted_ms": pe.latency_ms,
             "overhead_ms": max(0.0, t.median_ms - pe.latency_ms)}
+
+
+# ============================================================== dispatch (framework) overhead
+
+#: tiny clones timed by :func:`dispatch_probe`: their overhead counts (per forward, per block,
+#: per linear, per routed sublayer) differ enough to solve for each kind's cost
+PROBE_STRATEGIES = (("dense", 0.0), ("static_depth", 0.5), ("low_rank", 0.5),
+                    ("dynamic_depth", 0.5))
+
+
+def _solve(a: list, b: list) -> list:
+    """Least squares a·x ≈ b (normal equations, Gaussian elimination with pivoting)."""
+    n = len(a[0])
+    ata = [[sum(r[i] * r[j] for r in a) for j in range(n)] for i in range(n)]
+    atb = [sum(r[i] * y for r, y in zip(a, b)) for i in range(n)]
+    m = [row + [v] for row, v in zip(ata, atb)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[p][c]) < 1e-12:
+            raise MeasureError("dispatch probe: the tiny clones' overhead counts are degenerate")
+        m[c], m[p] = m[p], m[c]
+        for r in range(n):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: int,
+                   times: "OpTimes", *, cache=None, repeats: int = 9) -> dict:
+    """Measure the eager framework overhead of this device (CPU) for one code path.
+
+    Tiny clones of the model (same layers, wrappers and Python; every width tiny, so their
+    kernels cost little) are built dense, at half depth, low-rank (twice the linears) and
+    dynamic-depth (routed sublayers), timed end to end (interleaved), and their own kernel ops
+    (the taxonomy's op list, measured like any op) are subtracted.  What is left is
+    ``F + blocks·B + linears·Lin + routed·R``; solving the four clones gives the cost of each
+    :class:`~pis_tui.ops.Overhead` kind, stored as measurements (keys ``ovh:<kind>:<path>:<dtype>``)
+    so the estimator prices the overhead ops of every strategy with them.  Returns
+    {"path", "ms": {kind: ms per call}, "clones": [...]}.
+    """
+    from dataclasses import asdict
+
+    from .estimator import Estimator
+    from .hardware import local_device
+    from .measured_table import METHOD_VERSIONS, Measurement, now_iso, software_versions
+    from .ops import OVERHEAD_KINDS, Overhead
+
+    traw, tspec = tiny_clone(raw, spec)
+    dtype = times.dtype
+    scen = Scenario(prefill_batch=batch, prompt_len=length if phase == "prefill" else 1,
+                    decode_batch=batch, context_len=length if phase == "decode" else 1,
+                    dtype=dtype)
+    path = tx.overhead_phase(phase, batch)
+    clones, runs, builts = [], [], []
+    try:
+        for fam, s in PROBE_STRATEGIES:
+            strat = tx.Strategy(fam, s, align=8)
+            po = tx.build_phase_ops(tspec, strat, scen, phase)
+            kernel_ops = [o for o in po.ops if not isinstance(o, Overhead)]
+            times.ensure(kernel_ops)
+            est = Estimator(local_device(), [r for r in times.records()
+                                             if not str(r.get("key", "")).startswith("ovh:")])
+            pred = sum(est.price(o).total_ms for o in kernel_ops)
+            counts = {k: 0.0 for k in OVERHEAD_KINDS}
+            for o in po.ops:
+                if isinstance(o, Overhead):
+                    counts[o.kind] += o.count
+            built = build_from_spec(traw, tspec, strat, dtype=dtype)
+            run = PhaseRun(built, phase, batch, length)
+            run.prepare()
+            builts.append(built)
+            runs.append(run)
+            clones.append({"strategy": fam, "sparsity": s, "counts": counts, "kernels_ms": pred})
+        timed = measure_interleaved(runs, repeats, warmup=2, target_ms=60)
+    finally:
+        for r in runs:
+            r.close()
+    for c, t in zip(clones, timed):
+        c["measured_ms"] = t.median_ms
+        c["residual_ms"] = t.median_ms - c["kernels_ms"]
+    kinds = [k for k in OVERHEAD_KINDS if any(c["counts"][k] for c in clones)]
+    coef = _solve([[c["counts"][k] for k in kinds] for c in clones],
+                  [c["residual_ms"] for c in clones])
+    ms = {k: max(1e-6, v) for k, v in zip(kinds, coef)}
+    fp = local_device().fingerprint
+    sw = software_versions()
+    out = []
+    for k, v in ms.items():
+        op = Overhead(f"{k}_overhead", k, path, 1.0, dtype)
+        out.append(Measurement(
+            key=op.key(), op=asdict(op), ms=v, eager_ms=v, spread=None, repeats=repeats,
+            status="ok", method="cpu-wall", method_version=METHOD_VERSIONS["cpu-wall"],
+            fingerprint=fp, software=sw, measured_at=now_iso(),
+            note=(f"dispatch probe: tiny clones of {spec.name} ({', '.join(f for f, _ in PROBE_STRATEGIES)}), "
+                  f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind")))
+    times.add(out)
+    if cache is not None:
+        cache.put_measurements(out)
+    return {"path": path, "ms": ms, "clones": clones}

@@ -14,15 +14,16 @@ import pytest
 from pis_tui import cache as cache_mod
 from pis_tui.cache import SCHEMA_VERSION, Cache
 from pis_tui.errors import CacheError, UserError
-from pis_tui.measured_table import Measurement, software_versions
+from pis_tui.measured_table import METHOD_VERSIONS, Measurement, software_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = "cpu:Test_CPU:2t"
 
 
-def meas(key_m=16, ms=1.5, status="ok", software=None, method="cpu-wall", mv=1, dtype="fp32", fp=FP):
+def meas(key_m=16, ms=1.5, status="ok", software=None, method="cpu-wall", mv=None, dtype="fp32", fp=FP):
     op = {"op_type": "gemm", "name": "q", "m": key_m, "n": 64, "k": 32, "count": 1.0, "dtype": dtype,
           "kind": "dense", "density": 1.0}
+    mv = METHOD_VERSIONS[method] if mv is None else mv
     return Measurement(key=f"gemm:dense:{dtype}:{key_m}x64x32", op=op, ms=ms, eager_ms=ms, spread=0.02,
                        repeats=5, status=status, note="n", method=method, method_version=mv,
                        fingerprint=fp, software=software or software_versions(),
@@ -57,7 +58,8 @@ def test_measurements_land_with_their_keys(tmp_path):
                       [ms[0].key]).fetchone()
     con.close()
     sw = software_versions()
-    assert row[:8] == (FP, sw["torch"], sw["cuda"], sw["cusparselt"], "cpu-wall", 1, ms[0].key, "fp32")
+    assert row[:8] == (FP, sw["torch"], sw["cuda"], sw["cusparselt"], "cpu-wall",
+                       METHOD_VERSIONS["cpu-wall"], ms[0].key, "fp32")
     assert json.loads(row[8])["kind"] == "cpu"
 
 

@@ -126,3 +126,31 @@ def test_calibrated_peak_replaces_nominal(h200):
     g = Gemm("q", 4096, 4096, 4096, dtype="bf16")
     est = Estimator(h200, calibration={"bf16": {"peak_tflops": 500.0, "bandwidth_gbs": 4000}})
     assert est.roofline_ms(g) == pytest.approx(2 * 4096**3 / 500e12 * 1e3)
+
+
+def test_framework_overhead_priced_from_the_probe_on_cpu_zero_under_cuda_graphs(h200):
+    from pis_tui.hardware import local_device
+    from pis_tui.ops import Overhead
+
+    cpu = local_device()
+    if cpu.kind != "cpu":
+        pytest.skip("needs a CPU-only machine")
+    spec = load_model_spec("qwen2.5-0.5b")
+    sc = Scenario(decode_batch=1, context_len=256, dtype="fp32")
+    po = build_phase_ops(spec, Strategy("low_rank", 0.5), sc, "decode")
+    kernels = [o for o in po.ops if not isinstance(o, Overhead)]
+    recs = [rec(o, 0.01) for o in kernels]
+    # not probed: zero, says so, and the phase keeps its measured source
+    e = Estimator(cpu, measurements=recs).estimate(po)
+    assert e.timing_source == "measured" and any("overhead not measured" in n for n in e.notes)
+    assert e.latency_ms == pytest.approx(sum(0.01 * o.count for o in kernels))
+    # probed: each kind's ms × its count
+    per = {"forward": 0.5, "block": 0.1, "linear": 0.02}
+    recs += [rec(Overhead("x", k, "decode", 1.0, "fp32"), ms) for k, ms in per.items()]
+    e2 = Estimator(cpu, measurements=recs).estimate(po)
+    ovh = sum(per[o.kind] * o.count for o in po.ops if isinstance(o, Overhead))
+    assert ovh > 0 and e2.latency_ms == pytest.approx(e.latency_ms + ovh)
+    assert e2.timing_source == "measured" and not any("overhead" in n for n in e2.notes)
+    # a GPU (CUDA-graph timing) has no host overhead, even with a CPU probe in the records
+    g = Estimator(h200, measurements=recs).price(Overhead("x", "linear", "decode", 10.0, "fp32"))
+    assert g.ms_per_call == 0.0 and "CUDA-graph" in g.note

@@ -76,6 +76,9 @@ def test_plan_dedupes_orders_and_adds_a_grid(spec):
     for fam, s in (("dense", 0.0), ("low_rank", 0.5), ("static_width", 0.25), ("unstructured", 0.5)):
         for ph in ("prefill", "decode"):
             for o in build_phase_ops(spec, Strategy(fam, s), scen, ph).ops:
+                if o.op_type == "overhead":  # the dispatch probe's, not a kernel
+                    assert o.key() not in set(keys)
+                    continue
                 assert profiling.measuring_form(o).key() in set(keys)
     assert len(profiling.plan(spec, dev, scen, options={"grid": "none"})) == len(sweep)
     assert len(profiling.plan(spec, dev, scen, options={"grid": "all"})) > len(planned)

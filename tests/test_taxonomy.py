@@ -180,3 +180,43 @@ def test_hidden_slicing_achieved_is_the_sliced_share(llama):
     po = build_phase_ops(llama, Strategy("static_width_hidden", 0.125), SC, "prefill")
     assert po.achieved_sparsity == pytest.approx(1 - 3584 / 4096)
     assert any("residual mappings" in n for n in po.notes)
+
+
+def _ovh(po):
+    out = {}
+    for o in po.ops:
+        if o.op_type == "overhead":
+            out[o.kind] = (o.count, o.phase)
+    return out
+
+
+def test_framework_overhead_is_counted_per_block_linear_and_routed_sublayer(llama):
+    L = llama.num_layers
+    d = _ovh(build_phase_ops(llama, Strategy("dense"), SC, "prefill"))
+    assert d == {"forward": (1.0, "prefill"), "block": (2.0 * L, "prefill"),
+                 "linear": (7.0 * L + 1, "prefill")}  # 7 projections per layer + lm_head
+    sd = _ovh(build_phase_ops(llama, Strategy("static_depth", 0.25), SC, "decode"))
+    assert sd["block"] == (2.0 * (L - 8), "decode_batched") and sd["linear"][0] == 7.0 * (L - 8) + 1
+    lr = _ovh(build_phase_ops(llama, Strategy("low_rank", 0.25), SC, "prefill"))
+    assert lr["linear"][0] == 14.0 * L + 1 and "routing" not in lr  # two linears per projection
+    sc1 = Scenario(prefill_batch=1, prompt_len=1024, decode_batch=1, context_len=1024, dtype="bf16")
+    dd = _ovh(build_phase_ops(llama, Strategy("dynamic_depth", 0.25), sc1, "decode"))
+    # batch 1: 3/4 of the blocks run (expected), every router runs
+    assert dd["routing"] == (2.0 * L, "decode") and dd["block"][0] == pytest.approx(1.5 * L)
+    assert dd["linear"][0] == pytest.approx(7 * L * 0.75 + 2 * L + 1)
+    # overhead moves no data and does no FLOPs
+    po = build_phase_ops(llama, Strategy("dense"), SC, "decode")
+    assert all(o.flops() == 0 and o.bytes() == 0 for o in po.ops if o.op_type == "overhead")
+
+
+def test_dynamic_depth_gathers_positions_in_prefill_and_kv_rows_in_batched_decode(llama):
+    po = build_phase_ops(llama, Strategy("dynamic_depth", 0.25), SC, "prefill")
+    pg = [o for o in po.ops if o.name == "attn_pos_gather"][0]
+    assert (pg.kind, pg.rows, pg.width, pg.count) == ("gather", 768, 2 * 128, 32)
+    po = build_phase_ops(llama, Strategy("dynamic_depth", 0.25), SC, "decode")
+    kg = [o for o in po.ops if o.name == "attn_kv_gather"][0]
+    # 12 of 16 sequences keep the layer: their K and V caches (1024 × 8 heads × 128) are gathered
+    assert (kg.kind, kg.rows, kg.width, kg.count) == ("gather", 12 * 1024, 2 * 1024, 32)
+    sc1 = Scenario(prefill_batch=1, prompt_len=1024, decode_batch=1, context_len=1024, dtype="bf16")
+    po = build_phase_ops(llama, Strategy("dynamic_depth", 0.25), sc1, "decode")
+    assert not any(o.name.endswith("_gather") for o in po.ops)  # batch 1: run or skip, no gather
