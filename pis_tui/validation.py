@@ -1463,14 +1463,15 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
                     dtype=dtype)
     path = tx.overhead_phase(phase, batch)
     clones, runs, builts = [], [], []
+    pos = [tx.build_phase_ops(tspec, tx.Strategy(fam, s, align=8), scen, phase)
+           for fam, s in PROBE_STRATEGIES]
+    times.ensure([o for po in pos for o in po.ops if not isinstance(o, Overhead)])
+    est = Estimator(local_device(), [r for r in times.records()
+                                     if not str(r.get("key", "")).startswith("ovh:")])
     try:
-        for fam, s in PROBE_STRATEGIES:
+        for (fam, s), po in zip(PROBE_STRATEGIES, pos):
             strat = tx.Strategy(fam, s, align=8)
-            po = tx.build_phase_ops(tspec, strat, scen, phase)
             kernel_ops = [o for o in po.ops if not isinstance(o, Overhead)]
-            times.ensure(kernel_ops)
-            est = Estimator(local_device(), [r for r in times.records()
-                                             if not str(r.get("key", "")).startswith("ovh:")])
             pred = sum(est.price(o).total_ms for o in kernel_ops)
             counts = {k: 0.0 for k in OVERHEAD_KINDS}
             for o in po.ops:
