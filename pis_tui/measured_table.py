@@ -42,7 +42,7 @@ FORMAT = "pis-tui-measured/1"
 
 #: timing methods and their current versions (bump a version when the way a method times
 #: changes; the cache then ignores older measurements instead of mixing them in).
-METHOD_VERSIONS = {"cuda-graph": 1, "cpu-wall": 2}
+METHOD_VERSIONS = {"cuda-graph": 1, "cpu-wall": 3}
 
 METHOD_DOCS = {
     "cuda-graph": (
@@ -54,11 +54,13 @@ METHOD_DOCS = {
     "cpu-wall": (
         "CPU: torch.get_num_threads() threads, weights/KV caches rotated past the last-level "
         "cache, warm-up, then batches of calls timed with time.perf_counter; each op is "
-        "measured in 3 rounds interleaved with the other ops of a ~2 s group (a burst of "
-        "another process spoils one round, not the op); ms = eager_ms = wall time per call, "
-        "median of the rounds (each the median of its batches); spread = (max - min) / median "
-        "of the rounds; a GEMM more than 15% slower than the same (N, K) at a larger M is "
-        "re-measured and the lower time kept.  v2: rounds (v1: one burst of batches)."),
+        "measured in 3 rounds interleaved with the other ops of a group of up to ~30 s (a burst of "
+        "another process spoils a round, not the op), and in up to 6 until its two fastest "
+        "rounds agree within 10%; ms = eager_ms = wall time per call of the second-fastest "
+        "round (each round the median of its batches; another process only slows a round "
+        "down); spread = (max - min) / ms over the rounds; a GEMM more than 15% slower than "
+        "the same (N, K) at a larger M is re-measured and the lower time kept.  v3: rounds "
+        "(v2: median of 3 rounds; v1: one burst of batches)."),
 }
 
 STATUSES = ("ok", "unsupported", "oom", "error")

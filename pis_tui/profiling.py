@@ -33,12 +33,18 @@ M_GRID = (1, 2, 4, 8, 16, 32, 64, 127, 128, 129, 255, 256, 257, 512, 1024, 2048,
 FINAL_STATUSES = ("ok", "unsupported", "oom")
 
 #: CPU: each op is measured in this many rounds, interleaved with the other ops of its chunk
-#: (a chunk is about CHUNK_S seconds of measuring), and the median of the rounds is kept.  A
-#: burst of another process (during which every multithreaded kernel waits a scheduler slice)
-#: then spoils one round, not the op.
+#: (a chunk is about CHUNK_S seconds of measuring per round, so an op's rounds lie tens of
+#: seconds apart).  A burst of another process (during which every multithreaded kernel waits
+#: a scheduler slice), or a slow spell of a shared host (which slows even a quiet VM by 20-30%
+#: for seconds to minutes), then spoils some rounds, not the op.
 CPU_ROUNDS = 3
-CHUNK_S = 2.0
-CHUNK_MAX_OPS = 24
+#: ... and up to this many rounds in all until its two fastest rounds agree within ROUND_TOL;
+#: the time kept is the second-fastest round (another process only ever slows a round down,
+#: and one fast round alone is not trusted)
+CPU_MAX_ROUNDS = 6
+ROUND_TOL = 0.10
+CHUNK_S = 30.0
+CHUNK_MAX_OPS = 400
 #: GEMMs of one (N, K) must not get faster as M grows: a time more than this share above a
 #: larger M's is re-measured (in rounds), at most MONOTONE_PASSES times
 MONOTONE_TOL = 0.15
@@ -436,21 +442,22 @@ def _load() -> Optional[float]:
 
 
 def combine_rounds(ms: list) -> Measurement:
-    """One measurement from the rounds of an op: the median round (ms, eager_ms), the spread
-    across rounds, every round's time and the load average in the note."""
-    import statistics
-
+    """One measurement from the rounds of an op (each round the median of its batches): the
+    second-fastest round (the fastest of one round alone), the spread across rounds, every
+    round's time and the load average in the note."""
     first = ms[0]
     if len(ms) == 1 or first.status != "ok":
         return first
     ok = [m for m in ms if m.status == "ok" and m.ms]
     vals = sorted(m.ms for m in ok)
-    med = statistics.median(vals)
-    eager = statistics.median(sorted(m.eager_ms or m.ms for m in ok))
+    med = vals[1] if len(vals) > 1 else vals[0]
+    eagers = sorted(m.eager_ms or m.ms for m in ok)
+    eager = eagers[1] if len(eagers) > 1 else eagers[0]
     rounds = ", ".join(f"{m.ms:.4g}" for m in ok)
     loads = [x for x in (getattr(m, "_load", None) for m in ok) if x is not None]
     load = f"; load {max(loads):.2f}" if loads else ""
-    note = "; ".join(x for x in (first.note, f"median of {len(ok)} rounds [{rounds}] ms{load}") if x)
+    note = "; ".join(x for x in (first.note, f"2nd fastest of {len(ok)} rounds [{rounds}] ms{load}")
+                     if x)
     return Measurement(key=first.key, op=first.op, ms=med, eager_ms=eager,
                        spread=(vals[-1] - vals[0]) / med if med > 0 else 0.0,
                        repeats=sum(m.repeats for m in ok), status="ok", note=note,
@@ -469,15 +476,26 @@ def measure_rounds(ops: list, ctx, rounds: int, repeats: Optional[int] = None,
 
     per: dict = {}
     if repeats is None and rounds > 1:
-        repeats = 3  # batches per round: rounds × 3 in all
-    for r in range(rounds):
+        repeats = 3  # batches per round
+    max_rounds = max(rounds, CPU_MAX_ROUNDS) if rounds > 1 else rounds
+
+    def settled(v) -> bool:
+        if v[0].status != "ok":
+            return True
+        if len(v) < rounds:
+            return False
+        t = sorted(m.ms for m in v if m.ms)
+        return len(t) < 2 or t[1] <= t[0] * (1 + ROUND_TOL)
+
+    for r in range(max_rounds):
         for op in ops:
             k = op.key()
-            if r > 0 and (k not in per or per[k][0].status != "ok"):
+            if r > 0 and (k not in per or (r >= rounds and settled(per[k]))
+                          or per[k][0].status != "ok"):
                 continue
             if _is_cancelled(cancel):
                 return {k: combine_rounds(v) for k, v in per.items()
-                        if len(v) == rounds or v[0].status != "ok"}
+                        if len(v) >= rounds or v[0].status != "ok"}
             if on_each is not None:
                 on_each(op, r)
             m = timing.measure_op(op, ctx, repeats=repeats)

@@ -1190,6 +1190,18 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
             have.add(Overhead("x", "forward", path, 1.0, dtype).key())
             if probes is not None:
                 probes[path] = res
+    # every op the comparisons need, measured in one go: on the CPU an op's rounds then lie
+    # far apart in time (a slow spell of the machine spoils rounds, not ops)
+    say("measuring the ops of every prediction")
+    every = []
+    for strat in [tx.Strategy("dense")] + list(strategies):
+        for ph, b, length in cases:
+            scen = Scenario(prefill_batch=b if ph == "prefill" else 1,
+                            prompt_len=length if ph == "prefill" else 1,
+                            decode_batch=b if ph == "decode" else 1,
+                            context_len=length if ph == "decode" else 1, dtype=dtype)
+            every += tx.build_phase_ops(spec, strat, scen, ph).ops
+    times.ensure(every)
     rows: list = []
     say(f"building dense {spec.name} ({dtype}, {device})")
     dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=device, dtype=dtype, seed=seed)

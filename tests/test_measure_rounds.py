@@ -41,18 +41,22 @@ def test_rounds_are_interleaved_and_combined_by_median(monkeypatch):
     from pis_tui import timing
 
     calls = []
-    per_op = {8: iter([1.0, 9.0, 1.2]), 16: iter([2.0, 2.1, 30.0])}  # one bad round each
+    # a: one bad round; b: settled after 3; c: its rounds disagree until the fifth
+    per_op = {8: iter([1.0, 9.0, 1.05]), 16: iter([2.0, 2.1, 30.0]),
+              32: iter([5.0, 3.0, 4.0, 9.0, 3.1, 7.0])}
 
     def fake(op, ctx, repeats=None, **kw):
         calls.append((op.m, repeats))
         return meas(op, next(per_op[op.m]))
     monkeypatch.setattr(timing, "measure_op", fake)
-    ops = [Gemm("a", 8, 64, 64, dtype="fp32"), Gemm("b", 16, 64, 64, dtype="fp32")]
+    ops = [Gemm(n, m, 64, 64, dtype="fp32") for n, m in (("a", 8), ("b", 16), ("c", 32))]
     got = profiling.measure_rounds(ops, fake_ctx(), 3)
-    assert [c[0] for c in calls] == [8, 16, 8, 16, 8, 16]  # round-robin, not back to back
+    # round-robin, not back to back; only the unsettled op gets more rounds
+    assert [c[0] for c in calls] == [8, 16, 32] * 3 + [32, 32]
     assert all(c[1] == 3 for c in calls)  # 3 batches per round by default
-    assert got[ops[0].key()].ms == 1.2 and got[ops[1].key()].ms == 2.1
-    assert got[ops[0].key()].repeats == 9 and "median of 3 rounds" in got[ops[0].key()].note
+    # the second-fastest round: one fast round alone is not trusted, slow ones never count
+    assert [got[o.key()].ms for o in ops] == [1.05, 2.1, 3.1]
+    assert got[ops[0].key()].repeats == 9 and "2nd fastest of 3 rounds" in got[ops[0].key()].note
 
 
 def test_run_profile_remeasures_a_gemm_slower_than_a_larger_m(tmp_path, monkeypatch):
