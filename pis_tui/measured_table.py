@@ -54,7 +54,8 @@ METHOD_DOCS = {
     "cpu-wall": (
         "CPU: torch.get_num_threads() threads, weights/KV caches rotated past the last-level "
         "cache, warm-up, then batches of calls timed with time.perf_counter; each op is "
-        "measured in 3 rounds interleaved with the other ops of a group of up to ~30 s (a burst of "
+        "measured in 3 rounds interleaved with the other ops of a group (~2 s per round in a "
+        "profile, ~30 s for validate) (a burst of "
         "another process spoils a round, not the op), and in up to 6 until its two fastest "
         "rounds agree within 10%; ms = eager_ms = wall time per call of the second-fastest "
         "round (each round the median of its batches; another process only slows a round "

@@ -33,8 +33,8 @@ M_GRID = (1, 2, 4, 8, 16, 32, 64, 127, 128, 129, 255, 256, 257, 512, 1024, 2048,
 FINAL_STATUSES = ("ok", "unsupported", "oom")
 
 #: CPU: each op is measured in this many rounds, interleaved with the other ops of its chunk
-#: (a chunk is about CHUNK_S seconds of measuring per round, so an op's rounds lie tens of
-#: seconds apart).  A burst of another process (during which every multithreaded kernel waits
+#: (a chunk is about CHUNK_S seconds of measuring per round in a profile, BATCH_CHUNK_S in
+#: measure_ops, where an op's rounds then lie tens of seconds apart).  A burst of another process (during which every multithreaded kernel waits
 #: a scheduler slice), or a slow spell of a shared host (which slows even a quiet VM by 20-30%
 #: for seconds to minutes), then spoils some rounds, not the op.
 CPU_ROUNDS = 3
@@ -43,7 +43,8 @@ CPU_ROUNDS = 3
 #: and one fast round alone is not trusted)
 CPU_MAX_ROUNDS = 6
 ROUND_TOL = 0.10
-CHUNK_S = 30.0
+CHUNK_S = 2.0  # profile (the TUI): measurements arrive every few seconds
+BATCH_CHUNK_S = 30.0  # measure_ops (validate): rounds far apart, results at the end
 CHUNK_MAX_OPS = 400
 #: GEMMs of one (N, K) must not get faster as M grows: a time more than this share above a
 #: larger M's is re-measured (in rounds), at most MONOTONE_PASSES times
@@ -275,7 +276,8 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 on_measurement: Optional[Callable[[Measurement], None]] = None,
                 calibrate: bool = True, recalibrate: bool = False, flush_s: float = 2.0, device=None,
                 labels: Optional[dict] = None,
-                on_warning: Optional[Callable[[str], None]] = None) -> ProfileReport:
+                on_warning: Optional[Callable[[str], None]] = None,
+                chunk_s: float = CHUNK_S) -> ProfileReport:
     """Measure the ops the cache does not hold yet (for this device and software).
 
     ``device_ctx``: a ``timing.DeviceContext``, or None to open the local device only when
@@ -353,7 +355,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
             done_guess += 1.5
             remaining_guess -= 1.5
         rounds = 1 if ctx.is_cuda else CPU_ROUNDS
-        for chunk in _chunks(list(zip(todo, guesses)), rounds):
+        for chunk in _chunks(list(zip(todo, guesses)), rounds, chunk_s):
             if report.cancelled or _is_cancelled(cancel):
                 report.cancelled = True
                 break
@@ -416,15 +418,15 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     return report
 
 
-def _chunks(items: list, rounds: int) -> list:
-    """Consecutive groups of (op, cost guess) of about CHUNK_S seconds per round."""
+def _chunks(items: list, rounds: int, chunk_s: float = CHUNK_S) -> list:
+    """Consecutive groups of (op, cost guess) of about ``chunk_s`` seconds per round."""
     if rounds <= 1:
         return [[it] for it in items]
     out, cur, acc = [], [], 0.0
     for it in items:
         cur.append(it)
         acc += it[1]
-        if acc >= CHUNK_S or len(cur) >= CHUNK_MAX_OPS:
+        if acc >= chunk_s or len(cur) >= CHUNK_MAX_OPS:
             out.append(cur)
             cur, acc = [], 0.0
     if cur:
@@ -554,7 +556,7 @@ def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
                              cancel)
         return [got[o.key()] for o in ops if o.key() in got]
     report = run_profile(ops, ctx, cache, on_progress=say, cancel=cancel, repeats=repeats,
-                         calibrate=False)
+                         calibrate=False, chunk_s=BATCH_CHUNK_S)
     from .hardware import local_device
 
     fp = ctx.fingerprint if ctx is not None else local_device().fingerprint

@@ -411,7 +411,8 @@ def _dynamic_depth_layers(spec, w, phase, batch, q_len, kv_len, s, dt, lin, dims
         ops.append(Elementwise("attn_pos_gather", "gather", mk, 2 * w.head_dim, float(L), dt))
     elif batch > 1:
         # the kept rows' KV caches are gathered for attention (index_select over the batch)
-        ops.append(Elementwise("attn_kv_gather", "gather", kb * kv_len, 2 * kvd, float(L), dt))
+        ops.append(Elementwise("attn_kv_gather", "gather", kb * kv_len, 2 * kvd, float(L), dt,
+                               extra=batch * kv_len))  # source: the whole batch's cache
     ops += _attn_block(spec, w, phase, kb, kq, kkv, count, dt, lin)
     ops += _mlp_block(w, mk, count, dt, lin)
     # tokens that skip a sublayer still pass through the residual stream: nothing to compute

@@ -627,10 +627,19 @@ def _ew_case(op: Elementwise, ctx: DeviceContext, check: bool) -> _Case:
         return _Case(fn, lambda: torch.topk(x.double(), k, dim=-1).values, post=lambda out: out.values)
     if kind == "gather":
         src_rows = max(op.extra, 2 * rows)
-        src = _rand(ctx, (src_rows, width), op.dtype, seed=13)
+        if op.extra > 0:
+            # a source of `extra` rows named by the op is state (a KV cache) that a forward
+            # reads from memory, not a just-written activation: rotate it past the cache
+            srcs = _views(ctx, op.dtype, (src_rows, width),
+                          _copies_for(ctx, src_rows * width * dtype_bytes(op.dtype), check),
+                          check=check)
+        else:
+            srcs = [_rand(ctx, (src_rows, width), op.dtype, seed=13)]
         g = torch.Generator(device=ctx.torch_device).manual_seed(14)
         idx = torch.randperm(src_rows, generator=g, device=ctx.torch_device)[:rows].sort().values
-        return _Case(lambda i: src.index_select(0, idx), lambda: src.double()[idx])
+        n_src = len(srcs)
+        return _Case(lambda i: srcs[i % n_src].index_select(0, idx), lambda: srcs[0].double()[idx],
+                     copies=n_src)
     if kind == "scatter":
         dst_rows = max(op.extra, 2 * rows)
         dst = _rand(ctx, (dst_rows, width), op.dtype, seed=15)

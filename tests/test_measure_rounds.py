@@ -104,3 +104,18 @@ def test_dispatch_probe_prices_overhead_ops(tmp_path):
     # stored: a later OpTimes (the TUI's estimator too) finds them in the cache
     keys = {m.key for m in cache.get_measurements(v.OpTimes("fp32")._fingerprint(), "fp32")}
     assert {"ovh:linear:decode:fp32", "ovh:routing:decode:fp32"} <= keys
+
+
+def test_kv_gather_is_timed_from_memory():
+    pytest.importorskip("torch")
+    from pis_tui import timing
+    from pis_tui.ops import Elementwise
+
+    ctx = timing.open_device("local")
+    kv = Elementwise("kv", "gather", 3072, 256, dtype="fp32", extra=4096)
+    err, tol = timing.verify_op(kv, ctx)
+    assert err <= tol
+    m = timing.measure_op(kv, ctx, repeats=2)
+    assert m.ok and "rotated copies" in m.note  # a KV cache is read from memory
+    hot = timing.measure_op(Elementwise("tok", "gather", 96, 896, dtype="fp32"), ctx, repeats=2)
+    assert hot.ok and "rotated" not in hot.note  # routed tokens are a fresh activation

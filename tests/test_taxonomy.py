@@ -217,6 +217,7 @@ def test_dynamic_depth_gathers_positions_in_prefill_and_kv_rows_in_batched_decod
     kg = [o for o in po.ops if o.name == "attn_kv_gather"][0]
     # 12 of 16 sequences keep the layer: their K and V caches (1024 × 8 heads × 128) are gathered
     assert (kg.kind, kg.rows, kg.width, kg.count) == ("gather", 12 * 1024, 2 * 1024, 32)
+    assert kg.extra == 16 * 1024  # read from the whole batch's cache (timed from memory)
     sc1 = Scenario(prefill_batch=1, prompt_len=1024, decode_batch=1, context_len=1024, dtype="bf16")
     po = build_phase_ops(llama, Strategy("dynamic_depth", 0.25), sc1, "decode")
     assert not any(o.name.endswith("_gather") for o in po.ops)  # batch 1: run or skip, no gather

@@ -49,7 +49,7 @@ def wait_quiet(max_load: float, wait_s: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--extra", action="store_true", help="also the other families (informative)")
     ap.add_argument("--cache", default=None, help="DuckDB cache (default: a fresh temporary one)")
     ap.add_argument("--max-load", type=float, default=0.6)
