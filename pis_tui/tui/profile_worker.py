@@ -27,6 +27,15 @@ import time
 from typing import Callable, Optional
 
 
+def _lower_priority() -> None:
+    """In the measuring child: yield the CPU to the explorer when it needs to draw (on a CPU
+    device the profiler keeps every core busy; its rounds absorb the rare interruption)."""
+    try:
+        os.nice(5)
+    except OSError:
+        pass
+
+
 class ProfileRunner:
     def __init__(self, cmd: list[str], on_event: Callable[[dict], None], *,
                  min_interval: float = 0.1, env: Optional[dict] = None, cwd: Optional[str] = None):
@@ -87,7 +96,8 @@ class ProfileRunner:
                     return final
                 self.proc = subprocess.Popen(
                     self.cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
-                    text=True, bufsize=1, env=env, cwd=self.cwd, start_new_session=True)
+                    text=True, bufsize=1, env=env, cwd=self.cwd, start_new_session=True,
+                    preexec_fn=_lower_priority if hasattr(os, "nice") else None)
         except OSError as e:
             final = {"event": "error", "message": f"cannot start the measuring process: {e}"}
             self.on_event(final)
