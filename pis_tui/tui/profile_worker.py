@@ -31,7 +31,7 @@ def _lower_priority() -> None:
     """In the measuring child: yield the CPU to the explorer when it needs to draw (on a CPU
     device the profiler keeps every core busy; its rounds absorb the rare interruption)."""
     try:
-        os.nice(5)
+        os.nice(15)
     except OSError:
         pass
 
