@@ -44,6 +44,13 @@ async def started(app, pilot):
     await pilot.pause(0.05)
 
 
+async def start_measuring(app, pilot):
+    """After the first sweep: pick the local device and press `m` (measure)."""
+    await started(app, pilot)
+    app.set_choice("gpu", "local")
+    await pilot.press("m")
+
+
 def make_app(tmp_path, **kw):
     settings = kw.pop("settings", None)
     backend = FakeBackend(tmp_path / "measured.txt", settings=settings, **kw)
@@ -337,9 +344,7 @@ def test_measure_errors_are_shown(tmp_path, mode, words):
     async def go():
         app, be = make_app(tmp_path, mode=mode)
         async with app.run_test(size=BIG, notifications=True) as pilot:
-            await started(app, pilot)
-            app.set_choice("gpu", "local")
-            await pilot.press("m")
+            await start_measuring(app, pilot)
             panel = app.query_one(ProfilePanel)
             await until(pilot, lambda: panel.state == "failed", what="failure shown")
             assert words in app.profile_error
@@ -352,9 +357,7 @@ def test_cancel_stops_the_process_and_keeps_measurements(tmp_path):
     async def go():
         app, be = make_app(tmp_path, n_ops=400, delay=0.05)
         async with app.run_test(size=BIG) as pilot:
-            await started(app, pilot)
-            app.set_choice("gpu", "local")
-            await pilot.press("m")
+            await start_measuring(app, pilot)
             await until(pilot, lambda: len(app.profile_events) >= 2, what="progress")
             proc = app.runner.proc
             await pilot.press("x")
@@ -371,9 +374,7 @@ def test_quit_while_measuring_terminates_the_process(tmp_path):
     async def go():
         app, be = make_app(tmp_path, n_ops=400, delay=0.05)
         async with app.run_test(size=BIG) as pilot:
-            await started(app, pilot)
-            app.set_choice("gpu", "local")
-            await pilot.press("m")
+            await start_measuring(app, pilot)
             await until(pilot, lambda: len(app.profile_events) >= 1, what="progress")
             proc = app.runner.proc
             await pilot.press("q")
