@@ -157,6 +157,7 @@ class Cache:
         self.warnings: list[str] = []
         self._on_warning = on_warning
         self._mem = None  # the connection of an in-memory cache (kept for the run)
+        self._held = None  # the connection of a hold() block
         self._ready = False
         self.fallback_reason = ""
 
@@ -236,9 +237,27 @@ class Cache:
                 raise
 
     @contextmanager
+    def hold(self):
+        """One connection for a block of operations instead of one each (opening a DuckDB file
+        costs ~25 ms).  Other threads and processes wait meanwhile: keep the block short."""
+        with _LOCK:
+            if self._held is not None or self._mem is not None or self.path == MEMORY:
+                yield self
+                return
+            with self._conn() as con:
+                self._held = con
+                try:
+                    yield self
+                finally:
+                    self._held = None
+
+    @contextmanager
     def _conn(self):
         """A connection for one operation: opened, used, closed (serialised in-process)."""
         with _LOCK:
+            if self._held is not None:
+                yield self._held
+                return
             if self._mem is None and self.path == MEMORY:
                 self._use_memory("")
             if self._mem is not None:

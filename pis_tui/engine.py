@@ -68,7 +68,12 @@ class SweepResult:
 
 
 def software_versions() -> dict:
-    """Versions without importing the packages (importlib.metadata)."""
+    """Versions without importing the packages (importlib.metadata; read once per process)."""
+    return dict(_package_versions())
+
+
+@lru_cache(maxsize=1)
+def _package_versions() -> dict:
     out = {"pis-tui": __version__}
     for pkg in ("torch", "transformers", "duckdb", "textual"):
         try:

@@ -157,6 +157,33 @@ def _hold(path: str, seconds: float) -> subprocess.Popen:
     return p
 
 
+def test_hold_shares_one_connection_and_other_threads_wait(tmp_path, monkeypatch):
+    c = Cache.open(str(tmp_path / "c.duckdb"))
+    c.put_measurements([meas(16)])
+    opened = []
+    real = Cache._connect_file
+    monkeypatch.setattr(Cache, "_connect_file", lambda self: opened.append(1) or real(self))
+    other = []
+    with c.hold():
+        assert len(c.get_measurements(FP)) == 1
+        c.put_setting("k", "v")
+        assert c.get_setting("k") == "v" and c.get_calibration(FP, "fp32") is None
+        t = threading.Thread(target=lambda: other.append(c.get_setting("k")))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not other  # another thread waits for the block to end
+        with c.hold():  # nested: the same connection
+            c.put_measurements([meas(32)])
+    t.join(5)
+    assert other == ["v"]
+    assert len(opened) == 2  # one for the block, one for the other thread afterwards
+    assert len(c.get_measurements(FP)) == 2 and len(opened) == 3
+    mem = Cache.open(":memory:")
+    with mem.hold():
+        mem.put_setting("a", "b")
+    assert mem.get_setting("a") == "b"
+
+
 def test_a_held_file_is_waited_for_then_used(tmp_path):
     path = str(tmp_path / "c.duckdb")
     Cache.open(path).put_measurements([meas(16)])

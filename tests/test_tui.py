@@ -339,6 +339,27 @@ def test_measure_streams_progress_and_updates_views(tmp_path):
     run(go())
 
 
+def test_heap_is_frozen_while_running_and_handed_back_at_exit(tmp_path):
+    """A full garbage collection of the app's heap stalled frames by ~100 ms while measuring:
+    the long-lived heap is frozen once the screen is up and again when measuring starts."""
+    import gc
+
+    async def go():
+        app, be = make_app(tmp_path, n_ops=3, delay=0.02)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            assert app.heap_frozen and gc.get_freeze_count() > 0
+            frozen = gc.get_freeze_count()
+            app.set_choice("gpu", "local")
+            await until(pilot, lambda: app.snapshot.choices.gpu == "local")
+            await pilot.press("m")
+            assert gc.get_freeze_count() >= frozen
+            await until(pilot, lambda: app.query_one(ProfilePanel).state == "done", what="done")
+        assert not app.heap_frozen and gc.get_freeze_count() == 0
+
+    run(go())
+
+
 @pytest.mark.parametrize("mode,words", [("error", "out of memory"), ("crash", "cannot start")])
 def test_measure_errors_are_shown(tmp_path, mode, words):
     async def go():

@@ -138,8 +138,9 @@ class Backend:
 
     # ------------------------------------------------------------------ cache
     @contextlib.contextmanager
-    def cache(self):
-        """The cache, opened for the duration of a ``with`` (None when unavailable)."""
+    def cache(self, hold: bool = False):
+        """The cache, opened for the duration of a ``with`` (None when unavailable); with
+        `hold`, its reads share one connection (see ``Cache.hold``)."""
         c = None
         if self.use_cache:
             try:
@@ -149,7 +150,11 @@ class Backend:
             except ImportError:
                 c = None
         try:
-            yield c
+            if hold and c is not None and hasattr(c, "hold"):
+                with c.hold():
+                    yield c
+            else:
+                yield c
         finally:
             if c is not None and hasattr(c, "close"):
                 with contextlib.suppress(Exception):
@@ -274,7 +279,7 @@ class Backend:
                             choices.context_len, dtype)
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
-        with (self.cache() if need_cache else contextlib.nullcontext()) as cache:
+        with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
             quality = self._quality_model(choices, spec, cache)
             result = sweep(spec, device, scenario, quality=quality,
                            cache=cache if device.is_local else None)

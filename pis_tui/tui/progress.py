@@ -43,9 +43,10 @@ class ProfilePanel(Horizontal):
         bar = self.query_one(ProgressBar)
         bar.update(total=float(total) if total else None, progress=float(done))
         eta = ev.get("eta_s")
+        # a fixed-size line: no layout pass (one ran for every progress event before)
         self.query_one("#profile-current", Label).update(
             f"{done}/{total or '?'} ops · {ev.get('current', '')} · "
-            f"{duration(ev.get('elapsed_s'))} elapsed · ETA {duration(eta)}")
+            f"{duration(ev.get('elapsed_s'))} elapsed · ETA {duration(eta)}", layout=False)
 
     def cancelling(self) -> None:
         self.state = "cancelling"

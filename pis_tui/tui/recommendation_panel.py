@@ -64,4 +64,4 @@ class RecommendationPanel(Static):
         t = recommendation_text(snapshot, self.phase)
         self.plain = t.plain
         self.border_title = panel_title(snapshot, self.phase)
-        self.update(t)
+        self.update(t, layout=False)  # fixed size: no layout pass

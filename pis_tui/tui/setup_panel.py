@@ -53,6 +53,7 @@ class SetupPanel(VerticalScroll):
         self._model_options: list[tuple[str, str]] = [(choices.model, choices.model)]
         self._gpu_options: list[tuple[str, str]] = [(choices.gpu, choices.gpu)]
         self._debounce = None
+        self._texts: dict[str, str] = {}  # what each info/error line shows
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -142,20 +143,27 @@ class SetupPanel(VerticalScroll):
                                           "perplexity increase" if ppl else "accuracy drop")
 
     def set_gpu_info(self, text: str) -> None:
-        self.query_one("#gpu-info", Static).update(text)
+        self._set_text("#gpu-info", text)
 
     def set_measure_info(self, text: str) -> None:
-        self.query_one("#measure-info", Static).update(text)
+        self._set_text("#measure-info", text)
 
     def set_error(self, where: str, text: str) -> None:
-        w = self.query_one(f"#{where}-error", Static)
-        w.update(f"✗ {text}" if text else "")
-        w.display = bool(text)
+        self.set_note(where, f"✗ {text}" if text else "")
 
     def set_note(self, where: str, text: str) -> None:
-        w = self.query_one(f"#{where}-error", Static)
-        w.update(text)
+        w = self._set_text(f"#{where}-error", text)
         w.display = bool(text)
+
+    def _set_text(self, selector: str, text: str) -> Static:
+        """Update a line only when its text changes: every update lays the screen out again
+        (these lines wrap, so their height may change), and sweeps call this several times
+        a second while measuring."""
+        w = self.query_one(selector, Static)
+        if self._texts.get(selector) != text:
+            self._texts[selector] = text
+            w.update(text)
+        return w
 
     # ------------------------------------------------------------------ changes
     def _post(self, choices: Choices, field: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -77,11 +78,34 @@ async def lag_run(backend, choices, seconds: float, stop_when_done: bool = True)
     from pis_tui.tui.progress import ProfilePanel
 
     app = PisApp(backend, choices, restore=False, monitor_lag=True)
+    detail = []  # per tick: (lag, main-thread CPU, process CPU) over the tick's interval
+    gcs = []  # (start, end, generation) of each garbage collection
+    clock = [time.thread_time(), time.process_time()]
+    tick = app._lag_tick
+
+    def timed_tick() -> None:
+        tick()
+        t, p = time.thread_time(), time.process_time()
+        detail.append((app.lags[-1], t - clock[0], p - clock[1], time.perf_counter()))
+        clock[:] = [t, p]
+
+    gc_start = [0.0]
+
+    def on_gc(phase, info) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            gcs.append((gc_start[0], time.perf_counter(), info["generation"]))
+
+    app._lag_tick = timed_tick
+    gc.callbacks.append(on_gc)
     async with app.run_test(size=(120, 36)) as pilot:
         while app.snapshot is None or app._sweeping:
             await pilot.pause(0.05)
         await pilot.pause(0.5)
         app.lags.clear()
+        detail.clear()
+        gcs.clear()
         sweeps0 = app.sweeps_done
         t0 = time.monotonic()
         await pilot.press("m")
@@ -91,6 +115,8 @@ async def lag_run(backend, choices, seconds: float, stop_when_done: bool = True)
             if panel.state in ("done", "failed", "cancelled"):
                 break
         lags = list(app.lags)
+        ticks = list(detail)
+        collections = list(gcs)
         events = len([e for e in app.profile_events if e.get("event") == "progress"])
         state = panel.state
         last = dict(panel.last_event)
@@ -100,12 +126,23 @@ async def lag_run(backend, choices, seconds: float, stop_when_done: bool = True)
             while panel.state not in ("cancelled", "done", "failed") and time.monotonic() - t1 < 15:
                 await asyncio.sleep(0.1)
         sweeps = app.sweeps_done - sweeps0
+    gc.callbacks.remove(on_gc)
+    late = []
+    for lag, main_cpu, proc_cpu, end in sorted(ticks, reverse=True)[:5]:
+        start = end - lag - 0.02
+        in_gc = sum(min(e, end) - max(b, start) for b, e, g in collections if e > start and b < end)
+        late.append({"lag_ms": round(1000 * lag, 1), "main_thread_cpu_ms": round(1000 * main_cpu, 1),
+                     "other_threads_cpu_ms": round(1000 * (proc_cpu - main_cpu), 1),
+                     "in_gc_ms": round(1000 * in_gc, 1)})
+    full = [1000 * (e - b) for b, e, g in collections if g == 2]
     lags.sort()
     return {"seconds": round(time.monotonic() - t0, 1), "ticks": len(lags),
             "max_lag_ms": round(1000 * lags[-1], 1) if lags else None,
             "p99_lag_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 1) if lags else None,
             "median_lag_ms": round(1000 * statistics.median(lags), 1) if lags else None,
             "ticks_over_100ms": sum(1 for x in lags if x > 0.1),
+            "longest_ticks": late,
+            "full_gc": {"count": len(full), "max_ms": round(max(full), 1) if full else None},
             "progress_events_shown": events, "resweeps": sweeps, "final_state": state,
             "last_progress": {k: last.get(k) for k in ("done", "total")},
             "profile_error": app.profile_error or None}
@@ -148,7 +185,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--real-profile-s", type=float, default=40.0)
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--only-real", action="store_true", help="the real-profile lag run alone "
+                    "(prints it; writes no result file)")
     args = ap.parse_args()
+    if args.only_real:
+        with tempfile.TemporaryDirectory() as d:
+            print(json.dumps(lag_real(Path(d), args.real_profile_s), indent=1))
+        return
     os.environ.setdefault("PIS_TUI_NO_CUDA", "")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
