@@ -16,6 +16,15 @@ def speed(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
 
+def latency(ms: Optional[float]) -> str:
+    """3 significant digits, never in e-notation: 0.0123 ms, 576 ms, 1.01 s."""
+    if ms is None:
+        return "–"
+    if ms >= 1000:
+        return f"{ms / 1000:.3g} s"
+    return f"{ms:.3g} ms" if ms >= 0.001 else f"{ms:.2e} ms"
+
+
 def quality_marks(q) -> str:
     """ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source."""
     return ("ᵉ" if q.extrapolated else "") + ("ᵇ" if q.borrowed_from else "") + ("ˢ" if q.secondary else "")
@@ -29,12 +38,14 @@ def loss_text(q) -> str:
     return pct(q.value)
 
 
-def flag_words(q) -> list[str]:
+def flag_words(q, short: bool = False) -> list[str]:
+    """Why a quality figure deserves care, in words; `short` drops the repeated "quality"
+    (for narrow panels that say it once)."""
     out = []
     if q.borrowed_from:
-        out.append(f"quality borrowed from {q.borrowed_from}")
+        out.append(f"from {q.borrowed_from}" if short else f"quality borrowed from {q.borrowed_from}")
     if q.extrapolated:
-        out.append("quality extrapolated")
+        out.append("extrapolated" if short else "quality extrapolated")
     if q.secondary:
         out.append("secondary source")
     return out

@@ -441,3 +441,32 @@ def test_nice_ticks_and_model_resolution(tmp_path):
     assert resolve_model("qwen2.5-0.5b").num_layers > 0
     with pytest.raises(Exception, match="not in the local Hugging Face cache"):
         resolve_model("someone/not-cached-model")
+
+
+def test_latency_reads_without_e_notation():
+    from pis_tui.display import latency
+
+    assert [latency(x) for x in (None, 0.01234, 5.463, 576.4, 1012.0, 45678.0)] == [
+        "–", "0.0123 ms", "5.46 ms", "576 ms", "1.01 s", "45.7 s"]
+
+
+def test_worker_results_arriving_while_closing_are_dropped(tmp_path):
+    """A measurement's final event or a sweep can land after `q` while the widgets are being
+    torn down: nothing is drawn and nothing raises."""
+    from pis_tui.tui.app import ProfileEvent, SweepDone, SweepFailed
+
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            assert not app.closing
+        return app, snap
+
+    app, snap = run(go())
+    assert app.closing
+    app.on_profile_event(ProfileEvent({"event": "done", "measured": 3, "cancelled": True}))
+    app.on_profile_event(ProfileEvent({"event": "error", "message": "x"}))
+    app.on_sweep_done(SweepDone(snap))
+    app.on_sweep_failed(SweepFailed(snap.choices, "boom", ""))
+    assert app.profile_error == "" and app.last_error == ""

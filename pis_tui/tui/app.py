@@ -149,7 +149,7 @@ class PisApp(App):
         self.lags: list[float] = []
         self._lag_last = 0.0
         self.setup_visible = True
-        self._short: Optional[bool] = None
+        self._short: Optional[int] = None  # size tier: 0 short, 1 normal, 2 tall
         self._full = False  # setup panel, Beyond FLOPs and the table mounted
         self._stale_tabs: set = set()
         self._mounting = False
@@ -196,15 +196,18 @@ class PisApp(App):
             self._apply_size()
 
     def _apply_size(self) -> None:
-        """Short terminals (< 30 rows): no header, lower recommendation panels.  Styles are
-        set on the few widgets concerned (an app-wide class would restyle every widget)."""
-        short = self.size.height < 30
-        if short == self._short:
+        """Short terminals (< 30 rows): no header, lower recommendation panels; tall ones
+        (34+ rows) give the panels a line more, so a wrapped runner-up is not cut off.
+        Styles are set on the few widgets concerned (an app-wide class would restyle every
+        widget)."""
+        rows = self.size.height
+        tier = 0 if rows < 30 else (1 if rows < 34 else 2)
+        if tier == self._short:
             return
-        self._short = short
-        self.query_one(Header).display = not short
+        self._short = tier
+        self.query_one(Header).display = tier > 0
         for ph in PHASES:
-            self.query_one(f"#rec-{ph}", RecommendationPanel).styles.height = 5 if short else 6
+            self.query_one(f"#rec-{ph}", RecommendationPanel).styles.height = 5 + tier
 
     # ------------------------------------------------------------------ startup
     @work(thread=True, group="startup", exit_on_error=False)
@@ -255,6 +258,8 @@ class PisApp(App):
         self._update_setup_info()
 
     def on_restored(self, msg: Restored) -> None:
+        if self.closing:
+            return
         self.choices = msg.choices
         if self._full:
             self.query_one(SetupPanel).set_choices(msg.choices)
@@ -264,6 +269,8 @@ class PisApp(App):
             self.set_status("restored your last choices; estimating…")
 
     def on_options_ready(self, msg: OptionsReady) -> None:
+        if self.closing:
+            return
         self.model_options, self.gpu_options = msg.models, msg.gpus
         if self._full:
             self.query_one(SetupPanel).set_options(msg.models, msg.gpus)
@@ -336,6 +343,8 @@ class PisApp(App):
             self.request_sweep()
 
     def on_sweep_done(self, msg: SweepDone) -> None:
+        if self.closing:
+            return
         snap = msg.snapshot
         stale = snap.choices.sweep_key() != self.choices.sweep_key()
         self._sweep_finished()
@@ -355,6 +364,8 @@ class PisApp(App):
         self._show(snap)
 
     def on_sweep_failed(self, msg: SweepFailed) -> None:
+        if self.closing:
+            return
         self._sweep_finished()
         if msg.choices.sweep_key() != self.choices.sweep_key():
             return
@@ -595,7 +606,7 @@ class PisApp(App):
         self.profile_error = ""
         self.runner = ProfileRunner(cmd, lambda ev: self.post_message(ProfileEvent(ev)))
         self.query_one("#bottom").add_class("measuring")
-        self.query_one(ProfilePanel).start(f"{self.choices.model} on this machine")
+        self.query_one(ProfilePanel).start(self.choices.model)
         self._profile_worker(self.runner)
 
     @work(thread=True, exclusive=True, group="profile", exit_on_error=False)
@@ -603,6 +614,8 @@ class PisApp(App):
         runner.run()
 
     def on_profile_event(self, msg: ProfileEvent) -> None:
+        if self.closing:
+            return
         ev = msg.event
         self.profile_events.append(ev)
         panel = self.query_one(ProfilePanel)
@@ -639,6 +652,13 @@ class PisApp(App):
             self._quit_after_mount = True  # quitting mid-mount trips textual; finish first
             return
         self.exit()
+
+    @property
+    def closing(self) -> bool:
+        """True once the app has begun shutting down: a worker's result that arrives then
+        (a measurement's final event after `q`, a sweep) is dropped, not drawn into widgets
+        that are gone (what was measured is already in the cache)."""
+        return not self.is_running
 
     # ------------------------------------------------------------------ frame time
     def _freeze_heap(self) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..display import flag_words, loss_text, pct, speed
+from ..display import flag_words, latency, loss_text, pct, speed
 from ..display import quality_marks as quality_flags
 
-__all__ = ["flag_words", "loss_text", "pct", "speed", "quality_flags"]
+__all__ = ["flag_words", "latency", "loss_text", "pct", "speed", "quality_flags"]
 
 #: one marker and colour per family: the Pareto and Beyond-FLOPs charts and the legend agree
 FAMILY_STYLE = {

@@ -35,7 +35,9 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 ## Reading the charts
 * **Pareto** (one per phase): speedup against quality loss.  Each family is a letter in its
   own colour (legend under the charts); the grey dotted line is the frontier, the red
-  vertical line the budget, `@` the recommended point.
+  vertical line the budget, `@` the recommended point.  Points with no quality data
+  (e.g. a family no published result covers) are counted as "unplotted" under the chart
+  and listed in the points table (`3`).
 * **Beyond FLOPs**: per family, speedup against the sparsity actually achieved.  Letters are
   the real (measured or estimated) speedups, the dotted line of the same colour is what a
   FLOPs count predicts.  The gap is the point of the study: removing FLOPs does not remove

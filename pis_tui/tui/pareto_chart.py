@@ -12,7 +12,7 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
-from .fmt import FAMILY_STYLE
+from .fmt import FAMILY_STYLE, latency
 
 FRONTIER_COLOR = (150, 150, 150)
 BUDGET_COLOR = (230, 80, 80)
@@ -78,10 +78,10 @@ class ParetoChart(PlotextPlot):
         plt.ylim(lo - pad, hi + pad)
         style_axes(plt, xmax, lo - pad, hi + pad, self.size, "%")
         dense_ms = pts[0].dense_latency_ms if pts else 0.0
-        self.border_title = f"{result.scenario.label(self.phase)} · dense {dense_ms:.3g} ms"
-        sub = "speedup vs +ppl %" if ppl else "speedup vs accuracy drop"
+        self.border_title = f"{result.scenario.label(self.phase)} · dense {latency(dense_ms)}"
+        sub = "speedup vs +ppl" if ppl else "speedup vs acc. drop"
         if unknown:
-            sub += f" · {unknown} without quality data"
+            sub += f" · {unknown} unplotted"  # no quality data for them (help, table)
         self.border_subtitle = sub
         self._has_data = True
         self.summary = (f"{self.phase}: {len(known)} points, {len(rec.frontier) if rec else 0} on "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
@@ -33,7 +34,8 @@ class ProfilePanel(Horizontal):
         self.state = "running"
         self.remove_class("failed")
         self.add_class("active")
-        self.query_one("#profile-label", Label).update(f"measuring {what} [x cancels]")
+        # plain Text: "[x cancels]" as a markup string would be swallowed as a style tag
+        self.query_one("#profile-label", Label).update(Text(f"measuring {what} · x cancels"))
         self.query_one(ProgressBar).update(total=None, progress=0)
         self.query_one("#profile-current", Label).update("starting the measuring process…")
 
@@ -43,10 +45,11 @@ class ProfilePanel(Horizontal):
         bar = self.query_one(ProgressBar)
         bar.update(total=float(total) if total else None, progress=float(done))
         eta = ev.get("eta_s")
-        # a fixed-size line: no layout pass (one ran for every progress event before)
+        # a fixed-size line: no layout pass (one ran for every progress event before); the
+        # ETA comes first, where a narrow terminal does not cut it off
         self.query_one("#profile-current", Label).update(
-            f"{done}/{total or '?'} ops · {ev.get('current', '')} · "
-            f"{duration(ev.get('elapsed_s'))} elapsed · ETA {duration(eta)}", layout=False)
+            Text(f"{done}/{total or '?'} ops · ETA {duration(eta)} · {ev.get('current', '')} · "
+                 f"{duration(ev.get('elapsed_s'))} elapsed"), layout=False)
 
     def cancelling(self) -> None:
         self.state = "cancelling"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from .fmt import FAMILY_STYLE, flag_words, loss_text, pct, rgb, speed
+from .fmt import FAMILY_STYLE, flag_words, latency, loss_text, pct, rgb, speed
 
 
 def panel_title(snapshot, phase: str) -> str:
@@ -15,7 +15,8 @@ def panel_title(snapshot, phase: str) -> str:
 
 
 def recommendation_text(snapshot, phase: str) -> Text:
-    """Best (with quality flags), runner-up with the margin, then the core's reason."""
+    """Best (or the core's reason for keeping the dense model), runner-up with the margin,
+    then where the best's figures come from (timing source, quality flags)."""
     rec = snapshot.recs.get(phase)
     t = Text()
     if rec is None:
@@ -32,17 +33,20 @@ def recommendation_text(snapshot, phase: str) -> Text:
             t.append(f" {pct(best.achieved_sparsity)}", style="bold")
         t.append(f" {speed(best.speedup)}", style="bold green")
         t.append(f" loss {loss_text(best.quality)}")
-        t.append(f" · {best.latency_ms:.3g} ms {best.timing_source}", style="dim")
-        flags = flag_words(best.quality)
-        if flags:
-            t.append(" ⚠ " + ", ".join(flags), style="yellow")
-    ru = rec.runner_up
-    if ru is not None:
-        margin = f", {rec.margin:+.2f}×" if rec.margin is not None else ""
-        t.append(f"\n  runner-up {ru.strategy} {pct(ru.achieved_sparsity)} {speed(ru.speedup)} "
-                 f"at {loss_text(ru.quality)}{margin}")
+    # line by line in order of importance: the panels are narrow (two side by side, ~36
+    # columns inside at 80×24) and a short terminal cuts off what comes last
     if best is None or best.strategy == "dense":
         t.append(f"\n  {rec.reason}", style="italic")
+    ru = rec.runner_up
+    if ru is not None:
+        margin = f" ({rec.margin:+.2f}×)" if rec.margin is not None else ""
+        t.append(f"\n  2nd {ru.strategy} {pct(ru.achieved_sparsity)} {speed(ru.speedup)} "
+                 f"at {loss_text(ru.quality)}{margin}")
+    if best is not None:
+        t.append(f"\n  {latency(best.latency_ms)} {best.timing_source}", style="dim")
+        flags = flag_words(best.quality, short=True)
+        if flags:
+            t.append(" ⚠ quality " + ", ".join(flags), style="yellow")
     return t
 
 

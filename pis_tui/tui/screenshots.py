@@ -4,7 +4,7 @@
 
 Uses the real engine: llama-3.1-8b on the H200 profile with literature priors (Pareto,
 Beyond FLOPs, points table, op drill-down, export dialog, help) at 120×36, the same at
-80×24, and qwen2.5-0.5b on the local device.  A throwaway cache is used, so your saved
+80×24, and qwen2.5-0.5b being measured on the local device (stopped after a few dozen kernels).  A throwaway cache is used, so your saved
 choices are neither read nor changed.  PNGs need cairosvg (``pip install pis-tui[screenshots]``).
 """
 
@@ -26,8 +26,11 @@ SHOTS = (
     ("export", (120, 36), {}, ("e",)),
     ("help", (120, 36), {}, ("question_mark",)),
     ("small-80x24", (80, 24), {}, ()),
-    ("local-cpu-qwen", (120, 36), {"model": "qwen2.5-0.5b", "gpu": "local"}, ()),
+    # measuring on this machine: the charts mid-profile, with measured kernels in them
+    ("measuring-local", (120, 36), {"model": "qwen2.5-0.5b", "gpu": "local", "prompt_len": 128,
+                                    "decode_batch": 4, "context_len": 128}, ("m",)),
 )
+MEASURED_OPS = 60  # the measuring shot waits for this many measured kernels (~30 s on 2 cores)
 
 
 async def _shot(name, size, overrides, keys, out: Path, cache: str) -> Path:
@@ -42,9 +45,31 @@ async def _shot(name, size, overrides, keys, out: Path, cache: str) -> Path:
         if keys:
             await pilot.press(*keys)
             await pilot.pause(0.4)
+        if "m" in keys:
+            await _measured(app, pilot)
         svg = out / f"{name}.svg"
         app.save_screenshot(str(svg))
+        if app.runner is not None and app.runner.running:
+            await pilot.press("x")
+            while app.runner.running:
+                await pilot.pause(0.1)
     return svg
+
+
+async def _measured(app, pilot, timeout_s: float = 180.0) -> None:
+    """Wait until the profile has measured MEASURED_OPS kernels and the charts show them."""
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        snap = app.snapshot
+        if app.profile_error:
+            raise SystemExit(f"measuring failed: {app.profile_error}")
+        if snap is not None and snap.measured_ops >= MEASURED_OPS and not app._sweeping:
+            await pilot.pause(0.5)
+            return
+        await pilot.pause(0.2)
+    raise SystemExit(f"fewer than {MEASURED_OPS} kernels measured in {timeout_s:g} s")
 
 
 def main(argv=None) -> int:
