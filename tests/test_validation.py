@@ -15,7 +15,6 @@ from helpers import run_cli  # noqa: E402
 from pis_tui import taxonomy as tx  # noqa: E402
 from pis_tui import validation as v  # noqa: E402
 from pis_tui.model_spec import load_preset_config  # noqa: E402
-from pis_tui.scenario import Scenario  # noqa: E402
 
 
 def tiny(preset="qwen2.5-0.5b", **over):
