@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        argv = ["tui"]
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["tui", *argv]  # `pis-tui --model X` opens the explorer with X, like `pis-tui tui --model X`
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

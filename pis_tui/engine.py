@@ -19,6 +19,7 @@ from . import __version__
 from .errors import UserError
 from .estimator import Estimator
 from .hardware import DeviceProfile, load_gpu
+from .memory_fit import footprint
 from .model_spec import ModelSpec, load_model_spec
 from .profiles import profile_path
 from .results import PhaseEstimate, Point, QualityEstimate
@@ -39,6 +40,11 @@ class SweepResult:
     quality_metric: str = "accuracy_drop"
     quality_curves: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)  # memory_fit.footprint: does the dense model fit?
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.memory.get("warnings", ()))
 
     def dense(self, phase: str) -> PhaseEstimate:
         for e in self.estimates:
@@ -171,6 +177,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         quality_protocol=getattr(quality, "protocol", "lora"),
         quality_metric=getattr(quality, "metric", "accuracy_drop"),
         quality_curves=curves,
+        memory=footprint(spec, device, scenario),
         provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"},

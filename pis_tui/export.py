@@ -93,6 +93,7 @@ def to_dict(result: SweepResult, recommendations: Optional[dict] = None) -> dict
         "results": [point_dict(p, result) for p in result.points],
         "recommendations": {ph: recommendation_dict(r) for ph, r in (recommendations or {}).items()},
         "timing_summary": result.source_summary(),
+        **({"memory": result.memory} if result.memory else {}),  # sweeps always have it
         "provenance": result.provenance,
     }
 

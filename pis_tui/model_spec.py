@@ -125,12 +125,22 @@ def load_preset_config(name: str) -> dict:
         return json.load(f)
 
 
+MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few KB; weights or a database are not one
+
+
 def _read_json_file(path: Path, name: str) -> dict:
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path}: {size / 2**20:.0f} MiB is not a model config (a config.json "
+                            "is a few KB; give the model's config.json or its directory)")
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (a model config is JSON: give the model's "
+                        "config.json or its directory)") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
 

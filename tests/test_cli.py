@@ -117,3 +117,13 @@ def test_subprocess_entry_point_and_default_gpu_is_printed():
     assert p.returncode == 0, p.stderr
     assert "using h200-sxm" in p.stderr
     assert json.loads(p.stdout)["gpu"]["name"] == "h200-sxm"
+
+
+def test_top_level_options_open_the_explorer_and_budget_hint():
+    # `pis-tui --budget 10` goes to the explorer's parser (no "invalid choice"), whose check
+    # explains fractions; nothing opens since the value is refused first
+    r = run_cli("--budget", "10")
+    assert r.returncode == 2 and "invalid choice" not in r.stderr
+    assert "for 10 percent give 0.1 or 10%" in r.stderr
+    r = run_cli("--version")  # stays a top-level option
+    assert r.returncode == 0 and r.stdout.startswith("pis-tui ")

@@ -64,6 +64,14 @@ def test_malformed_and_missing(tmp_path):
         load_model_spec("llama-9")
     with pytest.raises(UserError, match="not in the local Hugging Face cache"):
         load_model_spec("someorg/some-model")
+    (tmp_path / "weights.bin").write_bytes(b"\x00\x93\xff" * 10)  # a binary file typed as the model
+    with pytest.raises(UserError, match="not a text file"):
+        load_model_spec(str(tmp_path / "weights.bin"))
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(5 << 20)  # sparse: the size is checked before anything is read
+    with pytest.raises(UserError, match="is not a model config"):
+        load_model_spec(str(big))
 
 
 def test_missing_field_is_a_clear_error(tmp_path):

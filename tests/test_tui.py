@@ -17,10 +17,11 @@ from pis_tui.tui.export_dialog import ExportDialog
 from pis_tui.tui.help_screen import HelpScreen
 from pis_tui.tui.ops_screen import OpsScreen
 from pis_tui.tui.pareto_chart import ParetoChart, nice_ticks
-from pis_tui.tui.points_table import PointsView
+from pis_tui.tui.points_table import COLUMN_KEYS, PointsView
 from pis_tui.tui.profile_worker import ProfileRunner
 from pis_tui.tui.progress import ProfilePanel
 from pis_tui.tui.recommendation_panel import RecommendationPanel
+from pis_tui.tui.setup_panel import SetupPanel
 from tui_fakes import FAKE_PROFILE, FakeBackend
 
 BIG = (120, 36)
@@ -197,6 +198,64 @@ def test_last_choices_are_restored(tmp_path):
     run(go())
 
 
+def test_failed_restored_choices_leave_the_setup_usable(tmp_path):
+    """A last session's choice that no longer computes: the error is shown in its field, the
+    charts say why they are empty, and fixing the choice in the setup panel recovers."""
+    bad = Choices(model="broken", budget=0.07)
+
+    async def go():
+        app, be = make_app(tmp_path, settings={"tui.last_choices": bad.to_json()})
+        async with app.run_test(size=BIG) as pilot:
+            await until(pilot, lambda: app.last_error and app._full, what="setup after a failure")
+            assert app.snapshot is None and app.query_one(SetupPanel).display
+            status = str(app.query_one("#status", Static).render())
+            assert "refuses" in status and "last session" in status
+            assert "refuses" in str(app.query_one("#model-error", Static).render())
+            assert "cannot compute" in app.query_one("#pareto-prefill", ParetoChart).border_title
+            await pilot.press("plus")  # no result to re-rank: nothing pretends to be one
+            await pilot.pause(0.2)
+            assert app.snapshot is None and "refuses" in str(app.query_one("#status", Static).render())
+            app.set_choice("model", "qwen2.5-0.5b")
+            await until(pilot, lambda: app.snapshot is not None, what="recovery")
+            assert app.last_error == "" and str(app.query_one("#model-error", Static).render()) == ""
+        assert Choices.from_json(be.settings["tui.last_choices"]).model == "qwen2.5-0.5b"
+        assert all(c.model != "broken" for c in be.saved)  # a failing choice is never kept
+    run(go())
+
+
+def test_a_failed_sweep_is_not_reranked_or_exported_as_current(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            good = app.snapshot
+            app.set_choice("gpu", "a100-80gb")
+            app.set_choice("model", "broken")
+            await until(pilot, lambda: app.last_error, what="error")
+            await pilot.press("plus")
+            await pilot.pause(0.2)
+            assert app.snapshot is good and app.snapshot.choices.gpu == "h200-sxm"
+            assert "refuses" in str(app.query_one("#status", Static).render())
+            await pilot.press("e")  # what is exported is the result on screen, named after it
+            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
+            assert app.screen.query_one(Input).value.endswith("pis-tui-llama-3.1-8b-h200-sxm.json")
+    run(go())
+
+
+def test_choices_changed_just_before_quit_are_saved(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        app.save_delay = 30.0  # the timer never fires before the quit
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            for _ in range(3):
+                await pilot.press("plus")
+            await pilot.pause(0.1)
+            await pilot.press("q")
+        assert Choices.from_json(be.settings["tui.last_choices"]).budget == pytest.approx(0.13)
+    run(go())
+
+
 def test_choices_from_json_is_tolerant():
     base = Choices()
     assert Choices.from_json("not json", base) == base
@@ -216,12 +275,16 @@ def test_table_filter_sort_and_drill_down(tmp_path):
             pv = app.query_one(PointsView)
             speeds = [p.speedup for p in pv.shown]
             assert speeds == sorted(speeds, reverse=True)
-            await pilot.press("f", "f")  # all -> dense -> static_depth
+            await pilot.press("f")  # all -> static_depth (dense, the baseline, is no filter)
             assert {p.strategy for p in pv.shown} == {"static_depth"}
             assert app.query_one("#points-table", DataTable).row_count == len(pv.shown) == 8
             await pilot.press("p")
             assert {p.phase for p in pv.shown} == {"prefill"}
-            await pilot.press("o")
+            await pilot.press("o")  # speedup -> quality loss (lowest first)
+            assert pv.sort_key == "loss"
+            ls = [p.quality.value for p in pv.shown]
+            assert ls == sorted(ls)
+            await pilot.press("o")  # -> FLOPs speedup (highest first)
             assert pv.sort_key == "flops"
             fl = [p.flops_speedup for p in pv.shown]
             assert fl == sorted(fl, reverse=True)
@@ -231,6 +294,11 @@ def test_table_filter_sort_and_drill_down(tmp_path):
             assert scr.point == pv.current()
             assert scr.query_one(DataTable).row_count == 1
             assert "64 → 48" in str(scr.query_one("#ops-head", Static).render())
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, OpsScreen))
+            await pilot.press("1", "d")  # off the table: the recommended point of its phase
+            await until(pilot, lambda: isinstance(app.screen, OpsScreen), what="ops screen")
+            assert app.screen.point == app.snapshot.recs["prefill"].best
             await pilot.press("escape")
             await until(pilot, lambda: not isinstance(app.screen, OpsScreen))
             await pilot.press("question_mark")
@@ -288,6 +356,27 @@ def test_export_json_is_valid_and_csv_too(tmp_path):
     run(go())
 
 
+def test_export_asks_before_overwriting_and_keeps_the_dialogs_format(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            out = tmp_path / "points"  # no extension: the CSV dialog writes CSV
+            out.write_text("keep me")
+            await pilot.press("E")
+            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
+            dlg = app.screen
+            dlg.query_one(Input).value = str(out)
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert app.screen is dlg and out.read_text() == "keep me"
+            assert "exists" in str(dlg.query_one("#export-error", Static).render())
+            await pilot.press("enter")  # confirmed
+            await until(pilot, lambda: app.last_export == str(out.resolve()))
+            assert out.read_text().startswith("strategy,")
+    run(go())
+
+
 def test_export_to_unwritable_path_errors_in_the_dialog(tmp_path):
     async def go():
         app, be = make_app(tmp_path)
@@ -334,7 +423,8 @@ def test_measure_streams_progress_and_updates_views(tmp_path):
             pts = app.query_one(PointsView).shown
             assert sum(p.timing_source == "measured" for p in pts) >= 6
             table = app.query_one("#points-table", DataTable)
-            timing = [table.get_row_at(i)[9] for i in range(table.row_count)]
+            col = COLUMN_KEYS.index("timing")
+            timing = [table.get_row_at(i)[col] for i in range(table.row_count)]
             assert timing.count("measured") == sum(p.timing_source == "measured" for p in pts)
     run(go())
 
@@ -470,3 +560,20 @@ def test_worker_results_arriving_while_closing_are_dropped(tmp_path):
     app.on_sweep_done(SweepDone(snap))
     app.on_sweep_failed(SweepFailed(snap.choices, "boom", ""))
     assert app.profile_error == "" and app.last_error == ""
+
+
+def test_a_model_that_does_not_fit_is_flagged(tmp_path):
+    """Real engine (estimates only): llama-3.1-70b on a 24 GB RTX 4090."""
+    from pis_tui.tui.backend import Backend
+
+    async def go():
+        app = PisApp(Backend(cache_path=str(tmp_path / "c.duckdb")),
+                     Choices(model="llama-3.1-70b", gpu="rtx-4090"), restore=False)
+        async with app.run_test(size=BIG, notifications=True) as pilot:
+            await started(app, pilot)
+            assert "does not fit on this GPU" in str(app.query_one("#status", Static).render())
+            assert any("141 GB of 24 GB" in str(n.message) for n in app._notifications)
+            app.set_choice("model", "llama-3.2-1b")
+            await until(pilot, lambda: app.snapshot.choices.model == "llama-3.2-1b")
+            assert "fit" not in str(app.query_one("#status", Static).render())
+    run(go())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import UserError
 from ..scenario import Scenario
@@ -59,8 +60,11 @@ def run_sweep(args: argparse.Namespace, with_quality: bool = True):
         0.125, 0.25, 0.375, 0.5)
     cache = open_cache_if_local(args, device)
     quality = quality_from_args(args, spec, cache) if with_quality else None
-    return sweep(spec, device, scenario, strategies, sparsities,
-                 granularity=args.granularity, align=args.align, quality=quality, cache=cache)
+    result = sweep(spec, device, scenario, strategies, sparsities,
+                   granularity=args.granularity, align=args.align, quality=quality, cache=cache)
+    for w in result.warnings:  # e.g. the model does not fit on the GPU
+        print(f"pis-tui: warning: {w}", file=sys.stderr)
+    return result
 
 
 def budget_from_args(args: argparse.Namespace) -> float:

@@ -21,7 +21,8 @@ def parse_fraction(text: str, what: str, lo: float = 0.0, hi: float = 1.0) -> fl
     except ValueError:
         raise UserError(f"{what} {text!r} is not a number (use a fraction like 0.10 or 10%)") from None
     if not (lo <= v <= hi) or v != v:
-        raise UserError(f"{what} {text} is outside [{lo:g}, {hi:g}]")
+        hint = f" (a fraction: for {v:g} percent give {v / 100:g} or {v:g}%)" if 1 < v <= 100 * hi else ""
+        raise UserError(f"{what} {text} is outside [{lo:g}, {hi:g}]{hint}")
     return v
 
 

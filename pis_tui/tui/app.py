@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Optional
 
 from rich.text import Text
@@ -144,6 +145,10 @@ class PisApp(App):
         self._sweeping = False
         self._sweep_queued = False
         self._save_timer = None
+        self._unsaved: Optional[Choices] = None  # good choices waiting for the save timer
+        self._restored = False  # the choices came from the last session
+        self._field_error: tuple[str, str] = ("", "")  # (setup field, message) of a failed sweep
+        self._shown_warnings: tuple = ()  # the result's warnings last notified (memory fit)
         self.started_at = time.perf_counter()
         self.monitor_lag = monitor_lag
         self.lags: list[float] = []
@@ -255,12 +260,16 @@ class PisApp(App):
             self.query_one(PointsView).show(snap)
             self._stale_tabs.discard("points")
             self.query_one(PointsView).select_point(snap.recs["prefill"].best)
+        where, text = self._field_error
+        if where:
+            panel.set_error(where, text)
         self._update_setup_info()
 
     def on_restored(self, msg: Restored) -> None:
         if self.closing:
             return
         self.choices = msg.choices
+        self._restored = msg.restored
         if self._full:
             self.query_one(SetupPanel).set_choices(msg.choices)
         self._sweeping = True
@@ -357,8 +366,10 @@ class PisApp(App):
                 snap.result, self.choices.active_budget), snap.elapsed_s, snap.measured_ops,
                 snap.warnings)
         self.sweeps_done += 1
-        if self._full:
-            self.query_one(SetupPanel).set_error("quality", "")
+        self._schedule_save(snap.choices)  # only choices that compute are kept for next time
+        if self._full and self._field_error[0]:
+            self.query_one(SetupPanel).set_error(self._field_error[0], "")
+        self._field_error = ("", "")
         self.query_one("#status").remove_class("error")
         self.last_error = ""
         self._show(snap)
@@ -370,14 +381,44 @@ class PisApp(App):
         if msg.choices.sweep_key() != self.choices.sweep_key():
             return
         self.last_error = msg.error
-        where = {"model": "model", "quality": "quality", "scenario": "scenario"}.get(msg.field)
-        if msg.field in ("quality", "protocol") or "quality" in msg.error or "perplexity" in msg.error:
-            where = "quality"
-        if where and self._full:
-            self.query_one(SetupPanel).set_error(where, msg.error)
-        self.set_status(f"✗ {msg.error}" + ("" if self.snapshot is None
-                                            else " (showing the last good result)"), error=True)
+        where = self._error_field(msg)
+        if self._full:
+            if self._field_error[0] and self._field_error[0] != where:
+                self.query_one(SetupPanel).set_error(self._field_error[0], "")
+            if where:
+                self.query_one(SetupPanel).set_error(where, msg.error)
+        self._field_error = (where, msg.error)
+        first = self.snapshot is None
+        tail = " (showing the last good result)" if not first else ""
+        if first and self._restored:
+            tail = " — your last session's choices; change them in the setup panel (s)"
+        self.set_status(f"✗ {msg.error}{tail}", error=True)
         self.notify(msg.error, title="cannot compute", severity="error", timeout=8)
+        if first:
+            # nothing to draw: say so in the charts, and bring up the setup panel (mounted
+            # after the first chart otherwise) so the choice can be fixed
+            for ph in PHASES:
+                self.query_one(f"#pareto-{ph}", ParetoChart).show_error("cannot compute: see below")
+            if not self._full:
+                self.setup_visible = True
+                self.call_after_refresh(self._mount_rest)
+            else:
+                self.query_one(SetupPanel).display = self.setup_visible = True
+
+    def _error_field(self, msg: SweepFailed) -> str:
+        """The setup field a failed sweep's error belongs to ("" when none fits)."""
+        if msg.field in ("quality", "protocol") or "quality" in msg.error or "perplexity" in msg.error:
+            return "quality"
+        if msg.field in ("model", "scenario", "gpu", "dtype"):
+            return msg.field
+        c = msg.choices
+        if msg.error.startswith(c.model) or msg.error.startswith(str(Path(c.model).expanduser())):
+            return "model"
+        if "dtype" in msg.error or c.dtype in msg.error.split():
+            return "dtype"
+        if c.gpu in msg.error:
+            return "gpu"
+        return ""
 
     # ------------------------------------------------------------------ showing
     def _show(self, snap: Snapshot, rerank_only: bool = False) -> None:
@@ -409,8 +450,16 @@ class PisApp(App):
         q = f"{r.quality_protocol} {metric_label(r.quality_metric)}"
         src = {"priors": "priors", "csv": "own CSV", "measured": "measured"}[snap.choices.quality]
         running = " · measuring…" if self.runner is not None and self.runner.running else ""
-        self.set_status(f"{len(r.points)} points in {snap.elapsed_s:.2f}s · kernels: {kernels} · "
-                        f"quality: {src}, {q}{running}")
+        fit = ""
+        warnings = tuple(getattr(r, "warnings", ()))
+        if warnings:
+            fit = "⚠ " + ("does not fit on this GPU" if any("not fit" in w for w in warnings)
+                          else "memory is tight") + " (see the notice) · "
+            if warnings != self._shown_warnings:
+                self.notify("\n".join(warnings), title="memory", severity="warning", timeout=12)
+        self._shown_warnings = warnings
+        self.set_status(f"{fit}{len(r.points)} points in {snap.elapsed_s:.2f}s · kernels: {kernels} · "
+                        f"quality: {src}, {q}{running}", error=bool(fit))
 
     def _show_second(self, snap: Snapshot) -> None:
         if snap is self.snapshot:
@@ -462,11 +511,13 @@ class PisApp(App):
         old = self.choices
         self.choices = choices
         self._update_setup_info()
-        self._schedule_save()
         if choices.sweep_key() != old.sweep_key():
             self.request_sweep(field)
-        elif self.snapshot is not None:
+        elif self.snapshot is not None and self.snapshot.choices.sweep_key() == choices.sweep_key():
             self._rerank()
+            self._schedule_save(choices)
+        # else: these choices failed to compute (or are being computed); the last good
+        # result stays on screen under the error, never re-ranked as if it were theirs
 
     def _rerank(self) -> None:
         snap = self.snapshot
@@ -481,17 +532,33 @@ class PisApp(App):
             self.query_one(SetupPanel).set_choices(c)
         self._apply_choices(c, name)
 
-    def _schedule_save(self) -> None:
+    def _schedule_save(self, choices: Choices) -> None:
+        self._unsaved = choices
         if self._save_timer is not None:
             self._save_timer.stop()
         self._save_timer = self.set_timer(self.save_delay, self._save)
 
     def _save(self) -> None:
-        self._save_worker(self.choices)
+        if self._unsaved is not None:
+            self._save_worker(self._unsaved)
+
+    def _flush_save(self) -> None:
+        """At quit: write choices still waiting for the save timer (or for a save worker
+        that quitting would cancel), here and now."""
+        if self._save_timer is not None:
+            self._save_timer.stop()
+        if self._unsaved is not None:
+            choices, self._unsaved = self._unsaved, None
+            try:
+                self.backend.save_choices(choices)
+            except Exception:  # noqa: BLE001 - never a traceback at quit; choices are a convenience
+                pass
 
     @work(thread=True, exclusive=True, group="save", exit_on_error=False)
     def _save_worker(self, choices: Choices) -> None:
         self.backend.save_choices(choices)
+        if self._unsaved is choices:  # saved; unless newer choices came meanwhile
+            self._unsaved = None
 
     # ------------------------------------------------------------------ actions
     def action_budget(self, step: int) -> None:
@@ -507,6 +574,8 @@ class PisApp(App):
         self.query_one(SetupPanel).display = self.setup_visible
         if self.setup_visible:
             self.query_one("#model").focus()
+        else:
+            self.set_focus(None)  # keys go back to the app, not to a hidden field
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
@@ -517,13 +586,20 @@ class PisApp(App):
         self.push_screen(HelpScreen())
 
     def selected_point(self):
-        if "points" in self._stale_tabs and self._full and self.snapshot is not None:
-            self._stale_tabs.discard("points")
-            self.query_one(PointsView).show(self.snapshot)
-        p = self.query_one(PointsView).current() if self._full else None
-        if p is None and self.snapshot is not None:
-            p = self.snapshot.recs["prefill"].best
-        return p
+        """The highlighted row on the points tab; elsewhere the recommended point (of the
+        table's phase filter when it has one, else prefill's)."""
+        if self.snapshot is None:
+            return None
+        pv = self.query_one(PointsView) if self._full else None
+        if pv is not None and self.query_one(TabbedContent).active == "points":
+            if "points" in self._stale_tabs:
+                self._stale_tabs.discard("points")
+                pv.show(self.snapshot)
+            p = pv.current()
+            if p is not None:
+                return p
+        phase = pv.phase if pv is not None and pv.phase in PHASES else "prefill"
+        return self.snapshot.recs[phase].best
 
     def action_drill(self) -> None:
         if self.snapshot is None:
@@ -546,7 +622,7 @@ class PisApp(App):
         if self.snapshot is not None:
             self._stale_tabs.add("flops")
             self._show_tab(self.query_one(TabbedContent).active)
-        self._say(f"family filter: {fam}")
+        self._say(f"table and Beyond FLOPs: {fam}")
 
     def action_cycle_phase(self) -> None:
         if not self._full:
@@ -582,8 +658,8 @@ class PisApp(App):
                 self.last_export = path
                 self.notify(f"wrote {path}", title="exported", timeout=8)
 
-        self.push_screen(ExportDialog(export_name(self.choices, ext),
-                                      lambda p: self.backend.export(snap, p)), done)
+        self.push_screen(ExportDialog(export_name(snap, ext),
+                                      lambda p, fmt: self.backend.export(snap, p, fmt), ext), done)
 
     def action_export(self) -> None:
         self._export_dialog("json")
@@ -648,6 +724,7 @@ class PisApp(App):
     async def action_quit(self) -> None:
         if self.runner is not None and self.runner.running:
             self.runner.cancel(grace_s=1.0)
+        self._flush_save()
         if self._mounting and not self._full:
             self._quit_after_mount = True  # quitting mid-mount trips textual; finish first
             return
@@ -671,6 +748,7 @@ class PisApp(App):
         self.heap_frozen = True
 
     def on_unmount(self) -> None:
+        self._flush_save()
         if self.heap_frozen:
             gc.unfreeze()
             self.heap_frozen = False

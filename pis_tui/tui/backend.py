@@ -305,14 +305,16 @@ class Backend:
                 str(choices.decode_batch), "--context-len", str(choices.context_len),
                 *dtype, *cache, "--progress-jsonl"]
 
-    def export(self, snapshot: Snapshot, path: str) -> Path:
-        """Write the pis-tui/1 JSON (or the points as CSV when the name ends in .csv)."""
+    def export(self, snapshot: Snapshot, path: str, fmt: str = "json") -> Path:
+        """Write the pis-tui/1 JSON or the points as CSV: a name ending in .json or .csv
+        decides, else `fmt`."""
         from ..commands.common import check_writable
         from ..export import to_csv, to_json
 
         p = check_writable(path)
-        text = to_csv(snapshot.result) if p.suffix.lower() == ".csv" else to_json(
-            snapshot.result, snapshot.recs)
+        suffix = p.suffix.lower()
+        fmt = {".csv": "csv", ".json": "json"}.get(suffix, fmt)
+        text = to_csv(snapshot.result) if fmt == "csv" else to_json(snapshot.result, snapshot.recs)
         try:
             p.write_text(text, encoding="utf-8")
         except OSError as e:
@@ -320,9 +322,9 @@ class Backend:
         return p.resolve()
 
 
-def export_name(choices: Choices, ext: str = "json") -> str:
-    """``pis-tui-<model>-<gpu>.json`` in the working directory."""
-    model = Path(choices.model).name if ("/" in choices.model and Path(choices.model).exists()) \
-        else choices.model
+def export_name(snapshot: Snapshot, ext: str = "json") -> str:
+    """``pis-tui-<model>-<gpu>.json`` in the working directory, named after what the snapshot
+    holds (the model's name, not the config file a typed path points at)."""
+    model = snapshot.result.spec.name or snapshot.choices.model
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in model).strip("_") or "model"
-    return str(Path.cwd() / f"pis-tui-{safe}-{choices.gpu}.{ext}")
+    return str(Path.cwd() / f"pis-tui-{safe}-{snapshot.choices.gpu}.{ext}")

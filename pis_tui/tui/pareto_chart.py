@@ -39,6 +39,13 @@ class ParetoChart(PlotextPlot):
         self.border_title = f"{self.phase}: {message}"
         self.summary = message
 
+    def show_error(self, message: str) -> None:
+        """Nothing to draw (the first sweep failed): say so where the chart would be."""
+        self.plt.clear_figure()
+        self._has_data = False
+        self._draw_empty(message)
+        self.refresh()
+
     def show(self, snapshot, family: Optional[str] = None) -> None:
         result, rec = snapshot.result, snapshot.recs.get(self.phase)
         budget = snapshot.choices.active_budget

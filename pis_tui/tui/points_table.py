@@ -14,16 +14,16 @@ from textual.widgets import DataTable, Static
 from .fmt import FAMILY_STYLE, loss_text, pct, quality_flags, quality_source_text, rgb, speed
 
 #: (key, header, sort key of a Point)
-COLUMNS = (
+COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still shows it
     ("phase", "phase", lambda p: p.phase),
     ("strategy", "strategy", lambda p: p.strategy),
     ("sparsity", "sparsity", lambda p: p.sparsity),
-    ("achieved", "achieved", lambda p: p.achieved_sparsity),
-    ("latency", "latency ms", lambda p: p.latency_ms),
     ("speedup", "speedup", lambda p: p.speedup),
+    ("loss", "quality loss", lambda p: (p.quality.value is None, p.quality.value or 0.0)),
     ("flops", "FLOPs ×", lambda p: p.flops_speedup),
     ("gap", "gap", lambda p: p.gap),
-    ("loss", "quality loss", lambda p: (p.quality.value is None, p.quality.value or 0.0)),
+    ("latency", "latency ms", lambda p: p.latency_ms),
+    ("achieved", "achieved", lambda p: p.achieved_sparsity),
     ("timing", "timing", lambda p: p.timing_source),
     ("qsource", "quality source", lambda p: p.quality.source),
 )
@@ -91,20 +91,20 @@ class PointsView(Vertical):
         for p in pts:
             color = rgb(FAMILY_STYLE.get(p.strategy, ("", (255, 255, 255)))[1])
             q = p.quality
-            t.add_row(
-                p.phase,
-                Text(p.strategy, style=color),
-                Text(pct(p.sparsity), justify="right"),
-                Text(pct(p.achieved_sparsity), justify="right"),
-                Text(f"{p.latency_ms:.3f}", justify="right"),
-                Text(speed(p.speedup), justify="right", style="bold" if p.speedup > 1 else ""),
-                Text(speed(p.flops_speedup), justify="right"),
-                Text(f"{100 * p.gap:+.0f}%", justify="right"),
-                Text(loss_text(q) + quality_flags(q), justify="right"),
-                p.timing_source,
-                quality_source_text(q),
-                key=row_key(p),
-            )
+            cells = {
+                "phase": p.phase,
+                "strategy": Text(p.strategy, style=color),
+                "sparsity": Text(pct(p.sparsity), justify="right"),
+                "speedup": Text(speed(p.speedup), justify="right", style="bold" if p.speedup > 1 else ""),
+                "loss": Text(loss_text(q) + quality_flags(q), justify="right"),
+                "flops": Text(speed(p.flops_speedup), justify="right"),
+                "gap": Text(f"{100 * p.gap:+.0f}%", justify="right"),
+                "latency": Text(f"{p.latency_ms:.3f}", justify="right"),
+                "achieved": Text(pct(p.achieved_sparsity), justify="right"),
+                "timing": p.timing_source,
+                "qsource": quality_source_text(q),
+            }
+            t.add_row(*(cells[k] for k in COLUMN_KEYS), key=row_key(p))
         if keep and keep in self.points:
             self.select_key(keep)
         self.border_title = self.title()
@@ -133,8 +133,8 @@ class PointsView(Vertical):
         return self.points.get(key)
 
     def cycle_family(self) -> str:
-        fams = [None] + [f for f in FAMILY_STYLE if self.snapshot is None
-                         or any(p.strategy == f for p in self.snapshot.result.points)]
+        fams = [None] + [f for f in FAMILY_STYLE if f != "dense" and (
+            self.snapshot is None or any(p.strategy == f for p in self.snapshot.result.points))]
         i = fams.index(self.family) if self.family in fams else 0
         self.family = fams[(i + 1) % len(fams)]
         self._refill()

@@ -8,6 +8,7 @@ after a short pause, a typed path on ``enter``).  Bad input is shown inline, nev
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Optional
 
 from textual.app import ComposeResult
@@ -16,6 +17,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
 from ..errors import PisError
+from ..model_spec import preset_names
 from .backend import DTYPES, MAX_BUDGET, MAX_PPL_BUDGET, Choices
 from .budget_control import BudgetControl
 
@@ -23,6 +25,9 @@ SCENARIO_FIELDS = (("prefill-batch", "prefill_batch", "batch"), ("prompt-len", "
                    ("decode-batch", "decode_batch", "batch"), ("context-len", "context_len", "context"))
 QUALITY_LABELS = (("literature priors (cited)", "priors"), ("own CSV file", "csv"),
                   ("measured perplexity (cache)", "measured"))
+
+
+ERROR_FIELDS = ("model", "gpu", "scenario", "quality", "dtype")  # each has an error line
 
 
 class SetupPanel(VerticalScroll):
@@ -65,6 +70,7 @@ class SetupPanel(VerticalScroll):
         yield Label("GPU", classes="section")
         yield Select(self._gpu_options, value=c.gpu, allow_blank=False, compact=True, id="gpu")
         yield Static("", id="gpu-info", classes="info")
+        yield Static("", id="gpu-error", classes="error")
         yield Label("Quality budget (+/-)", id="budget-label", classes="section")
         yield BudgetControl(c.active_budget, id="budget")
         yield Label("Prefill · decode", classes="section")
@@ -82,6 +88,7 @@ class SetupPanel(VerticalScroll):
         yield Label("dtype", classes="section")
         yield Select([(d if d != "auto" else "auto (bf16 GPU / fp32 CPU)", d) for d in DTYPES],
                      value=c.dtype, allow_blank=False, compact=True, id="dtype")
+        yield Static("", id="dtype-error", classes="error")
         yield Static("m: measure on the local device", id="measure-info", classes="info")
 
     def on_mount(self) -> None:
@@ -89,8 +96,9 @@ class SetupPanel(VerticalScroll):
 
     def _ready(self) -> None:
         self._sync_quality_widgets()
-        for w in ("model", "scenario", "quality"):
-            self.set_error(w, "")
+        for w in ERROR_FIELDS:  # hide the empty error lines (not one set before this)
+            if not self._texts.get(f"#{w}-error"):
+                self.set_error(w, "")
 
     # ------------------------------------------------------------------ options
     def set_options(self, models: list[tuple[str, str]], gpus: list[tuple[str, str]]) -> None:
@@ -190,6 +198,11 @@ class SetupPanel(VerticalScroll):
             self._sync_quality_widgets()
             self.set_error("quality", "")
             self.choices = c
+            if event.value == "csv" and not c.quality_csv.strip():
+                # nothing to compute until a path is given: ask for it, no error yet
+                self.set_note("quality", "type the path of your quality CSV below, then Enter")
+                self.query_one("#quality-csv", Input).focus()
+                return
             self._post(replace(c, quality=str(event.value)), "quality")
         elif wid == "dtype":
             self._post(replace(c, dtype=str(event.value)), "dtype")
@@ -222,9 +235,15 @@ class SetupPanel(VerticalScroll):
         except PisError as e:
             self.set_error("model", str(e))
             return False
+        except Exception as e:  # noqa: BLE001 - a bug: shown in the field, never a crash
+            self.set_error("model", f"cannot read {ref}: {type(e).__name__}: {e}")
+            return False
         self.set_note("model",
             f"✓ {getattr(spec, 'name', ref)}: {getattr(spec, 'num_layers', '?')} layers, "
             f"hidden {getattr(spec, 'hidden_size', '?')}")
+        local = Path(ref).expanduser()
+        if ref not in preset_names() and local.exists():
+            ref = str(local.resolve())  # a path: kept absolute, so a restart elsewhere finds it
         c = replace(self.choices, model=ref)
         self.set_choices(c)
         self.post_message(self.Changed(c, "model"))
