@@ -30,7 +30,7 @@ QUALITY_LABELS = (("literature priors (cited)", "priors"), ("own CSV file", "csv
 ERROR_FIELDS = ("model", "gpu", "scenario", "quality", "dtype")  # each has an error line
 
 
-class SetupPanel(VerticalScroll):
+class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not the panel
     DEFAULT_CSS = """
     SetupPanel { width: 36; padding: 0 1; border-right: tall $primary 40%;
                  scrollbar-size-vertical: 1; }
