@@ -256,6 +256,24 @@ def test_choices_changed_just_before_quit_are_saved(tmp_path):
     run(go())
 
 
+def test_choices_are_saved_once_and_at_once_with_no_delay(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        app.save_delay = 0.0  # saved as soon as they compute (the startup benchmark does this)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await until(pilot, lambda: len(be.saved) == 1, what="first save")
+            for _ in range(3):  # re-sweeps of the same choices (as while measuring) rewrite nothing
+                app.request_sweep("measure")
+                await until(pilot, lambda: not app._sweeping)
+                await pilot.pause(0.05)
+            assert len(be.saved) == 1
+            await pilot.press("plus")
+            await until(pilot, lambda: len(be.saved) == 2, what="save after a change")
+            assert be.saved[-1].budget == pytest.approx(0.11)
+    run(go())
+
+
 def test_choices_from_json_is_tolerant():
     base = Choices()
     assert Choices.from_json("not json", base) == base

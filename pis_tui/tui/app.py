@@ -146,6 +146,7 @@ class PisApp(App):
         self._sweep_queued = False
         self._save_timer = None
         self._unsaved: Optional[Choices] = None  # good choices waiting for the save timer
+        self._saved_choices: Optional[Choices] = None  # what the last save wrote
         self._restored = False  # the choices came from the last session
         self._field_error: tuple[str, str] = ("", "")  # (setup field, message) of a failed sweep
         self._shown_warnings: tuple = ()  # the result's warnings last notified (memory fit)
@@ -270,6 +271,8 @@ class PisApp(App):
             return
         self.choices = msg.choices
         self._restored = msg.restored
+        if msg.restored:
+            self._saved_choices = msg.choices  # already what the cache holds
         if self._full:
             self.query_one(SetupPanel).set_choices(msg.choices)
         self._sweeping = True
@@ -533,10 +536,17 @@ class PisApp(App):
         self._apply_choices(c, name)
 
     def _schedule_save(self, choices: Choices) -> None:
+        """Keep `choices` for the next start, once they have rested `save_delay` seconds
+        (each re-sweep while measuring lands here too: unchanged choices are not rewritten)."""
+        if choices == self._saved_choices and self._unsaved is None:
+            return
         self._unsaved = choices
         if self._save_timer is not None:
             self._save_timer.stop()
-        self._save_timer = self.set_timer(self.save_delay, self._save)
+        if self.save_delay <= 0:
+            self._save()
+        else:
+            self._save_timer = self.set_timer(self.save_delay, self._save)
 
     def _save(self) -> None:
         if self._unsaved is not None:
@@ -551,12 +561,14 @@ class PisApp(App):
             choices, self._unsaved = self._unsaved, None
             try:
                 self.backend.save_choices(choices)
+                self._saved_choices = choices
             except Exception:  # noqa: BLE001 - never a traceback at quit; choices are a convenience
                 pass
 
     @work(thread=True, exclusive=True, group="save", exit_on_error=False)
     def _save_worker(self, choices: Choices) -> None:
         self.backend.save_choices(choices)
+        self._saved_choices = choices
         if self._unsaved is choices:  # saved; unless newer choices came meanwhile
             self._unsaved = None
 
