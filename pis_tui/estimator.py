@@ -6,7 +6,10 @@ For each op, in order of trust:
 2. ``shipped``: the same, from a table measured on that GPU elsewhere (profiles/measured/);
 3. ``interpolated``: the roofline time divided by the *utilization* of the nearest measured
    shapes of the same kind on this device (log-space in M, N, K for GEMMs; never below the
-   roofline);
+   roofline).  Only near ones count: a GEMM's (N, K) neighbours within 4× (log distance), each
+   used at most 2× beyond the M range measured for it; an attention shape within 4× overall.
+   A few measured kernels must not lend a decode kernel's (memory-bound) utilization to
+   prefill GEMMs of other shapes: past that reach the op stays ``roofline``;
 4. ``roofline``: the roofline floor max(FLOPs/peak, bytes/bandwidth) corrected by an
    analytical efficiency model (tile and wave quantization on GPUs, attainable shares of peak
    and bandwidth, a per-kernel launch overhead);
@@ -34,6 +37,9 @@ from .hardware import DeviceProfile
 from .ops import Attention, Elementwise, Gemm, Op, Overhead, op_from_dict
 from .results import PhaseEstimate, PricedOp
 
+M_REACH = math.log(2.0)  # extrapolate a (N, K) pair's utilization at most 2× past its M range
+NK_REACH = math.log(4.0)  # (N, K) neighbours within 4× (distance in log space)
+ATTN_REACH = math.log(4.0)  # attention shapes within 4× (summed log distances)
 SOURCE_RANK = {"measured": 0, "shipped": 1, "interpolated": 2, "roofline": 3, "unsupported": 4}
 
 # Analytical efficiency model (used only where nothing was measured on the device).
@@ -237,14 +243,21 @@ class Estimator:
                 v.sort()
             self._gemm_index[cls] = idx
         lm = math.log(op.m)
+
+        def reaches(pts) -> bool:
+            return pts[0][0] - M_REACH <= lm <= pts[-1][0] + M_REACH
+
         if (op.n, op.k) in idx:
-            return _interp_sorted(idx[(op.n, op.k)], lm)
+            pts = idx[(op.n, op.k)]
+            return _interp_sorted(pts, lm) if reaches(pts) else None
         # nearest (N, K) pairs in log space, inverse-distance weighted, each interpolated at M
         ln, lk = math.log(op.n), math.log(op.k)
-        scored = sorted(((math.hypot(math.log(n) - ln, math.log(k) - lk), (n, k)) for n, k in idx))
+        scored = sorted((d, nk) for d, nk in (
+            (math.hypot(math.log(n) - ln, math.log(k) - lk), (n, k)) for n, k in idx)
+            if d <= NK_REACH and reaches(idx[nk]))
         near = scored[:4]
-        if near[0][0] == 0:
-            return _interp_sorted(idx[near[0][1]], lm)
+        if not near:
+            return None
         wsum = usum = 0.0
         for dist, nk in near:
             w = 1.0 / (dist * dist)
@@ -285,8 +298,10 @@ def _attn_distance(a: Attention, b: Attention) -> float:
             + abs(math.log(a.q_heads / a.kv_heads) - math.log(b.q_heads / b.kv_heads)))
 
 
-def _nearest_utilization(op, cands, roofline, dist) -> Optional[float]:
+def _nearest_utilization(op, cands, roofline, dist, reach: float = ATTN_REACH) -> Optional[float]:
     best = min(cands, key=lambda r: dist(op, r.op))
+    if dist(op, best.op) > reach:
+        return None
     return roofline(best.op) / best.ms
 
 

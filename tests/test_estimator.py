@@ -154,3 +154,23 @@ def test_framework_overhead_priced_from_the_probe_on_cpu_zero_under_cuda_graphs(
     # a GPU (CUDA-graph timing) has no host overhead, even with a CPU probe in the records
     g = Estimator(h200, measurements=recs).price(Overhead("x", "linear", "decode", 10.0, "fp32"))
     assert g.ms_per_call == 0.0 and "CUDA-graph" in g.note
+
+
+def test_interpolation_only_from_near_shapes(h200):
+    """One measured decode kernel (memory-bound) must not set the utilization of prefill GEMMs
+    of other shapes: past 2× in M, or (N, K) neighbours past 4×, the op stays roofline."""
+    est0 = Estimator(h200)
+    lm_head = Gemm("lm_head", 4, 151936, 896, dtype="bf16")
+    est = Estimator(h200, measurements=[rec(lm_head, est0.roofline_ms(lm_head) / 0.3)])
+    for g in (Gemm("q", 128, 896, 896, dtype="bf16"), Gemm("lm_head", 128, 151936, 896, dtype="bf16")):
+        assert est.price(g).source == "roofline"
+        assert est.price(g).ms_per_call == pytest.approx(est0.price(g).ms_per_call)
+    near = Gemm("lm_head", 8, 151936, 896, dtype="bf16")  # 2× in M: still near
+    assert est.price(near).source == "interpolated"
+    g = Gemm("q", 64, 4096, 4096, dtype="bf16")
+    est = Estimator(h200, measurements=[rec(g, est0.roofline_ms(g) / 0.5)])
+    assert est.price(Gemm("q", 64, 8192, 8192, dtype="bf16")).source == "interpolated"  # 2×, 2×
+    assert est.price(Gemm("q", 64, 4096, 32768, dtype="bf16")).source == "roofline"  # 8× in K
+    a = Attention("a", 1, 32, 8, 1024, 1024, 128, dtype="bf16")
+    est = Estimator(h200, measurements=[rec(a, est0.roofline_ms(a) / 0.4)])
+    assert est.price(Attention("a", 1, 32, 8, 1, 65536, 128, dtype="bf16")).source == "roofline"
