@@ -224,7 +224,7 @@ class Cache:
                         m = re.search(r"PID (\d+)", str(e))
                         who = f" (pid {m.group(1)})" if m else ""
                         raise CacheError(
-                            f"cache file {self.path} is in use by another pis-tui process{who}; "
+                            f"cache file {self.path} is in use by another process{who}; "
                             f"waited {self.wait_s:g} s. Try again when it finishes, or use another "
                             "cache with --cache PATH / PIS_TUI_CACHE") from None
                     time.sleep(delay)

@@ -314,13 +314,21 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     total = len(ops)
     done = report.reused
 
+    # the chunk being measured: its ops finish together after their last round, so progress
+    # and the ETA count the share of its calls made so far (the bar moves, the ETA updates)
+    part = {"ops": 0, "guess": 0.0, "frac": 0.0, "since": None}
+
     def progress(label: str) -> None:
         if on_progress is None:
             return
+        frac = part["frac"]
+        spent = measure_s + (time.monotonic() - part["since"] if part["since"] else 0.0)
+        dg = done_guess + frac * part["guess"]
         eta = None
-        if done_guess > 0 and measure_s > 0:
-            eta = max(0.0, measure_s / done_guess * remaining_guess)
-        on_progress(done, total, label, time.monotonic() - t0, eta)
+        if dg > 0 and spent > 0:
+            eta = max(0.0, spent / dg * (remaining_guess - frac * part["guess"]))
+        on_progress(min(total, done + int(frac * part["ops"])), total, label,
+                    time.monotonic() - t0, eta)
 
     if not todo and not need_cal:
         report.elapsed_s = time.monotonic() - t0
@@ -360,11 +368,15 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 report.cancelled = True
                 break
             ts = time.monotonic()
+            pos = {o.key(): i for i, (o, _) in enumerate(chunk)}
+            part.update(ops=len(chunk), guess=sum(g for _, g in chunk), frac=0.0, since=ts)
 
             def say(op, r):
                 label = (labels or {}).get(op.key()) or label_of(op)
-                progress(label if rounds == 1 else f"{label} (round {r + 1}/{rounds})")
+                part["frac"] = min(1.0, (r * len(chunk) + pos.get(op.key(), 0)) / (rounds * len(chunk)))
+                progress(label if rounds == 1 else f"{label} (round {min(r, rounds - 1) + 1}/{rounds})")
             got = measure_rounds([o for o, _ in chunk], ctx, rounds, repeats, say, cancel)
+            part.update(ops=0, guess=0.0, frac=0.0, since=None)
             measure_s += time.monotonic() - ts
             for op, guess in chunk:
                 m = got.get(op.key())

@@ -200,7 +200,7 @@ def test_a_file_held_too_long_gives_a_clear_error(tmp_path):
     Cache.open(path)
     p = _hold(path, 4)
     try:
-        with pytest.raises(CacheError, match=r"in use by another pis-tui process \(pid \d+\)"):
+        with pytest.raises(CacheError, match=r"in use by another process \(pid \d+\)"):
             Cache.open(path, wait_s=0.5)
     finally:
         p.kill()
@@ -288,3 +288,29 @@ def test_cache_command(tmp_path):
     assert Cache.open(path).get_measurements(FP) == []
     r = run_cli("cache", "export", str(tmp_path / "o.txt"), "--cache", path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    typo = tmp_path / "typo" / "cahce.duckdb"  # a mistyped path is not a new, empty cache
+    r = run_cli("cache", "export", str(tmp_path / "o2.csv"), "--cache", str(typo))
+    assert r.returncode == 2 and "no cache at" in r.stderr and not typo.parent.exists()
+    r = run_cli("cache", "info", "--cache", str(typo))
+    assert r.returncode == 0 and "no cache at" in r.stdout and not typo.parent.exists()
+
+
+def test_the_explorers_backend_waits_briefly_and_says_why(tmp_path):
+    from pis_tui.tui.backend import Backend, Choices
+
+    path = str(tmp_path / "c.duckdb")
+    be = Backend(cache_path=path)
+    be.save_choices(Choices(budget=0.2))
+    p = _hold(path, 6)
+    try:
+        t = time.monotonic()
+        assert be.load_choices(Choices()) is None  # the screen does not wait 10 s for it
+        be.save_choices(Choices(budget=0.3), wait_s=0.3)
+        assert time.monotonic() - t < 4
+        said = be.take_warnings()
+        assert any("could not be read" in w and "in use by another process" in w for w in said)
+        assert any("could not be saved" in w for w in said) and be.take_warnings() == []
+    finally:
+        p.kill()
+        p.wait(10)
+    assert be.load_choices(Choices()).budget == 0.2

@@ -125,5 +125,15 @@ def test_top_level_options_open_the_explorer_and_budget_hint():
     r = run_cli("--budget", "10")
     assert r.returncode == 2 and "invalid choice" not in r.stderr
     assert "for 10 percent give 0.1 or 10%" in r.stderr
+    r = run_cli("--model", "qwen2.5-0.5b", "--prompt-len", "128", "--dtype", "fp32", "--protocol",
+                "training-free")  # scenario flags reach the explorer; no terminal here, so it stops
+    assert r.returncode == 2 and "needs a terminal" in r.stderr
     r = run_cli("--version")  # stays a top-level option
     assert r.returncode == 0 and r.stdout.startswith("pis-tui ")
+
+
+def test_recommend_prints_bracketed_caveats_verbatim():
+    # "[quality borrowed ...]" in a reason must not be eaten as console markup
+    r = run_cli("recommend", "--model", "qwen2.5-0.5b", "--gpu", "h100-sxm", "--budget", "0.1")
+    assert r.returncode == 0, r.stderr
+    assert "[quality borrowed from LLaMA-7B, quality extrapolated]" in r.stdout

@@ -595,3 +595,21 @@ def test_a_model_that_does_not_fit_is_flagged(tmp_path):
             await until(pilot, lambda: app.snapshot.choices.model == "llama-3.2-1b")
             assert "fit" not in str(app.query_one("#status", Static).render())
     run(go())
+
+
+def test_cache_problems_are_shown_as_notices(tmp_path):
+    """Real backend: a corrupt cache file is moved aside (the CLI warns on stderr; the app
+    must say it too), and a busy file does not hold the screen for long."""
+    from pis_tui.tui.backend import Backend
+
+    path = tmp_path / "c.duckdb"
+    path.write_bytes(b"\x00garbage, not a DuckDB file" * 200)
+
+    async def go():
+        app = PisApp(Backend(cache_path=str(path)), restore=True, save_delay=0.05)
+        async with app.run_test(size=BIG, notifications=True) as pilot:
+            await started(app, pilot)
+            await until(pilot, lambda: any("corrupt" in str(n.message) for n in app._notifications),
+                        what="corrupt-cache notice")
+    run(go())
+    assert list(tmp_path.glob("c.duckdb.corrupt-*"))

@@ -64,7 +64,7 @@ class FakeBackend(Backend):
         text = self.settings.get("tui.last_choices")
         return Choices.from_json(text, base) if text else None
 
-    def save_choices(self, choices):
+    def save_choices(self, choices, wait_s=None):
         self.saved.append(choices)
         self.settings["tui.last_choices"] = choices.to_json()
 

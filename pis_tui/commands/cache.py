@@ -33,9 +33,22 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..cache import DATA_TABLES, Cache
+    from pathlib import Path
+
+    from ..cache import DATA_TABLES, MEMORY, Cache, default_path
+    from ..errors import UserError
     from .common import console
 
+    where = args.cache or default_path()
+    if where != MEMORY and not Path(where).expanduser().exists():
+        # looking into a cache that is not there: a typo, or nothing measured yet; never a
+        # request to create an empty one
+        msg = (f"no cache at {where} (nothing measured there yet; the default is "
+               f"{default_path()}, or set PIS_TUI_CACHE / --cache)")
+        if args.cache_cmd == "info":
+            print(json.dumps({"path": where, "exists": False}) if args.json else msg)
+            return 0
+        raise UserError(msg)
     cache = Cache.open(args.cache)
     con = console()
     if args.cache_cmd == "info":

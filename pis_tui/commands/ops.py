@@ -43,14 +43,16 @@ def run(args) -> int:
                      "ms_per_call": p.ms_per_call, "total_ms": p.total_ms, "source": p.source,
                      "note": p.note} for p in est.ops]})
         return 0
+    from rich.markup import escape
+
     con = console()
-    con.print(f"[bold]{spec.name}[/] · {strat.family} ({FAMILY_AXIS[strat.family]}) "
+    con.print(f"[bold]{escape(spec.name)}[/] · {strat.family} ({FAMILY_AXIS[strat.family]}) "
               f"asked {strat.sparsity:.1%}, achieved {po.achieved_sparsity:.1%} · "
-              f"{scenario.label(args.phase)} · {device.display_name} · {scenario.dtype}")
+              f"{scenario.label(args.phase)} · {escape(device.display_name)} · {scenario.dtype}")
     for k, v in po.dims:
-        con.print(f"  {k}: {v}")
+        con.print(f"  {k}: {v}", markup=False)
     for n in po.notes:
-        con.print(f"  note: {n}")
+        con.print(f"  note: {n}", markup=False)
     t = Table(title_justify="left")
     for c in ("op", "kind", "shape", "count", "GFLOP", "MB", "ms/call", "total ms", "share", "source"):
         t.add_column(c, justify="left" if c in ("op", "kind", "shape", "source") else "right")

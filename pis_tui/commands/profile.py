@@ -254,11 +254,13 @@ def _run(args) -> int:
 
 
 def _print_summary(report, sources, cal, cache, device, scenario) -> None:
+    from rich.markup import escape
+
     from .common import console
 
     con = console()
     state = "cancelled" if report.cancelled else "done"
-    con.print(f"[bold]{state}[/bold] in {_fmt_s(report.elapsed_s)} on {device.display_name}: "
+    con.print(f"[bold]{state}[/bold] in {_fmt_s(report.elapsed_s)} on {escape(device.display_name)}: "
               f"{report.measured} measured, {report.reused} reused from the cache, "
               f"{report.failed} failed (of {report.total} distinct ops incl. the M grid)")
     order = ("measured", "shipped", "interpolated", "roofline", "unsupported")

@@ -260,7 +260,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     t0 = time.time()
     err.print(f"pis-tui quality: {spec.name} ({spec.num_layers} layers) on {device} {dtype_name}; "
               f"{n_calib} calibration + {eval_ids.numel()} evaluation tokens, {len(windows)} windows × "
-              f"{1 + len(variants)} models")
+              f"{1 + len(variants)} models", markup=False)
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err, transient=True) as prog:
@@ -324,7 +324,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     out.print(table)
     out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)")
     for st in unsupported:
-        err.print(f"unsupported: {pruning.UNSUPPORTED[st]}")
+        err.print(f"unsupported: {pruning.UNSUPPORTED[st]}", markup=False)
     if "semi_structured_24" in strategies and pruning.SPARSITY_24 not in sparsities:
         err.print("note: semi_structured_24 is 2:4, always 50% sparse; measured at 0.5")
     if any(st in ("dynamic_depth", "dynamic_sparse_attention") for st in strategies):

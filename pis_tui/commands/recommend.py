@@ -46,18 +46,21 @@ def run(args) -> int:
 def print_recommendations(con, result, recs) -> None:
     from rich.table import Table
 
+    from rich.markup import escape
+
     from ._tables import pct, quality_cell
 
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
-    con.print(f"[bold]{result.spec.name}[/] on {result.device.display_name} · "
+    con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
               f"{result.scenario.dtype} · quality: {metric}, {result.quality_protocol} protocol")
     for ph, r in recs.items():
         con.print(f"\n[bold]{ph}[/] ({result.scenario.label(ph)}), budget {pct(r.budget)}:")
-        con.print(f"  {r.reason}")
+        # reasons, citations and notes hold brackets ("[quality borrowed ...]"): not markup
+        con.print(f"  {r.reason}", markup=False)
         if r.best is not None and r.best.quality.citations:
-            con.print("  quality source: " + "; ".join(r.best.quality.citations[:3]))
+            con.print("  quality source: " + "; ".join(r.best.quality.citations[:3]), markup=False)
         if r.best is not None and r.best.quality.note:
-            con.print(f"  note: {r.best.quality.note}")
+            con.print(f"  note: {r.best.quality.note}", markup=False)
         t = Table(title=f"{ph} frontier", title_justify="left")
         for c in ("strategy", "sparsity", "achieved", "speedup", "FLOPs speedup", "quality loss", "timing"):
             t.add_column(c, justify="left" if c in ("strategy", "timing") else "right")

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from ..tui.backend import DTYPES, PROTOCOLS
+from .common import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("tui", help="open the explorer (the default when no command is given)")
     p.add_argument("--model", "-m", default=None, help="start with this model (else the last one used)")
     p.add_argument("--gpu", "-g", default=None, help="start with this GPU profile or 'local'")
     p.add_argument("--budget", "-b", default=None, help="start with this quality budget (0.10 or 10%%)")
+    g = p.add_argument_group("scenario (each replaces the last session's value)")
+    for flag, what in (("--prefill-batch", "prefill batch"), ("--prompt-len", "prompt length"),
+                       ("--decode-batch", "decode batch"), ("--context-len", "context length")):
+        g.add_argument(flag, type=positive_int(what), default=None)
+    g.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="auto: bf16 on a GPU, fp32 on a CPU")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="quality priors: LoRA-recovered (the study) or training-free")
     p.add_argument("--cache", default=None,
                    help="DuckDB cache file (default: $PIS_TUI_CACHE or the user cache dir)")
     p.add_argument("--no-restore", action="store_true", help="ignore the choices saved last time")
@@ -33,6 +44,9 @@ def run(args) -> int:
         overrides["gpu"] = args.gpu
     if args.budget is not None:
         overrides["budget"] = parse_fraction(args.budget, "budget", 0.0, 0.5)
+    for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len", "dtype", "protocol"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UserError("the explorer needs a terminal; for scripts use 'pis-tui recommend' "
                         "or 'pis-tui sweep --json -'")

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{'prefill ' + str(args.prefill_batch) + '×' + str(args.prompt_len) if 'prefill' in phases else ''}"
                   f"{' + ' if len(phases) == 2 else ''}"
                   f"{'decode batch ' + ','.join(map(str, decode_batches)) + ' @ ' + str(args.context_len) if 'decode' in phases else ''}"
-                  f", {args.repeats} interleaved rounds")
+                  f", {args.repeats} interleaved rounds", markup=False)
     rows = v.validate(args.model, strategies, phases, prefill_batch=args.prefill_batch,
                       prompt_len=args.prompt_len, decode_batches=decode_batches,
                       context_len=args.context_len, dtype=dtype, repeats=args.repeats,
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}")
         notes = sorted({n for r in rows for n in r.notes})
         for n in notes:
-            con.print(f"note: {n}")
+            con.print(f"note: {n}", markup=False)
     return 0
 
 

@@ -269,6 +269,7 @@ class PisApp(App):
     def on_restored(self, msg: Restored) -> None:
         if self.closing:
             return
+        self._show_backend_warnings()
         self.choices = msg.choices
         self._restored = msg.restored
         if msg.restored:
@@ -283,6 +284,7 @@ class PisApp(App):
     def on_options_ready(self, msg: OptionsReady) -> None:
         if self.closing:
             return
+        self._show_backend_warnings()
         self.model_options, self.gpu_options = msg.models, msg.gpus
         if self._full:
             self.query_one(SetupPanel).set_options(msg.models, msg.gpus)
@@ -357,6 +359,7 @@ class PisApp(App):
     def on_sweep_done(self, msg: SweepDone) -> None:
         if self.closing:
             return
+        self._show_backend_warnings()
         snap = msg.snapshot
         stale = snap.choices.sweep_key() != self.choices.sweep_key()
         self._sweep_finished()
@@ -380,6 +383,7 @@ class PisApp(App):
     def on_sweep_failed(self, msg: SweepFailed) -> None:
         if self.closing:
             return
+        self._show_backend_warnings()
         self._sweep_finished()
         if msg.choices.sweep_key() != self.choices.sweep_key():
             return
@@ -560,7 +564,7 @@ class PisApp(App):
         if self._unsaved is not None:
             choices, self._unsaved = self._unsaved, None
             try:
-                self.backend.save_choices(choices)
+                self.backend.save_choices(choices, wait_s=0.5)  # quitting must not hang on a busy file
                 self._saved_choices = choices
             except Exception:  # noqa: BLE001 - never a traceback at quit; choices are a convenience
                 pass
@@ -741,6 +745,13 @@ class PisApp(App):
             self._quit_after_mount = True  # quitting mid-mount trips textual; finish first
             return
         self.exit()
+
+    def _show_backend_warnings(self) -> None:
+        """Cache problems the backend met in a worker (a corrupt file moved aside, a busy
+        file, choices not restored): each said once, as a notice."""
+        take = getattr(self.backend, "take_warnings", None)
+        for w in (take() if take else ()):
+            self.notify(w, title="cache", severity="warning", timeout=12)
 
     @property
     def closing(self) -> bool:

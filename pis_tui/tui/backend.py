@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -130,15 +131,32 @@ class Backend:
     needs the same file.
     """
 
+    #: seconds to wait for a cache file another process holds: sweeps (in a worker) and the
+    #: saved choices (read at start, written at quit) — the screen never waits long on them
+    CACHE_WAIT_S = 3.0
+    SETTINGS_WAIT_S = 1.0
+
     def __init__(self, cache_path: Optional[str] = None, use_cache: bool = True):
         self.cache_path = cache_path
         self.use_cache = use_cache
         self._quality_models: dict = {}
-        self.warnings: list[str] = []  # cache warnings (never printed over the screen)
+        self.warnings: list[str] = []  # cache warnings; the app shows them (take_warnings)
+        self._warn_lock = threading.Lock()
+
+    def _warn(self, msg: str) -> None:
+        with self._warn_lock:
+            self.warnings.append(msg)
+
+    def take_warnings(self) -> list[str]:
+        """Warnings since the last call (a corrupt cache moved aside, a busy file, ...)."""
+        with self._warn_lock:
+            out = list(self.warnings)
+            self.warnings.clear()
+        return out
 
     # ------------------------------------------------------------------ cache
     @contextlib.contextmanager
-    def cache(self, hold: bool = False):
+    def cache(self, hold: bool = False, wait_s: Optional[float] = None):
         """The cache, opened for the duration of a ``with`` (None when unavailable); with
         `hold`, its reads share one connection (see ``Cache.hold``)."""
         c = None
@@ -146,7 +164,8 @@ class Backend:
             try:
                 from ..cache import Cache
 
-                c = Cache.open(self.cache_path, on_warning=self.warnings.append)
+                c = Cache.open(self.cache_path, on_warning=self._warn,
+                               wait_s=self.CACHE_WAIT_S if wait_s is None else wait_s)
             except ImportError:
                 c = None
         try:
@@ -162,23 +181,24 @@ class Backend:
 
     def load_choices(self, base: Choices) -> Optional[Choices]:
         try:
-            with self.cache() as c:
+            with self.cache(wait_s=self.SETTINGS_WAIT_S) as c:
                 if c is None or not hasattr(c, "get_setting"):
                     return None
                 text = c.get_setting(SETTINGS_KEY)
-        except PisError:
+        except PisError as e:
+            self._warn(f"your last choices could not be read, starting from the defaults: {e}")
             return None
         if not text:
             return None
         return Choices.from_json(text, base)
 
-    def save_choices(self, choices: Choices) -> None:
+    def save_choices(self, choices: Choices, wait_s: Optional[float] = None) -> None:
         try:
-            with self.cache() as c:
+            with self.cache(wait_s=self.SETTINGS_WAIT_S if wait_s is None else wait_s) as c:
                 if c is not None and hasattr(c, "put_setting"):
                     c.put_setting(SETTINGS_KEY, choices.to_json())
-        except PisError:
-            pass
+        except PisError as e:
+            self._warn(f"your choices could not be saved for next time: {e}")
 
     # ------------------------------------------------------------------ options
     def default_gpu(self) -> str:

@@ -69,7 +69,9 @@ class ParetoChart(PlotextPlot):
             plt.plot(xs, ys, marker="braille", color=FRONTIER_COLOR)
         xmax = max(max(100 * p.quality.value for p in known), 100 * budget) * 1.08 + 0.5
         plt.vertical_line(100 * budget, color=BUDGET_COLOR)
-        fams = [f for f in FAMILY_STYLE if any(p.strategy == f for p in known)]
+        # the dense baseline last, on top: a family with no gain at zero loss sits on it
+        fams = sorted((f for f in FAMILY_STYLE if any(p.strategy == f for p in known)),
+                      key=lambda f: f == "dense")
         for fam in fams:
             fp = sorted((p for p in known if p.strategy == fam), key=lambda p: p.sparsity)
             marker, color = FAMILY_STYLE[fam]

@@ -98,7 +98,7 @@ class PointsView(Vertical):
                 "speedup": Text(speed(p.speedup), justify="right", style="bold" if p.speedup > 1 else ""),
                 "loss": Text(loss_text(q) + quality_flags(q), justify="right"),
                 "flops": Text(speed(p.flops_speedup), justify="right"),
-                "gap": Text(f"{100 * p.gap:+.0f}%", justify="right"),
+                "gap": Text(f"{round(100 * p.gap) + 0:+d}%", justify="right"),  # never "-0%"
                 "latency": Text(f"{p.latency_ms:.3f}", justify="right"),
                 "achieved": Text(pct(p.achieved_sparsity), justify="right"),
                 "timing": p.timing_source,

@@ -21,7 +21,7 @@ SHOTS = (
     # name, size, choices overrides, keys
     ("pareto", (120, 36), {}, ()),
     ("beyond-flops", (120, 36), {}, ("2",)),
-    ("points", (120, 36), {}, ("3",)),
+    ("points", (120, 36), {}, ("s", "3")),  # setup hidden: every column in view
     ("ops", (120, 36), {}, ("3", "d")),
     ("export", (120, 36), {}, ("e",)),
     ("help", (120, 36), {}, ("question_mark",)),
