@@ -137,3 +137,14 @@ def test_recommend_prints_bracketed_caveats_verbatim():
     r = run_cli("recommend", "--model", "qwen2.5-0.5b", "--gpu", "h100-sxm", "--budget", "0.1")
     assert r.returncode == 0, r.stderr
     assert "[quality borrowed from LLaMA-7B, quality extrapolated]" in r.stdout
+
+
+def test_output_path_mistakes_are_one_clear_line(tmp_path):
+    r = run_cli("sweep", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--json", "")
+    assert r.returncode == 2 and "empty path for --json" in r.stderr
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = run_cli("sweep", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--json", str(f / "x.json"))
+    assert r.returncode == 2 and "is a file, not a directory" in r.stderr
+    r = run_cli("ops", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--sparsity", "0.5")
+    assert r.returncode == 2 and "--sparsity needs a pruning --strategy" in r.stderr

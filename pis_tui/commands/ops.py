@@ -9,7 +9,7 @@ def register(sub) -> None:
     p = sub.add_parser("ops", help="show what a family does to the GEMMs: the priced op list")
     add_model_gpu(p)
     p.add_argument("--strategy", "-s", default="dense")
-    p.add_argument("--sparsity", default="0.25")
+    p.add_argument("--sparsity", default=None, help="fraction removed (default 0.25; not with dense)")
     p.add_argument("--phase", choices=("prefill", "decode"), default="prefill")
     add_scenario(p)
     add_strategy_options(p)
@@ -24,14 +24,18 @@ def run(args) -> int:
     from rich.table import Table
 
     from ..engine import make_estimator, resolve
+    from ..errors import UserError
     from ..taxonomy import FAMILY_AXIS, Strategy, build_phase_ops
     from ._run import open_cache_if_local, scenario_from_args
     from .common import console, dump_json, resolve_gpu
 
     spec, device = resolve(args.model, resolve_gpu(args.gpu))
     scenario = scenario_from_args(args, device)
-    strat = Strategy(args.strategy, parse_fraction(args.sparsity, "sparsity", 0.0, 0.9),
-                     args.granularity, args.align)
+    if args.strategy == "dense" and args.sparsity is not None:
+        raise UserError("--sparsity needs a pruning --strategy (dense is the unpruned baseline)")
+    sparsity = 0.0 if args.strategy == "dense" else parse_fraction(args.sparsity or "0.25",
+                                                                   "sparsity", 0.0, 0.9)
+    strat = Strategy(args.strategy, sparsity, args.granularity, args.align)
     po = build_phase_ops(spec, strat, scenario, args.phase)
     est = make_estimator(device, scenario.dtype, open_cache_if_local(args, device)).estimate(po)
     if args.json_out:
