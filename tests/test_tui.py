@@ -613,3 +613,18 @@ def test_cache_problems_are_shown_as_notices(tmp_path):
                         what="corrupt-cache notice")
     run(go())
     assert list(tmp_path.glob("c.duckdb.corrupt-*"))
+
+
+def test_the_backend_names_the_field_at_fault(tmp_path):
+    from pis_tui.errors import PisError
+    from pis_tui.tui.backend import Backend
+
+    be = Backend(cache_path=str(tmp_path / "c.duckdb"))
+    cases = {"model": Choices(model=str(tmp_path / "nope" / "config.json")),
+             "gpu": Choices(gpu="no-such-gpu"),
+             "dtype": Choices(gpu="a100-80gb", dtype="fp8"),
+             "quality": Choices(quality="csv", quality_csv=str(tmp_path / "missing.csv"))}
+    for field, choices in cases.items():
+        with pytest.raises(PisError) as e:
+            be.compute(choices)
+        assert e.value.field == field, (field, str(e.value))

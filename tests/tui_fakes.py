@@ -89,7 +89,9 @@ class FakeBackend(Backend):
     def compute(self, choices: Choices) -> Snapshot:
         self.computed.append(choices)
         if choices.model == "broken":
-            raise UserError("broken: the fake engine refuses this model")
+            e = UserError("broken: the fake engine refuses this model")
+            e.field = "model"  # as the real backend tags it (tui.backend._blame)
+            raise e
         qmul = MODELS.get(choices.model, 1.2)
         gmul = {"h200-sxm": 1.0, "a100-80gb": 1.5, "local": 20.0}.get(choices.gpu, 1.0)
         measured = self.measured() if choices.gpu == "local" else 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional
 
 from rich.text import Text
@@ -38,7 +37,7 @@ from .points_table import PointsView
 from .profile_worker import ProfileRunner
 from .progress import ProfilePanel
 from .recommendation_panel import RecommendationPanel
-from .setup_panel import SetupPanel
+from .setup_panel import ERROR_FIELDS, SetupPanel
 
 CSS = """
 Screen { layout: vertical; }
@@ -313,7 +312,7 @@ class PisApp(App):
         try:
             snap = self.backend.compute(choices)
         except PisError as e:
-            self.post_message(SweepFailed(choices, str(e), field))
+            self.post_message(SweepFailed(choices, str(e), getattr(e, "field", "") or field))
         except Exception as e:  # noqa: BLE001 - a bug: shown, never a crash
             self.post_message(SweepFailed(choices, f"internal error: {type(e).__name__}: {e}", field))
         else:
@@ -412,20 +411,12 @@ class PisApp(App):
             else:
                 self.query_one(SetupPanel).display = self.setup_visible = True
 
-    def _error_field(self, msg: SweepFailed) -> str:
-        """The setup field a failed sweep's error belongs to ("" when none fits)."""
-        if msg.field in ("quality", "protocol") or "quality" in msg.error or "perplexity" in msg.error:
-            return "quality"
-        if msg.field in ("model", "scenario", "gpu", "dtype"):
-            return msg.field
-        c = msg.choices
-        if msg.error.startswith(c.model) or msg.error.startswith(str(Path(c.model).expanduser())):
-            return "model"
-        if "dtype" in msg.error or c.dtype in msg.error.split():
-            return "dtype"
-        if c.gpu in msg.error:
-            return "gpu"
-        return ""
+    @staticmethod
+    def _error_field(msg: SweepFailed) -> str:
+        """The setup field with an error line for a failed sweep ("" when none: the status
+        line alone says it).  The backend names the field at fault; else the one changed."""
+        field = "quality" if msg.field == "protocol" else msg.field
+        return field if field in ERROR_FIELDS else ""
 
     # ------------------------------------------------------------------ showing
     def _show(self, snap: Snapshot, rerank_only: bool = False) -> None:
@@ -458,10 +449,10 @@ class PisApp(App):
         src = {"priors": "priors", "csv": "own CSV", "measured": "measured"}[snap.choices.quality]
         running = " · measuring…" if self.runner is not None and self.runner.running else ""
         fit = ""
-        warnings = tuple(getattr(r, "warnings", ()))
+        warnings = tuple(r.warnings)
         if warnings:
-            fit = "⚠ " + ("does not fit on this GPU" if any("not fit" in w for w in warnings)
-                          else "memory is tight") + " (see the notice) · "
+            fits = all(r.memory.get("fits", {}).values())
+            fit = "⚠ " + ("memory is tight" if fits else "does not fit on this GPU") + " (see the notice) · "
             if warnings != self._shown_warnings:
                 self.notify("\n".join(warnings), title="memory", severity="warning", timeout=12)
         self._shown_warnings = warnings
@@ -749,8 +740,7 @@ class PisApp(App):
     def _show_backend_warnings(self) -> None:
         """Cache problems the backend met in a worker (a corrupt file moved aside, a busy
         file, choices not restored): each said once, as a notice."""
-        take = getattr(self.backend, "take_warnings", None)
-        for w in (take() if take else ()):
+        for w in self.backend.take_warnings():
             self.notify(w, title="cache", severity="warning", timeout=12)
 
     @property

@@ -286,21 +286,28 @@ class Backend:
         return self._quality_models[key]
 
     def compute(self, choices: Choices) -> Snapshot:
-        """Sweep every family × sparsity × phase and recommend per phase (no torch)."""
-        from ..engine import default_dtype, sweep
+        """Sweep every family × sparsity × phase and recommend per phase (no torch).  A
+        PisError names the setup field at fault in its ``field`` attribute."""
+        from ..engine import check_dtype, default_dtype, sweep
         from ..hardware import load_gpu
         from ..scenario import Scenario
 
         t0 = time.perf_counter()
-        spec = resolve_model(choices.model)
-        device = load_gpu(choices.gpu)
-        dtype = default_dtype(device) if choices.dtype == "auto" else choices.dtype
-        scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
-                            choices.context_len, dtype)
+        with _blame("model"):
+            spec = resolve_model(choices.model)
+        with _blame("gpu"):
+            device = load_gpu(choices.gpu)
+        with _blame("dtype"):
+            dtype = default_dtype(device) if choices.dtype == "auto" else choices.dtype
+            check_dtype(device, dtype)
+        with _blame("scenario"):
+            scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
+                                choices.context_len, dtype)
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
-            quality = self._quality_model(choices, spec, cache)
+            with _blame("quality"):
+                quality = self._quality_model(choices, spec, cache)
             result = sweep(spec, device, scenario, quality=quality,
                            cache=cache if device.is_local else None)
         if device.is_local:
@@ -340,6 +347,17 @@ class Backend:
         except OSError as e:
             raise UserError(f"{p}: cannot write ({e.strerror})") from None
         return p.resolve()
+
+
+@contextlib.contextmanager
+def _blame(field_name: str):
+    """Tag a PisError raised in the block with the setup field it belongs to."""
+    try:
+        yield
+    except PisError as e:
+        if not getattr(e, "field", ""):
+            e.field = field_name
+        raise
 
 
 def export_name(snapshot: Snapshot, ext: str = "json") -> str:
