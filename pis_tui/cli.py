@@ -30,8 +30,16 @@ def _command_modules() -> list:
     return [importlib.import_module(f"{commands.__name__}.{n}") for n in names]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (argparse would print the usage block first); its
+    subcommands' parsers are of this class as well."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pis-tui",
         description="How much faster do prefill and decode really get when you prune this LLM "
                     "this way, on this GPU, and what does it cost in quality? Run without a "

@@ -148,3 +148,10 @@ def test_output_path_mistakes_are_one_clear_line(tmp_path):
     assert r.returncode == 2 and "is a file, not a directory" in r.stderr
     r = run_cli("ops", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--sparsity", "0.5")
     assert r.returncode == 2 and "--sparsity needs a pruning --strategy" in r.stderr
+
+
+def test_usage_mistakes_are_one_line_too():
+    for args in (("sweep", "--prompt-len", "0"), ("cache",), ("nonsense",), ("recommend", "--bogus")):
+        r = run_cli(*args)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "--help" in lines[0], (args, r.stderr)

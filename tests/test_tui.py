@@ -628,3 +628,10 @@ def test_the_backend_names_the_field_at_fault(tmp_path):
         with pytest.raises(PisError) as e:
             be.compute(choices)
         assert e.value.field == field, (field, str(e.value))
+
+
+def test_the_palette_offers_every_key_bound_action():
+    from pis_tui.tui.palette import ACTIONS
+
+    bound = {b.action for b in PisApp.BINDINGS}
+    assert bound <= {a for _, _, a in ACTIONS}, bound - {a for _, _, a in ACTIONS}
