@@ -635,3 +635,26 @@ def test_the_palette_offers_every_key_bound_action():
 
     bound = {b.action for b in PisApp.BINDINGS}
     assert bound <= {a for _, _, a in ACTIONS}, bound - {a for _, _, a in ACTIONS}
+
+
+def test_a_dropped_ssh_connection_stops_measuring_and_saves(tmp_path):
+    import signal
+
+    async def go():
+        app, be = make_app(tmp_path, n_ops=400, delay=0.05)
+        app.save_delay = 30.0
+        async with app.run_test(size=BIG) as pilot:
+            await start_measuring(app, pilot)
+            await until(pilot, lambda: len(app.profile_events) >= 1, what="progress")
+            assert signal.getsignal(signal.SIGHUP) == app._on_hangup
+            proc = app.runner.proc
+            await pilot.press("plus")
+            app._on_hangup(signal.SIGHUP, None)  # what the kernel's SIGHUP calls
+            await pilot.pause(0.2)
+        return proc, be
+    before = signal.getsignal(signal.SIGHUP)
+    proc, be = run(go())
+    proc.wait(timeout=5)
+    assert proc.returncode is not None
+    assert Choices.from_json(be.settings["tui.last_choices"]).budget == pytest.approx(0.11)
+    assert signal.getsignal(signal.SIGHUP) == before  # handed back at exit

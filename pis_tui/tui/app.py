@@ -11,6 +11,8 @@ re-ranks on the spot without re-sweeping.
 from __future__ import annotations
 
 import gc
+import signal
+import threading
 import time
 from dataclasses import replace
 from typing import Optional
@@ -160,6 +162,7 @@ class PisApp(App):
         self._mounting = False
         self._quit_after_mount = False
         self.heap_frozen = False
+        self._old_hangup = None  # the SIGHUP handler before ours
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -194,7 +197,25 @@ class PisApp(App):
             self._lag_last = time.perf_counter()
             self.set_interval(0.02, self._lag_tick)
         self.set_interval(min(self.resweep_interval, 0.25), self._coalesced_resweep)
+        self._catch_hangup()
         self._startup()
+
+    def _catch_hangup(self) -> None:
+        """An SSH connection that drops sends SIGHUP, which would end the app on the spot:
+        instead stop the measuring child politely (it keeps what it measured), save the
+        choices and quit."""
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._old_hangup = signal.signal(signal.SIGHUP, self._on_hangup)
+        except (ValueError, OSError):
+            pass
+
+    def _on_hangup(self, signum=None, frame=None) -> None:
+        if self.runner is not None and self.runner.running:
+            self.runner.cancel(grace_s=1.0)
+        self._flush_save()
+        self.exit()
 
     def on_resize(self, event) -> None:
         if self._short is not None:  # after mount
@@ -762,6 +783,9 @@ class PisApp(App):
 
     def on_unmount(self) -> None:
         self._flush_save()
+        if self._old_hangup is not None:
+            signal.signal(signal.SIGHUP, self._old_hangup)
+            self._old_hangup = None
         if self.heap_frozen:
             gc.unfreeze()
             self.heap_frozen = False
