@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    empty = [k for k, v in vars(args).items() if k.endswith(("_out", "path", "out")) and v == ""]
+    empty = [k for k, v in vars(args).items() if k.endswith(("out", "path")) and v == ""]
     if empty:  # `--json ''` would silently write nothing
         what = "PATH" if empty[0] == "path" else "--" + empty[0].removesuffix("_out").replace("_", "-")
         print(f"pis-tui: error: an empty path for {what}: give a file name", file=sys.stderr)
