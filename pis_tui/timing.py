@@ -265,7 +265,7 @@ def _copies_for(ctx: DeviceContext, state_bytes: float, check: bool) -> int:
     cache = 2 * ctx.cache_mb * 2**20
     if check or state_bytes <= 0 or state_bytes >= cache:
         return 1
-    return min(math.ceil(cache / state_bytes) + 1, 4096)
+    return min(math.ceil(cache / state_bytes) + 1, 1 << 16)
 
 
 def _pool_elems(ctx: DeviceContext, dtype: str) -> int:
