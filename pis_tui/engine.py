@@ -24,8 +24,8 @@ from .model_spec import ModelSpec, load_model_spec
 from .profiles import profile_path
 from .results import PhaseEstimate, Point, QualityEstimate
 from .scenario import PHASES, Scenario
-from .taxonomy import (DEFAULT_SPARSITIES, DEFAULT_STRATEGIES, PhaseOps, Strategy,
-                       build_phase_ops, strategies_grid)
+from . import families
+from .taxonomy import PhaseOps, Strategy, build_phase_ops, strategies_grid
 
 
 @dataclass
@@ -129,21 +129,23 @@ def phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, phase: st
 
 
 def sweep(model, gpu, scenario: Optional[Scenario] = None,
-          strategies: Iterable[str] = DEFAULT_STRATEGIES,
-          sparsities: Iterable[float] = DEFAULT_SPARSITIES, *,
+          strategies: Optional[Iterable[str]] = None,
+          sparsities: Optional[Iterable[float]] = None, *,
           granularity: str = "layer", align: int = 128, quality=None, cache=None,
           phases: Iterable[str] = PHASES,
           on_progress: Optional[Callable[[int, int], None]] = None) -> SweepResult:
     """Price every strategy × sparsity × phase and attach quality costs.
 
     `quality` is a quality model with ``estimate(model_name, strategy, sparsity)`` (see
-    pis_tui.quality) or None; `cache` a pis_tui.cache.Cache or None.
+    pis_tui.quality) or None; `cache` a pis_tui.cache.Cache or None.  ``strategies`` None:
+    every registered family; ``sparsities`` None: each family's default grid.
     """
     spec, device = resolve(model, gpu)
     scenario = scenario or Scenario(dtype=default_dtype(device))
     check_dtype(device, scenario.dtype)
     est = make_estimator(device, scenario.dtype, cache)
-    grid = strategies_grid(tuple(strategies), tuple(sparsities), granularity, align)
+    grid = strategies_grid(families.pruned() if strategies is None else tuple(strategies),
+                           None if sparsities is None else tuple(sparsities), granularity, align)
     phases = tuple(phases)
     estimates: list[PhaseEstimate] = []
     ops_by_key: dict = {}

@@ -1,7 +1,9 @@
 """Serialises sweep results and recommendations: the "pis-tui/1" JSON schema and CSV.
 
 The schema ships as ``pis_tui/schema/pis-tui-1.schema.json``; keys are stable (scripts read
-them): add, never rename.
+them): add, never rename.  Its lists of names are generated (:func:`build_schema`: the family
+enum from the registry), and the committed file is what the built-in families generate
+(``python -m pis_tui.export`` rewrites it; a test checks it is current).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from . import families
 from .engine import SweepResult
 from .results import Point, Recommendation
 
@@ -116,6 +119,24 @@ def to_csv(result: SweepResult) -> str:
     return buf.getvalue()
 
 
-def load_schema() -> dict:
+def build_schema() -> dict:
+    """The pis-tui/1 JSON Schema for the families registered now (the committed file with its
+    generated lists filled in)."""
     with open(SCHEMA_PATH, encoding="utf-8") as f:
-        return json.load(f)
+        schema = json.load(f)
+    schema["$defs"]["family"]["enum"] = list(families.names())
+    return schema
+
+
+def schema_text(schema: dict) -> str:
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def load_schema() -> dict:
+    """The schema every export is validated against (generated: see :func:`build_schema`)."""
+    return build_schema()
+
+
+if __name__ == "__main__":  # regenerate the committed schema from the built-in families
+    SCHEMA_PATH.write_text(schema_text(build_schema()), encoding="utf-8")
+    print(f"wrote {SCHEMA_PATH}")

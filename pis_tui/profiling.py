@@ -140,11 +140,12 @@ def label_of(op: Op) -> str:
 
 def plan_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=None,
                   options=None) -> list[PlannedOp]:
-    from .taxonomy import DEFAULT_SPARSITIES, DEFAULT_STRATEGIES, build_phase_ops, strategies_grid
+    from . import families
+    from .taxonomy import build_phase_ops, strategies_grid
 
     opt = PlanOptions.of(options)
-    strategies = tuple(strategies) if strategies else DEFAULT_STRATEGIES
-    sparsities = tuple(sparsities) if sparsities else DEFAULT_SPARSITIES
+    strategies = tuple(strategies) if strategies else families.pruned()
+    sparsities = tuple(sparsities) if sparsities else None
     roof = _roofline(device)
     found: dict[str, PlannedOp] = {}
     dense_pairs: set = set()
@@ -584,13 +585,15 @@ def source_counts(spec, device, scenario: Scenario, strategies=None, sparsities=
     """How the sweep's distinct ops would be priced now: {measured, shipped, interpolated,
     roofline, unsupported} (what `profile` reports at the end)."""
     from .engine import make_estimator
-    from .taxonomy import DEFAULT_SPARSITIES, DEFAULT_STRATEGIES, build_phase_ops, strategies_grid
+    from . import families
+    from .taxonomy import build_phase_ops, strategies_grid
 
     opt = PlanOptions.of(options)
     est = make_estimator(device, scenario.dtype, cache)
     seen: dict = {}
-    for strat in strategies_grid(tuple(strategies or DEFAULT_STRATEGIES),
-                                 tuple(sparsities or DEFAULT_SPARSITIES), opt.granularity, opt.align):
+    for strat in strategies_grid(tuple(strategies or families.pruned()),
+                                 tuple(sparsities) if sparsities else None, opt.granularity,
+                                 opt.align):
         for ph in opt.phases:
             for o in build_phase_ops(spec, strat, scenario, ph).ops:
                 k = o.key()

@@ -27,9 +27,12 @@ Importance comes from one calibration pass (:func:`calibrate`) over token window
 * ``dynamic_sparse_attention``: block-sparse causal attention keeping, per query block,
   the top (1−s) of its causal key blocks by pooled q·k score (the diagonal block always
   kept).  Also an oracle: the scores are computed from the full q and k.
-* ``static_width_hidden`` (SliceGPT-like) is not implemented: :data:`UNSUPPORTED` says why.
+* ``static_width_hidden`` (SliceGPT-like) is not implemented: its family's
+  ``quality_unsupported`` says why (:func:`unsupported`).
 
-torch is imported inside the functions (this module is imported by the CLI lazily anyway).
+Each family's ``prune`` hook (``pis_tui/families``) calls its function here; :func:`apply` is
+the one entry point.  torch is imported inside the functions (this module is imported by the
+CLI lazily anyway).
 """
 
 from __future__ import annotations
@@ -38,24 +41,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import families
 from .errors import UserError
 
-#: families this module can apply to a real model
-MEASURABLE = ("static_depth", "dynamic_depth", "static_width", "semi_structured_24",
-              "unstructured", "low_rank", "dynamic_sparse_attention")
 
-#: families it cannot, with the reason shown to the user
-UNSUPPORTED = {
-    "static_width_hidden": "static_width_hidden (SliceGPT-like) needs a PCA rotation of the residual "
-                           "stream fused into every layer; not implemented for measured quality",
-}
+def measurable() -> tuple[str, ...]:
+    """Families that can be applied to a real model (the registry's, in its order)."""
+    return tuple(f.name for f in families.all_families() if not f.is_baseline and f.quality_supported)
+
+
+def unsupported() -> dict[str, str]:
+    """Families that cannot, with the reason shown to the user."""
+    return {f.name: f.quality_unsupported_reason for f in families.all_families()
+            if not f.is_baseline and not f.quality_supported}
+
 
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
-
-#: the fixed sparsity of 2:4
-SPARSITY_24 = 0.5
-
 
 # ---------------------------------------------------------------------------------------------
 # model layout
@@ -416,7 +418,7 @@ def wanda_scores(lin, in_norm):
     return lin.weight.data.abs().float() * in_norm.to(lin.weight.device).float()[None, :]
 
 
-def prune_semi_structured_24(model, cal: Calibration, sparsity: float = SPARSITY_24) -> PruneResult:
+def prune_semi_structured_24(model, cal: Calibration, sparsity: float = 0.5) -> PruneResult:
     """In every group of 4 consecutive input weights of each decoder linear, keep the 2 of
     highest Wanda score (the sparsity is fixed at 0.5 whatever is asked)."""
     import torch
@@ -464,12 +466,6 @@ def prune_unstructured(model, sparsity: float, cal: Calibration) -> PruneResult:
 # low_rank
 # ---------------------------------------------------------------------------------------------
 
-def low_rank_rank(n_out: int, k_in: int, sparsity: float) -> int:
-    """r = (1−s)·N·K/(N+K) rounded to a multiple of 8, at least 8."""
-    r = (1 - sparsity) * n_out * k_in / (n_out + k_in)
-    return max(8, _round_half_up(r / 8) * 8)
-
-
 def _low_rank_class():
     import torch.nn as nn
 
@@ -497,6 +493,8 @@ def prune_low_rank(model, sparsity: float, svd_cache: dict | None = None) -> Pru
     linear is decomposed once for all sparsities (the SVD dominates the cost on CPU)."""
     import torch
     import torch.nn as nn
+
+    from .families.low_rank import rank as low_rank_rank
 
     LowRankLinear = _low_rank_class()
     before = decoder_linear_params(model)
@@ -675,28 +673,17 @@ def enable_block_sparse_attention(model, sparsity: float, block: int = 64) -> Pr
 
 def apply(model, strategy: str, sparsity: float, cal: Calibration | None, *, align: int | None = None,
           granularity: str = "layer", block: int = 64, svd_cache: dict | None = None) -> PruneResult:
-    """Prune ``model`` in place by family ``strategy`` at ``sparsity``.  ``cal`` (from
-    :func:`calibrate`) is needed by static_depth, static_width, semi_structured_24, unstructured."""
-    if strategy in UNSUPPORTED:
-        raise UserError(UNSUPPORTED[strategy])
-    if strategy == "dense":
-        return PruneResult("dense", 0.0, 0.0)
-    if strategy not in MEASURABLE:
-        raise UserError(f"unknown strategy {strategy!r} (measurable: {', '.join(MEASURABLE)})")
+    """Prune ``model`` in place by family ``strategy`` at ``sparsity`` (the family's ``prune``
+    hook).  ``cal`` (from :func:`calibrate`) is needed by the families whose
+    ``needs_calibration`` is set (static_depth, static_width, semi_structured_24, unstructured)."""
+    fam = families.get(strategy)
+    if fam.is_baseline:
+        return fam.prune(model, 0.0, cal)
+    if not fam.quality_supported:
+        raise UserError(fam.quality_unsupported_reason)
     if not 0.0 <= sparsity < 1.0:
         raise UserError(f"sparsity {sparsity} is outside [0, 1)")
-    if strategy in ("static_depth", "static_width", "semi_structured_24", "unstructured") and cal is None:
+    if fam.needs_calibration and cal is None:
         raise ValueError(f"{strategy} needs a calibration")
-    if strategy == "static_depth":
-        return prune_static_depth(model, sparsity, cal, granularity)
-    if strategy == "static_width":
-        return prune_static_width(model, sparsity, cal, align)
-    if strategy == "semi_structured_24":
-        return prune_semi_structured_24(model, cal)
-    if strategy == "unstructured":
-        return prune_unstructured(model, sparsity, cal)
-    if strategy == "low_rank":
-        return prune_low_rank(model, sparsity, svd_cache)
-    if strategy == "dynamic_depth":
-        return enable_dynamic_depth(model, sparsity)
-    return enable_block_sparse_attention(model, sparsity, block)
+    return fam.prune(model, sparsity, cal, align=align, granularity=granularity, block=block,
+                     svd_cache=svd_cache)

@@ -48,11 +48,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from . import families
 from .errors import UserError
 from .results import QualityEstimate
 
-FAMILIES = ("dense", "static_depth", "dynamic_depth", "static_width", "static_width_hidden",
-            "semi_structured_24", "unstructured", "low_rank", "dynamic_sparse_attention")
 PROTOCOLS = ("lora", "training-free", "trained")
 METRICS = ("accuracy_drop", "ppl_increase")
 _EPS = 1e-9
@@ -375,8 +374,9 @@ def load_user_csv(path) -> list[UserQualityRow]:
         strat = get("strategy").lower().replace("-", "_")
         if not strat:
             raise UserError(f"{where}: strategy is empty")
-        if strat not in FAMILIES:
-            raise UserError(f"{where}: unknown strategy {get('strategy')!r} (choose from {', '.join(FAMILIES)})")
+        if not families.is_family(strat):
+            raise UserError(f"{where}: unknown strategy {get('strategy')!r} "
+                            f"(choose from {', '.join(families.names())})")
         sp = _user_number(get("sparsity"), "sparsity", where, 0.0, 0.99, lo_open=True)
         q = _user_number(get("quality_loss"), "quality_loss", where, -1.0, 1.0)
         if strat == "dense" and q != 0.0:
@@ -401,7 +401,7 @@ def _measured_obs(rows) -> list[_Obs]:
         else:
             m, st, sp = r.model, r.strategy, getattr(r, "achieved_sparsity", None) or r.sparsity
             v = r.ppl_increase
-        if st not in FAMILIES:
+        if not families.is_family(st):
             raise UserError(f"measured quality: unknown strategy {st!r}")
         if v is None or not math.isfinite(float(v)):
             continue
@@ -476,8 +476,7 @@ class QualityModel:
     # -- public API
     def estimate(self, model_name: str, strategy: str, sparsity: float) -> QualityEstimate:
         """Quality loss at the ACHIEVED sparsity (share actually removed)."""
-        if strategy not in FAMILIES:
-            raise UserError(f"unknown strategy {strategy!r}; choose from {', '.join(FAMILIES)}")
+        families.get(strategy)  # UserError naming the families
         s = float(sparsity)
         if not math.isfinite(s) or s < 0 or s > 1:
             raise ValueError(f"sparsity {sparsity!r} outside [0, 1]")

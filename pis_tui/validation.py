@@ -52,8 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import families
 from . import taxonomy as tx
 from .errors import MeasureError, UserError
+from .layer_ops import ATTN_BLOCK, overhead_phase
 from .model_spec import ModelSpec, load_model_spec, load_preset_config, preset_names
 from .scenario import Scenario
 
@@ -61,14 +63,22 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 ATTN_IMPL = "pis_sdpa"  # SDPA without transformers' mask construction (see _register_attention)
 BLOCK_SPARSE_IMPL = "pis_block_sparse"
-BLOCK = tx.ATTN_BLOCK
+BLOCK = ATTN_BLOCK
 PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-#: the standard set of ``validate --all`` and the accuracy benchmark
-STANDARD_FAMILIES = ("static_depth", "static_width", "low_rank", "dynamic_depth")
-EXTRA_FAMILIES = ("static_width_hidden", "unstructured", "semi_structured_24",
-                  "dynamic_sparse_attention")
 STANDARD_SPARSITIES = (0.25, 0.5)
+
+
+def standard_families() -> tuple[str, ...]:
+    """The standard set of ``validate --all`` and the accuracy benchmark (the registry's
+    ``validate_standard`` families), in the registry's order."""
+    return tuple(f.name for f in families.all_families() if f.validate_standard)
+
+
+def extra_families() -> tuple[str, ...]:
+    """The other pruned families (``validate --all`` without ``--core-only``)."""
+    return tuple(f.name for f in families.all_families()
+                 if not f.validate_standard and not f.is_baseline)
 
 
 # ============================================================== configs
@@ -129,37 +139,19 @@ class PrunedDims:
 
 
 def pruned_dims(spec: ModelSpec, strategy: tx.Strategy) -> PrunedDims:
-    fam, s = strategy.family, strategy.effective_sparsity
+    """The dense dims, changed by the family's ``validate_dims`` hook."""
     L = spec.num_layers
     d = dict(num_layers=L, attn_layers=L, mlp_layers=L, hidden_size=spec.hidden_size,
              num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
              intermediate_size=spec.intermediate_size)
-    if fam == "static_depth":
-        if strategy.granularity == "layer":
-            kept = L - tx.layers_dropped(spec, s)
-            d.update(num_layers=kept, attn_layers=kept, mlp_layers=kept)
-        else:
-            da, dm = tx.sublayers_dropped(spec, s)
-            d.update(num_layers=L - min(da, dm), attn_layers=L - da, mlp_layers=L - dm)
-    elif fam == "static_width":
-        g = tx.kept_kv_groups(spec, s)
-        d.update(num_heads=g * spec.gqa_group, num_kv_heads=g,
-                 intermediate_size=tx.kept_intermediate(spec, s, strategy.align))
-    elif fam == "static_width_hidden":
-        d.update(hidden_size=tx.kept_hidden(spec, s, strategy.align), residual_map=True)
-    dims = PrunedDims(**d)
-    if fam == "low_rank":
-        ranks = {}
-        for name, (n, k) in _proj_shapes(dims).items():
-            r = tx.low_rank(n, k, s)
-            if r * (n + k) < n * k:
-                ranks[name] = r
-        dims = PrunedDims(**{**d, "ranks": ranks})
-    return dims
+    families.get(strategy.family).validate_dims(spec, strategy, d)
+    return PrunedDims(**d)
 
 
-def _proj_shapes(d: PrunedDims) -> dict:
-    q, kv, h, i = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.hidden_size, d.intermediate_size
+def proj_shapes(d: dict) -> dict:
+    """(N, K) of each decoder linear for a dict of :class:`PrunedDims` fields."""
+    q, kv = d["num_heads"] * d["head_dim"], d["num_kv_heads"] * d["head_dim"]
+    h, i = d["hidden_size"], d["intermediate_size"]
     return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
             "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
 
@@ -248,9 +240,10 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: tx.Strategy, *, device
     _register_attention()
     state: dict = {"decode_pos": None}
     built = BuiltModel(None, spec, strategy, dims, device, dtype, state=state)
+    fam = families.get(strategy.family)
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(config, dtype=tdt)
-        _transform(m, built, seed)
+        fam.validate_transform(m, built, seed)  # structural changes before memory is allocated
     m.to_empty(device=device)
     _fast_init(m, seed)
     _rebuild_rotary(m, device)
@@ -258,57 +251,9 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: tx.Strategy, *, device
         m.tie_weights()
     m.eval()
     built.model = m
-    fam = strategy.family
-    if fam in ("unstructured", "semi_structured_24"):
-        _apply_masks(built, seed)
-    if fam == "dynamic_sparse_attention":
-        m.config._attn_implementation = BLOCK_SPARSE_IMPL
-        for a in built.attention_modules():
-            a.pis_keep = 1.0 - strategy.effective_sparsity
-        built.notes.append("block-sparse attention: gather-based approximation (SDPA over the "
-                           "kept 64-token blocks), not a fused kernel")
-    else:
-        m.config._attn_implementation = ATTN_IMPL
+    m.config._attn_implementation = ATTN_IMPL
+    fam.validate_finish(built, seed)  # masks, another attention implementation
     return built
-
-
-def _transform(m, built: BuiltModel, seed: int) -> None:
-    """Structural changes, applied on the meta device before any memory is allocated."""
-    import torch
-
-    fam, s, dims = built.strategy.family, built.strategy.effective_sparsity, built.dims
-    layers = m.model.layers
-    if fam == "static_depth" and built.strategy.granularity == "sublayer":
-        n = len(layers)
-        no_attn = dims.num_layers - dims.attn_layers  # the last ones lose their attention
-        no_mlp = dims.num_layers - dims.mlp_layers
-        attn_idx = 0
-        for i in range(n):
-            keep_attn, keep_mlp = i < n - no_attn, i < n - no_mlp
-            if keep_attn:
-                layers[i].self_attn.layer_idx = attn_idx
-                attn_idx += 1
-            if not (keep_attn and keep_mlp):
-                layers[i] = _HalfLayer(layers[i], keep_attn, keep_mlp)
-    elif fam == "static_width_hidden":
-        for i in range(len(layers)):
-            layers[i] = _MappedLayer(layers[i], dims.hidden_size)
-    elif fam == "low_rank":
-        for layer in layers:
-            for parent in (layer.self_attn, layer.mlp):
-                for name in PROJ_NAMES:
-                    lin = getattr(parent, name, None)
-                    if lin is not None and name in dims.ranks:
-                        setattr(parent, name, _LowRank(lin, dims.ranks[name]))
-    elif fam == "dynamic_depth":
-        L = len(layers)
-        g = torch.Generator().manual_seed(seed)
-        run = max(0, min(L, tx.round_half_up((1 - s) * L)))
-        plan_attn = set(torch.randperm(L, generator=g, device="cpu")[:run].tolist())
-        plan_mlp = set(torch.randperm(L, generator=g, device="cpu")[:run].tolist())
-        for i in range(L):
-            layers[i] = _RoutedLayer(layers[i], dims.hidden_size, s, built.state,
-                                     i in plan_attn, i in plan_mlp)
 
 
 def _fast_init(m, seed: int) -> None:
@@ -458,6 +403,9 @@ def _make_classes() -> None:
     if _CLASSES:
         return
     import torch
+
+    from .families.dynamic_depth import kept_tokens as _kept_tokens
+
     nn = torch.nn
 
     class LowRank(nn.Module):
@@ -560,7 +508,7 @@ def _make_classes() -> None:
             router = self.attn_router if sub == "attn" else self.mlp_router
             score = router(x).view(B, S)
             if S > 1:  # prefill: per sequence, top-k over its tokens (kept in order)
-                k = tx._kept_tokens(S, self.s)
+                k = _kept_tokens(S, self.s)
                 idx = torch.topk(score, k, dim=1, sorted=False).indices.sort(dim=1).values
                 flat = (idx + torch.arange(B, device=x.device).unsqueeze(1) * S).reshape(-1)
                 xs = x.view(B * S, H).index_select(0, flat).view(B, k, H)
@@ -579,7 +527,7 @@ def _make_classes() -> None:
                 self.kept_share[sub] = k / S
                 return x
             if B > 1:  # decode: route across the batch
-                k = tx._kept_tokens(B, self.s)
+                k = _kept_tokens(B, self.s)
                 rows = torch.topk(score.view(B), k, sorted=False).indices
                 xs = x.index_select(0, rows)
                 if sub == "attn":
@@ -1128,14 +1076,8 @@ class Case:
 
 def standard_strategies(extra: bool = True, sparsities=STANDARD_SPARSITIES,
                         device: str = "cpu") -> list:
-    fams = STANDARD_FAMILIES + (EXTRA_FAMILIES if extra else ())
-    out = []
-    for f in fams:
-        if f == "semi_structured_24":
-            out.append(tx.Strategy(f, 0.5))
-            continue
-        out += [tx.Strategy(f, s) for s in sparsities]
-    return out
+    fams = standard_families() + (extra_families() if extra else ())
+    return [tx.Strategy(f, s) for f in fams for s in families.get(f).sparsity_grid(sparsities)]
 
 
 def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), *,
@@ -1181,7 +1123,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
             have = {m.key for m in cache.get_measurements(times._fingerprint(), dtype)
                     if m.key.startswith("ovh:")}
         for ph, b, length in cases:
-            path = tx.overhead_phase(ph, b)
+            path = overhead_phase(ph, b)
             if Overhead("x", "forward", path, 1.0, dtype).key() in have or \
                     (probes is not None and path in probes):
                 continue
@@ -1473,7 +1415,7 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     scen = Scenario(prefill_batch=batch, prompt_len=length if phase == "prefill" else 1,
                     decode_batch=batch, context_len=length if phase == "decode" else 1,
                     dtype=dtype)
-    path = tx.overhead_phase(phase, batch)
+    path = overhead_phase(phase, batch)
     clones, runs, builts = [], [], []
     pos = [tx.build_phase_ops(tspec, tx.Strategy(fam, s, align=8), scen, phase)
            for fam, s in PROBE_STRATEGIES]

@@ -24,8 +24,15 @@ def test_wheel_contains_profiles_and_loader_finds_them(tmp_path):
     whl = next(wheel_dir.glob("pis_tui-*.whl"))
     names = zipfile.ZipFile(whl).namelist()
     for needed in ("pis_tui/profiles/gpus/h200-sxm.json", "pis_tui/profiles/models/qwen2.5-0.5b.json",
-                   "pis_tui/profiles/quality/literature.csv", "pis_tui/schema/pis-tui-1.schema.json"):
+                   "pis_tui/profiles/quality/literature.csv", "pis_tui/schema/pis-tui-1.schema.json",
+                   "pis_tui/families/__init__.py", "pis_tui/families/static_depth.py",
+                   "pis_tui/layer_ops.py"):
         assert needed in names, needed
+    # every module of the source tree ships (a package missing from pyproject's list would
+    # still import from an editable install)
+    src = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "pis_tui").rglob("*.py"))
+    missing = [f for f in src if f not in names]
+    assert not missing, missing
     site = tmp_path / "site"
     with zipfile.ZipFile(whl) as z:
         z.extractall(site)

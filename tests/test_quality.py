@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from pis_tui.errors import UserError
-from pis_tui.quality import (FAMILIES, build_quality_model, literature_path, load_priors,
+from pis_tui import families
+from pis_tui.quality import (build_quality_model, literature_path, load_priors,
                              load_user_csv, normalize_model_name)
 
+FAMILIES = families.names()
 PRUNED = [f for f in FAMILIES if f != "dense"]
 MODELS = ["llama-3.1-8b", "qwen2.5-7b", "llama-3.2-1b", "mistral-7b-v0.3", "llama-3.1-70b",
           "qwen2.5-0.5b", "some-org/unknown-model"]

@@ -13,6 +13,9 @@ pytest.importorskip("transformers")
 from helpers import run_cli  # noqa: E402
 
 from pis_tui import taxonomy as tx  # noqa: E402
+from pis_tui.families import (dynamic_depth, low_rank, static_depth, static_width,  # noqa: E402
+                              static_width_hidden)
+from pis_tui.layer_ops import round_half_up  # noqa: E402
 from pis_tui import validation as v  # noqa: E402
 from pis_tui.model_spec import load_preset_config  # noqa: E402
 
@@ -73,10 +76,10 @@ def test_dense_build_is_fast_path_and_runs():
 def test_static_depth_layers_and_sublayers():
     b = build("static_depth", 0.5)
     spec = b.spec
-    assert len(layers(b)) == spec.num_layers - tx.layers_dropped(spec, 0.5) == 2
+    assert len(layers(b)) == spec.num_layers - static_depth.layers_dropped(spec, 0.5) == 2
     run_both(b)
     b = build("static_depth", 0.375, granularity="sublayer")
-    da, dm = tx.sublayers_dropped(spec, 0.375)  # 3 blocks: 2 attention, 1 MLP
+    da, dm = static_depth.sublayers_dropped(spec, 0.375)  # 3 blocks: 2 attention, 1 MLP
     assert (da, dm) == (2, 1)
     assert len(attn_modules(b)) == 4 - da
     assert len(mlps(b)) == 4 - dm
@@ -89,8 +92,8 @@ def test_static_width_shapes_follow_taxonomy():
     cfg = tiny(num_attention_heads=8, num_key_value_heads=4, head_dim=16)
     b = build("static_width", 0.5, cfg=cfg, align=32)
     spec = b.spec
-    g = tx.kept_kv_groups(spec, 0.5)
-    inter = tx.kept_intermediate(spec, 0.5, 32)
+    g = static_width.kept_kv_groups(spec, 0.5)
+    inter = static_width.kept_intermediate(spec, 0.5, 32)
     assert (g, inter) == (2, 192)
     for a in attn_modules(b):
         assert a.q_proj.out_features == 2 * g * 16
@@ -104,7 +107,7 @@ def test_static_width_shapes_follow_taxonomy():
 
 def test_static_width_hidden_has_residual_maps():
     b = build("static_width_hidden", 0.5, align=32)
-    h2 = tx.kept_hidden(b.spec, 0.5, 32)
+    h2 = static_width_hidden.kept_hidden(b.spec, 0.5, 32)
     assert h2 == 64
     assert b.model.model.embed_tokens.weight.shape == (512, h2)
     for layer in layers(b):
@@ -120,13 +123,13 @@ def test_low_rank_ranks_follow_taxonomy():
     a = attn_modules(b)[0]
     m = mlps(b)[0]
     # q: 128x128 at 0.5 → r = 0.5·128·128/256 = 32
-    assert a.q_proj.A.out_features == tx.low_rank(128, 128, 0.5) == 32
+    assert a.q_proj.A.out_features == low_rank.rank(128, 128, 0.5) == 32
     assert a.q_proj.B.in_features == 32 and a.q_proj.B.out_features == 128
     assert a.q_proj.B.bias is not None  # qwen2's qkv bias survives the factorisation
-    assert m.gate_proj.A.out_features == tx.low_rank(384, 128, 0.5)
+    assert m.gate_proj.A.out_features == low_rank.rank(384, 128, 0.5)
     assert m.down_proj.A.in_features == 384 and m.down_proj.B.out_features == 128
     # k/v (64x128): r=24 still saves parameters, factorised too
-    assert a.k_proj.A.out_features == tx.low_rank(64, 128, 0.5) == 24
+    assert a.k_proj.A.out_features == low_rank.rank(64, 128, 0.5) == 24
     assert b.dims.ranks["k_proj"] == 24 and spec.num_kv_heads == 2
     run_both(b)
 
@@ -159,7 +162,7 @@ def test_dynamic_depth_routes_the_asked_share():
         pre = v.PhaseRun(b, "prefill", 2, 64)
         pre.prepare()
         pre._fn()
-        k = tx._kept_tokens(64, 0.25)
+        k = dynamic_depth.kept_tokens(64, 0.25)
         assert k == 48
         for layer in routed:
             assert layer.kept_share == {"attn": k / 64, "mlp": k / 64}
@@ -172,7 +175,7 @@ def test_dynamic_depth_routes_the_asked_share():
         one.prepare()
         one._fn()
     ran = sum(layer.kept_share["attn"] + layer.kept_share["mlp"] for layer in routed)
-    assert ran == 2 * tx.round_half_up(0.75 * 4)  # 3 of 4 attention + 3 of 4 MLP blocks
+    assert ran == 2 * round_half_up(0.75 * 4)  # 3 of 4 attention + 3 of 4 MLP blocks
 
 
 def test_routing_everything_reproduces_the_dense_model():

@@ -46,14 +46,15 @@ def register(sub) -> None:
 
 def scenarios_for(device, dtype: str, quick: bool) -> list:
     """(scenario, strategies, grid) triples measured for each model."""
+    from .. import families
     from ..scenario import Scenario
-    from ..taxonomy import DEFAULT_STRATEGIES
 
     main = Scenario(dtype=dtype)
     if quick:
         return [(main, ("dense",), "model")]
-    out = [(main, DEFAULT_STRATEGIES, "model")]
-    extra = ("dense", "semi_structured_24")
+    out = [(main, families.pruned(), "model")]
+    # the dense GEMMs and the families that run kernels of their own, at more shapes
+    extra = ("dense",) + tuple(f.name for f in families.all_families() if f.distinct_kernels)
     if device.kind == "gpu":
         out += [(Scenario(prefill_batch=8, prompt_len=1024, decode_batch=64, context_len=1024, dtype=dtype),
                  extra, "model"),

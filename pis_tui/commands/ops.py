@@ -25,7 +25,7 @@ def run(args) -> int:
 
     from ..engine import make_estimator, resolve
     from ..errors import UserError
-    from ..taxonomy import FAMILY_AXIS, Strategy, build_phase_ops
+    from ..taxonomy import Strategy, build_phase_ops, family_axis
     from ._run import open_cache_if_local, scenario_from_args
     from .common import console, dump_json, resolve_gpu
 
@@ -50,7 +50,7 @@ def run(args) -> int:
     from rich.markup import escape
 
     con = console()
-    con.print(f"[bold]{escape(spec.name)}[/] · {strat.family} ({FAMILY_AXIS[strat.family]}) "
+    con.print(f"[bold]{escape(spec.name)}[/] · {strat.family} ({family_axis(strat.family)}) "
               f"asked {strat.sparsity:.1%}, achieved {po.achieved_sparsity:.1%} · "
               f"{scenario.label(args.phase)} · {escape(device.display_name)} · {scenario.dtype}")
     for k, v in po.dims:

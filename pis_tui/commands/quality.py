@@ -21,11 +21,6 @@ from pathlib import Path
 from ..errors import MeasureError, UserError
 from .common import add_cache, check_writable, dump_json, parse_sparsities, positive_int
 
-FAMILIES = ("dense", "static_depth", "dynamic_depth", "static_width", "static_width_hidden",
-            "semi_structured_24", "unstructured", "low_rank", "dynamic_sparse_attention")
-#: measured by default (every family this tool can really apply)
-DEFAULT_STRATEGIES = ("static_depth", "dynamic_depth", "static_width", "semi_structured_24",
-                      "unstructured", "low_rank", "dynamic_sparse_attention")
 DEFAULT_SPARSITIES = "0.125,0.25,0.375,0.5"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",
                     "spiece.model")
@@ -42,8 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", "-m", required=True, metavar="DIR",
                    help="directory of a Hugging Face causal LM (config, weights and tokenizer)")
     p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file to measure perplexity on")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
-                   help="comma-separated families (dense, the baseline, is always measured)")
+    p.add_argument("--strategies", default=None,
+                   help="comma-separated families (default: every family that can be applied to a "
+                        "real model; dense, the baseline, is always measured)")
     p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
                    help="comma-separated fractions (semi_structured_24 is always 0.5)")
     p.add_argument("--max-tokens", type=positive_int("max tokens"), default=4096,
@@ -115,19 +111,23 @@ def store_rows(cache, rows: list[dict], extra: dict | None = None) -> int:
 
 def parse_strategies(text: str) -> tuple[list[str], list[str]]:
     """(measurable strategies, unsupported ones) from a comma list; unknown names fail."""
-    from ..pruning import MEASURABLE, UNSUPPORTED
+    from .. import families
+    from ..pruning import measurable, unsupported
 
+    if text is None:
+        return list(measurable()), []
     names = [t.strip() for t in str(text).split(",") if t.strip()]
     if not names:
         raise UserError("no strategy given")
-    bad = [n for n in names if n not in FAMILIES]
+    bad = [n for n in names if not families.is_family(n)]
     if bad:
-        raise UserError(f"unknown strategy {bad[0]!r} (families: {', '.join(FAMILIES)})")
+        raise UserError(f"unknown strategy {bad[0]!r} (families: {', '.join(families.names())})")
+    can, cannot = measurable(), unsupported()
     out, unsup = [], []
     for n in names:
-        if n in MEASURABLE and n not in out:
+        if n in can and n not in out:
             out.append(n)
-        elif n in UNSUPPORTED and n not in unsup:
+        elif n in cannot and n not in unsup:
             unsup.append(n)
     return out, unsup
 
@@ -243,12 +243,9 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
                 "calib_tokens": int(n_calib), "max_tokens": args.max_tokens,
                 "granularity": args.granularity, "align": args.align, "block": block,
                 "device": device, "dtype": dtype_name, "model_dir": str(mdir.resolve())}
-    variants = []
-    for st in strategies:
-        if st == "semi_structured_24":
-            variants.append((st, pruning.SPARSITY_24))
-        else:
-            variants.extend((st, s) for s in sparsities)
+    from .. import families
+
+    variants = [(st, s) for st in strategies for s in families.get(st).sparsity_grid(sparsities)]
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -270,8 +267,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
             def on_prog(done, _n):
                 prog.update(task, completed=base[0] + done)
 
-            needs_cal = any(st in ("static_depth", "static_width", "semi_structured_24", "unstructured")
-                            for st in strategies)
+            needs_cal = any(families.get(st).needs_calibration for st in strategies)
             cal = None
             if needs_cal:
                 try:
@@ -300,8 +296,8 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
                 rows.extend(new)
                 n_stored += store_rows(cache, new, dict(settings, note=res.note))
                 base[0] += len(windows)
-                if st == "low_rank" and s == max(sparsities):
-                    svd_cache.clear()
+                if (st, s) == next(v for v in reversed(variants) if v[0] == st):
+                    svd_cache.clear()  # this family's last variant: its decompositions are done
     except KeyboardInterrupt:
         if n_stored:
             err.print(f"{n_stored} points measured before the interrupt are stored in the cache")
@@ -324,12 +320,17 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     out.print(table)
     out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)")
     for st in unsupported:
-        err.print(f"unsupported: {pruning.UNSUPPORTED[st]}", markup=False)
-    if "semi_structured_24" in strategies and pruning.SPARSITY_24 not in sparsities:
-        err.print("note: semi_structured_24 is 2:4, always 50% sparse; measured at 0.5")
-    if any(st in ("dynamic_depth", "dynamic_sparse_attention") for st in strategies):
-        err.print("note: dynamic_depth and dynamic_sparse_attention are quality oracles (every update / "
-                  "score still computed): they bound a learned router's quality, not its speed")
+        err.print(f"unsupported: {families.get(st).quality_unsupported_reason}", markup=False)
+    for st in strategies:
+        fixed = families.get(st).fixed_sparsity
+        if fixed is not None and fixed not in sparsities:
+            err.print(f"note: {st} is always {fixed:.0%} sparse; measured at {fixed:g}")
+    oracles = [st for st in strategies if families.get(st).quality_oracle]
+    if oracles:
+        many = len(oracles) > 1
+        err.print(f"note: {' and '.join(oracles)} {'are quality oracles' if many else 'is a quality oracle'} "
+                  f"(every update / score still computed): {'they bound' if many else 'it bounds'} "
+                  "a learned router's quality, not its speed")
     err.print(f"done in {elapsed:.1f} s" + (f"; {stored}" if stored else ""))
 
     if args.json_out:
@@ -344,7 +345,8 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
             "ppl_dense": ppl_dense,
             "results": [dict(r, quality_metric="ppl_increase", quality_source="measured",
                              note=notes.get((r["strategy"], r["sparsity"]), "")) for r in rows],
-            "unsupported": [{"strategy": st, "reason": pruning.UNSUPPORTED[st]} for st in unsupported],
+            "unsupported": [{"strategy": st, "reason": families.get(st).quality_unsupported_reason}
+                            for st in unsupported],
             "provenance": _provenance(),
         }
         dump_json(args.json_out, doc)

@@ -62,7 +62,8 @@ def register(sub) -> None:
 
 
 def _strategies(args) -> list:
-    from ..taxonomy import FAMILIES, Strategy
+    from .. import families
+    from ..taxonomy import Strategy
     from ..validation import standard_strategies
 
     if args.all_:
@@ -74,13 +75,12 @@ def _strategies(args) -> list:
         raise UserError("--strategy is needed (or --all for the standard set)")
     fams = [f.strip() for f in args.strategy.split(",") if f.strip()]
     for f in fams:
-        if f not in FAMILIES:
-            raise UserError(f"unknown strategy {f!r}; choose from {', '.join(FAMILIES)}")
+        families.get(f)  # UserError naming the families
     out = []
     for f in fams:
-        if f in ("semi_structured_24", "dense"):
-            out.append(Strategy(f, 0.5 if f == "semi_structured_24" else 0.0, args.granularity,
-                                args.align))
+        fixed = families.get(f).fixed_sparsity
+        if fixed is not None:
+            out.append(Strategy(f, fixed, args.granularity, args.align))
             continue
         if not args.sparsity:
             raise UserError(f"--sparsity is needed for {f} (e.g. --sparsity 0.5)")

@@ -29,7 +29,7 @@ from ..errors import PisError
 from .backend import PHASES, Backend, Choices, Snapshot, export_name
 from .export_dialog import ExportDialog
 from .flops_chart import FlopsChart, gap_lines
-from .fmt import FAMILY_STYLE, metric_label, pct, rgb, speed
+from .fmt import family_style, metric_label, pct, rgb, speed
 from .help_screen import HelpScreen
 from .legend import Legend
 from .ops_screen import OpsScreen
@@ -510,7 +510,7 @@ class PisApp(App):
         for ph in PHASES:
             t.append(f"{ph:8s}", style="bold")
             for f, ach, real, flops in gap_lines(snap, ph, fam):
-                marker, color = FAMILY_STYLE[f]
+                marker, color = family_style(f)
                 t.append(f" {marker}", style=f"bold {rgb(color)}")
                 t.append(f" {pct(ach, 0)} {speed(real)}/{speed(flops)}")
             t.append("\n")

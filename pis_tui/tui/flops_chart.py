@@ -12,7 +12,7 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
-from .fmt import FAMILY_STYLE
+from .fmt import family_names, family_style
 from .pareto_chart import style_axes
 
 
@@ -34,11 +34,11 @@ class FlopsChart(PlotextPlot):
         plt = self.plt
         plt.clear_figure()
         xs_all, ys_all = [0.0], [1.0]
-        for fam in FAMILY_STYLE:
+        for fam in family_names():
             fp = sorted((p for p in pts if p.strategy == fam), key=lambda p: p.achieved_sparsity)
             if not fp:
                 continue
-            marker, color = FAMILY_STYLE[fam]
+            marker, color = family_style(fam)
             xs = [0.0] + [100 * p.achieved_sparsity for p in fp]
             plt.plot(xs, [1.0] + [p.flops_speedup for p in fp], marker="braille", color=color)
             plt.scatter(xs[1:], [p.speedup for p in fp], marker=marker, color=color)
@@ -65,7 +65,7 @@ class FlopsChart(PlotextPlot):
 def gap_lines(snapshot, phase: str, family: Optional[str] = None) -> list[tuple[str, float, float, float]]:
     """Per family, at its largest sparsity: (family, achieved, real speedup, FLOPs speedup)."""
     out = []
-    for fam in FAMILY_STYLE:
+    for fam in family_names():
         if fam == "dense" or family not in (None, fam):
             continue
         fp = [p for p in snapshot.result.phase_points(phase) if p.strategy == fam]

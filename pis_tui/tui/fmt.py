@@ -4,43 +4,34 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .. import families
 from ..display import flag_words, latency, loss_text, pct, speed
 from ..display import quality_marks as quality_flags
 
-__all__ = ["flag_words", "latency", "loss_text", "pct", "speed", "quality_flags"]
+__all__ = ["flag_words", "latency", "loss_text", "pct", "speed", "quality_flags", "family_style",
+           "short_name", "family_names", "rgb"]
 
-#: one marker and colour per family: the Pareto and Beyond-FLOPs charts and the legend agree
-FAMILY_STYLE = {
-    "dense": ("D", (220, 220, 220)),
-    "static_depth": ("L", (230, 85, 75)),
-    "dynamic_depth": ("R", (240, 160, 60)),
-    "static_width": ("W", (90, 200, 90)),
-    "static_width_hidden": ("H", (70, 200, 200)),
-    "semi_structured_24": ("2", (210, 110, 220)),
-    "unstructured": ("U", (230, 220, 80)),
-    "low_rank": ("K", (100, 150, 255)),
-    "dynamic_sparse_attention": ("A", (170, 170, 170)),
-}
+
+def family_style(name: str) -> tuple[str, tuple]:
+    """A family's chart marker and colour (the registry's): the Pareto and Beyond-FLOPs charts,
+    the table and the legend agree."""
+    if families.is_family(name):
+        f = families.get(name)
+        return f.mark, tuple(f.color)
+    return "?", (255, 255, 255)
+
+
+def short_name(name: str) -> str:
+    return families.get(name).short or name if families.is_family(name) else name
+
+
+def family_names() -> tuple[str, ...]:
+    """Every registered family, in the registry's order (dense first)."""
+    return families.names()
 
 
 def rgb(color: tuple) -> str:
     return "rgb({},{},{})".format(*color)
-
-SHORT = {
-    "dense": "dense",
-    "static_depth": "depth",
-    "dynamic_depth": "dyn-depth",
-    "static_width": "width",
-    "static_width_hidden": "width-hid",
-    "semi_structured_24": "2:4",
-    "unstructured": "unstruct",
-    "low_rank": "low-rank",
-    "dynamic_sparse_attention": "dyn-attn",
-}
-
-
-
-
 
 
 def quality_source_text(q) -> str:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from .fmt import FAMILY_STYLE, SHORT, rgb
+from .fmt import family_names, family_style, rgb, short_name
 
 
 def legend_text(families=None) -> Text:
     t = Text()
-    for fam, (marker, color) in FAMILY_STYLE.items():
+    for fam in family_names():
         if families is not None and fam not in families:
             continue
+        marker, color = family_style(fam)
         t.append(marker, style=f"bold {rgb(color)}")
-        t.append(f" {SHORT[fam]}  ")
+        t.append(f" {short_name(fam)}  ")
     t.append("@", style="bold")
     t.append(" recommended  ")
     t.append("⠒⠒", style="rgb(150,150,150)")

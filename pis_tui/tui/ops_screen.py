@@ -49,12 +49,12 @@ class OpsScreen(ModalScreen):
             yield DataTable(id="ops-table", cursor_type="row", zebra_stripes=True)
 
     def _head(self) -> Text:
-        from ..taxonomy import FAMILY_AXIS
+        from .. import families
 
         p, r = self.point, self.snapshot.result
         t = Text()
         t.append(f"{r.spec.name}", style="bold")
-        t.append(f" · {p.strategy} ({FAMILY_AXIS.get(p.strategy, '?')}) asked {pct(p.sparsity)}, "
+        t.append(f" · {p.strategy} ({families.get(p.strategy).axis if families.is_family(p.strategy) else '?'}) asked {pct(p.sparsity)}, "
                  f"achieved {pct(p.achieved_sparsity)} · {r.scenario.label(p.phase)} · "
                  f"{r.device.display_name} · {r.scenario.dtype}\n")
         t.append(f"latency {p.latency_ms:.4g} ms vs dense {p.dense_latency_ms:.4g} ms → "

@@ -1,6 +1,6 @@
 """The Pareto chart of one phase: speedup against quality loss, one series per family.
 
-Each family has its own marker letter and colour (see ``fmt.FAMILY_STYLE``; the legend
+Each family has its own marker letter and colour (the registry's, through ``fmt.family_style``; the legend
 widget under the charts spells them out), the frontier is a line, the budget a vertical
 line, and the recommended point is drawn as ``@``.
 """
@@ -12,7 +12,7 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
-from .fmt import FAMILY_STYLE, latency
+from .fmt import family_names, family_style, latency
 
 FRONTIER_COLOR = (150, 150, 150)
 BUDGET_COLOR = (230, 80, 80)
@@ -70,11 +70,11 @@ class ParetoChart(PlotextPlot):
         xmax = max(max(100 * p.quality.value for p in known), 100 * budget) * 1.08 + 0.5
         plt.vertical_line(100 * budget, color=BUDGET_COLOR)
         # the dense baseline last, on top: a family with no gain at zero loss sits on it
-        fams = sorted((f for f in FAMILY_STYLE if any(p.strategy == f for p in known)),
+        fams = sorted((f for f in family_names() if any(p.strategy == f for p in known)),
                       key=lambda f: f == "dense")
         for fam in fams:
             fp = sorted((p for p in known if p.strategy == fam), key=lambda p: p.sparsity)
-            marker, color = FAMILY_STYLE[fam]
+            marker, color = family_style(fam)
             plt.scatter([100 * p.quality.value for p in fp], [p.speedup for p in fp],
                         marker=marker, color=color)
         best = rec.best if rec is not None else None

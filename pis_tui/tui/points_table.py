@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from .fmt import FAMILY_STYLE, loss_text, pct, quality_flags, quality_source_text, rgb, speed
+from .fmt import family_names, family_style, loss_text, pct, quality_flags, quality_source_text, rgb, speed
 
 #: (key, header, sort key of a Point)
 COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still shows it
@@ -89,7 +89,7 @@ class PointsView(Vertical):
         self.shown = pts
         t.clear()
         for p in pts:
-            color = rgb(FAMILY_STYLE.get(p.strategy, ("", (255, 255, 255)))[1])
+            color = rgb(family_style(p.strategy)[1])
             q = p.quality
             cells = {
                 "phase": p.phase,
@@ -133,7 +133,7 @@ class PointsView(Vertical):
         return self.points.get(key)
 
     def cycle_family(self) -> str:
-        fams = [None] + [f for f in FAMILY_STYLE if f != "dense" and (
+        fams = [None] + [f for f in family_names() if f != "dense" and (
             self.snapshot is None or any(p.strategy == f for p in self.snapshot.result.points))]
         i = fams.index(self.family) if self.family in fams else 0
         self.family = fams[(i + 1) % len(fams)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from .fmt import FAMILY_STYLE, flag_words, latency, loss_text, pct, rgb, speed
+from .fmt import family_style, flag_words, latency, loss_text, pct, rgb, speed
 
 
 def panel_title(snapshot, phase: str) -> str:
@@ -26,7 +26,7 @@ def recommendation_text(snapshot, phase: str) -> Text:
     if best is None:
         t.append("▶ keep the dense model", style="bold")
     else:
-        color = rgb(FAMILY_STYLE.get(best.strategy, ("?", (255, 255, 255)))[1])
+        color = rgb(family_style(best.strategy)[1])
         t.append("▶ ", style="bold")
         t.append(best.strategy, style=f"bold {color}")
         if best.strategy != "dense":

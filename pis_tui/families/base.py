@@ -1,0 +1,212 @@
+"""What a pruning family is: the class every family module fills in.
+
+A family declares, in one module under ``pis_tui/families``:
+
+* **who it is**: ``name``, ``label``, ``axis`` (the GEMM dimension it acts on, in the study's
+  taxonomy), ``description`` (one line: what it does to a layer's op list), the chart ``mark``,
+  ``color`` and ``short`` name;
+* **its sparsities**: ``max_sparsity``, a ``fixed_sparsity`` where the family has only one
+  (2:4), ``default_sparsities`` (the grid a sweep uses when none is given);
+* **what it does to the op list** (the hooks :func:`pis_tui.taxonomy.build_phase_ops` calls,
+  which keeps no per-family branch): :meth:`shape` (widths, layer counts, the linears,
+  attention's block density), :meth:`layer_ops` (the decoder layers' ops; dynamic depth
+  replaces them), :meth:`extra_ops` (ops after the layers), :meth:`overhead_counts`,
+  :meth:`achieved_sparsity`, :meth:`final_notes`;
+* **its physical ceiling**: :meth:`speedup_ceiling`, the inverse of the share of roofline
+  work it keeps (embeddings, lm_head and attention counted);
+* **real pruning** (``pis-tui quality``): :meth:`prune`, or ``quality_unsupported`` saying why
+  not; ``needs_calibration``, ``quality_oracle``;
+* **building the pruned model** (``pis-tui validate``): :meth:`validate_dims`,
+  :meth:`validate_transform`, :meth:`validate_finish`; ``validate_standard`` puts it in the
+  standard set of ``validate --all``.
+
+The hooks for quality and validate import torch inside their bodies: importing a family
+module (and the registry) never imports torch, so the estimate path stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from ..layer_ops import LayerWidths, Linear, attn_block, dense_linear, mlp_block
+from ..ops import Op
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model_spec import ModelSpec
+    from ..scenario import Scenario
+
+#: the sparsity range every family accepts unless it says otherwise
+MAX_SPARSITY = 0.9
+#: the sweep grid of a family that declares none
+DEFAULT_SPARSITIES = (0.125, 0.25, 0.375, 0.5)
+
+
+@dataclass(frozen=True)
+class PhaseContext:
+    """One phase of one strategy on one model: what every op-list hook is given."""
+
+    spec: "ModelSpec"
+    strategy: Any  # taxonomy.Strategy
+    scenario: "Scenario"
+    phase: str
+    sparsity: float  # the effective sparsity (a fixed-sparsity family's own)
+
+    @property
+    def dtype(self) -> str:
+        return self.scenario.dtype
+
+    @property
+    def batch(self) -> int:
+        return self.scenario.batch(self.phase)
+
+    @property
+    def q_len(self) -> int:
+        return self.scenario.prompt_len if self.phase == "prefill" else 1
+
+    @property
+    def kv_len(self) -> int:
+        return self.scenario.prompt_len if self.phase == "prefill" else self.scenario.context_len
+
+    @property
+    def m(self) -> int:
+        """Tokens through each dense GEMM of a layer."""
+        return self.batch * self.q_len
+
+    @property
+    def layers(self) -> int:
+        return self.spec.num_layers
+
+
+@dataclass
+class LayerPlan:
+    """What a family's :meth:`Family.shape` decides before ops are emitted."""
+
+    widths: LayerWidths
+    attn_layers: float  # attention blocks that run (per forward)
+    mlp_layers: float  # MLP blocks that run
+    hidden_io: int  # width of the embedding and of the lm_head's input
+    linear: Linear  # how each decoder linear becomes GEMMs
+    block_density: float = 1.0  # share of attention blocks computed
+    dims: list = field(default_factory=list)  # (what, how it changed) for the drill-down
+    notes: list = field(default_factory=list)
+    state: dict = field(default_factory=dict)  # family-private values between hooks
+
+    @classmethod
+    def dense(cls, ctx: PhaseContext) -> "LayerPlan":
+        spec = ctx.spec
+        return cls(LayerWidths.of(spec), float(spec.num_layers), float(spec.num_layers),
+                   spec.hidden_size, dense_linear(ctx.dtype))
+
+
+class Family:
+    """A pruning family.  Subclasses override what is theirs; the defaults are the dense model's."""
+
+    name: str = ""
+    label: str = ""
+    axis: str = ""
+    description: str = ""
+    mark: str = "?"
+    color: tuple = (200, 200, 200)
+    short: str = ""
+    is_baseline: bool = False
+    max_sparsity: float = MAX_SPARSITY
+    fixed_sparsity: Optional[float] = None
+    default_sparsities: tuple = DEFAULT_SPARSITIES
+    #: its GEMMs run kernels of their own (not the dense GEMM): calibration times them too
+    distinct_kernels: bool = False
+    # -- quality (pis-tui quality)
+    quality_unsupported: Optional[str] = None  # why real pruning is not offered, if not
+    needs_calibration: bool = False
+    quality_oracle: bool = False  # the quality path computes everything (bounds, not speed)
+    # -- validate
+    validate_standard: bool = False  # in the standard set of `validate --all`
+
+    # ------------------------------------------------------------ sparsities
+
+    def effective_sparsity(self, sparsity: float) -> float:
+        return self.fixed_sparsity if self.fixed_sparsity is not None else sparsity
+
+    def sparsity_grid(self, sparsities) -> tuple:
+        """The sparsities a sweep runs for this family given the asked ones (None: its own
+        default grid); a fixed-sparsity family runs its one sparsity."""
+        if self.fixed_sparsity is not None:
+            return (self.fixed_sparsity,)
+        values = self.default_sparsities if sparsities is None else sparsities
+        return tuple(s for s in values if s > 0)
+
+    # ------------------------------------------------------------ the op list
+
+    def shape(self, ctx: PhaseContext, plan: LayerPlan) -> None:
+        """Change ``plan`` (widths, layer counts, linears, block density, dims, notes)."""
+
+    def layer_ops(self, ctx: PhaseContext, plan: LayerPlan) -> list[Op]:
+        """The ops of the decoder layers (attention blocks × their count, MLP blocks × theirs)."""
+        ops: list[Op] = []
+        if plan.attn_layers > 0:
+            ops += attn_block(ctx.spec, plan.widths, ctx.phase, ctx.batch, ctx.q_len, ctx.kv_len,
+                              plan.attn_layers, ctx.dtype, plan.linear, plan.block_density)
+        if plan.mlp_layers > 0:
+            ops += mlp_block(plan.widths, ctx.m, plan.mlp_layers, ctx.dtype, plan.linear)
+        return ops
+
+    def extra_ops(self, ctx: PhaseContext, plan: LayerPlan) -> list[Op]:
+        """Ops the family adds after the decoder layers (mappings, block selection)."""
+        return []
+
+    def overhead_counts(self, ctx: PhaseContext, plan: LayerPlan) -> tuple[float, float]:
+        """(attention/MLP blocks run, routed sublayers) for the eager overhead ops."""
+        return plan.attn_layers + plan.mlp_layers, 0.0
+
+    def achieved_sparsity(self, ctx: PhaseContext, plan: LayerPlan, ops: list) -> float:
+        """The share of the family's own measure actually removed (parameters, hidden size,
+        tokens or attention blocks; see the README)."""
+        return 0.0
+
+    def final_notes(self, ctx: PhaseContext, plan: LayerPlan, ops: list) -> list[str]:
+        """Notes that need the whole op list."""
+        return []
+
+    # ------------------------------------------------------------ physical bound
+
+    def speedup_ceiling(self, dense_ops, pruned_ops, roofline: Callable[[Op], float]) -> float:
+        """The largest speedup the pruned op list allows: the dense phase's roofline work over
+        the pruned one's (each op's max(FLOPs/peak, bytes/bandwidth) × count; embeddings,
+        lm_head, attention and any added op counted).  ``roofline`` prices one call in ms."""
+        dense = sum(roofline(o) * o.count for o in dense_ops)
+        kept = sum(roofline(o) * o.count for o in pruned_ops)
+        return dense / kept if kept > 0 else float("inf")
+
+    # ------------------------------------------------------------ real pruning
+
+    @property
+    def quality_supported(self) -> bool:
+        """Real pruning is implemented (the family overrides :meth:`prune`) and not refused."""
+        return type(self).prune is not Family.prune and not self.quality_unsupported
+
+    @property
+    def quality_unsupported_reason(self) -> str:
+        return self.quality_unsupported or (f"{self.name}: no real pruning is implemented for "
+                                            "measured quality")
+
+    def prune(self, model, sparsity: float, cal, *, align: Optional[int] = None,
+              granularity: str = "layer", block: int = 64, svd_cache: Optional[dict] = None):
+        """Prune a loaded Hugging Face model in place (torch imported inside); returns a
+        ``pruning.PruneResult``."""
+        from ..errors import UserError
+
+        raise UserError(self.quality_unsupported_reason)
+
+    # ------------------------------------------------------------ validate
+
+    def validate_dims(self, spec: "ModelSpec", strategy, dims: dict) -> None:
+        """Change the pruned model's dims (a dict of ``validation.PrunedDims`` fields)."""
+
+    def validate_transform(self, model, built, seed: int) -> None:
+        """Structural changes to the model validate builds, on the meta device."""
+
+    def validate_finish(self, built, seed: int) -> None:
+        """Work on the materialised model (masks, attention implementation)."""
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"

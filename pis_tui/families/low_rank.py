@@ -1,0 +1,72 @@
+"""low_rank (static K, low-rank): W[N,K] → two GEMMs through rank r."""
+
+from __future__ import annotations
+
+from ..layer_ops import decoder_params, gemm_params, round_half_up
+from ..ops import Gemm
+from .base import Family
+
+
+def rank(n: int, k: int, s: float) -> int:
+    """r = (1−s)·N·K/(N+K) rounded to a multiple of 8, at least 8."""
+    return max(8, round_half_up((1 - s) * n * k / (n + k) / 8) * 8)
+
+
+def saves(n: int, k: int, r: int) -> bool:
+    """A factorisation through rank r holds fewer weights than W[N,K]."""
+    return r * (n + k) < n * k
+
+
+class LowRank(Family):
+    name = "low_rank"
+    label = "low rank"
+    axis = "static K (low-rank)"
+    description = "W[N,K] → two GEMMs through r = (1−s)·N·K/(N+K), rounded to a multiple of 8"
+    mark, color, short = "K", (100, 150, 255), "low-rank"
+    validate_standard = True
+
+    def shape(self, ctx, plan):
+        dt, s, spec = ctx.dtype, ctx.sparsity, ctx.spec
+
+        def lin(name, m, n, k, count):
+            r = rank(n, k, s)
+            if not saves(n, k, r):  # no saving: keep the dense weight
+                return [Gemm(name, m, n, k, count, dt)]
+            return [Gemm(name + ".A", m, r, k, count, dt), Gemm(name + ".B", m, n, r, count, dt)]
+        plan.linear = lin
+        r_q = rank(spec.q_dim, spec.hidden_size, s)
+        plan.dims.append(("W[N,K] → B[N,r]·A[r,K]", f"e.g. q_proj r={r_q}; "
+                          f"gate r={rank(spec.intermediate_size, spec.hidden_size, s)}"))
+
+    def achieved_sparsity(self, ctx, plan, ops):
+        return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)
+
+    def prune(self, model, sparsity, cal, *, svd_cache=None, **kw):
+        from ..pruning import prune_low_rank
+
+        return prune_low_rank(model, sparsity, svd_cache)
+
+    def validate_dims(self, spec, strategy, dims):
+        from ..validation import proj_shapes
+
+        s = strategy.effective_sparsity
+        ranks = {}
+        for name, (n, k) in proj_shapes(dims).items():
+            r = rank(n, k, s)
+            if saves(n, k, r):
+                ranks[name] = r
+        dims["ranks"] = ranks
+
+    def validate_transform(self, model, built, seed):
+        from ..validation import PROJ_NAMES, _LowRank
+
+        ranks = built.dims.ranks
+        for layer in model.model.layers:
+            for parent in (layer.self_attn, layer.mlp):
+                for name in PROJ_NAMES:
+                    lin = getattr(parent, name, None)
+                    if lin is not None and name in ranks:
+                        setattr(parent, name, _LowRank(lin, ranks[name]))
+
+
+FAMILY = LowRank()

@@ -1,0 +1,58 @@
+"""static_width_hidden (cross-layer NK, SliceGPT-like): the hidden size shrinks everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..layer_ops import decoder_params, gemm_params, round_to
+from ..ops import Gemm
+from .base import Family
+
+
+def kept_hidden(spec, s: float, align: int) -> int:
+    return min(spec.hidden_size, round_to((1 - s) * spec.hidden_size, align))
+
+
+class StaticWidthHidden(Family):
+    name = "static_width_hidden"
+    label = "static width (hidden)"
+    axis = "cross-layer NK"
+    description = ("hidden size shrinks in every GEMM that reads/writes it, embeddings and lm_head too, "
+                   "plus an H'×H' residual mapping per sublayer (SliceGPT-like)")
+    mark, color, short = "H", (70, 200, 200), "width-hid"
+    quality_unsupported = ("static_width_hidden (SliceGPT-like) needs a PCA rotation of the residual "
+                           "stream fused into every layer; not implemented for measured quality")
+
+    def shape(self, ctx, plan):
+        h2 = kept_hidden(ctx.spec, ctx.sparsity, ctx.strategy.align)
+        plan.widths = replace(plan.widths, hidden=h2)
+        plan.hidden_io = h2
+        plan.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.strategy.align})"),
+                      ("K of q/k/v/gate/up, N of o/down, embeddings, lm_head", "shrunk"),
+                      ("residual mapping", f"+2 GEMMs {h2}×{h2} per layer")]
+
+    def extra_ops(self, ctx, plan):
+        h = plan.widths.hidden
+        return [Gemm("residual_map", ctx.m, h, h, 2.0 * ctx.layers, ctx.dtype)]
+
+    def achieved_sparsity(self, ctx, plan, ops):
+        return 1.0 - plan.widths.hidden / ctx.spec.hidden_size
+
+    def final_notes(self, ctx, plan, ops):
+        kept = gemm_params(ops) / decoder_params(ctx.spec)
+        return [f"achieved sparsity is the sliced share of the hidden size; with the residual "
+                f"mappings the decoder keeps {kept:.1%} of its parameters"]
+
+    def validate_dims(self, spec, strategy, dims):
+        dims.update(hidden_size=kept_hidden(spec, strategy.effective_sparsity, strategy.align),
+                    residual_map=True)
+
+    def validate_transform(self, model, built, seed):
+        from ..validation import _MappedLayer
+
+        layers = model.model.layers
+        for i in range(len(layers)):
+            layers[i] = _MappedLayer(layers[i], built.dims.hidden_size)
+
+
+FAMILY = StaticWidthHidden()

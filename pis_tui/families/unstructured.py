@@ -1,0 +1,39 @@
+"""unstructured (static K mask): weights zeroed at share s; the same dense kernels run."""
+
+from __future__ import annotations
+
+from ..ops import Gemm
+from .base import Family
+
+
+class Unstructured(Family):
+    name = "unstructured"
+    label = "unstructured sparsity"
+    axis = "static K (mask)"
+    description = "weights zeroed, the same dense kernels run: no speedup unless a sparse kernel is faster"
+    mark, color, short = "U", (230, 220, 80), "unstruct"
+    needs_calibration = True
+
+    def shape(self, ctx, plan):
+        dt, s = ctx.dtype, ctx.sparsity
+
+        def lin(name, m, n, k, count):
+            return [Gemm(name, m, n, k, count, dt, kind="unstructured", density=1.0 - s)]
+        plan.linear = lin
+        plan.dims.append(("K of every decoder GEMM", f"{s:.1%} of weights zeroed, dense kernel"))
+
+    def achieved_sparsity(self, ctx, plan, ops):
+        return ctx.sparsity
+
+    def prune(self, model, sparsity, cal, **kw):
+        from ..pruning import prune_unstructured
+
+        return prune_unstructured(model, sparsity, cal)
+
+    def validate_finish(self, built, seed):
+        from ..validation import _apply_masks
+
+        _apply_masks(built, seed)
+
+
+FAMILY = Unstructured()
