@@ -9,7 +9,6 @@ its results reach the estimate through the cache.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -19,13 +18,13 @@ from . import __version__
 from .errors import UserError
 from .estimator import Estimator
 from .hardware import DeviceProfile, load_gpu
+from .measured_table import load_shipped
 from .memory_fit import footprint
 from .model_spec import ModelSpec, load_model_spec
-from .profiles import profile_path
 from .results import PhaseEstimate, Point, QualityEstimate
 from .scenario import PHASES, Scenario
 from . import families
-from .taxonomy import PhaseOps, Strategy, build_phase_ops, strategies_grid
+from .taxonomy import build_phase_ops, strategies_grid
 
 
 @dataclass
@@ -41,10 +40,11 @@ class SweepResult:
     quality_curves: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)  # memory_fit.footprint: does the dense model fit?
+    notices: list = field(default_factory=list)  # e.g. a shipped table that could not be used
 
     @property
     def warnings(self) -> list[str]:
-        return list(self.memory.get("warnings", ()))
+        return list(self.memory.get("warnings", ())) + list(self.notices)
 
     def dense(self, phase: str) -> PhaseEstimate:
         for e in self.estimates:
@@ -89,24 +89,16 @@ def _package_versions() -> dict:
     return out
 
 
-@lru_cache(maxsize=8)
-def _shipped_rows(table: str) -> tuple:
-    path = profile_path("measured", table)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return ()
-    return tuple(data.get("entries", ()))
-
-
 def default_dtype(device: DeviceProfile) -> str:
     return "fp32" if device.kind == "cpu" else "bf16"
 
 
-def make_estimator(device: DeviceProfile, dtype: str, cache=None) -> Estimator:
+def make_estimator(device: DeviceProfile, dtype: str, cache=None,
+                   warnings: Optional[list] = None) -> Estimator:
     """An estimator for `device` with what is known about it: cached measurements (local
-    device), the measured table shipped for that GPU, the measured peak/bandwidth."""
+    device), the measured table shipped for that GPU (read and checked by
+    ``measured_table.load_shipped``: a table that cannot be used adds a line to ``warnings``),
+    the measured peak/bandwidth (the cache's, else the shipped table's)."""
     measured: Iterable = ()
     calibration: dict = {}
     if cache is not None:
@@ -114,7 +106,15 @@ def make_estimator(device: DeviceProfile, dtype: str, cache=None) -> Estimator:
         cal = cache.get_calibration(device.fingerprint, dtype)
         if cal:
             calibration[dtype] = cal
-    shipped = _shipped_rows(device.measured_table) if device.measured_table else ()
+    shipped: Iterable = ()
+    if device.measured_table:
+        table, problem = load_shipped(device.measured_table)
+        if problem and warnings is not None:
+            warnings.append(problem)
+        if table is not None:
+            shipped = table.entries
+            if dtype not in calibration and (table.calibration or {}).get(dtype):
+                calibration[dtype] = dict(table.calibration[dtype], source=f"shipped table {device.measured_table}")
     return Estimator(device, measured, shipped, calibration)
 
 
@@ -122,10 +122,6 @@ def resolve(model, gpu) -> tuple[ModelSpec, DeviceProfile]:
     spec = model if isinstance(model, ModelSpec) else load_model_spec(model)
     device = gpu if isinstance(gpu, DeviceProfile) else load_gpu(gpu)
     return spec, device
-
-
-def phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, phase: str) -> PhaseOps:
-    return build_phase_ops(spec, strategy, scenario, phase)
 
 
 def sweep(model, gpu, scenario: Optional[Scenario] = None,
@@ -143,7 +139,8 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     spec, device = resolve(model, gpu)
     scenario = scenario or Scenario(dtype=default_dtype(device))
     check_dtype(device, scenario.dtype)
-    est = make_estimator(device, scenario.dtype, cache)
+    notices: list[str] = []
+    est = make_estimator(device, scenario.dtype, cache, notices)
     grid = strategies_grid(families.pruned() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align)
     phases = tuple(phases)
@@ -180,6 +177,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         quality_metric=getattr(quality, "metric", "accuracy_drop"),
         quality_curves=curves,
         memory=footprint(spec, device, scenario),
+        notices=notices,
         provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"},
@@ -190,11 +188,3 @@ def check_dtype(device: DeviceProfile, dtype: str) -> None:
     if device.kind == "gpu" and dtype not in device.peak_tflops:
         have = ", ".join(sorted(device.peak_tflops))
         raise UserError(f"{device.display_name} has no {dtype} peak in its profile (has {have})")
-
-
-def check_sparsities(values: Iterable[float]) -> tuple[float, ...]:
-    out = tuple(values)
-    for v in out:
-        if not 0.0 <= v <= 0.9:
-            raise UserError(f"sparsity {v} is outside [0, 0.9]")
-    return out

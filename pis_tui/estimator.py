@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from . import sources
 from .hardware import DeviceProfile
-from .ops import Attention, Elementwise, Gemm, Op, Overhead, op_from_dict
+from .ops import Attention, Elementwise, Gemm, Op, Overhead, kernel_of, op_from_dict
 from .results import PhaseEstimate, PricedOp
 
 M_REACH = math.log(2.0)  # extrapolate a (N, K) pair's utilization at most 2× past its M range
 NK_REACH = math.log(4.0)  # (N, K) neighbours within 4× (distance in log space)
 ATTN_REACH = math.log(4.0)  # attention shapes within 4× (summed log distances)
-SOURCE_RANK = {"measured": 0, "shipped": 1, "interpolated": 2, "roofline": 3, "unsupported": 4}
 
 # Analytical efficiency model (used only where nothing was measured on the device).
 # Attainable shares of the datasheet peaks, typical of cuBLAS/cuDNN/FlashAttention-class kernels
@@ -85,13 +85,6 @@ def _as_record(m) -> Optional[MeasuredRecord]:
     if op is None or (status == "ok" and (ms is None or not ms > 0)):
         return None
     return MeasuredRecord(get("key") or op.key(), op, float(ms or 0.0), status)
-
-
-def _kernel_key(op: Op) -> str:
-    """The key of the kernel that really runs (unstructured runs the dense GEMM)."""
-    if isinstance(op, Gemm) and op.kind == "unstructured":
-        return replace(op, kind="dense", density=1.0).key()
-    return op.key()
 
 
 class Estimator:
@@ -174,18 +167,16 @@ class Estimator:
             return PricedOp(op, 0.0, "roofline", why)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
         if unsupported:
-            dense = replace(op, kind="dense", density=1.0)
-            p = self.price(dense)
+            p = self.price(kernel_of(op, sparse_24=False))
             return PricedOp(op, p.ms_per_call, "unsupported",
                             f"no 2:4 sparse kernel on {self.device.display_name}: runs dense "
                             f"({p.source} time)")
-        hit = self._exact.get(_kernel_key(op))
+        hit = self._exact.get(kernel_of(op).key())
         if hit and hit[0].status == "ok":
             rec, source = hit
             return PricedOp(op, rec.ms, source)
         if hit and hit[0].status == "unsupported" and isinstance(op, Gemm) and op.kind == "sparse_24":
-            dense = replace(op, kind="dense", density=1.0)
-            p = self.price(dense)
+            p = self.price(kernel_of(op, sparse_24=False))
             return PricedOp(op, p.ms_per_call, "unsupported", "2:4 kernel unavailable: runs dense")
         ms = self._interpolate(op)
         if ms is not None:
@@ -201,9 +192,7 @@ class Estimator:
             c["ops"] += 1
             c["ms"] += p.total_ms
         core = [p for p in priced if not (isinstance(p.op, Overhead) and p.ms_per_call == 0.0)]
-        weakest = max((p.source for p in core or priced), key=lambda s: SOURCE_RANK[s])
-        if weakest == "unsupported" and any(p.source == "roofline" for p in priced):
-            weakest = "unsupported"
+        weakest = sources.weakest(p.source for p in core or priced)
         flops = sum(o.effective_flops() * o.count for o in phase_ops.ops)
         s = phase_ops.strategy
         notes = tuple(phase_ops.notes)

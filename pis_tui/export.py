@@ -16,6 +16,8 @@ from typing import Optional
 
 from . import families
 from .engine import SweepResult
+from .families import MAX_SPARSITY
+from .sources import TIMING_SOURCES
 from .results import Point, Recommendation
 
 SCHEMA_ID = "pis-tui/1"
@@ -125,6 +127,8 @@ def build_schema() -> dict:
     with open(SCHEMA_PATH, encoding="utf-8") as f:
         schema = json.load(f)
     schema["$defs"]["family"]["enum"] = list(families.names())
+    schema["$defs"]["timing_source"]["enum"] = list(TIMING_SOURCES)
+    schema["$defs"]["result"]["properties"]["sparsity"]["maximum"] = MAX_SPARSITY
     return schema
 
 

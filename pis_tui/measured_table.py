@@ -262,6 +262,29 @@ def read_table(path) -> MeasuredTable:
     return table_from_dict(d, str(p))
 
 
+@lru_cache(maxsize=8)
+def load_shipped(name: str) -> tuple[Optional[MeasuredTable], Optional[str]]:
+    """The table a GPU profile names (``profiles/measured/<name>``), read and checked: its
+    format, and its timing method's version against this pis-tui's (an older method is not
+    mixed in, as in the cache).  Returns (table, None), or (None, one warning naming the file)
+    when it cannot be used."""
+    from .profiles import profile_path
+
+    path = profile_path("measured", name)
+    try:
+        table = read_table(path)
+    except TableError as e:
+        return None, f"measured table not used: {e}"
+    current = METHOD_VERSIONS.get(table.method)
+    if current is None:
+        return None, f"measured table not used: {path}: unknown timing method {table.method!r}"
+    if table.method_version != current:
+        return None, (f"measured table not used: {path} was timed with {table.method} "
+                      f"v{table.method_version}, this pis-tui times with v{current} (re-run "
+                      "pis-tui calibrate on that GPU)")
+    return table, None
+
+
 def table_from_dict(d: dict, where: str = "table") -> MeasuredTable:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise TableError(f"{where}: not a pis-tui measured table (format {FORMAT!r} expected)")

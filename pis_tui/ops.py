@@ -12,7 +12,7 @@ Pure data: no torch, no I/O. Every op is a small frozen dataclass with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
@@ -236,5 +236,18 @@ def op_from_dict(d: dict) -> Op:
     return cls(**d)
 
 
-def total_flops(ops: list[Op], effective: bool = True) -> float:
-    return sum((o.effective_flops() if effective else o.flops()) * o.count for o in ops)
+def kernel_of(op: Op, *, sparse_24: bool = True) -> Op:
+    """The kernel call that really runs for an op: the one place that says so (the estimator
+    prices it, profiling measures it, validation times it).  An unstructured GEMM runs the dense
+    GEMM (zeros in the weights change no kernel), and so does a 2:4 GEMM on a device without
+    2:4 kernels (``sparse_24=False``); every other op is its own kernel."""
+    if isinstance(op, Gemm) and (op.kind == "unstructured" or (op.kind == "sparse_24" and not sparse_24)):
+        return replace(op, kind="dense", density=1.0)
+    return op
+
+
+def measuring_form(op: Op) -> Op:
+    """The kernel call timed for an op: one call (count 1) of :func:`kernel_of` (the key
+    ignores names)."""
+    return replace(kernel_of(op), count=1.0)
+

@@ -10,15 +10,12 @@ from typing import Optional
 
 from .ops import Op
 
-#: where an op's time comes from (and a phase's: the weakest source among its ops)
-TIMING_SOURCES = ("measured", "shipped", "interpolated", "roofline", "unsupported")
-
 
 @dataclass(frozen=True)
 class PricedOp:
     op: Op
     ms_per_call: float
-    source: str  # one of TIMING_SOURCES
+    source: str  # one of sources.TIMING_SOURCES
     note: str = ""
 
     @property

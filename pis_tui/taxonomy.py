@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 from . import families
 from .errors import UserError
-from .families import DEFAULT_SPARSITIES, MAX_SPARSITY, LayerPlan, PhaseContext
+from .families import LayerPlan, PhaseContext
 from .layer_ops import overhead_ops, overhead_phase
 from .model_spec import ModelSpec
 from .ops import Elementwise, Gemm, Op
 from .scenario import Scenario, check_phase
 
 __all__ = ["Strategy", "PhaseOps", "build_phase_ops", "parse_strategies", "strategies_grid",
-           "family_axis", "DEFAULT_SPARSITIES", "MAX_SPARSITY"]
+           "family_axis"]
 
 
 @dataclass(frozen=True)

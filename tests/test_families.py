@@ -168,3 +168,4 @@ def test_lists_of_families_derive_from_the_registry(toy):
     assert "toy_half_mlp" in validation.extra_families()
     q = build_quality_model().estimate("llama-3.1-8b", "toy_half_mlp", 0.5)
     assert q.value is None and q.source == "none"  # no data: no figure, no error
+

@@ -177,13 +177,13 @@ def test_oom_marks_the_shape_and_goes_on(tmp_path, ctx, monkeypatch):
 
     from pis_tui import timing
 
-    real = timing._build_case
+    real = timing.measure.build_case
 
     def build(op, c, check=False, **kw):
         if isinstance(op, Gemm) and op.m == 8 and op.n == 64 and op.k == 32:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 99 GiB")
         return real(op, c, check, **kw)
-    monkeypatch.setattr(timing, "_build_case", build)
+    monkeypatch.setattr(timing.measure, "build_case", build)
     cache = Cache.open(str(tmp_path / "c.duckdb"))
     rep = profiling.run_profile(small_ops()[:3], ctx, cache, repeats=2, calibrate=False)
     assert rep.failed == 1 and rep.measured == 2

@@ -67,14 +67,14 @@ def test_timed_op_matches_reference(ctx, op):
 def test_reference_check_can_fail(ctx, monkeypatch):
     """verify_op really compares: a wrong kernel is caught."""
     op = Gemm("q", 8, 32, 16, dtype="fp32")
-    real = timing._gemm_case
+    real = timing.gemm.gemm_case
 
     def wrong(*a, **k):
         c = real(*a, **k)
         f = c.fn
         c.fn = lambda i: f(i) * 1.01
         return c
-    monkeypatch.setattr(timing, "_gemm_case", wrong)
+    monkeypatch.setattr(timing.gemm, "gemm_case", wrong)
     err, tol = timing.verify_op(op, ctx)
     assert err > tol
 
@@ -89,14 +89,14 @@ def test_measure_records_keys_method_and_stats(ctx):
     assert m.method == ctx.method and m.method_version == ctx.method_version
     assert m.measured_at
     # the weight (32 KiB) is rotated among enough copies to exceed twice the cache
-    copies = timing._copies_for(ctx, 128 * 64 * 4, False)
+    copies = timing.case.copies_for(ctx, 128 * 64 * 4, False)
     assert copies * 128 * 64 * 4 > 2 * ctx.cache_mb * 2**20
     assert f"{copies} rotated copies" in m.note
 
 
 def test_weights_past_the_cache_are_not_copied(ctx):
-    assert timing._copies_for(ctx, 3 * ctx.cache_mb * 2**20, False) == 1
-    views = timing._views(ctx, "fp32", (64, 32), 5)
+    assert timing.case.copies_for(ctx, 3 * ctx.cache_mb * 2**20, False) == 1
+    views = timing.case.views(ctx, "fp32", (64, 32), 5)
     assert len(views) == 5
     ptrs = {v.data_ptr() for v in views}
     assert len(ptrs) == 5  # distinct memory: each call streams another copy
@@ -125,7 +125,7 @@ def test_errors_are_recorded_not_raised(ctx):
 def test_oom_is_marked(ctx, monkeypatch):
     def boom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
-    monkeypatch.setattr(timing, "_build_case", boom)
+    monkeypatch.setattr(timing.measure, "build_case", boom)
     m = timing.measure_op(Gemm("big", 65536, 65536, 65536, dtype="fp32"), ctx)
     assert m.status == "oom" and m.ms is None and "out of memory" in m.note
 
@@ -138,7 +138,7 @@ def test_block_sparse_attention_uses_compiled_flex(ctx):
     assert m.status == "ok", m.note
     assert "flex_attention block-sparse" in m.note and "flex-compile failed" not in m.note
     # the share of causal blocks kept is what the op asks for (diagonal blocks always kept)
-    table, achieved = timing._block_table(op, "cpu")
+    table, achieved = timing.attention._block_table(op, "cpu")
     assert achieved == pytest.approx(0.5, abs=0.11)
     assert bool(table.diagonal().all())
 
@@ -148,7 +148,7 @@ def test_flex_compile_failure_falls_back_to_labelled_estimate(ctx, monkeypatch):
         def f(*a, **k):
             raise RuntimeError("inductor unavailable")
         return f
-    monkeypatch.setattr(timing, "_FLEX", {})
+    monkeypatch.setattr(timing.attention, "_FLEX", {})
     monkeypatch.setattr(torch, "compile", no_compile)
     op = Attention("bs", 1, 2, 1, 128, 128, 16, block_density=0.5, block_size=64, dtype="fp32")
     m = timing.measure_op(op, ctx, repeats=2)

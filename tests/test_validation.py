@@ -136,7 +136,7 @@ def test_low_rank_ranks_follow_taxonomy():
 
 def test_semi_structured_24_mask_pattern_and_cpu_fallback():
     b = build("semi_structured_24", 0.5)
-    for _, lin in v._decoder_linears(b.model):
+    for _, lin in v.decoder_linears(b.model):
         groups = (lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1)
         assert torch.all(groups == 2)
     if not torch.cuda.is_available():
@@ -148,7 +148,7 @@ def test_semi_structured_24_mask_pattern_and_cpu_fallback():
 def test_unstructured_zeroes_the_share():
     b = build("unstructured", 0.5)
     zeros = total = 0
-    for _, lin in v._decoder_linears(b.model):
+    for _, lin in v.decoder_linears(b.model):
         zeros += int((lin.weight == 0).sum())
         total += lin.weight.numel()
     assert abs(zeros / total - 0.5) < 0.03

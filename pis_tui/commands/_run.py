@@ -56,8 +56,7 @@ def run_sweep(args: argparse.Namespace, with_quality: bool = True):
     spec, device = resolve(args.model, gpu)
     scenario = scenario_from_args(args, device)
     strategies = parse_strategies(getattr(args, "strategies", None))
-    sparsities = parse_sparsities(args.sparsities) if getattr(args, "sparsities", None) else (
-        0.125, 0.25, 0.375, 0.5)
+    sparsities = parse_sparsities(args.sparsities) if getattr(args, "sparsities", None) else None
     cache = open_cache_if_local(args, device)
     quality = quality_from_args(args, spec, cache) if with_quality else None
     result = sweep(spec, device, scenario, strategies, sparsities,

@@ -31,6 +31,7 @@ def points_table(result, phase: str, title: str | None = None, points=None) -> T
 
 
 def source_line(result) -> str:
-    s = result.source_summary()
-    parts = [f"{n} {k}" for k, n in sorted(s.items(), key=lambda kv: -kv[1])]
+    from ..sources import ordered
+
+    parts = [f"{n} {k}" for k, n in ordered(result.source_summary())]
     return "distinct kernels by timing source: " + ", ".join(parts)

@@ -6,11 +6,10 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from ..errors import UserError
-
-MAX_SPARSITY = 0.9
+from ..families import MAX_SPARSITY
+from ..output_paths import check_writable
 
 
 def parse_fraction(text: str, what: str, lo: float = 0.0, hi: float = 1.0) -> float:
@@ -106,23 +105,6 @@ def resolve_gpu(name: str | None) -> str:
     d = default_gpu()
     print(f"pis-tui: --gpu not given, using {d}", file=sys.stderr)
     return d
-
-
-def check_writable(path: str) -> Path:
-    """Fail early (before measuring anything) when an output path cannot be written."""
-    p = Path(path).expanduser()
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise UserError(f"{p}: is a directory, give a file name")
-    if not str(path).strip():
-        raise UserError("an empty output path: give a file name (or - for standard output)")
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"{p}: {parent} is a file, not a directory")
-    if not parent.is_dir():
-        raise UserError(f"{p}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UserError(f"{p}: not writable")
-    return p
 
 
 def write_text(path: str, text: str) -> None:

@@ -25,6 +25,7 @@ def run(args) -> int:
 
     from ..engine import make_estimator, resolve
     from ..errors import UserError
+    from ..families import MAX_SPARSITY
     from ..taxonomy import Strategy, build_phase_ops, family_axis
     from ._run import open_cache_if_local, scenario_from_args
     from .common import console, dump_json, resolve_gpu
@@ -34,7 +35,7 @@ def run(args) -> int:
     if args.strategy == "dense" and args.sparsity is not None:
         raise UserError("--sparsity needs a pruning --strategy (dense is the unpruned baseline)")
     sparsity = 0.0 if args.strategy == "dense" else parse_fraction(args.sparsity or "0.25",
-                                                                   "sparsity", 0.0, 0.9)
+                                                                   "sparsity", 0.0, MAX_SPARSITY)
     strat = Strategy(args.strategy, sparsity, args.granularity, args.align)
     po = build_phase_ops(spec, strat, scenario, args.phase)
     est = make_estimator(device, scenario.dtype, open_cache_if_local(args, device)).estimate(po)

@@ -263,8 +263,10 @@ def _print_summary(report, sources, cal, cache, device, scenario) -> None:
     con.print(f"[bold]{state}[/bold] in {_fmt_s(report.elapsed_s)} on {escape(device.display_name)}: "
               f"{report.measured} measured, {report.reused} reused from the cache, "
               f"{report.failed} failed (of {report.total} distinct ops incl. the M grid)")
-    order = ("measured", "shipped", "interpolated", "roofline", "unsupported")
-    parts = [f"{sources.get(k, 0)} {k}" for k in order if sources.get(k) or k in ("measured", "interpolated")]
+    from ..sources import TIMING_SOURCES
+
+    parts = [f"{sources.get(k, 0)} {k}" for k in TIMING_SOURCES
+             if sources.get(k) or k in ("measured", "interpolated")]
     con.print("sweep ops by timing source now: " + (", ".join(parts) or "none"))
     if cal:
         con.print(f"device peaks ({scenario.dtype}, measured): {cal['peak_tflops'] * 1e3:.1f} GFLOP/s "

@@ -95,7 +95,7 @@ class DynamicDepth(Family):
     def validate_transform(self, model, built, seed):
         import torch
 
-        from ..validation import _RoutedLayer
+        from ..validation.modules import routed_layer
 
         layers = model.model.layers
         s = built.strategy.effective_sparsity
@@ -105,7 +105,7 @@ class DynamicDepth(Family):
         plan_attn = set(torch.randperm(L, generator=g, device="cpu")[:run].tolist())
         plan_mlp = set(torch.randperm(L, generator=g, device="cpu")[:run].tolist())
         for i in range(L):
-            layers[i] = _RoutedLayer(layers[i], built.dims.hidden_size, s, built.state,
+            layers[i] = routed_layer(layers[i], built.dims.hidden_size, s, built.state,
                                      i in plan_attn, i in plan_mlp)
 
 

@@ -75,7 +75,7 @@ class DynamicSparseAttention(Family):
         return enable_block_sparse_attention(model, sparsity, block)
 
     def validate_finish(self, built, seed):
-        from ..validation import BLOCK_SPARSE_IMPL
+        from ..validation.attention import BLOCK_SPARSE_IMPL
 
         built.model.config._attn_implementation = BLOCK_SPARSE_IMPL
         for a in built.attention_modules():

@@ -47,7 +47,7 @@ class LowRank(Family):
         return prune_low_rank(model, sparsity, svd_cache)
 
     def validate_dims(self, spec, strategy, dims):
-        from ..validation import proj_shapes
+        from ..validation.config import proj_shapes
 
         s = strategy.effective_sparsity
         ranks = {}
@@ -58,7 +58,8 @@ class LowRank(Family):
         dims["ranks"] = ranks
 
     def validate_transform(self, model, built, seed):
-        from ..validation import PROJ_NAMES, _LowRank
+        from ..validation.config import PROJ_NAMES
+        from ..validation.modules import low_rank_linear
 
         ranks = built.dims.ranks
         for layer in model.model.layers:
@@ -66,7 +67,7 @@ class LowRank(Family):
                 for name in PROJ_NAMES:
                     lin = getattr(parent, name, None)
                     if lin is not None and name in ranks:
-                        setattr(parent, name, _LowRank(lin, ranks[name]))
+                        setattr(parent, name, low_rank_linear(lin, ranks[name]))
 
 
 FAMILY = LowRank()

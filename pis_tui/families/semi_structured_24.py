@@ -33,9 +33,9 @@ class SemiStructured24(Family):
         return prune_semi_structured_24(model, cal)
 
     def validate_finish(self, built, seed):
-        from ..validation import _apply_masks
+        from ..validation.build import apply_masks
 
-        _apply_masks(built, seed)
+        apply_masks(built, seed)
 
 
 FAMILY = SemiStructured24()

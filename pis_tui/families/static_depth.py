@@ -63,7 +63,7 @@ class StaticDepth(Family):
     def validate_transform(self, model, built, seed):
         if built.strategy.granularity != "sublayer":
             return
-        from ..validation import _HalfLayer
+        from ..validation.modules import half_layer
 
         layers, dims = model.model.layers, built.dims
         n = len(layers)
@@ -76,7 +76,7 @@ class StaticDepth(Family):
                 layers[i].self_attn.layer_idx = attn_idx
                 attn_idx += 1
             if not (keep_attn and keep_mlp):
-                layers[i] = _HalfLayer(layers[i], keep_attn, keep_mlp)
+                layers[i] = half_layer(layers[i], keep_attn, keep_mlp)
 
 
 FAMILY = StaticDepth()

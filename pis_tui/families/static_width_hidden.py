@@ -48,11 +48,11 @@ class StaticWidthHidden(Family):
                     residual_map=True)
 
     def validate_transform(self, model, built, seed):
-        from ..validation import _MappedLayer
+        from ..validation.modules import mapped_layer
 
         layers = model.model.layers
         for i in range(len(layers)):
-            layers[i] = _MappedLayer(layers[i], built.dims.hidden_size)
+            layers[i] = mapped_layer(layers[i], built.dims.hidden_size)
 
 
 FAMILY = StaticWidthHidden()

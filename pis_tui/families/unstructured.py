@@ -31,9 +31,9 @@ class Unstructured(Family):
         return prune_unstructured(model, sparsity, cal)
 
     def validate_finish(self, built, seed):
-        from ..validation import _apply_masks
+        from ..validation.build import apply_masks
 
-        _apply_masks(built, seed)
+        apply_masks(built, seed)
 
 
 FAMILY = Unstructured()

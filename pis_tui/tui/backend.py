@@ -335,8 +335,8 @@ class Backend:
     def export(self, snapshot: Snapshot, path: str, fmt: str = "json") -> Path:
         """Write the pis-tui/1 JSON or the points as CSV: a name ending in .json or .csv
         decides, else `fmt`."""
-        from ..commands.common import check_writable
         from ..export import to_csv, to_json
+        from ..output_paths import check_writable
 
         p = check_writable(path)
         suffix = p.suffix.lower()

@@ -1,0 +1,352 @@
+"""The cache file: opening it briefly, waiting for another process that holds it, moving a
+corrupt or newer-schema file aside, falling back to memory where the filesystem has no locks,
+and the schema of its tables."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import CacheError, UserError
+
+SCHEMA_VERSION = 1
+DEFAULT_WAIT_S = 10.0
+MEMORY = ":memory:"
+
+#: one lock for every cache access in this process
+_LOCK = threading.RLock()
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    """CREATE TABLE IF NOT EXISTS op_timings (
+        fingerprint VARCHAR NOT NULL, torch_version VARCHAR NOT NULL, cuda_version VARCHAR NOT NULL,
+        cusparselt_version VARCHAR NOT NULL, method VARCHAR NOT NULL, method_version INTEGER NOT NULL,
+        op_key VARCHAR NOT NULL, op_type VARCHAR, dtype VARCHAR, ms DOUBLE, eager_ms DOUBLE,
+        spread DOUBLE, repeats INTEGER, status VARCHAR, note VARCHAR, op_json VARCHAR,
+        device_json VARCHAR, measured_at TIMESTAMP,
+        PRIMARY KEY (fingerprint, torch_version, cuda_version, cusparselt_version, method,
+                     method_version, op_key))""",
+    """CREATE TABLE IF NOT EXISTS device_calibration (
+        fingerprint VARCHAR NOT NULL, dtype VARCHAR NOT NULL, torch_version VARCHAR NOT NULL,
+        cuda_version VARCHAR NOT NULL, method VARCHAR, peak_tflops DOUBLE, bandwidth_gbs DOUBLE,
+        info_json VARCHAR, measured_at TIMESTAMP,
+        PRIMARY KEY (fingerprint, dtype, torch_version, cuda_version))""",
+    """CREATE TABLE IF NOT EXISTS sweeps (
+        key VARCHAR PRIMARY KEY, model VARCHAR, gpu VARCHAR, scenario_json VARCHAR,
+        result_json VARCHAR, saved_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS validations (
+        model VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, strategy VARCHAR NOT NULL,
+        sparsity DOUBLE NOT NULL, achieved_sparsity DOUBLE, phase VARCHAR NOT NULL,
+        batch INTEGER NOT NULL, length INTEGER NOT NULL, predicted_ms DOUBLE, measured_ms DOUBLE,
+        dense_predicted_ms DOUBLE, dense_measured_ms DOUBLE, predicted_speedup DOUBLE,
+        measured_speedup DOUBLE, error DOUBLE, extra_json VARCHAR, measured_at TIMESTAMP,
+        PRIMARY KEY (model, fingerprint, strategy, sparsity, phase, batch, length))""",
+    """CREATE TABLE IF NOT EXISTS quality_results (
+        model VARCHAR NOT NULL, strategy VARCHAR NOT NULL, sparsity DOUBLE NOT NULL,
+        achieved_sparsity DOUBLE, ppl_dense DOUBLE, ppl_pruned DOUBLE, ppl_increase DOUBLE,
+        text_sha256 VARCHAR NOT NULL, n_tokens INTEGER NOT NULL, extra_json VARCHAR,
+        measured_at TIMESTAMP,
+        PRIMARY KEY (model, strategy, sparsity, text_sha256, n_tokens))""",
+    """CREATE TABLE IF NOT EXISTS settings (
+        key VARCHAR PRIMARY KEY, value_json VARCHAR, updated_at TIMESTAMP)""",
+]
+
+DATA_TABLES = ("op_timings", "device_calibration", "sweeps", "validations", "quality_results")
+TABLES = DATA_TABLES + ("settings", "meta")
+
+VALIDATION_COLS = ("model", "fingerprint", "strategy", "sparsity", "achieved_sparsity", "phase",
+                    "batch", "length", "predicted_ms", "measured_ms", "dense_predicted_ms",
+                    "dense_measured_ms", "predicted_speedup", "measured_speedup", "error")
+QUALITY_COLS = ("model", "strategy", "sparsity", "achieved_sparsity", "ppl_dense", "ppl_pruned",
+                 "ppl_increase", "text_sha256", "n_tokens")
+
+
+def default_path() -> str:
+    """``$PIS_TUI_CACHE`` or the user cache dir (platformdirs) / cache.duckdb."""
+    env = os.environ.get("PIS_TUI_CACHE")
+    if env:
+        return env
+    try:
+        from platformdirs import user_cache_dir
+
+        base = user_cache_dir("pis-tui", appauthor=False)
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pis-tui")
+    return os.path.join(base, "cache.duckdb")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def to_ts(s) -> Optional[datetime]:
+    if s is None or s == "":
+        return utcnow()
+    if isinstance(s, datetime):
+        return s.astimezone(timezone.utc).replace(tzinfo=None) if s.tzinfo else s
+    try:
+        d = datetime.fromisoformat(str(s))
+    except ValueError:
+        return utcnow()
+    return d.astimezone(timezone.utc).replace(tzinfo=None) if d.tzinfo else d
+
+
+def to_iso(d) -> str:
+    if isinstance(d, datetime):
+        return d.replace(tzinfo=timezone.utc).isoformat()
+    return str(d or "")
+
+
+class _Busy(Exception):
+    pass
+
+
+class _NoLocks(Exception):
+    pass
+
+
+class _Unusable(Exception):
+    pass
+
+
+def _classify(e: Exception) -> type:
+    """What a DuckDB error on open means: busy, no-locks filesystem, unusable path, corrupt."""
+    msg = str(e)
+    if "Conflicting lock" in msg or ("lock" in msg.lower() and "held" in msg.lower()):
+        return _Busy
+    if "Could not set lock" in msg or "No locks available" in msg:
+        return _NoLocks
+    if any(s in msg for s in ("Permission denied", "No such file or directory", "Read-only file system",
+                              "Is a directory", "No space left")):
+        return _Unusable
+    return Exception  # corrupt / unreadable
+
+
+class _NewerSchema(Exception):
+    pass
+
+
+def first_line(e) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else type(e).__name__
+
+
+class Store:
+    """A handle on the cache file.  Cheap to create; holds no connection between calls."""
+
+    def __init__(self, path: str, *, wait_s: float = DEFAULT_WAIT_S,
+                 on_warning: Optional[Callable[[str], None]] = None):
+        self.path = path
+        self.wait_s = wait_s
+        self.warnings: list[str] = []
+        self._on_warning = on_warning
+        self._mem = None  # the connection of an in-memory cache (kept for the run)
+        self._held = None  # the connection of a hold() block
+        self._ready = False
+        self.fallback_reason = ""
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: Optional[str] = None, *, wait_s: Optional[float] = None,
+             on_warning: Optional[Callable[[str], None]] = None) -> "Store":
+        """Open (creating if needed) the cache at ``path`` (default: see :func:`default_path`).
+
+        Raises CacheError when the file stays held by another process longer than
+        ``wait_s`` or the path cannot be used.
+        """
+        if wait_s is None:
+            try:
+                wait_s = float(os.environ.get("PIS_TUI_CACHE_WAIT", DEFAULT_WAIT_S))
+            except ValueError:
+                wait_s = DEFAULT_WAIT_S
+        p = str(path) if path else default_path()
+        if p != MEMORY:
+            p = str(Path(p).expanduser())
+            if Path(p).is_dir():
+                raise UserError(f"cache path {p} is a directory: give a file name (e.g. {p}/cache.duckdb)")
+        c = cls(p, wait_s=wait_s, on_warning=on_warning)
+        with c._conn():
+            pass  # create / check the schema now, so problems surface at open
+        return c
+
+    @property
+    def in_memory(self) -> bool:
+        return self._mem is not None
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        if self._on_warning is not None:
+            self._on_warning(msg)
+        else:
+            print(f"pis-tui: warning: {msg}", file=sys.stderr)
+
+    def _use_memory(self, reason: str) -> None:
+        import duckdb
+
+        self._mem = duckdb.connect(MEMORY)
+        self.fallback_reason = reason
+        self._init_schema(self._mem)
+
+    def _connect_file(self):
+        import duckdb
+
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot use cache file {self.path}: cannot create its directory "
+                             f"({e.strerror})") from None
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(self.path)
+            except duckdb.Error as e:
+                kind = _classify(e)
+                if kind is _Busy:
+                    if time.monotonic() >= deadline:
+                        m = re.search(r"PID (\d+)", str(e))
+                        who = f" (pid {m.group(1)})" if m else ""
+                        raise CacheError(
+                            f"cache file {self.path} is in use by another process{who}; "
+                            f"waited {self.wait_s:g} s. Try again when it finishes, or use another "
+                            "cache with --cache PATH / PIS_TUI_CACHE") from None
+                    time.sleep(delay)
+                    delay = min(delay * 1.6, 0.25)
+                    continue
+                if kind is _NoLocks:
+                    raise _NoLocks(str(e)) from None
+                if kind is _Unusable:
+                    raise CacheError(f"cannot use cache file {self.path}: {first_line(e)}") from None
+                raise
+
+    @contextmanager
+    def hold(self):
+        """One connection for a block of operations instead of one each (opening a DuckDB file
+        costs ~25 ms).  Other threads and processes wait meanwhile: keep the block short."""
+        with _LOCK:
+            if self._held is not None or self._mem is not None or self.path == MEMORY:
+                yield self
+                return
+            with self._conn() as con:
+                self._held = con
+                try:
+                    yield self
+                finally:
+                    self._held = None
+
+    @contextmanager
+    def _conn(self):
+        """A connection for one operation: opened, used, closed (serialised in-process)."""
+        with _LOCK:
+            if self._held is not None:
+                yield self._held
+                return
+            if self._mem is None and self.path == MEMORY:
+                self._use_memory("")
+            if self._mem is not None:
+                yield self._mem
+                return
+            con = self._open_checked()
+            if con is None:  # fell back to memory
+                yield self._mem
+                return
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def _open_checked(self):
+        """Open the file and (the first time) check its schema; move a bad file aside."""
+        import duckdb
+
+        con = None
+        try:
+            con = self._connect_file()
+            if not self._ready:
+                try:
+                    self._init_schema(con)
+                except _NewerSchema as e:
+                    con.close()
+                    con = None
+                    self._move_aside("newer-schema", str(e))
+                    con = self._connect_file()
+                    self._init_schema(con)
+            return con
+        except _NoLocks as e:
+            self._warn(f"cache file {self.path}: the filesystem does not support file locks "
+                       f"({first_line(e)}); using an in-memory cache for this run (nothing is "
+                       "kept). Point --cache or PIS_TUI_CACHE at a local disk to keep results")
+            self._use_memory("no file locks")
+            return None
+        except duckdb.Error as e:
+            # not a readable DuckDB file (or broken inside): keep it aside, start afresh
+            if con is not None:
+                try:
+                    con.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self._move_aside("corrupt", first_line(e))
+            con = self._connect_file()
+            self._init_schema(con)
+            return con
+
+    def _move_aside(self, why: str, detail: str) -> None:
+        src = Path(self.path)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        dst = src.with_name(f"{src.name}.{why}-{stamp}")
+        n = 1
+        while dst.exists():
+            dst = src.with_name(f"{src.name}.{why}-{stamp}-{n}")
+            n += 1
+        try:
+            if src.exists():
+                os.replace(src, dst)
+            wal = src.with_name(src.name + ".wal")
+            if wal.exists():
+                os.replace(wal, dst.with_name(dst.name + ".wal"))
+        except OSError as e:
+            raise CacheError(f"cache file {src} is unreadable ({detail}) and could not be moved "
+                             f"aside ({e.strerror}); remove it or use --cache PATH") from None
+        what = "has a newer schema than this pis-tui" if why == "newer-schema" else "is not a readable cache"
+        self._warn(f"cache file {src} {what} ({detail}); moved it to {dst} and started a fresh cache")
+
+    def _init_schema(self, con) -> None:
+        row = None
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except Exception as e:  # noqa: BLE001 - no meta table yet (a fresh file)
+            if "does not exist" not in str(e) and "not found" not in str(e).lower():
+                raise
+        if row is not None:
+            try:
+                v = int(row[0])
+            except (TypeError, ValueError):
+                raise _NewerSchema(f"schema version {row[0]!r}") from None
+            if v > SCHEMA_VERSION:
+                raise _NewerSchema(f"schema version {v}, this pis-tui knows {SCHEMA_VERSION}")
+        for stmt in _SCHEMA:
+            con.execute(stmt)
+        if row is None:
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('created_at', ?)", [to_iso(utcnow())])
+        self._ready = True
+
+    def close(self) -> None:
+        with _LOCK:
+            if self._mem is not None:
+                self._mem.close()
+                self._mem = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

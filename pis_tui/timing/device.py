@@ -1,0 +1,219 @@
+"""The local device opened for measuring: what it is (name, fingerprint, versions, caches,
+clocks, 2:4 support) and the random pools that rotation copies are views into."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import hardware
+from ..errors import MeasureError, UserError
+from ..measured_table import METHOD_VERSIONS, software_versions
+from ..ops import dtype_bytes
+
+_TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_module():
+    import torch
+
+    return torch
+
+
+# ---------------------------------------------------------------- the device
+
+
+@dataclass
+class DeviceContext:
+    """The local device, opened for measuring."""
+
+    name: str
+    kind: str  # "cuda" | "cpu"
+    torch_device: str  # "cuda:0" | "cpu"
+    fingerprint: str
+    display_name: str
+    software: dict  # the versions that key measurements (measured_table.software_versions)
+    runtime: dict  # what torch itself reports (torch.__version__, cuda, cusparselt, cudnn)
+    dtypes: tuple
+    sparse_24: bool
+    threads: int
+    cache_mb: float  # the cache rotation must exceed: L2 (GPU) or last-level cache (CPU)
+    memory_gb: float
+    driver: Optional[str] = None
+    capability: Optional[str] = None
+    sm_count: int = 0
+    clocks: dict = field(default_factory=dict)
+    method: str = "cpu-wall"
+    method_version: int = 1
+    sparse_24_note: str = ""
+    _pools: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    def device_info(self) -> dict:
+        """What a measured table / the cache records about the device."""
+        return {
+            "name": self.name, "display_name": self.display_name,
+            "kind": "gpu" if self.is_cuda else "cpu", "fingerprint": self.fingerprint,
+            "driver": self.driver, "capability": self.capability, "memory_gb": round(self.memory_gb, 2),
+            "cache_mb": self.cache_mb, "sm_count": self.sm_count, "threads": self.threads,
+            "clocks": self.clocks, "sparse_24": self.sparse_24, "sparse_24_note": self.sparse_24_note,
+            "dtypes": list(self.dtypes), "runtime": self.runtime,
+            "platform": platform.platform(), "cpu": hardware._cpu_model(),
+        }
+
+    # -- random pools (rotation copies are views into them) --------------------
+
+    def pool(self, dtype: str, min_elems: int = 0, density: float = 1.0):
+        """A 1-D random tensor of ``dtype``; with density < 1 a share of its values are zero
+        (unstructured sparsity through the dense kernel)."""
+        torch = torch_module()
+        key = (dtype, round(density, 4))
+        p = self._pools.get(key)
+        want = max(pool_elems(self, dtype), min_elems)
+        if p is None or p.numel() < want:
+            if len(self._pools) >= 3:  # keep memory bounded: drop the oldest pool
+                self._pools.pop(next(iter(self._pools)))
+            g = torch.Generator(device=self.torch_device).manual_seed(1234)
+            p = torch.empty(want, dtype=torch_dtype(dtype), device=self.torch_device)
+            p.uniform_(-1.0, 1.0, generator=g)
+            if density < 1.0:
+                keep = torch.rand(want, device=self.torch_device, generator=g) < density
+                p.mul_(keep)
+                del keep
+            self._pools[key] = p
+        return p
+
+    def free(self) -> None:
+        self._pools.clear()
+        if self.is_cuda:
+            torch_module().cuda.empty_cache()
+
+
+def torch_dtype(dtype: str):
+    torch = torch_module()
+    try:
+        return getattr(torch, _TORCH_DTYPES[dtype])
+    except KeyError:
+        raise MeasureError(f"dtype {dtype} cannot be measured with torch here") from None
+
+
+def _nvidia_smi(fields: str) -> list[str]:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0 or not out.stdout.strip():
+        return []
+    return [s.strip() for s in out.stdout.strip().splitlines()[0].split(",")]
+
+
+def read_clocks(ctx: Optional[DeviceContext] = None) -> dict:
+    """GPU clocks (MHz), temperature and power where nvidia-smi can read them; {} on CPU."""
+    names = ["clocks.sm", "clocks.mem", "clocks.max.sm", "clocks.max.mem", "temperature.gpu",
+             "power.draw", "clocks_throttle_reasons.active"]
+    vals = _nvidia_smi(",".join(names))
+    if not vals:
+        vals = _nvidia_smi(",".join(names[:6]))
+    return {n: v for n, v in zip(names, vals)}
+
+
+def open_device(name: str = "local") -> DeviceContext:
+    """Open the local device for measuring (imports torch).
+
+    The fingerprint equals ``hardware.local_device().fingerprint`` for the same machine; on the
+    CPU torch uses ``hardware.cpu_threads()`` threads (the cores this process may run on, or
+    OMP_NUM_THREADS), the count the fingerprint names.
+    """
+    if name not in ("local", hardware.LOCAL):
+        raise UserError(f"can only measure the local device (--gpu local), not {name!r}")
+    torch = torch_module()
+    hw = hardware.local_device()
+    sw = software_versions()
+    runtime = {"torch": torch.__version__, "cuda": torch.version.cuda,
+               "cudnn": None, "cusparselt": None}
+    if hw.kind == "gpu":
+        if not torch.cuda.is_available():
+            raise MeasureError(f"{hw.display_name} was detected but torch {torch.__version__} "
+                               "cannot use CUDA (a CPU-only torch build?)")
+        dev = torch.device("cuda:0")
+        props = torch.cuda.get_device_properties(dev)
+        l2 = getattr(props, "L2_cache_size", 0) / 2**20 or hw.l2_mb
+        try:
+            runtime["cudnn"] = torch.backends.cudnn.version()
+        except Exception:  # pragma: no cover
+            pass
+        try:
+            runtime["cusparselt"] = torch.backends.cusparselt.version()
+        except Exception:  # pragma: no cover - older torch
+            pass
+        dtypes = ["fp16", "fp32", "tf32"]
+        if torch.cuda.is_bf16_supported():
+            dtypes.insert(0, "bf16")
+        smi = _nvidia_smi("driver_version")
+        ctx = DeviceContext(
+            name=hardware.LOCAL, kind="cuda", torch_device="cuda:0", fingerprint=hw.fingerprint,
+            display_name=hw.display_name, software=sw, runtime=runtime, dtypes=tuple(dtypes),
+            sparse_24=False, threads=torch.get_num_threads(), cache_mb=max(l2, hw.l2_mb),
+            memory_gb=props.total_memory / 2**30, driver=smi[0] if smi else None,
+            capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
+            clocks=read_clocks(), method="cuda-graph", method_version=METHOD_VERSIONS["cuda-graph"])
+        ctx.sparse_24, ctx.sparse_24_note = _probe_sparse_24(ctx)
+        return ctx
+    torch.set_num_threads(hardware.cpu_threads())
+    return DeviceContext(
+        name=hardware.LOCAL, kind="cpu", torch_device="cpu", fingerprint=hw.fingerprint,
+        display_name=hw.display_name, software=sw, runtime=runtime, dtypes=("fp32", "bf16"),
+        sparse_24=False, threads=torch.get_num_threads(), cache_mb=hardware._llc_mb(),
+        memory_gb=hw.memory_gb, method="cpu-wall", method_version=METHOD_VERSIONS["cpu-wall"],
+        sparse_24_note="torch has no 2:4 semi-structured sparse kernel on the CPU")
+
+
+def _probe_sparse_24(ctx: DeviceContext) -> tuple[bool, str]:
+    """Whether torch's semi-structured sparse tensors work here (a tiny conversion + matmul)."""
+    torch = torch_module()
+    try:
+        from torch.sparse import to_sparse_semi_structured
+    except ImportError:
+        return False, "this torch has no to_sparse_semi_structured"
+    cap = torch.cuda.get_device_capability()
+    if cap < (8, 0):
+        return False, f"2:4 sparse tensor cores need compute capability 8.0+, this GPU is {cap[0]}.{cap[1]}"
+    try:
+        w = prune_24(torch.randn(128, 128, dtype=torch.float16, device="cuda"))
+        ws = to_sparse_semi_structured(w)
+        x = torch.randn(64, 128, dtype=torch.float16, device="cuda")
+        torch.nn.functional.linear(x, ws)
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 - any failure means: not usable
+        return False, f"semi-structured sparse matmul failed: {type(e).__name__}: {str(e)[:120]}"
+    backend = "cuSPARSELt" if ctx.runtime.get("cusparselt") else "CUTLASS"
+    return True, f"torch semi-structured sparse ({backend})"
+
+
+def prune_24(w):
+    """Keep the 2 largest-magnitude of every 4 consecutive weights along K (MaskLLM-like)."""
+    torch = torch_module()
+    n, k = w.shape
+    g = w.reshape(n, k // 4, 4)
+    idx = g.abs().topk(2, dim=-1).indices
+    mask = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
+    return (g * mask).reshape(n, k)
+
+
+def pool_elems(ctx: DeviceContext, dtype: str) -> int:
+    return max(int(4 * ctx.cache_mb * 2**20 / dtype_bytes(dtype)), 1 << 20)
+
+
+def oom_error():
+    torch = torch_module()
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError

@@ -1,0 +1,171 @@
+"""Timing one op: the case for its kind, the loop for the device, a Measurement that never
+raises; checking what is timed against a float64 reference; the CPU contention probe."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Optional
+
+from ..errors import MeasureError
+from ..measured_table import Measurement, now_iso
+from ..ops import Attention, Elementwise, Gemm, Op
+from . import attention, elementwise, gemm
+from .case import Case, Unsupported
+from .device import DeviceContext, oom_error, torch_module
+from .loops import time_cpu, time_cuda
+
+_TOL = {"fp32": 2e-5, "tf32": 5e-3, "bf16": 2e-2, "fp16": 5e-3}
+
+
+def build_case(op: Op, ctx: DeviceContext, check: bool = False, **kw) -> Case:
+    if op.dtype not in ctx.dtypes:
+        raise Unsupported(f"dtype {op.dtype} is not measured on {ctx.display_name} "
+                          f"(measurable: {', '.join(ctx.dtypes)})")
+    if isinstance(op, Gemm):
+        return gemm.gemm_case(op, ctx, check, kw.get("unstructured_kernel", "dense"))
+    if isinstance(op, Attention):
+        return attention.attention_case(op, ctx, check)
+    if isinstance(op, Elementwise):
+        return elementwise.elementwise_case(op, ctx, check)
+    raise MeasureError(f"cannot measure {type(op).__name__}")
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _measurement(op: Op, ctx: DeviceContext, **kw) -> Measurement:
+    return Measurement(key=op.key(), op=asdict(op), method=ctx.method,
+                       method_version=ctx.method_version, fingerprint=ctx.fingerprint,
+                       software=dict(ctx.software), measured_at=now_iso(), **kw)
+
+
+def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
+               warmup: Optional[int] = None, target_ms: Optional[float] = None,
+               max_op_s: float = 20.0, unstructured_kernel: str = "dense") -> Measurement:
+    """Time one call of ``op`` on the opened device (``count`` is ignored).
+
+    Never raises for an op that fails: the returned Measurement's ``status`` says
+    ``unsupported`` (no kernel here), ``oom`` (out of memory) or ``error`` (with the reason
+    in ``note``).  ``repeats``: timed batches (default 7 on CUDA, 5 on the CPU; at most 3
+    for calls longer than 0.25 s on the CPU).  ``target_ms``: wall time of one timed batch.
+    """
+    torch = torch_module()
+    repeats = repeats or (7 if ctx.is_cuda else 5)
+    warmup = warmup or (3 if ctx.is_cuda else 2)
+    case = None
+    tf32 = None
+    if ctx.is_cuda:  # "tf32" is fp32 storage with TF32 tensor-core math; "fp32" is true fp32
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = op.dtype == "tf32"
+    try:
+        case = build_case(op, ctx, unstructured_kernel=unstructured_kernel)
+        note = case.note
+        if case.setup:
+            case.setup()
+        compile_s = None
+        if case.fallback is not None:  # FlexAttention: compile now, outside the timing
+            t = time.perf_counter()
+            try:
+                case.fn(0)
+                if ctx.is_cuda:
+                    torch.cuda.synchronize()
+                compile_s = time.perf_counter() - t
+            except oom_error():
+                raise
+            except Exception as e:  # noqa: BLE001
+                case = case.fallback(f"flex-compile failed: estimate ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:100] if str(e) else ''})")
+                note = case.note
+        if ctx.is_cuda:
+            ms, eager, spread, n, tnote = time_cuda(case.fn, case.copies, repeats, warmup,
+                                                     case.capturable, target_ms or 2.0)
+        else:
+            ms, eager, spread, n, tnote = time_cpu(case.fn, case.copies, repeats, warmup,
+                                                    (target_ms or 10.0) / 1e3, max_op_s)
+        if case.scale != 1.0:
+            ms, eager = ms * case.scale, eager * case.scale
+        notes = [s for s in (note, tnote, f"flex compile {compile_s:.1f} s" if compile_s else "",
+                             f"{case.copies} rotated copies" if case.copies > 1 else "") if s]
+        return _measurement(op, ctx, ms=ms, eager_ms=eager, spread=spread, repeats=n,
+                            status="ok", note="; ".join(notes))
+    except Unsupported as e:
+        return _measurement(op, ctx, ms=None, status="unsupported", note=str(e))
+    except oom_error() as e:
+        return _measurement(op, ctx, ms=None, status="oom",
+                            note=f"out of memory: {str(e).splitlines()[0][:160] if str(e) else ''}")
+    except MeasureError as e:
+        return _measurement(op, ctx, ms=None, status="error", note=str(e))
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else ""
+        if "out of memory" in msg.lower() or "can't allocate memory" in msg.lower():
+            return _measurement(op, ctx, ms=None, status="oom", note=f"out of memory: {msg}")
+        return _measurement(op, ctx, ms=None, status="error", note=f"{type(e).__name__}: {msg}")
+    finally:
+        del case
+        if ctx.is_cuda:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.cuda.empty_cache()
+
+
+def verify_op(op: Op, ctx: DeviceContext, **kw) -> tuple[float, float]:
+    """Run the timed implementation of ``op`` once and compare it with a float64 reference.
+
+    Returns (relative Frobenius error, tolerance for the op's dtype).  Raises ``Unsupported``
+    when the op has no kernel here.
+    """
+    torch = torch_module()
+    case = build_case(op, ctx, check=True, **kw)
+    if case.ref is None:
+        raise Unsupported(case.note)
+    expected = case.ref()  # before fn: some ops (scatter, kv_write) update in place
+    if isinstance(expected, torch.Tensor):
+        expected = expected.clone()
+    out = case.fn(0)
+    if case.post:
+        out = case.post(out)
+    out = out.double()
+    expected = expected.double()
+    if out.shape != expected.shape:
+        raise MeasureError(f"{op.key()}: shape {tuple(out.shape)} != reference {tuple(expected.shape)}")
+    den = expected.norm().item() or 1.0
+    err = (out - expected).norm().item() / den
+    tol = _TOL.get(op.dtype, 1e-2)
+    if isinstance(op, Attention) or (isinstance(op, Elementwise) and op.kind in ("rmsnorm", "silu_mul", "rotary")):
+        tol *= 5  # softmax / transcendental functions in low precision
+    return err, tol
+
+
+def contention_probe(ctx: DeviceContext, budget_s: float = 0.05) -> dict:
+    """Is another process using this CPU's cores right now?
+
+    An OpenMP parallel region waits for every thread at its barrier: when another process
+    holds one of the cores, each multithreaded kernel waits for a descheduled thread (a whole
+    scheduler slice, ~15 ms here), so a 0.07 ms GEMM takes 15 ms.  This times a small GEMM
+    with all threads and with one; ``contended`` when all threads are more than 3× slower.
+    """
+    if ctx.is_cuda or ctx.threads <= 1:
+        return {"contended": False, "ratio": 1.0}
+    torch = torch_module()
+    x = torch.ones(16, 896)
+    w = torch.ones(128, 896)
+
+    def rate(threads: int) -> float:
+        torch.set_num_threads(threads)
+        torch.nn.functional.linear(x, w)
+        best = float("inf")
+        end = time.perf_counter() + budget_s
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    try:
+        single = rate(1)
+        multi = min(rate(ctx.threads), rate(ctx.threads))
+    finally:
+        torch.set_num_threads(ctx.threads)
+    ratio = multi / single if single > 0 else 1.0
+    return {"contended": ratio > 3.0, "ratio": ratio, "threads_ms": multi * 1e3,
+            "single_thread_ms": single * 1e3, "threads": ctx.threads}

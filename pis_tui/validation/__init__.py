@@ -1,0 +1,69 @@
+"""End-to-end validation: build the pruned model for real and time it.
+
+pis-tui predicts a phase's latency by summing measured op times (the taxonomy's op list priced
+by the estimator).  This module checks those predictions against the real thing: it builds the
+pruned model with transformers' own model classes (so the non-GEMM work is what users really
+run), random weights, and times
+
+* **TTFT**: one prefill forward over ``batch × prompt`` tokens (``use_cache=True``, logits of the
+  last token only, as ``generate`` does);
+* **TPOT**: one decode step of ``batch`` sequences over a KV cache of ``context`` tokens (a
+  ``StaticCache`` filled to that length; on CUDA the step is captured in a CUDA graph).
+
+Dense and pruned runs are interleaved and repeated and the medians are compared with the
+prediction.  How each family is built (the dims come from :mod:`pis_tui.taxonomy`, so the model
+has exactly the shapes the prediction priced):
+
+* ``static_depth``: fewer decoder layers; ``granularity="sublayer"`` keeps only the attention or
+  only the MLP half of a layer (its norm and residual add go with it).
+* ``static_width``: fewer (GQA groups of) heads and a smaller ``intermediate_size`` in the config
+  (``head_dim`` kept explicit).
+* ``static_width_hidden``: a smaller ``hidden_size`` everywhere plus an H'×H' ``Linear`` on each
+  residual branch (SliceGPT's residual mapping).
+* ``low_rank``: every decoder linear ``W[N,K]`` becomes ``Linear(K,r)`` → ``Linear(r,N)``.
+* ``semi_structured_24``: a 2:4 weight mask; on a CUDA GPU with 2:4 kernels the weights are
+  converted with ``torch.sparse.to_sparse_semi_structured``; elsewhere it runs dense (and says so).
+* ``unstructured``: dense weights with a share ``s`` zeroed (same dense kernels).
+* ``dynamic_depth``: each decoder layer is wrapped; per sublayer a router ``Linear(H,1)`` scores
+  the tokens, top-k keeps ``1−s`` of them (per sequence in prefill, across the batch in decode),
+  they are gathered, normed, run through the sublayer (attention among the kept tokens with their
+  own positions), added to their residual and scattered back.  At decode batch 1 a sublayer runs
+  or not: a seeded plan runs ``round((1−s)·L)`` of the attention and of the MLP sublayers (the
+  router still runs for every one), so each step costs the expectation.
+* ``dynamic_sparse_attention``: a registered attention implementation that keeps ``1−s`` of the
+  64-token key blocks per query block (the diagonal always), chosen by mean-pooled block scores,
+  and runs SDPA over the gathered blocks.  This is a gather-based approximation of a fused
+  block-sparse kernel (SeerAttention-like), labelled as such in the results.
+
+Models are built on the ``meta`` device and materialised with ``to_empty`` and a fast tiled random
+fill (never transformers' slow default init), so a big model is ready in the time it takes to
+touch its memory.  torch and transformers are imported inside the functions only.
+
+The package, one job a module: :mod:`.config` (the pruned model's dims and transformers config),
+:mod:`.build` (building and materialising it), :mod:`.modules` (the wrapper modules),
+:mod:`.attention` (the attention implementations), :mod:`.run` (timing a model end to end),
+:mod:`.compare` (predictions, :func:`validate`, accuracy), :mod:`.parts` (time per model part,
+for diagnosis), :mod:`.probe` (the eager framework-overhead probe).
+"""
+
+from __future__ import annotations
+
+from .attention import ATTN_IMPL, BLOCK_SPARSE_IMPL, register_attention
+from .build import BuiltModel, apply_masks, build_from_spec, build_model, decoder_linears
+from .compare import (STANDARD_SPARSITIES, OpTimes, ValidationRow, accuracy_summary,
+                      extra_families, predict, standard_families, standard_strategies, validate,
+                      validation_record)
+from .config import (PROJ_NAMES, SUPPORTED_MODEL_TYPES, PrunedDims, check_buildable, hf_config,
+                     proj_shapes, pruned_dims, raw_config, torch_dtype)
+from .parts import PARTS, measured_parts, part_of, predicted_parts
+from .probe import PROBE_STRATEGIES, dispatch_probe, tiny_clone
+from .run import PhaseRun, Timing, local_torch_device, measure_interleaved, time_phase
+
+__all__ = ["ATTN_IMPL", "BLOCK_SPARSE_IMPL", "register_attention", "BuiltModel", "apply_masks",
+           "build_from_spec", "build_model", "decoder_linears", "STANDARD_SPARSITIES", "OpTimes",
+           "ValidationRow", "accuracy_summary", "extra_families", "predict", "standard_families",
+           "standard_strategies", "validate", "validation_record", "PROJ_NAMES",
+           "SUPPORTED_MODEL_TYPES", "PrunedDims", "check_buildable", "hf_config", "proj_shapes",
+           "pruned_dims", "raw_config", "torch_dtype", "PARTS", "measured_parts", "part_of",
+           "predicted_parts", "PROBE_STRATEGIES", "dispatch_probe", "tiny_clone", "PhaseRun",
+           "Timing", "local_torch_device", "measure_interleaved", "time_phase"]

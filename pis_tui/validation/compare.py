@@ -1,0 +1,326 @@
+"""Predicted against measured: op times for the estimator, the prediction of a phase, and
+:func:`validate`, which builds each pruned model, times it against the dense one and
+compares the speedups."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .. import families
+from .. import taxonomy as tx
+from ..errors import MeasureError
+from ..layer_ops import overhead_phase
+from ..model_spec import ModelSpec
+from ..scenario import Scenario
+from .build import build_from_spec
+from .config import check_buildable, raw_config, torch_dtype
+from .probe import dispatch_probe
+from .run import PhaseRun, local_torch_device, measure_interleaved
+
+STANDARD_SPARSITIES = (0.25, 0.5)
+
+
+def standard_families() -> tuple[str, ...]:
+    """The standard set of ``validate --all`` and the accuracy benchmark (the registry's
+    ``validate_standard`` families), in the registry's order."""
+    return tuple(f.name for f in families.all_families() if f.validate_standard)
+
+
+def extra_families() -> tuple[str, ...]:
+    """The other pruned families (``validate --all`` without ``--core-only``)."""
+    return tuple(f.name for f in families.all_families()
+                 if not f.validate_standard and not f.is_baseline)
+
+
+# ============================================================== prediction
+
+
+class OpTimes:
+    """Measured op times on the local device, for the estimator.
+
+    Uses the profiling helper (``pis_tui.profiling``) and the DuckDB cache when they are
+    available, so a validate run measures exactly the ops of the phases it compares (and
+    only those not measured yet); else times them here with ``pis_tui.timing``.
+    """
+
+    def __init__(self, dtype: str, cache=None, on_progress: Optional[Callable[[str], None]] = None,
+                 repeats: Optional[int] = None):
+        self.dtype = dtype
+        self.repeats = repeats
+        self.cache = cache
+        self.on_progress = on_progress
+        self._mem: dict = {}  # key → Measurement
+        self._ctx = None
+
+    def ensure(self, ops) -> None:
+        """Measure every op of ``ops`` not measured yet."""
+        from ..ops import Overhead, measuring_form
+
+        want = {}
+        for o in ops:
+            if isinstance(o, Overhead):  # priced from the dispatch probe (if run)
+                continue
+            k = measuring_form(o).key()
+            if k not in self._mem and k not in want:
+                want[k] = measuring_form(o)
+        if self.cache is not None:
+            for rec in self.cache.get_measurements(self._fingerprint(), self.dtype):
+                key = rec.get("key") if isinstance(rec, dict) else getattr(rec, "key", None)
+                if key in want:
+                    self._mem[key] = rec
+                    want.pop(key)
+                elif str(key).startswith("ovh:") and key not in self._mem:
+                    self._mem[key] = rec
+        if not want:
+            return
+        if self.cache is not None:
+            from .. import profiling
+
+            done = profiling.measure_ops(list(want.values()), cache=self.cache, dtype=self.dtype,
+                                         on_progress=self.on_progress, repeats=self.repeats)
+            for m in done:
+                self._mem[m.key] = m
+            return
+        from .. import timing
+
+        if self._ctx is None:
+            self._ctx = timing.open_device("local")
+        for i, op in enumerate(want.values()):
+            if self.on_progress:
+                self.on_progress(f"measuring op {i + 1}/{len(want)}: {op.key()}")
+            m = timing.measure_op(op, self._ctx, repeats=self.repeats)
+            self._mem[m.key] = m
+
+    def add(self, measurements) -> None:
+        """Measurements taken elsewhere (the dispatch probe's overhead ops)."""
+        for m in measurements:
+            self._mem[m.key] = m
+
+    def _fingerprint(self) -> str:
+        from ..hardware import local_device
+
+        return local_device().fingerprint
+
+    def records(self) -> list:
+        out = []
+        for m in self._mem.values():
+            if isinstance(m, dict):
+                out.append(m)
+            else:
+                out.append({"key": m.key, "op": m.op, "ms": m.ms, "status": m.status})
+        return out
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.free()
+            self._ctx = None
+
+
+def predict(spec: ModelSpec, strategy: tx.Strategy, scenario: Scenario, phase: str,
+            times: OpTimes):
+    """pis-tui's estimate of one phase on the local device from measured op times."""
+    from ..estimator import Estimator
+    from ..hardware import local_device
+
+    po = tx.build_phase_ops(spec, strategy, scenario, phase)
+    times.ensure(po.ops)
+    est = Estimator(local_device(), times.records())
+    return est.estimate(po)
+
+
+# ============================================================== validate
+
+
+@dataclass
+class ValidationRow:
+    strategy: str
+    sparsity: float
+    achieved_sparsity: float
+    phase: str
+    batch: int
+    length: int  # prompt length (prefill) or context length (decode)
+    predicted_ms: float
+    measured_ms: float
+    dense_predicted_ms: float
+    dense_measured_ms: float
+    predicted_speedup: float
+    measured_speedup: float
+    error: float  # predicted_speedup / measured_speedup − 1
+    flops_speedup: float = 1.0
+    flops_error: float = 0.0  # the naive predictor's error (FLOPs ratio vs measured)
+    timing_source: str = "measured"
+    measured_spread: float = 0.0  # IQR / median of the pruned model's samples
+    dense_spread: float = 0.0
+    repeats: int = 0
+    granularity: str = "layer"
+    notes: tuple = ()
+
+    def to_dict(self, full: bool = False) -> dict:
+        keys = ("strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
+                "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
+                "predicted_speedup", "measured_speedup", "error")
+        d = {k: _round(getattr(self, k)) for k in keys}
+        if full:
+            for k in ("flops_speedup", "flops_error", "timing_source", "measured_spread",
+                      "dense_spread", "repeats", "granularity"):
+                d[k] = _round(getattr(self, k))
+            d["notes"] = list(self.notes)
+        return d
+
+
+def _round(x):
+    return round(x, 6) if isinstance(x, float) else x
+
+
+def standard_strategies(extra: bool = True, sparsities=STANDARD_SPARSITIES,
+                        device: str = "cpu") -> list:
+    fams = standard_families() + (extra_families() if extra else ())
+    return [tx.Strategy(f, s) for f in fams for s in families.get(f).sparsity_grid(sparsities)]
+
+
+def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), *,
+             prefill_batch: int = 1, prompt_len: int = 128, decode_batches=(1, 16),
+             context_len: int = 256, dtype: Optional[str] = None, repeats: int = 5,
+             warmup: int = 1, cache=None, device: Optional[str] = None, seed: int = 0,
+             op_repeats: Optional[int] = None,
+             on_progress: Optional[Callable[[str], None]] = None,
+             on_row: Optional[Callable[[ValidationRow], None]] = None,
+             probe_overhead: bool = True, probes: Optional[dict] = None) -> list:
+    """Build each pruned model, time it against the dense one (interleaved), and compare the
+    measured speedups with pis-tui's predictions.  Returns one :class:`ValidationRow` per
+    strategy × phase × batch.
+
+    On the CPU the eager framework overhead is measured first (:func:`dispatch_probe`, once per
+    code path, unless the cache already holds it) so the predictions include it; ``probes``
+    (a dict) receives each probe's result by code path."""
+    import gc
+
+    import torch
+
+    say = on_progress or (lambda msg: None)
+    raw, spec = raw_config(model)
+    check_buildable(spec)
+    device = device or local_torch_device()
+    dtype = dtype or ("fp32" if device == "cpu" else "bf16")
+    torch_dtype(dtype)
+    if device == "cpu":
+        from ..hardware import cpu_threads
+
+        torch.set_num_threads(cpu_threads())
+    cases = []
+    for ph in phases:
+        batches = (prefill_batch,) if ph == "prefill" else tuple(decode_batches)
+        for b in batches:
+            cases.append((ph, b, prompt_len if ph == "prefill" else context_len))
+    times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
+    if device == "cpu" and probe_overhead:
+        from ..ops import Overhead
+
+        have = set()
+        if cache is not None:
+            have = {m.key for m in cache.get_measurements(times._fingerprint(), dtype)
+                    if m.key.startswith("ovh:")}
+        for ph, b, length in cases:
+            path = overhead_phase(ph, b)
+            if Overhead("x", "forward", path, 1.0, dtype).key() in have or \
+                    (probes is not None and path in probes):
+                continue
+            say(f"measuring the framework overhead ({path}) with tiny clones")
+            res = dispatch_probe(raw, spec, ph, b, length, times, cache=cache)
+            have.add(Overhead("x", "forward", path, 1.0, dtype).key())
+            if probes is not None:
+                probes[path] = res
+    # every op the comparisons need, measured in one go: on the CPU an op's rounds then lie
+    # far apart in time (a slow spell of the machine spoils rounds, not ops)
+    say("measuring the ops of every prediction")
+    every = []
+    for strat in [tx.Strategy("dense")] + list(strategies):
+        for ph, b, length in cases:
+            scen = Scenario(prefill_batch=b if ph == "prefill" else 1,
+                            prompt_len=length if ph == "prefill" else 1,
+                            decode_batch=b if ph == "decode" else 1,
+                            context_len=length if ph == "decode" else 1, dtype=dtype)
+            every += tx.build_phase_ops(spec, strat, scen, ph).ops
+    times.ensure(every)
+    rows: list = []
+    say(f"building dense {spec.name} ({dtype}, {device})")
+    dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=device, dtype=dtype, seed=seed)
+    dense_pred: dict = {}
+    try:
+        for strat in strategies:
+            say(f"building {strat.family} s={strat.sparsity:g}")
+            pruned = build_from_spec(raw, spec, strat, device=device, dtype=dtype, seed=seed)
+            try:
+                for ph, b, length in cases:
+                    scen = Scenario(prefill_batch=b if ph == "prefill" else 1,
+                                    prompt_len=length if ph == "prefill" else 1,
+                                    decode_batch=b if ph == "decode" else 1,
+                                    context_len=length if ph == "decode" else 1, dtype=dtype)
+                    say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: predicting")
+                    if (ph, b, length) not in dense_pred:
+                        dense_pred[(ph, b, length)] = predict(spec, tx.Strategy("dense"), scen, ph, times)
+                    pe = predict(spec, strat, scen, ph, times)
+                    de = dense_pred[(ph, b, length)]
+                    say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: timing end to end")
+                    runs = [PhaseRun(dense, ph, b, length, seed=seed),
+                            PhaseRun(pruned, ph, b, length, seed=seed)]
+                    try:
+                        for r in runs:
+                            r.prepare()
+                        td, tp = measure_interleaved(runs, repeats, warmup)
+                    except (RuntimeError, NotImplementedError) as e:
+                        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                        raise MeasureError(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: "
+                                           f"the model failed to run ({msg})") from None
+                    finally:
+                        for r in runs:
+                            r.close()
+                    ps = de.latency_ms / pe.latency_ms
+                    ms_ = td.median_ms / tp.median_ms
+                    fs = de.flops / pe.flops if pe.flops else 1.0
+                    notes = tuple(pruned.notes) + tuple(runs[1].notes)
+                    row = ValidationRow(
+                        strat.family, strat.sparsity, pe.achieved_sparsity, ph, b, length,
+                        pe.latency_ms, tp.median_ms, de.latency_ms, td.median_ms, ps, ms_,
+                        ps / ms_ - 1.0, fs, fs / ms_ - 1.0, pe.timing_source, tp.spread,
+                        td.spread, repeats, strat.granularity, notes)
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
+            finally:
+                del pruned
+                gc.collect()
+    finally:
+        times.close()
+        del dense
+        gc.collect()
+    if cache is not None and rows and hasattr(cache, "put_validation"):
+        cache.put_validation([validation_record(r, spec, dtype, device) for r in rows])
+    return rows
+
+
+def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: str) -> dict:
+    from ..hardware import local_device
+
+    d = row.to_dict(full=True)
+    d.update(model=spec.name, dtype=dtype, device=local_device().fingerprint,
+             fingerprint=local_device().fingerprint, torch_device=device,
+             measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return d
+
+
+def accuracy_summary(rows: list) -> dict:
+    """Median and worst |error| of the predicted speedups (and of the FLOPs ratio)."""
+    if not rows:
+        return {"n": 0}
+    errs = [abs(r.error) for r in rows]
+    ferrs = [abs(r.flops_error) for r in rows]
+    worst = max(rows, key=lambda r: abs(r.error))
+    return {"n": len(rows), "median_abs_error": statistics.median(errs),
+            "worst_abs_error": max(errs),
+            "worst": f"{worst.strategy} {worst.sparsity:g} {worst.phase} b{worst.batch}",
+            "flops_median_abs_error": statistics.median(ferrs),
+            "flops_worst_abs_error": max(ferrs)}

@@ -1,0 +1,216 @@
+"""The wrapper modules validate builds pruned models from (created on first use: torch.nn is
+imported lazily): low-rank linears, half layers, SliceGPT-like mapped layers, token-routed
+layers and the row cache of routed decode."""
+
+from __future__ import annotations
+
+import inspect
+
+# ------------------------------------------------------------------ wrapper modules
+# torch.nn is imported lazily: the classes are created on first use.
+
+_CLASSES: dict = {}
+
+
+def _nn():
+    import torch
+
+    return torch.nn
+
+
+def _cache_kw_name(attn_module) -> str:
+    """The KV-cache keyword of an attention forward: ``cache`` (transformers ≥ 5.2x) or
+    ``past_key_values`` (earlier 5.x)."""
+    params = inspect.signature(type(attn_module).forward).parameters
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if name in params:
+            return name
+    return "past_key_values"
+
+
+def _get_cache(kw: dict):
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if kw.get(name) is not None:
+            return name, kw[name]
+    return None, None
+
+
+def _make_classes() -> None:
+    if _CLASSES:
+        return
+    import torch
+
+    from ..families.dynamic_depth import kept_tokens as _kept_tokens
+
+    nn = torch.nn
+
+    class LowRank(nn.Module):
+        """W[N,K] → B[N,r]·A[r,K]: two GEMMs through rank r (bias kept on the second)."""
+
+        def __init__(self, lin, rank: int):
+            super().__init__()
+            self.A = nn.Linear(lin.in_features, rank, bias=False)
+            self.B = nn.Linear(rank, lin.out_features, bias=lin.bias is not None)
+            self.rank = rank
+            self.in_features, self.out_features = lin.in_features, lin.out_features
+
+        def forward(self, x):
+            return self.B(self.A(x))
+
+    class HalfLayer(nn.Module):
+        """A decoder layer of which only the attention or only the MLP block is kept."""
+
+        def __init__(self, layer, keep_attn: bool, keep_mlp: bool):
+            super().__init__()
+            self.keep_attn, self.keep_mlp = keep_attn, keep_mlp
+            self.self_attn = layer.self_attn if keep_attn else None
+            self.input_layernorm = layer.input_layernorm if keep_attn else None
+            self.mlp = layer.mlp if keep_mlp else None
+            self.post_attention_layernorm = layer.post_attention_layernorm if keep_mlp else None
+
+        def forward(self, hidden_states, **kw):
+            x = hidden_states
+            if self.keep_attn:
+                a, _ = self.self_attn(hidden_states=self.input_layernorm(x), **kw)
+                x = x + a
+            if self.keep_mlp:
+                x = x + self.mlp(self.post_attention_layernorm(x))
+            return x
+
+    class MappedLayer(nn.Module):
+        """SliceGPT-like layer: the residual of each sublayer goes through an H'×H' mapping."""
+
+        def __init__(self, layer, hidden: int):
+            super().__init__()
+            self.inner = layer
+            self.attn_map = nn.Linear(hidden, hidden, bias=False)
+            self.mlp_map = nn.Linear(hidden, hidden, bias=False)
+
+        def forward(self, hidden_states, **kw):
+            inner = self.inner
+            x = hidden_states
+            a, _ = inner.self_attn(hidden_states=inner.input_layernorm(x), **kw)
+            x = self.attn_map(x) + a
+            return self.mlp_map(x) + inner.mlp(inner.post_attention_layernorm(x))
+
+    class RowCache:
+        """Stands in for the KV cache while a routed subset of the batch decodes: writes the
+        kept rows' new K/V at the decode position and returns those rows' caches."""
+
+        def __init__(self, cache, rows, pos: int):
+            self.cache, self.rows, self.pos = cache, rows, pos
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.cache.layers[layer_idx]
+            layer.keys[self.rows, :, self.pos] = key_states[:, :, 0]
+            layer.values[self.rows, :, self.pos] = value_states[:, :, 0]
+            return layer.keys.index_select(0, self.rows), layer.values.index_select(0, self.rows)
+
+    class RoutedLayer(nn.Module):
+        """Dynamic depth (mixture-of-depths-like token routing) around a decoder layer."""
+
+        def __init__(self, layer, hidden: int, s: float, state: dict, run_attn: bool, run_mlp: bool):
+            super().__init__()
+            self.inner = layer
+            self.s = s
+            self.state = state
+            self.attn_router = nn.Linear(hidden, 1, bias=False)
+            self.mlp_router = nn.Linear(hidden, 1, bias=False)
+            self.plan = {"attn": run_attn, "mlp": run_mlp}
+            self.kept_share: dict = {}  # last routing: sublayer → share of tokens kept
+
+        def _attn(self, x, kw, pe=None, pos=None, cache=None, cache_name=None):
+            kw = dict(kw)
+            if pe is not None:
+                kw["position_embeddings"] = pe
+            if pos is not None:
+                kw["position_ids"] = pos
+            if cache_name is not None:
+                kw[cache_name] = cache
+            kw["attention_mask"] = None
+            a, _ = self.inner.self_attn(hidden_states=self.inner.input_layernorm(x), **kw)
+            return a
+
+        def _mlp(self, x):
+            return self.inner.mlp(self.inner.post_attention_layernorm(x))
+
+        def forward(self, hidden_states, **kw):
+            x = hidden_states.contiguous()
+            x = self._route(x, "attn", kw)
+            return self._route(x, "mlp", kw)
+
+        def _route(self, x, sub: str, kw):
+            B, S, H = x.shape
+            router = self.attn_router if sub == "attn" else self.mlp_router
+            score = router(x).view(B, S)
+            if S > 1:  # prefill: per sequence, top-k over its tokens (kept in order)
+                k = _kept_tokens(S, self.s)
+                idx = torch.topk(score, k, dim=1, sorted=False).indices.sort(dim=1).values
+                flat = (idx + torch.arange(B, device=x.device).unsqueeze(1) * S).reshape(-1)
+                xs = x.view(B * S, H).index_select(0, flat).view(B, k, H)
+                if sub == "attn":
+                    cos, sin = kw["position_embeddings"]
+
+                    def pick(t):
+                        t = t.expand(B, S, t.shape[-1]).reshape(B * S, -1)
+                        return t.index_select(0, flat).view(B, k, -1)
+                    pos = kw.get("position_ids")
+                    pos = pos.expand(B, S).gather(1, idx) if pos is not None else None
+                    y = xs + self._attn(xs, kw, pe=(pick(cos), pick(sin)), pos=pos)
+                else:
+                    y = xs + self._mlp(xs)
+                x.view(B * S, H).index_copy_(0, flat, y.view(B * k, H))
+                self.kept_share[sub] = k / S
+                return x
+            if B > 1:  # decode: route across the batch
+                k = _kept_tokens(B, self.s)
+                rows = torch.topk(score.view(B), k, sorted=False).indices
+                xs = x.index_select(0, rows)
+                if sub == "attn":
+                    cos, sin = kw["position_embeddings"]
+                    if cos.shape[0] == B:
+                        cos, sin = cos.index_select(0, rows), sin.index_select(0, rows)
+                    pos = kw.get("position_ids")
+                    if pos is not None and pos.shape[0] == B:
+                        pos = pos.index_select(0, rows)
+                    name, cache = _get_cache(kw)
+                    if cache is not None:
+                        cache = RowCache(cache, rows, self.state["decode_pos"])
+                    y = xs + self._attn(xs, kw, pe=(cos, sin), pos=pos, cache=cache,
+                                        cache_name=name)
+                else:
+                    y = xs + self._mlp(xs)
+                x.index_copy_(0, rows, y)
+                self.kept_share[sub] = k / B
+                return x
+            # decode batch 1: the router decides run or skip; a seeded plan fixes which
+            torch.topk(score.view(1, 1), 1)
+            self.kept_share[sub] = 1.0 if self.plan[sub] else 0.0
+            if not self.plan[sub]:
+                return x
+            if sub == "attn":
+                return x + self._attn(x, kw)
+            return x + self._mlp(x)
+
+    _CLASSES.update(LowRank=LowRank, HalfLayer=HalfLayer, MappedLayer=MappedLayer,
+                    RoutedLayer=RoutedLayer, RowCache=RowCache)
+
+
+def low_rank_linear(lin, rank):
+    _make_classes()
+    return _CLASSES["LowRank"](lin, rank)
+
+
+def half_layer(layer, keep_attn, keep_mlp):
+    _make_classes()
+    return _CLASSES["HalfLayer"](layer, keep_attn, keep_mlp)
+
+
+def mapped_layer(layer, hidden):
+    _make_classes()
+    return _CLASSES["MappedLayer"](layer, hidden)
+
+
+def routed_layer(layer, hidden, s, state, run_attn, run_mlp):
+    _make_classes()
+    return _CLASSES["RoutedLayer"](layer, hidden, s, state, run_attn, run_mlp)

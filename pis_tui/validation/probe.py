@@ -1,0 +1,131 @@
+"""The eager framework-overhead probe: tiny clones of the model whose run time is almost all
+host overhead, solved for the cost of each overhead kind."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import taxonomy as tx
+from ..errors import MeasureError
+from ..layer_ops import overhead_phase
+from ..model_spec import ModelSpec
+from ..scenario import Scenario
+from .build import build_from_spec
+from .run import PhaseRun, measure_interleaved
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compare import OpTimes
+
+def tiny_clone(raw: dict, spec: ModelSpec) -> tuple[dict, ModelSpec]:
+    """The same architecture (layers, GQA ratio, biases, tying) with every width tiny: its
+    forward time is almost all framework overhead (Python, module calls, dispatch, glue ops)."""
+    from ..model_spec import spec_from_config
+
+    cfg = dict(raw)
+    group = spec.gqa_group
+    cfg.update(hidden_size=64, intermediate_size=64, num_attention_heads=2 * group,
+               num_key_value_heads=2, head_dim=16, vocab_size=64)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        cfg.pop(k, None)
+    return cfg, spec_from_config(cfg, spec.name + "-tiny")
+
+
+# ============================================================== dispatch (framework) overhead
+
+#: tiny clones timed by :func:`dispatch_probe`: their overhead counts (per forward, per block,
+#: per linear, per routed sublayer) differ enough to solve for each kind's cost
+PROBE_STRATEGIES = (("dense", 0.0), ("static_depth", 0.5), ("low_rank", 0.5),
+                    ("dynamic_depth", 0.5))
+
+
+def _solve(a: list, b: list) -> list:
+    """Least squares a·x ≈ b (normal equations, Gaussian elimination with pivoting)."""
+    n = len(a[0])
+    ata = [[sum(r[i] * r[j] for r in a) for j in range(n)] for i in range(n)]
+    atb = [sum(r[i] * y for r, y in zip(a, b)) for i in range(n)]
+    m = [row + [v] for row, v in zip(ata, atb)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[p][c]) < 1e-12:
+            raise MeasureError("dispatch probe: the tiny clones' overhead counts are degenerate")
+        m[c], m[p] = m[p], m[c]
+        for r in range(n):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: int,
+                   times: "OpTimes", *, cache=None, repeats: int = 9) -> dict:
+    """Measure the eager framework overhead of this device (CPU) for one code path.
+
+    Tiny clones of the model (same layers, wrappers and Python; every width tiny, so their
+    kernels cost little) are built dense, at half depth, low-rank (twice the linears) and
+    dynamic-depth (routed sublayers), timed end to end (interleaved), and their own kernel ops
+    (the taxonomy's op list, measured like any op) are subtracted.  What is left is
+    ``F + blocks·B + linears·Lin + routed·R``; solving the four clones gives the cost of each
+    :class:`~pis_tui.ops.Overhead` kind, stored as measurements (keys ``ovh:<kind>:<path>:<dtype>``)
+    so the estimator prices the overhead ops of every strategy with them.  Returns
+    {"path", "ms": {kind: ms per call}, "clones": [...]}.
+    """
+    from dataclasses import asdict
+
+    from ..estimator import Estimator
+    from ..hardware import local_device
+    from ..measured_table import METHOD_VERSIONS, Measurement, now_iso, software_versions
+    from ..ops import OVERHEAD_KINDS, Overhead
+
+    traw, tspec = tiny_clone(raw, spec)
+    dtype = times.dtype
+    scen = Scenario(prefill_batch=batch, prompt_len=length if phase == "prefill" else 1,
+                    decode_batch=batch, context_len=length if phase == "decode" else 1,
+                    dtype=dtype)
+    path = overhead_phase(phase, batch)
+    clones, runs, builts = [], [], []
+    pos = [tx.build_phase_ops(tspec, tx.Strategy(fam, s, align=8), scen, phase)
+           for fam, s in PROBE_STRATEGIES]
+    times.ensure([o for po in pos for o in po.ops if not isinstance(o, Overhead)])
+    est = Estimator(local_device(), [r for r in times.records()
+                                     if not str(r.get("key", "")).startswith("ovh:")])
+    try:
+        for (fam, s), po in zip(PROBE_STRATEGIES, pos):
+            strat = tx.Strategy(fam, s, align=8)
+            kernel_ops = [o for o in po.ops if not isinstance(o, Overhead)]
+            pred = sum(est.price(o).total_ms for o in kernel_ops)
+            counts = {k: 0.0 for k in OVERHEAD_KINDS}
+            for o in po.ops:
+                if isinstance(o, Overhead):
+                    counts[o.kind] += o.count
+            built = build_from_spec(traw, tspec, strat, dtype=dtype)
+            run = PhaseRun(built, phase, batch, length)
+            run.prepare()
+            builts.append(built)
+            runs.append(run)
+            clones.append({"strategy": fam, "sparsity": s, "counts": counts, "kernels_ms": pred})
+        timed = measure_interleaved(runs, repeats, warmup=2, target_ms=60)
+    finally:
+        for r in runs:
+            r.close()
+    for c, t in zip(clones, timed):
+        c["measured_ms"] = t.median_ms
+        c["residual_ms"] = t.median_ms - c["kernels_ms"]
+    kinds = [k for k in OVERHEAD_KINDS if any(c["counts"][k] for c in clones)]
+    coef = _solve([[c["counts"][k] for k in kinds] for c in clones],
+                  [c["residual_ms"] for c in clones])
+    ms = {k: max(1e-6, v) for k, v in zip(kinds, coef)}
+    fp = local_device().fingerprint
+    sw = software_versions()
+    out = []
+    for k, v in ms.items():
+        op = Overhead(f"{k}_overhead", k, path, 1.0, dtype)
+        out.append(Measurement(
+            key=op.key(), op=asdict(op), ms=v, eager_ms=v, spread=None, repeats=repeats,
+            status="ok", method="cpu-wall", method_version=METHOD_VERSIONS["cpu-wall"],
+            fingerprint=fp, software=sw, measured_at=now_iso(),
+            note=(f"dispatch probe: tiny clones of {spec.name} ({', '.join(f for f, _ in PROBE_STRATEGIES)}), "
+                  f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind")))
+    times.add(out)
+    if cache is not None:
+        cache.put_measurements(out)
+    return {"path": path, "ms": ms, "clones": clones}

@@ -1,0 +1,228 @@
+"""Timing a prepared model end to end: one prefill forward or one decode step, interleaved
+rounds of several models, medians and spread."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import MeasureError, UserError
+from .build import BuiltModel
+from .config import torch_dtype
+
+# ============================================================== timing
+
+
+def local_torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and not os.environ.get("PIS_TUI_NO_CUDA") else "cpu"
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _forward_cache_kw(model) -> str:
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class PhaseRun:
+    """One model, one phase, one shape, prepared for timing: ``sample()`` returns the time of
+    one forward in ms (the mean over ``inner`` back-to-back calls)."""
+
+    def __init__(self, built: BuiltModel, phase: str, batch: int, length: int, *, seed: int = 0,
+                 cuda_graph: bool = True):
+        self.built, self.phase, self.batch, self.length = built, phase, batch, length
+        self.seed = seed
+        self.device = built.device
+        self.cuda = str(self.device).startswith("cuda")
+        self.use_graph = cuda_graph and self.cuda and phase == "decode"
+        self.inner = 1
+        self.graph = None
+        self.notes: list[str] = []
+        self._fn: Optional[Callable] = None
+
+    # ---------------------------------------------------------------- setup
+    def prepare(self) -> None:
+        import torch
+
+        m = self.built.model
+        cfg = m.config
+        g = torch.Generator().manual_seed(self.seed)
+        B = self.batch
+        cache_kw = _forward_cache_kw(m)
+        if self.phase == "prefill":
+            S = self.length
+            self.ids = torch.randint(0, cfg.vocab_size, (B, S), generator=g).to(self.device)
+            self.pos = torch.arange(S, device=self.device).unsqueeze(0)
+            from transformers import DynamicCache
+
+            dyn_kw = {"config": cfg} if "config" in inspect.signature(DynamicCache.__init__).parameters else {}
+
+            def fn():
+                return m(input_ids=self.ids, position_ids=self.pos, use_cache=True,
+                         logits_to_keep=1, **{cache_kw: DynamicCache(**dyn_kw)})
+            self._fn = fn
+            return
+        # decode: a StaticCache filled to `length` tokens, one new token per sequence
+        L = self.length
+        self.cache = self._static_cache(L)
+        self.built.state["decode_pos"] = L
+        self.ids = torch.randint(0, cfg.vocab_size, (B, 1), generator=g).to(self.device)
+        self.pos = torch.full((1, 1), L, device=self.device, dtype=torch.long)
+        layers = self._cache_layers
+
+        def fn():
+            out = m(input_ids=self.ids, position_ids=self.pos, use_cache=True,
+                    **{cache_kw: self.cache})
+            for layer in layers:  # back to `length` cached tokens for the next step
+                layer.cumulative_length.fill_(L)
+            return out
+        self._fn = fn
+        if self.use_graph:
+            self._capture()
+
+    def _static_cache(self, L: int):
+        import torch
+        from transformers import StaticCache
+
+        m = self.built.model
+        cache = StaticCache(config=m.config, max_cache_len=L + 1)
+        tdt = torch_dtype(self.built.dtype)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + 7)
+        used = []
+        for a in self.built.attention_modules():
+            idx = a.layer_idx
+            layer = cache.layers[idx]
+            kvh = a.k_proj.out_features if hasattr(a.k_proj, "out_features") else None
+            hd = a.head_dim
+            kvh = (kvh or self.built.dims.num_kv_heads * hd) // hd
+            dummy = torch.zeros(self.batch, kvh, 1, hd, dtype=tdt, device=self.device)
+            layer.lazy_initialization(dummy, dummy)
+            layer.keys.normal_(0, 1, generator=gen)
+            layer.values.normal_(0, 1, generator=gen)
+            if not isinstance(layer.cumulative_length, torch.Tensor):  # pragma: no cover
+                raise MeasureError("this transformers version's StaticCache has no tensor length")
+            layer.cumulative_length.fill_(L)
+            layer.is_initialized = True
+            used.append(layer)
+        self._cache_layers = used
+        return cache
+
+    def _capture(self) -> None:  # pragma: no cover - CUDA only
+        import torch
+
+        try:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s), torch.inference_mode():
+                for _ in range(3):
+                    self._fn()
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g), torch.inference_mode():
+                self._out = self._fn()
+            self.graph = g
+            self.notes.append("decode step captured in a CUDA graph")
+        except Exception as e:  # capture is an optimisation: fall back to eager, say so
+            self.graph = None
+            torch.cuda.synchronize()
+            self.notes.append(f"CUDA graph capture failed, eager decode ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else ''})")
+
+    # ---------------------------------------------------------------- timing
+    def _call(self) -> None:
+        if self.graph is not None:  # pragma: no cover - CUDA only
+            self.graph.replay()
+        else:
+            self._fn()
+
+    def sample(self) -> float:
+        import torch
+
+        with torch.inference_mode():
+            if self.cuda:  # pragma: no cover - CUDA only
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(self.inner):
+                    self._call()
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end) / self.inner
+            t0 = time.perf_counter()
+            for _ in range(self.inner):
+                self._call()
+            return (time.perf_counter() - t0) * 1e3 / self.inner
+
+    def calibrate(self, target_ms: float) -> None:
+        t = self.sample()
+        self.inner = max(1, min(50, int(math.ceil(target_ms / max(t, 1e-3)))))
+
+    def close(self) -> None:
+        self.graph = None
+        self._fn = None
+        self.cache = None
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    samples: list
+    spread: float  # (p75 − p25) / median
+
+
+def _summary(samples: list) -> Timing:
+    med = statistics.median(samples)
+    if len(samples) >= 4:
+        q = statistics.quantiles(samples, n=4)
+        spread = (q[2] - q[0]) / med if med else 0.0
+    else:
+        spread = (max(samples) - min(samples)) / med if med else 0.0
+    return Timing(med, list(samples), spread)
+
+
+def measure_interleaved(runs: list, repeats: int = 5, warmup: int = 1,
+                        target_ms: Optional[float] = None) -> list:
+    """Time several prepared :class:`PhaseRun` s alternately (ABAB…, reversed every other round)
+    so that drifts of a shared, noisy machine hit them alike; returns a :class:`Timing` each."""
+    import torch
+
+    if repeats < 1:
+        raise UserError("repeats must be at least 1")
+    cpu = not any(r.cuda for r in runs)
+    if target_ms is None:
+        target_ms = 150.0 if cpu else 30.0
+    with torch.inference_mode():
+        for r in runs:
+            for _ in range(max(0, warmup)):
+                r.sample()
+            r.calibrate(target_ms)
+    samples = [[] for _ in runs]
+    for i in range(repeats):
+        order = list(range(len(runs)))
+        if i % 2:
+            order.reverse()
+        for j in order:
+            samples[j].append(runs[j].sample())
+    return [_summary(s) for s in samples]
+
+
+def time_phase(built: BuiltModel, phase: str, batch: int, length: int, *, repeats: int = 5,
+               warmup: int = 1) -> Timing:
+    """Median time of one prefill forward (length = prompt) or decode step (length = context)."""
+    run = PhaseRun(built, phase, batch, length)
+    run.prepare()
+    try:
+        return measure_interleaved([run], repeats, warmup)[0]
+    finally:
+        run.close()
