@@ -26,6 +26,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from ..errors import PisError
+from ..sources import ordered
 from .backend import PHASES, Backend, Choices, Snapshot, export_name
 from .export_dialog import ExportDialog
 from .flops_chart import FlopsChart, gap_lines
@@ -465,7 +466,7 @@ class PisApp(App):
         r = snap.result
         self.sub_title = (f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} · budget "
                           f"{pct(snap.choices.active_budget)}")
-        kernels = ", ".join(f"{n} {k}" for k, n in sorted(r.source_summary().items(), key=lambda kv: -kv[1]))
+        kernels = ", ".join(f"{n} {k}" for k, n in ordered(r.source_summary()))
         q = f"{r.quality_protocol} {metric_label(r.quality_metric)}"
         src = {"priors": "priors", "csv": "own CSV", "measured": "measured"}[snap.choices.quality]
         running = " · measuring…" if self.runner is not None and self.runner.running else ""

@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from ..sources import RANK
 from .fmt import family_names, family_style, loss_text, pct, quality_flags, quality_source_text, rgb, speed
 
 #: (key, header, sort key of a Point)
@@ -24,7 +25,7 @@ COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still show
     ("gap", "gap", lambda p: p.gap),
     ("latency", "latency ms", lambda p: p.latency_ms),
     ("achieved", "achieved", lambda p: p.achieved_sparsity),
-    ("timing", "timing", lambda p: p.timing_source),
+    ("timing", "timing", lambda p: RANK.get(p.timing_source, len(RANK))),
     ("qsource", "quality source", lambda p: p.quality.source),
 )
 COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
