@@ -25,6 +25,19 @@ def latency(ms: Optional[float]) -> str:
     return f"{ms:.3g} ms" if ms >= 0.001 else f"{ms:.2e} ms"
 
 
+def sparsity_text(p) -> str:
+    """The achieved sparsity, after the asked one where they differ: the family rounds to what
+    the model allows (whole KV groups, aligned channels, whole layers, tokens, blocks), so
+    qwen2.5-0.5b's heads asked 25 % are cut by 50 %: "25.0% → 26.9%"."""
+    asked, got = pct(p.sparsity), pct(p.achieved_sparsity)
+    return got if asked == got else f"{asked} → {got}"
+
+
+#: what the marks and arrows of the CLI tables and the explorer mean
+SPARSITY_NOTE = "sparsity: asked → achieved where the family's rounding made them differ"
+MARKS_NOTE = "ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source"
+
+
 def quality_marks(q) -> str:
     """ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source."""
     return ("ᵉ" if q.extrapolated else "") + ("ᵇ" if q.borrowed_from else "") + ("ˢ" if q.secondary else "")

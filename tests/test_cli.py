@@ -261,3 +261,29 @@ def test_quality_refuses_them_before_loading_anything(capsys, tmp_path, args, ne
     (tmp_path / "t.txt").write_text("some text " * 50)
     code, _, err = call(capsys, "quality", "--model", str(mdir), "--text", str(tmp_path / "t.txt"), *args)
     _one_error_line(code, err, needle)
+
+
+def test_sweep_shows_asked_and_achieved_where_they_differ(capsys):
+    code, out, err = call(capsys, "sweep", *Q, "--strategies", "static_width,static_depth",
+                          "--sparsities", "0.25,0.5")
+    assert code == 0, err
+    rows = [ln.split() for ln in out.splitlines() if ln.strip().startswith("static_")]
+    # qwen2.5-0.5b's 2 KV groups: heads asked 25 % are cut by 50 %; whole layers: 24 × 25 % = 6
+    assert ["static_width", "25.0%", "→", "26.9%"] == rows[0][:4]
+    assert ["static_width", "50.0%"] == rows[1][:2] and rows[1][2] != "→"
+    assert ["static_depth", "25.0%"] == rows[2][:2] and rows[2][2] != "→"
+    assert "sparsity: asked → achieved where the family's rounding made them differ" in out
+    data = json.loads(call(capsys, "sweep", *Q, "--strategies", "static_width", "--sparsities",
+                           "0.25", "--json", "-")[1])
+    r = next(r for r in data["results"] if r["strategy"] == "static_width")
+    assert (r["sparsity"], round(r["achieved_sparsity"], 3)) == (0.25, 0.269)  # what the table shows
+
+
+def test_frontier_and_recommend_print_the_legend_of_their_marks(capsys):
+    for cmd in ("frontier", "recommend"):
+        code, out, err = call(capsys, cmd, *Q)
+        assert code == 0, err
+        assert "ᵇˢ" in out  # marks in the table...
+        assert "ᵇ borrowed from another model, ˢ secondary source" in out  # ...and what they mean
+        assert "quality: accuracy_drop (lora protocol)" in out
+    assert "◀ recommended" in out
