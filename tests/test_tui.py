@@ -658,3 +658,14 @@ def test_a_dropped_ssh_connection_stops_measuring_and_saves(tmp_path):
     assert proc.returncode is not None
     assert Choices.from_json(be.settings["tui.last_choices"]).budget == pytest.approx(0.11)
     assert signal.getsignal(signal.SIGHUP) == before  # handed back at exit
+
+
+def test_op_drill_down_header_formats_latency_like_the_panels(tmp_path):
+    from dataclasses import replace
+
+    snap = FakeBackend(tmp_path / "measured.txt").compute(Choices())
+    p = replace(snap.result.points[5], latency_ms=13730.0, dense_latency_ms=20512.0)
+    head = OpsScreen(snap, p)._head().plain
+    assert "latency 13.7 s vs dense 20.5 s → " in head and "e+" not in head
+    small = replace(p, latency_ms=0.01234, dense_latency_ms=0.5)
+    assert "latency 0.0123 ms vs dense 0.5 ms → " in OpsScreen(snap, small)._head().plain
