@@ -62,3 +62,17 @@ def flag_words(q, short: bool = False) -> list[str]:
     if q.secondary:
         out.append("secondary source")
     return out
+
+
+def timings_label(n: int) -> str:
+    """The local device's usable op timings in the cache (status ok, current software): the one
+    count `pis-tui gpus` and the explorer's GPU list show, under one name ("measured" is kept
+    for the timing source of a sweep's kernels)."""
+    return f"{n} op timing{'s' if n != 1 else ''} cached" if n else "not measured yet"
+
+
+def sweep_measured_label(measured: int, kernels: int) -> str:
+    """How many of a sweep's distinct kernels are priced from a measurement on this device:
+    the count the explorer's status line lists as "N measured"."""
+    return (f"{measured} of {kernels} kernels measured" if measured
+            else f"none of {kernels} kernels measured yet")
