@@ -287,3 +287,23 @@ def test_frontier_and_recommend_print_the_legend_of_their_marks(capsys):
         assert "ᵇ borrowed from another model, ˢ secondary source" in out  # ...and what they mean
         assert "quality: accuracy_drop (lora protocol)" in out
     assert "◀ recommended" in out
+
+
+def test_gpus_says_nominal_and_never_measured_where_nothing_is(capsys, tmp_path):
+    from helpers import seed_local_timings
+
+    empty = str(tmp_path / "none.duckdb")
+    code, out, _ = call(capsys, "gpus", "--cache", empty)
+    local = next(ln for ln in out.splitlines() if ln.startswith("│ local "))
+    assert code == 0 and "not measured yet" in local and "cache" not in local
+    if "local CPU" in local:  # no CUDA here: the CPU's peaks are guesses until a profile
+        assert "fp32, nominal" in local and "nominal" in local.split("fp32, nominal")[1]
+        assert "measured" not in local.replace("not measured yet", "")
+    assert not (tmp_path / "none.duckdb").exists()  # a look creates no cache
+    seeded = tmp_path / "seeded.duckdb"
+    seed_local_timings(seeded, ok=2, unsupported=1)  # an unsupported record is no timing
+    code, out, _ = call(capsys, "gpus", "--cache", str(seeded))
+    local = next(ln for ln in out.splitlines() if ln.startswith("│ local "))
+    assert "2 op timings cached" in local
+    data = json.loads(call(capsys, "gpus", "--cache", str(seeded), "--json")[1])
+    assert next(d for d in data["devices"] if d["name"] == "local")["op_timings_cached"] == 2
