@@ -25,6 +25,19 @@ def latency(ms: Optional[float]) -> str:
     return f"{ms:.3g} ms" if ms >= 0.001 else f"{ms:.2e} ms"
 
 
+def sparsity_text(p) -> str:
+    """The achieved sparsity, after the asked one where they differ: the family rounds to what
+    the model allows (whole KV groups, aligned channels, whole layers, tokens, blocks), so
+    qwen2.5-0.5b's heads asked 25 % are cut by 50 %: "25.0% → 26.9%"."""
+    asked, got = pct(p.sparsity), pct(p.achieved_sparsity)
+    return got if asked == got else f"{asked} → {got}"
+
+
+#: what the marks and arrows of the CLI tables and the explorer mean
+SPARSITY_NOTE = "sparsity: asked → achieved where the family's rounding made them differ"
+MARKS_NOTE = "ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source"
+
+
 def quality_marks(q) -> str:
     """ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source."""
     return ("ᵉ" if q.extrapolated else "") + ("ᵇ" if q.borrowed_from else "") + ("ˢ" if q.secondary else "")
@@ -49,3 +62,17 @@ def flag_words(q, short: bool = False) -> list[str]:
     if q.secondary:
         out.append("secondary source")
     return out
+
+
+def timings_label(n: int) -> str:
+    """The local device's usable op timings in the cache (status ok, current software): the one
+    count `pis-tui gpus` and the explorer's GPU list show, under one name ("measured" is kept
+    for the timing source of a sweep's kernels)."""
+    return f"{n} op timing{'s' if n != 1 else ''} cached" if n else "not measured yet"
+
+
+def sweep_measured_label(measured: int, kernels: int) -> str:
+    """How many of a sweep's distinct kernels are priced from a measurement on this device:
+    the count the explorer's status line lists as "N measured"."""
+    return (f"{measured} of {kernels} kernels measured" if measured
+            else f"none of {kernels} kernels measured yet")

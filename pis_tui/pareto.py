@@ -130,16 +130,26 @@ def _dense_baseline(pts: Sequence[Point], phase: str, metric: str) -> Point:
 SPEEDUP_TIE = 0.01
 
 
+def beats_dense(p: Point) -> bool:
+    """Faster than the dense model beyond the tie rule: a speedup within SPEEDUP_TIE of
+    1.0× ties with dense, and dense (no loss, nothing removed) wins the tie.  Only such
+    points are recommended or offered as the runner-up (2:4 on a CPU, priced as the dense
+    kernel at 1.00×, is neither)."""
+    return p.speedup * (1.0 - SPEEDUP_TIE) > 1.0 + _TOL
+
+
 def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendation:
     """The fastest point of ``phase`` whose quality loss stays within ``budget``.
 
     * ``best``: the highest speedup among pruned points with loss ≤ budget (ties: the
       lower loss, then the tie rule above; speedups within SPEEDUP_TIE of the fastest count
       as equal, so the lowest loss among them wins); ``dense`` when no feasible pruned point
-      beats 1.0×; ``None`` when no pruned point stays within the budget at all.
-    * ``runner_up``: the best feasible point of a different strategy, else the next
-      feasible point of the same strategy, else dense; ``margin`` = best − runner-up
-      speedup.
+      beats dense (:func:`beats_dense`: above 1.0× by more than the tie); ``None`` when no
+      pruned point stays within the budget at all.
+    * ``runner_up``: among the feasible points that beat dense, the best of a different
+      strategy, else the next of the same strategy, else dense; ``None`` when dense is the
+      best (a point with no speedup over dense is no runner-up); ``margin`` = best −
+      runner-up speedup (``None`` with no runner-up).
     * ``frontier``: the phase's frontier, dense included.
     """
     if budget is None or not math.isfinite(budget) or budget < 0:
@@ -166,19 +176,21 @@ def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendat
         return Recommendation(phase, budget, metric, None, None, None, reason, fr)
 
     # estimates are not finer than ~1 %: among points that fast, the lower quality loss wins
-    near = [p for p in feasible if p.speedup >= feasible[0].speedup * (1.0 - SPEEDUP_TIE)]
-    top = min(near, key=lambda p: (_loss(p), rank(p)))
-    feasible = [top] + [p for p in feasible if p is not top]
-    if top.speedup <= 1.0 + _TOL:
-        best, runner = dense, top
-        reason = (f"no pruning: nothing within {budget_words} beats dense in {phase}; "
-                  f"the fastest within budget is {_describe(top, metric, short=True)}")
-        return Recommendation(phase, budget, metric, best, runner, best.speedup - runner.speedup, reason, fr)
+    def fastest(cands):
+        near = [p for p in cands if p.speedup >= cands[0].speedup * (1.0 - SPEEDUP_TIE)]
+        return min(near, key=lambda p: (_loss(p), rank(p)))
 
-    best = top
-    runner = next((p for p in feasible[1:] if p.strategy != best.strategy), None)
-    if runner is None:
-        runner = feasible[1] if len(feasible) > 1 else dense
+    gainful = [p for p in feasible if beats_dense(p)]
+    if not gainful:
+        top = fastest(feasible)
+        reason = (f"no pruning: nothing within {budget_words} beats dense in {phase} (by more "
+                  f"than {SPEEDUP_TIE:.0%}); the fastest within budget is "
+                  f"{_describe(top, metric, short=True)}")
+        return Recommendation(phase, budget, metric, dense, None, None, reason, fr)
+
+    best = fastest(gainful)
+    rest = [p for p in gainful if p is not best]
+    runner = next((p for p in rest if p.strategy != best.strategy), rest[0] if rest else dense)
     margin = best.speedup - runner.speedup
     reason = f"{_describe(best, metric)}{_flags(best)}; next best {_describe(runner, metric, short=True)}"
     return Recommendation(phase, budget, metric, best, runner, margin, reason, fr)

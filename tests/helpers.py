@@ -15,3 +15,26 @@ def run_cli(*args, env=None, timeout=120):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "pis_tui", *args], capture_output=True, text=True,
                           timeout=timeout, env=e, cwd=str(ROOT))
+
+
+def seed_local_timings(cache_path, ok: int = 2, unsupported: int = 1) -> None:
+    """A cache holding `ok` usable timings and `unsupported` kernel-less records for this
+    machine's device (what `pis-tui profile` leaves: 2:4 on a CPU is recorded unsupported)."""
+    from pis_tui.cache import Cache
+    from pis_tui.hardware import local_device
+    from pis_tui.measured_table import METHOD_VERSIONS, Measurement, software_versions
+
+    fp = local_device().fingerprint
+    rows = []
+    for i in range(ok + unsupported):
+        kind = "dense" if i < ok else "sparse_24"
+        op = {"op_type": "gemm", "name": "q", "m": 16 * (i + 1), "n": 64, "k": 32, "count": 1.0,
+              "dtype": "fp32", "kind": kind, "density": 1.0}
+        rows.append(Measurement(key=f"gemm:{kind}:fp32:{16 * (i + 1)}x64x32", op=op,
+                                ms=1.0 if i < ok else None, status="ok" if i < ok else "unsupported",
+                                method="cpu-wall", method_version=METHOD_VERSIONS["cpu-wall"],
+                                fingerprint=fp, software=software_versions(),
+                                measured_at="2026-01-02T03:04:05+00:00"))
+    c = Cache.open(str(cache_path))
+    c.put_measurements(rows, {"fingerprint": fp, "kind": "cpu"})
+    c.close()

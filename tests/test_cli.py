@@ -8,7 +8,7 @@ import pytest
 from pis_tui.cli import main
 from pis_tui.export import load_schema
 
-from helpers import run_cli
+from helpers import ROOT, run_cli
 
 
 def call(capsys, *args):
@@ -155,3 +155,155 @@ def test_usage_mistakes_are_one_line_too():
         r = run_cli(*args)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and "--help" in lines[0], (args, r.stderr)
+
+
+# ---------------------------------------------------------------- no silent fallbacks (issue 21)
+
+Q = ("--model", "qwen2.5-0.5b", "--gpu", "h200-sxm")
+
+
+def _one_error_line(code, err, needle):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("pis-tui: error:"), err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("cmd", ["sweep", "recommend", "frontier"])
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--strategies", ",", "names no pruning family"),
+    ("--strategies", "", "names no pruning family"),
+    ("--strategies", "dense", "names no pruning family"),
+    ("--sparsities", "", "gives no sparsity"),
+    ("--sparsities", ",", "gives no sparsity"),
+    ("--sparsities", "0", "a sparsity of 0 is the dense model"),
+    ("--align", "100000", "--align 100000 is not smaller than the qwen2.5-0.5b widths"),
+])
+def test_empty_lists_and_idle_alignments_are_bad_input(capsys, cmd, flag, value, needle):
+    code, out, err = call(capsys, cmd, *Q, flag, value)
+    _one_error_line(code, err, needle)
+    assert out == ""  # nothing was swept
+
+
+def test_an_alignment_too_large_names_each_width_and_family(capsys):
+    code, _, err = call(capsys, "sweep", *Q, "--align", "100000")
+    _one_error_line(code, err, "MLP channels 4864 (static_width), hidden size 896 (static_width_hidden)")
+    # larger than the hidden size only: an error for the family it idles, named alone
+    code, _, err = call(capsys, "sweep", *Q, "--align", "1024")
+    _one_error_line(code, err, "hidden size 896 (static_width_hidden); give --align below 896")
+    assert "MLP channels" not in err
+    # without that family the same alignment is fine: the MLP's 4864 channels are rounded to it
+    code, out, err = call(capsys, "sweep", *Q, "--align", "1024", "--strategies", "static_width")
+    assert code == 0 and "warning" not in err, err
+
+
+def test_an_alignment_that_removes_nothing_at_one_sparsity_warns(capsys):
+    # 896 × (1 − 12.5%) = 784 → a multiple of 512 is 1024, capped at 896: nothing removed
+    code, out, err = call(capsys, "sweep", *Q, "--align", "512", "--strategies",
+                          "static_width_hidden", "--sparsities", "0.125,0.5")
+    assert code == 0, err
+    warn = [ln for ln in err.splitlines() if "warning" in ln]
+    assert warn == ["pis-tui: warning: --align 512 removes nothing from static_width_hidden's "
+                    "hidden size at 12.5% (784 → 896): rounded to a multiple of 512 the kept "
+                    "hidden size is the full 896"]
+    # the default alignment removes something at every default sparsity: no warning
+    code, _, err = call(capsys, "sweep", *Q, "--strategies", "static_width_hidden,static_width")
+    assert code == 0 and "warning" not in err, err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["ops", *Q, "--strategy", "static_width", "--sparsity", ""], "--sparsity '' is empty"),
+    (["ops", *Q, "--strategy", "static_width_hidden", "--align", "4096"],
+     "hidden size 896 (static_width_hidden); give --align below 896 (default 128)"),
+    (["profile", "--model", "qwen2.5-0.5b", "--strategies", ","], "names no pruning family"),
+    (["profile", "--model", "qwen2.5-0.5b", "--sparsities", ""], "gives no sparsity"),
+    (["profile", "--model", "qwen2.5-0.5b", "--align", "5000"], "--align 5000 is not smaller"),
+    (["validate", "--strategy", ","], "--strategy ',' names no pruning family"),
+    (["validate", "--strategy", "static_depth", "--sparsity", ""], "--sparsity '' gives no sparsity"),
+    (["validate", "--all", "--sparsity", ""], "--sparsity '' gives no sparsity"),
+    (["validate", "--strategy", "static_width", "--sparsity", "0.5", "--align", "9999"],
+     "MLP channels 4864 (static_width)"),
+])
+def test_every_command_refuses_empty_lists_and_idle_alignments(capsys, args, needle):
+    code, out, err = call(capsys, *args)
+    _one_error_line(code, err, needle)
+
+
+def test_ops_warns_when_the_alignment_removes_nothing(capsys):
+    code, out, err = call(capsys, "ops", *Q, "--strategy", "static_width_hidden", "--sparsity",
+                          "0.125", "--align", "512")
+    assert code == 0 and "hidden size: 896 → 896 (align 512)" in out
+    assert "warning: --align 512 removes nothing from static_width_hidden's hidden size" in err
+
+
+def test_validate_all_keeps_the_alignment_asked():
+    from argparse import Namespace
+
+    from pis_tui.commands.validate import _strategies
+
+    args = Namespace(all_=True, strategy=None, sparsity=None, core_only=True, granularity="sublayer",
+                     align=64)
+    sts = _strategies(args)
+    assert sts and {(s.align, s.granularity) for s in sts} == {(64, "sublayer")}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--strategies", ","], "no strategy given"),
+    (["--sparsities", ""], "gives no sparsity"),
+    (["--sparsities", "0"], "a sparsity of 0 is the dense model"),
+    (["--strategies", "static_width", "--align", "100000"], "MLP channels 4864 (static_width)"),
+])
+def test_quality_refuses_them_before_loading_anything(capsys, tmp_path, args, needle):
+    mdir = tmp_path / "model"
+    mdir.mkdir()
+    (mdir / "config.json").write_text((ROOT / "profiles" / "models" / "qwen2.5-0.5b.json").read_text())
+    (tmp_path / "t.txt").write_text("some text " * 50)
+    code, _, err = call(capsys, "quality", "--model", str(mdir), "--text", str(tmp_path / "t.txt"), *args)
+    _one_error_line(code, err, needle)
+
+
+def test_sweep_shows_asked_and_achieved_where_they_differ(capsys):
+    code, out, err = call(capsys, "sweep", *Q, "--strategies", "static_width,static_depth",
+                          "--sparsities", "0.25,0.5")
+    assert code == 0, err
+    rows = [ln.split() for ln in out.splitlines() if ln.strip().startswith("static_")]
+    # qwen2.5-0.5b's 2 KV groups: heads asked 25 % are cut by 50 %; whole layers: 24 × 25 % = 6
+    assert ["static_width", "25.0%", "→", "26.9%"] == rows[0][:4]
+    assert ["static_width", "50.0%"] == rows[1][:2] and rows[1][2] != "→"
+    assert ["static_depth", "25.0%"] == rows[2][:2] and rows[2][2] != "→"
+    assert "sparsity: asked → achieved where the family's rounding made them differ" in out
+    data = json.loads(call(capsys, "sweep", *Q, "--strategies", "static_width", "--sparsities",
+                           "0.25", "--json", "-")[1])
+    r = next(r for r in data["results"] if r["strategy"] == "static_width")
+    assert (r["sparsity"], round(r["achieved_sparsity"], 3)) == (0.25, 0.269)  # what the table shows
+
+
+def test_frontier_and_recommend_print_the_legend_of_their_marks(capsys):
+    for cmd in ("frontier", "recommend"):
+        code, out, err = call(capsys, cmd, *Q)
+        assert code == 0, err
+        assert "ᵇˢ" in out  # marks in the table...
+        assert "ᵇ borrowed from another model, ˢ secondary source" in out  # ...and what they mean
+        assert "quality: accuracy_drop (lora protocol)" in out
+    assert "◀ recommended" in out
+
+
+def test_gpus_says_nominal_and_never_measured_where_nothing_is(capsys, tmp_path):
+    from helpers import seed_local_timings
+
+    empty = str(tmp_path / "none.duckdb")
+    code, out, _ = call(capsys, "gpus", "--cache", empty)
+    local = next(ln for ln in out.splitlines() if ln.startswith("│ local "))
+    assert code == 0 and "not measured yet" in local and "cache" not in local
+    if "local CPU" in local:  # no CUDA here: the CPU's peaks are guesses until a profile
+        assert "fp32, nominal" in local and "nominal" in local.split("fp32, nominal")[1]
+        assert "measured" not in local.replace("not measured yet", "")
+    assert not (tmp_path / "none.duckdb").exists()  # a look creates no cache
+    seeded = tmp_path / "seeded.duckdb"
+    seed_local_timings(seeded, ok=2, unsupported=1)  # an unsupported record is no timing
+    code, out, _ = call(capsys, "gpus", "--cache", str(seeded))
+    local = next(ln for ln in out.splitlines() if ln.startswith("│ local "))
+    assert "2 op timings cached" in local
+    data = json.loads(call(capsys, "gpus", "--cache", str(seeded), "--json")[1])
+    assert next(d for d in data["devices"] if d["name"] == "local")["op_timings_cached"] == 2

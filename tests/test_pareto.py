@@ -115,7 +115,9 @@ def test_phases_can_get_different_answers():
     assert recommend(pts, 0.05, "prefill").best.strategy == "static_depth"
     decode = recommend(pts, 0.05, "decode")
     assert decode.best.strategy == "dense"  # dynamic depth slows decode down: no pruning
-    assert "no pruning" in decode.reason and decode.runner_up.strategy == "dynamic_depth"
+    # dynamic depth (0.91×) is named in the reason but is no runner-up: it is slower than dense
+    assert "no pruning" in decode.reason and "dynamic_depth 25%: 0.91×" in decode.reason
+    assert decode.runner_up is None and decode.margin is None
 
 
 def test_empty_feasible_set_names_the_smallest_loss():
@@ -154,3 +156,29 @@ def test_near_equal_speedups_prefer_the_lower_loss():
     assert r.best.strategy == "static_depth" and r.runner_up.strategy == "dynamic_depth"
     pts.append(pt("low_rank", 1.30, 0.09))  # clearly faster: wins despite more loss
     assert recommend(pts, 0.10, "prefill").best.strategy == "low_rank"
+
+
+def test_no_speedup_over_dense_is_never_a_runner_up_nor_a_recommendation():
+    # a CPU: 2:4 has no kernel, priced as the dense one (1.00×); the "2nd" offer
+    cpu = [P("dense", 0.0, 1.0, 0.0), P("semi_structured_24", 0.5, 1.0, 0.112),
+           P("unstructured", 0.5, 1.004, 0.05), P("dynamic_depth", 0.25, 0.88, 0.04)]
+    r = recommend(cpu, 0.15, "prefill")
+    assert r.best.strategy == "dense" and r.runner_up is None and r.margin is None
+    assert "beats dense" in r.reason and "by more than 1%" in r.reason
+    # above dense by less than the 1 % tie: still a tie with dense, which wins it
+    assert recommend([P("dense", 0.0, 1.0, 0.0), P("low_rank", 0.25, 1.009, 0.02)], 0.1,
+                     "prefill").best.strategy == "dense"
+    assert recommend([P("dense", 0.0, 1.0, 0.0), P("low_rank", 0.25, 1.02, 0.02)], 0.1,
+                     "prefill").best.strategy == "low_rank"
+
+
+def test_the_runner_up_skips_points_without_a_speedup():
+    pts = [P("static_depth", 0.25, 1.30, 0.08), P("semi_structured_24", 0.5, 1.0, 0.05),
+           P("dynamic_depth", 0.25, 0.9, 0.04), P("static_width", 0.25, 1.1, 0.09),
+           P("low_rank", 0.25, 1.005, 0.01)]
+    r = recommend(pts, 0.10, "prefill")
+    assert r.best.strategy == "static_depth" and r.runner_up.strategy == "static_width"
+    # when nothing else beats dense, the runner-up is dense itself (keep the model as it is)
+    r = recommend(pts[:3], 0.10, "prefill")
+    assert r.best.strategy == "static_depth" and r.runner_up.strategy == "dense"
+    assert r.margin == pytest.approx(0.30)

@@ -127,7 +127,9 @@ def test_change_model_gpu_and_scenario_resweeps(tmp_path):
             inp.focus()
             await pilot.press("end", "backspace", "backspace", "6", "4")
             await until(pilot, lambda: app.snapshot.choices.decode_batch == 64, what="scenario sweep")
-            assert "decode batch 64" in app.query_one("#rec-decode", RecommendationPanel).border_title
+            # "decode batch 64 @ 1024 · loss ≤ 10.0%" does not fit beside the setup panel
+            assert app.query_one("#rec-decode", RecommendationPanel).border_title.startswith(
+                "decode 64 @ 1024 · loss ≤ 10.0%")
             await pilot.press("backspace", "backspace", "0")
             await pilot.pause(0.6)
             assert "must be 1" in str(app.query_one("#scenario-error", Static).render())
@@ -658,3 +660,120 @@ def test_a_dropped_ssh_connection_stops_measuring_and_saves(tmp_path):
     assert proc.returncode is not None
     assert Choices.from_json(be.settings["tui.last_choices"]).budget == pytest.approx(0.11)
     assert signal.getsignal(signal.SIGHUP) == before  # handed back at exit
+
+
+def test_op_drill_down_header_formats_latency_like_the_panels(tmp_path):
+    from dataclasses import replace
+
+    snap = FakeBackend(tmp_path / "measured.txt").compute(Choices())
+    p = replace(snap.result.points[5], latency_ms=13730.0, dense_latency_ms=20512.0)
+    head = OpsScreen(snap, p)._head().plain
+    assert "latency 13.7 s vs dense 20.5 s → " in head and "e+" not in head
+    small = replace(p, latency_ms=0.01234, dense_latency_ms=0.5)
+    assert "latency 0.0123 ms vs dense 0.5 ms → " in OpsScreen(snap, small)._head().plain
+
+
+def test_one_count_one_meaning_for_measured(tmp_path):
+    """The GPU list counts the op timings cached, as `pis-tui gpus` does; the setup line
+    under it and the status line count the sweep's kernels priced from a measurement."""
+    from helpers import seed_local_timings
+
+    from pis_tui.tui.backend import Backend
+
+    path = tmp_path / "c.duckdb"
+    seed_local_timings(path, ok=2, unsupported=1)
+    local = Backend(cache_path=str(path)).gpu_options()[0][0]
+    assert local == "local · 2 op timings cached"
+    assert Backend(cache_path=str(tmp_path / "empty.duckdb")).gpu_options()[0][0] == "local · not measured yet"
+
+    async def go():
+        app, be = make_app(tmp_path, n_ops=6, delay=0.02)
+        async with app.run_test(size=BIG) as pilot:
+            await start_measuring(app, pilot)
+            await until(pilot, lambda: app.query_one(ProfilePanel).state == "done", what="profile")
+            await until(pilot, lambda: app.snapshot.measured_ops == 6 and not app._sweeping,
+                        what="re-sweep with measurements")
+            await pilot.pause(0.1)
+            kernels = app.snapshot.result.source_summary()
+            info = str(app.query_one("#gpu-info", Static).render())
+            status = str(app.query_one("#status", Static).render())
+            assert f"{kernels['measured']} of {sum(kernels.values())} kernels measured" in info
+            assert f"{kernels['measured']} measured" in status and kernels["measured"] == 6
+    run(go())
+
+
+def test_unplotted_points_are_counted_and_explained(tmp_path):
+    """Points without a quality figure have no x on a loss axis: the chart says how many and
+    why, the legend names their families, the table lists them."""
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            for ph in ("prefill", "decode"):
+                chart = app.query_one(f"#pareto-{ph}", ParetoChart)
+                assert chart.summary.endswith("; 4 points without a quality figure (unstructured), "
+                                              "not plotted: see the table (3)")
+                sub = chart.border_subtitle  # as much as fits: "4 without quality figure: table (3)"
+                assert sub.startswith(("speedup vs acc. drop · 4 ", "4 without quality"))
+                assert "without" in sub and "quality" in sub and sub.endswith("(3)")
+                assert "unplotted" not in chart.border_subtitle
+            legend = str(app.query_one("#legend").render())
+            assert legend.rstrip().endswith("not plotted: U")
+            await pilot.press("3")
+            table = app.query_one("#points-table", DataTable)
+            col, scol = COLUMN_KEYS.index("loss"), COLUMN_KEYS.index("strategy")
+            rows = [table.get_row_at(i) for i in range(table.row_count)]
+            assert sum(str(r[scol]) == "unstructured" and str(r[col]) == "–" for r in rows) == 8
+    run(go())
+
+
+def test_at_80x24_titles_and_the_recommendation_fit_whole(tmp_path):
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await started(app, pilot)
+            for ph in ("prefill", "decode"):
+                panel = app.query_one(f"#rec-{ph}", RecommendationPanel)
+                room = panel.size.width  # the text's width (border and padding excluded)
+                lines = panel.plain.splitlines()
+                best = app.snapshot.recs[ph].best
+                # family, sparsity, speedup and loss whole on the first line ("loss " dropped
+                # when "▶ static_width 37.5% 1.30× loss 8.2%" is a cell too wide)
+                assert lines[0] in [f"▶ {best.strategy} {100 * best.achieved_sparsity:.1f}% "
+                                    f"{best.speedup:.2f}×{w} {100 * best.quality.value:.1f}%"
+                                    for w in ("", " loss")]
+                assert all(len(ln) <= room for ln in lines), lines  # nothing wraps, nothing is cut
+                assert len(lines) <= panel.size.height
+                assert len(panel.border_title) <= panel.outer_size.width - 6
+                chart = app.query_one(f"#pareto-{ph}", ParetoChart)
+                for title in (chart.border_title, chart.border_subtitle):
+                    assert len(title) <= chart.outer_size.width - 6, title
+            assert app.query_one("#rec-decode", RecommendationPanel).border_title == "decode 16 @ 1024 · loss ≤ 10.0%"
+            status = str(app.query_one("#status", Static).render())
+            assert len(status) <= 78 and "kernels:" in status
+    run(go())
+
+
+def test_a_long_family_name_keeps_the_recommendation_on_one_line(tmp_path):
+    from dataclasses import replace
+
+    from pis_tui.tui.recommendation_panel import recommendation_text
+
+    snap = FakeBackend(tmp_path / "measured.txt").compute(Choices())
+    rec = snap.recs["prefill"]
+    best = replace(rec.best, strategy="dynamic_sparse_attention", achieved_sparsity=0.471,
+                   speedup=1.234, latency_ms=13730.0,
+                   quality=replace(rec.best.quality, extrapolated=True))
+    ru = replace(rec.runner_up, strategy="dynamic_depth", achieved_sparsity=0.375)
+    snap.recs = {"prefill": replace(rec, best=best, runner_up=ru)}
+    wide = recommendation_text(snap, "prefill").plain.splitlines()
+    assert wide[0].startswith("▶ dynamic_sparse_attention 47.1% 1.23× loss ")
+    # 80×24: 36 cells × 3 lines; the first line whole, the rest shortened to one line each
+    narrow = recommendation_text(snap, "prefill", width=36, height=3).plain.splitlines()
+    assert narrow[0].startswith("▶ dyn-attn 47.1% 1.23× loss ")  # the registry's short name
+    assert narrow[1].startswith("  2nd dyn-depth 37.5% ") and narrow[2].startswith("  13.7 s ")
+    assert len(narrow) == 3 and all(len(ln) <= 36 for ln in narrow), narrow
+    assert narrow[2] == "  13.7 s roofline ⚠ extrapolated"
+    # a taller panel keeps the rest whole and lets it wrap
+    tall = recommendation_text(snap, "prefill", width=36, height=6).plain
+    assert " at " in tall.splitlines()[1] and "⚠ quality extrapolated" in tall

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pis_tui.display import timings_label
 from pis_tui.engine import SweepResult
 from pis_tui.errors import UserError
 from pis_tui.hardware import profile_from_dict
@@ -27,6 +28,7 @@ FAMILIES = {
     "static_width": (0.8, 0.7, 0.22),
     "low_rank": (0.6, 1.1, 0.30),
     "semi_structured_24": (0.3, 0.5, 0.16),
+    "unstructured": (0.0, 0.0, None),  # no published result: no quality figure, not plotted
 }
 SPARSITIES = (0.125, 0.25, 0.375, 0.5)
 MODELS = {"llama-3.1-8b": 1.0, "qwen2.5-0.5b": 1.6}  # quality slope multiplier
@@ -76,7 +78,7 @@ class FakeBackend(Backend):
         return [(m, m) for m in MODELS]
 
     def gpu_options(self):
-        return [(f"local · {self.measured()} measured ops", "local"),
+        return [(f"local · {timings_label(self.measured())}", "local"),
                 ("h200-sxm · datasheet roofline", "h200-sxm"), ("a100-80gb · datasheet roofline", "a100-80gb")]
 
     def measured(self) -> int:
@@ -104,15 +106,17 @@ class FakeBackend(Backend):
             rows = [("dense", 0.0, 1.0, 0.0)]
             for fam, (ps, ds, qs) in FAMILIES.items():
                 for s in SPARSITIES if fam != "semi_structured_24" else (0.5,):
-                    rows.append((fam, s, 1.0 + (ps if ph_i == 0 else ds) * s, qs * qmul * s))
+                    rows.append((fam, s, 1.0 + (ps if ph_i == 0 else ds) * s,
+                                 None if qs is None else qs * qmul * s))
             for i, (fam, s, sp, loss) in enumerate(rows):
                 src = "measured" if i < measured else "roofline"
                 lat = dense_ms / sp
-                op = Gemm("mlp", 64, 256, 256, count=4)
+                op = Gemm("mlp", 64, 256, 256 + 64 * i, count=4)  # a kernel of its own
                 e = PhaseEstimate(fam, s, s, ph, (PricedOp(op, lat / 4, src),), lat, 1e9 * (1 - s),
                                   src, {src: {"ops": 1, "ms": lat}})
                 estimates.append(e)
                 q = (QualityEstimate(0.0, source="dense") if fam == "dense" else
+                     QualityEstimate(None, protocol=choices.protocol) if loss is None else
                      QualityEstimate(round(loss, 6), source="prior", protocol=choices.protocol,
                                      extrapolated=s > 0.4, citations=("Fake et al. 2024",),
                                      n_points=3, note="fake prior"))

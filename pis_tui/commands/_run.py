@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
+from .. import families
 from ..errors import UserError
 from ..scenario import Scenario
-from .common import parse_fraction, parse_sparsities, resolve_gpu
+from .common import (DEFAULT_ALIGN, align_of, parse_families, parse_fraction, resolve_gpu,
+                     sweep_sparsities)
+
+#: the widths a family may round to --align, in words (LayerWidths fields; hidden_io is the
+#: width of the embeddings and of the lm_head's input)
+WIDTH_WORDS = {"hidden": "hidden size", "hidden_io": "hidden size", "inter": "MLP channels",
+               "q_heads": "query heads", "kv_heads": "KV heads", "head_dim": "head dim"}
 
 
 def scenario_from_args(args: argparse.Namespace, device) -> Scenario:
@@ -50,20 +58,103 @@ def quality_from_args(args: argparse.Namespace, spec=None, cache=None):
 
 def run_sweep(args: argparse.Namespace, with_quality: bool = True):
     from ..engine import resolve, sweep
-    from ..taxonomy import parse_strategies
 
     gpu = resolve_gpu(args.gpu)
     spec, device = resolve(args.model, gpu)
     scenario = scenario_from_args(args, device)
-    strategies = parse_strategies(getattr(args, "strategies", None))
-    sparsities = parse_sparsities(args.sparsities) if getattr(args, "sparsities", None) else None
+    strategies = parse_families(getattr(args, "strategies", None)) or families.pruned()
+    sparsities = (None if getattr(args, "sparsities", None) is None  # each family's own grid
+                  else sweep_sparsities(args.sparsities))
+    align = align_of(args)
+    warnings = check_align(spec, grid_pairs(strategies, sparsities), align, scenario,
+                           explicit=getattr(args, "align", None) is not None)
     cache = open_cache_if_local(args, device)
     quality = quality_from_args(args, spec, cache) if with_quality else None
     result = sweep(spec, device, scenario, strategies, sparsities,
-                   granularity=args.granularity, align=args.align, quality=quality, cache=cache)
-    for w in result.warnings:  # e.g. the model does not fit on the GPU
+                   granularity=args.granularity, align=align, quality=quality, cache=cache)
+    for w in warnings + list(result.warnings):  # e.g. the model does not fit on the GPU
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     return result
+
+
+def grid_pairs(names, sparsities) -> list[tuple[str, float]]:
+    """(family, sparsity) of every pruned point a sweep of `names` × `sparsities` runs."""
+    from ..taxonomy import strategies_grid
+
+    return [(st.family, st.sparsity) for st in strategies_grid(names, sparsities)
+            if not families.get(st.family).is_baseline]
+
+
+def aligned_widths(spec, family: str, sparsity: float, align: int, scenario) -> list[tuple]:
+    """(width in words, full size, size kept, size kept at an alignment of 1) of each width
+    `family` rounds to `align` at `sparsity`: the widths of the family's layer plan that come
+    out differently with an alignment of 1 (asked of the family's own ``shape`` hook, so no
+    family is named here)."""
+    from ..families import LayerPlan, PhaseContext
+    from ..taxonomy import Strategy
+
+    fam = families.get(family)
+
+    def widths(a: int):
+        st = Strategy(family, sparsity, align=a)
+        ctx = PhaseContext(spec, st, scenario, "prefill", st.effective_sparsity)
+        plan = LayerPlan.dense(ctx)
+        full = {**asdict(plan.widths), "hidden_io": plan.hidden_io}
+        fam.shape(ctx, plan)
+        return full, {**asdict(plan.widths), "hidden_io": plan.hidden_io}
+
+    full, kept = widths(align)
+    _, fine = widths(1)
+    out, seen = [], set()
+    for k, v in kept.items():
+        word = WIDTH_WORDS.get(k, k)
+        if fine[k] != v and word not in seen:
+            seen.add(word)
+            out.append((word, full[k], v, fine[k]))
+    return out
+
+
+def check_align(spec, pairs, align: int, scenario, explicit: bool = True,
+                families_flag: str = "--strategies") -> list[str]:
+    """Bad or idle alignments of the (family, sparsity) `pairs`, before anything is priced.
+
+    * ``--align`` at least as large as a width it rounds (qwen2.5-0.5b's hidden size is 896)
+      can never remove anything from it: given explicitly, that is bad input (UserError,
+      exit 2) naming the widths and families; the default alignment on a small model gets a
+      warning instead.
+    * An alignment that rounds a width back to its full size at some sparsity (896 × 0.875
+      = 784 → 1024 at --align 512, capped at 896): a warning naming the family, the width
+      and the sparsity.  The point stays in the sweep: the family may still remove
+      something else (static_width's heads).
+
+    Returns the warnings, one line each.  ``families_flag``: the flag that picks the families
+    (the error suggests leaving them out of it), or "" for a command of one family."""
+    too_big: dict = {}
+    idle: dict = {}
+    for family, s in pairs:
+        for word, full, kept, fine in aligned_widths(spec, family, s, align, scenario):
+            if align >= full:
+                too_big.setdefault((word, full), []).append(family)
+            elif kept >= full:
+                idle.setdefault((family, word, full), []).append((s, fine))
+    warnings = []
+    if too_big:
+        what = ", ".join(f"{word} {full} ({', '.join(dict.fromkeys(fams))})"
+                         for (word, full), fams in too_big.items())
+        smallest = min(full for _, full in too_big)
+        if explicit:
+            leave = f", or leave those families out of {families_flag}" if families_flag else ""
+            raise UserError(f"--align {align} is not smaller than the {spec.name} widths it "
+                            f"rounds, so it removes nothing from them: {what}; give --align below "
+                            f"{smallest} (default {DEFAULT_ALIGN}){leave}")
+        warnings.append(f"the default alignment {align} is not smaller than the {spec.name} widths "
+                        f"it rounds, so it removes nothing from them: {what}; give --align below "
+                        f"{smallest}")
+    for (family, word, full), cases in idle.items():
+        at = ", ".join(f"{100 * s:g}% ({fine} → {full})" for s, fine in cases)
+        warnings.append(f"--align {align} removes nothing from {family}'s {word} at {at}: "
+                        f"rounded to a multiple of {align} the kept {word} is the full {full}")
+    return warnings
 
 
 def budget_from_args(args: argparse.Namespace) -> float:
@@ -84,7 +175,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     add_scenario(p)
     p.add_argument("--strategies", "-s", default=None,
                    help="comma-separated families (default: all but dense)")
-    p.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.25,0.5 (default 0.125,0.25,0.375,0.5)")
+    p.add_argument("--sparsities", default=None,
+                   help="comma-separated, e.g. 0.25,0.5 (default 0.125,0.25,0.375,0.5)")
     add_strategy_options(p)
     add_cache(p)
 

@@ -11,6 +11,8 @@ from ..errors import UserError
 from ..families import MAX_SPARSITY
 from ..output_paths import check_writable
 
+DEFAULT_ALIGN = 128
+
 
 def parse_fraction(text: str, what: str, lo: float = 0.0, hi: float = 1.0) -> float:
     """'0.10' or '10%' → 0.10, checked against [lo, hi]."""
@@ -25,11 +27,40 @@ def parse_fraction(text: str, what: str, lo: float = 0.0, hi: float = 1.0) -> fl
     return v
 
 
-def parse_sparsities(text: str) -> tuple[float, ...]:
-    vals = tuple(parse_fraction(t, "sparsity", 0.0, MAX_SPARSITY) for t in text.split(",") if t.strip())
+def parse_sparsities(text: str, flag: str = "--sparsities") -> tuple[float, ...]:
+    """'0.25,0.5' → (0.25, 0.5); an empty list is bad input, never the defaults."""
+    vals = tuple(parse_fraction(t, "sparsity", 0.0, MAX_SPARSITY) for t in str(text).split(",")
+                 if t.strip())
     if not vals:
-        raise UserError("no sparsity given")
+        raise UserError(f"{flag} {text!r} gives no sparsity: list fractions like 0.25,0.5")
     return tuple(sorted(set(vals)))
+
+
+def sweep_sparsities(text: str, flag: str = "--sparsities") -> tuple[float, ...]:
+    """A sweep's sparsities: at least one above 0 (0 is the dense model, always included)."""
+    vals = parse_sparsities(text, flag)
+    if not any(v > 0 for v in vals):
+        raise UserError(f"{flag} {text!r}: a sparsity of 0 is the dense model, which every sweep "
+                        "includes; give at least one above 0, e.g. 0.25")
+    return vals
+
+
+def parse_families(text: "str | None", flag: str = "--strategies",
+                   otherwise: str = "leave --strategies out for all of them") -> "tuple[str, ...] | None":
+    """'static_depth,low_rank' → the families named (in the order given, no repeats); None when the flag is not given (the caller's default).  A list naming no
+    pruning family (``","``, ``""``, only ``dense``) is bad input: it would sweep dense alone."""
+    from .. import families
+
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
+    for n in names:
+        families.get(n)  # UserError naming the families
+    if not any(not families.get(n).is_baseline for n in names):
+        raise UserError(f"{flag} {text!r} names no pruning family (dense, the baseline, is "
+                        f"always included): give one or more of {', '.join(families.pruned())}, "
+                        f"or {otherwise}")
+    return names
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
@@ -81,8 +112,14 @@ def add_scenario(p: argparse.ArgumentParser) -> None:
 def add_strategy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", choices=("layer", "sublayer"), default="layer",
                    help="static_depth: drop whole layers or attention/MLP blocks separately")
-    p.add_argument("--align", type=positive_int("alignment"), default=128,
-                   help="static_width / static_width_hidden: round kept channels to this multiple")
+    p.add_argument("--align", type=positive_int("alignment"), default=None,
+                   help=f"static_width / static_width_hidden: round kept channels to this "
+                        f"multiple (default {DEFAULT_ALIGN}); larger than a width it rounds is an error")
+
+
+def align_of(args: argparse.Namespace) -> int:
+    """The channel alignment asked (``--align``), else the default."""
+    return getattr(args, "align", None) or DEFAULT_ALIGN
 
 
 def add_cache(p: argparse.ArgumentParser) -> None:

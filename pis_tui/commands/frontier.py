@@ -20,7 +20,7 @@ def run(args) -> int:
     from ..export import point_dict
     from ..pareto import frontier
     from ._run import run_sweep
-    from ._tables import points_table
+    from ._tables import legend_lines, points_table
     from .common import check_writable, console, write_text
 
     if args.json_out and args.json_out != "-":
@@ -36,4 +36,6 @@ def run(args) -> int:
     for ph, pts in fronts.items():
         con.print(points_table(result, ph, points=pts, title=f"{ph} frontier — "
                                f"{result.scenario.label(ph)} on {result.device.display_name}"))
+    for line in legend_lines(result, [p for pts in fronts.values() for p in pts]):
+        con.print(line, markup=False)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from .common import add_cache, add_model_gpu, add_scenario, add_strategy_options, parse_fraction
 
 
@@ -27,16 +29,22 @@ def run(args) -> int:
     from ..errors import UserError
     from ..families import MAX_SPARSITY
     from ..taxonomy import Strategy, build_phase_ops, family_axis
-    from ._run import open_cache_if_local, scenario_from_args
-    from .common import console, dump_json, resolve_gpu
+    from ._run import check_align, open_cache_if_local, scenario_from_args
+    from .common import align_of, console, dump_json, resolve_gpu
 
     spec, device = resolve(args.model, resolve_gpu(args.gpu))
     scenario = scenario_from_args(args, device)
     if args.strategy == "dense" and args.sparsity is not None:
         raise UserError("--sparsity needs a pruning --strategy (dense is the unpruned baseline)")
-    sparsity = 0.0 if args.strategy == "dense" else parse_fraction(args.sparsity or "0.25",
-                                                                   "sparsity", 0.0, MAX_SPARSITY)
-    strat = Strategy(args.strategy, sparsity, args.granularity, args.align)
+    if args.sparsity is not None and not args.sparsity.strip():
+        raise UserError("--sparsity '' is empty: give a fraction like 0.25 (or leave it out "
+                        "for 0.25)")
+    sparsity = 0.0 if args.strategy == "dense" else parse_fraction(
+        "0.25" if args.sparsity is None else args.sparsity, "sparsity", 0.0, MAX_SPARSITY)
+    strat = Strategy(args.strategy, sparsity, args.granularity, align_of(args))
+    for w in check_align(spec, [(strat.family, strat.effective_sparsity)], strat.align, scenario,
+                         explicit=args.align is not None, families_flag=""):
+        print(f"pis-tui: warning: {w}", file=sys.stderr)
     po = build_phase_ops(spec, strat, scenario, args.phase)
     est = make_estimator(device, scenario.dtype, open_cache_if_local(args, device)).estimate(po)
     if args.json_out:

@@ -193,9 +193,9 @@ def _run(args) -> int:
     from ..hardware import local_device
     from ..model_spec import load_model_spec
     from ..scenario import PHASES
-    from ..taxonomy import parse_strategies
-    from ._run import scenario_from_args
-    from .common import parse_sparsities
+    from .. import families
+    from ._run import check_align, grid_pairs, scenario_from_args
+    from .common import align_of, parse_families, sweep_sparsities
 
     _check_local(args.gpu)
     jsonl = args.progress_jsonl
@@ -205,11 +205,13 @@ def _run(args) -> int:
     if scenario.dtype not in measurable_dtypes(device):
         raise UserError(f"cannot measure {scenario.dtype} on {device.display_name}: "
                         f"use one of {', '.join(measurable_dtypes(device))}")
-    strategies = parse_strategies(args.strategies)
-    sparsities = parse_sparsities(args.sparsities) if args.sparsities else None
+    strategies = parse_families(args.strategies) or families.pruned()
+    sparsities = None if args.sparsities is None else sweep_sparsities(args.sparsities)
+    align_warnings = check_align(spec, grid_pairs(strategies, sparsities), align_of(args),
+                                 scenario, explicit=args.align is not None)
     phases = PHASES if args.phase == "both" else (args.phase,)
-    options = profiling.PlanOptions(granularity=args.granularity, align=args.align, phases=phases,
-                                    grid=args.grid)
+    options = profiling.PlanOptions(granularity=args.granularity, align=align_of(args),
+                                    phases=phases, grid=args.grid)
     warn = (lambda m: emit({"event": "warning", "message": m})) if jsonl else None
     cache = Cache.open(args.cache, on_warning=warn)
     planned = profiling.plan_detailed(spec, device, scenario, strategies, sparsities, options)
@@ -218,6 +220,8 @@ def _run(args) -> int:
         (lambda m: print(f"pis-tui: {m}", file=sys.stderr))
     cancel = threading.Event()
     warn_fn = warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr, flush=True))
+    for w in align_warnings:
+        warn_fn(w)
     busy = profiling.busy_warning() if device.kind == "cpu" else None
     if busy:
         warn_fn(busy)

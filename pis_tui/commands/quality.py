@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import MeasureError, UserError
-from .common import add_cache, check_writable, dump_json, parse_sparsities, positive_int
+from .common import add_cache, check_writable, dump_json, positive_int, sweep_sparsities
 
 DEFAULT_SPARSITIES = "0.125,0.25,0.375,0.5"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",
@@ -193,12 +193,22 @@ def _first_line(e: Exception) -> str:
 def run(args) -> int:
     from ..model_spec import load_model_spec
 
-    sparsities = parse_sparsities(args.sparsities)
+    sparsities = sweep_sparsities(args.sparsities)
     strategies, unsupported = parse_strategies(args.strategies)
     mdir, tpath, text, raw = _check_inputs(args)
     if args.json_out and args.json_out != "-":
         check_writable(args.json_out)
     spec = load_model_spec(str(mdir))  # one-line errors for MoE and non-decoder configs
+    if args.align is not None:  # the default adapts to the model (pruning.auto_align)
+        import sys
+
+        from .. import families
+        from ..scenario import Scenario
+        from ._run import check_align
+
+        pairs = [(st, s) for st in strategies for s in families.get(st).sparsity_grid(sparsities)]
+        for w in check_align(spec, pairs, args.align, Scenario(dtype="fp32")):
+            print(f"pis-tui: warning: {w}", file=sys.stderr)
     text_sha = hashlib.sha256(raw).hexdigest()
     cache = open_quality_cache(args.cache)
     try:

@@ -44,11 +44,10 @@ def run(args) -> int:
 
 
 def print_recommendations(con, result, recs) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    from rich.markup import escape
-
-    from ._tables import pct, quality_cell
+    from ._tables import legend_lines, pct, quality_cell, sparsity_text
 
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
     con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
@@ -62,10 +61,15 @@ def print_recommendations(con, result, recs) -> None:
         if r.best is not None and r.best.quality.note:
             con.print(f"  note: {r.best.quality.note}", markup=False)
         t = Table(title=f"{ph} frontier", title_justify="left")
-        for c in ("strategy", "sparsity", "achieved", "speedup", "FLOPs speedup", "quality loss", "timing"):
+        for c in ("strategy", "sparsity", "speedup", "FLOPs speedup", "quality loss", "timing"):
             t.add_column(c, justify="left" if c in ("strategy", "timing") else "right")
         for p in r.frontier:
             mark = " ◀" if r.best is not None and p == r.best else ""
-            t.add_row(p.strategy + mark, pct(p.sparsity), pct(p.achieved_sparsity), f"{p.speedup:.2f}×",
+            t.add_row(p.strategy + mark, sparsity_text(p), f"{p.speedup:.2f}×",
                       f"{p.flops_speedup:.2f}×", quality_cell(p), p.timing_source)
         con.print(t)
+    shown = [p for r in recs.values() for p in r.frontier]
+    if shown:
+        con.print("◀ recommended; " + legend_lines(result, shown)[0], markup=False)
+        for line in legend_lines(result, shown)[1:]:
+            con.print(line, markup=False)

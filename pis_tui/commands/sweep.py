@@ -17,7 +17,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..export import to_csv, to_json
     from ._run import run_sweep
-    from ._tables import points_table, source_line
+    from ._tables import legend_lines, points_table, source_line
     from .common import check_writable, console, write_text
 
     for out in (args.json_out, args.csv_out):
@@ -33,10 +33,6 @@ def run(args) -> int:
         for ph in ("prefill", "decode"):
             con.print(points_table(result, ph))
         con.print(source_line(result))
-        con.print("quality: " + _quality_legend(result))
+        for line in legend_lines(result, result.points):
+            con.print(line, markup=False)
     return 0
-
-
-def _quality_legend(result) -> str:
-    return (f"{result.quality_metric} ({result.quality_protocol} protocol); "
-            "ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source")

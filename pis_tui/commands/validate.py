@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from ..errors import UserError
-from .common import (add_cache, add_strategy_options, check_writable, parse_int_list,
-                     parse_sparsities)
+from .common import (add_cache, add_strategy_options, align_of, check_writable, parse_families,
+                     parse_int_list, sweep_sparsities)
 
 
 def _one_int(text, what: str, lo: int = 1) -> int:
@@ -66,25 +67,28 @@ def _strategies(args) -> list:
     from ..taxonomy import Strategy
     from ..validation import standard_strategies
 
+    align = align_of(args)
     if args.all_:
-        if args.strategy:
+        if args.strategy is not None:
             raise UserError("give either --all or --strategy, not both")
-        sps = parse_sparsities(args.sparsity) if args.sparsity else (0.25, 0.5)
-        return standard_strategies(extra=not args.core_only, sparsities=sps)
-    if not args.strategy:
+        sps = (0.25, 0.5) if args.sparsity is None else sweep_sparsities(args.sparsity, "--sparsity")
+        # the standard set at the --align and --granularity asked (never silently the defaults)
+        return [replace(st, granularity=args.granularity, align=align)
+                for st in standard_strategies(extra=not args.core_only, sparsities=sps)]
+    if args.strategy is None:
         raise UserError("--strategy is needed (or --all for the standard set)")
-    fams = [f.strip() for f in args.strategy.split(",") if f.strip()]
-    for f in fams:
-        families.get(f)  # UserError naming the families
+    fams = [f for f in parse_families(args.strategy, "--strategy", "use --all for the standard set")
+            if not families.get(f).is_baseline]
     out = []
     for f in fams:
         fixed = families.get(f).fixed_sparsity
         if fixed is not None:
-            out.append(Strategy(f, fixed, args.granularity, args.align))
+            out.append(Strategy(f, fixed, args.granularity, align))
             continue
-        if not args.sparsity:
+        if args.sparsity is None:
             raise UserError(f"--sparsity is needed for {f} (e.g. --sparsity 0.5)")
-        out += [Strategy(f, s, args.granularity, args.align) for s in parse_sparsities(args.sparsity)]
+        out += [Strategy(f, s, args.granularity, align)
+                for s in sweep_sparsities(args.sparsity, "--sparsity")]
     return out
 
 
@@ -116,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
 
     _, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
     check_buildable(spec)
+    from ._run import check_align
+
+    for w in check_align(spec, [(st.family, st.sparsity) for st in strategies], align_of(args),
+                         Scenario(dtype=dtype or "fp32"), explicit=args.align is not None,
+                         families_flag="" if args.all_ else "--strategy"):
+        print(f"pis-tui: warning: {w}", file=sys.stderr)
     cache = _open_cache(args)
 
     from .. import validation as v

@@ -25,12 +25,14 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
+from ..display import sweep_measured_label
 from ..errors import PisError
 from ..sources import ordered
 from .backend import PHASES, Backend, Choices, Snapshot, export_name
 from .export_dialog import ExportDialog
 from .flops_chart import FlopsChart, gap_lines
 from .fmt import family_style, metric_label, pct, rgb, speed
+from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
 from .help_screen import HelpScreen
 from .legend import Legend
 from .ops_screen import OpsScreen
@@ -164,6 +166,7 @@ class PisApp(App):
         self._quit_after_mount = False
         self.heap_frozen = False
         self._old_hangup = None  # the SIGHUP handler before ours
+        self._subtitles: list = []  # the header's subtitle, longest first
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -221,6 +224,7 @@ class PisApp(App):
     def on_resize(self, event) -> None:
         if self._short is not None:  # after mount
             self._apply_size()
+            self._fit_header()
 
     def _apply_size(self) -> None:
         """Short terminals (< 30 rows): no header, lower recommendation panels; tall ones
@@ -320,8 +324,9 @@ class PisApp(App):
         snap = self.snapshot
         if snap is not None and snap.choices.gpu == gpu:
             info = snap.result.device.display_name
-            if gpu == "local":
-                info += f" · {snap.measured_ops} kernels measured"
+            if gpu == "local":  # the status line's "N measured": the same count
+                kernels = snap.result.source_summary()
+                info += " · " + sweep_measured_label(kernels.get("measured", 0), sum(kernels.values()))
         panel.set_gpu_info(info)
         if gpu == "local":
             panel.set_measure_info("m: measure here (background); x cancels")
@@ -448,6 +453,7 @@ class PisApp(App):
         first = self.snapshot is None
         self.snapshot = snap
         self.query_one("#pareto-prefill", ParetoChart).show(snap)
+        self.query_one(Legend).show_unplotted(snap)
         for ph in PHASES:
             self.query_one(f"#rec-{ph}", RecommendationPanel).show(snap)
         self.call_after_refresh(self._show_second, snap)
@@ -464,8 +470,11 @@ class PisApp(App):
                 pv.select_point(snap.recs["prefill"].best)
         self._update_setup_info()
         r = snap.result
-        self.sub_title = (f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} · budget "
-                          f"{pct(snap.choices.active_budget)}")
+        budget = f"budget {pct(snap.choices.active_budget)}"
+        self._subtitles = [f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} · {budget}",
+                           f"{r.spec.name} · {snap.choices.gpu} · {r.scenario.dtype} · {budget}",
+                           f"{r.spec.name} · {budget}"]
+        self._fit_header()
         kernels = ", ".join(f"{n} {k}" for k, n in ordered(r.source_summary()))
         q = f"{r.quality_protocol} {metric_label(r.quality_metric)}"
         src = {"priors": "priors", "csv": "own CSV", "measured": "measured"}[snap.choices.quality]
@@ -479,7 +488,9 @@ class PisApp(App):
                 self.notify("\n".join(warnings), title="memory", severity="warning", timeout=12)
         self._shown_warnings = warnings
         self.set_status(f"{fit}{len(r.points)} points in {snap.elapsed_s:.2f}s · kernels: {kernels} · "
-                        f"quality: {src}, {q}{running}", error=bool(fit))
+                        f"quality: {src}, {q}{running}", error=bool(fit),
+                        shorter=(f"{fit}kernels: {kernels} · quality: {src}, {q}{running}",
+                                 f"{fit}kernels: {kernels}{running}"))
 
     def _show_second(self, snap: Snapshot) -> None:
         if snap is self.snapshot:
@@ -517,10 +528,16 @@ class PisApp(App):
             t.append("\n")
         self.query_one("#gap-summary", Static).update(t)
 
-    def set_status(self, text: str, error: bool = False) -> None:
+    def set_status(self, text: str, error: bool = False, shorter=()) -> None:
+        """One row: `text`, or the first of the `shorter` versions that fits the terminal."""
         st = self.query_one("#status", Static)
         st.set_class(error, "error")
-        st.update(text, layout=False)  # one fixed row: no layout pass
+        st.update(fit_text([text, *shorter], self.size.width - 2), layout=False)  # no layout pass
+
+    def _fit_header(self) -> None:
+        """The header's subtitle, shortened to fit (the header centres "pis-tui — …")."""
+        if self._subtitles:
+            self.sub_title = fit_text(self._subtitles, self.size.width - 24)
 
     # ------------------------------------------------------------------ choices
     @on(SetupPanel.Changed)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
+from ..display import timings_label
 from ..errors import PisError, UserError
 
 PHASES = ("prefill", "decode")
@@ -223,9 +224,7 @@ class Backend:
         out = []
         try:
             dev = local_device()
-            n = self.measured_count(dev)
-            what = f"{n} measured ops" if n else "not measured yet"
-            out.append((f"local · {what}", "local"))
+            out.append((f"local · {timings_label(self.measured_count(dev))}", "local"))
         except PisError:
             pass
         for g in gpu_names():
@@ -238,15 +237,15 @@ class Backend:
         return out
 
     def measured_count(self, device) -> int:
+        """Usable op timings of `device` in the cache (status ok, current software, any dtype):
+        the count of ``display.timings_label`` (``pis-tui gpus`` shows the same)."""
         if not device.is_local:
             return 0
         try:
             with self.cache() as c:
                 if c is None:
                     return 0
-                from ..engine import default_dtype
-
-                return len(list(c.get_measurements(device.fingerprint, default_dtype(device))))
+                return len(list(c.get_measurements(device.fingerprint, statuses=("ok",))))
         except (PisError, AttributeError, TypeError):
             return 0
 

@@ -9,7 +9,7 @@ from ..display import flag_words, latency, loss_text, pct, speed
 from ..display import quality_marks as quality_flags
 
 __all__ = ["flag_words", "latency", "loss_text", "pct", "speed", "quality_flags", "family_style",
-           "short_name", "family_names", "rgb"]
+           "short_name", "family_names", "rgb", "fit", "short_label"]
 
 
 def family_style(name: str) -> tuple[str, tuple]:
@@ -28,6 +28,20 @@ def short_name(name: str) -> str:
 def family_names() -> tuple[str, ...]:
     """Every registered family, in the registry's order (dense first)."""
     return families.names()
+
+
+def fit(options, width: int) -> str:
+    """The first of `options` (longest first) that fits in `width` cells, else the last: a
+    narrow terminal (80×24) gets a shorter title instead of one cut off with "…"."""
+    from rich.cells import cell_len
+
+    options = list(options)
+    return next((o for o in options if cell_len(o) <= width), options[-1])
+
+
+def short_label(scenario, phase: str) -> str:
+    """The scenario of a phase in fewer cells: "decode 16 @ 1024" for "decode batch 16 @ 1024"."""
+    return scenario.label(phase).replace(" batch ", " ")
 
 
 def rgb(color: tuple) -> str:

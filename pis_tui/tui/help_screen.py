@@ -35,9 +35,11 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 ## Reading the charts
 * **Pareto** (one per phase): speedup against quality loss.  Each family is a letter in its
   own colour (legend under the charts); the grey dotted line is the frontier, the red
-  vertical line the budget, `@` the recommended point.  Points with no quality data
-  (e.g. a family no published result covers) are counted as "unplotted" under the chart
-  and listed in the points table (`3`).
+  vertical line the budget, `@` the recommended point.  Points without a quality figure
+  (a family no published result covers under the chosen protocol, such as unstructured
+  in the shipped priors) have no place on a loss axis: the chart counts them ("8 without a quality
+  figure"), the legend names their families after "not plotted", and the points table
+  (`3`) lists them with a "–" loss.  They are never recommended.
 * **Beyond FLOPs**: per family, speedup against the sparsity actually achieved.  Letters are
   the real (measured or estimated) speedups, the dotted line of the same colour is what a
   FLOPs count predicts.  The gap is the point of the study: removing FLOPs does not remove

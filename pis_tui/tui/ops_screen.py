@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from .fmt import loss_text, pct, speed
+from .fmt import latency, loss_text, pct, speed
 
 
 def _bar(share: float, width: int = 12) -> str:
@@ -57,7 +57,7 @@ class OpsScreen(ModalScreen):
         t.append(f" · {p.strategy} ({families.get(p.strategy).axis if families.is_family(p.strategy) else '?'}) asked {pct(p.sparsity)}, "
                  f"achieved {pct(p.achieved_sparsity)} · {r.scenario.label(p.phase)} · "
                  f"{r.device.display_name} · {r.scenario.dtype}\n")
-        t.append(f"latency {p.latency_ms:.4g} ms vs dense {p.dense_latency_ms:.4g} ms → "
+        t.append(f"latency {latency(p.latency_ms)} vs dense {latency(p.dense_latency_ms)} → "
                  f"{speed(p.speedup)} (FLOPs predict {speed(p.flops_speedup)}) · quality loss "
                  f"{loss_text(p.quality)} · timing {p.timing_source}\n", style="bold")
         po = r.phase_ops.get((p.strategy, p.sparsity, p.phase))

@@ -12,7 +12,7 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
-from .fmt import family_names, family_style, latency
+from .fmt import family_names, family_style, fit, latency, short_label
 
 FRONTIER_COLOR = (150, 150, 150)
 BUDGET_COLOR = (230, 80, 80)
@@ -32,10 +32,13 @@ class ParetoChart(PlotextPlot):
         self.drawn_with_data_at: Optional[float] = None
         self._has_data = False
         self.summary = ""  # what is drawn, in words (tests and screen readers)
+        self._titles = None  # (title options, subtitle options), longest first
         self._draw_empty("estimating…")
 
     def _draw_empty(self, message: str) -> None:
         self.plt.clear_figure()
+        self._titles = None
+        self.border_subtitle = ""
         self.border_title = f"{self.phase}: {message}"
         self.summary = message
 
@@ -52,7 +55,7 @@ class ParetoChart(PlotextPlot):
         ppl = snapshot.metric == "ppl_increase"
         pts = [p for p in result.phase_points(self.phase) if family in (None, p.strategy)]
         known = [p for p in pts if p.quality.value is not None]
-        unknown = len(pts) - len(known)
+        unknown = len(pts) - len(known)  # no quality figure: they have no x; the table lists them
         plt = self.plt
         plt.clear_figure()
         if not known:
@@ -86,16 +89,41 @@ class ParetoChart(PlotextPlot):
         plt.xlim(0, xmax)
         plt.ylim(lo - pad, hi + pad)
         style_axes(plt, xmax, lo - pad, hi + pad, self.size, "%")
-        dense_ms = pts[0].dense_latency_ms if pts else 0.0
-        self.border_title = f"{result.scenario.label(self.phase)} · dense {latency(dense_ms)}"
-        sub = "speedup vs +ppl" if ppl else "speedup vs acc. drop"
+        dense = f"dense {latency(pts[0].dense_latency_ms if pts else 0.0)}"
+        scen = result.scenario
+        axis = "speedup vs +ppl" if ppl else "speedup vs acc. drop"
+        subs = [axis]
         if unknown:
-            sub += f" · {unknown} unplotted"  # no quality data for them (help, table)
-        self.border_subtitle = sub
+            n = f"{unknown} point{'s' if unknown != 1 else ''}"
+            subs = [f"{axis} · {n} without a quality figure: see the table (3)",
+                    f"{axis} · {unknown} without a quality figure: table (3)",
+                    f"{unknown} without a quality figure: table (3)",
+                    f"{unknown} without quality figure: table (3)",
+                    f"{unknown} without quality: table (3)", f"{unknown} without quality (3)"]
+        self._titles = ([f"{scen.label(self.phase)} · {dense}",
+                         f"{short_label(scen, self.phase)} · {dense}", f"{self.phase} · {dense}"],
+                        subs)
+        self._fit_titles()
         self._has_data = True
         self.summary = (f"{self.phase}: {len(known)} points, {len(rec.frontier) if rec else 0} on "
                         f"the frontier, best {best.strategy if best else 'none'}")
+        if unknown:
+            fams = ", ".join(dict.fromkeys(p.strategy for p in pts if p.quality.value is None))
+            self.summary += (f"; {unknown} point{'s' if unknown != 1 else ''} without a quality "
+                             f"figure ({fams}), not plotted: see the table (3)")
         self.refresh()
+
+    def _fit_titles(self) -> None:
+        """The longest title and subtitle that fit the border (each side loses 3 cells)."""
+        if self._titles is None:
+            return
+        room = (self.outer_size.width or 40) - 6
+        titles, subs = self._titles
+        self.border_title = fit(titles, room)
+        self.border_subtitle = fit(subs, room)
+
+    def on_resize(self, event) -> None:
+        self._fit_titles()
 
     def render(self):
         out = super().render()

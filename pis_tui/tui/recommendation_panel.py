@@ -2,21 +2,61 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Static
 
-from .fmt import family_style, flag_words, latency, loss_text, pct, rgb, speed
+from .fmt import (family_style, fit, flag_words, latency, loss_text, pct, quality_flags, rgb,
+                  short_label, short_name, speed)
 
-
-def panel_title(snapshot, phase: str) -> str:
-    label = snapshot.result.scenario.label(phase)
+def panel_title(snapshot, phase: str, width: Optional[int] = None) -> str:
+    """Scenario and budget, shortened to fit a border `width` cells wide."""
+    scen = snapshot.result.scenario
     short = "ppl" if snapshot.metric == "ppl_increase" else "loss"
-    return f"{label} · {short} ≤ {pct(snapshot.choices.active_budget)}"
+    budget = pct(snapshot.choices.active_budget)
+    return fit([f"{scen.label(phase)} · {short} ≤ {budget}",
+                f"{short_label(scen, phase)} · {short} ≤ {budget}", f"{phase} · {short} ≤ {budget}"],
+               10**6 if width is None else width - 6)
 
 
-def recommendation_text(snapshot, phase: str) -> Text:
+def _names(strategy: str) -> list[str]:
+    """The family's name, then its short name (the registry's) where that is shorter."""
+    short = short_name(strategy)
+    return [strategy] + ([short] if short and cell_len(short) < cell_len(strategy) else [])
+
+
+def recommendation_text(snapshot, phase: str, width: Optional[int] = None,
+                        height: Optional[int] = None) -> Text:
     """Best (or the core's reason for keeping the dense model), runner-up with the margin,
-    then where the best's figures come from (timing source, quality flags)."""
+    then where the best's figures come from (timing source, quality flags).
+
+    The first line (family, sparsity, speedup, loss) always fits whole in `width` cells (the
+    panel's text width): it falls back to the family's short name and drops the word "loss".
+    The rest wraps while the panel has `height` lines for it, else the runner-up and source
+    lines are shortened the same way (only the dense model's reason still wraps).  The
+    panels are narrow (two side by side, 36 cells of text at 80×24) and a short terminal
+    gives them three lines."""
+    if width is None:
+        return _text(snapshot, phase, None, 0)
+    for level in (0, 1, 2):
+        t = _text(snapshot, phase, width, level)
+        if height is None or level == 2 or _lines(t, width) <= height:
+            return t
+    return t  # pragma: no cover
+
+
+def _lines(t: Text, width: int) -> int:
+    from rich.console import Console
+
+    return len(t.wrap(Console(width=width, legacy_windows=False), width))
+
+
+def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
+    """`level` 0: the rest whole (it may wrap); 1: the runner-up shortened to one line; 2: the
+    source line too."""
+    room = 10**6 if width is None else max(width, 1)
     rec = snapshot.recs.get(phase)
     t = Text()
     if rec is None:
@@ -26,27 +66,35 @@ def recommendation_text(snapshot, phase: str) -> Text:
     if best is None:
         t.append("▶ keep the dense model", style="bold")
     else:
-        color = rgb(family_style(best.strategy)[1])
+        sparsity = f" {pct(best.achieved_sparsity)}" if best.strategy != "dense" else ""
+        figures = f"{sparsity} {speed(best.speedup)}"
+        loss = loss_text(best.quality)
+        variants = [(n, w) for n in _names(best.strategy) for w in ("loss ", "")]
+        name, word = next(((n, w) for n, w in variants
+                           if cell_len(f"▶ {n}{figures} {w}{loss}") <= room), variants[-1])
         t.append("▶ ", style="bold")
-        t.append(best.strategy, style=f"bold {color}")
-        if best.strategy != "dense":
-            t.append(f" {pct(best.achieved_sparsity)}", style="bold")
+        t.append(name, style=f"bold {rgb(family_style(best.strategy)[1])}")
+        t.append(sparsity, style="bold")
         t.append(f" {speed(best.speedup)}", style="bold green")
-        t.append(f" loss {loss_text(best.quality)}")
-    # line by line in order of importance: the panels are narrow (two side by side, ~36
-    # columns inside at 80×24) and a short terminal cuts off what comes last
+        t.append(f" {word}{loss}")
     if best is None or best.strategy == "dense":
-        t.append(f"\n  {rec.reason}", style="italic")
+        t.append(f"\n  {rec.reason}", style="italic")  # the rest: wraps
     ru = rec.runner_up
     if ru is not None:
         margin = f" ({rec.margin:+.2f}×)" if rec.margin is not None else ""
-        t.append(f"\n  2nd {ru.strategy} {pct(ru.achieved_sparsity)} {speed(ru.speedup)} "
-                 f"at {loss_text(ru.quality)}{margin}")
+        head = f"{pct(ru.achieved_sparsity)} {speed(ru.speedup)}"
+        lines = [f"  2nd {n} {head}{at}{loss_text(ru.quality)}{m}"
+                 for n in _names(ru.strategy) for at, m in ((" at ", margin), (" ", margin), (" ", ""))]
+        t.append("\n" + (lines[0] if level < 1 else fit(lines, room)))
     if best is not None:
-        t.append(f"\n  {latency(best.latency_ms)} {best.timing_source}", style="dim")
+        src = f"  {latency(best.latency_ms)} {best.timing_source}"
+        t.append("\n" + src, style="dim")
         flags = flag_words(best.quality, short=True)
         if flags:
-            t.append(" ⚠ quality " + ", ".join(flags), style="yellow")
+            marks = quality_flags(best.quality)
+            warn = [f" ⚠ quality {', '.join(flags)}", f" ⚠ {', '.join(flags)}",
+                    f" ⚠ quality{marks}" if marks else " ⚠ quality"]
+            t.append(warn[0] if level < 2 else fit(warn, room - cell_len(src)), style="yellow")
     return t
 
 
@@ -63,9 +111,16 @@ class RecommendationPanel(Static):
         self.phase = phase
         self.border_title = f"{phase} recommendation"
         self.plain = ""
+        self.snapshot = None
 
     def show(self, snapshot) -> None:
-        t = recommendation_text(snapshot, self.phase)
+        self.snapshot = snapshot
+        t = recommendation_text(snapshot, self.phase, self.size.width or None,  # the text's size
+                                self.size.height or None)
         self.plain = t.plain
-        self.border_title = panel_title(snapshot, self.phase)
+        self.border_title = panel_title(snapshot, self.phase, self.outer_size.width or None)
         self.update(t, layout=False)  # fixed size: no layout pass
+
+    def on_resize(self, event) -> None:
+        if self.snapshot is not None:
+            self.show(self.snapshot)
