@@ -33,6 +33,21 @@ def sparsity_text(p) -> str:
     return got if asked == got else f"{asked} → {got}"
 
 
+def interval_text(p) -> str:
+    """A point's speedup interval, "1.03–1.36" (none for dense)."""
+    lo, hi = p.interval
+    return "–" if p.strategy == "dense" else f"{lo:.2f}–{hi:.2f}"
+
+
+def trust_marks(p) -> str:
+    """↑ above the family's physical ceiling, ≠ dense and pruned measured under different load."""
+    return ("↑" if "above_ceiling" in p.flags else "") + ("≠" if "mixed_conditions" in p.flags else "")
+
+
+TRUST_NOTE = ("speedup interval about 95 % (from the uncertainties of the ops behind it); ↑ above "
+              "the family's physical ceiling, ≠ dense and pruned measured under different load: "
+              "recommend skips both (--include-flagged keeps them)")
+
 #: what the marks and arrows of the CLI tables and the explorer mean
 SPARSITY_NOTE = "sparsity: asked → achieved where the family's rounding made them differ"
 MARKS_NOTE = "ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source"

@@ -23,7 +23,7 @@ from .memory_fit import footprint
 from .model_spec import ModelSpec, load_model_spec
 from .results import PhaseEstimate, Point, QualityEstimate
 from .scenario import PHASES, Scenario
-from . import families
+from . import families, uncertainty
 from .taxonomy import build_phase_ops, strategies_grid
 
 
@@ -164,9 +164,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         if quality is not None and e.strategy == "dense":
             q = QualityEstimate(0.0, metric=getattr(quality, "metric", "accuracy_drop"),
                                 source="dense", protocol=getattr(quality, "protocol", "lora"))
-        points.append(Point(e.strategy, e.sparsity, e.achieved_sparsity, e.phase, e.latency_ms,
-                            d.latency_ms, d.latency_ms / e.latency_ms,
-                            d.flops / e.flops if e.flops else 1.0, e.timing_source, q))
+        points.append(_point(e, d, q, est, ops_by_key))
     curves = {}
     if quality is not None and hasattr(quality, "curve_info"):
         for fam in {s.family for s in grid if s.family != "dense"}:
@@ -182,6 +180,24 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"},
     )
+
+
+def _point(e: PhaseEstimate, d: PhaseEstimate, q: QualityEstimate, est: Estimator,
+           ops_by_key: dict) -> Point:
+    """A priced strategy against dense: speedup, its interval, its ceiling, its flags
+    (pis_tui.uncertainty)."""
+    speedup = d.latency_ms / e.latency_ms
+    flops = d.flops / e.flops if e.flops else 1.0
+    if e.strategy == "dense":
+        return Point(e.strategy, e.sparsity, e.achieved_sparsity, e.phase, e.latency_ms,
+                     d.latency_ms, speedup, flops, e.timing_source, q, 1.0, 1.0, 1.0, ())
+    lo, hi = uncertainty.interval(speedup, uncertainty.log_sigma(d, e))
+    dense_ops = ops_by_key[("dense", 0.0, e.phase)].ops
+    ceiling = families.get(e.strategy).speedup_ceiling(
+        dense_ops, ops_by_key[(e.strategy, e.sparsity, e.phase)].ops, est.work_ms)
+    flags = uncertainty.flags(lo, ceiling, uncertainty.mixed_conditions(d, e))
+    return Point(e.strategy, e.sparsity, e.achieved_sparsity, e.phase, e.latency_ms,
+                 d.latency_ms, speedup, flops, e.timing_source, q, lo, hi, ceiling, flags)
 
 
 def check_dtype(device: DeviceProfile, dtype: str) -> None:

@@ -68,6 +68,9 @@ class MeasuredRecord:
     op: Op
     ms: float
     status: str = "ok"
+    spread: Optional[float] = None
+    loaded: bool = False  # measured while the machine was loaded (its conditions say so)
+    why: str = ""  # unstable: the reasons
 
 
 def _as_record(m) -> Optional[MeasuredRecord]:
@@ -82,9 +85,13 @@ def _as_record(m) -> Optional[MeasuredRecord]:
         except (KeyError, TypeError):
             return None
     ms = get("ms")
-    if op is None or (status == "ok" and (ms is None or not ms > 0)):
+    if op is None or (status in ("ok", "unstable") and (ms is None or not ms > 0)):
         return None
-    return MeasuredRecord(get("key") or op.key(), op, float(ms or 0.0), status)
+    cond = get("conditions") or {}
+    spread = get("spread")
+    return MeasuredRecord(get("key") or op.key(), op, float(ms or 0.0), status,
+                          None if spread is None else float(spread), bool(cond.get("loaded")),
+                          "; ".join(cond.get("unstable") or ()))
 
 
 class Estimator:
@@ -127,6 +134,15 @@ class Estimator:
         peak = self.peak(op.dtype, sparse)
         return max(flops / peak, op.bytes() / self.bandwidth(op.dtype)) * 1e3
 
+    def work_ms(self, op: Op) -> float:
+        """The least time one call can take, for a physical ceiling: the roofline of the kernel
+        that really runs here plus the device's per-kernel floor; eager host overhead at its
+        priced cost (the same code path runs it in the dense and the pruned model)."""
+        if isinstance(op, Overhead):
+            return self.price(op).ms_per_call
+        k = kernel_of(op, sparse_24=self.device.sparse_24)
+        return self.roofline_ms(k) + self.device.launch_overhead_us * 1e-3
+
     def analytical_ms(self, op: Op) -> float:
         """Roofline corrected by the documented efficiency model (no measurement)."""
         d = self.device
@@ -158,10 +174,16 @@ class Estimator:
     # ---------------------------------------------------------------- pricing
 
     def price(self, op: Op) -> PricedOp:
+        """One op's time per call, its source and its relative uncertainty (the rule in
+        :mod:`pis_tui.sources`).  An ``unstable`` measurement is priced no better than
+        interpolated: from its stable neighbours where they reach, else at its own time,
+        labelled ``unstable``."""
         if isinstance(op, Overhead):
             hit = self._exact.get(op.key())
             if hit and hit[0].status == "ok" and self.device.kind == "cpu":
-                return PricedOp(op, hit[0].ms, hit[1])
+                rec = hit[0]
+                return PricedOp(op, rec.ms, hit[1], uncertainty=sources.uncertainty(hit[1], rec.spread),
+                                loaded=rec.loaded)
             why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
                    else "eager framework overhead not measured on this CPU")
             return PricedOp(op, 0.0, "roofline", why)
@@ -170,18 +192,29 @@ class Estimator:
             p = self.price(kernel_of(op, sparse_24=False))
             return PricedOp(op, p.ms_per_call, "unsupported",
                             f"no 2:4 sparse kernel on {self.device.display_name}: runs dense "
-                            f"({p.source} time)")
+                            f"({p.source} time)", p.uncertainty, p.loaded)
         hit = self._exact.get(kernel_of(op).key())
         if hit and hit[0].status == "ok":
             rec, source = hit
-            return PricedOp(op, rec.ms, source)
+            return PricedOp(op, rec.ms, source, uncertainty=sources.uncertainty(source, rec.spread),
+                            loaded=rec.loaded)
         if hit and hit[0].status == "unsupported" and isinstance(op, Gemm) and op.kind == "sparse_24":
             p = self.price(kernel_of(op, sparse_24=False))
-            return PricedOp(op, p.ms_per_call, "unsupported", "2:4 kernel unavailable: runs dense")
+            return PricedOp(op, p.ms_per_call, "unsupported", "2:4 kernel unavailable: runs dense",
+                            p.uncertainty, p.loaded)
         ms = self._interpolate(op)
+        if hit and hit[0].status == "unstable":
+            rec = hit[0]
+            why = f"its measurement ({rec.ms:.4g} ms) is unstable: {rec.why or 'see the cache'}"
+            if ms is not None:
+                return PricedOp(op, ms, "interpolated", why + "; priced from its stable neighbours",
+                                sources.uncertainty("interpolated"))
+            return PricedOp(op, rec.ms, "unstable", why, sources.uncertainty("unstable", rec.spread),
+                            rec.loaded)
         if ms is not None:
-            return PricedOp(op, ms, "interpolated")
-        return PricedOp(op, self.analytical_ms(op), "roofline")
+            return PricedOp(op, ms, "interpolated", uncertainty=sources.uncertainty("interpolated"))
+        return PricedOp(op, self.analytical_ms(op), "roofline",
+                        uncertainty=sources.uncertainty("roofline"))
 
     def estimate(self, phase_ops) -> PhaseEstimate:
         priced = tuple(self.price(o) for o in phase_ops.ops)

@@ -17,7 +17,9 @@ from typing import Optional
 from . import families
 from .engine import SweepResult
 from .families import MAX_SPARSITY
+from .pareto import TIE_RULE
 from .sources import TIMING_SOURCES
+from .uncertainty import BLOCKING_FLAGS
 from .results import Point, Recommendation
 
 SCHEMA_ID = "pis-tui/1"
@@ -51,6 +53,9 @@ def point_dict(p: Point, result: SweepResult) -> dict:
         "citations": list(q.citations),
         "timing_source": p.timing_source,
         "timing_sources": {k: {"ops": v["ops"], "ms": _r(v["ms"])} for k, v in e.source_counts.items()},
+        "speedup_interval": [_r(x) for x in p.interval],
+        "speedup_ceiling": _r(p.ceiling),
+        "trust_flags": list(p.flags),
         "notes": list(e.notes),
     }
 
@@ -84,6 +89,12 @@ def recommendation_dict(r: Recommendation) -> dict:
         "frontier": [{"strategy": p.strategy, "sparsity": _r(p.sparsity),
                       "speedup": _r(p.speedup), "quality_loss": _r(p.quality_loss)}
                      for p in r.frontier],
+        "speedup_interval": [_r(x) for x in best.interval] if best else None,
+        "trust_flags": list(best.flags) if best else [],
+        "skipped_flagged": [{"strategy": p.strategy, "sparsity": _r(p.sparsity),
+                             "speedup": _r(p.speedup), "trust_flags": list(p.flags)}
+                            for p in r.skipped],
+        "tie_rule": TIE_RULE,
     }
 
 
@@ -108,8 +119,9 @@ def to_json(result: SweepResult, recommendations: Optional[dict] = None) -> str:
 
 
 CSV_COLUMNS = ("strategy", "sparsity", "achieved_sparsity", "phase", "latency_ms",
-               "dense_latency_ms", "speedup", "flops_speedup", "gap", "quality_loss",
-               "quality_metric", "quality_source", "timing_source")
+               "dense_latency_ms", "speedup", "speedup_low", "speedup_high", "speedup_ceiling",
+               "flops_speedup", "gap", "quality_loss", "quality_metric", "quality_source",
+               "timing_source", "trust_flags")
 
 
 def to_csv(result: SweepResult) -> str:
@@ -117,7 +129,10 @@ def to_csv(result: SweepResult) -> str:
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for p in result.points:
-        w.writerow(point_dict(p, result))
+        d = point_dict(p, result)
+        d["speedup_low"], d["speedup_high"] = d["speedup_interval"]
+        d["trust_flags"] = " ".join(d["trust_flags"])
+        w.writerow(d)
     return buf.getvalue()
 
 
@@ -128,6 +143,7 @@ def build_schema() -> dict:
         schema = json.load(f)
     schema["$defs"]["family"]["enum"] = list(families.names())
     schema["$defs"]["timing_source"]["enum"] = list(TIMING_SOURCES)
+    schema["$defs"]["trust_flag"]["enum"] = list(BLOCKING_FLAGS)
     schema["$defs"]["result"]["properties"]["sparsity"]["maximum"] = MAX_SPARSITY
     return schema
 

@@ -43,7 +43,7 @@ FORMAT = "pis-tui-measured/1"
 
 #: timing methods and their current versions (bump a version when the way a method times
 #: changes; the cache then ignores older measurements instead of mixing them in).
-METHOD_VERSIONS = {"cuda-graph": 1, "cpu-wall": 3}
+METHOD_VERSIONS = {"cuda-graph": 1, "cpu-wall": 4}
 
 METHOD_DOCS = {
     "cuda-graph": (
@@ -56,16 +56,24 @@ METHOD_DOCS = {
         "CPU: torch.get_num_threads() threads, weights/KV caches rotated past the last-level "
         "cache, warm-up, then batches of calls timed with time.perf_counter; each op is "
         "measured in 3 rounds interleaved with the other ops of a group (~2 s per round in a "
-        "profile, ~30 s for validate) (a burst of "
-        "another process spoils a round, not the op), and in up to 6 until its two fastest "
-        "rounds agree within 10%; ms = eager_ms = wall time per call of the second-fastest "
-        "round (each round the median of its batches; another process only slows a round "
-        "down); spread = (max - min) / ms over the rounds; a GEMM more than 15% slower than "
-        "the same (N, K) at a larger M is re-measured and the lower time kept.  v3: rounds "
-        "(v2: median of 3 rounds; v1: one burst of batches)."),
+        "profile, ~30 s for validate) (a burst of another process spoils a round, not the "
+        "op), and in up to 6 until its two fastest rounds agree within 10%; before each round "
+        "a contention probe (a small GEMM on all threads against one) marks the round "
+        "contended, and contended rounds are not used; ms = eager_ms = wall time per call of "
+        "the second-fastest uncontended round (each round the median of its batches; another "
+        "process only slows a round down); spread = (second fastest - fastest) / second "
+        "fastest; conditions keep every round's time, its load average and whether it was "
+        "contended.  An op with fewer than 2 uncontended rounds, or whose two fastest differ "
+        "by more than 25%, is re-measured once later and stored 'unstable' if it stays so; a "
+        "kernel more than 15% (same N, K, along M) or 25% (other shapes of its kind) slower "
+        "than one doing more work is re-measured, then stored 'unstable'.  v4: contended "
+        "rounds dropped, unstable status (v3: rounds; v2: median of 3 rounds; v1: one burst)."),
 }
 
-STATUSES = ("ok", "unsupported", "oom", "error")
+#: ``unstable``: timed, but its rounds disagree, were taken under contention, or it is slower
+#: than a kernel of its kind doing more work (``conditions["unstable"]`` says why); priced no
+#: better than interpolated
+STATUSES = ("ok", "unstable", "unsupported", "oom", "error")
 
 
 @dataclass
@@ -78,13 +86,21 @@ class Measurement:
     eager_ms: Optional[float] = None
     spread: Optional[float] = None
     repeats: int = 0
-    status: str = "ok"  # ok | unsupported | oom | error
+    status: str = "ok"  # ok | unstable | unsupported | oom | error
     note: str = ""
     method: str = ""
     method_version: int = 0
     fingerprint: str = ""
     software: dict = field(default_factory=dict)
     measured_at: str = ""
+    #: what it was measured under: rounds' times, loads and contention (CPU), clocks and other
+    #: processes on the GPU; "unstable": the reasons, where it is
+    conditions: dict = field(default_factory=dict)
+
+    @property
+    def timed(self) -> bool:
+        """A time was taken (ok or unstable)."""
+        return self.status in ("ok", "unstable") and self.ms is not None
 
     @property
     def ok(self) -> bool:
@@ -101,9 +117,12 @@ class Measurement:
 
     def to_entry(self) -> dict:
         """The compact form stored in a measured table."""
-        return {"key": self.key, "op": self.op, "ms": self.ms, "eager_ms": self.eager_ms,
-                "spread": self.spread, "repeats": self.repeats, "status": self.status,
-                "note": self.note}
+        d = {"key": self.key, "op": self.op, "ms": self.ms, "eager_ms": self.eager_ms,
+             "spread": self.spread, "repeats": self.repeats, "status": self.status,
+             "note": self.note}
+        if self.conditions:
+            d["conditions"] = self.conditions
+        return d
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -301,6 +320,7 @@ def table_from_dict(d: dict, where: str = "table") -> MeasuredTable:
                 key=e["key"], op=e["op"], ms=e.get("ms"), eager_ms=e.get("eager_ms"),
                 spread=e.get("spread"), repeats=int(e.get("repeats", 0)),
                 status=e.get("status", "ok"), note=e.get("note", ""), method=method,
+                conditions=dict(e.get("conditions") or {}),
                 method_version=mv, fingerprint=device.get("fingerprint", ""),
                 software=dict(software), measured_at=d.get("date", "")))
         except (KeyError, TypeError, ValueError) as ex:

@@ -20,6 +20,8 @@ from typing import Iterable, Optional, Sequence
 
 from .display import flag_words
 from .results import Point, QualityEstimate, Recommendation
+from .uncertainty import BLOCKING_FLAGS, MIN_HALF_WIDTH
+from .uncertainty import flag_words as point_flag_words
 
 _TOL = 1e-12
 
@@ -126,26 +128,47 @@ def _dense_baseline(pts: Sequence[Point], phase: str, metric: str) -> Point:
                  quality=QualityEstimate(0.0, metric, src, proto, note="dense: nothing removed"))
 
 
-#: speedups within this share of the fastest feasible one count as a tie (broken by lower loss)
-SPEEDUP_TIE = 0.01
+#: the tie rule, in words (the JSON carries it with each recommendation)
+TIE_RULE = ("speedups whose intervals overlap (each at least ±0.5 %) are a tie, broken by the "
+            "lower quality loss; a point whose interval reaches dense's does not beat dense")
+
+
+def _interval(p: Point) -> tuple[float, float]:
+    """A point's speedup interval, at least ±MIN_HALF_WIDTH wide (estimates are not finer)."""
+    lo, hi = p.interval
+    return (min(lo, p.speedup * math.exp(-MIN_HALF_WIDTH)), max(hi, p.speedup * math.exp(MIN_HALF_WIDTH)))
+
+
+def tied(a: Point, b: Point) -> bool:
+    """Two speedups are a tie when their intervals overlap (pis_tui.uncertainty)."""
+    (la, ha), (lb, hb) = _interval(a), _interval(b)
+    return la <= hb + _TOL and lb <= ha + _TOL
 
 
 def beats_dense(p: Point) -> bool:
-    """Faster than the dense model beyond the tie rule: a speedup within SPEEDUP_TIE of
-    1.0× ties with dense, and dense (no loss, nothing removed) wins the tie.  Only such
-    points are recommended or offered as the runner-up (2:4 on a CPU, priced as the dense
-    kernel at 1.00×, is neither)."""
-    return p.speedup * (1.0 - SPEEDUP_TIE) > 1.0 + _TOL
+    """Faster than the dense model beyond the tie rule: a point whose interval reaches down
+    to dense's (1.0×, itself ±MIN_HALF_WIDTH) ties with dense, and dense (no loss, nothing
+    removed) wins the tie.  Only such points are recommended or offered as the runner-up
+    (2:4 on a CPU, priced as the dense kernel at 1.00×, is neither)."""
+    return _interval(p)[0] > math.exp(MIN_HALF_WIDTH) + _TOL
 
 
-def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendation:
+def flagged(p: Point) -> bool:
+    """Flagged as physically implausible or measured under mixed conditions."""
+    return any(f in BLOCKING_FLAGS for f in p.flags)
+
+
+def recommend(points: Iterable[Point], budget: float, phase: str,
+              include_flagged: bool = False) -> Recommendation:
     """The fastest point of ``phase`` whose quality loss stays within ``budget``.
 
-    * ``best``: the highest speedup among pruned points with loss ≤ budget (ties: the
-      lower loss, then the tie rule above; speedups within SPEEDUP_TIE of the fastest count
-      as equal, so the lowest loss among them wins); ``dense`` when no feasible pruned point
-      beats dense (:func:`beats_dense`: above 1.0× by more than the tie); ``None`` when no
-      pruned point stays within the budget at all.
+    * ``best``: the highest speedup among pruned points with loss ≤ budget (ties: points
+      whose speedup intervals overlap the fastest one's count as equal, so the lowest loss
+      among them wins, then the tie rule above); ``dense`` when no feasible pruned point
+      beats dense (:func:`beats_dense`); ``None`` when no pruned point stays within the
+      budget at all.  Flagged points (above their physical ceiling, or measured under mixed
+      conditions) are skipped unless ``include_flagged``; those skipped that the budget
+      allows are in ``skipped``.
     * ``runner_up``: among the feasible points that beat dense, the best of a different
       strategy, else the next of the same strategy, else dense; ``None`` when dense is the
       best (a point with no speedup over dense is no runner-up); ``margin`` = best −
@@ -158,13 +181,23 @@ def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendat
     metric = points_metric(pts) or next((p.quality.metric for p in pts), "accuracy_drop")
     dense = _dense_baseline(pts, phase, metric)
     pruned = [p for p in pts if p.strategy != "dense" and _usable(p)]
+    skipped = ()
+    if not include_flagged:
+        skipped = tuple(sorted((p for p in pruned if flagged(p) and _loss(p) <= budget + _TOL),
+                               key=lambda p: -p.speedup))
+        pruned = [p for p in pruned if not flagged(p)]
     fr = tuple(frontier([dense] + pruned))
     budget_words = _loss_words(budget, metric)
 
+    if not pruned and skipped:
+        reason = (f"{phase}: every point within {budget_words} is flagged "
+                  f"({', '.join(dict.fromkeys(w for p in skipped for w in point_flag_words(p)))}); "
+                  "keep the dense model (--include-flagged ranks them anyway)")
+        return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped)
     if not pruned:
         reason = (f"{phase}: no strategy has a known quality cost, so none can be checked "
                   f"against the budget; keep the dense model")
-        return Recommendation(phase, budget, metric, None, None, None, reason, fr)
+        return Recommendation(phase, budget, metric, None, None, None, reason, fr, skipped)
 
     rank = lambda p: (-p.speedup, _loss(p), _tiebreak(p))  # noqa: E731
     feasible = sorted((p for p in pruned if _loss(p) <= budget + _TOL), key=rank)
@@ -173,24 +206,32 @@ def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendat
         reason = (f"no strategy stays within {budget_words}; the smallest loss on offer is "
                   f"{_name(smallest)} at {_loss_words(_loss(smallest), metric).replace(' loss', '')}"
                   f" ({smallest.speedup:.2f}×); keep the dense model")
-        return Recommendation(phase, budget, metric, None, None, None, reason, fr)
+        return Recommendation(phase, budget, metric, None, None, None, reason, fr, skipped)
 
-    # estimates are not finer than ~1 %: among points that fast, the lower quality loss wins
+    # among points whose speedups cannot be told from the fastest's, the lower loss wins
     def fastest(cands):
-        near = [p for p in cands if p.speedup >= cands[0].speedup * (1.0 - SPEEDUP_TIE)]
+        near = [p for p in cands if tied(p, cands[0])]
         return min(near, key=lambda p: (_loss(p), rank(p)))
 
     gainful = [p for p in feasible if beats_dense(p)]
     if not gainful:
         top = fastest(feasible)
-        reason = (f"no pruning: nothing within {budget_words} beats dense in {phase} (by more "
-                  f"than {SPEEDUP_TIE:.0%}); the fastest within budget is "
+        reason = (f"no pruning: nothing within {budget_words} beats dense in {phase} (beyond "
+                  f"its interval); the fastest within budget is "
                   f"{_describe(top, metric, short=True)}")
-        return Recommendation(phase, budget, metric, dense, None, None, reason, fr)
+        return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped)
 
     best = fastest(gainful)
     rest = [p for p in gainful if p is not best]
     runner = next((p for p in rest if p.strategy != best.strategy), rest[0] if rest else dense)
     margin = best.speedup - runner.speedup
-    reason = f"{_describe(best, metric)}{_flags(best)}; next best {_describe(runner, metric, short=True)}"
-    return Recommendation(phase, budget, metric, best, runner, margin, reason, fr)
+    if runner is not dense and runner.speedup > best.speedup and tied(best, runner):
+        reason = (f"{_describe(best, metric)}{_flags(best)}; {_describe(runner, metric, short=True)} "
+                  "is as fast within their intervals, and the lower loss wins")
+    else:
+        reason = f"{_describe(best, metric)}{_flags(best)}; next best {_describe(runner, metric, short=True)}"
+    faster = [p for p in skipped if p.speedup > best.speedup]
+    if faster:
+        reason += (f"; {len(faster)} faster point{'s' * (len(faster) > 1)} skipped as flagged "
+                   f"({', '.join(dict.fromkeys(w for p in faster for w in point_flag_words(p)))})")
+    return Recommendation(phase, budget, metric, best, runner, margin, reason, fr, skipped)

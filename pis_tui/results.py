@@ -17,6 +17,8 @@ class PricedOp:
     ms_per_call: float
     source: str  # one of sources.TIMING_SOURCES
     note: str = ""
+    uncertainty: float = 0.0  # relative 1σ of ms_per_call (sources.uncertainty)
+    loaded: bool = False  # measured while the machine was loaded (a mixed-conditions check)
 
     @property
     def total_ms(self) -> float:
@@ -74,10 +76,23 @@ class Point:
     flops_speedup: float
     timing_source: str
     quality: QualityEstimate = field(default_factory=lambda: QualityEstimate(None))
+    #: the speedup's interval (about 95 %: see pis_tui.uncertainty); None where not computed
+    speedup_lo: Optional[float] = None
+    speedup_hi: Optional[float] = None
+    #: the family's physical ceiling for this point (the share of work it keeps)
+    ceiling: Optional[float] = None
+    #: what makes the point untrustworthy: "above_ceiling", "mixed_conditions"
+    flags: tuple = ()
 
     @property
     def quality_loss(self) -> Optional[float]:
         return self.quality.value
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        lo = self.speedup if self.speedup_lo is None else self.speedup_lo
+        hi = self.speedup if self.speedup_hi is None else self.speedup_hi
+        return lo, hi
 
     @property
     def gap(self) -> float:
@@ -95,3 +110,5 @@ class Recommendation:
     margin: Optional[float]  # best.speedup - runner_up.speedup
     reason: str
     frontier: tuple[Point, ...] = ()
+    #: feasible points left out because they are flagged (faster than the best, or any)
+    skipped: tuple[Point, ...] = ()

@@ -28,6 +28,31 @@ SOURCES = (
 )
 
 TIMING_SOURCES = tuple(name for name, _ in SOURCES)
+
+#: The relative standard uncertainty (1σ) of one op's time, by source: the rule the speedup
+#: intervals are built from (see :mod:`pis_tui.uncertainty`).  A measurement's own spread
+#: counts where it has one (half of it, at least the floor here):
+#:
+#: * measured: at least 1 % (the rounds of a settled op agree within 10 %, usually far better);
+#: * shipped: at least 3 % (another unit of the same GPU: clocks and thermals differ);
+#: * interpolated: 8 % (leave-one-out on a third party's H200 GEMM table: median 2.8-3.5 %, and
+#:   the 90th percentile under 10 %; `h200_reference_check.result.md`, fitted to that check);
+#: * unstable: at least 25 % (it is unstable because its rounds disagree by more);
+#: * estimated: 25 % (a stand-in kernel scaled: no better than an unstable measurement);
+#: * roofline: 20 % (the analytical model against the same H200 table: median 12 %, 90th
+#:   percentile 36 %; its log errors have σ 0.18 (robust) to 0.22: fitted to that check,
+#:   which is therefore not independent evidence of it);
+#: * unsupported: as the dense kernel it runs.
+UNCERTAINTY_FLOOR = {"measured": 0.01, "shipped": 0.03, "interpolated": 0.08, "unstable": 0.25,
+                     "estimated": 0.25, "roofline": 0.20, "unsupported": 0.0}
+
+
+def uncertainty(source: str, spread: float | None = None) -> float:
+    """One op's relative 1σ under the rule above (``spread``: the measurement's own)."""
+    floor = UNCERTAINTY_FLOOR.get(source, 0.2)
+    if spread is None or spread != spread:
+        return floor
+    return max(floor, float(spread) / 2.0)
 MEANING = dict(SOURCES)
 RANK = {name: i for i, name in enumerate(TIMING_SOURCES)}
 

@@ -40,17 +40,44 @@ class Maintenance:
             "warnings": list(self.warnings),
         }
 
-    def clear(self, tables: Optional[Iterable[str]] = None) -> dict:
-        """Delete the rows of ``tables`` (default: every data table; settings are kept)."""
+    def clear(self, tables: Optional[Iterable[str]] = None, *, fingerprint: Optional[str] = None,
+              op_type: Optional[str] = None, op_keys: Optional[Iterable[str]] = None,
+              model: Optional[str] = None, status: Optional[str] = None) -> dict:
+        """Delete the rows of ``tables`` (default: every data table; settings are kept).
+
+        Filters narrow it: ``fingerprint`` (a device), ``op_type`` (gemm, attention,
+        elementwise, overhead), ``op_keys`` (these kernels), ``model`` (a model's validations,
+        quality results and sweeps), ``status`` (e.g. unstable).  A table is cleared only when
+        every given filter applies to it (it has the column); the others are left alone."""
         names = tuple(tables) if tables else DATA_TABLES
         bad = [t for t in names if t not in TABLES or t == "meta"]
         if bad:
             raise UserError(f"unknown cache table {bad[0]!r}; tables: {', '.join(TABLES[:-1])}")
+        keys = None if op_keys is None else sorted(set(op_keys))
         out = {}
         with self._conn() as con:
             for t in names:
-                out[t] = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                con.execute(f"DELETE FROM {t}")
+                cols = {r[0] for r in con.execute(f"DESCRIBE {t}").fetchall()}
+                wheres, args, applies = [], [], True
+                for col, val in (("fingerprint", fingerprint), ("op_type", op_type),
+                                 ("status", status)):
+                    if val is not None:
+                        applies &= col in cols
+                        wheres.append(f"{col} = ?")
+                        args.append(val)
+                if model is not None and "model" in cols:
+                    wheres.append("model = ?")
+                    args.append(model)
+                elif keys is not None or model is not None:
+                    # a model's kernels: op timings have no model column, the caller gives the keys
+                    applies &= "op_key" in cols and keys is not None
+                    wheres.append("list_contains(?, op_key)")
+                    args.append(keys or [])
+                if not applies:
+                    continue
+                where = f" WHERE {' AND '.join(wheres)}" if wheres else ""
+                out[t] = con.execute(f"SELECT count(*) FROM {t}{where}", args).fetchone()[0]
+                con.execute(f"DELETE FROM {t}{where}", args)
             if not self.in_memory:
                 con.execute("CHECKPOINT")
         return out

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from ..errors import CacheError, UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_WAIT_S = 10.0
 MEMORY = ":memory:"
 
@@ -30,7 +30,7 @@ _SCHEMA = [
         cusparselt_version VARCHAR NOT NULL, method VARCHAR NOT NULL, method_version INTEGER NOT NULL,
         op_key VARCHAR NOT NULL, op_type VARCHAR, dtype VARCHAR, ms DOUBLE, eager_ms DOUBLE,
         spread DOUBLE, repeats INTEGER, status VARCHAR, note VARCHAR, op_json VARCHAR,
-        device_json VARCHAR, measured_at TIMESTAMP,
+        device_json VARCHAR, measured_at TIMESTAMP, conditions_json VARCHAR,
         PRIMARY KEY (fingerprint, torch_version, cuda_version, cusparselt_version, method,
                      method_version, op_key))""",
     """CREATE TABLE IF NOT EXISTS device_calibration (
@@ -57,6 +57,11 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS settings (
         key VARCHAR PRIMARY KEY, value_json VARCHAR, updated_at TIMESTAMP)""",
 ]
+
+#: how a file of an older schema version is brought up to date (nothing in it is lost)
+MIGRATIONS = {
+    1: ["ALTER TABLE op_timings ADD COLUMN IF NOT EXISTS conditions_json VARCHAR"],  # v2: conditions
+}
 
 DATA_TABLES = ("op_timings", "device_calibration", "sweeps", "validations", "quality_results")
 TABLES = DATA_TABLES + ("settings", "meta")
@@ -334,6 +339,11 @@ class Store:
                 raise _NewerSchema(f"schema version {v}, this pis-tui knows {SCHEMA_VERSION}")
         for stmt in _SCHEMA:
             con.execute(stmt)
+        if row is not None and int(row[0]) < SCHEMA_VERSION:
+            for v in range(int(row[0]), SCHEMA_VERSION):
+                for stmt in MIGRATIONS.get(v, ()):
+                    con.execute(stmt)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         if row is None:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
             con.execute("INSERT OR REPLACE INTO meta VALUES ('created_at', ?)", [to_iso(utcnow())])

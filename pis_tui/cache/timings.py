@@ -8,6 +8,12 @@ from typing import Iterable, Optional
 from ..measured_table import METHOD_VERSIONS, Measurement, software_versions
 from .store import to_iso, to_ts
 
+#: op_timings' columns, in the order put_measurements writes them
+OP_TIMING_COLS = ("fingerprint", "torch_version", "cuda_version", "cusparselt_version", "method",
+                  "method_version", "op_key", "op_type", "dtype", "ms", "eager_ms", "spread",
+                  "repeats", "status", "note", "op_json", "device_json", "measured_at",
+                  "conditions_json")
+
 
 class TimingsTables:
     """Op timings and device calibrations (mixed into :class:`pis_tui.cache.Cache`)."""
@@ -27,12 +33,14 @@ class TimingsTables:
                    m.method, int(m.method_version), m.key)
             rows[key] = key + (m.op.get("op_type"), m.op.get("dtype"), m.ms, m.eager_ms, m.spread,
                                int(m.repeats or 0), m.status, m.note or "",
-                               json.dumps(m.op, sort_keys=True), dev_json, to_ts(m.measured_at))
+                               json.dumps(m.op, sort_keys=True), dev_json, to_ts(m.measured_at),
+                               json.dumps(m.conditions, sort_keys=True, default=str)
+                               if m.conditions else None)
         if not rows:
             return 0
         with self._conn() as con:
-            con.executemany("INSERT OR REPLACE INTO op_timings VALUES "
-                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(rows.values()))
+            con.executemany(f"INSERT OR REPLACE INTO op_timings ({', '.join(OP_TIMING_COLS)}) VALUES "
+                            f"({', '.join('?' * len(OP_TIMING_COLS))})", list(rows.values()))
         return len(rows)
 
     def get_measurements(self, fingerprint: str, dtype: Optional[str] = None, *,
@@ -43,7 +51,7 @@ class TimingsTables:
         sw = software or software_versions()
         q = ("SELECT op_key, op_json, ms, eager_ms, spread, repeats, status, note, method, "
              "method_version, fingerprint, torch_version, cuda_version, cusparselt_version, "
-             "measured_at FROM op_timings WHERE fingerprint = ?")
+             "measured_at, conditions_json FROM op_timings WHERE fingerprint = ?")
         args: list = [fingerprint]
         if not any_version:
             q += " AND torch_version = ? AND cuda_version = ? AND cusparselt_version = ?"
@@ -63,7 +71,8 @@ class TimingsTables:
             out[r[0]] = Measurement(
                 key=r[0], op=json.loads(r[1]), ms=r[2], eager_ms=r[3], spread=r[4], repeats=r[5] or 0,
                 status=r[6], note=r[7] or "", method=r[8], method_version=r[9], fingerprint=r[10],
-                software={"torch": r[11], "cuda": r[12], "cusparselt": r[13]}, measured_at=to_iso(r[14]))
+                software={"torch": r[11], "cuda": r[12], "cusparselt": r[13]}, measured_at=to_iso(r[14]),
+                conditions=json.loads(r[15]) if r[15] else {})
         return list(out.values())
 
     # ------------------------------------------------------------ device calibration

@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from ..display import MARKS_NOTE, SPARSITY_NOTE, loss_text, pct, quality_marks, sparsity_text  # noqa: F401 (re-exported)
+from ..display import (MARKS_NOTE, SPARSITY_NOTE, TRUST_NOTE, interval_text, loss_text,  # noqa: F401 (re-exported)
+                       pct, quality_marks, sparsity_text, trust_marks)
 
 
 def quality_cell(p) -> str:
@@ -20,20 +21,21 @@ def points_table(result, phase: str, title: str | None = None, points=None) -> T
     t.pad_edge = False
     # the achieved sparsity, after the asked one where rounding made them differ
     for col, j in (("strategy", "left"), ("sparsity", "right"), ("ms", "right"),
-                   ("speedup", "right"), ("FLOPs×", "right"), ("quality", "right"),
-                   ("timing", "left")):
+                   ("speedup", "right"), ("interval", "right"), ("FLOPs×", "right"),
+                   ("quality", "right"), ("timing", "left")):
         t.add_column(col, justify=j, no_wrap=col != "timing")
     for p in result.phase_points(phase) if points is None else points:
         t.add_row(p.strategy, sparsity_text(p),
-                  f"{p.latency_ms:.3f}", f"{p.speedup:.2f}×", f"{p.flops_speedup:.2f}×",
-                  quality_cell(p), p.timing_source)
+                  f"{p.latency_ms:.3f}", f"{p.speedup:.2f}×{trust_marks(p)}", interval_text(p),
+                  f"{p.flops_speedup:.2f}×", quality_cell(p), p.timing_source)
     return t
 
 
 def legend_lines(result, points) -> list[str]:
     """What the tables' marks mean: the quality metric and its marks, and the arrow of a
     sparsity asked → achieved (when a point shows one)."""
-    out = [f"quality: {result.quality_metric} ({result.quality_protocol} protocol); {MARKS_NOTE}"]
+    out = [f"quality: {result.quality_metric} ({result.quality_protocol} protocol); {MARKS_NOTE}",
+           TRUST_NOTE]
     if any(sparsity_text(p) != pct(p.achieved_sparsity) for p in points):
         out.append(SPARSITY_NOTE)
     return out

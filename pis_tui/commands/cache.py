@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import add_cache
+from .common import add_cache, add_scenario
 
 
 def register(sub) -> None:
@@ -20,6 +20,17 @@ def register(sub) -> None:
                    help="only this table (repeatable): op_timings, device_calibration, sweeps, "
                         "validations, quality_results, settings")
     c.add_argument("--all", action="store_true", help="also the TUI's saved settings")
+    c.add_argument("--device", default=None, metavar="FINGERPRINT|local",
+                   help="only this device's rows (see 'cache info' for the fingerprints)")
+    c.add_argument("--op-kind", choices=("gemm", "attention", "elementwise", "overhead"),
+                   default=None, help="only op timings of this kind")
+    c.add_argument("--status", choices=("ok", "unstable", "unsupported", "oom", "error"),
+                   default=None, help="only op timings with this status")
+    c.add_argument("--model", default=None,
+                   help="only this model's rows: its validations and quality results, and the "
+                        "op timings of every kernel its sweep uses (kernels of the same shape "
+                        "in other models go too); the scenario flags pick the sweep")
+    add_scenario(c)
     add_cache(c)
     e = csub.add_parser("export", help="write a table to Parquet or CSV (by the file suffix)")
     e.add_argument("path", help="output file: .parquet or .csv")
@@ -70,10 +81,33 @@ def run(args) -> int:
         return 0
     if args.cache_cmd == "clear":
         tables = args.table or (DATA_TABLES + ("settings",) if args.all else None)
-        removed = cache.clear(tables)
+        device = args.device
+        if device == "local":
+            from ..hardware import local_device
+
+            device = local_device().fingerprint
+        keys = model = None
+        if args.model:
+            keys, model = _model_keys(args)
+        removed = cache.clear(tables, fingerprint=device, op_type=args.op_kind, op_keys=keys,
+                              model=model, status=args.status)
         con.print("cleared: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + f" ({cache.path})",
                   markup=False)
         return 0
     r = cache.export(args.path, table=args.table, fmt=args.format)
     con.print(f"wrote {r['rows']} rows of {r['table']} to {r['path']} ({r['format']})", markup=False)
     return 0
+
+
+def _model_keys(args) -> tuple[list, str]:
+    """The kernels a sweep of ``--model`` uses (every family, each family's default grid, both
+    phases, the scenario flags; the M grid of its GEMMs), and its name."""
+    from .. import profiling
+    from ..hardware import local_device
+    from ..model_spec import load_model_spec
+    from ._run import scenario_from_args
+
+    spec = load_model_spec(args.model)
+    device = local_device()
+    planned = profiling.plan(spec, device, scenario_from_args(args, device))
+    return [o.key() for o in planned], spec.name

@@ -112,12 +112,12 @@ def run(args) -> int:
     if busy:
         say("warning: " + busy)
     ctx = timing.open_device("local")
-    measured: list = []
+    measured: dict = {}  # key -> the latest measurement (a re-measure replaces the first)
     state = {"last": time.monotonic(), "peaks": None}
 
     def save(partial: bool) -> None:
         cal = {dtype: state["peaks"]} if state["peaks"] else {}
-        table = build_table(measured, ctx.device_info(), software={**ctx.software, "runtime": ctx.runtime},
+        table = build_table(list(measured.values()), ctx.device_info(), software={**ctx.software, "runtime": ctx.runtime},
                             calibration=cal, method=ctx.method,
                             extra={"pis_tui_version": __version__, "models": models, "quick": args.quick,
                                    "partial": partial, "clocks_at_end": timing.read_clocks(),
@@ -125,7 +125,7 @@ def run(args) -> int:
         write_table(out, table)
 
     def on_measurement(m) -> None:
-        measured.append(m)
+        measured[m.key] = m
         if jsonl:
             emit({"event": "measurement", "key": m.key, "status": m.status, "ms": m.ms, "note": m.note})
         if time.monotonic() - state["last"] > 30:
@@ -146,8 +146,10 @@ def run(args) -> int:
     finally:
         # on Ctrl-C too: keep what was measured
         save(partial=report is None or report.cancelled)
-    ok = sum(1 for m in measured if m.status == "ok")
-    summary = {"out": str(out), "ops": len(measured), "ok": ok, "planned": len(planned),
+    ok = sum(1 for m in measured.values() if m.status == "ok")
+    unstable = sum(1 for m in measured.values() if m.status == "unstable")
+    summary = {"out": str(out), "ops": len(measured), "ok": ok, "unstable": unstable,
+               "planned": len(planned),
                "failed": report.failed, "cancelled": report.cancelled,
                "peak_tflops": state["peaks"]["peak_tflops"], "bandwidth_gbs": state["peaks"]["bandwidth_gbs"],
                "elapsed_s": round(report.elapsed_s, 1)}
@@ -155,7 +157,8 @@ def run(args) -> int:
         emit({"event": "done", **summary})
     else:
         print(f"{'cancelled' if report.cancelled else 'done'}: {ok} ops measured ok, "
-              f"{len(measured) - ok} unsupported/failed, of {len(planned)} planned, in "
+              f"{unstable} unstable, {len(measured) - ok - unstable} unsupported/failed, of "
+              f"{len(planned)} planned, in "
               f"{report.elapsed_s:.0f} s; peaks {state['peaks']['peak_tflops']:.3f} TFLOP/s matmul, "
               f"{state['peaks']['bandwidth_gbs']:.1f} GB/s copy → {out}")
     return EXIT_INTERRUPTED if report.cancelled else 0

@@ -10,6 +10,9 @@ def register(sub) -> None:
     p = sub.add_parser("frontier", help="print the Pareto frontier of both phases")
     add_sweep_args(p)
     add_quality_args(p)
+    p.add_argument("--include-flagged", action="store_true",
+                   help="keep points flagged as above their physical ceiling or measured under "
+                        "mixed conditions (left out by default)")
     add_outputs(p, csv=False)
     p.set_defaults(func=run)
 
@@ -18,7 +21,7 @@ def run(args) -> int:
     import json
 
     from ..export import point_dict
-    from ..pareto import frontier
+    from ..pareto import flagged, frontier
     from ._run import run_sweep
     from ._tables import legend_lines, points_table
     from .common import check_writable, console, write_text
@@ -26,7 +29,8 @@ def run(args) -> int:
     if args.json_out and args.json_out != "-":
         check_writable(args.json_out)
     result = run_sweep(args)
-    fronts = {ph: frontier(result.phase_points(ph)) for ph in ("prefill", "decode")}
+    fronts = {ph: frontier([p for p in result.phase_points(ph)
+                            if args.include_flagged or not flagged(p)]) for ph in ("prefill", "decode")}
     if args.json_out:
         write_text(args.json_out, json.dumps(
             {"schema": "pis-tui/1", "frontier": {ph: [point_dict(p, result) for p in pts]

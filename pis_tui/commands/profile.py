@@ -9,6 +9,7 @@ JSON object per line on stdout (the TUI's measuring subprocess reads them)::
     {"event": "progress", "done": 3, "total": 376, "current": "GEMM ...", "elapsed_s": 1.2, "eta_s": 80.0}
     {"event": "measurement", "key": "gemm:dense:fp32:...", "status": "ok", "ms": 1.23, ...}
     {"event": "done", "measured": 370, "reused": 0, "failed": 0, "cancelled": false,
+     "remeasured": 4, "unstable": 1, "inconsistent": 0,
      "sources": {"measured": 300, "interpolated": 2, ...}, "elapsed_s": 150.3}
     {"event": "error", "message": "...", "exit_code": 3}          (instead of "done")
 """
@@ -45,6 +46,9 @@ def register(sub) -> None:
                    help="timed repeats per op (default 5 on CPU, 7 on CUDA)")
     p.add_argument("--recalibrate", action="store_true",
                    help="measure the device's peak matmul rate and copy bandwidth again")
+    p.add_argument("--remeasure", choices=("unstable", "all"), default=None,
+                   help="measure again the cached ops that are unstable, or all of them "
+                        "(default: only what the cache lacks)")
     p.add_argument("--progress-jsonl", action="store_true",
                    help="print progress as JSON lines on stdout (for the TUI)")
     add_cache(p)
@@ -227,7 +231,8 @@ def _run(args) -> int:
         warn_fn(busy)
     if jsonl:
         cached = {m.key for m in cache.get_measurements(device.fingerprint)
-                  if m.status in profiling.FINAL_STATUSES}
+                  if m.status in profiling.FINAL_STATUSES and args.remeasure != "all"
+                  and not (args.remeasure == "unstable" and m.status == "unstable")}
         n_cached = sum(1 for p in planned if p.op.key() in cached)
         emit({"event": "plan", "model": spec.name, "device": device.display_name,
               "fingerprint": device.fingerprint, "scenario": scenario.to_dict(),
@@ -244,7 +249,8 @@ def _run(args) -> int:
                                        cancel=cancel, repeats=args.repeats,
                                        on_measurement=on_measurement, device=device, labels=labels,
                                        recalibrate=args.recalibrate,
-                                       on_warning=None if busy else warn_fn)
+                                       on_warning=None if busy else warn_fn,
+                                       remeasure=args.remeasure or "none")
     sources = profiling.source_counts(spec, device, scenario, strategies, sparsities, options, cache)
     cal = cache.get_calibration(device.fingerprint, scenario.dtype)
     summary = {**report.to_dict(), "sources": sources, "cache": cache.path,
@@ -267,6 +273,13 @@ def _print_summary(report, sources, cal, cache, device, scenario) -> None:
     con.print(f"[bold]{state}[/bold] in {_fmt_s(report.elapsed_s)} on {escape(device.display_name)}: "
               f"{report.measured} measured, {report.reused} reused from the cache, "
               f"{report.failed} failed (of {report.total} distinct ops incl. the M grid)")
+    if report.remeasured or report.unstable:
+        con.print(f"{report.remeasured} re-measured (unstable, or slower than a kernel doing more "
+                  f"work); {report.unstable} stored unstable"
+                  + (f" ({report.inconsistent} of them still slower than a kernel doing more work)"
+                     if report.inconsistent else "")
+                  + (": priced no better than interpolated; 'pis-tui profile --remeasure unstable' "
+                     "when the machine is quiet" if report.unstable else ""))
     from ..sources import TIMING_SOURCES
 
     parts = [f"{sources.get(k, 0)} {k}" for k in TIMING_SOURCES

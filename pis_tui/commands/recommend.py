@@ -15,14 +15,17 @@ def register(sub) -> None:
     p.add_argument("--ppl-budget", default=None,
                    help="largest acceptable relative perplexity increase (with --quality measured)")
     p.add_argument("--phase", choices=("prefill", "decode", "both"), default="both")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="also recommend points flagged as above their physical ceiling or "
+                        "measured under mixed conditions (skipped by default)")
     add_outputs(p, csv=False)
     p.set_defaults(func=run)
 
 
-def recommendations(result, budget: float, phases) -> dict:
+def recommendations(result, budget: float, phases, include_flagged: bool = False) -> dict:
     from ..pareto import recommend
 
-    return {ph: recommend(result.phase_points(ph), budget, ph) for ph in phases}
+    return {ph: recommend(result.phase_points(ph), budget, ph, include_flagged) for ph in phases}
 
 
 def run(args) -> int:
@@ -35,7 +38,7 @@ def run(args) -> int:
         check_writable(args.json_out)
     result = run_sweep(args)
     phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
-    recs = recommendations(result, budget, phases)
+    recs = recommendations(result, budget, phases, args.include_flagged)
     if args.json_out:
         write_text(args.json_out, to_json(result, recs))
     if args.json_out != "-":
@@ -47,7 +50,8 @@ def print_recommendations(con, result, recs) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ._tables import legend_lines, pct, quality_cell, sparsity_text
+    from ..uncertainty import flag_words
+    from ._tables import interval_text, legend_lines, pct, quality_cell, sparsity_text, trust_marks
 
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
     con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
@@ -56,17 +60,27 @@ def print_recommendations(con, result, recs) -> None:
         con.print(f"\n[bold]{ph}[/] ({result.scenario.label(ph)}), budget {pct(r.budget)}:")
         # reasons, citations and notes hold brackets ("[quality borrowed ...]"): not markup
         con.print(f"  {r.reason}", markup=False)
+        if r.best is not None and r.best.strategy != "dense":
+            con.print(f"  speedup interval {interval_text(r.best)} (about 95 %); ceiling "
+                      f"{r.best.ceiling:.2f}×" if r.best.ceiling else "", markup=False)
+        for p in r.skipped[:3]:
+            con.print(f"  skipped: {p.strategy} {sparsity_text(p)} {p.speedup:.2f}× "
+                      f"({'; '.join(flag_words(p))})", markup=False)
+        if len(r.skipped) > 3:
+            con.print(f"  … and {len(r.skipped) - 3} more flagged points (--include-flagged to "
+                      "rank them)", markup=False)
         if r.best is not None and r.best.quality.citations:
             con.print("  quality source: " + "; ".join(r.best.quality.citations[:3]), markup=False)
         if r.best is not None and r.best.quality.note:
             con.print(f"  note: {r.best.quality.note}", markup=False)
         t = Table(title=f"{ph} frontier", title_justify="left")
-        for c in ("strategy", "sparsity", "speedup", "FLOPs speedup", "quality loss", "timing"):
+        for c in ("strategy", "sparsity", "speedup", "interval", "FLOPs speedup", "quality loss",
+                  "timing"):
             t.add_column(c, justify="left" if c in ("strategy", "timing") else "right")
         for p in r.frontier:
             mark = " ◀" if r.best is not None and p == r.best else ""
-            t.add_row(p.strategy + mark, sparsity_text(p), f"{p.speedup:.2f}×",
-                      f"{p.flops_speedup:.2f}×", quality_cell(p), p.timing_source)
+            t.add_row(p.strategy + mark, sparsity_text(p), f"{p.speedup:.2f}×{trust_marks(p)}",
+                      interval_text(p), f"{p.flops_speedup:.2f}×", quality_cell(p), p.timing_source)
         con.print(t)
     shown = [p for r in recs.values() for p in r.frontier]
     if shown:

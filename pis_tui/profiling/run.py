@@ -4,17 +4,17 @@ taken (nothing measured is lost to Ctrl-C), with progress, an ETA and cancellati
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 from ..measured_table import Measurement
 from ..ops import Op, Overhead, measuring_form
 from .plan import label_of, roofline_fn
-from .rounds import (CPU_ROUNDS, MONOTONE_PASSES, CancelArg, ProgressFn, is_cancelled,
-                     measure_rounds, monotone_violations)
+from .rounds import (CPU_ROUNDS, MONOTONE_PASSES, CancelArg, ProgressFn,
+                     consistency_violations, is_cancelled, measure_rounds)
 
 #: statuses of a cached measurement that are not retried (an "error" is retried next time)
-FINAL_STATUSES = ("ok", "unsupported", "oom")
+FINAL_STATUSES = ("ok", "unstable", "unsupported", "oom")
 
 
 CHUNK_S = 2.0  # profile (the TUI): measurements arrive every few seconds
@@ -63,13 +63,16 @@ class ProfileReport:
     contention: dict = field(default_factory=dict)  # timing.contention_probe at the start (CPU)
     measurements: list = field(default_factory=list)  # the new Measurements
     failures: list = field(default_factory=list)  # (key, status, note)
-    remeasured: int = 0  # GEMMs re-measured because they were slower than a larger M
+    remeasured: int = 0  # ops measured again (unstable, or slower than one doing more work)
+    unstable: int = 0  # new measurements stored unstable
+    inconsistent: int = 0  # of those: still slower than a kernel doing more work
 
     def to_dict(self) -> dict:
         return {"measured": self.measured, "reused": self.reused, "failed": self.failed,
                 "cancelled": self.cancelled, "total": self.total,
                 "elapsed_s": round(self.elapsed_s, 3), "calibrated": self.calibrated,
                 "contention": self.contention, "remeasured": self.remeasured,
+                "unstable": self.unstable, "inconsistent": self.inconsistent,
                 "failures": [{"key": k, "status": s, "note": n} for k, s, n in self.failures]}
 
 
@@ -109,21 +112,27 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 calibrate: bool = True, recalibrate: bool = False, flush_s: float = 2.0, device=None,
                 labels: Optional[dict] = None,
                 on_warning: Optional[Callable[[str], None]] = None,
-                chunk_s: float = CHUNK_S) -> ProfileReport:
+                chunk_s: float = CHUNK_S, remeasure: str = "none") -> ProfileReport:
     """Measure the ops the cache does not hold yet (for this device and software).
 
     ``device_ctx``: a ``timing.DeviceContext``, or None to open the local device only when
     something must be measured.  ``on_progress(done, total, current_label, elapsed_s, eta_s)``
-    is called before each measurement and once at the end (``eta_s`` None until known).
-    ``cancel``: a threading.Event or a callable; checked between measurements.  With
-    ``calibrate`` the device's peak matmul rate and copy bandwidth are measured once per dtype
-    (for the estimator's roofline; ``recalibrate`` measures them again).  On the CPU a quick
-    probe checks that no other process holds a core (``on_warning`` hears about it: timings
-    would then measure waiting for descheduled threads).  KeyboardInterrupt is re-raised after
-    what was measured has been written.
+    is called before each measurement and once at the end (``eta_s`` None until known; ``done``
+    and ``total`` never go down: re-measures add to both).  ``cancel``: a threading.Event or a
+    callable; checked between measurements.  With ``calibrate`` the device's peak matmul rate
+    and copy bandwidth are measured once per dtype (for the estimator's roofline;
+    ``recalibrate`` measures them again).  ``remeasure``: ``"unstable"`` measures the cached
+    unstable ops again, ``"all"`` every op.  On the CPU a contention probe runs before each
+    round (rounds it finds contended are not used; ``on_warning`` hears when the machine is
+    busy at the start).  After the first pass, unstable ops are re-measured once, and kernels
+    slower than one of their kind doing more work are re-measured, then stored ``unstable``
+    if they still are (see :mod:`.rounds`).  KeyboardInterrupt is re-raised after what was
+    measured has been written.
     """
     from ..hardware import local_device
 
+    if remeasure not in ("none", "unstable", "all"):
+        raise ValueError(f"remeasure must be none, unstable or all, not {remeasure!r}")
     t0 = time.monotonic()
     ops = list({measuring_form(o).key(): measuring_form(o) for o in ops
                 if not isinstance(o, Overhead)}.values())
@@ -132,6 +141,10 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     have = {}
     if cache is not None:
         have = {m.key: m for m in cache.get_measurements(fp) if m.status in FINAL_STATUSES}
+        if remeasure == "all":
+            have = {}
+        elif remeasure == "unstable":
+            have = {k: m for k, m in have.items() if m.status != "unstable"}
     todo = [o for o in ops if o.key() not in have]
     report.reused = len(ops) - len(todo)
     dtypes = sorted({o.dtype for o in ops})
@@ -140,11 +153,8 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
         need_cal = [d for d in dtypes if recalibrate or cache.get_calibration(fp, d) is None]
     roof = roofline_fn(device or local_device())
     guesses = [_cost_guess(o, roof) for o in todo]
-    remaining_guess = sum(guesses) + 1.5 * len(need_cal)
-    done_guess = 0.0
-    measure_s = 0.0
-    total = len(ops)
-    done = report.reused
+    est = {"remaining": sum(guesses) + 1.5 * len(need_cal), "done": 0.0, "spent": 0.0}
+    count = {"total": len(ops), "done": report.reused, "shown": 0}
 
     # the chunk being measured: its ops finish together after their last round, so progress
     # and the ETA count the share of its calls made so far (the bar moves, the ETA updates)
@@ -154,13 +164,14 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
         if on_progress is None:
             return
         frac = part["frac"]
-        spent = measure_s + (time.monotonic() - part["since"] if part["since"] else 0.0)
-        dg = done_guess + frac * part["guess"]
+        spent = est["spent"] + (time.monotonic() - part["since"] if part["since"] else 0.0)
+        dg = est["done"] + frac * part["guess"]
         eta = None
         if dg > 0 and spent > 0:
-            eta = max(0.0, spent / dg * (remaining_guess - frac * part["guess"]))
-        on_progress(min(total, done + int(frac * part["ops"])), total, label,
-                    time.monotonic() - t0, eta)
+            eta = max(0.0, spent / dg * (est["remaining"] - frac * part["guess"]))
+        # never backwards: a cancelled chunk's partial progress stays shown
+        count["shown"] = max(count["shown"], min(count["total"], count["done"] + int(frac * part["ops"])))
+        on_progress(count["shown"], count["total"], label, time.monotonic() - t0, eta)
 
     if not todo and not need_cal:
         report.elapsed_s = time.monotonic() - t0
@@ -173,11 +184,49 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     if ctx is None:
         progress("opening the device (importing torch)")
         ctx = timing.open_device("local")
+    probe = None
     if not ctx.is_cuda:
         report.contention = timing.contention_probe(ctx)
         if report.contention.get("contended") and on_warning is not None:
             on_warning(contention_message(report.contention))
+        probe = lambda: timing.contention_probe(ctx)  # noqa: E731 - before each round
     writer = _Writer(cache, {**ctx.device_info(), "contention": report.contention}, flush_s)
+    rounds = 1 if ctx.is_cuda else CPU_ROUNDS
+    fresh: dict = {}  # key -> the newest measurement of this run
+
+    def store(m: Measurement) -> None:
+        writer.add(m)
+        if m.key not in fresh:
+            report.measurements.append(m)
+        else:
+            report.measurements = [m if x.key == m.key else x for x in report.measurements]
+        fresh[m.key] = m
+
+    def again(pairs: list, label: str) -> dict:
+        """Re-measure [(op, why)] in rounds, counted in the progress and the ETA."""
+        ops_ = [o for o, _ in pairs]
+        g = [_cost_guess(o, roof) for o in ops_]
+        count["total"] += len(ops_)
+        est["remaining"] += sum(g)
+        ts = time.monotonic()
+        part.update(ops=len(ops_), guess=sum(g), frac=0.0, since=ts)
+        pos = {o.key(): i for i, o in enumerate(ops_)}
+
+        def say(op, r):
+            part["frac"] = min(1.0, (r * len(ops_) + pos.get(op.key(), 0)) / (rounds * len(ops_)))
+            progress(f"{label}: {(labels or {}).get(op.key()) or label_of(op)}")
+        got = measure_rounds(ops_, ctx, rounds, repeats, say, cancel, probe)
+        part.update(ops=0, guess=0.0, frac=0.0, since=None)
+        est["spent"] += time.monotonic() - ts
+        for o, gg in zip(ops_, g):
+            if o.key() in got:
+                est["done"] += gg
+                est["remaining"] -= gg
+                count["done"] += 1
+        if len(got) < len(ops_):
+            report.cancelled = True
+        return got
+
     try:
         for d in need_cal:
             if is_cancelled(cancel):
@@ -191,10 +240,9 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
             cache.put_calibration(fp, d, peaks["peak_tflops"], peaks["bandwidth_gbs"], peaks,
                                   software=ctx.software, method=peaks.get("method", ""))
             report.calibrated.append(d)
-            measure_s += time.monotonic() - ts
-            done_guess += 1.5
-            remaining_guess -= 1.5
-        rounds = 1 if ctx.is_cuda else CPU_ROUNDS
+            est["spent"] += time.monotonic() - ts
+            est["done"] += 1.5
+            est["remaining"] -= 1.5
         for chunk in _chunks(list(zip(todo, guesses)), rounds, chunk_s):
             if report.cancelled or is_cancelled(cancel):
                 report.cancelled = True
@@ -207,19 +255,18 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 label = (labels or {}).get(op.key()) or label_of(op)
                 part["frac"] = min(1.0, (r * len(chunk) + pos.get(op.key(), 0)) / (rounds * len(chunk)))
                 progress(label if rounds == 1 else f"{label} (round {min(r, rounds - 1) + 1}/{rounds})")
-            got = measure_rounds([o for o, _ in chunk], ctx, rounds, repeats, say, cancel)
+            got = measure_rounds([o for o, _ in chunk], ctx, rounds, repeats, say, cancel, probe)
             part.update(ops=0, guess=0.0, frac=0.0, since=None)
-            measure_s += time.monotonic() - ts
+            est["spent"] += time.monotonic() - ts
             for op, guess in chunk:
                 m = got.get(op.key())
                 if m is None:  # cancelled before all its rounds: not stored
                     report.cancelled = True
                     continue
-                done_guess += guess
-                remaining_guess -= guess
-                writer.add(m)
-                report.measurements.append(m)
-                if m.status == "ok":
+                est["done"] += guess
+                est["remaining"] -= guess
+                store(m)
+                if m.status in ("ok", "unstable"):
                     report.measured += 1
                 else:
                     if m.status in ("error", "oom"):
@@ -227,7 +274,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                     else:
                         report.measured += 1  # "unsupported" is a result: there is no kernel here
                     report.failures.append((m.key, m.status, m.note))
-                done += 1
+                count["done"] += 1
                 if on_measurement is not None:
                     on_measurement(m)
                 if is_cancelled(cancel):
@@ -235,26 +282,54 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                     break
             if report.cancelled:
                 break
-        if not ctx.is_cuda and not report.cancelled and report.measurements:
-            cached_ok = [m for m in have.values() if m.status == "ok"]
-            for _ in range(MONOTONE_PASSES):
-                bad = monotone_violations(report.measurements + cached_ok)
-                if not bad:
-                    break
-                progress(f"re-measuring {len(bad)} GEMM(s) slower than a larger M")
-                ops_bad = [b.to_op() for b in bad]
-                again = measure_rounds(ops_bad, ctx, rounds, repeats, None, cancel)
-                old_by_key = {b.key: b for b in bad}
-                for k, m in again.items():
-                    prev = old_by_key[k]
-                    if m.status != "ok" or m.ms >= prev.ms:
-                        continue  # contention only inflates a time: keep the lower one
-                    m.note = (m.note + f"; re-measured (was {prev.ms:.4g} ms, slower than a "
-                              "larger M)").lstrip("; ")
-                    writer.add(m)
-                    report.measurements = [m if x.key == k else x for x in report.measurements]
-                    cached_ok = [m if x.key == k else x for x in cached_ok]
-                    report.remeasured += 1
+        # unstable ops: once more, later (the machine may be quiet now)
+        shaky = [m for m in report.measurements if m.status == "unstable"]
+        if shaky and not report.cancelled:
+            got = again([(m.to_op(), "unstable") for m in shaky], "re-measuring unstable ops")
+            for m in shaky:
+                new = got.get(m.key)
+                if new is None:
+                    continue
+                if new.status == "unstable":
+                    new.conditions = {**new.conditions, "remeasured": 1,
+                                      "first": {"ms": m.ms, "unstable": m.conditions.get("unstable")}}
+                store(new)
+                report.remeasured += 1
+                if on_measurement is not None:
+                    on_measurement(new)
+        # kernels slower than one of their kind doing more work
+        cached_ok = [m for k, m in have.items() if m.status == "ok" and k not in fresh]
+        for _ in range(MONOTONE_PASSES):
+            if report.cancelled or not report.measurements:
+                break
+            bad = consistency_violations(list(fresh.values()) + cached_ok)
+            if not bad:
+                break
+            got = again([(a.to_op(), b) for a, b in bad],
+                        f"re-measuring {len(bad)} kernel(s) slower than one doing more work")
+            for a, b in bad:
+                m = got.get(a.key)
+                if m is None or m.status != "ok" or m.ms >= a.ms:
+                    continue  # contention only inflates a time: keep the lower one
+                m.note = (m.note + f"; re-measured (was {a.ms:.4g} ms, slower than "
+                          f"{label_of(b.to_op())} at {b.ms:.4g} ms)").lstrip("; ")
+                store(m)
+                cached_ok = [x for x in cached_ok if x.key != a.key]
+                report.remeasured += 1
+                if on_measurement is not None:
+                    on_measurement(m)
+        if not report.cancelled and report.measurements:
+            for a, b in consistency_violations(list(fresh.values()) + cached_ok):
+                reason = (f"slower ({a.ms:.4g} ms) than {label_of(b.to_op())} ({b.ms:.4g} ms), "
+                          "which does more work, after re-measuring")
+                m = replace(a, status="unstable", conditions={
+                    **a.conditions, "unstable": list(a.conditions.get("unstable", ())) + [reason],
+                    "inconsistent_with": b.key})
+                store(m)
+                report.inconsistent += 1
+                if on_measurement is not None:
+                    on_measurement(m)
+        report.unstable = sum(1 for m in report.measurements if m.status == "unstable")
     finally:
         writer.flush()  # also on KeyboardInterrupt / errors: nothing measured is lost
     report.elapsed_s = time.monotonic() - t0

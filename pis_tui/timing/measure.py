@@ -136,7 +136,7 @@ def verify_op(op: Op, ctx: DeviceContext, **kw) -> tuple[float, float]:
     return err, tol
 
 
-def contention_probe(ctx: DeviceContext, budget_s: float = 0.05) -> dict:
+def contention_probe(ctx: DeviceContext, budget_s: float = 0.02) -> dict:
     """Is another process using this CPU's cores right now?
 
     An OpenMP parallel region waits for every thread at its barrier: when another process
