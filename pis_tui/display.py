@@ -34,9 +34,11 @@ def sparsity_text(p) -> str:
 
 
 def interval_text(p) -> str:
-    """A point's speedup interval, "1.03–1.36" (none for dense)."""
+    """A point's speedup interval, "1.03–1.36" (none for dense, or where none was computed)."""
+    if p.strategy == "dense" or p.speedup_lo is None:
+        return "–"
     lo, hi = p.interval
-    return "–" if p.strategy == "dense" else f"{lo:.2f}–{hi:.2f}"
+    return f"{lo:.2f}–{hi:.2f}"
 
 
 def trust_marks(p) -> str:

@@ -120,8 +120,9 @@ class FakeBackend(Backend):
                      QualityEstimate(round(loss, 6), source="prior", protocol=choices.protocol,
                                      extrapolated=s > 0.4, citations=("Fake et al. 2024",),
                                      n_points=3, note="fake prior"))
+                lo, hi = (1.0, 1.0) if fam == "dense" else (sp * 0.99, sp * 1.01)  # ±1 %
                 points.append(Point(fam, s, s, ph, lat, dense_ms, sp, 1.0 / (1 - s) if s < 1 else 1.0,
-                                    src, q))
+                                    src, q, lo, hi, 1.0 / (1 - s) if s < 1 else 1.0, ()))
         result = SweepResult(spec, device, scen, estimates, points, {}, quality_protocol=choices.protocol,
                              provenance={"versions": {"pis-tui": "test"}, "device_fingerprint": device.fingerprint,
                                          "created_at": "2025-01-01T00:00:00+00:00"})

@@ -46,9 +46,19 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
   time in the same proportion, and differently in prefill (compute-bound) and decode
   (memory-bound).
 
-## Sources
+## Sources and trust
 * Timing: **measured** (on this device, from the cache) > **shipped** (a table measured on
-  that GPU) > **interpolated** (between measured shapes) > **roofline** (datasheet).
+  that GPU) > **interpolated** (between measured shapes) > **unstable** (measured, but its
+  rounds disagreed or the machine was busy: priced no better than interpolated) >
+  **estimated** (a labelled stand-in kernel) > **roofline** (datasheet) > **unsupported**
+  (no kernel here: runs dense).
+* Every speedup has an **interval** (about 95 %, from the uncertainties of the ops behind
+  it): the table's interval column, the panels' source line.  Speedups whose intervals
+  overlap are a tie: the lower quality loss wins.
+* **↑** the speedup lies above the family's physical ceiling (the dense model's least
+  possible work over the pruned one's); **≠** the dense and the pruned model's own kernels
+  were measured under different load.  Flagged points are never recommended; the panel
+  says how many faster ones were skipped.
 * Quality: **prior** (published results, cited), **own CSV**, or **measured ppl**.  Marks:
   ᵉ extrapolated past the data, ᵇ borrowed from a similar model, ˢ secondary source.
 * On screen quality loss is a percentage; in exported files it is a fraction (0.10 = 10 %).

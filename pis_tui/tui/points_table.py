@@ -12,6 +12,9 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from ..sources import RANK
+from ..display import interval_text, trust_marks
+from ..sources import ordered
+from ..uncertainty import flag_words as trust_words
 from .fmt import family_names, family_style, loss_text, pct, quality_flags, quality_source_text, rgb, speed
 
 #: (key, header, sort key of a Point)
@@ -20,6 +23,7 @@ COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still show
     ("strategy", "strategy", lambda p: p.strategy),
     ("sparsity", "sparsity", lambda p: p.sparsity),
     ("speedup", "speedup", lambda p: p.speedup),
+    ("interval", "interval", None),  # read beside the speedup, not a sort key
     ("loss", "quality loss", lambda p: (p.quality.value is None, p.quality.value or 0.0)),
     ("flops", "FLOPs ×", lambda p: p.flops_speedup),
     ("gap", "gap", lambda p: p.gap),
@@ -29,6 +33,7 @@ COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still show
     ("qsource", "quality source", lambda p: p.quality.source),
 )
 COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
+SORT_KEYS = tuple(c[0] for c in COLUMNS if c[2] is not None)
 
 
 def row_key(p) -> str:
@@ -96,7 +101,9 @@ class PointsView(Vertical):
                 "phase": p.phase,
                 "strategy": Text(p.strategy, style=color),
                 "sparsity": Text(pct(p.sparsity), justify="right"),
-                "speedup": Text(speed(p.speedup), justify="right", style="bold" if p.speedup > 1 else ""),
+                "speedup": Text(speed(p.speedup) + trust_marks(p), justify="right",
+                                style="yellow" if p.flags else "bold" if p.speedup > 1 else ""),
+                "interval": Text(interval_text(p), justify="right", style="dim"),
                 "loss": Text(loss_text(q) + quality_flags(q), justify="right"),
                 "flops": Text(speed(p.flops_speedup), justify="right"),
                 "gap": Text(f"{round(100 * p.gap) + 0:+d}%", justify="right"),  # never "-0%"
@@ -148,8 +155,8 @@ class PointsView(Vertical):
         return self.phase or "both phases"
 
     def cycle_sort(self) -> str:
-        i = COLUMN_KEYS.index(self.sort_key)
-        self.sort_key = COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)]
+        i = SORT_KEYS.index(self.sort_key)
+        self.sort_key = SORT_KEYS[(i + 1) % len(SORT_KEYS)]
         self.reverse = self.sort_key in ("speedup", "flops", "achieved", "sparsity")
         self._refill()
         return self.sort_key
@@ -172,10 +179,15 @@ class PointsView(Vertical):
         t.append(f"{p.strategy} {pct(p.sparsity)} ({p.phase}): ", style="bold")
         try:
             e = self.snapshot.result.estimate_for(p.strategy, p.sparsity, p.phase)
-            srcs = ", ".join(f"{v['ops']} {k}" for k, v in sorted(e.source_counts.items()))
+            srcs = ", ".join(f"{v['ops']} {k}" for k, v in ordered(e.source_counts))
             t.append(f"ops timed: {srcs}. ")
         except (KeyError, AttributeError, TypeError):
             pass
+        if p.strategy != "dense" and p.speedup_lo is not None:
+            t.append(f"Speedup {interval_text(p)}× (about 95 %)"
+                     + (f", ceiling {speed(p.ceiling)}. " if p.ceiling else ". "))
+        if p.flags:
+            t.append("⚠ " + "; ".join(trust_words(p)) + ": not recommended. ", style="yellow")
         if q.note:
             t.append(q.note + ". ")
         if q.citations:

@@ -8,6 +8,7 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Static
 
+from ..display import interval_text
 from .fmt import (family_style, fit, flag_words, latency, loss_text, pct, quality_flags, rgb,
                   short_label, short_name, speed)
 
@@ -88,13 +89,23 @@ def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
         t.append("\n" + (lines[0] if level < 1 else fit(lines, room)))
     if best is not None:
         src = f"  {latency(best.latency_ms)} {best.timing_source}"
-        t.append("\n" + src, style="dim")
         flags = flag_words(best.quality, short=True)
+        marks = quality_flags(best.quality)
+        warn = [f" ⚠ quality {', '.join(flags)}", f" ⚠ {', '.join(flags)}",
+                f" ⚠ quality{marks}" if marks else " ⚠ quality"] if flags else [""]
+        if best.strategy != "dense" and best.speedup_lo is not None:  # where it fits the warning
+            with_interval = src + f" · {interval_text(best)}×"
+            if level < 2 or cell_len(with_interval + warn[-1]) <= room:
+                src = with_interval
+        t.append("\n" + src, style="dim")
         if flags:
-            marks = quality_flags(best.quality)
-            warn = [f" ⚠ quality {', '.join(flags)}", f" ⚠ {', '.join(flags)}",
-                    f" ⚠ quality{marks}" if marks else " ⚠ quality"]
             t.append(warn[0] if level < 2 else fit(warn, room - cell_len(src)), style="yellow")
+    faster = [p for p in rec.skipped if best is None or p.speedup > best.speedup]
+    if faster:
+        n = len(faster)
+        t.append("\n" + fit([f"  ↑ {n} faster point{'s' * (n > 1)} skipped: flagged (see the table)",
+                             f"  ↑ {n} faster skipped (flagged)", f"  ↑ {n} flagged"], room),
+                 style="yellow")
     return t
 
 
