@@ -314,3 +314,101 @@ def test_the_explorers_backend_waits_briefly_and_says_why(tmp_path):
         p.kill()
         p.wait(10)
     assert be.load_choices(Choices()).budget == 0.2
+
+
+# ------------------------------------------------------------------ corruption a query hits, read-only files
+
+
+def _big_cache(path):
+    c = Cache.open(str(path))
+    c.put_measurements([meas(i, 0.1) for i in range(1, 3000)])
+    c.put_calibration(FP, "fp32", 0.1, 20.0)
+    con = duckdb.connect(str(path))  # everything in the file, no write-ahead log beside it
+    con.execute("CHECKPOINT")
+    con.close()
+    return c
+
+
+def _corrupt_a_queried_block(path) -> int:
+    """Random bytes over 4 KiB of the file, at the first offset where a full scan of op_timings
+    then fails although the file still opens (block corruption, not a bad header)."""
+    import random
+    import shutil
+
+    size = path.stat().st_size
+    keep = path.with_name(path.name + ".orig")
+    shutil.copy(path, keep)
+    wal = path.with_name(path.name + ".wal")
+    for off in range(256 * 1024, size - 4096, 64 * 1024):
+        shutil.copy(keep, path)
+        if wal.exists():
+            wal.unlink()
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(random.Random(off).randbytes(4096))
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.Error:
+            continue  # that spoiled the open: not the case wanted
+        try:
+            con.execute("SELECT count(*) FROM meta").fetchall()  # it opens and answers
+            con.execute("SELECT * FROM op_timings").fetchall()
+        except duckdb.Error as e:
+            if "orrupt" in str(e) or "checksum" in str(e):
+                return off
+        finally:
+            con.close()
+    raise AssertionError("no offset corrupted a block that a query reads")
+
+
+def test_a_query_that_hits_a_corrupt_block_saves_what_it_can(tmp_path):
+    path = tmp_path / "c.duckdb"
+    _big_cache(path)
+    _corrupt_a_queried_block(path)
+    warnings = []
+    c = Cache.open(str(path), on_warning=warnings.append)  # the open itself succeeds
+    got = c.get_measurements(FP, "fp32", any_version=True)  # no exception
+    assert any("not a readable cache" in w and "moved it to" in w for w in warnings)
+    assert any("rows read back" in w for w in warnings)
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    salvaged = [p for p in tmp_path.iterdir() if ".salvaged-" in p.name]
+    assert aside and salvaged and (salvaged[0] / "op_timings.parquet").exists()
+    assert len(got) < 2999  # the corrupt block's rows are gone (all of them, if it held a column)
+    # ... and nothing else: the other tables came back whole
+    assert c.get_calibration(FP, "fp32")["peak_tflops"] == 0.1
+    assert duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{salvaged[0]}/"
+                                    "device_calibration.parquet')").fetchone()[0] == 1
+    c.put_measurements([meas(99999, 0.2)])  # the fresh file works
+    assert any(m.op["m"] == 99999 for m in c.get_measurements(FP, "fp32", any_version=True))
+
+
+def test_the_cli_survives_a_corrupt_block(tmp_path):
+    from helpers import run_cli
+
+    path = tmp_path / "c.duckdb"
+    _big_cache(path)
+    _corrupt_a_queried_block(path)
+    r = run_cli("cache", "export", str(tmp_path / "t.parquet"), "--cache", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "moved it to" in r.stderr and "internal error" not in r.stderr
+
+
+def test_a_read_only_cache_is_read_not_moved_aside(tmp_path, monkeypatch):
+    from pis_tui.cache import store
+    from pis_tui.cli import main
+
+    path = tmp_path / "c.duckdb"
+    _big_cache(path)
+    monkeypatch.setattr(store, "writable", lambda p: False)  # root ignores chmod: pretend
+    warnings = []
+    c = Cache.open(str(path), on_warning=warnings.append)
+    assert c.read_only and any("read-only" in w for w in warnings)
+    assert len(c.get_measurements(FP, "fp32", any_version=True)) == 2999
+    with pytest.raises(CacheError, match="read-only"):
+        c.put_measurements([meas(7, 0.1)])
+    assert path.exists() and not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert main(["cache", "info", "--cache", str(path)]) == 0
+    assert main(["cache", "export", str(tmp_path / "o.csv"), "--cache", str(path)]) == 0
+    assert main(["sweep", "--model", "qwen2.5-0.5b", "--gpu", "local", "--strategies",
+                 "static_depth", "--sparsities", "0.5", "--cache", str(path)]) == 0
+    assert main(["cache", "clear", "--cache", str(path)]) == 4  # refused, one line

@@ -25,10 +25,12 @@ of them.
 
 from __future__ import annotations
 
+import functools
+
 from .maintenance import Maintenance
 from .records import RecordsTables
 from .store import (DATA_TABLES, DEFAULT_WAIT_S, MEMORY, SCHEMA_VERSION, TABLES, Store,
-                    default_path)
+                    default_path, is_corruption)
 from .timings import TimingsTables
 
 __all__ = ["Cache", "DATA_TABLES", "DEFAULT_WAIT_S", "MEMORY", "SCHEMA_VERSION", "TABLES",
@@ -39,3 +41,39 @@ class Cache(Store, TimingsTables, RecordsTables, Maintenance):
     """A handle on the cache file (see the package docs).  Cheap to create; holds no connection
     between calls: every operation opens the file, works and closes it (or runs inside
     :meth:`~.store.Store.hold`)."""
+
+
+#: the operations that write, and what a read-only cache refuses to do for them
+WRITES = {"put_measurements": "store measurements", "put_calibration": "store device peaks",
+          "put_sweep": "store a sweep", "put_validation": "store validation results",
+          "put_quality_results": "store quality results", "put_setting": "save settings",
+          "clear": "clear the cache"}
+READS = ("get_measurements", "get_calibration", "get_sweep", "get_validations",
+         "get_quality_results", "get_setting", "info", "export")
+
+
+def _guarded(name, fn):
+    """A query that hits a corrupt block takes the corrupt path (what is readable is saved,
+    the file moved aside, a fresh one made) and the operation runs once more on the fresh file;
+    a write on a read-only cache is one clear CacheError before any work."""
+    what = WRITES.get(name)
+
+    @functools.wraps(fn)
+    def call(self, *args, **kw):
+        import duckdb
+
+        if what is not None:
+            self.check_writable(what)
+        try:
+            return fn(self, *args, **kw)
+        except duckdb.Error as e:
+            if not is_corruption(e):
+                raise
+            self.recover(e)
+            return fn(self, *args, **kw)
+    return call
+
+
+for _name in tuple(WRITES) + READS:
+    setattr(Cache, _name, _guarded(_name, getattr(Cache, _name)))
+

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import UserError
-from .store import DATA_TABLES, TABLES, first_line, to_iso
+from .store import DATA_TABLES, TABLES, first_line, is_corruption, to_iso
 
 
 class Maintenance:
@@ -107,5 +107,7 @@ class Maintenance:
             try:
                 con.execute(f"COPY (SELECT * FROM {table}) TO '{target}' {opts}")
             except Exception as e:  # noqa: BLE001 - duckdb.IOException and friends
+                if is_corruption(e):
+                    raise  # the cache's own corrupt path, not the output file's problem
                 raise UserError(f"{p}: cannot write ({first_line(e)})") from None
         return {"path": str(p), "table": table, "format": fmt, "rows": n}

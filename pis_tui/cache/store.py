@@ -138,6 +138,31 @@ class _NewerSchema(Exception):
     pass
 
 
+def is_corruption(e: BaseException) -> bool:
+    """A DuckDB error that says the file is broken inside (a bad block a query reached), not a
+    mistake in the query or a busy file."""
+    msg = str(e).lower()
+    return ("corrupt" in msg or "checksum" in msg
+            or ("internal error" in msg and ("block" in msg or "serializ" in msg)))
+
+
+def writable(path: str) -> bool:
+    """Whether the cache file (if there is one) can be written: opened for update.  Checked by
+    opening, not by mode bits: root writes any mode, and an immutable file refuses everyone."""
+    p = Path(path)
+    if not p.exists():
+        return os.access(p.parent if p.parent.exists() else Path("."), os.W_OK)
+    try:
+        with open(p, "r+b"):
+            return True
+    except OSError:
+        return False
+
+
+#: rows salvaged per query from a corrupt table (a bad block spoils the chunks it lies in)
+SALVAGE_CHUNK = 256
+
+
 def first_line(e) -> str:
     s = str(e).strip()
     return s.splitlines()[0][:300] if s else type(e).__name__
@@ -156,6 +181,7 @@ class Store:
         self._held = None  # the connection of a hold() block
         self._ready = False
         self.fallback_reason = ""
+        self.read_only = False  # the file is readable but cannot be written: reads only
 
     # ------------------------------------------------------------ opening
 
@@ -210,9 +236,13 @@ class Store:
                              f"({e.strerror})") from None
         deadline = time.monotonic() + self.wait_s
         delay = 0.01
+        if not self.read_only and Path(self.path).exists() and not writable(self.path):
+            self.read_only = True
+            self._warn(f"cache file {self.path} is read-only: reading it; nothing new is stored "
+                       "(use --cache PATH or PIS_TUI_CACHE for a writable one)")
         while True:
             try:
-                return duckdb.connect(self.path)
+                return duckdb.connect(self.path, read_only=self.read_only)
             except duckdb.Error as e:
                 kind = _classify(e)
                 if kind is _Busy:
@@ -231,6 +261,103 @@ class Store:
                 if kind is _Unusable:
                     raise CacheError(f"cannot use cache file {self.path}: {first_line(e)}") from None
                 raise
+
+    def check_writable(self, what: str = "store measurements") -> None:
+        """Fail before the work when the cache cannot keep it (a read-only file)."""
+        if self.read_only:
+            raise CacheError(f"cannot {what}: cache file {self.path} is read-only; use "
+                             "--cache PATH (or PIS_TUI_CACHE) for a writable one")
+
+    def recover(self, error: BaseException) -> None:
+        """A query hit a corrupt block: export what is still readable beside the file, move
+        the file aside, start a fresh one with the salvaged rows (see :meth:`_salvage`)."""
+        if self._mem is not None or self.path == MEMORY:
+            raise error
+        held = self._held is not None
+        if held:
+            try:
+                self._held.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._held = None
+        salvaged, counts = self._salvage()
+        self._move_aside("corrupt", first_line(error))
+        con = self._connect_file()
+        try:
+            self._ready = False
+            self._init_schema(con)
+            restored = self._restore(con, salvaged)
+        finally:
+            if held:
+                self._held = con
+            else:
+                con.close()
+        lost = {t: n - restored.get(t, 0) for t, n in counts.items() if n > restored.get(t, 0)}
+        kept = ", ".join(f"{t} {n}" for t, n in restored.items() if n) or "nothing"
+        self._warn(f"rows read back into the fresh cache: {kept}"
+                   + (f"; unreadable and lost: {', '.join(f'{t} {n}' for t, n in lost.items())}"
+                      if lost else "") + (f"; salvaged copies in {salvaged}" if salvaged else ""))
+
+    def _salvage(self):
+        """Every table's readable rows, exported to Parquet in a folder beside the file
+        (whole tables where they read, else SALVAGE_CHUNK rows at a time).  Returns (folder or
+        None, {table: rows it had})."""
+        import duckdb
+
+        counts: dict = {}
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        folder = Path(f"{self.path}.salvaged-{stamp}")
+        con = duckdb.connect(MEMORY)  # the broken file attached read-only beside it
+        try:
+            src = self.path.replace("'", "''")
+            con.execute(f"ATTACH '{src}' AS bad (READ_ONLY)")
+            folder.mkdir(exist_ok=True)
+            for t in DATA_TABLES + ("settings",):  # meta is made anew
+                try:
+                    n = con.execute(f"SELECT count(*) FROM bad.{t}").fetchone()[0]
+                    con.execute(f"CREATE TABLE {t} AS SELECT * FROM bad.{t} LIMIT 0")
+                except duckdb.Error:
+                    continue
+                counts[t] = n
+                try:
+                    con.execute(f"INSERT INTO {t} SELECT * FROM bad.{t}")
+                except duckdb.Error:
+                    for lo in range(0, n, SALVAGE_CHUNK):
+                        try:
+                            con.execute(f"INSERT INTO {t} SELECT * FROM bad.{t} "
+                                        "WHERE rowid >= ? AND rowid < ?", [lo, lo + SALVAGE_CHUNK])
+                        except duckdb.Error:
+                            continue
+                target = str(folder / f"{t}.parquet").replace("'", "''")
+                con.execute(f"COPY {t} TO '{target}' (FORMAT PARQUET)")
+        except (duckdb.Error, OSError):
+            pass
+        finally:
+            con.close()
+        if not any(folder.glob("*.parquet")):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+            return None, counts
+        return folder, counts
+
+    def _restore(self, con, folder) -> dict:
+        """Insert the salvaged rows into the fresh cache; {table: rows restored}."""
+        out: dict = {}
+        if folder is None:
+            return out
+        for t in DATA_TABLES + ("settings",):
+            f = folder / f"{t}.parquet"
+            if not f.exists():
+                continue
+            src = str(f).replace("'", "''")
+            try:
+                con.execute(f"INSERT OR REPLACE INTO {t} BY NAME SELECT * FROM read_parquet('{src}')")
+                out[t] = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            except Exception:  # noqa: BLE001 - an older layout: keep the Parquet file only
+                continue
+        return out
 
     @contextmanager
     def hold(self):
@@ -337,6 +464,13 @@ class Store:
                 raise _NewerSchema(f"schema version {row[0]!r}") from None
             if v > SCHEMA_VERSION:
                 raise _NewerSchema(f"schema version {v}, this pis-tui knows {SCHEMA_VERSION}")
+        if self.read_only:  # read as it is: nothing can be created or migrated
+            if row is None or int(row[0]) < SCHEMA_VERSION:
+                raise CacheError(f"cache file {self.path} is read-only and of an older schema "
+                                 f"(v{row[0] if row else '?'}) that this pis-tui would have to "
+                                 "migrate; use --cache PATH (or PIS_TUI_CACHE) for another one")
+            self._ready = True
+            return
         for stmt in _SCHEMA:
             con.execute(stmt)
         if row is not None and int(row[0]) < SCHEMA_VERSION:
