@@ -24,8 +24,9 @@ Memory (:mod:`pis_tui.memory_fit`): the pruned model's weights and KV cache per 
 own op list, activations by the one-op rule, against ``memory_gb`` × 0.90 (decimal GB).  A
 sequence needs max(KV of P tokens + prefill activations, KV of P+O tokens + decode
 activations); the most sequences that fit is the usable memory less the weights, over that.
-Largest batch (:data:`BATCH_RULE`): the memory limit if it meets the targets, else a bisection
-over whole batches between 1 and the limit (TTFT and TPOT do not fall as the batch grows).
+Largest batch (:data:`BATCH_RULE`): the memory limit if it meets the targets, else the edge
+between whole batches that meet them and those that do not, found between 1 and the limit (TTFT
+and TPOT do not fall as the batch grows).
 
 A mix of classes: each class is served in batches of its own; its share weights the mean
 end-to-end latency, and the mix's throughput is Σ shareᵢ·Oᵢ / Σ shareᵢ·E2Eᵢ/Bᵢ (the output
@@ -75,8 +76,9 @@ TPOT_RULE = (
     f"{SAMPLE_POINTS}")
 BATCH_RULE = (
     "the largest batch that fits and meets the targets: the memory limit if it meets them, else "
-    "a bisection over whole batches between 1 and the memory limit (TTFT and TPOT taken not to "
-    "fall as the batch grows)")
+    "the edge between whole batches that meet them and batches that do not, searched between 1 "
+    "and the memory limit (by the targets' slack interpolated on the line through the bracket, "
+    "bisecting when that does not halve it; TTFT and TPOT taken not to fall as the batch grows)")
 THROUGHPUT_RULE = (
     "output tokens a second at that batch: B × O / (TTFT + O × TPOT), prefill included "
     "(decode_tok_s: B / TPOT, the decode phase alone); a mix: Σ share·O / Σ share·E2E/B")
@@ -217,7 +219,7 @@ class ClassPlan:
     at_concurrency: Served
     at_max_batch: Optional[Served]
     why_no_batch: str = ""
-    at_one: Optional[Served] = None  # batch 1, when the batch search priced it
+    at_one: Optional[Served] = None  # batch 1, when not even it meets the targets
 
 
 @dataclass(frozen=True)
@@ -403,7 +405,8 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
             return _serve(pricer, strat, cls, b, weights, per_seq, limit, workload.targets)
 
         at_c = serve(cls.concurrency)
-        at_max, why, one = _largest_batch(serve, limit, weights, usable)
+        at_max, why, one = _largest_batch(pricer, strat, cls, limit, serve, workload.targets,
+                                          weights, usable)
         used += [at_c.timing_source] + ([at_max.timing_source] if at_max else [])
         notes += pricer.estimate(strat, "decode", cls.concurrency, P).notes
         plans.append(ClassPlan(cls, share, act, per_seq, limit, at_c, at_max, why, one))
@@ -423,30 +426,62 @@ def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights:
                   b <= limit, tuple(targets.misses(pre.latency_ms, tp.ms)), sources.weakest(srcs), O)
 
 
-def _largest_batch(serve: Callable[[int], Served], limit: int, weights: float,
+def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: int,
+                   serve: Callable[[int], Served], targets: Targets, weights: float,
                    usable: float) -> tuple[Optional[Served], str, Optional[Served]]:
     """The largest batch that fits and meets the targets (:data:`BATCH_RULE`), why there is
-    none, and batch 1 when it was priced."""
+    none, and batch 1 when none does.
+
+    Between a batch that meets the targets and one that does not, the next batch tried is
+    where the targets' slack (figure / target − 1) crosses zero on the line through the two
+    (TTFT grows about linearly with the batch, TPOT too: two or three tries find the edge),
+    kept strictly inside and replaced by the middle when the bracket did not halve: the same
+    edge a bisection finds, in fewer tries."""
     if limit <= 0:
         if weights >= usable:
             return None, (f"the weights alone ({weights / memory_fit.GB:.1f} GB) exceed the "
                           f"{usable / memory_fit.GB:.1f} GB usable"), None
         return None, "not one sequence fits beside the weights", None
-    top = serve(limit)
-    if top.ok:
-        return top, "", None
-    one = serve(1)
-    if not one.ok:
+    if not targets.any:
+        return serve(limit), "", None
+    P, O = cls.prompt_len, cls.output_len
+
+    def probe(b: int) -> tuple[bool, float]:
+        """(meets the targets, slack): TTFT first, TPOT only when TTFT meets its target."""
+        ttft = pricer.estimate(strat, "prefill", b, P).latency_ms
+        slack = -1.0
+        if targets.ttft_ms is not None:
+            if ttft > targets.ttft_ms:
+                return False, ttft / targets.ttft_ms - 1.0
+            slack = ttft / targets.ttft_ms - 1.0
+        if targets.tpot_ms is not None:
+            tpot = mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms, P, O).ms
+            if tpot > targets.tpot_ms:
+                return False, tpot / targets.tpot_ms - 1.0
+            slack = max(slack, tpot / targets.tpot_ms - 1.0)
+        return True, slack
+
+    ok_hi, g_hi = probe(limit)
+    if ok_hi:
+        return serve(limit), "", None
+    ok_lo, g_lo = probe(1)
+    if not ok_lo:
+        one = serve(1)
         return None, "even one request misses the targets: " + "; ".join(one.misses), one
-    lo, hi, best = 1, limit, one
+    lo, hi, width = 1, limit, limit - 1
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        s = serve(mid)
-        if s.ok:
-            lo, best = mid, s
+        if hi - lo > width / 2:  # the last try did not halve the bracket: bisect
+            mid = (lo + hi) // 2
         else:
-            hi = mid
-    return best, "", one
+            t = g_lo / (g_lo - g_hi) if g_hi > g_lo else 0.5
+            mid = min(max(lo + int(round(t * (hi - lo))), lo + 1), hi - 1)
+        width = hi - lo
+        ok, g = probe(mid)
+        if ok:
+            lo, g_lo = mid, g
+        else:
+            hi, g_hi = mid, g
+    return serve(lo), "", None
 
 
 def _memory_warnings(spec, device, workload: Workload, dense: Candidate, usable: float) -> list[str]:
@@ -628,7 +663,7 @@ def _nothing_reason(result: PlanResult, excluded: dict, budget: float, objective
 
 def _at(c: Candidate, batch: Optional[int], attr: str) -> float:
     """The worst class's figure at the concurrency (``batch`` None) or at batch 1 (which the
-    batch search priced whenever the memory limit missed the targets)."""
+    batch search keeps when not even batch 1 meets the targets)."""
     vals = []
     for k in c.classes:
         s = k.at_concurrency if batch is None else (k.at_one or k.at_max_batch or k.at_concurrency)

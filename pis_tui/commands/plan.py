@@ -186,11 +186,17 @@ def pick_lines(result, c, objective: str, label: str) -> list[str]:
     return out
 
 
+#: the status column on a narrow terminal
+_SHORT_STATUS = {"recommended": "best", "runner-up": "2nd", "over budget": ">budget",
+                 "no quality": "quality?", "misses targets": "targets"}
+
+
 def print_plan(con, result, rec) -> None:
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
+    from .. import families
     from .. import plan as pl
     from ..display import latency, loss_text, pct, quality_marks, speed
     from ..memory_fit import USABLE
@@ -211,21 +217,35 @@ def print_plan(con, result, rec) -> None:
                           style="dim")
     t = Table(title=f"candidates: {len(rec.ranked)} may serve (ranked), "
                     f"{len(result.candidates) - len(rec.ranked)} may not", title_justify="left",
-              box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("#", "model", "loss", "weights", "seqs", "TTFT", "TPOT", "E2E", "×dense", "batch",
-                "tok/s", "×dense ", "status"):
-        t.add_column(col, justify="left" if col in ("model", "status") else "right", no_wrap=True)
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # what decides first, so a narrow terminal still shows it: memory columns from 140 wide,
+    # the rank and full family names from 110
+    wide, roomy = con.width >= 140, con.width >= 110
+    cols = [c for c in ("#", "model", "loss", "weights", "seqs", "TTFT", "TPOT", "E2E", "×dense",
+                        "batch", "tok/s", "×dense ", "status")
+            if (wide or c not in ("weights", "seqs", "batch")) and (roomy or c != "#")]
+    for col in cols:
+        head = col if roomy or not col.startswith("×") else "×"
+        t.add_column(head, justify="left" if col in ("model", "status") else "right",
+                     no_wrap=col != "status", min_width=8 if col == "status" else None)
     ranked = {k.key: i + 1 for i, k in enumerate(rec.ranked)}
     order = list(rec.ranked) + [c for c in result.candidates if c.key not in ranked]
     for c in order:
-        batch = "/".join(str(k.at_max_batch.batch) for k in c.classes if k.at_max_batch) or "–"
+        name = pl.candidate_name(c).replace(" (no pruning)", "")
+        if not roomy:
+            name = name.replace(c.strategy, families.get(c.strategy).short or c.strategy, 1)
         thr = c.throughput_tok_s
-        t.add_row(str(ranked.get(c.key, "")), pl.candidate_name(c).replace(" (no pruning)", ""),
-                  loss_text(c.quality) + (quality_marks(c.quality) if c.quality.value is not None else ""),
-                  f"{_gb(c.weights_bytes)} GB", pl.sequences_text(c), latency(c.ttft_ms),
-                  latency(c.tpot_ms), latency(c.e2e_ms), speed(pl.gain(c, result.dense, "latency")),
-                  batch, f"{thr:,.0f}" if thr else "–", speed(pl.gain(c, result.dense, "throughput")),
-                  rec.status(c))
+        cells = {
+            "#": str(ranked.get(c.key, "")), "model": name,
+            "loss": loss_text(c.quality) + (quality_marks(c.quality) if c.quality.value is not None else ""),
+            "weights": f"{_gb(c.weights_bytes)} GB", "seqs": pl.sequences_text(c),
+            "TTFT": latency(c.ttft_ms), "TPOT": latency(c.tpot_ms), "E2E": latency(c.e2e_ms),
+            "×dense": speed(pl.gain(c, result.dense, "latency")),
+            "batch": "/".join(str(k.at_max_batch.batch) for k in c.classes if k.at_max_batch) or "–",
+            "tok/s": f"{thr:,.0f}" if thr else "–",
+            "×dense ": speed(pl.gain(c, result.dense, "throughput")),
+            "status": rec.status(c) if roomy else _SHORT_STATUS.get(rec.status(c), rec.status(c))}
+        t.add_row(*(cells[k] for k in cols))
     con.print(t)
     methods = sorted({k.at_concurrency.tpot_method for c in result.candidates for k in c.classes})
     con.print(f"serving model: {pl.SERVING_MODEL}. TPOT: {pl.TPOT_RULE} (here: {', '.join(methods)}). "
