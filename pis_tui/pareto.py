@@ -130,22 +130,6 @@ def _dense_baseline(pts: Sequence[Point], phase: str, metric: str) -> Point:
 SPEEDUP_TIE = 0.01
 
 
-def rank_key(p: Point) -> tuple:
-    """Fastest first; then the lower loss; then the tie rule of the module docstring."""
-    return (-p.speedup, _loss(p), _tiebreak(p))
-
-
-def tie_ranked(ranked: Sequence[Point]) -> list[Point]:
-    """``ranked`` (sorted by :func:`rank_key`, known losses) with its winner first: speedups
-    within SPEEDUP_TIE of the fastest count as equal (estimates are not finer than ~1 %), and
-    the lowest loss among them wins.  The order of the others is kept."""
-    if not ranked:
-        return []
-    near = [p for p in ranked if p.speedup >= ranked[0].speedup * (1.0 - SPEEDUP_TIE)]
-    top = min(near, key=lambda p: (_loss(p), rank_key(p)))
-    return [top] + [p for p in ranked if p is not top]
-
-
 def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendation:
     """The fastest point of ``phase`` whose quality loss stays within ``budget``.
 
@@ -172,7 +156,8 @@ def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendat
                   f"against the budget; keep the dense model")
         return Recommendation(phase, budget, metric, None, None, None, reason, fr)
 
-    feasible = sorted((p for p in pruned if _loss(p) <= budget + _TOL), key=rank_key)
+    rank = lambda p: (-p.speedup, _loss(p), _tiebreak(p))  # noqa: E731
+    feasible = sorted((p for p in pruned if _loss(p) <= budget + _TOL), key=rank)
     if not feasible:
         smallest = min(pruned, key=lambda p: (_loss(p), -p.speedup, _tiebreak(p)))
         reason = (f"no strategy stays within {budget_words}; the smallest loss on offer is "
@@ -181,8 +166,9 @@ def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendat
         return Recommendation(phase, budget, metric, None, None, None, reason, fr)
 
     # estimates are not finer than ~1 %: among points that fast, the lower quality loss wins
-    feasible = tie_ranked(feasible)
-    top = feasible[0]
+    near = [p for p in feasible if p.speedup >= feasible[0].speedup * (1.0 - SPEEDUP_TIE)]
+    top = min(near, key=lambda p: (_loss(p), rank(p)))
+    feasible = [top] + [p for p in feasible if p is not top]
     if top.speedup <= 1.0 + _TOL:
         best, runner = dense, top
         reason = (f"no pruning: nothing within {budget_words} beats dense in {phase}; "
@@ -196,3 +182,24 @@ def recommend(points: Iterable[Point], budget: float, phase: str) -> Recommendat
     margin = best.speedup - runner.speedup
     reason = f"{_describe(best, metric)}{_flags(best)}; next best {_describe(runner, metric, short=True)}"
     return Recommendation(phase, budget, metric, best, runner, margin, reason, fr)
+
+
+# --------------------------------------------------------------------------- the rule, for others
+
+def rank_key(p: Point) -> tuple:
+    """The order :func:`recommend` ranks feasible points in: fastest first, then the lower
+    loss, then the tie rule of the module docstring."""
+    return (-p.speedup, _loss(p), _tiebreak(p))
+
+
+def tie_ranked(ranked: Sequence[Point]) -> list[Point]:
+    """``ranked`` (sorted by :func:`rank_key`, known losses) with the winner of
+    :func:`recommend`'s tie rule first: speedups within SPEEDUP_TIE of the fastest count as
+    equal (estimates are not finer than ~1 %) and the lowest loss among them wins, so dense,
+    losing nothing, wins a near-tie.  The order of the others is kept.  Used by the planner
+    (pis_tui.plan), whose "speedup" is a gain under its objective."""
+    if not ranked:
+        return []
+    near = [p for p in ranked if p.speedup >= ranked[0].speedup * (1.0 - SPEEDUP_TIE)]
+    top = min(near, key=lambda p: (_loss(p), rank_key(p)))
+    return [top] + [p for p in ranked if p is not top]
