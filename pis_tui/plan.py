@@ -51,7 +51,7 @@ from typing import Callable, Iterable, Optional
 from . import families, memory_fit, sources
 from .engine import check_dtype, default_dtype, make_estimator, resolve, software_versions
 from .errors import UserError
-from .pareto import frontier, rank_key, tie_ranked
+from .pareto import SPEEDUP_TIE, frontier, rank_key, tie_ranked
 from .results import Point, PricedOp, QualityEstimate
 from .scenario import Scenario
 from .taxonomy import Strategy, build_phase_ops, strategies_grid
@@ -580,8 +580,16 @@ def recommend_plan(result: PlanResult, budget: float, objective: str = "latency"
                                   _nothing_reason(result, excluded, budget, objective), (), excluded,
                                   (), status)
     best = ranked[0]
-    runner = next((c for c in ranked[1:] if c.strategy != best.strategy), ranked[1] if len(ranked) > 1 else None)
-    reason = _reason(result, best, runner, budget, objective)
+    # a runner-up beats dense beyond the tie (as recommend's): the best of another family, else
+    # the next of the same, else dense; none when dense is the best
+    dense_ok = any(c.strategy == "dense" for c in ranked)
+    gainful = [c for p, c in zip(ranked_pts, ranked) if c.strategy != "dense" and c is not best
+               and (not dense_ok or p.speedup * (1.0 - SPEEDUP_TIE) > 1.0 + 1e-12)]
+    runner = None
+    if best.strategy != "dense":
+        runner = next((c for c in gainful if c.strategy != best.strategy),
+                      gainful[0] if gainful else (dense if dense_ok else None))
+    reason = _reason(result, best, runner, budget, objective, ranked)
     return PlanRecommendation(objective, budget, metric, best, runner, reason, ranked, excluded, fr, status)
 
 
@@ -603,7 +611,7 @@ def _short(c: Candidate, dense: Candidate, objective: str, metric: str) -> str:
 
 
 def _reason(result: PlanResult, best: Candidate, runner: Optional[Candidate], budget: float,
-            objective: str) -> str:
+            objective: str, ranked: tuple = ()) -> str:
     from .display import flag_words
 
     dense, metric = result.dense, result.quality_metric
@@ -613,8 +621,11 @@ def _reason(result: PlanResult, best: Candidate, runner: Optional[Candidate], bu
     within = f"within {budget_w}" + (f" and {targets.label()}" if targets.any else "")
     nxt = f"; runner-up {_short(runner, dense, objective, metric)}" if runner is not None else ""
     if best.strategy == "dense":
-        return (f"keep the dense model: nothing pruned {within} is more than 1% better in {words} "
-                f"({_figure(best, objective)}){nxt}")
+        fastest = next((c for c in ranked if c.strategy != "dense"), None)
+        offer = (f"; the fastest pruned one is {_short(fastest, dense, objective, metric)}"
+                 if fastest is not None else "")
+        return (f"keep the dense model: nothing pruned {within} is more than "
+                f"{SPEEDUP_TIE:.0%} better in {words} ({_figure(best, objective)}){offer}")
     g = gain(best, dense, objective)
     gtxt = (f"{g:.2f}× {words} ({_figure(dense, objective, unit=False)} → {_figure(best, objective)})"
             if g is not None else f"{_figure(best, objective)} where dense serves no batch")

@@ -252,6 +252,7 @@ def test_dense_wins_a_tie_and_nothing_meeting_the_targets_is_a_result():
              quality=FakeQuality({"static_depth": 0.01}), estimator=FakeEstimator(speed))
     rec = recommend_plan(r, 0.10)
     assert rec.best.strategy == "dense" and rec.reason.startswith("keep the dense model")
+    assert rec.runner_up is None and "the fastest pruned one is static_depth 25%: 1.00×" in rec.reason
     _, none = ranked_plan(targets=Targets(ttft_ms=1.0))
     assert none.best is None and none.ranked == ()
     assert none.reason.startswith("nothing within 10.0% loss meets the targets: the lowest TTFT")

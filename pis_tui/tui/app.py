@@ -157,6 +157,12 @@ class PisApp(App):
         self.last_export: Optional[str] = None
         self.profile_events: list = []
         self.sweeps_done = 0
+        # the Plan tab: its inputs, the last plan computed, and its worker's state
+        self.plan_inputs = PlanInputs()
+        self.plan_snapshot: Optional[PlanSnapshot] = None
+        self.plans_done = 0
+        self._planning = False
+        self._plan_queued = False
         self.save_delay = save_delay
         self.resweep_interval = resweep_interval
         self._measure_dirty = False
@@ -181,12 +187,6 @@ class PisApp(App):
         self._quit_after_mount = False
         self.heap_frozen = False
         self._old_hangup = None  # the SIGHUP handler before ours
-        # the Plan tab: its inputs, the last plan computed, and its worker's state
-        self.plan_inputs = PlanInputs()
-        self.plan_snapshot: Optional[PlanSnapshot] = None
-        self.plans_done = 0
-        self._planning = False
-        self._plan_queued = False
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
