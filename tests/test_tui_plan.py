@@ -25,6 +25,24 @@ async def planned(app, pilot, n=1):
     await pilot.pause(0.05)
 
 
+async def open_plan(app, pilot):
+    """After the first sweep, the Plan tab with its first plan."""
+    await started(app, pilot)
+    await pilot.press("4")
+    await planned(app, pilot)
+
+
+async def export(app, pilot, key: str, path) -> str:
+    """Export through the dialog `key` opens; returns the name it offered."""
+    await pilot.press(key)
+    await until(pilot, lambda: isinstance(app.screen, ExportDialog), what="dialog")
+    offered = app.screen.query_one(Input).value
+    app.screen.query_one(Input).value = str(path)
+    await pilot.press("enter")
+    await until(pilot, lambda: app.last_export == str(path.resolve()), what="export")
+    return offered
+
+
 def panel(app) -> str:
     return app.query_one(PlanPanel).plain
 
@@ -76,25 +94,20 @@ def test_typed_workload_fields_are_checked_on_the_spot(tmp_path):
     async def go():
         app, be = make_app(tmp_path)
         async with app.run_test(size=BIG) as pilot:
-            await started(app, pilot)
-            await pilot.press("4")
-            await planned(app, pilot)
-            bar = app.query_one(PlanInputsBar)
+            await open_plan(app, pilot)
             err = app.query_one("#plan-error", Static)
-            app.query_one("#plan-ttft", Input).value = "0"
-            bar.apply_fields()
-            assert "cannot be met by any model" in str(err.render()) and err.display
-            app.query_one("#plan-ttft", Input).value = "abc"
-            bar.apply_fields()
-            assert "give a number of milliseconds" in str(err.render())
-            app.query_one("#plan-ttft", Input).value = ""
-            app.query_one("#plan-conc", Input).value = "-3"
-            bar.apply_fields()
-            assert "at once must be 1" in str(err.render())
+
+            def typed(**fields) -> str:
+                for wid, text in fields.items():
+                    app.query_one(f"#plan-{wid}", Input).value = text
+                app.query_one(PlanInputsBar).apply_fields()
+                return str(err.render())
+
+            assert "cannot be met by any model" in typed(ttft="0") and err.display
+            assert "give a number of milliseconds" in typed(ttft="abc")
+            assert "at once must be 1" in typed(ttft="", conc="-3")
             assert len(be.planned) == 1  # nothing bad was planned
-            app.query_one("#plan-conc", Input).value = "64"
-            app.query_one("#plan-tpot", Input).value = "9"
-            bar.apply_fields()
+            typed(conc="64", tpot="9")
             await planned(app, pilot, 2)
             assert not err.display
             inputs = be.planned[-1][1]
@@ -108,26 +121,15 @@ def test_the_plan_is_exported_in_the_json_and_as_csv(tmp_path):
     async def go():
         app, be = make_app(tmp_path)
         async with app.run_test(size=BIG) as pilot:
-            await started(app, pilot)
-            await pilot.press("4")
-            await planned(app, pilot)
+            await open_plan(app, pilot)
             out = tmp_path / "out.json"
-            await pilot.press("e")
-            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
-            app.screen.query_one(Input).value = str(out)
-            await pilot.press("enter")
-            await until(pilot, lambda: app.last_export is not None, what="export")
+            await export(app, pilot, "e", out)
             data = json.loads(out.read_text())
             jsonschema.validate(data, load_schema())
             assert data["plan"]["recommended"]["strategy"] == app.plan_snapshot.rec.best.strategy
-            await pilot.press("E")
-            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
-            name = app.screen.query_one(Input).value
-            assert "pis-tui-plan-" in name and name.endswith(".csv")
             csv_out = tmp_path / "plan.csv"
-            app.screen.query_one(Input).value = str(csv_out)
-            await pilot.press("enter")
-            await until(pilot, lambda: app.last_export == str(csv_out.resolve()), what="csv")
+            name = await export(app, pilot, "E", csv_out)
+            assert "pis-tui-plan-" in name and name.endswith(".csv")
             lines = csv_out.read_text().splitlines()
             assert lines[0].startswith("strategy,sparsity,achieved_sparsity,class,")
             assert len(lines) == 1 + len(app.plan_snapshot.result.candidates)
@@ -138,9 +140,7 @@ def test_a_plan_that_fails_is_shown_not_raised(tmp_path):
     async def go():
         app, be = make_app(tmp_path)
         async with app.run_test(size=BIG) as pilot:
-            await started(app, pilot)
-            await pilot.press("4")
-            await planned(app, pilot)
+            await open_plan(app, pilot)
             app.set_choice("model", "broken")
             await pilot.pause(0.5)
             assert "refuses" in str(app.query_one("#plan-error", Static).render())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._run import add_quality_args
+from ._run import add_budget_args, add_quality_args
 from .common import add_cache, add_model_gpu, add_outputs, add_strategy_options, positive_int
 
 
@@ -58,10 +58,7 @@ def register(sub) -> None:
     add_strategy_options(p)
     add_cache(p)
     add_quality_args(p)
-    p.add_argument("--budget", "-b", default="0.10",
-                   help="largest acceptable accuracy drop, a fraction (0.10) or a percentage (10%%)")
-    p.add_argument("--ppl-budget", default=None,
-                   help="largest acceptable relative perplexity increase (with --quality measured)")
+    add_budget_args(p)
     add_outputs(p)
     p.set_defaults(func=run)
 
@@ -90,7 +87,7 @@ def run(args) -> int:
 
     from ..engine import default_dtype, resolve
     from ..plan import plan, recommend_plan
-    from ..taxonomy import parse_strategies
+    from ..taxonomy import Strategy, parse_strategies
     from ._run import budget_from_args, open_cache_if_local, quality_from_args
     from .common import check_writable, console, parse_sparsities, resolve_gpu, write_text
 
@@ -105,6 +102,7 @@ def run(args) -> int:
     quality = quality_from_args(args, spec, cache)
     strategies = parse_strategies(args.strategies)
     sparsities = parse_sparsities(args.sparsities) if args.sparsities else None
+    args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
                   cache=cache)
