@@ -59,7 +59,9 @@ def register(sub) -> None:
     add_cache(p)
     add_quality_args(p)
     add_budget_args(p)
-    add_outputs(p)
+    add_outputs(p, csv=False)
+    p.add_argument("--csv", dest="csv_out", metavar="FILE|-", default=None,
+                   help="write the plan as CSV: one row per candidate × request class")
     p.set_defaults(func=run)
 
 
