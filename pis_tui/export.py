@@ -98,7 +98,9 @@ def recommendation_dict(r: Recommendation) -> dict:
     }
 
 
-def to_dict(result: SweepResult, recommendations: Optional[dict] = None) -> dict:
+def to_dict(result: SweepResult, recommendations: Optional[dict] = None,
+            plan: Optional[dict] = None) -> dict:
+    """The pis-tui/1 document; ``plan``: :func:`plan_dict`'s, under the ``plan`` key."""
     return {
         "schema": SCHEMA_ID,
         "model": result.spec.to_dict(),
@@ -111,11 +113,13 @@ def to_dict(result: SweepResult, recommendations: Optional[dict] = None) -> dict
         "timing_summary": result.source_summary(),
         **({"memory": result.memory} if result.memory else {}),  # sweeps always have it
         "provenance": result.provenance,
+        **({"plan": plan} if plan is not None else {}),
     }
 
 
-def to_json(result: SweepResult, recommendations: Optional[dict] = None) -> str:
-    return json.dumps(to_dict(result, recommendations), indent=2)
+def to_json(result: SweepResult, recommendations: Optional[dict] = None,
+            plan: Optional[dict] = None) -> str:
+    return json.dumps(to_dict(result, recommendations, plan), indent=2)
 
 
 CSV_COLUMNS = ("strategy", "sparsity", "achieved_sparsity", "phase", "latency_ms",
@@ -136,6 +140,172 @@ def to_csv(result: SweepResult) -> str:
     return buf.getvalue()
 
 
+# --------------------------------------------------------------------------- the plan
+
+def _gb(x: Optional[float]) -> Optional[float]:
+    return None if x is None else round(float(x) / 1e9, 3)
+
+
+def served_dict(s) -> Optional[dict]:
+    if s is None:
+        return None
+    return {"batch": s.batch, "ttft_ms": _r(s.ttft_ms), "tpot_ms": _r(s.tpot_ms),
+            "tpot_method": s.tpot_method, "tpot_contexts": list(s.tpot_contexts),
+            "e2e_ms": _r(s.e2e_ms), "throughput_tok_s": _r(s.throughput_tok_s, 3),
+            "decode_tok_s": _r(s.decode_tok_s, 3), "memory_gb": _gb(s.memory_bytes),
+            "fits": s.fits, "meets_targets": not s.misses, "misses": list(s.misses),
+            "timing_source": s.timing_source}
+
+
+def candidate_dict(c, result, rec) -> dict:
+    from .plan import gain
+
+    q = c.quality
+    ranked = [k.key for k in rec.ranked]
+    return {
+        "strategy": c.strategy, "sparsity": _r(c.sparsity), "achieved_sparsity": _r(c.achieved_sparsity),
+        "quality_loss": _r(q.value), "quality_metric": q.metric, "quality_source": q.source,
+        "quality_protocol": q.protocol,
+        "quality_flags": {"extrapolated": q.extrapolated, "borrowed_from": q.borrowed_from,
+                          "secondary": q.secondary},
+        "quality_note": q.note, "citations": list(q.citations),
+        "weights_gb": _gb(c.weights_bytes), "kv_bytes_per_token": c.kv_bytes_per_token,
+        "max_sequences": c.max_sequences,
+        "ttft_ms": _r(c.ttft_ms), "tpot_ms": _r(c.tpot_ms), "e2e_ms": _r(c.e2e_ms),
+        "throughput_tok_s": _r(c.throughput_tok_s, 3),
+        "latency_gain": _r(gain(c, result.dense, "latency")),
+        "throughput_gain": _r(gain(c, result.dense, "throughput")),
+        "timing_source": c.timing_source,
+        "feasible": c.key in ranked,
+        "rank": ranked.index(c.key) + 1 if c.key in ranked else None,
+        "why_not": rec.why_not(c),
+        "classes": [{"name": k.cls.name, "share": _r(k.share), "prompt_len": k.cls.prompt_len,
+                     "output_len": k.cls.output_len, "concurrency": k.cls.concurrency,
+                     "per_sequence_bytes": int(round(k.per_sequence_bytes)),
+                     "activation_bytes": {ph: int(round(v)) for ph, v in k.activation_bytes.items()},
+                     "max_sequences": k.max_sequences,
+                     "at_concurrency": served_dict(k.at_concurrency),
+                     "at_max_batch": served_dict(k.at_max_batch),
+                     "why_no_batch": k.why_no_batch} for k in c.classes],
+        "notes": list(c.notes),
+    }
+
+
+def headroom_bytes(c, result) -> float:
+    """Usable memory left at the workload's concurrency (the tightest class of a mix)."""
+    return min(result.usable_bytes - k.at_concurrency.memory_bytes for k in c.classes)
+
+
+def pick_dict(c, result, objective: str) -> Optional[dict]:
+    """The recommended model (or the runner-up) with its per-phase figures against dense."""
+    if c is None:
+        return None
+    from .plan import gain
+
+    d = result.dense
+    return {
+        "strategy": c.strategy, "sparsity": _r(c.sparsity), "achieved_sparsity": _r(c.achieved_sparsity),
+        "quality_loss": _r(c.quality.value), "gain": _r(gain(c, d, objective)),
+        "flags": {"extrapolated": c.quality.extrapolated, "borrowed": c.quality.borrowed_from is not None,
+                  "secondary": c.quality.secondary},
+        "per_phase": {
+            "prefill": {"ttft_ms": _r(c.ttft_ms), "dense_ttft_ms": _r(d.ttft_ms),
+                        "speedup": _r(d.ttft_ms / c.ttft_ms)},
+            "decode": {"tpot_ms": _r(c.tpot_ms), "dense_tpot_ms": _r(d.tpot_ms),
+                       "speedup": _r(d.tpot_ms / c.tpot_ms)}},
+        "per_phase_at_max_batch": _at_max_phases(c, d),
+        "e2e_ms": _r(c.e2e_ms), "dense_e2e_ms": _r(d.e2e_ms),
+        "throughput_tok_s": _r(c.throughput_tok_s, 3), "dense_throughput_tok_s": _r(d.throughput_tok_s, 3),
+        "memory": {"weights_gb": _gb(c.weights_bytes), "dense_weights_gb": _gb(d.weights_bytes),
+                   "kv_bytes_per_token": c.kv_bytes_per_token,
+                   "dense_kv_bytes_per_token": d.kv_bytes_per_token,
+                   "max_sequences": c.max_sequences, "dense_max_sequences": d.max_sequences,
+                   "headroom_gb": _gb(headroom_bytes(c, result)),
+                   "dense_headroom_gb": _gb(headroom_bytes(d, result))},
+        "timing_source": c.timing_source,
+    }
+
+
+def _at_max_phases(c, d) -> Optional[dict]:
+    """TTFT and TPOT at each class's largest good batch (share-weighted), against dense's at
+    its own; None when a class has no such batch."""
+    if c.at_max_batch("ttft_ms") is None:
+        return None
+    out = {"batch": [k.at_max_batch.batch for k in c.classes],
+           "dense_batch": [k.at_max_batch.batch if k.at_max_batch else None for k in d.classes]}
+    for ph, attr in (("prefill", "ttft_ms"), ("decode", "tpot_ms")):
+        mine, dense = c.at_max_batch(attr), d.at_max_batch(attr)
+        out[ph] = {attr: _r(mine), "dense_" + attr: _r(dense)}
+    return out
+
+
+def plan_dict(result, rec) -> dict:
+    """A plan (``plan.PlanResult``) and its ranking (``plan.PlanRecommendation``) as the
+    document's ``plan`` key."""
+    from . import memory_fit
+    from . import plan as pl
+
+    return {
+        "objective": rec.objective,
+        "budget": _r(rec.budget),
+        "quality_metric": result.quality_metric,
+        "quality_protocol": result.quality_protocol,
+        "workload": result.workload.to_dict(),
+        "dtype": result.dtype,
+        "rules": {"serving_model": pl.SERVING_MODEL, "tpot": pl.TPOT_RULE, "batch": pl.BATCH_RULE,
+                  "throughput": pl.THROUGHPUT_RULE, "memory": pl.MEMORY_RULE},
+        "memory": {"device_gb": float(result.device.memory_gb or 0.0),
+                   "usable_gb": _gb(result.usable_bytes), "usable_share": memory_fit.USABLE,
+                   "units": "decimal GB (1e9 bytes)"},
+        "recommended": pick_dict(rec.best, result, rec.objective),
+        "runner_up": pick_dict(rec.runner_up, result, rec.objective),
+        "reason": rec.reason,
+        "frontier": [{"strategy": c.strategy, "sparsity": _r(c.sparsity),
+                      "gain": _r(pl.gain(c, result.dense, rec.objective)),
+                      "quality_loss": _r(c.quality.value)} for c in rec.frontier],
+        "candidates": [candidate_dict(c, result, rec) for c in result.candidates],
+        "warnings": list(result.warnings),
+        "priced_kernels": result.priced_kernels,
+        "elapsed_s": round(result.elapsed_s, 4),
+    }
+
+
+PLAN_CSV_COLUMNS = (
+    "strategy", "sparsity", "achieved_sparsity", "class", "share", "prompt_len", "output_len",
+    "concurrency", "weights_gb", "kv_bytes_per_token", "max_sequences", "ttft_ms", "tpot_ms",
+    "tpot_method", "e2e_ms", "fits", "meets_targets", "max_batch", "max_batch_ttft_ms",
+    "max_batch_tpot_ms", "throughput_tok_s", "decode_tok_s", "latency_gain", "throughput_gain",
+    "quality_loss", "quality_metric", "quality_source", "timing_source", "rank", "recommended",
+    "why_not")
+
+
+def plan_csv(result, rec) -> str:
+    """One row per candidate × request class (the candidate's gains and rank repeat)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PLAN_CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    best = rec.best.key if rec.best is not None else None
+    for c in result.candidates:
+        d = candidate_dict(c, result, rec)
+        for k in d["classes"]:
+            at, mx = k["at_concurrency"], k["at_max_batch"] or {}
+            w.writerow({
+                "strategy": c.strategy, "sparsity": d["sparsity"], "achieved_sparsity": d["achieved_sparsity"],
+                "class": k["name"], "share": k["share"], "prompt_len": k["prompt_len"],
+                "output_len": k["output_len"], "concurrency": k["concurrency"],
+                "weights_gb": d["weights_gb"], "kv_bytes_per_token": d["kv_bytes_per_token"],
+                "max_sequences": k["max_sequences"], "ttft_ms": at["ttft_ms"], "tpot_ms": at["tpot_ms"],
+                "tpot_method": at["tpot_method"], "e2e_ms": at["e2e_ms"], "fits": at["fits"],
+                "meets_targets": at["meets_targets"], "max_batch": mx.get("batch"),
+                "max_batch_ttft_ms": mx.get("ttft_ms"), "max_batch_tpot_ms": mx.get("tpot_ms"),
+                "throughput_tok_s": mx.get("throughput_tok_s"), "decode_tok_s": mx.get("decode_tok_s"),
+                "latency_gain": d["latency_gain"], "throughput_gain": d["throughput_gain"],
+                "quality_loss": d["quality_loss"], "quality_metric": d["quality_metric"],
+                "quality_source": d["quality_source"], "timing_source": d["timing_source"],
+                "rank": d["rank"], "recommended": c.key == best, "why_not": d["why_not"]})
+    return buf.getvalue()
+
+
 def build_schema() -> dict:
     """The pis-tui/1 JSON Schema for the families registered now (the committed file with its
     generated lists filled in)."""
@@ -145,6 +315,7 @@ def build_schema() -> dict:
     schema["$defs"]["timing_source"]["enum"] = list(TIMING_SOURCES)
     schema["$defs"]["trust_flag"]["enum"] = list(BLOCKING_FLAGS)
     schema["$defs"]["result"]["properties"]["sparsity"]["maximum"] = MAX_SPARSITY
+    schema["$defs"]["plan_candidate"]["properties"]["sparsity"]["maximum"] = MAX_SPARSITY
     return schema
 
 

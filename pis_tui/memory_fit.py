@@ -62,3 +62,82 @@ def fit_warnings(spec, device, scenario, weights: float, kv: dict, cap: float) -
                        f"{kv[ph]:.0f} GB ({label}) = {need:.0f} GB of {cap:.0f} GB, leaving little "
                        "for activations")
     return out
+
+
+# --------------------------------------------------------------------------- a pruned model
+# What `pis-tui plan` needs: the memory of the pruned model itself, from its op list, and how
+# many sequences fit beside it.  Pruning frees weight memory, and the KV cache takes it.
+
+#: the share of the device's memory a serving framework may use; the rest (10 %) is the reserve
+#: for the CUDA context, the framework's workspace and the allocator's fragmentation (vLLM's
+#: default gpu_memory_utilization is 0.9: the same rule)
+USABLE = 0.90
+
+#: GEMMs that hold no weight (block-sparse attention's block scores multiply activations)
+_NO_WEIGHT = ("block_score",)
+
+
+def usable_bytes(device) -> float:
+    """Bytes a serving framework may use: ``memory_gb`` in decimal GB (1e9 bytes) × USABLE."""
+    return float(device.memory_gb or 0.0) * GB * USABLE
+
+
+def weight_bytes(ops, spec, dtype: str) -> float:
+    """Bytes of the weights behind the op list of ONE forward of the pruned model (use the
+    prefill's: every kept layer runs once per forward there, routed families included).
+
+    Each GEMM stores what its kernel reads (``Gemm.bytes`` less its activations): dense and
+    unstructured weights whole (zeros are stored), 2:4 the kept half plus its metadata, low
+    rank its two factors; the embedding table (vocabulary × the embedding's width) once more
+    unless it is tied to the lm_head."""
+    b = dtype_bytes(dtype)
+    total = 0.0
+    emb = 0.0
+    for o in ops:
+        kind = getattr(o, "op_type", "")
+        if kind == "gemm" and o.name not in _NO_WEIGHT:
+            total += (o.bytes() - (o.m * o.k + o.m * o.n) * b) * o.count
+        elif kind == "elementwise" and o.kind == "embedding":
+            emb = float(o.extra) * o.width * b
+    return total + (0.0 if spec.tie_embeddings else emb)
+
+
+def kv_bytes_per_token_of(ops, dtype: str) -> int:
+    """KV-cache bytes one token of one sequence holds in the pruned model: K and V of every
+    attention block that runs (``count``) at its KV heads × head_dim, 16-bit when the weights
+    are 8-bit (as :func:`kv_bytes_per_token`).  Give the prefill's op list: depth pruning keeps
+    fewer attention blocks, width pruning fewer KV heads; low rank, 2:4, unstructured, dynamic
+    depth and block-sparse attention keep the dense cache."""
+    per = max(2, dtype_bytes(dtype))
+    return int(round(sum(2 * o.kv_heads * o.head_dim * o.count * per
+                         for o in ops if getattr(o, "op_type", "") == "attention")))
+
+
+def activation_bytes(ops, dtype: str) -> float:
+    """The rule for activations: the largest working set of one op of the op list, its inputs
+    and outputs other than weights and the KV cache (a GEMM's X and Y; an elementwise op what
+    it reads and writes, e.g. SiLU·mul's gate, up and product; attention's Q and O).  Frameworks
+    free each op's temporaries before the next, so the peak is one op's, not their sum."""
+    b = dtype_bytes(dtype)
+    best = 0.0
+    for o in ops:
+        kind = getattr(o, "op_type", "")
+        if kind == "gemm":
+            v = (o.m * o.k + o.m * o.n) * b
+        elif kind == "attention":
+            v = 2.0 * o.batch * o.q_heads * o.q_len * o.head_dim * b
+        elif kind == "elementwise" and o.kind != "kv_write":
+            v = o.bytes()
+        else:
+            continue
+        best = max(best, v)
+    return best
+
+
+def max_sequences(usable: float, weights: float, per_sequence: float, cap: int = 1 << 20) -> int:
+    """The most sequences whose memory (``per_sequence`` bytes each) fits beside the weights
+    in ``usable`` bytes (0 when the weights alone do not fit)."""
+    room = usable - weights
+    if room <= 0 or per_sequence <= 0:
+        return 0 if room <= 0 else cap
+    return int(min(cap, room // per_sequence))

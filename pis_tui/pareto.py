@@ -235,3 +235,24 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
         reason += (f"; {len(faster)} faster point{'s' * (len(faster) > 1)} skipped as flagged "
                    f"({', '.join(dict.fromkeys(w for p in faster for w in point_flag_words(p)))})")
     return Recommendation(phase, budget, metric, best, runner, margin, reason, fr, skipped)
+
+
+# --------------------------------------------------------------------------- the rule, for others
+
+def rank_key(p: Point) -> tuple:
+    """The order :func:`recommend` ranks feasible points in: fastest first, then the lower
+    loss, then the tie rule of the module docstring."""
+    return (-p.speedup, _loss(p), _tiebreak(p))
+
+
+def tie_ranked(ranked: Sequence[Point]) -> list[Point]:
+    """``ranked`` (sorted by :func:`rank_key`, known losses) with the winner of
+    :func:`recommend`'s tie rule first: speedups count as
+    equal when their intervals overlap (:func:`tied`) and the lowest loss among them wins, so
+    dense, losing nothing, wins a near-tie.  The order of the others is kept.  Used by the
+    planner (pis_tui.plan), whose "speedup" is a gain under its objective."""
+    if not ranked:
+        return []
+    near = [p for p in ranked if tied(p, ranked[0])]
+    top = min(near, key=lambda p: (_loss(p), rank_key(p)))
+    return [top] + [p for p in ranked if p is not top]

@@ -14,7 +14,7 @@ def app_for(tmp_path):
     return PisApp(FakeBackend(tmp_path / "measured.txt"), restore=False)
 
 
-def ready(*keys):
+def ready(*keys, plan: bool = False):
     async def run_before(pilot) -> None:
         app = pilot.app
         t0 = time.monotonic()
@@ -23,6 +23,9 @@ def ready(*keys):
             await pilot.pause(0.05)
         if keys:
             await pilot.press(*keys)
+        while plan and (app.plan_snapshot is None or app._planning):
+            assert time.monotonic() - t0 < 30, "no plan"
+            await pilot.pause(0.05)
         await pilot.pause(0.2)
     return run_before
 
@@ -41,3 +44,11 @@ def test_points_table(snap_compare, tmp_path):
 
 def test_op_drill_down(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(100, 30), run_before=ready("3", "d"))
+
+
+def test_plan_view_120x36(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("4", plan=True))
+
+
+def test_plan_view_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("4", plan=True))

@@ -181,6 +181,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     add_cache(p)
 
 
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", "-b", default="0.10",
+                   help="largest acceptable accuracy drop, a fraction (0.10) or a percentage (10%%)")
+    p.add_argument("--ppl-budget", default=None,
+                   help="largest acceptable relative perplexity increase (with --quality measured)")
+
+
 def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=("lora", "training-free"), default="lora",
                    help="quality priors: pruned then LoRA-recovered (the study's) or one-shot")

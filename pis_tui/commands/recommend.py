@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._run import add_quality_args, add_sweep_args
+from ._run import add_budget_args, add_quality_args, add_sweep_args
 from .common import add_outputs
 
 
@@ -10,10 +10,7 @@ def register(sub) -> None:
     p = sub.add_parser("recommend", help="recommend a strategy per phase under a quality budget")
     add_sweep_args(p)
     add_quality_args(p)
-    p.add_argument("--budget", "-b", default="0.10",
-                   help="largest acceptable accuracy drop, a fraction (0.10) or a percentage (10%%)")
-    p.add_argument("--ppl-budget", default=None,
-                   help="largest acceptable relative perplexity increase (with --quality measured)")
+    add_budget_args(p)
     p.add_argument("--phase", choices=("prefill", "decode", "both"), default="both")
     p.add_argument("--include-flagged", action="store_true",
                    help="also recommend points flagged as above their physical ceiling or "

@@ -28,7 +28,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from ..display import sweep_measured_label
 from ..errors import PisError
 from ..sources import ordered
-from .backend import PHASES, Backend, Choices, Snapshot, export_name
+from .backend import PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, export_name, plan_presets
 from .export_dialog import ExportDialog
 from .flops_chart import FlopsChart, gap_lines
 from .fmt import family_style, metric_label, pct, rgb, speed
@@ -38,6 +38,8 @@ from .legend import Legend
 from .ops_screen import OpsScreen
 from .palette import PisCommands
 from .pareto_chart import ParetoChart
+from .plan_inputs import PlanInputsBar
+from .plan_view import PlanView
 from .points_table import PointsView
 from .profile_worker import ProfileRunner
 from .progress import ProfilePanel
@@ -88,6 +90,20 @@ class OptionsReady(Message):
         self.gpus = gpus
 
 
+class PlanDone(Message):
+    def __init__(self, snapshot: PlanSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class PlanFailed(Message):
+    def __init__(self, choices: Choices, inputs: PlanInputs, error: str) -> None:
+        super().__init__()
+        self.choices = choices
+        self.inputs = inputs
+        self.error = error
+
+
 class ProfileEvent(Message):
     def __init__(self, event: dict) -> None:
         super().__init__()
@@ -112,6 +128,7 @@ class PisApp(App):
         Binding("1", "tab('pareto')", "pareto", show=False),
         Binding("2", "tab('flops')", "FLOPs", show=False),
         Binding("3", "tab('points')", "points", show=False),
+        Binding("4", "tab('plan')", "plan", show=False),
         Binding("d", "drill", "ops"),
         Binding("f", "cycle_family", "family"),
         Binding("p", "cycle_phase", "phase", show=False),
@@ -142,6 +159,12 @@ class PisApp(App):
         self.last_export: Optional[str] = None
         self.profile_events: list = []
         self.sweeps_done = 0
+        # the Plan tab: its inputs, the last plan computed, and its worker's state
+        self.plan_inputs = PlanInputs()
+        self.plan_snapshot: Optional[PlanSnapshot] = None
+        self.plans_done = 0
+        self._planning = False
+        self._plan_queued = False
         self.save_delay = save_delay
         self.resweep_interval = resweep_interval
         self._measure_dirty = False
@@ -183,6 +206,7 @@ class PisApp(App):
                         yield Legend(id="legend")
                     yield TabPane("Beyond FLOPs", id="flops")
                     yield TabPane("Points", id="points")
+                    yield TabPane("Plan", id="plan")
                 with Horizontal(id="recs"):
                     for ph in PHASES:
                         yield RecommendationPanel(ph, id=f"rec-{ph}")
@@ -273,6 +297,8 @@ class PisApp(App):
             Horizontal(*(FlopsChart(ph, id=f"flops-{ph}") for ph in PHASES), classes="charts"),
             Static("", id="gap-summary"))
         await self.query_one("#points", TabPane).mount(PointsView(id="points-view"))
+        await self.query_one("#plan", TabPane).mount(
+            PlanView(self.plan_inputs, plan_presets(), id="plan-view"))
         self._full = True
         self._freeze_heap()
         if self._quit_after_mount:
@@ -510,7 +536,13 @@ class PisApp(App):
             pv.show(self.snapshot)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self._show_tab(event.pane.id or "")
+        tab = event.pane.id or ""
+        # the Plan tab has its own recommendation (one model for both phases): the per-phase
+        # panels give it their rows
+        self.query_one("#recs").display = tab != "plan"
+        self._show_tab(tab)
+        if tab == "plan":
+            self.request_plan()
 
     def _show_gaps(self) -> None:
         snap = self.snapshot
@@ -550,6 +582,8 @@ class PisApp(App):
         self._update_setup_info()
         if choices.sweep_key() != old.sweep_key():
             self.request_sweep(field)
+            if self._full and self.query_one(TabbedContent).active == "plan":
+                self.request_plan()  # the plan follows the choices while its tab is up
         elif self.snapshot is not None and self.snapshot.choices.sweep_key() == choices.sweep_key():
             self._rerank()
             self._schedule_save(choices)
@@ -561,6 +595,7 @@ class PisApp(App):
         recs = self.backend.recommend(snap.result, self.choices.active_budget)
         self._show(Snapshot(self.choices, snap.result, recs, snap.elapsed_s, snap.measured_ops,
                             snap.warnings), rerank_only=True)
+        self._rerank_plan()
 
     def set_choice(self, name: str, value) -> None:
         """Palette and tests: change one choice as if typed in the setup panel."""
@@ -605,6 +640,84 @@ class PisApp(App):
         self._saved_choices = choices
         if self._unsaved is choices:  # saved; unless newer choices came meanwhile
             self._unsaved = None
+
+    # ------------------------------------------------------------------ plan
+    def _plan_current(self, ps: Optional[PlanSnapshot]) -> bool:
+        """The plan was priced for the current choices and workload (budget and objective
+        only re-rank)."""
+        return (ps is not None and ps.choices.sweep_key() == self.choices.sweep_key()
+                and ps.inputs.plan_key() == self.plan_inputs.plan_key())
+
+    def request_plan(self) -> None:
+        """Price the plan for the current choices and workload, unless it already is."""
+        if self._plan_current(self.plan_snapshot):
+            self._rerank_plan()
+            return
+        if self._planning:
+            self._plan_queued = True
+            return
+        self._planning = True
+        self._plan_queued = False
+        if self._full:
+            self.query_one(PlanView).show_busy()
+        self._plan_worker(self.choices, self.plan_inputs)
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def _plan_worker(self, choices: Choices, inputs: PlanInputs) -> None:
+        try:
+            ps = self.backend.plan(choices, inputs)
+        except PisError as e:
+            self.post_message(PlanFailed(choices, inputs, str(e)))
+        except Exception as e:  # noqa: BLE001 - a bug: shown, never a crash
+            self.post_message(PlanFailed(choices, inputs, f"internal error: {type(e).__name__}: {e}"))
+        else:
+            self.post_message(PlanDone(ps))
+
+    def _plan_finished(self) -> None:
+        self._planning = False
+        if self._plan_queued:
+            self._plan_queued = False
+            self.request_plan()
+
+    def on_plan_done(self, msg: PlanDone) -> None:
+        if self.closing:
+            return
+        self._plan_finished()
+        if not self._plan_current(msg.snapshot):
+            self.request_plan()
+            return
+        self.plan_snapshot = msg.snapshot
+        self.plans_done += 1
+        self._rerank_plan(force=True)
+
+    def on_plan_failed(self, msg: PlanFailed) -> None:
+        if self.closing:
+            return
+        self._plan_finished()
+        if (msg.choices.sweep_key() != self.choices.sweep_key()
+                or msg.inputs.plan_key() != self.plan_inputs.plan_key()):
+            return
+        if self._full:
+            self.query_one(PlanView).show_error(msg.error)
+        self.notify(msg.error, title="cannot plan", severity="error", timeout=8)
+
+    def _rerank_plan(self, force: bool = False) -> None:
+        """Re-rank the plan at the current budget and objective (nothing priced again)."""
+        ps = self.plan_snapshot
+        if ps is None or not self._plan_current(ps):
+            return
+        budget, objective = self.choices.active_budget, self.plan_inputs.objective
+        if force or ps.rec.budget != budget or ps.rec.objective != objective:
+            rec = self.backend.rank_plan(ps.result, budget, objective)
+            ps = PlanSnapshot(self.choices, self.plan_inputs, ps.result, rec, ps.elapsed_s)
+            self.plan_snapshot = ps
+        if self._full:
+            self.query_one(PlanView).show(ps)
+
+    @on(PlanInputsBar.Changed)
+    def _plan_inputs_changed(self, msg: PlanInputsBar.Changed) -> None:
+        self.plan_inputs = msg.inputs
+        self.request_plan()
 
     # ------------------------------------------------------------------ actions
     def action_budget(self, step: int) -> None:
@@ -698,14 +811,20 @@ class PisApp(App):
             self.notify("nothing to export yet", severity="warning")
             return
         snap = self.snapshot
+        # the plan travels in the JSON when it is the current choices' (and, on the Plan tab,
+        # is what the CSV holds)
+        ps = self.plan_snapshot if self._plan_current(self.plan_snapshot) else None
+        on_plan = self._full and self.query_one(TabbedContent).active == "plan" and ps is not None
+        csv_of = "plan" if on_plan else "points"
 
         def done(path: Optional[str]) -> None:
             if path:
                 self.last_export = path
                 self.notify(f"wrote {path}", title="exported", timeout=8)
 
-        self.push_screen(ExportDialog(export_name(snap, ext),
-                                      lambda p, fmt: self.backend.export(snap, p, fmt), ext), done)
+        name = export_name(snap, ext, "plan" if on_plan and ext == "csv" else "")
+        self.push_screen(ExportDialog(name, lambda p, fmt: self.backend.export(snap, p, fmt, ps, csv_of),
+                                      ext), done)
 
     def action_export(self) -> None:
         self._export_dialog("json")

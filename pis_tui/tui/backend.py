@@ -117,6 +117,75 @@ class Snapshot:
         return getattr(self.result, "quality_metric", "accuracy_drop")
 
 
+@dataclass(frozen=True)
+class PlanInputs:
+    """The Plan view's workload: a preset's numbers (or the user's), targets, the objective."""
+
+    preset: str = "chat"
+    prompt_len: int = 1024
+    output_len: int = 256
+    concurrency: int = 32
+    ttft_ms: Optional[float] = None
+    tpot_ms: Optional[float] = None
+    objective: str = "latency"  # latency | throughput: only re-ranks
+
+    def plan_key(self) -> tuple:
+        """What a plan depends on (the objective only re-ranks)."""
+        d = asdict(self)
+        d.pop("objective")
+        return tuple(sorted(d.items()))
+
+
+@dataclass
+class PlanSnapshot:
+    """One computed plan: the candidates priced for the workload and their ranking."""
+
+    choices: Choices
+    inputs: PlanInputs
+    result: object  # plan.PlanResult
+    rec: object  # plan.PlanRecommendation
+    elapsed_s: float = 0.0
+
+    @property
+    def metric(self) -> str:
+        return self.result.quality_metric
+
+    # presentation helpers of the core (the widgets never import it)
+    def gain(self, candidate, objective: Optional[str] = None):
+        from ..plan import gain
+
+        return gain(candidate, self.result.dense, objective or self.rec.objective)
+
+    @staticmethod
+    def name(candidate) -> str:
+        from ..plan import candidate_name
+
+        return candidate_name(candidate)
+
+    @staticmethod
+    def sequences(candidate) -> str:
+        from ..plan import sequences_text
+
+        return sequences_text(candidate)
+
+    def headroom_bytes(self, candidate) -> float:
+        from ..export import headroom_bytes
+
+        return headroom_bytes(candidate, self.result)
+
+    def objective_words(self) -> str:
+        from ..plan import objective_words
+
+        return objective_words(self.rec.objective)
+
+
+def plan_presets() -> dict:
+    """Preset name -> (prompt, output, concurrency), for the Plan view's inputs."""
+    from ..workload import PRESETS
+
+    return {k: (c.prompt_len, c.output_len, c.concurrency) for k, c in PRESETS.items()}
+
+
 def resolve_model(ref: str):
     """A ModelSpec from a preset, a config path/directory or a cached HF id, read as plain
     JSON (never through transformers: that import would stall the screen)."""
@@ -284,14 +353,12 @@ class Backend:
             self._quality_models[key] = build_quality_model(protocol=choices.protocol)
         return self._quality_models[key]
 
-    def compute(self, choices: Choices) -> Snapshot:
-        """Sweep every family × sparsity × phase and recommend per phase (no torch).  A
-        PisError names the setup field at fault in its ``field`` attribute."""
-        from ..engine import check_dtype, default_dtype, sweep
+    def _setup(self, choices: Choices):
+        """The model, the device and the dtype the choices name; a PisError names the setup
+        field at fault in its ``field`` attribute."""
+        from ..engine import check_dtype, default_dtype
         from ..hardware import load_gpu
-        from ..scenario import Scenario
 
-        t0 = time.perf_counter()
         with _blame("model"):
             spec = resolve_model(choices.model)
         with _blame("gpu"):
@@ -299,6 +366,16 @@ class Backend:
         with _blame("dtype"):
             dtype = default_dtype(device) if choices.dtype == "auto" else choices.dtype
             check_dtype(device, dtype)
+        return spec, device, dtype
+
+    def compute(self, choices: Choices) -> Snapshot:
+        """Sweep every family × sparsity × phase and recommend per phase (no torch).  A
+        PisError names the setup field at fault in its ``field`` attribute."""
+        from ..engine import sweep
+        from ..scenario import Scenario
+
+        t0 = time.perf_counter()
+        spec, device, dtype = self._setup(choices)
         with _blame("scenario"):
             scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
                                 choices.context_len, dtype)
@@ -320,6 +397,38 @@ class Backend:
 
         return {ph: recommend(result.phase_points(ph), budget, ph) for ph in PHASES}
 
+    # ------------------------------------------------------------------ plan
+    @staticmethod
+    def workload(inputs: PlanInputs):
+        """The workload the Plan view's inputs describe (UserError tagged ``plan``)."""
+        from ..workload import Targets, single
+
+        with _blame("plan"):
+            return single(inputs.preset, inputs.prompt_len, inputs.output_len, inputs.concurrency,
+                          Targets(inputs.ttft_ms, inputs.tpot_ms))
+
+    def plan(self, choices: Choices, inputs: PlanInputs) -> PlanSnapshot:
+        """One pruned model for the workload (pis_tui.plan), ranked at the choices' budget."""
+        from ..plan import plan
+
+        t0 = time.perf_counter()
+        spec, device, dtype = self._setup(choices)
+        workload = self.workload(inputs)
+        with (self.cache(hold=True) if device.is_local or choices.quality == "measured"
+              else contextlib.nullcontext()) as cache:
+            with _blame("quality"):
+                quality = self._quality_model(choices, spec, cache)
+            result = plan(spec, device, workload, dtype=dtype, quality=quality,
+                          cache=cache if device.is_local else None)
+        rec = self.rank_plan(result, choices.active_budget, inputs.objective)
+        return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
+
+    def rank_plan(self, result, budget: float, objective: str):
+        """Re-rank a plan (budget or objective changed) without pricing it again."""
+        from ..plan import recommend_plan
+
+        return recommend_plan(result, budget, objective)
+
     # ------------------------------------------------------------------ measuring
     def profile_command(self, choices: Choices) -> list[str]:
         """The measuring subprocess (it streams JSON lines; see profile_worker)."""
@@ -331,16 +440,23 @@ class Backend:
                 str(choices.decode_batch), "--context-len", str(choices.context_len),
                 *dtype, *cache, "--progress-jsonl"]
 
-    def export(self, snapshot: Snapshot, path: str, fmt: str = "json") -> Path:
-        """Write the pis-tui/1 JSON or the points as CSV: a name ending in .json or .csv
-        decides, else `fmt`."""
-        from ..export import to_csv, to_json
+    def export(self, snapshot: Snapshot, path: str, fmt: str = "json",
+               plan: Optional[PlanSnapshot] = None, csv_of: str = "points") -> Path:
+        """Write the pis-tui/1 JSON (with ``plan`` when one is given) or, as CSV, the points
+        (``csv_of="points"``) or the plan's candidates (``"plan"``): a name ending in .json or
+        .csv decides the format, else `fmt`."""
+        from ..export import plan_csv, plan_dict, to_csv, to_json
         from ..output_paths import check_writable
 
         p = check_writable(path)
         suffix = p.suffix.lower()
         fmt = {".csv": "csv", ".json": "json"}.get(suffix, fmt)
-        text = to_csv(snapshot.result) if fmt == "csv" else to_json(snapshot.result, snapshot.recs)
+        if fmt == "csv":
+            text = (plan_csv(plan.result, plan.rec) if csv_of == "plan" and plan is not None
+                    else to_csv(snapshot.result))
+        else:
+            text = to_json(snapshot.result, snapshot.recs,
+                           plan_dict(plan.result, plan.rec) if plan is not None else None)
         try:
             p.write_text(text, encoding="utf-8")
         except OSError as e:
@@ -359,9 +475,11 @@ def _blame(field_name: str):
         raise
 
 
-def export_name(snapshot: Snapshot, ext: str = "json") -> str:
+def export_name(snapshot: Snapshot, ext: str = "json", what: str = "") -> str:
     """``pis-tui-<model>-<gpu>.json`` in the working directory, named after what the snapshot
-    holds (the model's name, not the config file a typed path points at)."""
+    holds (the model's name, not the config file a typed path points at); ``what`` ("plan")
+    goes after ``pis-tui-``."""
     model = snapshot.result.spec.name or snapshot.choices.model
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in model).strip("_") or "model"
-    return str(Path.cwd() / f"pis-tui-{safe}-{snapshot.choices.gpu}.{ext}")
+    kind = f"{what}-" if what else ""
+    return str(Path.cwd() / f"pis-tui-{kind}{safe}-{snapshot.choices.gpu}.{ext}")

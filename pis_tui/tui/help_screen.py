@@ -22,6 +22,7 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 | `tab` / `shift+tab` | move between fields; `enter` opens a list or applies a typed value |
 | `+` / `-` | quality budget up / down by 1 % (`]` / `[` too) |
 | `1` `2` `3` | Pareto charts · Beyond FLOPs · all points table |
+| `4` | Plan: one pruned model for a workload across both phases (prompt, answer, requests at once, targets) |
 | `d` / `enter` | op list of the highlighted point (what the family did to M, N, K; where the time goes) |
 | `f` | filter by family (cycles) · `p` filter by phase |
 | `o` / `O` | sort the table by the next column / reverse |
@@ -45,6 +46,16 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
   FLOPs count predicts.  The gap is the point of the study: removing FLOPs does not remove
   time in the same proportion, and differently in prefill (compute-bound) and decode
   (memory-bound).
+
+* **Plan** (`4`): a deployment serves prefill and decode with the same weights.  Pick a
+  workload (a preset: chat, rag, summarize, or your numbers), optional TTFT / TPOT targets and
+  what to rank by (end-to-end latency at that many requests at once, or throughput at the
+  largest batch that fits and meets the targets).  The chart shows each candidate's gain over
+  dense against its quality loss (grey: over the budget, too big for the GPU or missing a
+  target); the panel gives the recommended model's TTFT, TPOT, request latency and
+  throughput, its weights, KV cache per token, how many sequences fit and the memory left,
+  each against dense.  Served by static batching (see the README).  `+`/`-` re-rank it;
+  `e` puts the plan in the JSON, `E` on this tab writes the plan's CSV.
 
 ## Sources and trust
 * Timing: **measured** (on this device, from the cache) > **shipped** (a table measured on

@@ -3,8 +3,8 @@
     python -m pis_tui.tui.screenshots [--out screenshots]
 
 Uses the real engine: llama-3.1-8b on the H200 profile with literature priors (Pareto,
-Beyond FLOPs, points table, op drill-down, export dialog, help) at 120×36, the same at
-80×24, and qwen2.5-0.5b being measured on the local device (stopped after a few dozen kernels).  A throwaway cache is used, so your saved
+Beyond FLOPs, points table, op drill-down, export dialog, help, the Plan tab) at 120×36, the
+same at 80×24, and qwen2.5-0.5b being measured on the local device (stopped after a few dozen kernels).  A throwaway cache is used, so your saved
 choices are neither read nor changed.  PNGs need cairosvg (``pip install pis-tui[screenshots]``).
 """
 
@@ -26,6 +26,8 @@ SHOTS = (
     ("export", (120, 36), {}, ("e",)),
     ("help", (120, 36), {}, ("question_mark",)),
     ("small-80x24", (80, 24), {}, ()),
+    # one model for a workload across both phases (chat preset), setup hidden: the whole view
+    ("plan", (120, 36), {}, ("s", "4")),
     # measuring on this machine: the charts mid-profile, with measured kernels in them
     ("measuring-local", (120, 36), {"model": "qwen2.5-0.5b", "gpu": "local", "prompt_len": 128,
                                     "decode_batch": 4, "context_len": 128}, ("m",)),
@@ -45,6 +47,10 @@ async def _shot(name, size, overrides, keys, out: Path, cache: str) -> Path:
         if keys:
             await pilot.press(*keys)
             await pilot.pause(0.4)
+        while "4" in keys and (app.plan_snapshot is None or app._planning):
+            await pilot.pause(0.05)
+        if "4" in keys:
+            await pilot.pause(0.3)
         if "m" in keys:
             await _measured(app, pilot)
         svg = out / f"{name}.svg"

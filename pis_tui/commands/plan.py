@@ -1,0 +1,257 @@
+"""`pis-tui plan`: one pruned model for a workload, across both phases, with the memory it frees.
+
+For prompts of about P tokens, answers of about O tokens and C requests at once (a preset, the
+numbers, or a weighted mix), every candidate (dense and every family × sparsity) is priced end
+to end: TTFT, TPOT over the growing context, end-to-end latency, the most sequences its memory
+holds and the throughput at the largest batch that fits and meets the targets; the best within
+the quality budget and the targets is recommended (see pis_tui.plan for the serving model).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._run import add_budget_args, add_quality_args
+from .common import add_cache, add_model_gpu, add_outputs, add_strategy_options, positive_int
+
+
+def _ms(what: str):
+    def conv(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number of milliseconds, got {text!r}") from None
+    return conv
+
+
+def register(sub) -> None:
+    from ..workload import DEFAULT_PRESET, PRESETS
+
+    p = sub.add_parser("plan", help="one pruned model for a workload: TTFT, TPOT, end-to-end latency, "
+                                    "throughput and memory, against dense")
+    add_model_gpu(p)
+    w = p.add_argument_group("workload")
+    w.add_argument("--workload", "-w", default=None, metavar="PRESET",
+                   help=f"a preset: {', '.join(f'{k} ({c.prompt_len}→{c.output_len} ×{c.concurrency})' for k, c in PRESETS.items())}; "
+                        f"default {DEFAULT_PRESET}")
+    w.add_argument("--prompt-len", type=positive_int("prompt length"), default=None,
+                   help="prompt tokens (replaces the preset's)")
+    w.add_argument("--output-len", type=positive_int("output length"), default=None,
+                   help="answer tokens (replaces the preset's)")
+    w.add_argument("--concurrency", "-c", type=positive_int("concurrency"), default=None,
+                   help="requests at once (replaces the preset's)")
+    w.add_argument("--mix", default=None, metavar="MIX|FILE",
+                   help="a weighted mix of presets, e.g. chat:0.7,rag:0.3, or a CSV file with "
+                        "columns name,weight,prompt_len,output_len,concurrency")
+    w.add_argument("--ttft-ms", type=_ms("the TTFT target"), default=None,
+                   help="target: time to first token at most this many ms")
+    w.add_argument("--tpot-ms", type=_ms("the TPOT target"), default=None,
+                   help="target: time per output token at most this many ms")
+    w.add_argument("--objective", choices=("latency", "throughput"), default="latency",
+                   help="rank by end-to-end latency at the concurrency, or by throughput at the "
+                        "largest batch that fits and meets the targets")
+    p.add_argument("--strategies", "-s", default=None,
+                   help="comma-separated families (default: all but dense; dense is always planned)")
+    p.add_argument("--sparsities", default=None,
+                   help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
+    p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    add_strategy_options(p)
+    add_cache(p)
+    add_quality_args(p)
+    add_budget_args(p)
+    add_outputs(p, csv=False)
+    p.add_argument("--csv", dest="csv_out", metavar="FILE|-", default=None,
+                   help="write the plan as CSV: one row per candidate × request class")
+    p.set_defaults(func=run)
+
+
+def workload_from_args(args):
+    """The workload the flags describe (a preset, its numbers replaced, or a mix)."""
+    from ..errors import UserError
+    from ..workload import DEFAULT_PRESET, Targets, parse_mix, single
+
+    targets = Targets(args.ttft_ms, args.tpot_ms)
+    if args.mix:
+        if args.workload:
+            raise UserError("give --workload or --mix, not both")
+        given = [f for f, v in (("--prompt-len", args.prompt_len), ("--output-len", args.output_len),
+                                ("--concurrency", args.concurrency)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} set one class's numbers: with --mix, give each "
+                            "class's in a mix file (name,weight,prompt_len,output_len,concurrency)")
+        return parse_mix(args.mix).with_targets(targets.ttft_ms, targets.tpot_ms)
+    return single(args.workload or DEFAULT_PRESET, args.prompt_len, args.output_len,
+                  args.concurrency, targets)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..engine import default_dtype, resolve
+    from ..plan import plan, recommend_plan
+    from ..taxonomy import Strategy, parse_strategies
+    from ._run import budget_from_args, open_cache_if_local, quality_from_args
+    from .common import check_writable, console, parse_sparsities, resolve_gpu, write_text
+
+    budget = budget_from_args(args)
+    workload = workload_from_args(args)
+    for out in (args.json_out, args.csv_out):
+        if out and out != "-":
+            check_writable(out)
+    spec, device = resolve(args.model, resolve_gpu(args.gpu))
+    dtype = args.dtype or default_dtype(device)
+    cache = open_cache_if_local(args, device)
+    quality = quality_from_args(args, spec, cache)
+    strategies = parse_strategies(args.strategies)
+    sparsities = parse_sparsities(args.sparsities) if args.sparsities else None
+    args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
+    result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
+                  granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
+                  cache=cache)
+    rec = recommend_plan(result, budget, args.objective)
+    for w in result.warnings:
+        print(f"pis-tui: warning: {w}", file=sys.stderr)
+    if args.json_out:
+        write_text(args.json_out, plan_json(result, rec, strategies, sparsities, args, quality, cache))
+    if args.csv_out:
+        from ..export import plan_csv
+
+        write_text(args.csv_out, plan_csv(result, rec))
+    if "-" not in (args.json_out, args.csv_out):
+        print_plan(console(), result, rec)
+    return 0
+
+
+def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
+    """The pis-tui/1 document: the per-phase sweep at the workload's main class (prefill C × P,
+    decode batch C at the middle of the answer, P + ⌊O/2⌋) with its per-phase recommendations,
+    and the plan under ``plan``."""
+    from ..engine import sweep
+    from ..export import plan_dict, to_json
+    from ..pareto import recommend
+    from ..scenario import Scenario
+
+    m = result.workload.main
+    scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
+                    result.dtype)
+    sw = sweep(result.spec, result.device, scen, strategies, sparsities, granularity=args.granularity,
+               align=args.align, quality=quality, cache=cache)
+    recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph) for ph in ("prefill", "decode")}
+    return to_json(sw, recs, plan_dict(result, rec))
+
+
+# --------------------------------------------------------------------------- console
+
+def _gb(b: float) -> str:
+    return f"{b / 1e9:.1f}"
+
+
+def _kib(b: int) -> str:
+    return f"{b / 1024:.0f} KiB"
+
+
+def pick_lines(result, c, objective: str, label: str) -> list[str]:
+    """The per-phase figures of a picked candidate against dense, one line each: at the
+    workload's concurrency, at the largest good batch, and its memory."""
+    from ..display import latency as ms, speed
+    from ..export import headroom_bytes
+    from ..plan import candidate_name, gain, sequences_text
+
+    d = result.dense
+    g = gain(c, d, objective)
+    head = f"{label} {candidate_name(c)}"
+    if g is not None:
+        head += f" · {speed(g)} {'end to end' if objective == 'latency' else 'throughput'}"
+    conc = "/".join(str(k.cls.concurrency) for k in c.classes)
+    out = [head,
+           f"  at {conc} at once: prefill TTFT {ms(c.ttft_ms)} (dense {ms(d.ttft_ms)}, "
+           f"{speed(d.ttft_ms / c.ttft_ms)}) · decode TPOT {ms(c.tpot_ms)} (dense {ms(d.tpot_ms)}, "
+           f"{speed(d.tpot_ms / c.tpot_ms)}) · a request {ms(c.e2e_ms)} (dense {ms(d.e2e_ms)})"]
+    thr, dthr = c.throughput_tok_s, d.throughput_tok_s
+    if thr:
+        batch = "/".join(str(k.at_max_batch.batch) for k in c.classes)
+        line = (f"  at batch {batch}: TTFT {ms(c.at_max_batch('ttft_ms'))} · TPOT "
+                f"{ms(c.at_max_batch('tpot_ms'))} · {thr:,.0f} tok/s")
+        if dthr:
+            dbatch = "/".join(str(k.at_max_batch.batch) for k in d.classes)
+            line += f" (dense at batch {dbatch}: {dthr:,.0f} tok/s)"
+        out.append(line)
+    else:
+        out.append("  no batch fits and meets the targets: " + "; ".join(
+            k.why_no_batch for k in c.classes if k.at_max_batch is None))
+    out.append(f"  memory: weights {_gb(c.weights_bytes)} GB (dense {_gb(d.weights_bytes)}) · KV "
+               f"{_kib(c.kv_bytes_per_token)}/token (dense {_kib(d.kv_bytes_per_token)}) · fits "
+               f"{sequences_text(c)} sequences (dense {sequences_text(d)}) · headroom at {conc} "
+               f"{_gb(headroom_bytes(c, result))} GB (dense {_gb(headroom_bytes(d, result))})")
+    return out
+
+
+#: the status column on a narrow terminal
+_SHORT_STATUS = {"recommended": "best", "runner-up": "2nd", "over budget": ">budget",
+                 "no quality": "quality?", "misses targets": "targets"}
+
+
+def print_plan(con, result, rec) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .. import families
+    from .. import plan as pl
+    from ..display import latency, loss_text, pct, quality_marks, speed
+    from ..memory_fit import USABLE
+
+    wl = result.workload
+    metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
+    con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
+              f"{result.dtype} · workload [bold]{escape(wl.label())}[/] · {escape(wl.targets.label())} · "
+              f"objective: {pl.objective_words(rec.objective)} · budget {pct(rec.budget)} "
+              f"({result.quality_protocol} {metric})")
+    con.print(("▶ " if rec.best is not None else "✗ ") + rec.reason, markup=False)
+    for c, label in ((rec.best, "recommended"), (rec.runner_up, "runner-up")):
+        if c is not None:
+            for line in pick_lines(result, c, rec.objective, label):
+                con.print(line, markup=False)
+            if c.quality.citations and label == "recommended":
+                con.print("  quality source: " + "; ".join(c.quality.citations[:2]), markup=False,
+                          style="dim")
+    t = Table(title=f"candidates: {len(rec.ranked)} may serve (ranked), "
+                    f"{len(result.candidates) - len(rec.ranked)} may not", title_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # what decides first, so a narrow terminal still shows it: memory columns from 140 wide,
+    # the rank and full family names from 110
+    wide, roomy = con.width >= 140, con.width >= 110
+    cols = [c for c in ("#", "model", "loss", "weights", "seqs", "TTFT", "TPOT", "E2E", "×dense",
+                        "batch", "tok/s", "×dense ", "status")
+            if (wide or c not in ("weights", "seqs", "batch")) and (roomy or c != "#")]
+    for col in cols:
+        head = col if roomy or not col.startswith("×") else "×"
+        t.add_column(head, justify="left" if col in ("model", "status") else "right",
+                     no_wrap=col != "status", min_width=8 if col == "status" else None)
+    ranked = {k.key: i + 1 for i, k in enumerate(rec.ranked)}
+    order = list(rec.ranked) + [c for c in result.candidates if c.key not in ranked]
+    for c in order:
+        name = pl.candidate_name(c).replace(" (no pruning)", "")
+        if not roomy:
+            name = name.replace(c.strategy, families.get(c.strategy).short or c.strategy, 1)
+        thr = c.throughput_tok_s
+        cells = {
+            "#": str(ranked.get(c.key, "")), "model": name,
+            "loss": loss_text(c.quality) + (quality_marks(c.quality) if c.quality.value is not None else ""),
+            "weights": f"{_gb(c.weights_bytes)} GB", "seqs": pl.sequences_text(c),
+            "TTFT": latency(c.ttft_ms), "TPOT": latency(c.tpot_ms), "E2E": latency(c.e2e_ms),
+            "×dense": speed(pl.gain(c, result.dense, "latency")),
+            "batch": "/".join(str(k.at_max_batch.batch) for k in c.classes if k.at_max_batch) or "–",
+            "tok/s": f"{thr:,.0f}" if thr else "–",
+            "×dense ": speed(pl.gain(c, result.dense, "throughput")),
+            "status": rec.status(c) if roomy else _SHORT_STATUS.get(rec.status(c), rec.status(c))}
+        t.add_row(*(cells[k] for k in cols))
+    con.print(t)
+    methods = sorted({k.at_concurrency.tpot_method for c in result.candidates for k in c.classes})
+    con.print(f"serving model: {pl.SERVING_MODEL}. TPOT: {pl.TPOT_RULE} (here: {', '.join(methods)}). "
+              f"Batch: {pl.BATCH_RULE}. Memory: {result.usable_bytes / 1e9:.1f} GB usable of "
+              f"{result.device.memory_gb:g} GB ({USABLE:.0%}, decimal GB). Timing: weakest source "
+              f"{pl.sources.weakest(c.timing_source for c in result.candidates)}; "
+              f"{result.priced_kernels} kernels priced in {result.elapsed_s:.2f} s. Quality marks: "
+              "ᵉ extrapolated, ᵇ borrowed from another model, ˢ secondary source.",
+              style="dim", markup=False)
