@@ -305,3 +305,14 @@ def test_cli_validate_bad_inputs_exit_2_one_line(args, msg, tmp_path):
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and msg in lines[0], r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("family", ["low_rank", "dynamic_depth", "static_width_hidden",
+                                    "static_depth", "dynamic_sparse_attention"])
+def test_every_wrapper_runs_in_bf16(family):
+    """The wrappers' own linears (low-rank factors, routers, residual maps) take the model's
+    dtype: in bf16, as validate runs on a GPU, a float32 router would refuse a bf16 input."""
+    b = v.build_model(tiny(), tx.Strategy(family, 0.5, granularity="sublayer"
+                                          if family == "static_depth" else "layer"), dtype="bf16")
+    assert {p.dtype for p in b.model.parameters()} == {torch.bfloat16}
+    run_both(b, batch=2, prompt=70, ctx=80)

@@ -35,6 +35,11 @@ def _get_cache(kw: dict):
     return None, None
 
 
+def _dtype_of(module):
+    """The dtype of a module's weights (the wrappers' own linears must match it)."""
+    return next(module.parameters()).dtype
+
+
 def _make_classes() -> None:
     if _CLASSES:
         return
@@ -49,8 +54,9 @@ def _make_classes() -> None:
 
         def __init__(self, lin, rank: int):
             super().__init__()
-            self.A = nn.Linear(lin.in_features, rank, bias=False)
-            self.B = nn.Linear(rank, lin.out_features, bias=lin.bias is not None)
+            dt = lin.weight.dtype  # the model's dtype (bf16 on a GPU), not torch's default
+            self.A = nn.Linear(lin.in_features, rank, bias=False, dtype=dt)
+            self.B = nn.Linear(rank, lin.out_features, bias=lin.bias is not None, dtype=dt)
             self.rank = rank
             self.in_features, self.out_features = lin.in_features, lin.out_features
 
@@ -83,8 +89,9 @@ def _make_classes() -> None:
         def __init__(self, layer, hidden: int):
             super().__init__()
             self.inner = layer
-            self.attn_map = nn.Linear(hidden, hidden, bias=False)
-            self.mlp_map = nn.Linear(hidden, hidden, bias=False)
+            dt = _dtype_of(layer)
+            self.attn_map = nn.Linear(hidden, hidden, bias=False, dtype=dt)
+            self.mlp_map = nn.Linear(hidden, hidden, bias=False, dtype=dt)
 
         def forward(self, hidden_states, **kw):
             inner = self.inner
@@ -114,8 +121,9 @@ def _make_classes() -> None:
             self.inner = layer
             self.s = s
             self.state = state
-            self.attn_router = nn.Linear(hidden, 1, bias=False)
-            self.mlp_router = nn.Linear(hidden, 1, bias=False)
+            dt = _dtype_of(layer)
+            self.attn_router = nn.Linear(hidden, 1, bias=False, dtype=dt)
+            self.mlp_router = nn.Linear(hidden, 1, bias=False, dtype=dt)
             self.plan = {"attn": run_attn, "mlp": run_mlp}
             self.kept_share: dict = {}  # last routing: sublayer → share of tokens kept
 
