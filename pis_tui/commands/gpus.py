@@ -17,9 +17,13 @@ def run(args) -> int:
     from ..hardware import default_gpu, gpu_names, load_gpu, local_device
     from .common import console
 
-    devices = [local_device()] + [load_gpu(n) for n in gpu_names()]
+    local = local_device()
+    devices = [local] + [load_gpu(n) for n in gpu_names()]
+    about = {"kind": local.kind, "capability": local.capability, "profile_matched": not local.unknown,
+             "notes": local.notes, "sources": local.sources}
     if args.json_out:
-        print(json.dumps({"default": default_gpu(), "devices": [d.to_dict() for d in devices]}, indent=2))
+        print(json.dumps({"default": default_gpu(), "local": about,
+                          "devices": [d.to_dict() for d in devices]}, indent=2))
         return 0
     t = Table(title=f"devices (default --gpu: {default_gpu()})", title_justify="left")
     for c in ("name", "device", "bf16 dense TFLOP/s", "2:4", "GB/s", "memory GB", "L2 MB", "measured table"):
@@ -29,4 +33,6 @@ def run(args) -> int:
                   "yes" if d.sparse_24 else "no", f"{d.bandwidth_gbs:.0f}", f"{d.memory_gb:.0f}",
                   f"{d.l2_mb:.0f}", d.measured_table or ("cache" if d.is_local else "–"))
     console().print(t)
+    if local.unknown:
+        console().print(f"local: {local.notes}", markup=False)
     return 0
