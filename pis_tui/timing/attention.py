@@ -148,8 +148,11 @@ def flex_kernel_options(capability, dtype: str, head_dim: int, block_size: int =
         if (bm + st * 2 * bn) * head_dim * elem <= budget:
             stages = st
             break
-    while (bm + stages * 2 * bn) * head_dim * elem > budget and bn > 16:
-        bn //= 2  # a very wide head: smaller K/V tiles (they still divide the block)
+    while (bm + stages * 2 * bn) * head_dim * elem > budget and max(bm, bn) > 16:
+        if bn >= bm:  # a very wide head: smaller tiles (they still divide the block)
+            bn //= 2
+        else:
+            bm //= 2
     return {"BLOCK_M": bm, "BLOCK_N": bn, "num_stages": stages, "num_warps": 4}
 
 
