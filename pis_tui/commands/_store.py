@@ -223,14 +223,9 @@ def open_store(path: Optional[str], on_warning: Optional[Callable[[str], None]] 
     return Cache.open(path, on_warning=on_warning)
 
 
-def reuse_table(store, path: str, fingerprint: str) -> tuple[int, MeasuredTable]:
-    """Put the entries of a measured table (``pis-tui calibrate --out``) taken on THIS device,
-    under this software and timing method, into ``store`` so they are not measured again.
-    A table of another device, torch/CUDA or method version is refused (UserError)."""
-    try:
-        table = read_table(path)
-    except TableError as e:
-        raise UserError(str(e)) from None
+def check_table_is_local(table: MeasuredTable, path: str, fingerprint: str) -> None:
+    """A measured table can stand in for this device's measurements only when it was taken on
+    this device, under this torch/CUDA/cuSPARSELt and this timing method's version."""
     if table.fingerprint != fingerprint:
         raise UserError(f"{path} was measured on {table.fingerprint or 'an unnamed device'}, "
                         f"not on this device ({fingerprint}): its times cannot be reused here")
@@ -241,6 +236,22 @@ def reuse_table(store, path: str, fingerprint: str) -> tuple[int, MeasuredTable]
         raise UserError(f"{path} was measured under torch/CUDA/cuSPARSELt "
                         f"{'/'.join(_sw_key(table.software))}, this machine has "
                         f"{'/'.join(_sw_key(software_versions()))}")
+
+
+def read_local_table(path: str, fingerprint: str) -> MeasuredTable:
+    try:
+        table = read_table(path)
+    except TableError as e:
+        raise UserError(str(e)) from None
+    check_table_is_local(table, path, fingerprint)
+    return table
+
+
+def reuse_table(store, path: str, fingerprint: str) -> tuple[int, MeasuredTable]:
+    """Put the entries of a measured table (``pis-tui calibrate --out``) taken on THIS device,
+    under this software and timing method, into ``store`` so they are not measured again.
+    A table of another device, torch/CUDA or method version is refused (UserError)."""
+    table = read_local_table(path, fingerprint)
     entries = [m for m in table.entries if m.status in ("ok", "unsupported", "oom")]
     for m in entries:
         m.software = {k: table.software.get(k, "") for k in ("torch", "cuda", "cusparselt")}
