@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .device import DeviceContext, pool_elems, torch_dtype, torch_module
+from .loops import MAX_GRAPH_CALLS
 
 
 class Unsupported(Exception):
@@ -30,11 +31,13 @@ class Case:
 
 def copies_for(ctx: DeviceContext, state_bytes: float, check: bool) -> int:
     """Enough copies of `state_bytes` to exceed twice the cache (1 if one copy already does;
-    at most ``ctx.max_copies`` when a retry after an out-of-memory lowered it)."""
+    at most ``ctx.max_copies`` when a retry after an out-of-memory lowered it).  On CUDA no
+    more than one graph's calls (``MAX_GRAPH_CALLS``): a graph visits no more copies than it
+    has calls, and making views that no call uses cost a tenth of a second per small op."""
     cache = 2 * ctx.cache_mb * 2**20
     if check or state_bytes <= 0 or state_bytes >= cache:
         return 1
-    n = min(math.ceil(cache / state_bytes) + 1, 1 << 16)
+    n = min(math.ceil(cache / state_bytes) + 1, MAX_GRAPH_CALLS if ctx.is_cuda else 1 << 16)
     return n if ctx.max_copies is None else max(1, min(n, ctx.max_copies))
 
 
