@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--repeats", default="5",
                    help="timed rounds per model (interleaved dense/pruned; medians)")
     p.add_argument("--warmup", default="1", help="untimed calls per model first")
+    p.add_argument("--op-repeats", default=None,
+                   help="timed batches per op measurement behind the predictions (default: the "
+                        "timing engine's, 3 per round on the CPU, 7 on CUDA)")
     add_strategy_options(p)
     p.add_argument("--json", dest="json_out", metavar="FILE|-", default=None,
                    help="write the rows as a JSON list to FILE (or '-' for stdout); a file is "
@@ -105,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     args.context_len = _one_int(args.context_len, "context length")
     args.repeats = _one_int(args.repeats, "repeats")
     args.warmup = _one_int(args.warmup, "warmup", lo=0)
+    op_repeats = _one_int(args.op_repeats, "op repeats") if args.op_repeats is not None else None
     strategies = _strategies(args)
     decode_batches = parse_int_list(args.decode_batch, "decode batch")
     phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
@@ -170,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
                       prompt_len=args.prompt_len, decode_batches=decode_batches,
                       context_len=args.context_len, dtype=dtype, repeats=args.repeats,
                       warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row,
+                      op_repeats=op_repeats,
                       skip=skip if seen else None)
     if args.json_out:
         from .common import dump_json
