@@ -319,6 +319,21 @@ def _torch_probe() -> Optional[CudaInfo]:
                     bus_width_bits=getattr(p, "memory_bus_width", 0) or (named.bus_width_bits if named else 0))
 
 
+def gpu_hint() -> bool:
+    """Whether an NVIDIA GPU may be here even though NVML and nvidia-smi named none (their
+    device nodes or driver entries exist): then only torch can say."""
+    import glob
+
+    if os.environ.get("PIS_TUI_NO_CUDA") or visible_devices() == []:
+        return False
+    try:
+        if os.listdir("/proc/driver/nvidia/gpus"):
+            return True
+    except OSError:
+        pass
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 @lru_cache(maxsize=1)
 def _named_gpu() -> Optional[CudaInfo]:
     """The local GPU as the estimate path sees it (no torch)."""

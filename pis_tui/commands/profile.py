@@ -227,7 +227,8 @@ def _run(args) -> int:
         return scen, profiling.plan_detailed(spec, dev, scen, strategies, sparsities, options)
 
     scenario, planned = plan_for(device)
-    if _needs_measuring(planned, cache, device, {p.op.dtype for p in planned}):
+    if (device.kind == "cpu" and hardware.gpu_hint()) or \
+            _needs_measuring(planned, cache, device, {p.op.dtype for p in planned}):
         # something must be measured: torch decides which device that is (the one calibrate
         # and validate use), and the plan follows it if NVML/nvidia-smi named another
         named = device

@@ -33,7 +33,8 @@ def test_tiles_for_this_device_divide_the_blocks(ctx):
 @pytest.mark.parametrize("q_len,kv_len,batch", [(1024, 1024, 1), (1, 1024, 16)],
                          ids=["prefill", "decode"])
 def test_flex_block_sparse_compiles_matches_and_is_faster_when_sparser(ctx, q_len, kv_len, batch):
-    err, tol = timing.verify_op(_bs(q_len, min(kv_len, 512), 1, 0.5), ctx)
+    # the reference check at the timed shape (one compiled kernel per shape; densities share it)
+    err, tol = timing.verify_op(_bs(q_len, kv_len, batch, 0.5), ctx)
     assert err < tol, (err, tol)
     times = {}
     for d in (0.25, 0.75):
