@@ -16,10 +16,8 @@ from pis_tui.timing.attention import _smem_kib, flex_kernel_options  # noqa: E40
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    c = timing.open_device("local")
-    yield c
-    c.free()
+def ctx(device_ctx):
+    return device_ctx
 
 
 CAPS = ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"]

@@ -14,10 +14,8 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    c = timing.open_device("local")
-    yield c
-    c.free()
+def ctx(device_ctx):
+    return device_ctx
 
 
 def _bs(q_len, kv_len, batch, density):

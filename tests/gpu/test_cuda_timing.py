@@ -26,10 +26,8 @@ FLOOR_SLACK = 0.8
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    c = timing.open_device("local")
-    yield c
-    c.free()
+def ctx(device_ctx):
+    return device_ctx
 
 
 @pytest.fixture(scope="module")
