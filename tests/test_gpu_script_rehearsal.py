@@ -174,3 +174,32 @@ def test_import_turns_the_archive_into_a_measured_table_and_a_validation_table(r
     bad = subprocess.run([sys.executable, "-m", "pis_tui", "gpu-run", "import", str(tmp_path / "nope.tgz"),
                           "--gpu", "h200-sxm"], capture_output=True, text=True, cwd=str(ROOT), timeout=60)
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_import_links_the_gpu_profile_to_its_new_table(rehearsal, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from pis_tui import measured_table, profiles
+    from pis_tui.cli import main
+
+    prof = tmp_path / "profiles"
+    shutil.copytree(ROOT / "profiles" / "gpus", prof / "gpus")
+    shutil.copytree(ROOT / "profiles" / "models", prof / "models")
+    monkeypatch.setattr(profiles, "profiles_dir", lambda: prof)
+    profiles.read_json.cache_clear()
+    measured_table.load_shipped.cache_clear()
+    try:
+        archive = rehearsal["base"] / "out" / "pis-gpu-run.tar.gz"
+        assert main(["gpu-run", "import", str(archive), "--gpu", "h200-sxm", "--force",
+                     "--validation-out", str(tmp_path / "val")]) == 0
+        d = json.loads((prof / "gpus" / "h200-sxm.json").read_text())
+        assert d["measured_table"] == "h200-sxm.json" and d["sources"]  # nothing else lost
+        table, problem = measured_table.load_shipped("h200-sxm.json")
+        assert problem is None and table.entries
+        from pis_tui.hardware import load_gpu
+
+        assert load_gpu("h200-sxm").measured_table == "h200-sxm.json"
+        assert "measured_table = h200-sxm.json" in capsys.readouterr().out
+    finally:
+        profiles.read_json.cache_clear()
+        measured_table.load_shipped.cache_clear()

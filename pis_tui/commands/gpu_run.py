@@ -325,6 +325,7 @@ def import_run(args) -> int:
         if d.get("measured_table") != table_out.name:
             d["measured_table"] = table_out.name
             gp.write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            read_json.cache_clear()  # this process reads the profile anew
             print(f"{gp}: measured_table = {table_out.name}")
     rows = validation_rows(files)
     if rows:
