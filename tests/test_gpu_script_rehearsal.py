@@ -19,6 +19,7 @@ from helpers import ROOT
 
 pytest.importorskip("torch")
 
+STEPS = ("env", "gpu-kernels", "calibrate", "validate-prefill", "validate-decode", "gpu-commands")
 HIDDEN = ("duckdb", "textual", "plotext", "textual_plotext", "platformdirs", "jsonschema")
 TINY = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
         "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -83,7 +84,8 @@ def rehearsal(tmp_path_factory):
                PIS_GPU_PROMPT_LEN="32", PIS_GPU_PREFILL_BATCHES="1,2", PIS_GPU_DECODE_BATCHES="2",
                PIS_GPU_CONTEXT_LEN="32", PIS_GPU_REPEATS="1",
                PIS_GPU_CALIBRATE_ARGS="--quick --repeats 1", PIS_GPU_VALIDATE_ARGS="--op-repeats 1",
-               PIS_GPU_TESTS="tests/gpu/test_cuda_flex.py")
+               PIS_GPU_KERNEL_TESTS="tests/gpu/test_cuda_flex.py",
+               PIS_GPU_COMMAND_TESTS="tests/gpu/test_cuda_commands.py")
 
     def run(**over):
         e = dict(env, **over)
@@ -108,11 +110,12 @@ def test_the_script_runs_every_step_without_duckdb_textual_plotext(rehearsal):
     assert sorted(os.listdir(out)) == ["pis-gpu-run.tar.gz", "summary.log"]
     assert (out / "pis-gpu-run.tar.gz").stat().st_size < 16 << 20
     summary = (out / "summary.log").read_text()
-    for step in ("env", "gpu-tests", "calibrate", "validate-prefill", "validate-decode"):
+    for step in STEPS:
         assert f"{step}: ok in" in summary, summary
     assert "validate: 3 rows" in summary and "calibrate:" in summary
     _, files = _members(out / "pis-gpu-run.tar.gz")
-    for name in ("env.json", "steps.jsonl", "gpu-tests.xml", "calibrate.json", "validate-prefill.json",
+    for name in ("env.json", "steps.jsonl", "gpu-kernels.xml", "gpu-commands.xml", "calibrate.json",
+                 "validate-prefill.json",
                  "validate-decode.json", "store.json", "summary.log", "calibrate.log"):
         assert name in files, sorted(files)
     env = json.loads(files["env.json"])
@@ -126,8 +129,7 @@ def test_the_script_runs_every_step_without_duckdb_textual_plotext(rehearsal):
     # the validate steps reused the calibrate table and kept the store without duckdb
     assert "reusing" in files["validate-prefill.log"] and "in memory" not in files["validate-prefill.log"]
     steps = [json.loads(x) for x in files["steps.jsonl"].splitlines()]
-    assert [s["step"] for s in steps] == ["env", "gpu-tests", "calibrate", "validate-prefill",
-                                          "validate-decode"]
+    assert [s["step"] for s in steps] == list(STEPS)
     assert all(s["limit_s"] <= 110 for s in steps)
 
 
@@ -135,7 +137,7 @@ def test_a_second_run_skips_what_is_done_and_a_step_cut_short_is_resumed(rehears
     base, run = rehearsal["base"], rehearsal["run"]
     again = run()
     assert again.returncode == 0
-    assert again.stderr.count("skipped (done earlier)") == 5, again.stderr
+    assert again.stderr.count("skipped (done earlier)") == len(STEPS), again.stderr
     # calibrate cut short by its limit: recorded as such, the archive still comes back
     (base / "work" / "results" / "calibrate.done").unlink()
     cut = run(PIS_GPU_STEP_S_calibrate="1")
@@ -150,7 +152,7 @@ def test_a_second_run_skips_what_is_done_and_a_step_cut_short_is_resumed(rehears
     assert "resuming:" in log and "already in it" in log
     # a fresh work folder resumes from the archive in $OUT
     fresh = run(PIS_GPU_WORK=str(base / "work2"))
-    assert fresh.stderr.count("skipped (done earlier)") == 5 and "resumed from" in fresh.stderr
+    assert fresh.stderr.count("skipped (done earlier)") == len(STEPS) and "resumed from" in fresh.stderr
 
 
 def test_import_turns_the_archive_into_a_measured_table_and_a_validation_table(rehearsal, tmp_path):

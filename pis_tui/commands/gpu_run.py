@@ -26,8 +26,8 @@ from typing import Optional
 
 from ..errors import UserError
 
-RESULT_FILES = ("env.json", "steps.jsonl", "summary.log", "gpu-tests.xml", "calibrate.json",
-                "validate-prefill.json", "validate-decode.json", "store.json")
+RESULT_FILES = ("env.json", "steps.jsonl", "summary.log", "gpu-kernels.xml", "gpu-commands.xml",
+                "calibrate.json", "validate-prefill.json", "validate-decode.json", "store.json")
 
 
 def register(sub) -> None:
@@ -142,14 +142,14 @@ def load_results(source: str) -> dict:
     if p.is_dir():
         base = p / "results" if (p / "results").is_dir() else p
         for f in base.iterdir():
-            if f.is_file() and (f.name in RESULT_FILES or f.suffix in (".log", ".json")):
+            if f.is_file() and (f.name in RESULT_FILES or f.suffix in (".log", ".json", ".xml")):
                 files[f.name] = f.read_text(encoding="utf-8", errors="replace")
     elif p.is_file():
         try:
             with tarfile.open(p, "r:gz") as tar:
                 for m in tar.getmembers():
                     name = Path(m.name).name
-                    if m.isfile() and (name in RESULT_FILES or name.endswith((".log", ".json"))):
+                    if m.isfile() and (name in RESULT_FILES or name.endswith((".log", ".json", ".xml"))):
                         fh = tar.extractfile(m)
                         if fh is not None:
                             files[name] = fh.read().decode("utf-8", errors="replace")
@@ -172,15 +172,17 @@ def _json(files: dict, name: str):
 
 
 def test_report(files: dict) -> Optional[dict]:
-    """Counts and failures of the gpu-tests step (its JUnit XML)."""
-    if "gpu-tests.xml" not in files:
+    """Counts and failures of the test steps (their JUnit XML files)."""
+    xmls = sorted(n for n in files if n.startswith("gpu-") and n.endswith(".xml"))
+    if not xmls:
         return None
-    try:
-        root = ET.parse(io.StringIO(files["gpu-tests.xml"])).getroot()
-    except ET.ParseError as e:
-        return {"error": f"gpu-tests.xml unreadable ({e})"}
-    cases = root.iter("testcase")
-    rep = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    rep = {"passed": 0, "failed": 0, "skipped": 0, "failures": [], "steps": [n[:-4] for n in xmls]}
+    cases = []
+    for n in xmls:
+        try:
+            cases += list(ET.parse(io.StringIO(files[n])).getroot().iter("testcase"))
+        except ET.ParseError as e:
+            rep["error"] = f"{n} unreadable ({e})"
     for c in cases:
         name = f"{c.get('classname', '')}.{c.get('name', '')}".split("tests.gpu.")[-1]
         bad = c.find("failure")

@@ -6,20 +6,23 @@
 #                                                       tests; nvidia-ml-py optional)
 #
 # Steps, each under its own time limit (seconds; the whole run stays under PIS_GPU_TOTAL_S,
-# default 345, so it ends inside 6 minutes on an H200), each result written as it ends:
+# default 350, so it ends inside 6 minutes), each result written as soon as it ends:
 #
 #   env               versions, the GPU as torch and NVML see it, its conditions      15
-#   gpu-tests         pytest tests/gpu: every op kind through CUDA graphs and eager,
-#                     L2 rotation, 2:4, FlexAttention prefill and decode, a sticky
-#                     CUDA error, profile, validate and calibrate --quick end to end   110
+#   gpu-kernels       pytest tests/gpu/test_cuda_timing.py, test_cuda_flex.py: every op
+#                     kind through CUDA graphs and eager, L2 rotation, 2:4, FlexAttention
+#                     prefill and decode, a sticky CUDA error                          60
 #   calibrate         pis-tui calibrate --gpu local --models llama-3.1-8b --dtype bf16 100
 #   validate-prefill  llama-3.1-8b: dense, static_depth, static_width, low_rank,
 #                     dynamic_depth at 0.25 and 0.5, semi_structured_24;
 #                     prefill 1×1024 and 8×1024, under CUDA graphs                     70
 #   validate-decode   the same strategies, decode batch 1, 16 and 64 at context 1024    50
+#   gpu-commands      pytest tests/gpu/test_cuda_commands.py: profile, validate and
+#                     calibrate --quick of a small model end to end, hidden GPUs       70
 #
-# A step cut short by its limit keeps what it wrote; running the script again finishes it.
-#
+# A step cut short by its limit (or by the whole run's) keeps what it wrote; running the
+# script again finishes it.
+
 # What comes back: $OUT/pis-gpu-run.tar.gz (everything: results/, logs, the tables) and
 # $OUT/summary.log (one line a step, then the key figures).  Two files: the archive is
 # repacked after every step, so a run cut short still returns what it finished.  Turn it into
@@ -54,8 +57,9 @@ CONTEXT_LEN=${PIS_GPU_CONTEXT_LEN:-1024}
 REPEATS=${PIS_GPU_REPEATS:-3}
 CALIBRATE_ARGS=${PIS_GPU_CALIBRATE_ARGS:-}
 VALIDATE_ARGS=${PIS_GPU_VALIDATE_ARGS:-}
-TESTS=${PIS_GPU_TESTS:-tests/gpu}
-TOTAL_S=${PIS_GPU_TOTAL_S:-345}
+KERNEL_TESTS=${PIS_GPU_KERNEL_TESTS:-tests/gpu/test_cuda_timing.py tests/gpu/test_cuda_flex.py}
+COMMAND_TESTS=${PIS_GPU_COMMAND_TESTS:-tests/gpu/test_cuda_commands.py}
+TOTAL_S=${PIS_GPU_TOTAL_S:-350}
 ARCHIVE=$OUT/pis-gpu-run.tar.gz
 
 mkdir -p "$OUT" "$RES" || exit 2
@@ -113,7 +117,7 @@ step() {
   esac
   if [ "$rc" -eq 0 ]; then
     : >"$RES/$name.done"
-  elif [ "$name" = gpu-tests ] && [ "$rc" -eq 1 ] && [ -s "$RES/gpu-tests.xml" ]; then
+  elif [ "${name#gpu-}" != "$name" ] && [ "$rc" -eq 1 ] && [ -s "$RES/$name.xml" ]; then
     : >"$RES/$name.done"  # the tests ran to the end; some failed (the summary lists them)
     status="done, some tests failed"
   fi
@@ -126,9 +130,11 @@ step() {
 
 step env 15 "$PY" -m pis_tui gpu-run env "$RES/env.json"
 
-# plugins of the server's own are not loaded (none is needed; one could import what is absent)
-step gpu-tests 110 env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest -q -rfE \
-  --junitxml="$RES/gpu-tests.xml" -p no:cacheprovider $TESTS
+# pytest: plugins of the server's own are not loaded (none is needed; one could import what
+# is absent here); the JUnit XML is the step's result
+PYTEST=(env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest -q -rfE -p no:cacheprovider)
+
+step gpu-kernels 60 "${PYTEST[@]}" --junitxml="$RES/gpu-kernels.xml" $KERNEL_TESTS
 
 step calibrate 100 "$PY" -m pis_tui calibrate --gpu local --models "$MODEL" --dtype "$DTYPE" \
   --out "$RES/calibrate.json" --resume $CALIBRATE_ARGS
@@ -144,6 +150,8 @@ step validate-prefill 70 "${VALIDATE[@]}" --phase prefill --prefill-batch "$PREF
 
 step validate-decode 50 "${VALIDATE[@]}" --phase decode --decode-batch "$DECODE_BATCHES" \
   --context-len "$CONTEXT_LEN" --json "$RES/validate-decode.json"
+
+step gpu-commands 70 "${PYTEST[@]}" --junitxml="$RES/gpu-commands.xml" $COMMAND_TESTS
 
 echo "-- total $(( $(date +%s) - T0 )) s" >>"$SUMMARY"
 "$PY" -m pis_tui gpu-run summary "$RES" >>"$SUMMARY" 2>&1
