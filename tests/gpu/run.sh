@@ -6,7 +6,8 @@
 #                                                       tests; nvidia-ml-py optional)
 #
 # Steps, each under its own time limit (seconds; the whole run stays under PIS_GPU_TOTAL_S,
-# default 350, so it ends inside 6 minutes), each result written as soon as it ends:
+# default 340, so that with the 10 s a stopped step gets to save it ends inside 6 minutes),
+# each result written as soon as it ends:
 #
 #   env               versions, the GPU as torch and NVML see it, its conditions      15
 #   gpu-kernels       pytest tests/gpu/test_cuda_timing.py, test_cuda_flex.py: every op
@@ -59,7 +60,7 @@ CALIBRATE_ARGS=${PIS_GPU_CALIBRATE_ARGS:-}
 VALIDATE_ARGS=${PIS_GPU_VALIDATE_ARGS:-}
 KERNEL_TESTS=${PIS_GPU_KERNEL_TESTS:-tests/gpu/test_cuda_timing.py tests/gpu/test_cuda_flex.py}
 COMMAND_TESTS=${PIS_GPU_COMMAND_TESTS:-tests/gpu/test_cuda_commands.py}
-TOTAL_S=${PIS_GPU_TOTAL_S:-350}
+TOTAL_S=${PIS_GPU_TOTAL_S:-340}
 ARCHIVE=$OUT/pis-gpu-run.tar.gz
 
 mkdir -p "$OUT" "$RES" || exit 2
@@ -106,7 +107,7 @@ step() {
   echo "$name: running (limit ${budget} s)" >&2
   local t rc
   t=$(date +%s)
-  timeout -s TERM -k 20 "$budget" "$@" >"$RES/$name.log" 2>&1
+  timeout -s TERM -k 10 "$budget" "$@" >"$RES/$name.log" 2>&1
   rc=$?
   local secs=$(( $(date +%s) - t )) status
   case "$rc" in
