@@ -16,7 +16,7 @@
 #   calibrate         pis-tui calibrate --gpu local --models llama-3.1-8b --dtype bf16 100
 #   validate-prefill  llama-3.1-8b: dense, static_depth, static_width, low_rank,
 #                     dynamic_depth at 0.25 and 0.5, semi_structured_24;
-#                     prefill 1×1024 and 8×1024, under CUDA graphs                     70
+#                     prefill 1×1024 and 8×1024, under CUDA graphs                     80
 #   validate-decode   the same strategies, decode batch 1, 16 and 64 at context 1024    50
 #   gpu-commands      pytest tests/gpu/test_cuda_commands.py: profile, validate and
 #                     calibrate --quick of a small model end to end, hidden GPUs       70
@@ -140,13 +140,15 @@ step gpu-kernels 75 "${PYTEST[@]}" --junitxml="$RES/gpu-kernels.xml" $KERNEL_TES
 step calibrate 100 "$PY" -m pis_tui calibrate --gpu local --models "$MODEL" --dtype "$DTYPE" \
   --out "$RES/calibrate.json" --resume $CALIBRATE_ARGS
 
+# the op times behind the predictions: the calibrate table's where it has them; no untimed
+# warm-up calls (on CUDA each model's graph capture runs three first)
 REUSE=()
 [ -f "$RES/calibrate.json" ] && REUSE=(--reuse-table "$RES/calibrate.json")
 VALIDATE=("$PY" -m pis_tui validate --model "$MODEL" --dtype "$DTYPE" --strategy "$STRATEGIES"
-          --sparsity "$SPARSITIES" --repeats "$REPEATS" --warmup 1 --cache "$RES/store.json"
+          --sparsity "$SPARSITIES" --repeats "$REPEATS" --warmup 0 --cache "$RES/store.json"
           --resume "${REUSE[@]}" $VALIDATE_ARGS)
 
-step validate-prefill 70 "${VALIDATE[@]}" --phase prefill --prefill-batch "$PREFILL_BATCHES" \
+step validate-prefill 80 "${VALIDATE[@]}" --phase prefill --prefill-batch "$PREFILL_BATCHES" \
   --prompt-len "$PROMPT_LEN" --json "$RES/validate-prefill.json"
 
 step validate-decode 50 "${VALIDATE[@]}" --phase decode --decode-batch "$DECODE_BATCHES" \
