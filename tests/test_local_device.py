@@ -210,3 +210,17 @@ def test_no_nvml_no_nvidia_smi_no_conditions(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert hardware.gpu_conditions() == {}
     assert hardware._nvml_probe("0") is None and hardware._smi_probe("0") is None
+
+
+def test_calibrate_suggests_a_profile_file_that_loads():
+    from pis_tui.commands.calibrate import _suggested_profile
+
+    info = CudaInfo(name="NVIDIA Z900 Prototype", source="torch", memory_gb=94.0, capability="9.0",
+                    sm_count=100, l2_mb=40.0, max_sm_mhz=1800.0)
+    d = _suggested_profile(hardware.unknown_gpu_profile(info, {"bf16": {"peak_tflops": 612.0,
+                                                                        "bandwidth_gbs": 2900.0}}))
+    assert d["name"] == "nvidia-z900-prototype" and d["match"] == ["NVIDIA Z900 Prototype"]
+    prof = hardware.profile_from_dict(d)
+    assert prof.peak("bf16") == pytest.approx(612e12) and prof.bandwidth_gbs == 2900.0
+    assert prof.sm_count == 100 and prof.l2_mb == 40.0 and prof.sparse_24
+    assert hardware._match_profile("NVIDIA H200, 580, 143771 MiB").name == "h200-sxm"
