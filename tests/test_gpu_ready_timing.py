@@ -15,9 +15,14 @@ from pis_tui.ops import Attention, Gemm  # noqa: E402
 from pis_tui.timing.attention import _smem_kib, flex_kernel_options  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ctx(device_ctx):
-    return device_ctx
+@pytest.fixture
+def ctx(device_ctx, monkeypatch):
+    """The local device with a 1 MB "cache": small pools, few copies (these tests check logic,
+    and a pool past this machine's 300 MB last-level cache takes seconds to fill)."""
+    monkeypatch.setattr(device_ctx, "cache_mb", 1.0)
+    device_ctx.free()
+    yield device_ctx
+    device_ctx.free()
 
 
 CAPS = ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"]
