@@ -66,7 +66,6 @@ ARCHIVE=$OUT/pis-gpu-run.tar.gz
 mkdir -p "$OUT" "$RES" || exit 2
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PIS_TUI_CACHE="$RES/store.json"                    # no duckdb needed
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" TRITON_CACHE_DIR="$WORK/triton"  # compile once
 
 # resume from an earlier run's archive (given, or left in $OUT) when the work folder is new
