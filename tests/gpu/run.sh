@@ -43,8 +43,8 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT" || exit 2
-OUT=${OUT:-$ROOT/gpu-run-out}
 WORK=${PIS_GPU_WORK:-/tmp/pis-gpu-run}
+OUT=${OUT:-$WORK/out}
 RES=$WORK/results
 PY=${PYTHON:-python3}
 MODEL=${PIS_GPU_MODEL:-llama-3.1-8b}
