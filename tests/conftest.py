@@ -13,6 +13,17 @@ def _isolated_cache(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="module")
+def device_ctx():
+    """The local device opened for measuring (once per test module), its pools freed after."""
+    pytest.importorskip("torch")
+    from pis_tui import timing
+
+    c = timing.open_device("local")
+    yield c
+    c.free()
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -172,7 +172,7 @@ def test_cuda_graph_timing_and_sparse_24(ctx):
     m = timing.measure_op(op, ctx)
     assert m.status == "ok" and m.ms > 0 and m.eager_ms > 0
     assert "graph capture failed" not in m.note
-    assert m.ms <= m.eager_ms * 1.5  # graph replay carries no per-call launch overhead
+    assert m.ms < m.eager_ms  # graph replay carries no per-call launch overhead
     err, tol = timing.verify_op(Gemm("q", 64, 256, 256, dtype="bf16"), ctx)
     assert err < tol
     if ctx.sparse_24:

@@ -270,9 +270,10 @@ def test_cli_validate_end_to_end_json_and_cache(tmp_path):
     assert len(rows) == 3  # prefill b1, decode b1, decode b4
     keys = {"strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
             "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
-            "predicted_speedup", "measured_speedup", "error"}
+            "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed"}
     for row in rows:
         assert set(row) == keys
+        assert row["timing"] == "eager" and row["capture_failed"] is False  # the CPU: no graphs
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
         assert abs(row["measured_speedup"] - row["dense_measured_ms"] / row["measured_ms"]) < 1e-3
         assert abs(row["error"] - (row["predicted_speedup"] / row["measured_speedup"] - 1)) < 1e-3

@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help="comma-separated presets or config paths (default: every preset on a "
                         f"GPU, {', '.join(CPU_DEFAULT_MODELS)} on the CPU)")
     p.add_argument("--quick", action="store_true", help="dense ops and a coarse M grid only")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what an earlier (partial) run wrote to --out on this device and "
+                        "measure only the rest")
     p.add_argument("--repeats", type=positive_int("repeats"), default=None)
     p.add_argument("--progress-jsonl", action="store_true", help="progress as JSON lines on stdout")
     p.set_defaults(func=run)
@@ -81,47 +84,66 @@ def build_plan(models, device, dtype: str, quick: bool) -> list:
 
 
 def run(args) -> int:
-    from .. import __version__, profiling, timing
-    from ..hardware import local_device
+    from .. import __version__, hardware, profiling, timing
     from ..measured_table import build_table, write_table
     from ..model_spec import preset_names
+    from ._store import read_local_table
     from .profile import cancel_on_signals, emit, measurable_dtypes, progress_display
 
     if args.gpu not in (None, "local"):
         raise UserError(f"can only measure the local device: use --gpu local, not {args.gpu!r}")
     out = check_writable(args.out)
-    device = local_device()
-    dtype = args.dtype or ("fp32" if device.kind == "cpu" else "bf16")
-    if dtype not in measurable_dtypes(device):
-        raise UserError(f"cannot measure {dtype} on {device.display_name}: "
-                        f"use one of {', '.join(measurable_dtypes(device))}")
     if args.models:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         if not models:
             raise UserError("no model given in --models")
     else:
+        models = None
+    device = hardware.measuring_device()  # torch decides, as for profile and validate
+    dtype = args.dtype or ("fp32" if device.kind == "cpu" else "bf16")
+    if dtype not in measurable_dtypes(device):
+        raise UserError(f"cannot measure {dtype} on {device.display_name}: "
+                        f"use one of {', '.join(measurable_dtypes(device))}")
+    if models is None:
         models = list(preset_names()) if device.kind == "gpu" else list(CPU_DEFAULT_MODELS)
     planned = build_plan(models, device, dtype, args.quick)
+    prior, prior_peaks = [], None
+    if args.resume and out.exists():
+        old = read_local_table(str(out), device.fingerprint)
+        wanted = {p.op.key() for p in planned}
+        prior = [m for m in old.entries if m.status in profiling.FINAL_STATUSES and m.key in wanted]
+        prior_peaks = (old.calibration or {}).get(dtype)
+    have = {m.key for m in prior}
     labels = {p.op.key(): p.label for p in planned}
     jsonl = args.progress_jsonl
     say = (lambda m: emit({"event": "message", "message": m})) if jsonl else \
         (lambda m: print(f"pis-tui: {m}", file=sys.stderr, flush=True))
     say(f"calibrating {device.display_name} ({dtype}): {len(planned)} ops from "
-        f"{', '.join(models)}{' (quick)' if args.quick else ''} → {out}")
+        f"{', '.join(models)}{' (quick)' if args.quick else ''} → {out}"
+        + (f" (resuming: {len(have)} already in it)" if args.resume and have else ""))
+    if device.unknown:
+        say(f"no profile in profiles/gpus matches {device.display_name}: the table carries a "
+            "suggested profile built from its properties and the peaks measured now")
     busy = profiling.busy_warning() if device.kind == "cpu" else None
     if busy:
         say("warning: " + busy)
     ctx = timing.open_device("local")
-    measured: dict = {}  # key -> the latest measurement (a re-measure replaces the first)
-    state = {"last": time.monotonic(), "peaks": None}
+    measured: dict = {m.key: m for m in prior}  # key -> the latest measurement (a re-measure replaces the first)
+    state = {"last": time.monotonic(), "peaks": prior_peaks, "start": timing.read_clocks(ctx)}
 
     def save(partial: bool) -> None:
         cal = {dtype: state["peaks"]} if state["peaks"] else {}
-        table = build_table(list(measured.values()), ctx.device_info(), software={**ctx.software, "runtime": ctx.runtime},
-                            calibration=cal, method=ctx.method,
-                            extra={"pis_tui_version": __version__, "models": models, "quick": args.quick,
-                                   "partial": partial, "clocks_at_end": timing.read_clocks(),
-                                   "contention": report.contention if report else {}})
+        extra = {"pis_tui_version": __version__, "models": models, "quick": args.quick,
+                 "partial": partial, "conditions_at_start": state["start"],
+                 "clocks_at_end": timing.read_clocks(ctx),
+                 "contention": report.contention if report else {}}
+        if device.unknown:
+            info = hardware.measuring_gpu()
+            if info is not None:
+                extra["suggested_profile"] = _suggested_profile(hardware.unknown_gpu_profile(info, cal))
+        table = build_table(list(measured.values()), ctx.device_info(),
+                            software={**ctx.software, "runtime": ctx.runtime},
+                            calibration=cal, method=ctx.method, extra=extra)
         write_table(out, table)
 
     def on_measurement(m) -> None:
@@ -136,21 +158,23 @@ def run(args) -> int:
     report = None
     try:
         with cancel_on_signals(cancel, say), progress_display(jsonl) as disp:
-            disp.update(0, len(planned), f"device peaks ({dtype})", 0.0, None)
-            state["peaks"] = timing.measure_device_peaks(ctx, dtype)
-            report = profiling.run_profile([p.op for p in planned], ctx, None, on_progress=disp.update,
+            if state["peaks"] is None:
+                disp.update(0, len(planned), f"device peaks ({dtype})", 0.0, None)
+                state["peaks"] = timing.measure_device_peaks(ctx, dtype)
+            report = profiling.run_profile([p.op for p in planned if p.op.key() not in have], ctx,
+                                           None, on_progress=disp.update,
                                            cancel=cancel, repeats=args.repeats,
                                            on_measurement=on_measurement, calibrate=False,
                                            device=device, labels=labels,
                                            on_warning=None if busy else (lambda m: say("warning: " + m)))
     finally:
-        # on Ctrl-C too: keep what was measured
+        # on Ctrl-C, SIGTERM and a CUDA error too: keep what was measured
         save(partial=report is None or report.cancelled)
     ok = sum(1 for m in measured.values() if m.status == "ok")
     unstable = sum(1 for m in measured.values() if m.status == "unstable")
     summary = {"out": str(out), "ops": len(measured), "ok": ok, "unstable": unstable,
                "planned": len(planned),
-               "failed": report.failed, "cancelled": report.cancelled,
+               "failed": report.failed, "cancelled": report.cancelled, "resumed": len(prior),
                "peak_tflops": state["peaks"]["peak_tflops"], "bandwidth_gbs": state["peaks"]["bandwidth_gbs"],
                "elapsed_s": round(report.elapsed_s, 1)}
     if jsonl:
@@ -162,3 +186,16 @@ def run(args) -> int:
               f"{report.elapsed_s:.0f} s; peaks {state['peaks']['peak_tflops']:.3f} TFLOP/s matmul, "
               f"{state['peaks']['bandwidth_gbs']:.1f} GB/s copy → {out}")
     return EXIT_INTERRUPTED if report.cancelled else 0
+
+
+def _suggested_profile(dev) -> dict:
+    """A profiles/gpus file for a GPU that has none, from what was read and measured here
+    (review it, add a datasheet source for each figure, and a ``match`` string)."""
+    return {"name": dev.fingerprint.split(":", 1)[1].lower().replace("_", "-"),
+            "display_name": dev.display_name.replace(" (local, no profile)", ""), "kind": "gpu",
+            "match": [dev.display_name.replace(" (local, no profile)", "")],
+            "peak_tflops": dev.peak_tflops, "sparse_peak_tflops": dev.sparse_peak_tflops,
+            "memory_bandwidth_gbs": dev.bandwidth_gbs, "memory_gb": dev.memory_gb,
+            "l2_mb": {"used": dev.l2_mb, "reported_by_torch": dev.l2_mb}, "sm_count": dev.sm_count,
+            "sparse_24": dev.sparse_24, "launch_overhead_us": dev.launch_overhead_us,
+            "sources": dev.sources, "notes": dev.notes}

@@ -44,9 +44,11 @@ def run(args) -> int:
     local = local_device()
     devices = [local] + [load_gpu(n) for n in gpu_names()]
     cached, cal = _local_state(local, args.cache)
+    about = {"kind": local.kind, "capability": local.capability, "profile_matched": not local.unknown,
+             "notes": local.notes, "sources": local.sources}
     if args.json_out:
         rows = [dict(d.to_dict(), op_timings_cached=cached if d.is_local else 0) for d in devices]
-        print(json.dumps({"default": default_gpu(), "devices": rows}, indent=2))
+        print(json.dumps({"default": default_gpu(), "local": about, "devices": rows}, indent=2))
         return 0
     t = Table(title=f"devices (default --gpu: {default_gpu()})", title_justify="left")
     for c in ("name", "device", "dense TFLOP/s", "2:4", "GB/s", "memory GB", "L2 MB", "timings"):
@@ -65,4 +67,6 @@ def run(args) -> int:
         t.add_row(d.name, d.display_name, peak, "yes" if d.sparse_24 else "no", bw,
                   f"{d.memory_gb:.0f}", f"{d.l2_mb:.0f}", timings)
     console().print(t)
+    if local.unknown:
+        console().print(f"local: {local.notes}", markup=False)
     return 0

@@ -24,7 +24,8 @@ import time
 from contextlib import contextmanager
 
 from ..errors import EXIT_INTERRUPTED, PisError, UserError
-from .common import add_cache, add_model_gpu, add_scenario, add_strategy_options, positive_int
+from ._store import add_store_arg
+from .common import add_model_gpu, add_scenario, add_strategy_options, positive_int
 
 
 def register(sub) -> None:
@@ -51,7 +52,7 @@ def register(sub) -> None:
                         "(default: only what the cache lacks)")
     p.add_argument("--progress-jsonl", action="store_true",
                    help="print progress as JSON lines on stdout (for the TUI)")
-    add_cache(p)
+    add_store_arg(p)
     p.set_defaults(func=run)
 
 
@@ -191,37 +192,65 @@ def run(args) -> int:
         raise
 
 
-def _run(args) -> int:
+def _needs_measuring(planned, cache, device, dtypes) -> bool:
     from .. import profiling
-    from ..cache import Cache
-    from ..hardware import local_device
+
+    have = {m.key for m in cache.get_measurements(device.fingerprint)
+            if m.status in profiling.FINAL_STATUSES}
+    return any(p.op.key() not in have for p in planned) or any(
+        cache.get_calibration(device.fingerprint, d) is None for d in dtypes)
+
+
+def _run(args) -> int:
+    from .. import hardware, profiling
     from ..model_spec import load_model_spec
     from ..scenario import PHASES
     from .. import families
     from ._run import check_align, grid_pairs, scenario_from_args
+    from ._store import open_store
     from .common import align_of, parse_families, sweep_sparsities
 
     _check_local(args.gpu)
     jsonl = args.progress_jsonl
     spec = load_model_spec(args.model)
-    device = local_device()
-    scenario = scenario_from_args(args, device)
-    if scenario.dtype not in measurable_dtypes(device):
-        raise UserError(f"cannot measure {scenario.dtype} on {device.display_name}: "
-                        f"use one of {', '.join(measurable_dtypes(device))}")
+    # named without torch: a profile the cache already holds never imports it
+    device = hardware.local_device()
     strategies = parse_families(args.strategies) or families.pruned()
     sparsities = None if args.sparsities is None else sweep_sparsities(args.sparsities)
-    align_warnings = check_align(spec, grid_pairs(strategies, sparsities), align_of(args),
-                                 scenario, explicit=args.align is not None)
     phases = PHASES if args.phase == "both" else (args.phase,)
     options = profiling.PlanOptions(granularity=args.granularity, align=align_of(args),
                                     phases=phases, grid=args.grid)
     warn = (lambda m: emit({"event": "warning", "message": m})) if jsonl else None
-    cache = Cache.open(args.cache, on_warning=warn)
-    planned = profiling.plan_detailed(spec, device, scenario, strategies, sparsities, options)
+    cache = open_store(args.cache, on_warning=warn)
+
+    def plan_for(dev):
+        scen = scenario_from_args(args, dev)
+        if scen.dtype not in measurable_dtypes(dev):
+            raise UserError(f"cannot measure {scen.dtype} on {dev.display_name}: "
+                            f"use one of {', '.join(measurable_dtypes(dev))}")
+        return scen, profiling.plan_detailed(spec, dev, scen, strategies, sparsities, options)
+
+    scenario, planned = plan_for(device)
+    align_warnings = check_align(spec, grid_pairs(strategies, sparsities), align_of(args),
+                                 scenario, explicit=args.align is not None)
+    if (device.kind == "cpu" and hardware.gpu_hint()) or \
+            _needs_measuring(planned, cache, device, {p.op.dtype for p in planned}):
+        # something must be measured: torch decides which device that is (the one calibrate
+        # and validate use), and the plan follows it if NVML/nvidia-smi named another
+        named = device
+        device = hardware.measuring_device()
+        if device.fingerprint != named.fingerprint:
+            (warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)))(
+                f"torch measures on {device.display_name}, not on {named.display_name} "
+                "(as NVML/nvidia-smi named it): measuring that one (CUDA_DEVICE_ORDER=PCI_BUS_ID "
+                "makes both orders agree)")
+            scenario, planned = plan_for(device)
     labels = {p.op.key(): p.label for p in planned}
     say = (lambda m: emit({"event": "message", "message": m})) if jsonl else \
         (lambda m: print(f"pis-tui: {m}", file=sys.stderr))
+    if device.unknown:
+        say(f"{device.display_name}: no profile in profiles/gpus matches it; its figures come "
+            "from its own properties, and the peaks measured now replace the nominal ones")
     cancel = threading.Event()
     warn_fn = warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr, flush=True))
     for w in align_warnings:
@@ -296,4 +325,5 @@ def _print_summary(report, sources, cal, cache, device, scenario) -> None:
         shown += 1
     if report.cancelled:
         con.print("everything measured so far is kept in the cache; run the same command to resume")
-    con.print(f"cache: {cache.path}", markup=False)
+    con.print(f"cache: {cache.path}" + (f" (in memory: {cache.fallback_reason})"
+                                        if getattr(cache, "in_memory", False) else ""), markup=False)

@@ -8,7 +8,8 @@ import sys
 from dataclasses import replace
 
 from ..errors import UserError
-from .common import (add_cache, add_strategy_options, align_of, check_writable, parse_families,
+from ._store import add_store_arg, open_store, reuse_table
+from .common import (add_strategy_options, align_of, check_writable, parse_families,
                      parse_int_list, sweep_sparsities)
 
 
@@ -47,7 +48,7 @@ def register(sub) -> None:
                    help="with --all: only the four families of the accuracy target")
     p.add_argument("--phase", choices=("prefill", "decode", "both"), default="both")
     g = p.add_argument_group("scenario")
-    g.add_argument("--prefill-batch", default="1")
+    g.add_argument("--prefill-batch", default="1", help="one or more, e.g. 1,8 (default 1)")
     g.add_argument("--prompt-len", default="128")
     g.add_argument("--decode-batch", default="1,16", help="one or more, e.g. 1,16,64 (default 1,16)")
     g.add_argument("--context-len", default="256")
@@ -55,10 +56,19 @@ def register(sub) -> None:
     p.add_argument("--repeats", default="5",
                    help="timed rounds per model (interleaved dense/pruned; medians)")
     p.add_argument("--warmup", default="1", help="untimed calls per model first")
+    p.add_argument("--op-repeats", default=None,
+                   help="timed batches per op measurement behind the predictions (default: the "
+                        "timing engine's, 3 per round on the CPU, 7 on CUDA)")
     add_strategy_options(p)
     p.add_argument("--json", dest="json_out", metavar="FILE|-", default=None,
-                   help="write the rows as a JSON list to FILE (or '-' for stdout)")
-    add_cache(p)
+                   help="write the rows as a JSON list to FILE (or '-' for stdout); a file is "
+                        "rewritten after every row")
+    p.add_argument("--resume", action="store_true",
+                   help="with --json FILE: keep the rows FILE already holds and time only the rest")
+    p.add_argument("--reuse-table", metavar="FILE", default=None,
+                   help="op times measured on this device by 'pis-tui calibrate --out FILE' "
+                        "(same torch/CUDA and timing method): used instead of measuring them again")
+    add_store_arg(p)
     p.set_defaults(func=run)
 
 
@@ -98,11 +108,12 @@ def run(args: argparse.Namespace) -> int:
     if args.gpu not in (LOCAL, None):
         raise UserError(f"validate builds and times models on this machine: use --gpu local "
                         f"(not {args.gpu!r}); to estimate another GPU use 'pis-tui sweep'")
-    args.prefill_batch = _one_int(args.prefill_batch, "prefill batch")
+    prefill_batches = parse_int_list(args.prefill_batch, "prefill batch")
     args.prompt_len = _one_int(args.prompt_len, "prompt length")
     args.context_len = _one_int(args.context_len, "context length")
     args.repeats = _one_int(args.repeats, "repeats")
     args.warmup = _one_int(args.warmup, "warmup", lo=0)
+    op_repeats = _one_int(args.op_repeats, "op repeats") if args.op_repeats is not None else None
     strategies = _strategies(args)
     decode_batches = parse_int_list(args.decode_batch, "decode batch")
     phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
@@ -113,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"validate runs fp32, bf16 or fp16 models, not {dtype!r}")
     from ..scenario import Scenario
 
-    Scenario(prefill_batch=args.prefill_batch, prompt_len=args.prompt_len,
+    Scenario(prefill_batch=max(prefill_batches), prompt_len=args.prompt_len,
              decode_batch=max(decode_batches), context_len=args.context_len,
              dtype=dtype or "fp32")  # validates the numbers (one-line errors)
     from ..validation import raw_config, check_buildable
@@ -126,38 +137,63 @@ def run(args: argparse.Namespace) -> int:
                          Scenario(dtype=dtype or "fp32"), explicit=args.align is not None,
                          families_flag="" if args.all_ else "--strategy"):
         print(f"pis-tui: warning: {w}", file=sys.stderr)
-    cache = _open_cache(args)
+    if args.reuse_table and not __import__("os").path.isfile(args.reuse_table):
+        raise UserError(f"--reuse-table {args.reuse_table}: no such file")
+    quiet = args.json_out == "-"
+    warn = (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)) if quiet else None
+    cache = open_store(args.cache, on_warning=warn)
 
     from .. import validation as v
+    from ..hardware import measuring_device
     from .common import console
 
-    quiet = args.json_out == "-"
+    device = measuring_device()  # torch decides, as for profile and calibrate
     con = console() if not quiet else None
+    if args.reuse_table:
+        n, _ = reuse_table(cache, args.reuse_table, device.fingerprint)
+        if con is not None:
+            con.print(f"reusing {n} op times from {args.reuse_table}", markup=False)
 
     def progress(msg: str) -> None:
         if not quiet and sys.stderr.isatty():
             print(f"\r\033[K{msg[:110]}", end="", file=sys.stderr, flush=True)
 
+    done: list = _previous_rows(args) if args.resume else []
+    seen = {_row_key(r) for r in done}
+
+    def skip(strat, phase, batch, length) -> bool:
+        return (strat.family, round(strat.sparsity, 6), phase, batch, length) in seen
+
     def on_row(r) -> None:
+        done.append(r.to_dict())
+        if args.json_out and args.json_out != "-":  # as it goes: an error later loses no row
+            from .common import dump_json
+
+            dump_json(args.json_out, done)
         if not quiet and sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr, flush=True)
         if con is not None:
             con.print(_row_line(r))
 
     if con is not None:
-        con.print(f"validating {spec.name} on this machine: {len(strategies)} strategies × "
-                  f"{'prefill ' + str(args.prefill_batch) + '×' + str(args.prompt_len) if 'prefill' in phases else ''}"
+        con.print(f"validating {spec.name} on {device.display_name}: {len(strategies)} strategies × "
+                  f"{'prefill ' + ','.join(map(str, prefill_batches)) + '×' + str(args.prompt_len) if 'prefill' in phases else ''}"
                   f"{' + ' if len(phases) == 2 else ''}"
                   f"{'decode batch ' + ','.join(map(str, decode_batches)) + ' @ ' + str(args.context_len) if 'decode' in phases else ''}"
                   f", {args.repeats} interleaved rounds", markup=False)
-    rows = v.validate(args.model, strategies, phases, prefill_batch=args.prefill_batch,
+    rows = v.validate(args.model, strategies, phases, prefill_batches=prefill_batches,
                       prompt_len=args.prompt_len, decode_batches=decode_batches,
                       context_len=args.context_len, dtype=dtype, repeats=args.repeats,
-                      warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row)
+                      warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row,
+                      op_repeats=op_repeats,
+                      skip=skip if seen else None)
     if args.json_out:
         from .common import dump_json
 
-        dump_json(args.json_out, [r.to_dict() for r in rows])
+        dump_json(args.json_out, done)
+    if seen and con is not None:
+        con.print(f"resumed: {len(seen)} row(s) kept from {args.json_out}, {len(rows)} timed now",
+                  markup=False)
     if con is not None:
         con.print(_table(rows))
         s = v.accuracy_summary(rows)
@@ -165,23 +201,48 @@ def run(args: argparse.Namespace) -> int:
             con.print(f"predicted speedup vs measured: median |error| {s['median_abs_error']:.1%}, "
                       f"worst {s['worst_abs_error']:.1%} ({s['worst']}); the FLOPs ratio: median "
                       f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}")
+        failed = [r for r in rows if r.capture_failed]
+        if failed:
+            con.print(f"warning: {len(failed)} row(s) timed EAGER because a CUDA graph capture "
+                      "failed (their measured times include host overhead the prediction does "
+                      "not price): " + "; ".join(f"{r.strategy} {r.phase} b{r.batch}: {r.capture_error}"
+                                                 for r in failed[:3]), markup=False)
         notes = sorted({n for r in rows for n in r.notes})
         for n in notes:
             con.print(f"note: {n}", markup=False)
     return 0
 
 
-def _open_cache(args):
+def _row_key(d: dict) -> tuple:
+    return (d["strategy"], round(float(d["sparsity"]), 6), d["phase"], int(d["batch"]), int(d["length"]))
+
+
+def _previous_rows(args) -> list:
+    """The rows a --json file already holds (for --resume)."""
+    import json
+    import os
+
+    if not args.json_out or args.json_out == "-":
+        raise UserError("--resume needs --json FILE (the rows timed so far are read from it)")
+    if not os.path.exists(args.json_out):
+        return []
     try:
-        from ..cache import Cache
-    except ImportError:  # the cache module is optional for validation
-        return None
-    return Cache.open(getattr(args, "cache", None))
+        with open(args.json_out, encoding="utf-8") as f:
+            rows = json.load(f)
+        [_row_key(r) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--resume: {args.json_out} is not a validate --json file ({e})") from None
+    return rows
 
 
 def _row_line(r) -> str:
+    flag = " [capture failed: eager]" if r.capture_failed else ""
     return (f"{r.strategy} s={r.sparsity:g} {r.phase} b{r.batch}: predicted {r.predicted_speedup:.2f}× "
-            f"measured {r.measured_speedup:.2f}× (error {r.error:+.1%})")
+            f"measured {r.measured_speedup:.2f}× (error {r.error:+.1%}){flag}")
+
+
+def _timing_label(r) -> str:
+    return "FAILED→eager" if r.capture_failed else ("graph" if r.timing == "cuda-graph" else "eager")
 
 
 def _table(rows):
@@ -189,12 +250,13 @@ def _table(rows):
 
     t = Table(title="predicted vs measured (medians of interleaved runs)")
     for col in ("strategy", "sparsity", "achieved", "phase", "batch", "len", "pred ms",
-                "meas ms", "dense pred", "dense meas", "pred ×", "meas ×", "error", "FLOPs ×"):
-        t.add_column(col, justify="left" if col in ("strategy", "phase") else "right")
+                "meas ms", "dense pred", "dense meas", "pred ×", "meas ×", "error", "FLOPs ×",
+                "timing"):
+        t.add_column(col, justify="left" if col in ("strategy", "phase", "timing") else "right")
     for r in rows:
         t.add_row(r.strategy, f"{r.sparsity:g}", f"{r.achieved_sparsity:.1%}", r.phase,
                   str(r.batch), str(r.length), f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}",
                   f"{r.dense_predicted_ms:.2f}", f"{r.dense_measured_ms:.2f}",
                   f"{r.predicted_speedup:.2f}", f"{r.measured_speedup:.2f}", f"{r.error:+.1%}",
-                  f"{r.flops_speedup:.2f}")
+                  f"{r.flops_speedup:.2f}", _timing_label(r))
     return t

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
+from ..errors import MeasureError
 from ..measured_table import Measurement
 from ..ops import Op, Overhead, measuring_form
 from .plan import label_of, roofline_fn
@@ -282,6 +283,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                     break
             if report.cancelled:
                 break
+            _stop_if_sticky(ctx, report)
         # unstable ops: once more, later (the machine may be quiet now)
         shaky = [m for m in report.measurements if m.status == "unstable"]
         if shaky and not report.cancelled:
@@ -297,9 +299,10 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 report.remeasured += 1
                 if on_measurement is not None:
                     on_measurement(new)
-        # kernels slower than one of their kind doing more work
+        # kernels slower than one of their kind doing more work (on a CPU: contention; on a GPU
+        # graph replays are steady and a smaller shape can really be slower — another kernel)
         cached_ok = [m for k, m in have.items() if m.status == "ok" and k not in fresh]
-        for _ in range(MONOTONE_PASSES):
+        for _ in range(MONOTONE_PASSES if not ctx.is_cuda else 0):
             if report.cancelled or not report.measurements:
                 break
             bad = consistency_violations(list(fresh.values()) + cached_ok)
@@ -318,7 +321,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 report.remeasured += 1
                 if on_measurement is not None:
                     on_measurement(m)
-        if not report.cancelled and report.measurements:
+        if not ctx.is_cuda and not report.cancelled and report.measurements:
             for a, b in consistency_violations(list(fresh.values()) + cached_ok):
                 reason = (f"slower ({a.ms:.4g} ms) than {label_of(b.to_op())} ({b.ms:.4g} ms), "
                           "which does more work, after re-measuring")
@@ -335,6 +338,18 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     report.elapsed_s = time.monotonic() - t0
     progress("")
     return report
+
+
+def _stop_if_sticky(ctx, report: ProfileReport) -> None:
+    """After a CUDA error that poisons the process (``ctx.sticky_error``, set by
+    ``timing.measure_op``) nothing more can be measured here: stop with one message (the
+    caller's ``finally`` has stored everything measured; a new run resumes from it)."""
+    err = getattr(ctx, "sticky_error", None)
+    if err:
+        ok = sum(1 for m in report.measurements if m.status == "ok")
+        raise MeasureError(f"the GPU hit an unrecoverable error ({err}); {ok} measurement(s) "
+                           "taken so far are kept: run the same command again (a new process) "
+                           "to measure the rest")
 
 
 def _chunks(items: list, rounds: int, chunk_s: float = CHUNK_S) -> list:
@@ -377,6 +392,7 @@ def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
         got = measure_rounds(ops, ctx, 1 if ctx.is_cuda else CPU_ROUNDS, repeats,
                              lambda op, r: say(pos[op.key()], len(ops), label_of(op), 0.0, None),
                              cancel)
+        _stop_if_sticky(ctx, ProfileReport(measurements=list(got.values())))
         return [got[o.key()] for o in ops if o.key() in got]
     report = run_profile(ops, ctx, cache, on_progress=say, cancel=cancel, repeats=repeats,
                          calibrate=False, chunk_s=BATCH_CHUNK_S)

@@ -10,12 +10,18 @@ How an op is timed (method ``cuda-graph`` / ``cpu-wall``, see ``measured_table.M
   because a forward pass streams each weight once per token batch: timing one weight over and
   over would time it from cache.  Activations are not rotated (a real forward pass has just
   written them).  Copies are views into one random pool per dtype, so rotation costs no
-  per-op allocation.
+  per-op allocation; a tensor too large for the pool is random too (never a constant: on a
+  power-limited GPU constant data runs faster than real weights).
 * CUDA: warm-up, one eager call timed alone with CUDA events (``eager_ms``, launch overhead
   included), then a batch of calls captured in a CUDA graph and replayed (``ms`` = replay
   time / calls, the way serving engines run); median and spread over repeats.
 * CPU: ``torch.get_num_threads()`` real threads (set to the cores this process may use),
   batches of calls timed with ``time.perf_counter``; ``ms = eager_ms`` = wall time per call.
+* Failures: an out-of-memory is retried once with the pools freed and at most 2 rotated
+  copies; a CUDA error that poisons the process sets ``DeviceContext.sticky_error`` (every
+  later call returns an error at once; the profile stops, keeping what was measured).
+  Block-sparse FlexAttention gets Triton tiles that divide its 64-token blocks
+  (:func:`.attention.flex_kernel_options`).
 
 Every op kind is built the way Hugging Face / serving code runs it, and each case carries a
 float64 reference implementation (``verify_op``) so tests can check that what is timed

@@ -4,6 +4,7 @@ FlexAttention, with a labelled estimate where FlexAttention cannot compile."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from ..errors import MeasureError
 from ..ops import Attention, dtype_bytes
@@ -101,6 +102,59 @@ def attention_case(op: Attention, ctx: DeviceContext, check: bool) -> Case:
 #: block mask with torch 2.13 on CPU)
 _FLEX = {}
 
+#: shared memory one thread block may use (KiB, the opt-in maximum) by compute capability
+_SMEM_KIB = {(7, 0): 96, (7, 5): 64, (8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99,
+             (9, 0): 227, (10, 0): 227, (10, 3): 227, (11, 0): 227, (12, 0): 99, (12, 1): 99}
+
+
+def _smem_kib(cap: tuple) -> int:
+    if cap in _SMEM_KIB:
+        return _SMEM_KIB[cap]
+    return 99 if cap[0] >= 12 or cap[0] < 8 else 227 if cap[0] >= 9 else 163
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def flex_kernel_options(capability, dtype: str, head_dim: int, block_size: int = 64,
+                        q_len: Optional[int] = None, gqa_group: int = 1) -> dict:
+    """Triton tile sizes for compiled FlexAttention that this device's kernels accept with
+    the family's ``block_size``-token blocks (a pure function: tested on the CPU).
+
+    Without max-autotune inductor takes one default configuration per (capability, dtype,
+    head_dim), and on sm_90 bf16 head_dim 128 (and on most GPUs for some shape) its BLOCK_M is
+    128: with 64-token mask blocks that raises "Q and KV block size must be divisible by
+    BLOCK_M and BLOCK_N", so every block-sparse op would take the labelled fallback.  Here
+    BLOCK_M and BLOCK_N divide the block size (64 for 64-token blocks; for a short query, which
+    may run flex decoding, BLOCK_M is that kernel's own rows = q_len × GQA group, at least 16),
+    and the software-pipelining depth is the deepest whose Q tile plus K/V stages fit the
+    device's shared memory.  ``capability`` None (a CPU): {} (its kernel has no such tiles).
+    """
+    if capability is None:
+        return {}
+    cap = tuple(int(x) for x in (capability.split(".") if isinstance(capability, str) else capability))
+    tile = _pow2_floor(min(64, block_size))
+    while block_size % tile:
+        tile //= 2
+    bm = bn = max(tile, 1)
+    if q_len is not None and q_len < 128:
+        rows = 1 << max(4, (max(1, q_len * gqa_group) - 1).bit_length())  # next power of 2, ≥ 16
+        bm = min(bm, rows) if block_size % min(bm, rows) == 0 else bm
+    elem = 4 if dtype in ("fp32", "tf32") else 2
+    budget = _smem_kib(cap) * 1024 * 0.9  # leave room for the softmax state and barriers
+    stages = 1
+    for st in (3, 2, 1):
+        if (bm + st * 2 * bn) * head_dim * elem <= budget:
+            stages = st
+            break
+    while (bm + stages * 2 * bn) * head_dim * elem > budget and max(bm, bn) > 16:
+        if bn >= bm:  # a very wide head: smaller tiles (they still divide the block)
+            bn //= 2
+        else:
+            bm //= 2
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_stages": stages, "num_warps": 4}
+
 
 def _block_table(op: Attention, device):
     """Which (q block, kv block) pairs are computed: the causal blocks, of which a share
@@ -162,6 +216,11 @@ def _flex_case(op: Attention, ctx: DeviceContext, q, ks, vs, check: bool) -> Cas
         _FLEX[key] = torch.compile(flex_attention, dynamic=False)
     flex = _FLEX[key]
     kw = {"enable_gqa": True} if rep > 1 else {}
+    opts = flex_kernel_options(ctx.capability if ctx.is_cuda else None, op.dtype, op.head_dim,
+                               bs, op.q_len, rep)
+    if opts:
+        kw["kernel_options"] = opts
+        note += f", tiles {opts['BLOCK_M']}×{opts['BLOCK_N']}"
 
     def fn(i):
         return flex(q, ks[i % n], vs[i % n], block_mask=block_mask, **kw)

@@ -4,8 +4,6 @@ clocks, 2:4 support) and the random pools that rotation copies are views into.""
 from __future__ import annotations
 
 import platform
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -49,6 +47,14 @@ class DeviceContext:
     method: str = "cpu-wall"
     method_version: int = 1
     sparse_24_note: str = ""
+    gpu_uuid: Optional[str] = None  # the GPU's NVML UUID (its conditions are read by it)
+    unknown_profile: bool = False  # no profile in profiles/gpus matches this GPU
+    #: rotation copies allowed per op (None: as many as the cache needs); lowered for the one
+    #: retry after an out-of-memory
+    max_copies: Optional[int] = None
+    #: set once a CUDA error that poisons the process (illegal address, device assert...)
+    #: was met: nothing more can be measured in this process
+    sticky_error: Optional[str] = None
     _pools: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -65,6 +71,8 @@ class DeviceContext:
             "clocks": self.clocks, "sparse_24": self.sparse_24, "sparse_24_note": self.sparse_24_note,
             "dtypes": list(self.dtypes), "runtime": self.runtime,
             "platform": platform.platform(), "cpu": hardware._cpu_model(),
+            "profile": "built from the device's properties (no profile matches)"
+            if self.unknown_profile else "profiles/gpus" if self.is_cuda else "cpu",
         }
 
     # -- random pools (rotation copies are views into them) --------------------
@@ -90,8 +98,12 @@ class DeviceContext:
         return p
 
     def free(self) -> None:
+        """Drop the random pools (and, on CUDA, the allocator's cached blocks)."""
+        import gc
+
         self._pools.clear()
-        if self.is_cuda:
+        gc.collect()
+        if self.is_cuda and self.sticky_error is None:
             torch_module().cuda.empty_cache()
 
 
@@ -103,48 +115,37 @@ def torch_dtype(dtype: str):
         raise MeasureError(f"dtype {dtype} cannot be measured with torch here") from None
 
 
-def _nvidia_smi(fields: str) -> list[str]:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if out.returncode != 0 or not out.stdout.strip():
-        return []
-    return [s.strip() for s in out.stdout.strip().splitlines()[0].split(",")]
-
-
 def read_clocks(ctx: Optional[DeviceContext] = None) -> dict:
-    """GPU clocks (MHz), temperature and power where nvidia-smi can read them; {} on CPU."""
-    names = ["clocks.sm", "clocks.mem", "clocks.max.sm", "clocks.max.mem", "temperature.gpu",
-             "power.draw", "clocks_throttle_reasons.active"]
-    vals = _nvidia_smi(",".join(names))
-    if not vals:
-        vals = _nvidia_smi(",".join(names[:6]))
-    return {n: v for n, v in zip(names, vals)}
+    """The GPU's conditions now: clocks (MHz), temperature, power, throttle reasons and the
+    other processes on it (NVML, else nvidia-smi: :func:`pis_tui.hardware.gpu_conditions`);
+    {} on a CPU or where neither can be read.  Only reads: never changes a GPU setting."""
+    if ctx is not None and not ctx.is_cuda:
+        return {}
+    selector = ctx.gpu_uuid if ctx is not None and ctx.gpu_uuid else None
+    if selector is None:
+        info = hardware._PINNED.get("gpu") if "device" in hardware._PINNED else None
+        selector = info.uuid if info is not None and info.uuid else None
+    return hardware.gpu_conditions(selector)
 
 
 def open_device(name: str = "local") -> DeviceContext:
     """Open the local device for measuring (imports torch).
 
-    The fingerprint equals ``hardware.local_device().fingerprint`` for the same machine; on the
-    CPU torch uses ``hardware.cpu_threads()`` threads (the cores this process may run on, or
+    The device is :func:`pis_tui.hardware.measuring_device`'s decision (torch's first visible
+    GPU, else the CPU), the one ``profile``, ``calibrate`` and ``validate`` all use; its
+    fingerprint then equals ``hardware.local_device().fingerprint``.  On the CPU torch uses
+    ``hardware.cpu_threads()`` threads (the cores this process may run on, or
     OMP_NUM_THREADS), the count the fingerprint names.
     """
     if name not in ("local", hardware.LOCAL):
         raise UserError(f"can only measure the local device (--gpu local), not {name!r}")
     torch = torch_module()
-    hw = hardware.local_device()
+    hw = hardware.measuring_device()
     sw = software_versions()
     runtime = {"torch": torch.__version__, "cuda": torch.version.cuda,
                "cudnn": None, "cusparselt": None}
     if hw.kind == "gpu":
-        if not torch.cuda.is_available():
-            raise MeasureError(f"{hw.display_name} was detected but torch {torch.__version__} "
-                               "cannot use CUDA (a CPU-only torch build?)")
+        info = hardware.measuring_gpu()
         dev = torch.device("cuda:0")
         props = torch.cuda.get_device_properties(dev)
         l2 = getattr(props, "L2_cache_size", 0) / 2**20 or hw.l2_mb
@@ -159,14 +160,15 @@ def open_device(name: str = "local") -> DeviceContext:
         dtypes = ["fp16", "fp32", "tf32"]
         if torch.cuda.is_bf16_supported():
             dtypes.insert(0, "bf16")
-        smi = _nvidia_smi("driver_version")
         ctx = DeviceContext(
             name=hardware.LOCAL, kind="cuda", torch_device="cuda:0", fingerprint=hw.fingerprint,
             display_name=hw.display_name, software=sw, runtime=runtime, dtypes=tuple(dtypes),
             sparse_24=False, threads=torch.get_num_threads(), cache_mb=max(l2, hw.l2_mb),
-            memory_gb=props.total_memory / 2**30, driver=smi[0] if smi else None,
+            memory_gb=props.total_memory / 2**30, driver=info.driver if info else None,
             capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
-            clocks=read_clocks(), method="cuda-graph", method_version=METHOD_VERSIONS["cuda-graph"])
+            method="cuda-graph", method_version=METHOD_VERSIONS["cuda-graph"],
+            gpu_uuid=info.uuid if info else None, unknown_profile=hw.unknown)
+        ctx.clocks = read_clocks(ctx)
         ctx.sparse_24, ctx.sparse_24_note = _probe_sparse_24(ctx)
         return ctx
     torch.set_num_threads(hardware.cpu_threads())

@@ -8,6 +8,9 @@ import time
 
 from .device import oom_error, torch_module
 
+#: calls in one captured CUDA graph at most (a graph of n calls visits n rotation copies)
+MAX_GRAPH_CALLS = 2000
+
 # ---------------------------------------------------------------- timing loops
 
 
@@ -76,7 +79,7 @@ def time_cuda(fn, copies: int, repeats: int, warmup: int, capturable: bool, targ
         eager.append(s.elapsed_time(e))
     eager_ms, _ = median_spread(eager)
     n = max(copies, math.ceil(target_ms / max(eager_ms, 1e-3)))
-    n = max(1, min(n, 2000))
+    n = max(1, min(n, MAX_GRAPH_CALLS))
     note = ""
     times = []
     if capturable:

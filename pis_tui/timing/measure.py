@@ -40,6 +40,48 @@ def _measurement(op: Op, ctx: DeviceContext, **kw) -> Measurement:
                        software=dict(ctx.software), measured_at=now_iso(), **kw)
 
 
+#: phrases of CUDA errors that poison the process's context: every later call fails too,
+#: and only a new process can use the GPU again
+STICKY_CUDA_ERRORS = ("illegal memory access", "illegal address", "unspecified launch failure",
+                      "device-side assert", "misaligned address", "illegal instruction",
+                      "uncorrectable ecc", "hardware stack error", "launch timed out",
+                      "cuda error: unknown error", "context is destroyed",
+                      "cudaerrorlaunchfailure", "cudaerrorillegaladdress")
+
+#: rotation copies allowed on the one retry after an out-of-memory
+OOM_RETRY_COPIES = 2
+
+
+def is_sticky_cuda_error(message: str) -> bool:
+    """Whether a CUDA error message names an error after which this process cannot use the
+    GPU any more (an illegal address, a device-side assert...)."""
+    m = message.lower()
+    return any(s in m for s in STICKY_CUDA_ERRORS)
+
+
+def cuda_alive() -> bool:
+    """A tiny kernel and a synchronize: False when the CUDA context is poisoned."""
+    torch = torch_module()
+    try:
+        torch.ones(1, device="cuda").add_(1)
+        torch.cuda.synchronize()
+        return True
+    except Exception:  # noqa: BLE001 - any failure: the context is unusable
+        return False
+
+
+def _first_line(e: BaseException, n: int = 200) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:n] if s else ""
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, oom_error()):
+        return True
+    msg = _first_line(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
 def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
                warmup: Optional[int] = None, target_ms: Optional[float] = None,
                max_op_s: float = 20.0, unstructured_kernel: str = "dense") -> Measurement:
@@ -49,7 +91,65 @@ def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
     ``unsupported`` (no kernel here), ``oom`` (out of memory) or ``error`` (with the reason
     in ``note``).  ``repeats``: timed batches (default 7 on CUDA, 5 on the CPU; at most 3
     for calls longer than 0.25 s on the CPU).  ``target_ms``: wall time of one timed batch.
+
+    An out-of-memory is retried once after freeing the random pools and the allocator's
+    cache, with at most ``OOM_RETRY_COPIES`` rotated copies (said in the note); a second one
+    is final (``oom``).  A CUDA error that poisons the process (:func:`is_sticky_cuda_error`,
+    or a context that no longer runs a tiny kernel) sets ``ctx.sticky_error``: this op is an
+    ``error`` and every later call returns one at once (the profile stops, keeping what was
+    measured: only a new process can use the GPU again).
     """
+    if ctx.sticky_error:
+        return _measurement(op, ctx, ms=None, status="error",
+                            note=f"not measured: the GPU hit an unrecoverable error earlier "
+                                 f"({ctx.sticky_error})")
+    kw = dict(repeats=repeats, warmup=warmup, target_ms=target_ms, max_op_s=max_op_s,
+              unstructured_kernel=unstructured_kernel)
+    try:
+        return _measure_once(op, ctx, **kw)
+    except BaseException as e:  # noqa: BLE001 - sorted below; KeyboardInterrupt re-raised
+        if not _is_oom(e):
+            return _failure(op, ctx, e)
+        first = _first_line(e, 160)
+    saved = ctx.max_copies
+    ctx.free()  # the pools, cached blocks (and the graphs of the failed try, now unreferenced)
+    ctx.max_copies = OOM_RETRY_COPIES if saved is None else max(1, min(saved, OOM_RETRY_COPIES))
+    try:
+        m = _measure_once(op, ctx, **kw)
+        m.note = "; ".join(x for x in (m.note, f"retried after an out-of-memory ({first}) with "
+                                       f"pools freed and at most {ctx.max_copies} rotated copies") if x)
+        return m
+    except BaseException as e:  # noqa: BLE001
+        if _is_oom(e):
+            return _measurement(op, ctx, ms=None, status="oom",
+                                note=f"out of memory (also after freeing pools and retrying with "
+                                     f"{ctx.max_copies} rotated copies): {first}")
+        return _failure(op, ctx, e)
+    finally:
+        ctx.max_copies = saved
+
+
+def _failure(op: Op, ctx: DeviceContext, e: BaseException) -> Measurement:
+    """The Measurement of an op whose measuring raised ``e`` (re-raised if it is no failure
+    of the op: KeyboardInterrupt, SystemExit)."""
+    if isinstance(e, Unsupported):
+        return _measurement(op, ctx, ms=None, status="unsupported", note=str(e))
+    if isinstance(e, MeasureError):
+        return _measurement(op, ctx, ms=None, status="error", note=str(e))
+    if not isinstance(e, Exception):
+        raise e
+    msg = _first_line(e)
+    if ctx.is_cuda and (is_sticky_cuda_error(msg) or not cuda_alive()):
+        ctx.sticky_error = f"{type(e).__name__}: {msg}"
+        return _measurement(op, ctx, ms=None, status="error",
+                            note=f"unrecoverable CUDA error: {ctx.sticky_error}")
+    if isinstance(e, (RuntimeError, ValueError, TypeError, NotImplementedError)):
+        return _measurement(op, ctx, ms=None, status="error", note=f"{type(e).__name__}: {msg}")
+    raise e
+
+
+def _measure_once(op: Op, ctx: DeviceContext, *, repeats, warmup, target_ms, max_op_s,
+                  unstructured_kernel) -> Measurement:
     torch = torch_module()
     repeats = repeats or (7 if ctx.is_cuda else 5)
     warmup = warmup or (3 if ctx.is_cuda else 2)
@@ -74,8 +174,10 @@ def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
             except oom_error():
                 raise
             except Exception as e:  # noqa: BLE001
+                if ctx.is_cuda and is_sticky_cuda_error(_first_line(e)):
+                    raise
                 case = case.fallback(f"flex-compile failed: estimate ({type(e).__name__}: "
-                                     f"{str(e).splitlines()[0][:100] if str(e) else ''})")
+                                     f"{_first_line(e, 100)})")
                 note = case.note
         if ctx.is_cuda:
             ms, eager, spread, n, tnote = time_cuda(case.fn, case.copies, repeats, warmup,
@@ -89,23 +191,14 @@ def measure_op(op: Op, ctx: DeviceContext, *, repeats: Optional[int] = None,
                              f"{case.copies} rotated copies" if case.copies > 1 else "") if s]
         return _measurement(op, ctx, ms=ms, eager_ms=eager, spread=spread, repeats=n,
                             status="ok", note="; ".join(notes))
-    except Unsupported as e:
-        return _measurement(op, ctx, ms=None, status="unsupported", note=str(e))
-    except oom_error() as e:
-        return _measurement(op, ctx, ms=None, status="oom",
-                            note=f"out of memory: {str(e).splitlines()[0][:160] if str(e) else ''}")
-    except MeasureError as e:
-        return _measurement(op, ctx, ms=None, status="error", note=str(e))
-    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
-        msg = str(e).splitlines()[0][:200] if str(e) else ""
-        if "out of memory" in msg.lower() or "can't allocate memory" in msg.lower():
-            return _measurement(op, ctx, ms=None, status="oom", note=f"out of memory: {msg}")
-        return _measurement(op, ctx, ms=None, status="error", note=f"{type(e).__name__}: {msg}")
     finally:
         del case
         if ctx.is_cuda:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except Exception:  # noqa: BLE001 - a poisoned context: the caller reports it
+                pass
 
 
 def verify_op(op: Op, ctx: DeviceContext, **kw) -> tuple[float, float]:

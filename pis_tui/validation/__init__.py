@@ -5,10 +5,15 @@ by the estimator).  This module checks those predictions against the real thing:
 pruned model with transformers' own model classes (so the non-GEMM work is what users really
 run), random weights, and times
 
-* **TTFT**: one prefill forward over ``batch × prompt`` tokens (``use_cache=True``, logits of the
-  last token only, as ``generate`` does);
+* **TTFT**: one prefill forward over ``batch × prompt`` tokens (logits of the last token only,
+  as ``generate`` does; no KV cache written, ``use_cache=False``: the prediction's prefill
+  prices no KV write, and static buffers make the forward capturable);
 * **TPOT**: one decode step of ``batch`` sequences over a KV cache of ``context`` tokens (a
-  ``StaticCache`` filled to that length; on CUDA the step is captured in a CUDA graph).
+  ``StaticCache`` filled to that length).
+
+On CUDA both are captured in a CUDA graph and replayed, as the ops behind the prediction are
+timed (the prediction prices no host overhead on a GPU); a capture that fails is flagged on
+the row (``capture_failed``) and both models of that row are timed eager.
 
 Dense and pruned runs are interleaved and repeated and the medians are compared with the
 prediction.  How each family is built (the dims come from :mod:`pis_tui.taxonomy`, so the model

@@ -93,6 +93,9 @@ class OpTimes:
                 self.on_progress(f"measuring op {i + 1}/{len(want)}: {op.key()}")
             m = timing.measure_op(op, self._ctx, repeats=self.repeats)
             self._mem[m.key] = m
+            if self._ctx.sticky_error:
+                raise MeasureError(f"the GPU hit an unrecoverable error ({self._ctx.sticky_error}) "
+                                   "while measuring the ops of the predictions")
 
     def add(self, measurements) -> None:
         """Measurements taken elsewhere (the dispatch probe's overhead ops)."""
@@ -157,15 +160,22 @@ class ValidationRow:
     repeats: int = 0
     granularity: str = "layer"
     notes: tuple = ()
+    #: how both models were timed: "cuda-graph" (each forward replayed from a CUDA graph, as
+    #: the ops behind the prediction were) or "eager" (the CPU, or a capture that failed)
+    timing: str = "eager"
+    #: a CUDA graph capture failed (of the dense or the pruned model), so both were timed
+    #: eager: host overhead the prediction does not price is in the measured times
+    capture_failed: bool = False
+    capture_error: str = ""
 
     def to_dict(self, full: bool = False) -> dict:
         keys = ("strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
                 "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
-                "predicted_speedup", "measured_speedup", "error")
+                "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed")
         d = {k: _round(getattr(self, k)) for k in keys}
         if full:
             for k in ("flops_speedup", "flops_error", "timing_source", "measured_spread",
-                      "dense_spread", "repeats", "granularity"):
+                      "dense_spread", "repeats", "granularity", "capture_error"):
                 d[k] = _round(getattr(self, k))
             d["notes"] = list(self.notes)
         return d
@@ -182,22 +192,28 @@ def standard_strategies(extra: bool = True, sparsities=STANDARD_SPARSITIES,
 
 
 def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), *,
-             prefill_batch: int = 1, prompt_len: int = 128, decode_batches=(1, 16),
+             prefill_batch: int = 1, prefill_batches=None, prompt_len: int = 128,
+             decode_batches=(1, 16),
              context_len: int = 256, dtype: Optional[str] = None, repeats: int = 5,
              warmup: int = 1, cache=None, device: Optional[str] = None, seed: int = 0,
              op_repeats: Optional[int] = None,
              on_progress: Optional[Callable[[str], None]] = None,
              on_row: Optional[Callable[[ValidationRow], None]] = None,
-             probe_overhead: bool = True, probes: Optional[dict] = None) -> list:
+             probe_overhead: bool = True, probes: Optional[dict] = None,
+             skip: Optional[Callable[[tx.Strategy, str, int, int], bool]] = None) -> list:
     """Build each pruned model, time it against the dense one (interleaved), and compare the
     measured speedups with pis-tui's predictions.  Returns one :class:`ValidationRow` per
-    strategy × phase × batch.
+    strategy × phase × batch (``prefill_batches``, if given, replaces ``prefill_batch``).
+
+    On CUDA every forward is a CUDA-graph replay (see :class:`PhaseRun`); a failed capture
+    makes both models of that row run eager and sets the row's ``capture_failed``.  Each row
+    goes to ``on_row`` and to the cache as soon as it is timed, so an error later (a CUDA
+    error that poisons the process is reported as such) loses none of them.  ``skip(strategy,
+    phase, batch, length)`` True leaves that row out (a resumed run's rows already timed).
 
     On the CPU the eager framework overhead is measured first (:func:`dispatch_probe`, once per
     code path, unless the cache already holds it) so the predictions include it; ``probes``
     (a dict) receives each probe's result by code path."""
-    import gc
-
     import torch
 
     say = on_progress or (lambda msg: None)
@@ -212,9 +228,14 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
         torch.set_num_threads(cpu_threads())
     cases = []
     for ph in phases:
-        batches = (prefill_batch,) if ph == "prefill" else tuple(decode_batches)
+        batches = tuple(prefill_batches or (prefill_batch,)) if ph == "prefill" else tuple(decode_batches)
         for b in batches:
             cases.append((ph, b, prompt_len if ph == "prefill" else context_len))
+    todo = {strat: [c for c in cases if not (skip and skip(strat, *c))] for strat in strategies}
+    strategies = [st for st in strategies if todo[st]]
+    if not strategies:
+        return []
+    cases = [c for c in cases if any(c in todo[st] for st in strategies)]
     times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
     if device == "cpu" and probe_overhead:
         from ..ops import Overhead
@@ -254,7 +275,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
             say(f"building {strat.family} s={strat.sparsity:g}")
             pruned = build_from_spec(raw, spec, strat, device=device, dtype=dtype, seed=seed)
             try:
-                for ph, b, length in cases:
+                for ph, b, length in todo[strat]:
                     scen = Scenario(prefill_batch=b if ph == "prefill" else 1,
                                     prompt_len=length if ph == "prefill" else 1,
                                     decode_batch=b if ph == "decode" else 1,
@@ -270,36 +291,69 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                     try:
                         for r in runs:
                             r.prepare()
+                        failed = [(who, r) for who, r in zip(("dense", "pruned"), runs)
+                                  if r.capture == "failed"]
+                        if failed:  # like with like: both eager
+                            for r in runs:
+                                r.drop_graph()
                         td, tp = measure_interleaved(runs, repeats, warmup)
                     except (RuntimeError, NotImplementedError) as e:
                         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                        raise MeasureError(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: "
-                                           f"the model failed to run ({msg})") from None
+                        where = f"{strat.family} s={strat.sparsity:g} {ph} batch {b}"
+                        if device != "cpu" and _sticky(msg):
+                            raise MeasureError(
+                                f"{where}: the GPU hit an unrecoverable error ({msg}); the "
+                                f"{len(rows)} row(s) timed so far are kept") from None
+                        raise MeasureError(f"{where}: the model failed to run ({msg})") from None
                     finally:
                         for r in runs:
                             r.close()
                     ps = de.latency_ms / pe.latency_ms
                     ms_ = td.median_ms / tp.median_ms
                     fs = de.flops / pe.flops if pe.flops else 1.0
-                    notes = tuple(pruned.notes) + tuple(runs[1].notes)
+                    notes = tuple(pruned.notes) + tuple(n for r in runs for n in r.notes)
+                    mode = "cuda-graph" if all(r.capture == "graph" for r in runs) and not failed \
+                        else "eager"
+                    cap_err = "; ".join(f"{who}: {r.capture_error}" for who, r in failed)
                     row = ValidationRow(
                         strat.family, strat.sparsity, pe.achieved_sparsity, ph, b, length,
                         pe.latency_ms, tp.median_ms, de.latency_ms, td.median_ms, ps, ms_,
                         ps / ms_ - 1.0, fs, fs / ms_ - 1.0, pe.timing_source, tp.spread,
-                        td.spread, repeats, strat.granularity, notes)
+                        td.spread, repeats, strat.granularity, notes, timing=mode,
+                        capture_failed=bool(failed), capture_error=cap_err)
                     rows.append(row)
+                    if cache is not None and hasattr(cache, "put_validation"):
+                        cache.put_validation([validation_record(row, spec, dtype, device)])
                     if on_row:
                         on_row(row)
             finally:
                 del pruned
-                gc.collect()
+                _release(device)
     finally:
         times.close()
         del dense
-        gc.collect()
-    if cache is not None and rows and hasattr(cache, "put_validation"):
-        cache.put_validation([validation_record(r, spec, dtype, device) for r in rows])
+        _release(device)
     return rows
+
+
+def _sticky(msg: str) -> bool:
+    from ..timing.measure import cuda_alive, is_sticky_cuda_error
+
+    return is_sticky_cuda_error(msg) or not cuda_alive()
+
+
+def _release(device: str) -> None:
+    """Free a model's memory (and, on CUDA, its graphs' pools) before the next is built."""
+    import gc
+
+    gc.collect()
+    if device != "cpu":
+        import torch
+
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # a poisoned context: reported where it happened
+            pass
 
 
 def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: str) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -19,9 +18,11 @@ from .config import torch_dtype
 
 
 def local_torch_device() -> str:
-    import torch
+    """Where models are built and timed: the device ``profile`` and ``calibrate`` measure on
+    (:func:`pis_tui.hardware.measuring_device`: torch's first visible GPU, else the CPU)."""
+    from ..hardware import measuring_device
 
-    return "cuda" if torch.cuda.is_available() and not os.environ.get("PIS_TUI_NO_CUDA") else "cpu"
+    return "cuda" if measuring_device().kind == "gpu" else "cpu"
 
 
 def sync(device: str) -> None:
@@ -38,7 +39,16 @@ def _forward_cache_kw(model) -> str:
 
 class PhaseRun:
     """One model, one phase, one shape, prepared for timing: ``sample()`` returns the time of
-    one forward in ms (the mean over ``inner`` back-to-back calls)."""
+    one forward in ms (the mean over ``inner`` back-to-back calls).
+
+    On CUDA both phases are captured in a CUDA graph (static inputs, replayed), the way the
+    ops behind the prediction are timed and serving engines run: the prediction prices no
+    host overhead on a GPU, so an eager forward would compare unlike with unlike.  A capture
+    that fails leaves the run eager and says so in ``capture`` ("failed") and
+    ``capture_error``; :func:`pis_tui.validation.validate` then times both models eager and
+    flags the row.  ``capture`` is "graph", "eager" (the CPU, or ``cuda_graph=False``) or
+    "failed".
+    """
 
     def __init__(self, built: BuiltModel, phase: str, batch: int, length: int, *, seed: int = 0,
                  cuda_graph: bool = True):
@@ -46,9 +56,11 @@ class PhaseRun:
         self.seed = seed
         self.device = built.device
         self.cuda = str(self.device).startswith("cuda")
-        self.use_graph = cuda_graph and self.cuda and phase == "decode"
+        self.use_graph = cuda_graph and self.cuda
         self.inner = 1
         self.graph = None
+        self.capture = "eager"
+        self.capture_error = ""
         self.notes: list[str] = []
         self._fn: Optional[Callable] = None
 
@@ -62,17 +74,20 @@ class PhaseRun:
         B = self.batch
         cache_kw = _forward_cache_kw(m)
         if self.phase == "prefill":
+            # the prompt's forward with the logits of the last token only (as generate does);
+            # no KV cache is written: the prediction's prefill op list has no kv_write (a
+            # cache's copies would be work it never priced), and without a cache object the
+            # forward has static shapes and buffers, so it can be captured in a CUDA graph
             S = self.length
             self.ids = torch.randint(0, cfg.vocab_size, (B, S), generator=g).to(self.device)
             self.pos = torch.arange(S, device=self.device).unsqueeze(0)
-            from transformers import DynamicCache
-
-            dyn_kw = {"config": cfg} if "config" in inspect.signature(DynamicCache.__init__).parameters else {}
 
             def fn():
-                return m(input_ids=self.ids, position_ids=self.pos, use_cache=True,
-                         logits_to_keep=1, **{cache_kw: DynamicCache(**dyn_kw)})
+                return m(input_ids=self.ids, position_ids=self.pos, use_cache=False,
+                         logits_to_keep=1)
             self._fn = fn
+            if self.use_graph:
+                self._capture()
             return
         # decode: a StaticCache filled to `length` tokens, one new token per sequence
         L = self.length
@@ -132,13 +147,25 @@ class PhaseRun:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g), torch.inference_mode():
                 self._out = self._fn()
-            self.graph = g
-            self.notes.append("decode step captured in a CUDA graph")
-        except Exception as e:  # capture is an optimisation: fall back to eager, say so
-            self.graph = None
+            g.replay()  # one replay before timing: a graph that cannot run fails here
             torch.cuda.synchronize()
-            self.notes.append(f"CUDA graph capture failed, eager decode ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:100] if str(e) else ''})")
+            self.graph = g
+            self.capture = "graph"
+        except Exception as e:  # noqa: BLE001 - flagged on the row, not only a note
+            self.graph = None
+            self.capture = "failed"
+            self.capture_error = (f"{type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}")
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # noqa: BLE001 - a poisoned context: the caller's next call says so
+                pass
+            self.notes.append(f"CUDA graph capture of the {self.phase} failed "
+                              f"({self.capture_error}): timed eager")
+
+    def drop_graph(self) -> None:
+        """Time this run eager (its partner's capture failed: like must be timed like like)."""
+        self.graph = None
 
     # ---------------------------------------------------------------- timing
     def _call(self) -> None:
