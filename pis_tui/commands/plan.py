@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 from ._run import add_budget_args, add_quality_args
-from .common import add_cache, add_model_gpu, add_outputs, add_strategy_options, positive_int
+from .common import (add_cache, add_engine, add_model_gpu, add_outputs, add_strategy_options,
+                     positive_int)
 
 
 def _ms(what: str):
@@ -55,6 +56,7 @@ def register(sub) -> None:
     p.add_argument("--sparsities", default=None,
                    help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
     p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    add_engine(p)
     add_strategy_options(p)
     add_cache(p)
     add_quality_args(p)
@@ -107,7 +109,7 @@ def run(args) -> int:
     args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
-                  cache=cache)
+                  cache=cache, engine=args.engine or "eager")
     rec = recommend_plan(result, budget, args.objective)
     for w in result.warnings:
         print(f"pis-tui: warning: {w}", file=sys.stderr)

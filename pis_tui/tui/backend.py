@@ -22,11 +22,13 @@ from typing import Optional
 
 from ..display import timings_label
 from ..errors import PisError, UserError
+from ..scenario import ENGINES
 
 PHASES = ("prefill", "decode")
 QUALITY_SOURCES = ("priors", "csv", "measured")
 PROTOCOLS = ("lora", "training-free")
 DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8")
+ENGINE_LABELS = (("eager (transformers' modules)", "eager"), ("fused (vLLM / SGLang kernels)", "fused"))
 SETTINGS_KEY = "tui.last_choices"
 MAX_BUDGET = 0.50  # accuracy drop on screen: 0-50 %
 MAX_PPL_BUDGET = 1.00  # relative perplexity increase: 0-100 %
@@ -48,6 +50,7 @@ class Choices:
     quality: str = "priors"  # priors | csv | measured
     quality_csv: str = ""
     dtype: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+    engine: str = "eager"  # the execution profile (pis_tui.execution)
 
     @property
     def active_budget(self) -> float:
@@ -98,6 +101,8 @@ class Choices:
             out = replace(out, protocol="lora")
         if out.dtype not in DTYPES:
             out = replace(out, dtype="auto")
+        if out.engine not in ENGINES:
+            out = replace(out, engine="eager")
         return out
 
 
@@ -378,7 +383,7 @@ class Backend:
         spec, device, dtype = self._setup(choices)
         with _blame("scenario"):
             scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
-                                choices.context_len, dtype)
+                                choices.context_len, dtype, choices.engine)
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
@@ -419,7 +424,7 @@ class Backend:
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
             result = plan(spec, device, workload, dtype=dtype, quality=quality,
-                          cache=cache if device.is_local else None)
+                          cache=cache if device.is_local else None, engine=choices.engine)
         rec = self.rank_plan(result, choices.active_budget, inputs.objective)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
 
