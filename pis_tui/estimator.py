@@ -225,8 +225,14 @@ class Estimator:
         kernels the device timed) do not apply: it is priced from the fused kernels."""
         if isinstance(op, Overhead):
             hit = self._exact.get(op.key())
-            if hit and hit[0].status == "ok" and self.device.kind == "cpu":
+            if hit and hit[0].status in ("ok", "unstable") and hit[0].ms and self.device.kind == "cpu":
                 rec = hit[0]
+                if rec.status == "unstable":  # the probe's rounds disagreed, hit its bound, or
+                    # ran on a busy machine: its own (bounded) time, labelled for what it is
+                    return PricedOp(op, rec.ms, "unstable",
+                                    f"dispatch probe unstable: {rec.why}",
+                                    uncertainty=sources.uncertainty("unstable", rec.spread),
+                                    loaded=rec.loaded)
                 return PricedOp(op, rec.ms, hit[1], uncertainty=sources.uncertainty(hit[1], rec.spread),
                                 loaded=rec.loaded)
             why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"

@@ -412,3 +412,11 @@ def test_a_read_only_cache_is_read_not_moved_aside(tmp_path, monkeypatch):
     assert main(["sweep", "--model", "qwen2.5-0.5b", "--gpu", "local", "--strategies",
                  "static_depth", "--sparsities", "0.5", "--cache", str(path)]) == 0
     assert main(["cache", "clear", "--cache", str(path)]) == 4  # refused, one line
+    # measuring commands refuse before measuring anything (nothing they measured could be kept)
+    import pis_tui.timing as timing
+
+    monkeypatch.setattr(timing, "open_device", lambda *a, **k: pytest.fail("measured"))
+    assert main(["profile", "--model", "qwen2.5-0.5b", "--gpu", "local", "--strategies",
+                 "static_depth", "--sparsities", "0.5", "--cache", str(path)]) == 4
+    assert main(["validate", "--model", "qwen2.5-0.5b", "--strategy", "static_depth",
+                 "--sparsity", "0.5", "--cache", str(path)]) == 4

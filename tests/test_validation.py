@@ -264,19 +264,27 @@ def test_cli_validate_end_to_end_json_and_cache(tmp_path):
     r = run_cli("validate", "--model", str(d), "--strategy", "static_depth",
                 "--sparsity", "0.5", "--prompt-len", "32", "--decode-batch", "1,4",
                 "--context-len", "40", "--repeats", "2", "--warmup", "0",
-                "--json", str(out), "--cache", str(cache), timeout=300)
+                "--json", str(out), "--cache", str(cache), timeout=900)  # a busy machine: slow
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert len(rows) == 3  # prefill b1, decode b1, decode b4
     keys = {"strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
             "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
-            "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed"}
+            "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed",
+            "status", "measured_interval", "speedup_ceiling", "above_ceiling", "contended"}
     for row in rows:
         assert set(row) == keys
         assert row["timing"] == "eager" and row["capture_failed"] is False  # the CPU: no graphs
         assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
-        assert abs(row["measured_speedup"] - row["dense_measured_ms"] / row["measured_ms"]) < 1e-3
-        assert abs(row["error"] - (row["predicted_speedup"] / row["measured_speedup"] - 1)) < 1e-3
+        lo, hi = row["measured_interval"]
+        assert 0 < lo <= hi
+        assert row["speedup_ceiling"] > 1.0  # half the layers go: the ceiling is above 1
+        if row["status"] == "ok":  # the median of the paired ratios, inside its interval
+            assert lo <= row["measured_speedup"] <= hi
+            assert abs(row["error"] - (row["predicted_speedup"] / row["measured_speedup"] - 1)) < 1e-3
+        else:  # unstable: no figure, only the interval
+            assert row["status"] == "unstable"
+            assert row["measured_speedup"] is None and row["error"] is None
     assert {(x["phase"], x["batch"]) for x in rows} == {("prefill", 1), ("decode", 1), ("decode", 4)}
     assert all(x["strategy"] == "static_depth" and x["achieved_sparsity"] == 0.5
                for x in rows)  # 2 of 4 layers

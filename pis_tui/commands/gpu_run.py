@@ -229,12 +229,14 @@ def accuracy(rows: list) -> dict:
     out["core_median"], out["core_worst"] = stats(core, "error")
     out["all_median"], out["all_worst"] = stats(pruned, "error")
     out["flops_core_median"], out["flops_core_worst"] = stats(core, "flops_error")
-    dense = [abs(r["measured_speedup"] - 1) for r in rows if r["strategy"] == "dense"]
+    dense = [abs(r["measured_speedup"] - 1) for r in rows
+             if r["strategy"] == "dense" and r.get("measured_speedup") is not None]
+    out["unstable"] = sum(1 for r in rows if r.get("status") == "unstable")
     out["dense_noise"] = max(dense) if dense else None
     out["capture_failed"] = sum(1 for r in rows if r.get("capture_failed"))
     out["graph_rows"] = sum(1 for r in rows if r.get("timing") == "cuda-graph")
     if core:
-        w = max(core, key=lambda r: abs(r["error"]))
+        w = max(core, key=lambda r: abs(r["error"]) if r.get("error") is not None else -1.0)
         out["core_worst_row"] = f"{w['strategy']} {w['sparsity']:g} {w['phase']} b{w['batch']}"
     return out
 
@@ -382,7 +384,10 @@ def validation_table(rows: list, files: dict, gpu: str) -> tuple[str, dict]:
             r["strategy"], f"{r['sparsity']:g}", f"{r['achieved_sparsity']:.1%}", r["phase"],
             str(r["batch"]), str(r["length"]), f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
             f"{r['dense_predicted_ms']:.3f}", f"{r['dense_measured_ms']:.3f}",
-            f"{r['predicted_speedup']:.3f}", f"{r['measured_speedup']:.3f}", f"{r['error']:+.1%}",
+            f"{r['predicted_speedup']:.3f}",
+            f"{r['measured_speedup']:.3f}" if r.get("measured_speedup") is not None else
+            "unstable {:.3f}–{:.3f}".format(*(r.get("measured_interval") or (0, 0))),
+            f"{r['error']:+.1%}" if r.get("error") is not None else "–",
             f"{r['flops_speedup']:.3f}" if r.get("flops_speedup") is not None else "–", timing]) + " |")
     notes = sorted({n for r in rows for n in r.get("notes", [])})
     if notes:

@@ -225,6 +225,8 @@ def _run(args) -> int:
                                     phases=phases, grid=args.grid)
     warn = (lambda m: emit({"event": "warning", "message": m})) if jsonl else None
     cache = open_store(args.cache, on_warning=warn)
+    if getattr(cache, "read_only", False):  # refused before anything is measured
+        cache.check_writable("measure: nothing it measures could be stored")
 
     def plan_for(dev):
         scen = scenario_from_args(args, dev)

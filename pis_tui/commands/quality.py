@@ -156,7 +156,7 @@ def _check_inputs(args) -> tuple[Path, Path, str, bytes]:
     return mdir, tpath, text, raw
 
 
-def _load(mdir: Path, device: str, dtype_name: str | None):
+def _load(mdir: Path, device: str, dtype_name: str | None, spec=None, seq_len: int = 512):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not any((mdir / f).is_file() for f in _TOKENIZER_FILES):
         raise UserError(f"{mdir}: no tokenizer (tokenizer.json, tokenizer.model…) in this directory: "
@@ -173,6 +173,11 @@ def _load(mdir: Path, device: str, dtype_name: str | None):
         raise MeasureError("--device cuda: no CUDA device is available")
     dtype_name = dtype_name or ("bf16" if device == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    if spec is not None:  # before loading: a model that does not fit is one line, not the OOM killer
+        from ..memory_check import check, quality_need
+
+        check(quality_need(spec, dtype_name, seq_len), device,
+              f"quality for {spec.name} ({dtype_name}: the model and one pruned copy)")
     try:
         tok = AutoTokenizer.from_pretrained(str(mdir), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
@@ -234,7 +239,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     from .. import perplexity as P
     from .. import pruning
 
-    model, tok, device, dtype_name = _load(mdir, args.device, args.dtype)
+    model, tok, device, dtype_name = _load(mdir, args.device, args.dtype, spec, args.seq_len)
     pruning.decoder_layers(model)  # an unsupported layout fails now, before any measuring
     ids = torch.tensor(P.tokenize(tok, text), dtype=torch.long)
     if ids.numel() < 8:

@@ -56,6 +56,12 @@ def register(sub) -> None:
     p.add_argument("--repeats", default="5",
                    help="timed rounds per model (interleaved dense/pruned; medians)")
     p.add_argument("--warmup", default="1", help="untimed calls per model first")
+    p.add_argument("--tolerance", default="0.05",
+                   help="rounds of --repeats pairs go on until the measured speedup's ~95%% "
+                        "interval is within this share of it (default 0.05: ±5%%)")
+    p.add_argument("--max-rounds", default="4",
+                   help="rounds before a speedup that has not settled is reported unstable "
+                        "(default 4)")
     p.add_argument("--op-repeats", default=None,
                    help="timed batches per op measurement behind the predictions (default: the "
                         "timing engine's, 3 per round on the CPU, 7 on CUDA)")
@@ -114,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     args.repeats = _one_int(args.repeats, "repeats")
     args.warmup = _one_int(args.warmup, "warmup", lo=0)
     op_repeats = _one_int(args.op_repeats, "op repeats") if args.op_repeats is not None else None
+    args.max_rounds = _one_int(args.max_rounds, "max rounds")
+    from .common import parse_fraction
+
+    tolerance = parse_fraction(args.tolerance, "tolerance", 0.001, 0.5)
     strategies = _strategies(args)
     decode_batches = parse_int_list(args.decode_batch, "decode batch")
     phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
@@ -142,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.json_out == "-"
     warn = (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)) if quiet else None
     cache = open_store(args.cache, on_warning=warn)
+    if getattr(cache, "read_only", False):  # refused before anything is measured
+        cache.check_writable("validate: the op times and rows it measures could not be stored")
 
     from .. import validation as v
     from ..hardware import measuring_device
@@ -185,7 +197,10 @@ def run(args: argparse.Namespace) -> int:
                       prompt_len=args.prompt_len, decode_batches=decode_batches,
                       context_len=args.context_len, dtype=dtype, repeats=args.repeats,
                       warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row,
-                      op_repeats=op_repeats,
+                      op_repeats=op_repeats, tolerance=tolerance, max_rounds=args.max_rounds,
+                      on_warning=lambda m: print(f"\r\033[Kpis-tui: warning: {m}" if not quiet
+                                                 and sys.stderr.isatty() else f"pis-tui: warning: {m}",
+                                                 file=sys.stderr),
                       skip=skip if seen else None)
     if args.json_out:
         from .common import dump_json
@@ -200,7 +215,25 @@ def run(args: argparse.Namespace) -> int:
         if s.get("n"):
             con.print(f"predicted speedup vs measured: median |error| {s['median_abs_error']:.1%}, "
                       f"worst {s['worst_abs_error']:.1%} ({s['worst']}); the FLOPs ratio: median "
-                      f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}")
+                      f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}"
+                      f" (over the {s['n']} stable row(s))", markup=False)
+        if s.get("unstable"):
+            con.print(f"warning: {s['unstable']} row(s) unstable: their measured speedup did not "
+                      f"settle within ±{tolerance:.0%} in {args.max_rounds} rounds of "
+                      f"{args.repeats} pairs (the machine is too noisy for them); shown as an "
+                      "interval and left out of the errors above", markup=False)
+        high = [r for r in rows if r.above_ceiling]
+        if high:
+            con.print(f"warning: {len(high)} row(s) measured above the family's physical ceiling "
+                      "(↑): " + "; ".join(f"{r.strategy} {r.sparsity:g} {r.phase} b{r.batch}: "
+                                          f"{r.measured_low:.2f}–{r.measured_high:.2f}× > "
+                                          f"{r.ceiling:.2f}×" for r in high[:3])
+                      + " — the dense model's run was slowed by something the pruned one escaped",
+                      markup=False)
+        busy = sum(1 for r in rows if r.contended)
+        if busy:
+            con.print(f"warning: {busy} row(s) timed while other processes used this machine's "
+                      "cores (marked 'busy')", markup=False)
         failed = [r for r in rows if r.capture_failed]
         if failed:
             con.print(f"warning: {len(failed)} row(s) timed EAGER because a CUDA graph capture "
@@ -235,10 +268,23 @@ def _previous_rows(args) -> list:
     return rows
 
 
+def _measured(r) -> str:
+    """The measured speedup, or "unstable" with its interval (never a figure for it)."""
+    if not r.stable:
+        return f"unstable ({r.measured_low:.2f}–{r.measured_high:.2f})"
+    return f"{r.measured_speedup:.2f}"
+
+
+def _flags(r) -> str:
+    return " ".join(f for f, on in (("↑ceiling", r.above_ceiling), ("busy", r.contended)) if on)
+
+
 def _row_line(r) -> str:
     flag = " [capture failed: eager]" if r.capture_failed else ""
+    flag += f" [{_flags(r)}]" if _flags(r) else ""
+    err = f"error {r.error:+.1%}" if r.stable else f"±{(r.measured_high - r.measured_low) / (2 * r.measured_speedup):.0%} after {r.pairs} pairs"
     return (f"{r.strategy} s={r.sparsity:g} {r.phase} b{r.batch}: predicted {r.predicted_speedup:.2f}× "
-            f"measured {r.measured_speedup:.2f}× (error {r.error:+.1%}){flag}")
+            f"measured {_measured(r)}× ({err}){flag}")
 
 
 def _timing_label(r) -> str:
@@ -246,17 +292,24 @@ def _timing_label(r) -> str:
 
 
 def _table(rows):
+    from rich import box
     from rich.table import Table
 
-    t = Table(title="predicted vs measured (medians of interleaved runs)")
-    for col in ("strategy", "sparsity", "achieved", "phase", "batch", "len", "pred ms",
-                "meas ms", "dense pred", "dense meas", "pred ×", "meas ×", "error", "FLOPs ×",
-                "timing"):
-        t.add_column(col, justify="left" if col in ("strategy", "phase", "timing") else "right")
+    t = Table(title="predicted vs measured (median of interleaved pairs, ~95% interval)",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # in the JSON too: the lengths, the dense model's own ms, the ceiling
+    for col in ("strategy", "s", "ach.", "phase", "b", "pred\nms", "meas\nms", "pred\n×",
+                "meas\n×", "interval", "error", "FLOPs\n×", "timing"):
+        t.add_column(col, justify="left" if col in ("strategy", "phase", "timing") else "right",
+                     no_wrap=True)
     for r in rows:
-        t.add_row(r.strategy, f"{r.sparsity:g}", f"{r.achieved_sparsity:.1%}", r.phase,
-                  str(r.batch), str(r.length), f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}",
-                  f"{r.dense_predicted_ms:.2f}", f"{r.dense_measured_ms:.2f}",
-                  f"{r.predicted_speedup:.2f}", f"{r.measured_speedup:.2f}", f"{r.error:+.1%}",
-                  f"{r.flops_speedup:.2f}", _timing_label(r))
+        t.add_row(r.strategy, f"{r.sparsity:g}", f"{r.achieved_sparsity:.0%}", r.phase,
+                  str(r.batch), f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}",
+                  f"{r.predicted_speedup:.2f}", "unstable" if not r.stable else f"{r.measured_speedup:.2f}",
+                  f"{r.measured_low:.2f}–{r.measured_high:.2f}",
+                  f"{r.error:+.1%}" if r.stable else "—",
+                  f"{r.flops_speedup:.2f}",
+                  " ".join(x for x in (_timing_label(r), "↑" if r.above_ceiling else "",
+                                       "busy" if r.contended else "") if x))
+    t.caption = "↑: measured above the family's ceiling; busy: other processes held cores"
     return t

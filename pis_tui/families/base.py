@@ -121,6 +121,9 @@ class Family:
     quality_oracle: bool = False  # the quality path computes everything (bounds, not speed)
     # -- validate
     validate_standard: bool = False  # in the standard set of `validate --all`
+    #: the model validate builds keeps dense-shaped weights (zeros masked in), whatever the
+    #: kernel it prices reads: its memory is the dense model's
+    validate_dense_weights: bool = False
 
     # ------------------------------------------------------------ sparsities
 

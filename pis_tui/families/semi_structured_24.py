@@ -32,6 +32,8 @@ class SemiStructured24(Family):
 
         return prune_semi_structured_24(model, cal)
 
+    validate_dense_weights = True  # the built model masks dense weights
+
     def validate_finish(self, built, seed):
         from ..validation.build import apply_masks
 

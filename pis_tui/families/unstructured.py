@@ -30,6 +30,8 @@ class Unstructured(Family):
 
         return prune_unstructured(model, sparsity, cal)
 
+    validate_dense_weights = True  # the built model masks dense weights
+
     def validate_finish(self, built, seed):
         from ..validation.build import apply_masks
 

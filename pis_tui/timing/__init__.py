@@ -39,9 +39,9 @@ from __future__ import annotations
 from ..measured_table import Measurement
 from .case import Case, Unsupported
 from .device import DeviceContext, open_device, read_clocks, torch_dtype
-from .measure import build_case, contention_probe, measure_op, verify_op
+from .measure import build_case, contention_probe, cpu_contention, measure_op, verify_op
 from .peaks import measure_device_peaks
 
 __all__ = ["DeviceContext", "Measurement", "Case", "Unsupported", "open_device", "read_clocks",
-           "torch_dtype", "build_case", "measure_op", "verify_op", "contention_probe",
+           "torch_dtype", "build_case", "measure_op", "verify_op", "contention_probe", "cpu_contention",
            "measure_device_peaks"]

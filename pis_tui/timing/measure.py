@@ -236,21 +236,29 @@ def verify_op(op: Op, ctx: DeviceContext, **kw) -> tuple[float, float]:
 
 
 def contention_probe(ctx: DeviceContext, budget_s: float = 0.02) -> dict:
+    """Is another process using this CPU's cores right now?  :func:`cpu_contention` on the
+    context's threads (never contended on CUDA or with one thread)."""
+    if ctx.is_cuda or ctx.threads <= 1:
+        return {"contended": False, "ratio": 1.0}
+    return cpu_contention(ctx.threads, budget_s)
+
+
+def cpu_contention(threads: int, budget_s: float = 0.02) -> dict:
     """Is another process using this CPU's cores right now?
 
     An OpenMP parallel region waits for every thread at its barrier: when another process
     holds one of the cores, each multithreaded kernel waits for a descheduled thread (a whole
     scheduler slice, ~15 ms here), so a 0.07 ms GEMM takes 15 ms.  This times a small GEMM
-    with all threads and with one; ``contended`` when all threads are more than 3× slower.
+    with all ``threads`` and with one; ``contended`` when all threads are more than 3× slower.
     """
-    if ctx.is_cuda or ctx.threads <= 1:
+    if threads <= 1:
         return {"contended": False, "ratio": 1.0}
     torch = torch_module()
     x = torch.ones(16, 896)
     w = torch.ones(128, 896)
 
-    def rate(threads: int) -> float:
-        torch.set_num_threads(threads)
+    def rate(n: int) -> float:
+        torch.set_num_threads(n)
         torch.nn.functional.linear(x, w)
         best = float("inf")
         end = time.perf_counter() + budget_s
@@ -262,9 +270,9 @@ def contention_probe(ctx: DeviceContext, budget_s: float = 0.02) -> dict:
 
     try:
         single = rate(1)
-        multi = min(rate(ctx.threads), rate(ctx.threads))
+        multi = min(rate(threads), rate(threads))
     finally:
-        torch.set_num_threads(ctx.threads)
+        torch.set_num_threads(threads)
     ratio = multi / single if single > 0 else 1.0
     return {"contended": ratio > 3.0, "ratio": ratio, "threads_ms": multi * 1e3,
-            "single_thread_ms": single * 1e3, "threads": ctx.threads}
+            "single_thread_ms": single * 1e3, "threads": threads}

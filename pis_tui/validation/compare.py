@@ -18,7 +18,8 @@ from ..scenario import Scenario
 from .build import build_from_spec
 from .config import check_buildable, raw_config, torch_dtype
 from .probe import dispatch_probe
-from .run import PhaseRun, local_torch_device, measure_interleaved
+from .run import PhaseRun, local_torch_device
+from .stability import MAX_ROUNDS, TOLERANCE, cpu_contended, measure_speedup
 
 STANDARD_SPARSITIES = (0.25, 0.5)
 
@@ -113,7 +114,8 @@ class OpTimes:
             if isinstance(m, dict):
                 out.append(m)
             else:
-                out.append({"key": m.key, "op": m.op, "ms": m.ms, "status": m.status})
+                out.append({"key": m.key, "op": m.op, "ms": m.ms, "status": m.status,
+                            "spread": m.spread, "conditions": m.conditions})
         return out
 
     def close(self) -> None:
@@ -167,16 +169,45 @@ class ValidationRow:
     #: eager: host overhead the prediction does not price is in the measured times
     capture_failed: bool = False
     capture_error: str = ""
+    #: the measured speedup's ~95 % interval (median of the interleaved pairs' ratios;
+    #: :mod:`pis_tui.validation.stability`), the pairs and rounds it took, and whether it
+    #: met the tolerance: an unstable row shows no speedup figure, only its interval
+    measured_low: float = 0.0
+    measured_high: float = 0.0
+    pairs: int = 0
+    rounds: int = 1
+    stable: bool = True
+    #: other processes were using this machine's cores while the row was timed
+    contended: bool = False
+    #: the family's physical ceiling for this phase (dense roofline work over the pruned
+    #: one's), and whether the measured speedup lies above it by more than its interval
+    ceiling: float = float("inf")
+    above_ceiling: bool = False
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.stable else "unstable"
 
     def to_dict(self, full: bool = False) -> dict:
         keys = ("strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
                 "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
                 "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed")
         d = {k: _round(getattr(self, k)) for k in keys}
+        d["status"] = self.status
+        d["measured_interval"] = [_round(self.measured_low), _round(self.measured_high)]
+        d["speedup_ceiling"] = _round(self.ceiling) if self.ceiling != float("inf") else None
+        d["above_ceiling"] = self.above_ceiling
+        d["contended"] = self.contended
+        if not self.stable:  # no figure for an unstable speedup: its interval says what it is
+            d["measured_speedup"] = None
+            d["error"] = None
         if full:
             for k in ("flops_speedup", "flops_error", "timing_source", "measured_spread",
-                      "dense_spread", "repeats", "granularity", "capture_error"):
+                      "dense_spread", "repeats", "granularity", "capture_error", "pairs",
+                      "rounds"):
                 d[k] = _round(getattr(self, k))
+            if not self.stable:
+                d["flops_error"] = None
             d["notes"] = list(self.notes)
         return d
 
@@ -200,7 +231,9 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
              on_progress: Optional[Callable[[str], None]] = None,
              on_row: Optional[Callable[[ValidationRow], None]] = None,
              probe_overhead: bool = True, probes: Optional[dict] = None,
-             skip: Optional[Callable[[tx.Strategy, str, int, int], bool]] = None) -> list:
+             skip: Optional[Callable[[tx.Strategy, str, int, int], bool]] = None,
+             tolerance: float = TOLERANCE, max_rounds: int = MAX_ROUNDS,
+             on_warning: Optional[Callable[[str], None]] = None) -> list:
     """Build each pruned model, time it against the dense one (interleaved), and compare the
     measured speedups with pis-tui's predictions.  Returns one :class:`ValidationRow` per
     strategy × phase × batch (``prefill_batches``, if given, replaces ``prefill_batch``).
@@ -213,7 +246,13 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
 
     On the CPU the eager framework overhead is measured first (:func:`dispatch_probe`, once per
     code path, unless the cache already holds it) so the predictions include it; ``probes``
-    (a dict) receives each probe's result by code path."""
+    (a dict) receives each probe's result by code path.
+
+    Each row's speedup is timed in interleaved rounds of ``repeats`` pairs until its ~95 %
+    interval is within ``tolerance`` or ``max_rounds`` rounds were taken (then the row is
+    unstable: :mod:`pis_tui.validation.stability`); a measured speedup whose interval lies
+    above the family's physical ceiling is flagged ``above_ceiling``; on the CPU the machine
+    is probed for contention before each round and ``on_warning`` hears when it is busy."""
     import torch
 
     say = on_progress or (lambda msg: None)
@@ -235,6 +274,14 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     strategies = [st for st in strategies if todo[st]]
     if not strategies:
         return []
+    from ..memory_check import check as check_memory, validate_need
+
+    ph_of = {c[0] for c in cases}
+    check_memory(validate_need(
+        spec, strategies, dtype, prefill_batch=max([c[1] for c in cases if c[0] == "prefill"] or [1]),
+        prompt_len=prompt_len, decode_batch=max([c[1] for c in cases if c[0] == "decode"] or [1]),
+        context_len=context_len, phases=tuple(ph for ph in ("prefill", "decode") if ph in ph_of)),
+        device, f"validate {spec.name} ({dtype}: the dense and a pruned model at once)")
     cases = [c for c in cases if any(c in todo[st] for st in strategies)]
     times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
     if device == "cpu" and probe_overhead:
@@ -267,6 +314,19 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
             every += tx.build_phase_ops(spec, strat, scen, ph).ops
     times.ensure(every)
     rows: list = []
+    warned = []
+
+    def contention() -> bool:
+        if device != "cpu":
+            return False
+        c = cpu_contended()
+        if c["contended"] and not warned and on_warning is not None:
+            warned.append(c)
+            on_warning(f"other processes are using this machine's cores (load {c['load']:.1f} on "
+                       f"{c['cores']} cores; a small GEMM {c.get('ratio', 1.0):.1f}× slower on "
+                       f"every thread than on one): end-to-end times are inflated and noisy; "
+                       f"rows whose speedup does not settle are reported unstable")
+        return c["contended"]
     say(f"building dense {spec.name} ({dtype}, {device})")
     dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=device, dtype=dtype, seed=seed)
     dense_pred: dict = {}
@@ -296,7 +356,13 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                         if failed:  # like with like: both eager
                             for r in runs:
                                 r.drop_graph()
-                        td, tp = measure_interleaved(runs, repeats, warmup)
+                        st = measure_speedup(
+                            runs[0], runs[1], repeats, warmup, tolerance=tolerance,
+                            max_rounds=max_rounds, contention=contention,
+                            on_round=lambda k, m, lo, hi: say(
+                                f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: round {k}: "
+                                f"{m:.2f}× ({lo:.2f}–{hi:.2f})"))
+                        td, tp = st.dense, st.pruned
                     except (RuntimeError, NotImplementedError) as e:
                         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                         where = f"{strat.family} s={strat.sparsity:g} {ph} batch {b}"
@@ -309,9 +375,16 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                         for r in runs:
                             r.close()
                     ps = de.latency_ms / pe.latency_ms
-                    ms_ = td.median_ms / tp.median_ms
+                    ms_ = st.speedup
                     fs = de.flops / pe.flops if pe.flops else 1.0
-                    notes = tuple(pruned.notes) + tuple(n for r in runs for n in r.notes)
+                    ceil = _ceiling(spec, strat, scen, ph, times)
+                    above = st.low > ceil * (1.0 + 1e-9)
+                    notes = tuple(pruned.notes) + tuple(n for r in runs for n in r.notes) + \
+                        tuple(st.notes)
+                    if above:
+                        notes += (f"measured speedup {st.low:.2f}–{st.high:.2f}× lies above the "
+                                  f"{strat.family} ceiling {ceil:.2f}× (the share of roofline "
+                                  "work it keeps): the dense run was slowed by something else",)
                     mode = "cuda-graph" if all(r.capture == "graph" for r in runs) and not failed \
                         else "eager"
                     cap_err = "; ".join(f"{who}: {r.capture_error}" for who, r in failed)
@@ -319,8 +392,11 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                         strat.family, strat.sparsity, pe.achieved_sparsity, ph, b, length,
                         pe.latency_ms, tp.median_ms, de.latency_ms, td.median_ms, ps, ms_,
                         ps / ms_ - 1.0, fs, fs / ms_ - 1.0, pe.timing_source, tp.spread,
-                        td.spread, repeats, strat.granularity, notes, timing=mode,
-                        capture_failed=bool(failed), capture_error=cap_err)
+                        td.spread, st.pairs, strat.granularity, notes, timing=mode,
+                        capture_failed=bool(failed), capture_error=cap_err,
+                        measured_low=st.low, measured_high=st.high, pairs=st.pairs,
+                        rounds=st.rounds, stable=st.stable, contended=st.contended,
+                        ceiling=ceil, above_ceiling=above)
                     rows.append(row)
                     if cache is not None and hasattr(cache, "put_validation"):
                         cache.put_validation([validation_record(row, spec, dtype, device)])
@@ -334,6 +410,19 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
         del dense
         _release(device)
     return rows
+
+
+def _ceiling(spec: ModelSpec, strategy: tx.Strategy, scenario: Scenario, phase: str,
+             times: OpTimes) -> float:
+    """The family's physical ceiling for this phase on the local device (the dense phase's
+    roofline work over the pruned one's, the same rule the explorer's flags use)."""
+    from ..estimator import Estimator
+    from ..hardware import local_device
+
+    dense = tx.build_phase_ops(spec, tx.Strategy("dense"), scenario, phase).ops
+    pruned = tx.build_phase_ops(spec, strategy, scenario, phase).ops
+    est = Estimator(local_device(), times.records())
+    return families.get(strategy.family).speedup_ceiling(dense, pruned, est.work_ms)
 
 
 def _sticky(msg: str) -> bool:
@@ -367,9 +456,12 @@ def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: s
 
 
 def accuracy_summary(rows: list) -> dict:
-    """Median and worst |error| of the predicted speedups (and of the FLOPs ratio)."""
+    """Median and worst |error| of the predicted speedups (and of the FLOPs ratio) over the
+    stable rows; ``unstable``: how many rows had no settled speedup (left out)."""
+    unstable = sum(1 for r in rows if not r.stable)
+    rows = [r for r in rows if r.stable]
     if not rows:
-        return {"n": 0}
+        return {"n": 0, "unstable": unstable}
     errs = [abs(r.error) for r in rows]
     ferrs = [abs(r.flops_error) for r in rows]
     worst = max(rows, key=lambda r: abs(r.error))
@@ -377,4 +469,5 @@ def accuracy_summary(rows: list) -> dict:
             "worst_abs_error": max(errs),
             "worst": f"{worst.strategy} {worst.sparsity:g} {worst.phase} b{worst.batch}",
             "flops_median_abs_error": statistics.median(ferrs),
-            "flops_worst_abs_error": max(ferrs)}
+            "flops_worst_abs_error": max(ferrs), "unstable": unstable,
+            "above_ceiling": sum(1 for r in rows if r.above_ceiling)}

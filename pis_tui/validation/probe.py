@@ -36,6 +36,8 @@ def tiny_clone(raw: dict, spec: ModelSpec) -> tuple[dict, ModelSpec]:
 #: per linear, per routed sublayer) differ enough to solve for each kind's cost
 PROBE_STRATEGIES = (("dense", 0.0), ("static_depth", 0.5), ("low_rank", 0.5),
                     ("dynamic_depth", 0.5))
+#: a kind's cost whose rounds spread wider than this (IQR over the median) is stored unstable
+PROBE_SPREAD_LIMIT = 0.5
 
 
 def _solve(a: list, b: list) -> list:
@@ -111,21 +113,82 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
         c["measured_ms"] = t.median_ms
         c["residual_ms"] = t.median_ms - c["kernels_ms"]
     kinds = [k for k in OVERHEAD_KINDS if any(c["counts"][k] for c in clones)]
-    coef = _solve([[c["counts"][k] for k in kinds] for c in clones],
-                  [c["residual_ms"] for c in clones])
-    ms = {k: max(1e-6, v) for k, v in zip(kinds, coef)}
+    counts = [[c["counts"][k] for k in kinds] for c in clones]
+    coef = _solve(counts, [c["residual_ms"] for c in clones])
+    # one solve per interleaved round as well (the clones' i-th samples were taken side by
+    # side): the spread of a kind's cost over the rounds is stored with it
+    per_round = []
+    for i in range(min(len(t.samples) for t in timed)):
+        try:
+            per_round.append(_solve(counts, [t.samples[i] - c["kernels_ms"]
+                                             for c, t in zip(clones, timed)]))
+        except MeasureError:
+            continue
+    ms, spread, bounded = {}, {}, {}
+    for j, k in enumerate(kinds):
+        limit = overhead_bound(clones, k)
+        v = min(max(1e-6, coef[j]), limit)
+        if coef[j] > limit:
+            bounded[k] = (coef[j], limit)
+        ms[k] = v
+        vals = sorted(min(max(1e-6, r[j]), limit) for r in per_round)
+        spread[k] = _iqr(vals) / v if len(vals) >= 2 and v > 0 else None
+    contended = False
+    try:
+        from .stability import cpu_contended
+
+        contended = bool(cpu_contended().get("contended"))
+    except Exception:  # noqa: BLE001 - the probe of contention is advisory
+        pass
     fp = local_device().fingerprint
     sw = software_versions()
     out = []
     for k, v in ms.items():
         op = Overhead(f"{k}_overhead", k, path, 1.0, dtype)
+        reasons = []
+        if spread[k] is not None and spread[k] > PROBE_SPREAD_LIMIT:
+            reasons.append(f"its rounds disagree (IQR {spread[k]:.0%} of the median)")
+        if k in bounded:
+            reasons.append(f"the solve gave {bounded[k][0]:.4g} ms a call, above the bound "
+                           f"{bounded[k][1]:.4g} ms (a tiny clone's whole forward over its "
+                           f"{k} calls)")
+        if contended:
+            reasons.append("taken while other processes used this machine's cores")
+        cond = {"probe": {"clones": [{kk: c[kk] for kk in ("strategy", "measured_ms",
+                                                             "kernels_ms")} for c in clones],
+                          "bound_ms": overhead_bound(clones, k), "rounds": len(per_round)}}
+        if reasons:
+            cond["unstable"] = reasons
         out.append(Measurement(
-            key=op.key(), op=asdict(op), ms=v, eager_ms=v, spread=None, repeats=repeats,
-            status="ok", method="cpu-wall", method_version=METHOD_VERSIONS["cpu-wall"],
-            fingerprint=fp, software=sw, measured_at=now_iso(),
+            key=op.key(), op=asdict(op), ms=v, eager_ms=v, spread=spread[k], repeats=repeats,
+            status="unstable" if reasons else "ok", method="cpu-wall",
+            method_version=METHOD_VERSIONS["cpu-wall"],
+            fingerprint=fp, software=sw, measured_at=now_iso(), conditions=cond,
             note=(f"dispatch probe: tiny clones of {spec.name} ({', '.join(f for f, _ in PROBE_STRATEGIES)}), "
-                  f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind")))
+                  f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind, "
+                  f"bounded by {overhead_bound(clones, k):.4g} ms a call")))
     times.add(out)
     if cache is not None:
         cache.put_measurements(out)
-    return {"path": path, "ms": ms, "clones": clones}
+    return {"path": path, "ms": ms, "clones": clones, "spread": spread, "bounded": bounded,
+            "contended": contended}
+
+
+def overhead_bound(clones: list, kind: str) -> float:
+    """The most one call of overhead ``kind`` can cost: every clone that makes such calls runs
+    all of them inside its own measured forward, so one call costs at most that forward's
+    time over the clone's count of ``kind`` calls (the least over the clones).  A model's
+    priced overhead therefore never exceeds the measured forward of its tiny clone, however
+    noisy the solve."""
+    limits = [c["measured_ms"] / c["counts"][kind] for c in clones
+              if c["counts"].get(kind) and c.get("measured_ms") is not None]
+    return min(limits) if limits else float("inf")
+
+
+def _iqr(vals: list) -> float:
+    if len(vals) < 4:
+        return vals[-1] - vals[0]
+    import statistics
+
+    q = statistics.quantiles(vals, n=4)
+    return q[2] - q[0]
