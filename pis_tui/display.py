@@ -50,6 +50,18 @@ def strategy_name(p, achieved: bool = True) -> str:
     return f"{p.strategy} {_short_pct(p.achieved_sparsity if achieved else p.sparsity)}"
 
 
+def method_short(q) -> str:
+    """The method behind a quality figure in a few words: "Tyr-the-Pruner", "family mean",
+    a combination's parts' joined by "+"; "" when none is known."""
+    parts = getattr(q, "parts", ())
+    if parts:
+        return " + ".join(method_short(x) or "?" for x in parts)
+    m = getattr(q, "method", "") or ""
+    if m.startswith("mean of "):
+        return "family mean"
+    return m.split(" (best of ")[0]
+
+
 def _short_pct(v: float) -> str:
     return f"{v * 100:.1f}".rstrip("0").rstrip(".") + "%"
 
