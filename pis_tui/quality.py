@@ -26,7 +26,14 @@ How a curve is built (one curve per model × family × protocol × metric):
    piecewise-linearly: the curve never decreases.
 5. **Beyond the data.**  Past the largest known sparsity the last segment's slope is
    continued (linear extrapolation, capped at a loss of 1.0) and the estimate is flagged
-   ``extrapolated=True``: more pessimistic than a flat line, and shown as unsure.
+   ``extrapolated=True``: more pessimistic than a flat line, and shown as unsure (never
+   ranked unless asked: :data:`EXTRAPOLATION_RULE`).  An achieved sparsity within
+   :data:`EDGE_TOL` (0.5 percentage points) past it reads the last point: rounding (low
+   rank's 50 % of llama-3.1-8b removes 50.03 %) is no extrapolation.
+6. **Methods.**  ``method`` picks whose rows make the curve (:data:`METHOD_RULE`): the
+   family mean (default), the best single method for the model, or a named one.
+7. **Borrowing floor.**  A borrowed curve's loss is raised to that of a larger model of the
+   donor's line with its own rows there (:data:`BORROWING_RULE`).
 
 User quality file (``--quality FILE``): columns ``strategy, sparsity, quality_loss``
 and optionally ``model`` and ``note``.  For a family the file names, the user's points
@@ -55,6 +62,9 @@ from .results import QualityEstimate
 PROTOCOLS = ("lora", "training-free", "trained")
 METRICS = ("accuracy_drop", "ppl_increase")
 _EPS = 1e-9
+#: an achieved sparsity at most this far past a curve's largest (0.5 percentage points: what
+#: rounding ranks, channels or tokens adds) reads that last point, not an extrapolation
+EDGE_TOL = 0.005
 
 
 @dataclass(frozen=True)
@@ -312,6 +322,10 @@ class Curve:
                 t = (s - a.sparsity) / (b.sparsity - a.sparsity)
                 return a.loss + t * (b.loss - a.loss), False, a.obs + b.obs
         last = ks[-1]
+        if s <= last.sparsity + EDGE_TOL:
+            # rounding (ranks to 8, channels, tokens) overshoots a round sparsity a little:
+            # that reads the last point, it is no extrapolation
+            return last.loss, False, last.obs
         if len(ks) >= 2:
             prev = ks[-2]
             slope = (last.loss - prev.loss) / (last.sparsity - prev.sparsity)

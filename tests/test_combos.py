@@ -301,3 +301,16 @@ def test_plan_offers_combinations(tmp_path):
     assert len(cands) == 4 and all(c["quality_source"] == "composed" for c in cands)
     assert {tuple(p["sparsity"] for p in c["parts"]) for c in cands} == {
         (0.125, 0.125), (0.125, 0.25), (0.25, 0.125), (0.25, 0.25)}
+
+
+def test_readme_combinations_table_is_the_registry():
+    import re
+
+    from helpers import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict((m.group(1), m.group(2).strip()) for m in re.finditer(
+        r"^\| `([a-z0-9_]+\+[a-z0-9_]+)` \| ([^|]+) \| .+ \|$", text, re.M))
+    assert tuple(rows) == THE_SET
+    for c in families.combos():
+        assert rows[c.name] == c.axis, c.name
