@@ -171,3 +171,21 @@ def test_extrapolated_points_are_shown_but_skipped_unless_allowed(tmp_path):
     assert [p["strategy"] for p in front] == ["dense"]
     r = run_cli("frontier", *args[1:9], "--allow-extrapolated", "--json", "-")
     assert [p["strategy"] for p in json.loads(r.stdout)["frontier"]["prefill"]] == ["dense", "static_depth"]
+
+
+def test_rounding_past_the_last_point_is_no_extrapolation():
+    """Low rank's 50 % of llama-3.1-8b removes 50.03 % (ranks rounded to 8): that reads the
+    50 % point; 0.6 percentage points past it is an extrapolation."""
+    from pis_tui.model_spec import load_model_spec
+    from pis_tui.quality import EDGE_TOL
+    from pis_tui.scenario import Scenario
+    from pis_tui.taxonomy import Strategy, build_phase_ops
+
+    a = build_phase_ops(load_model_spec("llama-3.1-8b"), Strategy("low_rank", 0.5), Scenario(),
+                        "prefill").achieved_sparsity
+    assert 0.5 < a < 0.5 + EDGE_TOL
+    qm = build_quality_model("lora")
+    at = qm.estimate("llama-3.1-8b", "low_rank", a)
+    assert not at.extrapolated and at.value == pytest.approx(0.2046)
+    past = qm.estimate("llama-3.1-8b", "low_rank", 0.5 + EDGE_TOL + 0.001)
+    assert past.extrapolated and past.value > 0.2046

@@ -7,8 +7,8 @@ added with :func:`register` (a module of its own defining a :class:`Family` subc
 everything that lists families calls :func:`names`, :func:`pruned` or :func:`all_families`
 at the time it needs them, so a family registered later appears everywhere.
 
-Combined strategies (:mod:`.combos`: two families, the second applied to what the first
-kept) are registered beside the families, in the order of :data:`.combos.BUILTIN_COMBOS`:
+Combined strategies (:mod:`.combinations`: two families, the second applied to what the first
+kept) are registered beside the families, in the order of :data:`.combinations.BUILTIN_COMBOS`:
 :func:`get` finds both, :func:`names` / :func:`pruned` list families only, :func:`combo_names`
 the combinations, :func:`strategy_names` both (families first).
 
@@ -21,8 +21,8 @@ import importlib
 
 from ..errors import UserError
 from .base import DEFAULT_SPARSITIES, MAX_SPARSITY, Family, LayerPlan, PhaseContext
-from .combos import BUILTIN_COMBOS, COMBO_SPARSITIES, SEP, Combo, check_pair, combo_name
-from .combos import compose_sparsity as combos_compose
+from .combinations import BUILTIN_COMBOS, COMBO_SPARSITIES, SEP, Combo, check_pair, combo_name
+from .combinations import compose_sparsity as combos_compose
 
 __all__ = ["Family", "LayerPlan", "PhaseContext", "MAX_SPARSITY", "DEFAULT_SPARSITIES", "BUILTIN",
            "register", "unregister", "get", "names", "pruned", "all_families", "is_family",
@@ -78,7 +78,7 @@ def get(name: str) -> Family:
 def register_combo(first: str, second: str, *, mark: str = "+", color=None,
                    replace: bool = False) -> Combo:
     """Add the combination ``first+second`` of two registered families (ValueError when they
-    cannot be combined: see :mod:`.combos`)."""
+    cannot be combined: see :mod:`.combinations`)."""
     a, b = _REGISTRY.get(first), _REGISTRY.get(second)
     if a is None or b is None:
         raise ValueError(f"{first}+{second}: both parts must be registered families")

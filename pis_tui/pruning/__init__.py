@@ -95,7 +95,7 @@ def apply(model, strategy: str, sparsity: float, cal: Calibration | None, *, ali
 def apply_combo(model, combo: str, parts, cal: Calibration | None, *, recalibrate=None,
                 align: int | None = None, granularity: str = "layer", block: int = 64,
                 svd_cache: dict | None = None) -> PruneResult:
-    """Prune ``model`` in place by a combination (``families.combos``): each part's ``prune``
+    """Prune ``model`` in place by a combination (``families.combinations``): each part's ``prune``
     hook in turn, ``parts`` = ((family, sparsity), ...).  Parts that still compute every
     update (the dynamic oracles) go last, so the others are calibrated and cut on the model
     itself; before a part that needs a calibration, once an earlier part has changed the
