@@ -158,6 +158,7 @@ def method_name(raw: str) -> str:
     return text or (raw or "").strip()
 
 
+@lru_cache(maxsize=None)
 def method_key(name: str) -> str:
     """How a method name is matched (``--quality-method``): case and spacing ignored."""
     return re.sub(r"\s+", " ", method_name(name).strip().lower())
@@ -692,9 +693,13 @@ class QualityModel:
         return obs, f"mean of {len(names)} methods ({', '.join(names)})"
 
     def _model_curve(self, model: str, strategy: str) -> tuple[Curve, str]:
-        obs, label = self._pick_method(self._by_model(strategy)[model], strategy)
-        return _build_curve(obs, strategy, model, self.protocol, self.metric, self.source,
-                            self.aggregate), label
+        """One model's own curve for a family under the method choice (built once)."""
+        ck = ("model", model, strategy)
+        if ck not in self._cache:
+            obs, label = self._pick_method(self._by_model(strategy)[model], strategy)
+            self._cache[ck] = (_build_curve(obs, strategy, model, self.protocol, self.metric,
+                                            self.source, self.aggregate), label)
+        return self._cache[ck]
 
     def _curve(self, model_name: str, strategy: str) -> tuple[Optional[Curve], Optional[str], str]:
         """(curve, the model it is borrowed from or None, the method behind it)."""

@@ -33,6 +33,7 @@ a fixed-sparsity family at its one), so a sweep stays fast.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 from .base import MAX_SPARSITY, Family, PhaseContext
@@ -140,9 +141,7 @@ class Combo(Family):
     def part_achieved(self, ctx) -> tuple[float, ...]:
         """Each part's achieved sparsity alone (the figure its own point shows, and the one its
         quality curve is read at)."""
-        from ..taxonomy import build_phase_ops
-
-        return tuple(build_phase_ops(ctx.spec, ps, ctx.scenario, ctx.phase).achieved_sparsity
+        return tuple(_alone(ctx.spec, ps, ctx.scenario, ctx.phase)
                      for ps in ctx.strategy.part_strategies)
 
     def achieved_sparsity(self, ctx, plan, ops):
@@ -182,6 +181,14 @@ class Combo(Family):
 
     def __repr__(self) -> str:
         return f"<combination {self.name}>"
+
+
+@lru_cache(maxsize=4096)
+def _alone(spec, strategy, scenario, phase: str) -> float:
+    """A part's achieved sparsity on its own (a part recurs in several combinations)."""
+    from ..taxonomy import build_phase_ops
+
+    return build_phase_ops(spec, strategy, scenario, phase).achieved_sparsity
 
 
 def compose_sparsity(values) -> float:
