@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Callable, Iterable, Optional
 
 from . import __version__
-from .errors import UserError
+from .errors import PisError, UserError
 from .estimator import Estimator
 from .hardware import DeviceProfile, load_gpu
 from .measured_table import load_shipped
@@ -113,7 +113,7 @@ def default_dtype(device: DeviceProfile) -> str:
 
 
 def make_estimator(device: DeviceProfile, dtype: str, cache=None,
-                   warnings: Optional[list] = None) -> Estimator:
+                   warnings: Optional[list] = None, engine: str = "eager") -> Estimator:
     """An estimator for `device` with what is known about it: cached measurements (local
     device), the measured table shipped for that GPU (read and checked by
     ``measured_table.load_shipped``: a table that cannot be used adds a line to ``warnings``),
@@ -132,9 +132,30 @@ def make_estimator(device: DeviceProfile, dtype: str, cache=None,
             warnings.append(problem)
         if table is not None:
             shipped = table.entries
+            device = with_table_efficiency(device, table)
             if dtype not in calibration and (table.calibration or {}).get(dtype):
                 calibration[dtype] = dict(table.calibration[dtype], source=f"shipped table {device.measured_table}")
-    return Estimator(device, measured, shipped, calibration)
+    return Estimator(device, measured, shipped, calibration, engine=engine)
+
+
+def with_table_efficiency(device: DeviceProfile, table) -> DeviceProfile:
+    """The device with the "efficiency" block ``calibrate`` measured into its shipped table over
+    its profile's (each figure keeps its source: "measured by pis-tui calibrate ...")."""
+    from dataclasses import replace
+
+    from .hardware import parse_efficiency
+
+    block = (table.extra or {}).get("efficiency") or {}
+    if not block:
+        return device
+    try:
+        vals, _, srcs = parse_efficiency(block, f"measured table {device.measured_table}")
+    except PisError:
+        return device  # a malformed block: the profile's figures stand
+    floor = vals.get("kernel_floor_us", device.launch_overhead_us)
+    return replace(device, efficiency={**device.efficiency, **vals},
+                   efficiency_sources={**device.efficiency_sources, **srcs},
+                   launch_overhead_us=floor)
 
 
 def resolve(model, gpu) -> tuple[ModelSpec, DeviceProfile]:
@@ -162,7 +183,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     scenario = scenario or Scenario(dtype=default_dtype(device))
     check_dtype(device, scenario.dtype)
     notices: list[str] = []
-    est = make_estimator(device, scenario.dtype, cache, notices)
+    est = make_estimator(device, scenario.dtype, cache, notices, scenario.engine)
     from .quality import combo_estimate, remember_params
 
     if quality is not None:

@@ -131,8 +131,8 @@ def mean_step(step: Callable[[int], float], prompt_len: int, output_len: int,
 class _Pricer:
     """Phase estimates for one plan, each op list built once and each op priced once."""
 
-    def __init__(self, spec, dtype: str, estimator):
-        self.spec, self.dtype = spec, dtype
+    def __init__(self, spec, dtype: str, estimator, engine: str = "eager"):
+        self.spec, self.dtype, self.engine = spec, dtype, engine
         self.est = estimator
         self._ops: dict = {}
         self._estimates: dict = {}
@@ -143,11 +143,13 @@ class _Pricer:
             self.est = copy.copy(estimator)
             memo: dict = {}
 
-            def cached(op):
-                k = op.key()
+            def cached(op, family="dense", phase=None):
+                # the kernels an op runs depend on its name, family and phase (the
+                # execution profile), so the memo does too
+                k = (op.key(), op.name, family, phase)
                 hit = memo.get(k)
                 if hit is None:
-                    hit = memo[k] = price(op)
+                    hit = memo[k] = price(op, family, phase)
                 return hit if hit.op is op else PricedOp(op, hit.ms_per_call, hit.source, hit.note)
 
             self.est.price = cached
@@ -160,9 +162,9 @@ class _Pricer:
         po = self._ops.get(key)
         if po is None:
             if phase == "prefill":
-                scen = Scenario(batch, length, 1, length, self.dtype)
+                scen = Scenario(batch, length, 1, length, self.dtype, self.engine)
             else:
-                scen = Scenario(1, length, batch, length, self.dtype)
+                scen = Scenario(1, length, batch, length, self.dtype, self.engine)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
@@ -305,6 +307,7 @@ class PlanResult:
     dtype: str
     candidates: list[Candidate]
     usable_bytes: float
+    engine: str = "eager"
     quality_protocol: str = "lora"
     quality_metric: str = "accuracy_drop"
     warnings: list = field(default_factory=list)
@@ -354,7 +357,7 @@ class PlanRecommendation:
 def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] = None,
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
          dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
-         combo_sparsities: Optional[Iterable[float]] = None) -> PlanResult:
+         combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager") -> PlanResult:
     """Every candidate (dense, then every family × sparsity and every combination × its parts'
     grid: ``strategies`` None every registered family and combination, ``sparsities`` None
     each family's default grid, ``combo_sparsities`` None the coarse combination grid) priced
@@ -368,8 +371,9 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     dtype = dtype or default_dtype(device)
     check_dtype(device, dtype)
     notices: list[str] = []
-    est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices)
-    pricer = _Pricer(spec, dtype, est)
+    est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices,
+                                                                  engine)
+    pricer = _Pricer(spec, dtype, est, engine)
     grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align,
                            None if combo_sparsities is None else tuple(combo_sparsities))
@@ -382,7 +386,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     protocol = getattr(quality, "protocol", "lora")
     cands = [_candidate(pricer, spec, s, workload, usable, quality, metric, protocol) for s in grid]
     result = PlanResult(
-        spec, device, workload, dtype, cands, usable, protocol, metric,
+        spec, device, workload, dtype, cands, usable, engine, protocol, metric,
         warnings=_memory_warnings(spec, device, workload, cands[0], usable) + notices,
         provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,4 +1,5 @@
-"""The serving scenario: how big prefill and decode are, and in which dtype."""
+"""The serving scenario: how big prefill and decode are, in which dtype, and which execution
+profile (``engine``: how the serving stack launches each op's kernels, pis_tui.execution)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from dataclasses import dataclass
 
 from .errors import UserError
 from .ops import DTYPE_BYTES
+
+#: the execution profiles (profiles/kernels/<name>.json; pis_tui.execution reads them)
+ENGINES = ("eager", "fused")
 
 PHASES = ("prefill", "decode")
 
@@ -17,6 +21,7 @@ class Scenario:
     decode_batch: int = 16
     context_len: int = 1024
     dtype: str = "bf16"
+    engine: str = "eager"
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len"):
@@ -27,6 +32,8 @@ class Scenario:
                 raise UserError(f"{name.replace('_', ' ')} {v} is too large (at most {1 << 20})")
         if self.dtype not in DTYPE_BYTES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
 
     def batch(self, phase: str) -> int:
         return self.prefill_batch if phase == "prefill" else self.decode_batch
@@ -36,6 +43,7 @@ class Scenario:
             "prefill": {"batch": self.prefill_batch, "prompt_len": self.prompt_len},
             "decode": {"batch": self.decode_batch, "context_len": self.context_len},
             "dtype": self.dtype,
+            "engine": self.engine,
         }
 
     def label(self, phase: str) -> str:

@@ -123,6 +123,8 @@ def test_the_script_runs_every_step_without_duckdb_textual_plotext(rehearsal):
     assert env["device"]["kind"] == "cpu"
     cal = json.loads(files["calibrate.json"])
     assert cal["partial"] is False and cal["entries"]
+    # the analytical model's figures, measured from the kernels it timed (a profile's block)
+    assert cal["efficiency"]["kernel_floor_us"]["source"].startswith("measured by pis-tui calibrate")
     rows = json.loads(files["validate-prefill.json"]) + json.loads(files["validate-decode.json"])
     assert {(x["phase"], x["batch"]) for x in rows} == {("prefill", 1), ("prefill", 2), ("decode", 2)}
     assert all("timing" in x and x["capture_failed"] is False for x in rows)

@@ -13,7 +13,8 @@ import argparse
 
 from ._run import (add_budget_args, add_combo_sparsities_arg, add_quality_args, add_ranking_args,
                    add_strategies_arg)
-from .common import add_cache, add_model_gpu, add_outputs, add_strategy_options, positive_int
+from .common import (add_cache, add_engine, add_model_gpu, add_outputs, add_strategy_options,
+                     positive_int)
 
 
 def _ms(what: str):
@@ -56,6 +57,7 @@ def register(sub) -> None:
                    help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
     add_combo_sparsities_arg(p)
     p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    add_engine(p)
     add_strategy_options(p)
     add_cache(p)
     add_quality_args(p)
@@ -111,7 +113,7 @@ def run(args) -> int:
     args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
-                  cache=cache, combo_sparsities=args.combo_sps)
+                  cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager")
     rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated)
     for w in result.warnings:
         print(f"pis-tui: warning: {w}", file=sys.stderr)

@@ -212,6 +212,9 @@ def _run(args) -> int:
     from .common import align_of, parse_families, sweep_sparsities
 
     _check_local(args.gpu)
+    if getattr(args, "engine", None) not in (None, "eager"):
+        raise UserError(f"--engine {args.engine}: profile times the ops' own kernels on this "
+                        "device; the engine only changes estimates (sweep, recommend, plan)")
     jsonl = args.progress_jsonl
     spec = load_model_spec(args.model)
     # named without torch: a profile the cache already holds never imports it

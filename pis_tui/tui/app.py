@@ -497,7 +497,8 @@ class PisApp(App):
         self._update_setup_info()
         r = snap.result
         budget = f"budget {pct(snap.choices.active_budget)}"
-        self._subtitles = [f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} · {budget}",
+        self._subtitles = [f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} "
+                           f"{r.scenario.engine} · {budget}",
                            f"{r.spec.name} · {snap.choices.gpu} · {r.scenario.dtype} · {budget}",
                            f"{r.spec.name} · {budget}"]
         self._fit_header()

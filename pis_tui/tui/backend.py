@@ -22,6 +22,7 @@ from typing import Optional
 
 from ..display import timings_label
 from ..errors import PisError, UserError
+from ..scenario import ENGINES
 
 PHASES = ("prefill", "decode")
 QUALITY_SOURCES = ("priors", "csv", "measured")
@@ -30,6 +31,7 @@ DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8")
 #: combinations in the sweep, their quality composed by this rule ("off": families only)
 COMBOS = ("multiplicative", "additive", "off")
 EXTRAPOLATED = ("skip", "rank")  # extrapolated quality: shown but not ranked, or ranked
+ENGINE_LABELS = (("eager (transformers' modules)", "eager"), ("fused (vLLM / SGLang kernels)", "fused"))
 SETTINGS_KEY = "tui.last_choices"
 MAX_BUDGET = 0.50  # accuracy drop on screen: 0-50 %
 MAX_PPL_BUDGET = 1.00  # relative perplexity increase: 0-100 %
@@ -54,6 +56,7 @@ class Choices:
     quality_method: str = "mean"  # mean | best | a method's name (quality.parse_method)
     combos: str = "multiplicative"  # COMBOS
     extrapolated: str = "skip"  # EXTRAPOLATED: only re-ranks
+    engine: str = "eager"  # the execution profile (pis_tui.execution)
 
     @property
     def allow_extrapolated(self) -> bool:
@@ -115,6 +118,8 @@ class Choices:
             out = replace(out, extrapolated="skip")
         if not out.quality_method.strip():
             out = replace(out, quality_method="mean")
+        if out.engine not in ENGINES:
+            out = replace(out, engine="eager")
         return out
 
 
@@ -433,7 +438,7 @@ class Backend:
         spec, device, dtype = self._setup(choices)
         with _blame("scenario"):
             scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
-                                choices.context_len, dtype)
+                                choices.context_len, dtype, choices.engine)
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
@@ -475,7 +480,8 @@ class Backend:
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
             result = plan(spec, device, workload, strategies=self.strategies(choices), dtype=dtype,
-                          quality=quality, cache=cache if device.is_local else None)
+                          quality=quality, cache=cache if device.is_local else None,
+                          engine=choices.engine)
         rec = self.rank_plan(result, choices.active_budget, inputs.objective,
                              choices.allow_extrapolated)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)

@@ -18,7 +18,7 @@ from textual.widgets import Input, Label, Select, Static
 
 from ..errors import PisError
 from ..model_spec import preset_names
-from .backend import DTYPES, MAX_BUDGET, MAX_PPL_BUDGET, Choices, quality_method_options
+from .backend import DTYPES, ENGINE_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices, quality_method_options
 from .budget_control import BudgetControl
 
 SCENARIO_FIELDS = (("prefill-batch", "prefill_batch", "batch"), ("prompt-len", "prompt_len", "prompt"),
@@ -97,6 +97,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         yield Select([(d if d != "auto" else "auto (bf16 GPU / fp32 CPU)", d) for d in DTYPES],
                      value=c.dtype, allow_blank=False, compact=True, id="dtype")
         yield Static("", id="dtype-error", classes="error")
+        yield Label("Kernels", classes="section")
+        yield Select(list(ENGINE_LABELS), value=c.engine, allow_blank=False, compact=True, id="engine")
         yield Static("m: measure on the local device", id="measure-info", classes="info")
 
     @staticmethod
@@ -143,7 +145,7 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         for wid, val in (("#model", choices.model), ("#gpu", choices.gpu),
                          ("#protocol", choices.protocol), ("#quality-source", choices.quality),
                          ("#dtype", choices.dtype), ("#combos", choices.combos),
-                         ("#extrapolated", choices.extrapolated)):
+                         ("#extrapolated", choices.extrapolated), ("#engine", choices.engine)):
             s = self.query_one(wid, Select)
             if wid == "#model" and not any(v == val for _, v in self._model_options):
                 self._model_options = self._model_options + [(f"{val}  (typed)", val)]
@@ -242,6 +244,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
             self._post(replace(c, quality=str(event.value)), "quality")
         elif wid == "dtype":
             self._post(replace(c, dtype=str(event.value)), "dtype")
+        elif wid == "engine":
+            self._post(replace(c, engine=str(event.value)), "dtype")
 
     def on_budget_control_changed(self, event: BudgetControl.Changed) -> None:
         event.stop()

@@ -1,0 +1,28 @@
+"""The deterministic, estimate-only benchmarks still reproduce their committed results (a
+change to the model that moves them must re-run them: ``python tests/benchmarks/<name>.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent / "benchmarks"
+#: estimate-only, no timing and no data outside the project
+DETERMINISTIC = ("study_table2_check",)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_committed_result_is_what_the_code_gives_now(name):
+    committed = (BENCH / f"{name}.result.md").read_text(encoding="utf-8").splitlines()
+    date = next(i for i, line in enumerate(committed) if line.startswith("- date:"))
+    assert committed[date + 1:] == _load(name).body(), (
+        f"tests/benchmarks/{name}.result.md is stale: re-run python tests/benchmarks/{name}.py")
