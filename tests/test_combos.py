@@ -177,6 +177,52 @@ def test_router_over_width_pruned_sublayers():
     assert any(o.name == "routing_overhead" for o in po.ops)  # dynamic depth's overhead counts
 
 
+
+# ------------------------------------------------------------------------------ kernel-level pricing
+
+def test_combinations_are_priced_by_their_parts_kernels():
+    """A combination has no trace of its own: each op's kernels are the later part's, then the
+    earlier part's, then dense's (execution.ExecutionProfile.kernels)."""
+    from pis_tui import execution
+
+    assert execution.COMBO_SEP == families.SEP
+    eager = execution.load("eager")
+    both = "dynamic_depth+static_width"
+    for op in ("attn_topk", "attn_gather", "mlp_scatter"):  # only dynamic depth's trace has them
+        assert eager.kernels(both, "prefill", op) == eager.kernels("dynamic_depth", "prefill", op)
+        assert eager.kernels(both, "prefill", op) != eager.kernels("dense", "prefill", op)
+    # the later part's trace first: static width's narrower rotary, not dynamic depth's
+    assert eager.kernels(both, "prefill", "rotary") == eager.kernels("static_width", "prefill", "rotary")
+    # low rank's factors of width-pruned linears: low rank's trace
+    assert eager.kernels("static_width+low_rank", "decode", "q_proj.A") == \
+        eager.kernels("low_rank", "decode", "q_proj.A")
+    # an op no part's trace describes: dense's
+    assert eager.kernels("static_depth+static_width", "prefill", "input_norm") == \
+        eager.kernels("dense", "prefill", "input_norm")
+
+
+@pytest.mark.parametrize("engine", ["eager", "fused"])
+def test_combinations_go_through_the_kernel_level_estimator(engine):
+    from pis_tui import execution
+    from pis_tui.engine import sweep
+
+    scen = Scenario(8, 1024, 16, 1024, "bf16", engine)
+    r = sweep("llama-3.1-8b", "h200-sxm", scen, ["dynamic_depth+static_width"],
+              combo_sparsities=[0.25], phases=("prefill",))
+    e = next(x for x in r.estimates if x.parts)
+    assert e.parts == (("dynamic_depth", 0.25), ("static_width", 0.25))
+    by_name = {p.op.name: p for p in e.ops}
+    # every op is priced under the engine's kernels: launches per call are known
+    assert all(p.kernels is not None for p in e.ops if p.op.op_type != "overhead")
+    if engine == "eager":  # the router's top-k: the traced dynamic-depth decomposition
+        traced = execution.load("eager").kernels("dynamic_depth", "prefill", "attn_topk")
+        assert len(traced) > 1 and by_name["attn_topk"].kernels == len(traced)
+    else:  # q/k/v merged into one GEMM, as for any family under fused
+        assert by_name["k_proj"].ms_per_call == 0.0 and "merged" in by_name["k_proj"].note
+    p = next(x for x in r.points if x.parts)
+    assert p.key == (e.strategy, round(e.sparsity, 9), e.parts)
+    assert r.scenario.engine == engine
+
 @pytest.mark.parametrize("name", THE_SET)
 def test_each_part_keeps_its_own_achieved_sparsity(name):
     """A combination's achieved sparsity is 1 − Π(1 − aᵢ), aᵢ each part's achieved alone (the
@@ -249,10 +295,11 @@ def test_sweep_json_lists_combinations_with_parts_and_validates(tmp_path):
     out = tmp_path / "s.json"
     r = run_cli("sweep", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--strategies",
                 "static_depth,static_depth+static_width", "--sparsities", "0.25",
-                "--combo-sparsities", "0.25", "--json", str(out))
+                "--combo-sparsities", "0.25", "--engine", "fused", "--json", str(out))
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
-    jsonschema.validate(doc, load_schema())
+    jsonschema.validate(doc, load_schema())  # the engine enum and the combination keys both
+    assert doc["scenario"]["engine"] == "fused"
     combo = [x for x in doc["results"] if x["strategy"] == "static_depth+static_width"]
     assert len(combo) == 2
     c = combo[0]
@@ -288,15 +335,47 @@ def test_ops_shows_a_combined_op_list():
     d = json.loads(r.stdout)
     q = next(o for o in d["ops"] if o["name"] == "q_proj")
     assert (q["n"], q["count"]) == (3072, 24)
+    assert q["kernels"] == 1 and d["engine"] == "eager"  # priced under the eager trace
     assert [p["family"] for p in d["parts"]] == ["static_depth", "static_width"]
+
+
+def test_cli_validate_builds_and_times_real_combined_models(tmp_path, monkeypatch, capsys):
+    """``pis-tui validate`` on the CPU with two combinations at their parts' sparsities: each
+    real combined model is built, timed against dense and compared with its prediction (the
+    op timings from the roofline: the real models are what is checked here)."""
+    pytest.importorskip("torch")
+    from pis_tui.cli import main
+    from pis_tui.validation import compare
+
+    monkeypatch.setattr(compare.OpTimes, "ensure", lambda self, ops: None)
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": True}))
+    out = tmp_path / "rows.json"
+    pairs = "static_depth@0.5+static_width@0.5,static_width@0.5+low_rank@0.5"
+    code = main(["validate", "--model", str(d), "--strategy", pairs, "--phase", "decode",
+                 "--decode-batch", "2", "--context-len", "16", "--repeats", "1", "--warmup", "0",
+                 "--json", str(out), "--cache", "none"])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads(out.read_text())
+    assert [r["strategy"] for r in rows] == pairs.split(",")
+    for r in rows:
+        assert r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["measured_speedup"] > 0
+    # depth keeps 2 of 4 layers, width half of what they hold: 1 − 0.5 · (1 − a_width)
+    assert 0.5 < rows[0]["achieved_sparsity"] < 1.0
 
 
 def test_plan_offers_combinations(tmp_path):
     out = tmp_path / "p.json"
     r = run_cli("plan", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--strategies",
-                "static_depth,static_depth+static_width", "--json", str(out))
+                "static_depth,static_depth+static_width", "--engine", "fused", "--json", str(out))
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
+    assert doc["plan"]["engine"] == "fused"
     cands = [c for c in doc["plan"]["candidates"] if c["parts"]]
     assert len(cands) == 4 and all(c["quality_source"] == "composed" for c in cands)
     assert {tuple(p["sparsity"] for p in c["parts"]) for c in cands} == {
