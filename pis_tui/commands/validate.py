@@ -94,7 +94,9 @@ def _strategies(args) -> list:
     tokens = [t.strip() for t in str(args.strategy).split(",") if t.strip()]
     points = [t for t in tokens if "@" in t]  # a combination at its parts' own sparsities
     named = ",".join(t for t in tokens if "@" not in t)
-    fams = [f for f in (parse_families(named, "--strategy", "use --all for the standard set")
+    # no combination point: the list as given (an error quotes it as typed)
+    fams = [f for f in (parse_families(named if points else args.strategy, "--strategy",
+                                       "use --all for the standard set")
                         if named or not points else ())
             if not families.get(f).is_baseline]
     out = [from_token(t, None, args.granularity, align) for t in points]
