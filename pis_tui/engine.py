@@ -21,7 +21,7 @@ from .hardware import DeviceProfile, load_gpu
 from .measured_table import load_shipped
 from .memory_fit import footprint
 from .model_spec import ModelSpec, load_model_spec
-from .results import PhaseEstimate, Point, QualityEstimate, strategy_key
+from .results import PhaseEstimate, Point, QualityEstimate
 from .scenario import PHASES, Scenario
 from . import families, uncertainty
 from .taxonomy import build_phase_ops, strategies_grid

@@ -27,7 +27,7 @@ from .combinations import compose_sparsity as combos_compose
 __all__ = ["Family", "LayerPlan", "PhaseContext", "MAX_SPARSITY", "DEFAULT_SPARSITIES", "BUILTIN",
            "register", "unregister", "get", "names", "pruned", "all_families", "is_family",
            "Combo", "BUILTIN_COMBOS", "COMBO_SPARSITIES", "register_combo", "unregister_combo",
-           "combos", "combo_names", "is_combo", "strategy_names"]
+           "combos", "combo_names", "is_combo", "strategy_names", "combos_compose"]
 
 #: the built-in families, one module each, in display order
 BUILTIN = ("dense", "static_depth", "dynamic_depth", "static_width", "static_width_hidden",

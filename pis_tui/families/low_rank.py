@@ -27,7 +27,7 @@ class LowRank(Family):
     validate_standard = True
 
     def shape(self, ctx, plan):
-        dt, s, spec = ctx.dtype, ctx.sparsity, ctx.spec
+        dt, s = ctx.dtype, ctx.sparsity
 
         def lin(name, m, n, k, count):
             r = rank(n, k, s)
