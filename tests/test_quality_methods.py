@@ -189,3 +189,16 @@ def test_rounding_past_the_last_point_is_no_extrapolation():
     assert not at.extrapolated and at.value == pytest.approx(0.2046)
     past = qm.estimate("llama-3.1-8b", "low_rank", 0.5 + EDGE_TOL + 0.001)
     assert past.extrapolated and past.value > 0.2046
+
+
+def test_the_explorer_command_takes_a_quality_method():
+    """``pis-tui tui --quality-method``: an unknown method is refused before the screen opens
+    (one line, exit 2); a known one passes to the explorer (here: no terminal)."""
+    bad = run_cli("tui", "--quality-method", "no-such-pruner", "--no-restore")
+    assert bad.returncode == 2 and "unknown quality method 'no-such-pruner'" in bad.stderr
+    assert len([x for x in bad.stderr.splitlines() if x.strip()]) == 1
+    for method in ("best", "FLAP", "ShortGPT"):  # ShortGPT: a training-free method
+        ok = run_cli("tui", "--quality-method", method, "--no-restore")
+        assert ok.returncode == 2 and "needs a terminal" in ok.stderr, (method, ok.stderr)
+    wrong = run_cli("tui", "--quality-method", "ShortGPT", "--protocol", "lora", "--no-restore")
+    assert wrong.returncode == 2 and "unknown quality method 'ShortGPT'" in wrong.stderr
