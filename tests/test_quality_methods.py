@@ -202,3 +202,30 @@ def test_the_explorer_command_takes_a_quality_method():
         assert ok.returncode == 2 and "needs a terminal" in ok.stderr, (method, ok.stderr)
     wrong = run_cli("tui", "--quality-method", "ShortGPT", "--protocol", "lora", "--no-restore")
     assert wrong.returncode == 2 and "unknown quality method 'ShortGPT'" in wrong.stderr
+
+
+# ------------------------------------------------------------------------------ the README's comparison with the study
+
+@pytest.mark.parametrize("engine,method,winners", [
+    ("eager", "best", ("static_depth", "dynamic_depth", "dynamic_depth")),
+    ("fused", "best", ("static_depth", "dynamic_depth", "static_width")),  # the study's three
+    ("fused", "mean", ("static_depth", "dynamic_depth", "dynamic_depth")),  # the family mean: 30.3 %
+])
+def test_which_family_wins_at_3_16_27_percent(engine, method, winners):
+    """The README's table: llama-3.1-8b, LoRA, prefill 8 × 1024 on h200-sxm, families only, the
+    fastest point within each budget whose quality is not extrapolated."""
+    from pis_tui import families
+    from pis_tui.engine import sweep
+    from pis_tui.scenario import Scenario
+
+    qm = build_quality_model("lora", method=method)
+    r = sweep("llama-3.1-8b", "h200-sxm", Scenario(8, 1024, 16, 1024, "bf16", engine),
+              families.pruned(), quality=qm, phases=("prefill",))
+    got = []
+    for budget in (0.03, 0.16, 0.27):
+        ok = [p for p in r.points if p.strategy != "dense" and p.quality.value is not None
+              and p.quality.value <= budget + 1e-9 and not p.quality.extrapolated]
+        got.append(max(ok, key=lambda p: p.speedup).strategy)
+    assert tuple(got) == winners
+    sw = next(p for p in r.points if p.strategy == "static_width" and p.sparsity == 0.5)
+    assert sw.quality.value == pytest.approx(0.2319 if method == "best" else 0.30336, abs=1e-4)
