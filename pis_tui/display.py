@@ -28,9 +28,42 @@ def latency(ms: Optional[float]) -> str:
 def sparsity_text(p) -> str:
     """The achieved sparsity, after the asked one where they differ: the family rounds to what
     the model allows (whole KV groups, aligned channels, whole layers, tokens, blocks), so
-    qwen2.5-0.5b's heads asked 25 % are cut by 50 %: "25.0% → 26.9%"."""
+    qwen2.5-0.5b's heads asked 25 % are cut by 50 %: "25.0% → 26.9%".  A combination: each
+    part's, "12.5% + 25.0% → 26.9%"."""
+    parts = getattr(p, "parts", ())
+    if parts:
+        got_parts = getattr(p, "part_achieved", ()) or tuple(s for _, s in parts)
+        asked = " + ".join(pct(s) for _, s in parts)
+        got = " + ".join(pct(a) for a in got_parts)
+        return got if asked == got else f"{asked} → {got}"
     asked, got = pct(p.sparsity), pct(p.achieved_sparsity)
     return got if asked == got else f"{asked} → {got}"
+
+
+def strategy_name(p, achieved: bool = True) -> str:
+    """A point (or candidate) in words: "static_depth 12.5%", a combination "static_depth
+    12.5% + static_width 26.9%" (achieved sparsities; ``achieved=False``: the asked ones)."""
+    parts = getattr(p, "parts", ())
+    if parts:
+        vals = (getattr(p, "part_achieved", ()) if achieved else ()) or tuple(s for _, s in parts)
+        return " + ".join(f"{f} {_short_pct(v)}" for (f, _), v in zip(parts, vals))
+    return f"{p.strategy} {_short_pct(p.achieved_sparsity if achieved else p.sparsity)}"
+
+
+def method_short(q) -> str:
+    """The method behind a quality figure in a few words: "Tyr-the-Pruner", "family mean",
+    a combination's parts' joined by "+"; "" when none is known."""
+    parts = getattr(q, "parts", ())
+    if parts:
+        return " + ".join(method_short(x) or "?" for x in parts)
+    m = getattr(q, "method", "") or ""
+    if m.startswith("mean of "):
+        return "family mean"
+    return m.split(" (best of ")[0]
+
+
+def _short_pct(v: float) -> str:
+    return f"{v * 100:.1f}".rstrip("0").rstrip(".") + "%"
 
 
 def interval_text(p) -> str:
@@ -52,12 +85,15 @@ TRUST_NOTE = ("speedup interval about 95 % (from the uncertainties of the ops be
 
 #: what the marks and arrows of the CLI tables and the explorer mean
 SPARSITY_NOTE = "sparsity: asked → achieved where the family's rounding made them differ"
-MARKS_NOTE = "ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source"
+MARKS_NOTE = ("ᵉ extrapolated beyond the data (not ranked), ᵇ borrowed from another model, "
+              "ˢ secondary source, ᶜ composed from a combination's parts")
 
 
 def quality_marks(q) -> str:
-    """ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source."""
-    return ("ᵉ" if q.extrapolated else "") + ("ᵇ" if q.borrowed_from else "") + ("ˢ" if q.secondary else "")
+    """ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source,
+    ᶜ composed from a combination's parts."""
+    return (("ᵉ" if q.extrapolated else "") + ("ᵇ" if q.borrowed_from else "")
+            + ("ˢ" if q.secondary else "") + ("ᶜ" if getattr(q, "composed", None) else ""))
 
 
 def loss_text(q) -> str:
@@ -72,8 +108,12 @@ def flag_words(q, short: bool = False) -> list[str]:
     """Why a quality figure deserves care, in words; `short` drops the repeated "quality"
     (for narrow panels that say it once)."""
     out = []
+    if getattr(q, "composed", None):
+        out.append(f"composed ({q.composed})" if short else f"quality composed ({q.composed} rule)")
     if q.borrowed_from:
         out.append(f"from {q.borrowed_from}" if short else f"quality borrowed from {q.borrowed_from}")
+    if getattr(q, "floored_by", None) and not short:
+        out.append("raised by the borrowing rule")
     if q.extrapolated:
         out.append("extrapolated" if short else "quality extrapolated")
     if q.secondary:

@@ -9,7 +9,7 @@ its results reach the estimate through the cache.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from typing import Callable, Iterable, Optional
@@ -38,6 +38,9 @@ class SweepResult:
     quality_protocol: str = "lora"
     quality_metric: str = "accuracy_drop"
     quality_curves: dict = field(default_factory=dict)
+    #: the quality method asked (mean | best | names) and the combination rule, in words
+    quality_method: str = ""
+    combo_rule: str = ""
     provenance: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)  # memory_fit.footprint: does the dense model fit?
     notices: list = field(default_factory=list)  # e.g. a shipped table that could not be used
@@ -52,11 +55,16 @@ class SweepResult:
                 return e
         raise KeyError(phase)
 
-    def estimate_for(self, strategy: str, sparsity: float, phase: str) -> PhaseEstimate:
+    def estimate_for(self, strategy: str, sparsity: float, phase: str, parts: tuple = ()) -> PhaseEstimate:
         for e in self.estimates:
-            if e.strategy == strategy and e.phase == phase and abs(e.sparsity - sparsity) < 1e-9:
+            if e.strategy == strategy and e.phase == phase and abs(e.sparsity - sparsity) < 1e-9 \
+                    and tuple(e.parts) == tuple(parts):
                 return e
-        raise KeyError((strategy, sparsity, phase))
+        raise KeyError((strategy, sparsity, phase, parts))
+
+    def ops_for(self, p) -> object:
+        """The op list (taxonomy.PhaseOps) behind a point (or an estimate)."""
+        return self.phase_ops.get(ops_key(p.strategy, p.sparsity, p.phase, getattr(p, "parts", ())))
 
     def phase_points(self, phase: str) -> list[Point]:
         return [p for p in self.points if p.phase == phase]
@@ -71,6 +79,17 @@ class SweepResult:
         for s in seen.values():
             out[s] = out.get(s, 0) + 1
         return out
+
+
+def ops_key(strategy: str, sparsity: float, phase: str, parts: tuple = ()) -> tuple:
+    """The key of a sweep's op lists: (family, sparsity, phase); a combination's parts after."""
+    return (strategy, sparsity, phase) + ((tuple(parts),) if parts else ())
+
+
+def default_strategies() -> tuple[str, ...]:
+    """What a sweep runs when no strategies are named: every pruned family, then every
+    combination (each part on the coarse grid)."""
+    return families.pruned() + families.combo_names()
 
 
 def software_versions() -> dict:
@@ -149,21 +168,30 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
           strategies: Optional[Iterable[str]] = None,
           sparsities: Optional[Iterable[float]] = None, *,
           granularity: str = "layer", align: int = 128, quality=None, cache=None,
-          phases: Iterable[str] = PHASES,
+          phases: Iterable[str] = PHASES, combo_sparsities: Optional[Iterable[float]] = None,
           on_progress: Optional[Callable[[int, int], None]] = None) -> SweepResult:
     """Price every strategy × sparsity × phase and attach quality costs.
 
     `quality` is a quality model with ``estimate(model_name, strategy, sparsity)`` (see
     pis_tui.quality) or None; `cache` a pis_tui.cache.Cache or None.  ``strategies`` None:
-    every registered family; ``sparsities`` None: each family's default grid.
+    every registered family and combination (:func:`default_strategies`); ``sparsities``
+    None: each family's default grid; ``combo_sparsities`` None: each combination's parts on
+    ``families.COMBO_SPARSITIES``.  A combination's quality is its parts' composed
+    (:func:`pis_tui.quality.combo_estimate`), unless the quality model holds its own.
     """
     spec, device = resolve(model, gpu)
     scenario = scenario or Scenario(dtype=default_dtype(device))
     check_dtype(device, scenario.dtype)
     notices: list[str] = []
     est = make_estimator(device, scenario.dtype, cache, notices, scenario.engine)
-    grid = strategies_grid(families.pruned() if strategies is None else tuple(strategies),
-                           None if sparsities is None else tuple(sparsities), granularity, align)
+    from .quality import combo_estimate, remember_params
+
+    if quality is not None:
+        remember_params(spec.name, spec.total_params() / 1e9)
+
+    grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
+                           None if sparsities is None else tuple(sparsities), granularity, align,
+                           None if combo_sparsities is None else tuple(combo_sparsities))
     phases = tuple(phases)
     estimates: list[PhaseEstimate] = []
     ops_by_key: dict = {}
@@ -171,8 +199,9 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     for i, strat in enumerate(grid):
         for j, ph in enumerate(phases):
             po = build_phase_ops(spec, strat, scenario, ph)
-            ops_by_key[(strat.family, strat.sparsity, ph)] = po
-            estimates.append(est.estimate(po))
+            ops_by_key[ops_key(strat.family, strat.sparsity, ph, strat.parts)] = po
+            e = est.estimate(po)
+            estimates.append(replace(e, parts=strat.parts) if strat.parts else e)
             if on_progress:
                 on_progress(i * len(phases) + j + 1, total)
     dense = {e.phase: e for e in estimates if e.strategy == "dense"}
@@ -180,7 +209,10 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     for e in estimates:
         d = dense[e.phase]
         q = QualityEstimate(0.0, source="dense") if e.strategy == "dense" else QualityEstimate(None)
-        if quality is not None and e.strategy != "dense":
+        if quality is not None and e.parts:
+            po = ops_by_key[ops_key(e.strategy, e.sparsity, e.phase, e.parts)]
+            q = combo_estimate(quality, spec.name, e.strategy, e.parts, po.part_achieved)
+        elif quality is not None and e.strategy != "dense":
             q = quality.estimate(spec.name, e.strategy, e.achieved_sparsity)
         if quality is not None and e.strategy == "dense":
             q = QualityEstimate(0.0, metric=getattr(quality, "metric", "accuracy_drop"),
@@ -188,13 +220,17 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         points.append(_point(e, d, q, est, ops_by_key))
     curves = {}
     if quality is not None and hasattr(quality, "curve_info"):
-        for fam in {s.family for s in grid if s.family != "dense"}:
+        used = dict.fromkeys(f for s in grid if s.family != "dense"
+                             for f in ([p for p, _ in s.parts] if s.parts else [s.family]))
+        for fam in used:
             curves[fam] = quality.curve_info(spec.name, fam)
     return SweepResult(
         spec, device, scenario, estimates, points, ops_by_key,
         quality_protocol=getattr(quality, "protocol", "lora"),
         quality_metric=getattr(quality, "metric", "accuracy_drop"),
         quality_curves=curves,
+        quality_method=getattr(quality, "method_label", "") if quality is not None else "",
+        combo_rule=getattr(quality, "combo_rule", "") if quality is not None else "",
         memory=footprint(spec, device, scenario),
         notices=notices,
         provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
@@ -214,11 +250,12 @@ def _point(e: PhaseEstimate, d: PhaseEstimate, q: QualityEstimate, est: Estimato
                      d.latency_ms, speedup, flops, e.timing_source, q, 1.0, 1.0, 1.0, ())
     lo, hi = uncertainty.interval(speedup, uncertainty.log_sigma(d, e))
     dense_ops = ops_by_key[("dense", 0.0, e.phase)].ops
-    ceiling = families.get(e.strategy).speedup_ceiling(
-        dense_ops, ops_by_key[(e.strategy, e.sparsity, e.phase)].ops, est.work_ms)
+    po = ops_by_key[ops_key(e.strategy, e.sparsity, e.phase, e.parts)]
+    ceiling = families.get(e.strategy).speedup_ceiling(dense_ops, po.ops, est.work_ms)
     flags = uncertainty.flags(lo, ceiling, uncertainty.mixed_conditions(d, e))
     return Point(e.strategy, e.sparsity, e.achieved_sparsity, e.phase, e.latency_ms,
-                 d.latency_ms, speedup, flops, e.timing_source, q, lo, hi, ceiling, flags)
+                 d.latency_ms, speedup, flops, e.timing_source, q, lo, hi, ceiling, flags,
+                 tuple(e.parts), tuple(po.part_achieved))
 
 
 def check_dtype(device: DeviceProfile, dtype: str) -> None:

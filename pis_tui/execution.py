@@ -34,6 +34,9 @@ from .ops import dtype_bytes
 from .scenario import ENGINES  # the one list of engines
 
 DEFAULT_ENGINE = ENGINES[0]
+#: how a combined strategy's name joins its parts (pis_tui.families.combinations.SEP; not
+#: imported: the registry loads every family module)
+COMBO_SEP = "+"
 #: bytes per element of the dtypes a kernel names besides the activation's
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int64": 8, "int32": 4, "bool": 1}
 
@@ -63,9 +66,16 @@ class ExecutionProfile:
 
     def kernels(self, family: str, phase: Optional[str], op_name: str) -> Optional[tuple]:
         """The kernels of one call of an op (None: not described: one kernel of its own; an
-        empty tuple: it runs inside another op's kernel)."""
+        empty tuple: it runs inside another op's kernel).
+
+        A combined strategy (``first+second``, :mod:`pis_tui.families.combinations`) has no
+        trace of its own: each op is looked up in its parts' traces, the later part first (it
+        was applied to what the earlier one kept, so its trace has the shapes of the op list:
+        low rank's factors of width-pruned linears), then the earlier part's (dynamic depth's
+        router, top-k, gather and scatter), then dense's."""
         phases = tuple(dict.fromkeys(p for p in (phase, "prefill", "decode", "*") if p))
-        for fam in (family, "dense", "*"):
+        parts = tuple(reversed(family.split(COMBO_SEP))) if COMBO_SEP in family else (family,)
+        for fam in dict.fromkeys(parts + ("dense", "*")):
             for ph in phases:
                 got = self.ops.get(fam, {}).get(ph, {}).get(op_name)
                 if got is not None:

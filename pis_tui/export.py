@@ -17,7 +17,7 @@ from typing import Optional
 from . import families
 from .engine import SweepResult
 from .families import MAX_SPARSITY
-from .pareto import TIE_RULE
+from .pareto import EXTRAPOLATED_RULE, TIE_RULE
 from .sources import TIMING_SOURCES
 from .uncertainty import BLOCKING_FLAGS
 from .results import Point, Recommendation
@@ -31,9 +31,41 @@ def _r(x: Optional[float], nd: int = 6) -> Optional[float]:
     return None if x is None else round(float(x), nd)
 
 
+def quality_flags(q) -> dict:
+    """A quality figure's caveats (``composed``: the rule a combination's figure was composed
+    by, None for a figure of its own; ``floored_by``: the larger model whose own figure the
+    borrowing rule raised it to)."""
+    return {"extrapolated": q.extrapolated, "borrowed_from": q.borrowed_from,
+            "secondary": q.secondary, "composed": q.composed, "floored_by": q.floored_by}
+
+
+def parts_list(c) -> list:
+    """A combination's parts: each family, its asked and achieved sparsity and its own quality
+    figure (the figures the composed one is made of); [] for a family."""
+    out = []
+    qparts = c.quality.parts if c.quality is not None else ()
+    for i, (fam, s) in enumerate(getattr(c, "parts", ())):
+        ach = c.part_achieved[i] if i < len(c.part_achieved) else None
+        d = {"family": fam, "sparsity": _r(s), "achieved_sparsity": _r(ach)}
+        if i < len(qparts):
+            q = qparts[i]
+            d.update(quality_loss=_r(q.value), quality_source=q.source, quality_method=q.method,
+                     quality_flags=quality_flags(q), citations=list(q.citations))
+        out.append(d)
+    return out
+
+
+def _ref(p) -> dict:
+    """A point named in a list: strategy, sparsity (and a combination's parts)."""
+    d = {"strategy": p.strategy, "sparsity": _r(p.sparsity)}
+    if getattr(p, "parts", ()):
+        d["parts"] = [{"family": f, "sparsity": _r(s)} for f, s in p.parts]
+    return d
+
+
 def point_dict(p: Point, result: SweepResult) -> dict:
     q = p.quality
-    e = result.estimate_for(p.strategy, p.sparsity, p.phase)
+    e = result.estimate_for(p.strategy, p.sparsity, p.phase, p.parts)
     return {
         "strategy": p.strategy,
         "sparsity": _r(p.sparsity),
@@ -48,10 +80,11 @@ def point_dict(p: Point, result: SweepResult) -> dict:
         "quality_metric": q.metric,
         "quality_source": q.source,
         "quality_protocol": q.protocol,
-        "quality_flags": {"extrapolated": q.extrapolated, "borrowed_from": q.borrowed_from,
-                          "secondary": q.secondary},
+        "quality_flags": quality_flags(q),
         "quality_note": q.note,
+        "quality_method": q.method,
         "citations": list(q.citations),
+        "parts": parts_list(p),
         "timing_source": p.timing_source,
         "timing_sources": {k: {"ops": v["ops"], "ms": _r(v["ms"])} for k, v in e.source_counts.items()},
         "speedup_interval": [_r(x) for x in p.interval],
@@ -68,7 +101,7 @@ def recommendation_dict(r: Recommendation) -> dict:
     if best is not None:
         q = best.quality
         flags = {"extrapolated": q.extrapolated, "borrowed": q.borrowed_from is not None,
-                 "secondary": q.secondary}
+                 "secondary": q.secondary, "composed": q.composed is not None}
         citations = list(q.citations)
     return {
         "strategy": best.strategy if best else None,
@@ -79,23 +112,29 @@ def recommendation_dict(r: Recommendation) -> dict:
         "quality_metric": r.metric,
         "budget": _r(r.budget),
         "runner_up": None if ru is None else {
-            "strategy": ru.strategy, "sparsity": _r(ru.sparsity), "speedup": _r(ru.speedup),
-            "quality_loss": _r(ru.quality_loss)},
+            **_ref(ru), "speedup": _r(ru.speedup), "quality_loss": _r(ru.quality_loss),
+            "quality_method": ru.quality.method},
         "margin": _r(r.margin),
         "reason": r.reason,
         "protocol": best.quality.protocol if best else None,
         "flags": flags,
         "borrowed_from": best.quality.borrowed_from if best else None,
         "citations": citations,
-        "frontier": [{"strategy": p.strategy, "sparsity": _r(p.sparsity),
-                      "speedup": _r(p.speedup), "quality_loss": _r(p.quality_loss)}
+        "frontier": [{**_ref(p), "speedup": _r(p.speedup), "quality_loss": _r(p.quality_loss)}
                      for p in r.frontier],
         "speedup_interval": [_r(x) for x in best.interval] if best else None,
         "trust_flags": list(best.flags) if best else [],
-        "skipped_flagged": [{"strategy": p.strategy, "sparsity": _r(p.sparsity),
-                             "speedup": _r(p.speedup), "trust_flags": list(p.flags)}
+        "skipped_flagged": [{**_ref(p), "speedup": _r(p.speedup), "trust_flags": list(p.flags)}
                             for p in r.skipped],
         "tie_rule": TIE_RULE,
+        "quality_method": best.quality.method if best else None,
+        "quality_source": best.quality.source if best else None,
+        "parts": parts_list(best) if best else [],
+        "skipped_extrapolated": [{**_ref(p), "speedup": _r(p.speedup),
+                                  "quality_loss": _r(p.quality_loss)}
+                                 for p in r.skipped_extrapolated],
+        "allow_extrapolated": r.allow_extrapolated,
+        "extrapolated_rule": EXTRAPOLATED_RULE,
     }
 
 
@@ -107,8 +146,7 @@ def to_dict(result: SweepResult, recommendations: Optional[dict] = None,
         "model": result.spec.to_dict(),
         "gpu": result.device.to_dict(),
         "scenario": result.scenario.to_dict(),
-        "quality": {"protocol": result.quality_protocol, "metric": result.quality_metric,
-                    "curves": result.quality_curves},
+        "quality": quality_dict(result),
         "results": [point_dict(p, result) for p in result.points],
         "recommendations": {ph: recommendation_dict(r) for ph, r in (recommendations or {}).items()},
         "timing_summary": result.source_summary(),
@@ -116,6 +154,27 @@ def to_dict(result: SweepResult, recommendations: Optional[dict] = None,
         "provenance": result.provenance,
         **({"plan": plan} if plan is not None else {}),
     }
+
+
+def quality_dict(result: SweepResult) -> dict:
+    """The quality side of a sweep: protocol, metric, the method asked and every rule."""
+    from . import quality as ql
+
+    rule = result.combo_rule or "multiplicative"
+    return {"protocol": result.quality_protocol, "metric": result.quality_metric,
+            "curves": {f: _curve_json(c) for f, c in result.quality_curves.items()},
+            "method": result.quality_method or "mean",
+            "method_rule": ql.METHOD_RULE,
+            "combo_rule": rule, "combo_rule_text": ql.COMBO_RULE_TEXT.get(rule, ""),
+            "borrowing_rule": ql.BORROWING_RULE, "extrapolation_rule": ql.EXTRAPOLATION_RULE}
+
+
+def _curve_json(c: dict) -> dict:
+    out = dict(c)
+    for k in ("methods", "citations", "knots"):
+        if k in out and isinstance(out[k], tuple):
+            out[k] = list(out[k])
+    return out
 
 
 def to_json(result: SweepResult, recommendations: Optional[dict] = None,
@@ -126,7 +185,7 @@ def to_json(result: SweepResult, recommendations: Optional[dict] = None,
 CSV_COLUMNS = ("strategy", "sparsity", "achieved_sparsity", "phase", "latency_ms",
                "dense_latency_ms", "speedup", "speedup_low", "speedup_high", "speedup_ceiling",
                "flops_speedup", "gap", "quality_loss", "quality_metric", "quality_source",
-               "timing_source", "trust_flags")
+               "timing_source", "trust_flags", "parts", "quality_method")
 
 
 def to_csv(result: SweepResult) -> str:
@@ -137,6 +196,7 @@ def to_csv(result: SweepResult) -> str:
         d = point_dict(p, result)
         d["speedup_low"], d["speedup_high"] = d["speedup_interval"]
         d["trust_flags"] = " ".join(d["trust_flags"])
+        d["parts"] = " + ".join(f"{x['family']}@{x['sparsity']:g}" for x in d["parts"])
         w.writerow(d)
     return buf.getvalue()
 
@@ -167,9 +227,9 @@ def candidate_dict(c, result, rec) -> dict:
         "strategy": c.strategy, "sparsity": _r(c.sparsity), "achieved_sparsity": _r(c.achieved_sparsity),
         "quality_loss": _r(q.value), "quality_metric": q.metric, "quality_source": q.source,
         "quality_protocol": q.protocol,
-        "quality_flags": {"extrapolated": q.extrapolated, "borrowed_from": q.borrowed_from,
-                          "secondary": q.secondary},
+        "quality_flags": quality_flags(q),
         "quality_note": q.note, "citations": list(q.citations),
+        "quality_method": q.method, "parts": parts_list(c),
         "weights_gb": _gb(c.weights_bytes), "kv_bytes_per_token": c.kv_bytes_per_token,
         "max_sequences": c.max_sequences,
         "ttft_ms": _r(c.ttft_ms), "tpot_ms": _r(c.tpot_ms), "e2e_ms": _r(c.e2e_ms),
@@ -208,7 +268,9 @@ def pick_dict(c, result, objective: str) -> Optional[dict]:
         "strategy": c.strategy, "sparsity": _r(c.sparsity), "achieved_sparsity": _r(c.achieved_sparsity),
         "quality_loss": _r(c.quality.value), "gain": _r(gain(c, d, objective)),
         "flags": {"extrapolated": c.quality.extrapolated, "borrowed": c.quality.borrowed_from is not None,
-                  "secondary": c.quality.secondary},
+                  "secondary": c.quality.secondary, "composed": c.quality.composed is not None},
+        "quality_method": c.quality.method, "quality_source": c.quality.source,
+        "parts": parts_list(c),
         "per_phase": {
             "prefill": {"ttft_ms": _r(c.ttft_ms), "dense_ttft_ms": _r(d.ttft_ms),
                         "speedup": _r(d.ttft_ms / c.ttft_ms)},
@@ -262,8 +324,7 @@ def plan_dict(result, rec) -> dict:
         "recommended": pick_dict(rec.best, result, rec.objective),
         "runner_up": pick_dict(rec.runner_up, result, rec.objective),
         "reason": rec.reason,
-        "frontier": [{"strategy": c.strategy, "sparsity": _r(c.sparsity),
-                      "gain": _r(pl.gain(c, result.dense, rec.objective)),
+        "frontier": [{**_ref(c), "gain": _r(pl.gain(c, result.dense, rec.objective)),
                       "quality_loss": _r(c.quality.value)} for c in rec.frontier],
         "candidates": [candidate_dict(c, result, rec) for c in result.candidates],
         "warnings": list(result.warnings),
@@ -278,7 +339,7 @@ PLAN_CSV_COLUMNS = (
     "tpot_method", "e2e_ms", "fits", "meets_targets", "max_batch", "max_batch_ttft_ms",
     "max_batch_tpot_ms", "throughput_tok_s", "decode_tok_s", "latency_gain", "throughput_gain",
     "quality_loss", "quality_metric", "quality_source", "timing_source", "rank", "recommended",
-    "why_not")
+    "why_not", "parts", "quality_method")
 
 
 def plan_csv(result, rec) -> str:
@@ -304,7 +365,9 @@ def plan_csv(result, rec) -> str:
                 "latency_gain": d["latency_gain"], "throughput_gain": d["throughput_gain"],
                 "quality_loss": d["quality_loss"], "quality_metric": d["quality_metric"],
                 "quality_source": d["quality_source"], "timing_source": d["timing_source"],
-                "rank": d["rank"], "recommended": c.key == best, "why_not": d["why_not"]})
+                "rank": d["rank"], "recommended": c.key == best, "why_not": d["why_not"],
+                "parts": " + ".join(f"{x['family']}@{x['sparsity']:g}" for x in d["parts"]),
+                "quality_method": d["quality_method"]})
     return buf.getvalue()
 
 
@@ -314,6 +377,7 @@ def build_schema() -> dict:
     with open(SCHEMA_PATH, encoding="utf-8") as f:
         schema = json.load(f)
     schema["$defs"]["family"]["enum"] = list(families.names())
+    schema["$defs"]["combo"]["enum"] = list(families.combo_names())
     schema["$defs"]["timing_source"]["enum"] = list(TIMING_SOURCES)
     schema["$defs"]["trust_flag"]["enum"] = list(BLOCKING_FLAGS)
     schema["$defs"]["result"]["properties"]["sparsity"]["maximum"] = MAX_SPARSITY

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
-from .display import flag_words
+from .display import flag_words, strategy_name
 from .results import Point, QualityEstimate, Recommendation
 from .uncertainty import BLOCKING_FLAGS, MIN_HALF_WIDTH
 from .uncertainty import flag_words as point_flag_words
@@ -36,7 +36,7 @@ def _usable(p: Point) -> bool:
 
 
 def _tiebreak(p: Point) -> tuple:
-    return (p.achieved_sparsity, p.strategy, p.sparsity)
+    return (p.achieved_sparsity, p.strategy, p.sparsity, tuple(getattr(p, "parts", ())))
 
 
 def points_metric(points: Iterable[Point]) -> Optional[str]:
@@ -89,6 +89,8 @@ def _sparsity_label(p: Point) -> str:
 def _name(p: Point) -> str:
     if p.strategy == "dense":
         return "dense (no pruning)"
+    if getattr(p, "parts", ()):
+        return strategy_name(p)
     return f"{p.strategy} {_sparsity_label(p)}"
 
 
@@ -110,6 +112,22 @@ def _describe(p: Point, metric: str, short: bool = False) -> str:
 def _flags(p: Point) -> str:
     tags = flag_words(p.quality)
     return f" [{', '.join(tags)}]" if tags else ""
+
+
+def _method(p: Point) -> str:
+    """The method behind a point's quality figure, for the recommendation's reason."""
+    m = getattr(p.quality, "method", "")
+    return f" (quality: {m})" if m else ""
+
+
+def extrapolated(p: Point) -> bool:
+    """The quality figure lies beyond its curve's data (a combination: a part's does)."""
+    return bool(p.quality is not None and p.quality.extrapolated)
+
+
+#: the rule for extrapolated quality, in words (the JSON carries it)
+EXTRAPOLATED_RULE = ("a point whose quality is extrapolated beyond its curve's data is shown "
+                     "but not ranked unless --allow-extrapolated")
 
 
 # --------------------------------------------------------------------------- recommendation
@@ -159,7 +177,7 @@ def flagged(p: Point) -> bool:
 
 
 def recommend(points: Iterable[Point], budget: float, phase: str,
-              include_flagged: bool = False) -> Recommendation:
+              include_flagged: bool = False, allow_extrapolated: bool = False) -> Recommendation:
     """The fastest point of ``phase`` whose quality loss stays within ``budget``.
 
     * ``best``: the highest speedup among pruned points with loss ≤ budget (ties: points
@@ -168,7 +186,8 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
       beats dense (:func:`beats_dense`); ``None`` when no pruned point stays within the
       budget at all.  Flagged points (above their physical ceiling, or measured under mixed
       conditions) are skipped unless ``include_flagged``; those skipped that the budget
-      allows are in ``skipped``.
+      allows are in ``skipped``.  Points whose quality is extrapolated beyond the data are
+      skipped unless ``allow_extrapolated`` (in ``skipped_extrapolated``).
     * ``runner_up``: among the feasible points that beat dense, the best of a different
       strategy, else the next of the same strategy, else dense; ``None`` when dense is the
       best (a point with no speedup over dense is no runner-up); ``margin`` = best −
@@ -182,6 +201,11 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
     dense = _dense_baseline(pts, phase, metric)
     pruned = [p for p in pts if p.strategy != "dense" and _usable(p)]
     skipped = ()
+    skipped_x: tuple = ()
+    if not allow_extrapolated:
+        skipped_x = tuple(sorted((p for p in pruned if extrapolated(p) and _loss(p) <= budget + _TOL),
+                                 key=lambda p: -p.speedup))
+        pruned = [p for p in pruned if not extrapolated(p)]
     if not include_flagged:
         skipped = tuple(sorted((p for p in pruned if flagged(p) and _loss(p) <= budget + _TOL),
                                key=lambda p: -p.speedup))
@@ -189,15 +213,19 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
     fr = tuple(frontier([dense] + pruned))
     budget_words = _loss_words(budget, metric)
 
+    if not pruned and skipped_x and not skipped:
+        reason = (f"{phase}: every point within {budget_words} has an extrapolated quality "
+                  "figure; keep the dense model (--allow-extrapolated ranks them anyway)")
+        return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped, skipped_x, allow_extrapolated)
     if not pruned and skipped:
         reason = (f"{phase}: every point within {budget_words} is flagged "
                   f"({', '.join(dict.fromkeys(w for p in skipped for w in point_flag_words(p)))}); "
                   "keep the dense model (--include-flagged ranks them anyway)")
-        return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped)
+        return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped, skipped_x, allow_extrapolated)
     if not pruned:
         reason = (f"{phase}: no strategy has a known quality cost, so none can be checked "
                   f"against the budget; keep the dense model")
-        return Recommendation(phase, budget, metric, None, None, None, reason, fr, skipped)
+        return Recommendation(phase, budget, metric, None, None, None, reason, fr, skipped, skipped_x, allow_extrapolated)
 
     rank = lambda p: (-p.speedup, _loss(p), _tiebreak(p))  # noqa: E731
     feasible = sorted((p for p in pruned if _loss(p) <= budget + _TOL), key=rank)
@@ -206,7 +234,7 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
         reason = (f"no strategy stays within {budget_words}; the smallest loss on offer is "
                   f"{_name(smallest)} at {_loss_words(_loss(smallest), metric).replace(' loss', '')}"
                   f" ({smallest.speedup:.2f}×); keep the dense model")
-        return Recommendation(phase, budget, metric, None, None, None, reason, fr, skipped)
+        return Recommendation(phase, budget, metric, None, None, None, reason, fr, skipped, skipped_x, allow_extrapolated)
 
     # among points whose speedups cannot be told from the fastest's, the lower loss wins
     def fastest(cands):
@@ -219,22 +247,28 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
         reason = (f"no pruning: nothing within {budget_words} beats dense in {phase} (beyond "
                   f"its interval); the fastest within budget is "
                   f"{_describe(top, metric, short=True)}")
-        return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped)
+        return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped, skipped_x, allow_extrapolated)
 
     best = fastest(gainful)
     rest = [p for p in gainful if p is not best]
     runner = next((p for p in rest if p.strategy != best.strategy), rest[0] if rest else dense)
     margin = best.speedup - runner.speedup
     if runner is not dense and runner.speedup > best.speedup and tied(best, runner):
-        reason = (f"{_describe(best, metric)}{_flags(best)}; {_describe(runner, metric, short=True)} "
-                  "is as fast within their intervals, and the lower loss wins")
+        reason = (f"{_describe(best, metric)}{_method(best)}{_flags(best)}; "
+                  f"{_describe(runner, metric, short=True)} is as fast within their intervals, "
+                  "and the lower loss wins")
     else:
-        reason = f"{_describe(best, metric)}{_flags(best)}; next best {_describe(runner, metric, short=True)}"
+        reason = (f"{_describe(best, metric)}{_method(best)}{_flags(best)}; next best "
+                  f"{_describe(runner, metric, short=True)}")
     faster = [p for p in skipped if p.speedup > best.speedup]
     if faster:
         reason += (f"; {len(faster)} faster point{'s' * (len(faster) > 1)} skipped as flagged "
                    f"({', '.join(dict.fromkeys(w for p in faster for w in point_flag_words(p)))})")
-    return Recommendation(phase, budget, metric, best, runner, margin, reason, fr, skipped)
+    faster_x = [p for p in skipped_x if p.speedup > best.speedup]
+    if faster_x:
+        reason += (f"; {len(faster_x)} faster point{'s' * (len(faster_x) > 1)} skipped: quality "
+                   "extrapolated (--allow-extrapolated ranks them)")
+    return Recommendation(phase, budget, metric, best, runner, margin, reason, fr, skipped, skipped_x, allow_extrapolated)
 
 
 # --------------------------------------------------------------------------- the rule, for others

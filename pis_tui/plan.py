@@ -48,11 +48,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from . import families, memory_fit, sources
-from .engine import check_dtype, default_dtype, make_estimator, resolve, software_versions
+from . import memory_fit, sources
+from .engine import (check_dtype, default_dtype, default_strategies, make_estimator, resolve,
+                     software_versions)
 from .errors import UserError
 from .pareto import beats_dense, frontier, rank_key, tie_ranked
-from .results import Point, PricedOp, QualityEstimate
+from .results import Point, PricedOp, QualityEstimate, strategy_key
 from .scenario import Scenario
 from .taxonomy import Strategy, build_phase_ops, strategies_grid
 from .workload import RequestClass, Targets, Workload
@@ -237,10 +238,13 @@ class Candidate:
     classes: tuple[ClassPlan, ...]
     timing_source: str
     notes: tuple[str, ...] = ()
+    #: a combination: ((family, asked sparsity), ...) of its parts and each part's achieved
+    parts: tuple = ()
+    part_achieved: tuple = ()
 
     @property
     def key(self) -> tuple:
-        return (self.strategy, round(self.sparsity, 9))
+        return strategy_key(self.strategy, self.sparsity, self.parts)
 
     def _mean(self, attr: str) -> float:
         return sum(c.share * getattr(c.at_concurrency, attr) for c in self.classes)
@@ -315,11 +319,11 @@ class PlanResult:
     def dense(self) -> Candidate:
         return self.candidates[0]
 
-    def candidate(self, strategy: str, sparsity: float) -> Candidate:
+    def candidate(self, strategy: str, sparsity: float, parts: tuple = ()) -> Candidate:
         for c in self.candidates:
-            if c.strategy == strategy and abs(c.sparsity - sparsity) < 1e-9:
+            if c.strategy == strategy and abs(c.sparsity - sparsity) < 1e-9 and c.parts == tuple(parts):
                 return c
-        raise KeyError((strategy, sparsity))
+        raise KeyError((strategy, sparsity, parts))
 
 
 @dataclass(frozen=True)
@@ -353,9 +357,11 @@ class PlanRecommendation:
 def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] = None,
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
          dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
-         engine: str = "eager") -> PlanResult:
-    """Every candidate (dense, then every family × sparsity: ``strategies`` None every
-    registered family, ``sparsities`` None each family's default grid) priced for ``workload``.
+         combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager") -> PlanResult:
+    """Every candidate (dense, then every family × sparsity and every combination × its parts'
+    grid: ``strategies`` None every registered family and combination, ``sparsities`` None
+    each family's default grid, ``combo_sparsities`` None the coarse combination grid) priced
+    for ``workload``.
 
     ``quality``: a quality model (``estimate(model, strategy, sparsity)``) or None;
     ``estimator``: anything with ``estimate(phase_ops)`` (default: the engine's for the device,
@@ -368,8 +374,13 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices,
                                                                   engine)
     pricer = _Pricer(spec, dtype, est, engine)
-    grid = strategies_grid(families.pruned() if strategies is None else tuple(strategies),
-                           None if sparsities is None else tuple(sparsities), granularity, align)
+    grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
+                           None if sparsities is None else tuple(sparsities), granularity, align,
+                           None if combo_sparsities is None else tuple(combo_sparsities))
+    if quality is not None and hasattr(quality, "estimate"):
+        from .quality import remember_params
+
+        remember_params(spec.name, spec.total_params() / 1e9)
     usable = memory_fit.usable_bytes(device)
     metric = getattr(quality, "metric", "accuracy_drop")
     protocol = getattr(quality, "protocol", "lora")
@@ -394,6 +405,10 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
     kv_tok = memory_fit.kv_bytes_per_token_of(ref.ops, dtype)
     if strat.family == "dense":
         q = QualityEstimate(0.0, metric, "dense", protocol, note="dense: nothing removed")
+    elif quality is not None and strat.parts:
+        from .quality import combo_estimate
+
+        q = combo_estimate(quality, spec.name, strat.family, strat.parts, ref.part_achieved)
     elif quality is not None:
         q = quality.estimate(spec.name, strat.family, ref.achieved_sparsity)
     else:
@@ -416,7 +431,8 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
         notes += pricer.estimate(strat, "decode", cls.concurrency, P).notes
         plans.append(ClassPlan(cls, share, act, per_seq, limit, at_c, at_max, why, one))
     return Candidate(strat.family, strat.sparsity, ref.achieved_sparsity, q, weights, kv_tok,
-                     tuple(plans), sources.weakest(used), tuple(dict.fromkeys(notes)))
+                     tuple(plans), sources.weakest(used), tuple(dict.fromkeys(notes)),
+                     tuple(strat.parts), tuple(ref.part_achieved))
 
 
 def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights: float,
@@ -533,16 +549,22 @@ def sequences_text(c: Candidate) -> str:
 
 
 def candidate_name(c: Candidate) -> str:
+    from .display import strategy_name
+
     if c.strategy == "dense":
         return "dense (no pruning)"
+    if c.parts:
+        return strategy_name(c)
     s = f"{c.achieved_sparsity * 100:.1f}".rstrip("0").rstrip(".")
     return f"{c.strategy} {s}%"
 
 
-def recommend_plan(result: PlanResult, budget: float, objective: str = "latency") -> PlanRecommendation:
+def recommend_plan(result: PlanResult, budget: float, objective: str = "latency",
+                   allow_extrapolated: bool = False) -> PlanRecommendation:
     """The best candidate under ``objective`` among those within ``budget`` (quality loss, the
     result's metric) that fit and meet the targets; ties as :func:`pareto.tie_ranked` (within
-    1 %, the lower loss wins); a candidate with no quality figure is never recommended."""
+    1 %, the lower loss wins); a candidate with no quality figure is never recommended, nor
+    one whose quality is extrapolated beyond the data unless ``allow_extrapolated``."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose latency or throughput")
     if budget is None or not math.isfinite(budget) or budget < 0:
@@ -562,6 +584,9 @@ def recommend_plan(result: PlanResult, budget: float, objective: str = "latency"
         elif v > budget + 1e-12:
             why.append(f"{_fmt_loss(v, metric)} is over the {_fmt_loss(budget, metric)} budget")
             short.append("over budget")
+        elif c.quality.extrapolated and not allow_extrapolated:
+            why.append("its quality is extrapolated beyond the data (--allow-extrapolated ranks it)")
+            short.append("extrapolated")
         problems = c.problems(objective)
         why += [text for _, text in problems]
         short += [{"memory": "too big", "targets": "misses targets"}[k]
@@ -575,7 +600,8 @@ def recommend_plan(result: PlanResult, budget: float, objective: str = "latency"
             status[c.key] = ", ".join(short)
             continue
         points[c.key] = (Point(c.strategy, c.sparsity, c.achieved_sparsity, "plan", c.e2e_ms,
-                               dense.e2e_ms, score / ref, 1.0, c.timing_source, c.quality), c)
+                               dense.e2e_ms, score / ref, 1.0, c.timing_source, c.quality,
+                               parts=c.parts, part_achieved=c.part_achieved), c)
     by_point = {id(p): c for p, c in points.values()}
     ranked_pts = tie_ranked(sorted((p for p, _ in points.values()), key=rank_key))
     ranked = tuple(by_point[id(p)] for p in ranked_pts)
@@ -639,7 +665,8 @@ def _reason(result: PlanResult, best: Candidate, runner: Optional[Candidate], bu
         mem = f"; fits {sequences_text(best)} sequences against dense's {sequences_text(dense)}"
     flags = flag_words(best.quality)
     ftxt = f" [{', '.join(flags)}]" if flags else ""
-    return (f"{candidate_name(best)}: {gtxt} at {_fmt_loss(best.quality.value, metric)}{ftxt}, "
+    mtxt = f" (quality: {best.quality.method})" if best.quality.method else ""
+    return (f"{candidate_name(best)}: {gtxt} at {_fmt_loss(best.quality.value, metric)}{mtxt}{ftxt}, "
             f"the best {within}{mem}{nxt}")
 
 

@@ -18,15 +18,22 @@ How a curve is built (one curve per model × family × protocol × metric):
    name), then the model with more points.  The estimate says so in ``borrowed_from``
    and ``note``.
 3. **Knots.**  Rows at the same sparsity are averaged (mean of the methods, or of the
-   sources, reported at that sparsity; ``aggregate="median"`` or ``"best"`` to take
-   the median or the best method instead); losses below zero (a pruned model scoring above
+   sources, reported at that sparsity; ``aggregate="median"`` or ``"lowest"`` to take
+   the median or the lowest figure at that sparsity instead); losses below zero (a pruned model scoring above
    dense) count as zero.  The point (0, 0) is added: nothing removed, nothing lost.
 4. **Monotone fit.**  The knots are made non-decreasing by isotonic regression (pool
    adjacent violators, each knot weighted by its number of rows), then interpolated
    piecewise-linearly: the curve never decreases.
 5. **Beyond the data.**  Past the largest known sparsity the last segment's slope is
    continued (linear extrapolation, capped at a loss of 1.0) and the estimate is flagged
-   ``extrapolated=True``: more pessimistic than a flat line, and shown as unsure.
+   ``extrapolated=True``: more pessimistic than a flat line, and shown as unsure (never
+   ranked unless asked: :data:`EXTRAPOLATION_RULE`).  An achieved sparsity within
+   :data:`EDGE_TOL` (0.5 percentage points) past it reads the last point: rounding (low
+   rank's 50 % of llama-3.1-8b removes 50.03 %) is no extrapolation.
+6. **Methods.**  ``method`` picks whose rows make the curve (:data:`METHOD_RULE`): the
+   family mean (default), the best single method for the model, or a named one.
+7. **Borrowing floor.**  A borrowed curve's loss is raised to that of a larger model of the
+   donor's line with its own rows there (:data:`BORROWING_RULE`).
 
 User quality file (``--quality FILE``): columns ``strategy, sparsity, quality_loss``
 and optionally ``model`` and ``note``.  For a family the file names, the user's points
@@ -55,6 +62,9 @@ from .results import QualityEstimate
 PROTOCOLS = ("lora", "training-free", "trained")
 METRICS = ("accuracy_drop", "ppl_increase")
 _EPS = 1e-9
+#: an achieved sparsity at most this far past a curve's largest (0.5 percentage points: what
+#: rounding ranks, channels or tokens adds) reads that last point, not an extrapolation
+EDGE_TOL = 0.005
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,51 @@ class _Obs:
     secondary: bool = False
     params_b: Optional[float] = None
     note: str = ""
+    method: str = ""  # the method's display name (method_name of the row's method)
+
+    @property
+    def method_key(self) -> str:
+        return method_key(self.method)
+
+
+# --------------------------------------------------------------------------- methods
+
+#: the study's family-mean rows, named after the methods the study averaged (reference-study:
+#: "Representative methods: static depth: Shortened-LLaMA (Taylor), CoopPruner")
+_METHOD_ALIASES = {"static M (mean)": "Shortened-taylor/CoopPruner (study mean)"}
+_STUDY_AXES = re.compile(r"^(static|dynamic) (M|NK|K)\b[^(]*\((.*)\)\s*$")
+
+
+def method_name(raw: str) -> str:
+    """A literature row's method, as one name for every row of that method.
+
+    The study's rows are labelled by their axis ("static NK (Tyr-the-Pruner, +LoRA)"): the
+    method is the first item in the parentheses ("Tyr-the-Pruner"; a "... mean" item is the
+    study's mean of those methods).  Otherwise qualifiers are dropped: a trailing "*" (Týr's
+    LoRA-recovered runs), a parenthesised remark ("LLM-Pruner (Element2, +LoRA Alpaca)",
+    "SVD-LLM (W, training-free)", "MindSkip (Block granularity)") and a " 2:4" suffix
+    ("Wanda 2:4" is Wanda in the 2:4 family).  Names are compared case-insensitively
+    (:func:`method_key`): "Shortened-PPL" and "Shortened-ppl" are one method."""
+    text = (raw or "").strip()
+    if text in _METHOD_ALIASES:
+        return _METHOD_ALIASES[text]
+    m = _STUDY_AXES.match(text)
+    if m:
+        items = [i.strip() for i in m.group(3).split(",") if i.strip() and "lora" not in i.lower()]
+        first = items[0] if items else text
+        if first.lower().endswith(" mean"):
+            return f"{first[:-5].strip()} (study mean)"
+        return first
+    text = re.sub(r"\s*\([^)]*\)\s*$", "", text).strip()
+    text = text.rstrip("*").strip()
+    text = re.sub(r"\s+2:4$", "", text).strip()
+    return text or (raw or "").strip()
+
+
+@lru_cache(maxsize=None)
+def method_key(name: str) -> str:
+    """How a method name is matched (``--quality-method``): case and spacing ignored."""
+    return re.sub(r"\s+", " ", method_name(name).strip().lower())
 
 
 # --------------------------------------------------------------------------- priors
@@ -268,6 +323,10 @@ class Curve:
                 t = (s - a.sparsity) / (b.sparsity - a.sparsity)
                 return a.loss + t * (b.loss - a.loss), False, a.obs + b.obs
         last = ks[-1]
+        if s <= last.sparsity + EDGE_TOL:
+            # rounding (ranks to 8, channels, tokens) overshoots a round sparsity a little:
+            # that reads the last point, it is no extrapolation
+            return last.loss, False, last.obs
         if len(ks) >= 2:
             prev = ks[-2]
             slope = (last.loss - prev.loss) / (last.sparsity - prev.sparsity)
@@ -277,12 +336,12 @@ class Curve:
         return v, True, (prev.obs if len(ks) >= 2 else ()) + last.obs
 
 
-AGGREGATES = ("mean", "median", "best")
+AGGREGATES = ("mean", "median", "lowest")
 
 
 def _aggregate(group: list[_Obs], how: str) -> tuple[float, tuple]:
     losses = sorted(max(0.0, o.loss) for o in group)
-    if how == "best":
+    if how == "lowest":
         best = min(group, key=lambda o: max(0.0, o.loss))
         return losses[0], (best,)
     if how == "median":
@@ -389,25 +448,149 @@ def load_user_csv(path) -> list[UserQualityRow]:
     return rows
 
 
+# --------------------------------------------------------------------------- the rules
+
+METHOD_MEAN, METHOD_BEST = "mean", "best"
+#: how a combination's loss is composed from its parts' (``--combo-quality``)
+COMBO_RULES = ("multiplicative", "additive")
+COMBO_RULE_TEXT = {
+    "multiplicative": ("what each part keeps multiplies: accuracy drops compose as "
+                       "1 − (1 − a)(1 − b), perplexity increases as (1 + a)(1 + b) − 1"),
+    "additive": "the parts' losses add: a + b (an accuracy drop capped at 1)",
+}
+METHOD_RULE = (
+    "mean: at each sparsity the mean of every method's rows (the family mean); best: the one "
+    "method whose fitted curve has the lowest mean loss over [0, S], S the largest sparsity "
+    "every compared method reaches with its own rows (ties: more rows, then the name), among "
+    "the methods of the model whose curve is used; NAME: that method's rows alone (every "
+    "source of it, averaged per sparsity)")
+BORROWING_RULE = (
+    "a model without rows for a family borrows the nearest model's curve (same line, then "
+    "generation, then parameter count); a borrowed loss is never below the loss of a larger "
+    "model of the donor's line from its own rows at that sparsity (interpolated, never "
+    "extrapolated; past its largest sparsity, its loss there: losses do not fall as more is "
+    "removed), under the same method choice: it is raised to the largest such loss")
+EXTRAPOLATION_RULE = (
+    "a loss extrapolated beyond a curve's largest sparsity is shown, flagged, and not ranked "
+    "(recommend, frontier and plan skip it) unless --allow-extrapolated")
+
+_KNOWN_PARAMS: dict = {}
+
+
+def remember_params(name: str, params_b: Optional[float]) -> None:
+    """The parameter count of a model the caller has loaded (a config that is no preset and
+    whose name says no size): the borrowing rule compares sizes."""
+    if name and params_b:
+        _KNOWN_PARAMS[normalize_model_name(name)] = float(params_b)
+
+
+def _params_of(name: str) -> Optional[float]:
+    return _KNOWN_PARAMS.get(normalize_model_name(name)) or model_params_b(name)
+
+
+def _curve_mean_loss(curve: Curve, upto: float) -> float:
+    """Mean loss of a fitted curve over [0, upto] (the piecewise-linear area over upto)."""
+    if upto <= _EPS:
+        return 0.0
+    xs = sorted({k.sparsity for k in curve.knots if k.sparsity < upto - _EPS} | {upto})
+    area, px, py = 0.0, 0.0, 0.0
+    for x in xs:
+        y = curve.evaluate(x)[0]
+        area += (x - px) * (py + y) / 2.0
+        px, py = x, y
+    return area / upto
+
+
+def compose(values, rule: str, metric: str = "accuracy_drop") -> Optional[float]:
+    """A combination's loss from its parts' (:data:`COMBO_RULES`); None if a part has none."""
+    vals = list(values)
+    if any(v is None for v in vals):
+        return None
+    if rule == "additive":
+        total = sum(vals)
+        return min(1.0, total) if metric == "accuracy_drop" else total
+    if rule != "multiplicative":
+        raise UserError(f"unknown combination rule {rule!r}; choose from {', '.join(COMBO_RULES)}")
+    if metric == "ppl_increase":
+        prod = 1.0
+        for v in vals:
+            prod *= 1.0 + v
+        return prod - 1.0
+    kept = 1.0
+    for v in vals:
+        kept *= 1.0 - min(1.0, v)
+    return 1.0 - kept
+
+
+def compose_estimates(parts: list[QualityEstimate], labels: list[str], rule: str, metric: str,
+                      protocol: str) -> QualityEstimate:
+    """A combination's estimate composed from its parts' (flagged: source ``composed``)."""
+    value = compose([q.value for q in parts], rule, metric)
+    borrowed = ", ".join(dict.fromkeys(q.borrowed_from for q in parts if q.borrowed_from)) or None
+    cites = tuple(dict.fromkeys(c for q in parts for c in q.citations))
+    from .display import loss_text
+
+    each = ", ".join(f"{lab} {loss_text(q)}" for lab, q in zip(labels, parts))
+    if value is None:
+        missing = [lab for lab, q in zip(labels, parts) if q.value is None]
+        note = f"no figure for {', '.join(missing)}, so none for the combination"
+    else:
+        note = f"composed ({rule}: {COMBO_RULE_TEXT[rule]}) from {each}; not a published figure"
+    extra = [q.note for q in parts if q.note and value is not None]
+    return QualityEstimate(
+        value=value, metric=metric, source="composed" if value is not None else "none",
+        protocol=protocol, extrapolated=any(q.extrapolated for q in parts), borrowed_from=borrowed,
+        secondary=any(q.secondary for q in parts), citations=cites,
+        n_points=sum(q.n_points for q in parts),
+        note="; ".join([note] + [f"{lab}: {n}" for lab, n in zip(labels, extra)]),
+        method=" + ".join(q.method or "?" for q in parts), composed=rule, parts=tuple(parts),
+        floored_by=", ".join(q.floored_by for q in parts if q.floored_by) or None)
+
+
+def combo_estimate(quality, model_name: str, combo: str, parts, part_achieved) -> QualityEstimate:
+    """A combination's quality from any quality model: its own ``estimate_combo`` when it has
+    one, else the parts' estimates composed multiplicatively."""
+    fn = getattr(quality, "estimate_combo", None)
+    if callable(fn):
+        return fn(model_name, combo, parts, part_achieved)
+    ests = [quality.estimate(model_name, f, a) for (f, _), a in zip(parts, part_achieved)]
+    labels = [f"{f} {a * 100:.1f}%" for (f, _), a in zip(parts, part_achieved)]
+    return compose_estimates(ests, labels, "multiplicative", getattr(quality, "metric", "accuracy_drop"),
+                             getattr(quality, "protocol", "lora"))
+
+
 # --------------------------------------------------------------------------- the model
 
-def _measured_obs(rows) -> list[_Obs]:
-    out = []
+def _measured_obs(rows) -> tuple[list[_Obs], list[tuple]]:
+    """(family observations, combinations' (model, combo, parts, value, achieved)) from the
+    measured rows; a combination's row names it by its token (static_depth@0.25+static_width@0.25)."""
+    out, combos = [], []
     for r in rows:
         if isinstance(r, dict):
             m, st, sp, v = r["model"], r["strategy"], r["sparsity"], r["ppl_increase"]
+            ach = r.get("achieved_sparsity")
         elif isinstance(r, (tuple, list)):
             m, st, sp, v = r[:4]
+            ach = None
         else:
             m, st, sp = r.model, r.strategy, getattr(r, "achieved_sparsity", None) or r.sparsity
-            v = r.ppl_increase
-        if not families.is_family(st):
-            raise UserError(f"measured quality: unknown strategy {st!r}")
+            v, ach = r.ppl_increase, getattr(r, "achieved_sparsity", None)
         if v is None or not math.isfinite(float(v)):
             continue
+        if families.SEP in str(st):
+            from .taxonomy import from_token
+
+            try:
+                strat = from_token(st)
+            except UserError:
+                raise UserError(f"measured quality: unknown strategy {st!r}") from None
+            combos.append((str(m), strat.family, strat.parts, float(v), ach))
+            continue
+        if not families.is_family(st):
+            raise UserError(f"measured quality: unknown strategy {st!r}")
         out.append(_Obs(str(m), st, float(sp), float(v), "", False, model_params_b(str(m)),
-                        "perplexity measured locally"))
-    return out
+                        "perplexity measured locally", "measured here"))
+    return out, combos
 
 
 class QualityModel:
@@ -415,17 +598,49 @@ class QualityModel:
     :func:`build_quality_model`."""
 
     def __init__(self, protocol: str, metric: str, source: str, prior_obs: list[_Obs],
-                 user_rows: list[UserQualityRow], user_label: str = "", aggregate: str = "mean"):
+                 user_rows: list[UserQualityRow], user_label: str = "", aggregate: str = "mean",
+                 method: str = METHOD_MEAN, family_methods: Optional[dict] = None,
+                 combo_rule: str = "multiplicative", measured_combos=()):
         self.protocol = protocol
         self.aggregate = aggregate
         self.metric = metric
         self.source = source  # prior | measured (user points override per family)
+        self.method = method  # mean | best: families not named in family_methods
+        self.family_methods = dict(family_methods or {})  # family -> method key
+        self.combo_rule = combo_rule
+        self._measured_combos = list(measured_combos)
         self._obs_by_family: dict[str, dict[str, list[_Obs]]] = {}
         for o in prior_obs:
             self._obs_by_family.setdefault(o.family, {}).setdefault(o.model, []).append(o)
         self._user = user_rows
         self._user_label = user_label
         self._cache: dict[tuple, tuple] = {}
+
+    # -- what is asked
+    @property
+    def method_label(self) -> str:
+        """The method choice in words: "best", "mean", "best; static_width: FLAP"."""
+        named = "; ".join(f"{f}: {self._display(f, k)}" for f, k in self.family_methods.items())
+        return self.method + (f"; {named}" if named else "")
+
+    def method_for(self, strategy: str) -> str:
+        """mean, best, or the key of the method named for this family."""
+        return self.family_methods.get(strategy, self.method)
+
+    def _display(self, strategy: str, key: str) -> str:
+        for obs in self._obs_by_family.get(strategy, {}).values():
+            for o in obs:
+                if o.method_key == key:
+                    return o.method
+        return key
+
+    def methods(self, strategy: str, model_name: Optional[str] = None) -> list[str]:
+        """The methods with rows for a family (of one model when given), by name."""
+        by_model = self._obs_by_family.get(strategy, {})
+        key = normalize_model_name(model_name) if model_name else None
+        names = {o.method_key: o.method for m, obs in by_model.items()
+                 if key is None or normalize_model_name(m) == key for o in obs}
+        return sorted(names.values(), key=str.lower)
 
     # -- curve selection
     def _user_curve(self, model_name: str, strategy: str) -> Optional[Curve]:
@@ -440,43 +655,109 @@ class QualityModel:
             return None
         cite = f"user quality file {self._user_label}".strip()
         obs = [_Obs(r.model or "any model", strategy, r.sparsity, r.quality_loss, cite, False, None,
-                    r.note) for r in chosen]
+                    r.note, "your quality file") for r in chosen]
         return _build_curve(obs, strategy, chosen[0].model or "any model", self.protocol, self.metric,
                             "user", "mean")
 
-    def _curve(self, model_name: str, strategy: str) -> tuple[Optional[Curve], Optional[str]]:
+    def _by_model(self, strategy: str) -> dict[str, list[_Obs]]:
+        """The family's rows by model, narrowed to the method named for it (if any)."""
+        by_model = self._obs_by_family.get(strategy, {})
+        sel = self.method_for(strategy)
+        if sel in (METHOD_MEAN, METHOD_BEST):
+            return by_model
+        out = {m: [o for o in obs if o.method_key == sel] for m, obs in by_model.items()}
+        return {m: obs for m, obs in out.items() if obs}
+
+    def _pick_method(self, obs: list[_Obs], strategy: str) -> tuple[list[_Obs], str]:
+        """The rows a model's curve is built from and the method behind them, in words."""
+        sel = self.method_for(strategy)
+        groups: dict[str, list[_Obs]] = {}
+        for o in obs:
+            groups.setdefault(o.method_key, []).append(o)
+        if sel == METHOD_BEST and len(groups) > 1:
+            curves = {k: _build_curve(g, strategy, g[0].model, self.protocol, self.metric,
+                                      self.source, self.aggregate) for k, g in groups.items()}
+            upto = min(c.max_sparsity for c in curves.values())
+            best = min(groups, key=lambda k: (_curve_mean_loss(curves[k], upto), -len(groups[k]),
+                                              groups[k][0].method.lower()))
+            others = len(groups) - 1
+            return groups[best], (f"{groups[best][0].method} (best of {len(groups)} methods: "
+                                  f"lowest mean loss over 0–{upto * 100:g}%)" if others else
+                                  groups[best][0].method)
+        if sel == METHOD_BEST or len(groups) == 1:
+            g = next(iter(groups.values()))
+            return obs, g[0].method
+        if sel != METHOD_MEAN:
+            return obs, obs[0].method
+        names = sorted({g[0].method for g in groups.values()}, key=str.lower)
+        return obs, f"mean of {len(names)} methods ({', '.join(names)})"
+
+    def _model_curve(self, model: str, strategy: str) -> tuple[Curve, str]:
+        """One model's own curve for a family under the method choice (built once)."""
+        ck = ("model", model, strategy)
+        if ck not in self._cache:
+            obs, label = self._pick_method(self._by_model(strategy)[model], strategy)
+            self._cache[ck] = (_build_curve(obs, strategy, model, self.protocol, self.metric,
+                                            self.source, self.aggregate), label)
+        return self._cache[ck]
+
+    def _curve(self, model_name: str, strategy: str) -> tuple[Optional[Curve], Optional[str], str]:
+        """(curve, the model it is borrowed from or None, the method behind it)."""
         ck = (model_name, strategy)
         if ck in self._cache:
             return self._cache[ck]
-        res: tuple[Optional[Curve], Optional[str]]
+        res: tuple
         uc = self._user_curve(model_name, strategy)
         if uc is not None:
-            res = (uc, None)
+            res = (uc, None, "your quality file")
         else:
-            by_model = self._obs_by_family.get(strategy, {})
+            by_model = self._by_model(strategy)
             if not by_model:
-                res = (None, None)
+                res = (None, None, "")
             else:
                 key = normalize_model_name(model_name)
                 exact = [m for m in by_model if normalize_model_name(m) == key]
                 if exact:
                     chosen, borrowed = exact[0], None
                 else:
-                    qp = model_params_b(model_name)
+                    qp = _params_of(model_name)
                     chosen = min(by_model, key=lambda m: (
                         _model_distance(model_name, qp, m, by_model[m][0].params_b),
                         -len(by_model[m]), m))
                     borrowed = chosen
-                curve = _build_curve(by_model[chosen], strategy, chosen, self.protocol, self.metric,
-                                     self.source, self.aggregate)
-                res = (curve, borrowed)
+                curve, label = self._model_curve(chosen, strategy)
+                res = (curve, borrowed, label)
         self._cache[ck] = res
         return res
+
+    def _floor(self, model_name: str, strategy: str, donor: str, s: float):
+        """The borrowing rule (:data:`BORROWING_RULE`): the largest loss of a model larger than
+        ``model_name``, of the donor's line, from its own rows at ``s`` (or at the largest
+        sparsity they reach, when that is below ``s``: losses do not fall as more is removed):
+        (loss, model, observations, method, curve, beyond its data) or None."""
+        qp = _params_of(model_name)
+        if not qp:
+            return None
+        line = _model_line(normalize_model_name(donor))
+        best = None
+        for m, obs in self._by_model(strategy).items():
+            mp = obs[0].params_b or _params_of(m)
+            if not mp or mp <= qp or _model_line(normalize_model_name(m)) != line:
+                continue
+            curve, label = self._model_curve(m, strategy)
+            at = min(s, curve.max_sparsity)
+            v, _, behind = curve.evaluate(at)
+            if best is None or v > best[0] + 1e-12:
+                best = (v, m, behind, label, curve, s > curve.max_sparsity + _EPS)
+        return best
 
     # -- public API
     def estimate(self, model_name: str, strategy: str, sparsity: float) -> QualityEstimate:
         """Quality loss at the ACHIEVED sparsity (share actually removed)."""
-        families.get(strategy)  # UserError naming the families
+        fam = families.get(strategy)  # UserError naming the families
+        if fam.is_combo:
+            raise UserError(f"{strategy} is a combination: its quality is composed from its "
+                            "parts (estimate_combo)")
         s = float(sparsity)
         if not math.isfinite(s) or s < 0 or s > 1:
             raise ValueError(f"sparsity {sparsity!r} outside [0, 1]")
@@ -485,49 +766,120 @@ class QualityModel:
         if s <= _EPS:
             return QualityEstimate(0.0, self.metric, self.source, self.protocol,
                                    note="nothing removed at this sparsity")
-        curve, borrowed = self._curve(model_name, strategy)
+        curve, borrowed, method = self._curve(model_name, strategy)
         if curve is None:
             what = {"accuracy_drop": "accuracy", "ppl_increase": "perplexity"}[self.metric]
             if self.source == "measured":
                 note = f"no measured perplexity for {strategy}"
             else:
                 note = f"no {self.protocol} {what} data for {strategy}"
+                sel = self.method_for(strategy)
+                if sel not in (METHOD_MEAN, METHOD_BEST):
+                    note = f"no {self.protocol} {what} data for {strategy} by {self._display(strategy, sel)}"
             return QualityEstimate(None, self.metric, "none", self.protocol, note=note)
         value, extrap, behind = curve.evaluate(s)
         notes = []
+        floored_by = None
+        floor_curve = curve
+        n_points, curve_cites = curve.n_points, curve.citations
         if curve.source == "user":
             notes.append(f"from your quality file ({curve.n_points} point{'s' * (curve.n_points != 1)})")
             notes.extend(sorted({o.note for o in behind if o.note}))
         if borrowed:
-            notes.append(f"quality borrowed from {borrowed}")
+            floor = self._floor(model_name, strategy, borrowed, s) if curve.source != "user" else None
+            if floor is not None and floor[0] > value + 1e-12:
+                was = f"{value * 100:.1f}%" + (" extrapolated" if extrap else "")
+                at = min(s, floor[4].max_sparsity)
+                notes.append(f"quality borrowed from {floor[1]}: {borrowed}'s curve gives {was}, "
+                             f"raised to {floor[1]}'s own {floor[0] * 100:.1f}% at "
+                             f"{at * 100:.1f}% (a smaller model loses no less than a larger one "
+                             "of its line)")
+                value, extrap, behind, method = floor[0], floor[5], floor[2], floor[3]
+                borrowed = floored_by = floor[1]
+                floor_curve = floor[4]
+                n_points, curve_cites = floor[4].n_points, floor[4].citations
+            else:
+                notes.append(f"quality borrowed from {borrowed}")
         if extrap:
-            notes.append(f"extrapolated beyond the largest known sparsity "
-                         f"({curve.max_sparsity * 100:g}%)")
+            top = floor_curve.max_sparsity if floored_by else curve.max_sparsity
+            notes.append(f"extrapolated beyond the largest known sparsity ({top * 100:g}%)"
+                         + (": a lower bound" if floored_by else ""))
         secondary = any(o.secondary for o in behind)
         if secondary:
             notes.append("secondary or uncertain source")
-        cites = tuple(sorted({o.citation for o in behind if o.citation})) or curve.citations
+        cites = tuple(sorted({o.citation for o in behind if o.citation})) or curve_cites
         return QualityEstimate(
             value=value, metric=self.metric, source=curve.source, protocol=curve.protocol,
             extrapolated=extrap, borrowed_from=borrowed, secondary=secondary, citations=cites,
-            n_points=curve.n_points, note="; ".join(notes))
+            n_points=n_points, note="; ".join(notes), method=method, floored_by=floored_by)
+
+    def estimate_combo(self, model_name: str, combo: str, parts, part_achieved) -> QualityEstimate:
+        """A combination's quality: the perplexity measured on the real combined model (``pis-tui
+        quality``) when the measured rows hold it, else its parts' estimates (each at its
+        achieved sparsity alone) composed by :attr:`combo_rule` and flagged ``composed``."""
+        key = normalize_model_name(model_name)
+        for m, name, mparts, v, ach in self._measured_combos:
+            if name == combo and normalize_model_name(m) == key and len(mparts) == len(parts) and \
+                    all(a == b and abs(x - y) < 1e-6 for (a, x), (b, y) in zip(mparts, parts)):
+                return QualityEstimate(v, self.metric, "measured", self.protocol, citations=(),
+                                       n_points=1, method="measured here",
+                                       note="perplexity of the real combined model, measured locally")
+        ests = [self.estimate(model_name, f, a) for (f, _), a in zip(parts, part_achieved)]
+        labels = [f"{f} {a * 100:.1f}%" for (f, _), a in zip(parts, part_achieved)]
+        return compose_estimates(ests, labels, self.combo_rule, self.metric, self.protocol)
 
     def curve_info(self, model_name: str, strategy: str) -> dict:
         """How many points stand behind a curve, whose they are and where they come from."""
         if strategy == "dense":
             return dict(n_points=0, borrowed_from=None, citations=(), protocol=self.protocol,
-                        source=self.source, max_sparsity=None, knots=())
-        curve, borrowed = self._curve(model_name, strategy)
+                        source=self.source, max_sparsity=None, knots=(), method="", methods=())
+        curve, borrowed, method = self._curve(model_name, strategy)
+        methods = tuple(self.methods(strategy, borrowed or model_name))
         if curve is None:
             return dict(n_points=0, borrowed_from=None, citations=(), protocol=self.protocol,
-                        source="none", max_sparsity=None, knots=())
+                        source="none", max_sparsity=None, knots=(), method="", methods=methods)
         return dict(n_points=curve.n_points, borrowed_from=borrowed, citations=curve.citations,
                     protocol=curve.protocol, source=curve.source, max_sparsity=curve.max_sparsity,
-                    knots=tuple((k.sparsity, k.loss) for k in curve.knots))
+                    knots=tuple((k.sparsity, k.loss) for k in curve.knots), method=method,
+                    methods=methods)
+
+
+def parse_method(text: Optional[str], obs: list[_Obs]) -> tuple[str, dict]:
+    """``--quality-method``: ``mean``, ``best`` or method names (comma-separated; a name sets
+    its family's method, ``mean`` / ``best`` the others'; default mean).  Returns (the others'
+    choice, {family: method key}); an unknown name is a UserError listing the known ones."""
+    default, named = METHOD_MEAN, {}
+    if text is None:
+        return default, named
+    tokens = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not tokens:
+        raise UserError(f"--quality-method {text!r} names nothing: give mean, best or a method")
+    by_key: dict[str, dict[str, str]] = {}
+    for o in obs:
+        by_key.setdefault(o.method_key, {})[o.family] = o.method
+    for tok in tokens:
+        low = tok.lower()
+        if low in (METHOD_MEAN, METHOD_BEST):
+            default = low
+            continue
+        k = method_key(tok)
+        fams = by_key.get(k)
+        if not fams:
+            known = sorted({n for d in by_key.values() for n in d.values()}, key=str.lower)
+            raise UserError(f"unknown quality method {tok!r} for these priors; choose mean, best or "
+                            f"one of {', '.join(known)}")
+        for fam in fams:
+            if fam in named and named[fam] != k:
+                raise UserError(f"--quality-method names two methods of {fam}: "
+                                f"{by_key[named[fam]][fam]} and {fams[fam]}")
+            named[fam] = k
+    return default, named
 
 
 def build_quality_model(protocol: str = "lora", user_csv=None, measured_rows=None,
-                        metric: Optional[str] = None, aggregate: str = "mean") -> QualityModel:
+                        metric: Optional[str] = None, aggregate: str = "mean",
+                        method: Optional[str] = None,
+                        combo_rule: str = "multiplicative") -> QualityModel:
     """The quality source for one run.
 
     * ``protocol``: ``lora`` (the study's; default), ``training-free`` or ``trained``.
@@ -535,31 +887,41 @@ def build_quality_model(protocol: str = "lora", user_csv=None, measured_rows=Non
       override the priors per family.
     * ``measured_rows``: perplexity measured locally — rows of (model, strategy,
       sparsity, ppl_increase) as tuples, dicts or objects; then the metric is
-      ``ppl_increase`` and only these rows are used.
+      ``ppl_increase`` and only these rows are used (a combination's row, strategy
+      ``first@s+second@s``, is the real combined model's).
     * ``metric``: ``accuracy_drop`` (default) or ``ppl_increase`` (literature
       perplexity priors); forced to ``ppl_increase`` by ``measured_rows``.
-    * ``aggregate``: how the methods reported at one sparsity make a knot: ``mean``
-      (default: a typical published method), ``median``, or ``best`` (the best
-      published method; optimistic, often the citing paper's own).
+    * ``aggregate``: how the rows at one sparsity make a knot: ``mean`` (default),
+      ``median`` or ``lowest``.
+    * ``method``: ``mean`` (default: the family mean), ``best`` (the one method whose curve
+      is best for the model: :data:`METHOD_RULE`) or method names (:func:`parse_method`).
+    * ``combo_rule``: how a combination's loss is composed from its parts' (:data:`COMBO_RULES`).
     """
     if aggregate not in AGGREGATES:
         raise UserError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose from lora, training-free")
+    if combo_rule not in COMBO_RULES:
+        raise UserError(f"unknown combination rule {combo_rule!r}; choose from {', '.join(COMBO_RULES)}")
     if measured_rows is not None:
         if user_csv is not None:
             raise UserError("--quality takes a file or 'measured', not both")
         if metric not in (None, "ppl_increase"):
             raise UserError("measured quality is a perplexity increase (ppl_increase), not an accuracy drop")
-        obs = _measured_obs(measured_rows)
-        return QualityModel("training-free", "ppl_increase", "measured", obs, [], "", aggregate)
+        if method is not None and method.strip().lower() not in (METHOD_MEAN, METHOD_BEST):
+            raise UserError(f"--quality-method {method}: a method of the literature priors; measured "
+                            "quality is one method per family (pis-tui quality's), give mean or best")
+        obs, combos = _measured_obs(measured_rows)
+        return QualityModel("training-free", "ppl_increase", "measured", obs, [], "", aggregate,
+                            combo_rule=combo_rule, measured_combos=combos)
     metric = metric or "accuracy_drop"
     if metric not in METRICS:
         raise UserError(f"unknown quality metric {metric!r}; choose from {', '.join(METRICS)}")
     obs = [_Obs(r.model, r.family, r.sparsity, r.quality_loss, r.citation, r.secondary or r.uncertain,
-                r.params_b, r.note)
+                r.params_b, r.note, method_name(r.method))
            for r in load_priors()
            if r.on_curve and r.protocol == protocol and r.metric == metric and r.quality_loss is not None]
+    default, named = parse_method(method, obs)
     user_rows: list[UserQualityRow] = []
     label = ""
     if user_csv is not None:
@@ -570,4 +932,5 @@ def build_quality_model(protocol: str = "lora", user_csv=None, measured_rows=Non
             label = Path(user_csv).name
         else:
             user_rows = list(user_csv)
-    return QualityModel(protocol, metric, "prior", obs, user_rows, label, aggregate)
+    return QualityModel(protocol, metric, "prior", obs, user_rows, label, aggregate, default, named,
+                        combo_rule)

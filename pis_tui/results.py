@@ -11,6 +11,13 @@ from typing import Optional
 from .ops import Op
 
 
+def strategy_key(strategy: str, sparsity: float, parts: tuple = ()) -> tuple:
+    """(strategy, sparsity) of a family; a combination's parts too (two pairs of part
+    sparsities can compose to the same sparsity)."""
+    base = (strategy, round(float(sparsity), 9))
+    return base + (tuple(parts),) if parts else base
+
+
 @dataclass(frozen=True)
 class PricedOp:
     op: Op
@@ -40,6 +47,8 @@ class PhaseEstimate:
     timing_source: str  # weakest source over ops (measured > shipped > interpolated > roofline)
     source_counts: dict = field(default_factory=dict, hash=False, compare=False)
     notes: tuple[str, ...] = ()
+    #: a combination: ((family, sparsity), ...) of its parts, as the Strategy holds them
+    parts: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,16 @@ class QualityEstimate:
     citations: tuple[str, ...] = ()
     n_points: int = 0
     note: str = ""
+    #: the method behind the curve: a method's name, or "mean of N methods (...)" (the family
+    #: mean), "your quality file", "measured here"; "" where nothing is known
+    method: str = ""
+    #: a combination's figure composed from its parts' by this rule (multiplicative |
+    #: additive); None for a figure of its own (published, the user's, or measured)
+    composed: Optional[str] = None
+    #: a combination: each part's own estimate (the parts' order)
+    parts: tuple = ()
+    #: the borrowing rule raised a borrowed figure to this larger model's own
+    floored_by: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,14 @@ class Point:
     ceiling: Optional[float] = None
     #: what makes the point untrustworthy: "above_ceiling", "mixed_conditions"
     flags: tuple = ()
+    #: a combination: ((family, asked sparsity), ...) of its parts, and each part's achieved
+    parts: tuple = ()
+    part_achieved: tuple = ()
+
+    @property
+    def key(self) -> tuple:
+        """What tells this point's strategy from every other of its phase."""
+        return strategy_key(self.strategy, self.sparsity, self.parts)
 
     @property
     def quality_loss(self) -> Optional[float]:
@@ -113,3 +140,6 @@ class Recommendation:
     frontier: tuple[Point, ...] = ()
     #: feasible points left out because they are flagged (faster than the best, or any)
     skipped: tuple[Point, ...] = ()
+    #: feasible points left out because their quality is extrapolated (--allow-extrapolated)
+    skipped_extrapolated: tuple[Point, ...] = ()
+    allow_extrapolated: bool = False

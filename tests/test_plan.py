@@ -206,23 +206,25 @@ class FakeEstimator:
 class FakeQuality:
     metric, protocol = "accuracy_drop", "lora"
 
-    def __init__(self, loss: dict):
+    def __init__(self, loss: dict, extrapolated=()):
         self.loss = loss
+        self.extrapolated = set(extrapolated)
 
     def estimate(self, model, strategy, sparsity):
         v = self.loss.get(strategy)
         return QualityEstimate(v, source="prior" if v is not None else "none",
-                               extrapolated=strategy == "static_depth")
+                               extrapolated=strategy in self.extrapolated)
 
 
-def ranked_plan(objective="latency", budget=0.10, targets=Targets(), width_speed=1.495):
+def ranked_plan(objective="latency", budget=0.10, targets=Targets(), width_speed=1.495,
+                allow_extrapolated=True):
     speed = {("static_depth", 0.25): 1.50, ("static_width", 0.25): width_speed, ("low_rank", 0.25): 2.0,
              ("unstructured", 0.25): 3.0}
     loss = {"static_depth": 0.05, "static_width": 0.02, "low_rank": 0.20}
     r = plan(LLAMA, H200, single("chat", targets=targets),
              strategies=("static_depth", "static_width", "low_rank", "unstructured"), sparsities=(0.25,),
-             quality=FakeQuality(loss), estimator=FakeEstimator(speed))
-    return r, recommend_plan(r, budget, objective)
+             quality=FakeQuality(loss, extrapolated={"static_depth"}), estimator=FakeEstimator(speed))
+    return r, recommend_plan(r, budget, objective, allow_extrapolated)
 
 
 def test_ranking_within_the_budget_with_the_tie_rule():
@@ -239,11 +241,22 @@ def test_ranking_within_the_budget_with_the_tie_rule():
     assert rec.reason.startswith("static_width 25%: 1.50× end-to-end latency")
     assert "runner-up static_depth 25%: 1.50× at 5.0%" in rec.reason
     # a wider budget lets the 2× one in
-    assert recommend_plan(r, 0.25, "latency").best.strategy == "low_rank"
+    assert recommend_plan(r, 0.25, "latency", True).best.strategy == "low_rank"
     # out of the tie, the faster wins; its extrapolated quality is said
     r2, rec2 = ranked_plan(width_speed=1.40)
     assert rec2.best.strategy == "static_depth" and "[quality extrapolated]" in rec2.reason
     assert [f.strategy for f in rec2.frontier] == ["dense", "static_width", "static_depth"]
+
+
+def test_extrapolated_quality_is_not_ranked_unless_allowed():
+    """static_depth's (fake) quality is extrapolated: without --allow-extrapolated it is shown
+    with the reason and never ranked, so the 1.40× static_width wins."""
+    r, rec = ranked_plan(width_speed=1.40, allow_extrapolated=False)
+    sd = r.candidate("static_depth", 0.25)
+    assert rec.best.strategy == "static_width" and sd not in rec.ranked
+    assert rec.status(sd) == "extrapolated" and "--allow-extrapolated" in rec.why_not(sd)
+    _, allowed = ranked_plan(width_speed=1.40, allow_extrapolated=True)
+    assert allowed.best.strategy == "static_depth"
 
 
 def test_dense_wins_a_tie_and_nothing_meeting_the_targets_is_a_result():

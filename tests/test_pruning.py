@@ -446,3 +446,59 @@ def test_cli_bad_inputs(tiny_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2, (argv, err)
         assert len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_a_combination_is_pruned_part_by_part(setup):
+    """Depth then width: the width part is calibrated on the model depth left (its layers
+    renumbered), so both cuts are real; the achieved sparsity composes."""
+    _, m, ids, cal = setup
+    mm = copy.deepcopy(m)
+    calls = []
+
+    def recal(model):
+        calls.append(len(pruning.decoder_layers(model)))
+        return pruning.calibrate(model, P.calibration_windows(ids[:128], 64))
+
+    res = pruning.apply_combo(mm, "static_depth+static_width",
+                              (("static_depth", 0.25), ("static_width", 0.5)), cal, recalibrate=recal)
+    layers = pruning.decoder_layers(mm)
+    assert calls == [3] and len(layers) == 3  # recalibrated once, on the 3 layers depth kept
+    assert layers[0].self_attn.k_proj.out_features == 1 * HEAD_DIM  # 2 KV groups → 1
+    a = [p["achieved"] for p in res.details["parts"]]
+    assert res.final_achieved() == pytest.approx(1 - (1 - a[0]) * (1 - a[1]))
+    assert math.isfinite(P.perplexity(mm, ids, seq_len=64).ppl)
+    # width then low rank factorises the sliced linears
+    mm = copy.deepcopy(m)
+    pruning.apply_combo(mm, "static_width+low_rank", (("static_width", 0.5), ("low_rank", 0.5)), cal,
+                        recalibrate=recal)
+    q = pruning.decoder_layers(mm)[0].self_attn.q_proj
+    assert q.in_features == HIDDEN and q.out_features == HIDDEN // 2 and q.rank < HIDDEN // 2
+    with pytest.raises(UserError, match="give each part's sparsity"):
+        pruning.apply_combo(copy.deepcopy(m), "static_depth+static_width", (("static_depth", 0.25),), cal)
+
+
+def test_cli_quality_measures_the_real_combined_model(tiny_dir, tmp_path, capsys):
+    from pis_tui.cli import main
+
+    cache = str(tmp_path / "c.duckdb")
+    rc = main(["quality", "--model", str(tiny_dir), "--text", str(tiny_dir / "text.txt"),
+               "--strategies", "static_depth,static_width,static_depth@0.25+static_width@0.5",
+               "--sparsities", "0.25,0.5", "--seq-len", "64", "--json", "-", "--cache", cache])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    doc = json.loads(cap.out)
+    combo = next(r for r in doc["results"] if "+" in r["strategy"])
+    assert combo["strategy"] == "static_depth@0.25+static_width@0.5"
+    assert combo["sparsity"] == pytest.approx(1 - 0.75 * 0.5)
+    # recommend with the measured perplexity: the combined model's own figure, not composed
+    rc = main(["sweep", "--model", str(tiny_dir), "--gpu", "h200-sxm", "--quality", "measured",
+               "--strategies", "static_depth+static_width", "--combo-sparsities", "0.25,0.5",
+               "--cache", cache, "--json", "-"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    pts = [r for r in json.loads(cap.out)["results"] if r["parts"]]
+    mine = [r for r in pts if [p["sparsity"] for p in r["parts"]] == [0.25, 0.5]]
+    assert mine and all(r["quality_source"] == "measured" and r["quality_flags"]["composed"] is None
+                        and r["quality_loss"] == pytest.approx(combo["ppl_increase"], abs=1e-6) for r in mine)
+    others = [r for r in pts if r not in mine]
+    assert others and all(r["quality_source"] == "composed" for r in others)

@@ -106,8 +106,8 @@ def test_knots_reproduce_the_mean_of_the_shipped_rows():
                     assert knots[s] == pytest.approx(m)
 
 
-def test_aggregate_best_is_the_best_method():
-    qm = build_quality_model("training-free", aggregate="best")
+def test_aggregate_lowest_is_the_lowest_figure():
+    qm = build_quality_model("training-free", aggregate="lowest")
     rows = [r for r in _curve_rows("training-free", "accuracy_drop", "Llama-3.1-8B", "static_width")
             if r.sparsity == 0.125]
     e = qm.estimate("llama-3.1-8b", "static_width", 0.125)

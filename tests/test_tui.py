@@ -777,3 +777,41 @@ def test_a_long_family_name_keeps_the_recommendation_on_one_line(tmp_path):
     # a taller panel keeps the rest whole and lets it wrap
     tall = recommendation_text(snap, "prefill", width=36, height=6).plain
     assert " at " in tall.splitlines()[1] and "⚠ quality extrapolated" in tall
+
+
+def test_quality_method_combinations_and_extrapolated_choices(tmp_path):
+    """The setup panel's quality method (mean, best, the protocol's methods), combination rule
+    and extrapolated rule: a method or a rule re-sweeps, the extrapolated rule only re-ranks;
+    combinations off leave the families alone; all are restored next time."""
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            assert any(p.parts for p in app.snapshot.result.points)  # the fake combination
+            methods = [v for _, v in app.query_one("#quality-method", Select)._options]
+            assert methods[:2] == ["mean", "best"] and "Tyr-the-Pruner" in methods
+            app.query_one("#quality-method", Select).value = "best"
+            await until(pilot, lambda: app.snapshot.choices.quality_method == "best", what="method sweep")
+            app.query_one("#combos", Select).value = "off"
+            await until(pilot, lambda: app.snapshot.choices.combos == "off", what="combos off")
+            assert not any(p.parts for p in app.snapshot.result.points)
+            app.query_one("#combos", Select).value = "additive"
+            await until(pilot, lambda: app.snapshot.choices.combos == "additive", what="additive")
+            combo = next(p for p in app.snapshot.result.points if p.parts)
+            assert combo.quality.composed == "additive"
+            assert combo.quality.value == pytest.approx(sum(q.value for q in combo.quality.parts))
+            n = len(be.computed)
+            skipped = app.snapshot.recs["prefill"].skipped_extrapolated
+            app.query_one("#extrapolated", Select).value = "rank"
+            await until(pilot, lambda: app.snapshot.choices.extrapolated == "rank", what="re-rank")
+            assert len(be.computed) == n  # re-ranked, not re-swept
+            assert skipped and all(p.quality.extrapolated for p in skipped)  # fake 2:4 at 50 %
+            assert app.snapshot.recs["prefill"].allow_extrapolated
+            assert not app.snapshot.recs["prefill"].skipped_extrapolated
+            await until(pilot, lambda: be.saved and be.saved[-1].extrapolated == "rank", what="saved")
+        restored = Choices.from_json(be.settings["tui.last_choices"])
+        assert (restored.quality_method, restored.combos, restored.extrapolated) == ("best", "additive", "rank")
+        # nonsense in the saved settings falls back to the defaults
+        bad = Choices.from_json(json.dumps({"combos": "max", "extrapolated": 3, "quality_method": ""}))
+        assert (bad.combos, bad.extrapolated, bad.quality_method) == ("multiplicative", "skip", "mean")
+    run(go())

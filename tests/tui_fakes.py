@@ -31,6 +31,9 @@ FAMILIES = {
     "unstructured": (0.0, 0.0, None),  # no published result: no quality figure, not plotted
 }
 SPARSITIES = (0.125, 0.25, 0.375, 0.5)
+#: a combination (the real registry's), its parts on the coarse grid, its loss composed
+COMBO = "static_depth+static_width"
+COMBO_GRID = ((0.125, 0.125), (0.125, 0.25), (0.25, 0.125), (0.25, 0.25))
 MODELS = {"llama-3.1-8b": 1.0, "qwen2.5-0.5b": 1.6}  # quality slope multiplier
 
 
@@ -104,12 +107,19 @@ class FakeBackend(Backend):
         estimates, points = [], []
         for ph_i, ph in enumerate(("prefill", "decode")):
             dense_ms = (20.0 if ph == "prefill" else 5.0) * gmul * scen.batch(ph) ** 0.1
-            rows = [("dense", 0.0, 1.0, 0.0)]
+            rows = [("dense", 0.0, 1.0, 0.0, ())]
             for fam, (ps, ds, qs) in FAMILIES.items():
                 for s in SPARSITIES if fam != "semi_structured_24" else (0.5,):
                     rows.append((fam, s, 1.0 + (ps if ph_i == 0 else ds) * s,
-                                 None if qs is None else qs * qmul * s))
-            for i, (fam, s, sp, loss) in enumerate(rows):
+                                 None if qs is None else qs * qmul * s, ()))
+            if choices.combos != "off":
+                for a, b in COMBO_GRID:
+                    d, w = FAMILIES["static_depth"], FAMILIES["static_width"]
+                    sp = (1.0 + d[ph_i] * a) * (1.0 + w[ph_i] * b)
+                    rows.append((COMBO, 1 - (1 - a) * (1 - b), sp,
+                                 ((d[2] * qmul * a), (w[2] * qmul * b)),
+                                 (("static_depth", a), ("static_width", b))))
+            for i, (fam, s, sp, loss, parts) in enumerate(rows):
                 src = "measured" if i < measured else "roofline"
                 lat = dense_ms / sp
                 op = Gemm("mlp", 64, 256, 256 + 64 * i, count=4)  # a kernel of its own
@@ -118,22 +128,30 @@ class FakeBackend(Backend):
                 estimates.append(e)
                 q = (QualityEstimate(0.0, source="dense") if fam == "dense" else
                      QualityEstimate(None, protocol=choices.protocol) if loss is None else
+                     _composed(loss, parts, choices) if parts else
                      QualityEstimate(round(loss, 6), source="prior", protocol=choices.protocol,
                                      extrapolated=s > 0.4, citations=("Fake et al. 2024",),
-                                     n_points=3, note="fake prior"))
+                                     n_points=3, note="fake prior", method="Fake-Pruner"))
                 lo, hi = (1.0, 1.0) if fam == "dense" else (sp * 0.99, sp * 1.01)  # ±1 %
                 points.append(Point(fam, s, s, ph, lat, dense_ms, sp, 1.0 / (1 - s) if s < 1 else 1.0,
-                                    src, q, lo, hi, 1.0 / (1 - s) if s < 1 else 1.0, ()))
+                                    src, q, lo, hi, 1.0 / (1 - s) if s < 1 else 1.0, (),
+                                    parts, tuple(x for _, x in parts)))
+                if parts:
+                    from dataclasses import replace as _replace
+
+                    estimates[-1] = _replace(estimates[-1], parts=parts)
         result = SweepResult(spec, device, scen, estimates, points, {}, quality_protocol=choices.protocol,
                              provenance={"versions": {"pis-tui": "test"}, "device_fingerprint": device.fingerprint,
                                          "created_at": "2025-01-01T00:00:00+00:00"})
         for e in estimates:
+            from pis_tui.engine import ops_key
             from pis_tui.taxonomy import PhaseOps, Strategy
 
-            result.phase_ops[(e.strategy, e.sparsity, e.phase)] = PhaseOps(
-                Strategy(e.strategy, e.sparsity), e.phase, tuple(p.op for p in e.ops), e.sparsity,
-                ("fake note",), (("M", "64 → 48"),))
-        return Snapshot(choices, result, self.recommend(result, choices.active_budget), 0.05, measured)
+            result.phase_ops[ops_key(e.strategy, e.sparsity, e.phase, e.parts)] = PhaseOps(
+                Strategy(e.strategy, e.sparsity, parts=e.parts), e.phase, tuple(p.op for p in e.ops),
+                e.sparsity, ("fake note",), (("M", "64 → 48"),), tuple(x for _, x in e.parts))
+        return Snapshot(choices, result, self.recommend(result, choices.active_budget,
+                                                         choices.allow_extrapolated), 0.05, measured)
 
     # the fake plan: the real planner over the fake model and GPU, priced by a fake estimator
     def plan(self, choices, inputs):
@@ -152,12 +170,25 @@ class FakeBackend(Backend):
                       strategies=tuple(FAMILIES), sparsities=SPARSITIES,
                       quality=FakePlanQuality(MODELS.get(choices.model, 1.2), choices.protocol),
                       estimator=FakePlanEstimator(gmul))
-        rec = self.rank_plan(result, choices.active_budget, inputs.objective)
+        rec = self.rank_plan(result, choices.active_budget, inputs.objective,
+                             choices.allow_extrapolated)
         return PlanSnapshot(choices, inputs, result, rec, 0.05)
 
     def profile_command(self, choices):
         return [sys.executable, FAKE_PROFILE, str(self.state_file), self.mode, str(self.n_ops),
                 str(self.delay)]
+
+
+def _composed(losses, parts, choices):
+    """The fake combination's quality: its fake parts' composed by the choices' rule."""
+    from pis_tui.quality import compose_estimates
+
+    ests = [QualityEstimate(round(v, 6), source="prior", protocol=choices.protocol,
+                            citations=("Fake et al. 2024",), n_points=3, method="Fake-Pruner")
+            for v in losses]
+    rule = choices.combos if choices.combos != "off" else "multiplicative"
+    return compose_estimates(ests, [f"{f} {100 * s:g}%" for f, s in parts], rule, "accuracy_drop",
+                             choices.protocol)
 
 
 class FakePlanEstimator:
@@ -191,4 +222,5 @@ class FakePlanQuality:
         if qs is None:
             return QualityEstimate(None, protocol=self.protocol)
         return QualityEstimate(round(qs * self.qmul * sparsity, 6), source="prior", protocol=self.protocol,
-                               extrapolated=sparsity > 0.4, citations=("Fake et al. 2024",), n_points=3)
+                               extrapolated=sparsity > 0.4, citations=("Fake et al. 2024",), n_points=3,
+                               method="Fake-Pruner")

@@ -53,8 +53,26 @@ def quality_from_args(args: argparse.Namespace, spec=None, cache=None):
         if not rows:
             raise UserError("no measured perplexity in the cache for this model: run "
                             "'pis-tui quality --model DIR --text FILE' first")
-        return build_quality_model(protocol=protocol, measured_rows=rows)
-    return build_quality_model(protocol=protocol, user_csv=src)
+        return build_quality_model(protocol=protocol, measured_rows=rows,
+                                   method=getattr(args, "quality_method", None),
+                                   combo_rule=getattr(args, "combo_quality", "multiplicative"))
+    return build_quality_model(protocol=protocol, user_csv=src,
+                               method=getattr(args, "quality_method", None),
+                               combo_rule=getattr(args, "combo_quality", "multiplicative"))
+
+
+def strategies_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The families and combinations a command prices (``--strategies``; default every family
+    and every combination)."""
+    from ..engine import default_strategies
+
+    return parse_families(getattr(args, "strategies", None)) or default_strategies()
+
+
+def combo_sparsities_from_args(args: argparse.Namespace):
+    """Each combination part's sparsities (``--combo-sparsities``; None: the coarse grid)."""
+    text = getattr(args, "combo_sparsities", None)
+    return None if text is None else sweep_sparsities(text, "--combo-sparsities")
 
 
 def run_sweep(args: argparse.Namespace, with_quality: bool = True):
@@ -63,27 +81,34 @@ def run_sweep(args: argparse.Namespace, with_quality: bool = True):
     gpu = resolve_gpu(args.gpu)
     spec, device = resolve(args.model, gpu)
     scenario = scenario_from_args(args, device)
-    strategies = parse_families(getattr(args, "strategies", None)) or families.pruned()
+    strategies = strategies_from_args(args)
     sparsities = (None if getattr(args, "sparsities", None) is None  # each family's own grid
                   else sweep_sparsities(args.sparsities))
+    combo_sps = combo_sparsities_from_args(args)
     align = align_of(args)
-    warnings = check_align(spec, grid_pairs(strategies, sparsities), align, scenario,
+    warnings = check_align(spec, grid_pairs(strategies, sparsities, combo_sps), align, scenario,
                            explicit=getattr(args, "align", None) is not None)
     cache = open_cache_if_local(args, device)
     quality = quality_from_args(args, spec, cache) if with_quality else None
     result = sweep(spec, device, scenario, strategies, sparsities,
-                   granularity=args.granularity, align=align, quality=quality, cache=cache)
+                   granularity=args.granularity, align=align, quality=quality, cache=cache,
+                   combo_sparsities=combo_sps)
     for w in warnings + list(result.warnings):  # e.g. the model does not fit on the GPU
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     return result
 
 
-def grid_pairs(names, sparsities) -> list[tuple[str, float]]:
-    """(family, sparsity) of every pruned point a sweep of `names` × `sparsities` runs."""
+def grid_pairs(names, sparsities, combo_sparsities=None) -> list[tuple[str, float]]:
+    """(family, sparsity) of every pruned point a sweep of `names` × `sparsities` runs (a
+    combination's parts each as its family at its sparsity)."""
     from ..taxonomy import strategies_grid
 
-    return [(st.family, st.sparsity) for st in strategies_grid(names, sparsities)
-            if not families.get(st.family).is_baseline]
+    out = []
+    for st in strategies_grid(names, sparsities, combo_sparsities=combo_sparsities):
+        if families.get(st.family).is_baseline:
+            continue
+        out += list(st.parts) if st.parts else [(st.family, st.sparsity)]
+    return list(dict.fromkeys(out))
 
 
 def aligned_widths(spec, family: str, sparsity: float, align: int, scenario) -> list[tuple]:
@@ -174,10 +199,10 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
 
     add_model_gpu(p)
     add_scenario(p)
-    p.add_argument("--strategies", "-s", default=None,
-                   help="comma-separated families (default: all but dense)")
+    add_strategies_arg(p)
     p.add_argument("--sparsities", default=None,
                    help="comma-separated, e.g. 0.25,0.5 (default 0.125,0.25,0.375,0.5)")
+    add_combo_sparsities_arg(p)
     add_strategy_options(p)
     add_cache(p)
 
@@ -189,9 +214,39 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
                    help="largest acceptable relative perplexity increase (with --quality measured)")
 
 
+def add_strategies_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategies", "-s", default=None,
+                   help="comma-separated families and combinations (first+second, e.g. "
+                        "static_depth+static_width; 'families' and 'combos' stand for all of "
+                        "them; default: every family but dense, and every combination)")
+
+
+def add_combo_sparsities_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--combo-sparsities", default=None, metavar="LIST",
+                   help="each combination part's sparsities, e.g. 0.125,0.25 (the default: a "
+                        "coarse grid; a fixed-sparsity part such as 2:4 at its one)")
+
+
+def add_ranking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-extrapolated", action="store_true",
+                   help="also rank points whose quality is extrapolated beyond the data "
+                        "(shown but skipped by default)")
+
+
 def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=("lora", "training-free"), default="lora",
                    help="quality priors: pruned then LoRA-recovered (the study's) or one-shot")
     p.add_argument("--quality", default=None, metavar="FILE|measured",
                    help="your own evaluations (CSV: strategy,sparsity,quality_loss[,model,note]) "
                         "or 'measured' for perplexity measured with 'pis-tui quality'")
+    p.add_argument("--quality-method", default=None, metavar="mean|best|NAME",
+                   help="whose curve a family's quality follows: mean (default: the family mean "
+                        "of the published methods), best (the one method whose curve is best for "
+                        "the model and protocol), or a method's name (e.g. FLAP; a comma list, "
+                        "with mean or best for the families not named)")
+    p.add_argument("--combo-quality", choices=("multiplicative", "additive"),
+                   default="multiplicative",
+                   help="how a combination's loss is composed from its parts' (flagged "
+                        "'composed'): multiplicative 1-(1-a)(1-b) (default) or additive a+b; "
+                        "with --quality measured the real combined model's perplexity is used "
+                        "where 'pis-tui quality' measured it")

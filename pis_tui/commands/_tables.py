@@ -34,10 +34,18 @@ def points_table(result, phase: str, title: str | None = None, points=None) -> T
 def legend_lines(result, points) -> list[str]:
     """What the tables' marks mean: the quality metric and its marks, and the arrow of a
     sparsity asked → achieved (when a point shows one)."""
-    out = [f"quality: {result.quality_metric} ({result.quality_protocol} protocol); {MARKS_NOTE}",
-           TRUST_NOTE]
+    method = f"; method {result.quality_method}" if getattr(result, "quality_method", "") else ""
+    out = [f"quality: {result.quality_metric} ({result.quality_protocol} protocol){method}",
+           MARKS_NOTE, TRUST_NOTE]
     if any(sparsity_text(p) != pct(p.achieved_sparsity) for p in points):
         out.append(SPARSITY_NOTE)
+    if any(getattr(p, "parts", ()) for p in points):
+        from ..quality import COMBO_RULE_TEXT
+
+        rule = getattr(result, "combo_rule", "") or "multiplicative"
+        out.append(f"combinations (first+second): sparsity is each part's; their quality is "
+                   f"composed ({rule}: {COMBO_RULE_TEXT.get(rule, rule)}) unless measured on the "
+                   "real combined model")
     return out
 
 

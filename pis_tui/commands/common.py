@@ -45,17 +45,41 @@ def sweep_sparsities(text: str, flag: str = "--sparsities") -> tuple[float, ...]
     return vals
 
 
+#: list keywords of --strategies: every pruned family, every combination
+STRATEGY_KEYWORDS = ("families", "combos")
+
+
 def parse_families(text: "str | None", flag: str = "--strategies",
-                   otherwise: str = "leave --strategies out for all of them") -> "tuple[str, ...] | None":
-    """'static_depth,low_rank' → the families named (in the order given, no repeats); None when the flag is not given (the caller's default).  A list naming no
-    pruning family (``","``, ``""``, only ``dense``) is bad input: it would sweep dense alone."""
+                   otherwise: str = "leave --strategies out for all of them",
+                   combos: bool = True) -> "tuple[str, ...] | None":
+    """'static_depth,low_rank,static_depth+static_width' → the families and combinations named
+    (in the order given, no repeats; ``families`` and ``combos`` stand for all of them); None
+    when the flag is not given (the caller's default).  A list naming no pruning family
+    (``","``, ``""``, only ``dense``) is bad input: it would sweep dense alone.  A name with
+    ``+`` must be a registered combination (``combos=False``: refused, for commands of
+    families only)."""
     from .. import families
 
     if text is None:
         return None
-    names = tuple(dict.fromkeys(t.strip() for t in str(text).split(",") if t.strip()))
-    for n in names:
-        families.get(n)  # UserError naming the families
+    out: list[str] = []
+    for t in (t.strip() for t in str(text).split(",")):
+        if not t:
+            continue
+        if t in STRATEGY_KEYWORDS:
+            if t == "combos" and not combos:
+                raise UserError(f"{flag}: combinations are not offered here")
+            out += families.pruned() if t == "families" else families.combo_names()
+            continue
+        if "@" in t:
+            raise UserError(f"{flag} {t!r}: a combination's part sparsities (@) name one point; "
+                            f"a list takes combinations by name ({families.combo_names()[0]}) and "
+                            "runs each part on --combo-sparsities")
+        fam = families.get(t)  # UserError naming the families (or the combinations)
+        if fam.is_combo and not combos:
+            raise UserError(f"{flag} {t!r}: combinations are not offered here; give families")
+        out.append(t)
+    names = tuple(dict.fromkeys(out))
     if not any(not families.get(n).is_baseline for n in names):
         raise UserError(f"{flag} {text!r} names no pruning family (dense, the baseline, is "
                         f"always included): give one or more of {', '.join(families.pruned())}, "

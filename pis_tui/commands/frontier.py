@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._run import add_quality_args, add_sweep_args
+from ._run import add_quality_args, add_ranking_args, add_sweep_args
 from .common import add_outputs
 
 
@@ -13,6 +13,7 @@ def register(sub) -> None:
     p.add_argument("--include-flagged", action="store_true",
                    help="keep points flagged as above their physical ceiling or measured under "
                         "mixed conditions (left out by default)")
+    add_ranking_args(p)
     add_outputs(p, csv=False)
     p.set_defaults(func=run)
 
@@ -21,7 +22,7 @@ def run(args) -> int:
     import json
 
     from ..export import point_dict
-    from ..pareto import flagged, frontier
+    from ..pareto import extrapolated, flagged, frontier
     from ._run import run_sweep
     from ._tables import legend_lines, points_table
     from .common import check_writable, console, write_text
@@ -30,7 +31,9 @@ def run(args) -> int:
         check_writable(args.json_out)
     result = run_sweep(args)
     fronts = {ph: frontier([p for p in result.phase_points(ph)
-                            if args.include_flagged or not flagged(p)]) for ph in ("prefill", "decode")}
+                            if (args.include_flagged or not flagged(p))
+                            and (args.allow_extrapolated or not extrapolated(p))])
+              for ph in ("prefill", "decode")}
     if args.json_out:
         write_text(args.json_out, json.dumps(
             {"schema": "pis-tui/1", "frontier": {ph: [point_dict(p, result) for p in pts]

@@ -10,8 +10,11 @@ from .common import add_cache, add_model_gpu, add_scenario, add_strategy_options
 def register(sub) -> None:
     p = sub.add_parser("ops", help="show what a family does to the GEMMs: the priced op list")
     add_model_gpu(p)
-    p.add_argument("--strategy", "-s", default="dense")
-    p.add_argument("--sparsity", default=None, help="fraction removed (default 0.25; not with dense)")
+    p.add_argument("--strategy", "-s", default="dense",
+                   help="a family, or a combination: first+second (each part at --sparsity) or "
+                        "first@0.125+second@0.25 (each part at its own)")
+    p.add_argument("--sparsity", default=None,
+                   help="fraction removed (default 0.25; a combination: each part's; not with dense)")
     p.add_argument("--phase", choices=("prefill", "decode"), default="prefill")
     add_scenario(p)
     add_strategy_options(p)
@@ -28,7 +31,7 @@ def run(args) -> int:
     from ..engine import make_estimator, resolve
     from ..errors import UserError
     from ..families import MAX_SPARSITY
-    from ..taxonomy import Strategy, build_phase_ops, family_axis
+    from ..taxonomy import build_phase_ops, family_axis, from_token
     from ._run import check_align, open_cache_if_local, scenario_from_args
     from .common import align_of, console, dump_json, resolve_gpu
 
@@ -39,10 +42,13 @@ def run(args) -> int:
     if args.sparsity is not None and not args.sparsity.strip():
         raise UserError("--sparsity '' is empty: give a fraction like 0.25 (or leave it out "
                         "for 0.25)")
+    if "@" in args.strategy and args.sparsity is not None:
+        raise UserError(f"--strategy {args.strategy} gives each part's sparsity: leave --sparsity out")
     sparsity = 0.0 if args.strategy == "dense" else parse_fraction(
         "0.25" if args.sparsity is None else args.sparsity, "sparsity", 0.0, MAX_SPARSITY)
-    strat = Strategy(args.strategy, sparsity, args.granularity, align_of(args))
-    for w in check_align(spec, [(strat.family, strat.effective_sparsity)], strat.align, scenario,
+    strat = from_token(args.strategy, sparsity, args.granularity, align_of(args))
+    pairs = [(f, s) for f, s in strat.parts] or [(strat.family, strat.effective_sparsity)]
+    for w in check_align(spec, pairs, strat.align, scenario,
                          explicit=args.align is not None, families_flag=""):
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     po = build_phase_ops(spec, strat, scenario, args.phase)
@@ -52,6 +58,8 @@ def run(args) -> int:
         dump_json(args.json_out, {
             "strategy": strat.family, "sparsity": strat.sparsity,
             "achieved_sparsity": po.achieved_sparsity, "phase": args.phase,
+            "parts": [{"family": f, "sparsity": s, "achieved_sparsity": a}
+                      for (f, s), a in zip(strat.parts, po.part_achieved)],
             "latency_ms": est.latency_ms, "dims": dict(po.dims), "notes": list(po.notes),
             "ops": [{**asdict(p.op), "flops": p.op.flops(), "bytes": p.op.bytes(),
                      "kernels": p.kernels, "ms_per_call": p.ms_per_call, "total_ms": p.total_ms,
@@ -61,8 +69,12 @@ def run(args) -> int:
     from rich.markup import escape
 
     con = console()
+    parts = ""
+    if strat.parts:
+        parts = " (" + " + ".join(f"{f} {s:.1%} → {a:.1%}" for (f, s), a in
+                                  zip(strat.parts, po.part_achieved)) + ", composed)"
     con.print(f"[bold]{escape(spec.name)}[/] · {strat.family} ({family_axis(strat.family)}) "
-              f"asked {strat.sparsity:.1%}, achieved {po.achieved_sparsity:.1%} · "
+              f"asked {strat.sparsity:.1%}, achieved {po.achieved_sparsity:.1%}{parts} · "
               f"{scenario.label(args.phase)} · {escape(device.display_name)} · {scenario.dtype} · "
               f"{scenario.engine} kernels")
     for k, v in po.dims:

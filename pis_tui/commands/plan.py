@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._run import add_budget_args, add_quality_args
+from ._run import (add_budget_args, add_combo_sparsities_arg, add_quality_args, add_ranking_args,
+                   add_strategies_arg)
 from .common import (add_cache, add_engine, add_model_gpu, add_outputs, add_strategy_options,
                      positive_int)
 
@@ -51,16 +52,17 @@ def register(sub) -> None:
     w.add_argument("--objective", choices=("latency", "throughput"), default="latency",
                    help="rank by end-to-end latency at the concurrency, or by throughput at the "
                         "largest batch that fits and meets the targets")
-    p.add_argument("--strategies", "-s", default=None,
-                   help="comma-separated families (default: all but dense; dense is always planned)")
+    add_strategies_arg(p)
     p.add_argument("--sparsities", default=None,
                    help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
+    add_combo_sparsities_arg(p)
     p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
     add_engine(p)
     add_strategy_options(p)
     add_cache(p)
     add_quality_args(p)
     add_budget_args(p)
+    add_ranking_args(p)
     add_outputs(p, csv=False)
     p.add_argument("--csv", dest="csv_out", metavar="FILE|-", default=None,
                    help="write the plan as CSV: one row per candidate × request class")
@@ -91,8 +93,9 @@ def run(args) -> int:
 
     from ..engine import default_dtype, resolve
     from ..plan import plan, recommend_plan
-    from ..taxonomy import Strategy, parse_strategies
-    from ._run import budget_from_args, open_cache_if_local, quality_from_args
+    from ..taxonomy import Strategy
+    from ._run import (budget_from_args, combo_sparsities_from_args, open_cache_if_local,
+                       quality_from_args, strategies_from_args)
     from .common import check_writable, console, parse_sparsities, resolve_gpu, write_text
 
     budget = budget_from_args(args)
@@ -104,13 +107,14 @@ def run(args) -> int:
     dtype = args.dtype or default_dtype(device)
     cache = open_cache_if_local(args, device)
     quality = quality_from_args(args, spec, cache)
-    strategies = parse_strategies(args.strategies)
+    strategies = strategies_from_args(args)
     sparsities = parse_sparsities(args.sparsities) if args.sparsities else None
+    args.combo_sps = combo_sparsities_from_args(args)
     args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
-                  cache=cache, engine=args.engine or "eager")
-    rec = recommend_plan(result, budget, args.objective)
+                  cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager")
+    rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated)
     for w in result.warnings:
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     if args.json_out:
@@ -137,8 +141,11 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
     scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
                     result.dtype)
     sw = sweep(result.spec, result.device, scen, strategies, sparsities, granularity=args.granularity,
-               align=args.align, quality=quality, cache=cache)
-    recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph) for ph in ("prefill", "decode")}
+               align=args.align, quality=quality, cache=cache,
+               combo_sparsities=getattr(args, "combo_sps", None))
+    allow = getattr(args, "allow_extrapolated", False)
+    recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph, allow_extrapolated=allow)
+            for ph in ("prefill", "decode")}
     return to_json(sw, recs, plan_dict(result, rec))
 
 
@@ -210,6 +217,8 @@ def print_plan(con, result, rec) -> None:
               f"objective: {pl.objective_words(rec.objective)} · budget {pct(rec.budget)} "
               f"({result.quality_protocol} {metric})")
     con.print(("▶ " if rec.best is not None else "✗ ") + rec.reason, markup=False)
+    if rec.best is not None and rec.best.quality.method and rec.best.strategy != "dense":
+        con.print(f"  quality method: {rec.best.quality.method}", markup=False)
     for c, label in ((rec.best, "recommended"), (rec.runner_up, "runner-up")):
         if c is not None:
             for line in pick_lines(result, c, rec.objective, label):
@@ -235,7 +244,8 @@ def print_plan(con, result, rec) -> None:
     for c in order:
         name = pl.candidate_name(c).replace(" (no pruning)", "")
         if not roomy:
-            name = name.replace(c.strategy, families.get(c.strategy).short or c.strategy, 1)
+            for fam in ([f for f, _ in c.parts] if c.parts else [c.strategy]):
+                name = name.replace(fam, families.get(fam).short or fam, 1)
         thr = c.throughput_tok_s
         cells = {
             "#": str(ranked.get(c.key, "")), "model": name,
@@ -255,5 +265,6 @@ def print_plan(con, result, rec) -> None:
               f"{result.device.memory_gb:g} GB ({USABLE:.0%}, decimal GB). Timing: weakest source "
               f"{pl.sources.weakest(c.timing_source for c in result.candidates)}; "
               f"{result.priced_kernels} kernels priced in {result.elapsed_s:.2f} s. Quality marks: "
-              "ᵉ extrapolated, ᵇ borrowed from another model, ˢ secondary source.",
+              "ᵉ extrapolated (not ranked unless --allow-extrapolated), ᵇ borrowed from another "
+              "model, ˢ secondary source, ᶜ composed from a combination's parts.",
               style="dim", markup=False)

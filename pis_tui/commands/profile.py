@@ -35,7 +35,9 @@ def register(sub) -> None:
                                    "DuckDB cache that sweep/recommend/the TUI use.")
     add_model_gpu(p)
     add_scenario(p)
-    p.add_argument("--strategies", "-s", default=None, help="comma-separated families (default: all)")
+    p.add_argument("--strategies", "-s", default=None,
+                   help="comma-separated families and combinations (default: every family and "
+                        "combination a sweep prices)")
     p.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.25,0.5 "
                                                       "(default 0.125,0.25,0.375,0.5)")
     add_strategy_options(p)
@@ -205,7 +207,6 @@ def _run(args) -> int:
     from .. import hardware, profiling
     from ..model_spec import load_model_spec
     from ..scenario import PHASES
-    from .. import families
     from ._run import check_align, grid_pairs, scenario_from_args
     from ._store import open_store
     from .common import align_of, parse_families, sweep_sparsities
@@ -218,7 +219,9 @@ def _run(args) -> int:
     spec = load_model_spec(args.model)
     # named without torch: a profile the cache already holds never imports it
     device = hardware.local_device()
-    strategies = parse_families(args.strategies) or families.pruned()
+    from ..engine import default_strategies
+
+    strategies = parse_families(args.strategies) or default_strategies()
     sparsities = None if args.sparsities is None else sweep_sparsities(args.sparsities)
     phases = PHASES if args.phase == "both" else (args.phase,)
     options = profiling.PlanOptions(granularity=args.granularity, align=align_of(args),

@@ -39,9 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file to measure perplexity on")
     p.add_argument("--strategies", default=None,
                    help="comma-separated families (default: every family that can be applied to a "
-                        "real model; dense, the baseline, is always measured)")
+                        "real model; dense, the baseline, is always measured) and combinations: "
+                        "first+second (each part on --combo-sparsities), first@0.125+second@0.25 "
+                        "(one real combined model), 'combos' for every combination")
     p.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
                    help="comma-separated fractions (semi_structured_24 is always 0.5)")
+    p.add_argument("--combo-sparsities", default="0.125,0.25",
+                   help="each combination part's sparsities (a fixed-sparsity part at its own)")
     p.add_argument("--max-tokens", type=positive_int("max tokens"), default=4096,
                    help="evaluate on at most this many tokens after the calibration tokens")
     p.add_argument("--calib-tokens", type=positive_int("calibration tokens"), default=512,
@@ -110,7 +114,9 @@ def store_rows(cache, rows: list[dict], extra: dict | None = None) -> int:
 
 
 def parse_strategies(text: str) -> tuple[list[str], list[str]]:
-    """(measurable strategies, unsupported ones) from a comma list; unknown names fail."""
+    """(measurable strategies, unsupported ones) from a comma list; unknown names fail.  A
+    combination (``first+second``, ``first@0.125+second@0.25``, or ``combos`` for all) is
+    measurable when both its parts are."""
     from .. import families
     from ..pruning import measurable, unsupported
 
@@ -119,17 +125,51 @@ def parse_strategies(text: str) -> tuple[list[str], list[str]]:
     names = [t.strip() for t in str(text).split(",") if t.strip()]
     if not names:
         raise UserError("no strategy given")
-    bad = [n for n in names if not families.is_family(n)]
-    if bad:
-        raise UserError(f"unknown strategy {bad[0]!r} (families: {', '.join(families.names())})")
+    expanded = []
+    for n in names:
+        expanded += list(families.combo_names()) if n == "combos" else [n]
     can, cannot = measurable(), unsupported()
     out, unsup = [], []
-    for n in names:
+    for n in expanded:
+        if families.SEP in n:
+            from ..taxonomy import from_token
+
+            base = from_token(n, 0.25).family  # UserError naming the combinations
+            combo = families.get(base)
+            target = out if combo.quality_supported else unsup
+            if n not in target:
+                target.append(n)
+            continue
+        if not families.is_family(n):
+            raise UserError(f"unknown strategy {n!r} (families: {', '.join(families.names())})")
         if n in can and n not in out:
             out.append(n)
         elif n in cannot and n not in unsup:
             unsup.append(n)
     return out, unsup
+
+
+def variants_of(strategies, sparsities, combo_sparsities) -> list[tuple[str, float, tuple]]:
+    """(name to store, sparsity, parts) of every model to prune: a family at each sparsity of
+    its grid; a combination at each pair of its parts' grid (stored by its token, its sparsity
+    composed); a combination token at its own parts."""
+    from .. import families
+    from ..taxonomy import Strategy, from_token
+
+    out = []
+    for st in strategies:
+        if families.SEP in st:
+            if "@" in st:
+                strat = from_token(st)
+                out.append((strat.token, strat.sparsity, strat.parts))
+                continue
+            combo = families.get(st)
+            for pair in combo.part_grid(combo_sparsities):
+                strat = Strategy(st, 0.0, parts=tuple(zip(combo.part_names, pair)))
+                out.append((strat.token, strat.sparsity, strat.parts))
+            continue
+        out += [(st, s, ()) for s in families.get(st).sparsity_grid(sparsities)]
+    return out
 
 
 def _check_inputs(args) -> tuple[Path, Path, str, bytes]:
@@ -199,6 +239,7 @@ def run(args) -> int:
     from ..model_spec import load_model_spec
 
     sparsities = sweep_sparsities(args.sparsities)
+    combo_sps = sweep_sparsities(args.combo_sparsities, "--combo-sparsities")
     strategies, unsupported = parse_strategies(args.strategies)
     mdir, tpath, text, raw = _check_inputs(args)
     if args.json_out and args.json_out != "-":
@@ -211,12 +252,16 @@ def run(args) -> int:
         from ..scenario import Scenario
         from ._run import check_align
 
-        pairs = [(st, s) for st in strategies for s in families.get(st).sparsity_grid(sparsities)]
+        pairs = [p for _, s, parts in variants_of(strategies, sparsities, combo_sps)
+                 for p in (parts or ())]
+        pairs += [(st, s) for st in strategies if families.SEP not in st
+                  for s in families.get(st).sparsity_grid(sparsities)]
         for w in check_align(spec, pairs, args.align, Scenario(dtype="fp32")):
             print(f"pis-tui: warning: {w}", file=sys.stderr)
     text_sha = hashlib.sha256(raw).hexdigest()
     cache = open_quality_cache(args.cache)
     try:
+        args._combo_sps = combo_sps
         return _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath, text, text_sha)
     finally:
         if cache is not None:
@@ -260,7 +305,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
                 "device": device, "dtype": dtype_name, "model_dir": str(mdir.resolve())}
     from .. import families
 
-    variants = [(st, s) for st in strategies for s in families.get(st).sparsity_grid(sparsities)]
+    variants = variants_of(strategies, sparsities, getattr(args, "_combo_sps", None))
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -282,7 +327,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
             def on_prog(done, _n):
                 prog.update(task, completed=base[0] + done)
 
-            needs_cal = any(families.get(st).needs_calibration for st in strategies)
+            needs_cal = any(families.get(_base(st)).needs_calibration for st in strategies)
             cal = None
             if needs_cal:
                 try:
@@ -295,12 +340,23 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
             ppl_dense = dense.ppl
             base[0] += len(windows)
             svd_cache: dict = {}
-            for st, s in variants:
+            def recalibrate(mm):
+                try:
+                    return pruning.calibrate(mm, calib_wins)
+                except RuntimeError as e:
+                    raise MeasureError(f"calibration of a partly pruned model failed: {_first_line(e)}") from None
+
+            for st, s, parts in variants:
                 prog.update(task, description=f"{st} {s:.1%}", completed=base[0])
                 m = copy.deepcopy(model)
                 try:
-                    res = pruning.apply(m, st, s, cal, align=args.align, granularity=args.granularity,
-                                        block=block, svd_cache=svd_cache)
+                    if parts:
+                        res = pruning.apply_combo(m, _base(st), parts, cal, recalibrate=recalibrate,
+                                                  align=args.align, granularity=args.granularity,
+                                                  block=block)
+                    else:
+                        res = pruning.apply(m, st, s, cal, align=args.align, granularity=args.granularity,
+                                            block=block, svd_cache=svd_cache)
                     r = _ppl(P, m, eval_ids, seq_len, args, on_prog, f"{st} {s:g}")
                 finally:
                     del m
@@ -311,7 +367,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
                 rows.extend(new)
                 n_stored += store_rows(cache, new, dict(settings, note=res.note))
                 base[0] += len(windows)
-                if (st, s) == next(v for v in reversed(variants) if v[0] == st):
+                if (st, s) == next((v[0], v[1]) for v in reversed(variants) if v[0] == st):
                     svd_cache.clear()  # this family's last variant: its decompositions are done
     except KeyboardInterrupt:
         if n_stored:
@@ -335,12 +391,14 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     out.print(table)
     out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)")
     for st in unsupported:
-        err.print(f"unsupported: {families.get(st).quality_unsupported_reason}", markup=False)
+        err.print(f"unsupported: {families.get(_base(st)).quality_unsupported_reason}", markup=False)
     for st in strategies:
+        if families.SEP in st:
+            continue
         fixed = families.get(st).fixed_sparsity
         if fixed is not None and fixed not in sparsities:
             err.print(f"note: {st} is always {fixed:.0%} sparse; measured at {fixed:g}")
-    oracles = [st for st in strategies if families.get(st).quality_oracle]
+    oracles = [st for st in strategies if families.get(_base(st)).quality_oracle]
     if oracles:
         many = len(oracles) > 1
         err.print(f"note: {' and '.join(oracles)} {'are quality oracles' if many else 'is a quality oracle'} "
@@ -360,12 +418,17 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
             "ppl_dense": ppl_dense,
             "results": [dict(r, quality_metric="ppl_increase", quality_source="measured",
                              note=notes.get((r["strategy"], r["sparsity"]), "")) for r in rows],
-            "unsupported": [{"strategy": st, "reason": families.get(st).quality_unsupported_reason}
+            "unsupported": [{"strategy": st, "reason": families.get(_base(st)).quality_unsupported_reason}
                             for st in unsupported],
             "provenance": _provenance(),
         }
         dump_json(args.json_out, doc)
     return 0
+
+
+def _base(name: str) -> str:
+    """A family's name, or a combination's (a token's part sparsities dropped)."""
+    return "+".join(p.split("@", 1)[0] for p in name.split("+"))
 
 
 def _ppl(P, model, ids, seq_len, args, on_prog, what):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._run import add_budget_args, add_quality_args, add_sweep_args
+from ._run import add_budget_args, add_quality_args, add_ranking_args, add_sweep_args
 from .common import add_outputs
 
 
@@ -15,14 +15,17 @@ def register(sub) -> None:
     p.add_argument("--include-flagged", action="store_true",
                    help="also recommend points flagged as above their physical ceiling or "
                         "measured under mixed conditions (skipped by default)")
+    add_ranking_args(p)
     add_outputs(p, csv=False)
     p.set_defaults(func=run)
 
 
-def recommendations(result, budget: float, phases, include_flagged: bool = False) -> dict:
+def recommendations(result, budget: float, phases, include_flagged: bool = False,
+                    allow_extrapolated: bool = False) -> dict:
     from ..pareto import recommend
 
-    return {ph: recommend(result.phase_points(ph), budget, ph, include_flagged) for ph in phases}
+    return {ph: recommend(result.phase_points(ph), budget, ph, include_flagged, allow_extrapolated)
+            for ph in phases}
 
 
 def run(args) -> int:
@@ -35,7 +38,7 @@ def run(args) -> int:
         check_writable(args.json_out)
     result = run_sweep(args)
     phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
-    recs = recommendations(result, budget, phases, args.include_flagged)
+    recs = recommendations(result, budget, phases, args.include_flagged, args.allow_extrapolated)
     if args.json_out:
         write_text(args.json_out, to_json(result, recs))
     if args.json_out != "-":
@@ -51,8 +54,9 @@ def print_recommendations(con, result, recs) -> None:
     from ._tables import interval_text, legend_lines, pct, quality_cell, sparsity_text, trust_marks
 
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
+    method = f", method {escape(result.quality_method)}" if result.quality_method else ""
     con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
-              f"{result.scenario.dtype} · quality: {metric}, {result.quality_protocol} protocol")
+              f"{result.scenario.dtype} · quality: {metric}, {result.quality_protocol} protocol{method}")
     for ph, r in recs.items():
         con.print(f"\n[bold]{ph}[/] ({result.scenario.label(ph)}), budget {pct(r.budget)}:")
         # reasons, citations and notes hold brackets ("[quality borrowed ...]"): not markup
@@ -66,6 +70,16 @@ def print_recommendations(con, result, recs) -> None:
         if len(r.skipped) > 3:
             con.print(f"  … and {len(r.skipped) - 3} more flagged points (--include-flagged to "
                       "rank them)", markup=False)
+        faster_x = [p for p in r.skipped_extrapolated
+                    if r.best is None or p.speedup > r.best.speedup]
+        for p in faster_x[:3]:
+            con.print(f"  skipped: {p.strategy} {sparsity_text(p)} {p.speedup:.2f}× at "
+                      f"{quality_cell(p)} (quality extrapolated; --allow-extrapolated ranks it)",
+                      markup=False)
+        if len(faster_x) > 3:
+            con.print(f"  … and {len(faster_x) - 3} more with extrapolated quality", markup=False)
+        if r.best is not None and r.best.strategy != "dense" and r.best.quality.method:
+            con.print(f"  quality method: {r.best.quality.method}", markup=False)
         if r.best is not None and r.best.quality.citations:
             con.print("  quality source: " + "; ".join(r.best.quality.citations[:3]), markup=False)
         if r.best is not None and r.best.quality.note:

@@ -20,6 +20,9 @@ def register(sub) -> None:
     add_engine(g)
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="quality priors: LoRA-recovered (the study) or training-free")
+    p.add_argument("--quality-method", default=None, metavar="mean|best|NAME",
+                   help="whose quality curve: the family mean, the best method for the model, or "
+                        "a method by name (replaces the last session's)")
     p.add_argument("--cache", default=None,
                    help="DuckDB cache file (default: $PIS_TUI_CACHE or the user cache dir)")
     p.add_argument("--no-restore", action="store_true", help="ignore the choices saved last time")
@@ -49,6 +52,22 @@ def run(args) -> int:
                  "protocol"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.quality_method is not None:
+        from ..quality import build_quality_model
+
+        # a clear one-line error for an unknown method, against the protocol given (else
+        # either: the restored session's protocol is not known yet)
+        protocols = (args.protocol,) if args.protocol else PROTOCOLS
+        errors = []
+        for proto in protocols:
+            try:
+                build_quality_model(protocol=proto, method=args.quality_method)
+                break
+            except UserError as e:
+                errors.append(e)
+        else:
+            raise errors[0]
+        overrides["quality_method"] = args.quality_method.strip()
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UserError("the explorer needs a terminal; for scripts use 'pis-tui recommend' "
                         "or 'pis-tui sweep --json -'")

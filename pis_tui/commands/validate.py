@@ -39,7 +39,9 @@ def register(sub) -> None:
                    help="preset, config.json path or directory, or a cached HF id (default qwen2.5-0.5b)")
     p.add_argument("--gpu", "-g", default="local", help="only 'local': validation runs here")
     p.add_argument("--strategy", "-s", default=None,
-                   help="the pruning family (static_depth, static_width, low_rank, dynamic_depth, …)")
+                   help="the pruning families (static_depth, static_width, low_rank, dynamic_depth, "
+                        "…) or combinations: first+second (each part at --sparsity) or "
+                        "first@0.125+second@0.25 (the real combined model is built)")
     p.add_argument("--sparsity", default=None, help="one or more, e.g. 0.5 or 0.25,0.5")
     p.add_argument("--all", dest="all_", action="store_true",
                    help="the standard set: static_depth, static_width, low_rank, dynamic_depth (and "
@@ -93,10 +95,25 @@ def _strategies(args) -> list:
                 for st in standard_strategies(extra=not args.core_only, sparsities=sps)]
     if args.strategy is None:
         raise UserError("--strategy is needed (or --all for the standard set)")
-    fams = [f for f in parse_families(args.strategy, "--strategy", "use --all for the standard set")
+    from ..taxonomy import from_token
+
+    tokens = [t.strip() for t in str(args.strategy).split(",") if t.strip()]
+    points = [t for t in tokens if "@" in t]  # a combination at its parts' own sparsities
+    named = ",".join(t for t in tokens if "@" not in t)
+    # no combination point: the list as given (an error quotes it as typed)
+    fams = [f for f in (parse_families(named if points else args.strategy, "--strategy",
+                                       "use --all for the standard set")
+                        if named or not points else ())
             if not families.get(f).is_baseline]
-    out = []
+    out = [from_token(t, None, args.granularity, align) for t in points]
     for f in fams:
+        if families.get(f).is_combo:  # each part at each --sparsity (a fixed part at its own)
+            if args.sparsity is None:
+                raise UserError(f"--sparsity is needed for {f} (each part's, e.g. --sparsity "
+                                f"0.25), or give {f.replace('+', '@0.25+')}@0.25")
+            out += [Strategy(f, s, args.granularity, align)
+                    for s in sweep_sparsities(args.sparsity, "--sparsity")]
+            continue
         fixed = families.get(f).fixed_sparsity
         if fixed is not None:
             out.append(Strategy(f, fixed, args.granularity, align))
@@ -143,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     check_buildable(spec)
     from ._run import check_align
 
-    for w in check_align(spec, [(st.family, st.sparsity) for st in strategies], align_of(args),
+    for w in check_align(spec, [p for st in strategies
+                                for p in (st.parts or ((st.family, st.sparsity),))], align_of(args),
                          Scenario(dtype=dtype or "fp32"), explicit=args.align is not None,
                          families_flag="" if args.all_ else "--strategy"):
         print(f"pis-tui: warning: {w}", file=sys.stderr)
@@ -174,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     seen = {_row_key(r) for r in done}
 
     def skip(strat, phase, batch, length) -> bool:
-        return (strat.family, round(strat.sparsity, 6), phase, batch, length) in seen
+        return (strat.token, round(strat.sparsity, 6), phase, batch, length) in seen
 
     def on_row(r) -> None:
         done.append(r.to_dict())

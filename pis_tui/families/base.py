@@ -110,6 +110,11 @@ class Family:
     color: tuple = (200, 200, 200)
     short: str = ""
     is_baseline: bool = False
+    #: a combined strategy (pis_tui.families.combinations): two families applied one after the other
+    is_combo: bool = False
+    #: its ``shape`` replaces ``plan.linear`` (how each decoder linear becomes GEMMs: low rank,
+    #: 2:4, masks): two such families cannot be combined
+    replaces_linear: bool = False
     max_sparsity: float = MAX_SPARSITY
     fixed_sparsity: Optional[float] = None
     default_sparsities: tuple = DEFAULT_SPARSITIES

@@ -23,10 +23,11 @@ class LowRank(Family):
     axis = "static K (low-rank)"
     description = "W[N,K] → two GEMMs through r = (1−s)·N·K/(N+K), rounded to a multiple of 8"
     mark, color, short = "K", (100, 150, 255), "low-rank"
+    replaces_linear = True
     validate_standard = True
 
     def shape(self, ctx, plan):
-        dt, s, spec = ctx.dtype, ctx.sparsity, ctx.spec
+        dt, s = ctx.dtype, ctx.sparsity
 
         def lin(name, m, n, k, count):
             r = rank(n, k, s)
@@ -34,9 +35,10 @@ class LowRank(Family):
                 return [Gemm(name, m, n, k, count, dt)]
             return [Gemm(name + ".A", m, r, k, count, dt), Gemm(name + ".B", m, n, r, count, dt)]
         plan.linear = lin
-        r_q = rank(spec.q_dim, spec.hidden_size, s)
+        w = plan.widths  # the widths an earlier part of a combination may have cut
+        r_q = rank(w.q_heads * w.head_dim, w.hidden, s)
         plan.dims.append(("W[N,K] → B[N,r]·A[r,K]", f"e.g. q_proj r={r_q}; "
-                          f"gate r={rank(spec.intermediate_size, spec.hidden_size, s)}"))
+                          f"gate r={rank(w.inter, w.hidden, s)}"))
 
     def achieved_sparsity(self, ctx, plan, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)

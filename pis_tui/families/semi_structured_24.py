@@ -12,6 +12,7 @@ class SemiStructured24(Family):
     axis = "static K (2:4)"
     description = "every decoder linear is a 2:4 sparse GEMM (s = 0.5)"
     mark, color, short = "2", (210, 110, 220), "2:4"
+    replaces_linear = True
     fixed_sparsity = 0.5
     distinct_kernels = True
     needs_calibration = True

@@ -12,6 +12,7 @@ class Unstructured(Family):
     axis = "static K (mask)"
     description = "weights zeroed, the same dense kernels run: no speedup unless a sparse kernel is faster"
     mark, color, short = "U", (230, 220, 80), "unstruct"
+    replaces_linear = True
     needs_calibration = True
 
     def shape(self, ctx, plan):

@@ -54,7 +54,7 @@ from .structured import (auto_align, prune_low_rank, prune_static_depth, prune_s
 
 __all__ = ["ATTN_LINEARS", "MLP_LINEARS", "BlockTracker", "Calibration", "PruneResult",
            "SkipTracker", "apply", "auto_align", "calibrate", "decoder_layers",
-           "decoder_linear_params", "decoder_linears", "enable_block_sparse_attention",
+           "decoder_linear_params", "decoder_linears", "enable_block_sparse_attention", "apply_combo",
            "enable_dynamic_depth", "measurable", "prune_low_rank", "prune_semi_structured_24",
            "prune_static_depth", "prune_static_width", "prune_unstructured", "unsupported",
            "wanda_scores", "width_targets"]
@@ -90,3 +90,52 @@ def apply(model, strategy: str, sparsity: float, cal: Calibration | None, *, ali
         raise ValueError(f"{strategy} needs a calibration")
     return fam.prune(model, sparsity, cal, align=align, granularity=granularity, block=block,
                      svd_cache=svd_cache)
+
+
+def apply_combo(model, combo: str, parts, cal: Calibration | None, *, recalibrate=None,
+                align: int | None = None, granularity: str = "layer", block: int = 64,
+                svd_cache: dict | None = None) -> PruneResult:
+    """Prune ``model`` in place by a combination (``families.combinations``): each part's ``prune``
+    hook in turn, ``parts`` = ((family, sparsity), ...).  Parts that still compute every
+    update (the dynamic oracles) go last, so the others are calibrated and cut on the model
+    itself; before a part that needs a calibration, once an earlier part has changed the
+    model, ``recalibrate(model)`` gives a fresh one (importance of what is left: layers
+    renumbered, widths cut).  The achieved sparsity is 1 − Π(1 − aᵢ) of the parts'.
+    ``svd_cache`` is not used: a low-rank part factorises the already-pruned linears."""
+    c = families.get(combo)
+    if not c.is_combo:
+        raise UserError(f"{combo} is not a combination")
+    if not c.quality_supported:
+        raise UserError(c.quality_unsupported_reason)
+    given = dict(parts or ())
+    if set(given) != set(c.part_names):
+        raise UserError(f"{combo}: give each part's sparsity ({', '.join(c.part_names)})")
+    order = sorted(c.parts, key=lambda f: f.quality_oracle)  # stable: oracles last
+    results, changed, kept = [], False, 1.0
+    for fam in order:
+        s = fam.effective_sparsity(float(given[fam.name]))
+        part_cal = cal
+        if fam.needs_calibration and changed:
+            if recalibrate is None:
+                raise ValueError(f"{combo}: {fam.name} needs a calibration of the model "
+                                 "the first part left")
+            part_cal = recalibrate(model)
+        res = apply(model, fam.name, s, part_cal, align=align, granularity=granularity,
+                    block=block, svd_cache=None)
+        results.append((fam.name, s, res))
+        changed = True
+    kept = 1.0
+    for _, _, res in results:
+        kept *= 1.0 - res.final_achieved()
+
+    class _Combined(PruneResult):
+        def final_achieved(self) -> float:  # a dynamic part's share is read after running
+            k = 1.0
+            for _, _, r in results:
+                k *= 1.0 - r.final_achieved()
+            return 1.0 - k
+
+    note = "; ".join(f"{name} {s:g}: {res.note}" for name, s, res in results if res.note)
+    return _Combined(combo, 1.0 - kept, 1.0 - kept, note=note,
+                     details={"parts": [{"family": n, "sparsity": s, "achieved": r.achieved_sparsity,
+                                         "details": r.details} for n, s, r in results]})

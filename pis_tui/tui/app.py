@@ -421,8 +421,8 @@ class PisApp(App):
             return
         if snap.choices != self.choices:
             snap = Snapshot(self.choices, snap.result, self.backend.recommend(
-                snap.result, self.choices.active_budget), snap.elapsed_s, snap.measured_ops,
-                snap.warnings)
+                snap.result, self.choices.active_budget, self.choices.allow_extrapolated),
+                snap.elapsed_s, snap.measured_ops, snap.warnings)
         self.sweeps_done += 1
         self._schedule_save(snap.choices)  # only choices that compute are kept for next time
         if self._full and self._field_error[0]:
@@ -593,7 +593,8 @@ class PisApp(App):
 
     def _rerank(self) -> None:
         snap = self.snapshot
-        recs = self.backend.recommend(snap.result, self.choices.active_budget)
+        recs = self.backend.recommend(snap.result, self.choices.active_budget,
+                                      self.choices.allow_extrapolated)
         self._show(Snapshot(self.choices, snap.result, recs, snap.elapsed_s, snap.measured_ops,
                             snap.warnings), rerank_only=True)
         self._rerank_plan()
@@ -708,8 +709,9 @@ class PisApp(App):
         if ps is None or not self._plan_current(ps):
             return
         budget, objective = self.choices.active_budget, self.plan_inputs.objective
-        if force or ps.rec.budget != budget or ps.rec.objective != objective:
-            rec = self.backend.rank_plan(ps.result, budget, objective)
+        if force or ps.rec.budget != budget or ps.rec.objective != objective or \
+                ps.choices.extrapolated != self.choices.extrapolated:
+            rec = self.backend.rank_plan(ps.result, budget, objective, self.choices.allow_extrapolated)
             ps = PlanSnapshot(self.choices, self.plan_inputs, ps.result, rec, ps.elapsed_s)
             self.plan_snapshot = ps
         if self._full:

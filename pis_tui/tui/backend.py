@@ -28,6 +28,9 @@ PHASES = ("prefill", "decode")
 QUALITY_SOURCES = ("priors", "csv", "measured")
 PROTOCOLS = ("lora", "training-free")
 DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8")
+#: combinations in the sweep, their quality composed by this rule ("off": families only)
+COMBOS = ("multiplicative", "additive", "off")
+EXTRAPOLATED = ("skip", "rank")  # extrapolated quality: shown but not ranked, or ranked
 ENGINE_LABELS = (("eager (transformers' modules)", "eager"), ("fused (vLLM / SGLang kernels)", "fused"))
 SETTINGS_KEY = "tui.last_choices"
 MAX_BUDGET = 0.50  # accuracy drop on screen: 0-50 %
@@ -50,7 +53,14 @@ class Choices:
     quality: str = "priors"  # priors | csv | measured
     quality_csv: str = ""
     dtype: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+    quality_method: str = "mean"  # mean | best | a method's name (quality.parse_method)
+    combos: str = "multiplicative"  # COMBOS
+    extrapolated: str = "skip"  # EXTRAPOLATED: only re-ranks
     engine: str = "eager"  # the execution profile (pis_tui.execution)
+
+    @property
+    def allow_extrapolated(self) -> bool:
+        return self.extrapolated == "rank"
 
     @property
     def active_budget(self) -> float:
@@ -62,10 +72,11 @@ class Choices:
         return replace(self, budget=min(max(value, 0.0), MAX_BUDGET))
 
     def sweep_key(self) -> tuple:
-        """What a sweep depends on (the budgets only re-rank)."""
+        """What a sweep depends on (the budgets and the extrapolated rule only re-rank)."""
         d = asdict(self)
         d.pop("budget")
         d.pop("ppl_budget")
+        d.pop("extrapolated")
         return tuple(sorted(d.items()))
 
     def to_json(self) -> str:
@@ -101,6 +112,12 @@ class Choices:
             out = replace(out, protocol="lora")
         if out.dtype not in DTYPES:
             out = replace(out, dtype="auto")
+        if out.combos not in COMBOS:
+            out = replace(out, combos="multiplicative")
+        if out.extrapolated not in EXTRAPOLATED:
+            out = replace(out, extrapolated="skip")
+        if not out.quality_method.strip():
+            out = replace(out, quality_method="mean")
         if out.engine not in ENGINES:
             out = replace(out, engine="eager")
         return out
@@ -189,6 +206,28 @@ def plan_presets() -> dict:
     from ..workload import PRESETS
 
     return {k: (c.prompt_len, c.output_len, c.concurrency) for k, c in PRESETS.items()}
+
+
+_METHOD_OPTIONS: dict = {}
+
+
+def quality_method_options(protocol: str) -> list[tuple[str, str]]:
+    """The quality method choices for a protocol: (label, value), the family mean and the
+    best first, then every published method by name (with its family's short name)."""
+    if protocol not in _METHOD_OPTIONS:
+        from .. import families
+        from ..quality import build_quality_model
+
+        qm = build_quality_model(protocol=protocol)
+        out = [("family mean", "mean"), ("best for the model", "best")]
+        seen = set()
+        for fam in families.pruned():
+            for name in qm.methods(fam):
+                if name.lower() not in seen:
+                    seen.add(name.lower())
+                    out.append((f"{name} ({families.get(fam).short})", name))
+        _METHOD_OPTIONS[protocol] = out
+    return list(_METHOD_OPTIONS[protocol])
 
 
 def resolve_model(ref: str):
@@ -337,7 +376,8 @@ class Backend:
             if not rows:
                 raise UserError("no measured perplexity for this model in the cache: run "
                                 "'pis-tui quality --model DIR --text FILE' first")
-            return build_quality_model(protocol=choices.protocol, measured_rows=rows)
+            return build_quality_model(protocol=choices.protocol, measured_rows=rows,
+                                       method=choices.quality_method, combo_rule=self._rule(choices))
         if choices.quality == "csv":
             path = choices.quality_csv.strip()
             if not path:
@@ -348,15 +388,30 @@ class Backend:
                 mtime = p.stat().st_mtime
             except OSError:
                 raise UserError(f"{p}: no such file") from None
-            key = ("csv", choices.protocol, str(p), mtime)
+            key = ("csv", choices.protocol, str(p), mtime, choices.quality_method, self._rule(choices))
             if key not in self._quality_models:
-                self._quality_models[key] = build_quality_model(protocol=choices.protocol,
-                                                                user_csv=str(p))
+                self._quality_models[key] = build_quality_model(
+                    protocol=choices.protocol, user_csv=str(p), method=choices.quality_method,
+                    combo_rule=self._rule(choices))
             return self._quality_models[key]
-        key = ("priors", choices.protocol)
+        key = ("priors", choices.protocol, choices.quality_method, self._rule(choices))
         if key not in self._quality_models:
-            self._quality_models[key] = build_quality_model(protocol=choices.protocol)
+            self._quality_models[key] = build_quality_model(
+                protocol=choices.protocol, method=choices.quality_method,
+                combo_rule=self._rule(choices))
         return self._quality_models[key]
+
+    @staticmethod
+    def _rule(choices: Choices) -> str:
+        return choices.combos if choices.combos != "off" else "multiplicative"
+
+    @staticmethod
+    def strategies(choices: Choices):
+        """What the sweep and the plan price: every family and combination, or the families
+        alone when combinations are off."""
+        from .. import families
+
+        return families.pruned() if choices.combos == "off" else None
 
     def _setup(self, choices: Choices):
         """The model, the device and the dtype the choices name; a PisError names the setup
@@ -389,18 +444,19 @@ class Backend:
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
-            result = sweep(spec, device, scenario, quality=quality,
+            result = sweep(spec, device, scenario, self.strategies(choices), quality=quality,
                            cache=cache if device.is_local else None)
         if device.is_local:
             measured = result.source_summary().get("measured", 0)
-        recs = self.recommend(result, choices.active_budget)
+        recs = self.recommend(result, choices.active_budget, choices.allow_extrapolated)
         return Snapshot(choices, result, recs, time.perf_counter() - t0, measured)
 
-    def recommend(self, result, budget: float) -> dict:
+    def recommend(self, result, budget: float, allow_extrapolated: bool = False) -> dict:
         """Re-rank without re-sweeping (instant)."""
         from ..pareto import recommend
 
-        return {ph: recommend(result.phase_points(ph), budget, ph) for ph in PHASES}
+        return {ph: recommend(result.phase_points(ph), budget, ph,
+                              allow_extrapolated=allow_extrapolated) for ph in PHASES}
 
     # ------------------------------------------------------------------ plan
     @staticmethod
@@ -423,16 +479,19 @@ class Backend:
               else contextlib.nullcontext()) as cache:
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
-            result = plan(spec, device, workload, dtype=dtype, quality=quality,
-                          cache=cache if device.is_local else None, engine=choices.engine)
-        rec = self.rank_plan(result, choices.active_budget, inputs.objective)
+            result = plan(spec, device, workload, strategies=self.strategies(choices), dtype=dtype,
+                          quality=quality, cache=cache if device.is_local else None,
+                          engine=choices.engine)
+        rec = self.rank_plan(result, choices.active_budget, inputs.objective,
+                             choices.allow_extrapolated)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
 
-    def rank_plan(self, result, budget: float, objective: str):
-        """Re-rank a plan (budget or objective changed) without pricing it again."""
+    def rank_plan(self, result, budget: float, objective: str, allow_extrapolated: bool = False):
+        """Re-rank a plan (budget, objective or the extrapolated rule changed) without pricing
+        it again."""
         from ..plan import recommend_plan
 
-        return recommend_plan(result, budget, objective)
+        return recommend_plan(result, budget, objective, allow_extrapolated)
 
     # ------------------------------------------------------------------ measuring
     def profile_command(self, choices: Choices) -> list[str]:

@@ -9,25 +9,38 @@ from ..display import flag_words, latency, loss_text, pct, speed
 from ..display import quality_marks as quality_flags
 
 __all__ = ["flag_words", "latency", "loss_text", "pct", "speed", "quality_flags", "family_style",
-           "short_name", "family_names", "rgb", "fit", "short_label"]
+           "short_name", "family_names", "rgb", "fit", "short_label", "sparsity_cell"]
+
+
+def _known(name: str) -> bool:
+    return families.is_family(name) or families.is_combo(name)
 
 
 def family_style(name: str) -> tuple[str, tuple]:
-    """A family's chart marker and colour (the registry's): the Pareto and Beyond-FLOPs charts,
-    the table and the legend agree."""
-    if families.is_family(name):
+    """A family's (or a combination's) chart marker and colour (the registry's): the Pareto and
+    Beyond-FLOPs charts, the table and the legend agree."""
+    if _known(name):
         f = families.get(name)
         return f.mark, tuple(f.color)
     return "?", (255, 255, 255)
 
 
 def short_name(name: str) -> str:
-    return families.get(name).short or name if families.is_family(name) else name
+    return families.get(name).short or name if _known(name) else name
 
 
 def family_names() -> tuple[str, ...]:
-    """Every registered family, in the registry's order (dense first)."""
-    return families.names()
+    """Every registered family, in the registry's order (dense first), then every combination:
+    the series of the charts, the legend and the table's filter."""
+    return families.strategy_names()
+
+
+def sparsity_cell(p) -> str:
+    """The asked sparsity in a narrow cell: a combination's parts, "12.5%+25.0%"."""
+    parts = getattr(p, "parts", ())
+    if parts:
+        return "+".join(pct(s) for _, s in parts)
+    return pct(p.sparsity)
 
 
 def fit(options, width: int) -> str:
@@ -52,7 +65,7 @@ def quality_source_text(q) -> str:
     if q.value is None:
         return "none"
     src = {"prior": "prior", "user": "own CSV", "measured": "measured ppl",
-           "dense": "dense"}.get(q.source, q.source)
+           "dense": "dense", "composed": f"composed ({getattr(q, 'composed', '') or '?'})"}.get(q.source, q.source)
     if q.citations:
         first = q.citations[0]
         short = first.split("(")[0].strip() if "(" in first else first

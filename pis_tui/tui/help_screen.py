@@ -35,7 +35,8 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 
 ## Reading the charts
 * **Pareto** (one per phase): speedup against quality loss.  Each family is a letter in its
-  own colour (legend under the charts); the grey dotted line is the frontier, the red
+  own colour (legend under the charts), and so is each combination of two families
+  (depth+width, width+low-rank…: the table's "strategy" column, each part's sparsity); the grey dotted line is the frontier, the red
   vertical line the budget, `@` the recommended point.  Points without a quality figure
   (a family no published result covers under the chosen protocol, such as unstructured
   in the shipped priors) have no place on a loss axis: the chart counts them ("8 without a quality
@@ -70,8 +71,13 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
   possible work over the pruned one's); **≠** the dense and the pruned model's own kernels
   were measured under different load.  Flagged points are never recommended; the panel
   says how many faster ones were skipped.
-* Quality: **prior** (published results, cited), **own CSV**, or **measured ppl**.  Marks:
-  ᵉ extrapolated past the data, ᵇ borrowed from a similar model, ˢ secondary source.
+* Quality: **prior** (published results, cited), **own CSV**, **measured ppl**, or
+  **composed** (a combination's, from its parts' by the rule you pick: × or +).  Marks:
+  ᵉ extrapolated past the data (shown, not recommended unless you rank them in the setup),
+  ᵇ borrowed from a similar model (never below a larger model of its line with data there),
+  ˢ secondary source, ᶜ composed.
+* Quality method (setup): the **family mean** of the published methods, the **best** single
+  method for the model, or one method by name; each recommendation names it.
 * On screen quality loss is a percentage; in exported files it is a fraction (0.10 = 10 %).
 """
 

@@ -8,16 +8,31 @@ from textual.widgets import Static
 from .fmt import family_names, family_style, rgb, short_name
 
 
-def legend_text(families=None, unplotted=()) -> Text:
+def legend_text(families=None, unplotted=(), combos=(), compact: bool = False) -> Text:
     """The markers; `unplotted`: the families with points that have no quality figure (they
-    have no place on a speedup-vs-loss chart; the table lists them)."""
+    have no place on a speedup-vs-loss chart; the table lists them); `combos`: the
+    combinations the sweep holds (only those); `compact`: their markers in one group
+    ("X Z Q combinations: table (3)"), for a narrow screen."""
+    from .. import families as registry
+
     t = Text()
+    shown = []
     for fam in family_names():
+        if registry.is_combo(fam) and fam not in combos and (families is None or fam not in families):
+            continue
         if families is not None and fam not in families:
+            continue
+        if compact and registry.is_combo(fam):
+            shown.append(fam)
             continue
         marker, color = family_style(fam)
         t.append(marker, style=f"bold {rgb(color)}")
         t.append(f" {short_name(fam)}  ")
+    if shown:
+        for fam in shown:
+            marker, color = family_style(fam)
+            t.append(marker, style=f"bold {rgb(color)}")
+        t.append(" combinations: table (3)  ")
     t.append("@", style="bold")
     t.append(" recommended  ")
     t.append("⠒⠒", style="rgb(150,150,150)")
@@ -40,6 +55,7 @@ class Legend(Static):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.unplotted: tuple = ()
+        self.combos: tuple = ()
 
     def on_mount(self) -> None:
         self.update(legend_text())
@@ -50,8 +66,31 @@ class Legend(Static):
     def show_unplotted(self, snapshot) -> None:
         """Name the families whose points have no quality figure (the charts' "N without a
         quality figure"); redrawn only when that set changes."""
+        from .. import families as registry
+
         fams = tuple(dict.fromkeys(p.strategy for p in snapshot.result.points
                                    if p.quality.value is None))
-        if fams != self.unplotted:
-            self.unplotted = fams
-            self.update(legend_text(unplotted=fams))
+        combos = tuple(dict.fromkeys(p.strategy for p in snapshot.result.points
+                                     if registry.is_combo(p.strategy)))
+        if fams != self.unplotted or combos != self.combos:
+            self.unplotted, self.combos = fams, combos
+            self._draw()
+
+    def _draw(self) -> None:
+        """Every marker spelled out, or the combinations' grouped when that would take more
+        than two lines of this width."""
+        t = legend_text(unplotted=self.unplotted, combos=self.combos)
+        width = max(self.size.width - 2, 20) if self.size.width else 10**6
+        if self.combos and _lines(t, width) > 2:
+            t = legend_text(unplotted=self.unplotted, combos=self.combos, compact=True)
+        self.update(t)
+
+    def on_resize(self, event) -> None:
+        if self.combos:
+            self._draw()
+
+
+def _lines(t: Text, width: int) -> int:
+    from rich.console import Console
+
+    return len(t.wrap(Console(width=width, legacy_windows=False), width))

@@ -43,24 +43,31 @@ class OpsScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Vertical() as v:
-            v.border_title = f"op list · {self.point.strategy} {pct(self.point.sparsity)} · {self.point.phase}"
+            v.border_title = f"op list · {self._point_name()} · {self.point.phase}"
             v.border_subtitle = "esc close · o order by time/position"
             yield Static(self._head(), id="ops-head")
             yield DataTable(id="ops-table", cursor_type="row", zebra_stripes=True)
+
+    def _point_name(self) -> str:
+        from ..display import strategy_name
+
+        p = self.point
+        return strategy_name(p, achieved=False) if p.parts else f"{p.strategy} {pct(p.sparsity)}"
 
     def _head(self) -> Text:
         from .. import families
 
         p, r = self.point, self.snapshot.result
+        known = families.is_family(p.strategy) or families.is_combo(p.strategy)
         t = Text()
         t.append(f"{r.spec.name}", style="bold")
-        t.append(f" · {p.strategy} ({families.get(p.strategy).axis if families.is_family(p.strategy) else '?'}) asked {pct(p.sparsity)}, "
+        t.append(f" · {p.strategy} ({families.get(p.strategy).axis if known else '?'}) asked {pct(p.sparsity)}, "
                  f"achieved {pct(p.achieved_sparsity)} · {r.scenario.label(p.phase)} · "
                  f"{r.device.display_name} · {r.scenario.dtype} · {r.scenario.engine} kernels\n")
         t.append(f"latency {latency(p.latency_ms)} vs dense {latency(p.dense_latency_ms)} → "
                  f"{speed(p.speedup)} (FLOPs predict {speed(p.flops_speedup)}) · quality loss "
                  f"{loss_text(p.quality)} · timing {p.timing_source}\n", style="bold")
-        po = r.phase_ops.get((p.strategy, p.sparsity, p.phase))
+        po = r.ops_for(p) if hasattr(r, "ops_for") else r.phase_ops.get((p.strategy, p.sparsity, p.phase))
         if po is not None:
             for k, v in po.dims:
                 t.append(f"  {k}: {v}\n")
@@ -81,7 +88,7 @@ class OpsScreen(ModalScreen):
         t.clear()
         p, r = self.point, self.snapshot.result
         try:
-            est = r.estimate_for(p.strategy, p.sparsity, p.phase)
+            est = r.estimate_for(p.strategy, p.sparsity, p.phase, p.parts)
         except KeyError:
             return
         total = est.latency_ms or 1.0

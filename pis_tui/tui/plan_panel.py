@@ -7,6 +7,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from ..display import method_short
 from .fmt import family_style, flag_words, latency, loss_text, pct, quality_flags, rgb, speed
 
 
@@ -40,6 +41,9 @@ def plan_text(ps) -> Text:
         t.append(f" {speed(g)}", style="bold green")
         t.append(" e2e" if rec.objective == "latency" else " tok/s")
     t.append(f"\n  loss {loss_text(best.quality)}{quality_flags(best.quality)} · {best.timing_source}")
+    method = method_short(best.quality) if best.strategy != "dense" else ""
+    if method:
+        t.append(f"\n  quality: {method}", style="dim")
     flags = flag_words(best.quality, short=True)
     if flags:
         t.append("\n  ⚠ quality " + ", ".join(flags), style="yellow")

@@ -15,13 +15,15 @@ from ..sources import RANK
 from ..display import interval_text, trust_marks
 from ..sources import ordered
 from ..uncertainty import flag_words as trust_words
-from .fmt import family_names, family_style, loss_text, pct, quality_flags, quality_source_text, rgb, speed
+from ..display import strategy_name
+from .fmt import (family_names, family_style, loss_text, pct, quality_flags, quality_source_text, rgb,
+                  short_name, sparsity_cell, speed)
 
 #: (key, header, sort key of a Point)
 COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still shows it
     ("phase", "phase", lambda p: p.phase),
     ("strategy", "strategy", lambda p: p.strategy),
-    ("sparsity", "sparsity", lambda p: p.sparsity),
+    ("sparsity", "sparsity", lambda p: (p.sparsity, tuple(getattr(p, "parts", ())))),
     ("speedup", "speedup", lambda p: p.speedup),
     ("interval", "interval", None),  # read beside the speedup, not a sort key
     ("loss", "quality loss", lambda p: (p.quality.value is None, p.quality.value or 0.0)),
@@ -37,7 +39,8 @@ SORT_KEYS = tuple(c[0] for c in COLUMNS if c[2] is not None)
 
 
 def row_key(p) -> str:
-    return f"{p.phase}|{p.strategy}|{p.sparsity:.6f}"
+    parts = "".join(f"|{f}@{s:.6f}" for f, s in getattr(p, "parts", ()))
+    return f"{p.phase}|{p.strategy}|{p.sparsity:.6f}{parts}"
 
 
 class PointsView(Vertical):
@@ -90,7 +93,8 @@ class PointsView(Vertical):
         pts = [p for p in self.snapshot.result.points
                if self.family in (None, p.strategy) and self.phase in (None, p.phase)]
         sk = dict((c[0], c[2]) for c in COLUMNS)[self.sort_key]
-        pts.sort(key=lambda p: (sk(p), p.phase, p.strategy, p.sparsity), reverse=self.reverse)
+        pts.sort(key=lambda p: (sk(p), p.phase, p.strategy, p.sparsity, tuple(p.parts)),
+                 reverse=self.reverse)
         self.points = {row_key(p): p for p in pts}
         self.shown = pts
         t.clear()
@@ -99,8 +103,8 @@ class PointsView(Vertical):
             q = p.quality
             cells = {
                 "phase": p.phase,
-                "strategy": Text(p.strategy, style=color),
-                "sparsity": Text(pct(p.sparsity), justify="right"),
+                "strategy": Text(short_name(p.strategy) if p.parts else p.strategy, style=color),
+                "sparsity": Text(sparsity_cell(p), justify="right"),
                 "speedup": Text(speed(p.speedup) + trust_marks(p), justify="right",
                                 style="yellow" if p.flags else "bold" if p.speedup > 1 else ""),
                 "interval": Text(interval_text(p), justify="right", style="dim"),
@@ -176,9 +180,10 @@ class PointsView(Vertical):
             return
         q = p.quality
         t = Text()
-        t.append(f"{p.strategy} {pct(p.sparsity)} ({p.phase}): ", style="bold")
+        name = strategy_name(p, achieved=False) if p.parts else f"{p.strategy} {pct(p.sparsity)}"
+        t.append(f"{name} ({p.phase}): ", style="bold")
         try:
-            e = self.snapshot.result.estimate_for(p.strategy, p.sparsity, p.phase)
+            e = self.snapshot.result.estimate_for(p.strategy, p.sparsity, p.phase, p.parts)
             srcs = ", ".join(f"{v['ops']} {k}" for k, v in ordered(e.source_counts))
             t.append(f"ops timed: {srcs}. ")
         except (KeyError, AttributeError, TypeError):
@@ -188,6 +193,8 @@ class PointsView(Vertical):
                      + (f", ceiling {speed(p.ceiling)}. " if p.ceiling else ". "))
         if p.flags:
             t.append("⚠ " + "; ".join(trust_words(p)) + ": not recommended. ", style="yellow")
+        if getattr(q, "method", ""):
+            t.append(f"Quality: {q.method}. ")
         if q.note:
             t.append(q.note + ". ")
         if q.citations:

@@ -8,7 +8,7 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Static
 
-from ..display import interval_text
+from ..display import interval_text, method_short
 from .fmt import (family_style, fit, flag_words, latency, loss_text, pct, quality_flags, rgb,
                   short_label, short_name, speed)
 
@@ -20,6 +20,14 @@ def panel_title(snapshot, phase: str, width: Optional[int] = None) -> str:
     return fit([f"{scen.label(phase)} · {short} ≤ {budget}",
                 f"{short_label(scen, phase)} · {short} ≤ {budget}", f"{phase} · {short} ≤ {budget}"],
                10**6 if width is None else width - 6)
+
+
+def _sparsity(p) -> str:
+    """The achieved sparsity; a combination's parts', "12.5+11.5%"."""
+    if getattr(p, "parts", ()):
+        vals = p.part_achieved or tuple(s for _, s in p.parts)
+        return "+".join(f"{100 * v:.1f}" for v in vals) + "%"
+    return pct(p.achieved_sparsity)
 
 
 def _names(strategy: str) -> list[str]:
@@ -67,7 +75,7 @@ def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
     if best is None:
         t.append("▶ keep the dense model", style="bold")
     else:
-        sparsity = f" {pct(best.achieved_sparsity)}" if best.strategy != "dense" else ""
+        sparsity = f" {_sparsity(best)}" if best.strategy != "dense" else ""
         figures = f"{sparsity} {speed(best.speedup)}"
         loss = loss_text(best.quality)
         variants = [(n, w) for n in _names(best.strategy) for w in ("loss ", "")]
@@ -83,7 +91,7 @@ def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
     ru = rec.runner_up
     if ru is not None:
         margin = f" ({rec.margin:+.2f}×)" if rec.margin is not None else ""
-        head = f"{pct(ru.achieved_sparsity)} {speed(ru.speedup)}"
+        head = f"{_sparsity(ru)} {speed(ru.speedup)}"
         lines = [f"  2nd {n} {head}{at}{loss_text(ru.quality)}{m}"
                  for n in _names(ru.strategy) for at, m in ((" at ", margin), (" ", margin), (" ", ""))]
         t.append("\n" + (lines[0] if level < 1 else fit(lines, room)))
@@ -97,14 +105,26 @@ def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
             with_interval = src + f" · {interval_text(best)}×"
             if level < 2 or cell_len(with_interval + warn[-1]) <= room:
                 src = with_interval
+        method = method_short(best.quality) if best.strategy != "dense" else ""
+        if method and level > 0 and cell_len(src + f" · {method}" + warn[-1]) <= room:
+            src, method = src + f" · {method}", ""  # the method behind the quality figure
         t.append("\n" + src, style="dim")
         if flags:
             t.append(warn[0] if level < 2 else fit(warn, room - cell_len(src)), style="yellow")
+        if method and level == 0:
+            t.append(f"\n  quality: {method}", style="dim")
     faster = [p for p in rec.skipped if best is None or p.speedup > best.speedup]
     if faster:
         n = len(faster)
         t.append("\n" + fit([f"  ↑ {n} faster point{'s' * (n > 1)} skipped: flagged (see the table)",
                              f"  ↑ {n} faster skipped (flagged)", f"  ↑ {n} flagged"], room),
+                 style="yellow")
+    faster_x = [p for p in getattr(rec, "skipped_extrapolated", ())
+                if best is None or p.speedup > best.speedup]
+    if faster_x:
+        n = len(faster_x)
+        t.append("\n" + fit([f"  ↑ {n} faster skipped: quality extrapolated (see the table)",
+                             f"  ↑ {n} faster skipped (extrapolated)", f"  ↑ {n} extrapolated"], room),
                  style="yellow")
     return t
 

@@ -18,13 +18,16 @@ from textual.widgets import Input, Label, Select, Static
 
 from ..errors import PisError
 from ..model_spec import preset_names
-from .backend import DTYPES, ENGINE_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices
+from .backend import DTYPES, ENGINE_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices, quality_method_options
 from .budget_control import BudgetControl
 
 SCENARIO_FIELDS = (("prefill-batch", "prefill_batch", "batch"), ("prompt-len", "prompt_len", "prompt"),
                    ("decode-batch", "decode_batch", "batch"), ("context-len", "context_len", "context"))
 QUALITY_LABELS = (("literature priors (cited)", "priors"), ("own CSV file", "csv"),
                   ("measured perplexity (cache)", "measured"))
+COMBO_LABELS = (("combinations: loss ×", "multiplicative"), ("combinations: loss +", "additive"),
+                ("combinations: off", "off"))
+EXTRAPOLATED_LABELS = (("extrapolated: not ranked", "skip"), ("extrapolated: ranked", "rank"))
 
 
 ERROR_FIELDS = ("model", "gpu", "scenario", "quality", "dtype")  # each has an error line
@@ -84,6 +87,11 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
                      value=c.protocol, allow_blank=False, compact=True, id="protocol")
         yield Select(QUALITY_LABELS, value=c.quality, allow_blank=False, compact=True, id="quality-source")
         yield Input(c.quality_csv, placeholder="path to your quality CSV ⏎", id="quality-csv", compact=True)
+        yield Select(self._method_options(c), value=c.quality_method, allow_blank=False,
+                     compact=True, id="quality-method")
+        yield Select(COMBO_LABELS, value=c.combos, allow_blank=False, compact=True, id="combos")
+        yield Select(EXTRAPOLATED_LABELS, value=c.extrapolated, allow_blank=False, compact=True,
+                     id="extrapolated")
         yield Static("", id="quality-error", classes="error")
         yield Label("dtype", classes="section")
         yield Select([(d if d != "auto" else "auto (bf16 GPU / fp32 CPU)", d) for d in DTYPES],
@@ -92,6 +100,20 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         yield Label("Kernels", classes="section")
         yield Select(list(ENGINE_LABELS), value=c.engine, allow_blank=False, compact=True, id="engine")
         yield Static("m: measure on the local device", id="measure-info", classes="info")
+
+    @staticmethod
+    def _method_options(c: Choices) -> list[tuple[str, str]]:
+        """mean, best and the protocol's methods; the chosen one kept if it is none of them."""
+        opts = quality_method_options(c.protocol)
+        if not any(v == c.quality_method for _, v in opts):
+            opts.append((f"{c.quality_method} (typed)", c.quality_method))
+        return opts
+
+    def _sync_methods(self) -> None:
+        s = self.query_one("#quality-method", Select)
+        with s.prevent(Select.Changed):
+            s.set_options(self._method_options(self.choices))
+            s.value = self.choices.quality_method
 
     def on_mount(self) -> None:
         self.call_after_refresh(self._ready)
@@ -122,7 +144,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         self.choices = choices
         for wid, val in (("#model", choices.model), ("#gpu", choices.gpu),
                          ("#protocol", choices.protocol), ("#quality-source", choices.quality),
-                         ("#dtype", choices.dtype), ("#engine", choices.engine)):
+                         ("#dtype", choices.dtype), ("#combos", choices.combos),
+                         ("#extrapolated", choices.extrapolated), ("#engine", choices.engine)):
             s = self.query_one(wid, Select)
             if wid == "#model" and not any(v == val for _, v in self._model_options):
                 self._model_options = self._model_options + [(f"{val}  (typed)", val)]
@@ -141,6 +164,7 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         csv = self.query_one("#quality-csv", Input)
         with csv.prevent(Input.Changed):
             csv.value = choices.quality_csv
+        self._sync_methods()
         self._sync_quality_widgets()
 
     def _sync_quality_widgets(self) -> None:
@@ -194,7 +218,19 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         elif wid == "gpu":
             self._post(replace(c, gpu=str(event.value)), "gpu")
         elif wid == "protocol":
-            self._post(replace(c, protocol=str(event.value)), "protocol")
+            new = replace(c, protocol=str(event.value))
+            if not any(v == new.quality_method for _, v in quality_method_options(new.protocol)):
+                new = replace(new, quality_method="mean")  # that method has no rows here
+            self.choices = new
+            self._sync_methods()
+            self.choices = c
+            self._post(new, "protocol")
+        elif wid == "quality-method":
+            self._post(replace(c, quality_method=str(event.value)), "quality")
+        elif wid == "combos":
+            self._post(replace(c, combos=str(event.value)), "quality")
+        elif wid == "extrapolated":
+            self._post(replace(c, extrapolated=str(event.value)), "quality")
         elif wid == "quality-source":
             self.choices = replace(c, quality=str(event.value))
             self._sync_quality_widgets()

@@ -332,7 +332,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     dense_pred: dict = {}
     try:
         for strat in strategies:
-            say(f"building {strat.family} s={strat.sparsity:g}")
+            say(f"building {strat.token} s={strat.sparsity:g}")
             pruned = build_from_spec(raw, spec, strat, device=device, dtype=dtype, seed=seed)
             try:
                 for ph, b, length in todo[strat]:
@@ -389,7 +389,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                         else "eager"
                     cap_err = "; ".join(f"{who}: {r.capture_error}" for who, r in failed)
                     row = ValidationRow(
-                        strat.family, strat.sparsity, pe.achieved_sparsity, ph, b, length,
+                        strat.token, strat.sparsity, pe.achieved_sparsity, ph, b, length,
                         pe.latency_ms, tp.median_ms, de.latency_ms, td.median_ms, ps, ms_,
                         ps / ms_ - 1.0, fs, fs / ms_ - 1.0, pe.timing_source, tp.spread,
                         td.spread, st.pairs, strat.granularity, notes, timing=mode,

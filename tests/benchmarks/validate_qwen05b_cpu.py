@@ -21,6 +21,10 @@ shared server); ``--max-load 99`` skips the wait for a quiet machine; ``--out`` 
 result (the committed busy run: ``validate_qwen05b_cpu.busy.result.*``).  Target there: each
 core row within 15% or reported unstable (its speedup did not settle within ±5% in validate's
 rounds: no figure).
+
+``--combos`` validates combined strategies instead (the real combined models:
+static_depth+static_width, static_width+low_rank and dynamic_depth+static_width, each part at
+25 %; informative, no target) into validate_combos_qwen05b_cpu.result.*.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from pis_tui import validation as v  # noqa: E402
 from pis_tui.scenario import Scenario  # noqa: E402
 
 MODEL = "qwen2.5-0.5b"
+COMBOS = ("static_depth@0.25+static_width@0.25", "static_width@0.25+low_rank@0.25",
+          "dynamic_depth@0.25+static_width@0.25")
 FAMILIES = ("static_depth", "static_width", "low_rank", "dynamic_depth")
 SPARSITIES = (0.25, 0.5)
 TARGET_MEDIAN, TARGET_WORST = 0.05, 0.15
@@ -102,7 +108,9 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="DuckDB cache (default: a fresh temporary one)")
     ap.add_argument("--max-load", type=float, default=0.6)
     ap.add_argument("--wait", type=float, default=900)
-    ap.add_argument("--out", default=str(HERE / "validate_qwen05b_cpu.result"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--combos", action="store_true",
+                    help="the combined strategies instead of the families (informative)")
     ap.add_argument("--no-diagnose", action="store_true")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--hogs", type=int, default=0, help="busy processes started during the run")
@@ -111,6 +119,9 @@ def main() -> int:
     ap.add_argument("--op-repeats", type=int, default=None,
                     help="timed batches per round of an op measurement (default 3; 3 rounds)")
     args = ap.parse_args()
+    if args.out is None:
+        name = "validate_combos_qwen05b_cpu" if args.combos else "validate_qwen05b_cpu"
+        args.out = str(HERE / f"{name}.result")
 
     from pis_tui.cache import Cache
 
@@ -120,6 +131,8 @@ def main() -> int:
         args.cache = os.path.join(tmp, "cache.duckdb")
     cache = Cache.open(args.cache)
     strategies = [tx.Strategy(f, s) for f in FAMILIES for s in SPARSITIES]
+    if args.combos:
+        strategies = [tx.from_token(t) for t in COMBOS]
     if args.extra:
         strategies += [s for s in v.standard_strategies(extra=True) if s.family not in FAMILIES]
     load0 = wait_quiet(args.max_load, args.wait)
@@ -151,7 +164,7 @@ def main() -> int:
     finally:
         hog.off()
     elapsed = time.time() - t0
-    core = [r for r in rows if r.strategy in FAMILIES]
+    core = [r for r in rows if r.strategy in FAMILIES or (args.combos and r.strategy in COMBOS)]
     summary = v.accuracy_summary(core)
     if args.hogs:  # busy: every stable core row within the worst-case bound, the rest flagged
         ok = bool(core) and all(abs(r.error) <= TARGET_WORST for r in core if r.stable)
@@ -173,7 +186,7 @@ def main() -> int:
         return sum(p.total_ms for p in pe.ops if isinstance(p.op, Overhead))
 
     overheads = [{"dense_overhead_ms": overhead_ms(tx.Strategy("dense"), r),
-                  "overhead_ms": overhead_ms(tx.Strategy(r.strategy, r.sparsity), r)} for r in rows]
+                  "overhead_ms": overhead_ms(strategy_of(r), r)} for r in rows]
 
     diagnoses = {}
     if not args.no_diagnose:
@@ -184,7 +197,7 @@ def main() -> int:
                             decode_batch=r.batch, context_len=r.length if r.phase == "decode" else 1,
                             dtype="fp32")
             d = {}
-            for strat in (tx.Strategy("dense"), tx.Strategy(r.strategy, r.sparsity)):
+            for strat in (tx.Strategy("dense"), strategy_of(r)):
                 pe = v.predict(spec, strat, scen, r.phase, times)
                 built = v.build_from_spec(raw, spec, strat)
                 d[strat.family] = {"predicted": v.predicted_parts(pe),
@@ -206,7 +219,7 @@ def main() -> int:
            "row_done_at_s": times_of_rows,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     data = {"model": MODEL, "scenario": {"prefill": "1×128", "decode": "batch 1 and 16 @ 256",
-                                         "dtype": "fp32"},
+                                         "dtype": "fp32"}, "combos": args.combos,
             "environment": env, "summary_core": summary, "meets_target": ok,
             "summary_all": v.accuracy_summary(rows),
             "dispatch_probes": probes,
@@ -219,10 +232,35 @@ def main() -> int:
     return 0
 
 
+def strategy_of(row):
+    """A row's strategy: a family at its sparsity, or a combination by its token."""
+    return tx.from_token(row.strategy) if "+" in row.strategy else tx.Strategy(row.strategy, row.sparsity)
+
+
 def render_md(data: dict, rows, overheads) -> str:
     env, s = data["environment"], data["summary_core"]
+    combos = data.get("combos")
+    if not s.get("n"):
+        result = (f"**No stable row ({s.get('unstable', 0)} unstable) → "
+                  f"{'met' if data['meets_target'] else 'NOT met'}.**")
+    elif combos:
+        result = (f"**Combined strategies** (the real combined models; informative, no target).  "
+                  f"**Result over the {s['n']} stable rows ({s.get('unstable', 0)} unstable): median "
+                  f"|error| {s['median_abs_error']:.1%}, worst {s['worst_abs_error']:.1%} "
+                  f"({s['worst']}).**")
+    else:
+        result = (f"**Target** (static_depth, static_width, low_rank, dynamic_depth at 0.25/0.5): "
+                  f"median |error| ≤ {TARGET_MEDIAN:.0%}, worst ≤ {TARGET_WORST:.0%}"
+                  + (" (quiet)" if not env.get("hogs") else "; busy: within 15% or unstable")
+                  + f".  **Result over the {s['n']} stable core rows ({s.get('unstable', 0)} "
+                  f"unstable): median {s['median_abs_error']:.1%}, worst {s['worst_abs_error']:.1%} "
+                  f"({s['worst']}) → {'met' if data['meets_target'] else 'NOT met'}.**")
+    if s.get("n"):
+        result += (f"  The FLOPs ratio as a predictor: median {s['flops_median_abs_error']:.1%}, "
+                   f"worst {s['flops_worst_abs_error']:.1%}.")
     lines = [
-        "# validate_qwen05b_cpu: predicted vs end-to-end measured speedups",
+        f"# {'validate_combos_qwen05b_cpu' if combos else 'validate_qwen05b_cpu'}: predicted vs "
+        "end-to-end measured speedups",
         "",
         f"{data['model']}, fp32, prefill 1×128, decode batch 1 and 16 at context 256; "
         f"{env['device']}; torch {env['torch']}, transformers {env['transformers']}, "
@@ -237,15 +275,7 @@ def render_md(data: dict, rows, overheads) -> str:
            f"{TARGET_WORST:.0%} or reported unstable.  Warnings validate gave: "
            f"{'; '.join(env['warnings']) or 'none'}.", ""]
           if env.get("hogs") and env.get("hog_window_s") else []),
-        f"**Target** (static_depth, static_width, low_rank, dynamic_depth at 0.25/0.5): median "
-        f"|error| ≤ {TARGET_MEDIAN:.0%}, worst ≤ {TARGET_WORST:.0%}"
-        + (" (quiet)" if not env.get("hogs") else "; busy: within 15% or unstable") + ".  "
-        + (f"**Result over the {s['n']} stable core rows ({s.get('unstable', 0)} unstable): median "
-           f"{s['median_abs_error']:.1%}, worst {s['worst_abs_error']:.1%} ({s['worst']}) → "
-           f"{'met' if data['meets_target'] else 'NOT met'}.**  The FLOPs ratio as a predictor: "
-           f"median {s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}."
-           if s.get("n") else f"**No stable core row ({s.get('unstable', 0)} unstable) → "
-           f"{'met' if data['meets_target'] else 'NOT met'}.**"),
+        result,
         "",
         "error = predicted speedup / measured speedup − 1; the measured speedup is the median of "
         "the interleaved pairs' ratios (dense ms / pruned ms), 'interval' its ~95% interval; "
