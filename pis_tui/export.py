@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import families
+from .collectives import collective_ms
 from .engine import SweepResult
 from .families import MAX_SPARSITY
 from .pareto import TIE_RULE
@@ -57,6 +58,8 @@ def point_dict(p: Point, result: SweepResult) -> dict:
         "speedup_ceiling": _r(p.ceiling),
         "trust_flags": list(p.flags),
         "notes": list(e.notes),
+        "collectives_ms": _r(collective_ms(e)),
+        "dense_collectives_ms": _r(collective_ms(result.dense(p.phase))),
     }
 
 
@@ -247,6 +250,7 @@ def plan_dict(result, rec) -> dict:
 
     return {
         "objective": rec.objective,
+        "tp": getattr(result, "tp", 1),
         "budget": _r(rec.budget),
         "quality_metric": result.quality_metric,
         "quality_protocol": result.quality_protocol,

@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from . import families, memory_fit, sources
-from .engine import check_dtype, default_dtype, make_estimator, resolve, software_versions
+from .engine import (check_collectives, check_dtype, default_dtype, make_estimator, resolve,
+                     software_versions, tensor_parallel_device)
 from .errors import UserError
 from .pareto import beats_dense, frontier, rank_key, tie_ranked
 from .results import Point, PricedOp, QualityEstimate
@@ -130,8 +131,8 @@ def mean_step(step: Callable[[int], float], prompt_len: int, output_len: int,
 class _Pricer:
     """Phase estimates for one plan, each op list built once and each op priced once."""
 
-    def __init__(self, spec, dtype: str, estimator):
-        self.spec, self.dtype = spec, dtype
+    def __init__(self, spec, dtype: str, estimator, tp: int = 1):
+        self.spec, self.dtype, self.tp = spec, dtype, tp
         self.est = estimator
         self._ops: dict = {}
         self._estimates: dict = {}
@@ -159,9 +160,9 @@ class _Pricer:
         po = self._ops.get(key)
         if po is None:
             if phase == "prefill":
-                scen = Scenario(batch, length, 1, length, self.dtype)
+                scen = Scenario(batch, length, 1, length, self.dtype, self.tp)
             else:
-                scen = Scenario(1, length, batch, length, self.dtype)
+                scen = Scenario(1, length, batch, length, self.dtype, self.tp)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
@@ -307,6 +308,9 @@ class PlanResult:
     provenance: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
     priced_kernels: int = 0
+    #: tensor parallelism: the candidates are served over this many GPUs; their timings, weights,
+    #: KV cache and sequences that fit are one rank's (one GPU's)
+    tp: int = 1
 
     @property
     def dense(self) -> Candidate:
@@ -349,20 +353,26 @@ class PlanRecommendation:
 
 def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] = None,
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
-         dtype: Optional[str] = None, quality=None, cache=None, estimator=None) -> PlanResult:
+         dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
+         tp: int = 1) -> PlanResult:
     """Every candidate (dense, then every family × sparsity: ``strategies`` None every
     registered family, ``sparsities`` None each family's default grid) priced for ``workload``.
 
     ``quality``: a quality model (``estimate(model, strategy, sparsity)``) or None;
     ``estimator``: anything with ``estimate(phase_ops)`` (default: the engine's for the device,
-    the dtype and ``cache``)."""
+    the dtype and ``cache``); ``tp``: tensor parallelism over that many GPUs (one rank's
+    timings and memory, checked against one GPU)."""
     t0 = time.perf_counter()
     spec, device = resolve(model, gpu)
     dtype = dtype or default_dtype(device)
     check_dtype(device, dtype)
+    Scenario(dtype=dtype, tp=tp)  # a degree offered (one clear line otherwise)
+    device = tensor_parallel_device(spec, device, tp)
     notices: list[str] = []
     est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices)
-    pricer = _Pricer(spec, dtype, est)
+    if tp > 1:
+        check_collectives(est, tp)
+    pricer = _Pricer(spec, dtype, est, tp)
     grid = strategies_grid(families.pruned() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align)
     usable = memory_fit.usable_bytes(device)
@@ -371,10 +381,11 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     cands = [_candidate(pricer, spec, s, workload, usable, quality, metric, protocol) for s in grid]
     result = PlanResult(
         spec, device, workload, dtype, cands, usable, protocol, metric,
-        warnings=_memory_warnings(spec, device, workload, cands[0], usable) + notices,
+        warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
         provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"})
+    result.tp = tp
     result.priced_kernels = len(getattr(pricer, "priced_kernels", {}))
     result.elapsed_s = time.perf_counter() - t0
     return result
@@ -484,19 +495,22 @@ def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: i
     return serve(lo), "", None
 
 
-def _memory_warnings(spec, device, workload: Workload, dense: Candidate, usable: float) -> list[str]:
+def _memory_warnings(spec, device, workload: Workload, dense: Candidate, usable: float,
+                     tp: int = 1) -> list[str]:
     out = []
     gb = memory_fit.GB
     if usable <= 0:
         return out
+    where = f"each of {tp} × {device.display_name}" if tp > 1 else f"the {device.display_name}"
     if dense.weights_bytes >= usable:
-        out.append(f"dense {spec.name} does not fit on the {device.display_name}: its {dense.weights_bytes / gb:.0f} "
-                   f"GB of weights exceed the {usable / gb:.0f} GB usable; only pruned models can serve")
+        out.append(f"dense {spec.name} does not fit on {where}: its {dense.weights_bytes / gb:.0f} "
+                   f"GB of weights{' per rank' if tp > 1 else ''} exceed the {usable / gb:.0f} GB "
+                   "usable; only pruned models can serve")
         return out
     for c in dense.classes:
         if not c.at_concurrency.fits:
-            out.append(f"dense {spec.name} holds at most {c.max_sequences} {c.cls.name} sequences on the "
-                       f"{device.display_name}, not {c.cls.concurrency}: its latency figures assume "
+            out.append(f"dense {spec.name} holds at most {c.max_sequences} {c.cls.name} sequences on "
+                       f"{where}, not {c.cls.concurrency}: its latency figures assume "
                        "it would hold them")
     return out
 

@@ -17,6 +17,9 @@ class Scenario:
     decode_batch: int = 16
     context_len: int = 1024
     dtype: str = "bf16"
+    #: tensor parallelism: the ranks (GPUs of one node) the model is split over; the op lists
+    #: are then one rank's (see :mod:`pis_tui.tensor_parallel`)
+    tp: int = 1
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len"):
@@ -27,6 +30,9 @@ class Scenario:
                 raise UserError(f"{name.replace('_', ' ')} {v} is too large (at most {1 << 20})")
         if self.dtype not in DTYPE_BYTES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+        from .tensor_parallel import check_degree
+
+        check_degree(self.tp)
 
     def batch(self, phase: str) -> int:
         return self.prefill_batch if phase == "prefill" else self.decode_batch
@@ -36,12 +42,14 @@ class Scenario:
             "prefill": {"batch": self.prefill_batch, "prompt_len": self.prompt_len},
             "decode": {"batch": self.decode_batch, "context_len": self.context_len},
             "dtype": self.dtype,
+            "tp": self.tp,
         }
 
     def label(self, phase: str) -> str:
+        tp = f" · TP {self.tp}" if self.tp > 1 else ""
         if phase == "prefill":
-            return f"prefill {self.prefill_batch}×{self.prompt_len}"
-        return f"decode batch {self.decode_batch} @ {self.context_len}"
+            return f"prefill {self.prefill_batch}×{self.prompt_len}{tp}"
+        return f"decode batch {self.decode_batch} @ {self.context_len}{tp}"
 
 
 def check_phase(phase: str) -> str:

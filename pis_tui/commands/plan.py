@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 from ._run import add_budget_args, add_quality_args
-from .common import add_cache, add_model_gpu, add_outputs, add_strategy_options, positive_int
+from .common import (add_cache, add_model_gpu, add_outputs, add_strategy_options, add_tp,
+                     positive_int)
 
 
 def _ms(what: str):
@@ -55,6 +56,7 @@ def register(sub) -> None:
     p.add_argument("--sparsities", default=None,
                    help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
     p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    add_tp(p)
     add_strategy_options(p)
     add_cache(p)
     add_quality_args(p)
@@ -107,7 +109,7 @@ def run(args) -> int:
     args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
-                  cache=cache)
+                  cache=cache, tp=args.tp)
     rec = recommend_plan(result, budget, args.objective)
     for w in result.warnings:
         print(f"pis-tui: warning: {w}", file=sys.stderr)
@@ -133,7 +135,7 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
 
     m = result.workload.main
     scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
-                    result.dtype)
+                    result.dtype, result.tp)
     sw = sweep(result.spec, result.device, scen, strategies, sparsities, granularity=args.granularity,
                align=args.align, quality=quality, cache=cache)
     recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph) for ph in ("prefill", "decode")}
@@ -203,7 +205,9 @@ def print_plan(con, result, rec) -> None:
 
     wl = result.workload
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
-    con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
+    on = (f"{result.tp} × {escape(result.device.display_name)} (TP {result.tp}: one GPU's "
+          "share below)" if result.tp > 1 else escape(result.device.display_name))
+    con.print(f"[bold]{escape(result.spec.name)}[/] on {on} · "
               f"{result.dtype} · workload [bold]{escape(wl.label())}[/] · {escape(wl.targets.label())} · "
               f"objective: {pl.objective_words(rec.objective)} · budget {pct(rec.budget)} "
               f"({result.quality_protocol} {metric})")
@@ -250,7 +254,9 @@ def print_plan(con, result, rec) -> None:
     methods = sorted({k.at_concurrency.tpot_method for c in result.candidates for k in c.classes})
     con.print(f"serving model: {pl.SERVING_MODEL}. TPOT: {pl.TPOT_RULE} (here: {', '.join(methods)}). "
               f"Batch: {pl.BATCH_RULE}. Memory: {result.usable_bytes / 1e9:.1f} GB usable of "
-              f"{result.device.memory_gb:g} GB ({USABLE:.0%}, decimal GB). Timing: weakest source "
+              f"{result.device.memory_gb:g} GB ({USABLE:.0%}, decimal GB)"
+              + (f" on each of the {result.tp} GPUs (weights, KV cache and timings are one "
+                 "rank's)" if result.tp > 1 else "") + ". Timing: weakest source "
               f"{pl.sources.weakest(c.timing_source for c in result.candidates)}; "
               f"{result.priced_kernels} kernels priced in {result.elapsed_s:.2f} s. Quality marks: "
               "ᵉ extrapolated, ᵇ borrowed from another model, ˢ secondary source.",

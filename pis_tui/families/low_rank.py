@@ -34,9 +34,11 @@ class LowRank(Family):
                 return [Gemm(name, m, n, k, count, dt)]
             return [Gemm(name + ".A", m, r, k, count, dt), Gemm(name + ".B", m, n, r, count, dt)]
         plan.linear = lin
-        r_q = rank(spec.q_dim, spec.hidden_size, s)
+        tp = ctx.tp  # under tensor parallelism each rank's shard is factorised on its own
+        r_q = rank(spec.q_dim // tp, spec.hidden_size, s)
+        per = f" per shard (TP {tp})" if tp > 1 else ""
         plan.dims.append(("W[N,K] → B[N,r]·A[r,K]", f"e.g. q_proj r={r_q}; "
-                          f"gate r={rank(spec.intermediate_size, spec.hidden_size, s)}"))
+                          f"gate r={rank(spec.intermediate_size // tp, spec.hidden_size, s)}{per}"))
 
     def achieved_sparsity(self, ctx, plan, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)

@@ -30,6 +30,9 @@ class StaticWidthHidden(Family):
         plan.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.strategy.align})"),
                       ("K of q/k/v/gate/up, N of o/down, embeddings, lm_head", "shrunk"),
                       ("residual mapping", f"+2 GEMMs {h2}×{h2} per layer")]
+        if ctx.tp > 1:  # the residual stream every all-reduce carries is the sliced one
+            plan.dims += [("all-reduce message (TP)", f"M × {ctx.spec.hidden_size} → M × {h2}"),
+                          ("residual mapping (TP)", f"whole on each of the {ctx.tp} ranks")]
 
     def extra_ops(self, ctx, plan):
         h = plan.widths.hidden
