@@ -223,6 +223,10 @@ def _run(args) -> int:
     check_model(spec, args.tp)
     # named without torch: a profile the cache already holds never imports it
     device = hardware.local_device()
+    if args.tp > 1 and device.kind == "cpu":  # a group this CPU cannot start: say so first
+        from ..timing.collectives import check_world
+
+        check_world(args.tp, device)
     strategies = parse_families(args.strategies) or families.pruned()
     sparsities = None if args.sparsities is None else sweep_sparsities(args.sparsities)
     phases = PHASES if args.phase == "both" else (args.phase,)
