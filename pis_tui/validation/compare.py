@@ -167,12 +167,18 @@ class ValidationRow:
     #: eager: host overhead the prediction does not price is in the measured times
     capture_failed: bool = False
     capture_error: str = ""
+    #: tensor parallelism (``validate --tp``): degree, backend, threads a rank, the predicted
+    #: collectives' time, the collectives measured (with their spread) and whether one was
+    #: unstable; None on one device
+    tp: Optional[dict] = None
 
     def to_dict(self, full: bool = False) -> dict:
         keys = ("strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
                 "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
                 "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed")
         d = {k: _round(getattr(self, k)) for k in keys}
+        if self.tp is not None:
+            d["tp"] = self.tp
         if full:
             for k in ("flops_speedup", "flops_error", "timing_source", "measured_spread",
                       "dense_spread", "repeats", "granularity", "capture_error"):
@@ -360,8 +366,10 @@ def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: s
     from ..hardware import local_device
 
     d = row.to_dict(full=True)
-    d.update(model=spec.name, dtype=dtype, device=local_device().fingerprint,
-             fingerprint=local_device().fingerprint, torch_device=device,
+    fp = local_device().fingerprint
+    if row.tp is not None:  # a rank's device at tp N: kept apart from its one-device rows
+        fp = f"{fp} tp{row.tp['tp']}"
+    d.update(model=spec.name, dtype=dtype, device=fp, fingerprint=fp, torch_device=device,
              measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return d
 
