@@ -157,7 +157,9 @@ def served_dict(s) -> Optional[dict]:
             "e2e_ms": _r(s.e2e_ms), "throughput_tok_s": _r(s.throughput_tok_s, 3),
             "decode_tok_s": _r(s.decode_tok_s, 3), "memory_gb": _gb(s.memory_bytes),
             "fits": s.fits, "meets_targets": not s.misses, "misses": list(s.misses),
-            "timing_source": s.timing_source}
+            "timing_source": s.timing_source,
+            "ttft_collectives_ms": _r(s.ttft_collectives_ms),
+            "tpot_collectives_ms": _r(s.tpot_collectives_ms)}
 
 
 def candidate_dict(c, result, rec) -> dict:

@@ -160,9 +160,9 @@ class _Pricer:
         po = self._ops.get(key)
         if po is None:
             if phase == "prefill":
-                scen = Scenario(batch, length, 1, length, self.dtype, self.tp)
+                scen = Scenario(batch, length, 1, length, self.dtype, tp=self.tp)
             else:
-                scen = Scenario(1, length, batch, length, self.dtype, self.tp)
+                scen = Scenario(1, length, batch, length, self.dtype, tp=self.tp)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
@@ -191,6 +191,10 @@ class Served:
     misses: tuple[str, ...]  # the targets missed, in words
     timing_source: str
     output_len: int
+    #: tensor parallelism: the time one rank spends in collectives (its all-reduces and the
+    #: logits' all-gather) in the batch's prefill and in the mean decode step (0 at tp 1)
+    ttft_collectives_ms: float = 0.0
+    tpot_collectives_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -256,6 +260,15 @@ class Candidate:
     def e2e_ms(self) -> float:
         """End-to-end latency of a request at the workload's concurrency (mean over the mix)."""
         return self._mean("e2e_ms")
+
+    @property
+    def tpot_collectives_ms(self) -> float:
+        """Tensor parallelism: one rank's collectives in the mean decode step (mean over the mix)."""
+        return self._mean("tpot_collectives_ms")
+
+    @property
+    def ttft_collectives_ms(self) -> float:
+        return self._mean("ttft_collectives_ms")
 
     def at_max_batch(self, attr: str) -> Optional[float]:
         """A share-weighted figure at each class's largest good batch (None: a class has none)."""
@@ -427,14 +440,22 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
 
 def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights: float,
            per_seq: float, limit: int, targets: Targets) -> Served:
+    from .collectives import collective_ms
+
     P, O = cls.prompt_len, cls.output_len
     pre = pricer.estimate(strat, "prefill", b, P)
     tp = mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms, P, O)
     srcs = [pre.timing_source] + [pricer.estimate(strat, "decode", b, c).timing_source
                                   for c in tp.contexts]
     e2e = pre.latency_ms + O * tp.ms
+    coll_pre = coll_step = 0.0
+    if pricer.tp > 1:  # the same contexts, already priced: the collectives' share of each
+        coll_pre = collective_ms(pre)
+        coll_step = mean_step(lambda c: collective_ms(pricer.estimate(strat, "decode", b, c)),
+                              P, O).ms
     return Served(b, pre.latency_ms, tp.ms, tp.method, tp.contexts, e2e, weights + b * per_seq,
-                  b <= limit, tuple(targets.misses(pre.latency_ms, tp.ms)), sources.weakest(srcs), O)
+                  b <= limit, tuple(targets.misses(pre.latency_ms, tp.ms)), sources.weakest(srcs), O,
+                  coll_pre, coll_step)
 
 
 def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: int,

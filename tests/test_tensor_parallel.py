@@ -343,6 +343,14 @@ def test_plan_at_tp8_serves_dense_70b_and_says_per_gpu(tmp_path):
     jsonschema.validate(d, load_schema())
     assert d["plan"]["tp"] == 8 and d["scenario"]["tp"] == 8
     assert "8 × NVIDIA H200" in r.stdout and "on each of the 8 GPUs" in r.stdout
+    assert "TP 8: collectives per decode step" in r.stdout
+    # each served figure carries one rank's collectives (depth drops a quarter of its layers')
+    cands = {c["strategy"]: c for c in d["plan"]["candidates"]}
+    dense, depth = (cands[k]["classes"][0]["at_concurrency"] for k in ("dense", "static_depth"))
+    assert 0 < dense["tpot_collectives_ms"] < dense["tpot_ms"]
+    assert 0 < dense["ttft_collectives_ms"] < dense["ttft_ms"]
+    assert depth["tpot_collectives_ms"] == pytest.approx(0.75 * dense["tpot_collectives_ms"], rel=0.05)
+    assert one.dense.classes[0].at_concurrency.tpot_collectives_ms == 0.0
 
 
 def test_estimating_at_tp_never_imports_torch():

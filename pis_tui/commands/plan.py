@@ -135,7 +135,7 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
 
     m = result.workload.main
     scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
-                    result.dtype, result.tp)
+                    result.dtype, tp=result.tp)
     sw = sweep(result.spec, result.device, scen, strategies, sparsities, granularity=args.granularity,
                align=args.align, quality=quality, cache=cache)
     recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph) for ph in ("prefill", "decode")}
@@ -181,6 +181,11 @@ def pick_lines(result, c, objective: str, label: str) -> list[str]:
     else:
         out.append("  no batch fits and meets the targets: " + "; ".join(
             k.why_no_batch for k in c.classes if k.at_max_batch is None))
+    if getattr(result, "tp", 1) > 1:
+        def coll(k) -> str:
+            return f"{ms(k.tpot_collectives_ms)} ({k.tpot_collectives_ms / k.tpot_ms:.0%})"
+        out.append(f"  TP {result.tp}: collectives per decode step {coll(c)} (dense {coll(d)}); "
+                   f"in the prefill {ms(c.ttft_collectives_ms)} (dense {ms(d.ttft_collectives_ms)})")
     out.append(f"  memory: weights {_gb(c.weights_bytes)} GB (dense {_gb(d.weights_bytes)}) · KV "
                f"{_kib(c.kv_bytes_per_token)}/token (dense {_kib(d.kv_bytes_per_token)}) · fits "
                f"{sequences_text(c)} sequences (dense {sequences_text(d)}) · headroom at {conc} "

@@ -30,6 +30,7 @@ DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8")
 SETTINGS_KEY = "tui.last_choices"
 MAX_BUDGET = 0.50  # accuracy drop on screen: 0-50 %
 MAX_PPL_BUDGET = 1.00  # relative perplexity increase: 0-100 %
+TP_DEGREES = (1, 2, 4, 8)  # pis_tui.tensor_parallel.DEGREES (kept here: nothing to import)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Choices:
     quality: str = "priors"  # priors | csv | measured
     quality_csv: str = ""
     dtype: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+    tp: int = 1  # tensor parallelism over this many GPUs of one node (1: one GPU)
 
     @property
     def active_budget(self) -> float:
@@ -98,6 +100,8 @@ class Choices:
             out = replace(out, protocol="lora")
         if out.dtype not in DTYPES:
             out = replace(out, dtype="auto")
+        if out.tp not in TP_DEGREES:
+            out = replace(out, tp=1)
         return out
 
 
@@ -377,11 +381,13 @@ class Backend:
         t0 = time.perf_counter()
         spec, device, dtype = self._setup(choices)
         with _blame("scenario"):
-            scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
-                                choices.context_len, dtype)
+            scenario = Scenario(prefill_batch=choices.prefill_batch, prompt_len=choices.prompt_len,
+                                decode_batch=choices.decode_batch, context_len=choices.context_len,
+                                dtype=dtype, tp=choices.tp)
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
+            self._check_tp(spec, device, choices.tp, cache)
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
             result = sweep(spec, device, scenario, quality=quality,
@@ -390,6 +396,24 @@ class Backend:
             measured = result.source_summary().get("measured", 0)
         recs = self.recommend(result, choices.active_budget)
         return Snapshot(choices, result, recs, time.perf_counter() - t0, measured)
+
+    @staticmethod
+    def _check_tp(spec, device, tp: int, cache) -> None:
+        """Tensor parallelism: the heads split over the ranks (else the scenario's error) and
+        the collectives can be priced on the device (else the GPU's)."""
+        if tp == 1:
+            return
+        from ..collectives import CollectivePricer, check
+        from ..hardware import rank_device
+        from ..tensor_parallel import check_model
+
+        with _blame("scenario"):
+            check_model(spec, tp)
+        dev = rank_device(device, tp)
+        rows = cache.get_collectives(dev.fingerprint) if cache is not None and device.is_local \
+            and hasattr(cache, "get_collectives") else ()
+        with _blame("gpu"):
+            check(dev, tp, CollectivePricer(dev, rows))
 
     def recommend(self, result, budget: float) -> dict:
         """Re-rank without re-sweeping (instant)."""
@@ -416,10 +440,11 @@ class Backend:
         workload = self.workload(inputs)
         with (self.cache(hold=True) if device.is_local or choices.quality == "measured"
               else contextlib.nullcontext()) as cache:
+            self._check_tp(spec, device, choices.tp, cache)
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
             result = plan(spec, device, workload, dtype=dtype, quality=quality,
-                          cache=cache if device.is_local else None)
+                          cache=cache if device.is_local else None, tp=choices.tp)
         rec = self.rank_plan(result, choices.active_budget, inputs.objective)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
 
@@ -438,7 +463,8 @@ class Backend:
                 "--gpu", "local", "--prefill-batch", str(choices.prefill_batch),
                 "--prompt-len", str(choices.prompt_len), "--decode-batch",
                 str(choices.decode_batch), "--context-len", str(choices.context_len),
-                *dtype, *cache, "--progress-jsonl"]
+                *dtype, *(["--tp", str(choices.tp)] if choices.tp > 1 else []), *cache,
+                "--progress-jsonl"]
 
     def export(self, snapshot: Snapshot, path: str, fmt: str = "json",
                plan: Optional[PlanSnapshot] = None, csv_of: str = "points") -> Path:
