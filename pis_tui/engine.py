@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional
 
 from . import __version__
 from . import collectives
-from .errors import UserError
+from .errors import PisError, UserError
 from .estimator import Estimator
 from .hardware import DeviceProfile, load_gpu, rank_device
 from .measured_table import load_shipped
@@ -96,7 +96,7 @@ def default_dtype(device: DeviceProfile) -> str:
 
 
 def make_estimator(device: DeviceProfile, dtype: str, cache=None,
-                   warnings: Optional[list] = None) -> Estimator:
+                   warnings: Optional[list] = None, engine: str = "eager") -> Estimator:
     """An estimator for `device` with what is known about it: cached measurements (local
     device), the measured table shipped for that GPU (read and checked by
     ``measured_table.load_shipped``: a table that cannot be used adds a line to ``warnings``),
@@ -116,13 +116,34 @@ def make_estimator(device: DeviceProfile, dtype: str, cache=None,
             warnings.append(problem)
         if table is not None:
             shipped = table.entries
+            device = with_table_efficiency(device, table)
             if dtype not in calibration and (table.calibration or {}).get(dtype):
                 calibration[dtype] = dict(table.calibration[dtype], source=f"shipped table {device.measured_table}")
-    est = Estimator(device, measured, shipped, calibration)
+    est = Estimator(device, measured, shipped, calibration, engine=engine)
     rows = cache.get_collectives(device.fingerprint) if cache is not None and \
         hasattr(cache, "get_collectives") else ()
     est.collective_pricer = collectives.CollectivePricer(device, rows)
     return est
+
+
+def with_table_efficiency(device: DeviceProfile, table) -> DeviceProfile:
+    """The device with the "efficiency" block ``calibrate`` measured into its shipped table over
+    its profile's (each figure keeps its source: "measured by pis-tui calibrate ...")."""
+    from dataclasses import replace
+
+    from .hardware import parse_efficiency
+
+    block = (table.extra or {}).get("efficiency") or {}
+    if not block:
+        return device
+    try:
+        vals, _, srcs = parse_efficiency(block, f"measured table {device.measured_table}")
+    except PisError:
+        return device  # a malformed block: the profile's figures stand
+    floor = vals.get("kernel_floor_us", device.launch_overhead_us)
+    return replace(device, efficiency={**device.efficiency, **vals},
+                   efficiency_sources={**device.efficiency_sources, **srcs},
+                   launch_overhead_us=floor)
 
 
 def tensor_parallel_device(spec: ModelSpec, device: DeviceProfile, tp: int) -> DeviceProfile:
@@ -161,7 +182,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     check_dtype(device, scenario.dtype)
     notices: list[str] = []
     device = tensor_parallel_device(spec, device, scenario.tp)  # one rank's device
-    est = make_estimator(device, scenario.dtype, cache, notices)
+    est = make_estimator(device, scenario.dtype, cache, notices, scenario.engine)
     check_collectives(est, scenario.tp)
     grid = strategies_grid(families.pruned() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align)

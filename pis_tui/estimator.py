@@ -33,34 +33,22 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
-from . import collectives, sources
-from .hardware import DeviceProfile
+from . import collectives, execution, sources
+from .hardware import DeviceProfile, efficiency
 from .ops import Attention, Collective, Elementwise, Gemm, Op, Overhead, kernel_of, op_from_dict
 from .results import PhaseEstimate, PricedOp
 
 M_REACH = math.log(2.0)  # extrapolate a (N, K) pair's utilization at most 2× past its M range
 NK_REACH = math.log(4.0)  # (N, K) neighbours within 4× (distance in log space)
 ATTN_REACH = math.log(4.0)  # attention shapes within 4× (summed log distances)
+EW_REACH = 4.0  # elementwise ops: at most 4× past the measured byte range of their kind
 
-# Analytical efficiency model (used only where nothing was measured on the device).
-# Attainable shares of the datasheet peaks, typical of cuBLAS/cuDNN/FlashAttention-class kernels
-# on recent datacenter GPUs and of oneDNN/OpenBLAS on CPUs.
-GPU_GEMM_EFF = 0.80
-GPU_ATTN_EFF = 0.55
-GPU_BW_EFF = 0.85
-# 2:4 sparse GEMMs (cuSPARSELt) reach a far smaller share of the 2:4 peak than dense GEMMs of
-# the dense peak: PyTorch's semi-structured sparsity tutorial and NVIDIA's cuSPARSELt notes
-# report 1.1-1.6x over dense cuBLAS on large shapes; 0.5 of the 2:4 peak (about 1.25x dense at
-# GPU_GEMM_EFF) sits in that range.  Measured tables replace this.
-GPU_SPARSE24_EFF = 0.50
-# ... and a smaller share of bandwidth when memory-bound (decode): the reference study measured
-# 1.14x decode for 2:4 (MaskLLM) where halving the weight bytes would promise ~1.8x.
-GPU_SPARSE24_BW_EFF = 0.60
-CPU_GEMM_EFF = 0.70
-CPU_BW_EFF = 0.80
+# The analytical model's attainable shares of the datasheet peaks (GEMM, attention, bandwidth,
+# 2:4) and the per-kernel floor are each GPU profile's (its "efficiency" block, a source per
+# value; hardware.efficiency gives the defaults of a profile that has none).
 TILE_N = 128
 SPLIT_K_MIN = 512  # smallest K slice a split-K GEMM hands to one CTA
 
@@ -74,6 +62,8 @@ class MeasuredRecord:
     spread: Optional[float] = None
     loaded: bool = False  # measured while the machine was loaded (its conditions say so)
     why: str = ""  # unstable: the reasons
+    estimated: str = ""  # a timing scaled from another kernel's (FlexAttention fallback): why
+    graph_capture: str = ""  # timed without a CUDA graph: eager launches included
 
 
 def _as_record(m) -> Optional[MeasuredRecord]:
@@ -94,14 +84,18 @@ def _as_record(m) -> Optional[MeasuredRecord]:
     spread = get("spread")
     return MeasuredRecord(get("key") or op.key(), op, float(ms or 0.0), status,
                           None if spread is None else float(spread), bool(cond.get("loaded")),
-                          "; ".join(cond.get("unstable") or ()))
+                          "; ".join(cond.get("unstable") or ()), str(cond.get("estimated") or ""),
+                          str(cond.get("graph_capture") or ""))
 
 
 class Estimator:
     def __init__(self, device: DeviceProfile, measurements: Iterable = (), shipped: Iterable = (),
-                 calibration: Optional[dict] = None):
+                 calibration: Optional[dict] = None, engine: str = execution.DEFAULT_ENGINE):
         self.device = device
         self.calibration = calibration or {}
+        self.engine = execution.check_engine(engine)
+        self.profile = execution.load(self.engine)
+        self.eff = efficiency(device, self.engine)
         self._exact: dict[str, tuple[MeasuredRecord, str]] = {}
         self._by_class: dict[tuple, list[MeasuredRecord]] = {}
         for source, rows in (("shipped", shipped), ("measured", measurements)):
@@ -110,7 +104,8 @@ class Estimator:
                 if rec is None:
                     continue
                 self._exact[rec.key] = (rec, source)
-                if rec.status == "ok" and not isinstance(rec.op, Overhead):
+                # an estimate is no anchor for its neighbours: only measured kernels are
+                if rec.status == "ok" and not rec.estimated and not isinstance(rec.op, Overhead):
                     self._by_class.setdefault(_class_of(rec.op), []).append(rec)
         self._gemm_index: dict[tuple, dict[tuple[int, int], list[tuple[float, float]]]] = {}
 
@@ -145,45 +140,96 @@ class Estimator:
             return self.price(op).ms_per_call
         if isinstance(op, Collective):  # tensor parallelism: pis_tui.collectives
             return collectives.pricer(self).work_ms(op)
-        k = kernel_of(op, sparse_24=self.device.sparse_24)
-        return self.roofline_ms(k) + self.device.launch_overhead_us * 1e-3
+        return self._cost(kernel_of(op, sparse_24=self.device.sparse_24), "dense", None, ideal=True)
 
-    def analytical_ms(self, op: Op) -> float:
-        """Roofline corrected by the documented efficiency model (no measurement)."""
-        d = self.device
-        launch = d.launch_overhead_us * 1e-3
+    def _gemm_ms(self, op: Gemm) -> float:
+        """A GEMM kernel: tile and wave quantization over the attainable share of peak, or its
+        bytes over the attainable share of bandwidth, whichever is longer (no floor)."""
+        d, e = self.device, self.eff
         bw = self.bandwidth(op.dtype)
         if d.kind == "cpu":
-            eff_c, eff_b = CPU_GEMM_EFF, CPU_BW_EFF
-            t_c = op.flops() / (self.peak(op.dtype) * eff_c)
-            return max(t_c, op.bytes() / (bw * eff_b)) * 1e3 + launch
-        if isinstance(op, Gemm):
-            sparse = op.kind == "sparse_24" and d.sparse_24
-            peak = self.peak(op.dtype, sparse)
-            # tile and wave quantization: the GPU computes whole output tiles in whole waves;
-            # when the tiles cannot fill the SMs, kernels split K across CTAs (split-K)
-            tile_m = 64 if op.m <= 64 else 128
-            tiles = math.ceil(op.m / tile_m) * math.ceil(op.n / TILE_N)
-            sms = max(d.sm_count, 1)
-            split = max(1, min(sms // tiles, op.k // SPLIT_K_MIN)) if tiles < sms else 1
-            waves = math.ceil(tiles * split / sms)
-            per_tile = 2.0 * tile_m * TILE_N * (op.k / split) / (peak / sms)
-            t_c = waves * per_tile / (GPU_SPARSE24_EFF if sparse else GPU_GEMM_EFF)
-            bw_eff = GPU_SPARSE24_BW_EFF if sparse else GPU_BW_EFF
-            return max(t_c, op.bytes() / (bw * bw_eff)) * 1e3 + launch
-        if isinstance(op, Attention):
-            t_c = op.flops() / (self.peak(op.dtype) * GPU_ATTN_EFF)
-            return max(t_c, op.bytes() / (bw * GPU_BW_EFF)) * 1e3 + launch
-        return op.bytes() / (bw * GPU_BW_EFF) * 1e3 + launch
+            t_c = op.flops() / (self.peak(op.dtype) * e["gemm"])
+            return max(t_c, op.bytes() / (bw * e["bandwidth"])) * 1e3
+        sparse = op.kind == "sparse_24" and d.sparse_24
+        peak = self.peak(op.dtype, sparse)
+        # the GPU computes whole output tiles in whole waves; when the tiles cannot fill the
+        # SMs, kernels split K across CTAs (split-K)
+        tile_m = 64 if op.m <= 64 else 128
+        tiles = math.ceil(op.m / tile_m) * math.ceil(op.n / TILE_N)
+        sms = max(d.sm_count, 1)
+        split = max(1, min(sms // tiles, op.k // SPLIT_K_MIN)) if tiles < sms else 1
+        waves = math.ceil(tiles * split / sms)
+        per_tile = 2.0 * tile_m * TILE_N * (op.k / split) / (peak / sms)
+        t_c = waves * per_tile / (e["sparse24"] if sparse else e["gemm"])
+        bw_eff = e["sparse24_bandwidth"] if sparse else e["bandwidth"]
+        # a memory-bound GEMM also waits for its first bytes and its last wave to drain
+        t_m = e["gemm_latency_us"] * 1e-6 + op.bytes() / (bw * bw_eff)
+        return max(t_c, t_m) * 1e3
+
+    def _attention_ms(self, op: Attention) -> float:
+        e = self.eff
+        bw = self.bandwidth(op.dtype)
+        t_c = op.flops() / (self.peak(op.dtype) * e["attention" if self.device.kind != "cpu" else "gemm"])
+        return max(t_c, op.bytes() / (bw * e["bandwidth"])) * 1e3
+
+    def kernels_of(self, op: Op, family: str = "dense", phase: Optional[str] = None):
+        """The kernels the execution profile runs for one call of an op (None: one of its own)."""
+        if isinstance(op, Overhead):
+            return None
+        return self.profile.kernels(family, phase, op.name)
+
+    def launches(self, op: Op, family: str = "dense", phase: Optional[str] = None,
+                 merged: Optional[dict] = None) -> Optional[int]:
+        """Kernel launches per call of ``op`` under the execution profile (None: host overhead,
+        no kernel; 0: inside another op's kernel or a merged GEMM)."""
+        if isinstance(op, Overhead):
+            return None
+        if isinstance((merged or {}).get(op.name), str):
+            return 0
+        kernels = self.kernels_of(op, family, phase)
+        return 1 if kernels is None else len(kernels)
+
+    def analytical_ms(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> float:
+        """The documented model (no measurement): each kernel the execution profile runs for
+        the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the
+        device's per-kernel floor; the op's own GEMM or attention kernel by the GEMM / attention
+        model, the other kernels (casts, reductions, copies, glue) by the bytes they move."""
+        return self._cost(op, family, phase, ideal=False)
+
+    def _cost(self, op: Op, family: str, phase: Optional[str], ideal: bool) -> float:
+        """analytical_ms, or (``ideal``) the least time the same kernels can take: each at its
+        roofline (shares of 1) plus the per-kernel floor (the physical ceiling's work)."""
+        floor = self.device.launch_overhead_us * 1e-3
+        kernels = self.kernels_of(op, family, phase)
+        if kernels is not None and not kernels:
+            return 0.0  # runs inside another op's kernel (a residual add in a fused norm)
+        bw = self.bandwidth(op.dtype) * (1.0 if ideal else self.eff["bandwidth"])
+        if isinstance(op, (Gemm, Attention)):
+            if ideal:
+                core = self.roofline_ms(op) + floor
+            else:
+                core = (self._gemm_ms(op) if isinstance(op, Gemm) else self._attention_ms(op)) + floor
+        elif kernels is None:  # one kernel moving the op's bytes
+            return op.bytes() / bw * 1e3 + floor
+        else:
+            core = 0.0
+        if kernels:
+            u = execution.unit(op)
+            core += sum(k.bytes(u, op.dtype) / bw * 1e3 + floor
+                        for k in kernels if not (execution.is_leaf(k) and op.op_type != "elementwise"))
+        return core
 
     # ---------------------------------------------------------------- pricing
 
-    def price(self, op: Op) -> PricedOp:
+    def price(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> PricedOp:
         """One op's time per call, its source and its relative uncertainty (the rule in
         :mod:`pis_tui.sources`).  An ``unstable`` measurement is priced no better than
         interpolated: from its stable neighbours where they reach, else at its own time,
-        labelled ``unstable``.  A collective (tensor parallelism) is priced by
-        :mod:`pis_tui.collectives` (measured through torch.distributed, else the interconnect)."""
+        labelled ``unstable``.  ``family`` and ``phase`` pick the op's kernels in the
+        execution profile.  Under the fused engine an elementwise op's measurements (the eager
+        kernels the device timed) do not apply: it is priced from the fused kernels.  A
+        collective (tensor parallelism) is priced by :mod:`pis_tui.collectives` (measured
+        through torch.distributed, else the interconnect), one kernel under either engine."""
         if isinstance(op, Collective):
             return collectives.pricer(self).price(op)
         if isinstance(op, Overhead):
@@ -201,10 +247,20 @@ class Estimator:
             return PricedOp(op, p.ms_per_call, "unsupported",
                             f"no 2:4 sparse kernel on {self.device.display_name}: runs dense "
                             f"({p.source} time)", p.uncertainty, p.loaded)
+        if self.engine != "eager" and isinstance(op, Elementwise):
+            return PricedOp(op, self.analytical_ms(op, family, phase), "roofline",
+                            f"{self.engine} engine: its own kernels, not the eager ones measured",
+                            sources.uncertainty("roofline"))
         hit = self._exact.get(kernel_of(op).key())
+        if hit and hit[0].status == "ok" and hit[0].estimated:
+            rec = hit[0]
+            return PricedOp(op, rec.ms, "estimated", f"not a measurement of its own kernel: {rec.estimated}",
+                            sources.uncertainty("estimated", rec.spread), rec.loaded)
         if hit and hit[0].status == "ok":
             rec, source = hit
-            return PricedOp(op, rec.ms, source, uncertainty=sources.uncertainty(source, rec.spread),
+            note = (f"timed without a CUDA graph ({rec.graph_capture}): eager launches included"
+                    if rec.graph_capture else "")
+            return PricedOp(op, rec.ms, source, note, sources.uncertainty(source, rec.spread),
                             loaded=rec.loaded)
         if hit and hit[0].status == "unsupported" and isinstance(op, Gemm) and op.kind == "sparse_24":
             p = self.price(kernel_of(op, sparse_24=False))
@@ -221,11 +277,45 @@ class Estimator:
                             rec.loaded)
         if ms is not None:
             return PricedOp(op, ms, "interpolated", uncertainty=sources.uncertainty("interpolated"))
-        return PricedOp(op, self.analytical_ms(op), "roofline",
+        return PricedOp(op, self.analytical_ms(op, family, phase), "roofline",
                         uncertainty=sources.uncertainty("roofline"))
 
+    def _merged(self, ops) -> dict:
+        """{op name: the GEMM that computes it}: under a profile that merges GEMMs (q/k/v, gate/up)
+        the head op is priced as one GEMM of their summed N, the others at 0."""
+        out: dict = {}
+        by_name = {o.name: o for o in ops if isinstance(o, Gemm)}
+        for head, parts in self.profile.merged_gemms.items():
+            got = [by_name.get(n) for n in parts]
+            if any(g is None for g in got):
+                continue
+            h = got[0]
+            if all((g.m, g.k, g.count, g.dtype, g.kind, g.density) == (h.m, h.k, h.count, h.dtype, h.kind, h.density)
+                   for g in got):
+                out[head] = replace(h, n=sum(g.n for g in got), name=head)
+                for n in parts[1:]:
+                    out[n] = head
+        return out
+
     def estimate(self, phase_ops) -> PhaseEstimate:
-        priced = tuple(self.price(o) for o in phase_ops.ops)
+        fam, phase = phase_ops.strategy.family, phase_ops.phase
+        merged = self._merged(phase_ops.ops) if self.profile.merged_gemms else {}
+        heads = {n: self.price(m, fam, phase) for n, m in merged.items() if not isinstance(m, str)}
+        priced = []
+        for o in phase_ops.ops:
+            m = merged.get(o.name)
+            if isinstance(m, str):  # computed by the head's merged GEMM
+                h = heads[m]
+                priced.append(PricedOp(o, 0.0, h.source, f"computed in the merged {m} GEMM",
+                                       0.0, h.loaded))
+            elif m is not None:
+                h = heads[o.name]
+                priced.append(PricedOp(o, h.ms_per_call, h.source,
+                                       f"one GEMM for {', '.join(self.profile.merged_gemms[o.name])}",
+                                       h.uncertainty, h.loaded))
+            else:
+                priced.append(self.price(o, fam, phase))
+        priced = tuple(replace(p, kernels=self.launches(p.op, fam, phase, merged)) for p in priced)
         latency = sum(p.total_ms for p in priced)
         counts: dict[str, dict] = {}
         for p in priced:
@@ -335,16 +425,25 @@ def _nearest_utilization(op, cands, roofline, dist, reach: float = ATTN_REACH) -
     return roofline(best.op) / best.ms
 
 
-def _elementwise_interp(op: Elementwise, cands: list[MeasuredRecord], roof: float) -> float:
-    """Memory-bound ops: time is piecewise-linear in bytes moved between measured sizes; below
-    the smallest measured size it keeps that size's time (a fixed launch cost dominates), above
-    the largest it scales with bytes."""
+def _elementwise_interp(op: Elementwise, cands: list[MeasuredRecord], roof: float) -> Optional[float]:
+    """Memory-bound ops: time is piecewise-linear in bytes moved between measured sizes.  Past
+    the measured range it reaches at most ``EW_REACH``× (like GEMMs' M reach; beyond, None:
+    the analytical model prices it): below the smallest size it keeps that size's time (the
+    fixed cost dominates); above the largest it grows along the slope of the two largest
+    sizes (with one size: in proportion to bytes, an upper bound, since that time includes
+    the fixed cost)."""
     pts = sorted((r.op.bytes(), r.ms) for r in cands)
     b = op.bytes()
-    if b <= pts[0][0]:
+    lo, hi = pts[0][0], pts[-1][0]
+    if b < lo / EW_REACH or b > hi * EW_REACH:
+        return None
+    if b <= lo:
         return max(roof, pts[0][1])
-    if b >= pts[-1][0]:
-        return max(roof, pts[-1][1] * b / pts[-1][0])
+    if b >= hi:
+        if len(pts) >= 2 and hi > pts[-2][0]:
+            slope = max(0.0, (pts[-1][1] - pts[-2][1]) / (hi - pts[-2][0]))
+            return max(roof, pts[-1][1] + slope * (b - hi))
+        return max(roof, pts[-1][1] * b / hi)
     return max(roof, _interp_sorted(pts, b))
 
 

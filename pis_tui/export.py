@@ -22,6 +22,7 @@ from .pareto import TIE_RULE
 from .sources import TIMING_SOURCES
 from .uncertainty import BLOCKING_FLAGS
 from .results import Point, Recommendation
+from .scenario import ENGINES
 
 SCHEMA_ID = "pis-tui/1"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "pis-tui-1.schema.json"
@@ -258,6 +259,7 @@ def plan_dict(result, rec) -> dict:
         "quality_protocol": result.quality_protocol,
         "workload": result.workload.to_dict(),
         "dtype": result.dtype,
+        "engine": result.engine,
         "rules": {"serving_model": pl.SERVING_MODEL, "tpot": pl.TPOT_RULE, "batch": pl.BATCH_RULE,
                   "throughput": pl.THROUGHPUT_RULE, "memory": pl.MEMORY_RULE},
         "memory": {"device_gb": float(result.device.memory_gb or 0.0),
@@ -322,6 +324,8 @@ def build_schema() -> dict:
     schema["$defs"]["trust_flag"]["enum"] = list(BLOCKING_FLAGS)
     schema["$defs"]["result"]["properties"]["sparsity"]["maximum"] = MAX_SPARSITY
     schema["$defs"]["plan_candidate"]["properties"]["sparsity"]["maximum"] = MAX_SPARSITY
+    schema["properties"]["scenario"]["properties"]["engine"]["enum"] = list(ENGINES)
+    schema["$defs"]["plan"]["properties"]["engine"]["enum"] = list(ENGINES)
     return schema
 
 

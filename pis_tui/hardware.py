@@ -47,6 +47,11 @@ class DeviceProfile:
     is_local: bool = False
     capability: Optional[str] = None  # compute capability of a local GPU ("9.0")
     unknown: bool = False  # a local GPU no profile matches: figures from its own properties
+    # the analytical model's attainable shares and per-kernel floor ({key: value}; the
+    # profile's "efficiency" block), per-engine overrides, and a source per value
+    efficiency: dict = field(default_factory=dict, hash=False, compare=False)
+    efficiency_by_engine: dict = field(default_factory=dict, hash=False, compare=False)
+    efficiency_sources: dict = field(default_factory=dict, hash=False, compare=False)
     #: the link between the GPUs of one node (tensor parallelism): the profile's
     #: "interconnect" block (kind, label, bandwidth_gbs per direction, latency_us, max_gpus,
     #: sources); None where the profile has none (see pis_tui.collectives)
@@ -80,17 +85,58 @@ def gpu_names() -> list[str]:
     return list_names("gpus")
 
 
+def parse_efficiency(block: dict, where: str) -> tuple[dict, dict, dict]:
+    """({key: value}, {engine: {key: value}}, {key: source}) of a profile's "efficiency" block:
+    each entry {"value", "source"[, "fitted_to"]}, and "by_engine" {engine: {key: entry}}
+    (an engine's own figures: ``fused:gemm`` in the sources).  A fitted figure's source says
+    what it was fitted to."""
+    values: dict = {}
+    by_engine: dict = {}
+    srcs: dict = {}
+
+    def one(key: str, e, label: str) -> float:
+        if not isinstance(e, dict) or "value" not in e or "source" not in e:
+            raise UserError(f"{where}: efficiency {label} needs a value and a source")
+        try:
+            v = float(e["value"])
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: efficiency {label} value {e['value']!r} is not a number") from None
+        if key not in EFFICIENCY_KEYS:
+            raise UserError(f"{where}: unknown efficiency figure {key!r} "
+                            f"(known: {', '.join(EFFICIENCY_KEYS)})")
+        if not (0.0 <= v <= 1.0) and not key.endswith("_us"):
+            raise UserError(f"{where}: efficiency {label} {v} is not a share between 0 and 1")
+        if v < 0:
+            raise UserError(f"{where}: efficiency {label} {v} is negative")
+        src = str(e["source"])
+        if e.get("fitted_to"):
+            src = f"{src}: fitted to {e['fitted_to']}"
+        srcs[label] = src
+        return v
+
+    for key, e in (block or {}).items():
+        if key == "by_engine":
+            for eng, entries in (e or {}).items():
+                by_engine[eng] = {k: one(k, x, f"{eng}:{k}") for k, x in (entries or {}).items()}
+        else:
+            values[key] = one(key, e, key)
+    return values, by_engine, srcs
+
+
 def profile_from_dict(d: dict) -> DeviceProfile:
     l2 = d["l2_mb"]
+    eff, by_engine, eff_src = parse_efficiency(d.get("efficiency") or {}, f"profile {d.get('name')}")
+    floor = eff.get("kernel_floor_us", d.get("launch_overhead_us", 3.0))
     return DeviceProfile(
         name=d["name"], display_name=d["display_name"], kind=d.get("kind", "gpu"),
         peak_tflops=dict(d["peak_tflops"]), sparse_peak_tflops=dict(d.get("sparse_peak_tflops", {})),
         bandwidth_gbs=float(d["memory_bandwidth_gbs"]), memory_gb=float(d["memory_gb"]),
         l2_mb=float(l2["used"] if isinstance(l2, dict) else l2), sm_count=int(d.get("sm_count", 0)),
         sparse_24=bool(d.get("sparse_24", False)),
-        launch_overhead_us=float(d.get("launch_overhead_us", 3.0)),
+        launch_overhead_us=float(floor),
         fingerprint=d.get("fingerprint", "profile:" + d["name"]), sources=d.get("sources", {}),
         notes=d.get("notes", ""), measured_table=d.get("measured_table"),
+        efficiency=eff, efficiency_by_engine=by_engine, efficiency_sources=eff_src,
         interconnect=d.get("interconnect"),
     )
 
@@ -706,3 +752,46 @@ def _llc_mb() -> float:
 def default_gpu() -> str:
     """``local`` when a CUDA GPU is present, else h200-sxm."""
     return LOCAL if local_cuda_name() else "h200-sxm"
+
+
+#: the figures an "efficiency" block may hold: shares of the datasheet peaks (GEMM, attention,
+#: 2:4 GEMM), of the bandwidth (every kernel's bytes; 2:4 GEMMs in the memory-bound regime), a
+#: memory-bound GEMM's fixed latency beyond the floor, and the per-kernel floor (µs)
+EFFICIENCY_KEYS = ("gemm", "attention", "bandwidth", "sparse24", "sparse24_bandwidth",
+                   "gemm_latency_us", "kernel_floor_us")
+
+#: the analytical model's figures where a profile gives none (the local CPU, a GPU profile
+#: written without an "efficiency" block): typical of cuBLAS/cuDNN/FlashAttention-class
+#: kernels on recent datacenter GPUs and of oneDNN/OpenBLAS on CPUs; assumed, not measured
+DEFAULT_EFFICIENCY = {
+    "gpu": {"gemm": 0.80, "attention": 0.55, "bandwidth": 0.85, "sparse24": 0.50,
+            "sparse24_bandwidth": 0.60, "gemm_latency_us": 1.0, "kernel_floor_us": 3.0},
+    "cpu": {"gemm": 0.70, "attention": 0.70, "bandwidth": 0.80, "sparse24": 0.70,
+            "sparse24_bandwidth": 0.80, "gemm_latency_us": 0.0, "kernel_floor_us": 2.0},
+}
+DEFAULT_EFFICIENCY_SOURCE = ("assumed (pis-tui's defaults: typical of cuBLAS/FlashAttention-class "
+                             "kernels on datacenter GPUs, oneDNN-class kernels on CPUs)")
+
+
+def efficiency(device: DeviceProfile, engine: Optional[str] = None) -> dict:
+    """The device's figures for the analytical model: its profile's "efficiency" block (and
+    the engine's own figures in it) over the defaults; the floor is the device's."""
+    base = dict(DEFAULT_EFFICIENCY["cpu" if device.kind == "cpu" else "gpu"])
+    base.update(device.efficiency or {})
+    if engine:
+        base.update((device.efficiency_by_engine or {}).get(engine, {}))
+    base["kernel_floor_us"] = device.launch_overhead_us
+    return base
+
+
+def efficiency_sources(device: DeviceProfile, engine: Optional[str] = None) -> dict:
+    """{figure: its source} for :func:`efficiency` (defaults say they are assumed)."""
+    out = {k: DEFAULT_EFFICIENCY_SOURCE for k in EFFICIENCY_KEYS}
+    for k, v in (device.efficiency_sources or {}).items():
+        if ":" in k:
+            eng, key = k.split(":", 1)
+            if eng == engine:
+                out[key] = v
+        else:
+            out[k] = v
+    return out

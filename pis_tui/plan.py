@@ -131,8 +131,8 @@ def mean_step(step: Callable[[int], float], prompt_len: int, output_len: int,
 class _Pricer:
     """Phase estimates for one plan, each op list built once and each op priced once."""
 
-    def __init__(self, spec, dtype: str, estimator, tp: int = 1):
-        self.spec, self.dtype, self.tp = spec, dtype, tp
+    def __init__(self, spec, dtype: str, estimator, engine: str = "eager", tp: int = 1):
+        self.spec, self.dtype, self.engine, self.tp = spec, dtype, engine, tp
         self.est = estimator
         self._ops: dict = {}
         self._estimates: dict = {}
@@ -143,11 +143,13 @@ class _Pricer:
             self.est = copy.copy(estimator)
             memo: dict = {}
 
-            def cached(op):
-                k = op.key()
+            def cached(op, family="dense", phase=None):
+                # the kernels an op runs depend on its name, family and phase (the
+                # execution profile), so the memo does too
+                k = (op.key(), op.name, family, phase)
                 hit = memo.get(k)
                 if hit is None:
-                    hit = memo[k] = price(op)
+                    hit = memo[k] = price(op, family, phase)
                 return hit if hit.op is op else PricedOp(op, hit.ms_per_call, hit.source, hit.note)
 
             self.est.price = cached
@@ -160,9 +162,9 @@ class _Pricer:
         po = self._ops.get(key)
         if po is None:
             if phase == "prefill":
-                scen = Scenario(batch, length, 1, length, self.dtype, tp=self.tp)
+                scen = Scenario(batch, length, 1, length, self.dtype, self.engine, tp=self.tp)
             else:
-                scen = Scenario(1, length, batch, length, self.dtype, tp=self.tp)
+                scen = Scenario(1, length, batch, length, self.dtype, self.engine, tp=self.tp)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
@@ -315,6 +317,7 @@ class PlanResult:
     dtype: str
     candidates: list[Candidate]
     usable_bytes: float
+    engine: str = "eager"
     quality_protocol: str = "lora"
     quality_metric: str = "accuracy_drop"
     warnings: list = field(default_factory=list)
@@ -367,7 +370,7 @@ class PlanRecommendation:
 def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] = None,
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
          dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
-         tp: int = 1) -> PlanResult:
+         engine: str = "eager", tp: int = 1) -> PlanResult:
     """Every candidate (dense, then every family × sparsity: ``strategies`` None every
     registered family, ``sparsities`` None each family's default grid) priced for ``workload``.
 
@@ -379,13 +382,14 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     spec, device = resolve(model, gpu)
     dtype = dtype or default_dtype(device)
     check_dtype(device, dtype)
-    Scenario(dtype=dtype, tp=tp)  # a degree offered (one clear line otherwise)
+    Scenario(dtype=dtype, engine=engine, tp=tp)  # an engine and a degree offered (else one line)
     device = tensor_parallel_device(spec, device, tp)
     notices: list[str] = []
-    est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices)
+    est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices,
+                                                                  engine)
     if tp > 1:
         check_collectives(est, tp)
-    pricer = _Pricer(spec, dtype, est, tp)
+    pricer = _Pricer(spec, dtype, est, engine, tp)
     grid = strategies_grid(families.pruned() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align)
     usable = memory_fit.usable_bytes(device)
@@ -393,7 +397,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     protocol = getattr(quality, "protocol", "lora")
     cands = [_candidate(pricer, spec, s, workload, usable, quality, metric, protocol) for s in grid]
     result = PlanResult(
-        spec, device, workload, dtype, cands, usable, protocol, metric,
+        spec, device, workload, dtype, cands, usable, engine, protocol, metric,
         warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
         provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,4 +1,6 @@
-"""The serving scenario: how big prefill and decode are, and in which dtype."""
+"""The serving scenario: how big prefill and decode are, in which dtype, which execution
+profile (``engine``: how the serving stack launches each op's kernels, pis_tui.execution), and
+over how many GPUs of one node (``tp``: tensor parallelism, pis_tui.tensor_parallel)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,9 @@ from dataclasses import dataclass
 
 from .errors import UserError
 from .ops import DTYPE_BYTES
+
+#: the execution profiles (profiles/kernels/<name>.json; pis_tui.execution reads them)
+ENGINES = ("eager", "fused")
 
 PHASES = ("prefill", "decode")
 
@@ -17,8 +22,10 @@ class Scenario:
     decode_batch: int = 16
     context_len: int = 1024
     dtype: str = "bf16"
+    engine: str = "eager"
     #: tensor parallelism: the ranks (GPUs of one node) the model is split over; the op lists
-    #: are then one rank's (see :mod:`pis_tui.tensor_parallel`)
+    #: are then one rank's (see :mod:`pis_tui.tensor_parallel`).  After ``engine``: pass it by
+    #: keyword (a sixth positional argument is the engine)
     tp: int = 1
 
     def __post_init__(self) -> None:
@@ -30,6 +37,8 @@ class Scenario:
                 raise UserError(f"{name.replace('_', ' ')} {v} is too large (at most {1 << 20})")
         if self.dtype not in DTYPE_BYTES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         from .tensor_parallel import check_degree
 
         check_degree(self.tp)
@@ -42,6 +51,7 @@ class Scenario:
             "prefill": {"batch": self.prefill_batch, "prompt_len": self.prompt_len},
             "decode": {"batch": self.decode_batch, "context_len": self.context_len},
             "dtype": self.dtype,
+            "engine": self.engine,
             "tp": self.tp,
         }
 

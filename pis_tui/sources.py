@@ -21,8 +21,10 @@ SOURCES = (
                  "was contended: kept, shown as such, priced no better than interpolated"),
     ("estimated", "a labelled stand-in for a kernel that could not run as asked (e.g. a "
                   "FlexAttention that failed to compile: dense SDPA × block density)"),
-    ("roofline", "max(FLOPs/peak, bytes/bandwidth) corrected by an analytical model (tile and wave "
-                 "quantization, attainable shares of peak, a per-kernel launch cost)"),
+    ("roofline", "the analytical model: each kernel the execution profile (`--engine`) launches for "
+                 "the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the "
+                 "GPU's per-kernel floor (GEMMs with tile and wave quantization; the shares are "
+                 "the GPU profile's `efficiency` block, each with its source)"),
     ("unsupported", "the device has no kernel for it (2:4 on a CPU or a GPU without sparse tensor "
                     "cores): priced as the dense kernel it falls back to; no speedup is claimed"),
 )

@@ -98,8 +98,10 @@ def test_elementwise_and_attention_interpolation(h200):
     est = Estimator(h200, measurements=[rec(e1, 0.004), rec(e2, 0.010)])
     mid = Elementwise("n", "rmsnorm", 256, 4096, dtype="bf16")
     assert 0.004 < est.price(mid).ms_per_call < 0.010
-    tiny = Elementwise("n", "rmsnorm", 1, 4096, dtype="bf16")
-    assert est.price(tiny).ms_per_call == pytest.approx(0.004)  # launch floor
+    small = Elementwise("n", "rmsnorm", 4, 4096, dtype="bf16")
+    assert est.price(small).ms_per_call == pytest.approx(0.004)  # launch floor, within reach
+    tiny = Elementwise("n", "rmsnorm", 1, 4096, dtype="bf16")  # 16x below: out of reach
+    assert est.price(tiny).source == "roofline"
     a = Attention("a", 1, 32, 8, 1024, 1024, 128, dtype="bf16")
     est = Estimator(h200, measurements=[rec(a, est.roofline_ms(a) / 0.4)])
     b = Attention("a", 1, 24, 6, 1024, 1024, 128, dtype="bf16")
@@ -174,3 +176,22 @@ def test_interpolation_only_from_near_shapes(h200):
     a = Attention("a", 1, 32, 8, 1024, 1024, 128, dtype="bf16")
     est = Estimator(h200, measurements=[rec(a, est0.roofline_ms(a) / 0.4)])
     assert est.price(Attention("a", 1, 32, 8, 1, 65536, 128, dtype="bf16")).source == "roofline"
+
+
+def test_elementwise_interpolation_has_a_reach(h200):
+    """One rmsnorm measured at 1 row (its time is the fixed cost) must not price a 4,096-row
+    one by bytes (that gave 16-82 ms "interpolated"): past 4x the measured range it is
+    priced by the analytical model; within it, along the measured slope."""
+    one = Elementwise("n", "rmsnorm", 1, 4096, dtype="bf16")
+    big = Elementwise("n", "rmsnorm", 4096, 4096, dtype="bf16")
+    est = Estimator(h200, measurements=[rec(one, 0.004)])
+    p = est.price(big)
+    assert p.source == "roofline" and p.ms_per_call < 0.1
+    near = Elementwise("n", "rmsnorm", 3, 4096, dtype="bf16")
+    assert est.price(near).source == "interpolated"
+    two = Elementwise("n", "rmsnorm", 1024, 4096, dtype="bf16")
+    est = Estimator(h200, measurements=[rec(one, 0.004), rec(two, 0.010)])
+    p = est.price(Elementwise("n", "rmsnorm", 2048, 4096, dtype="bf16"))
+    slope = (0.010 - 0.004) / (two.bytes() - one.bytes())
+    assert p.source == "interpolated"
+    assert p.ms_per_call == pytest.approx(0.010 + slope * (2048 - 1024) / 1024 * two.bytes(), rel=0.01)

@@ -217,10 +217,13 @@ def test_calibrate_suggests_a_profile_file_that_loads():
 
     info = CudaInfo(name="NVIDIA Z900 Prototype", source="torch", memory_gb=94.0, capability="9.0",
                     sm_count=100, l2_mb=40.0, max_sm_mhz=1800.0)
+    eff = {"gemm": {"value": 0.71, "source": "measured by pis-tui calibrate on Z900: (12 kernels)"}}
     d = _suggested_profile(hardware.unknown_gpu_profile(info, {"bf16": {"peak_tflops": 612.0,
-                                                                        "bandwidth_gbs": 2900.0}}))
+                                                                        "bandwidth_gbs": 2900.0}}), eff)
     assert d["name"] == "nvidia-z900-prototype" and d["match"] == ["NVIDIA Z900 Prototype"]
     prof = hardware.profile_from_dict(d)
     assert prof.peak("bf16") == pytest.approx(612e12) and prof.bandwidth_gbs == 2900.0
     assert prof.sm_count == 100 and prof.l2_mb == 40.0 and prof.sparse_24
+    assert hardware.efficiency(prof)["gemm"] == 0.71  # the measured block travels with it
+    assert hardware.efficiency_sources(prof)["gemm"].startswith("measured by pis-tui calibrate")
     assert hardware._match_profile("NVIDIA H200, 580, 143771 MiB").name == "h200-sxm"

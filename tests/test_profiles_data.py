@@ -23,7 +23,7 @@ EXPECTED_PRESETS = {
 EXPECTED_GPUS = {"h100-sxm", "h200-sxm", "a100-80gb", "l40s", "rtx-4090", "rtx-pro-6000", "b200"}
 GPU_FIELDS = ("name", "display_name", "kind", "match", "peak_tflops", "sparse_peak_tflops",
               "memory_bandwidth_gbs", "memory_gb", "l2_mb", "sm_count", "sparse_24",
-              "launch_overhead_us", "sources", "notes")
+              "efficiency", "sources", "notes")
 SOURCED = ("peak_tflops", "memory_bandwidth_gbs", "l2_mb", "sm_count")
 
 
@@ -124,15 +124,24 @@ def test_gpu_profile_complete_and_sourced(name):
     for key in SOURCED:
         src = raw["sources"].get(key)
         assert isinstance(src, str) and len(src) > 20, f"{name}: no source for {key}"
-    assert raw["sources"].get("launch_overhead_us")
+    eff = raw["efficiency"]
+    from pis_tui.hardware import EFFICIENCY_KEYS
+
+    assert set(EFFICIENCY_KEYS) <= set(eff), f"{name}: efficiency lacks {set(EFFICIENCY_KEYS) - set(eff)}"
+    for key in EFFICIENCY_KEYS:  # a source per value; a fitted one says what it was fitted to
+        e = eff[key]
+        assert isinstance(e["source"], str) and len(e["source"]) >= 6, f"{name}: no source for {key}"
+        if e["source"] == "fitted":
+            assert len(e.get("fitted_to", "")) > 40, f"{name}: {key} fitted to what?"
     for dt in ("bf16", "fp16", "tf32", "fp32", "int8"):
         assert raw["peak_tflops"][dt] > 0, f"{name}: no dense {dt} peak"
     l2 = raw["l2_mb"]
     assert l2["used"] > 0 and l2["datasheet"] > 0
     assert raw["memory_bandwidth_gbs"] > 100 and raw["memory_gb"] > 8
-    assert raw["sm_count"] > 0 and 0 < raw["launch_overhead_us"] < 20
+    assert raw["sm_count"] > 0 and 0 < eff["kernel_floor_us"]["value"] < 20
 
     prof = load_gpu(name)
+    assert prof.launch_overhead_us == eff["kernel_floor_us"]["value"]
     assert prof.l2_mb == l2["used"]
     assert prof.bandwidth_gbs == raw["memory_bandwidth_gbs"]
     assert math.isclose(prof.peak("bf16"), raw["peak_tflops"]["bf16"] * 1e12)

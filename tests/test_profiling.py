@@ -279,14 +279,19 @@ def test_calibrate_writes_a_table_without_duckdb(tmp_path, config_path):
     assert t.fingerprint == dev.fingerprint and t.method == "cpu-wall" and t.software["torch"]
     assert t.date and t.calibration["fp32"]["peak_tflops"] > 0
     assert t.extra["partial"] is False
-    ok = t.ok_entries()
-    assert len(ok) > 10 and all(m.ms > 0 for m in ok)
+    timed = [m for m in t.entries if m.status in ("ok", "unstable")]
+    assert len(timed) > 10 and all(m.ms > 0 for m in timed)  # on a busy machine some are unstable
     # the estimator can use it as a shipped table
     from pis_tui.estimator import Estimator
 
     est = Estimator(dev, (), [m.to_entry() for m in t.entries], t.calibration)
-    priced = est.price(ok[0].to_op())
-    assert priced.source == "shipped" and priced.ms_per_call == ok[0].ms
+    ok = t.ok_entries()
+    if ok:
+        priced = est.price(ok[0].to_op())
+        assert priced.source == "shipped" and priced.ms_per_call == ok[0].ms
+    shaky = [m for m in timed if m.status == "unstable"]
+    if shaky:  # kept, never priced as a measurement
+        assert est.price(shaky[0].to_op()).source in ("unstable", "interpolated")
     r = _cli(["calibrate", "--gpu", "h200-sxm", "--out", str(out)], tmp_path)
     assert r.returncode == 2
 

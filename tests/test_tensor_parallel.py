@@ -13,14 +13,13 @@ import jsonschema
 import pytest
 
 from pis_tui import collectives as coll
-from pis_tui.errors import MeasureError, UserError
+from pis_tui.errors import UserError
 from pis_tui.hardware import load_gpu
 from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Collective, Gemm, ring_factor
+from pis_tui.ops import Collective, ring_factor
 from pis_tui.scenario import Scenario
 from pis_tui.taxonomy import Strategy, build_phase_ops
-from pis_tui.tensor_parallel import (check_model, heads_ok, rank_heads, valid_kv_groups,
-                                     vocab_per_rank)
+from pis_tui.tensor_parallel import check_model, heads_ok, rank_heads, valid_kv_groups
 
 GOLDEN = Path(__file__).parent / "data" / "tp1_golden.json"
 
@@ -41,8 +40,9 @@ def golden():
 
 
 def test_tp1_gives_exactly_the_op_lists_and_numbers_before_tensor_parallelism(golden):
-    """The golden file was written by the commit before TP (tests/data/make_tp1_golden.py):
-    every op list, achieved sparsity and phase latency must come out the same at tp = 1."""
+    """The golden file was written by main before TP was merged into it (f37161b,
+    tests/data/make_tp1_golden.py): every op list, achieved sparsity and phase latency (eager
+    and fused engines) must come out the same at tp = 1."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mk", GOLDEN.parent / "make_tp1_golden.py")
@@ -52,6 +52,8 @@ def test_tp1_gives_exactly_the_op_lists_and_numbers_before_tensor_parallelism(go
     from pis_tui.engine import make_estimator
 
     ests = {g: make_estimator(load_gpu(g), "bf16") for g in ("h200-sxm", "rtx-4090")}
+    ests.update({f"{g}|fused": make_estimator(load_gpu(g), "bf16", engine="fused")
+                 for g in ("h200-sxm", "rtx-4090")})
     scen = Scenario(tp=1)
     checked = 0
     for key, digest in golden["digests"].items():
@@ -62,6 +64,7 @@ def test_tp1_gives_exactly_the_op_lists_and_numbers_before_tensor_parallelism(go
             assert rows == golden["op_lists"][key], key
         assert mk.digest(rows) == digest, key
         assert po.achieved_sparsity == golden["achieved"][key], key
+        assert set(golden["latency_ms"][key]) == set(ests)
         for g, e in ests.items():
             assert e.estimate(po).latency_ms == golden["latency_ms"][key][g], (key, g)
         checked += 1
@@ -591,3 +594,24 @@ def test_validate_tp_bad_input_is_one_line_exit_2(tmp_path):
                     "static_depth", "--sparsity", "0.5", env={"PIS_TUI_NO_CUDA": "1"})
         assert r.returncode == 2 and "cannot start" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_gpu_without_interconnect_figures_is_one_line_exit_2_from_the_cli(monkeypatch, capsys):
+    """A GPU profile with no "interconnect" block (and nothing measured for it): every
+    estimating command at --tp 2 or more says so in one line, exit 2; --tp 1 is unaffected."""
+    from pis_tui import engine
+    from pis_tui.cli import main
+
+    real = engine.load_gpu
+    bare = replace(real("h200-sxm"), interconnect=None, display_name="H200 without figures")
+    monkeypatch.setattr(engine, "load_gpu", lambda name: bare if name == "h200-sxm" else real(name))
+    for argv in (["sweep", "--strategies", "static_depth", "--sparsities", "0.5"],
+                 ["ops", "--strategy", "static_depth", "--sparsity", "0.5"],
+                 ["plan", "--strategies", "static_depth", "--sparsities", "0.5"]):
+        rc = main([*argv, "--model", "llama-3.1-70b", "--gpu", "h200-sxm", "--tp", "8"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, (argv, err)
+        assert "H200 without figures has no interconnect figures" in err, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert main(["ops", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--strategy",
+                 "static_depth", "--sparsity", "0.5", "--json", "-"]) == 0

@@ -234,9 +234,9 @@ def qwen_gate_case(monkeypatch):
     pruned_gate = Gemm("gate_proj", 1024, 4224, 896, dtype="fp32")
     records = [rec(dense_gate, 156.0, loaded=True), rec(pruned_gate, 42.0, loaded=False)]
     real = engine.make_estimator
-    monkeypatch.setattr(engine, "make_estimator", lambda d, dt, cache=None, warnings=None:
+    monkeypatch.setattr(engine, "make_estimator", lambda d, dt, cache=None, warnings=None, engine="eager":
                         Estimator(d, records, (), {"fp32": {"peak_tflops": 0.137,
-                                                            "bandwidth_gbs": 20.0}}))
+                                                            "bandwidth_gbs": 20.0}}, engine=engine))
     yield spec, dev
     monkeypatch.setattr(engine, "make_estimator", real)
 

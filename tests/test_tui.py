@@ -826,6 +826,11 @@ def test_the_real_backend_shows_what_tensor_parallelism_does_to_pruning(tmp_path
         assert kept["static_width"] == pytest.approx(1.0)
         assert kept["static_depth"] < 0.6 and kept["static_width_hidden"] < 0.99
     assert tp_lines(be.compute(replace_tp(c8, 1)), "decode") is None
+    from dataclasses import replace
+
+    fused = be.compute(replace(c8, engine="fused"))  # both: the rank's kernels, fused
+    assert (fused.result.scenario.engine, fused.result.scenario.tp) == ("fused", 8)
+    assert fused.result.dense("decode").latency_ms < snap.result.dense("decode").latency_ms
     ps = be.plan(c8, PlanInputs())
     assert ps.result.tp == 8
     d = ps.result.dense

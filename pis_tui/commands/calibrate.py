@@ -85,6 +85,7 @@ def build_plan(models, device, dtype: str, quick: bool) -> list:
 
 def run(args) -> int:
     from .. import __version__, hardware, profiling, timing
+    from ..efficiency_fit import fit_efficiency
     from ..measured_table import build_table, write_table
     from ..model_spec import preset_names
     from ._store import read_local_table
@@ -137,10 +138,13 @@ def run(args) -> int:
                  "partial": partial, "conditions_at_start": state["start"],
                  "clocks_at_end": timing.read_clocks(ctx),
                  "contention": report.contention if report else {}}
+        # the analytical model's figures as these kernels reached them (a profile's block)
+        extra["efficiency"] = fit_efficiency(measured.values(), device, cal, device.display_name)
         if device.unknown:
             info = hardware.measuring_gpu()
             if info is not None:
-                extra["suggested_profile"] = _suggested_profile(hardware.unknown_gpu_profile(info, cal))
+                extra["suggested_profile"] = _suggested_profile(hardware.unknown_gpu_profile(info, cal),
+                                                                extra["efficiency"])
         table = build_table(list(measured.values()), ctx.device_info(),
                             software={**ctx.software, "runtime": ctx.runtime},
                             calibration=cal, method=ctx.method, extra=extra)
@@ -188,7 +192,7 @@ def run(args) -> int:
     return EXIT_INTERRUPTED if report.cancelled else 0
 
 
-def _suggested_profile(dev) -> dict:
+def _suggested_profile(dev, efficiency: dict) -> dict:
     """A profiles/gpus file for a GPU that has none, from what was read and measured here
     (review it, add a datasheet source for each figure, and a ``match`` string)."""
     return {"name": dev.fingerprint.split(":", 1)[1].lower().replace("_", "-"),
@@ -197,5 +201,7 @@ def _suggested_profile(dev) -> dict:
             "peak_tflops": dev.peak_tflops, "sparse_peak_tflops": dev.sparse_peak_tflops,
             "memory_bandwidth_gbs": dev.bandwidth_gbs, "memory_gb": dev.memory_gb,
             "l2_mb": {"used": dev.l2_mb, "reported_by_torch": dev.l2_mb}, "sm_count": dev.sm_count,
-            "sparse_24": dev.sparse_24, "launch_overhead_us": dev.launch_overhead_us,
+            "sparse_24": dev.sparse_24, "efficiency": efficiency or {
+                "kernel_floor_us": {"value": dev.launch_overhead_us,
+                                    "source": "assumed (no small kernel was timed)"}},
             "sources": dev.sources, "notes": dev.notes}

@@ -130,7 +130,17 @@ def add_scenario(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-batch", type=positive_int("decode batch"), default=16)
     g.add_argument("--context-len", type=positive_int("context length"), default=1024)
     g.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    add_engine(g)
     add_tp(g)
+
+
+def add_engine(p) -> None:
+    from ..scenario import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="how the serving stack launches each op's kernels: eager (transformers' "
+                        "modules, as validate builds them; default) or fused (vLLM/SGLang-style "
+                        "fused norms, rotary, SiLU·mul, merged q/k/v and gate/up)")
 
 
 def add_strategy_options(p: argparse.ArgumentParser) -> None:

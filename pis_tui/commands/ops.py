@@ -47,7 +47,8 @@ def run(args) -> int:
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     device = tensor_parallel_device(spec, device, scenario.tp)  # one rank's device
     po = build_phase_ops(spec, strat, scenario, args.phase)
-    estimator = make_estimator(device, scenario.dtype, open_cache_if_local(args, device))
+    estimator = make_estimator(device, scenario.dtype, open_cache_if_local(args, device),
+                               engine=scenario.engine)
     check_collectives(estimator, scenario.tp)
     est = estimator.estimate(po)
     if args.json_out:
@@ -56,27 +57,31 @@ def run(args) -> int:
             "achieved_sparsity": po.achieved_sparsity, "phase": args.phase, "tp": scenario.tp,
             "latency_ms": est.latency_ms, "dims": dict(po.dims), "notes": list(po.notes),
             "ops": [{**asdict(p.op), "flops": p.op.flops(), "bytes": p.op.bytes(),
-                     "ms_per_call": p.ms_per_call, "total_ms": p.total_ms, "source": p.source,
-                     "note": p.note} for p in est.ops]})
+                     "kernels": p.kernels, "ms_per_call": p.ms_per_call, "total_ms": p.total_ms,
+                     "source": p.source, "note": p.note} for p in est.ops],
+            "engine": scenario.engine})
         return 0
     from rich.markup import escape
 
     con = console()
     con.print(f"[bold]{escape(spec.name)}[/] · {strat.family} ({family_axis(strat.family)}) "
               f"asked {strat.sparsity:.1%}, achieved {po.achieved_sparsity:.1%} · "
-              f"{scenario.label(args.phase)} · {escape(device.display_name)} · {scenario.dtype}")
+              f"{scenario.label(args.phase)} · {escape(device.display_name)} · {scenario.dtype} · "
+              f"{scenario.engine} kernels")
     for k, v in po.dims:
         con.print(f"  {k}: {v}", markup=False)
     for n in po.notes:
         con.print(f"  note: {n}", markup=False)
     t = Table(title_justify="left")
-    for c in ("op", "kind", "shape", "count", "GFLOP", "MB", "ms/call", "total ms", "share", "source"):
+    for c in ("op", "kind", "shape", "count", "kernels", "GFLOP", "MB", "ms/call", "total ms", "share",
+              "source"):
         t.add_column(c, justify="left" if c in ("op", "kind", "shape", "source") else "right")
     for p in est.ops:
         o = p.op
         kind = getattr(o, "kind", o.op_type)
         t.add_row(o.name, kind if o.op_type != "attention" else "attention", o.shape(),
-                  f"{o.count:g}", f"{o.flops() / 1e9:.3f}", f"{o.bytes() / 1e6:.2f}",
+                  f"{o.count:g}", "" if p.kernels is None else str(p.kernels),
+                  f"{o.flops() / 1e9:.3f}", f"{o.bytes() / 1e6:.2f}",
                   f"{p.ms_per_call:.4f}", f"{p.total_ms:.3f}",
                   f"{p.total_ms / est.latency_ms:.1%}", p.source + (f" ({p.note})" if p.note else ""))
     con.print(t)

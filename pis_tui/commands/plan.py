@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 from ._run import add_budget_args, add_quality_args
-from .common import (add_cache, add_model_gpu, add_outputs, add_strategy_options, add_tp,
-                     positive_int)
+from .common import (add_cache, add_engine, add_model_gpu, add_outputs, add_strategy_options,
+                     add_tp, positive_int)
 
 
 def _ms(what: str):
@@ -56,6 +56,7 @@ def register(sub) -> None:
     p.add_argument("--sparsities", default=None,
                    help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
     p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    add_engine(p)
     add_tp(p)
     add_strategy_options(p)
     add_cache(p)
@@ -109,7 +110,7 @@ def run(args) -> int:
     args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
-                  cache=cache, tp=args.tp)
+                  cache=cache, engine=args.engine or "eager", tp=args.tp)
     rec = recommend_plan(result, budget, args.objective)
     for w in result.warnings:
         print(f"pis-tui: warning: {w}", file=sys.stderr)
@@ -135,7 +136,7 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
 
     m = result.workload.main
     scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
-                    result.dtype, tp=result.tp)
+                    result.dtype, engine=result.engine, tp=result.tp)
     sw = sweep(result.spec, result.device, scen, strategies, sparsities, granularity=args.granularity,
                align=args.align, quality=quality, cache=cache)
     recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph) for ph in ("prefill", "decode")}

@@ -218,6 +218,9 @@ def _run(args) -> int:
     from ..tensor_parallel import check_model
 
     _check_local(args.gpu)
+    if getattr(args, "engine", None) not in (None, "eager"):
+        raise UserError(f"--engine {args.engine}: profile times the ops' own kernels on this "
+                        "device; the engine only changes estimates (sweep, recommend, plan)")
     jsonl = args.progress_jsonl
     spec = load_model_spec(args.model)
     check_model(spec, args.tp)

@@ -51,7 +51,9 @@ def print_recommendations(con, result, recs) -> None:
     from ._tables import interval_text, legend_lines, pct, quality_cell, sparsity_text, trust_marks
 
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
-    con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
+    tp = result.scenario.tp
+    on = f"{tp} × " if tp > 1 else ""  # tensor parallelism: the figures are one rank's
+    con.print(f"[bold]{escape(result.spec.name)}[/] on {on}{escape(result.device.display_name)} · "
               f"{result.scenario.dtype} · quality: {metric}, {result.quality_protocol} protocol")
     for ph, r in recs.items():
         con.print(f"\n[bold]{ph}[/] ({result.scenario.label(ph)}), budget {pct(r.budget)}:")

@@ -166,7 +166,7 @@ def source_counts(spec, device, scenario: Scenario, strategies=None, sparsities=
     from ..taxonomy import build_phase_ops, strategies_grid
 
     opt = PlanOptions.of(options)
-    est = make_estimator(device, scenario.dtype, cache)
+    est = make_estimator(device, scenario.dtype, cache, engine=scenario.engine)
     seen: dict = {}
     for strat in strategies_grid(tuple(strategies or families.pruned()),
                                  tuple(sparsities) if sparsities else None, opt.granularity,

@@ -79,6 +79,11 @@ def _cores() -> int:
     return cpu_threads()
 
 
+#: what a single timing says about itself and the rounds keep (an estimate's reason, a failed
+#: CUDA-graph capture)
+CARRIED_CONDITIONS = ("estimated", "graph_capture")
+
+
 def combine_rounds(ms: list) -> Measurement:
     """One measurement from the rounds of an op (each round the median of its batches, each
     marked contended or not by the probe run before it; see the module's rules): the
@@ -119,7 +124,8 @@ def combine_rounds(ms: list) -> Measurement:
         reasons.append(f"its two fastest uncontended rounds differ by {agree:.0%}")
     used_loads = [getattr(m, "_load", None) for m in use]
     used_loads = [x for x in used_loads if x is not None]
-    cond = {"rounds_ms": [round(m.ms, 6) for m in ok], "contended_rounds": sum(contended),
+    carried = {k: first.conditions[k] for k in CARRIED_CONDITIONS if k in (first.conditions or {})}
+    cond = {**carried, "rounds_ms": [round(m.ms, 6) for m in ok], "contended_rounds": sum(contended),
             "loads": [None if x is None else round(x, 2) for x in loads],
             "probe_ratios": [None if x is None else round(x, 2) for x in ratios],
             # the rounds kept were taken while the load average exceeded the cores

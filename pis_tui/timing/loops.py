@@ -62,6 +62,12 @@ def time_cpu(fn, copies: int, repeats: int, warmup: int, target_s: float, max_s:
     return med * 1e3, med * 1e3, spread, len(times), ""
 
 
+#: how time_cuda's note begins when the time is not a CUDA-graph replay's (the measurement
+#: is flagged: eager launches are in it, so it is an upper bound of the graph time)
+GRAPH_CAPTURE_FAILED = "graph capture failed"
+NOT_CAPTURABLE = "not graph-capturable"
+
+
 def time_cuda(fn, copies: int, repeats: int, warmup: int, capturable: bool, target_ms: float = 2.0):
     torch = torch_module()
     Event = torch.cuda.Event
@@ -108,10 +114,10 @@ def time_cuda(fn, copies: int, repeats: int, warmup: int, capturable: bool, targ
             raise
         except Exception as ex:  # noqa: BLE001 - not capturable: fall back to eager batches
             torch.cuda.synchronize()
-            note = f"graph capture failed ({type(ex).__name__}): eager batch time"
+            note = f"{GRAPH_CAPTURE_FAILED} ({type(ex).__name__}): eager batch time"
             times = []
     else:
-        note = "not graph-capturable: eager batch time"
+        note = f"{NOT_CAPTURABLE}: eager batch time"
     if not times:
         for _ in range(repeats):
             s, e = Event(enable_timing=True), Event(enable_timing=True)

@@ -13,7 +13,7 @@ from ..ops import Attention, Elementwise, Gemm, Op
 from . import attention, elementwise, gemm
 from .case import Case, Unsupported
 from .device import DeviceContext, oom_error, torch_module
-from .loops import time_cpu, time_cuda
+from .loops import GRAPH_CAPTURE_FAILED, NOT_CAPTURABLE, time_cpu, time_cuda
 
 _TOL = {"fp32": 2e-5, "tf32": 5e-3, "bf16": 2e-2, "fp16": 5e-3}
 
@@ -185,12 +185,18 @@ def _measure_once(op: Op, ctx: DeviceContext, *, repeats, warmup, target_ms, max
         else:
             ms, eager, spread, n, tnote = time_cpu(case.fn, case.copies, repeats, warmup,
                                                     (target_ms or 10.0) / 1e3, max_op_s)
+        conditions: dict = {}
         if case.scale != 1.0:
+            # a labelled estimate (FlexAttention that did not compile: dense SDPA × block
+            # density): priced "estimated", never as a measurement of the block-sparse kernel
             ms, eager = ms * case.scale, eager * case.scale
+            conditions["estimated"] = note or "a measured time scaled, not the op's own kernel"
+        if tnote.startswith((GRAPH_CAPTURE_FAILED, NOT_CAPTURABLE)):
+            conditions["graph_capture"] = tnote  # eager launches included: an upper bound
         notes = [s for s in (note, tnote, f"flex compile {compile_s:.1f} s" if compile_s else "",
                              f"{case.copies} rotated copies" if case.copies > 1 else "") if s]
         return _measurement(op, ctx, ms=ms, eager_ms=eager, spread=spread, repeats=n,
-                            status="ok", note="; ".join(notes))
+                            status="ok", note="; ".join(notes), conditions=conditions)
     finally:
         del case
         if ctx.is_cuda:

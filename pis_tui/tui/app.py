@@ -53,7 +53,7 @@ Screen { layout: vertical; }
 TabbedContent { height: 1fr; }
 TabPane { padding: 0; }
 .charts { height: 1fr; }
-#gap-summary { height: auto; max-height: 8; padding: 0 1; }  /* + TP's lines */
+#gap-summary { height: auto; max-height: 10; padding: 0 1; }  /* + TP's lines (wrapped) */
 #recs { height: auto; }
 #bottom { height: 1; background: $boost; }
 #status { height: 1; width: 1fr; padding: 0 1; color: $text-muted; }
@@ -498,7 +498,8 @@ class PisApp(App):
         r = snap.result
         budget = f"budget {pct(snap.choices.active_budget)}"
         tp = f"{r.scenario.tp} × " if r.scenario.tp > 1 else ""  # tensor parallelism: the GPUs
-        self._subtitles = [f"{r.spec.name} · {tp}{r.device.display_name} · {r.scenario.dtype} · {budget}",
+        self._subtitles = [f"{r.spec.name} · {tp}{r.device.display_name} · {r.scenario.dtype} "
+                           f"{r.scenario.engine} · {budget}",
                            f"{r.spec.name} · {tp}{snap.choices.gpu} · {r.scenario.dtype} · {budget}",
                            f"{r.spec.name} · {budget}"]
         self._fit_header()

@@ -22,15 +22,17 @@ from typing import Optional
 
 from ..display import timings_label
 from ..errors import PisError, UserError
+from ..scenario import ENGINES
+from ..tensor_parallel import DEGREES as TP_DEGREES  # tensor parallelism: the GPUs of one node
 
 PHASES = ("prefill", "decode")
 QUALITY_SOURCES = ("priors", "csv", "measured")
 PROTOCOLS = ("lora", "training-free")
 DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8")
+ENGINE_LABELS = (("eager (transformers' modules)", "eager"), ("fused (vLLM / SGLang kernels)", "fused"))
 SETTINGS_KEY = "tui.last_choices"
 MAX_BUDGET = 0.50  # accuracy drop on screen: 0-50 %
 MAX_PPL_BUDGET = 1.00  # relative perplexity increase: 0-100 %
-TP_DEGREES = (1, 2, 4, 8)  # pis_tui.tensor_parallel.DEGREES (kept here: nothing to import)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Choices:
     quality: str = "priors"  # priors | csv | measured
     quality_csv: str = ""
     dtype: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+    engine: str = "eager"  # the execution profile (pis_tui.execution)
     tp: int = 1  # tensor parallelism over this many GPUs of one node (1: one GPU)
 
     @property
@@ -100,6 +103,8 @@ class Choices:
             out = replace(out, protocol="lora")
         if out.dtype not in DTYPES:
             out = replace(out, dtype="auto")
+        if out.engine not in ENGINES:
+            out = replace(out, engine="eager")
         if out.tp not in TP_DEGREES:
             out = replace(out, tp=1)
         return out
@@ -383,7 +388,7 @@ class Backend:
         with _blame("scenario"):
             scenario = Scenario(prefill_batch=choices.prefill_batch, prompt_len=choices.prompt_len,
                                 decode_batch=choices.decode_batch, context_len=choices.context_len,
-                                dtype=dtype, tp=choices.tp)
+                                dtype=dtype, engine=choices.engine, tp=choices.tp)
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
@@ -444,7 +449,8 @@ class Backend:
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
             result = plan(spec, device, workload, dtype=dtype, quality=quality,
-                          cache=cache if device.is_local else None, tp=choices.tp)
+                          cache=cache if device.is_local else None, engine=choices.engine,
+                          tp=choices.tp)
         rec = self.rank_plan(result, choices.active_budget, inputs.objective)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
 

@@ -56,7 +56,7 @@ class OpsScreen(ModalScreen):
         t.append(f"{r.spec.name}", style="bold")
         t.append(f" · {p.strategy} ({families.get(p.strategy).axis if families.is_family(p.strategy) else '?'}) asked {pct(p.sparsity)}, "
                  f"achieved {pct(p.achieved_sparsity)} · {r.scenario.label(p.phase)} · "
-                 f"{r.device.display_name} · {r.scenario.dtype}\n")
+                 f"{r.device.display_name} · {r.scenario.dtype} · {r.scenario.engine} kernels\n")
         t.append(f"latency {latency(p.latency_ms)} vs dense {latency(p.dense_latency_ms)} → "
                  f"{speed(p.speedup)} (FLOPs predict {speed(p.flops_speedup)}) · quality loss "
                  f"{loss_text(p.quality)} · timing {p.timing_source}\n", style="bold")
@@ -70,7 +70,8 @@ class OpsScreen(ModalScreen):
 
     def on_mount(self) -> None:
         t = self.query_one(DataTable)
-        for c in ("op", "kind", "shape", "count", "GFLOP", "MB", "ms/call", "total ms", "share", "", "source"):
+        for c in ("op", "kind", "shape", "count", "kernels", "GFLOP", "MB", "ms/call", "total ms", "share",
+                  "", "source"):
             t.add_column(c, key=c or "bar")
         self._fill()
         t.focus()
@@ -91,7 +92,8 @@ class OpsScreen(ModalScreen):
             o = po.op
             kind = "attention" if o.op_type == "attention" else getattr(o, "kind", o.op_type)
             share = po.total_ms / total
-            t.add_row(o.name, kind, o.shape(), f"{o.count:g}", f"{o.flops() / 1e9:.3f}",
+            t.add_row(o.name, kind, o.shape(), f"{o.count:g}",
+                      "" if po.kernels is None else str(po.kernels), f"{o.flops() / 1e9:.3f}",
                       f"{o.bytes() / 1e6:.2f}", f"{po.ms_per_call:.4f}", f"{po.total_ms:.3f}",
                       pct(share), _bar(share), po.source + (f" ({po.note})" if po.note else ""),
                       key=str(i))

@@ -1,5 +1,5 @@
 """The setup sidebar: model, GPU, budget, scenario (tensor parallelism too), quality protocol
-and source, dtype.
+and source, dtype, kernels (the engine).
 
 It owns the user's :class:`~pis_tui.tui.backend.Choices` and posts
 :class:`SetupPanel.Changed` with the new choices whenever one field settles (typed numbers
@@ -19,7 +19,7 @@ from textual.widgets import Input, Label, Select, Static
 
 from ..errors import PisError
 from ..model_spec import preset_names
-from .backend import DTYPES, MAX_BUDGET, MAX_PPL_BUDGET, Choices
+from .backend import DTYPES, ENGINE_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices
 from .budget_control import BudgetControl
 
 SCENARIO_FIELDS = (("prefill-batch", "prefill_batch", "batch"), ("prompt-len", "prompt_len", "prompt"),
@@ -94,6 +94,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         yield Select([(d if d != "auto" else "auto (bf16 GPU / fp32 CPU)", d) for d in DTYPES],
                      value=c.dtype, allow_blank=False, compact=True, id="dtype")
         yield Static("", id="dtype-error", classes="error")
+        yield Label("Kernels", classes="section")
+        yield Select(list(ENGINE_LABELS), value=c.engine, allow_blank=False, compact=True, id="engine")
         yield Static("m: measure on the local device", id="measure-info", classes="info")
 
     def on_mount(self) -> None:
@@ -125,7 +127,7 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         self.choices = choices
         for wid, val in (("#model", choices.model), ("#gpu", choices.gpu),
                          ("#protocol", choices.protocol), ("#quality-source", choices.quality),
-                         ("#dtype", choices.dtype), ("#tp", choices.tp)):
+                         ("#dtype", choices.dtype), ("#tp", choices.tp), ("#engine", choices.engine)):
             s = self.query_one(wid, Select)
             if wid == "#model" and not any(v == val for _, v in self._model_options):
                 self._model_options = self._model_options + [(f"{val}  (typed)", val)]
@@ -214,6 +216,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         elif wid == "tp":
             self.set_error("scenario", "")
             self._post(replace(c, tp=int(event.value)), "scenario")
+        elif wid == "engine":
+            self._post(replace(c, engine=str(event.value)), "dtype")
 
     def on_budget_control_changed(self, event: BudgetControl.Changed) -> None:
         event.stop()

@@ -56,7 +56,7 @@ def validate_tp(model, strategies: list, phases=("prefill", "decode"), *, tp: in
     the per-rank prediction (see the module docs).  Returns :class:`ValidationRow` s with the
     tensor-parallel figures in their notes and :func:`tp_extra` (``row.tp``)."""
     from .. import hardware
-    from ..collectives import CollectivePricer, backend_of, collective_ms
+    from ..collectives import CollectivePricer, collective_ms
     from ..estimator import Estimator
     from ..layer_ops import overhead_phase
     from ..ops import Collective, Overhead

@@ -102,7 +102,7 @@ def _pct(x: float) -> str:
 
 
 def report(meta: dict, runs: list) -> str:
-    out = [f"# validate_tp2_cpu: tensor parallelism over 2 gloo ranks, predicted vs measured\n",
+    out = ["# validate_tp2_cpu: tensor parallelism over 2 gloo ranks, predicted vs measured\n",
            f"{meta['model']}, {meta['dtype']}, `validate --tp 2` ({meta['backend']} over loopback, "
            f"one core a rank of {meta['cores']}), prefill {meta['prefill']}, decode "
            f"{meta['decode']}; {', '.join(meta['families'])} at {meta['sparsity']:g}; "

@@ -1,16 +1,16 @@
 """Writes tests/data/tp1_golden.json: the op lists and numbers of pis-tui before tensor
 parallelism (issue 19), which ``--tp 1`` must reproduce exactly (tests/test_tensor_parallel.py).
 
-Run with the checkout to take the figures from on PYTHONPATH, e.g. for the commit before
-issue 19::
+Run with the checkout to take the figures from on PYTHONPATH: main before issue 19 was merged
+into it (f37161b: issue 16's kernel-level estimates, --engine eager|fused)::
 
-    git archive 4b4ad3c | tar -x -C /tmp/pis-main
+    git archive f37161b | tar -x -C /tmp/pis-main
     PYTHONPATH=/tmp/pis-main python tests/data/make_tp1_golden.py tests/data/tp1_golden.json
 
 Op lists: every op's name, key and count for qwen2.5-0.5b (every family at 0.25 and 0.5,
 both phases, granularity layer and sublayer); a digest of the same for llama-3.1-8b and
 llama-3.1-70b.  Numbers: each phase's latency on h200-sxm and on rtx-4090 (roofline: no
-shipped tables), the sweep's points for llama-3.1-8b on h200-sxm (speedup, interval,
+shipped tables) under the eager engine (keyed by the GPU) and the fused one ("GPU|fused"), the sweep's points for llama-3.1-8b on h200-sxm (speedup, interval,
 ceiling), and the plan of llama-3.1-8b on h200-sxm for the chat workload.
 """
 
@@ -42,6 +42,7 @@ def main(out: str) -> None:
     scen = Scenario()
     gpus = {g: load_gpu(g) for g in ("h200-sxm", "rtx-4090")}
     ests = {g: make_estimator(d, "bf16") for g, d in gpus.items()}
+    ests.update({f"{g}|fused": make_estimator(d, "bf16", engine="fused") for g, d in gpus.items()})
     for model in ("qwen2.5-0.5b", "llama-3.1-8b", "llama-3.1-70b"):
         spec = load_model_spec(model)
         for fam in families.names():
