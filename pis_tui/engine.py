@@ -15,9 +15,10 @@ from importlib import metadata
 from typing import Callable, Iterable, Optional
 
 from . import __version__
+from . import collectives
 from .errors import PisError, UserError
 from .estimator import Estimator
-from .hardware import DeviceProfile, load_gpu
+from .hardware import DeviceProfile, load_gpu, rank_device
 from .measured_table import load_shipped
 from .memory_fit import footprint
 from .model_spec import ModelSpec, load_model_spec
@@ -25,6 +26,7 @@ from .results import PhaseEstimate, Point, QualityEstimate
 from .scenario import PHASES, Scenario
 from . import families, uncertainty
 from .taxonomy import build_phase_ops, strategies_grid
+from .tensor_parallel import check_model
 
 
 @dataclass
@@ -117,7 +119,8 @@ def make_estimator(device: DeviceProfile, dtype: str, cache=None,
     """An estimator for `device` with what is known about it: cached measurements (local
     device), the measured table shipped for that GPU (read and checked by
     ``measured_table.load_shipped``: a table that cannot be used adds a line to ``warnings``),
-    the measured peak/bandwidth (the cache's, else the shipped table's)."""
+    the measured peak/bandwidth (the cache's, else the shipped table's), and the collectives
+    measured on it (tensor parallelism: ``collective_pricer``, see :mod:`pis_tui.collectives`)."""
     measured: Iterable = ()
     calibration: dict = {}
     if cache is not None:
@@ -135,7 +138,11 @@ def make_estimator(device: DeviceProfile, dtype: str, cache=None,
             device = with_table_efficiency(device, table)
             if dtype not in calibration and (table.calibration or {}).get(dtype):
                 calibration[dtype] = dict(table.calibration[dtype], source=f"shipped table {device.measured_table}")
-    return Estimator(device, measured, shipped, calibration, engine=engine)
+    est = Estimator(device, measured, shipped, calibration, engine=engine)
+    rows = cache.get_collectives(device.fingerprint) if cache is not None and \
+        hasattr(cache, "get_collectives") else ()
+    est.collective_pricer = collectives.CollectivePricer(device, rows)
+    return est
 
 
 def with_table_efficiency(device: DeviceProfile, table) -> DeviceProfile:
@@ -156,6 +163,19 @@ def with_table_efficiency(device: DeviceProfile, table) -> DeviceProfile:
     return replace(device, efficiency={**device.efficiency, **vals},
                    efficiency_sources={**device.efficiency_sources, **srcs},
                    launch_overhead_us=floor)
+
+
+def tensor_parallel_device(spec: ModelSpec, device: DeviceProfile, tp: int) -> DeviceProfile:
+    """The device one rank of ``tp`` runs on (``hardware.rank_device``), once the model's heads
+    and channels are known to split over them (else one clear UserError)."""
+    check_model(spec, tp)
+    return rank_device(device, tp)
+
+
+def check_collectives(est: Estimator, tp: int) -> None:
+    """The collectives of ``tp`` ranks can be priced on the estimator's device (measured, or
+    its profile's interconnect figures), else one clear UserError."""
+    collectives.check(est.device, tp, collectives.pricer(est))
 
 
 def resolve(model, gpu) -> tuple[ModelSpec, DeviceProfile]:
@@ -183,12 +203,14 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     scenario = scenario or Scenario(dtype=default_dtype(device))
     check_dtype(device, scenario.dtype)
     notices: list[str] = []
+    device = tensor_parallel_device(spec, device, scenario.tp)  # one rank's device
     est = make_estimator(device, scenario.dtype, cache, notices, scenario.engine)
     from .quality import combo_estimate, remember_params
 
     if quality is not None:
         remember_params(spec.name, spec.total_params() / 1e9)
 
+    check_collectives(est, scenario.tp)
     grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align,
                            None if combo_sparsities is None else tuple(combo_sparsities))

@@ -23,6 +23,9 @@ An unmeasured overhead op is reported with source ``roofline`` but does not lowe
 ``timing_source`` (its zero is the methodology on a GPU); on a CPU the estimate then carries a
 note that the overhead was not measured.
 
+Collectives (tensor parallelism's all-reduces) are priced by :mod:`pis_tui.collectives`, which
+``price`` hands them to.
+
 No torch, no DuckDB: measurements arrive as plain records (key, op dict, ms, status).
 """
 
@@ -33,9 +36,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
-from . import execution, sources
+from . import collectives, execution, sources
 from .hardware import DeviceProfile, efficiency
-from .ops import Attention, Elementwise, Gemm, Op, Overhead, kernel_of, op_from_dict
+from .ops import Attention, Collective, Elementwise, Gemm, Op, Overhead, kernel_of, op_from_dict
 from .results import PhaseEstimate, PricedOp
 
 M_REACH = math.log(2.0)  # extrapolate a (N, K) pair's utilization at most 2× past its M range
@@ -135,6 +138,8 @@ class Estimator:
         priced cost (the same code path runs it in the dense and the pruned model)."""
         if isinstance(op, Overhead):
             return self.price(op).ms_per_call
+        if isinstance(op, Collective):  # tensor parallelism: pis_tui.collectives
+            return collectives.pricer(self).work_ms(op)
         return self._cost(kernel_of(op, sparse_24=self.device.sparse_24), "dense", None, ideal=True)
 
     def _gemm_ms(self, op: Gemm) -> float:
@@ -222,7 +227,11 @@ class Estimator:
         interpolated: from its stable neighbours where they reach, else at its own time,
         labelled ``unstable``.  ``family`` and ``phase`` pick the op's kernels in the
         execution profile.  Under the fused engine an elementwise op's measurements (the eager
-        kernels the device timed) do not apply: it is priced from the fused kernels."""
+        kernels the device timed) do not apply: it is priced from the fused kernels.  A
+        collective (tensor parallelism) is priced by :mod:`pis_tui.collectives` (measured
+        through torch.distributed, else the interconnect), one kernel under either engine."""
+        if isinstance(op, Collective):
+            return collectives.pricer(self).price(op)
         if isinstance(op, Overhead):
             hit = self._exact.get(op.key())
             if hit and hit[0].status in ("ok", "unstable") and hit[0].ms and self.device.kind == "cpu":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import families
+from .collectives import collective_ms
 from .engine import SweepResult
 from .families import MAX_SPARSITY
 from .pareto import EXTRAPOLATED_RULE, TIE_RULE
@@ -91,6 +92,8 @@ def point_dict(p: Point, result: SweepResult) -> dict:
         "speedup_ceiling": _r(p.ceiling),
         "trust_flags": list(p.flags),
         "notes": list(e.notes),
+        "collectives_ms": _r(collective_ms(e)),
+        "dense_collectives_ms": _r(collective_ms(result.dense(p.phase))),
     }
 
 
@@ -215,7 +218,9 @@ def served_dict(s) -> Optional[dict]:
             "e2e_ms": _r(s.e2e_ms), "throughput_tok_s": _r(s.throughput_tok_s, 3),
             "decode_tok_s": _r(s.decode_tok_s, 3), "memory_gb": _gb(s.memory_bytes),
             "fits": s.fits, "meets_targets": not s.misses, "misses": list(s.misses),
-            "timing_source": s.timing_source}
+            "timing_source": s.timing_source,
+            "ttft_collectives_ms": _r(s.ttft_collectives_ms),
+            "tpot_collectives_ms": _r(s.tpot_collectives_ms)}
 
 
 def candidate_dict(c, result, rec) -> dict:
@@ -310,6 +315,7 @@ def plan_dict(result, rec) -> dict:
 
     return {
         "objective": rec.objective,
+        "tp": getattr(result, "tp", 1),
         "budget": _r(rec.budget),
         "quality_metric": result.quality_metric,
         "quality_protocol": result.quality_protocol,

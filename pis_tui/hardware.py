@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional
@@ -51,6 +52,13 @@ class DeviceProfile:
     efficiency: dict = field(default_factory=dict, hash=False, compare=False)
     efficiency_by_engine: dict = field(default_factory=dict, hash=False, compare=False)
     efficiency_sources: dict = field(default_factory=dict, hash=False, compare=False)
+    #: the link between the GPUs of one node (tensor parallelism): the profile's
+    #: "interconnect" block (kind, label, bandwidth_gbs per direction, latency_us, max_gpus,
+    #: sources); None where the profile has none (see pis_tui.collectives)
+    interconnect: Optional[dict] = field(default=None, hash=False, compare=False)
+    #: the tensor-parallel degree this profile is one rank of (the local CPU's threads shared
+    #: out by :func:`rank_device`); 1 for a whole device
+    ranks: int = 1
 
     def peak(self, dtype: str, sparse: bool = False) -> float:
         """Peak FLOP/s for a dtype (dense unless sparse=True)."""
@@ -69,6 +77,7 @@ class DeviceProfile:
             "bandwidth_gbs": self.bandwidth_gbs, "memory_gb": self.memory_gb,
             "l2_mb": self.l2_mb, "sm_count": self.sm_count, "sparse_24": self.sparse_24,
             "fingerprint": self.fingerprint, "measured_table": self.measured_table,
+            "interconnect": self.interconnect,
         }
 
 
@@ -128,6 +137,7 @@ def profile_from_dict(d: dict) -> DeviceProfile:
         fingerprint=d.get("fingerprint", "profile:" + d["name"]), sources=d.get("sources", {}),
         notes=d.get("notes", ""), measured_table=d.get("measured_table"),
         efficiency=eff, efficiency_by_engine=by_engine, efficiency_sources=eff_src,
+        interconnect=d.get("interconnect"),
     )
 
 
@@ -162,6 +172,15 @@ def _cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (OMP_NUM_THREADS aside): how many ranks of a
+    tensor-parallel group can each have one."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
 
 
 def cpu_threads() -> int:
@@ -592,8 +611,8 @@ def _cpu_nominal_peak(threads: int) -> tuple[float, str]:
 _PINNED: dict = {}
 
 
-def _cpu_profile() -> DeviceProfile:
-    threads = cpu_threads()
+def _cpu_profile(threads: Optional[int] = None) -> DeviceProfile:
+    threads = threads or cpu_threads()
     model = _cpu_model()
     peak, src = _cpu_nominal_peak(threads)
     return DeviceProfile(
@@ -665,6 +684,44 @@ def measuring_gpu() -> Optional[CudaInfo]:
     """What torch reported about the GPU :func:`measuring_device` chose (None on a CPU)."""
     measuring_device()
     return _PINNED.get("gpu")
+
+
+def rank_device(device: DeviceProfile, tp: int) -> DeviceProfile:
+    """The device one rank of a tensor-parallel group of ``tp`` runs on: the device itself on
+    a GPU (a rank is a GPU); on the local CPU its cores shared out, ``threads // tp`` threads
+    a rank (fingerprint ``…:<threads>t``: what ``profile --tp`` and ``validate --tp`` measure
+    each rank's ops on, see :func:`rank_threads`)."""
+    if tp == 1 or device.kind != "cpu" or not device.is_local or device.ranks == tp:
+        return device
+    from dataclasses import replace
+
+    base = device if device.ranks == 1 else _cpu_profile()
+    share = _cpu_profile(max(1, base.sm_count // tp))
+    return replace(share, ranks=tp, display_name=share.display_name.replace(
+        "local CPU)", f"a rank of {tp}, local CPU)"))
+
+
+@contextmanager
+def rank_threads(tp: int):
+    """Within the block this process measures as one rank of ``tp`` on the CPU: the local
+    device has ``threads // tp`` threads (OMP_NUM_THREADS, read by :func:`cpu_threads`), so
+    its measurements are keyed by :func:`rank_device`'s fingerprint.  No-op at tp = 1 or on a
+    GPU."""
+    if tp == 1 or local_device().kind != "cpu":
+        yield 0
+        return
+    old = os.environ.get("OMP_NUM_THREADS")
+    share = max(1, cpu_cores() // tp)
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    _clear_local()
+    try:
+        yield share
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+        _clear_local()
 
 
 def _mem_gb() -> float:

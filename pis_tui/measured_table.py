@@ -44,6 +44,10 @@ FORMAT = "pis-tui-measured/1"
 #: timing methods and their current versions (bump a version when the way a method times
 #: changes; the cache then ignores older measurements instead of mixing them in).
 METHOD_VERSIONS = {"cuda-graph": 1, "cpu-wall": 4}
+#: collectives (tensor parallelism) timed through torch.distributed: the method's version keys
+#: the cache's collective_timings (pis_tui.timing.collectives says how)
+COLLECTIVE_METHOD = "torch-distributed"
+COLLECTIVE_METHOD_VERSION = 1
 
 METHOD_DOCS = {
     "cuda-graph": (

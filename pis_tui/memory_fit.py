@@ -12,6 +12,10 @@ is a number about nothing: the sweep reports the footprint and says when it does
 
 Activations and the framework's workspace come on top; a footprint over 90 % of the
 device's memory is flagged as tight.
+
+Under tensor parallelism over ``tp`` ranks every GPU holds one rank's share: its shards of the
+weights (from the rank's dense op list: sharded GEMMs, its rows of the embedding) and its KV
+heads (kv/tp, at least one: replicated beyond tp = kv); the fit is checked against one GPU.
 """
 
 from __future__ import annotations
@@ -26,25 +30,56 @@ def kv_bytes_per_token(spec, dtype: str) -> int:
     return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max(2, dtype_bytes(dtype))
 
 
+def rank_kv_bytes_per_token(spec, dtype: str, tp: int) -> int:
+    """KV-cache bytes per token one rank of ``tp`` holds (its KV heads, at least one)."""
+    from .tensor_parallel import rank_heads
+
+    kvh = rank_heads(spec.num_heads, spec.num_kv_heads, tp)[1]
+    return 2 * spec.num_layers * kvh * spec.head_dim * max(2, dtype_bytes(dtype))
+
+
+def rank_weight_bytes(spec, scenario) -> float:
+    """Bytes of the dense model's weights one rank of ``scenario.tp`` holds."""
+    from dataclasses import replace
+
+    from .taxonomy import Strategy, build_phase_ops
+
+    scen = replace(scenario, prefill_batch=1, prompt_len=1)
+    return weight_bytes(build_phase_ops(spec, Strategy("dense"), scen, "prefill").ops, spec,
+                        scenario.dtype)
+
+
 def footprint(spec, device, scenario) -> dict:
-    """Bytes (in GB) the dense model needs per phase, against the device's memory."""
+    """Bytes (in GB) the dense model needs per phase, against the device's memory (one rank's
+    against one GPU under tensor parallelism: ``per_rank``)."""
+    tp = getattr(scenario, "tp", 1)
     weights = spec.total_params() * dtype_bytes(scenario.dtype) / GB
     per_tok = kv_bytes_per_token(spec, scenario.dtype) / GB
     kv = {"prefill": scenario.prefill_batch * scenario.prompt_len * per_tok,
           "decode": scenario.decode_batch * scenario.context_len * per_tok}
     cap = float(device.memory_gb or 0.0)
+    out = {"weights_gb": round(weights, 3), "kv_cache_gb": {ph: round(v, 3) for ph, v in kv.items()},
+           "device_gb": cap, "tp": tp}
+    if tp > 1:  # what one GPU holds
+        weights = rank_weight_bytes(spec, scenario) / GB
+        per_tok = rank_kv_bytes_per_token(spec, scenario.dtype, tp) / GB
+        kv = {"prefill": scenario.prefill_batch * scenario.prompt_len * per_tok,
+              "decode": scenario.decode_batch * scenario.context_len * per_tok}
+        out["per_rank"] = {"weights_gb": round(weights, 3),
+                           "kv_cache_gb": {ph: round(v, 3) for ph, v in kv.items()}}
     need = {ph: weights + kv[ph] for ph in kv}
-    return {"weights_gb": round(weights, 3), "kv_cache_gb": {ph: round(v, 3) for ph, v in kv.items()},
-            "device_gb": cap,
-            "fits": {ph: (cap <= 0 or need[ph] <= cap) for ph in need},
-            "warnings": fit_warnings(spec, device, scenario, weights, kv, cap)}
+    out["fits"] = {ph: (cap <= 0 or need[ph] <= cap) for ph in need}
+    out["warnings"] = fit_warnings(spec, device, scenario, weights, kv, cap)
+    return out
 
 
 def fit_warnings(spec, device, scenario, weights: float, kv: dict, cap: float) -> list[str]:
     if cap <= 0:
         return []
     out = []
-    name = device.display_name
+    tp = getattr(scenario, "tp", 1)
+    name = device.display_name + (f" (one of {tp} ranks: its share of the weights and KV cache)"
+                                  if tp > 1 else "")
     if weights > cap:
         out.append(f"{spec.name} does not fit on the {name}: its {scenario.dtype} weights alone are "
                    f"{weights:.0f} GB of {cap:.0f} GB (these figures assume it would; pruning by "

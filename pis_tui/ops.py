@@ -1,6 +1,10 @@
 """The op vocabulary of a transformer forward pass: what the taxonomy produces,
 what timing measures, what the estimator prices and what the cache keys on.
 
+Tensor parallelism (``Scenario.tp``) makes the op list one rank's: GEMMs of its shards and the
+:class:`Collective` s that join them (all-reduce, all-gather), priced by
+:mod:`pis_tui.collectives` and measured through torch.distributed (:mod:`pis_tui.timing.collectives`).
+
 Pure data: no torch, no I/O. Every op is a small frozen dataclass with
 
 * ``count``  – how many times it runs in the phase (layers × per-layer uses);
@@ -56,6 +60,11 @@ class Gemm:
     dtype: str = "bf16"
     kind: str = "dense"
     density: float = 1.0  # share of non-zero weights (1 dense, 0.5 for 2:4)
+    #: tensor parallelism: how many distinct shards of this weight the ranks hold together
+    #: (a column- or row-parallel linear: the degree; KV heads replicated over the ranks:
+    #: fewer; a weight every rank holds whole: 1).  Not part of the kernel (``key``): a rank
+    #: runs the GEMM of its shard.  The model's parameters are the shard's times this.
+    shards: int = 1
     op_type: str = field(default="gemm", init=False)
 
     def flops(self) -> float:
@@ -224,7 +233,69 @@ class Overhead:
         return f"{self.kind} ({self.phase})"
 
 
-Op = Union[Gemm, Attention, Elementwise, Overhead]
+#: collective kinds (tensor parallelism) and their ring factors: the share of the message each
+#: rank sends over its link (nccl-tests' "busbw" factor): an all-reduce (reduce-scatter then
+#: all-gather) 2(n−1)/n, an all-gather (n−1)/n
+COLLECTIVE_KINDS = ("all_reduce", "all_gather")
+
+
+def ring_factor(kind: str, world: int) -> float:
+    """Bytes a rank moves over its link per byte of the message, for a ring over ``world``."""
+    if world <= 1:
+        return 0.0
+    if kind == "all_reduce":
+        return 2.0 * (world - 1) / world
+    if kind == "all_gather":
+        return (world - 1) / world
+    raise ValueError(f"unknown collective {kind!r}; known: {', '.join(COLLECTIVE_KINDS)}")
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A collective over the ``world`` ranks of a tensor-parallel group (torch.distributed:
+    NCCL on GPUs, gloo on the CPU).
+
+    ``elems`` is the message: the elements of the tensor every rank holds when it is done (an
+    all-reduce of M × hidden: M·hidden; an all-gather of the lm_head's logits: batch × the
+    padded vocabulary).  ``bytes()`` is that tensor's size, what the cache keys measurements
+    by; ``bus_bytes()`` what each rank sends over its link in a ring (× :func:`ring_factor`).
+    No FLOPs (the additions of a reduction are not GEMM work)."""
+
+    name: str
+    kind: str
+    elems: int
+    world: int
+    count: float = 1.0
+    dtype: str = "bf16"
+    op_type: str = field(default="collective", init=False)
+
+    def flops(self) -> float:
+        return 0.0
+
+    def effective_flops(self) -> float:
+        return 0.0
+
+    def bytes(self) -> float:
+        return float(self.elems * dtype_bytes(self.dtype))
+
+    def bus_bytes(self) -> float:
+        return self.bytes() * ring_factor(self.kind, self.world)
+
+    def key(self) -> str:
+        return f"coll:{self.kind}:{self.dtype}:w{self.world}:{self.elems}"
+
+    def shape(self) -> str:
+        return f"{self.kind} {_size(self.bytes())} over {self.world} ranks"
+
+
+def _size(b: float) -> str:
+    for unit, f in (("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if b >= f:
+            return f"{b / f:.4g} {unit}"
+    return f"{b:.0f} B"
+
+
+Op = Union[Gemm, Attention, Elementwise, Overhead, Collective]
 
 
 def op_from_dict(d: dict) -> Op:
@@ -232,7 +303,7 @@ def op_from_dict(d: dict) -> Op:
     d = dict(d)
     t = d.pop("op_type")
     cls = {"gemm": Gemm, "attention": Attention, "elementwise": Elementwise,
-           "overhead": Overhead}[t]
+           "overhead": Overhead, "collective": Collective}[t]
     return cls(**d)
 
 
@@ -248,6 +319,7 @@ def kernel_of(op: Op, *, sparse_24: bool = True) -> Op:
 
 def measuring_form(op: Op) -> Op:
     """The kernel call timed for an op: one call (count 1) of :func:`kernel_of` (the key
-    ignores names)."""
-    return replace(kernel_of(op), count=1.0)
+    ignores names; a GEMM's shards are one rank's kernel all the same)."""
+    k = replace(kernel_of(op), count=1.0)
+    return replace(k, shards=1) if isinstance(k, Gemm) and k.shards != 1 else k
 

@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from . import memory_fit, sources
-from .engine import (check_dtype, default_dtype, default_strategies, make_estimator, resolve,
-                     software_versions)
+from .engine import (check_collectives, check_dtype, default_dtype, default_strategies,
+                     make_estimator, resolve, software_versions, tensor_parallel_device)
 from .errors import UserError
 from .pareto import beats_dense, frontier, rank_key, tie_ranked
 from .results import Point, PricedOp, QualityEstimate, strategy_key
@@ -131,8 +131,8 @@ def mean_step(step: Callable[[int], float], prompt_len: int, output_len: int,
 class _Pricer:
     """Phase estimates for one plan, each op list built once and each op priced once."""
 
-    def __init__(self, spec, dtype: str, estimator, engine: str = "eager"):
-        self.spec, self.dtype, self.engine = spec, dtype, engine
+    def __init__(self, spec, dtype: str, estimator, engine: str = "eager", tp: int = 1):
+        self.spec, self.dtype, self.engine, self.tp = spec, dtype, engine, tp
         self.est = estimator
         self._ops: dict = {}
         self._estimates: dict = {}
@@ -162,9 +162,9 @@ class _Pricer:
         po = self._ops.get(key)
         if po is None:
             if phase == "prefill":
-                scen = Scenario(batch, length, 1, length, self.dtype, self.engine)
+                scen = Scenario(batch, length, 1, length, self.dtype, self.engine, tp=self.tp)
             else:
-                scen = Scenario(1, length, batch, length, self.dtype, self.engine)
+                scen = Scenario(1, length, batch, length, self.dtype, self.engine, tp=self.tp)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
@@ -193,6 +193,10 @@ class Served:
     misses: tuple[str, ...]  # the targets missed, in words
     timing_source: str
     output_len: int
+    #: tensor parallelism: the time one rank spends in collectives (its all-reduces and the
+    #: logits' all-gather) in the batch's prefill and in the mean decode step (0 at tp 1)
+    ttft_collectives_ms: float = 0.0
+    tpot_collectives_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -262,6 +266,15 @@ class Candidate:
         """End-to-end latency of a request at the workload's concurrency (mean over the mix)."""
         return self._mean("e2e_ms")
 
+    @property
+    def tpot_collectives_ms(self) -> float:
+        """Tensor parallelism: one rank's collectives in the mean decode step (mean over the mix)."""
+        return self._mean("tpot_collectives_ms")
+
+    @property
+    def ttft_collectives_ms(self) -> float:
+        return self._mean("ttft_collectives_ms")
+
     def at_max_batch(self, attr: str) -> Optional[float]:
         """A share-weighted figure at each class's largest good batch (None: a class has none)."""
         if any(c.at_max_batch is None for c in self.classes):
@@ -314,6 +327,9 @@ class PlanResult:
     provenance: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
     priced_kernels: int = 0
+    #: tensor parallelism: the candidates are served over this many GPUs; their timings, weights,
+    #: KV cache and sequences that fit are one rank's (one GPU's)
+    tp: int = 1
 
     @property
     def dense(self) -> Candidate:
@@ -357,23 +373,29 @@ class PlanRecommendation:
 def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] = None,
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
          dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
-         combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager") -> PlanResult:
+         combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager",
+         tp: int = 1) -> PlanResult:
     """Every candidate (dense, then every family × sparsity and every combination × its parts'
     grid: ``strategies`` None every registered family and combination, ``sparsities`` None
     each family's default grid, ``combo_sparsities`` None the coarse combination grid) priced
-    for ``workload``.
+    for ``workload`` (``tp``: one rank's share of a tensor-parallel deployment).
 
     ``quality``: a quality model (``estimate(model, strategy, sparsity)``) or None;
     ``estimator``: anything with ``estimate(phase_ops)`` (default: the engine's for the device,
-    the dtype and ``cache``)."""
+    the dtype and ``cache``); ``tp``: tensor parallelism over that many GPUs (one rank's
+    timings and memory, checked against one GPU)."""
     t0 = time.perf_counter()
     spec, device = resolve(model, gpu)
     dtype = dtype or default_dtype(device)
     check_dtype(device, dtype)
+    Scenario(dtype=dtype, engine=engine, tp=tp)  # an engine and a degree offered (else one line)
+    device = tensor_parallel_device(spec, device, tp)
     notices: list[str] = []
     est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices,
                                                                   engine)
-    pricer = _Pricer(spec, dtype, est, engine)
+    if tp > 1:
+        check_collectives(est, tp)
+    pricer = _Pricer(spec, dtype, est, engine, tp)
     grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align,
                            None if combo_sparsities is None else tuple(combo_sparsities))
@@ -387,10 +409,11 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     cands = [_candidate(pricer, spec, s, workload, usable, quality, metric, protocol) for s in grid]
     result = PlanResult(
         spec, device, workload, dtype, cands, usable, engine, protocol, metric,
-        warnings=_memory_warnings(spec, device, workload, cands[0], usable) + notices,
+        warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
         provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"})
+    result.tp = tp
     result.priced_kernels = len(getattr(pricer, "priced_kernels", {}))
     result.elapsed_s = time.perf_counter() - t0
     return result
@@ -437,14 +460,22 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
 
 def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights: float,
            per_seq: float, limit: int, targets: Targets) -> Served:
+    from .collectives import collective_ms
+
     P, O = cls.prompt_len, cls.output_len
     pre = pricer.estimate(strat, "prefill", b, P)
     tp = mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms, P, O)
     srcs = [pre.timing_source] + [pricer.estimate(strat, "decode", b, c).timing_source
                                   for c in tp.contexts]
     e2e = pre.latency_ms + O * tp.ms
+    coll_pre = coll_step = 0.0
+    if pricer.tp > 1:  # the same contexts, already priced: the collectives' share of each
+        coll_pre = collective_ms(pre)
+        coll_step = mean_step(lambda c: collective_ms(pricer.estimate(strat, "decode", b, c)),
+                              P, O).ms
     return Served(b, pre.latency_ms, tp.ms, tp.method, tp.contexts, e2e, weights + b * per_seq,
-                  b <= limit, tuple(targets.misses(pre.latency_ms, tp.ms)), sources.weakest(srcs), O)
+                  b <= limit, tuple(targets.misses(pre.latency_ms, tp.ms)), sources.weakest(srcs), O,
+                  coll_pre, coll_step)
 
 
 def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: int,
@@ -505,19 +536,22 @@ def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: i
     return serve(lo), "", None
 
 
-def _memory_warnings(spec, device, workload: Workload, dense: Candidate, usable: float) -> list[str]:
+def _memory_warnings(spec, device, workload: Workload, dense: Candidate, usable: float,
+                     tp: int = 1) -> list[str]:
     out = []
     gb = memory_fit.GB
     if usable <= 0:
         return out
+    where = f"each of {tp} × {device.display_name}" if tp > 1 else f"the {device.display_name}"
     if dense.weights_bytes >= usable:
-        out.append(f"dense {spec.name} does not fit on the {device.display_name}: its {dense.weights_bytes / gb:.0f} "
-                   f"GB of weights exceed the {usable / gb:.0f} GB usable; only pruned models can serve")
+        out.append(f"dense {spec.name} does not fit on {where}: its {dense.weights_bytes / gb:.0f} "
+                   f"GB of weights{' per rank' if tp > 1 else ''} exceed the {usable / gb:.0f} GB "
+                   "usable; only pruned models can serve")
         return out
     for c in dense.classes:
         if not c.at_concurrency.fits:
-            out.append(f"dense {spec.name} holds at most {c.max_sequences} {c.cls.name} sequences on the "
-                       f"{device.display_name}, not {c.cls.concurrency}: its latency figures assume "
+            out.append(f"dense {spec.name} holds at most {c.max_sequences} {c.cls.name} sequences on "
+                       f"{where}, not {c.cls.concurrency}: its latency figures assume "
                        "it would hold them")
     return out
 

@@ -1,5 +1,6 @@
-"""The serving scenario: how big prefill and decode are, in which dtype, and which execution
-profile (``engine``: how the serving stack launches each op's kernels, pis_tui.execution)."""
+"""The serving scenario: how big prefill and decode are, in which dtype, which execution
+profile (``engine``: how the serving stack launches each op's kernels, pis_tui.execution), and
+over how many GPUs of one node (``tp``: tensor parallelism, pis_tui.tensor_parallel)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ class Scenario:
     context_len: int = 1024
     dtype: str = "bf16"
     engine: str = "eager"
+    #: tensor parallelism: the ranks (GPUs of one node) the model is split over; the op lists
+    #: are then one rank's (see :mod:`pis_tui.tensor_parallel`).  After ``engine``: pass it by
+    #: keyword (a sixth positional argument is the engine)
+    tp: int = 1
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len"):
@@ -34,6 +39,9 @@ class Scenario:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
         if self.engine not in ENGINES:
             raise UserError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        from .tensor_parallel import check_degree
+
+        check_degree(self.tp)
 
     def batch(self, phase: str) -> int:
         return self.prefill_batch if phase == "prefill" else self.decode_batch
@@ -44,12 +52,14 @@ class Scenario:
             "decode": {"batch": self.decode_batch, "context_len": self.context_len},
             "dtype": self.dtype,
             "engine": self.engine,
+            "tp": self.tp,
         }
 
     def label(self, phase: str) -> str:
+        tp = f" · TP {self.tp}" if self.tp > 1 else ""
         if phase == "prefill":
-            return f"prefill {self.prefill_batch}×{self.prompt_len}"
-        return f"decode batch {self.decode_batch} @ {self.context_len}"
+            return f"prefill {self.prefill_batch}×{self.prompt_len}{tp}"
+        return f"decode batch {self.decode_batch} @ {self.context_len}{tp}"
 
 
 def check_phase(phase: str) -> str:

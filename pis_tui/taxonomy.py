@@ -7,6 +7,8 @@ layers' ops and any extra ops, and adds what every forward has: the embedding ga
 final norm and the lm_head (last token of each sequence), and the eager framework overhead
 (:class:`~pis_tui.ops.Overhead`: per forward, per attention/MLP block, per nn.Linear call,
 per routed sublayer), which the estimator prices at zero on devices timed through CUDA graphs.
+With tensor parallelism (``scenario.tp`` > 1) the op list is one rank's, collectives included
+(:mod:`pis_tui.tensor_parallel`); tp = 1 is the single-GPU op list, unchanged.
 The op list of one decoder layer is :mod:`pis_tui.layer_ops`'s; what each family does to M, N
 and K is in its own module (``pis_tui/families/<family>.py``) and in the README's table.
 GEMM convention: Y[M,N] = X[M,K]·Wᵀ, M = tokens (prefill B·S, decode B).
@@ -21,8 +23,9 @@ from .errors import UserError
 from .families import LayerPlan, PhaseContext
 from .layer_ops import overhead_ops, overhead_phase
 from .model_spec import ModelSpec
-from .ops import Elementwise, Gemm, Op
+from .ops import Collective, Elementwise, Gemm, Op
 from .scenario import Scenario, check_phase
+from .tensor_parallel import check_model, padded_vocab, vocab_per_rank
 
 __all__ = ["Strategy", "PhaseOps", "build_phase_ops", "parse_strategies", "strategies_grid", "from_token",
            "family_axis"]
@@ -188,17 +191,26 @@ def parse_strategies(text: str | None) -> tuple[str, ...]:
 def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, phase: str) -> PhaseOps:
     """The ops of one phase of `spec` pruned by `strategy` under `scenario`."""
     check_phase(phase)
+    tp = scenario.tp
+    check_model(spec, tp)
     fam = families.get(strategy.family)
     ctx = PhaseContext(spec, strategy, scenario, phase, strategy.effective_sparsity)
     dt, m = scenario.dtype, ctx.m
     plan = LayerPlan.dense(ctx)
     fam.shape(ctx, plan)
-    ops: list[Op] = [Elementwise("embedding", "embedding", m, plan.hidden_io, 1, dt,
-                                 extra=spec.vocab_size)]
+    # tensor parallelism: a vocab-parallel embedding (each rank its rows of the table, then an
+    # all-reduce) and lm_head (each rank its share of the logits, then an all-gather)
+    vocab = vocab_per_rank(spec.vocab_size, tp)
+    ops: list[Op] = [Elementwise("embedding", "embedding", m, plan.hidden_io, 1, dt, extra=vocab)]
+    if tp > 1:
+        ops.append(Collective("embed_all_reduce", "all_reduce", m * plan.hidden_io, tp, 1, dt))
     ops += fam.layer_ops(ctx, plan)
     ops += fam.extra_ops(ctx, plan)
     ops.append(Elementwise("final_norm", "rmsnorm", m, plan.hidden_io, 1, dt))
-    ops.append(Gemm("lm_head", ctx.batch, spec.vocab_size, plan.hidden_io, 1, dt))
+    ops.append(Gemm("lm_head", ctx.batch, vocab, plan.hidden_io, 1, dt, shards=tp))
+    if tp > 1:
+        ops.append(Collective("lm_head_gather", "all_gather",
+                              ctx.batch * padded_vocab(spec.vocab_size, tp), tp, 1, dt))
     # eager framework overhead (zero on devices timed through CUDA graphs)
     blocks, routed = fam.overhead_counts(ctx, plan)
     ops += overhead_ops(ops, overhead_phase(phase, ctx.batch), blocks, routed, dt)

@@ -124,17 +124,19 @@ def test_the_script_runs_every_step_without_duckdb_textual_plotext(rehearsal):
     assert env["device"]["kind"] == "cpu"
     cal = json.loads(files["calibrate.json"])
     assert cal["partial"] is False and cal["entries"]
-    # the analytical model's figures, measured from the kernels it timed (a profile's block)
-    # (figures only from kernels whose rounds agreed: on a busy machine some come out unstable)
+    # the analytical model's figures, measured from the kernels it timed (a profile's block):
+    # the floor from the small kernels that passed the rules; on a loaded machine every small
+    # kernel can come out unstable, and then no floor is claimed (never one from unstable ones)
     from pis_tui.efficiency_fit import SMALL_BYTES
     from pis_tui.ops import op_from_dict
 
-    eff = cal.get("efficiency") or {}
-    assert all(v["source"].startswith("measured by pis-tui calibrate") for v in eff.values()), eff
-    small_ok = [e for e in cal["entries"] if e.get("status") == "ok" and e.get("ms")
-                and not (e.get("conditions") or {}).get("estimated")
-                and op_from_dict({"count": 1.0, **e["op"]}).bytes() < SMALL_BYTES]
-    assert ("kernel_floor_us" in eff) == bool(small_ok), (eff, len(small_ok))
+    small = [m["status"] for m in cal["entries"]
+             if op_from_dict({"count": 1.0, **m["op"]}).bytes() < SMALL_BYTES]
+    assert small, "calibrate timed no small kernel"
+    if "ok" in small:
+        assert cal["efficiency"]["kernel_floor_us"]["source"].startswith("measured by pis-tui calibrate")
+    else:
+        assert set(small) == {"unstable"} and "kernel_floor_us" not in cal["efficiency"], small
     rows = json.loads(files["validate-prefill.json"]) + json.loads(files["validate-decode.json"])
     assert {(x["phase"], x["batch"]) for x in rows} == {("prefill", 1), ("prefill", 2), ("decode", 2)}
     assert all("timing" in x and x["capture_failed"] is False for x in rows)

@@ -287,8 +287,9 @@ def test_cache_clear_by_device_op_kind_status_and_model(tmp_path):
     cache.put_measurements(mine + other)
     cache.put_validation({"model": spec.name, "fingerprint": FP, "strategy": "dense", "sparsity": 0.0,
                           "phase": "decode", "batch": 1, "length": 8})
-    assert cache.clear(status="unstable") == {"op_timings": 1}
-    assert cache.clear(op_type="attention") == {"op_timings": 0}
+    # the collectives' table has a status and an op type ("collective") too: cleared alike
+    assert cache.clear(status="unstable") == {"op_timings": 1, "collective_timings": 0}
+    assert cache.clear(op_type="attention") == {"op_timings": 0, "collective_timings": 0}
     r = run_cli("cache", "clear", "--model", "qwen2.5-0.5b", "--dtype", "fp32", "--cache", path)
     assert r.returncode == 0, r.stderr
     assert "op_timings 3" in r.stdout and "validations 1" in r.stdout
@@ -317,7 +318,11 @@ def test_a_version_1_cache_is_migrated_keeping_its_rows(tmp_path):
                 "1.0, 1.0, 0.0, 3, 'ok', '', ?, NULL, now())", [json.dumps({"op_type": "gemm"})])
     con.close()
     c = Cache.open(str(path))
-    assert c.info()["schema_version"] == 2 and c.info()["tables"]["op_timings"] == 1
+    from pis_tui.cache import SCHEMA_VERSION
+
+    # migrated through every version since (v2: conditions, v3: collective_timings)
+    assert c.info()["schema_version"] == SCHEMA_VERSION and c.info()["tables"]["op_timings"] == 1
+    assert c.info()["tables"]["collective_timings"] == 0
     old = c.get_measurements("fp", software={"torch": "x"}, any_version=True)
     assert old[0].key == "k" and old[0].conditions == {}
     c.put_measurements([replace(meas(K_BIG, 0.2), conditions={"loaded": True})])

@@ -815,3 +815,111 @@ def test_quality_method_combinations_and_extrapolated_choices(tmp_path):
         bad = Choices.from_json(json.dumps({"combos": "max", "extrapolated": 3, "quality_method": ""}))
         assert (bad.combos, bad.extrapolated, bad.quality_method) == ("multiplicative", "skip", "mean")
     run(go())
+
+
+# ---------------------------------------------------------------- tensor parallelism
+
+
+def test_tensor_parallel_degrees_are_offered_and_resweep(tmp_path):
+    from pis_tui.tui.setup_panel import TP_LABELS
+
+    assert tuple(v for _, v in TP_LABELS) == (1, 2, 4, 8)
+
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            sel = app.query_one("#tp", Select)
+            assert sel.value == 1 and "× " not in app.sub_title
+            sel.value = 8
+            await until(pilot, lambda: app.snapshot.choices.tp == 8, what="tp sweep")
+            assert be.computed[-1].tp == 8 and app.snapshot.result.scenario.tp == 8
+            assert "8 × Fake H200-SXM" in app.sub_title
+            await pilot.press("2")
+            await pilot.pause(0.2)
+            assert "TP 8" in app.query_one("#flops-decode").border_title
+            assert "TP 8 decode: collectives" in str(app.query_one("#gap-summary", Static).render())
+            await until(pilot, lambda: be.saved and be.saved[-1].tp == 8, what="saved")
+    run(go())
+    assert Choices.from_json('{"tp": 8}').tp == 8 and Choices.from_json('{"tp": 3}').tp == 1
+    assert Choices(tp=2).sweep_key() != Choices().sweep_key()
+
+
+def test_the_real_backend_shows_what_tensor_parallelism_does_to_pruning(tmp_path):
+    """llama-3.1-70b over 8 H200s (estimates): static width keeps every all-reduce (the hidden
+    size stays), static depth drops its layers' ones, hidden slicing shrinks them; the plan is
+    one GPU's, its collectives shown."""
+    from pis_tui.tui.backend import Backend, PlanInputs
+    from pis_tui.tui.flops_chart import tp_lines
+    from pis_tui.tui.plan_panel import plan_text
+
+    be = Backend(cache_path=str(tmp_path / "c.duckdb"))
+    c8 = Choices(model="llama-3.1-70b", gpu="h200-sxm", tp=8)
+    snap = be.compute(c8)
+    assert snap.result.scenario.tp == 8 and "per_rank" in snap.result.memory
+    for ph in ("prefill", "decode"):
+        deg, share, kept = tp_lines(snap, ph)
+        kept = dict(kept)
+        assert deg == 8 and 0.05 < share < 0.9, (ph, share)
+        assert kept["static_width"] == pytest.approx(1.0)
+        assert kept["static_depth"] < 0.6 and kept["static_width_hidden"] < 0.99
+    assert tp_lines(be.compute(replace_tp(c8, 1)), "decode") is None
+    from dataclasses import replace
+
+    fused = be.compute(replace(c8, engine="fused"))  # both: the rank's kernels, fused
+    assert (fused.result.scenario.engine, fused.result.scenario.tp) == ("fused", 8)
+    assert fused.result.dense("decode").latency_ms < snap.result.dense("decode").latency_ms
+    ps = be.plan(c8, PlanInputs())
+    assert ps.result.tp == 8
+    d = ps.result.dense
+    assert 0 < d.tpot_collectives_ms < d.tpot_ms and 0 < d.ttft_collectives_ms < d.ttft_ms
+    text = plan_text(ps).plain
+    assert "TP comm" in text and "wts/GPU" in text
+    one = be.plan(replace_tp(c8, 1), PlanInputs())
+    assert one.result.dense.tpot_collectives_ms == 0.0 and "TP comm" not in plan_text(one).plain
+
+
+def replace_tp(c, tp):
+    from dataclasses import replace
+
+    return replace(c, tp=tp)
+
+
+def test_tensor_parallel_bad_input_names_the_field_at_fault(tmp_path, monkeypatch):
+    """A degree the heads do not split into: the scenario's line; the local CPU with no
+    collectives measured (no interconnect figures): the GPU's.  One line each."""
+    from pis_tui.errors import PisError
+    from pis_tui.tui.backend import Backend, PlanInputs
+
+    be = Backend(cache_path=str(tmp_path / "c.duckdb"))
+    for call in (lambda c: be.compute(c), lambda c: be.plan(c, PlanInputs())):
+        with pytest.raises(PisError) as e:
+            call(Choices(model="qwen2.5-0.5b", gpu="h200-sxm", tp=4))
+        assert e.value.field == "scenario" and "14 query heads" in str(e.value)
+        assert "\n" not in str(e.value)
+    monkeypatch.setenv("PIS_TUI_NO_CUDA", "1")
+    with pytest.raises(PisError) as e:
+        be.compute(Choices(model="llama-3.2-1b", gpu="local", tp=2))
+    assert e.value.field == "gpu" and "no interconnect figures" in str(e.value)
+    assert "profile --gpu local --tp 2" in str(e.value) and "\n" not in str(e.value)
+
+    async def go():  # on screen: under the scenario fields, the last good result kept
+        app = PisApp(Backend(cache_path=str(tmp_path / "c2.duckdb")),
+                     Choices(model="qwen2.5-0.5b", gpu="h200-sxm"), restore=False)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            app.query_one("#tp", Select).value = 4
+            await until(pilot, lambda: "14 query heads" in str(
+                app.query_one("#scenario-error", Static).render()), what="tp error")
+            assert app.snapshot.choices.tp == 1
+            app.query_one("#tp", Select).value = 2
+            await until(pilot, lambda: app.snapshot.choices.tp == 2, what="tp 2 sweep")
+            assert "14 query heads" not in str(app.query_one("#scenario-error", Static).render())
+            await pilot.press("4")  # the plan: one GPU's share of 2
+            await until(pilot, lambda: app.plan_snapshot is not None and not app._planning,
+                        timeout=30, what="plan")
+            from pis_tui.tui.plan_panel import PlanPanel
+
+            panel = app.query_one(PlanPanel)
+            assert panel.border_title.endswith("· TP 2") and "TP comm" in panel.plain
+    run(go())

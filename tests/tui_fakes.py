@@ -103,7 +103,8 @@ class FakeBackend(Backend):
         measured = self.measured() if choices.gpu == "local" else 0
         spec, device = _spec(choices.model), _device(choices.gpu)
         scen = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
-                        choices.context_len, "bf16" if choices.dtype == "auto" else choices.dtype)
+                        choices.context_len, "bf16" if choices.dtype == "auto" else choices.dtype,
+                        tp=choices.tp)
         estimates, points = [], []
         for ph_i, ph in enumerate(("prefill", "decode")):
             dense_ms = (20.0 if ph == "prefill" else 5.0) * gmul * scen.batch(ph) ** 0.1

@@ -19,14 +19,16 @@ the run, with a warning.
 
 The package, one job a module: :mod:`.store` (the file: opening, waiting, moving aside, the
 schema), :mod:`.timings` (op timings and calibrations), :mod:`.records` (sweeps, validations,
-measured quality, settings), :mod:`.maintenance` (info, clear, export); :class:`Cache` is all
-of them.
+measured quality, settings), :mod:`.collectives` (collectives measured through
+torch.distributed, tensor parallelism), :mod:`.maintenance` (info, clear, export);
+:class:`Cache` is all of them.
 """
 
 from __future__ import annotations
 
 import functools
 
+from .collectives import CollectiveTables
 from .maintenance import Maintenance
 from .records import RecordsTables
 from .store import (DATA_TABLES, DEFAULT_WAIT_S, MEMORY, SCHEMA_VERSION, TABLES, Store,
@@ -37,7 +39,7 @@ __all__ = ["Cache", "DATA_TABLES", "DEFAULT_WAIT_S", "MEMORY", "SCHEMA_VERSION",
            "default_path"]
 
 
-class Cache(Store, TimingsTables, RecordsTables, Maintenance):
+class Cache(Store, TimingsTables, RecordsTables, CollectiveTables, Maintenance):
     """A handle on the cache file (see the package docs).  Cheap to create; holds no connection
     between calls: every operation opens the file, works and closes it (or runs inside
     :meth:`~.store.Store.hold`)."""
@@ -47,9 +49,10 @@ class Cache(Store, TimingsTables, RecordsTables, Maintenance):
 WRITES = {"put_measurements": "store measurements", "put_calibration": "store device peaks",
           "put_sweep": "store a sweep", "put_validation": "store validation results",
           "put_quality_results": "store quality results", "put_setting": "save settings",
+          "put_collectives": "store measured collectives",
           "clear": "clear the cache"}
 READS = ("get_measurements", "get_calibration", "get_sweep", "get_validations",
-         "get_quality_results", "get_setting", "info", "export")
+         "get_quality_results", "get_setting", "get_collectives", "info", "export")
 
 
 def _guarded(name, fn):

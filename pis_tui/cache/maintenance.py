@@ -23,6 +23,10 @@ class Maintenance:
                 "GROUP BY ALL ORDER BY 7 DESC").fetchall()
             calib = con.execute("SELECT fingerprint, dtype, peak_tflops, bandwidth_gbs, torch_version "
                                 "FROM device_calibration ORDER BY fingerprint, dtype").fetchall()
+            colls = con.execute(
+                "SELECT fingerprint, backend, world_size, count(*), "
+                "count(*) FILTER (WHERE status = 'unstable'), max(measured_at) "
+                "FROM collective_timings GROUP BY ALL ORDER BY 1, 3").fetchall()
         size = None
         if not self.in_memory and Path(self.path).exists():
             size = Path(self.path).stat().st_size
@@ -37,6 +41,8 @@ class Maintenance:
                          "ok": d[5], "last": to_iso(d[6])} for d in devices],
             "calibrations": [{"fingerprint": c[0], "dtype": c[1], "peak_tflops": c[2],
                               "bandwidth_gbs": c[3], "torch": c[4]} for c in calib],
+            "collectives": [{"fingerprint": c[0], "backend": c[1], "world_size": c[2], "rows": c[3],
+                             "unstable": c[4], "last": to_iso(c[5])} for c in colls],
             "warnings": list(self.warnings),
         }
 
@@ -46,7 +52,7 @@ class Maintenance:
         """Delete the rows of ``tables`` (default: every data table; settings are kept).
 
         Filters narrow it: ``fingerprint`` (a device), ``op_type`` (gemm, attention,
-        elementwise, overhead), ``op_keys`` (these kernels), ``model`` (a model's validations,
+        elementwise, overhead; collective: the collective_timings), ``op_keys`` (these kernels), ``model`` (a model's validations,
         quality results and sweeps), ``status`` (e.g. unstable).  A table is cleared only when
         every given filter applies to it (it has the column); the others are left alone."""
         names = tuple(tables) if tables else DATA_TABLES

@@ -16,12 +16,24 @@ from typing import Callable, Optional
 
 from ..errors import CacheError, UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_WAIT_S = 10.0
 MEMORY = ":memory:"
 
 #: one lock for every cache access in this process
 _LOCK = threading.RLock()
+
+#: collectives measured through torch.distributed (tensor parallelism), keyed by device, backend,
+#: world size, collective, dtype and message bytes (and the torch and method versions)
+_COLLECTIVES = """CREATE TABLE IF NOT EXISTS collective_timings (
+        fingerprint VARCHAR NOT NULL, backend VARCHAR NOT NULL, world_size INTEGER NOT NULL,
+        collective VARCHAR NOT NULL, dtype VARCHAR NOT NULL, bytes BIGINT NOT NULL,
+        torch_version VARCHAR NOT NULL, method_version INTEGER NOT NULL, op_type VARCHAR,
+        ms DOUBLE, spread DOUBLE, busbw_gbs DOUBLE, rounds INTEGER, iters INTEGER,
+        status VARCHAR, note VARCHAR, conditions_json VARCHAR, device_json VARCHAR,
+        measured_at TIMESTAMP,
+        PRIMARY KEY (fingerprint, backend, world_size, collective, dtype, bytes, torch_version,
+                     method_version))"""
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
@@ -56,19 +68,26 @@ _SCHEMA = [
         PRIMARY KEY (model, strategy, sparsity, text_sha256, n_tokens))""",
     """CREATE TABLE IF NOT EXISTS settings (
         key VARCHAR PRIMARY KEY, value_json VARCHAR, updated_at TIMESTAMP)""",
+    _COLLECTIVES,
 ]
 
 #: how a file of an older schema version is brought up to date (nothing in it is lost)
 MIGRATIONS = {
     1: ["ALTER TABLE op_timings ADD COLUMN IF NOT EXISTS conditions_json VARCHAR"],  # v2: conditions
+    2: [_COLLECTIVES],  # v3: collectives measured through torch.distributed (tensor parallelism)
 }
 
-DATA_TABLES = ("op_timings", "device_calibration", "sweeps", "validations", "quality_results")
+DATA_TABLES = ("op_timings", "device_calibration", "sweeps", "validations", "quality_results",
+               "collective_timings")
 TABLES = DATA_TABLES + ("settings", "meta")
 
 VALIDATION_COLS = ("model", "fingerprint", "strategy", "sparsity", "achieved_sparsity", "phase",
                     "batch", "length", "predicted_ms", "measured_ms", "dense_predicted_ms",
                     "dense_measured_ms", "predicted_speedup", "measured_speedup", "error")
+COLLECTIVE_COLS = ("fingerprint", "backend", "world_size", "collective", "dtype", "bytes",
+                   "torch_version", "method_version", "op_type", "ms", "spread", "busbw_gbs",
+                   "rounds", "iters", "status", "note", "conditions_json", "device_json",
+                   "measured_at")
 QUALITY_COLS = ("model", "strategy", "sparsity", "achieved_sparsity", "ppl_dense", "ppl_pruned",
                  "ppl_increase", "text_sha256", "n_tokens")
 

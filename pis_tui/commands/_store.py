@@ -44,6 +44,7 @@ class MemoryStore:
         self._m: dict = {}  # (fingerprint, sw, method, method_version, key) → Measurement
         self._cal: dict = {}  # (fingerprint, dtype, torch, cuda) → dict
         self._val: dict = {}  # (model, fingerprint, strategy, sparsity, phase, batch, length) → dict
+        self._coll: dict = {}  # the cache's collective_timings key → row dict
         if self.file is not None and self.file.exists():
             self._load()
 
@@ -66,13 +67,15 @@ class MemoryStore:
                        c.get("cuda_version", ""))] = c
         for v in d.get("validations", []):
             self._val[self._val_key(v)] = v
+        self.put_collectives(d.get("collectives", []), save=False)
 
     def _save(self) -> None:
         if self.file is None:
             return
         d = {"format": STORE_FORMAT, "saved_at": now_iso(),
              "measurements": [m.to_dict() for m in self._m.values()],
-             "calibrations": list(self._cal.values()), "validations": list(self._val.values())}
+             "calibrations": list(self._cal.values()), "validations": list(self._val.values()),
+             "collectives": list(self._coll.values())}
         tmp = self.file.with_name(self.file.name + f".tmp{os.getpid()}")
         try:
             tmp.write_text(json.dumps(d, default=str), encoding="utf-8")
@@ -163,6 +166,29 @@ class MemoryStore:
 
     def get_quality_results(self, model: str) -> list:
         return []
+
+    # ------------------------------------------------------------ collectives
+    def put_collectives(self, rows, save: bool = True) -> int:
+        from ..cache.collectives import collective_key
+
+        n = 0
+        for r in rows:
+            k = collective_key(r)
+            self._coll[k] = {**dict(r), "torch_version": k[6], "method_version": k[7]}
+            n += 1
+        if n and save:
+            self._save()
+        return n
+
+    def get_collectives(self, fingerprint: str, backend: Optional[str] = None,
+                        world_size: Optional[int] = None, *, any_version: bool = False) -> list:
+        from ..measured_table import COLLECTIVE_METHOD_VERSION
+
+        torch_v = software_versions().get("torch") or ""
+        return [dict(r) for k, r in self._coll.items()
+                if k[0] == fingerprint and (backend is None or k[1] == backend)
+                and (world_size is None or k[2] == int(world_size))
+                and (any_version or (k[6] == torch_v and k[7] == COLLECTIVE_METHOD_VERSION))]
 
     # ------------------------------------------------------------ the cache's housekeeping
     @contextmanager

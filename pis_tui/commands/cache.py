@@ -18,12 +18,14 @@ def register(sub) -> None:
     c = csub.add_parser("clear", help="delete cached results (settings are kept unless --all)")
     c.add_argument("--table", action="append", default=None,
                    help="only this table (repeatable): op_timings, device_calibration, sweeps, "
-                        "validations, quality_results, settings")
+                        "validations, quality_results, collective_timings, settings")
     c.add_argument("--all", action="store_true", help="also the TUI's saved settings")
     c.add_argument("--device", default=None, metavar="FINGERPRINT|local",
                    help="only this device's rows (see 'cache info' for the fingerprints)")
-    c.add_argument("--op-kind", choices=("gemm", "attention", "elementwise", "overhead"),
-                   default=None, help="only op timings of this kind")
+    c.add_argument("--op-kind", choices=("gemm", "attention", "elementwise", "overhead",
+                                          "collective"),
+                   default=None, help="only op timings of this kind (collective: the collectives "
+                                      "measured through torch.distributed)")
     c.add_argument("--status", choices=("ok", "unstable", "unsupported", "oom", "error"),
                    default=None, help="only op timings with this status")
     c.add_argument("--model", default=None,
@@ -75,6 +77,9 @@ def run(args) -> int:
             con.print(f"  {d['fingerprint']}: {d['ops']} op timings ({d['ok']} ok), torch {d['torch']}"
                       f"{', CUDA ' + d['cuda'] if d['cuda'] else ''}, method {d['method']}, last {d['last']}",
                       markup=False)
+        for c in info.get("collectives", ()):
+            con.print(f"  {c['fingerprint']}: {c['rows']} collectives over {c['world_size']} ranks "
+                      f"({c['backend']}, {c['unstable']} unstable), last {c['last']}", markup=False)
         for c in info["calibrations"]:
             con.print(f"  peaks {c['fingerprint']} {c['dtype']}: {c['peak_tflops'] * 1e3:.1f} GFLOP/s, "
                       f"{c['bandwidth_gbs']:.1f} GB/s (torch {c['torch']})", markup=False)

@@ -117,6 +117,29 @@ def positive_int(what: str):
     return conv
 
 
+def tp_degree(text: str) -> int:
+    """``--tp``: one of the degrees offered (tensor parallelism over the GPUs of one node)."""
+    from ..tensor_parallel import DEGREES
+
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v not in DEGREES:
+        raise argparse.ArgumentTypeError(
+            f"--tp must be one of {', '.join(map(str, DEGREES))} (GPUs of one node; 1: none), "
+            f"got {text!r}")
+    return v
+
+
+TP_HELP = ("tensor parallelism over N GPUs of one node (1, 2, 4, 8): one rank's GEMM shards, "
+           "two all-reduces a layer, its heads and memory (default 1: one GPU)")
+
+
+def add_tp(p) -> None:
+    p.add_argument("--tp", type=tp_degree, default=1, metavar="N", help=TP_HELP)
+
+
 def add_model_gpu(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     p.add_argument("--model", "-m", required=model_required, default=None if model_required else "llama-3.1-8b",
                    help="preset name, config.json path or directory, or a model id in the local HF cache")
@@ -132,6 +155,7 @@ def add_scenario(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context-len", type=positive_int("context length"), default=1024)
     g.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
     add_engine(g)
+    add_tp(g)
 
 
 def add_engine(p) -> None:

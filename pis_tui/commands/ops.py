@@ -28,7 +28,7 @@ def run(args) -> int:
 
     from rich.table import Table
 
-    from ..engine import make_estimator, resolve
+    from ..engine import check_collectives, make_estimator, resolve, tensor_parallel_device
     from ..errors import UserError
     from ..families import MAX_SPARSITY
     from ..taxonomy import build_phase_ops, family_axis, from_token
@@ -51,13 +51,16 @@ def run(args) -> int:
     for w in check_align(spec, pairs, strat.align, scenario,
                          explicit=args.align is not None, families_flag=""):
         print(f"pis-tui: warning: {w}", file=sys.stderr)
+    device = tensor_parallel_device(spec, device, scenario.tp)  # one rank's device
     po = build_phase_ops(spec, strat, scenario, args.phase)
-    est = make_estimator(device, scenario.dtype, open_cache_if_local(args, device),
-                         engine=scenario.engine).estimate(po)
+    estimator = make_estimator(device, scenario.dtype, open_cache_if_local(args, device),
+                               engine=scenario.engine)
+    check_collectives(estimator, scenario.tp)
+    est = estimator.estimate(po)
     if args.json_out:
         dump_json(args.json_out, {
             "strategy": strat.family, "sparsity": strat.sparsity,
-            "achieved_sparsity": po.achieved_sparsity, "phase": args.phase,
+            "achieved_sparsity": po.achieved_sparsity, "phase": args.phase, "tp": scenario.tp,
             "parts": [{"family": f, "sparsity": s, "achieved_sparsity": a}
                       for (f, s), a in zip(strat.parts, po.part_achieved)],
             "latency_ms": est.latency_ms, "dims": dict(po.dims), "notes": list(po.notes),
@@ -95,4 +98,10 @@ def run(args) -> int:
                   f"{p.total_ms / est.latency_ms:.1%}", p.source + (f" ({p.note})" if p.note else ""))
     con.print(t)
     con.print(f"total {est.latency_ms:.3f} ms · {est.flops / 1e12:.3f} TFLOP · timing: {est.timing_source}")
+    if scenario.tp > 1:
+        from ..collectives import collective_ms
+
+        c = collective_ms(est)
+        con.print(f"TP {scenario.tp}: one rank's ops; collectives {c:.3f} ms "
+                  f"({c / est.latency_ms:.1%} of the phase)", markup=False)
     return 0

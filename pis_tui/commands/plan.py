@@ -14,7 +14,7 @@ import argparse
 from ._run import (add_budget_args, add_combo_sparsities_arg, add_quality_args, add_ranking_args,
                    add_strategies_arg)
 from .common import (add_cache, add_engine, add_model_gpu, add_outputs, add_strategy_options,
-                     positive_int)
+                     add_tp, positive_int)
 
 
 def _ms(what: str):
@@ -58,6 +58,7 @@ def register(sub) -> None:
     add_combo_sparsities_arg(p)
     p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
     add_engine(p)
+    add_tp(p)
     add_strategy_options(p)
     add_cache(p)
     add_quality_args(p)
@@ -113,7 +114,8 @@ def run(args) -> int:
     args.align = args.align or Strategy("dense").align  # not given: the taxonomy's default
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
-                  cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager")
+                  cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager",
+                  tp=args.tp)
     rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated)
     for w in result.warnings:
         print(f"pis-tui: warning: {w}", file=sys.stderr)
@@ -139,7 +141,7 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
 
     m = result.workload.main
     scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
-                    result.dtype)
+                    result.dtype, engine=result.engine, tp=result.tp)
     sw = sweep(result.spec, result.device, scen, strategies, sparsities, granularity=args.granularity,
                align=args.align, quality=quality, cache=cache,
                combo_sparsities=getattr(args, "combo_sps", None))
@@ -188,6 +190,11 @@ def pick_lines(result, c, objective: str, label: str) -> list[str]:
     else:
         out.append("  no batch fits and meets the targets: " + "; ".join(
             k.why_no_batch for k in c.classes if k.at_max_batch is None))
+    if getattr(result, "tp", 1) > 1:
+        def coll(k) -> str:
+            return f"{ms(k.tpot_collectives_ms)} ({k.tpot_collectives_ms / k.tpot_ms:.0%})"
+        out.append(f"  TP {result.tp}: collectives per decode step {coll(c)} (dense {coll(d)}); "
+                   f"in the prefill {ms(c.ttft_collectives_ms)} (dense {ms(d.ttft_collectives_ms)})")
     out.append(f"  memory: weights {_gb(c.weights_bytes)} GB (dense {_gb(d.weights_bytes)}) · KV "
                f"{_kib(c.kv_bytes_per_token)}/token (dense {_kib(d.kv_bytes_per_token)}) · fits "
                f"{sequences_text(c)} sequences (dense {sequences_text(d)}) · headroom at {conc} "
@@ -212,7 +219,9 @@ def print_plan(con, result, rec) -> None:
 
     wl = result.workload
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
-    con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
+    on = (f"{result.tp} × {escape(result.device.display_name)} (TP {result.tp}: one GPU's "
+          "share below)" if result.tp > 1 else escape(result.device.display_name))
+    con.print(f"[bold]{escape(result.spec.name)}[/] on {on} · "
               f"{result.dtype} · workload [bold]{escape(wl.label())}[/] · {escape(wl.targets.label())} · "
               f"objective: {pl.objective_words(rec.objective)} · budget {pct(rec.budget)} "
               f"({result.quality_protocol} {metric})")
@@ -262,7 +271,9 @@ def print_plan(con, result, rec) -> None:
     methods = sorted({k.at_concurrency.tpot_method for c in result.candidates for k in c.classes})
     con.print(f"serving model: {pl.SERVING_MODEL}. TPOT: {pl.TPOT_RULE} (here: {', '.join(methods)}). "
               f"Batch: {pl.BATCH_RULE}. Memory: {result.usable_bytes / 1e9:.1f} GB usable of "
-              f"{result.device.memory_gb:g} GB ({USABLE:.0%}, decimal GB). Timing: weakest source "
+              f"{result.device.memory_gb:g} GB ({USABLE:.0%}, decimal GB)"
+              + (f" on each of the {result.tp} GPUs (weights, KV cache and timings are one "
+                 "rank's)" if result.tp > 1 else "") + ". Timing: weakest source "
               f"{pl.sources.weakest(c.timing_source for c in result.candidates)}; "
               f"{result.priced_kernels} kernels priced in {result.elapsed_s:.2f} s. Quality marks: "
               "ᵉ extrapolated (not ranked unless --allow-extrapolated), ᵇ borrowed from another "

@@ -186,8 +186,13 @@ def measurable_dtypes(device) -> tuple:
 
 
 def run(args) -> int:
+    from .. import hardware
+
     try:
-        return _run(args)
+        # tensor parallelism on the CPU: this process measures as one rank, on its share of
+        # the cores (the rank device's fingerprint); a no-op at --tp 1 and on a GPU
+        with hardware.rank_threads(getattr(args, "tp", 1)):
+            return _run(args)
     except PisError as e:
         if getattr(args, "progress_jsonl", False):
             emit({"event": "error", "message": str(e), "exit_code": e.exit_code})
@@ -211,14 +216,21 @@ def _run(args) -> int:
     from ._store import open_store
     from .common import align_of, parse_families, sweep_sparsities
 
+    from ..tensor_parallel import check_model
+
     _check_local(args.gpu)
     if getattr(args, "engine", None) not in (None, "eager"):
         raise UserError(f"--engine {args.engine}: profile times the ops' own kernels on this "
                         "device; the engine only changes estimates (sweep, recommend, plan)")
     jsonl = args.progress_jsonl
     spec = load_model_spec(args.model)
+    check_model(spec, args.tp)
     # named without torch: a profile the cache already holds never imports it
     device = hardware.local_device()
+    if args.tp > 1 and device.kind == "cpu":  # a group this CPU cannot start: say so first
+        from ..timing.collectives import check_world
+
+        check_world(args.tp, device)
     from ..engine import default_strategies
 
     strategies = parse_families(args.strategies) or default_strategies()
@@ -281,6 +293,23 @@ def _run(args) -> int:
             emit({"event": "measurement", "key": m.key, "op": m.op, "status": m.status, "ms": m.ms,
                   "eager_ms": m.eager_ms, "spread": m.spread, "note": m.note})
 
+    coll = None
+    if args.tp > 1:  # the collectives first: a group that cannot start says so at once
+        wanted = profiling.plan_collectives(spec, scenario, strategies, sparsities, options)
+
+        def on_collective(row):
+            if jsonl:
+                emit({"event": "measurement", "key": f"coll:{row['collective']}:{row['dtype']}:"
+                      f"w{row['world_size']}:{row['bytes']}B:{row['backend']}",
+                      "status": row["status"], "ms": row["ms"], "spread": row["spread"],
+                      "note": row["note"]})
+            else:
+                say(f"{row['collective']} {row['bytes']:,} B over {row['world_size']} ranks "
+                    f"({row['backend']}): {row['ms']:.4g} ms, spread {row['spread']:.0%}"
+                    + (" [unstable]" if row["status"] == "unstable" else ""))
+        coll = profiling.measure_collectives(wanted, device, cache,
+                                             remeasure=args.remeasure or "none",
+                                             on_result=on_collective)
     with cancel_on_signals(cancel, say), progress_display(jsonl) as disp:
         report = profiling.run_profile([p.op for p in planned], None, cache, on_progress=disp.update,
                                        cancel=cancel, repeats=args.repeats,
@@ -291,16 +320,17 @@ def _run(args) -> int:
     sources = profiling.source_counts(spec, device, scenario, strategies, sparsities, options, cache)
     cal = cache.get_calibration(device.fingerprint, scenario.dtype)
     summary = {**report.to_dict(), "sources": sources, "cache": cache.path,
+               **({"collectives": coll.to_dict()} if coll is not None else {}),
                "calibration": {"peak_tflops": cal["peak_tflops"], "bandwidth_gbs": cal["bandwidth_gbs"]}
                if cal else None}
     if jsonl:
         emit({"event": "done", **summary})
     else:
-        _print_summary(report, sources, cal, cache, device, scenario)
+        _print_summary(report, sources, cal, cache, device, scenario, coll)
     return EXIT_INTERRUPTED if report.cancelled else 0
 
 
-def _print_summary(report, sources, cal, cache, device, scenario) -> None:
+def _print_summary(report, sources, cal, cache, device, scenario, coll=None) -> None:
     from rich.markup import escape
 
     from .common import console
@@ -322,6 +352,12 @@ def _print_summary(report, sources, cal, cache, device, scenario) -> None:
     parts = [f"{sources.get(k, 0)} {k}" for k in TIMING_SOURCES
              if sources.get(k) or k in ("measured", "interpolated")]
     con.print("sweep ops by timing source now: " + (", ".join(parts) or "none"))
+    if coll is not None:
+        bad = sum(1 for r in coll.measured if r.get("status") == "unstable")
+        con.print(f"collectives over {coll.world} ranks ({coll.backend}): {len(coll.measured)} "
+                  f"measured, {coll.reused} reused from the cache"
+                  + (f"; {bad} unstable (their rounds disagree: priced no better than "
+                     "interpolated)" if bad else ""), markup=False)
     if cal:
         con.print(f"device peaks ({scenario.dtype}, measured): {cal['peak_tflops'] * 1e3:.1f} GFLOP/s "
                   f"matmul, {cal['bandwidth_gbs']:.1f} GB/s copy")

@@ -55,7 +55,9 @@ def print_recommendations(con, result, recs) -> None:
 
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
     method = f", method {escape(result.quality_method)}" if result.quality_method else ""
-    con.print(f"[bold]{escape(result.spec.name)}[/] on {escape(result.device.display_name)} · "
+    tp = result.scenario.tp
+    on = f"{tp} × " if tp > 1 else ""  # tensor parallelism: the figures are one rank's
+    con.print(f"[bold]{escape(result.spec.name)}[/] on {on}{escape(result.device.display_name)} · "
               f"{result.scenario.dtype} · quality: {metric}, {result.quality_protocol} protocol{method}")
     for ph, r in recs.items():
         con.print(f"\n[bold]{ph}[/] ({result.scenario.label(ph)}), budget {pct(r.budget)}:")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..tui.backend import DTYPES, PROTOCOLS
-from .common import add_engine, positive_int
+from .common import add_engine, positive_int, tp_degree
 
 
 def register(sub) -> None:
@@ -18,6 +18,8 @@ def register(sub) -> None:
     g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="auto: bf16 on a GPU, fp32 on a CPU")
     add_engine(g)
+    g.add_argument("--tp", type=tp_degree, default=None, metavar="N",
+                   help="tensor parallelism over N GPUs of one node (1, 2, 4, 8)")
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="quality priors: LoRA-recovered (the study) or training-free")
     p.add_argument("--quality-method", default=None, metavar="mean|best|NAME",
@@ -49,7 +51,7 @@ def run(args) -> int:
     if args.budget is not None:
         overrides["budget"] = parse_fraction(args.budget, "budget", 0.0, 0.5)
     for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len", "dtype", "engine",
-                 "protocol"):
+                 "protocol", "tp"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.quality_method is not None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from ..errors import UserError
 from ._store import add_store_arg, open_store, reuse_table
 from .common import (add_strategy_options, align_of, check_writable, parse_families,
-                     parse_int_list, sweep_sparsities)
+                     parse_int_list, sweep_sparsities, tp_degree)
 
 
 def _one_int(text, what: str, lo: int = 1) -> int:
@@ -55,6 +55,10 @@ def register(sub) -> None:
     g.add_argument("--decode-batch", default="1,16", help="one or more, e.g. 1,16,64 (default 1,16)")
     g.add_argument("--context-len", default="256")
     g.add_argument("--dtype", default=None, help="fp32 (CPU default), bf16 (GPU default), fp16")
+    g.add_argument("--tp", type=tp_degree, default=1, metavar="N",
+                   help="run each model as N tensor-parallel ranks of torch.distributed (gloo on "
+                        "the CPU: a rank a core; NCCL on N GPUs), its linears sharded "
+                        "explicitly, and compare with the per-rank prediction")
     p.add_argument("--repeats", default="5",
                    help="timed rounds per model (interleaved dense/pruned; medians)")
     p.add_argument("--warmup", default="1", help="untimed calls per model first")
@@ -158,6 +162,17 @@ def run(args: argparse.Namespace) -> int:
 
     _, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
     check_buildable(spec)
+    if args.tp > 1:
+        from ..hardware import local_device
+        from ..tensor_parallel import check_model
+        from ..timing.collectives import check_world
+
+        check_model(spec, args.tp)
+        if local_device().kind == "cpu":
+            check_world(args.tp, local_device())  # a group this CPU cannot start: exit 2 now
+        if args.resume:
+            raise UserError("--resume is not offered with --tp: the ranks time every row in "
+                            "one group (run the rows you need)")
     from ._run import check_align
 
     for w in check_align(spec, [p for st in strategies
@@ -211,15 +226,24 @@ def run(args: argparse.Namespace) -> int:
                   f"{' + ' if len(phases) == 2 else ''}"
                   f"{'decode batch ' + ','.join(map(str, decode_batches)) + ' @ ' + str(args.context_len) if 'decode' in phases else ''}"
                   f", {args.repeats} interleaved rounds", markup=False)
-    rows = v.validate(args.model, strategies, phases, prefill_batches=prefill_batches,
-                      prompt_len=args.prompt_len, decode_batches=decode_batches,
-                      context_len=args.context_len, dtype=dtype, repeats=args.repeats,
-                      warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row,
-                      op_repeats=op_repeats, tolerance=tolerance, max_rounds=args.max_rounds,
-                      on_warning=lambda m: print(f"\r\033[Kpis-tui: warning: {m}" if not quiet
-                                                 and sys.stderr.isatty() else f"pis-tui: warning: {m}",
-                                                 file=sys.stderr),
-                      skip=skip if seen else None)
+    if args.tp > 1:
+        from ..validation.tp import validate_tp
+
+        rows = validate_tp(args.model, strategies, phases, tp=args.tp,
+                           prefill_batches=prefill_batches, prompt_len=args.prompt_len,
+                           decode_batches=decode_batches, context_len=args.context_len,
+                           dtype=dtype, repeats=args.repeats, warmup=args.warmup, cache=cache,
+                           on_progress=progress, on_row=on_row, op_repeats=op_repeats)
+    else:
+        rows = v.validate(args.model, strategies, phases, prefill_batches=prefill_batches,
+                          prompt_len=args.prompt_len, decode_batches=decode_batches,
+                          context_len=args.context_len, dtype=dtype, repeats=args.repeats,
+                          warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row,
+                          op_repeats=op_repeats, tolerance=tolerance, max_rounds=args.max_rounds,
+                          on_warning=lambda m: print(f"\r\033[Kpis-tui: warning: {m}" if not quiet
+                                                     and sys.stderr.isatty() else f"pis-tui: warning: {m}",
+                                                     file=sys.stderr),
+                          skip=skip if seen else None)
     if args.json_out:
         from .common import dump_json
 
@@ -258,6 +282,15 @@ def run(args: argparse.Namespace) -> int:
                       "failed (their measured times include host overhead the prediction does "
                       "not price): " + "; ".join(f"{r.strategy} {r.phase} b{r.batch}: {r.capture_error}"
                                                  for r in failed[:3]), markup=False)
+        shaky = [r for r in rows if r.tp and r.tp.get("unstable_collectives")]
+        if shaky:
+            colls = shaky[0].tp["collectives"]
+            con.print(f"warning: {len(shaky)} row(s) rest on unstable collectives: the measured "
+                      f"{shaky[0].tp['backend']} collectives ranged "
+                      + "; ".join(f"{c['collective']} {c['bytes']:,} B {c['min_ms']:.3g}–"
+                                  f"{c['max_ms']:.3g} ms (median {c['ms']:.3g})" for c in colls[:4])
+                      + ": measured speedups and their predictions are no better than that",
+                      markup=False)
         notes = sorted({n for r in rows for n in r.notes})
         for n in notes:
             con.print(f"note: {n}", markup=False)

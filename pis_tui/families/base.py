@@ -12,6 +12,10 @@ A family declares, in one module under ``pis_tui/families``:
   attention's block density), :meth:`layer_ops` (the decoder layers' ops; dynamic depth
   replaces them), :meth:`extra_ops` (ops after the layers), :meth:`overhead_counts`,
   :meth:`achieved_sparsity`, :meth:`final_notes`;
+* **tensor parallelism** (``ctx.tp``): the generic builder emits one rank's ops (sharded
+  GEMMs, the rank's heads, all-reduces); a family that chooses head or channel counts keeps
+  them splittable over the ranks (:mod:`pis_tui.tensor_parallel`), a family that emits ops of
+  its own emits the rank's;
 * **its physical ceiling**: :meth:`speedup_ceiling`, the inverse of the share of roofline
   work it keeps (embeddings, lm_head and attention counted);
 * **real pruning** (``pis-tui quality``): :meth:`prune`, or ``quality_unsupported`` saying why
@@ -76,6 +80,11 @@ class PhaseContext:
     @property
     def layers(self) -> int:
         return self.spec.num_layers
+
+    @property
+    def tp(self) -> int:
+        """Tensor-parallel degree: the op lists are one rank's (1: a single GPU)."""
+        return self.scenario.tp
 
 
 @dataclass
@@ -153,9 +162,10 @@ class Family:
         ops: list[Op] = []
         if plan.attn_layers > 0:
             ops += attn_block(ctx.spec, plan.widths, ctx.phase, ctx.batch, ctx.q_len, ctx.kv_len,
-                              plan.attn_layers, ctx.dtype, plan.linear, plan.block_density)
+                              plan.attn_layers, ctx.dtype, plan.linear, plan.block_density,
+                              tp=ctx.tp)
         if plan.mlp_layers > 0:
-            ops += mlp_block(plan.widths, ctx.m, plan.mlp_layers, ctx.dtype, plan.linear)
+            ops += mlp_block(plan.widths, ctx.m, plan.mlp_layers, ctx.dtype, plan.linear, tp=ctx.tp)
         return ops
 
     def extra_ops(self, ctx: PhaseContext, plan: LayerPlan) -> list[Op]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..layer_ops import attn_block, mlp_block, round_half_up
 from ..ops import Elementwise, Gemm, Op
+from ..tensor_parallel import rank_heads
 from .base import Family
 
 
@@ -57,7 +58,8 @@ class DynamicDepth(Family):
             plan.dims.append(("M of each sublayer", f"{m} → {kb} (routed across the batch)"))
         mk = kb * kq
         count = L * expect
-        # routing per sublayer (attention and MLP): router GEMM, top-k, gather, scatter
+        # routing per sublayer (attention and MLP): router GEMM, top-k, gather, scatter (under
+        # tensor parallelism every rank routes alike: the residual stream is replicated)
         for sub in ("attn", "mlp"):
             ops.append(Gemm(f"{sub}_router", m, 1, w.hidden, float(L), dt))
             ops.append(Elementwise(f"{sub}_topk", "topk", batch if phase == "prefill" else 1,
@@ -66,7 +68,7 @@ class DynamicDepth(Family):
             if not (phase == "decode" and batch == 1):
                 ops.append(Elementwise(f"{sub}_gather", "gather", mk, w.hidden, float(L), dt))
                 ops.append(Elementwise(f"{sub}_scatter", "scatter", mk, w.hidden, float(L), dt))
-        kvd = w.kv_heads * w.head_dim
+        kvd = rank_heads(w.q_heads, w.kv_heads, ctx.tp)[1] * w.head_dim  # the rank's KV cache
         if phase == "prefill":
             # the kept tokens' rotary cos/sin rows are gathered (positions follow the tokens)
             ops.append(Elementwise("attn_pos_gather", "gather", mk, 2 * w.head_dim, float(L), dt))
@@ -74,8 +76,8 @@ class DynamicDepth(Family):
             # the kept rows' KV caches are gathered for attention (index_select over the batch)
             ops.append(Elementwise("attn_kv_gather", "gather", kb * kv_len, 2 * kvd, float(L), dt,
                                    extra=batch * kv_len))  # source: the whole batch's cache
-        ops += attn_block(spec, w, phase, kb, kq, kkv, count, dt, plan.linear)
-        ops += mlp_block(w, mk, count, dt, plan.linear)
+        ops += attn_block(spec, w, phase, kb, kq, kkv, count, dt, plan.linear, tp=ctx.tp)
+        ops += mlp_block(w, mk, count, dt, plan.linear, tp=ctx.tp)
         # tokens that skip a sublayer still pass through the residual stream: nothing to compute
         return ops
 

@@ -11,6 +11,7 @@ import math
 
 from ..layer_ops import ATTN_BLOCK
 from ..ops import Elementwise, Gemm
+from ..tensor_parallel import rank_heads
 from .base import Family
 
 
@@ -57,8 +58,9 @@ class DynamicSparseAttention(Family):
         L = float(ctx.layers)
         nq = max(1, math.ceil(q_len / ATTN_BLOCK))
         nk = max(1, math.ceil(kv_len / ATTN_BLOCK))
-        qd, kvd = w.q_heads * w.head_dim, w.kv_heads * w.head_dim
-        rows = batch * w.q_heads * nq
+        qh, kvh, _ = rank_heads(w.q_heads, w.kv_heads, ctx.tp)  # the rank's heads
+        qd, kvd = qh * w.head_dim, kvh * w.head_dim
+        rows = batch * qh * nq
         return [
             Elementwise("block_pool", "block_pool", batch * q_len, qd + (kvd if q_len > 1 else 0), L, dt),
             Gemm("block_score", rows, nk, w.head_dim, L, dt),

@@ -36,9 +36,11 @@ class LowRank(Family):
             return [Gemm(name + ".A", m, r, k, count, dt), Gemm(name + ".B", m, n, r, count, dt)]
         plan.linear = lin
         w = plan.widths  # the widths an earlier part of a combination may have cut
-        r_q = rank(w.q_heads * w.head_dim, w.hidden, s)
+        tp = ctx.tp  # under tensor parallelism each rank's shard is factorised on its own
+        r_q = rank(w.q_heads * w.head_dim // tp, w.hidden, s)
+        per = f" per shard (TP {tp})" if tp > 1 else ""
         plan.dims.append(("W[N,K] → B[N,r]·A[r,K]", f"e.g. q_proj r={r_q}; "
-                          f"gate r={rank(w.inter, w.hidden, s)}"))
+                          f"gate r={rank(w.inter // tp, w.hidden, s)}{per}"))
 
     def achieved_sparsity(self, ctx, plan, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)

@@ -1,19 +1,34 @@
-"""static_width (static NK): whole GQA groups of heads and MLP channels removed."""
+"""static_width (static NK): whole GQA groups of heads and MLP channels removed.
+
+Under tensor parallelism over ``tp`` ranks the kept widths must split over them: the KV groups
+kept are a multiple of tp (query heads a multiple of tp × the group size) or, fewer than tp, a
+divisor of tp (each KV head replicated, as vLLM does); the nearest such count to the asked one
+is kept (a tie keeps more), and the MLP channels are rounded to a multiple of tp × ``--align``
+(each rank's share a multiple of the alignment).
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from ..layer_ops import decoder_params, gemm_params, round_half_up, round_to
+from ..tensor_parallel import nearest_valid, valid_kv_groups
 from .base import Family
 
 
-def kept_kv_groups(spec, s: float) -> int:
+def asked_kv_groups(spec, s: float) -> int:
     return max(1, spec.num_kv_heads - round_half_up(s * spec.num_kv_heads))
 
 
-def kept_intermediate(spec, s: float, align: int) -> int:
-    return min(spec.intermediate_size, round_to((1 - s) * spec.intermediate_size, align))
+def kept_kv_groups(spec, s: float, tp: int = 1) -> int:
+    g = asked_kv_groups(spec, s)
+    if tp == 1:
+        return g
+    return nearest_valid(g, valid_kv_groups(spec.num_kv_heads, spec.gqa_group, tp))
+
+
+def kept_intermediate(spec, s: float, align: int, tp: int = 1) -> int:
+    return min(spec.intermediate_size, round_to((1 - s) * spec.intermediate_size, align * tp))
 
 
 class StaticWidth(Family):
@@ -27,15 +42,24 @@ class StaticWidth(Family):
     validate_standard = True
 
     def shape(self, ctx, plan):
-        spec, s, align = ctx.spec, ctx.sparsity, ctx.strategy.align
-        g = kept_kv_groups(spec, s)
-        inter = kept_intermediate(spec, s, align)
+        spec, s, align, tp = ctx.spec, ctx.sparsity, ctx.strategy.align, ctx.tp
+        g = kept_kv_groups(spec, s, tp)
+        inter = kept_intermediate(spec, s, align, tp)
         plan.widths = replace(plan.widths, q_heads=g * spec.gqa_group, kv_heads=g, inter=inter)
+        at = f", a multiple of {tp} × {align} at TP {tp}" if tp > 1 else ""
         plan.dims += [("query heads", f"{spec.num_heads} → {plan.widths.q_heads}"),
                       ("KV heads", f"{spec.num_kv_heads} → {g}"),
-                      ("MLP channels", f"{spec.intermediate_size} → {inter} (align {align})"),
+                      ("MLP channels", f"{spec.intermediate_size} → {inter} (align {align}{at})"),
                       ("N of q/k/v/gate/up, K of o/down", "shrunk")]
-        if g == spec.num_kv_heads and s > 0:
+        asked = asked_kv_groups(spec, s)
+        if tp > 1 and g != asked:
+            valid = valid_kv_groups(spec.num_kv_heads, spec.gqa_group, tp)
+            plan.notes.append(
+                f"TP {tp}: {spec.num_kv_heads} KV groups split over {tp} ranks only as "
+                f"{', '.join(map(str, sorted(valid, reverse=True)))} (a multiple of {tp}, or a "
+                f"divisor with the KV heads replicated): {s:.1%} asks {asked}, kept {g}"
+                + (" (heads not cut)" if g == spec.num_kv_heads else ""))
+        elif g == spec.num_kv_heads and s > 0:
             plan.notes.append(f"{spec.num_kv_heads} KV groups: heads cannot be cut by {s:.1%}, kept all")
 
     def achieved_sparsity(self, ctx, plan, ops):
@@ -47,10 +71,11 @@ class StaticWidth(Family):
         return prune_static_width(model, sparsity, cal, align)
 
     def validate_dims(self, spec, strategy, dims):
-        g = kept_kv_groups(spec, strategy.effective_sparsity)
+        tp = dims.get("tp", 1)
+        g = kept_kv_groups(spec, strategy.effective_sparsity, tp)
         dims.update(num_heads=g * spec.gqa_group, num_kv_heads=g,
                     intermediate_size=kept_intermediate(spec, strategy.effective_sparsity,
-                                                        strategy.align))
+                                                        strategy.align, tp))
 
 
 FAMILY = StaticWidth()

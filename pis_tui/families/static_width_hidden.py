@@ -30,10 +30,18 @@ class StaticWidthHidden(Family):
         plan.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.strategy.align})"),
                       ("K of q/k/v/gate/up, N of o/down, embeddings, lm_head", "shrunk"),
                       ("residual mapping", f"+2 GEMMs {h2}×{h2} per layer")]
+        if ctx.tp > 1:  # the residual stream every all-reduce carries is the sliced one
+            plan.dims += [("all-reduce message (TP)", f"M × {ctx.spec.hidden_size} → M × {h2}"),
+                          ("residual mapping (TP)", f"row-parallel: K {h2} → {h2 // ctx.tp} a rank, "
+                                                    "summed into the sublayer's all-reduce")]
 
     def extra_ops(self, ctx, plan):
-        h = plan.widths.hidden
-        return [Gemm("residual_map", ctx.m, h, h, 2.0 * ctx.layers, ctx.dtype)]
+        h, tp = plan.widths.hidden, ctx.tp
+        # under tensor parallelism the mapping is row-parallel: each rank maps its slice of the
+        # (replicated) residual stream and adds it to its partial sublayer output before the
+        # sublayer's all-reduce, which then carries both: no extra collective
+        return [Gemm("residual_map", ctx.m, h, h // tp if tp > 1 else h, 2.0 * ctx.layers,
+                     ctx.dtype, shards=tp)]
 
     def achieved_sparsity(self, ctx, plan, ops):
         return 1.0 - plan.widths.hidden / ctx.spec.hidden_size

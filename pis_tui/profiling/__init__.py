@@ -6,6 +6,8 @@
   answer first, so charts fill in quickly), followed by a grid of M around tile boundaries
   for the GEMM (N, K) pairs of the model (up to the M each pair runs at), from which the estimator interpolates shapes that
   were not timed.
+* :func:`plan_collectives` / :func:`measure_collectives`: the collectives of tensor parallelism
+  (``--tp``), measured through torch.distributed into the cache's collective_timings.
 * :func:`run_profile` measures what the cache does not hold yet, storing measurements as they
   are taken (flushed at least every two seconds and on any exit, so Ctrl-C loses nothing), with a
   progress callback and cancellation between measurements.  CUDA out-of-memory on a shape
@@ -22,13 +24,15 @@ profile itself, stored as it goes).
 from __future__ import annotations
 
 from ..ops import measuring_form
-from .plan import M_GRID, PlannedOp, PlanOptions, label_of, plan, plan_detailed, source_counts
+from .plan import (M_GRID, PlannedOp, PlanOptions, label_of, plan, plan_collectives, plan_detailed,
+                   source_counts)
 from .rounds import (CPU_MAX_ROUNDS, CPU_ROUNDS, MONOTONE_PASSES, MONOTONE_TOL, ROUND_TOL,
                      combine_rounds, measure_rounds, monotone_violations)
-from .run import (BATCH_CHUNK_S, CHUNK_S, FINAL_STATUSES, ProfileReport, busy_warning,
-                  contention_message, measure_ops, run_profile)
+from .run import (BATCH_CHUNK_S, CHUNK_S, FINAL_STATUSES, CollectiveReport, ProfileReport,
+                  busy_warning, contention_message, measure_collectives, measure_ops, run_profile)
 
-__all__ = ["M_GRID", "PlannedOp", "PlanOptions", "label_of", "plan", "plan_detailed",
+__all__ = ["M_GRID", "PlannedOp", "PlanOptions", "label_of", "plan", "plan_collectives",
+           "plan_detailed", "CollectiveReport", "measure_collectives",
            "source_counts", "CPU_MAX_ROUNDS", "CPU_ROUNDS", "MONOTONE_PASSES", "MONOTONE_TOL",
            "ROUND_TOL", "combine_rounds", "measure_rounds", "monotone_violations", "BATCH_CHUNK_S",
            "CHUNK_S", "FINAL_STATUSES", "ProfileReport", "busy_warning", "contention_message",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..ops import Attention, Gemm, Op, Overhead, measuring_form
+from ..ops import Attention, Collective, Gemm, Op, Overhead, measuring_form
 from ..scenario import PHASES, Scenario
 
 #: M values around typical GEMM tile boundaries (64/128/256) and powers of two
@@ -62,6 +62,8 @@ def label_of(op: Op) -> str:
         bs = f" block-sparse {op.block_density:.0%}" if op.block_density < 1 else ""
         return (f"attention{bs} B{op.batch} H{op.q_heads}/{op.kv_heads} q{op.q_len} kv{op.kv_len} "
                 f"d{op.head_dim} {op.dtype}")
+    if isinstance(op, Collective):
+        return f"{op.shape()} {op.dtype}"
     return f"{op.kind} {op.rows}×{op.width} {op.dtype}"
 
 
@@ -84,8 +86,8 @@ def plan_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=
             times = [(o, roof(o) * o.count) for o in po.ops]
             total = sum(t for _, t in times) or 1.0
             for o, t in times:
-                if isinstance(o, Overhead):  # measured by the dispatch probe, not as a kernel
-                    continue
+                if isinstance(o, (Overhead, Collective)):
+                    continue  # the dispatch probe / torch.distributed measure these, not timing
                 mo = measuring_form(o)
                 k = mo.key()
                 share = t / total
@@ -124,6 +126,29 @@ def plan_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=
         grid.sort(key=lambda tp: tp[0])  # cheap points first: the grid fills in quickly
         planned += [p for _, p in grid]
     return planned
+
+
+def plan_collectives(spec, scenario: Scenario, strategies=None, sparsities=None,
+                     options=None) -> list[Collective]:
+    """The distinct collectives (tensor parallelism: ``scenario.tp`` > 1) a sweep's op lists
+    run, one call each, largest message first; measured through torch.distributed
+    (:func:`pis_tui.profiling.measure_collectives`), not by the kernel timing."""
+    from .. import families
+    from ..taxonomy import build_phase_ops, strategies_grid
+
+    if scenario.tp == 1:
+        return []
+    opt = PlanOptions.of(options)
+    found: dict = {}
+    for strat in strategies_grid(tuple(strategies) if strategies else families.pruned(),
+                                 tuple(sparsities) if sparsities else None, opt.granularity,
+                                 opt.align):
+        for ph in opt.phases:
+            for o in build_phase_ops(spec, strat, scenario, ph).ops:
+                if isinstance(o, Collective):
+                    found.setdefault(o.key(), Collective("planned", o.kind, o.elems, o.world, 1.0,
+                                                         o.dtype))
+    return sorted(found.values(), key=lambda c: (-c.bytes(), c.kind))
 
 
 def plan(spec, device, scenario: Scenario, strategies=None, sparsities=None,

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Optional
 
 from ..errors import MeasureError
 from ..measured_table import Measurement
-from ..ops import Op, Overhead, measuring_form
+from ..ops import Collective, Op, Overhead, measuring_form
 from .plan import label_of, roofline_fn
 from .rounds import (CPU_ROUNDS, MONOTONE_PASSES, CancelArg, ProgressFn,
                      consistency_violations, is_cancelled, measure_rounds)
@@ -136,7 +136,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
         raise ValueError(f"remeasure must be none, unstable or all, not {remeasure!r}")
     t0 = time.monotonic()
     ops = list({measuring_form(o).key(): measuring_form(o) for o in ops
-                if not isinstance(o, Overhead)}.values())
+                if not isinstance(o, (Overhead, Collective))}.values())
     fp = device_ctx.fingerprint if device_ctx is not None else local_device().fingerprint
     report = ProfileReport(total=len(ops))
     have = {}
@@ -404,3 +404,66 @@ def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
     for m in report.measurements:
         got.setdefault(m.key, m)
     return list(got.values())
+
+
+# ---------------------------------------------------------------- collectives
+
+
+@dataclass
+class CollectiveReport:
+    measured: list = field(default_factory=list)  # the rows measured now
+    reused: int = 0
+    backend: str = ""
+    world: int = 0
+
+    def to_dict(self) -> dict:
+        return {"measured": len(self.measured), "reused": self.reused, "backend": self.backend,
+                "world_size": self.world,
+                "unstable": sum(1 for r in self.measured if r.get("status") == "unstable"),
+                "rows": [{k: r.get(k) for k in ("collective", "dtype", "bytes", "ms", "spread",
+                                                 "busbw_gbs", "status")} | {
+                          "min_ms": (r.get("conditions") or {}).get("min_ms"),
+                          "max_ms": (r.get("conditions") or {}).get("max_ms")}
+                         for r in self.measured]}
+
+
+def measure_collectives(collectives_, device, cache, *, remeasure: str = "none",
+                        rounds: Optional[int] = None,
+                        on_result: Optional[Callable[[dict], None]] = None,
+                        timeout_s: Optional[float] = None) -> CollectiveReport:
+    """Measure the collectives (:class:`~pis_tui.ops.Collective`, one world size) the cache
+    does not hold for ``device`` yet, through torch.distributed (``pis_tui.timing.collectives``:
+    NCCL on a GPU, gloo on the CPU), storing each row as it arrives.  A world size that cannot
+    be started is a UserError (exit 2) before anything is measured."""
+    from ..collectives import backend_of
+    from ..timing import collectives as tc
+
+    colls = list(collectives_)
+    report = CollectiveReport(backend=backend_of(device))
+    if not colls:
+        return report
+    worlds = {c.world for c in colls}
+    if len(worlds) != 1:
+        raise ValueError(f"one world size at a time, not {sorted(worlds)}")
+    world = report.world = worlds.pop()
+    have = set()
+    if cache is not None and remeasure != "all":
+        for r in cache.get_collectives(device.fingerprint, report.backend, world):
+            if remeasure == "unstable" and r.get("status") == "unstable":
+                continue
+            have.add((r["collective"], r["dtype"], int(r["bytes"])))
+    todo = [c for c in colls if (c.kind, c.dtype, int(c.bytes())) not in have]
+    report.reused = len(colls) - len(todo)
+    if not todo:
+        return report
+
+    def got(row: dict) -> None:
+        report.measured.append(row)
+        if cache is not None:
+            cache.put_collectives([row])
+        if on_result is not None:
+            on_result(row)
+
+    tc.measure([(c.kind, c.dtype, c.elems) for c in todo], world, device,
+               rounds=rounds or tc.DEFAULT_ROUNDS, on_result=got, timeout_s=timeout_s)
+    return report

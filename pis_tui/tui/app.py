@@ -30,7 +30,7 @@ from ..errors import PisError
 from ..sources import ordered
 from .backend import PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, export_name, plan_presets
 from .export_dialog import ExportDialog
-from .flops_chart import FlopsChart, gap_lines
+from .flops_chart import FlopsChart, gap_lines, tp_lines
 from .fmt import family_style, metric_label, pct, rgb, speed
 from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
 from .help_screen import HelpScreen
@@ -53,7 +53,7 @@ Screen { layout: vertical; }
 TabbedContent { height: 1fr; }
 TabPane { padding: 0; }
 .charts { height: 1fr; }
-#gap-summary { height: auto; max-height: 6; padding: 0 1; }
+#gap-summary { height: auto; max-height: 10; padding: 0 1; }  /* + TP's lines (wrapped) */
 #recs { height: auto; }
 #bottom { height: 1; background: $boost; }
 #status { height: 1; width: 1fr; padding: 0 1; color: $text-muted; }
@@ -497,9 +497,10 @@ class PisApp(App):
         self._update_setup_info()
         r = snap.result
         budget = f"budget {pct(snap.choices.active_budget)}"
-        self._subtitles = [f"{r.spec.name} · {r.device.display_name} · {r.scenario.dtype} "
+        tp = f"{r.scenario.tp} × " if r.scenario.tp > 1 else ""  # tensor parallelism: the GPUs
+        self._subtitles = [f"{r.spec.name} · {tp}{r.device.display_name} · {r.scenario.dtype} "
                            f"{r.scenario.engine} · {budget}",
-                           f"{r.spec.name} · {snap.choices.gpu} · {r.scenario.dtype} · {budget}",
+                           f"{r.spec.name} · {tp}{snap.choices.gpu} · {r.scenario.dtype} · {budget}",
                            f"{r.spec.name} · {budget}"]
         self._fit_header()
         kernels = ", ".join(f"{n} {k}" for k, n in ordered(r.source_summary()))
@@ -558,6 +559,17 @@ class PisApp(App):
                 marker, color = family_style(f)
                 t.append(f" {marker}", style=f"bold {rgb(color)}")
                 t.append(f" {pct(ach, 0)} {speed(real)}/{speed(flops)}")
+            t.append("\n")
+        for ph in PHASES:  # tensor parallelism: how much of its all-reduce time each keeps
+            tpl = tp_lines(snap, ph, fam)
+            if tpl is None:
+                break
+            deg, share, kept = tpl
+            t.append(f"TP {deg} {ph}: collectives {pct(share, 0)} of dense; kept", style="dim")
+            for f, k in kept:
+                marker, color = family_style(f)
+                t.append(f" {marker}", style=f"bold {rgb(color)}")
+                t.append(f" {pct(k, 0)}")
             t.append("\n")
         self.query_one("#gap-summary", Static).update(t)
 

@@ -23,6 +23,7 @@ from typing import Optional
 from ..display import timings_label
 from ..errors import PisError, UserError
 from ..scenario import ENGINES
+from ..tensor_parallel import DEGREES as TP_DEGREES  # tensor parallelism: the GPUs of one node
 
 PHASES = ("prefill", "decode")
 QUALITY_SOURCES = ("priors", "csv", "measured")
@@ -57,6 +58,7 @@ class Choices:
     combos: str = "multiplicative"  # COMBOS
     extrapolated: str = "skip"  # EXTRAPOLATED: only re-ranks
     engine: str = "eager"  # the execution profile (pis_tui.execution)
+    tp: int = 1  # tensor parallelism over this many GPUs of one node (1: one GPU)
 
     @property
     def allow_extrapolated(self) -> bool:
@@ -120,6 +122,8 @@ class Choices:
             out = replace(out, quality_method="mean")
         if out.engine not in ENGINES:
             out = replace(out, engine="eager")
+        if out.tp not in TP_DEGREES:
+            out = replace(out, tp=1)
         return out
 
 
@@ -437,11 +441,13 @@ class Backend:
         t0 = time.perf_counter()
         spec, device, dtype = self._setup(choices)
         with _blame("scenario"):
-            scenario = Scenario(choices.prefill_batch, choices.prompt_len, choices.decode_batch,
-                                choices.context_len, dtype, choices.engine)
+            scenario = Scenario(prefill_batch=choices.prefill_batch, prompt_len=choices.prompt_len,
+                                decode_batch=choices.decode_batch, context_len=choices.context_len,
+                                dtype=dtype, engine=choices.engine, tp=choices.tp)
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
+            self._check_tp(spec, device, choices.tp, cache)
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
             result = sweep(spec, device, scenario, self.strategies(choices), quality=quality,
@@ -450,6 +456,24 @@ class Backend:
             measured = result.source_summary().get("measured", 0)
         recs = self.recommend(result, choices.active_budget, choices.allow_extrapolated)
         return Snapshot(choices, result, recs, time.perf_counter() - t0, measured)
+
+    @staticmethod
+    def _check_tp(spec, device, tp: int, cache) -> None:
+        """Tensor parallelism: the heads split over the ranks (else the scenario's error) and
+        the collectives can be priced on the device (else the GPU's)."""
+        if tp == 1:
+            return
+        from ..collectives import CollectivePricer, check
+        from ..hardware import rank_device
+        from ..tensor_parallel import check_model
+
+        with _blame("scenario"):
+            check_model(spec, tp)
+        dev = rank_device(device, tp)
+        rows = cache.get_collectives(dev.fingerprint) if cache is not None and device.is_local \
+            and hasattr(cache, "get_collectives") else ()
+        with _blame("gpu"):
+            check(dev, tp, CollectivePricer(dev, rows))
 
     def recommend(self, result, budget: float, allow_extrapolated: bool = False) -> dict:
         """Re-rank without re-sweeping (instant)."""
@@ -477,11 +501,12 @@ class Backend:
         workload = self.workload(inputs)
         with (self.cache(hold=True) if device.is_local or choices.quality == "measured"
               else contextlib.nullcontext()) as cache:
+            self._check_tp(spec, device, choices.tp, cache)
             with _blame("quality"):
                 quality = self._quality_model(choices, spec, cache)
             result = plan(spec, device, workload, strategies=self.strategies(choices), dtype=dtype,
                           quality=quality, cache=cache if device.is_local else None,
-                          engine=choices.engine)
+                          engine=choices.engine, tp=choices.tp)
         rec = self.rank_plan(result, choices.active_budget, inputs.objective,
                              choices.allow_extrapolated)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
@@ -502,7 +527,8 @@ class Backend:
                 "--gpu", "local", "--prefill-batch", str(choices.prefill_batch),
                 "--prompt-len", str(choices.prompt_len), "--decode-batch",
                 str(choices.decode_batch), "--context-len", str(choices.context_len),
-                *dtype, *cache, "--progress-jsonl"]
+                *dtype, *(["--tp", str(choices.tp)] if choices.tp > 1 else []), *cache,
+                "--progress-jsonl"]
 
     def export(self, snapshot: Snapshot, path: str, fmt: str = "json",
                plan: Optional[PlanSnapshot] = None, csv_of: str = "points") -> Path:

@@ -74,3 +74,28 @@ def gap_lines(snapshot, phase: str, family: Optional[str] = None) -> list[tuple[
         p = max(fp, key=lambda p: p.achieved_sparsity)
         out.append((fam, p.achieved_sparsity, p.speedup, p.flops_speedup))
     return out
+
+
+def tp_lines(snapshot, phase: str, family: Optional[str] = None) -> Optional[tuple]:
+    """Tensor parallelism's effect (``None`` at tp 1): (degree, the share of dense's time one rank
+    spends in collectives, [(family, share of dense's collective time its largest sparsity
+    keeps)]).  Static depth drops its layers' all-reduces, static width keeps every one (the
+    hidden size stays), hidden slicing shrinks their bytes."""
+    from ..collectives import collective_ms
+
+    result = snapshot.result
+    tp = result.scenario.tp
+    if tp == 1:
+        return None
+    dense = result.dense(phase)
+    dc = collective_ms(dense)
+    kept = []
+    for fam in family_names():
+        if fam == "dense" or family not in (None, fam):
+            continue
+        fp = [p for p in result.phase_points(phase) if p.strategy == fam]
+        if not fp or dc <= 0:
+            continue
+        p = max(fp, key=lambda p: p.achieved_sparsity)
+        kept.append((fam, collective_ms(result.estimate_for(p.strategy, p.sparsity, phase)) / dc))
+    return tp, dc / dense.latency_ms if dense.latency_ms else 0.0, kept

@@ -12,7 +12,7 @@ ACTIONS = (
     ("Measure on the local device", "time the ops in a background process", "measure"),
     ("Cancel measuring", "stop the measuring process; what was measured is kept", "cancel_measure"),
     ("Drill into the highlighted point", "its op list: M, N, K and where the time goes", "drill"),
-    ("Show / hide setup", "model, GPU, budget, scenario, quality, dtype, kernels", "toggle_setup"),
+    ("Show / hide setup", "model, GPU, budget, scenario, TP, quality, dtype, kernels", "toggle_setup"),
     ("Pareto charts", "speedup vs quality loss per phase", "tab('pareto')"),
     ("Beyond FLOPs", "real vs FLOPs-predicted speedup per family", "tab('flops')"),
     ("Points table", "every point with its sources", "tab('points')"),

@@ -24,6 +24,12 @@ def _row(t: Text, label: str, mine: str, dense: str, ratio: str = "") -> None:
         t.append(f" {ratio}", style="green")
 
 
+def _coll(c) -> str:
+    """One rank's collectives in the mean decode step, and their share of it."""
+    ms = c.tpot_collectives_ms
+    return f"{latency(ms)} {pct(ms / c.tpot_ms, 0)}" if c.tpot_ms else latency(ms)
+
+
 def plan_text(ps) -> Text:
     """What the panel says about a :class:`~pis_tui.tui.backend.PlanSnapshot`, most important
     first (a short terminal cuts off what comes last; the panel scrolls)."""
@@ -54,7 +60,11 @@ def plan_text(ps) -> Text:
     bb = "/".join(str(k.at_max_batch.batch) for k in best.classes if k.at_max_batch)
     db = "/".join(str(k.at_max_batch.batch) for k in d.classes if k.at_max_batch)
     _row(t, "tok/s", f"{thr:,.0f} @{bb}" if thr else "–", f"{dthr:,.0f} @{db}" if dthr else "none")
-    _row(t, "weights", _gb(best.weights_bytes), _gb(d.weights_bytes))
+    tp = getattr(ps.result, "tp", 1)
+    if tp > 1:  # tensor parallelism: the all-reduces' share of a decode step, which pruning
+        # keeps (static width: the hidden size stays), drops (depth) or shrinks (hidden slicing)
+        _row(t, "TP comm", _coll(best), _coll(d))
+    _row(t, "weights" if tp == 1 else "wts/GPU", _gb(best.weights_bytes), _gb(d.weights_bytes))
     _row(t, "KV/tok", f"{best.kv_bytes_per_token / 1024:.0f} KiB", f"{d.kv_bytes_per_token / 1024:.0f} KiB")
     _row(t, "fits", f"{ps.sequences(best)} seqs", ps.sequences(d))
     conc = "/".join(str(k.cls.concurrency) for k in best.classes)
@@ -88,7 +98,9 @@ class PlanPanel(VerticalScroll, can_focus=False):
         t = plan_text(ps)
         self.plain = t.plain
         wl = ps.result.workload
-        self.border_title = f"{wl.label()} · loss ≤ {pct(ps.rec.budget)}"
+        tp = getattr(ps.result, "tp", 1)
+        self.border_title = (f"{wl.label()} · loss ≤ {pct(ps.rec.budget)}"
+                             + (f" · TP {tp}" if tp > 1 else ""))  # figures per GPU (wts/GPU)
         self.query_one("#plan-text", Static).update(t)
 
     def show_message(self, text: str) -> None:

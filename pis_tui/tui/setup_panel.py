@@ -1,4 +1,5 @@
-"""The setup sidebar: model, GPU, budget, scenario, quality protocol and source, dtype.
+"""The setup sidebar: model, GPU, budget, scenario (tensor parallelism too), quality protocol
+and source, dtype, kernels (the engine).
 
 It owns the user's :class:`~pis_tui.tui.backend.Choices` and posts
 :class:`SetupPanel.Changed` with the new choices whenever one field settles (typed numbers
@@ -23,6 +24,7 @@ from .budget_control import BudgetControl
 
 SCENARIO_FIELDS = (("prefill-batch", "prefill_batch", "batch"), ("prompt-len", "prompt_len", "prompt"),
                    ("decode-batch", "decode_batch", "batch"), ("context-len", "context_len", "context"))
+TP_LABELS = (("1 GPU", 1), ("2 GPUs", 2), ("4 GPUs", 4), ("8 GPUs", 8))
 QUALITY_LABELS = (("literature priors (cited)", "priors"), ("own CSV file", "csv"),
                   ("measured perplexity (cache)", "measured"))
 COMBO_LABELS = (("combinations: loss ×", "multiplicative"), ("combinations: loss +", "additive"),
@@ -81,6 +83,9 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
             with Horizontal(classes="row"):
                 yield Label(label)
                 yield Input(str(getattr(c, attr)), type="integer", id=wid, max_length=7, compact=True)
+        with Horizontal(classes="row"):
+            yield Label("TP")
+            yield Select(TP_LABELS, value=c.tp, allow_blank=False, compact=True, id="tp")
         yield Static("", id="scenario-error", classes="error")
         yield Label("Quality", classes="section")
         yield Select([("LoRA-recovered (study)", "lora"), ("training-free", "training-free")],
@@ -145,7 +150,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         for wid, val in (("#model", choices.model), ("#gpu", choices.gpu),
                          ("#protocol", choices.protocol), ("#quality-source", choices.quality),
                          ("#dtype", choices.dtype), ("#combos", choices.combos),
-                         ("#extrapolated", choices.extrapolated), ("#engine", choices.engine)):
+                         ("#extrapolated", choices.extrapolated), ("#tp", choices.tp),
+                         ("#engine", choices.engine)):
             s = self.query_one(wid, Select)
             if wid == "#model" and not any(v == val for _, v in self._model_options):
                 self._model_options = self._model_options + [(f"{val}  (typed)", val)]
@@ -244,6 +250,9 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
             self._post(replace(c, quality=str(event.value)), "quality")
         elif wid == "dtype":
             self._post(replace(c, dtype=str(event.value)), "dtype")
+        elif wid == "tp":
+            self.set_error("scenario", "")
+            self._post(replace(c, tp=int(event.value)), "scenario")
         elif wid == "engine":
             self._post(replace(c, engine=str(event.value)), "dtype")
 

@@ -52,13 +52,16 @@ def build_model(model: str | dict, strategy: tx.Strategy, *, device: str = "cpu"
 
 
 def build_from_spec(raw: dict, spec: ModelSpec, strategy: tx.Strategy, *, device: str = "cpu",
-                    dtype: str = "fp32", seed: int = 0) -> BuiltModel:
+                    dtype: str = "fp32", seed: int = 0, tp: int = 1, rank: int = 0) -> BuiltModel:
+    """``tp`` > 1: the model of tensor-parallel rank ``rank`` (its shards, explicitly: see
+    :func:`pis_tui.validation.modules.tensor_parallel`; a torch.distributed group of ``tp``
+    ranks must be initialised)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     check_buildable(spec)
     tdt = torch_dtype(dtype)
-    dims = pruned_dims(spec, strategy)
+    dims = pruned_dims(spec, strategy, tp)
     config = hf_config(raw, spec, dims)
     register_attention()
     state: dict = {"decode_pos": None}
@@ -76,6 +79,10 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: tx.Strategy, *, device
     built.model = m
     m.config._attn_implementation = ATTN_IMPL
     fam.validate_finish(built, seed)  # masks, another attention implementation
+    if tp > 1:
+        from .modules import tensor_parallel
+
+        tensor_parallel(built, rank, tp)
     return built
 
 

@@ -184,6 +184,11 @@ class ValidationRow:
     ceiling: float = float("inf")
     above_ceiling: bool = False
 
+    #: tensor parallelism (``validate --tp``): degree, backend, threads a rank, the predicted
+    #: collectives' time, the collectives measured (with their spread) and whether one was
+    #: unstable; None on one device
+    tp: Optional[dict] = None
+
     @property
     def status(self) -> str:
         return "ok" if self.stable else "unstable"
@@ -201,6 +206,8 @@ class ValidationRow:
         if not self.stable:  # no figure for an unstable speedup: its interval says what it is
             d["measured_speedup"] = None
             d["error"] = None
+        if self.tp is not None:
+            d["tp"] = self.tp
         if full:
             for k in ("flops_speedup", "flops_error", "timing_source", "measured_spread",
                       "dense_spread", "repeats", "granularity", "capture_error", "pairs",
@@ -449,8 +456,10 @@ def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: s
     from ..hardware import local_device
 
     d = row.to_dict(full=True)
-    d.update(model=spec.name, dtype=dtype, device=local_device().fingerprint,
-             fingerprint=local_device().fingerprint, torch_device=device,
+    fp = local_device().fingerprint
+    if row.tp is not None:  # a rank's device at tp N: kept apart from its one-device rows
+        fp = f"{fp} tp{row.tp['tp']}"
+    d.update(model=spec.name, dtype=dtype, device=fp, fingerprint=fp, torch_device=device,
              measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return d
 

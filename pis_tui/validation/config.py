@@ -72,25 +72,41 @@ class PrunedDims:
     intermediate_size: int
     ranks: dict = field(default_factory=dict, hash=False)  # proj name → rank (low_rank)
     residual_map: bool = False
+    #: tensor parallelism: the model is one rank's of this many (heads, KV heads, MLP channels
+    #: and vocabulary split; the fields above are the whole pruned model's, ``ranks`` a shard's)
+    tp: int = 1
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def pruned_dims(spec: ModelSpec, strategy: tx.Strategy) -> PrunedDims:
-    """The dense dims, changed by the family's ``validate_dims`` hook."""
+def pruned_dims(spec: ModelSpec, strategy: tx.Strategy, tp: int = 1) -> PrunedDims:
+    """The dense dims, changed by the family's ``validate_dims`` hook (which sees ``tp`` in
+    the dict: widths a family keeps must split over the ranks, as the taxonomy rounds them)."""
     L = spec.num_layers
     d = dict(num_layers=L, attn_layers=L, mlp_layers=L, hidden_size=spec.hidden_size,
              num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
-             intermediate_size=spec.intermediate_size)
+             intermediate_size=spec.intermediate_size, tp=tp)
     families.get(strategy.family).validate_dims(spec, strategy, d)
     return PrunedDims(**d)
 
 
+def rank_widths(d: dict) -> tuple[int, int, int]:
+    """(query heads, KV heads, MLP channels) one rank holds, for a dict of :class:`PrunedDims`
+    fields (the whole model's at tp = 1)."""
+    from ..tensor_parallel import rank_heads
+
+    tp = d.get("tp", 1)
+    q, kv, _ = rank_heads(d["num_heads"], d["num_kv_heads"], tp)
+    return q, kv, d["intermediate_size"] // tp
+
+
 def proj_shapes(d: dict) -> dict:
-    """(N, K) of each decoder linear for a dict of :class:`PrunedDims` fields."""
-    q, kv = d["num_heads"] * d["head_dim"], d["num_kv_heads"] * d["head_dim"]
-    h, i = d["hidden_size"], d["intermediate_size"]
+    """(N, K) of each decoder linear for a dict of :class:`PrunedDims` fields (one rank's
+    shards under tensor parallelism: column-parallel N and row-parallel K split)."""
+    qh, kvh, i = rank_widths(d)
+    q, kv = qh * d["head_dim"], kvh * d["head_dim"]
+    h = d["hidden_size"]
     return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
             "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
 
@@ -107,6 +123,12 @@ def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
                num_attention_heads=dims.num_heads, num_key_value_heads=dims.num_kv_heads,
                head_dim=dims.head_dim, intermediate_size=dims.intermediate_size,
                use_cache=True, tie_word_embeddings=spec.tie_embeddings)
+    if dims.tp > 1:  # one rank's model: its heads, KV heads, channels and rows of the vocabulary
+        from ..tensor_parallel import vocab_per_rank
+
+        qh, kvh, inter = rank_widths(dims.to_dict())
+        cfg.update(num_attention_heads=qh, num_key_value_heads=kvh, intermediate_size=inter,
+                   vocab_size=vocab_per_rank(spec.vocab_size, dims.tp))
     if spec.model_type in ("qwen2", "qwen3"):
         cfg["use_sliding_window"] = False
         cfg["max_window_layers"] = dims.num_layers
@@ -117,6 +139,8 @@ def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
     except (TypeError, ValueError) as e:
         raise UserError(f"{spec.name}: cannot build a {spec.model_type} config ({e})") from None
     config._attn_implementation = "sdpa"
+    if dims.tp > 1:
+        config.pis_full_vocab = spec.vocab_size  # the ids a rank's inputs are drawn from
     return config
 
 

@@ -1,6 +1,7 @@
 """The wrapper modules validate builds pruned models from (created on first use: torch.nn is
 imported lazily): low-rank linears, half layers, SliceGPT-like mapped layers, token-routed
-layers and the row cache of routed decode."""
+layers and the row cache of routed decode; and, for tensor parallelism (``validate --tp``),
+the all-reduce after a row-parallel linear, the vocab-parallel embedding and lm_head."""
 
 from __future__ import annotations
 
@@ -93,10 +94,21 @@ def _make_classes() -> None:
             self.attn_map = nn.Linear(hidden, hidden, bias=False, dtype=dt)
             self.mlp_map = nn.Linear(hidden, hidden, bias=False, dtype=dt)
 
+        tp_slice = None  # tensor parallelism: this rank's slice of the residual stream
+
         def forward(self, hidden_states, **kw):
             inner = self.inner
             x = hidden_states
             a, _ = inner.self_attn(hidden_states=inner.input_layernorm(x), **kw)
+            if self.tp_slice is not None:  # row-parallel maps, summed into one all-reduce
+                import torch.distributed as dist
+
+                sl = self.tp_slice
+                x = self.attn_map(x[..., sl]) + a
+                dist.all_reduce(x)
+                y = self.mlp_map(x[..., sl]) + inner.mlp(inner.post_attention_layernorm(x))
+                dist.all_reduce(y)
+                return y
             x = self.attn_map(x) + a
             return self.mlp_map(x) + inner.mlp(inner.post_attention_layernorm(x))
 
@@ -200,8 +212,59 @@ def _make_classes() -> None:
                 return x + self._attn(x, kw)
             return x + self._mlp(x)
 
+    class AllReduceAfter(nn.Module):
+        """A row-parallel linear: this rank's partial output, summed over the ranks."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.in_features = getattr(inner, "in_features", None)
+            self.out_features = getattr(inner, "out_features", None)
+
+        def forward(self, x):
+            import torch.distributed as dist
+
+            y = self.inner(x)
+            dist.all_reduce(y)
+            return y
+
+    class VocabParallelEmbedding(nn.Module):
+        """This rank's rows [start, start + rows) of the embedding table: ids outside them
+        look up nothing (zeros), and the partial embeddings are summed over the ranks."""
+
+        def __init__(self, emb, start: int):
+            super().__init__()
+            self.emb, self.start, self.rows = emb, start, emb.num_embeddings
+            self.weight = emb.weight  # tied lm_heads and transformers look for it here
+
+        def forward(self, ids):
+            import torch.distributed as dist
+
+            local = ids - self.start
+            keep = (local >= 0) & (local < self.rows)
+            out = self.emb(local.clamp(0, self.rows - 1)) * keep.unsqueeze(-1).to(self.weight.dtype)
+            dist.all_reduce(out)
+            return out
+
+    class ParallelLMHead(nn.Module):
+        """This rank's share of the logits, gathered from every rank (the full vocabulary)."""
+
+        def __init__(self, head, vocab: int):
+            super().__init__()
+            self.head, self.vocab = head, vocab
+            self.weight = head.weight
+
+        def forward(self, x):
+            import torch.distributed as dist
+
+            part = self.head(x).contiguous()
+            parts = [torch.empty_like(part) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, part)
+            return torch.cat(parts, dim=-1)[..., : self.vocab]
+
     _CLASSES.update(LowRank=LowRank, HalfLayer=HalfLayer, MappedLayer=MappedLayer,
-                    RoutedLayer=RoutedLayer, RowCache=RowCache)
+                    RoutedLayer=RoutedLayer, RowCache=RowCache, AllReduceAfter=AllReduceAfter,
+                    VocabParallelEmbedding=VocabParallelEmbedding, ParallelLMHead=ParallelLMHead)
 
 
 def low_rank_linear(lin, rank):
@@ -222,3 +285,42 @@ def mapped_layer(layer, hidden):
 def routed_layer(layer, hidden, s, state, run_attn, run_mlp):
     _make_classes()
     return _CLASSES["RoutedLayer"](layer, hidden, s, state, run_attn, run_mlp)
+
+
+def tensor_parallel(built, rank: int, tp: int) -> None:
+    """Make a materialised rank model (built with one rank's config: its heads, KV heads,
+    channels and vocabulary rows) a tensor-parallel rank of ``tp``: an all-reduce after every
+    row-parallel linear (o_proj, down_proj; a SliceGPT-like layer sums its row-parallel
+    residual maps into the same all-reduce instead), a vocab-parallel embedding and lm_head
+    (the logits all-gathered).  Needs an initialised torch.distributed process group."""
+    _make_classes()
+    import torch
+
+    nn = torch.nn
+    m = built.model
+    vpr = m.model.embed_tokens.num_embeddings
+    mapped = [mod for mod in m.modules() if type(mod).__name__ == "MappedLayer"]
+    skip = set()
+    h = built.dims.hidden_size
+    share = h // tp
+    for layer in mapped:
+        dt = _dtype_of(layer)
+        layer.attn_map = nn.Linear(share, h, bias=False, dtype=dt, device=layer.attn_map.weight.device)
+        layer.mlp_map = nn.Linear(share, h, bias=False, dtype=dt, device=layer.mlp_map.weight.device)
+        with torch.no_grad():
+            for lin in (layer.attn_map, layer.mlp_map):
+                lin.weight.normal_(0, 0.02)
+        layer.tp_slice = slice(rank * share, (rank + 1) * share)
+        skip.update(id(x) for x in (layer.inner.self_attn, layer.inner.mlp))
+    for mod in list(m.modules()):
+        if id(mod) in skip:
+            continue
+        if hasattr(mod, "q_proj") and hasattr(mod, "o_proj"):
+            mod.o_proj = _CLASSES["AllReduceAfter"](mod.o_proj)
+        elif hasattr(mod, "down_proj") and hasattr(mod, "gate_proj"):
+            mod.down_proj = _CLASSES["AllReduceAfter"](mod.down_proj)
+    m.model.embed_tokens = _CLASSES["VocabParallelEmbedding"](m.model.embed_tokens, rank * vpr)
+    m.lm_head = _CLASSES["ParallelLMHead"](m.lm_head, built.spec.vocab_size)
+    built.notes.append(f"tensor parallel rank {rank} of {tp}: column-parallel q/k/v/gate/up, "
+                       "row-parallel o/down with an all-reduce, vocab-parallel embedding and "
+                       "lm_head (torch.distributed)")

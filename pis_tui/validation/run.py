@@ -79,7 +79,7 @@ class PhaseRun:
             # cache's copies would be work it never priced), and without a cache object the
             # forward has static shapes and buffers, so it can be captured in a CUDA graph
             S = self.length
-            self.ids = torch.randint(0, cfg.vocab_size, (B, S), generator=g).to(self.device)
+            self.ids = torch.randint(0, getattr(cfg, "pis_full_vocab", cfg.vocab_size), (B, S), generator=g).to(self.device)
             self.pos = torch.arange(S, device=self.device).unsqueeze(0)
 
             def fn():
@@ -93,7 +93,7 @@ class PhaseRun:
         L = self.length
         self.cache = self._static_cache(L)
         self.built.state["decode_pos"] = L
-        self.ids = torch.randint(0, cfg.vocab_size, (B, 1), generator=g).to(self.device)
+        self.ids = torch.randint(0, getattr(cfg, "pis_full_vocab", cfg.vocab_size), (B, 1), generator=g).to(self.device)
         self.pos = torch.full((1, 1), L, device=self.device, dtype=torch.long)
         layers = self._cache_layers
 
