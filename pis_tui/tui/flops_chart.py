@@ -93,9 +93,11 @@ def tp_lines(snapshot, phase: str, family: Optional[str] = None) -> Optional[tup
     for fam in family_names():
         if fam == "dense" or family not in (None, fam):
             continue
-        fp = [p for p in result.phase_points(phase) if p.strategy == fam]
+        # the families (a combination's parts are each a family's: their lines say it)
+        fp = [p for p in result.phase_points(phase) if p.strategy == fam and not p.parts]
         if not fp or dc <= 0:
             continue
         p = max(fp, key=lambda p: p.achieved_sparsity)
-        kept.append((fam, collective_ms(result.estimate_for(p.strategy, p.sparsity, phase)) / dc))
+        kept.append((fam, collective_ms(result.estimate_for(p.strategy, p.sparsity, phase,
+                                                            p.parts)) / dc))
     return tp, dc / dense.latency_ms if dense.latency_ms else 0.0, kept
