@@ -239,3 +239,23 @@ def test_dispatch_probe_is_bounded_and_stores_its_spread(tmp_path, tiny_cfg, mon
     assert all("above the bound" in " ".join(m.conditions["unstable"]) for m in stored.values())
     assert all(m.spread is not None for m in stored.values())
     assert all(m.conditions["probe"]["bound_ms"] >= m.ms for m in stored.values())
+
+
+def test_the_probe_solve_never_fits_other_kinds_to_a_negative_cost():
+    from pis_tui.validation.probe import _solve
+
+    counts = [[1, 48, 169, 0], [1, 24, 85, 0], [1, 48, 337, 0], [1, 48, 217, 48]]
+    exact = [1 + 48 * .2 + 169 * .02, 1 + 24 * .2 + 85 * .02, 1 + 48 * .2 + 337 * .02,
+             1 + 48 * .2 + 217 * .02 + 48 * .05]
+    assert _solve(counts, exact) == pytest.approx([1.0, 0.2, 0.02, 0.05])
+    # the noisy decode_batched probe: the low-rank clone (twice the linears) left less
+    # than the dense one; every cost stays ≥ 0 and the fit is the best feasible one
+    noisy = [11.896, 3.478, 9.058, 6.684]
+    x = _solve(counts, noisy)
+    assert all(v >= 0 for v in x)
+    from pis_tui.validation.probe import _lstsq
+
+    def res(c):
+        return sum((sum(a * b for a, b in zip(r, c)) - y) ** 2 for r, y in zip(counts, noisy))
+    clamped = [max(0.0, v) for v in _lstsq(counts, noisy)]  # the old rule: solve, then clamp
+    assert min(_lstsq(counts, noisy)) < 0 and res(x) < res(clamped)

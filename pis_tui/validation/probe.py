@@ -11,7 +11,7 @@ from ..layer_ops import overhead_phase
 from ..model_spec import ModelSpec
 from ..scenario import Scenario
 from .build import build_from_spec
-from .run import PhaseRun, measure_interleaved
+from .run import PhaseRun, _summary, measure_interleaved
 
 if TYPE_CHECKING:  # pragma: no cover
     from .compare import OpTimes
@@ -41,6 +41,36 @@ PROBE_SPREAD_LIMIT = 0.5
 
 
 def _solve(a: list, b: list) -> list:
+    """Non-negative least squares a·x ≈ b, x ≥ 0 (a cost is never negative): the least-squares
+    solution over every subset of the kinds (the others held at 0) that is feasible, with the
+    smallest residual — exact for the handful of kinds here.  Clamping an unconstrained solve
+    instead would leave the other kinds fitted to a negative one (a noisy probe once priced
+    routing at 0 that way)."""
+    from itertools import combinations
+
+    n = len(a[0])
+    best, best_res = None, float("inf")
+    for size in range(n, 0, -1):
+        for cols in combinations(range(n), size):
+            sub = [[row[j] for j in cols] for row in a]
+            try:
+                x = _lstsq(sub, b)
+            except MeasureError:
+                continue
+            if any(v < -1e-12 for v in x):
+                continue
+            res = sum((sum(r[i] * x[i] for i in range(size)) - y) ** 2 for r, y in zip(sub, b))
+            if res < best_res - 1e-15:
+                full = [0.0] * n
+                for j, v in zip(cols, x):
+                    full[j] = max(0.0, v)
+                best, best_res = full, res
+    if best is None:
+        raise MeasureError("dispatch probe: the tiny clones' overhead counts are degenerate")
+    return best
+
+
+def _lstsq(a: list, b: list) -> list:
     """Least squares a·x ≈ b (normal equations, Gaussian elimination with pivoting)."""
     n = len(a[0])
     ata = [[sum(r[i] * r[j] for r in a) for j in range(n)] for i in range(n)]
@@ -85,6 +115,7 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
                     dtype=dtype)
     path = overhead_phase(phase, batch)
     clones, runs, builts = [], [], []
+    remeasured = False
     pos = [tx.build_phase_ops(tspec, tx.Strategy(fam, s, align=8), scen, phase)
            for fam, s in PROBE_STRATEGIES]
     times.ensure([o for po in pos for o in po.ops if not isinstance(o, Overhead)])
@@ -106,6 +137,10 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
             runs.append(run)
             clones.append({"strategy": fam, "sparsity": s, "counts": counts, "kernels_ms": pred})
         timed = measure_interleaved(runs, repeats, warmup=2, target_ms=60)
+        if _too_wide(clones, timed):  # once more, pooled (as an unstable op is re-measured once)
+            again = measure_interleaved(runs, repeats, warmup=0, target_ms=60)
+            timed = [_summary(t.samples + u.samples) for t, u in zip(timed, again)]
+            remeasured = True
     finally:
         for r in runs:
             r.close()
@@ -156,7 +191,8 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
             reasons.append("taken while other processes used this machine's cores")
         cond = {"probe": {"clones": [{kk: c[kk] for kk in ("strategy", "measured_ms",
                                                              "kernels_ms")} for c in clones],
-                          "bound_ms": overhead_bound(clones, k), "rounds": len(per_round)}}
+                          "bound_ms": overhead_bound(clones, k), "rounds": len(per_round),
+                          "remeasured": remeasured}}
         if reasons:
             cond["unstable"] = reasons
         out.append(Measurement(
@@ -171,7 +207,31 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     if cache is not None:
         cache.put_measurements(out)
     return {"path": path, "ms": ms, "clones": clones, "spread": spread, "bounded": bounded,
-            "contended": contended}
+            "contended": contended, "remeasured": remeasured}
+
+
+def _too_wide(clones: list, timed: list) -> bool:
+    """Whether a kind's cost, solved round by round, spreads wider than PROBE_SPREAD_LIMIT."""
+    from ..ops import OVERHEAD_KINDS
+
+    kinds = [k for k in OVERHEAD_KINDS if any(c["counts"][k] for c in clones)]
+    counts = [[c["counts"][k] for k in kinds] for c in clones]
+    try:
+        coef = _solve(counts, [t.median_ms - c["kernels_ms"] for c, t in zip(clones, timed)])
+    except MeasureError:
+        return True
+    rounds = []
+    for i in range(min(len(t.samples) for t in timed)):
+        try:
+            rounds.append(_solve(counts, [t.samples[i] - c["kernels_ms"]
+                                          for c, t in zip(clones, timed)]))
+        except MeasureError:
+            continue
+    for j in range(len(kinds)):
+        vals = sorted(r[j] for r in rounds)
+        if len(vals) >= 2 and coef[j] > 0 and _iqr(vals) / coef[j] > PROBE_SPREAD_LIMIT:
+            return True
+    return False
 
 
 def overhead_bound(clones: list, kind: str) -> float:
