@@ -109,7 +109,14 @@ def test_an_unstable_row_shows_no_figure_in_json_and_summary():
     assert ok.to_dict()["status"] == "ok" and ok.to_dict()["measured_speedup"] == 2.0
     s = accuracy_summary([ok, bad])
     assert s["n"] == 1 and s["unstable"] == 1 and s["worst_abs_error"] == pytest.approx(0.1)
-    assert accuracy_summary([bad]) == {"n": 0, "unstable": 1}
+    assert accuracy_summary([bad]) == {"n": 0, "unstable": 1, "prediction_flagged": 0}
+    # a prediction that breaks the trust rules (the busy run's 8.2× for a 1.3× ceiling) is
+    # shown, flagged, and left out of the errors
+    wild = _row(strategy="static_width", predicted_speedup=8.2, error=4.9,
+                prediction_flags=("above_ceiling", "mixed_conditions"))
+    s = accuracy_summary([ok, wild])
+    assert s["n"] == 1 and s["prediction_flagged"] == 1 and s["worst_abs_error"] == pytest.approx(0.1)
+    assert wild.to_dict()["prediction_flags"] == ["above_ceiling", "mixed_conditions"]
 
 
 def test_the_table_says_unstable_and_flags_the_ceiling():

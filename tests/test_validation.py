@@ -272,7 +272,8 @@ def test_cli_validate_end_to_end_json_and_cache(tmp_path):
     keys = {"strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
             "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
             "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed",
-            "status", "measured_interval", "speedup_ceiling", "above_ceiling", "contended"}
+            "status", "measured_interval", "speedup_ceiling", "above_ceiling", "contended",
+            "prediction_flags"}
     for row in rows:
         assert set(row) == keys
         assert row["timing"] == "eager" and row["capture_failed"] is False  # the CPU: no graphs

@@ -264,6 +264,11 @@ def run(args: argparse.Namespace) -> int:
                       f"settle within ±{tolerance:.0%} in {args.max_rounds} rounds of "
                       f"{args.repeats} pairs (the machine is too noisy for them); shown as an "
                       "interval and left out of the errors above", markup=False)
+        if s.get("prediction_flagged"):
+            con.print(f"warning: {s['prediction_flagged']} prediction(s) flagged (pred↑ above the "
+                      "ceiling, pred≠ dense and pruned op times measured under different load) and "
+                      "left out of the errors: 'pis-tui profile --remeasure all' on a quiet machine",
+                      markup=False)
         high = [r for r in rows if r.above_ceiling]
         if high:
             con.print(f"warning: {len(high)} row(s) measured above the family's physical ceiling "
@@ -326,8 +331,12 @@ def _measured(r) -> str:
     return f"{r.measured_speedup:.2f}"
 
 
+_PRED_FLAGS = {"above_ceiling": "pred↑", "mixed_conditions": "pred≠"}
+
+
 def _flags(r) -> str:
-    return " ".join(f for f, on in (("↑ceiling", r.above_ceiling), ("busy", r.contended)) if on)
+    return " ".join([f for f, on in (("↑ceiling", r.above_ceiling), ("busy", r.contended)) if on]
+                    + [_PRED_FLAGS.get(f, f) for f in r.prediction_flags])
 
 
 def _row_line(r) -> str:
@@ -361,6 +370,9 @@ def _table(rows):
                   f"{r.error:+.1%}" if r.stable else "—",
                   f"{r.flops_speedup:.2f}",
                   " ".join(x for x in (_timing_label(r), "↑" if r.above_ceiling else "",
-                                       "busy" if r.contended else "") if x))
-    t.caption = "↑: measured above the family's ceiling; busy: other processes held cores"
+                                       "busy" if r.contended else "",
+                                       *(_PRED_FLAGS.get(f, f) for f in r.prediction_flags)) if x))
+    t.caption = ("↑: measured above the family's ceiling; busy: other processes held cores; "
+                 "pred↑ / pred≠: the prediction above the ceiling / its op times measured under "
+                 "different load (left out of the errors)")
     return t

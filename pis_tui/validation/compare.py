@@ -183,6 +183,10 @@ class ValidationRow:
     #: one's), and whether the measured speedup lies above it by more than its interval
     ceiling: float = float("inf")
     above_ceiling: bool = False
+    #: the prediction's own trust flags (the sweep's rules, pis_tui.uncertainty): its interval
+    #: above the family's ceiling, or its dense and pruned op times measured under different
+    #: load; a flagged prediction is shown but left out of the error summary
+    prediction_flags: tuple = ()
 
     #: tensor parallelism (``validate --tp``): degree, backend, threads a rank, the predicted
     #: collectives' time, the collectives measured (with their spread) and whether one was
@@ -203,6 +207,7 @@ class ValidationRow:
         d["speedup_ceiling"] = _round(self.ceiling) if self.ceiling != float("inf") else None
         d["above_ceiling"] = self.above_ceiling
         d["contended"] = self.contended
+        d["prediction_flags"] = list(self.prediction_flags)
         if not self.stable:  # no figure for an unstable speedup: its interval says what it is
             d["measured_speedup"] = None
             d["error"] = None
@@ -390,6 +395,10 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                     # embedding and lm_head, so a row is flagged only above both the ceiling and
                     # the FLOPs ratio (the issue's 2.16× for half the layers was above both)
                     above = st.low > max(ceil, fs) * (1.0 + 1e-9)
+                    from .. import uncertainty
+
+                    plo, _ = uncertainty.interval(ps, uncertainty.log_sigma(de, pe))
+                    pflags = uncertainty.flags(plo, ceil, uncertainty.mixed_conditions(de, pe))
                     notes = tuple(pruned.notes) + tuple(n for r in runs for n in r.notes) + \
                         tuple(st.notes)
                     if above:
@@ -408,7 +417,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                         capture_failed=bool(failed), capture_error=cap_err,
                         measured_low=st.low, measured_high=st.high, pairs=st.pairs,
                         rounds=st.rounds, stable=st.stable, contended=st.contended,
-                        ceiling=ceil, above_ceiling=above)
+                        ceiling=ceil, above_ceiling=above, prediction_flags=pflags)
                     rows.append(row)
                     if cache is not None and hasattr(cache, "put_validation"):
                         cache.put_validation([validation_record(row, spec, dtype, device)])
@@ -471,11 +480,13 @@ def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: s
 
 def accuracy_summary(rows: list) -> dict:
     """Median and worst |error| of the predicted speedups (and of the FLOPs ratio) over the
-    stable rows; ``unstable``: how many rows had no settled speedup (left out)."""
+    stable rows whose prediction is unflagged; ``unstable``: how many rows had no settled
+    speedup, ``prediction_flagged``: how many predictions broke the trust rules (left out)."""
     unstable = sum(1 for r in rows if not r.stable)
-    rows = [r for r in rows if r.stable]
+    flagged = sum(1 for r in rows if r.stable and r.prediction_flags)
+    rows = [r for r in rows if r.stable and not r.prediction_flags]
     if not rows:
-        return {"n": 0, "unstable": unstable}
+        return {"n": 0, "unstable": unstable, "prediction_flagged": flagged}
     errs = [abs(r.error) for r in rows]
     ferrs = [abs(r.flops_error) for r in rows]
     worst = max(rows, key=lambda r: abs(r.error))
@@ -484,4 +495,5 @@ def accuracy_summary(rows: list) -> dict:
             "worst": f"{worst.strategy} {worst.sparsity:g} {worst.phase} b{worst.batch}",
             "flops_median_abs_error": statistics.median(ferrs),
             "flops_worst_abs_error": max(ferrs), "unstable": unstable,
+            "prediction_flagged": flagged,
             "above_ceiling": sum(1 for r in rows if r.above_ceiling)}
