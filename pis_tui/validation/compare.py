@@ -394,18 +394,22 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                     # on a real device the removed ops may run less efficiently than the kept
                     # embedding and lm_head, so a row is flagged only above both the ceiling and
                     # the FLOPs ratio (the 2.16× for half the layers was above both)
-                    above = st.low > max(ceil, fs) * (1.0 + 1e-9)
+                    # and, for a measurement, above the prediction's interval too: the model of
+                    # what the pruned ops can do from their own measured times
                     from .. import uncertainty
 
-                    plo, _ = uncertainty.interval(ps, uncertainty.log_sigma(de, pe))
-                    pflags = uncertainty.flags(plo, ceil, uncertainty.mixed_conditions(de, pe))
+                    plo, phi = uncertainty.interval(ps, uncertainty.log_sigma(de, pe))
+                    above = st.low > max(ceil, fs, phi) * (1.0 + 1e-9)
+                    pflags = uncertainty.flags(plo, max(ceil, fs),
+                                               uncertainty.mixed_conditions(de, pe))
                     notes = tuple(pruned.notes) + tuple(n for r in runs for n in r.notes) + \
                         tuple(st.notes)
                     if above:
                         notes += (f"measured speedup {st.low:.2f}–{st.high:.2f}× lies above the "
                                   f"{strat.family} ceiling {ceil:.2f}× (the share of roofline "
-                                  f"work it keeps) and its FLOPs ratio {fs:.2f}×: the dense run "
-                                  "was slowed by something else",)
+                                  f"work it keeps), its FLOPs ratio {fs:.2f}× and the prediction "
+                                  f"{plo:.2f}–{phi:.2f}×: the dense run was slowed by something "
+                                  "else",)
                     mode = "cuda-graph" if all(r.capture == "graph" for r in runs) and not failed \
                         else "eager"
                     cap_err = "; ".join(f"{who}: {r.capture_error}" for who, r in failed)
