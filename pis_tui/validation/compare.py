@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 from .. import families
 from .. import taxonomy as tx
+from .. import uncertainty
 from ..errors import MeasureError
 from ..layer_ops import overhead_phase
 from ..model_spec import ModelSpec
@@ -389,15 +390,13 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                     ps = de.latency_ms / pe.latency_ms
                     ms_ = st.speedup
                     fs = de.flops / pe.flops if pe.flops else 1.0
-                    ceil = _ceiling(spec, strat, scen, ph, times)
+                    ceil = _ceiling(strat, de, pe, times)
                     # the roofline ceiling assumes every op reaches the same share of its roofline;
                     # on a real device the removed ops may run less efficiently than the kept
                     # embedding and lm_head, so a row is flagged only above both the ceiling and
                     # the FLOPs ratio (the issue's 2.16× for half the layers was above both)
                     # and, for a measurement, above the prediction's interval too: the model of
                     # what the pruned ops can do from their own measured times
-                    from .. import uncertainty
-
                     plo, phi = uncertainty.interval(ps, uncertainty.log_sigma(de, pe))
                     above = st.low > max(ceil, fs, phi) * (1.0 + 1e-9)
                     pflags = uncertainty.flags(plo, max(ceil, fs),
@@ -437,17 +436,16 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     return rows
 
 
-def _ceiling(spec: ModelSpec, strategy: tx.Strategy, scenario: Scenario, phase: str,
-             times: OpTimes) -> float:
+def _ceiling(strategy: tx.Strategy, dense, pruned, times: OpTimes) -> float:
     """The family's physical ceiling for this phase on the local device (the dense phase's
-    roofline work over the pruned one's, the same rule the explorer's flags use)."""
+    roofline work over the pruned one's, the rule the explorer's flags use), from the op
+    lists the two predictions already priced."""
     from ..estimator import Estimator
     from ..hardware import local_device
 
-    dense = tx.build_phase_ops(spec, tx.Strategy("dense"), scenario, phase).ops
-    pruned = tx.build_phase_ops(spec, strategy, scenario, phase).ops
     est = Estimator(local_device(), times.records())
-    return families.get(strategy.family).speedup_ceiling(dense, pruned, est.work_ms)
+    return families.get(strategy.family).speedup_ceiling(
+        [p.op for p in dense.ops], [p.op for p in pruned.ops], est.work_ms)
 
 
 def _sticky(msg: str) -> bool:
