@@ -222,6 +222,13 @@ class Estimator:
     # ---------------------------------------------------------------- pricing
 
     def price(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> PricedOp:
+        """One op's time per call, its source, its relative uncertainty and its kernel launches
+        per call (:meth:`launches`, the op as its own GEMM: :meth:`estimate` sets a merged
+        GEMM's); :meth:`_price_op` says how."""
+        p = self._price_op(op, family, phase)
+        return _with_kernels(p, self.launches(op, family, phase))
+
+    def _price_op(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> PricedOp:
         """One op's time per call, its source and its relative uncertainty (the rule in
         :mod:`pis_tui.sources`).  An ``unstable`` measurement is priced no better than
         interpolated: from its stable neighbours where they reach, else at its own time,
@@ -307,38 +314,46 @@ class Estimator:
         fam, phase = phase_ops.strategy.family, phase_ops.phase
         merged = self._merged(phase_ops.ops) if self.profile.merged_gemms else {}
         heads = {n: self.price(m, fam, phase) for n, m in merged.items() if not isinstance(m, str)}
+        price, launches = self.price, self.launches
         priced = []
+        latency = flops = 0.0
+        counts: dict[str, dict] = {}
+        core_sources, all_sources = set(), set()
+        unmeasured_overhead = False
         for o in phase_ops.ops:
             m = merged.get(o.name)
             if isinstance(m, str):  # computed by the head's merged GEMM
                 h = heads[m]
-                priced.append(PricedOp(o, 0.0, h.source, f"computed in the merged {m} GEMM",
-                                       0.0, h.loaded))
+                p = PricedOp(o, 0.0, h.source, f"computed in the merged {m} GEMM", 0.0, h.loaded, 0)
             elif m is not None:
                 h = heads[o.name]
-                priced.append(PricedOp(o, h.ms_per_call, h.source,
-                                       f"one GEMM for {', '.join(self.profile.merged_gemms[o.name])}",
-                                       h.uncertainty, h.loaded))
-            else:
-                priced.append(self.price(o, fam, phase))
-        priced = tuple(replace(p, kernels=self.launches(p.op, fam, phase, merged)) for p in priced)
-        latency = sum(p.total_ms for p in priced)
-        counts: dict[str, dict] = {}
-        for p in priced:
-            c = counts.setdefault(p.source, {"ops": 0, "ms": 0.0})
+                p = PricedOp(o, h.ms_per_call, h.source,
+                             f"one GEMM for {', '.join(self.profile.merged_gemms[o.name])}",
+                             h.uncertainty, h.loaded, launches(o, fam, phase, merged))
+            else:  # price() counted its launches (a merged GEMM's parts are the cases above)
+                p = price(o, fam, phase)
+            priced.append(p)
+            total = p.ms_per_call * o.count
+            latency += total
+            c = counts.get(p.source)
+            if c is None:
+                c = counts[p.source] = {"ops": 0, "ms": 0.0}
             c["ops"] += 1
-            c["ms"] += p.total_ms
-        core = [p for p in priced if not (isinstance(p.op, Overhead) and p.ms_per_call == 0.0)]
-        weakest = sources.weakest(p.source for p in core or priced)
-        flops = sum(o.effective_flops() * o.count for o in phase_ops.ops)
+            c["ms"] += total
+            all_sources.add(p.source)
+            if isinstance(o, Overhead) and p.ms_per_call == 0.0:
+                unmeasured_overhead = unmeasured_overhead or o.count > 0
+            else:
+                core_sources.add(p.source)
+            flops += o.effective_flops() * o.count
+        weakest = sources.weakest(core_sources or all_sources)
         s = phase_ops.strategy
         notes = tuple(phase_ops.notes)
-        if self.device.kind == "cpu" and any(isinstance(p.op, Overhead) and p.ms_per_call == 0.0
-                                             and p.op.count > 0 for p in priced):
+        if self.device.kind == "cpu" and unmeasured_overhead:
             notes += ("eager framework overhead not measured on this CPU (pis-tui validate "
                       "measures it): the estimate omits it",)
         return PhaseEstimate(s.family, s.sparsity, phase_ops.achieved_sparsity, phase_ops.phase,
-                             priced, latency, flops, weakest, counts, notes)
+                             tuple(priced), latency, flops, weakest, counts, notes)
 
     # ---------------------------------------------------------------- interpolation
 
@@ -390,6 +405,14 @@ class Estimator:
             wsum += w
             usum += w * _interp_sorted(idx[nk], lm)
         return usum / wsum
+
+
+def _with_kernels(p: PricedOp, kernels: Optional[int]) -> PricedOp:
+    """``p`` with its kernel launches (dataclasses.replace, without its cost: a plan prices
+    tens of thousands)."""
+    if p.kernels == kernels:
+        return p
+    return PricedOp(p.op, p.ms_per_call, p.source, p.note, p.uncertainty, p.loaded, kernels)
 
 
 def _class_of(op: Op) -> tuple:

@@ -25,7 +25,7 @@ max(bytes / (bandwidth × share), FLOPs / (peak × share)) plus the device's per
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional
 
@@ -63,6 +63,8 @@ class ExecutionProfile:
     merged_gemms: dict  # the GEMM that computes several: {"q_proj": ("q_proj", "k_proj", "v_proj")}
     sources: dict
     traced_with: dict
+    #: kernels() answers, by (family, phase, op name): a plan asks the same ones thousands of times
+    _looked_up: dict = field(default_factory=dict, compare=False, repr=False)
 
     def kernels(self, family: str, phase: Optional[str], op_name: str) -> Optional[tuple]:
         """The kernels of one call of an op (None: not described: one kernel of its own; an
@@ -73,6 +75,14 @@ class ExecutionProfile:
         was applied to what the earlier one kept, so its trace has the shapes of the op list:
         low rank's factors of width-pruned linears), then the earlier part's (dynamic depth's
         router, top-k, gather and scatter), then dense's."""
+        key = (family, phase, op_name)
+        try:
+            return self._looked_up[key]
+        except KeyError:
+            got = self._looked_up[key] = self._find(family, phase, op_name)
+            return got
+
+    def _find(self, family: str, phase: Optional[str], op_name: str) -> Optional[tuple]:
         phases = tuple(dict.fromkeys(p for p in (phase, "prefill", "decode", "*") if p))
         parts = tuple(reversed(family.split(COMBO_SEP))) if COMBO_SEP in family else (family,)
         for fam in dict.fromkeys(parts + ("dense", "*")):
@@ -98,7 +108,12 @@ LEAF_KERNELS = ("mm", "addmm", "bmm", "matmul", "linear", "_int_mm", "_sparse_se
 
 
 def is_leaf(k: Kernel) -> bool:
-    return any(s in k.aten for s in LEAF_KERNELS)
+    return _is_leaf_aten(k.aten)
+
+
+@lru_cache(maxsize=None)
+def _is_leaf_aten(aten: str) -> bool:
+    return any(s in aten for s in LEAF_KERNELS)
 
 
 def unit(op) -> float:

@@ -27,7 +27,6 @@ CUDA-graph replay of a batch of calls, on the CPU the multithreaded wall time pe
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -145,6 +144,8 @@ def now_iso() -> str:
 
 
 def _dist_version(*names: str) -> Optional[str]:
+    import importlib.metadata  # here: ~20 ms an estimate-only command need not pay
+
     for n in names:
         try:
             return importlib.metadata.version(n)

@@ -78,8 +78,9 @@ TPOT_RULE = (
 BATCH_RULE = (
     "the largest batch that fits and meets the targets: the memory limit if it meets them, else "
     "the edge between whole batches that meet them and batches that do not, searched between 1 "
-    "and the memory limit (by the targets' slack interpolated on the line through the bracket, "
-    "bisecting when that does not halve it; TTFT and TPOT taken not to fall as the batch grows)")
+    "and the memory limit: each target's own edge (TTFT's, then TPOT's below it), found where "
+    "its slack (figure / target - 1) crosses zero on the line through the bracket, bisecting "
+    "when a try does not halve it; TTFT and TPOT taken not to fall as the batch grows)")
 THROUGHPUT_RULE = (
     "output tokens a second at that batch: B × O / (TTFT + O × TPOT), prefill included "
     "(decode_tok_s: B / TPOT, the decode phase alone); a mix: Σ share·O / Σ share·E2E/B")
@@ -150,7 +151,10 @@ class _Pricer:
                 hit = memo.get(k)
                 if hit is None:
                     hit = memo[k] = price(op, family, phase)
-                return hit if hit.op is op else PricedOp(op, hit.ms_per_call, hit.source, hit.note)
+                if hit.op is op:
+                    return hit
+                return PricedOp(op, hit.ms_per_call, hit.source, hit.note, hit.uncertainty,
+                                hit.loaded, hit.kernels)
 
             self.est.price = cached
             self.priced_kernels = memo
@@ -484,11 +488,10 @@ def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: i
     """The largest batch that fits and meets the targets (:data:`BATCH_RULE`), why there is
     none, and batch 1 when none does.
 
-    Between a batch that meets the targets and one that does not, the next batch tried is
-    where the targets' slack (figure / target − 1) crosses zero on the line through the two
-    (TTFT grows about linearly with the batch, TPOT too: two or three tries find the edge),
-    kept strictly inside and replaced by the middle when the bracket did not halve: the same
-    edge a bisection finds, in fewer tries."""
+    Each target bounds the batch on its own (TTFT and TPOT do not fall as the batch grows), so
+    the edge is the smaller of the two edges: TTFT's between 1 and the memory limit (a prefill
+    estimate a try), then TPOT's between 1 and that (the decode steps over the answer a try).
+    Each edge is found by :func:`_edge`."""
     if limit <= 0:
         if weights >= usable:
             return None, (f"the weights alone ({weights / memory_fit.GB:.1f} GB) exceed the "
@@ -497,43 +500,49 @@ def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: i
     if not targets.any:
         return serve(limit), "", None
     P, O = cls.prompt_len, cls.output_len
+    slacks = []  # (slack of a batch: figure / target − 1) for each target set, TTFT first
+    if targets.ttft_ms is not None:
+        slacks.append(lambda b: pricer.estimate(strat, "prefill", b, P).latency_ms / targets.ttft_ms - 1.0)
+    if targets.tpot_ms is not None:
+        slacks.append(lambda b: mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms,
+                                          P, O).ms / targets.tpot_ms - 1.0)
+    top = limit
+    for slack in slacks:
+        g_top = slack(top)
+        if g_top <= 0.0:
+            continue  # this target holds up to the edge found so far
+        g_one = slack(1) if top > 1 else g_top
+        if g_one > 0.0:
+            one = serve(1)
+            return None, "even one request misses the targets: " + "; ".join(one.misses), one
+        top = _edge(slack, 1, top, g_one, g_top)
+    return serve(top), "", None
 
-    def probe(b: int) -> tuple[bool, float]:
-        """(meets the targets, slack): TTFT first, TPOT only when TTFT meets its target."""
-        ttft = pricer.estimate(strat, "prefill", b, P).latency_ms
-        slack = -1.0
-        if targets.ttft_ms is not None:
-            if ttft > targets.ttft_ms:
-                return False, ttft / targets.ttft_ms - 1.0
-            slack = ttft / targets.ttft_ms - 1.0
-        if targets.tpot_ms is not None:
-            tpot = mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms, P, O).ms
-            if tpot > targets.tpot_ms:
-                return False, tpot / targets.tpot_ms - 1.0
-            slack = max(slack, tpot / targets.tpot_ms - 1.0)
-        return True, slack
 
-    ok_hi, g_hi = probe(limit)
-    if ok_hi:
-        return serve(limit), "", None
-    ok_lo, g_lo = probe(1)
-    if not ok_lo:
-        one = serve(1)
-        return None, "even one request misses the targets: " + "; ".join(one.misses), one
-    lo, hi, width = 1, limit, limit - 1
+def _edge(slack: Callable[[int], float], lo: int, hi: int, g_lo: float, g_hi: float) -> int:
+    """The largest whole batch in [lo, hi) whose slack is ≤ 0, given slack(lo) ≤ 0 < slack(hi)
+    and a slack that does not fall as the batch grows.
+
+    The next batch tried is the whole batch below where the slack crosses zero on the line
+    through the bracket's ends (TTFT and TPOT grow about linearly with the batch: on a line
+    the first try lands on the edge and the second confirms it), kept strictly inside the
+    bracket; after two tries in a row that did not halve the bracket the next one bisects it,
+    so it never takes more than about three times a bisection's tries."""
+    slow = 0  # tries in a row that did not halve the bracket
     while hi - lo > 1:
-        if hi - lo > width / 2:  # the last try did not halve the bracket: bisect
-            mid = (lo + hi) // 2
+        if slow < 2:
+            t = -g_lo / (g_hi - g_lo) if g_hi > g_lo else 0.5
+            mid = min(max(lo + int(math.floor(t * (hi - lo))), lo + 1), hi - 1)
         else:
-            t = g_lo / (g_lo - g_hi) if g_hi > g_lo else 0.5
-            mid = min(max(lo + int(round(t * (hi - lo))), lo + 1), hi - 1)
+            mid = (lo + hi) // 2
         width = hi - lo
-        ok, g = probe(mid)
-        if ok:
+        g = slack(mid)
+        if g <= 0.0:
             lo, g_lo = mid, g
         else:
             hi, g_hi = mid, g
-    return serve(lo), "", None
+        slow = 0 if hi - lo <= width / 2 else slow + 1
+    return lo
 
 
 def _memory_warnings(spec, device, workload: Workload, dense: Candidate, usable: float,

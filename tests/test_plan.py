@@ -19,7 +19,7 @@ from pis_tui.errors import UserError
 from pis_tui.export import load_schema, plan_csv, plan_dict, to_dict
 from pis_tui.hardware import load_gpu, profile_from_dict
 from pis_tui.model_spec import load_model_spec
-from pis_tui.plan import mean_step, plan, recommend_plan
+from pis_tui.plan import _edge, mean_step, plan, recommend_plan
 from pis_tui.results import PhaseEstimate, QualityEstimate
 from pis_tui.scenario import Scenario
 from pis_tui.taxonomy import Strategy, build_phase_ops
@@ -173,6 +173,44 @@ def test_batch_search_takes_the_largest_batch_that_fits_and_meets_the_targets():
     assert none.dense.classes[0].at_max_batch is None
     assert "even one request misses the targets: TPOT" in none.dense.classes[0].why_no_batch
     assert none.dense.throughput_tok_s is None
+
+
+@pytest.mark.parametrize("name,f", [
+    ("affine", lambda b: 0.013 * b - 0.5),                  # edge at 38
+    ("steps", lambda b: 0.2 * ((b + 7) // 8) - 0.9),        # tile-like steps: edge at 32
+    ("convex", lambda b: (b / 100.0) ** 3 - 0.2),           # edge at 58
+    ("concave", lambda b: (b / 400.0) ** 0.3 - 0.5),        # edge at 49
+    ("flat then wall", lambda b: -1.0 if b <= 411 else 5.0),
+])
+def test_edge_finds_what_a_scan_finds_in_few_tries(name, f):
+    tries = []
+
+    def slack(b):
+        tries.append(b)
+        return f(b)
+
+    hi = 498
+    want = max(b for b in range(1, hi) if f(b) <= 0)
+    assert _edge(slack, 1, hi, f(1), f(hi)) == want
+    assert len(tries) <= 3 * 9  # never more than about three bisections' tries (log2 497 < 9)
+    if name == "affine":  # on a line: the first try lands on the edge, the second confirms it
+        assert tries == [want, want + 1]
+
+
+def test_the_plans_memo_prices_an_op_as_the_estimator_does():
+    # a kernel met again (the same GEMM at another context) keeps its uncertainty, its
+    # measured-under-load flag and its launches: the memo changes the speed, not the figures
+    from pis_tui.plan import _Pricer
+
+    est = make_estimator(H200, "bf16")
+    pricer = _Pricer(LLAMA, "bf16", est)
+    s = Strategy("static_width", 0.25)
+    for c in (1024, 1100, 1279):
+        got = pricer.estimate(s, "decode", 16, c)
+        want = est.estimate(build_phase_ops(LLAMA, s, Scenario(1, c, 16, c, "bf16"), "decode"))
+        assert got.ops == want.ops and got.latency_ms == want.latency_ms
+        assert all(p.kernels is not None for p in got.ops if p.op.op_type != "overhead")
+        assert all(p.uncertainty > 0 for p in got.ops if p.op.op_type == "gemm")
 
 
 def test_prices_each_kernel_once():

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-import statistics
 import sys
-import tarfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
@@ -145,6 +142,8 @@ def load_results(source: str) -> dict:
             if f.is_file() and (f.name in RESULT_FILES or f.suffix in (".log", ".json", ".xml")):
                 files[f.name] = f.read_text(encoding="utf-8", errors="replace")
     elif p.is_file():
+        import tarfile
+
         try:
             with tarfile.open(p, "r:gz") as tar:
                 for m in tar.getmembers():
@@ -176,6 +175,8 @@ def test_report(files: dict) -> Optional[dict]:
     xmls = sorted(n for n in files if n.startswith("gpu-") and n.endswith(".xml"))
     if not xmls:
         return None
+    import xml.etree.ElementTree as ET
+
     rep = {"passed": 0, "failed": 0, "skipped": 0, "failures": [], "steps": [n[:-4] for n in xmls]}
     cases = []
     for n in xmls:
@@ -217,6 +218,8 @@ def validation_rows(files: dict) -> list:
 
 
 def accuracy(rows: list) -> dict:
+    import statistics
+
     from ..validation.compare import standard_families
 
     core = [r for r in rows if r["strategy"] in standard_families()]

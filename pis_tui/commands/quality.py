@@ -13,7 +13,6 @@ them, so calibration and evaluation never overlap.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -258,6 +257,8 @@ def run(args) -> int:
                   for s in families.get(st).sparsity_grid(sparsities)]
         for w in check_align(spec, pairs, args.align, Scenario(dtype="fp32")):
             print(f"pis-tui: warning: {w}", file=sys.stderr)
+    import hashlib
+
     text_sha = hashlib.sha256(raw).hexdigest()
     cache = open_quality_cache(args.cache)
     try:
