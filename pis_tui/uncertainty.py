@@ -41,6 +41,9 @@ MIN_HALF_WIDTH = 0.005
 #: mixed conditions: the loaded shares of the two sides' own kernels differ by more than this
 MIXED_SHARE = 0.5
 BLOCKING_FLAGS = ("above_ceiling", "mixed_conditions")
+#: validate: a prediction with more than this share of either side's time from op times taken
+#: under load is flagged ``loaded_ops`` (:func:`loaded_ops`)
+LOADED_SHARE = 0.10
 
 
 #: sources whose errors are model errors (correlated between near shapes), not measurement noise
@@ -137,6 +140,29 @@ def mixed_conditions(dense, pruned) -> Optional[str]:
     return (f"the kernels only the dense model runs were {a:.0%} measured under load, the pruned "
             f"model's own {b:.0%}: re-measure both when the machine is quiet "
             "('pis-tui profile --remeasure all')")
+
+
+def loaded_ops(dense, pruned) -> Optional[str]:
+    """Why a prediction rests on op times taken under load, or None: more than
+    :data:`LOADED_SHARE` of either side's predicted time comes from kernels measured while
+    other processes held the cores (``loaded``) or stored ``unstable``.  Load slows kernels
+    unequally (a multithreaded GEMM waits for its descheduled thread, a one-thread copy does
+    not), so such a prediction measures the load as much as the pruning, whatever the two
+    sides share; validate compares it with nothing (``pred~``)."""
+    shares = []
+    for est in (dense, pruned):
+        total = est.latency_ms or 0.0
+        if total <= 0:
+            shares.append(0.0)
+            continue
+        bad = sum(p.total_ms for p in est.ops if p.total_ms > 0 and
+                  (p.source == "unstable" or (p.loaded and p.source in MEASURED_SOURCES)))
+        shares.append(bad / total)
+    if max(shares) <= LOADED_SHARE:
+        return None
+    return (f"{shares[0]:.0%} of the dense prediction and {shares[1]:.0%} of the pruned one come "
+            "from op times measured while other processes held the cores: re-measure them on a "
+            "quiet machine ('pis-tui profile --remeasure all')")
 
 
 def interval(speedup: float, sigma: float, z: float = Z) -> tuple[float, float]:

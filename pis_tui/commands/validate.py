@@ -266,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
                       "interval and left out of the errors above", markup=False)
         if s.get("prediction_flagged"):
             con.print(f"warning: {s['prediction_flagged']} prediction(s) flagged (pred↑ above the "
-                      "ceiling, pred≠ dense and pruned op times measured under different load) and "
+                      "ceiling, pred≠ dense and pruned op times measured under different load, "
+                      "pred~ op times measured under load) and "
                       "left out of the errors: 'pis-tui profile --remeasure all' on a quiet machine",
                       markup=False)
         high = [r for r in rows if r.above_ceiling]
@@ -331,7 +332,7 @@ def _measured(r) -> str:
     return f"{r.measured_speedup:.2f}"
 
 
-_PRED_FLAGS = {"above_ceiling": "pred↑", "mixed_conditions": "pred≠"}
+_PRED_FLAGS = {"above_ceiling": "pred↑", "mixed_conditions": "pred≠", "loaded_ops": "pred~"}
 
 
 def _flags(r) -> str:
@@ -373,6 +374,6 @@ def _table(rows):
                                        "busy" if r.contended else "",
                                        *(_PRED_FLAGS.get(f, f) for f in r.prediction_flags)) if x))
     t.caption = ("↑: measured above the family's ceiling; busy: other processes held cores; "
-                 "pred↑ / pred≠: the prediction above the ceiling / its op times measured under "
-                 "different load (left out of the errors)")
+                 "pred↑ / pred≠ / pred~: the prediction above the ceiling / its op times "
+                 "measured under different load / under load (left out of the errors)")
     return t

@@ -21,12 +21,14 @@ table's method doc):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import replace
 from typing import Callable, Iterable, Optional, Union
 
 from ..measured_table import Measurement
+from ..timing.cpu_share import OthersMeter
 
 #: CPU: each op is measured in this many rounds, interleaved with the other ops of its chunk
 #: (a chunk is about CHUNK_S seconds of measuring per round in a profile, BATCH_CHUNK_S in
@@ -119,7 +121,7 @@ def combine_rounds(ms: list) -> Measurement:
     reasons = []
     if len(quiet) < 2:
         reasons.append(f"{sum(contended)} of {len(ok)} rounds taken while other processes held "
-                       "the CPU's cores (contention probe)")
+                       "the CPU's cores (contention probe, CPU use of other processes)")
     elif agree > UNSTABLE_TOL:
         reasons.append(f"its two fastest uncontended rounds differ by {agree:.0%}")
     used_loads = [getattr(m, "_load", None) for m in use]
@@ -128,6 +130,9 @@ def combine_rounds(ms: list) -> Measurement:
     cond = {**carried, "rounds_ms": [round(m.ms, 6) for m in ok], "contended_rounds": sum(contended),
             "loads": [None if x is None else round(x, 2) for x in loads],
             "probe_ratios": [None if x is None else round(x, 2) for x in ratios],
+            # cores' worth of CPU other processes used during each round (pis_tui.timing.cpu_share)
+            "others_cores": [None if x is None else round(x, 2)
+                             for x in (getattr(m, "_others", None) for m in ok)],
             # the rounds kept were taken while the load average exceeded the cores
             "loaded": bool(used_loads) and max(used_loads) > _cores() + 0.5 or not quiet}
     if reasons:
@@ -178,18 +183,32 @@ def measure_rounds(ops: list, ctx, rounds: int, repeats: Optional[int] = None,
         if not todo:
             break
         state = probe() if probe is not None and rounds > 1 else {}
-        for op in todo:
-            k = op.key()
-            if is_cancelled(cancel):
-                return {k: combine_rounds(v) for k, v in per.items()
-                        if len(v) >= rounds or v[0].status != "ok"}
-            if on_each is not None:
-                on_each(op, r)
-            m = timing.measure_op(op, ctx, repeats=repeats)
-            m._load = _load()
-            m._contended = bool(state.get("contended"))
-            m._probe_ratio = state.get("ratio")
-            per.setdefault(k, []).append(m)
+        this_round: list = []
+        meter = OthersMeter() if probe is not None and rounds > 1 else None
+        cancelled = False
+        with meter or contextlib.nullcontext():
+            for op in todo:
+                k = op.key()
+                if is_cancelled(cancel):
+                    cancelled = True
+                    break
+                if on_each is not None:
+                    on_each(op, r)
+                m = timing.measure_op(op, ctx, repeats=repeats)
+                m._load = _load()
+                m._contended = bool(state.get("contended"))
+                m._probe_ratio = state.get("ratio")
+                per.setdefault(k, []).append(m)
+                this_round.append(m)
+        # the meter over the whole round: other processes that loaded every core alike (which
+        # the probe before it cannot see) make each of its measurements contended
+        if meter is not None and meter.cores is not None:
+            for m in this_round:
+                m._others = meter.cores
+                m._contended = m._contended or meter.contended
+        if cancelled:
+            return {k: combine_rounds(v) for k, v in per.items()
+                    if len(v) >= rounds or v[0].status != "ok"}
     return {k: combine_rounds(v) for k, v in per.items()}
 
 

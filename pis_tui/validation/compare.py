@@ -4,6 +4,7 @@ compares the speedups."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -329,16 +330,23 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     rows: list = []
     warned = []
 
-    def contention() -> bool:
+    def contention(others_cores: Optional[float] = None) -> bool:
+        """Before a round: the probe and the load average; after one (``others_cores``): the
+        CPU other processes used during it."""
         if device != "cpu":
             return False
-        c = cpu_contended()
+        if others_cores is not None:
+            c = {"contended": True, "why": f"other processes used {others_cores:.1f} of its "
+                                           f"{os.cpu_count() or 1} cores while a row was timed"}
+        else:
+            c = cpu_contended()
+            c["why"] = (f"load {c['load']:.1f} on {c['cores']} cores; a small GEMM "
+                        f"{c.get('ratio', 1.0):.1f}× slower on every thread than on one")
         if c["contended"] and not warned and on_warning is not None:
             warned.append(c)
-            on_warning(f"other processes are using this machine's cores (load {c['load']:.1f} on "
-                       f"{c['cores']} cores; a small GEMM {c.get('ratio', 1.0):.1f}× slower on "
-                       f"every thread than on one): end-to-end times are inflated and noisy; "
-                       f"rows whose speedup does not settle are reported unstable")
+            on_warning(f"other processes are using this machine's cores ({c['why']}): "
+                       f"end-to-end times are inflated and noisy; rows whose speedup does not "
+                       f"settle are reported unstable")
         return c["contended"]
     say(f"building dense {spec.name} ({dtype}, {device})")
     dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=device, dtype=dtype, seed=seed)
@@ -372,6 +380,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                         st = measure_speedup(
                             runs[0], runs[1], repeats, warmup, tolerance=tolerance,
                             max_rounds=max_rounds, contention=contention,
+                            others=contention if device == "cpu" else None,
                             on_round=lambda k, m, lo, hi: say(
                                 f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: round {k}: "
                                 f"{m:.2f}× ({lo:.2f}–{hi:.2f})"))
@@ -401,8 +410,11 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                     above = st.low > max(ceil, fs, phi) * (1.0 + 1e-9)
                     pflags = uncertainty.flags(plo, max(ceil, fs),
                                                uncertainty.mixed_conditions(de, pe))
+                    loaded = uncertainty.loaded_ops(de, pe)
+                    if loaded:
+                        pflags += ("loaded_ops",)
                     notes = tuple(pruned.notes) + tuple(n for r in runs for n in r.notes) + \
-                        tuple(st.notes)
+                        tuple(st.notes) + ((f"prediction not compared: {loaded}",) if loaded else ())
                     if above:
                         notes += (f"measured speedup {st.low:.2f}–{st.high:.2f}× lies above the "
                                   f"{strat.family} ceiling {ceil:.2f}× (the share of roofline "

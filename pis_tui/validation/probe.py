@@ -10,6 +10,7 @@ from ..errors import MeasureError
 from ..layer_ops import overhead_phase
 from ..model_spec import ModelSpec
 from ..scenario import Scenario
+from ..timing.cpu_share import OthersMeter
 from .build import build_from_spec
 from .run import PhaseRun, _summary, measure_interleaved
 
@@ -136,11 +137,12 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
             builts.append(built)
             runs.append(run)
             clones.append({"strategy": fam, "sparsity": s, "counts": counts, "kernels_ms": pred})
-        timed = measure_interleaved(runs, repeats, warmup=2, target_ms=60)
-        if _too_wide(clones, timed):  # once more, pooled (as an unstable op is re-measured once)
-            again = measure_interleaved(runs, repeats, warmup=0, target_ms=60)
-            timed = [_summary(t.samples + u.samples) for t, u in zip(timed, again)]
-            remeasured = True
+        with OthersMeter() as others:  # processes that load every core alike, meanwhile
+            timed = measure_interleaved(runs, repeats, warmup=2, target_ms=60)
+            if _too_wide(clones, timed):  # once more, pooled (as an unstable op is re-measured once)
+                again = measure_interleaved(runs, repeats, warmup=0, target_ms=60)
+                timed = [_summary(t.samples + u.samples) for t, u in zip(timed, again)]
+                remeasured = True
     finally:
         for r in runs:
             r.close()
@@ -168,11 +170,11 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
         ms[k] = v
         vals = sorted(min(max(1e-6, r[j]), limit) for r in per_round)
         spread[k] = _iqr(vals) / v if len(vals) >= 2 and v > 0 else None
-    contended = False
+    contended = others.contended
     try:
         from .stability import cpu_contended
 
-        contended = bool(cpu_contended().get("contended"))
+        contended = contended or bool(cpu_contended().get("contended"))
     except Exception:  # noqa: BLE001 - the probe of contention is advisory
         pass
     fp = local_device().fingerprint
@@ -188,7 +190,8 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
                            f"{bounded[k][1]:.4g} ms (a tiny clone's whole forward over its "
                            f"{k} calls)")
         if contended:
-            reasons.append("taken while other processes used this machine's cores")
+            reasons.append("taken while other processes used this machine's cores"
+                           + (f" ({others.words()})" if others.contended else ""))
         cond = {"probe": {"clones": [{kk: c[kk] for kk in ("strategy", "measured_ms",
                                                              "kernels_ms")} for c in clones],
                           "bound_ms": overhead_bound(clones, k), "rounds": len(per_round),

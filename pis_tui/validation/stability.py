@@ -13,12 +13,14 @@ taken: then the speedup is *unstable*, and validate shows that word, not a figur
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from ..timing.cpu_share import OthersMeter
 from .run import Timing, _summary, measure_interleaved
 
 #: half-width of the speedup's ~95 % interval, relative to the median, that ends the rounds
@@ -62,13 +64,18 @@ class SpeedupTiming:
 def measure_speedup(dense_run, pruned_run, repeats: int = 5, warmup: int = 1, *,
                     tolerance: float = TOLERANCE, max_rounds: int = MAX_ROUNDS,
                     contention: Optional[Callable[[], bool]] = None,
+                    others: Optional[Callable[[float], None]] = None,
                     on_round: Optional[Callable[[int, float, float, float], None]] = None
                     ) -> SpeedupTiming:
     """Time ``dense_run`` and ``pruned_run`` (prepared :class:`~pis_tui.validation.run.PhaseRun` s)
     in interleaved rounds of ``repeats`` pairs until the speedup's interval is within
     ``tolerance`` or ``max_rounds`` rounds were taken.  ``contention()`` (True: another process
-    holds this machine's cores) is asked before every round; ``on_round(round, speedup, low,
-    high)`` hears each round's result."""
+    holds this machine's cores) is asked before every round; given ``others``, each round is
+    also metered (:class:`~pis_tui.timing.cpu_share.OthersMeter`) and ``others(cores)`` hears
+    of a round during which other processes used more than
+    :data:`~pis_tui.timing.cpu_share.CONTENDED_CORES` cores (load on every core alike, which
+    the probe before it cannot see): the timing is then contended too; ``on_round(round,
+    speedup, low, high)`` hears each round's result."""
     if max_rounds < 1:
         raise ValueError("max_rounds must be at least 1")
     ds, ps = [], []
@@ -78,8 +85,13 @@ def measure_speedup(dense_run, pruned_run, repeats: int = 5, warmup: int = 1, *,
     for i in range(max_rounds):
         if contention is not None and contention():
             contended = True
-        td, tp = measure_interleaved([dense_run, pruned_run], repeats,
-                                     warmup if i == 0 else 0)
+        meter = OthersMeter() if others is not None else None
+        with meter or contextlib.nullcontext():
+            td, tp = measure_interleaved([dense_run, pruned_run], repeats,
+                                         warmup if i == 0 else 0)
+        if meter is not None and meter.contended:
+            others(meter.cores)
+            contended = True
         ds += td.samples
         ps += tp.samples
         rounds = i + 1

@@ -284,8 +284,8 @@ def render_md(data: dict, rows, overheads) -> str:
         "the interleaved pairs' ratios (dense ms / pruned ms), 'interval' its ~95% interval; "
         "'unstable': it did not settle, so no figure; spread = interquartile range / median of "
         "the pruned model's samples; flags: busy (other processes held cores), ↑ (above the "
-        "family's ceiling), pred↑ / pred≠ (the prediction above the ceiling / its op times "
-        "measured under different load: left out of the errors).",
+        "family's ceiling), pred↑ / pred≠ / pred~ (the prediction above the ceiling / its op "
+        "times measured under different load / under load: left out of the errors).",
         "",
         "Predictions include the eager framework overhead (Python module calls, dispatch, glue: "
         "op kind 'overhead', priced per forward, per attention/MLP block, per linear call and per "
@@ -303,7 +303,8 @@ def render_md(data: dict, rows, overheads) -> str:
     ]
     for r, c in zip(rows, overheads):
         flags = " ".join([f for f, on in (("busy", r.contended), ("↑", r.above_ceiling)) if on]
-                         + [{"above_ceiling": "pred↑", "mixed_conditions": "pred≠"}.get(f, f)
+                         + [{"above_ceiling": "pred↑", "mixed_conditions": "pred≠",
+                            "loaded_ops": "pred~"}.get(f, f)
                             for f in r.prediction_flags])
         meas = f"{r.measured_speedup:.3f}" if r.stable else "unstable"
         err = f"{r.error:+.1%}" if r.stable else "–"
