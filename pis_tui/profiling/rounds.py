@@ -225,8 +225,11 @@ def _shape(op: dict) -> Optional[tuple]:
     """(class, dims that must be ≤, dims that must be equal) of a measured op, or None."""
     t = op.get("op_type")
     if t == "gemm":
+        # M's alignment too: a CPU GEMM blocks M into register tiles, and an M off the tile
+        # runs a remainder path (MKL fp32 here: M = 12 rows 1.37× slower than M = 16; dynamic
+        # depth's gathered rows are such Ms), so a less aligned M may be slower, not wrong
         return (("gemm", op.get("kind"), op.get("dtype"), op.get("density")),
-                (op["m"], op["n"], op["k"]), (_align(op["n"]), _align(op["k"])))
+                (op["m"], op["n"], op["k"]), (_align(op["m"]), _align(op["n"]), _align(op["k"])))
     if t == "attention":
         return (("attn", op.get("dtype"), op.get("causal"), op["q_len"] == 1,
                  op.get("block_density", 1.0) < 1.0, op["head_dim"]),
