@@ -10,7 +10,7 @@ import pytest
 
 from helpers import run_cli
 
-from pis_tui.errors import UserError
+from pis_tui.errors import MeasureError, UserError
 from pis_tui.validation import stability as st
 
 
@@ -266,3 +266,29 @@ def test_the_probe_solve_never_fits_other_kinds_to_a_negative_cost():
         return sum((sum(a * b for a, b in zip(r, c)) - y) ** 2 for r, y in zip(counts, noisy))
     clamped = [max(0.0, v) for v in _lstsq(counts, noisy)]  # the old rule: solve, then clamp
     assert min(_lstsq(counts, noisy)) < 0 and res(x) < res(clamped)
+    # clones that ran no slower than their kernels (the kernels measured under load, the
+    # clones timed quiet: a busy run did this): every kind costs 0, not "degenerate counts"
+    assert _solve(counts, [-2.0, -1.0, -2.5, -1.5]) == [0.0] * 4
+    with pytest.raises(MeasureError, match="degenerate"):
+        _solve([[0, 0, 0, 0]] * 4, [1.0, 1.0, 1.0, 1.0])
+
+
+def test_a_probe_whose_kernels_were_measured_under_load_is_unstable(tmp_path, tiny_cfg, monkeypatch):
+    # the clones' kernels (subtracted from their forwards) timed under load: whatever the
+    # solve gives is not the overhead of a quiet machine, so it is stored unstable
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from pis_tui import validation as v
+    from pis_tui.cache import Cache
+    from pis_tui.estimator import Estimator
+    from pis_tui.results import PricedOp
+
+    raw, spec = v.raw_config(tiny_cfg)
+    cache = Cache.open(str(tmp_path / "c.duckdb"))
+    times = v.OpTimes("fp32", cache)
+    monkeypatch.setattr(Estimator, "price", lambda self, op, *a: PricedOp(op, 1e-4, "measured", loaded=True))
+    v.dispatch_probe(raw, spec, "decode", 1, 16, times, cache=cache, repeats=4)
+    stored = [m for m in cache.get_measurements(v.OpTimes("fp32")._fingerprint(), "fp32")
+              if m.key.startswith("ovh:")]
+    assert stored and all(m.status == "unstable" for m in stored)
+    assert all("measured under load" in " ".join(m.conditions["unstable"]) for m in stored)

@@ -11,6 +11,7 @@ from ..layer_ops import overhead_phase
 from ..model_spec import ModelSpec
 from ..scenario import Scenario
 from ..timing.cpu_share import OthersMeter
+from ..uncertainty import LOADED_SHARE
 from .build import build_from_spec
 from .run import PhaseRun, _summary, measure_interleaved
 
@@ -50,7 +51,11 @@ def _solve(a: list, b: list) -> list:
     from itertools import combinations
 
     n = len(a[0])
-    best, best_res = None, float("inf")
+    if not a or not any(any(row) for row in a):
+        raise MeasureError("dispatch probe: the tiny clones' overhead counts are degenerate")
+    # the empty subset (every kind at 0) is always feasible: the answer when the clones ran no
+    # slower than their kernels (residuals ≤ 0)
+    best, best_res = [0.0] * n, sum(y * y for y in b)
     for size in range(n, 0, -1):
         for cols in combinations(range(n), size):
             sub = [[row[j] for j in cols] for row in a]
@@ -66,8 +71,6 @@ def _solve(a: list, b: list) -> list:
                 for j, v in zip(cols, x):
                     full[j] = max(0.0, v)
                 best, best_res = full, res
-    if best is None:
-        raise MeasureError("dispatch probe: the tiny clones' overhead counts are degenerate")
     return best
 
 
@@ -122,11 +125,15 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     times.ensure([o for po in pos for o in po.ops if not isinstance(o, Overhead)])
     est = Estimator(local_device(), [r for r in times.records()
                                      if not str(r.get("key", "")).startswith("ovh:")])
+    loaded_ms = kernels_ms = 0.0  # the clones' kernel time, and its part measured under load
     try:
         for (fam, s), po in zip(PROBE_STRATEGIES, pos):
             strat = tx.Strategy(fam, s, align=8)
             kernel_ops = [o for o in po.ops if not isinstance(o, Overhead)]
-            pred = sum(est.price(o).total_ms for o in kernel_ops)
+            priced = [est.price(o) for o in kernel_ops]
+            pred = sum(p.total_ms for p in priced)
+            loaded_ms += sum(p.total_ms for p in priced if p.source == "unstable" or p.loaded)
+            kernels_ms += pred
             counts = {k: 0.0 for k in OVERHEAD_KINDS}
             for o in po.ops:
                 if isinstance(o, Overhead):
@@ -192,6 +199,9 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
         if contended:
             reasons.append("taken while other processes used this machine's cores"
                            + (f" ({others.words()})" if others.contended else ""))
+        if kernels_ms > 0 and loaded_ms / kernels_ms > LOADED_SHARE:
+            reasons.append(f"{loaded_ms / kernels_ms:.0%} of the clones' kernel time it "
+                           "subtracts was measured under load")
         cond = {"probe": {"clones": [{kk: c[kk] for kk in ("strategy", "measured_ms",
                                                              "kernels_ms")} for c in clones],
                           "bound_ms": overhead_bound(clones, k), "rounds": len(per_round),
