@@ -162,3 +162,54 @@ def test_a_prediction_on_op_times_taken_under_load_is_not_compared():
     # an op stored unstable counts as under load; a loaded flag on a roofline price does not
     assert uncertainty.loaded_ops(quiet, _est([(g, 9.0, "unstable", False), (a, 1.0, "measured", False)]))
     assert uncertainty.loaded_ops(_est([(g, 9.0, "roofline", True), (a, 1.0, "measured", False)]), quiet) is None
+
+
+def test_the_meter_not_the_lagging_load_average_says_a_quiet_round_was_loaded(monkeypatch):
+    from pis_tui import timing
+    from pis_tui.profiling import rounds
+
+    # the hogs stopped: the load average still reads 3.4 on 2 cores for a minute, the meter
+    # reads the rounds themselves as quiet
+    monkeypatch.setattr(rounds, "_load", lambda: 3.4)
+    monkeypatch.setattr(rounds, "OthersMeter", FakeMeter)
+    FakeMeter.readings = [0.05] * 6
+    times = iter([0.5, 0.51, 0.5, 0.5, 0.5, 0.5])
+    monkeypatch.setattr(timing, "measure_op", lambda op, ctx, repeats=None, **kw: meas(op, next(times)))
+    got = profiling.measure_rounds([K_BIG], fake_ctx(), 3,
+                                   probe=lambda: {"contended": False, "ratio": 1.0})[K_BIG.key()]
+    assert got.status == "ok" and not got.conditions["loaded"]
+    # without a meter reading the load average still decides
+    FakeMeter.readings = [None] * 6
+    times = iter([0.5, 0.51, 0.5, 0.5, 0.5, 0.5])
+    got = profiling.measure_rounds([K_BIG], fake_ctx(), 3,
+                                   probe=lambda: {"contended": False, "ratio": 1.0})[K_BIG.key()]
+    assert got.conditions["loaded"]
+
+
+def test_validate_remeasures_what_load_left_unstable_once_quiet(monkeypatch):
+    from pis_tui import timing
+    from pis_tui.validation.compare import OpTimes
+
+    g = Gemm("gate_proj", 16, 4864, 896, dtype="fp32")
+    a = Attention("attn", 16, 14, 2, 1, 256, 64, dtype="fp32")
+    times = OpTimes("fp32")
+    times._ctx = object()  # no device opened: measure_op is faked
+    times.add([meas(g, 9.0, status="unstable"), meas(a, 1.0)])
+    assert [o.key() for o in times.unstable([g, a])] == [g.key()]
+    again = iter([meas(g, 3.0, status="unstable"), meas(g, 2.0)])
+    monkeypatch.setattr(timing, "measure_op", lambda op, ctx, repeats=None, **kw: next(again))
+    assert times.remeasure([g]) == 0  # unstable again: kept as it was (nothing lost)
+    assert times._mem[g.key()].ms == 9.0
+    assert times.remeasure([g]) == 1 and times._mem[g.key()].ms == 2.0
+    assert times.unstable([g, a]) == []
+
+
+def test_machine_quiet_reads_the_meter_before_the_load_average(monkeypatch):
+    monkeypatch.setattr(st, "OthersMeter", FakeMeter)
+    monkeypatch.setattr(st, "cpu_contended", lambda threads=None: {"contended": True, "ratio": 1.0, "load": 3.5})
+    FakeMeter.readings = [0.02]
+    assert st.machine_quiet(0.0)  # the load average lags; the meter saw nobody
+    FakeMeter.readings = [1.9]
+    assert not st.machine_quiet(0.0)
+    FakeMeter.readings = [None]  # no meter (not Linux): the probe and the load average
+    assert not st.machine_quiet(0.0)

@@ -133,8 +133,11 @@ def combine_rounds(ms: list) -> Measurement:
             # cores' worth of CPU other processes used during each round (pis_tui.timing.cpu_share)
             "others_cores": [None if x is None else round(x, 2)
                              for x in (getattr(m, "_others", None) for m in ok)],
-            # the rounds kept were taken while the load average exceeded the cores
-            "loaded": bool(used_loads) and max(used_loads) > _cores() + 0.5 or not quiet}
+            # no quiet round to keep, or (where the meter could not read the other processes'
+            # CPU use) the rounds kept were taken while the load average exceeded the cores:
+            # the meter reads the load of the round itself, the load average lags a minute
+            "loaded": not quiet or (bool(used_loads) and max(used_loads) > _cores() + 0.5 and
+                                    any(getattr(m, "_others", None) is None for m in use))}
     if reasons:
         cond["unstable"] = reasons
     rounds = ", ".join(f"{m.ms:.4g}{'*' if c else ''}" for m, c in zip(ok, contended))

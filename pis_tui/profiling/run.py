@@ -370,8 +370,10 @@ def _chunks(items: list, rounds: int, chunk_s: float = CHUNK_S) -> list:
 
 def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
                 on_progress: Optional[Callable[[str], None]] = None, *, ctx=None,
-                cancel: CancelArg = None, repeats: Optional[int] = None) -> list[Measurement]:
-    """Measurements for exactly these ops (from the cache where present, measured otherwise).
+                cancel: CancelArg = None, repeats: Optional[int] = None,
+                remeasure: str = "none") -> list[Measurement]:
+    """Measurements for exactly these ops (from the cache where present, measured otherwise;
+    ``remeasure`` as :func:`run_profile`'s).
 
     ``on_progress`` receives one-line messages (the validation command's convention).
     """
@@ -395,14 +397,17 @@ def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
         _stop_if_sticky(ctx, ProfileReport(measurements=list(got.values())))
         return [got[o.key()] for o in ops if o.key() in got]
     report = run_profile(ops, ctx, cache, on_progress=say, cancel=cancel, repeats=repeats,
-                         calibrate=False, chunk_s=BATCH_CHUNK_S)
+                         calibrate=False, chunk_s=BATCH_CHUNK_S, remeasure=remeasure)
     from ..hardware import local_device
 
     fp = ctx.fingerprint if ctx is not None else local_device().fingerprint
     want = {o.key() for o in ops}
     got = {m.key: m for m in cache.get_measurements(fp) if m.key in want}
     for m in report.measurements:
-        got.setdefault(m.key, m)
+        if remeasure != "none":
+            got[m.key] = m  # what was just measured, not what the cache held before
+        else:
+            got.setdefault(m.key, m)
     return list(got.values())
 
 

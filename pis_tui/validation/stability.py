@@ -136,3 +136,18 @@ def cpu_contended(threads: Optional[int] = None) -> dict:
     busy = load > cores + 0.5
     return {**probe, "load": load, "cores": cores,
             "contended": bool(probe.get("contended")) or busy}
+
+
+def machine_quiet(window_s: float = 0.5) -> bool:
+    """Nobody else on this machine's cores right now: the probe and the load average
+    (:func:`cpu_contended`) and, over ``window_s`` of sleep, the CPU other processes used
+    (:class:`~pis_tui.timing.cpu_share.OthersMeter`; its reading decides where there is one,
+    as the load average lags a minute behind)."""
+    import time
+
+    with OthersMeter() as m:
+        time.sleep(window_s)
+    c = cpu_contended()
+    if m.cores is not None:
+        return not m.contended and not (c.get("ratio", 1.0) > 3.0)
+    return not c["contended"]
