@@ -372,8 +372,8 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
         # predictions rest on quiet op times where they can (else they are flagged loaded_ops)
         shaky = times.unstable(every)
         if shaky and machine_quiet():
-            say(f"re-measuring {len(shaky)} op(s) left unstable (measured under load), the "
-                "machine being quiet now")
+            say(f"re-measuring {len(shaky)} op(s) left unstable (taken under load, or rounds "
+                "that disagreed), the machine being quiet now")
             fixed = times.remeasure(shaky)
             say(f"{fixed} of {len(shaky)} now stable")
     rows: list = []
