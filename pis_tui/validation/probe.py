@@ -92,6 +92,19 @@ def _lstsq(a: list, b: list) -> list:
     return [m[i][n] / m[i][i] for i in range(n)]
 
 
+def _round_solves(counts: list, clones: list, timed: list) -> list:
+    """One solve per interleaved round (the clones' i-th samples were taken side by side);
+    a round whose solve fails is left out."""
+    out = []
+    for i in range(min(len(t.samples) for t in timed)):
+        try:
+            out.append(_solve(counts, [t.samples[i] - c["kernels_ms"]
+                                       for c, t in zip(clones, timed)]))
+        except MeasureError:
+            continue
+    return out
+
+
 def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: int,
                    times: "OpTimes", *, cache=None, repeats: int = 9) -> dict:
     """Measure the eager framework overhead of this device (CPU) for one code path.
@@ -161,13 +174,7 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     coef = _solve(counts, [c["residual_ms"] for c in clones])
     # one solve per interleaved round as well (the clones' i-th samples were taken side by
     # side): the spread of a kind's cost over the rounds is stored with it
-    per_round = []
-    for i in range(min(len(t.samples) for t in timed)):
-        try:
-            per_round.append(_solve(counts, [t.samples[i] - c["kernels_ms"]
-                                             for c, t in zip(clones, timed)]))
-        except MeasureError:
-            continue
+    per_round = _round_solves(counts, clones, timed)
     ms, spread, bounded = {}, {}, {}
     for j, k in enumerate(kinds):
         limit = overhead_bound(clones, k)
@@ -233,13 +240,7 @@ def _too_wide(clones: list, timed: list) -> bool:
         coef = _solve(counts, [t.median_ms - c["kernels_ms"] for c, t in zip(clones, timed)])
     except MeasureError:
         return True
-    rounds = []
-    for i in range(min(len(t.samples) for t in timed)):
-        try:
-            rounds.append(_solve(counts, [t.samples[i] - c["kernels_ms"]
-                                          for c, t in zip(clones, timed)]))
-        except MeasureError:
-            continue
+    rounds = _round_solves(counts, clones, timed)
     for j in range(len(kinds)):
         vals = sorted(r[j] for r in rounds)
         if len(vals) >= 2 and coef[j] > 0 and _iqr(vals) / coef[j] > PROBE_SPREAD_LIMIT:
