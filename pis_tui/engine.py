@@ -160,9 +160,14 @@ def with_table_efficiency(device: DeviceProfile, table) -> DeviceProfile:
     except PisError:
         return device  # a malformed block: the profile's figures stand
     floor = vals.get("kernel_floor_us", device.launch_overhead_us)
-    return replace(device, efficiency={**device.efficiency, **vals},
-                   efficiency_sources={**device.efficiency_sources, **srcs},
-                   launch_overhead_us=floor)
+    # a measured figure beats the profile's under every engine: an engine's own (fitted or
+    # assumed) figure for it no longer applies
+    by_engine = {eng: {k: v for k, v in figs.items() if k not in vals}
+                 for eng, figs in (device.efficiency_by_engine or {}).items()}
+    sources = {k: v for k, v in (device.efficiency_sources or {}).items()
+               if not (":" in k and k.split(":", 1)[1] in vals)}
+    return replace(device, efficiency={**device.efficiency, **vals}, efficiency_by_engine=by_engine,
+                   efficiency_sources={**sources, **srcs}, launch_overhead_us=floor)
 
 
 def tensor_parallel_device(spec: ModelSpec, device: DeviceProfile, tp: int) -> DeviceProfile:

@@ -10,7 +10,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent / "benchmarks"
 #: estimate-only, no timing and no data outside the project
-DETERMINISTIC = ("study_table2_check", "tp_llama70b_h200")
+DETERMINISTIC = ("study_table2_check", "tp_llama70b_h200", "h200_eager_fit")
 
 
 def _load(name: str):
