@@ -224,24 +224,32 @@ def test_probe_bound_caps_each_kind_by_its_clones_forward():
     assert overhead_bound(clones, "routing") == float("inf")
 
 
-def test_dispatch_probe_is_bounded_and_stores_its_spread(tmp_path, tiny_cfg, monkeypatch):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+def _probe_to_cache(tmp_path, tiny_cfg):
+    """Run the dispatch probe of a tiny model into a fresh cache: (its result, the stored
+    overhead measurements)."""
     from pis_tui import validation as v
     from pis_tui.cache import Cache
-    from pis_tui.validation import probe
 
     raw, spec = v.raw_config(tiny_cfg)
     cache = Cache.open(str(tmp_path / "c.duckdb"))
-    times = v.OpTimes("fp32", cache)
+    res = v.dispatch_probe(raw, spec, "decode", 1, 16, v.OpTimes("fp32", cache), cache=cache, repeats=4)
+    stored = [m for m in cache.get_measurements(v.OpTimes("fp32")._fingerprint(), "fp32")
+              if m.key.startswith("ovh:")]
+    return res, stored
+
+
+def test_dispatch_probe_is_bounded_and_stores_its_spread(tmp_path, tiny_cfg, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from pis_tui.validation import probe
+
     # a solve gone wild (the issue's 4 ms a linear call): the bound holds it
     monkeypatch.setattr(probe, "_solve", lambda a, b: [50.0] * len(a[0]))
-    res = v.dispatch_probe(raw, spec, "decode", 1, 16, times, cache=cache, repeats=4)
+    res, rows = _probe_to_cache(tmp_path, tiny_cfg)
     for kind, ms in res["ms"].items():
         bound = probe.overhead_bound(res["clones"], kind)
         assert ms <= bound + 1e-12 and kind in res["bounded"]
-    stored = {m.key: m for m in cache.get_measurements(v.OpTimes("fp32")._fingerprint(), "fp32")
-              if m.key.startswith("ovh:")}
+    stored = {m.key: m for m in rows}
     assert stored and all(m.status == "unstable" for m in stored.values())
     assert all("above the bound" in " ".join(m.conditions["unstable"]) for m in stored.values())
     assert all(m.spread is not None for m in stored.values())
@@ -278,17 +286,10 @@ def test_a_probe_whose_kernels_were_measured_under_load_is_unstable(tmp_path, ti
     # solve gives is not the overhead of a quiet machine, so it is stored unstable
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from pis_tui import validation as v
-    from pis_tui.cache import Cache
     from pis_tui.estimator import Estimator
     from pis_tui.results import PricedOp
 
-    raw, spec = v.raw_config(tiny_cfg)
-    cache = Cache.open(str(tmp_path / "c.duckdb"))
-    times = v.OpTimes("fp32", cache)
     monkeypatch.setattr(Estimator, "price", lambda self, op, *a: PricedOp(op, 1e-4, "measured", loaded=True))
-    v.dispatch_probe(raw, spec, "decode", 1, 16, times, cache=cache, repeats=4)
-    stored = [m for m in cache.get_measurements(v.OpTimes("fp32")._fingerprint(), "fp32")
-              if m.key.startswith("ovh:")]
+    _, stored = _probe_to_cache(tmp_path, tiny_cfg)
     assert stored and all(m.status == "unstable" for m in stored)
     assert all("measured under load" in " ".join(m.conditions["unstable"]) for m in stored)
