@@ -21,8 +21,8 @@ def seed_local_timings(cache_path, ok: int = 2, unsupported: int = 1) -> None:
     """A cache holding `ok` usable timings and `unsupported` kernel-less records for this
     machine's device (what `pis-tui profile` leaves: 2:4 on a CPU is recorded unsupported)."""
     from pis_tui.cache import Cache
-    from pis_tui.hardware import local_device
-    from pis_tui.measured_table import METHOD_VERSIONS, Measurement, software_versions
+    from pis_tui.device.local import local_device
+    from pis_tui.pricing.measured_table import METHOD_VERSIONS, Measurement, software_versions
 
     fp = local_device().fingerprint
     rows = []

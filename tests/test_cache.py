@@ -14,7 +14,7 @@ import pytest
 from pis_tui import cache as cache_mod
 from pis_tui.cache import SCHEMA_VERSION, Cache
 from pis_tui.errors import CacheError, UserError
-from pis_tui.measured_table import METHOD_VERSIONS, Measurement, software_versions
+from pis_tui.pricing.measured_table import METHOD_VERSIONS, Measurement, software_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = "cpu:Test_CPU:2t"

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 
 from pis_tui.cli import main
-from pis_tui.export import load_schema
+from pis_tui.present.export import load_schema
 
 from helpers import ROOT, run_cli
 

@@ -13,13 +13,15 @@ from helpers import run_cli
 from pis_tui import families
 from pis_tui.errors import UserError
 from pis_tui.families import Family
-from pis_tui.layer_ops import decoder_params
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Attention, Elementwise, Gemm
-from pis_tui.quality import build_quality_model, compose, compose_estimates
-from pis_tui.results import QualityEstimate
-from pis_tui.scenario import Scenario
-from pis_tui.taxonomy import Strategy, build_phase_ops, from_token, strategies_grid
+from pis_tui.model.layer import decoder_params
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Attention, Elementwise, Gemm
+from pis_tui.quality.model import build_quality_model
+from pis_tui.quality.compose import compose, compose_estimates
+from pis_tui.quality.estimate import QualityEstimate
+from pis_tui.model.scenario import Scenario
+from pis_tui.families.strategy import Strategy, from_token, strategies_grid
+from pis_tui.families.phase_ops import build_phase_ops
 
 SPEC = load_model_spec("llama-3.1-8b")  # 32 layers, hidden 4096, 32 heads / 8 KV of 128, MLP 14336
 PREFILL = Scenario(prefill_batch=8, prompt_len=1024, decode_batch=16, context_len=1024, dtype="bf16")
@@ -183,7 +185,7 @@ def test_router_over_width_pruned_sublayers():
 def test_combinations_are_priced_by_their_parts_kernels():
     """A combination has no trace of its own: each op's kernels are the later part's, then the
     earlier part's, then dense's (execution.ExecutionProfile.kernels)."""
-    from pis_tui import execution
+    from pis_tui.pricing import engines as execution
 
     assert execution.COMBO_SEP == families.SEP
     eager = execution.load("eager")
@@ -203,8 +205,8 @@ def test_combinations_are_priced_by_their_parts_kernels():
 
 @pytest.mark.parametrize("engine", ["eager", "fused"])
 def test_combinations_go_through_the_kernel_level_estimator(engine):
-    from pis_tui import execution
-    from pis_tui.engine import sweep
+    from pis_tui.pricing import engines as execution
+    from pis_tui.decide.sweep import sweep
 
     scen = Scenario(8, 1024, 16, 1024, "bf16", engine)
     r = sweep("llama-3.1-8b", "h200-sxm", scen, ["dynamic_depth+static_width"],
@@ -256,7 +258,7 @@ def test_composition_rules():
 
 @pytest.mark.parametrize("rule", ["multiplicative", "additive"])
 def test_sweep_composes_each_part_at_its_achieved_sparsity(rule):
-    from pis_tui.engine import sweep
+    from pis_tui.decide.sweep import sweep
 
     qm = build_quality_model("lora", combo_rule=rule)
     r = sweep(SPEC, "h200-sxm", PREFILL, ["static_depth+static_width"], quality=qm)
@@ -290,7 +292,7 @@ def test_measured_combined_model_wins_over_composition():
 # ------------------------------------------------------------------------------ commands
 
 def test_sweep_json_lists_combinations_with_parts_and_validates(tmp_path):
-    from pis_tui.export import load_schema
+    from pis_tui.present.export import load_schema
 
     out = tmp_path / "s.json"
     r = run_cli("sweep", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--strategies",

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from pis_tui import profiling, uncertainty
-from pis_tui.ops import Attention, Gemm
-from pis_tui.results import PhaseEstimate, PricedOp
+from pis_tui import profiling
+from pis_tui.pricing import uncertainty
+from pis_tui.model.ops import Attention, Gemm
+from pis_tui.pricing.estimates import PhaseEstimate, PricedOp
 from pis_tui.timing import cpu_share
 from pis_tui.timing.cpu_share import CpuSnapshot, OthersMeter, others_cores, snapshot
 from pis_tui.validation import stability as st
@@ -188,7 +189,7 @@ def test_the_meter_not_the_lagging_load_average_says_a_quiet_round_was_loaded(mo
 
 def test_validate_remeasures_what_load_left_unstable_once_quiet(monkeypatch):
     from pis_tui import timing
-    from pis_tui.validation.compare import OpTimes
+    from pis_tui.validation.op_times import OpTimes
 
     g = Gemm("gate_proj", 16, 4864, 896, dtype="fp32")
     a = Attention("attn", 16, 14, 2, 1, 256, 64, dtype="fp32")

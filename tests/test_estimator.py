@@ -4,12 +4,13 @@ import dataclasses
 
 import pytest
 
-from pis_tui.estimator import Estimator
-from pis_tui.hardware import load_gpu
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Attention, Elementwise, Gemm
-from pis_tui.scenario import Scenario
-from pis_tui.taxonomy import Strategy, build_phase_ops
+from pis_tui.pricing.estimator import Estimator
+from pis_tui.device.choose import load_gpu
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Attention, Elementwise, Gemm
+from pis_tui.model.scenario import Scenario
+from pis_tui.families.strategy import Strategy
+from pis_tui.families.phase_ops import build_phase_ops
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_phase_estimate_sums_ops_and_reports_sources(h200):
 
 def test_static_depth_near_theoretical_in_decode(h200):
     """The study's finding 1 falls out of the model: dropping layers removes their whole cost."""
-    from pis_tui.engine import sweep
+    from pis_tui.decide.sweep import sweep
     r = sweep("llama-3.1-8b", "h200-sxm", Scenario(), ["static_depth"], [0.25])
     p = [p for p in r.phase_points("decode") if p.strategy == "static_depth"][0]
     assert p.speedup == pytest.approx(p.flops_speedup, rel=0.05)
@@ -131,8 +132,8 @@ def test_calibrated_peak_replaces_nominal(h200):
 
 
 def test_framework_overhead_priced_from_the_probe_on_cpu_zero_under_cuda_graphs(h200):
-    from pis_tui.hardware import local_device
-    from pis_tui.ops import Overhead
+    from pis_tui.device.local import local_device
+    from pis_tui.model.ops import Overhead
 
     cpu = local_device()
     if cpu.kind != "cpu":

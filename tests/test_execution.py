@@ -8,16 +8,19 @@ from dataclasses import asdict
 import pytest
 
 from helpers import run_cli
-from pis_tui import execution, hardware
-from pis_tui.efficiency_fit import fit_efficiency
+from pis_tui.pricing import engines as execution
+from pis_tui.device.gpus import efficiency, efficiency_sources
+from pis_tui.pricing.efficiency_fit import fit_efficiency
 from pis_tui.errors import UserError
-from pis_tui.estimator import Estimator
-from pis_tui.hardware import load_gpu, parse_efficiency, profile_from_dict
-from pis_tui.measured_table import Measurement
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Attention, Elementwise, Gemm
-from pis_tui.scenario import ENGINES, Scenario
-from pis_tui.taxonomy import Strategy, build_phase_ops
+from pis_tui.pricing.estimator import Estimator
+from pis_tui.device.choose import load_gpu
+from pis_tui.device.gpus import parse_efficiency, profile_from_dict
+from pis_tui.pricing.measured_table import Measurement
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Attention, Elementwise, Gemm
+from pis_tui.model.scenario import ENGINES, Scenario
+from pis_tui.families.strategy import Strategy
+from pis_tui.families.phase_ops import build_phase_ops
 
 H200 = load_gpu("h200-sxm")
 LLAMA = load_model_spec("llama-3.1-8b")
@@ -51,12 +54,12 @@ def test_every_engine_loads_and_the_eager_one_says_what_it_was_traced_with():
 def test_a_fresh_trace_gives_the_committed_kernel_sequences():
     """profiles/kernels/eager.json is what the modules validate builds really dispatch: a
     fresh trace must give the same sequences (regenerate it deliberately, with
-    ``python -m pis_tui.kernel_trace``, when transformers or the wrappers change)."""
+    ``python -m pis_tui.validation.kernel_trace``, when transformers or the wrappers change)."""
     pytest.importorskip("transformers")
     import torch
     import transformers
 
-    from pis_tui import kernel_trace
+    from pis_tui.validation import kernel_trace
 
     committed = json.loads(kernel_trace.OUT.read_text())
     tw = committed["traced_with"]
@@ -116,7 +119,7 @@ def test_an_op_costs_each_of_its_kernels_bytes_plus_the_floor():
     est = Estimator(H200)
     norm = Elementwise("input_norm", "rmsnorm", 16, 4096, dtype="bf16")
     kernels = est.kernels_of(norm, "dense", "decode")
-    eff = hardware.efficiency(H200)
+    eff = efficiency(H200)
     bw = H200.bandwidth * eff["bandwidth"]
     want = sum(k.bytes(16 * 4096, "bf16") / bw * 1e3 + H200.launch_overhead_us * 1e-3 for k in kernels)
     assert est.analytical_ms(norm, "dense", "decode") == pytest.approx(want)
@@ -128,18 +131,18 @@ def test_an_op_costs_each_of_its_kernels_bytes_plus_the_floor():
 # ------------------------------------------------------------------ efficiency blocks
 
 def test_each_gpu_profile_carries_its_efficiency_with_sources():
-    src = hardware.efficiency_sources(H200)
+    src = efficiency_sources(H200)
     assert "fitted to" in src["gemm"] and "30.4 ms" in src["gemm"]  # the anchors it was fitted to
     assert "fitted to" in src["bandwidth"] and "low rank 25% 0.94x" in src["bandwidth"]
-    assert hardware.efficiency(H200)["gemm"] == 0.65
-    assert hardware.efficiency(H200, "fused")["gemm"] == 0.80  # the engine's own figure
-    assert "fitted to" in hardware.efficiency_sources(H200, "fused")["gemm"]
+    assert efficiency(H200)["gemm"] == 0.65
+    assert efficiency(H200, "fused")["gemm"] == 0.80  # the engine's own figure
+    assert "fitted to" in efficiency_sources(H200, "fused")["gemm"]
     # the fused engine's memory-bound figures are the isolated GEMMs' (the vLLM GEMM path)
-    assert hardware.efficiency(H200, "fused")["bandwidth"] == 0.83
-    assert "aiconfigurator" in hardware.efficiency_sources(H200, "fused")["bandwidth"]
+    assert efficiency(H200, "fused")["bandwidth"] == 0.83
+    assert "aiconfigurator" in efficiency_sources(H200, "fused")["bandwidth"]
     l40s = load_gpu("l40s")
-    assert hardware.efficiency_sources(l40s)["gemm"].startswith("assumed")
-    assert hardware.efficiency(l40s)["kernel_floor_us"] == l40s.launch_overhead_us
+    assert efficiency_sources(l40s)["gemm"].startswith("assumed")
+    assert efficiency(l40s)["kernel_floor_us"] == l40s.launch_overhead_us
 
 
 def test_a_malformed_efficiency_block_is_one_clear_error():
@@ -154,7 +157,7 @@ def test_a_malformed_efficiency_block_is_one_clear_error():
     d = {"name": "x", "display_name": "X", "peak_tflops": {"bf16": 100}, "memory_bandwidth_gbs": 1000,
          "memory_gb": 16, "l2_mb": 8, "launch_overhead_us": 4.0}
     dev = profile_from_dict(d)
-    assert dev.launch_overhead_us == 4.0 and hardware.efficiency(dev)["gemm"] == 0.80
+    assert dev.launch_overhead_us == 4.0 and efficiency(dev)["gemm"] == 0.80
 
 
 def _synthetic(device, floor_us=3.0, bw_share=0.7, gemm_share=0.6, lat_us=1.5):
@@ -182,15 +185,15 @@ def test_a_measured_block_beats_every_engines_profile_figure():
     bandwidth and GEMM share no longer apply once the device's own were measured."""
     from types import SimpleNamespace
 
-    from pis_tui.engine import with_table_efficiency
+    from pis_tui.decide.sweep import with_table_efficiency
     block = fit_efficiency(_synthetic(H200), H200, where="a test GPU")
     dev = with_table_efficiency(H200, SimpleNamespace(extra={"efficiency": block}))
     for engine in ("eager", "fused"):
-        eff, src = hardware.efficiency(dev, engine), hardware.efficiency_sources(dev, engine)
+        eff, src = efficiency(dev, engine), efficiency_sources(dev, engine)
         assert eff["bandwidth"] == pytest.approx(0.7, rel=0.01) and eff["gemm"] == pytest.approx(0.6, rel=0.01)
         assert src["bandwidth"].startswith("measured by pis-tui calibrate"), (engine, src["bandwidth"])
     # what was not measured keeps the engine's own figure
-    assert hardware.efficiency(dev, "fused")["attention"] == 0.55
+    assert efficiency(dev, "fused")["attention"] == 0.55
 
 
 def test_calibrate_fit_recovers_the_figures_of_the_kernels_it_timed():
@@ -284,8 +287,8 @@ def test_the_h200_profile_carries_the_fit_of_its_end_to_end_points():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     fitted = mod.fit()
-    eff = hardware.efficiency(H200, "eager")
+    eff = efficiency(H200, "eager")
     assert {k: eff[k] for k in fitted} == pytest.approx(fitted), fitted
     # each fitted figure says so, and names the benchmark that fits it
     for k in fitted:
-        assert "h200_eager_fit.py" in hardware.efficiency_sources(H200, "eager")[k]
+        assert "h200_eager_fit.py" in efficiency_sources(H200, "eager")[k]

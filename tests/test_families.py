@@ -11,12 +11,13 @@ import pytest
 
 from pis_tui import families
 from pis_tui.errors import UserError
-from pis_tui.export import SCHEMA_PATH, build_schema, load_schema, schema_text
+from pis_tui.present.export import SCHEMA_PATH, build_schema, load_schema, schema_text
 from pis_tui.families import Family
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Gemm
-from pis_tui.scenario import Scenario
-from pis_tui.taxonomy import Strategy, build_phase_ops, strategies_grid
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Gemm
+from pis_tui.model.scenario import Scenario
+from pis_tui.families.strategy import Strategy, strategies_grid
+from pis_tui.families.phase_ops import build_phase_ops
 
 from helpers import ROOT
 
@@ -140,7 +141,7 @@ def test_a_registered_family_appears_in_sweep_legend_and_schema(toy, tmp_path, c
 
 def test_committed_schema_is_what_the_builtin_families_generate():
     assert SCHEMA_PATH.read_text(encoding="utf-8") == schema_text(build_schema()), \
-        "regenerate it: python -m pis_tui.export"
+        "regenerate it: python -m pis_tui.present.export"
 
 
 def test_readme_taxonomy_table_matches_the_registry():
@@ -152,17 +153,18 @@ def test_readme_taxonomy_table_matches_the_registry():
 
 
 def test_lists_of_families_derive_from_the_registry(toy):
-    from pis_tui import pruning, validation
+    from pis_tui import validation
+    from pis_tui.families.prune import measurable, unsupported
     from pis_tui.commands.quality import parse_strategies
-    from pis_tui.quality import build_quality_model
+    from pis_tui.quality.model import build_quality_model
 
     assert "toy_half_mlp" in families.pruned()
     # a family without real pruning says why (the toy inherits the default hook)
-    assert "toy_half_mlp" not in pruning.measurable()
-    assert pruning.measurable() == tuple(f for f in families.BUILTIN[1:] if f != "static_width_hidden")
-    assert set(pruning.unsupported()) == {"static_width_hidden", "toy_half_mlp"}
-    assert "no real pruning is implemented" in pruning.unsupported()["toy_half_mlp"]
-    assert parse_strategies(None)[0] == list(pruning.measurable())
+    assert "toy_half_mlp" not in measurable()
+    assert measurable() == tuple(f for f in families.BUILTIN[1:] if f != "static_width_hidden")
+    assert set(unsupported()) == {"static_width_hidden", "toy_half_mlp"}
+    assert "no real pruning is implemented" in unsupported()["toy_half_mlp"]
+    assert parse_strategies(None)[0] == list(measurable())
     assert validation.standard_families() == ("static_depth", "dynamic_depth", "static_width",
                                               "low_rank")
     assert "toy_half_mlp" in validation.extra_families()

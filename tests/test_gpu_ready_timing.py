@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from pis_tui import profiling, timing  # noqa: E402
 from pis_tui.errors import MeasureError  # noqa: E402
-from pis_tui.ops import Attention, Gemm  # noqa: E402
+from pis_tui.model.ops import Attention, Gemm  # noqa: E402
 from pis_tui.timing.attention import _smem_kib, flex_kernel_options  # noqa: E402
 
 
@@ -158,7 +158,7 @@ def test_a_sticky_cuda_error_stops_the_profile_and_keeps_what_was_measured(ctx, 
 
 def test_memory_store_follows_the_cache_rules(tmp_path):
     from pis_tui.commands._store import MemoryStore
-    from pis_tui.measured_table import METHOD_VERSIONS, Measurement, software_versions
+    from pis_tui.pricing.measured_table import METHOD_VERSIONS, Measurement, software_versions
 
     def meas(key, ms, at, sw=None, mv=METHOD_VERSIONS["cpu-wall"]):
         return Measurement(key=key, op={"op_type": "gemm", "dtype": "fp32"}, ms=ms, method="cpu-wall",

@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pis_tui import taxonomy as tx  # noqa: E402
+from pis_tui.families import phase_ops as tx
+from pis_tui.families.strategy import Strategy  # noqa: E402
 from pis_tui import validation as v  # noqa: E402
 from pis_tui.validation import compare  # noqa: E402
 
@@ -20,7 +21,7 @@ TINY = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_si
 
 
 def test_prefill_runs_without_a_kv_cache_and_keeps_the_last_logits():
-    b = v.build_model(dict(TINY), tx.Strategy("dense"))
+    b = v.build_model(dict(TINY), Strategy("dense"))
     run = v.PhaseRun(b, "prefill", 2, 24)
     run.prepare()
     assert run.capture == "eager" and not run.use_graph  # the CPU
@@ -29,7 +30,7 @@ def test_prefill_runs_without_a_kv_cache_and_keeps_the_last_logits():
     assert tuple(out.logits.shape) == (2, 1, 256)
     assert getattr(out, "past_key_values", None) is None  # no cache written: no kv_write priced
     # the prediction's prefill has no kv_write either
-    po = tx.build_phase_ops(b.spec, tx.Strategy("dense"),
+    po = tx.build_phase_ops(b.spec, Strategy("dense"),
                             tx.Scenario(prefill_batch=2, prompt_len=24, dtype="fp32"), "prefill")
     assert not any(o.name == "kv_write" for o in po.ops)
 
@@ -62,7 +63,7 @@ class _FakeRun(v.PhaseRun):
 def test_a_failed_capture_is_flagged_on_the_row_and_both_run_eager(monkeypatch, roofline_ops):
     monkeypatch.setattr(compare, "PhaseRun", _FakeRun)
     _FakeRun.dropped = []
-    rows = v.validate(dict(TINY), [tx.Strategy("static_depth", 0.5)], ("decode",),
+    rows = v.validate(dict(TINY), [Strategy("static_depth", 0.5)], ("decode",),
                       decode_batches=(2,), context_len=16, repeats=1, warmup=0,
                       probe_overhead=False)
     (r,) = rows
@@ -85,7 +86,7 @@ def test_rows_reach_the_store_as_they_come_and_a_resumed_run_skips_them(roofline
 
     store = MemoryStore()
     seen = []
-    strategies = [tx.Strategy("static_depth", 0.5), tx.Strategy("low_rank", 0.5)]
+    strategies = [Strategy("static_depth", 0.5), Strategy("low_rank", 0.5)]
 
     def on_row(r):
         seen.append((r.strategy, len(store.get_validations())))

@@ -28,8 +28,8 @@ TINY = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_si
 
 STUB = '''
 import runpy, sys, time
-from pis_tui.measured_table import now_iso
-import pis_tui.hardware as hw
+from pis_tui.pricing.measured_table import now_iso
+import pis_tui.device.local as hw
 import pis_tui.timing as t, pis_tui.timing.measure as m, pis_tui.timing.peaks as pk
 import pis_tui.validation.compare as vc, pis_tui.validation.probe as vp, pis_tui.validation.run as vr
 import pis_tui.validation.stability as vs
@@ -127,8 +127,8 @@ def test_the_script_runs_every_step_without_duckdb_textual_plotext(rehearsal):
     # the analytical model's figures, measured from the kernels it timed (a profile's block):
     # the floor from the small kernels that passed the rules; on a loaded machine every small
     # kernel can come out unstable, and then no floor is claimed (never one from unstable ones)
-    from pis_tui.efficiency_fit import SMALL_BYTES
-    from pis_tui.ops import op_from_dict
+    from pis_tui.pricing.efficiency_fit import SMALL_BYTES
+    from pis_tui.model.ops import op_from_dict
 
     small = [m["status"] for m in cal["entries"]
              if op_from_dict({"count": 1.0, **m["op"]}).bytes() < SMALL_BYTES]
@@ -170,7 +170,7 @@ def test_a_second_run_skips_what_is_done_and_a_step_cut_short_is_resumed(rehears
 
 
 def test_import_turns_the_archive_into_a_measured_table_and_a_validation_table(rehearsal, tmp_path):
-    from pis_tui.measured_table import read_table
+    from pis_tui.pricing.measured_table import read_table
 
     archive = rehearsal["base"] / "out" / "pis-gpu-run.tar.gz"
     base_cmd = [sys.executable, "-m", "pis_tui", "gpu-run", "import", str(archive), "--gpu", "h200-sxm",
@@ -195,7 +195,8 @@ def test_import_turns_the_archive_into_a_measured_table_and_a_validation_table(r
 def test_import_links_the_gpu_profile_to_its_new_table(rehearsal, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from pis_tui import measured_table, profiles
+    from pis_tui.pricing import measured_table
+    from pis_tui import shipped as profiles
     from pis_tui.cli import main
 
     prof = tmp_path / "profiles"
@@ -212,7 +213,7 @@ def test_import_links_the_gpu_profile_to_its_new_table(rehearsal, tmp_path, monk
         assert d["measured_table"] == "h200-sxm.json" and d["sources"]  # nothing else lost
         table, problem = measured_table.load_shipped("h200-sxm.json")
         assert problem is None and table.entries
-        from pis_tui.hardware import load_gpu
+        from pis_tui.device.choose import load_gpu
 
         assert load_gpu("h200-sxm").measured_table == "h200-sxm.json"
         assert "measured_table = h200-sxm.json" in capsys.readouterr().out

@@ -3,12 +3,12 @@ plans and measures it, validation's op times key on it."""
 
 from dataclasses import replace
 
-from pis_tui.estimator import Estimator
-from pis_tui.hardware import load_gpu
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Gemm, kernel_of, measuring_form
-from pis_tui.profiling import plan
-from pis_tui.scenario import Scenario
+from pis_tui.pricing.estimator import Estimator
+from pis_tui.device.choose import load_gpu
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Gemm, kernel_of, measuring_form
+from pis_tui.profiling.worklist import worklist
+from pis_tui.model.scenario import Scenario
 
 
 def test_kernel_of():
@@ -21,7 +21,7 @@ def test_kernel_of():
 
 def test_estimator_and_profiling_agree_on_the_kernel():
     spec = load_model_spec("qwen2.5-0.5b")
-    planned = plan(spec, load_gpu("h200-sxm"), Scenario(), ["unstructured"], [0.5])
+    planned = worklist(spec, load_gpu("h200-sxm"), Scenario(), ["unstructured"], [0.5])
     assert not any(getattr(o, "kind", "") == "unstructured" for o in planned)
     u = Gemm("gate_proj", 16, 4864, 896, 24.0, "bf16", kind="unstructured", density=0.5)
     dense = kernel_of(u)

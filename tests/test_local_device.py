@@ -9,9 +9,11 @@ import types
 
 import pytest
 
-from pis_tui import hardware
+from pis_tui.device import local as hardware
+from pis_tui.device.gpus import efficiency, efficiency_sources, profile_from_dict
+from pis_tui.device.choose import default_gpu, load_gpu
 from pis_tui.errors import MeasureError
-from pis_tui.hardware import CudaInfo, choose_local_gpu, visible_devices
+from pis_tui.device.local import CudaInfo, choose_local_gpu, visible_devices
 
 H200 = CudaInfo(name="NVIDIA H200", source="torch", selector="0", uuid="GPU-1", memory_gb=139.8,
                 capability="9.0", sm_count=132, l2_mb=60.0)
@@ -81,7 +83,7 @@ def test_measuring_device_is_pinned_for_the_process(monkeypatch):
     # the estimate path now says the same (no second decision with another answer)
     assert hardware.local_device() is dev
     assert hardware.local_cuda_name().startswith("NVIDIA H200")
-    assert hardware.default_gpu() == "local"
+    assert default_gpu() == "local"
     hardware.local_device.cache_clear()
     assert hardware.local_device().kind == "cpu"
 
@@ -98,7 +100,7 @@ def test_a_gpu_torch_cannot_use_is_an_error_not_a_cpu_measurement(monkeypatch):
 def test_a_known_gpu_takes_its_profile():
     dev = hardware._gpu_profile(H200)
     assert dev.name == "local" and not dev.unknown and dev.sparse_24
-    assert dev.peak("bf16") == hardware.load_gpu("h200-sxm").peak("bf16")
+    assert dev.peak("bf16") == load_gpu("h200-sxm").peak("bf16")
     assert dev.display_name == "NVIDIA H200 (local)"
 
 
@@ -221,9 +223,9 @@ def test_calibrate_suggests_a_profile_file_that_loads():
     d = _suggested_profile(hardware.unknown_gpu_profile(info, {"bf16": {"peak_tflops": 612.0,
                                                                         "bandwidth_gbs": 2900.0}}), eff)
     assert d["name"] == "nvidia-z900-prototype" and d["match"] == ["NVIDIA Z900 Prototype"]
-    prof = hardware.profile_from_dict(d)
+    prof = profile_from_dict(d)
     assert prof.peak("bf16") == pytest.approx(612e12) and prof.bandwidth_gbs == 2900.0
     assert prof.sm_count == 100 and prof.l2_mb == 40.0 and prof.sparse_24
-    assert hardware.efficiency(prof)["gemm"] == 0.71  # the measured block travels with it
-    assert hardware.efficiency_sources(prof)["gemm"].startswith("measured by pis-tui calibrate")
+    assert efficiency(prof)["gemm"] == 0.71  # the measured block travels with it
+    assert efficiency_sources(prof)["gemm"].startswith("measured by pis-tui calibrate")
     assert hardware._match_profile("NVIDIA H200, 580, 143771 MiB").name == "h200-sxm"

@@ -8,8 +8,8 @@ import pytest
 
 from pis_tui import profiling
 from pis_tui.cache import Cache
-from pis_tui.measured_table import METHOD_VERSIONS, Measurement
-from pis_tui.ops import Gemm
+from pis_tui.pricing.measured_table import METHOD_VERSIONS, Measurement
+from pis_tui.model.ops import Gemm
 
 FP = "cpu:fake:2t"
 
@@ -82,14 +82,15 @@ def test_run_profile_remeasures_a_gemm_slower_than_a_larger_m(tmp_path, monkeypa
 def test_dispatch_probe_prices_overhead_ops(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from pis_tui import taxonomy as tx
+    from pis_tui.families.strategy import Strategy
     from pis_tui import validation as v
-    from pis_tui.model_spec import load_preset_config
-    from pis_tui.scenario import Scenario
+    from pis_tui.hf.config import raw_config
+    from pis_tui.model.spec import load_preset_config
+    from pis_tui.model.scenario import Scenario
 
     cfg = {k: val for k, val in load_preset_config("qwen2.5-0.5b").items() if not k.startswith("_")}
     cfg.update(num_hidden_layers=4, vocab_size=512)
-    raw, spec = v.raw_config(cfg)
+    raw, spec = raw_config(cfg)
     cache = Cache.open(str(tmp_path / "c.duckdb"))
     times = v.OpTimes("fp32", cache)
     res = v.dispatch_probe(raw, spec, "decode", 1, 16, times, cache=cache, repeats=3)
@@ -98,7 +99,7 @@ def test_dispatch_probe_prices_overhead_ops(tmp_path):
     # each clone's overhead is what its run time leaves after its kernels
     assert all(c["measured_ms"] > 0 and c["kernels_ms"] > 0 for c in res["clones"])
     scen = Scenario(decode_batch=1, context_len=16, dtype="fp32")
-    pe = v.predict(spec, tx.Strategy("low_rank", 0.5), scen, "decode", times)
+    pe = v.predict(spec, Strategy("low_rank", 0.5), scen, "decode", times)
     ovh = [p for p in pe.ops if p.op.op_type == "overhead"]
     # measured; on a busy machine the probe is stored unstable and priced, labelled, as such
     assert ovh and all(p.source in ("measured", "unstable") and p.ms_per_call > 0 for p in ovh)
@@ -110,7 +111,7 @@ def test_dispatch_probe_prices_overhead_ops(tmp_path):
 def test_kv_gather_is_timed_from_memory():
     pytest.importorskip("torch")
     from pis_tui import timing
-    from pis_tui.ops import Elementwise
+    from pis_tui.model.ops import Elementwise
 
     ctx = timing.open_device("local")
     kv = Elementwise("kv", "gather", 3072, 256, dtype="fp32", extra=4096)

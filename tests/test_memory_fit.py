@@ -2,12 +2,12 @@
 
 import pytest
 
-from pis_tui.engine import sweep
-from pis_tui.export import load_schema, to_dict
-from pis_tui.hardware import load_gpu
-from pis_tui.memory_fit import footprint, kv_bytes_per_token
-from pis_tui.model_spec import load_model_spec
-from pis_tui.scenario import Scenario
+from pis_tui.decide.sweep import sweep
+from pis_tui.present.export import load_schema, to_dict
+from pis_tui.device.choose import load_gpu
+from pis_tui.pricing.memory import footprint, kv_bytes_per_token
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.scenario import Scenario
 
 
 def test_llama8b_on_h200_fits_with_hand_computed_sizes():

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from pis_tui.errors import UserError
-from pis_tui.model_spec import load_model_spec, load_preset_config, spec_from_config
+from pis_tui.model.spec import load_model_spec, load_preset_config, spec_from_config
 
 
 def write(tmp_path, cfg, name="config.json"):
@@ -97,7 +97,7 @@ def test_hf_cache_model(tmp_path, monkeypatch):
     (snap / "config.json").write_text(json.dumps(cfg))
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    from pis_tui.model_spec import hf_cache_models
+    from pis_tui.model.spec import hf_cache_models
     assert "acme/tiny" in hf_cache_models()
     s = load_model_spec("acme/tiny")
     assert s.hidden_size == 896 and s.source == "hf-cache:acme/tiny"

@@ -10,7 +10,7 @@ from helpers import ROOT
 
 
 def test_loader_finds_source_profiles():
-    from pis_tui.profiles import profiles_dir
+    from pis_tui.shipped import profiles_dir
     d = profiles_dir()
     assert (d / "gpus" / "h200-sxm.json").is_file() and (d / "models" / "llama-3.1-8b.json").is_file()
 
@@ -24,9 +24,9 @@ def test_wheel_contains_profiles_and_loader_finds_them(tmp_path):
     whl = next(wheel_dir.glob("pis_tui-*.whl"))
     names = zipfile.ZipFile(whl).namelist()
     for needed in ("pis_tui/profiles/gpus/h200-sxm.json", "pis_tui/profiles/models/qwen2.5-0.5b.json",
-                   "pis_tui/profiles/quality/literature.csv", "pis_tui/schema/pis-tui-1.schema.json",
+                   "pis_tui/profiles/quality/literature.csv", "pis_tui/present/schema/pis-tui-1.schema.json",
                    "pis_tui/families/__init__.py", "pis_tui/families/static_depth.py",
-                   "pis_tui/layer_ops.py"):
+                   "pis_tui/model/layer.py"):
         assert needed in names, needed
     # every module of the source tree ships (a package missing from pyproject's list would
     # still import from an editable install)
@@ -36,9 +36,9 @@ def test_wheel_contains_profiles_and_loader_finds_them(tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(whl) as z:
         z.extractall(site)
-    probe = ("import pis_tui.profiles as p, pis_tui; d = p.profiles_dir(); "
+    probe = ("import pis_tui.shipped as p, pis_tui; d = p.profiles_dir(); "
              "assert str(d).startswith(%r), d; "
-             "from pis_tui.engine import sweep; r = sweep('qwen2.5-0.5b', 'h200-sxm', strategies=['static_depth'], sparsities=[0.25]); "
+             "from pis_tui.decide.sweep import sweep; r = sweep('qwen2.5-0.5b', 'h200-sxm', strategies=['static_depth'], sparsities=[0.25]); "
              "print(d, len(r.points))" % str(site))
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=str(tmp_path), env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=120)

@@ -1,4 +1,4 @@
-"""Pareto frontier and recommendation (pis_tui.pareto)."""
+"""Pareto frontier and recommendation (pis_tui.decide.frontier)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from pis_tui.pareto import dominates, frontier, recommend
-from pis_tui.results import Point, QualityEstimate
+from pis_tui.decide.frontier import dominates, frontier, recommend
+from pis_tui.decide.points import Point
+from pis_tui.quality.estimate import QualityEstimate
 
 
 def P(strategy, sparsity, speedup, loss, phase="prefill", metric="accuracy_drop", achieved=None):
@@ -143,8 +144,9 @@ def test_perplexity_metric_in_reason_and_budget_check():
 
 
 def test_near_equal_speedups_prefer_the_lower_loss():
-    from pis_tui.pareto import recommend
-    from pis_tui.results import Point, QualityEstimate
+    from pis_tui.decide.frontier import recommend
+    from pis_tui.decide.points import Point
+    from pis_tui.quality.estimate import QualityEstimate
 
     def pt(strategy, speedup, loss):
         return Point(strategy, 0.25, 0.25, "prefill", 10 / speedup, 10.0, speedup, speedup, "roofline",

@@ -12,18 +12,21 @@ import sys
 import jsonschema
 import pytest
 
-from pis_tui import memory_fit
+from pis_tui.pricing import memory as memory_fit
 from pis_tui.cli import main
-from pis_tui.engine import make_estimator, sweep
+from pis_tui.decide.sweep import make_estimator, sweep
 from pis_tui.errors import UserError
-from pis_tui.export import load_schema, plan_csv, plan_dict, to_dict
-from pis_tui.hardware import load_gpu, profile_from_dict
-from pis_tui.model_spec import load_model_spec
-from pis_tui.plan import _edge, mean_step, plan, recommend_plan
-from pis_tui.results import PhaseEstimate, QualityEstimate
-from pis_tui.scenario import Scenario
-from pis_tui.taxonomy import Strategy, build_phase_ops
-from pis_tui.workload import PRESETS, RequestClass, Targets, Workload, parse_mix, single
+from pis_tui.present.export import load_schema, plan_csv, plan_dict, to_dict
+from pis_tui.device.choose import load_gpu
+from pis_tui.device.gpus import profile_from_dict
+from pis_tui.model.spec import load_model_spec
+from pis_tui.decide.deployment import _edge, mean_step, plan, recommend_plan
+from pis_tui.pricing.estimates import PhaseEstimate
+from pis_tui.quality.estimate import QualityEstimate
+from pis_tui.model.scenario import Scenario
+from pis_tui.families.strategy import Strategy
+from pis_tui.families.phase_ops import build_phase_ops
+from pis_tui.model.workload import PRESETS, RequestClass, Targets, Workload, parse_mix, single
 
 from helpers import ROOT
 
@@ -200,7 +203,7 @@ def test_edge_finds_what_a_scan_finds_in_few_tries(name, f):
 def test_the_plans_memo_prices_an_op_as_the_estimator_does():
     # a kernel met again (the same GEMM at another context) keeps its uncertainty, its
     # measured-under-load flag and its launches: the memo changes the speed, not the figures
-    from pis_tui.plan import _Pricer
+    from pis_tui.decide.deployment import _Pricer
 
     est = make_estimator(H200, "bf16")
     pricer = _Pricer(LLAMA, "bf16", est)
@@ -266,7 +269,7 @@ def ranked_plan(objective="latency", budget=0.10, targets=Targets(), width_speed
 
 
 def test_ranking_within_the_budget_with_the_tie_rule():
-    from pis_tui.plan import gain
+    from pis_tui.decide.deployment import gain
 
     r, rec = ranked_plan()
     assert gain(r.candidate("static_depth", 0.25), r.dense, "latency") == pytest.approx(1.50)

@@ -12,9 +12,10 @@ import math
 
 import pytest
 
-from pis_tui.hardware import gpu_names, load_gpu
-from pis_tui.model_spec import load_model_spec, preset_names
-from pis_tui.profiles import profile_path
+from pis_tui.device.gpus import gpu_names
+from pis_tui.device.choose import load_gpu
+from pis_tui.model.spec import load_model_spec, preset_names
+from pis_tui.shipped import profile_path
 
 EXPECTED_PRESETS = {
     "llama-3.1-8b", "llama-3.1-70b", "llama-3.2-1b", "llama-3.2-3b", "qwen2.5-0.5b",
@@ -125,7 +126,7 @@ def test_gpu_profile_complete_and_sourced(name):
         src = raw["sources"].get(key)
         assert isinstance(src, str) and len(src) > 20, f"{name}: no source for {key}"
     eff = raw["efficiency"]
-    from pis_tui.hardware import EFFICIENCY_KEYS
+    from pis_tui.device.gpus import EFFICIENCY_KEYS
 
     assert set(EFFICIENCY_KEYS) <= set(eff), f"{name}: efficiency lacks {set(EFFICIENCY_KEYS) - set(eff)}"
     for key in EFFICIENCY_KEYS:  # a source per value; a fitted one says what it was fitted to
@@ -185,7 +186,7 @@ def test_a100_has_no_fp8_peak():
 
 
 def test_match_strings_pick_the_right_profile():
-    from pis_tui.hardware import _match_profile
+    from pis_tui.device.local import _match_profile
 
     cases = {
         "NVIDIA H200, 560.35.03, 143771 MiB": "h200-sxm",

@@ -13,11 +13,11 @@ import pytest
 
 from pis_tui import profiling
 from pis_tui.cache import Cache
-from pis_tui.hardware import local_device
-from pis_tui.measured_table import read_table
-from pis_tui.model_spec import spec_from_config
-from pis_tui.ops import Attention, Elementwise, Gemm
-from pis_tui.scenario import Scenario
+from pis_tui.device.local import local_device
+from pis_tui.pricing.measured_table import read_table
+from pis_tui.model.spec import spec_from_config
+from pis_tui.model.ops import Attention, Elementwise, Gemm
+from pis_tui.model.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def config_path(tmp_path):
 def test_plan_dedupes_orders_and_adds_a_grid(spec):
     dev = local_device()
     scen = Scenario(prefill_batch=1, prompt_len=256, decode_batch=2, context_len=256, dtype="fp32")
-    planned = profiling.plan_detailed(spec, dev, scen)
+    planned = profiling.worklist_detailed(spec, dev, scen)
     keys = [p.op.key() for p in planned]
     assert len(keys) == len(set(keys))
     ops = [p.op for p in planned]
@@ -71,7 +71,8 @@ def test_plan_dedupes_orders_and_adds_a_grid(spec):
     # the lm_head runs at M = batch: its grid stops at the first point above that
     assert max(by_pair[(256, 64)]) == 2
     # with the pieces a strategy sweep needs: every op of every strategy is planned
-    from pis_tui.taxonomy import Strategy, build_phase_ops
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.families.phase_ops import build_phase_ops
 
     for fam, s in (("dense", 0.0), ("low_rank", 0.5), ("static_width", 0.25), ("unstructured", 0.5)):
         for ph in ("prefill", "decode"):
@@ -80,8 +81,8 @@ def test_plan_dedupes_orders_and_adds_a_grid(spec):
                     assert o.key() not in set(keys)
                     continue
                 assert profiling.measuring_form(o).key() in set(keys)
-    assert len(profiling.plan(spec, dev, scen, options={"grid": "none"})) == len(sweep)
-    assert len(profiling.plan(spec, dev, scen, options={"grid": "all"})) > len(planned)
+    assert len(profiling.worklist(spec, dev, scen, options={"grid": "none"})) == len(sweep)
+    assert len(profiling.worklist(spec, dev, scen, options={"grid": "all"})) > len(planned)
 
 
 def small_ops():
@@ -282,7 +283,7 @@ def test_calibrate_writes_a_table_without_duckdb(tmp_path, config_path):
     timed = [m for m in t.entries if m.status in ("ok", "unstable")]
     assert len(timed) > 10 and all(m.ms > 0 for m in timed)  # on a busy machine some are unstable
     # the estimator can use it as a shipped table
-    from pis_tui.estimator import Estimator
+    from pis_tui.pricing.estimator import Estimator
 
     est = Estimator(dev, (), [m.to_entry() for m in t.entries], t.calibration)
     ok = t.ok_entries()
@@ -297,8 +298,8 @@ def test_calibrate_writes_a_table_without_duckdb(tmp_path, config_path):
 
 
 def test_measured_table_round_trip(tmp_path):
-    from pis_tui.measured_table import (Measurement, TableError, build_table, read_table,
-                                        write_table)
+    from pis_tui.pricing.measured_table import (Measurement, TableError, build_table, read_table,
+                                                write_table)
 
     m = Measurement(key="k", op={"op_type": "gemm", "name": "x", "m": 1, "n": 2, "k": 3, "count": 1.0,
                                  "dtype": "bf16", "kind": "dense", "density": 1.0}, ms=0.5,

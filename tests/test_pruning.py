@@ -16,8 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pis_tui import perplexity as P  # noqa: E402
-from pis_tui import pruning  # noqa: E402
+from pis_tui.hf import perplexity as P  # noqa: E402
+from pis_tui import hf as pruning
+from pis_tui.families.prune import apply, apply_combo  # noqa: E402
 from pis_tui.errors import UserError  # noqa: E402
 
 LAYERS, HIDDEN, INTER, HEADS, KV, VOCAB = 4, 64, 256, 4, 2, 128
@@ -89,7 +90,7 @@ def test_calibration_collects_block_influence_and_norms(setup):
 def test_static_depth_drops_least_influential_layers(setup, s, tmp_path):
     kind, m0, ids, cal = setup
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "static_depth", s, cal)
+    r = apply(m, "static_depth", s, cal)
     k = math.floor(s * LAYERS + 0.5)
     assert len(m.model.layers) == LAYERS - k == m.config.num_hidden_layers
     assert r.achieved_sparsity == k / LAYERS
@@ -113,7 +114,7 @@ def test_static_depth_drops_least_influential_layers(setup, s, tmp_path):
 def test_static_depth_sublayer_granularity(setup):
     _, m0, ids, cal = setup
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "static_depth", 0.25, cal, granularity="sublayer")
+    r = apply(m, "static_depth", 0.25, cal, granularity="sublayer")
     assert r.achieved_sparsity == 2 / (2 * LAYERS)
     blocks = sorted([(cal.attn_bi[i], i, "attn") for i in range(LAYERS)]
                     + [(cal.mlp_bi[i], i, "mlp") for i in range(LAYERS)])[:2]
@@ -137,7 +138,7 @@ def test_width_targets_match_llama_8b():
 def test_static_width_slices_heads_and_channels(setup, s, tmp_path):
     kind, m0, ids, cal = setup
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "static_width", s, cal)  # tiny: align 8
+    r = apply(m, "static_width", s, cal)  # tiny: align 8
     groups, ch = pruning.width_targets(KV, INTER, s, 8)
     q_heads = groups * (HEADS // KV)
     assert ch == round((1 - s) * INTER / 8) * 8 and ch < INTER
@@ -171,7 +172,7 @@ def test_static_width_slices_heads_and_channels(setup, s, tmp_path):
 def test_static_width_align_parameter(setup):
     _, m0, _, cal = setup
     m = copy.deepcopy(m0)
-    pruning.apply(m, "static_width", 0.3, cal, align=64)
+    apply(m, "static_width", 0.3, cal, align=64)
     assert m.model.layers[0].mlp.gate_proj.out_features == 192
     assert m.config.intermediate_size == 192
 
@@ -181,7 +182,7 @@ def test_static_width_align_parameter(setup):
 def test_semi_structured_24_pattern(setup):
     _, m0, ids, cal = setup
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "semi_structured_24", 0.25, cal)  # always 2:4 whatever is asked
+    r = apply(m, "semi_structured_24", 0.25, cal)  # always 2:4 whatever is asked
     assert r.achieved_sparsity == pytest.approx(0.5)
     for name, lin in pruning.decoder_linears(m).items():
         w = lin.weight.reshape(lin.out_features, -1, 4)
@@ -201,7 +202,7 @@ def test_semi_structured_24_pattern(setup):
 def test_unstructured_per_row_sparsity(setup, s):
     _, m0, ids, cal = setup
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "unstructured", s, cal)
+    r = apply(m, "unstructured", s, cal)
     for name, lin in pruning.decoder_linears(m).items():
         k_in = lin.in_features
         zeros = (lin.weight == 0).sum(1)
@@ -216,7 +217,7 @@ def test_unstructured_per_row_sparsity(setup, s):
 def test_low_rank_ranks_as_asked(setup, s):
     _, m0, ids, cal = setup
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "low_rank", s, None)
+    r = apply(m, "low_rank", s, None)
     layer = m.model.layers[0]
     for part, names in (("self_attn", pruning.ATTN_LINEARS), ("mlp", pruning.MLP_LINEARS)):
         for n in names:
@@ -237,10 +238,10 @@ def test_low_rank_ranks_as_asked(setup, s):
     assert torch.isfinite(out).all()
     # a shared SVD cache (one decomposition for every sparsity) gives the same model
     cache: dict = {}
-    pruning.apply(copy.deepcopy(m0), "low_rank", 0.2, None, svd_cache=cache)
+    apply(copy.deepcopy(m0), "low_rank", 0.2, None, svd_cache=cache)
     assert len(cache) == LAYERS * 7
     m2 = copy.deepcopy(m0)
-    pruning.apply(m2, "low_rank", s, None, svd_cache=cache)
+    apply(m2, "low_rank", s, None, svd_cache=cache)
     assert torch.allclose(_logits(m2, ids), out, atol=1e-5)
 
 
@@ -250,7 +251,7 @@ def test_low_rank_ranks_as_asked(setup, s):
 def test_dynamic_depth_skips_asked_share(setup, s):
     _, m0, ids, _ = setup
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "dynamic_depth", s, None)
+    r = apply(m, "dynamic_depth", s, None)
     zero_tokens = []
     h = m.model.layers[1].mlp.register_forward_hook(
         lambda mod, a, out: zero_tokens.append(int((out.abs().sum(-1) == 0).sum())))
@@ -269,10 +270,10 @@ def test_block_sparse_attention(setup):
     _, m0, ids, _ = setup
     dense = _logits(m0, ids)
     m = copy.deepcopy(m0)
-    pruning.apply(m, "dynamic_sparse_attention", 0.0, None, block=16)
+    apply(m, "dynamic_sparse_attention", 0.0, None, block=16)
     assert torch.allclose(_logits(m, ids), dense, atol=1e-4)  # s = 0 is plain causal attention
     m = copy.deepcopy(m0)
-    r = pruning.apply(m, "dynamic_sparse_attention", 0.5, None, block=16)
+    r = apply(m, "dynamic_sparse_attention", 0.5, None, block=16)
     out = _logits(m, ids)
     # 4 blocks of 16: keep floor(0.5·(i+1) + 0.5) of i+1 causal blocks → 1, 1, 2, 2 of 10
     assert r.final_achieved() == pytest.approx(0.4)
@@ -283,14 +284,14 @@ def test_block_sparse_attention(setup):
 
 def test_unsupported_and_unknown():
     with pytest.raises(UserError, match="SliceGPT"):
-        pruning.apply(None, "static_width_hidden", 0.25, None)
+        apply(None, "static_width_hidden", 0.25, None)
     with pytest.raises(UserError, match="unknown strategy"):
-        pruning.apply(None, "magic", 0.25, None)
+        apply(None, "magic", 0.25, None)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
     with pytest.raises(UserError, match="Llama-layout"):
-        pruning.apply(gpt2, "low_rank", 0.25, None)
+        apply(gpt2, "low_rank", 0.25, None)
 
 
 # ------------------------------------------------------------------------------- perplexity
@@ -459,7 +460,7 @@ def test_a_combination_is_pruned_part_by_part(setup):
         calls.append(len(pruning.decoder_layers(model)))
         return pruning.calibrate(model, P.calibration_windows(ids[:128], 64))
 
-    res = pruning.apply_combo(mm, "static_depth+static_width",
+    res = apply_combo(mm, "static_depth+static_width",
                               (("static_depth", 0.25), ("static_width", 0.5)), cal, recalibrate=recal)
     layers = pruning.decoder_layers(mm)
     assert calls == [3] and len(layers) == 3  # recalibrated once, on the 3 layers depth kept
@@ -469,12 +470,12 @@ def test_a_combination_is_pruned_part_by_part(setup):
     assert math.isfinite(P.perplexity(mm, ids, seq_len=64).ppl)
     # width then low rank factorises the sliced linears
     mm = copy.deepcopy(m)
-    pruning.apply_combo(mm, "static_width+low_rank", (("static_width", 0.5), ("low_rank", 0.5)), cal,
+    apply_combo(mm, "static_width+low_rank", (("static_width", 0.5), ("low_rank", 0.5)), cal,
                         recalibrate=recal)
     q = pruning.decoder_layers(mm)[0].self_attn.q_proj
     assert q.in_features == HIDDEN and q.out_features == HIDDEN // 2 and q.rank < HIDDEN // 2
     with pytest.raises(UserError, match="give each part's sparsity"):
-        pruning.apply_combo(copy.deepcopy(m), "static_depth+static_width", (("static_depth", 0.25),), cal)
+        apply_combo(copy.deepcopy(m), "static_depth+static_width", (("static_depth", 0.25),), cal)
 
 
 def test_cli_quality_measures_the_real_combined_model(tiny_dir, tmp_path, capsys):

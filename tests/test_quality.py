@@ -1,4 +1,4 @@
-"""Quality priors, interpolation, borrowing, user file and measured rows (pis_tui.quality)."""
+"""Quality priors, interpolation, borrowing, user file and measured rows (pis_tui.quality.model)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 
 from pis_tui.errors import UserError
 from pis_tui import families
-from pis_tui.quality import (build_quality_model, literature_path, load_priors,
-                             load_user_csv, normalize_model_name)
+from pis_tui.quality.model import build_quality_model
+from pis_tui.quality.priors import literature_path, load_priors, load_user_csv, normalize_model_name
 
 FAMILIES = families.names()
 PRUNED = [f for f in FAMILIES if f != "dense"]

@@ -10,8 +10,8 @@ import pytest
 from helpers import run_cli
 
 from pis_tui.errors import UserError
-from pis_tui.quality import (QualityModel, _Obs, build_quality_model, load_priors, method_key,
-                             method_name)
+from pis_tui.quality.model import QualityModel, Obs, build_quality_model
+from pis_tui.quality.priors import load_priors, method_key, method_name
 
 
 def _rows(family, model="Llama-3.1-8B", protocol="lora", metric="accuracy_drop"):
@@ -54,10 +54,10 @@ def test_static_width_at_half_by_method_on_llama_8b():
 def test_best_is_one_method_not_the_lowest_per_sparsity():
     """Method A is better over the range, B is lower at one sparsity: best follows A's curve
     everywhere (the lowest figure per sparsity would mix them)."""
-    obs = [_Obs("M-7B", "static_width", 0.25, 0.05, "a", method="A"),
-           _Obs("M-7B", "static_width", 0.5, 0.10, "a", method="A"),
-           _Obs("M-7B", "static_width", 0.25, 0.02, "b", method="B"),
-           _Obs("M-7B", "static_width", 0.5, 0.40, "b", method="B")]
+    obs = [Obs("M-7B", "static_width", 0.25, 0.05, "a", method="A"),
+           Obs("M-7B", "static_width", 0.5, 0.10, "a", method="A"),
+           Obs("M-7B", "static_width", 0.25, 0.02, "b", method="B"),
+           Obs("M-7B", "static_width", 0.5, 0.40, "b", method="B")]
     best = QualityModel("lora", "accuracy_drop", "prior", obs, [], method="best")
     e = best.estimate("M-7B", "static_width", 0.25)
     assert e.value == pytest.approx(0.05) and e.method.startswith("A (best of 2")
@@ -65,7 +65,7 @@ def test_best_is_one_method_not_the_lowest_per_sparsity():
     lowest = QualityModel("lora", "accuracy_drop", "prior", obs, [], aggregate="lowest")
     assert lowest.estimate("M-7B", "static_width", 0.25).value == pytest.approx(0.02)  # not best
     # a method compared where every method has rows: B alone to 0.25 would win by its one point
-    obs2 = obs[:2] + [_Obs("M-7B", "static_width", 0.25, 0.04, "c", method="C")]
+    obs2 = obs[:2] + [Obs("M-7B", "static_width", 0.25, 0.04, "c", method="C")]
     m = QualityModel("lora", "accuracy_drop", "prior", obs2, [], method="best")
     assert m.estimate("M-7B", "static_width", 0.5).method.startswith("C (best of 2 methods: lowest mean loss over 0–25%)")
 
@@ -176,10 +176,11 @@ def test_extrapolated_points_are_shown_but_skipped_unless_allowed(tmp_path):
 def test_rounding_past_the_last_point_is_no_extrapolation():
     """Low rank's 50 % of llama-3.1-8b removes 50.03 % (ranks rounded to 8): that reads the
     50 % point; 0.6 percentage points past it is an extrapolation."""
-    from pis_tui.model_spec import load_model_spec
-    from pis_tui.quality import EDGE_TOL
-    from pis_tui.scenario import Scenario
-    from pis_tui.taxonomy import Strategy, build_phase_ops
+    from pis_tui.model.spec import load_model_spec
+    from pis_tui.quality.curves import EDGE_TOL
+    from pis_tui.model.scenario import Scenario
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.families.phase_ops import build_phase_ops
 
     a = build_phase_ops(load_model_spec("llama-3.1-8b"), Strategy("low_rank", 0.5), Scenario(),
                         "prefill").achieved_sparsity
@@ -215,8 +216,8 @@ def test_which_family_wins_at_3_16_27_percent(engine, method, winners):
     """The README's table: llama-3.1-8b, LoRA, prefill 8 × 1024 on h200-sxm, families only, the
     fastest point within each budget whose quality is not extrapolated."""
     from pis_tui import families
-    from pis_tui.engine import sweep
-    from pis_tui.scenario import Scenario
+    from pis_tui.decide.sweep import sweep
+    from pis_tui.model.scenario import Scenario
 
     qm = build_quality_model("lora", method=method)
     r = sweep("llama-3.1-8b", "h200-sxm", Scenario(8, 1024, 16, 1024, "bf16", engine),

@@ -6,11 +6,12 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from pis_tui import measured_table, profiles
-from pis_tui.engine import make_estimator, sweep
-from pis_tui.hardware import load_gpu
-from pis_tui.measured_table import FORMAT, METHOD_VERSIONS
-from pis_tui.ops import Gemm
+from pis_tui.pricing import measured_table
+from pis_tui import shipped as profiles
+from pis_tui.decide.sweep import make_estimator, sweep
+from pis_tui.device.choose import load_gpu
+from pis_tui.pricing.measured_table import FORMAT, METHOD_VERSIONS
+from pis_tui.model.ops import Gemm
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 
 import re
 
-from pis_tui.export import build_schema
+from pis_tui.present.export import build_schema
 
 from helpers import ROOT
 
 
 def test_readme_source_table_matches_the_one_definition():
-    from pis_tui.sources import SOURCES, TIMING_SOURCES, weakest
+    from pis_tui.pricing.sources import SOURCES, TIMING_SOURCES, weakest
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| `([a-z]+)` \| (.+) \|$", text, re.M))
@@ -20,11 +20,12 @@ def test_readme_source_table_matches_the_one_definition():
 
 
 def test_a_phase_takes_its_weakest_op_source():
-    from pis_tui.estimator import Estimator
-    from pis_tui.hardware import load_gpu
-    from pis_tui.model_spec import load_model_spec
-    from pis_tui.scenario import Scenario
-    from pis_tui.taxonomy import Strategy, build_phase_ops
+    from pis_tui.pricing.estimator import Estimator
+    from pis_tui.device.choose import load_gpu
+    from pis_tui.model.spec import load_model_spec
+    from pis_tui.model.scenario import Scenario
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.families.phase_ops import build_phase_ops
 
     spec = load_model_spec("qwen2.5-0.5b")
     po = build_phase_ops(spec, Strategy("dense"), Scenario(), "decode")

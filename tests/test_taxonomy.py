@@ -3,13 +3,14 @@
 import pytest
 
 from pis_tui.errors import UserError
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Attention, Gemm
-from pis_tui.scenario import Scenario
-from pis_tui.families.low_rank import rank as low_rank
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Attention, Gemm
+from pis_tui.model.scenario import Scenario
+from pis_tui.model.layer import factor_rank as low_rank
 from pis_tui.families.static_depth import layers_dropped, sublayers_dropped
 from pis_tui.families.static_width import kept_kv_groups
-from pis_tui.taxonomy import Strategy, build_phase_ops, strategies_grid
+from pis_tui.families.strategy import Strategy, strategies_grid
+from pis_tui.families.phase_ops import build_phase_ops
 
 SC = Scenario(prefill_batch=1, prompt_len=1024, decode_batch=16, context_len=1024, dtype="bf16")
 

@@ -12,14 +12,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pis_tui import collectives as coll
+from pis_tui.pricing import collectives as coll
 from pis_tui.errors import UserError
-from pis_tui.hardware import load_gpu
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Collective, ring_factor
-from pis_tui.scenario import Scenario
-from pis_tui.taxonomy import Strategy, build_phase_ops
-from pis_tui.tensor_parallel import check_model, heads_ok, rank_heads, valid_kv_groups
+from pis_tui.device.choose import load_gpu
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Collective, ring_factor
+from pis_tui.model.scenario import Scenario
+from pis_tui.families.strategy import Strategy
+from pis_tui.families.phase_ops import build_phase_ops
+from pis_tui.model.tensor_parallel import check_model, heads_ok, rank_heads, valid_kv_groups
 
 GOLDEN = Path(__file__).parent / "data" / "tp1_golden.json"
 
@@ -62,7 +63,7 @@ def test_tp1_gives_exactly_the_op_lists_and_numbers_before_tensor_parallelism(go
     mk = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mk)
     from pis_tui import families
-    from pis_tui.engine import make_estimator
+    from pis_tui.decide.sweep import make_estimator
 
     ests = {g: make_estimator(golden_gpu(g), "bf16") for g in ("h200-sxm", "rtx-4090")}
     ests.update({f"{g}|fused": make_estimator(golden_gpu(g), "bf16", engine="fused")
@@ -87,10 +88,10 @@ def test_tp1_gives_exactly_the_op_lists_and_numbers_before_tensor_parallelism(go
 
 def test_tp1_sweep_plan_and_memory_numbers_are_unchanged(golden):
     from pis_tui import families
-    from pis_tui.engine import sweep
-    from pis_tui.plan import plan
-    from pis_tui.quality import build_quality_model
-    from pis_tui.workload import single
+    from pis_tui.decide.sweep import sweep
+    from pis_tui.decide.deployment import plan
+    from pis_tui.quality.model import build_quality_model
+    from pis_tui.model.workload import single
 
     q = build_quality_model(protocol="lora")
     # the families (the golden predates the combinations, which a sweep adds by default)
@@ -134,7 +135,7 @@ def test_llama_70b_at_tp8_is_one_ranks_shards_with_two_all_reduces_a_layer():
         assert gather.kind == "all_gather" and gather.elems == (16 if phase == "decode" else 1) * 128256
         # the rank's shards make up the whole model's parameters
         dense1 = build_phase_ops(spec, Strategy("dense"), Scenario(tp=1), phase)
-        from pis_tui.layer_ops import gemm_params
+        from pis_tui.model.layer import gemm_params
 
         assert gemm_params(po.ops) == gemm_params(dense1.ops)
 
@@ -147,7 +148,7 @@ def test_kv_heads_are_replicated_past_the_kv_head_count():
     ops = ops_by_name(po)
     assert ops["k_proj"].n == spec.head_dim and ops["k_proj"].shards == 2  # 2 distinct shards
     assert ops["q_proj"].shards == 4
-    from pis_tui.memory_fit import kv_bytes_per_token_of, rank_kv_bytes_per_token
+    from pis_tui.pricing.memory import kv_bytes_per_token_of, rank_kv_bytes_per_token
 
     # a rank's KV cache: one head (it stops shrinking once tp passes the KV heads)
     assert kv_bytes_per_token_of(po.ops, "bf16") == rank_kv_bytes_per_token(spec, "bf16", 4) \
@@ -192,7 +193,7 @@ def test_static_width_keeps_kv_groups_splittable_and_says_so_in_one_line():
 
 
 def test_low_rank_factorises_each_shard():
-    from pis_tui.families.low_rank import rank
+    from pis_tui.model.layer import factor_rank as rank
 
     spec = load_model_spec("llama-3.1-70b")
     ops = ops_by_name(build_phase_ops(spec, Strategy("low_rank", 0.5), Scenario(tp=8), "prefill"))
@@ -218,7 +219,7 @@ def test_static_depth_drops_all_reduces_and_hidden_slicing_shrinks_them():
 
 
 def test_static_width_speedup_shrinks_as_the_degree_grows_static_depth_does_not():
-    from pis_tui.engine import sweep
+    from pis_tui.decide.sweep import sweep
 
     sp = {}
     for tp in (1, 2, 4, 8):
@@ -280,7 +281,7 @@ def test_no_interconnect_and_nothing_measured_is_one_clear_line(capsys):
         coll.check(dev, 8)
     assert "no interconnect figures" in str(e.value) and "\n" not in str(e.value)
     coll.check(dev, 1)
-    from pis_tui.engine import sweep
+    from pis_tui.decide.sweep import sweep
 
     with pytest.raises(UserError, match="interconnect"):
         sweep("llama-3.1-70b", dev, Scenario(tp=8))
@@ -302,7 +303,7 @@ def test_no_interconnect_and_nothing_measured_is_one_clear_line(capsys):
 
 
 def test_llama_70b_fits_8_h200s_per_rank_not_one():
-    from pis_tui.memory_fit import footprint
+    from pis_tui.pricing.memory import footprint
 
     spec, dev = load_model_spec("llama-3.1-70b"), load_gpu("h200-sxm")
     one = footprint(spec, dev, Scenario(tp=1))
@@ -319,7 +320,7 @@ def test_llama_70b_fits_8_h200s_per_rank_not_one():
 def test_sweep_json_at_tp8_has_the_new_keys_and_validates(tmp_path):
     from helpers import run_cli
 
-    from pis_tui.export import load_schema
+    from pis_tui.present.export import load_schema
 
     out = tmp_path / "s.json"
     r = run_cli("sweep", "--model", "llama-3.1-70b", "--gpu", "h200-sxm", "--tp", "8",
@@ -339,8 +340,8 @@ def test_sweep_json_at_tp8_has_the_new_keys_and_validates(tmp_path):
 
 
 def test_plan_at_tp8_serves_dense_70b_and_says_per_gpu(tmp_path):
-    from pis_tui.plan import plan
-    from pis_tui.workload import single
+    from pis_tui.decide.deployment import plan
+    from pis_tui.model.workload import single
 
     one = plan("llama-3.1-70b", "h200-sxm", single("chat"), strategies=["static_depth"],
                sparsities=[0.25])
@@ -356,7 +357,7 @@ def test_plan_at_tp8_serves_dense_70b_and_says_per_gpu(tmp_path):
                 "--strategies", "static_depth", "--sparsities", "0.25", "--json", str(out))
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
-    from pis_tui.export import load_schema
+    from pis_tui.present.export import load_schema
 
     jsonschema.validate(d, load_schema())
     assert d["plan"]["tp"] == 8 and d["scenario"]["tp"] == 8
@@ -435,7 +436,7 @@ def test_a_version_2_cache_opens_and_gains_the_collectives_table(tmp_path):
 
 
 def _two_cores():
-    from pis_tui.hardware import cpu_cores
+    from pis_tui.device.local import cpu_cores
 
     if cpu_cores() < 2:
         pytest.skip("needs 2 cores for 2 gloo ranks")
@@ -446,7 +447,7 @@ def test_two_gloo_processes_measure_all_reduce_here(tmp_path):
     reason when they cannot start here."""
     pytest.importorskip("torch")
     _two_cores()
-    from pis_tui.hardware import local_device
+    from pis_tui.device.local import local_device
     from pis_tui.timing.collectives import measure
 
     t0 = time.monotonic()
@@ -471,7 +472,7 @@ def test_ranks_that_cannot_start_are_one_clear_line_and_time_bounded(tmp_path, m
     from pis_tui.timing.collectives import Group, check_world
 
     dev = replace(load_gpu("h200-sxm"), kind="cpu", is_local=True)
-    from pis_tui.hardware import cpu_cores
+    from pis_tui.device.local import cpu_cores
 
     too_many = next((d for d in (2, 4, 8) if d > cpu_cores()), None)
     if too_many is not None:
@@ -501,7 +502,7 @@ def test_profile_refuses_a_world_it_cannot_start_keeping_the_cache(tmp_path):
     from helpers import run_cli, seed_local_timings
 
     from pis_tui.cache import Cache
-    from pis_tui.hardware import cpu_cores, local_device
+    from pis_tui.device.local import cpu_cores, local_device
 
     too_many = next((d for d in (4, 8) if d > cpu_cores()), None)
     if too_many is None:
@@ -522,7 +523,7 @@ def test_profile_refuses_a_world_it_cannot_start_keeping_the_cache(tmp_path):
 
 
 def _tiny_config(tmp_path):
-    from pis_tui.model_spec import load_preset_config
+    from pis_tui.model.spec import load_preset_config
 
     cfg = {k: v for k, v in load_preset_config("qwen2.5-0.5b").items() if not k.startswith("_")}
     cfg.update(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
@@ -536,7 +537,8 @@ def _tiny_config(tmp_path):
 
 def test_rank_models_have_the_shards_the_taxonomy_prices():
     pytest.importorskip("transformers")
-    from pis_tui.validation.config import hf_config, proj_shapes, pruned_dims, raw_config
+    from pis_tui.hf.config import hf_config, proj_shapes, raw_config
+    from pis_tui.validation.build import pruned_dims
 
     raw, spec = raw_config("llama-3.1-70b")
     dims = pruned_dims(spec, Strategy("static_width", 0.5), tp=8)
@@ -601,7 +603,7 @@ def test_validate_tp2_runs_a_tiny_model_as_two_gloo_ranks(tmp_path):
 def test_validate_tp_bad_input_is_one_line_exit_2(tmp_path):
     from helpers import run_cli
 
-    from pis_tui.hardware import cpu_cores
+    from pis_tui.device.local import cpu_cores
 
     d = _tiny_config(tmp_path)
     r = run_cli("validate", "--model", "qwen2.5-0.5b", "--tp", "4", "--strategy", "static_depth",
@@ -618,7 +620,7 @@ def test_validate_tp_bad_input_is_one_line_exit_2(tmp_path):
 def test_a_gpu_without_interconnect_figures_is_one_line_exit_2_from_the_cli(monkeypatch, capsys):
     """A GPU profile with no "interconnect" block (and nothing measured for it): every
     estimating command at --tp 2 or more says so in one line, exit 2; --tp 1 is unaffected."""
-    from pis_tui import engine
+    from pis_tui.decide import sweep as engine
     from pis_tui.cli import main
 
     real = engine.load_gpu

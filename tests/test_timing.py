@@ -7,9 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pis_tui import hardware, timing  # noqa: E402
-from pis_tui.measured_table import software_versions  # noqa: E402
-from pis_tui.ops import ELEMENTWISE_KINDS, Attention, Elementwise, Gemm  # noqa: E402
+from pis_tui.device import local as hardware
+from pis_tui import timing  # noqa: E402
+from pis_tui.pricing.measured_table import software_versions  # noqa: E402
+from pis_tui.model.ops import ELEMENTWISE_KINDS, Attention, Elementwise, Gemm  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,21 @@ from dataclasses import replace
 import jsonschema
 import pytest
 
-from pis_tui import profiling, uncertainty
+from pis_tui import profiling
+from pis_tui.pricing import uncertainty
 from pis_tui.cache import Cache
-from pis_tui.engine import sweep
-from pis_tui.estimator import Estimator
-from pis_tui.export import load_schema, to_dict
-from pis_tui.hardware import load_gpu
-from pis_tui.measured_table import METHOD_VERSIONS, Measurement, software_versions
-from pis_tui.model_spec import load_model_spec
-from pis_tui.ops import Attention, Elementwise, Gemm
-from pis_tui.pareto import recommend
+from pis_tui.decide.sweep import sweep
+from pis_tui.pricing.estimator import Estimator
+from pis_tui.present.export import load_schema, to_dict
+from pis_tui.device.choose import load_gpu
+from pis_tui.pricing.measured_table import METHOD_VERSIONS, Measurement, software_versions
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.ops import Attention, Elementwise, Gemm
+from pis_tui.decide.frontier import recommend
 from pis_tui.profiling.rounds import combine_rounds, consistency_violations
-from pis_tui.quality import build_quality_model
-from pis_tui.results import PhaseEstimate, PricedOp
-from pis_tui.scenario import Scenario
+from pis_tui.quality.model import build_quality_model
+from pis_tui.pricing.estimates import PhaseEstimate, PricedOp
+from pis_tui.model.scenario import Scenario
 
 FP = "cpu:fake:2t"
 SW = software_versions()  # what the cache looks measurements up under
@@ -237,7 +238,7 @@ def test_static_depth_intervals_are_narrow_even_from_estimates():
 def qwen_gate_case(monkeypatch):
     """The issue's sweep: gate_proj 1024×4864×896 measured loaded at 156 ms, the pruned 4224-wide
     one quiet at 42 ms (184 GFLOP/s), both 'measured'."""
-    from pis_tui import engine
+    from pis_tui.decide import sweep as engine
 
     spec = load_model_spec("qwen2.5-0.5b")
     dev = load_gpu("local")
@@ -291,7 +292,7 @@ def test_cache_clear_by_device_op_kind_status_and_model(tmp_path):
     path = str(tmp_path / "c.duckdb")
     cache = Cache.open(path)
     spec = load_model_spec("qwen2.5-0.5b")
-    planned = profiling.plan(spec, load_gpu("local"), Scenario(dtype="fp32"))
+    planned = profiling.worklist(spec, load_gpu("local"), Scenario(dtype="fp32"))
     mine = [replace(meas(o, 0.1), fingerprint=FP) for o in planned[:3]]
     other = [replace(meas(Gemm("z", 3, 7, 11, dtype="fp32"), 0.1), fingerprint="cpu:other:1t"),
              replace(meas(Elementwise("n", "rmsnorm", 3, 7, dtype="fp32"), 0.1), status="unstable")]

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from pis_tui.export import load_schema
+from pis_tui.present.export import load_schema
 from pis_tui.tui.app import PisApp
 from pis_tui.tui.backend import Choices, resolve_model
 from pis_tui.tui.export_dialog import ExportDialog

@@ -10,7 +10,7 @@ import pytest
 from textual.widgets import Input, Select, Static
 
 from pis_tui.errors import PisError
-from pis_tui.export import load_schema
+from pis_tui.present.export import load_schema
 from pis_tui.tui.app import PisApp
 from pis_tui.tui.backend import Backend, Choices, PlanInputs
 from pis_tui.tui.export_dialog import ExportDialog

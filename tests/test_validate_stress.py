@@ -98,7 +98,7 @@ def _row(**kw):
 
 
 def test_an_unstable_row_shows_no_figure_in_json_and_summary():
-    from pis_tui.validation import accuracy_summary
+    from pis_tui.validation.compare import accuracy_summary
 
     ok = _row(measured_low=1.95, measured_high=2.05)
     bad = _row(strategy="low_rank", stable=False, measured_low=0.9, measured_high=2.6,
@@ -138,7 +138,7 @@ def test_the_table_says_unstable_and_flags_the_ceiling():
 
 @pytest.fixture(scope="module")
 def tiny_cfg():
-    from pis_tui.model_spec import load_preset_config
+    from pis_tui.model.spec import load_preset_config
 
     cfg = {k: v for k, v in load_preset_config("qwen2.5-0.5b").items() if not k.startswith("_")}
     cfg.update(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
@@ -149,7 +149,7 @@ def tiny_cfg():
 def test_validate_rows_carry_interval_ceiling_and_flag_above_it(tiny_cfg, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from pis_tui import taxonomy as tx
+    from pis_tui.families.strategy import Strategy
     from pis_tui import validation as v
     from pis_tui.validation import compare
 
@@ -163,7 +163,7 @@ def test_validate_rows_carry_interval_ceiling_and_flag_above_it(tiny_cfg, monkey
         return r
     monkeypatch.setattr(compare, "measure_speedup", slowed)
     warnings = []
-    rows = v.validate(tiny_cfg, [tx.Strategy("static_depth", 0.5)], ("prefill",), prompt_len=16,
+    rows = v.validate(tiny_cfg, [Strategy("static_depth", 0.5)], ("prefill",), prompt_len=16,
                       repeats=3, warmup=0, max_rounds=2, probe_overhead=False,
                       on_warning=warnings.append)
     (r,) = rows
@@ -173,31 +173,31 @@ def test_validate_rows_carry_interval_ceiling_and_flag_above_it(tiny_cfg, monkey
 
 
 def test_memory_need_of_validate_and_quality():
-    from pis_tui import memory_check as mc
-    from pis_tui import taxonomy as tx
-    from pis_tui.model_spec import load_model_spec as load_preset
+    from pis_tui.validation import memory_check as mc
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.model.spec import load_model_spec as load_preset
 
     spec = load_preset("llama-3.1-70b")
-    need = mc.validate_need(spec, [tx.Strategy("static_depth", 0.5)], "fp32", decode_batch=1)
+    need = mc.validate_need(spec, [Strategy("static_depth", 0.5)], "fp32", decode_batch=1)
     # fp32: 4 bytes a parameter; the dense model and the half-depth one at once
     assert need["weights_dense"] == pytest.approx(4 * spec.total_params(), rel=0.01)
     assert 0.45 < need["weights_pruned"] / need["weights_dense"] < 0.6
-    masked = mc.validate_need(spec, [tx.Strategy("semi_structured_24")], "fp32")
+    masked = mc.validate_need(spec, [Strategy("semi_structured_24")], "fp32")
     assert masked["weights_pruned"] == pytest.approx(masked["weights_dense"])  # masks keep dense
     with pytest.raises(UserError) as e:
         mc.check(need, "cpu", "validate llama-3.1-70b", available=(24e9, "MemAvailable"))
     msg = str(e.value)
     assert "\n" not in msg and "GB" in msg and "24.0 GB available" in msg
     assert f"{need['total'] / 1e9:.1f} GB" in msg
-    small = mc.validate_need(load_preset("qwen2.5-0.5b"), [tx.Strategy("low_rank", 0.5)], "fp32")
+    small = mc.validate_need(load_preset("qwen2.5-0.5b"), [Strategy("low_rank", 0.5)], "fp32")
     assert mc.check(small, "cpu", "x", available=(24e9, "MemAvailable"))["need"] < 6e9
     q = mc.quality_need(spec, "bf16")
     assert q["total"] > 2 * 2 * spec.total_params()
 
 
 def test_available_memory_is_what_is_free_not_the_total():
-    from pis_tui import memory_check as mc
-    from pis_tui.hardware import _mem_gb
+    from pis_tui.validation import memory_check as mc
+    from pis_tui.device.local import _mem_gb
 
     avail, source = mc.available_bytes("cpu")
     assert 0 < avail <= _mem_gb() * 2**30 * 1.001 and source
@@ -229,8 +229,9 @@ def _probe_to_cache(tmp_path, tiny_cfg):
     overhead measurements)."""
     from pis_tui import validation as v
     from pis_tui.cache import Cache
+    from pis_tui.hf.config import raw_config
 
-    raw, spec = v.raw_config(tiny_cfg)
+    raw, spec = raw_config(tiny_cfg)
     cache = Cache.open(str(tmp_path / "c.duckdb"))
     res = v.dispatch_probe(raw, spec, "decode", 1, 16, v.OpTimes("fp32", cache), cache=cache, repeats=4)
     stored = [m for m in cache.get_measurements(v.OpTimes("fp32")._fingerprint(), "fp32")
@@ -286,8 +287,8 @@ def test_a_probe_whose_kernels_were_measured_under_load_is_unstable(tmp_path, ti
     # solve gives is not the overhead of a quiet machine, so it is stored unstable
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from pis_tui.estimator import Estimator
-    from pis_tui.results import PricedOp
+    from pis_tui.pricing.estimator import Estimator
+    from pis_tui.pricing.estimates import PricedOp
 
     monkeypatch.setattr(Estimator, "price", lambda self, op, *a: PricedOp(op, 1e-4, "measured", loaded=True))
     _, stored = _probe_to_cache(tmp_path, tiny_cfg)

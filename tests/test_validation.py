@@ -12,12 +12,14 @@ pytest.importorskip("transformers")
 
 from helpers import run_cli  # noqa: E402
 
-from pis_tui import taxonomy as tx  # noqa: E402
-from pis_tui.families import (dynamic_depth, low_rank, static_depth, static_width,  # noqa: E402
-                              static_width_hidden)
-from pis_tui.layer_ops import round_half_up  # noqa: E402
-from pis_tui import validation as v  # noqa: E402
-from pis_tui.model_spec import load_preset_config  # noqa: E402
+from pis_tui.families import phase_ops as tx
+from pis_tui.families.strategy import Strategy, from_token  # noqa: E402
+from pis_tui.families import static_depth, static_width, static_width_hidden
+from pis_tui.model.layer import kept_tokens
+from pis_tui.model.layer import factor_rank, round_half_up  # noqa: E402
+from pis_tui import validation as v
+from pis_tui.hf.layout import decoder_linears  # noqa: E402
+from pis_tui.model.spec import load_preset_config  # noqa: E402
 
 
 def tiny(preset="qwen2.5-0.5b", **over):
@@ -30,7 +32,7 @@ def tiny(preset="qwen2.5-0.5b", **over):
 
 
 def build(family, s=0.0, cfg=None, **kw):
-    return v.build_model(cfg or tiny(), tx.Strategy(family, s, **kw))
+    return v.build_model(cfg or tiny(), Strategy(family, s, **kw))
 
 
 def layers(b):
@@ -123,20 +125,20 @@ def test_low_rank_ranks_follow_taxonomy():
     a = attn_modules(b)[0]
     m = mlps(b)[0]
     # q: 128x128 at 0.5 → r = 0.5·128·128/256 = 32
-    assert a.q_proj.A.out_features == low_rank.rank(128, 128, 0.5) == 32
+    assert a.q_proj.A.out_features == factor_rank(128, 128, 0.5) == 32
     assert a.q_proj.B.in_features == 32 and a.q_proj.B.out_features == 128
     assert a.q_proj.B.bias is not None  # qwen2's qkv bias survives the factorisation
-    assert m.gate_proj.A.out_features == low_rank.rank(384, 128, 0.5)
+    assert m.gate_proj.A.out_features == factor_rank(384, 128, 0.5)
     assert m.down_proj.A.in_features == 384 and m.down_proj.B.out_features == 128
     # k/v (64x128): r=24 still saves parameters, factorised too
-    assert a.k_proj.A.out_features == low_rank.rank(64, 128, 0.5) == 24
+    assert a.k_proj.A.out_features == factor_rank(64, 128, 0.5) == 24
     assert b.dims.ranks["k_proj"] == 24 and spec.num_kv_heads == 2
     run_both(b)
 
 
 def test_semi_structured_24_mask_pattern_and_cpu_fallback():
     b = build("semi_structured_24", 0.5)
-    for _, lin in v.decoder_linears(b.model):
+    for _, lin in decoder_linears(b.model):
         groups = (lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1)
         assert torch.all(groups == 2)
     if not torch.cuda.is_available():
@@ -148,7 +150,7 @@ def test_semi_structured_24_mask_pattern_and_cpu_fallback():
 def test_unstructured_zeroes_the_share():
     b = build("unstructured", 0.5)
     zeros = total = 0
-    for _, lin in v.decoder_linears(b.model):
+    for _, lin in decoder_linears(b.model):
         zeros += int((lin.weight == 0).sum())
         total += lin.weight.numel()
     assert abs(zeros / total - 0.5) < 0.03
@@ -162,7 +164,7 @@ def test_dynamic_depth_routes_the_asked_share():
         pre = v.PhaseRun(b, "prefill", 2, 64)
         pre.prepare()
         pre._fn()
-        k = dynamic_depth.kept_tokens(64, 0.25)
+        k = kept_tokens(64, 0.25)
         assert k == 48
         for layer in routed:
             assert layer.kept_share == {"attn": k / 64, "mlp": k / 64}
@@ -233,7 +235,7 @@ def test_unsupported_model_type_is_a_user_error():
     cfg["model_type"] = "gpt2"
     cfg["architectures"] = ["GPT2LMHeadModel"]
     with pytest.raises(Exception) as e:
-        v.build_model(cfg, tx.Strategy("dense"))
+        v.build_model(cfg, Strategy("dense"))
     assert "validate builds" in str(e.value) or "decoder-only" in str(e.value)
 
 
@@ -323,7 +325,7 @@ def test_cli_validate_bad_inputs_exit_2_one_line(args, msg, tmp_path):
 def test_every_wrapper_runs_in_bf16(family):
     """The wrappers' own linears (low-rank factors, routers, residual maps) take the model's
     dtype: in bf16, as validate runs on a GPU, a float32 router would refuse a bf16 input."""
-    b = v.build_model(tiny(), tx.Strategy(family, 0.5, granularity="sublayer"
+    b = v.build_model(tiny(), Strategy(family, 0.5, granularity="sublayer"
                                           if family == "static_depth" else "layer"), dtype="bf16")
     assert {p.dtype for p in b.model.parameters()} == {torch.bfloat16}
     run_both(b, batch=2, prompt=70, ctx=80)
@@ -334,10 +336,10 @@ def test_every_wrapper_runs_in_bf16(family):
 def test_the_real_combined_model_has_the_combined_shapes(token):
     """validate builds a combination through both parts' hooks: the widths, layers and ranks
     of its op list (the taxonomy's), and it runs."""
-    from pis_tui.ops import Gemm
-    from pis_tui.scenario import Scenario
+    from pis_tui.model.ops import Gemm
+    from pis_tui.model.scenario import Scenario
 
-    strat = tx.from_token(token)
+    strat = from_token(token)
     b = v.build_model(tiny(), strat)
     po = tx.build_phase_ops(b.spec, strat, Scenario(dtype="fp32"), "prefill")
     g = {o.name: o for o in po.ops if isinstance(o, Gemm)}

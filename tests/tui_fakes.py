@@ -11,13 +11,15 @@ import sys
 from pathlib import Path
 
 from pis_tui.display import timings_label
-from pis_tui.engine import SweepResult
+from pis_tui.decide.sweep import SweepResult
 from pis_tui.errors import UserError
-from pis_tui.hardware import profile_from_dict
-from pis_tui.model_spec import spec_from_config
-from pis_tui.ops import Gemm
-from pis_tui.results import PhaseEstimate, Point, PricedOp, QualityEstimate
-from pis_tui.scenario import Scenario
+from pis_tui.device.gpus import profile_from_dict
+from pis_tui.model.spec import spec_from_config
+from pis_tui.model.ops import Gemm
+from pis_tui.pricing.estimates import PhaseEstimate, PricedOp
+from pis_tui.decide.points import Point
+from pis_tui.quality.estimate import QualityEstimate
+from pis_tui.model.scenario import Scenario
 from pis_tui.tui.backend import Backend, Choices, PlanSnapshot, Snapshot
 
 FAKE_PROFILE = str(Path(__file__).with_name("tui_fake_profile.py"))
@@ -145,8 +147,9 @@ class FakeBackend(Backend):
                              provenance={"versions": {"pis-tui": "test"}, "device_fingerprint": device.fingerprint,
                                          "created_at": "2025-01-01T00:00:00+00:00"})
         for e in estimates:
-            from pis_tui.engine import ops_key
-            from pis_tui.taxonomy import PhaseOps, Strategy
+            from pis_tui.decide.sweep import ops_key
+            from pis_tui.families.phase_ops import PhaseOps
+            from pis_tui.families.strategy import Strategy
 
             result.phase_ops[ops_key(e.strategy, e.sparsity, e.phase, e.parts)] = PhaseOps(
                 Strategy(e.strategy, e.sparsity, parts=e.parts), e.phase, tuple(p.op for p in e.ops),
@@ -156,7 +159,7 @@ class FakeBackend(Backend):
 
     # the fake plan: the real planner over the fake model and GPU, priced by a fake estimator
     def plan(self, choices, inputs):
-        from pis_tui.plan import plan
+        from pis_tui.decide.deployment import plan
 
         self.planned.append((choices, inputs))
         if choices.model == "broken":
@@ -182,7 +185,7 @@ class FakeBackend(Backend):
 
 def _composed(losses, parts, choices):
     """The fake combination's quality: its fake parts' composed by the choices' rule."""
-    from pis_tui.quality import compose_estimates
+    from pis_tui.quality.compose import compose_estimates
 
     ests = [QualityEstimate(round(v, 6), source="prior", protocol=choices.protocol,
                             citations=("Fake et al. 2024",), n_points=3, method="Fake-Pruner")

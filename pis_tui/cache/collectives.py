@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Optional
 
-from ..measured_table import COLLECTIVE_METHOD_VERSION, software_versions
+from ..pricing.measured_table import COLLECTIVE_METHOD_VERSION, software_versions
 from .store import COLLECTIVE_COLS, to_iso, to_ts
 
 

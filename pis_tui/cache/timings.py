@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Optional
 
-from ..measured_table import METHOD_VERSIONS, Measurement, software_versions
+from ..pricing.measured_table import METHOD_VERSIONS, Measurement, software_versions
 from .store import to_iso, to_ts
 
 #: op_timings' columns, in the order put_measurements writes them

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from .. import families
 from ..errors import UserError
-from ..scenario import Scenario
+from ..model.scenario import Scenario
 from .common import (DEFAULT_ALIGN, align_of, parse_families, parse_fraction, resolve_gpu,
                      sweep_sparsities)
 
@@ -19,7 +19,7 @@ WIDTH_WORDS = {"hidden": "hidden size", "hidden_io": "hidden size", "inter": "ML
 
 
 def scenario_from_args(args: argparse.Namespace, device) -> Scenario:
-    from ..engine import default_dtype
+    from ..decide.sweep import default_dtype
 
     return Scenario(prefill_batch=args.prefill_batch, prompt_len=args.prompt_len,
                     decode_batch=args.decode_batch, context_len=args.context_len,
@@ -38,7 +38,7 @@ def open_cache_if_local(args: argparse.Namespace, device):
 
 def quality_from_args(args: argparse.Namespace, spec=None, cache=None):
     """The quality model: literature priors (by protocol), the user's CSV, or measured perplexity."""
-    from ..quality import build_quality_model
+    from ..quality.model import build_quality_model
 
     src = getattr(args, "quality", None)
     protocol = getattr(args, "protocol", "lora")
@@ -64,7 +64,7 @@ def quality_from_args(args: argparse.Namespace, spec=None, cache=None):
 def strategies_from_args(args: argparse.Namespace) -> tuple[str, ...]:
     """The families and combinations a command prices (``--strategies``; default every family
     and every combination)."""
-    from ..engine import default_strategies
+    from ..decide.sweep import default_strategies
 
     return parse_families(getattr(args, "strategies", None)) or default_strategies()
 
@@ -76,7 +76,7 @@ def combo_sparsities_from_args(args: argparse.Namespace):
 
 
 def run_sweep(args: argparse.Namespace, with_quality: bool = True):
-    from ..engine import resolve, sweep
+    from ..decide.sweep import resolve, sweep
 
     gpu = resolve_gpu(args.gpu)
     spec, device = resolve(args.model, gpu)
@@ -101,7 +101,7 @@ def run_sweep(args: argparse.Namespace, with_quality: bool = True):
 def grid_pairs(names, sparsities, combo_sparsities=None) -> list[tuple[str, float]]:
     """(family, sparsity) of every pruned point a sweep of `names` × `sparsities` runs (a
     combination's parts each as its family at its sparsity)."""
-    from ..taxonomy import strategies_grid
+    from ..families.strategy import strategies_grid
 
     out = []
     for st in strategies_grid(names, sparsities, combo_sparsities=combo_sparsities):
@@ -116,15 +116,15 @@ def aligned_widths(spec, family: str, sparsity: float, align: int, scenario) -> 
     `family` rounds to `align` at `sparsity`: the widths of the family's layer plan that come
     out differently with an alignment of 1 (asked of the family's own ``shape`` hook, so no
     family is named here)."""
-    from ..families import LayerPlan, PhaseContext
-    from ..taxonomy import Strategy
+    from ..families import LayerShape, PhaseContext
+    from ..families.strategy import Strategy
 
     fam = families.get(family)
 
     def widths(a: int):
         st = Strategy(family, sparsity, align=a)
         ctx = PhaseContext(spec, st, scenario, "prefill", st.effective_sparsity)
-        plan = LayerPlan.dense(ctx)
+        plan = LayerShape.dense(ctx)
         full = {**asdict(plan.widths), "hidden_io": plan.hidden_io}
         fam.shape(ctx, plan)
         return full, {**asdict(plan.widths), "hidden_io": plan.hidden_io}

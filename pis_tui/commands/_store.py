@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from ..errors import CacheError, UserError
-from ..measured_table import (METHOD_VERSIONS, Measurement, MeasuredTable, TableError,
-                              now_iso, read_table, software_versions)
+from ..pricing.measured_table import (METHOD_VERSIONS, Measurement, MeasuredTable, TableError,
+                                      now_iso, read_table, software_versions)
 
 STORE_FORMAT = "pis-tui-store/1"
 NO_DUCKDB = ("duckdb is not installed: measurements are kept in memory for this run only "
@@ -182,7 +182,7 @@ class MemoryStore:
 
     def get_collectives(self, fingerprint: str, backend: Optional[str] = None,
                         world_size: Optional[int] = None, *, any_version: bool = False) -> list:
-        from ..measured_table import COLLECTIVE_METHOD_VERSION
+        from ..pricing.measured_table import COLLECTIVE_METHOD_VERSION
 
         torch_v = software_versions().get("torch") or ""
         return [dict(r) for k, r in self._coll.items()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from ..display import (MARKS_NOTE, SPARSITY_NOTE, TRUST_NOTE, interval_text, loss_text,  # noqa: F401 (re-exported)
-                       pct, quality_marks, sparsity_text, trust_marks)
+from ..display import (MARKS_NOTE, SPARSITY_NOTE, TRUST_NOTE, interval_text, loss_text, pct,
+                       quality_marks, sparsity_text, trust_marks)
 
 
 def quality_cell(p) -> str:
@@ -40,7 +40,7 @@ def legend_lines(result, points) -> list[str]:
     if any(sparsity_text(p) != pct(p.achieved_sparsity) for p in points):
         out.append(SPARSITY_NOTE)
     if any(getattr(p, "parts", ()) for p in points):
-        from ..quality import COMBO_RULE_TEXT
+        from ..quality.compose import COMBO_RULE_TEXT
 
         rule = getattr(result, "combo_rule", "") or "multiplicative"
         out.append(f"combinations (first+second): sparsity is each part's; their quality is "
@@ -50,7 +50,7 @@ def legend_lines(result, points) -> list[str]:
 
 
 def source_line(result) -> str:
-    from ..sources import ordered
+    from ..pricing.sources import ordered
 
     parts = [f"{n} {k}" for k, n in ordered(result.source_summary())]
     return "distinct kernels by timing source: " + ", ".join(parts)

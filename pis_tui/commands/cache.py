@@ -88,7 +88,7 @@ def run(args) -> int:
         tables = args.table or (DATA_TABLES + ("settings",) if args.all else None)
         device = args.device
         if device == "local":
-            from ..hardware import local_device
+            from ..device.local import local_device
 
             device = local_device().fingerprint
         keys = model = None
@@ -108,11 +108,11 @@ def _model_keys(args) -> tuple[list, str]:
     """The kernels a sweep of ``--model`` uses (every family, each family's default grid, both
     phases, the scenario flags; the M grid of its GEMMs), and its name."""
     from .. import profiling
-    from ..hardware import local_device
-    from ..model_spec import load_model_spec
+    from ..device.local import local_device
+    from ..model.spec import load_model_spec
     from ._run import scenario_from_args
 
     spec = load_model_spec(args.model)
     device = local_device()
-    planned = profiling.plan(spec, device, scenario_from_args(args, device))
+    planned = profiling.worklist(spec, device, scenario_from_args(args, device))
     return [o.key() for o in planned], spec.name

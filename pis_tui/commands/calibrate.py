@@ -1,6 +1,6 @@
 """`pis-tui calibrate`: measure a standard grid on the local device and write a measured table.
 
-The table (format ``pis-tui-measured/1``, see ``pis_tui.measured_table``) is what
+The table (format ``pis-tui-measured/1``, see ``pis_tui.pricing.measured_table``) is what
 ``profiles/measured/`` ships: a table measured on one GPU server, used as ``shipped`` timings
 on machines without that GPU.  This path needs torch only (no duckdb, no textual, no rich):
 GPU servers often have nothing else, so the file is written directly.
@@ -50,7 +50,7 @@ def register(sub) -> None:
 def scenarios_for(device, dtype: str, quick: bool) -> list:
     """(scenario, strategies, grid) triples measured for each model."""
     from .. import families
-    from ..scenario import Scenario
+    from ..model.scenario import Scenario
 
     main = Scenario(dtype=dtype)
     if quick:
@@ -71,23 +71,24 @@ def scenarios_for(device, dtype: str, quick: bool) -> list:
 
 def build_plan(models, device, dtype: str, quick: bool) -> list:
     from .. import profiling
-    from ..model_spec import load_model_spec
+    from ..model.spec import load_model_spec
 
     planned: dict = {}
     for name in models:
         spec = load_model_spec(name)
         for scenario, strategies, grid in scenarios_for(device, dtype, quick):
-            opts = profiling.PlanOptions(grid=grid, m_grid=QUICK_M_GRID if quick else profiling.M_GRID)
-            for p in profiling.plan_detailed(spec, device, scenario, strategies, None, opts):
+            opts = profiling.WorklistOptions(grid=grid, m_grid=QUICK_M_GRID if quick else profiling.M_GRID)
+            for p in profiling.worklist_detailed(spec, device, scenario, strategies, None, opts):
                 planned.setdefault(p.op.key(), p)
     return list(planned.values())
 
 
 def run(args) -> int:
-    from .. import __version__, hardware, profiling, timing
-    from ..efficiency_fit import fit_efficiency
-    from ..measured_table import build_table, write_table
-    from ..model_spec import preset_names
+    from .. import __version__, profiling, timing
+    from ..device import local
+    from ..pricing.efficiency_fit import fit_efficiency
+    from ..pricing.measured_table import build_table, write_table
+    from ..model.spec import preset_names
     from ._store import read_local_table
     from .profile import cancel_on_signals, emit, measurable_dtypes, progress_display
 
@@ -100,7 +101,7 @@ def run(args) -> int:
             raise UserError("no model given in --models")
     else:
         models = None
-    device = hardware.measuring_device()  # torch decides, as for profile and validate
+    device = local.measuring_device()  # torch decides, as for profile and validate
     dtype = args.dtype or ("fp32" if device.kind == "cpu" else "bf16")
     if dtype not in measurable_dtypes(device):
         raise UserError(f"cannot measure {dtype} on {device.display_name}: "
@@ -141,9 +142,9 @@ def run(args) -> int:
         # the analytical model's figures as these kernels reached them (a profile's block)
         extra["efficiency"] = fit_efficiency(measured.values(), device, cal, device.display_name)
         if device.unknown:
-            info = hardware.measuring_gpu()
+            info = local.measuring_gpu()
             if info is not None:
-                extra["suggested_profile"] = _suggested_profile(hardware.unknown_gpu_profile(info, cal),
+                extra["suggested_profile"] = _suggested_profile(local.unknown_gpu_profile(info, cal),
                                                                 extra["efficiency"])
         table = build_table(list(measured.values()), ctx.device_info(),
                             software={**ctx.software, "runtime": ctx.runtime},

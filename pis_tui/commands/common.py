@@ -9,7 +9,7 @@ import sys
 
 from ..errors import UserError
 from ..families import MAX_SPARSITY
-from ..output_paths import check_writable
+from ..present.output_paths import check_writable
 
 DEFAULT_ALIGN = 128
 
@@ -119,7 +119,7 @@ def positive_int(what: str):
 
 def tp_degree(text: str) -> int:
     """``--tp``: one of the degrees offered (tensor parallelism over the GPUs of one node)."""
-    from ..tensor_parallel import DEGREES
+    from ..model.tensor_parallel import DEGREES
 
     try:
         v = int(text)
@@ -159,7 +159,7 @@ def add_scenario(p: argparse.ArgumentParser) -> None:
 
 
 def add_engine(p) -> None:
-    from ..scenario import ENGINES
+    from ..model.scenario import ENGINES
 
     p.add_argument("--engine", choices=ENGINES, default=None,
                    help="how the serving stack launches each op's kernels: eager (transformers' "
@@ -193,7 +193,7 @@ def add_outputs(p: argparse.ArgumentParser, csv: bool = True) -> None:
 
 
 def resolve_gpu(name: str | None) -> str:
-    from ..hardware import default_gpu
+    from ..device.choose import default_gpu
 
     if name:
         return name

@@ -21,8 +21,8 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
-    from ..export import point_dict
-    from ..pareto import extrapolated, flagged, frontier
+    from ..present.export import point_dict
+    from ..decide.frontier import extrapolated, flagged, frontier
     from ._run import run_sweep
     from ._tables import legend_lines, points_table
     from .common import check_writable, console, write_text

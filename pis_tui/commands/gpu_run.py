@@ -80,7 +80,8 @@ def environment() -> dict:
     import os
     import platform
 
-    from .. import __version__, hardware
+    from .. import __version__
+    from ..device import local
 
     def ver(name):
         try:
@@ -95,7 +96,7 @@ def environment() -> dict:
                                                       "platformdirs", "jsonschema", "pynvml")},
            "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
                                                   "PIS_TUI_NO_CUDA")}}
-    named = hardware._named_gpu()
+    named = local._named_gpu()
     out["named_without_torch"] = named.__dict__ if named else None
     try:
         import torch
@@ -103,17 +104,17 @@ def environment() -> dict:
         out["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda,
                         "cuda_available": torch.cuda.is_available(),
                         "device_count": torch.cuda.device_count() if torch.cuda.is_available() else 0}
-        dev = hardware.measuring_device()
+        dev = local.measuring_device()
         out["device"] = {**dev.to_dict(), "capability": dev.capability, "unknown": dev.unknown,
                          "notes": dev.notes, "sources": dev.sources}
-        info = hardware.measuring_gpu()
+        info = local.measuring_gpu()
         out["gpu"] = info.__dict__ if info else None
         if info is not None:
             try:
                 out["torch"]["cusparselt"] = torch.backends.cusparselt.version()
             except Exception:  # noqa: BLE001
                 out["torch"]["cusparselt"] = None
-        out["conditions"] = hardware.gpu_conditions(info.uuid if info else None) if info else {}
+        out["conditions"] = local.gpu_conditions(info.uuid if info else None) if info else {}
     except Exception as e:  # noqa: BLE001 - the description must not fail the run
         out["error"] = f"{type(e).__name__}: {e}"
     return out
@@ -297,13 +298,13 @@ def summary_lines(files: dict) -> list:
 
 
 def import_run(args) -> int:
-    from .. import hardware
-    from ..measured_table import TableError, table_from_dict, write_table
-    from ..profiles import profile_path, read_json
+    from ..device.gpus import gpu_names
+    from ..pricing.measured_table import TableError, table_from_dict, write_table
+    from ..shipped import profile_path, read_json
 
     files = load_results(args.source)
-    if args.gpu not in hardware.gpu_names():
-        raise UserError(f"unknown GPU {args.gpu!r}; choose one of {', '.join(hardware.gpu_names())}")
+    if args.gpu not in gpu_names():
+        raise UserError(f"unknown GPU {args.gpu!r}; choose one of {', '.join(gpu_names())}")
     prof = read_json("gpus", args.gpu + ".json")
     raw = _json(files, "calibrate.json")
     if raw is None:

@@ -18,7 +18,7 @@ def _local_state(device, cache_path) -> tuple[int, dict | None]:
     from pathlib import Path
 
     from ..cache import Cache, default_path
-    from ..engine import default_dtype
+    from ..decide.sweep import default_dtype
 
     path = cache_path or default_path()
     if not Path(path).expanduser().exists():
@@ -37,8 +37,10 @@ def run(args) -> int:
     from rich.table import Table
 
     from ..display import timings_label
-    from ..engine import default_dtype
-    from ..hardware import default_gpu, gpu_names, load_gpu, local_device
+    from ..decide.sweep import default_dtype
+    from ..device.choose import default_gpu, load_gpu
+    from ..device.gpus import gpu_names
+    from ..device.local import local_device
     from .common import console
 
     local = local_device()

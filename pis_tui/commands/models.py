@@ -14,7 +14,7 @@ def run(args) -> int:
 
     from rich.table import Table
 
-    from ..model_spec import hf_cache_models, load_model_spec, preset_names
+    from ..model.spec import hf_cache_models, load_model_spec, preset_names
     from .common import console
 
     specs = [load_model_spec(n) for n in preset_names()]

@@ -28,10 +28,11 @@ def run(args) -> int:
 
     from rich.table import Table
 
-    from ..engine import check_collectives, make_estimator, resolve, tensor_parallel_device
+    from ..decide.sweep import check_collectives, make_estimator, resolve, tensor_parallel_device
     from ..errors import UserError
     from ..families import MAX_SPARSITY
-    from ..taxonomy import build_phase_ops, family_axis, from_token
+    from ..families.phase_ops import build_phase_ops
+    from ..families.strategy import family_axis, from_token
     from ._run import check_align, open_cache_if_local, scenario_from_args
     from .common import align_of, console, dump_json, resolve_gpu
 
@@ -99,7 +100,7 @@ def run(args) -> int:
     con.print(t)
     con.print(f"total {est.latency_ms:.3f} ms · {est.flops / 1e12:.3f} TFLOP · timing: {est.timing_source}")
     if scenario.tp > 1:
-        from ..collectives import collective_ms
+        from ..pricing.collectives import collective_ms
 
         c = collective_ms(est)
         con.print(f"TP {scenario.tp}: one rank's ops; collectives {c:.3f} ms "

@@ -4,7 +4,7 @@ For prompts of about P tokens, answers of about O tokens and C requests at once 
 numbers, or a weighted mix), every candidate (dense and every family × sparsity) is priced end
 to end: TTFT, TPOT over the growing context, end-to-end latency, the most sequences its memory
 holds and the throughput at the largest batch that fits and meets the targets; the best within
-the quality budget and the targets is recommended (see pis_tui.plan for the serving model).
+the quality budget and the targets is recommended (see pis_tui.decide.deployment for the serving model).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _ms(what: str):
 
 
 def register(sub) -> None:
-    from ..workload import DEFAULT_PRESET, PRESETS
+    from ..model.workload import DEFAULT_PRESET, PRESETS
 
     p = sub.add_parser("plan", help="one pruned model for a workload: TTFT, TPOT, end-to-end latency, "
                                     "throughput and memory, against dense")
@@ -73,7 +73,7 @@ def register(sub) -> None:
 def workload_from_args(args):
     """The workload the flags describe (a preset, its numbers replaced, or a mix)."""
     from ..errors import UserError
-    from ..workload import DEFAULT_PRESET, Targets, parse_mix, single
+    from ..model.workload import DEFAULT_PRESET, Targets, parse_mix, single
 
     targets = Targets(args.ttft_ms, args.tpot_ms)
     if args.mix:
@@ -92,9 +92,9 @@ def workload_from_args(args):
 def run(args) -> int:
     import sys
 
-    from ..engine import default_dtype, resolve
-    from ..plan import plan, recommend_plan
-    from ..taxonomy import Strategy
+    from ..decide.sweep import default_dtype, resolve
+    from ..decide.deployment import plan, recommend_plan
+    from ..families.strategy import Strategy
     from ._run import (budget_from_args, combo_sparsities_from_args, open_cache_if_local,
                        quality_from_args, strategies_from_args)
     from .common import check_writable, console, parse_sparsities, resolve_gpu, write_text
@@ -122,7 +122,7 @@ def run(args) -> int:
     if args.json_out:
         write_text(args.json_out, plan_json(result, rec, strategies, sparsities, args, quality, cache))
     if args.csv_out:
-        from ..export import plan_csv
+        from ..present.export import plan_csv
 
         write_text(args.csv_out, plan_csv(result, rec))
     if "-" not in (args.json_out, args.csv_out):
@@ -134,10 +134,10 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
     """The pis-tui/1 document: the per-phase sweep at the workload's main class (prefill C × P,
     decode batch C at the middle of the answer, P + ⌊O/2⌋) with its per-phase recommendations,
     and the plan under ``plan``."""
-    from ..engine import sweep
-    from ..export import plan_dict, to_json
-    from ..pareto import recommend
-    from ..scenario import Scenario
+    from ..decide.sweep import sweep
+    from ..present.export import plan_dict, to_json
+    from ..decide.frontier import recommend
+    from ..model.scenario import Scenario
 
     m = result.workload.main
     scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
@@ -165,8 +165,8 @@ def pick_lines(result, c, objective: str, label: str) -> list[str]:
     """The per-phase figures of a picked candidate against dense, one line each: at the
     workload's concurrency, at the largest good batch, and its memory."""
     from ..display import latency as ms, speed
-    from ..export import headroom_bytes
-    from ..plan import candidate_name, gain, sequences_text
+    from ..present.export import headroom_bytes
+    from ..decide.deployment import candidate_name, gain, sequences_text
 
     d = result.dense
     g = gain(c, d, objective)
@@ -213,9 +213,9 @@ def print_plan(con, result, rec) -> None:
     from rich.table import Table
 
     from .. import families
-    from .. import plan as pl
+    from ..decide import deployment as pl
     from ..display import latency, loss_text, pct, quality_marks, speed
-    from ..memory_fit import USABLE
+    from ..pricing.memory import USABLE
 
     wl = result.workload
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"

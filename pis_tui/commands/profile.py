@@ -186,12 +186,12 @@ def measurable_dtypes(device) -> tuple:
 
 
 def run(args) -> int:
-    from .. import hardware
+    from ..device import local
 
     try:
         # tensor parallelism on the CPU: this process measures as one rank, on its share of
         # the cores (the rank device's fingerprint); a no-op at --tp 1 and on a GPU
-        with hardware.rank_threads(getattr(args, "tp", 1)):
+        with local.rank_threads(getattr(args, "tp", 1)):
             return _run(args)
     except PisError as e:
         if getattr(args, "progress_jsonl", False):
@@ -209,14 +209,15 @@ def _needs_measuring(planned, cache, device, dtypes) -> bool:
 
 
 def _run(args) -> int:
-    from .. import hardware, profiling
-    from ..model_spec import load_model_spec
-    from ..scenario import PHASES
+    from ..device import local
+    from .. import profiling
+    from ..model.spec import load_model_spec
+    from ..model.scenario import PHASES
     from ._run import check_align, grid_pairs, scenario_from_args
     from ._store import open_store
     from .common import align_of, parse_families, sweep_sparsities
 
-    from ..tensor_parallel import check_model
+    from ..model.tensor_parallel import check_model
 
     _check_local(args.gpu)
     if getattr(args, "engine", None) not in (None, "eager"):
@@ -226,17 +227,17 @@ def _run(args) -> int:
     spec = load_model_spec(args.model)
     check_model(spec, args.tp)
     # named without torch: a profile the cache already holds never imports it
-    device = hardware.local_device()
+    device = local.local_device()
     if args.tp > 1 and device.kind == "cpu":  # a group this CPU cannot start: say so first
         from ..timing.collectives import check_world
 
         check_world(args.tp, device)
-    from ..engine import default_strategies
+    from ..decide.sweep import default_strategies
 
     strategies = parse_families(args.strategies) or default_strategies()
     sparsities = None if args.sparsities is None else sweep_sparsities(args.sparsities)
     phases = PHASES if args.phase == "both" else (args.phase,)
-    options = profiling.PlanOptions(granularity=args.granularity, align=align_of(args),
+    options = profiling.WorklistOptions(granularity=args.granularity, align=align_of(args),
                                     phases=phases, grid=args.grid)
     warn = (lambda m: emit({"event": "warning", "message": m})) if jsonl else None
     cache = open_store(args.cache, on_warning=warn)
@@ -248,17 +249,17 @@ def _run(args) -> int:
         if scen.dtype not in measurable_dtypes(dev):
             raise UserError(f"cannot measure {scen.dtype} on {dev.display_name}: "
                             f"use one of {', '.join(measurable_dtypes(dev))}")
-        return scen, profiling.plan_detailed(spec, dev, scen, strategies, sparsities, options)
+        return scen, profiling.worklist_detailed(spec, dev, scen, strategies, sparsities, options)
 
     scenario, planned = plan_for(device)
     align_warnings = check_align(spec, grid_pairs(strategies, sparsities), align_of(args),
                                  scenario, explicit=args.align is not None)
-    if (device.kind == "cpu" and hardware.gpu_hint()) or \
+    if (device.kind == "cpu" and local.gpu_hint()) or \
             _needs_measuring(planned, cache, device, {p.op.dtype for p in planned}):
         # something must be measured: torch decides which device that is (the one calibrate
         # and validate use), and the plan follows it if NVML/nvidia-smi named another
         named = device
-        device = hardware.measuring_device()
+        device = local.measuring_device()
         if device.fingerprint != named.fingerprint:
             (warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)))(
                 f"torch measures on {device.display_name}, not on {named.display_name} "
@@ -295,7 +296,7 @@ def _run(args) -> int:
 
     coll = None
     if args.tp > 1:  # the collectives first: a group that cannot start says so at once
-        wanted = profiling.plan_collectives(spec, scenario, strategies, sparsities, options)
+        wanted = profiling.collective_worklist(spec, scenario, strategies, sparsities, options)
 
         def on_collective(row):
             if jsonl:
@@ -347,7 +348,7 @@ def _print_summary(report, sources, cal, cache, device, scenario, coll=None) -> 
                      if report.inconsistent else "")
                   + (": priced no better than interpolated; 'pis-tui profile --remeasure unstable' "
                      "when the machine is quiet" if report.unstable else ""))
-    from ..sources import TIMING_SOURCES
+    from ..pricing.sources import TIMING_SOURCES
 
     parts = [f"{sources.get(k, 0)} {k}" for k in TIMING_SOURCES
              if sources.get(k) or k in ("measured", "interpolated")]

@@ -1,8 +1,8 @@
 """``pis-tui quality``: measured quality of real pruning on a local Hugging Face model.
 
 Loads the model and its tokenizer from a directory (offline), prunes a copy per family ×
-sparsity (pis_tui.pruning), and measures perplexity on the user's text file
-(pis_tui.perplexity).  The result per point is the relative perplexity increase
+sparsity (pis_tui.hf), and measures perplexity on the user's text file
+(pis_tui.hf.perplexity).  The result per point is the relative perplexity increase
 (ppl_pruned − ppl_dense) / ppl_dense, a metric of its own (``ppl_increase``), never
 mixed with the accuracy-drop priors.
 
@@ -117,7 +117,7 @@ def parse_strategies(text: str) -> tuple[list[str], list[str]]:
     combination (``first+second``, ``first@0.125+second@0.25``, or ``combos`` for all) is
     measurable when both its parts are."""
     from .. import families
-    from ..pruning import measurable, unsupported
+    from ..families.prune import measurable, unsupported
 
     if text is None:
         return list(measurable()), []
@@ -131,7 +131,7 @@ def parse_strategies(text: str) -> tuple[list[str], list[str]]:
     out, unsup = [], []
     for n in expanded:
         if families.SEP in n:
-            from ..taxonomy import from_token
+            from ..families.strategy import from_token
 
             base = from_token(n, 0.25).family  # UserError naming the combinations
             combo = families.get(base)
@@ -153,7 +153,7 @@ def variants_of(strategies, sparsities, combo_sparsities) -> list[tuple[str, flo
     its grid; a combination at each pair of its parts' grid (stored by its token, its sparsity
     composed); a combination token at its own parts."""
     from .. import families
-    from ..taxonomy import Strategy, from_token
+    from ..families.strategy import Strategy, from_token
 
     out = []
     for st in strategies:
@@ -213,7 +213,7 @@ def _load(mdir: Path, device: str, dtype_name: str | None, spec=None, seq_len: i
     dtype_name = dtype_name or ("bf16" if device == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     if spec is not None:  # before loading: a model that does not fit is one line, not the OOM killer
-        from ..memory_check import check, quality_need
+        from ..validation.memory_check import check, quality_need
 
         check(quality_need(spec, dtype_name, seq_len), device,
               f"quality for {spec.name} ({dtype_name}: the model and one pruned copy)")
@@ -235,7 +235,7 @@ def _first_line(e: Exception) -> str:
 
 
 def run(args) -> int:
-    from ..model_spec import load_model_spec
+    from ..model.spec import load_model_spec
 
     sparsities = sweep_sparsities(args.sparsities)
     combo_sps = sweep_sparsities(args.combo_sparsities, "--combo-sparsities")
@@ -248,7 +248,7 @@ def run(args) -> int:
         import sys
 
         from .. import families
-        from ..scenario import Scenario
+        from ..model.scenario import Scenario
         from ._run import check_align
 
         pairs = [p for _, s, parts in variants_of(strategies, sparsities, combo_sps)
@@ -282,11 +282,12 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
 
     import torch
 
-    from .. import perplexity as P
-    from .. import pruning
+    from ..hf import perplexity as P
+    from ..hf import calibrate, decoder_layers
+    from ..families.prune import apply, apply_combo
 
     model, tok, device, dtype_name = _load(mdir, args.device, args.dtype, spec, args.seq_len)
-    pruning.decoder_layers(model)  # an unsupported layout fails now, before any measuring
+    decoder_layers(model)  # an unsupported layout fails now, before any measuring
     ids = torch.tensor(P.tokenize(tok, text), dtype=torch.long)
     if ids.numel() < 8:
         raise UserError(f"{tpath}: only {ids.numel()} tokens; need at least 8 (calibration + evaluation)")
@@ -332,7 +333,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
             cal = None
             if needs_cal:
                 try:
-                    cal = pruning.calibrate(model, calib_wins, on_progress=on_prog)
+                    cal = calibrate(model, calib_wins, on_progress=on_prog)
                 except RuntimeError as e:
                     raise MeasureError(f"calibration failed: {_first_line(e)}") from None
             base[0] += len(calib_wins)
@@ -343,7 +344,7 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
             svd_cache: dict = {}
             def recalibrate(mm):
                 try:
-                    return pruning.calibrate(mm, calib_wins)
+                    return calibrate(mm, calib_wins)
                 except RuntimeError as e:
                     raise MeasureError(f"calibration of a partly pruned model failed: {_first_line(e)}") from None
 
@@ -352,11 +353,11 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
                 m = copy.deepcopy(model)
                 try:
                     if parts:
-                        res = pruning.apply_combo(m, _base(st), parts, cal, recalibrate=recalibrate,
+                        res = apply_combo(m, _base(st), parts, cal, recalibrate=recalibrate,
                                                   align=args.align, granularity=args.granularity,
                                                   block=block)
                     else:
-                        res = pruning.apply(m, st, s, cal, align=args.align, granularity=args.granularity,
+                        res = apply(m, st, s, cal, align=args.align, granularity=args.granularity,
                                             block=block, svd_cache=svd_cache)
                     r = _ppl(P, m, eval_ids, seq_len, args, on_prog, f"{st} {s:g}")
                 finally:

@@ -22,14 +22,14 @@ def register(sub) -> None:
 
 def recommendations(result, budget: float, phases, include_flagged: bool = False,
                     allow_extrapolated: bool = False) -> dict:
-    from ..pareto import recommend
+    from ..decide.frontier import recommend
 
     return {ph: recommend(result.phase_points(ph), budget, ph, include_flagged, allow_extrapolated)
             for ph in phases}
 
 
 def run(args) -> int:
-    from ..export import to_json
+    from ..present.export import to_json
     from ._run import budget_from_args, run_sweep
     from .common import check_writable, console, write_text
 
@@ -50,7 +50,7 @@ def print_recommendations(con, result, recs) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..uncertainty import flag_words
+    from ..pricing.uncertainty import flag_words
     from ._tables import interval_text, legend_lines, pct, quality_cell, sparsity_text, trust_marks
 
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"

@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..export import to_csv, to_json
+    from ..present.export import to_csv, to_json
     from ._run import run_sweep
     from ._tables import legend_lines, points_table, source_line
     from .common import check_writable, console, write_text

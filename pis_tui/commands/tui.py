@@ -44,7 +44,7 @@ def run(args) -> int:
         resolve_model(args.model)  # a clear one-line error before the screen opens
         overrides["model"] = args.model
     if args.gpu:
-        from ..hardware import load_gpu
+        from ..device.choose import load_gpu
 
         load_gpu(args.gpu)
         overrides["gpu"] = args.gpu
@@ -55,7 +55,7 @@ def run(args) -> int:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.quality_method is not None:
-        from ..quality import build_quality_model
+        from ..quality.model import build_quality_model
 
         # a clear one-line error for an unknown method, against the protocol given (else
         # either: the restored session's protocol is not known yet)

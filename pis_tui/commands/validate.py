@@ -86,8 +86,8 @@ def register(sub) -> None:
 
 def _strategies(args) -> list:
     from .. import families
-    from ..taxonomy import Strategy
-    from ..validation import standard_strategies
+    from ..families.strategy import Strategy
+    from ..validation.compare import standard_strategies
 
     align = align_of(args)
     if args.all_:
@@ -99,7 +99,7 @@ def _strategies(args) -> list:
                 for st in standard_strategies(extra=not args.core_only, sparsities=sps)]
     if args.strategy is None:
         raise UserError("--strategy is needed (or --all for the standard set)")
-    from ..taxonomy import from_token
+    from ..families.strategy import from_token
 
     tokens = [t.strip() for t in str(args.strategy).split(",") if t.strip()]
     points = [t for t in tokens if "@" in t]  # a combination at its parts' own sparsities
@@ -130,7 +130,7 @@ def _strategies(args) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hardware import LOCAL
+    from ..device.gpus import LOCAL
 
     if args.gpu not in (LOCAL, None):
         raise UserError(f"validate builds and times models on this machine: use --gpu local "
@@ -153,18 +153,18 @@ def run(args: argparse.Namespace) -> int:
     dtype = args.dtype
     if dtype is not None and dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"validate runs fp32, bf16 or fp16 models, not {dtype!r}")
-    from ..scenario import Scenario
+    from ..model.scenario import Scenario
 
     Scenario(prefill_batch=max(prefill_batches), prompt_len=args.prompt_len,
              decode_batch=max(decode_batches), context_len=args.context_len,
              dtype=dtype or "fp32")  # validates the numbers (one-line errors)
-    from ..validation import raw_config, check_buildable
+    from ..hf.config import raw_config, check_buildable
 
     _, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
     check_buildable(spec)
     if args.tp > 1:
-        from ..hardware import local_device
-        from ..tensor_parallel import check_model
+        from ..device.local import local_device
+        from ..model.tensor_parallel import check_model
         from ..timing.collectives import check_world
 
         check_model(spec, args.tp)
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         cache.check_writable("validate: the op times and rows it measures could not be stored")
 
     from .. import validation as v
-    from ..hardware import measuring_device
+    from ..device.local import measuring_device
     from .common import console
 
     device = measuring_device()  # torch decides, as for profile and calibrate

@@ -7,14 +7,14 @@ A family declares, in one module under ``pis_tui/families``:
   ``color`` and ``short`` name;
 * **its sparsities**: ``max_sparsity``, a ``fixed_sparsity`` where the family has only one
   (2:4), ``default_sparsities`` (the grid a sweep uses when none is given);
-* **what it does to the op list** (the hooks :func:`pis_tui.taxonomy.build_phase_ops` calls,
+* **what it does to the op list** (the hooks :func:`pis_tui.families.phase_ops.build_phase_ops` calls,
   which keeps no per-family branch): :meth:`shape` (widths, layer counts, the linears,
   attention's block density), :meth:`layer_ops` (the decoder layers' ops; dynamic depth
   replaces them), :meth:`extra_ops` (ops after the layers), :meth:`overhead_counts`,
   :meth:`achieved_sparsity`, :meth:`final_notes`;
 * **tensor parallelism** (``ctx.tp``): the generic builder emits one rank's ops (sharded
   GEMMs, the rank's heads, all-reduces); a family that chooses head or channel counts keeps
-  them splittable over the ranks (:mod:`pis_tui.tensor_parallel`), a family that emits ops of
+  them splittable over the ranks (:mod:`pis_tui.model.tensor_parallel`), a family that emits ops of
   its own emits the rank's;
 * **its physical ceiling**: :meth:`speedup_ceiling`, the inverse of the share of roofline
   work it keeps (embeddings, lm_head and attention counted);
@@ -33,12 +33,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..layer_ops import LayerWidths, Linear, attn_block, dense_linear, mlp_block
-from ..ops import Op
+from ..model.layer import LayerWidths, Linear, attn_block, dense_linear, mlp_block
+from ..model.ops import Op
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..model_spec import ModelSpec
-    from ..scenario import Scenario
+    from ..model.spec import ModelSpec
+    from ..model.scenario import Scenario
 
 #: the sparsity range every family accepts unless it says otherwise
 MAX_SPARSITY = 0.9
@@ -88,7 +88,7 @@ class PhaseContext:
 
 
 @dataclass
-class LayerPlan:
+class LayerShape:
     """What a family's :meth:`Family.shape` decides before ops are emitted."""
 
     widths: LayerWidths
@@ -102,7 +102,7 @@ class LayerPlan:
     state: dict = field(default_factory=dict)  # family-private values between hooks
 
     @classmethod
-    def dense(cls, ctx: PhaseContext) -> "LayerPlan":
+    def dense(cls, ctx: PhaseContext) -> "LayerShape":
         spec = ctx.spec
         return cls(LayerWidths.of(spec), float(spec.num_layers), float(spec.num_layers),
                    spec.hidden_size, dense_linear(ctx.dtype))
@@ -121,7 +121,7 @@ class Family:
     is_baseline: bool = False
     #: a combined strategy (pis_tui.families.combinations): two families applied one after the other
     is_combo: bool = False
-    #: its ``shape`` replaces ``plan.linear`` (how each decoder linear becomes GEMMs: low rank,
+    #: its ``shape`` replaces ``shape.linear`` (how each decoder linear becomes GEMMs: low rank,
     #: 2:4, masks): two such families cannot be combined
     replaces_linear: bool = False
     max_sparsity: float = MAX_SPARSITY
@@ -154,34 +154,34 @@ class Family:
 
     # ------------------------------------------------------------ the op list
 
-    def shape(self, ctx: PhaseContext, plan: LayerPlan) -> None:
-        """Change ``plan`` (widths, layer counts, linears, block density, dims, notes)."""
+    def shape(self, ctx: PhaseContext, shape: LayerShape) -> None:
+        """Change ``shape`` (widths, layer counts, linears, block density, dims, notes)."""
 
-    def layer_ops(self, ctx: PhaseContext, plan: LayerPlan) -> list[Op]:
+    def layer_ops(self, ctx: PhaseContext, shape: LayerShape) -> list[Op]:
         """The ops of the decoder layers (attention blocks × their count, MLP blocks × theirs)."""
         ops: list[Op] = []
-        if plan.attn_layers > 0:
-            ops += attn_block(ctx.spec, plan.widths, ctx.phase, ctx.batch, ctx.q_len, ctx.kv_len,
-                              plan.attn_layers, ctx.dtype, plan.linear, plan.block_density,
+        if shape.attn_layers > 0:
+            ops += attn_block(ctx.spec, shape.widths, ctx.phase, ctx.batch, ctx.q_len, ctx.kv_len,
+                              shape.attn_layers, ctx.dtype, shape.linear, shape.block_density,
                               tp=ctx.tp)
-        if plan.mlp_layers > 0:
-            ops += mlp_block(plan.widths, ctx.m, plan.mlp_layers, ctx.dtype, plan.linear, tp=ctx.tp)
+        if shape.mlp_layers > 0:
+            ops += mlp_block(shape.widths, ctx.m, shape.mlp_layers, ctx.dtype, shape.linear, tp=ctx.tp)
         return ops
 
-    def extra_ops(self, ctx: PhaseContext, plan: LayerPlan) -> list[Op]:
+    def extra_ops(self, ctx: PhaseContext, shape: LayerShape) -> list[Op]:
         """Ops the family adds after the decoder layers (mappings, block selection)."""
         return []
 
-    def overhead_counts(self, ctx: PhaseContext, plan: LayerPlan) -> tuple[float, float]:
+    def overhead_counts(self, ctx: PhaseContext, shape: LayerShape) -> tuple[float, float]:
         """(attention/MLP blocks run, routed sublayers) for the eager overhead ops."""
-        return plan.attn_layers + plan.mlp_layers, 0.0
+        return shape.attn_layers + shape.mlp_layers, 0.0
 
-    def achieved_sparsity(self, ctx: PhaseContext, plan: LayerPlan, ops: list) -> float:
+    def achieved_sparsity(self, ctx: PhaseContext, shape: LayerShape, ops: list) -> float:
         """The share of the family's own measure actually removed (parameters, hidden size,
         tokens or attention blocks; see the README)."""
         return 0.0
 
-    def final_notes(self, ctx: PhaseContext, plan: LayerPlan, ops: list) -> list[str]:
+    def final_notes(self, ctx: PhaseContext, shape: LayerShape, ops: list) -> list[str]:
         """Notes that need the whole op list."""
         return []
 
@@ -207,10 +207,28 @@ class Family:
         return self.quality_unsupported or (f"{self.name}: no real pruning is implemented for "
                                             "measured quality")
 
+    def apply(self, model, sparsity: float, cal, *, align: Optional[int] = None,
+              granularity: str = "layer", block: int = 64, svd_cache: Optional[dict] = None):
+        """:meth:`prune`, checked: a family that cannot be applied says why (UserError), a
+        sparsity outside [0, 1) is refused, and a family whose ``needs_calibration`` is set
+        (static_depth, static_width, semi_structured_24, unstructured) needs ``cal``."""
+        from ..errors import UserError
+
+        if self.is_baseline:
+            return self.prune(model, 0.0, cal)
+        if not self.quality_supported:
+            raise UserError(self.quality_unsupported_reason)
+        if not 0.0 <= sparsity < 1.0:
+            raise UserError(f"sparsity {sparsity} is outside [0, 1)")
+        if self.needs_calibration and cal is None:
+            raise ValueError(f"{self.name} needs a calibration")
+        return self.prune(model, sparsity, cal, align=align, granularity=granularity, block=block,
+                          svd_cache=svd_cache)
+
     def prune(self, model, sparsity: float, cal, *, align: Optional[int] = None,
               granularity: str = "layer", block: int = 64, svd_cache: Optional[dict] = None):
-        """Prune a loaded Hugging Face model in place (torch imported inside); returns a
-        ``pruning.PruneResult``."""
+        """Prune a loaded Hugging Face model in place (torch imported inside, through the torch
+        kit :mod:`pis_tui.hf`); returns a :class:`pis_tui.hf.result.PruneResult`."""
         from ..errors import UserError
 
         raise UserError(self.quality_unsupported_reason)

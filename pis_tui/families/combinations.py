@@ -2,10 +2,10 @@
 
 A combination is not a family of its own: it is an ordered pair of registered families,
 named ``first+second`` (``static_depth+static_width``), each part at a sparsity of its own
-(:class:`pis_tui.taxonomy.Strategy` holds them in ``parts``).  Its op list is built through
+(:class:`pis_tui.families.strategy.Strategy` holds them in ``parts``).  Its op list is built through
 the parts' own hooks, the second applied to what the first left:
 
-* ``shape``: the first part's, then the second's, on the same :class:`LayerPlan` (static
+* ``shape``: the first part's, then the second's, on the same :class:`LayerShape` (static
   depth sets the layer counts, static width the widths, low rank / 2:4 how each kept linear
   becomes GEMMs: low rank on width-pruned layers factorises the narrower W[N', K']);
 * ``layer_ops`` and ``overhead_counts``: the part that has its own (dynamic depth routes the
@@ -33,7 +33,6 @@ a fixed-sparsity family at its one), so a sweep stays fast.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional
 
 from .base import MAX_SPARSITY, Family, PhaseContext
@@ -118,45 +117,70 @@ class Combo(Family):
     def _context_of(self, ctx: PhaseContext, fam: Family) -> PhaseContext:
         return next(c for f, c in self._contexts(ctx) if f is fam)
 
-    def shape(self, ctx, plan):
+    def shape(self, ctx, shape):
         for fam, c in self._contexts(ctx):
-            n_dims, n_notes = len(plan.dims), len(plan.notes)
-            fam.shape(c, plan)
-            plan.dims[n_dims:] = [(f"{fam.short}: {what}", how) for what, how in plan.dims[n_dims:]]
-            plan.notes[n_notes:] = [f"{fam.name}: {n}" for n in plan.notes[n_notes:]]
+            n_dims, n_notes = len(shape.dims), len(shape.notes)
+            fam.shape(c, shape)
+            shape.dims[n_dims:] = [(f"{fam.short}: {what}", how) for what, how in shape.dims[n_dims:]]
+            shape.notes[n_notes:] = [f"{fam.name}: {n}" for n in shape.notes[n_notes:]]
 
-    def layer_ops(self, ctx, plan):
+    def layer_ops(self, ctx, shape):
         if self._layer_owner is None:
-            return Family.layer_ops(self, ctx, plan)
-        return self._layer_owner.layer_ops(self._context_of(ctx, self._layer_owner), plan)
+            return Family.layer_ops(self, ctx, shape)
+        return self._layer_owner.layer_ops(self._context_of(ctx, self._layer_owner), shape)
 
-    def extra_ops(self, ctx, plan):
-        return [op for fam, c in self._contexts(ctx) for op in fam.extra_ops(c, plan)]
+    def extra_ops(self, ctx, shape):
+        return [op for fam, c in self._contexts(ctx) for op in fam.extra_ops(c, shape)]
 
-    def overhead_counts(self, ctx, plan):
+    def overhead_counts(self, ctx, shape):
         if self._overhead_owner is None:
-            return Family.overhead_counts(self, ctx, plan)
-        return self._overhead_owner.overhead_counts(self._context_of(ctx, self._overhead_owner), plan)
+            return Family.overhead_counts(self, ctx, shape)
+        return self._overhead_owner.overhead_counts(self._context_of(ctx, self._overhead_owner), shape)
 
-    def part_achieved(self, ctx) -> tuple[float, ...]:
-        """Each part's achieved sparsity alone (the figure its own point shows, and the one its
-        quality curve is read at)."""
-        return tuple(_alone(ctx.spec, ps, ctx.scenario, ctx.phase)
-                     for ps in ctx.strategy.part_strategies)
-
-    def achieved_sparsity(self, ctx, plan, ops):
-        return compose_sparsity(self.part_achieved(ctx))
-
-    def final_notes(self, ctx, plan, ops):
+    def final_notes(self, ctx, shape, ops):
         return [f"{fam.name}: {n}" for fam, c in self._contexts(ctx)
-                for n in fam.final_notes(c, plan, ops)]
+                for n in fam.final_notes(c, shape, ops)]
 
     # ------------------------------------------------------------ real pruning
 
-    def prune(self, model, sparsity, cal, *, parts=None, recalibrate=None, **kw):
-        from ..pruning import apply_combo
+    def prune(self, model, sparsity, cal, *, parts=None, recalibrate=None, align=None,
+              granularity="layer", block=64, svd_cache=None):
+        """Each part's ``apply`` in turn, ``parts`` = ((family, sparsity), ...).  Parts that
+        still compute every update (the dynamic oracles) go last, so the others are calibrated
+        and cut on the model itself; before a part that needs a calibration, once an earlier
+        part has changed the model, ``recalibrate(model)`` gives a fresh one (importance of what
+        is left: layers renumbered, widths cut).  The achieved sparsity is 1 − Π(1 − aᵢ) of the
+        parts'.  ``svd_cache`` is not used: a low-rank part factorises the already-pruned
+        linears."""
+        from ..errors import UserError
+        from ..hf.result import PruneResult
 
-        return apply_combo(model, self.name, parts, cal, recalibrate=recalibrate, **kw)
+        given = dict(parts or ())
+        if set(given) != set(self.part_names):
+            raise UserError(f"{self.name}: give each part's sparsity ({', '.join(self.part_names)})")
+        results, changed = [], False
+        for fam in sorted(self.parts, key=lambda f: f.quality_oracle):  # stable: oracles last
+            s = fam.effective_sparsity(float(given[fam.name]))
+            part_cal = cal
+            if fam.needs_calibration and changed:
+                if recalibrate is None:
+                    raise ValueError(f"{self.name}: {fam.name} needs a calibration of the model "
+                                     "the first part left")
+                part_cal = recalibrate(model)
+            res = fam.apply(model, s, part_cal, align=align, granularity=granularity, block=block,
+                            svd_cache=None)
+            results.append((fam.name, s, res))
+            changed = True
+
+        class _Combined(PruneResult):
+            def final_achieved(self) -> float:  # a dynamic part's share is read after running
+                return compose_sparsity(r.final_achieved() for _, _, r in results)
+
+        removed = compose_sparsity(res.final_achieved() for _, _, res in results)
+        note = "; ".join(f"{name} {s:g}: {res.note}" for name, s, res in results if res.note)
+        return _Combined(self.name, removed, removed, note=note,
+                         details={"parts": [{"family": n, "sparsity": s, "achieved": r.achieved_sparsity,
+                                             "details": r.details} for n, s, r in results]})
 
     # ------------------------------------------------------------ validate
 
@@ -181,14 +205,6 @@ class Combo(Family):
 
     def __repr__(self) -> str:
         return f"<combination {self.name}>"
-
-
-@lru_cache(maxsize=4096)
-def _alone(spec, strategy, scenario, phase: str) -> float:
-    """A part's achieved sparsity on its own (a part recurs in several combinations)."""
-    from ..taxonomy import build_phase_ops
-
-    return build_phase_ops(spec, strategy, scenario, phase).achieved_sparsity
 
 
 def compose_sparsity(values) -> float:

@@ -15,7 +15,7 @@ class Dense(Family):
     fixed_sparsity = 0.0
 
     def prune(self, model, sparsity, cal, **kw):
-        from ..pruning import PruneResult
+        from ..hf.result import PruneResult
 
         return PruneResult("dense", 0.0, 0.0)
 

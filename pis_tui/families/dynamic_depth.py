@@ -9,14 +9,10 @@ not, so its cost is the expectation.
 
 from __future__ import annotations
 
-from ..layer_ops import attn_block, mlp_block, round_half_up
-from ..ops import Elementwise, Gemm, Op
-from ..tensor_parallel import rank_heads
+from ..model.layer import attn_block, kept_tokens, mlp_block, round_half_up
+from ..model.ops import Elementwise, Gemm, Op
+from ..model.tensor_parallel import rank_heads
 from .base import Family
-
-
-def kept_tokens(n: int, s: float) -> int:
-    return max(1, round_half_up((1 - s) * n))
 
 
 def achieved(batch: int, q_len: int, s: float, phase: str) -> float:
@@ -36,8 +32,8 @@ class DynamicDepth(Family):
     quality_oracle = True
     validate_standard = True
 
-    def layer_ops(self, ctx, plan):
-        spec, w, phase, s, dt = ctx.spec, plan.widths, ctx.phase, ctx.sparsity, ctx.dtype
+    def layer_ops(self, ctx, shape):
+        spec, w, phase, s, dt = ctx.spec, shape.widths, ctx.phase, ctx.sparsity, ctx.dtype
         batch, q_len, kv_len, L = ctx.batch, ctx.q_len, ctx.kv_len, ctx.layers
         m = batch * q_len
         ops: list[Op] = []
@@ -46,16 +42,16 @@ class DynamicDepth(Family):
             kept = kept_tokens(q_len, s)  # per sequence
             kb, kq, kkv = batch, kept, kept
             expect = 1.0
-            plan.dims.append(("M of each sublayer", f"{m} → {batch * kept} (routed)"))
+            shape.dims.append(("M of each sublayer", f"{m} → {batch * kept} (routed)"))
         elif batch == 1:
             kb, kq, kkv = 1, 1, kv_len
             expect = 1.0 - s
-            plan.notes.append("decode batch 1: a sublayer runs or is skipped; cost is the expectation")
-            plan.dims.append(("sublayers run per token", f"expected {1 - s:.0%}"))
+            shape.notes.append("decode batch 1: a sublayer runs or is skipped; cost is the expectation")
+            shape.dims.append(("sublayers run per token", f"expected {1 - s:.0%}"))
         else:
             kb, kq, kkv = kept_tokens(batch, s), 1, kv_len
             expect = 1.0
-            plan.dims.append(("M of each sublayer", f"{m} → {kb} (routed across the batch)"))
+            shape.dims.append(("M of each sublayer", f"{m} → {kb} (routed across the batch)"))
         mk = kb * kq
         count = L * expect
         # routing per sublayer (attention and MLP): router GEMM, top-k, gather, scatter (under
@@ -76,28 +72,28 @@ class DynamicDepth(Family):
             # the kept rows' KV caches are gathered for attention (index_select over the batch)
             ops.append(Elementwise("attn_kv_gather", "gather", kb * kv_len, 2 * kvd, float(L), dt,
                                    extra=batch * kv_len))  # source: the whole batch's cache
-        ops += attn_block(spec, w, phase, kb, kq, kkv, count, dt, plan.linear, tp=ctx.tp)
-        ops += mlp_block(w, mk, count, dt, plan.linear, tp=ctx.tp)
+        ops += attn_block(spec, w, phase, kb, kq, kkv, count, dt, shape.linear, tp=ctx.tp)
+        ops += mlp_block(w, mk, count, dt, shape.linear, tp=ctx.tp)
         # tokens that skip a sublayer still pass through the residual stream: nothing to compute
         return ops
 
-    def overhead_counts(self, ctx, plan):
+    def overhead_counts(self, ctx, shape):
         L, s = ctx.layers, ctx.sparsity
         run = 1.0 - s if (ctx.phase == "decode" and ctx.batch == 1) else 1.0
         return 2.0 * L * run, 2.0 * L
 
-    def achieved_sparsity(self, ctx, plan, ops):
+    def achieved_sparsity(self, ctx, shape, ops):
         return achieved(ctx.batch, ctx.q_len, ctx.sparsity, ctx.phase)
 
     def prune(self, model, sparsity, cal, **kw):
-        from ..pruning import enable_dynamic_depth
+        from ..hf.oracles import enable_dynamic_depth
 
         return enable_dynamic_depth(model, sparsity)
 
     def validate_transform(self, model, built, seed):
         import torch
 
-        from ..validation.modules import routed_layer
+        from ..hf.modules import routed_layer
 
         layers = model.model.layers
         s = built.strategy.effective_sparsity

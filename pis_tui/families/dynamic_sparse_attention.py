@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-from ..layer_ops import ATTN_BLOCK
-from ..ops import Elementwise, Gemm
-from ..tensor_parallel import rank_heads
+from ..model.layer import ATTN_BLOCK
+from ..model.ops import Elementwise, Gemm
+from ..model.tensor_parallel import rank_heads
 from .base import Family
 
 
@@ -46,15 +46,15 @@ class DynamicSparseAttention(Family):
     mark, color, short = "A", (170, 170, 170), "dyn-attn"
     quality_oracle = True
 
-    def shape(self, ctx, plan):
-        plan.block_density = kept_block_density(ctx.q_len, ctx.kv_len, ctx.sparsity)
+    def shape(self, ctx, shape):
+        shape.block_density = kept_block_density(ctx.q_len, ctx.kv_len, ctx.sparsity)
         nblocks = causal_blocks(ctx.q_len, ctx.kv_len)
-        plan.dims.append(("attention blocks", f"{nblocks} → {round(nblocks * plan.block_density)} "
+        shape.dims.append(("attention blocks", f"{nblocks} → {round(nblocks * shape.block_density)} "
                           f"(block {ATTN_BLOCK})"))
 
-    def extra_ops(self, ctx, plan):
+    def extra_ops(self, ctx, shape):
         """SeerAttention-like gating: pool q and k into blocks, score blocks, pick the top ones."""
-        w, batch, q_len, kv_len, dt = plan.widths, ctx.batch, ctx.q_len, ctx.kv_len, ctx.dtype
+        w, batch, q_len, kv_len, dt = shape.widths, ctx.batch, ctx.q_len, ctx.kv_len, ctx.dtype
         L = float(ctx.layers)
         nq = max(1, math.ceil(q_len / ATTN_BLOCK))
         nk = max(1, math.ceil(kv_len / ATTN_BLOCK))
@@ -68,16 +68,16 @@ class DynamicSparseAttention(Family):
                         extra=max(1, math.ceil(nk * (1 - ctx.sparsity)))),
         ]
 
-    def achieved_sparsity(self, ctx, plan, ops):
-        return 1.0 - plan.block_density
+    def achieved_sparsity(self, ctx, shape, ops):
+        return 1.0 - shape.block_density
 
     def prune(self, model, sparsity, cal, *, block=64, **kw):
-        from ..pruning import enable_block_sparse_attention
+        from ..hf.oracles import enable_block_sparse_attention
 
         return enable_block_sparse_attention(model, sparsity, block)
 
     def validate_finish(self, built, seed):
-        from ..validation.attention import BLOCK_SPARSE_IMPL
+        from ..hf.attention import BLOCK_SPARSE_IMPL
 
         built.model.config._attn_implementation = BLOCK_SPARSE_IMPL
         for a in built.attention_modules():

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from ..layer_ops import decoder_params, gemm_params, round_half_up
-from ..ops import Gemm
+from ..model.layer import decoder_params, factor_rank, gemm_params
+from ..model.ops import Gemm
 from .base import Family
-
-
-def rank(n: int, k: int, s: float) -> int:
-    """r = (1−s)·N·K/(N+K) rounded to a multiple of 8, at least 8."""
-    return max(8, round_half_up((1 - s) * n * k / (n + k) / 8) * 8)
 
 
 def saves(n: int, k: int, r: int) -> bool:
@@ -26,44 +21,44 @@ class LowRank(Family):
     replaces_linear = True
     validate_standard = True
 
-    def shape(self, ctx, plan):
+    def shape(self, ctx, shape):
         dt, s = ctx.dtype, ctx.sparsity
 
         def lin(name, m, n, k, count):
-            r = rank(n, k, s)
+            r = factor_rank(n, k, s)
             if not saves(n, k, r):  # no saving: keep the dense weight
                 return [Gemm(name, m, n, k, count, dt)]
             return [Gemm(name + ".A", m, r, k, count, dt), Gemm(name + ".B", m, n, r, count, dt)]
-        plan.linear = lin
-        w = plan.widths  # the widths an earlier part of a combination may have cut
+        shape.linear = lin
+        w = shape.widths  # the widths an earlier part of a combination may have cut
         tp = ctx.tp  # under tensor parallelism each rank's shard is factorised on its own
-        r_q = rank(w.q_heads * w.head_dim // tp, w.hidden, s)
+        r_q = factor_rank(w.q_heads * w.head_dim // tp, w.hidden, s)
         per = f" per shard (TP {tp})" if tp > 1 else ""
-        plan.dims.append(("W[N,K] → B[N,r]·A[r,K]", f"e.g. q_proj r={r_q}; "
-                          f"gate r={rank(w.inter // tp, w.hidden, s)}{per}"))
+        shape.dims.append(("W[N,K] → B[N,r]·A[r,K]", f"e.g. q_proj r={r_q}; "
+                          f"gate r={factor_rank(w.inter // tp, w.hidden, s)}{per}"))
 
-    def achieved_sparsity(self, ctx, plan, ops):
+    def achieved_sparsity(self, ctx, shape, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)
 
     def prune(self, model, sparsity, cal, *, svd_cache=None, **kw):
-        from ..pruning import prune_low_rank
+        from ..hf.structured import prune_low_rank
 
         return prune_low_rank(model, sparsity, svd_cache)
 
     def validate_dims(self, spec, strategy, dims):
-        from ..validation.config import proj_shapes
+        from ..hf.config import proj_shapes
 
         s = strategy.effective_sparsity
         ranks = {}
         for name, (n, k) in proj_shapes(dims).items():
-            r = rank(n, k, s)
+            r = factor_rank(n, k, s)
             if saves(n, k, r):
                 ranks[name] = r
         dims["ranks"] = ranks
 
     def validate_transform(self, model, built, seed):
-        from ..validation.config import PROJ_NAMES
-        from ..validation.modules import low_rank_linear
+        from ..hf.layout import PROJ_NAMES
+        from ..hf.modules import low_rank_linear
 
         ranks = built.dims.ranks
         for layer in model.model.layers:

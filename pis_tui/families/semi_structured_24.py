@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..ops import Gemm
+from ..model.ops import Gemm
 from .base import Family
 
 
@@ -17,26 +17,26 @@ class SemiStructured24(Family):
     distinct_kernels = True
     needs_calibration = True
 
-    def shape(self, ctx, plan):
+    def shape(self, ctx, shape):
         dt, dens = ctx.dtype, 1.0 - ctx.sparsity
 
         def lin(name, m, n, k, count):
             return [Gemm(name, m, n, k, count, dt, kind="sparse_24", density=dens)]
-        plan.linear = lin
-        plan.dims.append(("K of every decoder GEMM", "2 of every 4 weights kept (2:4 sparse kernel)"))
+        shape.linear = lin
+        shape.dims.append(("K of every decoder GEMM", "2 of every 4 weights kept (2:4 sparse kernel)"))
 
-    def achieved_sparsity(self, ctx, plan, ops):
+    def achieved_sparsity(self, ctx, shape, ops):
         return ctx.sparsity
 
     def prune(self, model, sparsity, cal, **kw):
-        from ..pruning import prune_semi_structured_24
+        from ..hf.masks import prune_semi_structured_24
 
         return prune_semi_structured_24(model, cal)
 
     validate_dense_weights = True  # the built model masks dense weights
 
     def validate_finish(self, built, seed):
-        from ..validation.build import apply_masks
+        from ..hf.masks import apply_masks
 
         apply_masks(built, seed)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..layer_ops import decoder_params, round_half_up
+from ..model.layer import decoder_params, round_half_up
 from .base import Family
 
 
@@ -27,27 +27,27 @@ class StaticDepth(Family):
     needs_calibration = True
     validate_standard = True
 
-    def shape(self, ctx, plan):
+    def shape(self, ctx, shape):
         spec, s, L = ctx.spec, ctx.sparsity, ctx.layers
         if ctx.strategy.granularity == "layer":
             d = layers_dropped(spec, s)
-            plan.attn_layers = plan.mlp_layers = float(L - d)
-            plan.dims.append(("layers", f"{L} → {L - d} (dropped {d})"))
+            shape.attn_layers = shape.mlp_layers = float(L - d)
+            shape.dims.append(("layers", f"{L} → {L - d} (dropped {d})"))
         else:
             da, dm = sublayers_dropped(spec, s)
-            plan.attn_layers, plan.mlp_layers = float(L - da), float(L - dm)
-            plan.dims.append(("attention blocks", f"{L} → {L - da}"))
-            plan.dims.append(("MLP blocks", f"{L} → {L - dm}"))
-        plan.dims.append(("M of the dropped blocks' GEMMs", f"{ctx.m} → 0"))
+            shape.attn_layers, shape.mlp_layers = float(L - da), float(L - dm)
+            shape.dims.append(("attention blocks", f"{L} → {L - da}"))
+            shape.dims.append(("MLP blocks", f"{L} → {L - dm}"))
+        shape.dims.append(("M of the dropped blocks' GEMMs", f"{ctx.m} → 0"))
 
-    def achieved_sparsity(self, ctx, plan, ops):
+    def achieved_sparsity(self, ctx, shape, ops):
         spec, L = ctx.spec, ctx.layers
         attn_p = spec.hidden_size * (spec.q_dim + 2 * spec.kv_dim) + spec.q_dim * spec.hidden_size
         mlp_p = 3 * spec.hidden_size * spec.intermediate_size
-        return ((L - plan.attn_layers) * attn_p + (L - plan.mlp_layers) * mlp_p) / decoder_params(spec)
+        return ((L - shape.attn_layers) * attn_p + (L - shape.mlp_layers) * mlp_p) / decoder_params(spec)
 
     def prune(self, model, sparsity, cal, *, granularity="layer", **kw):
-        from ..pruning import prune_static_depth
+        from ..hf.structured import prune_static_depth
 
         return prune_static_depth(model, sparsity, cal, granularity)
 
@@ -63,7 +63,7 @@ class StaticDepth(Family):
     def validate_transform(self, model, built, seed):
         if built.strategy.granularity != "sublayer":
             return
-        from ..validation.modules import half_layer
+        from ..hf.modules import half_layer
 
         layers, dims = model.model.layers, built.dims
         n = len(layers)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..layer_ops import decoder_params, gemm_params, round_half_up, round_to
-from ..tensor_parallel import nearest_valid, valid_kv_groups
+from ..model.layer import decoder_params, gemm_params, round_half_up, round_to
+from ..model.tensor_parallel import nearest_valid, valid_kv_groups
 from .base import Family
 
 
@@ -41,32 +41,32 @@ class StaticWidth(Family):
     needs_calibration = True
     validate_standard = True
 
-    def shape(self, ctx, plan):
+    def shape(self, ctx, shape):
         spec, s, align, tp = ctx.spec, ctx.sparsity, ctx.strategy.align, ctx.tp
         g = kept_kv_groups(spec, s, tp)
         inter = kept_intermediate(spec, s, align, tp)
-        plan.widths = replace(plan.widths, q_heads=g * spec.gqa_group, kv_heads=g, inter=inter)
+        shape.widths = replace(shape.widths, q_heads=g * spec.gqa_group, kv_heads=g, inter=inter)
         at = f", a multiple of {tp} × {align} at TP {tp}" if tp > 1 else ""
-        plan.dims += [("query heads", f"{spec.num_heads} → {plan.widths.q_heads}"),
+        shape.dims += [("query heads", f"{spec.num_heads} → {shape.widths.q_heads}"),
                       ("KV heads", f"{spec.num_kv_heads} → {g}"),
                       ("MLP channels", f"{spec.intermediate_size} → {inter} (align {align}{at})"),
                       ("N of q/k/v/gate/up, K of o/down", "shrunk")]
         asked = asked_kv_groups(spec, s)
         if tp > 1 and g != asked:
             valid = valid_kv_groups(spec.num_kv_heads, spec.gqa_group, tp)
-            plan.notes.append(
+            shape.notes.append(
                 f"TP {tp}: {spec.num_kv_heads} KV groups split over {tp} ranks only as "
                 f"{', '.join(map(str, sorted(valid, reverse=True)))} (a multiple of {tp}, or a "
                 f"divisor with the KV heads replicated): {s:.1%} asks {asked}, kept {g}"
                 + (" (heads not cut)" if g == spec.num_kv_heads else ""))
         elif g == spec.num_kv_heads and s > 0:
-            plan.notes.append(f"{spec.num_kv_heads} KV groups: heads cannot be cut by {s:.1%}, kept all")
+            shape.notes.append(f"{spec.num_kv_heads} KV groups: heads cannot be cut by {s:.1%}, kept all")
 
-    def achieved_sparsity(self, ctx, plan, ops):
+    def achieved_sparsity(self, ctx, shape, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)
 
     def prune(self, model, sparsity, cal, *, align=None, **kw):
-        from ..pruning import prune_static_width
+        from ..hf.structured import prune_static_width
 
         return prune_static_width(model, sparsity, cal, align)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..layer_ops import decoder_params, gemm_params, round_to
-from ..ops import Gemm
+from ..model.layer import decoder_params, gemm_params, round_to
+from ..model.ops import Gemm
 from .base import Family
 
 
@@ -23,30 +23,30 @@ class StaticWidthHidden(Family):
     quality_unsupported = ("static_width_hidden (SliceGPT-like) needs a PCA rotation of the residual "
                            "stream fused into every layer; not implemented for measured quality")
 
-    def shape(self, ctx, plan):
+    def shape(self, ctx, shape):
         h2 = kept_hidden(ctx.spec, ctx.sparsity, ctx.strategy.align)
-        plan.widths = replace(plan.widths, hidden=h2)
-        plan.hidden_io = h2
-        plan.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.strategy.align})"),
+        shape.widths = replace(shape.widths, hidden=h2)
+        shape.hidden_io = h2
+        shape.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.strategy.align})"),
                       ("K of q/k/v/gate/up, N of o/down, embeddings, lm_head", "shrunk"),
                       ("residual mapping", f"+2 GEMMs {h2}×{h2} per layer")]
         if ctx.tp > 1:  # the residual stream every all-reduce carries is the sliced one
-            plan.dims += [("all-reduce message (TP)", f"M × {ctx.spec.hidden_size} → M × {h2}"),
+            shape.dims += [("all-reduce message (TP)", f"M × {ctx.spec.hidden_size} → M × {h2}"),
                           ("residual mapping (TP)", f"row-parallel: K {h2} → {h2 // ctx.tp} a rank, "
                                                     "summed into the sublayer's all-reduce")]
 
-    def extra_ops(self, ctx, plan):
-        h, tp = plan.widths.hidden, ctx.tp
+    def extra_ops(self, ctx, shape):
+        h, tp = shape.widths.hidden, ctx.tp
         # under tensor parallelism the mapping is row-parallel: each rank maps its slice of the
         # (replicated) residual stream and adds it to its partial sublayer output before the
         # sublayer's all-reduce, which then carries both: no extra collective
         return [Gemm("residual_map", ctx.m, h, h // tp if tp > 1 else h, 2.0 * ctx.layers,
                      ctx.dtype, shards=tp)]
 
-    def achieved_sparsity(self, ctx, plan, ops):
-        return 1.0 - plan.widths.hidden / ctx.spec.hidden_size
+    def achieved_sparsity(self, ctx, shape, ops):
+        return 1.0 - shape.widths.hidden / ctx.spec.hidden_size
 
-    def final_notes(self, ctx, plan, ops):
+    def final_notes(self, ctx, shape, ops):
         kept = gemm_params(ops) / decoder_params(ctx.spec)
         return [f"achieved sparsity is the sliced share of the hidden size; with the residual "
                 f"mappings the decoder keeps {kept:.1%} of its parameters"]
@@ -56,7 +56,7 @@ class StaticWidthHidden(Family):
                     residual_map=True)
 
     def validate_transform(self, model, built, seed):
-        from ..validation.modules import mapped_layer
+        from ..hf.modules import mapped_layer
 
         layers = model.model.layers
         for i in range(len(layers)):

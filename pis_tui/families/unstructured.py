@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..ops import Gemm
+from ..model.ops import Gemm
 from .base import Family
 
 
@@ -15,26 +15,26 @@ class Unstructured(Family):
     replaces_linear = True
     needs_calibration = True
 
-    def shape(self, ctx, plan):
+    def shape(self, ctx, shape):
         dt, s = ctx.dtype, ctx.sparsity
 
         def lin(name, m, n, k, count):
             return [Gemm(name, m, n, k, count, dt, kind="unstructured", density=1.0 - s)]
-        plan.linear = lin
-        plan.dims.append(("K of every decoder GEMM", f"{s:.1%} of weights zeroed, dense kernel"))
+        shape.linear = lin
+        shape.dims.append(("K of every decoder GEMM", f"{s:.1%} of weights zeroed, dense kernel"))
 
-    def achieved_sparsity(self, ctx, plan, ops):
+    def achieved_sparsity(self, ctx, shape, ops):
         return ctx.sparsity
 
     def prune(self, model, sparsity, cal, **kw):
-        from ..pruning import prune_unstructured
+        from ..hf.masks import prune_unstructured
 
         return prune_unstructured(model, sparsity, cal)
 
     validate_dense_weights = True  # the built model masks dense weights
 
     def validate_finish(self, built, seed):
-        from ..validation.build import apply_masks
+        from ..hf.masks import apply_masks
 
         apply_masks(built, seed)
 

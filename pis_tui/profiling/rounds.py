@@ -27,7 +27,7 @@ import threading
 from dataclasses import replace
 from typing import Callable, Iterable, Optional, Union
 
-from ..measured_table import Measurement
+from ..pricing.measured_table import Measurement
 from ..timing.cpu_share import OthersMeter
 
 #: CPU: each op is measured in this many rounds, interleaved with the other ops of its chunk
@@ -76,7 +76,7 @@ def _load() -> Optional[float]:
 
 
 def _cores() -> int:
-    from ..hardware import cpu_threads
+    from ..device.local import cpu_threads
 
     return cpu_threads()
 

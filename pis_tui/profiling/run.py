@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Optional
 
 from ..errors import MeasureError
-from ..measured_table import Measurement
-from ..ops import Collective, Op, Overhead, measuring_form
-from .plan import label_of, roofline_fn
-from .rounds import (CPU_ROUNDS, MONOTONE_PASSES, CancelArg, ProgressFn,
-                     consistency_violations, is_cancelled, measure_rounds)
+from ..pricing.measured_table import Measurement
+from ..model.ops import Collective, Op, Overhead, measuring_form
+from .worklist import label_of, roofline_fn
+from .rounds import (CPU_ROUNDS, MONOTONE_PASSES, CancelArg, ProgressFn, consistency_violations,
+                     is_cancelled, measure_rounds)
 
 #: statuses of a cached measurement that are not retried (an "error" is retried next time)
 FINAL_STATUSES = ("ok", "unstable", "unsupported", "oom")
@@ -27,7 +27,7 @@ def busy_warning(threads: Optional[int] = None) -> Optional[str]:
     """A warning when other processes keep the CPU busy (1-minute load above the cores this
     process uses): multithreaded kernels then wait for descheduled threads, and times are
     inflated and noisy.  None when the machine looks quiet (or on a GPU run)."""
-    from ..hardware import cpu_threads
+    from ..device.local import cpu_threads
 
     n = threads or cpu_threads()
     try:
@@ -130,7 +130,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     if they still are (see :mod:`.rounds`).  KeyboardInterrupt is re-raised after what was
     measured has been written.
     """
-    from ..hardware import local_device
+    from ..device.local import local_device
 
     if remeasure not in ("none", "unstable", "all"):
         raise ValueError(f"remeasure must be none, unstable or all, not {remeasure!r}")
@@ -398,7 +398,7 @@ def measure_ops(ops: Iterable[Op], cache=None, dtype: Optional[str] = None,
         return [got[o.key()] for o in ops if o.key() in got]
     report = run_profile(ops, ctx, cache, on_progress=say, cancel=cancel, repeats=repeats,
                          calibrate=False, chunk_s=BATCH_CHUNK_S, remeasure=remeasure)
-    from ..hardware import local_device
+    from ..device.local import local_device
 
     fp = ctx.fingerprint if ctx is not None else local_device().fingerprint
     want = {o.key() for o in ops}
@@ -436,11 +436,11 @@ def measure_collectives(collectives_, device, cache, *, remeasure: str = "none",
                         rounds: Optional[int] = None,
                         on_result: Optional[Callable[[dict], None]] = None,
                         timeout_s: Optional[float] = None) -> CollectiveReport:
-    """Measure the collectives (:class:`~pis_tui.ops.Collective`, one world size) the cache
+    """Measure the collectives (:class:`~pis_tui.model.ops.Collective`, one world size) the cache
     does not hold for ``device`` yet, through torch.distributed (``pis_tui.timing.collectives``:
     NCCL on a GPU, gloo on the CPU), storing each row as it arrives.  A world size that cannot
     be started is a UserError (exit 2) before anything is measured."""
-    from ..collectives import backend_of
+    from ..pricing.collectives import backend_of
     from ..timing import collectives as tc
 
     colls = list(collectives_)

@@ -28,7 +28,7 @@ float64 reference implementation (``verify_op``) so tests can check that what is
 computes the right thing.
 
 One job a module: :mod:`.device` (the device opened for measuring), :mod:`.case` (what a timed
-call is, rotation of its state), one case module per op kind mirroring :mod:`pis_tui.ops`
+call is, rotation of its state), one case module per op kind mirroring :mod:`pis_tui.model.ops`
 (:mod:`.gemm`, :mod:`.attention`, :mod:`.elementwise`), :mod:`.loops` (the CPU and CUDA timing
 loops), :mod:`.measure` (timing and checking one op, the contention probe), :mod:`.peaks`
 (the device's measured peaks).
@@ -36,7 +36,7 @@ loops), :mod:`.measure` (timing and checking one op, the contention probe), :mod
 
 from __future__ import annotations
 
-from ..measured_table import Measurement
+from ..pricing.measured_table import Measurement
 from .case import Case, Unsupported
 from .device import DeviceContext, open_device, read_clocks, torch_dtype
 from .measure import build_case, contention_probe, cpu_contention, measure_op, verify_op

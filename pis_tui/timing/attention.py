@@ -7,7 +7,7 @@ import math
 from typing import Optional
 
 from ..errors import MeasureError
-from ..ops import Attention, dtype_bytes
+from ..model.ops import Attention, dtype_bytes
 from .case import Case, copies_for, rand_tensor, views
 from .device import DeviceContext, torch_module
 

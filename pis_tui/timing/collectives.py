@@ -9,7 +9,7 @@ one clear error (exit 2: "cannot be started"), one that stops answering is kille
 ``timeout_s`` (its processes, by their ids) and reported (exit 3) with what it had measured.
 
 How one collective is timed (method ``torch-distributed``, version
-:data:`~pis_tui.measured_table.COLLECTIVE_METHOD_VERSION`): a random tensor of the message's
+:data:`~pis_tui.pricing.measured_table.COLLECTIVE_METHOD_VERSION`): a random tensor of the message's
 size; three warm-up calls; the calls a round makes are agreed by all ranks (from five timed
 calls, the slowest rank's: enough for
 :data:`ROUND_MS`, at most :data:`MAX_ITERS`); then ``rounds`` rounds, each after a barrier
@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import MeasureError, UserError
-from ..measured_table import COLLECTIVE_METHOD, COLLECTIVE_METHOD_VERSION, now_iso, software_versions
-from ..ops import ring_factor
+from ..pricing.measured_table import (COLLECTIVE_METHOD, COLLECTIVE_METHOD_VERSION, now_iso,
+                                      software_versions)
+from ..model.ops import ring_factor
 
 WORKER = "pis_tui.timing.collective_worker"
 #: a round lasts at least this long (ms) where the calls allow; at most MAX_ITERS calls
@@ -66,7 +67,7 @@ def check_world(world: int, device) -> str:
         raise UserError(f"a collective needs at least 2 ranks, not {world}")
     backend = backend_for(device.kind)
     if device.kind == "cpu":
-        from ..hardware import cpu_cores
+        from ..device.local import cpu_cores
 
         cores = cpu_cores()
         if world > cores:
@@ -88,7 +89,7 @@ def check_world(world: int, device) -> str:
 def summarise(kind: str, dtype: str, elems: int, world: int, backend: str, rounds_ms: list,
               iters: int, loads: list, device_info: dict) -> dict:
     """One collective's row for the cache from its rounds (see the module docs)."""
-    from ..ops import dtype_bytes
+    from ..model.ops import dtype_bytes
 
     vals = sorted(rounds_ms)
     med = statistics.median(vals)
@@ -107,7 +108,7 @@ def summarise(kind: str, dtype: str, elems: int, world: int, backend: str, round
     cond = {"rounds_ms": [round(v, 6) for v in rounds_ms], "min_ms": round(vals[0], 6),
             "max_ms": round(vals[-1], 6), "max_over_min": round(ratio, 3),
             "loads": [None if x is None else round(x, 2) for x in loads]}
-    from ..hardware import cpu_threads
+    from ..device.local import cpu_threads
 
     real = [x for x in loads if x is not None]
     if backend == "gloo" and real:
@@ -330,7 +331,7 @@ def measure(wanted: list, world: int, device, *, rounds: int = DEFAULT_ROUNDS,
     as it arrives."""
     backend = check_world(world, device)
     if threads is None and device.kind == "cpu":
-        from ..hardware import cpu_cores
+        from ..device.local import cpu_cores
 
         threads = max(1, cpu_cores() // world)
     info = {"fingerprint": device.fingerprint, "display_name": device.display_name,

@@ -7,10 +7,11 @@ import platform
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .. import hardware
+from ..device import local
+from ..device.gpus import LOCAL
 from ..errors import MeasureError, UserError
-from ..measured_table import METHOD_VERSIONS, software_versions
-from ..ops import dtype_bytes
+from ..pricing.measured_table import METHOD_VERSIONS, software_versions
+from ..model.ops import dtype_bytes
 
 _TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -70,7 +71,7 @@ class DeviceContext:
             "cache_mb": self.cache_mb, "sm_count": self.sm_count, "threads": self.threads,
             "clocks": self.clocks, "sparse_24": self.sparse_24, "sparse_24_note": self.sparse_24_note,
             "dtypes": list(self.dtypes), "runtime": self.runtime,
-            "platform": platform.platform(), "cpu": hardware._cpu_model(),
+            "platform": platform.platform(), "cpu": local._cpu_model(),
             "profile": "built from the device's properties (no profile matches)"
             if self.unknown_profile else "profiles/gpus" if self.is_cuda else "cpu",
         }
@@ -117,35 +118,35 @@ def torch_dtype(dtype: str):
 
 def read_clocks(ctx: Optional[DeviceContext] = None) -> dict:
     """The GPU's conditions now: clocks (MHz), temperature, power, throttle reasons and the
-    other processes on it (NVML, else nvidia-smi: :func:`pis_tui.hardware.gpu_conditions`);
+    other processes on it (NVML, else nvidia-smi: :func:`pis_tui.device.local.gpu_conditions`);
     {} on a CPU or where neither can be read.  Only reads: never changes a GPU setting."""
     if ctx is not None and not ctx.is_cuda:
         return {}
     selector = ctx.gpu_uuid if ctx is not None and ctx.gpu_uuid else None
     if selector is None:
-        info = hardware._PINNED.get("gpu") if "device" in hardware._PINNED else None
+        info = local._PINNED.get("gpu") if "device" in local._PINNED else None
         selector = info.uuid if info is not None and info.uuid else None
-    return hardware.gpu_conditions(selector)
+    return local.gpu_conditions(selector)
 
 
 def open_device(name: str = "local") -> DeviceContext:
     """Open the local device for measuring (imports torch).
 
-    The device is :func:`pis_tui.hardware.measuring_device`'s decision (torch's first visible
+    The device is :func:`pis_tui.device.local.measuring_device`'s decision (torch's first visible
     GPU, else the CPU), the one ``profile``, ``calibrate`` and ``validate`` all use; its
     fingerprint then equals ``hardware.local_device().fingerprint``.  On the CPU torch uses
     ``hardware.cpu_threads()`` threads (the cores this process may run on, or
     OMP_NUM_THREADS), the count the fingerprint names.
     """
-    if name not in ("local", hardware.LOCAL):
+    if name not in ("local", LOCAL):
         raise UserError(f"can only measure the local device (--gpu local), not {name!r}")
     torch = torch_module()
-    hw = hardware.measuring_device()
+    hw = local.measuring_device()
     sw = software_versions()
     runtime = {"torch": torch.__version__, "cuda": torch.version.cuda,
                "cudnn": None, "cusparselt": None}
     if hw.kind == "gpu":
-        info = hardware.measuring_gpu()
+        info = local.measuring_gpu()
         dev = torch.device("cuda:0")
         props = torch.cuda.get_device_properties(dev)
         l2 = getattr(props, "L2_cache_size", 0) / 2**20 or hw.l2_mb
@@ -161,7 +162,7 @@ def open_device(name: str = "local") -> DeviceContext:
         if torch.cuda.is_bf16_supported():
             dtypes.insert(0, "bf16")
         ctx = DeviceContext(
-            name=hardware.LOCAL, kind="cuda", torch_device="cuda:0", fingerprint=hw.fingerprint,
+            name=LOCAL, kind="cuda", torch_device="cuda:0", fingerprint=hw.fingerprint,
             display_name=hw.display_name, software=sw, runtime=runtime, dtypes=tuple(dtypes),
             sparse_24=False, threads=torch.get_num_threads(), cache_mb=max(l2, hw.l2_mb),
             memory_gb=props.total_memory / 2**30, driver=info.driver if info else None,
@@ -171,11 +172,11 @@ def open_device(name: str = "local") -> DeviceContext:
         ctx.clocks = read_clocks(ctx)
         ctx.sparse_24, ctx.sparse_24_note = _probe_sparse_24(ctx)
         return ctx
-    torch.set_num_threads(hardware.cpu_threads())
+    torch.set_num_threads(local.cpu_threads())
     return DeviceContext(
-        name=hardware.LOCAL, kind="cpu", torch_device="cpu", fingerprint=hw.fingerprint,
+        name=LOCAL, kind="cpu", torch_device="cpu", fingerprint=hw.fingerprint,
         display_name=hw.display_name, software=sw, runtime=runtime, dtypes=("fp32", "bf16"),
-        sparse_24=False, threads=torch.get_num_threads(), cache_mb=hardware._llc_mb(),
+        sparse_24=False, threads=torch.get_num_threads(), cache_mb=local._llc_mb(),
         memory_gb=hw.memory_gb, method="cpu-wall", method_version=METHOD_VERSIONS["cpu-wall"],
         sparse_24_note="torch has no 2:4 semi-structured sparse kernel on the CPU")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import MeasureError
-from ..ops import Elementwise, dtype_bytes
+from ..model.ops import Elementwise, dtype_bytes
 from .case import Case, copies_for, rand_tensor, views
 from .device import DeviceContext, torch_dtype, torch_module
 

@@ -3,7 +3,7 @@ sparse through torch's sparse tensors."""
 
 from __future__ import annotations
 
-from ..ops import Gemm, dtype_bytes
+from ..model.ops import Gemm, dtype_bytes
 from .case import Case, Unsupported, copies_for, rand_tensor, views
 from .device import DeviceContext, prune_24, torch_module
 

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from typing import Optional
 
 from ..errors import MeasureError
-from ..measured_table import Measurement, now_iso
-from ..ops import Attention, Elementwise, Gemm, Op
+from ..pricing.measured_table import Measurement, now_iso
+from ..model.ops import Attention, Elementwise, Gemm, Op
 from . import attention, elementwise, gemm
 from .case import Case, Unsupported
 from .device import DeviceContext, oom_error, torch_module

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..measured_table import now_iso
+from ..pricing.measured_table import now_iso
 from .device import DeviceContext, torch_dtype, torch_module
 
 def measure_device_peaks(ctx: DeviceContext, dtype: str) -> dict:

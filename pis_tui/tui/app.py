@@ -27,8 +27,9 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from ..display import sweep_measured_label
 from ..errors import PisError
-from ..sources import ordered
-from .backend import PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, export_name, plan_presets
+from ..pricing.sources import ordered
+from .backend import (PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, export_name,
+                      plan_presets)
 from .export_dialog import ExportDialog
 from .flops_chart import FlopsChart, gap_lines, tp_lines
 from .fmt import family_style, metric_label, pct, rgb, speed

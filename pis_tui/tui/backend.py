@@ -22,8 +22,8 @@ from typing import Optional
 
 from ..display import timings_label
 from ..errors import PisError, UserError
-from ..scenario import ENGINES
-from ..tensor_parallel import DEGREES as TP_DEGREES  # tensor parallelism: the GPUs of one node
+from ..model.scenario import ENGINES
+from ..model.tensor_parallel import DEGREES as TP_DEGREES  # tensor parallelism: the GPUs of one node
 
 PHASES = ("prefill", "decode")
 QUALITY_SOURCES = ("priors", "csv", "measured")
@@ -57,7 +57,7 @@ class Choices:
     quality_method: str = "mean"  # mean | best | a method's name (quality.parse_method)
     combos: str = "multiplicative"  # COMBOS
     extrapolated: str = "skip"  # EXTRAPOLATED: only re-ranks
-    engine: str = "eager"  # the execution profile (pis_tui.execution)
+    engine: str = "eager"  # the execution profile (pis_tui.pricing.engines)
     tp: int = 1  # tensor parallelism over this many GPUs of one node (1: one GPU)
 
     @property
@@ -178,36 +178,36 @@ class PlanSnapshot:
 
     # presentation helpers of the core (the widgets never import it)
     def gain(self, candidate, objective: Optional[str] = None):
-        from ..plan import gain
+        from ..decide.deployment import gain
 
         return gain(candidate, self.result.dense, objective or self.rec.objective)
 
     @staticmethod
     def name(candidate) -> str:
-        from ..plan import candidate_name
+        from ..decide.deployment import candidate_name
 
         return candidate_name(candidate)
 
     @staticmethod
     def sequences(candidate) -> str:
-        from ..plan import sequences_text
+        from ..decide.deployment import sequences_text
 
         return sequences_text(candidate)
 
     def headroom_bytes(self, candidate) -> float:
-        from ..export import headroom_bytes
+        from ..present.export import headroom_bytes
 
         return headroom_bytes(candidate, self.result)
 
     def objective_words(self) -> str:
-        from ..plan import objective_words
+        from ..decide.deployment import objective_words
 
         return objective_words(self.rec.objective)
 
 
 def plan_presets() -> dict:
     """Preset name -> (prompt, output, concurrency), for the Plan view's inputs."""
-    from ..workload import PRESETS
+    from ..model.workload import PRESETS
 
     return {k: (c.prompt_len, c.output_len, c.concurrency) for k, c in PRESETS.items()}
 
@@ -220,7 +220,7 @@ def quality_method_options(protocol: str) -> list[tuple[str, str]]:
     best first, then every published method by name (with its family's short name)."""
     if protocol not in _METHOD_OPTIONS:
         from .. import families
-        from ..quality import build_quality_model
+        from ..quality.model import build_quality_model
 
         qm = build_quality_model(protocol=protocol)
         out = [("family mean", "mean"), ("best for the model", "best")]
@@ -237,7 +237,7 @@ def quality_method_options(protocol: str) -> list[tuple[str, str]]:
 def resolve_model(ref: str):
     """A ModelSpec from a preset, a config path/directory or a cached HF id, read as plain
     JSON (never through transformers: that import would stall the screen)."""
-    from ..model_spec import load_model_spec
+    from ..model.spec import load_model_spec
 
     return load_model_spec(ref, allow_transformers=False)
 
@@ -320,12 +320,12 @@ class Backend:
 
     # ------------------------------------------------------------------ options
     def default_gpu(self) -> str:
-        from ..hardware import default_gpu
+        from ..device.choose import default_gpu
 
         return default_gpu()
 
     def model_options(self) -> list[tuple[str, str]]:
-        from ..model_spec import hf_cache_models, preset_names
+        from ..model.spec import hf_cache_models, preset_names
 
         out = [(n, n) for n in preset_names()]
         try:
@@ -336,7 +336,9 @@ class Backend:
 
     def gpu_options(self) -> list[tuple[str, str]]:
         """Local device first, then the shipped profiles, each saying what timings exist."""
-        from ..hardware import gpu_names, load_gpu, local_device
+        from ..device.gpus import gpu_names
+        from ..device.choose import load_gpu
+        from ..device.local import local_device
 
         out = []
         try:
@@ -371,7 +373,7 @@ class Backend:
 
     # ------------------------------------------------------------------ compute
     def _quality_model(self, choices: Choices, spec, cache):
-        from ..quality import build_quality_model
+        from ..quality.model import build_quality_model
 
         if choices.quality == "measured":
             rows = []
@@ -420,8 +422,8 @@ class Backend:
     def _setup(self, choices: Choices):
         """The model, the device and the dtype the choices name; a PisError names the setup
         field at fault in its ``field`` attribute."""
-        from ..engine import check_dtype, default_dtype
-        from ..hardware import load_gpu
+        from ..decide.sweep import check_dtype, default_dtype
+        from ..device.choose import load_gpu
 
         with _blame("model"):
             spec = resolve_model(choices.model)
@@ -435,8 +437,8 @@ class Backend:
     def compute(self, choices: Choices) -> Snapshot:
         """Sweep every family × sparsity × phase and recommend per phase (no torch).  A
         PisError names the setup field at fault in its ``field`` attribute."""
-        from ..engine import sweep
-        from ..scenario import Scenario
+        from ..decide.sweep import sweep
+        from ..model.scenario import Scenario
 
         t0 = time.perf_counter()
         spec, device, dtype = self._setup(choices)
@@ -463,9 +465,9 @@ class Backend:
         the collectives can be priced on the device (else the GPU's)."""
         if tp == 1:
             return
-        from ..collectives import CollectivePricer, check
-        from ..hardware import rank_device
-        from ..tensor_parallel import check_model
+        from ..pricing.collectives import CollectivePricer, check
+        from ..device.local import rank_device
+        from ..model.tensor_parallel import check_model
 
         with _blame("scenario"):
             check_model(spec, tp)
@@ -477,7 +479,7 @@ class Backend:
 
     def recommend(self, result, budget: float, allow_extrapolated: bool = False) -> dict:
         """Re-rank without re-sweeping (instant)."""
-        from ..pareto import recommend
+        from ..decide.frontier import recommend
 
         return {ph: recommend(result.phase_points(ph), budget, ph,
                               allow_extrapolated=allow_extrapolated) for ph in PHASES}
@@ -486,15 +488,15 @@ class Backend:
     @staticmethod
     def workload(inputs: PlanInputs):
         """The workload the Plan view's inputs describe (UserError tagged ``plan``)."""
-        from ..workload import Targets, single
+        from ..model.workload import Targets, single
 
         with _blame("plan"):
             return single(inputs.preset, inputs.prompt_len, inputs.output_len, inputs.concurrency,
                           Targets(inputs.ttft_ms, inputs.tpot_ms))
 
     def plan(self, choices: Choices, inputs: PlanInputs) -> PlanSnapshot:
-        """One pruned model for the workload (pis_tui.plan), ranked at the choices' budget."""
-        from ..plan import plan
+        """One pruned model for the workload (pis_tui.decide.deployment), ranked at the choices' budget."""
+        from ..decide.deployment import plan
 
         t0 = time.perf_counter()
         spec, device, dtype = self._setup(choices)
@@ -514,7 +516,7 @@ class Backend:
     def rank_plan(self, result, budget: float, objective: str, allow_extrapolated: bool = False):
         """Re-rank a plan (budget, objective or the extrapolated rule changed) without pricing
         it again."""
-        from ..plan import recommend_plan
+        from ..decide.deployment import recommend_plan
 
         return recommend_plan(result, budget, objective, allow_extrapolated)
 
@@ -535,8 +537,8 @@ class Backend:
         """Write the pis-tui/1 JSON (with ``plan`` when one is given) or, as CSV, the points
         (``csv_of="points"``) or the plan's candidates (``"plan"``): a name ending in .json or
         .csv decides the format, else `fmt`."""
-        from ..export import plan_csv, plan_dict, to_csv, to_json
-        from ..output_paths import check_writable
+        from ..present.export import plan_csv, plan_dict, to_csv, to_json
+        from ..present.output_paths import check_writable
 
         p = check_writable(path)
         suffix = p.suffix.lower()

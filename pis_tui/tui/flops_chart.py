@@ -81,7 +81,7 @@ def tp_lines(snapshot, phase: str, family: Optional[str] = None) -> Optional[tup
     spends in collectives, [(family, share of dense's collective time its largest sparsity
     keeps)]).  Static depth drops its layers' all-reduces, static width keeps every one (the
     hidden size stays), hidden slicing shrinks their bytes."""
-    from ..collectives import collective_ms
+    from ..pricing.collectives import collective_ms
 
     result = snapshot.result
     tp = result.scenario.tp

@@ -11,13 +11,13 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from ..sources import RANK
+from ..pricing.sources import RANK
 from ..display import interval_text, trust_marks
-from ..sources import ordered
-from ..uncertainty import flag_words as trust_words
+from ..pricing.sources import ordered
+from ..pricing.uncertainty import flag_words as trust_words
 from ..display import strategy_name
-from .fmt import (family_names, family_style, loss_text, pct, quality_flags, quality_source_text, rgb,
-                  short_name, sparsity_cell, speed)
+from .fmt import (family_names, family_style, loss_text, pct, quality_flags, quality_source_text,
+                  rgb, short_name, sparsity_cell, speed)
 
 #: (key, header, sort key of a Point)
 COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still shows it

@@ -18,8 +18,9 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
 from ..errors import PisError
-from ..model_spec import preset_names
-from .backend import DTYPES, ENGINE_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices, quality_method_options
+from ..model.spec import preset_names
+from .backend import (DTYPES, ENGINE_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices,
+                      quality_method_options)
 from .budget_control import BudgetControl
 
 SCENARIO_FIELDS = (("prefill-batch", "prefill_batch", "batch"), ("prompt-len", "prompt_len", "prompt"),

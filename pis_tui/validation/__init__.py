@@ -16,7 +16,7 @@ timed (the prediction prices no host overhead on a GPU); a capture that fails is
 the row (``capture_failed``) and both models of that row are timed eager.
 
 Dense and pruned runs are interleaved and repeated and the medians are compared with the
-prediction.  How each family is built (the dims come from :mod:`pis_tui.taxonomy`, so the model
+prediction.  How each family is built (the dims come from :mod:`pis_tui.families.phase_ops`, so the model
 has exactly the shapes the prediction priced):
 
 * ``static_depth``: fewer decoder layers; ``granularity="sublayer"`` keeps only the attention or
@@ -44,31 +44,30 @@ Models are built on the ``meta`` device and materialised with ``to_empty`` and a
 fill (never transformers' slow default init), so a big model is ready in the time it takes to
 touch its memory.  torch and transformers are imported inside the functions only.
 
-The package, one job a module: :mod:`.config` (the pruned model's dims and transformers config),
-:mod:`.build` (building and materialising it), :mod:`.modules` (the wrapper modules),
-:mod:`.attention` (the attention implementations), :mod:`.run` (timing a model end to end),
-:mod:`.compare` (predictions, :func:`validate`, accuracy), :mod:`.parts` (time per model part,
-for diagnosis), :mod:`.probe` (the eager framework-overhead probe).
+The package, one job a module: :mod:`.build` (the pruned model's dims by its family's hook,
+building and materialising it, with the torch kit of :mod:`pis_tui.hf`: its config, wrapper
+modules and attention implementations), :mod:`.run` (timing a model end to end),
+:mod:`.op_times` (the op times predictions are priced from), :mod:`.compare` (predictions,
+:func:`validate`, accuracy), :mod:`.stability` (rounds until a speedup is known),
+:mod:`.parts` (time per model part, for diagnosis), :mod:`.probe` (the eager
+framework-overhead probe), :mod:`.tp` and :mod:`.tp_worker` (tensor-parallel validation),
+:mod:`.memory_check` (will the models fit now), :mod:`.kernel_trace` (which kernels the eager
+modules launch, written to ``profiles/kernels/eager.json``).
 """
 
 from __future__ import annotations
 
-from .attention import ATTN_IMPL, BLOCK_SPARSE_IMPL, register_attention
-from .build import BuiltModel, apply_masks, build_from_spec, build_model, decoder_linears
-from .compare import (STANDARD_SPARSITIES, OpTimes, ValidationRow, accuracy_summary,
-                      extra_families, predict, standard_families, standard_strategies, validate,
-                      validation_record)
-from .config import (PROJ_NAMES, SUPPORTED_MODEL_TYPES, PrunedDims, check_buildable, hf_config,
-                     proj_shapes, pruned_dims, raw_config, torch_dtype)
+from .build import BuiltModel, build_from_spec, build_model, pruned_dims
+from .compare import (STANDARD_SPARSITIES, ValidationRow, accuracy_summary, extra_families, predict,
+                      standard_families, standard_strategies, validate, validation_record)
+from .op_times import OpTimes
 from .parts import PARTS, measured_parts, part_of, predicted_parts
 from .probe import PROBE_STRATEGIES, dispatch_probe, tiny_clone
 from .run import PhaseRun, Timing, local_torch_device, measure_interleaved, time_phase
 
-__all__ = ["ATTN_IMPL", "BLOCK_SPARSE_IMPL", "register_attention", "BuiltModel", "apply_masks",
-           "build_from_spec", "build_model", "decoder_linears", "STANDARD_SPARSITIES", "OpTimes",
+__all__ = ["BuiltModel", "build_from_spec", "build_model", "pruned_dims", "STANDARD_SPARSITIES",
            "ValidationRow", "accuracy_summary", "extra_families", "predict", "standard_families",
-           "standard_strategies", "validate", "validation_record", "PROJ_NAMES",
-           "SUPPORTED_MODEL_TYPES", "PrunedDims", "check_buildable", "hf_config", "proj_shapes",
-           "pruned_dims", "raw_config", "torch_dtype", "PARTS", "measured_parts", "part_of",
-           "predicted_parts", "PROBE_STRATEGIES", "dispatch_probe", "tiny_clone", "PhaseRun",
-           "Timing", "local_torch_device", "measure_interleaved", "time_phase"]
+           "standard_strategies", "validate", "validation_record", "OpTimes", "PARTS",
+           "measured_parts", "part_of", "predicted_parts", "PROBE_STRATEGIES", "dispatch_probe",
+           "tiny_clone", "PhaseRun", "Timing", "local_torch_device", "measure_interleaved",
+           "time_phase"]

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import families
-from .. import taxonomy as tx
-from ..model_spec import ModelSpec
-from .attention import ATTN_IMPL, register_attention
-from .config import PROJ_NAMES, PrunedDims, check_buildable, hf_config, pruned_dims, raw_config, torch_dtype
+from ..families.strategy import Strategy
+from ..model.spec import ModelSpec
+from ..hf.attention import ATTN_IMPL, register_attention
+from ..hf.config import PrunedDims, check_buildable, hf_config, raw_config, torch_dtype
 
 # ============================================================== building
 
@@ -21,7 +21,7 @@ class BuiltModel:
 
     model: Any
     spec: ModelSpec
-    strategy: tx.Strategy
+    strategy: Strategy
     dims: PrunedDims
     device: str
     dtype: str
@@ -43,7 +43,7 @@ class BuiltModel:
         return d
 
 
-def build_model(model: str | dict, strategy: tx.Strategy, *, device: str = "cpu",
+def build_model(model: str | dict, strategy: Strategy, *, device: str = "cpu",
                 dtype: str = "fp32", seed: int = 0) -> BuiltModel:
     """Build ``model`` (a preset, config path, cached id or raw config dict) pruned by
     ``strategy`` with random weights, on ``device``, ready for :func:`time_phase`."""
@@ -51,10 +51,10 @@ def build_model(model: str | dict, strategy: tx.Strategy, *, device: str = "cpu"
     return build_from_spec(raw, spec, strategy, device=device, dtype=dtype, seed=seed)
 
 
-def build_from_spec(raw: dict, spec: ModelSpec, strategy: tx.Strategy, *, device: str = "cpu",
+def build_from_spec(raw: dict, spec: ModelSpec, strategy: Strategy, *, device: str = "cpu",
                     dtype: str = "fp32", seed: int = 0, tp: int = 1, rank: int = 0) -> BuiltModel:
     """``tp`` > 1: the model of tensor-parallel rank ``rank`` (its shards, explicitly: see
-    :func:`pis_tui.validation.modules.tensor_parallel`; a torch.distributed group of ``tp``
+    :func:`pis_tui.hf.modules.tensor_parallel`; a torch.distributed group of ``tp``
     ranks must be initialised)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -80,7 +80,7 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: tx.Strategy, *, device
     m.config._attn_implementation = ATTN_IMPL
     fam.validate_finish(built, seed)  # masks, another attention implementation
     if tp > 1:
-        from .modules import tensor_parallel
+        from ..hf.modules import tensor_parallel
 
         tensor_parallel(built, rank, tp)
     return built
@@ -132,69 +132,14 @@ def _rebuild_rotary(m, device: str) -> None:
         m.model.rotary_emb = type(rot)(config=m.config)
 
 
-def apply_masks(built: BuiltModel, seed: int) -> None:
-    """unstructured: zero a share s of each decoder weight; 2:4: keep 2 of every 4 along K
-    (and switch to the semi-structured sparse kernel where this device has one)."""
-    import torch
-
-    fam, s = built.strategy.family, built.strategy.effective_sparsity
-    g = torch.Generator().manual_seed(seed + 1)
-    pool_n = 1 << 16
-    if fam == "unstructured":
-        pool = torch.rand(pool_n, generator=g) >= s
-    else:
-        patterns = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1],
-                                 [0, 1, 1, 0], [0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.bool)
-        pool = patterns[torch.randint(0, 6, (pool_n // 4,), generator=g)].reshape(-1)
-    pool = pool.to(built.device)
-    linears = decoder_linears(built.model)
-    with torch.no_grad():
-        for _, lin in linears:
-            w = lin.weight
-            flat = w.view(-1)
-            k, r = flat.numel() // pool_n, flat.numel() % pool_n
-            if k:
-                flat[: k * pool_n].view(k, pool_n).mul_(pool.expand(k, pool_n).to(w.dtype))
-            if r:
-                flat[k * pool_n:].mul_(pool[:r].to(w.dtype))
-    if fam != "semi_structured_24":
-        built.notes.append(f"unstructured: {s:.0%} of decoder weights zeroed; dense kernels run")
-        return
-    ok, why = _semi_structured_supported(built)
-    if ok:
-        from torch.sparse import to_sparse_semi_structured
-
-        try:
-            for _, lin in linears:
-                lin.weight = torch.nn.Parameter(to_sparse_semi_structured(lin.weight.detach()),
-                                                requires_grad=False)
-            built.sparse_kernel = True
-            built.notes.append("2:4: torch semi-structured sparse kernels")
-            return
-        except (RuntimeError, ValueError, TypeError) as e:  # pragma: no cover - GPU only
-            why = f"to_sparse_semi_structured failed ({str(e).splitlines()[0][:120]})"
-    built.sparse_kernel = False
-    built.notes.append(f"2:4 unsupported on this device: runs dense ({why})")
+def pruned_dims(spec: ModelSpec, strategy: Strategy, tp: int = 1) -> PrunedDims:
+    """The dense dims, changed by the family's ``validate_dims`` hook (which sees ``tp`` in
+    the dict: widths a family keeps must split over the ranks, as the taxonomy rounds them)."""
+    L = spec.num_layers
+    d = dict(num_layers=L, attn_layers=L, mlp_layers=L, hidden_size=spec.hidden_size,
+             num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+             intermediate_size=spec.intermediate_size, tp=tp)
+    families.get(strategy.family).validate_dims(spec, strategy, d)
+    return PrunedDims(**d)
 
 
-def _semi_structured_supported(built: BuiltModel) -> tuple[bool, str]:
-    import torch
-
-    if not str(built.device).startswith("cuda") or not torch.cuda.is_available():
-        return False, "no CUDA device"
-    major, _ = torch.cuda.get_device_capability()
-    if major < 8:
-        return False, "needs compute capability 8.0+"
-    if built.dtype not in ("bf16", "fp16"):
-        return False, "2:4 kernels need bf16/fp16"
-    return True, ""
-
-
-def decoder_linears(m) -> list:
-    import torch
-
-    out = []
-    for name, mod in m.model.layers.named_modules():
-        if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in PROJ_NAMES:
-            out.append((name, mod))
-    return out

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .. import families
-from .. import taxonomy as tx
-from .. import uncertainty
+from ..families.phase_ops import build_phase_ops
+from ..families.strategy import Strategy
+from ..pricing import uncertainty
 from ..errors import MeasureError
-from ..layer_ops import overhead_phase
-from ..model_spec import ModelSpec
-from ..scenario import Scenario
+from ..model.layer import overhead_phase
+from ..model.spec import ModelSpec
+from ..model.scenario import Scenario
 from .build import build_from_spec
-from .config import check_buildable, raw_config, torch_dtype
+from ..hf.config import check_buildable, raw_config, torch_dtype
+from .op_times import OpTimes
 from .probe import dispatch_probe
 from .run import PhaseRun, local_torch_device
 from .stability import MAX_ROUNDS, TOLERANCE, cpu_contended, machine_quiet, measure_speedup
@@ -41,138 +43,13 @@ def extra_families() -> tuple[str, ...]:
 # ============================================================== prediction
 
 
-class OpTimes:
-    """Measured op times on the local device, for the estimator.
-
-    Uses the profiling helper (``pis_tui.profiling``) and the DuckDB cache when they are
-    available, so a validate run measures exactly the ops of the phases it compares (and
-    only those not measured yet); else times them here with ``pis_tui.timing``.
-    """
-
-    def __init__(self, dtype: str, cache=None, on_progress: Optional[Callable[[str], None]] = None,
-                 repeats: Optional[int] = None):
-        self.dtype = dtype
-        self.repeats = repeats
-        self.cache = cache
-        self.on_progress = on_progress
-        self._mem: dict = {}  # key → Measurement
-        self._ctx = None
-
-    def ensure(self, ops) -> None:
-        """Measure every op of ``ops`` not measured yet."""
-        from ..ops import Overhead, measuring_form
-
-        want = {}
-        for o in ops:
-            if isinstance(o, Overhead):  # priced from the dispatch probe (if run)
-                continue
-            k = measuring_form(o).key()
-            if k not in self._mem and k not in want:
-                want[k] = measuring_form(o)
-        if self.cache is not None:
-            for rec in self.cache.get_measurements(self._fingerprint(), self.dtype):
-                key = rec.get("key") if isinstance(rec, dict) else getattr(rec, "key", None)
-                if key in want:
-                    self._mem[key] = rec
-                    want.pop(key)
-                elif str(key).startswith("ovh:") and key not in self._mem:
-                    self._mem[key] = rec
-        if not want:
-            return
-        if self.cache is not None:
-            from .. import profiling
-
-            done = profiling.measure_ops(list(want.values()), cache=self.cache, dtype=self.dtype,
-                                         on_progress=self.on_progress, repeats=self.repeats)
-            for m in done:
-                self._mem[m.key] = m
-            return
-        from .. import timing
-
-        if self._ctx is None:
-            self._ctx = timing.open_device("local")
-        for i, op in enumerate(want.values()):
-            if self.on_progress:
-                self.on_progress(f"measuring op {i + 1}/{len(want)}: {op.key()}")
-            m = timing.measure_op(op, self._ctx, repeats=self.repeats)
-            self._mem[m.key] = m
-            if self._ctx.sticky_error:
-                raise MeasureError(f"the GPU hit an unrecoverable error ({self._ctx.sticky_error}) "
-                                   "while measuring the ops of the predictions")
-
-    def unstable(self, ops) -> list:
-        """The measuring forms of ``ops`` whose measurement is ``unstable`` (taken under load,
-        its rounds disagreeing, or inconsistent with its neighbours)."""
-        from ..ops import Overhead, measuring_form
-
-        out = {}
-        for o in ops:
-            if isinstance(o, Overhead):
-                continue
-            f = measuring_form(o)
-            m = self._mem.get(f.key())
-            status = m.get("status") if isinstance(m, dict) else getattr(m, "status", None)
-            if status == "unstable":
-                out[f.key()] = f
-        return list(out.values())
-
-    def remeasure(self, ops) -> int:
-        """Measure ``ops`` again (once); a new measurement replaces the old one unless it is
-        unstable where the old one was not.  Returns how many are now stable."""
-        ops = list(ops)
-        if not ops:
-            return 0
-        if self.cache is not None:
-            from .. import profiling
-
-            done = profiling.measure_ops(ops, cache=self.cache, dtype=self.dtype,
-                                         on_progress=self.on_progress, repeats=self.repeats,
-                                         remeasure="unstable")
-        else:
-            from .. import timing
-
-            if self._ctx is None:
-                self._ctx = timing.open_device("local")
-            done = [timing.measure_op(op, self._ctx, repeats=self.repeats) for op in ops]
-        want = {o.key() for o in ops}
-        for m in done:
-            if m.key in want and (m.status == "ok" or m.key not in self._mem):
-                self._mem[m.key] = m
-        return sum(1 for m in done if m.key in want and m.status == "ok")
-
-    def add(self, measurements) -> None:
-        """Measurements taken elsewhere (the dispatch probe's overhead ops)."""
-        for m in measurements:
-            self._mem[m.key] = m
-
-    def _fingerprint(self) -> str:
-        from ..hardware import local_device
-
-        return local_device().fingerprint
-
-    def records(self) -> list:
-        out = []
-        for m in self._mem.values():
-            if isinstance(m, dict):
-                out.append(m)
-            else:
-                out.append({"key": m.key, "op": m.op, "ms": m.ms, "status": m.status,
-                            "spread": m.spread, "conditions": m.conditions})
-        return out
-
-    def close(self) -> None:
-        if self._ctx is not None:
-            self._ctx.free()
-            self._ctx = None
-
-
-def predict(spec: ModelSpec, strategy: tx.Strategy, scenario: Scenario, phase: str,
+def predict(spec: ModelSpec, strategy: Strategy, scenario: Scenario, phase: str,
             times: OpTimes):
     """pis-tui's estimate of one phase on the local device from measured op times."""
-    from ..estimator import Estimator
-    from ..hardware import local_device
+    from ..pricing.estimator import Estimator
+    from ..device.local import local_device
 
-    po = tx.build_phase_ops(spec, strategy, scenario, phase)
+    po = build_phase_ops(spec, strategy, scenario, phase)
     times.ensure(po.ops)
     est = Estimator(local_device(), times.records())
     return est.estimate(po)
@@ -225,7 +102,7 @@ class ValidationRow:
     #: one's), and whether the measured speedup lies above it by more than its interval
     ceiling: float = float("inf")
     above_ceiling: bool = False
-    #: the prediction's own trust flags (the sweep's rules, pis_tui.uncertainty): its interval
+    #: the prediction's own trust flags (the sweep's rules, pis_tui.pricing.uncertainty): its interval
     #: above the family's ceiling, or its dense and pruned op times measured under different
     #: load; a flagged prediction is shown but left out of the error summary
     prediction_flags: tuple = ()
@@ -273,7 +150,7 @@ def _round(x):
 def standard_strategies(extra: bool = True, sparsities=STANDARD_SPARSITIES,
                         device: str = "cpu") -> list:
     fams = standard_families() + (extra_families() if extra else ())
-    return [tx.Strategy(f, s) for f in fams for s in families.get(f).sparsity_grid(sparsities)]
+    return [Strategy(f, s) for f in fams for s in families.get(f).sparsity_grid(sparsities)]
 
 
 def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), *,
@@ -285,7 +162,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
              on_progress: Optional[Callable[[str], None]] = None,
              on_row: Optional[Callable[[ValidationRow], None]] = None,
              probe_overhead: bool = True, probes: Optional[dict] = None,
-             skip: Optional[Callable[[tx.Strategy, str, int, int], bool]] = None,
+             skip: Optional[Callable[[Strategy, str, int, int], bool]] = None,
              tolerance: float = TOLERANCE, max_rounds: int = MAX_ROUNDS,
              on_warning: Optional[Callable[[str], None]] = None) -> list:
     """Build each pruned model, time it against the dense one (interleaved), and compare the
@@ -316,7 +193,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     dtype = dtype or ("fp32" if device == "cpu" else "bf16")
     torch_dtype(dtype)
     if device == "cpu":
-        from ..hardware import cpu_threads
+        from ..device.local import cpu_threads
 
         torch.set_num_threads(cpu_threads())
     cases = []
@@ -328,7 +205,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     strategies = [st for st in strategies if todo[st]]
     if not strategies:
         return []
-    from ..memory_check import check as check_memory, validate_need
+    from .memory_check import check as check_memory, validate_need
 
     ph_of = {c[0] for c in cases}
     check_memory(validate_need(
@@ -339,7 +216,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     cases = [c for c in cases if any(c in todo[st] for st in strategies)]
     times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
     if device == "cpu" and probe_overhead:
-        from ..ops import Overhead
+        from ..model.ops import Overhead
 
         have = set()
         if cache is not None:
@@ -359,13 +236,13 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     # far apart in time (a slow spell of the machine spoils rounds, not ops)
     say("measuring the ops of every prediction")
     every = []
-    for strat in [tx.Strategy("dense")] + list(strategies):
+    for strat in [Strategy("dense")] + list(strategies):
         for ph, b, length in cases:
             scen = Scenario(prefill_batch=b if ph == "prefill" else 1,
                             prompt_len=length if ph == "prefill" else 1,
                             decode_batch=b if ph == "decode" else 1,
                             context_len=length if ph == "decode" else 1, dtype=dtype)
-            every += tx.build_phase_ops(spec, strat, scen, ph).ops
+            every += build_phase_ops(spec, strat, scen, ph).ops
     times.ensure(every)
     if device == "cpu":
         # ops measured under load are re-measured once if the machine is quiet now, so the
@@ -398,7 +275,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                        f"settle are reported unstable")
         return c["contended"]
     say(f"building dense {spec.name} ({dtype}, {device})")
-    dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=device, dtype=dtype, seed=seed)
+    dense = build_from_spec(raw, spec, Strategy("dense"), device=device, dtype=dtype, seed=seed)
     dense_pred: dict = {}
     try:
         for strat in strategies:
@@ -412,7 +289,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                                     context_len=length if ph == "decode" else 1, dtype=dtype)
                     say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: predicting")
                     if (ph, b, length) not in dense_pred:
-                        dense_pred[(ph, b, length)] = predict(spec, tx.Strategy("dense"), scen, ph, times)
+                        dense_pred[(ph, b, length)] = predict(spec, Strategy("dense"), scen, ph, times)
                     pe = predict(spec, strat, scen, ph, times)
                     de = dense_pred[(ph, b, length)]
                     say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: timing end to end")
@@ -497,12 +374,12 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     return rows
 
 
-def _ceiling(strategy: tx.Strategy, dense, pruned, times: OpTimes) -> float:
+def _ceiling(strategy: Strategy, dense, pruned, times: OpTimes) -> float:
     """The family's physical ceiling for this phase on the local device (the dense phase's
     roofline work over the pruned one's, the rule the explorer's flags use), from the op
     lists the two predictions already priced."""
-    from ..estimator import Estimator
-    from ..hardware import local_device
+    from ..pricing.estimator import Estimator
+    from ..device.local import local_device
 
     est = Estimator(local_device(), times.records())
     return families.get(strategy.family).speedup_ceiling(
@@ -530,7 +407,7 @@ def _release(device: str) -> None:
 
 
 def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: str) -> dict:
-    from ..hardware import local_device
+    from ..device.local import local_device
 
     d = row.to_dict(full=True)
     fp = local_device().fingerprint

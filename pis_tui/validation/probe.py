@@ -5,23 +5,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import taxonomy as tx
+from ..families.phase_ops import build_phase_ops
+from ..families.strategy import Strategy
 from ..errors import MeasureError
-from ..layer_ops import overhead_phase
-from ..model_spec import ModelSpec
-from ..scenario import Scenario
+from ..model.layer import overhead_phase
+from ..model.spec import ModelSpec
+from ..model.scenario import Scenario
 from ..timing.cpu_share import OthersMeter
-from ..uncertainty import LOADED_SHARE
+from ..pricing.uncertainty import LOADED_SHARE
 from .build import build_from_spec
 from .run import PhaseRun, _summary, measure_interleaved
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compare import OpTimes
+    from .op_times import OpTimes
 
 def tiny_clone(raw: dict, spec: ModelSpec) -> tuple[dict, ModelSpec]:
     """The same architecture (layers, GQA ratio, biases, tying) with every width tiny: its
     forward time is almost all framework overhead (Python, module calls, dispatch, glue ops)."""
-    from ..model_spec import spec_from_config
+    from ..model.spec import spec_from_config
 
     cfg = dict(raw)
     group = spec.gqa_group
@@ -114,16 +115,16 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     dynamic-depth (routed sublayers), timed end to end (interleaved), and their own kernel ops
     (the taxonomy's op list, measured like any op) are subtracted.  What is left is
     ``F + blocks·B + linears·Lin + routed·R``; solving the four clones gives the cost of each
-    :class:`~pis_tui.ops.Overhead` kind, stored as measurements (keys ``ovh:<kind>:<path>:<dtype>``)
+    :class:`~pis_tui.model.ops.Overhead` kind, stored as measurements (keys ``ovh:<kind>:<path>:<dtype>``)
     so the estimator prices the overhead ops of every strategy with them.  Returns
     {"path", "ms": {kind: ms per call}, "clones": [...]}.
     """
     from dataclasses import asdict
 
-    from ..estimator import Estimator
-    from ..hardware import local_device
-    from ..measured_table import METHOD_VERSIONS, Measurement, now_iso, software_versions
-    from ..ops import OVERHEAD_KINDS, Overhead
+    from ..pricing.estimator import Estimator
+    from ..device.local import local_device
+    from ..pricing.measured_table import METHOD_VERSIONS, Measurement, now_iso, software_versions
+    from ..model.ops import OVERHEAD_KINDS, Overhead
 
     traw, tspec = tiny_clone(raw, spec)
     dtype = times.dtype
@@ -133,7 +134,7 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     path = overhead_phase(phase, batch)
     clones, runs, builts = [], [], []
     remeasured = False
-    pos = [tx.build_phase_ops(tspec, tx.Strategy(fam, s, align=8), scen, phase)
+    pos = [build_phase_ops(tspec, Strategy(fam, s, align=8), scen, phase)
            for fam, s in PROBE_STRATEGIES]
     times.ensure([o for po in pos for o in po.ops if not isinstance(o, Overhead)])
     est = Estimator(local_device(), [r for r in times.records()
@@ -141,7 +142,7 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     loaded_ms = kernels_ms = 0.0  # the clones' kernel time, and its part measured under load
     try:
         for (fam, s), po in zip(PROBE_STRATEGIES, pos):
-            strat = tx.Strategy(fam, s, align=8)
+            strat = Strategy(fam, s, align=8)
             kernel_ops = [o for o in po.ops if not isinstance(o, Overhead)]
             priced = [est.price(o) for o in kernel_ops]
             pred = sum(p.total_ms for p in priced)
@@ -232,7 +233,7 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
 
 def _too_wide(clones: list, timed: list) -> bool:
     """Whether a kind's cost, solved round by round, spreads wider than PROBE_SPREAD_LIMIT."""
-    from ..ops import OVERHEAD_KINDS
+    from ..model.ops import OVERHEAD_KINDS
 
     kinds = [k for k in OVERHEAD_KINDS if any(c["counts"][k] for c in clones)]
     counts = [[c["counts"][k] for k in kinds] for c in clones]

@@ -12,15 +12,15 @@ from typing import Callable, Optional
 
 from ..errors import MeasureError, UserError
 from .build import BuiltModel
-from .config import torch_dtype
+from ..hf.config import torch_dtype
 
 # ============================================================== timing
 
 
 def local_torch_device() -> str:
     """Where models are built and timed: the device ``profile`` and ``calibrate`` measure on
-    (:func:`pis_tui.hardware.measuring_device`: torch's first visible GPU, else the CPU)."""
-    from ..hardware import measuring_device
+    (:func:`pis_tui.device.local.measuring_device`: torch's first visible GPU, else the CPU)."""
+    from ..device.local import measuring_device
 
     return "cuda" if measuring_device().kind == "gpu" else "cpu"
 
@@ -45,7 +45,7 @@ class PhaseRun:
     ops behind the prediction are timed and serving engines run: the prediction prices no
     host overhead on a GPU, so an eager forward would compare unlike with unlike.  A capture
     that fails leaves the run eager and says so in ``capture`` ("failed") and
-    ``capture_error``; :func:`pis_tui.validation.validate` then times both models eager and
+    ``capture_error``; :func:`pis_tui.validation.compare.validate` then times both models eager and
     flags the row.  ``capture`` is "graph", "eager" (the CPU, or ``cuda_graph=False``) or
     "failed".
     """

@@ -22,9 +22,10 @@ from __future__ import annotations
 import statistics
 from typing import Callable, Optional
 
-from .. import taxonomy as tx
+from ..families.phase_ops import build_phase_ops
+from ..families.strategy import Strategy
 from ..errors import UserError
-from ..scenario import Scenario
+from ..model.scenario import Scenario
 
 #: a timed sample lasts at least this long on the CPU (calls per sample agreed by the ranks)
 TARGET_MS = 150.0
@@ -55,22 +56,23 @@ def validate_tp(model, strategies: list, phases=("prefill", "decode"), *, tp: in
     """Build each pruned model as ``tp`` ranks, time it against the dense one and compare with
     the per-rank prediction (see the module docs).  Returns :class:`ValidationRow` s with the
     tensor-parallel figures in their notes and :func:`tp_extra` (``row.tp``)."""
-    from .. import hardware
-    from ..collectives import CollectivePricer, collective_ms
-    from ..estimator import Estimator
-    from ..layer_ops import overhead_phase
-    from ..ops import Collective, Overhead
-    from ..tensor_parallel import check_model
+    from ..device import local
+    from ..pricing.collectives import CollectivePricer, collective_ms
+    from ..pricing.estimator import Estimator
+    from ..model.layer import overhead_phase
+    from ..model.ops import Collective, Overhead
+    from ..model.tensor_parallel import check_model
     from ..timing import collectives as tc
-    from .compare import OpTimes, ValidationRow
-    from .config import check_buildable, raw_config, torch_dtype
+    from .compare import ValidationRow
+    from .op_times import OpTimes
+    from ..hf.config import check_buildable, raw_config, torch_dtype
     from .probe import dispatch_probe
 
     say = on_progress or (lambda msg: None)
     raw, spec = raw_config(model)
     check_buildable(spec)
     check_model(spec, tp)
-    named = hardware.local_device()
+    named = local.local_device()
     backend = tc.check_world(tp, named)  # a group this machine cannot start: exit 2, now
     dtype = dtype or ("fp32" if named.kind == "cpu" else "bf16")
     torch_dtype(dtype)
@@ -78,14 +80,14 @@ def validate_tp(model, strategies: list, phases=("prefill", "decode"), *, tp: in
     for ph in phases:
         for b in (prefill_batches if ph == "prefill" else decode_batches):
             cases.append((ph, b, prompt_len if ph == "prefill" else context_len))
-    everyone = [tx.Strategy("dense")] + list(strategies)
+    everyone = [Strategy("dense")] + list(strategies)
     rows: list = []
-    with hardware.rank_threads(tp) as threads:
-        device = hardware.measuring_device()  # one rank's (its share of the cores on a CPU)
+    with local.rank_threads(tp) as threads:
+        device = local.measuring_device()  # one rank's (its share of the cores on a CPU)
         if device.kind == "cpu":
             import torch
 
-            torch.set_num_threads(hardware.cpu_threads())
+            torch.set_num_threads(local.cpu_threads())
         times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
         if device.kind == "cpu" and probe_overhead:
             have = set()
@@ -103,7 +105,7 @@ def validate_tp(model, strategies: list, phases=("prefill", "decode"), *, tp: in
         wanted: dict = {}
         for st in everyone:
             for ph, b, length in cases:
-                p = po[(st, ph, b, length)] = tx.build_phase_ops(
+                p = po[(st, ph, b, length)] = build_phase_ops(
                     spec, st, _scenario(ph, b, length, dtype, tp), ph)
                 for o in p.ops:
                     if isinstance(o, Collective):
@@ -132,7 +134,7 @@ def validate_tp(model, strategies: list, phases=("prefill", "decode"), *, tp: in
                     f"(spread {r['spread']:.0%}{', unstable' if r['status'] == 'unstable' else ''})")
                 return
             fam, s, gran, align = d["strategy"]
-            timed[(tx.Strategy(fam, s, gran, align), *d["case"])] = d
+            timed[(Strategy(fam, s, gran, align), *d["case"])] = d
             say(f"{fam} s={s:g} {d['case'][0]} batch {d['case'][1]}: timed as {tp} ranks")
 
         say(f"starting {tp} ranks ({backend})")
@@ -149,7 +151,7 @@ def validate_tp(model, strategies: list, phases=("prefill", "decode"), *, tp: in
                 d = timed.get((st, ph, b, length))
                 if d is None:
                     continue
-                de = est.estimate(po[(tx.Strategy("dense"), ph, b, length)])
+                de = est.estimate(po[(Strategy("dense"), ph, b, length)])
                 pe = est.estimate(po[(st, ph, b, length)])
                 dm, dsp = _median_spread(d["dense_samples"])
                 pm, psp = _median_spread(d["pruned_samples"])

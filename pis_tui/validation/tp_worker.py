@@ -56,11 +56,11 @@ def time_lockstep(runs: list, repeats: int, warmup: int, target_ms: float, devic
 def main(path: str) -> int:
     import torch.distributed as dist
 
-    from .. import taxonomy as tx
+    from ..families.strategy import Strategy
     from ..timing.collective_worker import join
     from ..timing.collectives import summarise, time_collective
     from .build import build_from_spec
-    from .config import raw_config
+    from ..hf.config import raw_config
     from .run import PhaseRun
 
     spec_ = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -82,10 +82,10 @@ def main(path: str) -> int:
         raw, spec = raw_config(spec_["model"])
         dt, seed = spec_["dtype"], spec_["seed"]
         tdev = "cpu" if device == "cpu" else device
-        dense = build_from_spec(raw, spec, tx.Strategy("dense"), device=tdev, dtype=dt, seed=seed,
+        dense = build_from_spec(raw, spec, Strategy("dense"), device=tdev, dtype=dt, seed=seed,
                                 tp=world, rank=rank)
         for fam, s, gran, align in spec_["strategies"]:
-            strat = tx.Strategy(fam, s, gran, align)
+            strat = Strategy(fam, s, gran, align)
             pruned = build_from_spec(raw, spec, strat, device=tdev, dtype=dt, seed=seed, tp=world,
                                      rank=rank)
             for ph, b, length in spec_["cases"]:

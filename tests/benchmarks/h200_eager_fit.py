@@ -28,11 +28,12 @@ import math
 import time
 from pathlib import Path
 
-from pis_tui.estimator import Estimator
-from pis_tui.hardware import load_gpu
-from pis_tui.model_spec import load_model_spec
-from pis_tui.scenario import Scenario
-from pis_tui.taxonomy import Strategy, build_phase_ops
+from pis_tui.pricing.estimator import Estimator
+from pis_tui.device.choose import load_gpu
+from pis_tui.model.spec import load_model_spec
+from pis_tui.model.scenario import Scenario
+from pis_tui.families.strategy import Strategy
+from pis_tui.families.phase_ops import build_phase_ops
 
 HERE = Path(__file__).resolve().parent
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import duckdb
 
-from pis_tui.estimator import Estimator
-from pis_tui.hardware import load_gpu
-from pis_tui.ops import Gemm
+from pis_tui.pricing.estimator import Estimator
+from pis_tui.device.choose import load_gpu
+from pis_tui.model.ops import Gemm
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = HERE.parents[2] / "shared" / "reference-data" / "h200-bf16-gemm.parquet"

@@ -42,9 +42,9 @@ def time_cmd(args: list[str], env: dict) -> list[float]:
 
 def in_process(workload_args: dict) -> tuple[list[float], int, int]:
     sys.path.insert(0, str(ROOT))
-    from pis_tui.plan import plan, recommend_plan
-    from pis_tui.quality import build_quality_model
-    from pis_tui.workload import Targets, single
+    from pis_tui.decide.deployment import plan, recommend_plan
+    from pis_tui.quality.model import build_quality_model
+    from pis_tui.model.workload import Targets, single
 
     q = build_quality_model()
     wl = single("chat", targets=Targets(**workload_args))

@@ -22,8 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from pis_tui import timing  # noqa: E402
-from pis_tui.model_spec import load_model_spec  # noqa: E402
-from pis_tui.ops import Gemm  # noqa: E402
+from pis_tui.model.spec import load_model_spec  # noqa: E402
+from pis_tui.model.ops import Gemm  # noqa: E402
 
 MODEL = "qwen2.5-0.5b"
 MS = (1, 16, 128, 1024)

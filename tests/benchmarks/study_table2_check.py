@@ -15,8 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
-from pis_tui.engine import sweep
-from pis_tui.scenario import Scenario
+from pis_tui.decide.sweep import sweep
+from pis_tui.model.scenario import Scenario
 
 HERE = Path(__file__).resolve().parent
 

@@ -4,7 +4,7 @@ GPUs of one node (issue 19 §5; the README's table).
 No measurement: every op is priced by the analytical model (timing source roofline) and every
 collective by the ring model over the h200-sxm profile's NVLink figures (450 GB/s a direction
 per GPU × 0.80 attainable, a 10 µs latency floor per call; see profiles/gpus/h200-sxm.json and
-pis_tui/collectives.py).  Default scenario (prefill 1 × 1024, decode batch 16 at context 1024,
+pis_tui/pricing/collectives.py).  Default scenario (prefill 1 × 1024, decode batch 16 at context 1024,
 bf16), the fused engine (what vLLM, SGLang and TensorRT-LLM run) and the eager one.
 
 Run:  python tests/benchmarks/tp_llama70b_h200.py   (writes tp_llama70b_h200.result.md;
@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pis_tui.collectives import collective_ms
-from pis_tui.engine import sweep
-from pis_tui.scenario import Scenario
+from pis_tui.pricing.collectives import collective_ms
+from pis_tui.decide.sweep import sweep
+from pis_tui.model.scenario import Scenario
 
 HERE = Path(__file__).resolve().parent
 MODEL, GPU = "llama-3.1-70b", "h200-sxm"

@@ -46,19 +46,19 @@ while time.monotonic() < end:
 def main() -> None:
     from pis_tui import profiling
     from pis_tui.cache import Cache
-    from pis_tui.engine import sweep
-    from pis_tui.hardware import local_device
-    from pis_tui.model_spec import load_model_spec
-    from pis_tui.pareto import recommend
-    from pis_tui.quality import build_quality_model
-    from pis_tui.scenario import Scenario
+    from pis_tui.decide.sweep import sweep
+    from pis_tui.device.local import local_device
+    from pis_tui.model.spec import load_model_spec
+    from pis_tui.decide.frontier import recommend
+    from pis_tui.quality.model import build_quality_model
+    from pis_tui.model.scenario import Scenario
 
     spec = load_model_spec("qwen2.5-0.5b")
     device = local_device()
     scen = Scenario(prefill_batch=1, prompt_len=128, decode_batch=16, context_len=256, dtype="fp32")
     tmp = tempfile.mkdtemp(prefix="pis-trust-")
     cache = Cache.open(os.path.join(tmp, "cache.duckdb"))
-    planned = profiling.plan_detailed(spec, device, scen, STRATEGIES, SPARSITIES)
+    planned = profiling.worklist_detailed(spec, device, scen, STRATEGIES, SPARSITIES)
     hog = subprocess.Popen([sys.executable, "-c", HOG % HOG_S])
     t0 = time.monotonic()
     load_start = os.getloadavg()[0]

@@ -41,9 +41,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from pis_tui import taxonomy as tx  # noqa: E402
-from pis_tui import validation as v  # noqa: E402
-from pis_tui.scenario import Scenario  # noqa: E402
+from pis_tui.families.strategy import Strategy, from_token  # noqa: E402
+from pis_tui import validation as v
+from pis_tui.hf.config import raw_config  # noqa: E402
+from pis_tui.model.scenario import Scenario  # noqa: E402
 
 MODEL = "qwen2.5-0.5b"
 COMBOS = ("static_depth@0.25+static_width@0.25", "static_width@0.25+low_rank@0.25",
@@ -130,9 +131,9 @@ def main() -> int:
         tmp = tempfile.mkdtemp(prefix="pis-validate-")
         args.cache = os.path.join(tmp, "cache.duckdb")
     cache = Cache.open(args.cache)
-    strategies = [tx.Strategy(f, s) for f in FAMILIES for s in SPARSITIES]
+    strategies = [Strategy(f, s) for f in FAMILIES for s in SPARSITIES]
     if args.combos:
-        strategies = [tx.from_token(t) for t in COMBOS]
+        strategies = [from_token(t) for t in COMBOS]
     if args.extra:
         strategies += [s for s in v.standard_strategies(extra=True) if s.family not in FAMILIES]
     load0 = wait_quiet(args.max_load, args.wait)
@@ -176,9 +177,9 @@ def main() -> int:
 
     # the eager framework overhead inside each prediction (Overhead ops, priced from the
     # dispatch probe that validate() ran first)
-    raw, spec = v.raw_config(MODEL)
+    raw, spec = raw_config(MODEL)
     times = v.OpTimes("fp32", cache, repeats=args.op_repeats)
-    from pis_tui.ops import Overhead
+    from pis_tui.model.ops import Overhead
 
     def overhead_ms(strat, r):
         scen = Scenario(prefill_batch=r.batch, prompt_len=r.length if r.phase == "prefill" else 1,
@@ -187,7 +188,7 @@ def main() -> int:
         pe = v.predict(spec, strat, scen, r.phase, times)
         return sum(p.total_ms for p in pe.ops if isinstance(p.op, Overhead))
 
-    overheads = [{"dense_overhead_ms": overhead_ms(tx.Strategy("dense"), r),
+    overheads = [{"dense_overhead_ms": overhead_ms(Strategy("dense"), r),
                   "overhead_ms": overhead_ms(strategy_of(r), r)} for r in rows]
 
     diagnoses = {}
@@ -199,7 +200,7 @@ def main() -> int:
                             decode_batch=r.batch, context_len=r.length if r.phase == "decode" else 1,
                             dtype="fp32")
             d = {}
-            for strat in (tx.Strategy("dense"), strategy_of(r)):
+            for strat in (Strategy("dense"), strategy_of(r)):
                 pe = v.predict(spec, strat, scen, r.phase, times)
                 built = v.build_from_spec(raw, spec, strat)
                 d[strat.family] = {"predicted": v.predicted_parts(pe),
@@ -210,7 +211,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from pis_tui.hardware import local_device
+    from pis_tui.device.local import local_device
 
     env = {"device": local_device().display_name, "fingerprint": local_device().fingerprint,
            "torch": torch.__version__, "transformers": transformers.__version__,
@@ -236,7 +237,7 @@ def main() -> int:
 
 def strategy_of(row):
     """A row's strategy: a family at its sparsity, or a combination by its token."""
-    return tx.from_token(row.strategy) if "+" in row.strategy else tx.Strategy(row.strategy, row.sparsity)
+    return from_token(row.strategy) if "+" in row.strategy else Strategy(row.strategy, row.sparsity)
 
 
 def render_md(data: dict, rows, overheads) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from pis_tui import taxonomy as tx  # noqa: E402
+from pis_tui.families.strategy import Strategy  # noqa: E402
 
 MODEL = "qwen2.5-0.5b"
 FAMILIES = ("static_depth", "static_width", "low_rank", "dynamic_depth")
@@ -61,13 +61,13 @@ def main() -> int:
     import transformers
 
     from pis_tui.cache import Cache
-    from pis_tui.hardware import cpu_cores, local_device
+    from pis_tui.device.local import cpu_cores, local_device
     from pis_tui.validation.tp import validate_tp
 
     if args.cache is None:
         args.cache = os.path.join(tempfile.mkdtemp(prefix="pis-tp2-"), "cache.duckdb")
     cache = Cache.open(args.cache)
-    strategies = [tx.Strategy(f, SPARSITY) for f in FAMILIES]
+    strategies = [Strategy(f, SPARSITY) for f in FAMILIES]
     runs = []
     t_all = time.time()
     for i in range(args.runs):

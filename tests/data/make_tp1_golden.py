@@ -29,14 +29,15 @@ def digest(rows) -> str:
 
 def main(out: str) -> None:
     from pis_tui import families
-    from pis_tui.engine import make_estimator, sweep
-    from pis_tui.hardware import load_gpu
-    from pis_tui.model_spec import load_model_spec
-    from pis_tui.plan import plan
-    from pis_tui.quality import build_quality_model
-    from pis_tui.scenario import Scenario
-    from pis_tui.taxonomy import Strategy, build_phase_ops
-    from pis_tui.workload import single
+    from pis_tui.decide.sweep import make_estimator, sweep
+    from pis_tui.device.choose import load_gpu
+    from pis_tui.model.spec import load_model_spec
+    from pis_tui.decide.deployment import plan
+    from pis_tui.quality.model import build_quality_model
+    from pis_tui.model.scenario import Scenario
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.families.phase_ops import build_phase_ops
+    from pis_tui.model.workload import single
 
     doc = {"op_lists": {}, "digests": {}, "latency_ms": {}, "achieved": {}}
     scen = Scenario()

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pis_tui import timing  # noqa: E402
-from pis_tui.ops import Attention  # noqa: E402
+from pis_tui.model.ops import Attention  # noqa: E402
 from pis_tui.timing.attention import flex_kernel_options  # noqa: E402
 
 pytestmark = pytest.mark.gpu

@@ -15,8 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pis_tui import hardware, timing  # noqa: E402
-from pis_tui.ops import ELEMENTWISE_KINDS, Attention, Elementwise, Gemm  # noqa: E402
+from pis_tui.device import local as hardware
+from pis_tui import timing  # noqa: E402
+from pis_tui.model.ops import ELEMENTWISE_KINDS, Attention, Elementwise, Gemm  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +123,7 @@ import torch
 from pis_tui import profiling, timing
 from pis_tui.commands._store import MemoryStore
 from pis_tui.errors import MeasureError
-from pis_tui.ops import Gemm
+from pis_tui.model.ops import Gemm
 ctx = timing.open_device("local")
 real = timing.measure.build_case
 def build(op, c, check=False, **kw):

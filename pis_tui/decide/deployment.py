@@ -1,0 +1,760 @@
+"""The deployment planner: one pruned model for a workload, across both phases.
+
+The per-phase views (``sweep``, ``recommend``) pick a strategy per phase; a deployment serves
+both phases with the same weights.  :func:`plan` prices every candidate (every family ×
+sparsity, dense included) end to end for a :class:`~pis_tui.model.workload.Workload` and
+:func:`recommend_plan` ranks them by an objective within a quality budget and the targets.
+
+Serving model (:data:`SERVING_MODEL`): static batching.  The ``B`` requests of a class arrive
+together; their prompts are prefilled as one batch, then decoded together, one step per output
+token, step ``j`` reading a context of ``P + j`` tokens.  So, for prompts of ``P`` tokens and
+answers of ``O``:
+
+* TTFT(B)  = the prefill of ``B`` prompts of ``P`` tokens;
+* TPOT(B)  = the mean decode step T(B, c) over c = P … P+O−1 (:func:`mean_step`: exact, the
+  mean of the endpoints, when T is affine in c — attention and KV reads grow linearly, GEMMs
+  do not change — checked at the second, middle and last-but-one contexts; otherwise the
+  trapezoidal mean over
+  :data:`SAMPLE_POINTS` evenly spaced contexts, which the result lists);
+* end-to-end latency = TTFT + O × TPOT (every request of the batch ends with it);
+* throughput = B·O / end-to-end (output tokens a second of the batch, prefill included) at the
+  largest batch that fits and meets the targets; B / TPOT (the decode phase alone) beside it.
+
+Memory (:mod:`pis_tui.pricing.memory`): the pruned model's weights and KV cache per token from its
+own op list, activations by the one-op rule, against ``memory_gb`` × 0.90 (decimal GB).  A
+sequence needs max(KV of P tokens + prefill activations, KV of P+O tokens + decode
+activations); the most sequences that fit is the usable memory less the weights, over that.
+Largest batch (:data:`BATCH_RULE`): the memory limit if it meets the targets, else the edge
+between whole batches that meet them and those that do not, found between 1 and the limit (TTFT
+and TPOT do not fall as the batch grows).
+
+A mix of classes: each class is served in batches of its own; its share weights the mean
+end-to-end latency, and the mix's throughput is Σ shareᵢ·Oᵢ / Σ shareᵢ·E2Eᵢ/Bᵢ (the output
+tokens of a typical request over the batch time it takes).  Targets hold for every class.
+
+Pricing goes through :func:`pis_tui.decide.sweep.make_estimator` (or any object with ``estimate``
+and, optionally, ``price``: an execution profile or an interval-carrying estimator can be
+passed as ``estimator`` later); op lists are built once per (strategy, phase, batch, length)
+and every op is priced once per kernel key in a plan (an op's price does not depend on the
+strategy that emits it).  No torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from ..pricing import memory, sources
+from .sweep import (check_collectives, check_dtype, default_dtype, default_strategies,
+                    make_estimator, resolve, software_versions, tensor_parallel_device)
+from ..errors import UserError
+from .frontier import beats_dense, frontier, rank_key, tie_ranked
+from .points import Point
+from ..pricing.estimates import PricedOp, strategy_key
+from ..quality.estimate import QualityEstimate
+from ..model.scenario import Scenario
+from ..families.strategy import Strategy, strategies_grid
+from ..families.phase_ops import build_phase_ops
+from ..model.workload import RequestClass, Targets, Workload
+
+OBJECTIVES = ("latency", "throughput")
+#: contexts the decode step is priced at when it is not affine in the context
+SAMPLE_POINTS = 9
+#: relative distance from the chord under which the step counts as affine in the context
+AFFINE_TOL = 1e-9
+
+SERVING_MODEL = (
+    "static batching: the requests of a class arrive together; their prompts are prefilled as "
+    "one batch (TTFT = that prefill) and decoded together, one step per output token, step j "
+    "reading a context of P + j tokens; end-to-end latency = TTFT + O × TPOT; the classes of a "
+    "mix are served in batches of their own")
+TPOT_RULE = (
+    f"mean of the decode step over contexts P … P+O−1: the mean of the endpoints (exact) when "
+    f"the step is affine in the context (checked at the second, middle and last-but-one "
+    f"contexts), else the trapezoidal "
+    f"mean over {SAMPLE_POINTS} evenly spaced contexts (listed); every context when O ≤ "
+    f"{SAMPLE_POINTS}")
+BATCH_RULE = (
+    "the largest batch that fits and meets the targets: the memory limit if it meets them, else "
+    "the edge between whole batches that meet them and batches that do not, searched between 1 "
+    "and the memory limit: each target's own edge (TTFT's, then TPOT's below it), found where "
+    "its slack (figure / target - 1) crosses zero on the line through the bracket, bisecting "
+    "when a try does not halve it; TTFT and TPOT taken not to fall as the batch grows)")
+THROUGHPUT_RULE = (
+    "output tokens a second at that batch: B × O / (TTFT + O × TPOT), prefill included "
+    "(decode_tok_s: B / TPOT, the decode phase alone); a mix: Σ share·O / Σ share·E2E/B")
+MEMORY_RULE = (
+    f"weights + B × max(KV of P tokens + prefill activations, KV of P+O tokens + decode "
+    f"activations) ≤ memory_gb × 1e9 × {memory.USABLE:.2f} (decimal GB; "
+    f"{1 - memory.USABLE:.0%} reserved for the CUDA context, the framework and "
+    "fragmentation); weights and the KV cache per token of the pruned model from its op list "
+    "(16-bit KV under 8-bit weights); activations: the largest working set of one op of a "
+    "sequence's prefill or decode step (inputs and outputs, weights and KV cache aside)")
+
+
+# --------------------------------------------------------------------------- the decode step
+
+@dataclass(frozen=True)
+class StepMean:
+    """The decode step averaged over an answer: ``ms``, how (``every`` context, ``affine``:
+    the endpoints' mean, exact, or ``sampled``: trapezoid) and the contexts priced."""
+
+    ms: float
+    method: str
+    contexts: tuple[int, ...]
+
+
+def mean_step(step: Callable[[int], float], prompt_len: int, output_len: int,
+              points: int = SAMPLE_POINTS) -> StepMean:
+    """Mean of ``step(c)`` over the contexts c = P … P+O−1 an answer of O tokens decodes at."""
+    c0, c1 = prompt_len, prompt_len + output_len - 1
+    if output_len <= points:
+        cs = tuple(range(c0, c1 + 1))
+        return StepMean(sum(step(c) for c in cs) / len(cs), "every", cs)
+    t0, t1 = step(c0), step(c1)
+    # on the chord at the second, the middle and the last-but-one context: a kink (the max of
+    # two affine costs) shows at the middle, a step (a cost that changes every block of
+    # tokens) next to an end
+    checks = (c0 + 1, c0 + (c1 - c0) // 2, c1 - 1)
+    scale = max(abs(t0), abs(t1), 1e-300)
+    if all(abs(step(c) - (t0 + (t1 - t0) * (c - c0) / (c1 - c0))) <= AFFINE_TOL * scale for c in checks):
+        # the mean of a + b·c over whole c from c0 to c1 is a + b·(c0 + c1)/2: exact
+        return StepMean((t0 + t1) / 2.0, "affine", (c0, *checks, c1))
+    cs = sorted({c0 + round(i * (c1 - c0) / (points - 1)) for i in range(points)})
+    ts = [step(c) for c in cs]
+    area = sum((cs[i + 1] - cs[i]) * (ts[i] + ts[i + 1]) / 2.0 for i in range(len(cs) - 1))
+    return StepMean(area / (c1 - c0), "sampled", tuple(cs))
+
+
+# --------------------------------------------------------------------------- pricing
+
+class _Pricer:
+    """Phase estimates for one plan, each op list built once and each op priced once."""
+
+    def __init__(self, spec, dtype: str, estimator, engine: str = "eager", tp: int = 1):
+        self.spec, self.dtype, self.engine, self.tp = spec, dtype, engine, tp
+        self.est = estimator
+        self._ops: dict = {}
+        self._estimates: dict = {}
+        price = getattr(estimator, "price", None)
+        if callable(price):
+            # a copy, so the caller's estimator is left as it was; its estimate() calls
+            # self.price, which now finds the memo first
+            self.est = copy.copy(estimator)
+            memo: dict = {}
+
+            def cached(op, family="dense", phase=None):
+                # the kernels an op runs depend on its name, family and phase (the
+                # execution profile), so the memo does too
+                k = (op.key(), op.name, family, phase)
+                hit = memo.get(k)
+                if hit is None:
+                    hit = memo[k] = price(op, family, phase)
+                if hit.op is op:
+                    return hit
+                return PricedOp(op, hit.ms_per_call, hit.source, hit.note, hit.uncertainty,
+                                hit.loaded, hit.kernels)
+
+            self.est.price = cached
+            self.priced_kernels = memo
+
+    def ops(self, strategy: Strategy, phase: str, batch: int, length: int):
+        """The op list of ``phase`` at ``batch`` and a prompt (prefill) or context (decode)
+        of ``length`` tokens."""
+        key = (strategy, phase, batch, length)
+        po = self._ops.get(key)
+        if po is None:
+            if phase == "prefill":
+                scen = Scenario(batch, length, 1, length, self.dtype, self.engine, tp=self.tp)
+            else:
+                scen = Scenario(1, length, batch, length, self.dtype, self.engine, tp=self.tp)
+            po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
+        return po
+
+    def estimate(self, strategy: Strategy, phase: str, batch: int, length: int):
+        key = (strategy, phase, batch, length)
+        e = self._estimates.get(key)
+        if e is None:
+            e = self._estimates[key] = self.est.estimate(self.ops(strategy, phase, batch, length))
+        return e
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class Served:
+    """One request class served at one batch by one candidate."""
+
+    batch: int
+    ttft_ms: float
+    tpot_ms: float
+    tpot_method: str
+    tpot_contexts: tuple[int, ...]
+    e2e_ms: float
+    memory_bytes: float  # weights + batch × the per-sequence memory
+    fits: bool
+    misses: tuple[str, ...]  # the targets missed, in words
+    timing_source: str
+    output_len: int
+    #: tensor parallelism: the time one rank spends in collectives (its all-reduces and the
+    #: logits' all-gather) in the batch's prefill and in the mean decode step (0 at tp 1)
+    ttft_collectives_ms: float = 0.0
+    tpot_collectives_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.fits and not self.misses
+
+    @property
+    def throughput_tok_s(self) -> float:
+        """Output tokens a second of the batch, its prefill included."""
+        return self.batch * self.output_len / self.e2e_ms * 1e3
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Output tokens a second of the decode phase alone (B / TPOT)."""
+        return self.batch / self.tpot_ms * 1e3
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """A candidate serving one request class: at the class's concurrency, and at the largest
+    batch that fits and meets the targets."""
+
+    cls: RequestClass
+    share: float
+    activation_bytes: dict  # {prefill, decode}: per sequence
+    per_sequence_bytes: float
+    max_sequences: int  # memory alone
+    at_concurrency: Served
+    at_max_batch: Optional[Served]
+    why_no_batch: str = ""
+    at_one: Optional[Served] = None  # batch 1, when not even it meets the targets
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One pruned model (a family at a sparsity, or dense) planned for the workload."""
+
+    strategy: str
+    sparsity: float
+    achieved_sparsity: float
+    quality: QualityEstimate
+    weights_bytes: float
+    kv_bytes_per_token: int
+    classes: tuple[ClassPlan, ...]
+    timing_source: str
+    notes: tuple[str, ...] = ()
+    #: a combination: ((family, asked sparsity), ...) of its parts and each part's achieved
+    parts: tuple = ()
+    part_achieved: tuple = ()
+
+    @property
+    def key(self) -> tuple:
+        return strategy_key(self.strategy, self.sparsity, self.parts)
+
+    def _mean(self, attr: str) -> float:
+        return sum(c.share * getattr(c.at_concurrency, attr) for c in self.classes)
+
+    @property
+    def ttft_ms(self) -> float:
+        return self._mean("ttft_ms")
+
+    @property
+    def tpot_ms(self) -> float:
+        return self._mean("tpot_ms")
+
+    @property
+    def e2e_ms(self) -> float:
+        """End-to-end latency of a request at the workload's concurrency (mean over the mix)."""
+        return self._mean("e2e_ms")
+
+    @property
+    def tpot_collectives_ms(self) -> float:
+        """Tensor parallelism: one rank's collectives in the mean decode step (mean over the mix)."""
+        return self._mean("tpot_collectives_ms")
+
+    @property
+    def ttft_collectives_ms(self) -> float:
+        return self._mean("ttft_collectives_ms")
+
+    def at_max_batch(self, attr: str) -> Optional[float]:
+        """A share-weighted figure at each class's largest good batch (None: a class has none)."""
+        if any(c.at_max_batch is None for c in self.classes):
+            return None
+        return sum(c.share * getattr(c.at_max_batch, attr) for c in self.classes)
+
+    @property
+    def throughput_tok_s(self) -> Optional[float]:
+        """Output tokens a second at each class's largest good batch (None: a class has none)."""
+        if any(c.at_max_batch is None for c in self.classes):
+            return None
+        tokens = sum(c.share * c.cls.output_len for c in self.classes)
+        busy_ms = sum(c.share * c.at_max_batch.e2e_ms / c.at_max_batch.batch for c in self.classes)
+        return tokens / busy_ms * 1e3
+
+    @property
+    def max_sequences(self) -> int:
+        """The main class's memory limit (the fewest over a mix's classes)."""
+        return min(c.max_sequences for c in self.classes)
+
+    def problems(self, objective: str) -> list[tuple[str, str]]:
+        """Why this candidate cannot serve the workload under ``objective``, quality aside:
+        (``memory`` or ``targets``, in words) pairs."""
+        out = []
+        for c in self.classes:
+            name = f" ({c.cls.name})" if len(self.classes) > 1 else ""
+            if objective == "latency":
+                s = c.at_concurrency
+                if not s.fits:
+                    out.append(("memory", f"{c.cls.concurrency} sequences do not fit{name}: at "
+                                          f"most {c.max_sequences} do"))
+                out += [("targets", m + name) for m in s.misses]
+            elif c.at_max_batch is None:
+                out.append(("memory" if c.max_sequences <= 0 else "targets", c.why_no_batch + name))
+        return out
+
+
+@dataclass
+class PlanResult:
+    spec: object
+    device: object
+    workload: Workload
+    dtype: str
+    candidates: list[Candidate]
+    usable_bytes: float
+    engine: str = "eager"
+    quality_protocol: str = "lora"
+    quality_metric: str = "accuracy_drop"
+    warnings: list = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    priced_kernels: int = 0
+    #: tensor parallelism: the candidates are served over this many GPUs; their timings, weights,
+    #: KV cache and sequences that fit are one rank's (one GPU's)
+    tp: int = 1
+
+    @property
+    def dense(self) -> Candidate:
+        return self.candidates[0]
+
+    def candidate(self, strategy: str, sparsity: float, parts: tuple = ()) -> Candidate:
+        for c in self.candidates:
+            if c.strategy == strategy and abs(c.sparsity - sparsity) < 1e-9 and c.parts == tuple(parts):
+                return c
+        raise KeyError((strategy, sparsity, parts))
+
+
+@dataclass(frozen=True)
+class PlanRecommendation:
+    objective: str
+    budget: float
+    metric: str
+    best: Optional[Candidate]
+    runner_up: Optional[Candidate]
+    reason: str
+    ranked: tuple[Candidate, ...]  # every candidate that may serve, best first
+    excluded: dict  # candidate key -> why it may not (in words)
+    frontier: tuple[Candidate, ...]  # quality loss against the objective's gain, ranked ones
+    status_of: dict = field(default_factory=dict)  # candidate key -> a short status
+
+    def why_not(self, c: Candidate) -> str:
+        return self.excluded.get(c.key, "")
+
+    def status(self, c: Candidate) -> str:
+        """A word or two: recommended, runner-up, ok, over budget, no quality, too big,
+        misses targets."""
+        if self.best is not None and c.key == self.best.key:
+            return "recommended"
+        if self.runner_up is not None and c.key == self.runner_up.key:
+            return "runner-up"
+        return self.status_of.get(c.key, "ok")
+
+
+# --------------------------------------------------------------------------- planning
+
+def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] = None,
+         sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
+         dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
+         combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager",
+         tp: int = 1) -> PlanResult:
+    """Every candidate (dense, then every family × sparsity and every combination × its parts'
+    grid: ``strategies`` None every registered family and combination, ``sparsities`` None
+    each family's default grid, ``combo_sparsities`` None the coarse combination grid) priced
+    for ``workload`` (``tp``: one rank's share of a tensor-parallel deployment).
+
+    ``quality``: a quality model (``estimate(model, strategy, sparsity)``) or None;
+    ``estimator``: anything with ``estimate(phase_ops)`` (default: the engine's for the device,
+    the dtype and ``cache``); ``tp``: tensor parallelism over that many GPUs (one rank's
+    timings and memory, checked against one GPU)."""
+    t0 = time.perf_counter()
+    spec, device = resolve(model, gpu)
+    dtype = dtype or default_dtype(device)
+    check_dtype(device, dtype)
+    Scenario(dtype=dtype, engine=engine, tp=tp)  # an engine and a degree offered (else one line)
+    device = tensor_parallel_device(spec, device, tp)
+    notices: list[str] = []
+    est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices,
+                                                                  engine)
+    if tp > 1:
+        check_collectives(est, tp)
+    pricer = _Pricer(spec, dtype, est, engine, tp)
+    grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
+                           None if sparsities is None else tuple(sparsities), granularity, align,
+                           None if combo_sparsities is None else tuple(combo_sparsities))
+    if quality is not None and hasattr(quality, "estimate"):
+        from ..quality.priors import remember_params
+
+        remember_params(spec.name, spec.total_params() / 1e9)
+    usable = memory.usable_bytes(device)
+    metric = getattr(quality, "metric", "accuracy_drop")
+    protocol = getattr(quality, "protocol", "lora")
+    cands = [_candidate(pricer, spec, s, workload, usable, quality, metric, protocol) for s in grid]
+    result = PlanResult(
+        spec, device, workload, dtype, cands, usable, engine, protocol, metric,
+        warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
+        provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
+                    "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"})
+    result.tp = tp
+    result.priced_kernels = len(getattr(pricer, "priced_kernels", {}))
+    result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usable: float,
+               quality, metric: str, protocol: str) -> Candidate:
+    dtype = pricer.dtype
+    main = workload.main
+    ref = pricer.ops(strat, "prefill", 1, main.prompt_len)
+    weights = memory.weight_bytes(ref.ops, spec, dtype)
+    kv_tok = memory.kv_bytes_per_token_of(ref.ops, dtype)
+    if strat.family == "dense":
+        q = QualityEstimate(0.0, metric, "dense", protocol, note="dense: nothing removed")
+    elif quality is not None and strat.parts:
+        from ..quality.compose import combo_estimate
+
+        q = combo_estimate(quality, spec.name, strat.family, strat.parts, ref.part_achieved)
+    elif quality is not None:
+        q = quality.estimate(spec.name, strat.family, ref.achieved_sparsity)
+    else:
+        q = QualityEstimate(None, metric, "none", protocol, note="no quality model given")
+    plans, used, notes = [], [], list(ref.notes)
+    for cls, share in zip(workload.classes, workload.shares):
+        P, O = cls.prompt_len, cls.output_len
+        act = {"prefill": memory.activation_bytes(pricer.ops(strat, "prefill", 1, P).ops, dtype),
+               "decode": memory.activation_bytes(pricer.ops(strat, "decode", 1, P + O - 1).ops, dtype)}
+        per_seq = max(kv_tok * P + act["prefill"], kv_tok * (P + O) + act["decode"])
+        limit = memory.max_sequences(usable, weights, per_seq)
+
+        def serve(b: int, cls=cls, per_seq=per_seq, limit=limit) -> Served:
+            return _serve(pricer, strat, cls, b, weights, per_seq, limit, workload.targets)
+
+        at_c = serve(cls.concurrency)
+        at_max, why, one = _largest_batch(pricer, strat, cls, limit, serve, workload.targets,
+                                          weights, usable)
+        used += [at_c.timing_source] + ([at_max.timing_source] if at_max else [])
+        notes += pricer.estimate(strat, "decode", cls.concurrency, P).notes
+        plans.append(ClassPlan(cls, share, act, per_seq, limit, at_c, at_max, why, one))
+    return Candidate(strat.family, strat.sparsity, ref.achieved_sparsity, q, weights, kv_tok,
+                     tuple(plans), sources.weakest(used), tuple(dict.fromkeys(notes)),
+                     tuple(strat.parts), tuple(ref.part_achieved))
+
+
+def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights: float,
+           per_seq: float, limit: int, targets: Targets) -> Served:
+    from ..pricing.collectives import collective_ms
+
+    P, O = cls.prompt_len, cls.output_len
+    pre = pricer.estimate(strat, "prefill", b, P)
+    tp = mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms, P, O)
+    srcs = [pre.timing_source] + [pricer.estimate(strat, "decode", b, c).timing_source
+                                  for c in tp.contexts]
+    e2e = pre.latency_ms + O * tp.ms
+    coll_pre = coll_step = 0.0
+    if pricer.tp > 1:  # the same contexts, already priced: the collectives' share of each
+        coll_pre = collective_ms(pre)
+        coll_step = mean_step(lambda c: collective_ms(pricer.estimate(strat, "decode", b, c)),
+                              P, O).ms
+    return Served(b, pre.latency_ms, tp.ms, tp.method, tp.contexts, e2e, weights + b * per_seq,
+                  b <= limit, tuple(targets.misses(pre.latency_ms, tp.ms)), sources.weakest(srcs), O,
+                  coll_pre, coll_step)
+
+
+def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: int,
+                   serve: Callable[[int], Served], targets: Targets, weights: float,
+                   usable: float) -> tuple[Optional[Served], str, Optional[Served]]:
+    """The largest batch that fits and meets the targets (:data:`BATCH_RULE`), why there is
+    none, and batch 1 when none does.
+
+    Each target bounds the batch on its own (TTFT and TPOT do not fall as the batch grows), so
+    the edge is the smaller of the two edges: TTFT's between 1 and the memory limit (a prefill
+    estimate a try), then TPOT's between 1 and that (the decode steps over the answer a try).
+    Each edge is found by :func:`_edge`."""
+    if limit <= 0:
+        if weights >= usable:
+            return None, (f"the weights alone ({weights / memory.GB:.1f} GB) exceed the "
+                          f"{usable / memory.GB:.1f} GB usable"), None
+        return None, "not one sequence fits beside the weights", None
+    if not targets.any:
+        return serve(limit), "", None
+    P, O = cls.prompt_len, cls.output_len
+    slacks = []  # (slack of a batch: figure / target − 1) for each target set, TTFT first
+    if targets.ttft_ms is not None:
+        slacks.append(lambda b: pricer.estimate(strat, "prefill", b, P).latency_ms / targets.ttft_ms - 1.0)
+    if targets.tpot_ms is not None:
+        slacks.append(lambda b: mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms,
+                                          P, O).ms / targets.tpot_ms - 1.0)
+    top = limit
+    for slack in slacks:
+        g_top = slack(top)
+        if g_top <= 0.0:
+            continue  # this target holds up to the edge found so far
+        g_one = slack(1) if top > 1 else g_top
+        if g_one > 0.0:
+            one = serve(1)
+            return None, "even one request misses the targets: " + "; ".join(one.misses), one
+        top = _edge(slack, 1, top, g_one, g_top)
+    return serve(top), "", None
+
+
+def _edge(slack: Callable[[int], float], lo: int, hi: int, g_lo: float, g_hi: float) -> int:
+    """The largest whole batch in [lo, hi) whose slack is ≤ 0, given slack(lo) ≤ 0 < slack(hi)
+    and a slack that does not fall as the batch grows.
+
+    The next batch tried is the whole batch below where the slack crosses zero on the line
+    through the bracket's ends (TTFT and TPOT grow about linearly with the batch: on a line
+    the first try lands on the edge and the second confirms it), kept strictly inside the
+    bracket; after two tries in a row that did not halve the bracket the next one bisects it,
+    so it never takes more than about three times a bisection's tries."""
+    slow = 0  # tries in a row that did not halve the bracket
+    while hi - lo > 1:
+        if slow < 2:
+            t = -g_lo / (g_hi - g_lo) if g_hi > g_lo else 0.5
+            mid = min(max(lo + int(math.floor(t * (hi - lo))), lo + 1), hi - 1)
+        else:
+            mid = (lo + hi) // 2
+        width = hi - lo
+        g = slack(mid)
+        if g <= 0.0:
+            lo, g_lo = mid, g
+        else:
+            hi, g_hi = mid, g
+        slow = 0 if hi - lo <= width / 2 else slow + 1
+    return lo
+
+
+def _memory_warnings(spec, device, workload: Workload, dense: Candidate, usable: float,
+                     tp: int = 1) -> list[str]:
+    out = []
+    gb = memory.GB
+    if usable <= 0:
+        return out
+    where = f"each of {tp} × {device.display_name}" if tp > 1 else f"the {device.display_name}"
+    if dense.weights_bytes >= usable:
+        out.append(f"dense {spec.name} does not fit on {where}: its {dense.weights_bytes / gb:.0f} "
+                   f"GB of weights{' per rank' if tp > 1 else ''} exceed the {usable / gb:.0f} GB "
+                   "usable; only pruned models can serve")
+        return out
+    for c in dense.classes:
+        if not c.at_concurrency.fits:
+            out.append(f"dense {spec.name} holds at most {c.max_sequences} {c.cls.name} sequences on "
+                       f"{where}, not {c.cls.concurrency}: its latency figures assume "
+                       "it would hold them")
+    return out
+
+
+# --------------------------------------------------------------------------- ranking
+
+def gain(c: Candidate, dense: Candidate, objective: str) -> Optional[float]:
+    """How much better than dense under ``objective`` (None where dense has no figure: a dense
+    model that fits no batch has no throughput)."""
+    if objective == "latency":
+        return dense.e2e_ms / c.e2e_ms if c.e2e_ms > 0 else None
+    t, d = c.throughput_tok_s, dense.throughput_tok_s
+    return t / d if t and d else None
+
+
+def _score(c: Candidate, objective: str) -> Optional[float]:
+    if objective == "latency":
+        return 1.0 / c.e2e_ms if c.e2e_ms > 0 else None
+    return c.throughput_tok_s
+
+
+def _fmt_loss(v: float, metric: str) -> str:
+    return f"+{v * 100:.1f}% perplexity" if metric == "ppl_increase" else f"{v * 100:.1f}% loss"
+
+
+def sequences_text(c: Candidate) -> str:
+    """The most sequences that fit, per class of the workload ("498", or "157/19" for a mix)."""
+    return "/".join(f"{k.max_sequences:,}" for k in c.classes)
+
+
+def candidate_name(c: Candidate) -> str:
+    from ..display import strategy_name
+
+    if c.strategy == "dense":
+        return "dense (no pruning)"
+    if c.parts:
+        return strategy_name(c)
+    s = f"{c.achieved_sparsity * 100:.1f}".rstrip("0").rstrip(".")
+    return f"{c.strategy} {s}%"
+
+
+def recommend_plan(result: PlanResult, budget: float, objective: str = "latency",
+                   allow_extrapolated: bool = False) -> PlanRecommendation:
+    """The best candidate under ``objective`` among those within ``budget`` (quality loss, the
+    result's metric) that fit and meet the targets; ties as :func:`pareto.tie_ranked` (within
+    1 %, the lower loss wins); a candidate with no quality figure is never recommended, nor
+    one whose quality is extrapolated beyond the data unless ``allow_extrapolated``."""
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown objective {objective!r}; choose latency or throughput")
+    if budget is None or not math.isfinite(budget) or budget < 0:
+        raise UserError(f"the budget must be a fraction ≥ 0, got {budget!r}")
+    metric = result.quality_metric
+    dense = result.dense
+    ref = _score(dense, objective) or 1.0
+    excluded: dict = {}
+    status: dict = {}
+    points: dict = {}
+    for c in result.candidates:
+        why, short = [], []
+        v = c.quality.value
+        if v is None:
+            why.append("no quality figure" + (f" ({c.quality.note})" if c.quality.note else ""))
+            short.append("no quality")
+        elif v > budget + 1e-12:
+            why.append(f"{_fmt_loss(v, metric)} is over the {_fmt_loss(budget, metric)} budget")
+            short.append("over budget")
+        elif c.quality.extrapolated and not allow_extrapolated:
+            why.append("its quality is extrapolated beyond the data (--allow-extrapolated ranks it)")
+            short.append("extrapolated")
+        problems = c.problems(objective)
+        why += [text for _, text in problems]
+        short += [{"memory": "too big", "targets": "misses targets"}[k]
+                  for k in dict.fromkeys(k for k, _ in problems)]
+        score = _score(c, objective)
+        if not why and score is None:
+            why.append("no figure for this objective")
+            short.append("no figure")
+        if why:
+            excluded[c.key] = "; ".join(why)
+            status[c.key] = ", ".join(short)
+            continue
+        points[c.key] = (Point(c.strategy, c.sparsity, c.achieved_sparsity, "plan", c.e2e_ms,
+                               dense.e2e_ms, score / ref, 1.0, c.timing_source, c.quality,
+                               parts=c.parts, part_achieved=c.part_achieved), c)
+    by_point = {id(p): c for p, c in points.values()}
+    ranked_pts = tie_ranked(sorted((p for p, _ in points.values()), key=rank_key))
+    ranked = tuple(by_point[id(p)] for p in ranked_pts)
+    fr = tuple(by_point[id(p)] for p in frontier(ranked_pts))
+    if not ranked:
+        return PlanRecommendation(objective, budget, metric, None, None,
+                                  _nothing_reason(result, excluded, budget, objective), (), excluded,
+                                  (), status)
+    best = ranked[0]
+    # a runner-up beats dense beyond the tie (as recommend's): the best of another family, else
+    # the next of the same, else dense; none when dense is the best
+    dense_ok = any(c.strategy == "dense" for c in ranked)
+    gainful = [c for p, c in zip(ranked_pts, ranked) if c.strategy != "dense" and c is not best
+               and (not dense_ok or beats_dense(p))]
+    runner = None
+    if best.strategy != "dense":
+        runner = next((c for c in gainful if c.strategy != best.strategy),
+                      gainful[0] if gainful else (dense if dense_ok else None))
+    reason = _reason(result, best, runner, budget, objective, ranked)
+    return PlanRecommendation(objective, budget, metric, best, runner, reason, ranked, excluded, fr, status)
+
+
+def objective_words(objective: str) -> str:
+    return "end-to-end latency" if objective == "latency" else "throughput"
+
+
+def _figure(c: Candidate, objective: str, unit: bool = True) -> str:
+    if objective == "latency":
+        return f"{c.e2e_ms / 1e3:.2f}" + (" s a request" if unit else "")
+    t = c.throughput_tok_s
+    return (f"{t:,.0f}" + (" tok/s" if unit else "")) if t else "no batch"
+
+
+def _short(c: Candidate, dense: Candidate, objective: str, metric: str) -> str:
+    g = gain(c, dense, objective)
+    gtxt = f"{g:.2f}×" if g is not None else _figure(c, objective)
+    return f"{candidate_name(c)}: {gtxt} at {_fmt_loss(c.quality.value or 0.0, metric).replace(' loss', '')}"
+
+
+def _reason(result: PlanResult, best: Candidate, runner: Optional[Candidate], budget: float,
+            objective: str, ranked: tuple = ()) -> str:
+    from ..display import flag_words
+
+    dense, metric = result.dense, result.quality_metric
+    words = objective_words(objective)
+    budget_w = _fmt_loss(budget, metric)
+    targets = result.workload.targets
+    within = f"within {budget_w}" + (f" and {targets.label()}" if targets.any else "")
+    nxt = f"; runner-up {_short(runner, dense, objective, metric)}" if runner is not None else ""
+    if best.strategy == "dense":
+        fastest = next((c for c in ranked if c.strategy != "dense"), None)
+        offer = (f"; the fastest pruned one is {_short(fastest, dense, objective, metric)}"
+                 if fastest is not None else "")
+        return (f"keep the dense model: nothing pruned {within} is better in {words} beyond "
+                f"the tie rule ({_figure(best, objective)}){offer}")
+    g = gain(best, dense, objective)
+    gtxt = (f"{g:.2f}× {words} ({_figure(dense, objective, unit=False)} → {_figure(best, objective)})"
+            if g is not None else f"{_figure(best, objective)} where dense serves no batch")
+    mem = ""
+    if best.max_sequences > dense.max_sequences:
+        mem = f"; fits {sequences_text(best)} sequences against dense's {sequences_text(dense)}"
+    flags = flag_words(best.quality)
+    ftxt = f" [{', '.join(flags)}]" if flags else ""
+    mtxt = f" (quality: {best.quality.method})" if best.quality.method else ""
+    return (f"{candidate_name(best)}: {gtxt} at {_fmt_loss(best.quality.value, metric)}{mtxt}{ftxt}, "
+            f"the best {within}{mem}{nxt}")
+
+
+def _nothing_reason(result: PlanResult, excluded: dict, budget: float, objective: str) -> str:
+    metric = result.quality_metric
+    within_budget = [c for c in result.candidates
+                     if c.quality.value is not None and c.quality.value <= budget + 1e-12]
+    if not within_budget:
+        return (f"nothing has a known quality cost within {_fmt_loss(budget, metric)}; nothing to "
+                "recommend")
+    targets = result.workload.targets
+    fits = [c for c in within_budget if all(kind != "memory" for kind, _ in c.problems(objective))]
+    if not fits:
+        if objective == "latency":
+            best = max(within_budget, key=lambda c: c.max_sequences)
+            need = max(k.cls.concurrency for k in best.classes)
+            return (f"nothing within {_fmt_loss(budget, metric)} fits {need} sequences on the "
+                    f"{result.device.display_name}: the most any holds is {best.max_sequences} "
+                    f"({candidate_name(best)}); lower the concurrency or widen the budget")
+        return (f"nothing within {_fmt_loss(budget, metric)} fits on the "
+                f"{result.device.display_name}; widen the budget or use a larger GPU")
+    # memory is not what stops them: the targets are
+    b = 1 if objective == "throughput" else None
+    lo_ttft = min(fits, key=lambda c: _at(c, b, "ttft_ms"))
+    lo_tpot = min(fits, key=lambda c: _at(c, b, "tpot_ms"))
+    at = " at batch 1" if objective == "throughput" else " at the workload's concurrency"
+    parts = []
+    if targets.ttft_ms is not None:
+        parts.append(f"the lowest TTFT{at} is {_at(lo_ttft, b, 'ttft_ms'):,.0f} ms "
+                     f"({candidate_name(lo_ttft)}) against {targets.ttft_ms:g} ms")
+    if targets.tpot_ms is not None:
+        parts.append(f"the lowest TPOT{at} is {_at(lo_tpot, b, 'tpot_ms'):,.1f} ms "
+                     f"({candidate_name(lo_tpot)}) against {targets.tpot_ms:g} ms")
+    return (f"nothing within {_fmt_loss(budget, metric)} meets the targets: " + "; ".join(parts)
+            + "; relax the targets" + (" or lower the concurrency" if objective == "latency" else ""))
+
+
+def _at(c: Candidate, batch: Optional[int], attr: str) -> float:
+    """The worst class's figure at the concurrency (``batch`` None) or at batch 1 (which the
+    batch search keeps when not even batch 1 meets the targets)."""
+    vals = []
+    for k in c.classes:
+        s = k.at_concurrency if batch is None else (k.at_one or k.at_max_batch or k.at_concurrency)
+        vals.append(getattr(s, attr))
+    return max(vals)

@@ -1,0 +1,96 @@
+"""The GEMM-centric taxonomy: each pruning family as a transformation of a phase's op list.
+
+Pure functions from (ModelSpec, Strategy, Scenario, phase) to a :class:`PhaseOps`; no torch,
+no I/O.  :func:`build_phase_ops` is generic: it asks the strategy's family (the registry,
+:mod:`pis_tui.families`) for the layer shape (widths, layer counts, linears), the decoder
+layers' ops and any extra ops, and adds what every forward has: the embedding gather, the
+final norm and the lm_head (last token of each sequence), and the eager framework overhead
+(:class:`~pis_tui.model.ops.Overhead`: per forward, per attention/MLP block, per nn.Linear call,
+per routed sublayer), which the estimator prices at zero on devices timed through CUDA graphs.
+With tensor parallelism (``scenario.tp`` > 1) the op list is one rank's, collectives included
+(:mod:`pis_tui.model.tensor_parallel`); tp = 1 is the single-GPU op list, unchanged.
+The op list of one decoder layer is :mod:`pis_tui.model.layer`'s; what each family does to M, N
+and K is in its own module (``pis_tui/families/<family>.py``) and in the README's table.
+GEMM convention: Y[M,N] = X[M,K]·Wᵀ, M = tokens (prefill B·S, decode B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from . import registry
+from .base import LayerShape, PhaseContext
+from .combinations import compose_sparsity
+from ..model.layer import overhead_ops, overhead_phase
+from ..model.spec import ModelSpec
+from ..model.ops import Collective, Elementwise, Gemm, Op
+from ..model.scenario import Scenario, check_phase
+from .strategy import Strategy
+from ..model.tensor_parallel import check_model, padded_vocab, vocab_per_rank
+
+__all__ = ["Strategy", "PhaseOps", "build_phase_ops", "parse_strategies", "strategies_grid", "from_token",
+           "family_axis"]
+
+
+@dataclass(frozen=True)
+class PhaseOps:
+    strategy: Strategy
+    phase: str
+    ops: tuple[Op, ...]
+    achieved_sparsity: float
+    notes: tuple[str, ...] = ()
+    dims: tuple[tuple[str, str], ...] = ()  # what the family changed, for the drill-down
+    #: a combination: each part's achieved sparsity alone (the parts' order)
+    part_achieved: tuple[float, ...] = ()
+
+
+# ------------------------------------------------------------------ phase builder
+
+
+def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, phase: str) -> PhaseOps:
+    """The ops of one phase of `spec` pruned by `strategy` under `scenario`."""
+    check_phase(phase)
+    tp = scenario.tp
+    check_model(spec, tp)
+    fam = registry.get(strategy.family)
+    ctx = PhaseContext(spec, strategy, scenario, phase, strategy.effective_sparsity)
+    dt, m = scenario.dtype, ctx.m
+    shape = LayerShape.dense(ctx)
+    fam.shape(ctx, shape)
+    # tensor parallelism: a vocab-parallel embedding (each rank its rows of the table, then an
+    # all-reduce) and lm_head (each rank its share of the logits, then an all-gather)
+    vocab = vocab_per_rank(spec.vocab_size, tp)
+    ops: list[Op] = [Elementwise("embedding", "embedding", m, shape.hidden_io, 1, dt, extra=vocab)]
+    if tp > 1:
+        ops.append(Collective("embed_all_reduce", "all_reduce", m * shape.hidden_io, tp, 1, dt))
+    ops += fam.layer_ops(ctx, shape)
+    ops += fam.extra_ops(ctx, shape)
+    ops.append(Elementwise("final_norm", "rmsnorm", m, shape.hidden_io, 1, dt))
+    ops.append(Gemm("lm_head", ctx.batch, vocab, shape.hidden_io, 1, dt, shards=tp))
+    if tp > 1:
+        ops.append(Collective("lm_head_gather", "all_gather",
+                              ctx.batch * padded_vocab(spec.vocab_size, tp), tp, 1, dt))
+    # eager framework overhead (zero on devices timed through CUDA graphs)
+    blocks, routed = fam.overhead_counts(ctx, shape)
+    ops += overhead_ops(ops, overhead_phase(phase, ctx.batch), blocks, routed, dt)
+    part_achieved: tuple = ()
+    if fam.is_combo:
+        part_achieved = tuple(round(max(0.0, _alone(spec, ps, scenario, phase)), 6)
+                              for ps in strategy.part_strategies)
+        achieved = compose_sparsity(part_achieved)
+    else:
+        achieved = max(0.0, fam.achieved_sparsity(ctx, shape, ops))
+    notes = list(shape.notes) + fam.final_notes(ctx, shape, ops)
+    return PhaseOps(strategy, phase, tuple(ops), round(achieved, 6), tuple(notes), tuple(shape.dims),
+                    part_achieved)
+
+
+
+
+
+@lru_cache(maxsize=4096)
+def _alone(spec: ModelSpec, strategy: Strategy, scenario: Scenario, phase: str) -> float:
+    """A combination's part's achieved sparsity on its own (the figure its own point shows, and
+    the one its quality curve is read at; a part recurs in several combinations)."""
+    return build_phase_ops(spec, strategy, scenario, phase).achieved_sparsity

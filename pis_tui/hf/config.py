@@ -1,0 +1,139 @@
+"""The pruned model's configuration: the raw Hugging Face config of a preset, path or cached id,
+the dims the pruned model must have (the family's ``validate_dims`` hook, exactly the
+taxonomy's rounding), and the transformers config built from them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..model.spec import ModelSpec, load_model_spec, load_preset_config, preset_names
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+PROJ_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ============================================================== configs
+
+
+def raw_config(model: str | dict) -> tuple[dict, ModelSpec]:
+    """The raw HF config dict and the spec of a preset, config path/dir, cached id or dict."""
+    if isinstance(model, dict):
+        from ..model.spec import spec_from_config
+
+        cfg = dict(model)
+        return cfg, spec_from_config(cfg, str(cfg.get("_name", cfg.get("model_type", "config"))))
+    spec = load_model_spec(model)
+    ref = str(model).strip()
+    if ref in preset_names():
+        cfg = load_preset_config(ref)
+    else:
+        p = Path(ref).expanduser()
+        if p.is_dir():
+            p = p / "config.json"
+        if p.is_file():
+            with open(p, encoding="utf-8") as f:
+                cfg = json.load(f)
+        else:
+            from ..model.spec import _autoconfig_dict
+
+            cfg = _autoconfig_dict(ref)
+    if isinstance(cfg.get("text_config"), dict):
+        outer = cfg
+        cfg = dict(cfg["text_config"])
+        cfg.setdefault("tie_word_embeddings", outer.get("tie_word_embeddings", False))
+    return cfg, spec
+
+
+def check_buildable(spec: ModelSpec) -> None:
+    if spec.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UserError(f"{spec.name}: validate builds {', '.join(SUPPORTED_MODEL_TYPES)} models; "
+                        f"this one is {spec.model_type!r}")
+
+
+@dataclass(frozen=True)
+class PrunedDims:
+    """The shapes the pruned model must have (exactly the taxonomy's rounding)."""
+
+    num_layers: int
+    attn_layers: int  # layers that keep their attention block
+    mlp_layers: int  # layers that keep their MLP block
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    ranks: dict = field(default_factory=dict, hash=False)  # proj name → rank (low_rank)
+    residual_map: bool = False
+    #: tensor parallelism: the model is one rank's of this many (heads, KV heads, MLP channels
+    #: and vocabulary split; the fields above are the whole pruned model's, ``ranks`` a shard's)
+    tp: int = 1
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def rank_widths(d: dict) -> tuple[int, int, int]:
+    """(query heads, KV heads, MLP channels) one rank holds, for a dict of :class:`PrunedDims`
+    fields (the whole model's at tp = 1)."""
+    from ..model.tensor_parallel import rank_heads
+
+    tp = d.get("tp", 1)
+    q, kv, _ = rank_heads(d["num_heads"], d["num_kv_heads"], tp)
+    return q, kv, d["intermediate_size"] // tp
+
+
+def proj_shapes(d: dict) -> dict:
+    """(N, K) of each decoder linear for a dict of :class:`PrunedDims` fields (one rank's
+    shards under tensor parallelism: column-parallel N and row-parallel K split)."""
+    qh, kvh, i = rank_widths(d)
+    q, kv = qh * d["head_dim"], kvh * d["head_dim"]
+    h = d["hidden_size"]
+    return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
+            "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
+
+
+def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
+    """A transformers config for the pruned model (the preset's config with changed dims)."""
+    from transformers import CONFIG_MAPPING
+
+    check_buildable(spec)
+    cfg = {k: v for k, v in raw.items() if not k.startswith("_") and k not in (
+        "model_type", "architectures", "transformers_version", "torch_dtype", "dtype",
+        "layer_types", "max_window_layers", "auto_map", "quantization_config")}
+    cfg.update(num_hidden_layers=dims.num_layers, hidden_size=dims.hidden_size,
+               num_attention_heads=dims.num_heads, num_key_value_heads=dims.num_kv_heads,
+               head_dim=dims.head_dim, intermediate_size=dims.intermediate_size,
+               use_cache=True, tie_word_embeddings=spec.tie_embeddings)
+    if dims.tp > 1:  # one rank's model: its heads, KV heads, channels and rows of the vocabulary
+        from ..model.tensor_parallel import vocab_per_rank
+
+        qh, kvh, inter = rank_widths(dims.to_dict())
+        cfg.update(num_attention_heads=qh, num_key_value_heads=kvh, intermediate_size=inter,
+                   vocab_size=vocab_per_rank(spec.vocab_size, dims.tp))
+    if spec.model_type in ("qwen2", "qwen3"):
+        cfg["use_sliding_window"] = False
+        cfg["max_window_layers"] = dims.num_layers
+    if spec.model_type == "mistral":
+        cfg["sliding_window"] = None
+    try:
+        config = CONFIG_MAPPING[spec.model_type](**cfg)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{spec.name}: cannot build a {spec.model_type} config ({e})") from None
+    config._attn_implementation = "sdpa"
+    if dims.tp > 1:
+        config.pis_full_vocab = spec.vocab_size  # the ids a rank's inputs are drawn from
+    return config
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in TORCH_DTYPES:
+        raise UserError(f"validate runs fp32, bf16 or fp16 models, not {name!r}")
+    return getattr(torch, TORCH_DTYPES[name])

@@ -1,0 +1,174 @@
+"""The op list of one decoder layer, and the pieces of a forward pass around it.
+
+Pure functions over widths and token counts, shared by the generic phase builder
+(:func:`pis_tui.families.phase_ops.build_phase_ops`) and the family modules (``pis_tui/families``),
+which change the widths, the layer counts or the linears and call these to emit ops.
+A decoder layer of a Llama-like model is, per call (M tokens, hidden H)::
+
+    rmsnorm → q,k,v GEMMs (+bias, +qk-norm) → rotary → kv_write (decode) → attention → o GEMM
+    → residual add → rmsnorm → gate,up GEMMs → SiLU·mul → down GEMM → residual add
+
+GEMM convention: Y[M,N] = X[M,K]·Wᵀ, M = tokens (prefill B·S, decode B).  No torch, no I/O.
+
+With tensor parallelism over ``tp`` ranks (:mod:`pis_tui.model.tensor_parallel`) the ops are one
+rank's: q/k/v and gate/up keep N/tp of their outputs (column-parallel), o and down K/tp of
+their inputs (row-parallel) and are each followed by an all-reduce of M × hidden; attention
+runs over the rank's heads.  ``tp`` = 1 emits exactly the single-GPU op list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from .spec import ModelSpec
+from .ops import Attention, Collective, Elementwise, Gemm, Op, Overhead
+from .tensor_parallel import kv_shards, rank_heads
+
+ATTN_BLOCK = 64  # block size of block-sparse attention (the attention op's block_size)
+
+#: a linear layer as ops: (name, M, N, K, count) → the GEMMs that compute it
+Linear = Callable[[str, int, int, int, float], list]
+
+
+def round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def round_to(x: float, align: int, lo: int | None = None) -> int:
+    """x rounded (half up) to a multiple of ``align``, at least ``lo`` (default one ``align``)."""
+    v = round_half_up(x / align) * align
+    return max(lo if lo is not None else align, v)
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    """Widths of one decoder layer (after static pruning)."""
+
+    hidden: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    inter: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> "LayerWidths":
+        return cls(spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim,
+                   spec.intermediate_size)
+
+
+def dense_linear(dtype: str) -> Linear:
+    def lin(name: str, m: int, n: int, k: int, count: float) -> list[Op]:
+        return [Gemm(name, m, n, k, count, dtype)]
+    return lin
+
+
+def sharded(lin: Linear, tp: int, shards: int) -> Linear:
+    """A linear whose weight is split over the ranks: its GEMMs (one rank's shard) carry how
+    many distinct shards the ranks hold (``Gemm.shards``), so the model's parameters count
+    each once.  ``tp`` = 1: ``lin`` itself."""
+    if tp == 1:
+        return lin
+
+    def split(name: str, m: int, n: int, k: int, count: float) -> list:
+        return [replace(g, shards=shards) if isinstance(g, Gemm) else g
+                for g in lin(name, m, n, k, count)]
+    return split
+
+
+def all_reduce(name: str, m: int, width: int, count: float, dtype: str, tp: int) -> list[Op]:
+    """The all-reduce after a row-parallel linear (none without tensor parallelism)."""
+    return [Collective(name, "all_reduce", m * width, tp, count, dtype)] if tp > 1 else []
+
+
+def attn_block(spec: ModelSpec, w: LayerWidths, phase: str, batch: int, q_len: int, kv_len: int,
+               count: float, dtype: str, lin: Linear, block_density: float = 1.0,
+               tp: int = 1) -> list[Op]:
+    """Ops of the attention sublayer for `batch` sequences of `q_len` new tokens (one rank's
+    at ``tp`` > 1: its query and KV heads, then the all-reduce of o_proj's output)."""
+    m = batch * q_len
+    qh, kvh, _ = rank_heads(w.q_heads, w.kv_heads, tp)
+    qd, kvd = qh * w.head_dim, kvh * w.head_dim
+    col, kv_col = sharded(lin, tp, tp), sharded(lin, tp, kv_shards(w.kv_heads, tp))
+    ops: list[Op] = [Elementwise("input_norm", "rmsnorm", m, w.hidden, count, dtype)]
+    ops += col("q_proj", m, qd, w.hidden, count)
+    ops += kv_col("k_proj", m, kvd, w.hidden, count)
+    ops += kv_col("v_proj", m, kvd, w.hidden, count)
+    if spec.attention_bias:
+        ops.append(Elementwise("qkv_bias", "bias_add", m, qd + 2 * kvd, count, dtype))
+    if spec.qk_norm:
+        ops.append(Elementwise("qk_norm", "rmsnorm", m * (qh + kvh), w.head_dim,
+                               count, dtype))
+    ops.append(Elementwise("rotary", "rotary", m, qd + kvd, count, dtype, extra=w.head_dim))
+    if phase == "decode":
+        ops.append(Elementwise("kv_write", "kv_write", m, 2 * kvd, count, dtype))
+    ops.append(Attention("attention", batch, qh, kvh, q_len, kv_len, w.head_dim,
+                         causal=True, block_density=block_density, block_size=ATTN_BLOCK,
+                         count=count, dtype=dtype))
+    ops += col("o_proj", m, w.hidden, qd, count)
+    ops += all_reduce("attn_all_reduce", m, w.hidden, count, dtype, tp)
+    ops.append(Elementwise("attn_residual", "residual_add", m, w.hidden, count, dtype))
+    return ops
+
+
+def mlp_block(w: LayerWidths, m: int, count: float, dtype: str, lin: Linear,
+              tp: int = 1) -> list[Op]:
+    """Ops of the MLP sublayer (one rank's at ``tp`` > 1: its channels, then the all-reduce of
+    down_proj's output)."""
+    inter = w.inter // tp
+    col = sharded(lin, tp, tp)
+    ops: list[Op] = [Elementwise("post_attn_norm", "rmsnorm", m, w.hidden, count, dtype)]
+    ops += col("gate_proj", m, inter, w.hidden, count)
+    ops += col("up_proj", m, inter, w.hidden, count)
+    ops.append(Elementwise("silu_mul", "silu_mul", m, inter, count, dtype))
+    ops += col("down_proj", m, w.hidden, inter, count)
+    ops += all_reduce("mlp_all_reduce", m, w.hidden, count, dtype, tp)
+    ops.append(Elementwise("mlp_residual", "residual_add", m, w.hidden, count, dtype))
+    return ops
+
+
+def decoder_params(spec: ModelSpec) -> float:
+    return float(spec.num_layers * spec.layer_params())
+
+
+#: GEMMs that hold no decoder weight (the head, the routers, the block scores)
+NON_DECODER_GEMMS = ("lm_head", "router", "block_score")
+
+
+def gemm_params(ops) -> float:
+    """Weight parameters behind the decoder GEMMs of an op list (per-call weights × count; a
+    rank's op list: × the distinct shards the ranks hold, so the whole model's)."""
+    return sum(o.n * o.k * o.density * o.count * o.shards for o in ops
+               if isinstance(o, Gemm) and o.name not in NON_DECODER_GEMMS)
+
+
+def overhead_phase(phase: str, batch: int) -> str:
+    """The code path whose host overhead an :class:`Overhead` op prices: prefill, decode of
+    one sequence, or decode of a batch (routing across the batch runs other glue)."""
+    return "decode_batched" if phase == "decode" and batch > 1 else phase
+
+
+def overhead_ops(ops, phase: str, blocks: float, routed: float, dt: str) -> list[Op]:
+    """Host overhead of an eager forward: once per forward, per attention/MLP block run, per
+    nn.Linear call (every GEMM but the block-score einsum), per routed sublayer."""
+    linears = sum(o.count for o in ops if isinstance(o, Gemm) and o.name != "block_score")
+    out: list[Op] = [Overhead("forward_overhead", "forward", phase, 1.0, dt),
+                     Overhead("block_overhead", "block", phase, float(blocks), dt),
+                     Overhead("linear_overhead", "linear", phase, float(linears), dt)]
+    if routed:
+        out.append(Overhead("routing_overhead", "routing", phase, float(routed), dt))
+    return out
+
+
+def kept_tokens(n: int, s: float) -> int:
+    return max(1, round_half_up((1 - s) * n))
+
+
+
+
+def factor_rank(n: int, k: int, s: float) -> int:
+    """r = (1−s)·N·K/(N+K) rounded to a multiple of 8, at least 8."""
+    return max(8, round_half_up((1 - s) * n * k / (n + k) / 8) * 8)
+
+

@@ -1,0 +1,325 @@
+"""The op vocabulary of a transformer forward pass: what the taxonomy produces,
+what timing measures, what the estimator prices and what the cache keys on.
+
+Tensor parallelism (``Scenario.tp``) makes the op list one rank's: GEMMs of its shards and the
+:class:`Collective` s that join them (all-reduce, all-gather), priced by
+:mod:`pis_tui.pricing.collectives` and measured through torch.distributed (:mod:`pis_tui.timing.collectives`).
+
+Pure data: no torch, no I/O. Every op is a small frozen dataclass with
+
+* ``count``  – how many times it runs in the phase (layers × per-layer uses);
+  fractional counts are expected values (dynamic depth at batch 1 in decode);
+* ``flops()`` / ``bytes()`` – work and minimum memory traffic of ONE call;
+* ``key()`` – a stable string identifying the kernel call (shape, dtype, kind)
+  without ``count``, used to dedupe and to key measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+
+#: GEMM kinds.  ``unstructured`` has zeros in the weights but runs through the dense
+#: kernel; ``sparse_24`` is a 2:4 semi-structured sparse GEMM (half the MACs).
+GEMM_KINDS = ("dense", "sparse_24", "unstructured")
+
+#: memory-bound ops and the routing/selection ops; see ``Elementwise.bytes``.
+ELEMENTWISE_KINDS = (
+    "rmsnorm",       # read x[rows,width] + weight, write y
+    "rotary",        # read q/k [rows,width] + cos/sin, write back
+    "silu_mul",      # read gate,up [rows,width], write [rows,width]
+    "residual_add",  # read a,b [rows,width], write [rows,width]
+    "bias_add",      # read x [rows,width] + bias, write
+    "embedding",     # gather rows of an embedding table of `width` columns
+    "kv_write",      # copy new k/v [rows,width] into the KV cache
+    "topk",          # top-k along `width` for each of `rows` (k in `extra`)
+    "gather",        # gather `rows` of width `width` (token routing)
+    "scatter",       # scatter-add `rows` of width `width` back into the residual
+    "block_pool",    # mean-pool q/k [rows,width] into blocks (block-sparse gating)
+)
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """Y[M,N] = X[M,K] · Wᵀ[K,N]."""
+
+    name: str
+    m: int
+    n: int
+    k: int
+    count: float = 1.0
+    dtype: str = "bf16"
+    kind: str = "dense"
+    density: float = 1.0  # share of non-zero weights (1 dense, 0.5 for 2:4)
+    #: tensor parallelism: how many distinct shards of this weight the ranks hold together
+    #: (a column- or row-parallel linear: the degree; KV heads replicated over the ranks:
+    #: fewer; a weight every rank holds whole: 1).  Not part of the kernel (``key``): a rank
+    #: runs the GEMM of its shard.  The model's parameters are the shard's times this.
+    shards: int = 1
+    op_type: str = field(default="gemm", init=False)
+
+    def flops(self) -> float:
+        """Nominal FLOPs of one call (what the dense kernel executes)."""
+        return 2.0 * self.m * self.n * self.k
+
+    def effective_flops(self) -> float:
+        """FLOPs left after pruning (what a FLOPs count predicts)."""
+        return self.flops() * self.density
+
+    def bytes(self) -> float:
+        b = dtype_bytes(self.dtype)
+        weight = self.n * self.k * b
+        if self.kind == "sparse_24":
+            # values at half density plus 2-bit metadata per kept value
+            weight = self.n * self.k * b * 0.5 + self.n * self.k * 0.5 * 0.25
+        return weight + (self.m * self.k + self.m * self.n) * b
+
+    def key(self) -> str:
+        return f"gemm:{self.kind}:{self.dtype}:{self.m}x{self.n}x{self.k}"
+
+    def shape(self) -> str:
+        return f"M={self.m} N={self.n} K={self.k}"
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Scaled-dot-product attention of one layer (all heads of all sequences)."""
+
+    name: str
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    causal: bool = True
+    block_density: float = 1.0  # share of attention blocks computed (block-sparse)
+    block_size: int = 64
+    count: float = 1.0
+    dtype: str = "bf16"
+    op_type: str = field(default="attention", init=False)
+
+    def _pairs(self) -> float:
+        """Query-key pairs actually computed (causal halves a square prefill)."""
+        if self.causal and self.q_len > 1:
+            # query i (offset kv_len - q_len) sees kv_len - q_len + i + 1 keys
+            off = self.kv_len - self.q_len
+            pairs = self.q_len * off + self.q_len * (self.q_len + 1) / 2
+        else:
+            pairs = float(self.q_len * self.kv_len)
+        return pairs * self.block_density
+
+    def flops(self) -> float:
+        # QKᵀ and PV: 2 GEMMs of 2·d FLOPs per pair and head
+        return 4.0 * self.batch * self.q_heads * self.head_dim * self._pairs()
+
+    def effective_flops(self) -> float:
+        return self.flops()
+
+    def bytes(self) -> float:
+        b = dtype_bytes(self.dtype)
+        q_o = 2 * self.batch * self.q_heads * self.q_len * self.head_dim * b
+        kv = 2 * self.batch * self.kv_heads * self.kv_len * self.head_dim * b
+        return q_o + kv * (self.block_density if self.q_len == 1 else 1.0)
+
+    def key(self) -> str:
+        return (
+            f"attn:{self.dtype}:b{self.batch}:h{self.q_heads}/{self.kv_heads}:"
+            f"q{self.q_len}:kv{self.kv_len}:d{self.head_dim}:"
+            f"{'causal' if self.causal else 'full'}:bd{self.block_density:.4f}:bs{self.block_size}"
+        )
+
+    def shape(self) -> str:
+        s = (f"B={self.batch} H={self.q_heads}/{self.kv_heads} q={self.q_len} "
+             f"kv={self.kv_len} d={self.head_dim}")
+        if self.block_density < 1.0:
+            s += f" blocks={self.block_density:.0%}"
+        return s
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """A memory-bound or routing op over a [rows, width] activation."""
+
+    name: str
+    kind: str
+    rows: int
+    width: int
+    count: float = 1.0
+    dtype: str = "bf16"
+    extra: int = 0  # topk: k; embedding: vocab size; rotary: head_dim
+    op_type: str = field(default="elementwise", init=False)
+
+    def flops(self) -> float:
+        per = {"rmsnorm": 4, "rotary": 6, "silu_mul": 5, "residual_add": 1, "bias_add": 1,
+               "topk": 2, "block_pool": 1, "scatter": 1}.get(self.kind, 0)
+        return float(per * self.rows * self.width)
+
+    def effective_flops(self) -> float:
+        return self.flops()
+
+    def bytes(self) -> float:
+        b = dtype_bytes(self.dtype)
+        n = self.rows * self.width * b
+        reads_writes = {
+            "rmsnorm": 2, "rotary": 2, "silu_mul": 3, "residual_add": 3, "bias_add": 2,
+            "embedding": 2, "kv_write": 2, "topk": 1, "gather": 2, "scatter": 3,
+            "block_pool": 1,
+        }[self.kind]
+        return n * reads_writes
+
+    def key(self) -> str:
+        return f"ew:{self.kind}:{self.dtype}:{self.rows}x{self.width}:e{self.extra}"
+
+    def shape(self) -> str:
+        s = f"rows={self.rows} width={self.width}"
+        if self.kind == "topk":
+            s += f" k={self.extra}"
+        return s
+
+
+#: host-side (eager framework) overhead kinds; see :class:`Overhead`
+OVERHEAD_KINDS = (
+    "forward",   # once per forward: model entry, rotary tables, cache bookkeeping, logits
+    "block",     # per attention or MLP block run: the Python of the block's modules and glue
+    "linear",    # per nn.Linear module call (beyond the GEMM kernel itself)
+    "routing",   # per routed sublayer (dynamic depth): router scores, index sort/arange glue
+)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Eager framework overhead: time the host spends outside the kernels of the op list
+    (Python module calls, dispatch, shape glue), which a sum of kernel timings cannot see.
+
+    ``count`` is the number of such calls in the phase (the taxonomy counts blocks, linears,
+    routed sublayers, forwards).  It moves no data and does no FLOPs.  Devices whose
+    measurements are taken through CUDA graphs (GPU profiles, ``cuda-graph`` tables) price it
+    at zero: a graph replay has no host overhead, the way serving engines run.  On the CPU
+    (eager) it is priced from a measured probe (``pis_tui.validation.probe.dispatch_probe``: tiny
+    clones of the model whose run time is almost all overhead) stored in the cache as
+    measurements of the keys below.
+    """
+
+    name: str
+    kind: str
+    phase: str = "decode"
+    count: float = 1.0
+    dtype: str = "bf16"
+    op_type: str = field(default="overhead", init=False)
+
+    def flops(self) -> float:
+        return 0.0
+
+    def effective_flops(self) -> float:
+        return 0.0
+
+    def bytes(self) -> float:
+        return 0.0
+
+    def key(self) -> str:
+        return f"ovh:{self.kind}:{self.phase}:{self.dtype}"
+
+    def shape(self) -> str:
+        return f"{self.kind} ({self.phase})"
+
+
+#: collective kinds (tensor parallelism) and their ring factors: the share of the message each
+#: rank sends over its link (nccl-tests' "busbw" factor): an all-reduce (reduce-scatter then
+#: all-gather) 2(n−1)/n, an all-gather (n−1)/n
+COLLECTIVE_KINDS = ("all_reduce", "all_gather")
+
+
+def ring_factor(kind: str, world: int) -> float:
+    """Bytes a rank moves over its link per byte of the message, for a ring over ``world``."""
+    if world <= 1:
+        return 0.0
+    if kind == "all_reduce":
+        return 2.0 * (world - 1) / world
+    if kind == "all_gather":
+        return (world - 1) / world
+    raise ValueError(f"unknown collective {kind!r}; known: {', '.join(COLLECTIVE_KINDS)}")
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A collective over the ``world`` ranks of a tensor-parallel group (torch.distributed:
+    NCCL on GPUs, gloo on the CPU).
+
+    ``elems`` is the message: the elements of the tensor every rank holds when it is done (an
+    all-reduce of M × hidden: M·hidden; an all-gather of the lm_head's logits: batch × the
+    padded vocabulary).  ``bytes()`` is that tensor's size, what the cache keys measurements
+    by; ``bus_bytes()`` what each rank sends over its link in a ring (× :func:`ring_factor`).
+    No FLOPs (the additions of a reduction are not GEMM work)."""
+
+    name: str
+    kind: str
+    elems: int
+    world: int
+    count: float = 1.0
+    dtype: str = "bf16"
+    op_type: str = field(default="collective", init=False)
+
+    def flops(self) -> float:
+        return 0.0
+
+    def effective_flops(self) -> float:
+        return 0.0
+
+    def bytes(self) -> float:
+        return float(self.elems * dtype_bytes(self.dtype))
+
+    def bus_bytes(self) -> float:
+        return self.bytes() * ring_factor(self.kind, self.world)
+
+    def key(self) -> str:
+        return f"coll:{self.kind}:{self.dtype}:w{self.world}:{self.elems}"
+
+    def shape(self) -> str:
+        return f"{self.kind} {_size(self.bytes())} over {self.world} ranks"
+
+
+def _size(b: float) -> str:
+    for unit, f in (("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if b >= f:
+            return f"{b / f:.4g} {unit}"
+    return f"{b:.0f} B"
+
+
+Op = Union[Gemm, Attention, Elementwise, Overhead, Collective]
+
+
+def op_from_dict(d: dict) -> Op:
+    """Inverse of ``dataclasses.asdict`` for ops (used by the measuring subprocess)."""
+    d = dict(d)
+    t = d.pop("op_type")
+    cls = {"gemm": Gemm, "attention": Attention, "elementwise": Elementwise,
+           "overhead": Overhead, "collective": Collective}[t]
+    return cls(**d)
+
+
+def kernel_of(op: Op, *, sparse_24: bool = True) -> Op:
+    """The kernel call that really runs for an op: the one place that says so (the estimator
+    prices it, profiling measures it, validation times it).  An unstructured GEMM runs the dense
+    GEMM (zeros in the weights change no kernel), and so does a 2:4 GEMM on a device without
+    2:4 kernels (``sparse_24=False``); every other op is its own kernel."""
+    if isinstance(op, Gemm) and (op.kind == "unstructured" or (op.kind == "sparse_24" and not sparse_24)):
+        return replace(op, kind="dense", density=1.0)
+    return op
+
+
+def measuring_form(op: Op) -> Op:
+    """The kernel call timed for an op: one call (count 1) of :func:`kernel_of` (the key
+    ignores names; a GEMM's shards are one rank's kernel all the same)."""
+    k = replace(kernel_of(op), count=1.0)
+    return replace(k, shards=1) if isinstance(k, Gemm) and k.shards != 1 else k
+

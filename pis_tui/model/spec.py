@@ -1,0 +1,227 @@
+"""Model specs: the shapes of a decoder-only transformer, read from a Hugging Face config.
+
+Sources, in order: a preset shipped in ``profiles/models/<name>.json`` (plain JSON, no
+transformers import), a directory holding ``config.json``, a path to a config file, or a
+model id already in the local Hugging Face cache (transformers ``AutoConfig`` with
+``local_files_only=True``: the network is never touched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..shipped import list_names, profile_path
+
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
+             "num_experts_per_tok", "moe_intermediate_size")
+_NON_DECODER_TYPES = {"bert", "roberta", "t5", "mt5", "bart", "mbart", "deberta", "deberta-v2",
+                      "electra", "distilbert", "albert", "whisper", "vit", "clip", "xlm-roberta",
+                      "marian", "pegasus", "longt5", "umt5", "encoder-decoder"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_embeddings: bool
+    activation: str
+    attention_bias: bool = False
+    qk_norm: bool = False
+    source: str = ""
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def gqa_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def layer_params(self) -> int:
+        h, i = self.hidden_size, self.intermediate_size
+        return h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h + 3 * h * i
+
+    def total_params(self) -> int:
+        emb = self.vocab_size * self.hidden_size
+        return self.num_layers * self.layer_params() + emb * (1 if self.tie_embeddings else 2)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["params"] = self.total_params()
+        return d
+
+
+def spec_from_config(cfg: dict, name: str, source: str = "") -> ModelSpec:
+    """Extract a ModelSpec from a config dict (the text config of a multimodal one)."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{name}: config is not a JSON object")
+    if isinstance(cfg.get("text_config"), dict):
+        outer = cfg
+        cfg = dict(cfg["text_config"])
+        cfg.setdefault("tie_word_embeddings", outer.get("tie_word_embeddings", False))
+    model_type = str(cfg.get("model_type", "unknown"))
+    archs = cfg.get("architectures") or []
+    for key in _MOE_KEYS:
+        v = cfg.get(key)
+        if v not in (None, 0, 1, False):
+            raise UserError(f"{name}: mixture-of-experts models are not supported "
+                            f"(config has {key}={v})")
+    if cfg.get("is_encoder_decoder") or model_type in _NON_DECODER_TYPES or (
+            archs and not any("CausalLM" in a or "ForConditionalGeneration" in a for a in archs)):
+        what = ", ".join(archs) if archs else model_type
+        raise UserError(f"{name}: only decoder-only language models are supported (this is {what})")
+
+    def need(*keys: str) -> int:
+        for k in keys:
+            v = cfg.get(k)
+            if v is not None:
+                if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                    raise UserError(f"{name}: config field {k}={v!r} is not a positive integer")
+                return v
+        raise UserError(f"{name}: config lacks {keys[0]}: is this a decoder-only transformer config?")
+
+    layers = need("num_hidden_layers", "n_layer", "num_layers")
+    hidden = need("hidden_size", "n_embd", "d_model")
+    heads = need("num_attention_heads", "n_head")
+    inter = need("intermediate_size", "ffn_dim", "n_inner")
+    kv = cfg.get("num_key_value_heads") or heads
+    if not isinstance(kv, int) or kv <= 0 or heads % kv:
+        raise UserError(f"{name}: num_key_value_heads={kv!r} does not divide num_attention_heads={heads}")
+    head_dim = cfg.get("head_dim") or hidden // heads
+    if not isinstance(head_dim, int) or head_dim <= 0:
+        raise UserError(f"{name}: head_dim={head_dim!r} is not a positive integer")
+    vocab = need("vocab_size")
+    return ModelSpec(
+        name=name, model_type=model_type, num_layers=layers, hidden_size=hidden,
+        intermediate_size=inter, num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
+        vocab_size=vocab, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        activation=str(cfg.get("hidden_act") or cfg.get("activation_function") or "silu"),
+        attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+        qk_norm=model_type in ("qwen3",), source=source,
+    )
+
+
+def preset_names() -> list[str]:
+    return list_names("models")
+
+
+def load_preset_config(name: str) -> dict:
+    with open(profile_path("models", name + ".json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few KB; weights or a database are not one
+
+
+def _read_json_file(path: Path, name: str) -> dict:
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"{path}: {size / 2**20:.0f} MiB is not a model config (a config.json "
+                            "is a few KB; give the model's config.json or its directory)")
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (a model config is JSON: give the model's "
+                        "config.json or its directory)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def hf_hub_cache() -> Path:
+    """The local Hugging Face hub cache folder (same rules as huggingface_hub)."""
+    return Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+
+
+def hf_cache_models() -> list[str]:
+    """Model ids with a config.json in the local Hugging Face hub cache (no network)."""
+    root = hf_hub_cache()
+    out = []
+    if root.is_dir():
+        for d in sorted(root.glob("models--*")):
+            if any(d.glob("snapshots/*/config.json")):
+                out.append(d.name[len("models--"):].replace("--", "/"))
+    return out
+
+
+def _autoconfig_dict(target: str) -> dict:
+    """Read a config through transformers, offline.  Imported only here (it is slow)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoConfig
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        raise UserError("reading a non-preset model needs transformers installed") from None
+    try:
+        kw = {} if Path(target).exists() else {"cache_dir": str(hf_hub_cache())}
+        cfg = AutoConfig.from_pretrained(target, local_files_only=True, **kw)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{target}: cannot load config offline ({first})") from None
+    return cfg.to_dict()
+
+
+def load_model_spec(ref: str, *, allow_transformers: bool = True) -> ModelSpec:
+    """Load a spec from a preset name, a config path or directory, or a cached HF id.
+
+    With ``allow_transformers=False`` configs are read as plain JSON only (the explorer: a
+    transformers import would stall its screen); a config that omits fields transformers would
+    default is then an error naming the field."""
+    if not ref or not str(ref).strip():
+        raise UserError("no model given")
+    ref = str(ref).strip()
+    if ref in preset_names():
+        cfg = load_preset_config(ref)
+        return spec_from_config(cfg, ref, source=cfg.get("_source", "preset"))
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise UserError(f"{path}: no config.json in this directory")
+        raw = _read_json_file(cfg_path, ref)
+        cfg = _maybe_autoconfig(str(path), raw) if allow_transformers else raw
+        return spec_from_config(cfg, path.name, source=str(cfg_path))
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        raw = _read_json_file(path, ref)
+        return spec_from_config(raw, path.stem if path.name != "config.json" else path.parent.name,
+                                source=str(path))
+    if "/" in ref and not ref.startswith((".", "/", "~")):
+        if ref not in hf_cache_models():
+            raise UserError(f"{ref}: not a preset and not in the local Hugging Face cache "
+                            f"(presets: {', '.join(preset_names())})")
+        if not allow_transformers:
+            repo = hf_hub_cache() / ("models--" + ref.replace("/", "--"))
+            newest = max(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+            return spec_from_config(_read_json_file(newest, ref), ref, source=f"hf-cache:{ref}")
+        return spec_from_config(_autoconfig_dict(ref), ref, source=f"hf-cache:{ref}")
+    raise UserError(f"unknown model {ref!r}: not a preset ({', '.join(preset_names())}), "
+                    "a config path or a cached Hugging Face id")
+
+
+def _maybe_autoconfig(target: str, raw: dict) -> dict:
+    """Validate the raw checks first (clear MoE/decoder errors), then let transformers fill
+    defaults for keys the file omits; fall back to the raw dict if its type is unknown."""
+    spec_from_config(raw, target)  # raises the clear one-line errors
+    if all(k in raw for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                              "num_attention_heads", "vocab_size")):
+        return raw
+    return _autoconfig_dict(target)

@@ -1,0 +1,482 @@
+"""Prices ops on a device, and phases as sums of their ops.
+
+For each op, in order of trust:
+
+1. ``measured``: a measurement of exactly this kernel call on this device (the cache);
+2. ``shipped``: the same, from a table measured on that GPU elsewhere (profiles/measured/);
+3. ``interpolated``: the roofline time divided by the *utilization* of the nearest measured
+   shapes of the same kind on this device (log-space in M, N, K for GEMMs; never below the
+   roofline).  Only near ones count: a GEMM's (N, K) neighbours within 4× (log distance), each
+   used at most 2× beyond the M range measured for it; an attention shape within 4× overall.
+   A few measured kernels must not lend a decode kernel's (memory-bound) utilization to
+   prefill GEMMs of other shapes: past that reach the op stays ``roofline``;
+4. ``roofline``: the roofline floor max(FLOPs/peak, bytes/bandwidth) corrected by an
+   analytical efficiency model (tile and wave quantization on GPUs, attainable shares of peak
+   and bandwidth, a per-kernel launch overhead);
+5. ``unsupported``: the device has no kernel for it (2:4 without sparse tensor cores, or on a
+   CPU): priced as the dense kernel it falls back to, so no speedup is claimed.
+
+Eager framework overhead (:class:`~pis_tui.model.ops.Overhead`) is priced from its measurement on
+this device (the dispatch probe of ``pis_tui.validation`` stores it in the cache, CPU only)
+and otherwise at zero: GPU measurements are CUDA-graph replays, which have no host overhead.
+An unmeasured overhead op is reported with source ``roofline`` but does not lower a phase's
+``timing_source`` (its zero is the methodology on a GPU); on a CPU the estimate then carries a
+note that the overhead was not measured.
+
+Collectives (tensor parallelism's all-reduces) are priced by :mod:`pis_tui.pricing.collectives`, which
+``price`` hands them to.
+
+No torch, no DuckDB: measurements arrive as plain records (key, op dict, ms, status).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional
+
+from . import collectives, engines as execution, sources
+from ..device.gpus import DeviceProfile, efficiency
+from ..model.ops import (Attention, Collective, Elementwise, Gemm, Op, Overhead, kernel_of,
+                         op_from_dict)
+from .estimates import PhaseEstimate, PricedOp
+
+M_REACH = math.log(2.0)  # extrapolate a (N, K) pair's utilization at most 2× past its M range
+NK_REACH = math.log(4.0)  # (N, K) neighbours within 4× (distance in log space)
+ATTN_REACH = math.log(4.0)  # attention shapes within 4× (summed log distances)
+EW_REACH = 4.0  # elementwise ops: at most 4× past the measured byte range of their kind
+
+# The analytical model's attainable shares of the datasheet peaks (GEMM, attention, bandwidth,
+# 2:4) and the per-kernel floor are each GPU profile's (its "efficiency" block, a source per
+# value; hardware.efficiency gives the defaults of a profile that has none).
+TILE_N = 128
+SPLIT_K_MIN = 512  # smallest K slice a split-K GEMM hands to one CTA
+
+
+@dataclass(frozen=True)
+class MeasuredRecord:
+    key: str
+    op: Op
+    ms: float
+    status: str = "ok"
+    spread: Optional[float] = None
+    loaded: bool = False  # measured while the machine was loaded (its conditions say so)
+    why: str = ""  # unstable: the reasons
+    estimated: str = ""  # a timing scaled from another kernel's (FlexAttention fallback): why
+    graph_capture: str = ""  # timed without a CUDA graph: eager launches included
+
+
+def _as_record(m) -> Optional[MeasuredRecord]:
+    get = (lambda k, d=None: m.get(k, d)) if isinstance(m, dict) else (lambda k, d=None: getattr(m, k, d))
+    status = get("status", "ok")
+    op = get("op")
+    if isinstance(op, dict):
+        d = dict(op)
+        d.setdefault("count", 1.0)
+        try:
+            op = op_from_dict(d)
+        except (KeyError, TypeError):
+            return None
+    ms = get("ms")
+    if op is None or (status in ("ok", "unstable") and (ms is None or not ms > 0)):
+        return None
+    cond = get("conditions") or {}
+    spread = get("spread")
+    return MeasuredRecord(get("key") or op.key(), op, float(ms or 0.0), status,
+                          None if spread is None else float(spread), bool(cond.get("loaded")),
+                          "; ".join(cond.get("unstable") or ()), str(cond.get("estimated") or ""),
+                          str(cond.get("graph_capture") or ""))
+
+
+class Estimator:
+    def __init__(self, device: DeviceProfile, measurements: Iterable = (), shipped: Iterable = (),
+                 calibration: Optional[dict] = None, engine: str = execution.DEFAULT_ENGINE):
+        self.device = device
+        self.calibration = calibration or {}
+        self.engine = execution.check_engine(engine)
+        self.profile = execution.load(self.engine)
+        self.eff = efficiency(device, self.engine)
+        self._exact: dict[str, tuple[MeasuredRecord, str]] = {}
+        self._by_class: dict[tuple, list[MeasuredRecord]] = {}
+        for source, rows in (("shipped", shipped), ("measured", measurements)):
+            for raw in rows:
+                rec = _as_record(raw)
+                if rec is None:
+                    continue
+                self._exact[rec.key] = (rec, source)
+                # an estimate is no anchor for its neighbours: only measured kernels are
+                if rec.status == "ok" and not rec.estimated and not isinstance(rec.op, Overhead):
+                    self._by_class.setdefault(_class_of(rec.op), []).append(rec)
+        self._gemm_index: dict[tuple, dict[tuple[int, int], list[tuple[float, float]]]] = {}
+
+    # ---------------------------------------------------------------- roofline
+
+    def peak(self, dtype: str, sparse: bool = False) -> float:
+        cal = self.calibration.get(dtype) or {}
+        if cal.get("peak_tflops") and not sparse:
+            return float(cal["peak_tflops"]) * 1e12
+        if cal.get("peak_tflops") and sparse:  # scale the measured dense rate by the spec ratio
+            return float(cal["peak_tflops"]) * 1e12 * self.device.peak(dtype, True) / self.device.peak(dtype)
+        return self.device.peak(dtype, sparse)
+
+    def bandwidth(self, dtype: str = "bf16") -> float:
+        cal = self.calibration.get(dtype) or next(iter(self.calibration.values()), {}) or {}
+        if cal.get("bandwidth_gbs"):
+            return float(cal["bandwidth_gbs"]) * 1e9
+        return self.device.bandwidth
+
+    def roofline_ms(self, op: Op) -> float:
+        """The hardware floor of one call: max(FLOPs/peak, bytes/bandwidth)."""
+        sparse = isinstance(op, Gemm) and op.kind == "sparse_24" and self.device.sparse_24
+        flops = op.flops()
+        peak = self.peak(op.dtype, sparse)
+        return max(flops / peak, op.bytes() / self.bandwidth(op.dtype)) * 1e3
+
+    def work_ms(self, op: Op) -> float:
+        """The least time one call can take, for a physical ceiling: the roofline of the kernel
+        that really runs here plus the device's per-kernel floor; eager host overhead at its
+        priced cost (the same code path runs it in the dense and the pruned model)."""
+        if isinstance(op, Overhead):
+            return self.price(op).ms_per_call
+        if isinstance(op, Collective):  # tensor parallelism: pis_tui.pricing.collectives
+            return collectives.pricer(self).work_ms(op)
+        return self._cost(kernel_of(op, sparse_24=self.device.sparse_24), "dense", None, ideal=True)
+
+    def _gemm_ms(self, op: Gemm) -> float:
+        """A GEMM kernel: tile and wave quantization over the attainable share of peak, or its
+        bytes over the attainable share of bandwidth, whichever is longer (no floor)."""
+        d, e = self.device, self.eff
+        bw = self.bandwidth(op.dtype)
+        if d.kind == "cpu":
+            t_c = op.flops() / (self.peak(op.dtype) * e["gemm"])
+            return max(t_c, op.bytes() / (bw * e["bandwidth"])) * 1e3
+        sparse = op.kind == "sparse_24" and d.sparse_24
+        peak = self.peak(op.dtype, sparse)
+        # the GPU computes whole output tiles in whole waves; when the tiles cannot fill the
+        # SMs, kernels split K across CTAs (split-K)
+        tile_m = 64 if op.m <= 64 else 128
+        tiles = math.ceil(op.m / tile_m) * math.ceil(op.n / TILE_N)
+        sms = max(d.sm_count, 1)
+        split = max(1, min(sms // tiles, op.k // SPLIT_K_MIN)) if tiles < sms else 1
+        waves = math.ceil(tiles * split / sms)
+        per_tile = 2.0 * tile_m * TILE_N * (op.k / split) / (peak / sms)
+        t_c = waves * per_tile / (e["sparse24"] if sparse else e["gemm"])
+        bw_eff = e["sparse24_bandwidth"] if sparse else e["bandwidth"]
+        # a memory-bound GEMM also waits for its first bytes and its last wave to drain
+        t_m = e["gemm_latency_us"] * 1e-6 + op.bytes() / (bw * bw_eff)
+        return max(t_c, t_m) * 1e3
+
+    def _attention_ms(self, op: Attention) -> float:
+        e = self.eff
+        bw = self.bandwidth(op.dtype)
+        t_c = op.flops() / (self.peak(op.dtype) * e["attention" if self.device.kind != "cpu" else "gemm"])
+        return max(t_c, op.bytes() / (bw * e["bandwidth"])) * 1e3
+
+    def kernels_of(self, op: Op, family: str = "dense", phase: Optional[str] = None):
+        """The kernels the execution profile runs for one call of an op (None: one of its own)."""
+        if isinstance(op, Overhead):
+            return None
+        return self.profile.kernels(family, phase, op.name)
+
+    def launches(self, op: Op, family: str = "dense", phase: Optional[str] = None,
+                 merged: Optional[dict] = None) -> Optional[int]:
+        """Kernel launches per call of ``op`` under the execution profile (None: host overhead,
+        no kernel; 0: inside another op's kernel or a merged GEMM)."""
+        if isinstance(op, Overhead):
+            return None
+        if isinstance((merged or {}).get(op.name), str):
+            return 0
+        kernels = self.kernels_of(op, family, phase)
+        return 1 if kernels is None else len(kernels)
+
+    def analytical_ms(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> float:
+        """The documented model (no measurement): each kernel the execution profile runs for
+        the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the
+        device's per-kernel floor; the op's own GEMM or attention kernel by the GEMM / attention
+        model, the other kernels (casts, reductions, copies, glue) by the bytes they move."""
+        return self._cost(op, family, phase, ideal=False)
+
+    def _cost(self, op: Op, family: str, phase: Optional[str], ideal: bool) -> float:
+        """analytical_ms, or (``ideal``) the least time the same kernels can take: each at its
+        roofline (shares of 1) plus the per-kernel floor (the physical ceiling's work)."""
+        floor = self.device.launch_overhead_us * 1e-3
+        kernels = self.kernels_of(op, family, phase)
+        if kernels is not None and not kernels:
+            return 0.0  # runs inside another op's kernel (a residual add in a fused norm)
+        bw = self.bandwidth(op.dtype) * (1.0 if ideal else self.eff["bandwidth"])
+        if isinstance(op, (Gemm, Attention)):
+            if ideal:
+                core = self.roofline_ms(op) + floor
+            else:
+                core = (self._gemm_ms(op) if isinstance(op, Gemm) else self._attention_ms(op)) + floor
+        elif kernels is None:  # one kernel moving the op's bytes
+            return op.bytes() / bw * 1e3 + floor
+        else:
+            core = 0.0
+        if kernels:
+            u = execution.unit(op)
+            core += sum(k.bytes(u, op.dtype) / bw * 1e3 + floor
+                        for k in kernels if not (execution.is_leaf(k) and op.op_type != "elementwise"))
+        return core
+
+    # ---------------------------------------------------------------- pricing
+
+    def price(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> PricedOp:
+        """One op's time per call, its source, its relative uncertainty and its kernel launches
+        per call (:meth:`launches`, the op as its own GEMM: :meth:`estimate` sets a merged
+        GEMM's); :meth:`_price_op` says how."""
+        p = self._price_op(op, family, phase)
+        return _with_kernels(p, self.launches(op, family, phase))
+
+    def _price_op(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> PricedOp:
+        """One op's time per call, its source and its relative uncertainty (the rule in
+        :mod:`pis_tui.pricing.sources`).  An ``unstable`` measurement is priced no better than
+        interpolated: from its stable neighbours where they reach, else at its own time,
+        labelled ``unstable``.  ``family`` and ``phase`` pick the op's kernels in the
+        execution profile.  Under the fused engine an elementwise op's measurements (the eager
+        kernels the device timed) do not apply: it is priced from the fused kernels.  A
+        collective (tensor parallelism) is priced by :mod:`pis_tui.pricing.collectives` (measured
+        through torch.distributed, else the interconnect), one kernel under either engine."""
+        if isinstance(op, Collective):
+            return collectives.pricer(self).price(op)
+        if isinstance(op, Overhead):
+            hit = self._exact.get(op.key())
+            if hit and hit[0].status in ("ok", "unstable") and hit[0].ms and self.device.kind == "cpu":
+                rec = hit[0]
+                if rec.status == "unstable":  # the probe's rounds disagreed, hit its bound, or
+                    # ran on a busy machine: its own (bounded) time, labelled for what it is
+                    return PricedOp(op, rec.ms, "unstable",
+                                    f"dispatch probe unstable: {rec.why}",
+                                    uncertainty=sources.uncertainty("unstable", rec.spread),
+                                    loaded=rec.loaded)
+                return PricedOp(op, rec.ms, hit[1], uncertainty=sources.uncertainty(hit[1], rec.spread),
+                                loaded=rec.loaded)
+            why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
+                   else "eager framework overhead not measured on this CPU")
+            return PricedOp(op, 0.0, "roofline", why)
+        unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
+        if unsupported:
+            p = self.price(kernel_of(op, sparse_24=False))
+            return PricedOp(op, p.ms_per_call, "unsupported",
+                            f"no 2:4 sparse kernel on {self.device.display_name}: runs dense "
+                            f"({p.source} time)", p.uncertainty, p.loaded)
+        if self.engine != "eager" and isinstance(op, Elementwise):
+            return PricedOp(op, self.analytical_ms(op, family, phase), "roofline",
+                            f"{self.engine} engine: its own kernels, not the eager ones measured",
+                            sources.uncertainty("roofline"))
+        hit = self._exact.get(kernel_of(op).key())
+        if hit and hit[0].status == "ok" and hit[0].estimated:
+            rec = hit[0]
+            return PricedOp(op, rec.ms, "estimated", f"not a measurement of its own kernel: {rec.estimated}",
+                            sources.uncertainty("estimated", rec.spread), rec.loaded)
+        if hit and hit[0].status == "ok":
+            rec, source = hit
+            note = (f"timed without a CUDA graph ({rec.graph_capture}): eager launches included"
+                    if rec.graph_capture else "")
+            return PricedOp(op, rec.ms, source, note, sources.uncertainty(source, rec.spread),
+                            loaded=rec.loaded)
+        if hit and hit[0].status == "unsupported" and isinstance(op, Gemm) and op.kind == "sparse_24":
+            p = self.price(kernel_of(op, sparse_24=False))
+            return PricedOp(op, p.ms_per_call, "unsupported", "2:4 kernel unavailable: runs dense",
+                            p.uncertainty, p.loaded)
+        ms = self._interpolate(op)
+        if hit and hit[0].status == "unstable":
+            rec = hit[0]
+            why = f"its measurement ({rec.ms:.4g} ms) is unstable: {rec.why or 'see the cache'}"
+            if ms is not None:
+                return PricedOp(op, ms, "interpolated", why + "; priced from its stable neighbours",
+                                sources.uncertainty("interpolated"))
+            return PricedOp(op, rec.ms, "unstable", why, sources.uncertainty("unstable", rec.spread),
+                            rec.loaded)
+        if ms is not None:
+            return PricedOp(op, ms, "interpolated", uncertainty=sources.uncertainty("interpolated"))
+        return PricedOp(op, self.analytical_ms(op, family, phase), "roofline",
+                        uncertainty=sources.uncertainty("roofline"))
+
+    def _merged(self, ops) -> dict:
+        """{op name: the GEMM that computes it}: under a profile that merges GEMMs (q/k/v, gate/up)
+        the head op is priced as one GEMM of their summed N, the others at 0."""
+        out: dict = {}
+        by_name = {o.name: o for o in ops if isinstance(o, Gemm)}
+        for head, parts in self.profile.merged_gemms.items():
+            got = [by_name.get(n) for n in parts]
+            if any(g is None for g in got):
+                continue
+            h = got[0]
+            if all((g.m, g.k, g.count, g.dtype, g.kind, g.density) == (h.m, h.k, h.count, h.dtype, h.kind, h.density)
+                   for g in got):
+                out[head] = replace(h, n=sum(g.n for g in got), name=head)
+                for n in parts[1:]:
+                    out[n] = head
+        return out
+
+    def estimate(self, phase_ops) -> PhaseEstimate:
+        fam, phase = phase_ops.strategy.family, phase_ops.phase
+        merged = self._merged(phase_ops.ops) if self.profile.merged_gemms else {}
+        heads = {n: self.price(m, fam, phase) for n, m in merged.items() if not isinstance(m, str)}
+        price, launches = self.price, self.launches
+        priced = []
+        latency = flops = 0.0
+        counts: dict[str, dict] = {}
+        core_sources, all_sources = set(), set()
+        unmeasured_overhead = False
+        for o in phase_ops.ops:
+            m = merged.get(o.name)
+            if isinstance(m, str):  # computed by the head's merged GEMM
+                h = heads[m]
+                p = PricedOp(o, 0.0, h.source, f"computed in the merged {m} GEMM", 0.0, h.loaded, 0)
+            elif m is not None:
+                h = heads[o.name]
+                p = PricedOp(o, h.ms_per_call, h.source,
+                             f"one GEMM for {', '.join(self.profile.merged_gemms[o.name])}",
+                             h.uncertainty, h.loaded, launches(o, fam, phase, merged))
+            else:  # price() counted its launches (a merged GEMM's parts are the cases above)
+                p = price(o, fam, phase)
+            priced.append(p)
+            total = p.ms_per_call * o.count
+            latency += total
+            c = counts.get(p.source)
+            if c is None:
+                c = counts[p.source] = {"ops": 0, "ms": 0.0}
+            c["ops"] += 1
+            c["ms"] += total
+            all_sources.add(p.source)
+            if isinstance(o, Overhead) and p.ms_per_call == 0.0:
+                unmeasured_overhead = unmeasured_overhead or o.count > 0
+            else:
+                core_sources.add(p.source)
+            flops += o.effective_flops() * o.count
+        weakest = sources.weakest(core_sources or all_sources)
+        s = phase_ops.strategy
+        notes = tuple(phase_ops.notes)
+        if self.device.kind == "cpu" and unmeasured_overhead:
+            notes += ("eager framework overhead not measured on this CPU (pis-tui validate "
+                      "measures it): the estimate omits it",)
+        return PhaseEstimate(s.family, s.sparsity, phase_ops.achieved_sparsity, phase_ops.phase,
+                             tuple(priced), latency, flops, weakest, counts, notes)
+
+    # ---------------------------------------------------------------- interpolation
+
+    def _interpolate(self, op: Op) -> Optional[float]:
+        cands = self._by_class.get(_class_of(op))
+        if not cands:
+            return None
+        roof = self.roofline_ms(op)
+        if isinstance(op, Gemm):
+            u = self._gemm_utilization(op, cands)
+        elif isinstance(op, Attention):
+            u = _nearest_utilization(op, cands, self.roofline_ms, _attn_distance)
+        else:
+            return _elementwise_interp(op, cands, roof)
+        if u is None or u <= 0:
+            return None
+        return roof / min(u, 1.0)
+
+    def _gemm_utilization(self, op: Gemm, cands: list[MeasuredRecord]) -> Optional[float]:
+        cls = _class_of(op)
+        idx = self._gemm_index.get(cls)
+        if idx is None:
+            idx = {}
+            for r in cands:
+                idx.setdefault((r.op.n, r.op.k), []).append(
+                    (math.log(r.op.m), self.roofline_ms(r.op) / r.ms))
+            for v in idx.values():
+                v.sort()
+            self._gemm_index[cls] = idx
+        lm = math.log(op.m)
+
+        def reaches(pts) -> bool:
+            return pts[0][0] - M_REACH <= lm <= pts[-1][0] + M_REACH
+
+        if (op.n, op.k) in idx:
+            pts = idx[(op.n, op.k)]
+            return _interp_sorted(pts, lm) if reaches(pts) else None
+        # nearest (N, K) pairs in log space, inverse-distance weighted, each interpolated at M
+        ln, lk = math.log(op.n), math.log(op.k)
+        scored = sorted((d, nk) for d, nk in (
+            (math.hypot(math.log(n) - ln, math.log(k) - lk), (n, k)) for n, k in idx)
+            if d <= NK_REACH and reaches(idx[nk]))
+        near = scored[:4]
+        if not near:
+            return None
+        wsum = usum = 0.0
+        for dist, nk in near:
+            w = 1.0 / (dist * dist)
+            wsum += w
+            usum += w * _interp_sorted(idx[nk], lm)
+        return usum / wsum
+
+
+def _with_kernels(p: PricedOp, kernels: Optional[int]) -> PricedOp:
+    """``p`` with its kernel launches (dataclasses.replace, without its cost: a plan prices
+    tens of thousands)."""
+    if p.kernels == kernels:
+        return p
+    return PricedOp(p.op, p.ms_per_call, p.source, p.note, p.uncertainty, p.loaded, kernels)
+
+
+def _class_of(op: Op) -> tuple:
+    if isinstance(op, Gemm):
+        kernel = "sparse_24" if op.kind == "sparse_24" else "dense"
+        return ("gemm", kernel, op.dtype)
+    if isinstance(op, Attention):
+        return ("attn", op.dtype, op.q_len == 1, op.block_density < 1.0)
+    return ("ew", op.kind, op.dtype)
+
+
+def _interp_sorted(pts: list[tuple[float, float]], x: float) -> float:
+    """Linear interpolation over sorted (x, y) points; flat beyond the ends."""
+    xs = [p[0] for p in pts]
+    i = bisect.bisect_left(xs, x)
+    if i <= 0:
+        return pts[0][1]
+    if i >= len(pts):
+        return pts[-1][1]
+    (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+    if x1 == x0:
+        return y1
+    t = (x - x0) / (x1 - x0)
+    return y0 + t * (y1 - y0)
+
+
+def _attn_distance(a: Attention, b: Attention) -> float:
+    return (abs(math.log(a.batch * a.q_heads) - math.log(b.batch * b.q_heads))
+            + abs(math.log(a.q_len) - math.log(b.q_len))
+            + abs(math.log(a.kv_len) - math.log(b.kv_len))
+            + abs(math.log(a.head_dim) - math.log(b.head_dim))
+            + abs(math.log(a.q_heads / a.kv_heads) - math.log(b.q_heads / b.kv_heads)))
+
+
+def _nearest_utilization(op, cands, roofline, dist, reach: float = ATTN_REACH) -> Optional[float]:
+    best = min(cands, key=lambda r: dist(op, r.op))
+    if dist(op, best.op) > reach:
+        return None
+    return roofline(best.op) / best.ms
+
+
+def _elementwise_interp(op: Elementwise, cands: list[MeasuredRecord], roof: float) -> Optional[float]:
+    """Memory-bound ops: time is piecewise-linear in bytes moved between measured sizes.  Past
+    the measured range it reaches at most ``EW_REACH``× (like GEMMs' M reach; beyond, None:
+    the analytical model prices it): below the smallest size it keeps that size's time (the
+    fixed cost dominates); above the largest it grows along the slope of the two largest
+    sizes (with one size: in proportion to bytes, an upper bound, since that time includes
+    the fixed cost)."""
+    pts = sorted((r.op.bytes(), r.ms) for r in cands)
+    b = op.bytes()
+    lo, hi = pts[0][0], pts[-1][0]
+    if b < lo / EW_REACH or b > hi * EW_REACH:
+        return None
+    if b <= lo:
+        return max(roof, pts[0][1])
+    if b >= hi:
+        if len(pts) >= 2 and hi > pts[-2][0]:
+            slope = max(0.0, (pts[-1][1] - pts[-2][1]) / (hi - pts[-2][0]))
+            return max(roof, pts[-1][1] + slope * (b - hi))
+        return max(roof, pts[-1][1] * b / hi)
+    return max(roof, _interp_sorted(pts, b))
+
+
+def roofline_ms(op: Op, device: DeviceProfile) -> float:
+    """Convenience for callers that only need the floor (e.g. ordering a measurement plan)."""
+    return Estimator(device).roofline_ms(op)

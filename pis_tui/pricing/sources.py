@@ -1,0 +1,69 @@
+"""Where an op's time comes from: the timing sources, in order of trust, with what each means.
+
+The one definition: the estimator ranks by it (a phase's source is its weakest op's), the CLI
+tables and the explorer list sources in this order, the JSON Schema's enum is generated from
+it, and the README's table says the same words.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+#: (source, what it means), most trusted first
+SOURCES = (
+    ("measured", "this exact kernel call was timed on this device (`pis-tui profile`; kept in the "
+                 "DuckDB cache)"),
+    ("shipped", "timed on that GPU elsewhere with `pis-tui calibrate` and shipped in "
+                "`profiles/measured/`"),
+    ("interpolated", "the roofline time divided by the *utilization* of the nearest measured shapes "
+                     "on that device (log-space in M, N, K; never below the roofline)"),
+    ("unstable", "timed on this device, but its rounds disagree or it was taken while the machine "
+                 "was contended: kept, shown as such, priced no better than interpolated"),
+    ("estimated", "a labelled stand-in for a kernel that could not run as asked (e.g. a "
+                  "FlexAttention that failed to compile: dense SDPA × block density)"),
+    ("roofline", "the analytical model: each kernel the execution profile (`--engine`) launches for "
+                 "the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the "
+                 "GPU's per-kernel floor (GEMMs with tile and wave quantization; the shares are "
+                 "the GPU profile's `efficiency` block, each with its source)"),
+    ("unsupported", "the device has no kernel for it (2:4 on a CPU or a GPU without sparse tensor "
+                    "cores): priced as the dense kernel it falls back to; no speedup is claimed"),
+)
+
+TIMING_SOURCES = tuple(name for name, _ in SOURCES)
+
+#: The relative standard uncertainty (1σ) of one op's time, by source: the rule the speedup
+#: intervals are built from (see :mod:`pis_tui.pricing.uncertainty`).  A measurement's own spread
+#: counts where it has one (half of it, at least the floor here):
+#:
+#: * measured: at least 1 % (the rounds of a settled op agree within 10 %, usually far better);
+#: * shipped: at least 3 % (another unit of the same GPU: clocks and thermals differ);
+#: * interpolated: 8 % (leave-one-out on a third party's H200 GEMM table: median 2.8-3.5 %, and
+#:   the 90th percentile under 10 %; `h200_reference_check.result.md`, fitted to that check);
+#: * unstable: at least 25 % (it is unstable because its rounds disagree by more);
+#: * estimated: 25 % (a stand-in kernel scaled: no better than an unstable measurement);
+#: * roofline: 20 % (the analytical model against the same H200 table: median 12 %, 90th
+#:   percentile 36 %; its log errors have σ 0.18 (robust) to 0.22: fitted to that check,
+#:   which is therefore not independent evidence of it);
+#: * unsupported: as the dense kernel it runs.
+UNCERTAINTY_FLOOR = {"measured": 0.01, "shipped": 0.03, "interpolated": 0.08, "unstable": 0.25,
+                     "estimated": 0.25, "roofline": 0.20, "unsupported": 0.0}
+
+
+def uncertainty(source: str, spread: float | None = None) -> float:
+    """One op's relative 1σ under the rule above (``spread``: the measurement's own)."""
+    floor = UNCERTAINTY_FLOOR.get(source, 0.2)
+    if spread is None or spread != spread:
+        return floor
+    return max(floor, float(spread) / 2.0)
+MEANING = dict(SOURCES)
+RANK = {name: i for i, name in enumerate(TIMING_SOURCES)}
+
+
+def weakest(sources: Iterable[str]) -> str:
+    """The least trusted of some sources (a phase is only as good as its weakest op)."""
+    return max(sources, key=RANK.__getitem__)
+
+
+def ordered(counts: dict) -> list:
+    """(source, value) pairs of a {source: value} dict in the order of trust."""
+    return sorted(counts.items(), key=lambda kv: RANK.get(kv[0], len(RANK)))

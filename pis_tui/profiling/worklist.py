@@ -1,0 +1,185 @@
+"""Planning a measurement sweep: the distinct kernel calls it needs, most important first,
+then an M grid for interpolation; and how the sweep's ops would be priced now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..model.ops import Attention, Collective, Gemm, Op, Overhead, measuring_form
+from ..model.scenario import PHASES, Scenario
+
+#: M values around typical GEMM tile boundaries (64/128/256) and powers of two
+M_GRID = (1, 2, 4, 8, 16, 32, 64, 127, 128, 129, 255, 256, 257, 512, 1024, 2048, 4096)
+
+
+@dataclass
+class WorklistOptions:
+    granularity: str = "layer"
+    align: int = 128
+    phases: tuple = PHASES
+    #: M grid for interpolation: "model" (the dense model's GEMM pairs), "all" (every pair
+    #: in the plan), or "none"
+    grid: str = "model"
+    m_grid: tuple = M_GRID
+    #: skip grid points whose roofline time exceeds this (ms); None: no cap
+    grid_max_ms: Optional[float] = None
+
+    @classmethod
+    def of(cls, options) -> "WorklistOptions":
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in dict(options).items() if k in known})
+
+
+@dataclass
+class WorkItem:
+    op: Op
+    share: float  # largest share of a phase's (roofline) time this op accounts for
+    grid: bool = False
+    label: str = ""
+
+
+def roofline_fn(device):
+    try:
+        from ..pricing.estimator import roofline_ms
+
+        return lambda op: roofline_ms(op, device)
+    except ImportError:  # pragma: no cover - estimator is part of the package
+        def f(op):
+            return max(op.flops() / device.peak(op.dtype), op.bytes() / device.bandwidth) * 1e3
+        return f
+
+
+def label_of(op: Op) -> str:
+    if isinstance(op, Gemm):
+        kind = "" if op.kind == "dense" else f" {op.kind}"
+        return f"GEMM{kind} {op.m}×{op.n}×{op.k} {op.dtype}"
+    if isinstance(op, Attention):
+        bs = f" block-sparse {op.block_density:.0%}" if op.block_density < 1 else ""
+        return (f"attention{bs} B{op.batch} H{op.q_heads}/{op.kv_heads} q{op.q_len} kv{op.kv_len} "
+                f"d{op.head_dim} {op.dtype}")
+    if isinstance(op, Collective):
+        return f"{op.shape()} {op.dtype}"
+    return f"{op.kind} {op.rows}×{op.width} {op.dtype}"
+
+
+def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=None,
+                  options=None) -> list[WorkItem]:
+    from .. import families
+    from ..families.phase_ops import build_phase_ops
+    from ..families.strategy import strategies_grid
+
+    opt = WorklistOptions.of(options)
+    strategies = tuple(strategies) if strategies else families.pruned()
+    sparsities = tuple(sparsities) if sparsities else None
+    roof = roofline_fn(device)
+    found: dict[str, WorkItem] = {}
+    dense_pairs: set = set()
+    all_pairs: set = set()
+    pair_max_m: dict = {}
+    for strat in strategies_grid(strategies, sparsities, opt.granularity, opt.align):
+        for ph in opt.phases:
+            po = build_phase_ops(spec, strat, scenario, ph)
+            times = [(o, roof(o) * o.count) for o in po.ops]
+            total = sum(t for _, t in times) or 1.0
+            for o, t in times:
+                if isinstance(o, (Overhead, Collective)):
+                    continue  # the dispatch probe / torch.distributed measure these, not timing
+                mo = measuring_form(o)
+                k = mo.key()
+                share = t / total
+                cur = found.get(k)
+                if cur is None:
+                    found[k] = WorkItem(mo, share, label=f"{label_of(mo)} ({o.name})")
+                elif share > cur.share:
+                    cur.share = share
+                if isinstance(mo, Gemm):
+                    pair = (mo.n, mo.k, mo.kind, mo.dtype, mo.density)
+                    all_pairs.add(pair)
+                    pair_max_m[pair] = max(pair_max_m.get(pair, 0), mo.m)
+                    if strat.family == "dense":
+                        dense_pairs.add(pair)
+    planned = sorted(found.values(), key=lambda p: -p.share)
+    if opt.grid != "none":
+        max_m = max(scenario.prefill_batch * scenario.prompt_len, scenario.decode_batch)
+        pairs = dense_pairs if opt.grid == "model" else all_pairs
+        grid = []
+        for pair in sorted(pairs):
+            n, k, kind, dtype, dens = pair
+            # up to the first grid point at or above the largest M this pair runs at (an
+            # lm_head runs at M = batch, never at the prompt's M), within the scenario
+            top = min([g for g in opt.m_grid if g >= pair_max_m[pair]] or [pair_max_m[pair]])
+            for m in opt.m_grid:
+                if m > max_m or m > top:
+                    continue
+                g = Gemm("grid", m, n, k, 1.0, dtype, kind=kind, density=dens)
+                if g.key() in found:
+                    continue
+                t = roof(g)
+                if opt.grid_max_ms is not None and t > opt.grid_max_ms:
+                    continue
+                found[g.key()] = p = WorkItem(g, 0.0, grid=True, label=f"{label_of(g)} (M grid)")
+                grid.append((t, p))
+        grid.sort(key=lambda tp: tp[0])  # cheap points first: the grid fills in quickly
+        planned += [p for _, p in grid]
+    return planned
+
+
+def collective_worklist(spec, scenario: Scenario, strategies=None, sparsities=None,
+                     options=None) -> list[Collective]:
+    """The distinct collectives (tensor parallelism: ``scenario.tp`` > 1) a sweep's op lists
+    run, one call each, largest message first; measured through torch.distributed
+    (:func:`pis_tui.profiling.measure_collectives`), not by the kernel timing."""
+    from .. import families
+    from ..families.phase_ops import build_phase_ops
+    from ..families.strategy import strategies_grid
+
+    if scenario.tp == 1:
+        return []
+    opt = WorklistOptions.of(options)
+    found: dict = {}
+    for strat in strategies_grid(tuple(strategies) if strategies else families.pruned(),
+                                 tuple(sparsities) if sparsities else None, opt.granularity,
+                                 opt.align):
+        for ph in opt.phases:
+            for o in build_phase_ops(spec, strat, scenario, ph).ops:
+                if isinstance(o, Collective):
+                    found.setdefault(o.key(), Collective("planned", o.kind, o.elems, o.world, 1.0,
+                                                         o.dtype))
+    return sorted(found.values(), key=lambda c: (-c.bytes(), c.kind))
+
+
+def worklist(spec, device, scenario: Scenario, strategies=None, sparsities=None,
+         options=None) -> list[Op]:
+    """The ops (one call each) to measure for a sweep, most important first, then the M grid."""
+    return [p.op for p in worklist_detailed(spec, device, scenario, strategies, sparsities, options)]
+
+
+def source_counts(spec, device, scenario: Scenario, strategies=None, sparsities=None,
+                  options=None, cache=None) -> dict:
+    """How the sweep's distinct ops would be priced now: {measured, shipped, interpolated,
+    roofline, unsupported} (what `profile` reports at the end)."""
+    from ..decide.sweep import make_estimator
+    from .. import families
+    from ..families.phase_ops import build_phase_ops
+    from ..families.strategy import strategies_grid
+
+    opt = WorklistOptions.of(options)
+    est = make_estimator(device, scenario.dtype, cache, engine=scenario.engine)
+    seen: dict = {}
+    for strat in strategies_grid(tuple(strategies or families.pruned()),
+                                 tuple(sparsities) if sparsities else None, opt.granularity,
+                                 opt.align):
+        for ph in opt.phases:
+            for o in build_phase_ops(spec, strat, scenario, ph).ops:
+                k = o.key()
+                if k not in seen:
+                    seen[k] = est.price(o).source
+    out: dict = {}
+    for s in seen.values():
+        out[s] = out.get(s, 0) + 1
+    return out
