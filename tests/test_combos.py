@@ -184,7 +184,7 @@ def test_router_over_width_pruned_sublayers():
 
 def test_combinations_are_priced_by_their_parts_kernels():
     """A combination has no trace of its own: each op's kernels are the later part's, then the
-    earlier part's, then dense's (execution.ExecutionProfile.kernels)."""
+    earlier part's, then dense's (execution.Engine.kernels)."""
     from pis_tui.pricing import engines as execution
 
     assert execution.COMBO_SEP == families.SEP

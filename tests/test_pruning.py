@@ -17,7 +17,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from pis_tui.hf import perplexity as P  # noqa: E402
-from pis_tui import hf as pruning
+from pis_tui.hf.calibration import calibrate  # noqa: E402
+from pis_tui.hf.layout import ATTN_LINEARS, MLP_LINEARS, decoder_layers, decoder_linears  # noqa: E402
+from pis_tui.hf.structured import width_targets  # noqa: E402
 from pis_tui.families.prune import apply, apply_combo  # noqa: E402
 from pis_tui.errors import UserError  # noqa: E402
 
@@ -63,7 +65,7 @@ def setup(request):
     m = _model(request.param)
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(0, VOCAB, (400,), generator=g)
-    cal = pruning.calibrate(m, P.calibration_windows(ids[:192], 64))
+    cal = calibrate(m, P.calibration_windows(ids[:192], 64))
     return request.param, m, ids[192:], cal
 
 
@@ -128,10 +130,10 @@ def test_static_depth_sublayer_granularity(setup):
 # ------------------------------------------------------------------------------- static_width
 
 def test_width_targets_match_llama_8b():
-    assert pruning.width_targets(8, 14336, 0.25) == (6, 10752)
-    assert pruning.width_targets(8, 14336, 0.5) == (4, 7168)
-    assert pruning.width_targets(2, 4864, 0.25) == (2, 3712)  # 2 KV groups: 0% or 50% only
-    assert pruning.width_targets(2, 256, 0.9) == (1, 24)
+    assert width_targets(8, 14336, 0.25) == (6, 10752)
+    assert width_targets(8, 14336, 0.5) == (4, 7168)
+    assert width_targets(2, 4864, 0.25) == (2, 3712)  # 2 KV groups: 0% or 50% only
+    assert width_targets(2, 256, 0.9) == (1, 24)
 
 
 @pytest.mark.parametrize("s", [0.25, 0.5])
@@ -139,7 +141,7 @@ def test_static_width_slices_heads_and_channels(setup, s, tmp_path):
     kind, m0, ids, cal = setup
     m = copy.deepcopy(m0)
     r = apply(m, "static_width", s, cal)  # tiny: align 8
-    groups, ch = pruning.width_targets(KV, INTER, s, 8)
+    groups, ch = width_targets(KV, INTER, s, 8)
     q_heads = groups * (HEADS // KV)
     assert ch == round((1 - s) * INTER / 8) * 8 and ch < INTER
     for i, layer in enumerate(m.model.layers):
@@ -184,15 +186,15 @@ def test_semi_structured_24_pattern(setup):
     m = copy.deepcopy(m0)
     r = apply(m, "semi_structured_24", 0.25, cal)  # always 2:4 whatever is asked
     assert r.achieved_sparsity == pytest.approx(0.5)
-    for name, lin in pruning.decoder_linears(m).items():
+    for name, lin in decoder_linears(m).items():
         w = lin.weight.reshape(lin.out_features, -1, 4)
         assert ((w != 0).sum(-1) <= 2).all(), name
         assert ((w == 0).sum(-1) >= 2).all(), name
     # the kept two are those of largest |W|·‖X‖ (checked on one linear)
     name = "layers.1.mlp.up_proj"
-    w0 = pruning.decoder_linears(m0)[name].weight
+    w0 = decoder_linears(m0)[name].weight
     score = (w0.abs() * cal.in_norm(name).float()[None, :]).reshape(w0.shape[0], -1, 4)
-    kept = pruning.decoder_linears(m)[name].weight.reshape(w0.shape[0], -1, 4) != 0
+    kept = decoder_linears(m)[name].weight.reshape(w0.shape[0], -1, 4) != 0
     top = torch.zeros_like(kept).scatter_(-1, score.topk(2, dim=-1).indices, True)
     assert torch.equal(kept, top)
     assert torch.isfinite(_logits(m, ids)).all()
@@ -203,7 +205,7 @@ def test_unstructured_per_row_sparsity(setup, s):
     _, m0, ids, cal = setup
     m = copy.deepcopy(m0)
     r = apply(m, "unstructured", s, cal)
-    for name, lin in pruning.decoder_linears(m).items():
+    for name, lin in decoder_linears(m).items():
         k_in = lin.in_features
         zeros = (lin.weight == 0).sum(1)
         assert (zeros == math.floor(s * k_in + 0.5)).all(), name
@@ -219,7 +221,7 @@ def test_low_rank_ranks_as_asked(setup, s):
     m = copy.deepcopy(m0)
     r = apply(m, "low_rank", s, None)
     layer = m.model.layers[0]
-    for part, names in (("self_attn", pruning.ATTN_LINEARS), ("mlp", pruning.MLP_LINEARS)):
+    for part, names in (("self_attn", ATTN_LINEARS), ("mlp", MLP_LINEARS)):
         for n in names:
             mod = getattr(getattr(layer, part), n)
             w = getattr(getattr(m0.model.layers[0], part), n).weight.detach()
@@ -457,12 +459,12 @@ def test_a_combination_is_pruned_part_by_part(setup):
     calls = []
 
     def recal(model):
-        calls.append(len(pruning.decoder_layers(model)))
-        return pruning.calibrate(model, P.calibration_windows(ids[:128], 64))
+        calls.append(len(decoder_layers(model)))
+        return calibrate(model, P.calibration_windows(ids[:128], 64))
 
     res = apply_combo(mm, "static_depth+static_width",
                               (("static_depth", 0.25), ("static_width", 0.5)), cal, recalibrate=recal)
-    layers = pruning.decoder_layers(mm)
+    layers = decoder_layers(mm)
     assert calls == [3] and len(layers) == 3  # recalibrated once, on the 3 layers depth kept
     assert layers[0].self_attn.k_proj.out_features == 1 * HEAD_DIM  # 2 KV groups → 1
     a = [p["achieved"] for p in res.details["parts"]]
@@ -472,7 +474,7 @@ def test_a_combination_is_pruned_part_by_part(setup):
     mm = copy.deepcopy(m)
     apply_combo(mm, "static_width+low_rank", (("static_width", 0.5), ("low_rank", 0.5)), cal,
                         recalibrate=recal)
-    q = pruning.decoder_layers(mm)[0].self_attn.q_proj
+    q = decoder_layers(mm)[0].self_attn.q_proj
     assert q.in_features == HIDDEN and q.out_features == HIDDEN // 2 and q.rank < HIDDEN // 2
     with pytest.raises(UserError, match="give each part's sparsity"):
         apply_combo(copy.deepcopy(m), "static_depth+static_width", (("static_depth", 0.25),), cal)

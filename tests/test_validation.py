@@ -138,7 +138,7 @@ def test_low_rank_ranks_follow_taxonomy():
 
 def test_semi_structured_24_mask_pattern_and_cpu_fallback():
     b = build("semi_structured_24", 0.5)
-    for _, lin in decoder_linears(b.model):
+    for _, lin in decoder_linears(b.model).items():
         groups = (lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1)
         assert torch.all(groups == 2)
     if not torch.cuda.is_available():
@@ -150,7 +150,7 @@ def test_semi_structured_24_mask_pattern_and_cpu_fallback():
 def test_unstructured_zeroes_the_share():
     b = build("unstructured", 0.5)
     zeros = total = 0
-    for _, lin in decoder_linears(b.model):
+    for _, lin in decoder_linears(b.model).items():
         zeros += int((lin.weight == 0).sum())
         total += lin.weight.numel()
     assert abs(zeros / total - 0.5) < 0.03

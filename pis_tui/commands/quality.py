@@ -283,7 +283,8 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     import torch
 
     from ..hf import perplexity as P
-    from ..hf import calibrate, decoder_layers
+    from ..hf.calibration import calibrate
+    from ..hf.layout import decoder_layers
     from ..families.prune import apply, apply_combo
 
     model, tok, device, dtype_name = _load(mdir, args.device, args.dtype, spec, args.seq_len)

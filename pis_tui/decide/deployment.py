@@ -33,7 +33,7 @@ end-to-end latency, and the mix's throughput is Σ shareᵢ·Oᵢ / Σ shareᵢ�
 tokens of a typical request over the batch time it takes).  Targets hold for every class.
 
 Pricing goes through :func:`pis_tui.decide.sweep.make_estimator` (or any object with ``estimate``
-and, optionally, ``price``: an execution profile or an interval-carrying estimator can be
+and, optionally, ``price``: an engine or an interval-carrying estimator can be
 passed as ``estimator`` later); op lists are built once per (strategy, phase, batch, length)
 and every op is priced once per kernel key in a plan (an op's price does not depend on the
 strategy that emits it).  No torch, no transformers.
@@ -149,7 +149,7 @@ class _Pricer:
 
             def cached(op, family="dense", phase=None):
                 # the kernels an op runs depend on its name, family and phase (the
-                # execution profile), so the memo does too
+                # engine), so the memo does too
                 k = (op.key(), op.name, family, phase)
                 hit = memo.get(k)
                 if hit is None:

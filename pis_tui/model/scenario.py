@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from .ops import DTYPE_BYTES
 
-#: the execution profiles (profiles/kernels/<name>.json; pis_tui.pricing.engines reads them)
+#: the engines (profiles/kernels/<name>.json; pis_tui.pricing.engines reads them)
 ENGINES = ("eager", "fused")
 
 PHASES = ("prefill", "decode")

@@ -1,8 +1,8 @@
-"""Execution profiles: how the serving stack runs the ops of an op list, kernel by kernel.
+"""Engines: how the serving stack runs the ops of an op list, kernel by kernel (`--engine`).
 
 An op of the taxonomy's list (an RMSNorm, a rotary embedding, a SiLU·mul, attention) is not
 one kernel: what the framework launches for it decides what pruning cannot remove.  Two
-profiles:
+engines:
 
 * ``eager``: transformers' modules as ``pis-tui validate`` builds them and as the reference
   study measured them (fp32 RMSNorm, rotate-half rotary, SiLU then mul, SDPA, unfused), timed
@@ -56,7 +56,7 @@ class Kernel:
 
 
 @dataclass(frozen=True)
-class ExecutionProfile:
+class Engine:
     name: str
     doc: str
     ops: dict  # family -> phase -> op name -> (Kernel, ...); "*" for every family / phase
@@ -133,8 +133,8 @@ def _kernels(raw) -> tuple:
 
 
 @lru_cache(maxsize=None)
-def load(name: str = DEFAULT_ENGINE) -> ExecutionProfile:
-    """An execution profile from ``profiles/kernels/<name>.json``."""
+def load(name: str = DEFAULT_ENGINE) -> Engine:
+    """An engine from ``profiles/kernels/<name>.json``."""
     from ..shipped import profile_path
 
     if name not in ENGINES:
@@ -144,11 +144,11 @@ def load(name: str = DEFAULT_ENGINE) -> ExecutionProfile:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read the {name} execution profile ({e})") from None
+        raise UserError(f"{path}: cannot read the {name} engine ({e})") from None
     ops = {fam: {ph: {op: _kernels(ks) for op, ks in by_op.items() if not op.startswith("_")}
                  for ph, by_op in by_phase.items()}
            for fam, by_phase in data.get("families", {}).items()}
-    return ExecutionProfile(name, data.get("doc", ""), ops,
+    return Engine(name, data.get("doc", ""), ops,
                             {k: tuple(v) for k, v in data.get("merged_gemms", {}).items()},
                             data.get("sources", {}), data.get("traced_with", {}))
 

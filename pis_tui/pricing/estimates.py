@@ -26,7 +26,7 @@ class PricedOp:
     note: str = ""
     uncertainty: float = 0.0  # relative 1σ of ms_per_call (sources.uncertainty)
     loaded: bool = False  # measured while the machine was loaded (a mixed-conditions check)
-    kernels: Optional[int] = None  # kernel launches per call under the execution profile
+    kernels: Optional[int] = None  # kernel launches per call under the engine
 
     @property
     def total_ms(self) -> float:

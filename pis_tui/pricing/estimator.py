@@ -174,14 +174,14 @@ class Estimator:
         return max(t_c, op.bytes() / (bw * e["bandwidth"])) * 1e3
 
     def kernels_of(self, op: Op, family: str = "dense", phase: Optional[str] = None):
-        """The kernels the execution profile runs for one call of an op (None: one of its own)."""
+        """The kernels the engine runs for one call of an op (None: one of its own)."""
         if isinstance(op, Overhead):
             return None
         return self.profile.kernels(family, phase, op.name)
 
     def launches(self, op: Op, family: str = "dense", phase: Optional[str] = None,
                  merged: Optional[dict] = None) -> Optional[int]:
-        """Kernel launches per call of ``op`` under the execution profile (None: host overhead,
+        """Kernel launches per call of ``op`` under the engine (None: host overhead,
         no kernel; 0: inside another op's kernel or a merged GEMM)."""
         if isinstance(op, Overhead):
             return None
@@ -191,7 +191,7 @@ class Estimator:
         return 1 if kernels is None else len(kernels)
 
     def analytical_ms(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> float:
-        """The documented model (no measurement): each kernel the execution profile runs for
+        """The documented model (no measurement): each kernel the engine runs for
         the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the
         device's per-kernel floor; the op's own GEMM or attention kernel by the GEMM / attention
         model, the other kernels (casts, reductions, copies, glue) by the bytes they move."""
@@ -234,7 +234,7 @@ class Estimator:
         :mod:`pis_tui.pricing.sources`).  An ``unstable`` measurement is priced no better than
         interpolated: from its stable neighbours where they reach, else at its own time,
         labelled ``unstable``.  ``family`` and ``phase`` pick the op's kernels in the
-        execution profile.  Under the fused engine an elementwise op's measurements (the eager
+        engine.  Under the fused engine an elementwise op's measurements (the eager
         kernels the device timed) do not apply: it is priced from the fused kernels.  A
         collective (tensor parallelism) is priced by :mod:`pis_tui.pricing.collectives` (measured
         through torch.distributed, else the interconnect), one kernel under either engine."""

@@ -21,7 +21,7 @@ SOURCES = (
                  "was contended: kept, shown as such, priced no better than interpolated"),
     ("estimated", "a labelled stand-in for a kernel that could not run as asked (e.g. a "
                   "FlexAttention that failed to compile: dense SDPA × block density)"),
-    ("roofline", "the analytical model: each kernel the execution profile (`--engine`) launches for "
+    ("roofline", "the analytical model: each kernel the engine (`--engine`) launches for "
                  "the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the "
                  "GPU's per-kernel floor (GEMMs with tile and wave quantization; the shares are "
                  "the GPU profile's `efficiency` block, each with its source)"),

@@ -57,7 +57,7 @@ class Choices:
     quality_method: str = "mean"  # mean | best | a method's name (quality.parse_method)
     combos: str = "multiplicative"  # COMBOS
     extrapolated: str = "skip"  # EXTRAPOLATED: only re-ranks
-    engine: str = "eager"  # the execution profile (pis_tui.pricing.engines)
+    engine: str = "eager"  # the engine (pis_tui.pricing.engines)
     tp: int = 1  # tensor parallelism over this many GPUs of one node (1: one GPU)
 
     @property

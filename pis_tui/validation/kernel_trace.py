@@ -1,6 +1,6 @@
 """Which kernels transformers' eager modules really launch, per op of pis-tui's op list.
 
-The eager execution profile (:mod:`pis_tui.pricing.engines`) prices an op as the kernels the
+The eager engine (:mod:`pis_tui.pricing.engines`) prices an op as the kernels the
 framework launches for it: an RMSNorm is an fp32 up-cast, a square, a mean, an add, an
 rsqrt, two multiplies and a down-cast, not one kernel.  Those sequences are not typed by
 hand: :func:`trace` builds, per family, the model ``pis-tui validate`` builds (transformers'
