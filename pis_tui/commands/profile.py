@@ -209,63 +209,23 @@ def _needs_measuring(planned, cache, device, dtypes) -> bool:
 
 
 def _run(args) -> int:
-    from ..device import local
     from .. import profiling
     from ..model.spec import load_model_spec
-    from ..model.scenario import PHASES
-    from ._run import check_align, grid_pairs, scenario_from_args
     from ._store import open_store
-    from .common import align_of, parse_families, sweep_sparsities
 
     from ..model.tensor_parallel import check_model
 
-    _check_local(args.gpu)
-    if getattr(args, "engine", None) not in (None, "eager"):
-        raise UserError(f"--engine {args.engine}: profile times the ops' own kernels on this "
-                        "device; the engine only changes estimates (sweep, recommend, plan)")
+    _check_args(args)
     jsonl = args.progress_jsonl
     spec = load_model_spec(args.model)
     check_model(spec, args.tp)
-    # named without torch: a profile the cache already holds never imports it
-    device = local.local_device()
-    if args.tp > 1 and device.kind == "cpu":  # a group this CPU cannot start: say so first
-        from ..timing.collectives import check_world
-
-        check_world(args.tp, device)
-    from ..decide.sweep import default_strategies
-
-    strategies = parse_families(args.strategies) or default_strategies()
-    sparsities = None if args.sparsities is None else sweep_sparsities(args.sparsities)
-    phases = PHASES if args.phase == "both" else (args.phase,)
-    options = profiling.WorklistOptions(granularity=args.granularity, align=align_of(args),
-                                    phases=phases, grid=args.grid)
+    device = _named_device(args)
+    sweep = _sweep_of(args, spec)
     warn = (lambda m: emit({"event": "warning", "message": m})) if jsonl else None
     cache = open_store(args.cache, on_warning=warn)
     if getattr(cache, "read_only", False):  # refused before anything is measured
         cache.check_writable("measure: nothing it measures could be stored")
-
-    def plan_for(dev):
-        scen = scenario_from_args(args, dev)
-        if scen.dtype not in measurable_dtypes(dev):
-            raise UserError(f"cannot measure {scen.dtype} on {dev.display_name}: "
-                            f"use one of {', '.join(measurable_dtypes(dev))}")
-        return scen, profiling.worklist_detailed(spec, dev, scen, strategies, sparsities, options)
-
-    scenario, planned = plan_for(device)
-    align_warnings = check_align(spec, grid_pairs(strategies, sparsities), align_of(args),
-                                 scenario, explicit=args.align is not None)
-    if (device.kind == "cpu" and local.gpu_hint()) or \
-            _needs_measuring(planned, cache, device, {p.op.dtype for p in planned}):
-        # something must be measured: torch decides which device that is (the one calibrate
-        # and validate use), and the plan follows it if NVML/nvidia-smi named another
-        named = device
-        device = local.measuring_device()
-        if device.fingerprint != named.fingerprint:
-            (warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)))(
-                f"torch measures on {device.display_name}, not on {named.display_name} "
-                "(as NVML/nvidia-smi named it): measuring that one (CUDA_DEVICE_ORDER=PCI_BUS_ID "
-                "makes both orders agree)")
-            scenario, planned = plan_for(device)
+    device, scenario, planned, align_warnings = _plan(args, sweep, device, cache, warn)
     labels = {p.op.key(): p.label for p in planned}
     say = (lambda m: emit({"event": "message", "message": m})) if jsonl else \
         (lambda m: print(f"pis-tui: {m}", file=sys.stderr))
@@ -274,51 +234,164 @@ def _run(args) -> int:
             "from its own properties, and the peaks measured now replace the nominal ones")
     cancel = threading.Event()
     warn_fn = warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr, flush=True))
+    busy = _warn_before_measuring(align_warnings, device, warn_fn)
+    if jsonl:
+        _emit_plan(args, spec, device, scenario, planned, cache)
+    coll = None
+    if args.tp > 1:  # the collectives first: a group that cannot start says so at once
+        coll = _measure_collectives(args, sweep, scenario, device, cache, jsonl, say)
+    with cancel_on_signals(cancel, say), progress_display(jsonl) as disp:
+        report = profiling.run_profile([p.op for p in planned], None, cache, on_progress=disp.update,
+                                       cancel=cancel, repeats=args.repeats,
+                                       on_measurement=_measurement_emitter(jsonl), device=device,
+                                       labels=labels, recalibrate=args.recalibrate,
+                                       on_warning=None if busy else warn_fn,
+                                       remeasure=args.remeasure or "none")
+    return _finish(jsonl, report, sweep, device, scenario, cache, coll)
+
+
+def _check_args(args) -> None:
+    """What profile refuses before loading anything: another device, another engine."""
+    _check_local(args.gpu)
+    if getattr(args, "engine", None) not in (None, "eager"):
+        raise UserError(f"--engine {args.engine}: profile times the ops' own kernels on this "
+                        "device; the engine only changes estimates (sweep, recommend, plan)")
+
+
+def _named_device(args):
+    """The local device as named without torch (a profile the cache already holds never
+    imports it); a tensor-parallel group this CPU cannot start is refused first."""
+    from ..device import local
+
+    device = local.local_device()
+    if args.tp > 1 and device.kind == "cpu":  # a group this CPU cannot start: say so first
+        from ..timing.collectives import check_world
+
+        check_world(args.tp, device)
+    return device
+
+
+class _Sweep:
+    """What the profile covers: the model, the families and sparsities, the worklist options."""
+
+    def __init__(self, spec, strategies, sparsities, options):
+        self.spec, self.strategies, self.sparsities, self.options = spec, strategies, sparsities, options
+
+    def plan_for(self, args, dev):
+        """(scenario, planned ops) of the sweep on ``dev``; a dtype ``dev`` cannot measure is refused."""
+        from .. import profiling
+        from ._run import scenario_from_args
+
+        scen = scenario_from_args(args, dev)
+        if scen.dtype not in measurable_dtypes(dev):
+            raise UserError(f"cannot measure {scen.dtype} on {dev.display_name}: "
+                            f"use one of {', '.join(measurable_dtypes(dev))}")
+        return scen, profiling.worklist_detailed(self.spec, dev, scen, self.strategies,
+                                                 self.sparsities, self.options)
+
+
+def _sweep_of(args, spec) -> _Sweep:
+    from .. import profiling
+    from ..model.scenario import PHASES
+    from .common import align_of, parse_families, sweep_sparsities
+    from ..decide.sweep import default_strategies
+
+    strategies = parse_families(args.strategies) or default_strategies()
+    sparsities = None if args.sparsities is None else sweep_sparsities(args.sparsities)
+    phases = PHASES if args.phase == "both" else (args.phase,)
+    options = profiling.WorklistOptions(granularity=args.granularity, align=align_of(args),
+                                    phases=phases, grid=args.grid)
+    return _Sweep(spec, strategies, sparsities, options)
+
+
+def _plan(args, sweep: _Sweep, device, cache, warn) -> tuple:
+    """(device, scenario, planned ops, alignment warnings).  When something must be measured,
+    torch decides which device that is (the one calibrate and validate use), and the plan
+    follows it if NVML/nvidia-smi named another."""
+    from ..device import local
+    from ._run import check_align, grid_pairs
+    from .common import align_of
+
+    scenario, planned = sweep.plan_for(args, device)
+    align_warnings = check_align(sweep.spec, grid_pairs(sweep.strategies, sweep.sparsities),
+                                 align_of(args), scenario, explicit=args.align is not None)
+    if (device.kind == "cpu" and local.gpu_hint()) or \
+            _needs_measuring(planned, cache, device, {p.op.dtype for p in planned}):
+        named = device
+        device = local.measuring_device()
+        if device.fingerprint != named.fingerprint:
+            (warn or (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)))(
+                f"torch measures on {device.display_name}, not on {named.display_name} "
+                "(as NVML/nvidia-smi named it): measuring that one (CUDA_DEVICE_ORDER=PCI_BUS_ID "
+                "makes both orders agree)")
+            scenario, planned = sweep.plan_for(args, device)
+    return device, scenario, planned, align_warnings
+
+
+def _warn_before_measuring(align_warnings, device, warn_fn):
+    """Tell the alignment warnings, and on the CPU a busy machine; returns the busy warning
+    (None when quiet)."""
+    from .. import profiling
+
     for w in align_warnings:
         warn_fn(w)
     busy = profiling.busy_warning() if device.kind == "cpu" else None
     if busy:
         warn_fn(busy)
-    if jsonl:
-        cached = {m.key for m in cache.get_measurements(device.fingerprint)
-                  if m.status in profiling.FINAL_STATUSES and args.remeasure != "all"
-                  and not (args.remeasure == "unstable" and m.status == "unstable")}
-        n_cached = sum(1 for p in planned if p.op.key() in cached)
-        emit({"event": "plan", "model": spec.name, "device": device.display_name,
-              "fingerprint": device.fingerprint, "scenario": scenario.to_dict(),
-              "total": len(planned), "cached": n_cached, "to_measure": len(planned) - n_cached,
-              "grid": sum(1 for p in planned if p.grid), "cache": cache.path})
+    return busy
 
+
+def _emit_plan(args, spec, device, scenario, planned, cache) -> None:
+    """The "plan" event: how many planned ops the cache holds and how many are to measure."""
+    from .. import profiling
+
+    cached = {m.key for m in cache.get_measurements(device.fingerprint)
+              if m.status in profiling.FINAL_STATUSES and args.remeasure != "all"
+              and not (args.remeasure == "unstable" and m.status == "unstable")}
+    n_cached = sum(1 for p in planned if p.op.key() in cached)
+    emit({"event": "plan", "model": spec.name, "device": device.display_name,
+          "fingerprint": device.fingerprint, "scenario": scenario.to_dict(),
+          "total": len(planned), "cached": n_cached, "to_measure": len(planned) - n_cached,
+          "grid": sum(1 for p in planned if p.grid), "cache": cache.path})
+
+
+def _measurement_emitter(jsonl: bool):
+    """run_profile's on_measurement: a "measurement" event per new measurement with --progress-jsonl."""
     def on_measurement(m):
         if jsonl:
             emit({"event": "measurement", "key": m.key, "op": m.op, "status": m.status, "ms": m.ms,
                   "eager_ms": m.eager_ms, "spread": m.spread, "note": m.note})
+    return on_measurement
 
-    coll = None
-    if args.tp > 1:  # the collectives first: a group that cannot start says so at once
-        wanted = profiling.collective_worklist(spec, scenario, strategies, sparsities, options)
 
-        def on_collective(row):
-            if jsonl:
-                emit({"event": "measurement", "key": f"coll:{row['collective']}:{row['dtype']}:"
-                      f"w{row['world_size']}:{row['bytes']}B:{row['backend']}",
-                      "status": row["status"], "ms": row["ms"], "spread": row["spread"],
-                      "note": row["note"]})
-            else:
-                say(f"{row['collective']} {row['bytes']:,} B over {row['world_size']} ranks "
-                    f"({row['backend']}): {row['ms']:.4g} ms, spread {row['spread']:.0%}"
-                    + (" [unstable]" if row["status"] == "unstable" else ""))
-        coll = profiling.measure_collectives(wanted, device, cache,
-                                             remeasure=args.remeasure or "none",
-                                             on_result=on_collective)
-    with cancel_on_signals(cancel, say), progress_display(jsonl) as disp:
-        report = profiling.run_profile([p.op for p in planned], None, cache, on_progress=disp.update,
-                                       cancel=cancel, repeats=args.repeats,
-                                       on_measurement=on_measurement, device=device, labels=labels,
-                                       recalibrate=args.recalibrate,
-                                       on_warning=None if busy else warn_fn,
-                                       remeasure=args.remeasure or "none")
-    sources = profiling.source_counts(spec, device, scenario, strategies, sparsities, options, cache)
+def _measure_collectives(args, sweep: _Sweep, scenario, device, cache, jsonl, say):
+    """The collectives of a tensor-parallel sweep, each row told as it arrives."""
+    from .. import profiling
+
+    wanted = profiling.collective_worklist(sweep.spec, scenario, sweep.strategies,
+                                           sweep.sparsities, sweep.options)
+
+    def on_collective(row):
+        if jsonl:
+            emit({"event": "measurement", "key": f"coll:{row['collective']}:{row['dtype']}:"
+                  f"w{row['world_size']}:{row['bytes']}B:{row['backend']}",
+                  "status": row["status"], "ms": row["ms"], "spread": row["spread"],
+                  "note": row["note"]})
+        else:
+            say(f"{row['collective']} {row['bytes']:,} B over {row['world_size']} ranks "
+                f"({row['backend']}): {row['ms']:.4g} ms, spread {row['spread']:.0%}"
+                + (" [unstable]" if row["status"] == "unstable" else ""))
+    return profiling.measure_collectives(wanted, device, cache,
+                                         remeasure=args.remeasure or "none",
+                                         on_result=on_collective)
+
+
+def _finish(jsonl, report, sweep: _Sweep, device, scenario, cache, coll) -> int:
+    """The "done" event or the printed summary; the exit code (interrupted when cancelled)."""
+    from .. import profiling
+
+    sources = profiling.source_counts(sweep.spec, device, scenario, sweep.strategies,
+                                      sweep.sparsities, sweep.options, cache)
     cal = cache.get_calibration(device.fingerprint, scenario.dtype)
     summary = {**report.to_dict(), "sources": sources, "cache": cache.path,
                **({"collectives": coll.to_dict()} if coll is not None else {}),

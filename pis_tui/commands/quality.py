@@ -271,21 +271,55 @@ def run(args) -> int:
 
 def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath, text, text_sha) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from .common import console
 
     err = Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
     out = err if args.json_out == "-" else console()
 
-    import copy
+    ev = _prepare(args, spec, mdir, tpath, text)
+    variants = variants_of(strategies, sparsities, getattr(args, "_combo_sps", None))
+    got = _Measured()
+    t0 = time.time()
+    err.print(f"pis-tui quality: {spec.name} ({spec.num_layers} layers) on {ev.device} {ev.dtype_name}; "
+              f"{ev.n_calib} calibration + {ev.eval_ids.numel()} evaluation tokens, {len(ev.windows)} windows × "
+              f"{1 + len(variants)} models", markup=False)
+    try:
+        _measure_points(args, cache, spec, ev, strategies, variants, text_sha, err, got)
+    except KeyboardInterrupt:
+        if got.n_stored:
+            err.print(f"{got.n_stored} points measured before the interrupt are stored in the cache")
+        raise
+    stored = f"{got.n_stored} points stored in the cache" if got.n_stored else ""
+    elapsed = time.time() - t0
 
+    _print_results(out, spec, tpath, got, unsupported)
+    _print_notes(err, strategies, sparsities, unsupported)
+    err.print(f"done in {elapsed:.1f} s" + (f"; {stored}" if stored else ""))
+
+    if args.json_out:
+        _write_json(args, spec, mdir, tpath, text_sha, ev, got, unsupported)
+    return 0
+
+
+class _Eval:
+    """The loaded model, and the text split into calibration and evaluation windows."""
+
+    def __init__(self, model, device, dtype_name, n_calib, eval_ids, seq_len, windows, calib_wins,
+                 block, settings):
+        self.model, self.device, self.dtype_name = model, device, dtype_name
+        self.n_calib, self.eval_ids, self.seq_len = n_calib, eval_ids, seq_len
+        self.windows, self.calib_wins, self.block = windows, calib_wins, block
+        self.settings = settings  # stored with each row (the cache's extra_json) and in the JSON
+
+
+def _prepare(args, spec, mdir, tpath, text) -> _Eval:
+    """Load the model (an unsupported layout fails now, before any measuring), tokenize the
+    text and cut it into calibration tokens and evaluation windows."""
     import torch
 
     from ..hf import perplexity as P
-    from ..hf.calibration import calibrate
     from ..hf.layout import decoder_layers
-    from ..families.prune import apply, apply_combo
 
     model, tok, device, dtype_name = _load(mdir, args.device, args.dtype, spec, args.seq_len)
     decoder_layers(model)  # an unsupported layout fails now, before any measuring
@@ -306,93 +340,139 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
                 "calib_tokens": int(n_calib), "max_tokens": args.max_tokens,
                 "granularity": args.granularity, "align": args.align, "block": block,
                 "device": device, "dtype": dtype_name, "model_dir": str(mdir.resolve())}
-    from .. import families
+    return _Eval(model, device, dtype_name, n_calib, eval_ids, seq_len, windows, calib_wins, block,
+                 settings)
 
-    variants = variants_of(strategies, sparsities, getattr(args, "_combo_sps", None))
 
+class _Measured:
+    """What the measuring has given so far (the points stored are kept on Ctrl-C)."""
+
+    def __init__(self):
+        self.results = []  # (strategy, sparsity, achieved, ppl, note)
+        self.rows: list[dict] = []
+        self.n_stored = 0
+        self.dense = None
+        self.ppl_dense = None
+
+    def add(self, cache, spec, st, s, res, r, text_sha, settings) -> None:
+        """One pruned model's point, stored in the cache at once."""
+        achieved = res.final_achieved()
+        self.results.append((st, s, achieved, r.ppl, res.note))
+        new = measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], self.ppl_dense,
+                                    text_sha, self.dense.n_tokens)
+        self.rows.extend(new)
+        self.n_stored += store_rows(cache, new, dict(settings, note=res.note))
+
+
+def _measure_points(args, cache, spec, ev: _Eval, strategies, variants, text_sha, err,
+                    got: _Measured) -> None:
+    """Calibrate (when a family needs it), measure the dense model, then each variant pruned,
+    under one progress bar; the results go to ``got`` as they come."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    total = len(calib_wins) + len(windows) * (1 + len(variants))
-    results = []  # (strategy, sparsity, achieved, ppl, note)
-    rows: list[dict] = []
-    n_stored = 0
-    ppl_dense = None
-    t0 = time.time()
-    err.print(f"pis-tui quality: {spec.name} ({spec.num_layers} layers) on {device} {dtype_name}; "
-              f"{n_calib} calibration + {eval_ids.numel()} evaluation tokens, {len(windows)} windows × "
-              f"{1 + len(variants)} models", markup=False)
+    from ..hf import perplexity as P
+
+    total = len(ev.calib_wins) + len(ev.windows) * (1 + len(variants))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task("calibrating", total=total)
+        base = [0]
+
+        def on_prog(done, _n):
+            prog.update(task, completed=base[0] + done)
+
+        cal = _calibration(ev, strategies, on_prog)
+        base[0] += len(ev.calib_wins)
+        prog.update(task, description="dense", completed=base[0])
+        got.dense = _ppl(P, ev.model, ev.eval_ids, ev.seq_len, args, on_prog, "dense")
+        got.ppl_dense = got.dense.ppl
+        base[0] += len(ev.windows)
+        svd_cache: dict = {}
+        recalibrate = _recalibrator(ev)
+
+        for st, s, parts in variants:
+            prog.update(task, description=f"{st} {s:.1%}", completed=base[0])
+            res, r = _prune_and_measure(args, ev, st, s, parts, cal, recalibrate, svd_cache, on_prog)
+            got.add(cache, spec, st, s, res, r, text_sha, ev.settings)
+            base[0] += len(ev.windows)
+            if (st, s) == next((v[0], v[1]) for v in reversed(variants) if v[0] == st):
+                svd_cache.clear()  # this family's last variant: its decompositions are done
+
+
+def _calibration(ev: _Eval, strategies, on_prog):
+    """The importance scores on the calibration windows, or None when no family needs them."""
+    from .. import families
+    from ..hf.calibration import calibrate
+
+    needs_cal = any(families.get(_base(st)).needs_calibration for st in strategies)
+    cal = None
+    if needs_cal:
+        try:
+            cal = calibrate(ev.model, ev.calib_wins, on_progress=on_prog)
+        except RuntimeError as e:
+            raise MeasureError(f"calibration failed: {_first_line(e)}") from None
+    return cal
+
+
+def _recalibrator(ev: _Eval):
+    """A combination's calibration of its partly pruned model."""
+    from ..hf.calibration import calibrate
+
+    def recalibrate(mm):
+        try:
+            return calibrate(mm, ev.calib_wins)
+        except RuntimeError as e:
+            raise MeasureError(f"calibration of a partly pruned model failed: {_first_line(e)}") from None
+    return recalibrate
+
+
+def _prune_and_measure(args, ev: _Eval, st, s, parts, cal, recalibrate, svd_cache, on_prog):
+    """(pruning result, perplexity) of a copy of the model pruned by ``st`` at ``s`` (a
+    combination by its ``parts``); the copy is dropped before returning."""
+    import copy
+
+    from ..hf import perplexity as P
+    from ..families.prune import apply, apply_combo
+
+    m = copy.deepcopy(ev.model)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, transient=True) as prog:
-            task = prog.add_task("calibrating", total=total)
-            base = [0]
+        if parts:
+            res = apply_combo(m, _base(st), parts, cal, recalibrate=recalibrate,
+                              align=args.align, granularity=args.granularity, block=ev.block)
+        else:
+            res = apply(m, st, s, cal, align=args.align, granularity=args.granularity,
+                        block=ev.block, svd_cache=svd_cache)
+        r = _ppl(P, m, ev.eval_ids, ev.seq_len, args, on_prog, f"{st} {s:g}")
+    finally:
+        del m
+    return res, r
 
-            def on_prog(done, _n):
-                prog.update(task, completed=base[0] + done)
 
-            needs_cal = any(families.get(_base(st)).needs_calibration for st in strategies)
-            cal = None
-            if needs_cal:
-                try:
-                    cal = calibrate(model, calib_wins, on_progress=on_prog)
-                except RuntimeError as e:
-                    raise MeasureError(f"calibration failed: {_first_line(e)}") from None
-            base[0] += len(calib_wins)
-            prog.update(task, description="dense", completed=base[0])
-            dense = _ppl(P, model, eval_ids, seq_len, args, on_prog, "dense")
-            ppl_dense = dense.ppl
-            base[0] += len(windows)
-            svd_cache: dict = {}
-            def recalibrate(mm):
-                try:
-                    return calibrate(mm, calib_wins)
-                except RuntimeError as e:
-                    raise MeasureError(f"calibration of a partly pruned model failed: {_first_line(e)}") from None
+def _print_results(out, spec, tpath, got: _Measured, unsupported) -> None:
+    """The table of measured points (dense first, the unsupported families last)."""
+    from rich.table import Table
 
-            for st, s, parts in variants:
-                prog.update(task, description=f"{st} {s:.1%}", completed=base[0])
-                m = copy.deepcopy(model)
-                try:
-                    if parts:
-                        res = apply_combo(m, _base(st), parts, cal, recalibrate=recalibrate,
-                                                  align=args.align, granularity=args.granularity,
-                                                  block=block)
-                    else:
-                        res = apply(m, st, s, cal, align=args.align, granularity=args.granularity,
-                                            block=block, svd_cache=svd_cache)
-                    r = _ppl(P, m, eval_ids, seq_len, args, on_prog, f"{st} {s:g}")
-                finally:
-                    del m
-                achieved = res.final_achieved()
-                results.append((st, s, achieved, r.ppl, res.note))
-                new = measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], ppl_dense,
-                                            text_sha, dense.n_tokens)
-                rows.extend(new)
-                n_stored += store_rows(cache, new, dict(settings, note=res.note))
-                base[0] += len(windows)
-                if (st, s) == next((v[0], v[1]) for v in reversed(variants) if v[0] == st):
-                    svd_cache.clear()  # this family's last variant: its decompositions are done
-    except KeyboardInterrupt:
-        if n_stored:
-            err.print(f"{n_stored} points measured before the interrupt are stored in the cache")
-        raise
-    stored = f"{n_stored} points stored in the cache" if n_stored else ""
-    elapsed = time.time() - t0
-
+    ppl_dense = got.ppl_dense
     table = Table(title=f"Measured quality: {spec.name}, perplexity on {tpath.name} "
-                        f"({dense.n_tokens} tokens; dense ppl {ppl_dense:.3f})")
+                        f"({got.dense.n_tokens} tokens; dense ppl {ppl_dense:.3f})")
     for col, kw in (("strategy", {"no_wrap": True}), ("asked", {"justify": "right"}),
                     ("achieved", {"justify": "right"}), ("ppl", {"justify": "right"}),
                     ("Δ ppl", {"justify": "right"}), ("how", {"overflow": "fold", "ratio": 1})):
         table.add_column(col, **kw)
     table.add_row("dense", "0%", "0%", f"{ppl_dense:.3f}", "0.0%", "baseline")
-    for st, s, a, ppl, note in results:
+    for st, s, a, ppl, note in got.results:
         inc = (ppl - ppl_dense) / ppl_dense
         table.add_row(st, f"{s:.1%}", f"{a:.1%}", f"{ppl:.3f}", f"{inc:+.1%}", note)
     for st in unsupported:
         table.add_row(st, "", "", "", "", "unsupported (see below)")
     out.print(table)
     out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)")
+
+
+def _print_notes(err, strategies, sparsities, unsupported) -> None:
+    """Why families were not measured, fixed sparsities, and quality oracles."""
+    from .. import families
+
     for st in unsupported:
         err.print(f"unsupported: {families.get(_base(st)).quality_unsupported_reason}", markup=False)
     for st in strategies:
@@ -407,26 +487,28 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
         err.print(f"note: {' and '.join(oracles)} {'are quality oracles' if many else 'is a quality oracle'} "
                   f"(every update / score still computed): {'they bound' if many else 'it bounds'} "
                   "a learned router's quality, not its speed")
-    err.print(f"done in {elapsed:.1f} s" + (f"; {stored}" if stored else ""))
 
-    if args.json_out:
-        notes = {(st, s): note for st, s, _, _, note in results}
-        doc = {
-            "schema": "pis-tui/measured-quality/1",
-            "model": spec.name, "model_dir": str(mdir.resolve()),
-            "quality_metric": "ppl_increase", "quality_source": "measured",
-            "text": {"path": str(tpath), "sha256": text_sha, "calib_tokens": int(n_calib),
-                     "n_tokens": int(dense.n_tokens)},
-            "settings": settings,
-            "ppl_dense": ppl_dense,
-            "results": [dict(r, quality_metric="ppl_increase", quality_source="measured",
-                             note=notes.get((r["strategy"], r["sparsity"]), "")) for r in rows],
-            "unsupported": [{"strategy": st, "reason": families.get(_base(st)).quality_unsupported_reason}
-                            for st in unsupported],
-            "provenance": _provenance(),
-        }
-        dump_json(args.json_out, doc)
-    return 0
+
+def _write_json(args, spec, mdir, tpath, text_sha, ev: _Eval, got: _Measured, unsupported) -> None:
+    """The measured points as a pis-tui/measured-quality/1 document (--json)."""
+    from .. import families
+
+    notes = {(st, s): note for st, s, _, _, note in got.results}
+    doc = {
+        "schema": "pis-tui/measured-quality/1",
+        "model": spec.name, "model_dir": str(mdir.resolve()),
+        "quality_metric": "ppl_increase", "quality_source": "measured",
+        "text": {"path": str(tpath), "sha256": text_sha, "calib_tokens": int(ev.n_calib),
+                 "n_tokens": int(got.dense.n_tokens)},
+        "settings": ev.settings,
+        "ppl_dense": got.ppl_dense,
+        "results": [dict(r, quality_metric="ppl_increase", quality_source="measured",
+                         note=notes.get((r["strategy"], r["sparsity"]), "")) for r in got.rows],
+        "unsupported": [{"strategy": st, "reason": families.get(_base(st)).quality_unsupported_reason}
+                        for st in unsupported],
+        "provenance": _provenance(),
+    }
+    dump_json(args.json_out, doc)
 
 
 def _base(name: str) -> str:

@@ -135,10 +135,46 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     if remeasure not in ("none", "unstable", "all"):
         raise ValueError(f"remeasure must be none, unstable or all, not {remeasure!r}")
     t0 = time.monotonic()
-    ops = list({measuring_form(o).key(): measuring_form(o) for o in ops
-                if not isinstance(o, (Overhead, Collective))}.values())
+    ops = _distinct_measurable(ops)
     fp = device_ctx.fingerprint if device_ctx is not None else local_device().fingerprint
     report = ProfileReport(total=len(ops))
+    have = _cached_final(cache, fp, remeasure)
+    todo = [o for o in ops if o.key() not in have]
+    report.reused = len(ops) - len(todo)
+    need_cal = _dtypes_to_calibrate(ops, cache, fp, calibrate, recalibrate)
+    roof = roofline_fn(device or local_device())
+    guesses = [_cost_guess(o, roof) for o in todo]
+    progress = _Progress(on_progress, t0, total=len(ops), done=report.reused,
+                         remaining=sum(guesses) + 1.5 * len(need_cal))
+    if not todo and not need_cal:
+        report.elapsed_s = time.monotonic() - t0
+        progress("")
+        return report
+
+    run = _ProfileRun(device_ctx, cache, report, progress, roof, cancel=cancel, repeats=repeats,
+                      labels=labels, on_measurement=on_measurement, on_warning=on_warning,
+                      flush_s=flush_s)
+    try:
+        run.calibrate(need_cal, fp)
+        run.measure_todo(todo, guesses, chunk_s)
+        run.remeasure_unstable()
+        run.settle_inconsistent(have)
+        report.unstable = sum(1 for m in report.measurements if m.status == "unstable")
+    finally:
+        run.writer.flush()  # also on KeyboardInterrupt / errors: nothing measured is lost
+    report.elapsed_s = time.monotonic() - t0
+    progress("")
+    return report
+
+
+def _distinct_measurable(ops: Iterable[Op]) -> list:
+    """The ops in their measuring form, once each (overheads and collectives are not timed here)."""
+    return list({measuring_form(o).key(): measuring_form(o) for o in ops
+                 if not isinstance(o, (Overhead, Collective))}.values())
+
+
+def _cached_final(cache, fp: str, remeasure: str) -> dict:
+    """key -> the cached measurement that is not taken again (``remeasure`` as run_profile's)."""
     have = {}
     if cache is not None:
         have = {m.key: m for m in cache.get_measurements(fp) if m.status in FINAL_STATUSES}
@@ -146,198 +182,294 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
             have = {}
         elif remeasure == "unstable":
             have = {k: m for k, m in have.items() if m.status != "unstable"}
-    todo = [o for o in ops if o.key() not in have]
-    report.reused = len(ops) - len(todo)
+    return have
+
+
+def _dtypes_to_calibrate(ops: list, cache, fp: str, calibrate: bool, recalibrate: bool) -> list:
+    """The ops' dtypes whose device peaks are to be measured now."""
     dtypes = sorted({o.dtype for o in ops})
     need_cal = []
     if calibrate and cache is not None:
         need_cal = [d for d in dtypes if recalibrate or cache.get_calibration(fp, d) is None]
-    roof = roofline_fn(device or local_device())
-    guesses = [_cost_guess(o, roof) for o in todo]
-    est = {"remaining": sum(guesses) + 1.5 * len(need_cal), "done": 0.0, "spent": 0.0}
-    count = {"total": len(ops), "done": report.reused, "shown": 0}
+    return need_cal
 
-    # the chunk being measured: its ops finish together after their last round, so progress
-    # and the ETA count the share of its calls made so far (the bar moves, the ETA updates)
-    part = {"ops": 0, "guess": 0.0, "frac": 0.0, "since": None}
 
-    def progress(label: str) -> None:
-        if on_progress is None:
+class _Progress:
+    """Progress and the ETA of a run, told to ``on_progress`` (the ETA scales the time spent by
+    the cost guesses still to do against those done).
+
+    The chunk being measured (the part): its ops finish together after their last round, so
+    progress and the ETA count the share of its calls made so far (the bar moves, the ETA
+    updates)."""
+
+    def __init__(self, on_progress: Optional[ProgressFn], t0: float, *, total: int, done: int,
+                 remaining: float):
+        self.on_progress, self.t0 = on_progress, t0
+        self.total, self.done, self.shown = total, done, 0  # ops
+        self.remaining, self.done_guess, self.spent = remaining, 0.0, 0.0  # seconds (guessed, spent)
+        self.part_ops, self.part_guess, self.frac, self.since = 0, 0.0, 0.0, None
+
+    def __call__(self, label: str) -> None:
+        if self.on_progress is None:
             return
-        frac = part["frac"]
-        spent = est["spent"] + (time.monotonic() - part["since"] if part["since"] else 0.0)
-        dg = est["done"] + frac * part["guess"]
+        frac = self.frac
+        spent = self.spent + (time.monotonic() - self.since if self.since else 0.0)
+        dg = self.done_guess + frac * self.part_guess
         eta = None
         if dg > 0 and spent > 0:
-            eta = max(0.0, spent / dg * (est["remaining"] - frac * part["guess"]))
+            eta = max(0.0, spent / dg * (self.remaining - frac * self.part_guess))
         # never backwards: a cancelled chunk's partial progress stays shown
-        count["shown"] = max(count["shown"], min(count["total"], count["done"] + int(frac * part["ops"])))
-        on_progress(count["shown"], count["total"], label, time.monotonic() - t0, eta)
+        self.shown = max(self.shown, min(self.total, self.done + int(frac * self.part_ops)))
+        self.on_progress(self.shown, self.total, label, time.monotonic() - self.t0, eta)
 
-    if not todo and not need_cal:
-        report.elapsed_s = time.monotonic() - t0
-        progress("")
-        return report
+    def add_work(self, n_ops: int, guess: float) -> None:
+        """Ops added to the run (re-measures)."""
+        self.total += n_ops
+        self.remaining += guess
 
-    from .. import timing
+    def credit(self, guess: float) -> None:
+        """Work of this guessed cost is done."""
+        self.done_guess += guess
+        self.remaining -= guess
 
-    ctx = device_ctx
-    if ctx is None:
-        progress("opening the device (importing torch)")
-        ctx = timing.open_device("local")
-    probe = None
-    if not ctx.is_cuda:
-        report.contention = timing.contention_probe(ctx)
-        if report.contention.get("contended") and on_warning is not None:
-            on_warning(contention_message(report.contention))
-        probe = lambda: timing.contention_probe(ctx)  # noqa: E731 - before each round
-    writer = _Writer(cache, {**ctx.device_info(), "contention": report.contention}, flush_s)
-    rounds = 1 if ctx.is_cuda else CPU_ROUNDS
-    fresh: dict = {}  # key -> the newest measurement of this run
+    def spend_since(self, ts: float) -> None:
+        self.spent += time.monotonic() - ts
 
-    def store(m: Measurement) -> None:
-        writer.add(m)
-        if m.key not in fresh:
+    def begin_part(self, n_ops: int, guess: float) -> None:
+        self.part_ops, self.part_guess, self.frac, self.since = n_ops, guess, 0.0, time.monotonic()
+
+    def set_share(self, r: int, i: int, rounds: int, n: int) -> None:
+        """The part's share done at round ``r``, its op ``i`` of ``n``."""
+        self.frac = min(1.0, (r * n + i) / (rounds * n))
+
+    def end_part(self) -> None:
+        ts = self.since
+        self.part_ops, self.part_guess, self.frac, self.since = 0, 0.0, 0.0, None
+        self.spend_since(ts)
+
+
+class _ProfileRun:
+    """The measuring side of :func:`run_profile`: the opened device, the writer, and the
+    passes (calibration, the ops to do, the re-measures) that fill ``report``."""
+
+    def __init__(self, device_ctx, cache, report: ProfileReport, progress: _Progress, roof, *,
+                 cancel: CancelArg, repeats: Optional[int], labels: Optional[dict],
+                 on_measurement: Optional[Callable[[Measurement], None]],
+                 on_warning: Optional[Callable[[str], None]], flush_s: float):
+        self.cache, self.report, self.progress, self.roof = cache, report, progress, roof
+        self.cancel, self.repeats, self.labels = cancel, repeats, labels
+        self.on_measurement = on_measurement
+        self.ctx = self._open_device(device_ctx)
+        self.probe = self._contention_probe(on_warning)
+        self.writer = _Writer(cache, {**self.ctx.device_info(), "contention": report.contention},
+                              flush_s)
+        self.rounds = 1 if self.ctx.is_cuda else CPU_ROUNDS
+        self.fresh: dict = {}  # key -> the newest measurement of this run
+
+    def _open_device(self, device_ctx):
+        from .. import timing
+
+        if device_ctx is not None:
+            return device_ctx
+        self.progress("opening the device (importing torch)")
+        return timing.open_device("local")
+
+    def _contention_probe(self, on_warning) -> Optional[Callable[[], dict]]:
+        """On the CPU: probe once now (warning when contended), and the probe to run before
+        each round; None on a GPU."""
+        from .. import timing
+
+        ctx = self.ctx
+        if ctx.is_cuda:
+            return None
+        self.report.contention = timing.contention_probe(ctx)
+        if self.report.contention.get("contended") and on_warning is not None:
+            on_warning(contention_message(self.report.contention))
+        return lambda: timing.contention_probe(ctx)
+
+    def _label(self, op: Op) -> str:
+        return (self.labels or {}).get(op.key()) or label_of(op)
+
+    def _tell(self, m: Measurement) -> None:
+        if self.on_measurement is not None:
+            self.on_measurement(m)
+
+    def store(self, m: Measurement) -> None:
+        """Write ``m`` (buffered) and keep it as this run's newest for its key."""
+        report = self.report
+        self.writer.add(m)
+        if m.key not in self.fresh:
             report.measurements.append(m)
         else:
             report.measurements = [m if x.key == m.key else x for x in report.measurements]
-        fresh[m.key] = m
+        self.fresh[m.key] = m
 
-    def again(pairs: list, label: str) -> dict:
-        """Re-measure [(op, why)] in rounds, counted in the progress and the ETA."""
-        ops_ = [o for o, _ in pairs]
-        g = [_cost_guess(o, roof) for o in ops_]
-        count["total"] += len(ops_)
-        est["remaining"] += sum(g)
-        ts = time.monotonic()
-        part.update(ops=len(ops_), guess=sum(g), frac=0.0, since=ts)
-        pos = {o.key(): i for i, o in enumerate(ops_)}
+    # ------------------------------------------------------------ the first pass
 
-        def say(op, r):
-            part["frac"] = min(1.0, (r * len(ops_) + pos.get(op.key(), 0)) / (rounds * len(ops_)))
-            progress(f"{label}: {(labels or {}).get(op.key()) or label_of(op)}")
-        got = measure_rounds(ops_, ctx, rounds, repeats, say, cancel, probe)
-        part.update(ops=0, guess=0.0, frac=0.0, since=None)
-        est["spent"] += time.monotonic() - ts
-        for o, gg in zip(ops_, g):
-            if o.key() in got:
-                est["done"] += gg
-                est["remaining"] -= gg
-                count["done"] += 1
-        if len(got) < len(ops_):
-            report.cancelled = True
-        return got
+    def calibrate(self, need_cal: list, fp: str) -> None:
+        """The device's peaks for each dtype of ``need_cal`` (that the device has), stored."""
+        from .. import timing
 
-    try:
+        ctx = self.ctx
         for d in need_cal:
-            if is_cancelled(cancel):
-                report.cancelled = True
+            if is_cancelled(self.cancel):
+                self.report.cancelled = True
                 break
-            progress(f"device peaks ({d}: large matmul, large copy)")
+            self.progress(f"device peaks ({d}: large matmul, large copy)")
             ts = time.monotonic()
             if d not in ctx.dtypes:
                 continue
             peaks = timing.measure_device_peaks(ctx, d)
-            cache.put_calibration(fp, d, peaks["peak_tflops"], peaks["bandwidth_gbs"], peaks,
-                                  software=ctx.software, method=peaks.get("method", ""))
-            report.calibrated.append(d)
-            est["spent"] += time.monotonic() - ts
-            est["done"] += 1.5
-            est["remaining"] -= 1.5
-        for chunk in _chunks(list(zip(todo, guesses)), rounds, chunk_s):
-            if report.cancelled or is_cancelled(cancel):
+            self.cache.put_calibration(fp, d, peaks["peak_tflops"], peaks["bandwidth_gbs"], peaks,
+                                       software=ctx.software, method=peaks.get("method", ""))
+            self.report.calibrated.append(d)
+            self.progress.spend_since(ts)
+            self.progress.credit(1.5)
+
+    def measure_todo(self, todo: list, guesses: list, chunk_s: float) -> None:
+        """The ops the cache lacks, chunk by chunk, each stored as its chunk finishes."""
+        report = self.report
+        for chunk in _chunks(list(zip(todo, guesses)), self.rounds, chunk_s):
+            if report.cancelled or is_cancelled(self.cancel):
                 report.cancelled = True
                 break
-            ts = time.monotonic()
-            pos = {o.key(): i for i, (o, _) in enumerate(chunk)}
-            part.update(ops=len(chunk), guess=sum(g for _, g in chunk), frac=0.0, since=ts)
-
-            def say(op, r):
-                label = (labels or {}).get(op.key()) or label_of(op)
-                part["frac"] = min(1.0, (r * len(chunk) + pos.get(op.key(), 0)) / (rounds * len(chunk)))
-                progress(label if rounds == 1 else f"{label} (round {min(r, rounds - 1) + 1}/{rounds})")
-            got = measure_rounds([o for o, _ in chunk], ctx, rounds, repeats, say, cancel, probe)
-            part.update(ops=0, guess=0.0, frac=0.0, since=None)
-            est["spent"] += time.monotonic() - ts
-            for op, guess in chunk:
-                m = got.get(op.key())
-                if m is None:  # cancelled before all its rounds: not stored
-                    report.cancelled = True
-                    continue
-                est["done"] += guess
-                est["remaining"] -= guess
-                store(m)
-                if m.status in ("ok", "unstable"):
-                    report.measured += 1
-                else:
-                    if m.status in ("error", "oom"):
-                        report.failed += 1
-                    else:
-                        report.measured += 1  # "unsupported" is a result: there is no kernel here
-                    report.failures.append((m.key, m.status, m.note))
-                count["done"] += 1
-                if on_measurement is not None:
-                    on_measurement(m)
-                if is_cancelled(cancel):
-                    report.cancelled = True
-                    break
+            got = self._measure_chunk(chunk)
+            self._take_chunk(chunk, got)
             if report.cancelled:
                 break
-            _stop_if_sticky(ctx, report)
-        # unstable ops: once more, later (the machine may be quiet now)
+            _stop_if_sticky(self.ctx, report)
+
+    def _measure_chunk(self, chunk: list) -> dict:
+        """key -> measurement of the chunk's [(op, cost guess)] that finished all rounds."""
+        rounds = self.rounds
+        pos = {o.key(): i for i, (o, _) in enumerate(chunk)}
+        self.progress.begin_part(len(chunk), sum(g for _, g in chunk))
+
+        def say(op, r):
+            label = self._label(op)
+            self.progress.set_share(r, pos.get(op.key(), 0), rounds, len(chunk))
+            self.progress(label if rounds == 1 else f"{label} (round {min(r, rounds - 1) + 1}/{rounds})")
+        got = measure_rounds([o for o, _ in chunk], self.ctx, rounds, self.repeats, say,
+                             self.cancel, self.probe)
+        self.progress.end_part()
+        return got
+
+    def _take_chunk(self, chunk: list, got: dict) -> None:
+        """Store and count what a chunk measured (stopping early when cancelled)."""
+        report = self.report
+        for op, guess in chunk:
+            m = got.get(op.key())
+            if m is None:  # cancelled before all its rounds: not stored
+                report.cancelled = True
+                continue
+            self.progress.credit(guess)
+            self.store(m)
+            self._count_result(m)
+            self.progress.done += 1
+            self._tell(m)
+            if is_cancelled(self.cancel):
+                report.cancelled = True
+                break
+
+    def _count_result(self, m: Measurement) -> None:
+        report = self.report
+        if m.status in ("ok", "unstable"):
+            report.measured += 1
+        else:
+            if m.status in ("error", "oom"):
+                report.failed += 1
+            else:
+                report.measured += 1  # "unsupported" is a result: there is no kernel here
+            report.failures.append((m.key, m.status, m.note))
+
+    # ------------------------------------------------------------ re-measures
+
+    def _remeasure(self, pairs: list, label: str) -> dict:
+        """Re-measure [(op, why)] in rounds, counted in the progress and the ETA."""
+        rounds, progress = self.rounds, self.progress
+        ops_ = [o for o, _ in pairs]
+        g = [_cost_guess(o, self.roof) for o in ops_]
+        progress.add_work(len(ops_), sum(g))
+        progress.begin_part(len(ops_), sum(g))
+        pos = {o.key(): i for i, o in enumerate(ops_)}
+
+        def say(op, r):
+            progress.set_share(r, pos.get(op.key(), 0), rounds, len(ops_))
+            progress(f"{label}: {self._label(op)}")
+        got = measure_rounds(ops_, self.ctx, rounds, self.repeats, say, self.cancel, self.probe)
+        progress.end_part()
+        for o, gg in zip(ops_, g):
+            if o.key() in got:
+                progress.credit(gg)
+                progress.done += 1
+        if len(got) < len(ops_):
+            self.report.cancelled = True
+        return got
+
+    def remeasure_unstable(self) -> None:
+        """Unstable ops: once more, later (the machine may be quiet now)."""
+        report = self.report
         shaky = [m for m in report.measurements if m.status == "unstable"]
-        if shaky and not report.cancelled:
-            got = again([(m.to_op(), "unstable") for m in shaky], "re-measuring unstable ops")
-            for m in shaky:
-                new = got.get(m.key)
-                if new is None:
-                    continue
-                if new.status == "unstable":
-                    new.conditions = {**new.conditions, "remeasured": 1,
-                                      "first": {"ms": m.ms, "unstable": m.conditions.get("unstable")}}
-                store(new)
-                report.remeasured += 1
-                if on_measurement is not None:
-                    on_measurement(new)
-        # kernels slower than one of their kind doing more work (on a CPU: contention; on a GPU
-        # graph replays are steady and a smaller shape can really be slower — another kernel)
-        cached_ok = [m for k, m in have.items() if m.status == "ok" and k not in fresh]
-        for _ in range(MONOTONE_PASSES if not ctx.is_cuda else 0):
+        if not shaky or report.cancelled:
+            return
+        got = self._remeasure([(m.to_op(), "unstable") for m in shaky], "re-measuring unstable ops")
+        for m in shaky:
+            new = got.get(m.key)
+            if new is None:
+                continue
+            if new.status == "unstable":
+                new.conditions = {**new.conditions, "remeasured": 1,
+                                  "first": {"ms": m.ms, "unstable": m.conditions.get("unstable")}}
+            self.store(new)
+            report.remeasured += 1
+            self._tell(new)
+
+    def settle_inconsistent(self, have: dict) -> None:
+        """Kernels slower than one of their kind doing more work (on a CPU: contention; on a
+        GPU graph replays are steady and a smaller shape can really be slower — another
+        kernel): re-measured, then stored unstable if they still are."""
+        cached_ok = [m for k, m in have.items() if m.status == "ok" and k not in self.fresh]
+        cached_ok = self._remeasure_slower(cached_ok)
+        self._mark_inconsistent(cached_ok)
+
+    def _remeasure_slower(self, cached_ok: list) -> list:
+        """Up to MONOTONE_PASSES re-measures of the violations (CPU only); a lower time
+        replaces the old one.  Returns ``cached_ok`` less the cached ops so replaced."""
+        report = self.report
+        for _ in range(MONOTONE_PASSES if not self.ctx.is_cuda else 0):
             if report.cancelled or not report.measurements:
                 break
-            bad = consistency_violations(list(fresh.values()) + cached_ok)
+            bad = consistency_violations(list(self.fresh.values()) + cached_ok)
             if not bad:
                 break
-            got = again([(a.to_op(), b) for a, b in bad],
-                        f"re-measuring {len(bad)} kernel(s) slower than one doing more work")
+            got = self._remeasure([(a.to_op(), b) for a, b in bad],
+                                  f"re-measuring {len(bad)} kernel(s) slower than one doing more work")
             for a, b in bad:
                 m = got.get(a.key)
                 if m is None or m.status != "ok" or m.ms >= a.ms:
                     continue  # contention only inflates a time: keep the lower one
                 m.note = (m.note + f"; re-measured (was {a.ms:.4g} ms, slower than "
                           f"{label_of(b.to_op())} at {b.ms:.4g} ms)").lstrip("; ")
-                store(m)
+                self.store(m)
                 cached_ok = [x for x in cached_ok if x.key != a.key]
                 report.remeasured += 1
-                if on_measurement is not None:
-                    on_measurement(m)
-        if not ctx.is_cuda and not report.cancelled and report.measurements:
-            for a, b in consistency_violations(list(fresh.values()) + cached_ok):
-                reason = (f"slower ({a.ms:.4g} ms) than {label_of(b.to_op())} ({b.ms:.4g} ms), "
-                          "which does more work, after re-measuring")
-                m = replace(a, status="unstable", conditions={
-                    **a.conditions, "unstable": list(a.conditions.get("unstable", ())) + [reason],
-                    "inconsistent_with": b.key})
-                store(m)
-                report.inconsistent += 1
-                if on_measurement is not None:
-                    on_measurement(m)
-        report.unstable = sum(1 for m in report.measurements if m.status == "unstable")
-    finally:
-        writer.flush()  # also on KeyboardInterrupt / errors: nothing measured is lost
-    report.elapsed_s = time.monotonic() - t0
-    progress("")
-    return report
+                self._tell(m)
+        return cached_ok
+
+    def _mark_inconsistent(self, cached_ok: list) -> None:
+        """What is still slower than a kernel doing more work is stored unstable (CPU only)."""
+        report = self.report
+        if self.ctx.is_cuda or report.cancelled or not report.measurements:
+            return
+        for a, b in consistency_violations(list(self.fresh.values()) + cached_ok):
+            reason = (f"slower ({a.ms:.4g} ms) than {label_of(b.to_op())} ({b.ms:.4g} ms), "
+                      "which does more work, after re-measuring")
+            m = replace(a, status="unstable", conditions={
+                **a.conditions, "unstable": list(a.conditions.get("unstable", ())) + [reason],
+                "inconsistent_with": b.key})
+            self.store(m)
+            report.inconsistent += 1
+            self._tell(m)
 
 
 def _stop_if_sticky(ctx, report: ProfileReport) -> None:
