@@ -453,11 +453,11 @@ def test_two_gloo_processes_measure_all_reduce_here(tmp_path):
     t0 = time.monotonic()
     try:
         rows = measure([("all_reduce", "fp32", 4096), ("all_gather", "fp32", 8192)], 2,
-                       local_device(), rounds=3, timeout_s=45, start_s=30, round_ms=5.0)
+                       local_device(), rounds=3, timeout_s=120, start_s=60, round_ms=5.0)
     except UserError as e:
         pytest.skip(f"2 gloo processes cannot start here: {e}")
     took = time.monotonic() - t0
-    assert took < 45
+    assert took < 130  # bounded by the group's own limit, with slack for a busy machine
     assert [(r["collective"], r["bytes"]) for r in rows] == [("all_reduce", 16384),
                                                               ("all_gather", 32768)]
     for r in rows:
@@ -570,12 +570,12 @@ def test_validate_tp2_runs_a_tiny_model_as_two_gloo_ranks(tmp_path):
     try:
         rows = validate_tp(str(d), [Strategy("static_depth", 0.5)], ("decode",), tp=2,
                            decode_batches=(2,), context_len=16, repeats=2, warmup=0,
-                           op_repeats=1, cache=cache, probe_overhead=False, timeout_s=120)
+                           op_repeats=1, cache=cache, probe_overhead=False, timeout_s=300)
     except UserError as e:
         if "cannot start" in str(e):
             pytest.skip(f"2 gloo ranks cannot start here: {e}")
         raise
-    assert time.monotonic() - t0 < 150
+    assert time.monotonic() - t0 < 330  # the group's limit, with slack for a busy machine
     assert [(r.strategy, r.phase, r.batch) for r in rows] == [("static_depth", "decode", 2)]
     x = rows[0].to_dict()
     t = x["tp"]

@@ -56,5 +56,25 @@ def main(path: str) -> int:
     return 0
 
 
+def run_worker(main, path: str) -> int:
+    """Run a rank's ``main(path)``; when it raises, write the cause (``Type: message``, one
+    line) to ``error<rank>`` in the spec's folder before the traceback reaches stderr, so the
+    group reports what really failed, not the last line a library printed."""
+    try:
+        return main(path)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        cause = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        try:
+            folder = json.loads(Path(path).read_text(encoding="utf-8"))["status_dir"]
+            Path(folder, f"error{os.environ.get('PIS_RANK', '0')}").write_text(
+                cause[:400], encoding="utf-8")
+        except (OSError, ValueError, KeyError):
+            pass
+        raise
+
+
 if __name__ == "__main__":  # pragma: no cover - run as a process
-    sys.exit(main(sys.argv[1]))
+    sys.exit(run_worker(main, sys.argv[1]))

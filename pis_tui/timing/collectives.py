@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -250,17 +251,42 @@ class Group:
             except subprocess.TimeoutExpired:  # pragma: no cover
                 pass
 
-    def _error(self, r: int) -> str:
+    def _cause(self, r: int, code: Optional[int]) -> str:
+        """Why rank ``r`` ended with ``code``: the exception it reported (``error<r>``, written
+        by :func:`pis_tui.timing.collective_worker.run_worker`), the signal that killed it, the
+        last exception of a traceback on its stderr, or its exit code.  A library's warning on
+        stderr is never taken for the cause."""
         try:
-            text = (self.dir / f"err{r}.txt").read_text(encoding="utf-8", errors="replace")
+            reported = (self.dir / f"error{r}").read_text(encoding="utf-8").strip()
+        except OSError:
+            reported = ""
+        if reported:
+            return reported[:240]
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (out of memory, or stopped from outside?)" if -code == signal.SIGKILL else ""
+            return f"killed by {name}{hint}"
+        raised = _last_exception(self._stderr(r))
+        if raised:
+            return raised[:240]
+        return f"exit code {code}"
+
+    def _stderr(self, r: int) -> str:
+        try:
+            return (self.dir / f"err{r}.txt").read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
-        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-        for ln in reversed(lines):
-            if ln.startswith(("RuntimeError", "ValueError", "OSError", "torch.", "pis_tui.", "Error",
-                              "ModuleNotFoundError", "ImportError", "DistBackendError")) or ": " in ln:
-                return ln[:240]
-        return lines[-1][:240] if lines else ""
+
+    def _first_failed(self, failed: list, codes: list) -> int:
+        """The rank to blame: one that reported an exception of its own (its peers then fail
+        on the broken connection), else the first that ended."""
+        for r in failed:
+            if (self.dir / f"error{r}").exists():
+                return r
+        return failed[0]
 
     def ready(self) -> bool:
         return all((self.dir / f"ready{r}").exists() for r in range(self.world))
@@ -296,14 +322,18 @@ class Group:
             failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
             started = self.ready()
             if failed:
-                why = self._error(failed[0]) or f"exit code {codes[failed[0]]}"
+                time.sleep(0.2)  # a rank that raised writes its cause before it exits
+                codes = [p.poll() for p in self.procs]
+                failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+                bad = self._first_failed(failed, codes)
+                why = self._cause(bad, codes[bad])
                 self.kill()
                 drain()
                 if not started:
                     raise UserError(f"cannot start {self.world} ranks ({self._backend()}) for "
-                                    f"measuring: rank {failed[0]} failed: {why}")
+                                    f"measuring: rank {bad} failed: {why}")
                 raise MeasureError(f"the {self.world}-rank group failed while measuring (rank "
-                                   f"{failed[0]}: {why}); {len(results)} result(s) kept")
+                                   f"{bad}: {why}); {len(results)} result(s) kept")
             elapsed = time.monotonic() - t0
             if not started and elapsed > self.start_s:
                 self.kill()
@@ -319,6 +349,18 @@ class Group:
 
     def _backend(self) -> str:
         return backend_for(self.kind)
+
+
+def _last_exception(text: str) -> str:
+    """The exception line that ends the last traceback in ``text`` ('' when there is none)."""
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return ""
+    for ln in lines[starts[-1] + 1:]:  # the frames are indented; the exception is not
+        if ln.strip() and not ln.startswith((" ", "\t")):
+            return ln.strip()
+    return ""
 
 
 def measure(wanted: list, world: int, device, *, rounds: int = DEFAULT_ROUNDS,

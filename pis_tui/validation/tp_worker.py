@@ -111,4 +111,6 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - run as a process
-    sys.exit(main(sys.argv[1]))
+    from ..timing.collective_worker import run_worker
+
+    sys.exit(run_worker(main, sys.argv[1]))
