@@ -14,7 +14,7 @@ import pkgutil
 import sys
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PisError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE, PisError
 
 #: the order subcommands are listed in ``--help``; others follow alphabetically
 ORDER = ("models", "gpus", "ops", "sweep", "recommend", "frontier", "profile", "calibrate",
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pis-tui: error: an empty path for {what}: give a file name", file=sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return rc
     except PisError as e:
         print(f"pis-tui: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return _pipe_closed()
     except Exception as e:  # a bug, not a user mistake: say so in one line, no traceback
         import os
 
@@ -85,6 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pis-tui: internal error: {type(e).__name__}: {e} "
               "(set PIS_TUI_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (``| head``): no bug and nothing to say.  What is still
+    buffered goes to /dev/null (else the interpreter's final flush fails again and exits 1)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor
+        pass
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

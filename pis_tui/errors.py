@@ -19,6 +19,8 @@ EXIT_BAD_INPUT = 2
 EXIT_MEASURE = 3
 EXIT_CACHE = 4
 EXIT_INTERRUPTED = 130
+#: the reader of our output went away (`pis-tui sweep … | head`): 128 + SIGPIPE, as the shell says
+EXIT_PIPE = 141
 
 
 class PisError(Exception):

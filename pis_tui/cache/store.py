@@ -251,8 +251,11 @@ class Store:
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise CacheError(f"cannot use cache file {self.path}: cannot create its directory "
-                             f"({e.strerror})") from None
+            # a path nobody can use (a read-only or missing parent, a file in the way) is bad
+            # input, not a cache held by another process: exit 2, one line
+            raise UserError(f"cannot use cache file {self.path}: cannot create its directory "
+                            f"({e.strerror}); give --cache PATH (or PIS_TUI_CACHE) in a "
+                            "writable place") from None
         deadline = time.monotonic() + self.wait_s
         delay = 0.01
         if not self.read_only and Path(self.path).exists() and not writable(self.path):

@@ -155,6 +155,9 @@ def check_align(spec, pairs, align: int, scenario, explicit: bool = True,
 
     Returns the warnings, one line each.  ``families_flag``: the flag that picks the families
     (the error suggests leaving them out of it), or "" for a command of one family."""
+    from ..model.tensor_parallel import check_model
+
+    check_model(spec, scenario.tp)  # a degree the model cannot split says so before any width
     too_big: dict = {}
     idle: dict = {}
     for family, s in pairs:

@@ -222,6 +222,10 @@ def dump_json(path: str, obj) -> None:
 def console():
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1; the CLI exits as the shell says
+            raise BrokenPipeError
+
     # piped output (files, tests, CI logs) is not squeezed into 80 columns
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False, width=width)
+    return _Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False, width=width)

@@ -1,0 +1,38 @@
+"""What a new user tripped over (issues 30 and 31): each case fails on the code before its fix."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import run_cli
+
+
+@pytest.mark.parametrize("command", ["sweep", "recommend", "frontier"])
+def test_a_tp_degree_the_model_cannot_split_is_bad_input_before_any_width(command):
+    r = run_cli(command, "--model", "qwen2.5-0.5b", "--gpu", "h200-sxm", "--tp", "4")
+    assert r.returncode == 2, r.stderr
+    assert "4 does not divide its 14 query heads" in r.stderr and "use --tp 1 or 2" in r.stderr
+    assert "internal error" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [[], ["--json", "-"]])
+def test_a_closed_pipe_exits_quietly_as_the_shell_says(extra):
+    p = subprocess.Popen([sys.executable, "-m", "pis_tui", "sweep", "--model", "llama-3.1-8b",
+                          "--gpu", "h200-sxm", *extra], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PIS_TUI_NO_CUDA": "1"})
+    p.stdout.readline()
+    p.stdout.close()  # `| head -1`
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "error" not in err, err
+
+
+def test_a_cache_path_that_cannot_be_created_is_bad_input_not_a_busy_cache(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    r = run_cli("profile", "--model", "qwen2.5-0.5b", "--cache", str(blocker / "sub" / "c.duckdb"))
+    assert r.returncode == 2, r.stderr
+    assert "cannot create its directory" in r.stderr and "another process" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
