@@ -36,3 +36,13 @@ def test_a_cache_path_that_cannot_be_created_is_bad_input_not_a_busy_cache(tmp_p
     assert r.returncode == 2, r.stderr
     assert "cannot create its directory" in r.stderr and "another process" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_plan_names_only_the_target_it_misses():
+    r = run_cli("plan", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--ttft-ms", "500",
+                "--tpot-ms", "20")
+    assert r.returncode == 0, r.stderr
+    line = " ".join(ln for ln in r.stdout.splitlines() if "meets the targets" in ln or "TTFT" in ln)
+    why = r.stdout[r.stdout.index("✗"):].split("\n\n")[0].replace("\n", " ")
+    assert "lowest TTFT" in why and "TPOT" not in why, why
+    assert "relax it" in why, line

@@ -739,15 +739,28 @@ def _nothing_reason(result: PlanResult, excluded: dict, budget: float, objective
     lo_ttft = min(fits, key=lambda c: _at(c, b, "ttft_ms"))
     lo_tpot = min(fits, key=lambda c: _at(c, b, "tpot_ms"))
     at = " at batch 1" if objective == "throughput" else " at the workload's concurrency"
-    parts = []
-    if targets.ttft_ms is not None:
+    ttft_missed = targets.ttft_ms is not None and _at(lo_ttft, b, "ttft_ms") > targets.ttft_ms
+    tpot_missed = targets.tpot_ms is not None and _at(lo_tpot, b, "tpot_ms") > targets.tpot_ms
+    parts = []  # name only the targets nothing meets
+    if ttft_missed:
         parts.append(f"the lowest TTFT{at} is {_at(lo_ttft, b, 'ttft_ms'):,.0f} ms "
                      f"({candidate_name(lo_ttft)}) against {targets.ttft_ms:g} ms")
-    if targets.tpot_ms is not None:
+    if tpot_missed:
         parts.append(f"the lowest TPOT{at} is {_at(lo_tpot, b, 'tpot_ms'):,.1f} ms "
                      f"({candidate_name(lo_tpot)}) against {targets.tpot_ms:g} ms")
-    return (f"nothing within {_fmt_loss(budget, metric)} meets the targets: " + "; ".join(parts)
-            + "; relax the targets" + (" or lower the concurrency" if objective == "latency" else ""))
+    relax = "relax " + ("the targets" if len(parts) > 1 else "it") + \
+        (" or lower the concurrency" if objective == "latency" else "")
+    if parts:
+        return (f"nothing within {_fmt_loss(budget, metric)} meets the targets: "
+                + "; ".join(parts) + "; " + relax)
+    # each target is met by some candidate, but no candidate meets both
+    meet_tpot = [c for c in fits if _at(c, b, "tpot_ms") <= targets.tpot_ms]
+    best = min(meet_tpot, key=lambda c: _at(c, b, "ttft_ms"))
+    return (f"nothing within {_fmt_loss(budget, metric)} meets both targets: each is met by "
+            f"some model, but of those with TPOT{at} within {targets.tpot_ms:g} ms the lowest TTFT "
+            f"is {_at(best, b, 'ttft_ms'):,.0f} ms ({candidate_name(best)}) against "
+            f"{targets.ttft_ms:g} ms; relax one of them"
+            + (" or lower the concurrency" if objective == "latency" else ""))
 
 
 def _at(c: Candidate, batch: Optional[int], attr: str) -> float:
