@@ -42,7 +42,7 @@ def test_plan_names_only_the_target_it_misses():
     r = run_cli("plan", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--ttft-ms", "500",
                 "--tpot-ms", "20")
     assert r.returncode == 0, r.stderr
-    line = " ".join(ln for ln in r.stdout.splitlines() if "meets the targets" in ln or "TTFT" in ln)
-    why = r.stdout[r.stdout.index("✗"):].split("\n\n")[0].replace("\n", " ")
+    out = r.stdout[r.stdout.index("✗"):]
+    why = out[: out.index("candidates:")].replace("\n", " ")
     assert "lowest TTFT" in why and "TPOT" not in why, why
-    assert "relax it" in why, line
+    assert "relax it" in why, why
