@@ -222,16 +222,41 @@ def test_a_second_process_reads_what_the_first_wrote(tmp_path):
     assert c.get_setting("from_child") == 1
 
 
+def _corrupt_duckdb_file(path) -> bytes:
+    """A DuckDB database file (its header) whose blocks are garbage."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t (a INTEGER)")
+    con.close()
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"this is not a database" * ((len(data) - 4096) // 22 + 1)
+    path.write_bytes(bytes(data[: len(path.read_bytes())]))
+    return path.read_bytes()
+
+
 def test_a_corrupt_file_is_moved_aside(tmp_path):
     path = tmp_path / "c.duckdb"
-    path.write_bytes(b"this is not a database" * 200)
+    before = _corrupt_duckdb_file(path)
     warnings = []
     c = Cache.open(str(path), on_warning=warnings.append)
     aside = list(tmp_path.glob("c.duckdb.corrupt-*"))
-    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert len(aside) == 1 and aside[0].read_bytes() == before
     assert warnings and "moved it to" in warnings[0] and str(aside[0]) in warnings[0]
     c.put_measurements([meas(16)])
     assert len(c.get_measurements(FP)) == 1
+
+
+def test_a_file_that_is_no_duckdb_database_is_refused_and_left_untouched(tmp_path):
+    """`cache info --cache my.tar.gz`: the user's file is not a corrupt cache to move aside."""
+    from helpers import run_cli
+
+    path = tmp_path / "my.tar.gz"
+    path.write_bytes(b"\x1f\x8b\x08 an archive of someone's" * 50)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="not a pis-tui cache"):
+        Cache.open(str(path))
+    r = run_cli("cache", "info", "--cache", str(path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["my.tar.gz"]
 
 
 def test_a_newer_schema_is_moved_aside(tmp_path):

@@ -46,3 +46,26 @@ def test_plan_names_only_the_target_it_misses():
     why = out[: out.index("candidates:")].replace("\n", " ")
     assert "lowest TTFT" in why and "TPOT" not in why, why
     assert "relax it" in why, why
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["sweep", "--model", "llama-3.1-8b", "--gpu", ""], "--gpu is empty"),
+    (["tui", "--gpu", ""], "--gpu is empty"),
+    (["recommend", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--quality-method", "FLAP,FLAP"],
+     "names 'FLAP' twice"),
+])
+def test_inputs_that_slipped_through_are_one_line_exit_2(args, needle):
+    r = run_cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_config_with_head_dim_0_is_refused_not_re_derived(tmp_path):
+    import json
+
+    from pis_tui.model.spec import load_preset_config
+
+    cfg = dict(load_preset_config("qwen2.5-0.5b"), head_dim=0)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("sweep", "--model", str(tmp_path), "--gpu", "h200-sxm")
+    assert r.returncode == 2 and "head_dim=0 is not a positive integer" in r.stderr, r.stderr

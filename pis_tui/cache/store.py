@@ -153,6 +153,26 @@ def _classify(e: Exception) -> type:
     return Exception  # corrupt / unreadable
 
 
+#: a DuckDB database file carries this at bytes 8-11 of its main header
+DUCKDB_MAGIC = b"DUCK"
+
+
+def _check_is_duckdb(path: str) -> None:
+    """A file that exists and is not a DuckDB database (by its header) is not a cache: it is
+    refused, one line, and left untouched (only a DuckDB file may be moved aside as corrupt).
+    An empty file is no one's data: it may become the cache."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # unreadable: the connection says why
+    if head and head[8:12] != DUCKDB_MAGIC:
+        raise UserError(f"{path} is not a pis-tui cache (not a DuckDB database file); it is left "
+                        "as it is: give --cache a new file name or an existing cache")
+
+
 class _NewerSchema(Exception):
     pass
 
@@ -256,6 +276,7 @@ class Store:
             raise UserError(f"cannot use cache file {self.path}: cannot create its directory "
                             f"({e.strerror}); give --cache PATH (or PIS_TUI_CACHE) in a "
                             "writable place") from None
+        _check_is_duckdb(self.path)
         deadline = time.monotonic() + self.wait_s
         delay = 0.01
         if not self.read_only and Path(self.path).exists() and not writable(self.path):

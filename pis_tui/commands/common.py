@@ -194,7 +194,11 @@ def add_outputs(p: argparse.ArgumentParser, csv: bool = True) -> None:
 
 def resolve_gpu(name: str | None) -> str:
     from ..device.choose import default_gpu
+    from ..device.gpus import gpu_names
 
+    if name is not None and not name.strip():  # `--gpu ''`: given, and empty
+        raise UserError(f"--gpu is empty: give local or one of {', '.join(gpu_names())} "
+                        "(or leave --gpu out for the default)")
     if name:
         return name
     d = default_gpu()

@@ -43,10 +43,11 @@ def run(args) -> int:
 
         resolve_model(args.model)  # a clear one-line error before the screen opens
         overrides["model"] = args.model
-    if args.gpu:
+    if args.gpu is not None:
         from ..device.choose import load_gpu
+        from .common import resolve_gpu
 
-        load_gpu(args.gpu)
+        load_gpu(resolve_gpu(args.gpu))  # `--gpu ''` is refused, not the default
         overrides["gpu"] = args.gpu
     if args.budget is not None:
         overrides["budget"] = parse_fraction(args.budget, "budget", 0.0, 0.5)

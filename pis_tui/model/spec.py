@@ -102,7 +102,9 @@ def spec_from_config(cfg: dict, name: str, source: str = "") -> ModelSpec:
     kv = cfg.get("num_key_value_heads") or heads
     if not isinstance(kv, int) or kv <= 0 or heads % kv:
         raise UserError(f"{name}: num_key_value_heads={kv!r} does not divide num_attention_heads={heads}")
-    head_dim = cfg.get("head_dim") or hidden // heads
+    head_dim = cfg.get("head_dim")
+    if head_dim is None:  # absent (or null): the usual hidden / heads; a given 0 is no width
+        head_dim = hidden // heads
     if not isinstance(head_dim, int) or head_dim <= 0:
         raise UserError(f"{name}: head_dim={head_dim!r} is not a positive integer")
     vocab = need("vocab_size")

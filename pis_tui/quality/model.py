@@ -363,8 +363,12 @@ def parse_method(text: Optional[str], obs: list[Obs]) -> tuple[str, dict]:
     by_key: dict[str, dict[str, str]] = {}
     for o in obs:
         by_key.setdefault(o.method_key, {})[o.family] = o.method
+    seen: set = set()
     for tok in tokens:
         low = tok.lower()
+        if low in seen:
+            raise UserError(f"--quality-method names {tok!r} twice: give each method once")
+        seen.add(low)
         if low in (METHOD_MEAN, METHOD_BEST):
             default = low
             continue
