@@ -22,7 +22,6 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from ..display import sweep_measured_label
@@ -36,6 +35,8 @@ from .fmt import family_style, metric_label, pct, rgb, speed
 from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
 from .help_screen import HelpScreen
 from .legend import Legend
+from .messages import (OptionsReady, PlanDone, PlanFailed, ProfileEvent, Restored, SweepDone,
+                       SweepFailed)
 from .ops_screen import OpsScreen
 from .palette import PisCommands
 from .pareto_chart import ParetoChart
@@ -61,54 +62,6 @@ TabPane { padding: 0; }
 #bottom.measuring #status { display: none; }
 #status.error { color: $error; }
 """
-
-
-class SweepDone(Message):
-    def __init__(self, snapshot: Snapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
-
-
-class SweepFailed(Message):
-    def __init__(self, choices: Choices, error: str, field: str) -> None:
-        super().__init__()
-        self.choices = choices
-        self.error = error
-        self.field = field
-
-
-class Restored(Message):
-    def __init__(self, choices: Choices, restored: bool) -> None:
-        super().__init__()
-        self.choices = choices
-        self.restored = restored
-
-
-class OptionsReady(Message):
-    def __init__(self, models, gpus) -> None:
-        super().__init__()
-        self.models = models
-        self.gpus = gpus
-
-
-class PlanDone(Message):
-    def __init__(self, snapshot: PlanSnapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
-
-
-class PlanFailed(Message):
-    def __init__(self, choices: Choices, inputs: PlanInputs, error: str) -> None:
-        super().__init__()
-        self.choices = choices
-        self.inputs = inputs
-        self.error = error
-
-
-class ProfileEvent(Message):
-    def __init__(self, event: dict) -> None:
-        super().__init__()
-        self.event = event
 
 
 class PisApp(App):
