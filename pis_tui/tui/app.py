@@ -35,7 +35,8 @@ from .fmt import family_style, metric_label, pct, rgb, speed
 from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
 from .help_screen import HelpScreen
 from .legend import Legend
-from .messages import OptionsReady, ProfileEvent, Restored, SweepDone, SweepFailed
+from .measure_control import MeasureControl
+from .messages import OptionsReady, Restored, SweepDone, SweepFailed
 from .ops_screen import OpsScreen
 from .palette import PisCommands
 from .pareto_chart import ParetoChart
@@ -63,7 +64,7 @@ TabPane { padding: 0; }
 """
 
 
-class PisApp(PlanControl, App):
+class PisApp(PlanControl, MeasureControl, App):
     """``PisApp(backend=Backend())``; tests inject a fake backend."""
 
     TITLE = "pis-tui"
@@ -721,60 +722,7 @@ class PisApp(PlanControl, App):
     def action_export_csv(self) -> None:
         self._export_dialog("csv")
 
-    # ------------------------------------------------------------------ measuring
-    def action_measure(self) -> None:
-        if self.runner is not None and self.runner.running:
-            self.notify("already measuring (x cancels)", severity="warning")
-            return
-        if self.choices.gpu != "local":
-            self.notify("measuring runs on this machine: choose GPU 'local' in the setup (s)",
-                        severity="warning", timeout=6)
-            return
-        cmd = self.backend.profile_command(self.choices)
-        self._freeze_heap()
-        self.profile_events = []
-        self.profile_error = ""
-        self.runner = ProfileRunner(cmd, lambda ev: self.post_message(ProfileEvent(ev)))
-        self.query_one("#bottom").add_class("measuring")
-        self.query_one(ProfilePanel).start(self.choices.model)
-        self._profile_worker(self.runner)
-
-    @work(thread=True, exclusive=True, group="profile", exit_on_error=False)
-    def _profile_worker(self, runner: ProfileRunner) -> None:
-        runner.run()
-
-    def on_profile_event(self, msg: ProfileEvent) -> None:
-        if self.closing:
-            return
-        ev = msg.event
-        self.profile_events.append(ev)
-        panel = self.query_one(ProfilePanel)
-        kind = ev.get("event")
-        if kind == "progress":
-            panel.progress(ev)
-            self._measure_dirty = True
-            return
-        text = panel.finish(ev)
-        if kind == "error":
-            self.profile_error = text
-            self.notify(text, title="measuring", severity="error", timeout=12)
-        else:
-            self.notify(text, title="measuring", timeout=6)
-        self._measure_dirty = False
-        self.request_sweep("measure")
-        self._refresh_options()
-
-    @work(thread=True, group="options", exit_on_error=False)
-    def _refresh_options(self) -> None:
-        self.post_message(OptionsReady(self.backend.model_options(), self.backend.gpu_options()))
-
-    def action_cancel_measure(self) -> None:
-        if self.runner is None or not self.runner.running:
-            self.notify("nothing is being measured", timeout=3)
-            return
-        self.runner.cancel()
-        self.query_one(ProfilePanel).cancelling()
-
+    # ------------------------------------------------------------------ quitting
     async def action_quit(self) -> None:
         if self.runner is not None and self.runner.running:
             self.runner.cancel(grace_s=1.0)
