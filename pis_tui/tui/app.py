@@ -27,9 +27,8 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from ..display import sweep_measured_label
 from ..errors import PisError
 from ..pricing.sources import ordered
-from .backend import (PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, export_name,
-                      plan_presets)
-from .export_dialog import ExportDialog
+from .backend import PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, plan_presets
+from .export_control import ExportControl
 from .flops_chart import FlopsChart, gap_lines, tp_lines
 from .fmt import family_style, metric_label, pct, rgb, speed
 from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
@@ -64,7 +63,7 @@ TabPane { padding: 0; }
 """
 
 
-class PisApp(PlanControl, MeasureControl, App):
+class PisApp(PlanControl, MeasureControl, ExportControl, App):
     """``PisApp(backend=Backend())``; tests inject a fake backend."""
 
     TITLE = "pis-tui"
@@ -695,32 +694,6 @@ class PisApp(PlanControl, MeasureControl, App):
 
     def action_recompute(self) -> None:
         self.request_sweep("recompute")
-
-    def _export_dialog(self, ext: str) -> None:
-        if self.snapshot is None:
-            self.notify("nothing to export yet", severity="warning")
-            return
-        snap = self.snapshot
-        # the plan travels in the JSON when it is the current choices' (and, on the Plan tab,
-        # is what the CSV holds)
-        ps = self.plan_snapshot if self._plan_current(self.plan_snapshot) else None
-        on_plan = self._full and self.query_one(TabbedContent).active == "plan" and ps is not None
-        csv_of = "plan" if on_plan else "points"
-
-        def done(path: Optional[str]) -> None:
-            if path:
-                self.last_export = path
-                self.notify(f"wrote {path}", title="exported", timeout=8)
-
-        name = export_name(snap, ext, "plan" if on_plan and ext == "csv" else "")
-        self.push_screen(ExportDialog(name, lambda p, fmt: self.backend.export(snap, p, fmt, ps, csv_of),
-                                      ext), done)
-
-    def action_export(self) -> None:
-        self._export_dialog("json")
-
-    def action_export_csv(self) -> None:
-        self._export_dialog("csv")
 
     # ------------------------------------------------------------------ quitting
     async def action_quit(self) -> None:
