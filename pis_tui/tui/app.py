@@ -10,7 +10,6 @@ re-ranks on the spot without re-sweeping.
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 import time
@@ -32,6 +31,7 @@ from .export_control import ExportControl
 from .flops_chart import FlopsChart, gap_lines, tp_lines
 from .fmt import family_style, metric_label, pct, rgb, speed
 from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
+from .frame_time import FrameTime
 from .help_screen import HelpScreen
 from .legend import Legend
 from .measure_control import MeasureControl
@@ -63,7 +63,7 @@ TabPane { padding: 0; }
 """
 
 
-class PisApp(PlanControl, MeasureControl, ExportControl, App):
+class PisApp(PlanControl, MeasureControl, ExportControl, FrameTime, App):
     """``PisApp(backend=Backend())``; tests inject a fake backend."""
 
     TITLE = "pis-tui"
@@ -175,8 +175,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, App):
         self._apply_size()
         self.setup_visible = self.size.width >= 110
         if self.monitor_lag:
-            self._lag_last = time.perf_counter()
-            self.set_interval(0.02, self._lag_tick)
+            self._start_lag_monitor()
         self.set_interval(min(self.resweep_interval, 0.25), self._coalesced_resweep)
         self._catch_hangup()
         self._startup()
@@ -718,30 +717,12 @@ class PisApp(PlanControl, MeasureControl, ExportControl, App):
         that are gone (what was measured is already in the cache)."""
         return not self.is_running
 
-    # ------------------------------------------------------------------ frame time
-    def _freeze_heap(self) -> None:
-        """Move every object alive now (modules, widgets, styles: the app's long-lived heap)
-        out of the garbage collector's sight.  A full collection walks the whole heap and took
-        90-115 ms here, in the middle of a frame while measurements streamed in; after the
-        freeze it walks only what was allocated since.  Frozen objects are still freed by
-        reference counting; the heap is handed back to the collector when the app ends."""
-        gc.freeze()
-        self.heap_frozen = True
-
     def on_unmount(self) -> None:
         self._flush_save()
         if self._old_hangup is not None:
             signal.signal(signal.SIGHUP, self._old_hangup)
             self._old_hangup = None
-        if self.heap_frozen:
-            gc.unfreeze()
-            self.heap_frozen = False
-
-    # ------------------------------------------------------------------ lag monitor
-    def _lag_tick(self) -> None:
-        now = time.perf_counter()
-        self.lags.append(max(0.0, now - self._lag_last - 0.02))
-        self._lag_last = now
+        self._thaw_heap()
 
 
 def run_app(**kw) -> None:
