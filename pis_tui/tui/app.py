@@ -36,11 +36,11 @@ from .help_screen import HelpScreen
 from .legend import Legend
 from .measure_control import MeasureControl
 from .messages import OptionsReady, Restored, SweepDone, SweepFailed
-from .ops_screen import OpsScreen
 from .palette import PisCommands
 from .pareto_chart import ParetoChart
 from .plan_control import PlanControl
 from .plan_view import PlanView
+from .points_control import PointsControl
 from .points_table import PointsView
 from .profile_worker import ProfileRunner
 from .progress import ProfilePanel
@@ -64,7 +64,8 @@ TabPane { padding: 0; }
 """
 
 
-class PisApp(PlanControl, MeasureControl, ExportControl, SaveControl, FrameTime, App):
+class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveControl, FrameTime,
+             App):
     """``PisApp(backend=Backend())``; tests inject a fake backend."""
 
     TITLE = "pis-tui"
@@ -595,65 +596,6 @@ class PisApp(PlanControl, MeasureControl, ExportControl, SaveControl, FrameTime,
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
-
-    def selected_point(self):
-        """The highlighted row on the points tab; elsewhere the recommended point (of the
-        table's phase filter when it has one, else prefill's)."""
-        if self.snapshot is None:
-            return None
-        pv = self.query_one(PointsView) if self._full else None
-        if pv is not None and self.query_one(TabbedContent).active == "points":
-            if "points" in self._stale_tabs:
-                self._stale_tabs.discard("points")
-                pv.show(self.snapshot)
-            p = pv.current()
-            if p is not None:
-                return p
-        phase = pv.phase if pv is not None and pv.phase in PHASES else "prefill"
-        return self.snapshot.recs[phase].best
-
-    def action_drill(self) -> None:
-        if self.snapshot is None:
-            self.notify("nothing computed yet", severity="warning")
-            return
-        p = self.selected_point()
-        if p is None:
-            self.notify("highlight a point in the table first (3)", severity="warning")
-            return
-        self.push_screen(OpsScreen(self.snapshot, p))
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "points-table":
-            self.action_drill()
-
-    def action_cycle_family(self) -> None:
-        if not self._full:
-            return
-        fam = self.query_one(PointsView).cycle_family()
-        if self.snapshot is not None:
-            self._stale_tabs.add("flops")
-            self._show_tab(self.query_one(TabbedContent).active)
-        self._say(f"table and Beyond FLOPs: {fam}")
-
-    def action_cycle_phase(self) -> None:
-        if not self._full:
-            return
-        self._say(f"table phase: {self.query_one(PointsView).cycle_phase()}")
-
-    def action_cycle_sort(self) -> None:
-        if not self._full:
-            return
-        self._say(f"table sorted by {self.query_one(PointsView).cycle_sort()}")
-
-    def _say(self, text: str) -> None:
-        """A short toast, unless the table (whose title says it) is on screen."""
-        if self.query_one(TabbedContent).active != "points":
-            self.notify(text, timeout=2)
-
-    def action_reverse_sort(self) -> None:
-        if not self._full:
-            return
-        self.query_one(PointsView).toggle_reverse()
 
     def action_recompute(self) -> None:
         self.request_sweep("recompute")
