@@ -6,6 +6,14 @@ It only presents what the core computes: every number comes from a
 ``pareto.recommend``).  Sweeps run in a thread worker (0.1-0.4 s, no torch); measuring runs
 in a subprocess driven by a thread worker (:mod:`pis_tui.tui.profile_worker`); the budget
 re-ranks on the spot without re-sweeping.
+
+:class:`PisApp` holds the layout, the startup, the sweeping, the showing and the choices; the
+rest is mixed in from rooms named for what they hold: the Plan tab's controller
+(:mod:`.plan_control`), measuring (:mod:`.measure_control`), exporting
+(:mod:`.export_control`), the Points table's keys and the drill into a point
+(:mod:`.points_control`), saving the choices (:mod:`.save_control`) and frame time
+(:mod:`.frame_time`).  The workers' messages are in :mod:`.messages`.  The state they share
+is set up once, in ``PisApp.__init__``.
 """
 
 from __future__ import annotations
