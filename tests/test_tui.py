@@ -563,7 +563,7 @@ def test_latency_reads_without_e_notation():
 def test_worker_results_arriving_while_closing_are_dropped(tmp_path):
     """A measurement's final event or a sweep can land after `q` while the widgets are being
     torn down: nothing is drawn and nothing raises."""
-    from pis_tui.tui.app import ProfileEvent, SweepDone, SweepFailed
+    from pis_tui.tui.messages import ProfileEvent, SweepDone, SweepFailed
 
     async def go():
         app, be = make_app(tmp_path)

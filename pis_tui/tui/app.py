@@ -6,11 +6,18 @@ It only presents what the core computes: every number comes from a
 ``pareto.recommend``).  Sweeps run in a thread worker (0.1-0.4 s, no torch); measuring runs
 in a subprocess driven by a thread worker (:mod:`pis_tui.tui.profile_worker`); the budget
 re-ranks on the spot without re-sweeping.
+
+:class:`PisApp` holds the layout, the startup, the sweeping, the showing and the choices; the
+rest is mixed in from rooms named for what they hold: the Plan tab's controller
+(:mod:`.plan_control`), measuring (:mod:`.measure_control`), exporting
+(:mod:`.export_control`), the Points table's keys and the drill into a point
+(:mod:`.points_control`), saving the choices (:mod:`.save_control`) and frame time
+(:mod:`.frame_time`).  The workers' messages are in :mod:`.messages`.  The state they share
+is set up once, in ``PisApp.__init__``.
 """
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 import time
@@ -22,29 +29,31 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from ..display import sweep_measured_label
 from ..errors import PisError
 from ..pricing.sources import ordered
-from .backend import (PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, export_name,
-                      plan_presets)
-from .export_dialog import ExportDialog
+from .backend import PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, plan_presets
+from .export_control import ExportControl
 from .flops_chart import FlopsChart, gap_lines, tp_lines
 from .fmt import family_style, metric_label, pct, rgb, speed
 from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
+from .frame_time import FrameTime
 from .help_screen import HelpScreen
 from .legend import Legend
-from .ops_screen import OpsScreen
+from .measure_control import MeasureControl
+from .messages import OptionsReady, Restored, SweepDone, SweepFailed
 from .palette import PisCommands
 from .pareto_chart import ParetoChart
-from .plan_inputs import PlanInputsBar
+from .plan_control import PlanControl
 from .plan_view import PlanView
+from .points_control import PointsControl
 from .points_table import PointsView
 from .profile_worker import ProfileRunner
 from .progress import ProfilePanel
 from .recommendation_panel import RecommendationPanel
+from .save_control import SaveControl
 from .setup_panel import ERROR_FIELDS, SetupPanel
 
 CSS = """
@@ -63,55 +72,8 @@ TabPane { padding: 0; }
 """
 
 
-class SweepDone(Message):
-    def __init__(self, snapshot: Snapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
-
-
-class SweepFailed(Message):
-    def __init__(self, choices: Choices, error: str, field: str) -> None:
-        super().__init__()
-        self.choices = choices
-        self.error = error
-        self.field = field
-
-
-class Restored(Message):
-    def __init__(self, choices: Choices, restored: bool) -> None:
-        super().__init__()
-        self.choices = choices
-        self.restored = restored
-
-
-class OptionsReady(Message):
-    def __init__(self, models, gpus) -> None:
-        super().__init__()
-        self.models = models
-        self.gpus = gpus
-
-
-class PlanDone(Message):
-    def __init__(self, snapshot: PlanSnapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
-
-
-class PlanFailed(Message):
-    def __init__(self, choices: Choices, inputs: PlanInputs, error: str) -> None:
-        super().__init__()
-        self.choices = choices
-        self.inputs = inputs
-        self.error = error
-
-
-class ProfileEvent(Message):
-    def __init__(self, event: dict) -> None:
-        super().__init__()
-        self.event = event
-
-
-class PisApp(App):
+class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveControl, FrameTime,
+             App):
     """``PisApp(backend=Backend())``; tests inject a fake backend."""
 
     TITLE = "pis-tui"
@@ -223,8 +185,7 @@ class PisApp(App):
         self._apply_size()
         self.setup_visible = self.size.width >= 110
         if self.monitor_lag:
-            self._lag_last = time.perf_counter()
-            self.set_interval(0.02, self._lag_tick)
+            self._start_lag_monitor()
         self.set_interval(min(self.resweep_interval, 0.25), self._coalesced_resweep)
         self._catch_hangup()
         self._startup()
@@ -619,122 +580,6 @@ class PisApp(App):
             self.query_one(SetupPanel).set_choices(c)
         self._apply_choices(c, name)
 
-    def _schedule_save(self, choices: Choices) -> None:
-        """Keep `choices` for the next start, once they have rested `save_delay` seconds
-        (each re-sweep while measuring lands here too: unchanged choices are not rewritten)."""
-        if choices == self._saved_choices and self._unsaved is None:
-            return
-        self._unsaved = choices
-        if self._save_timer is not None:
-            self._save_timer.stop()
-        if self.save_delay <= 0:
-            self._save()
-        else:
-            self._save_timer = self.set_timer(self.save_delay, self._save)
-
-    def _save(self) -> None:
-        if self._unsaved is not None:
-            self._save_worker(self._unsaved)
-
-    def _flush_save(self) -> None:
-        """At quit: write choices still waiting for the save timer (or for a save worker
-        that quitting would cancel), here and now."""
-        if self._save_timer is not None:
-            self._save_timer.stop()
-        if self._unsaved is not None:
-            choices, self._unsaved = self._unsaved, None
-            try:
-                self.backend.save_choices(choices, wait_s=0.5)  # quitting must not hang on a busy file
-                self._saved_choices = choices
-            except Exception:  # noqa: BLE001 - never a traceback at quit; choices are a convenience
-                pass
-
-    @work(thread=True, exclusive=True, group="save", exit_on_error=False)
-    def _save_worker(self, choices: Choices) -> None:
-        self.backend.save_choices(choices)
-        self._saved_choices = choices
-        if self._unsaved is choices:  # saved; unless newer choices came meanwhile
-            self._unsaved = None
-
-    # ------------------------------------------------------------------ plan
-    def _plan_current(self, ps: Optional[PlanSnapshot]) -> bool:
-        """The plan was priced for the current choices and workload (budget and objective
-        only re-rank)."""
-        return (ps is not None and ps.choices.sweep_key() == self.choices.sweep_key()
-                and ps.inputs.plan_key() == self.plan_inputs.plan_key())
-
-    def request_plan(self) -> None:
-        """Price the plan for the current choices and workload, unless it already is."""
-        if self._plan_current(self.plan_snapshot):
-            self._rerank_plan()
-            return
-        if self._planning:
-            self._plan_queued = True
-            return
-        self._planning = True
-        self._plan_queued = False
-        if self._full:
-            self.query_one(PlanView).show_busy()
-        self._plan_worker(self.choices, self.plan_inputs)
-
-    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
-    def _plan_worker(self, choices: Choices, inputs: PlanInputs) -> None:
-        try:
-            ps = self.backend.plan(choices, inputs)
-        except PisError as e:
-            self.post_message(PlanFailed(choices, inputs, str(e)))
-        except Exception as e:  # noqa: BLE001 - a bug: shown, never a crash
-            self.post_message(PlanFailed(choices, inputs, f"internal error: {type(e).__name__}: {e}"))
-        else:
-            self.post_message(PlanDone(ps))
-
-    def _plan_finished(self) -> None:
-        self._planning = False
-        if self._plan_queued:
-            self._plan_queued = False
-            self.request_plan()
-
-    def on_plan_done(self, msg: PlanDone) -> None:
-        if self.closing:
-            return
-        self._plan_finished()
-        if not self._plan_current(msg.snapshot):
-            self.request_plan()
-            return
-        self.plan_snapshot = msg.snapshot
-        self.plans_done += 1
-        self._rerank_plan(force=True)
-
-    def on_plan_failed(self, msg: PlanFailed) -> None:
-        if self.closing:
-            return
-        self._plan_finished()
-        if (msg.choices.sweep_key() != self.choices.sweep_key()
-                or msg.inputs.plan_key() != self.plan_inputs.plan_key()):
-            return
-        if self._full:
-            self.query_one(PlanView).show_error(msg.error)
-        self.notify(msg.error, title="cannot plan", severity="error", timeout=8)
-
-    def _rerank_plan(self, force: bool = False) -> None:
-        """Re-rank the plan at the current budget and objective (nothing priced again)."""
-        ps = self.plan_snapshot
-        if ps is None or not self._plan_current(ps):
-            return
-        budget, objective = self.choices.active_budget, self.plan_inputs.objective
-        if force or ps.rec.budget != budget or ps.rec.objective != objective or \
-                ps.choices.extrapolated != self.choices.extrapolated:
-            rec = self.backend.rank_plan(ps.result, budget, objective, self.choices.allow_extrapolated)
-            ps = PlanSnapshot(self.choices, self.plan_inputs, ps.result, rec, ps.elapsed_s)
-            self.plan_snapshot = ps
-        if self._full:
-            self.query_one(PlanView).show(ps)
-
-    @on(PlanInputsBar.Changed)
-    def _plan_inputs_changed(self, msg: PlanInputsBar.Changed) -> None:
-        self.plan_inputs = msg.inputs
-        self.request_plan()
-
     # ------------------------------------------------------------------ actions
     def action_budget(self, step: int) -> None:
         if self._full:
@@ -760,148 +605,10 @@ class PisApp(App):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    def selected_point(self):
-        """The highlighted row on the points tab; elsewhere the recommended point (of the
-        table's phase filter when it has one, else prefill's)."""
-        if self.snapshot is None:
-            return None
-        pv = self.query_one(PointsView) if self._full else None
-        if pv is not None and self.query_one(TabbedContent).active == "points":
-            if "points" in self._stale_tabs:
-                self._stale_tabs.discard("points")
-                pv.show(self.snapshot)
-            p = pv.current()
-            if p is not None:
-                return p
-        phase = pv.phase if pv is not None and pv.phase in PHASES else "prefill"
-        return self.snapshot.recs[phase].best
-
-    def action_drill(self) -> None:
-        if self.snapshot is None:
-            self.notify("nothing computed yet", severity="warning")
-            return
-        p = self.selected_point()
-        if p is None:
-            self.notify("highlight a point in the table first (3)", severity="warning")
-            return
-        self.push_screen(OpsScreen(self.snapshot, p))
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "points-table":
-            self.action_drill()
-
-    def action_cycle_family(self) -> None:
-        if not self._full:
-            return
-        fam = self.query_one(PointsView).cycle_family()
-        if self.snapshot is not None:
-            self._stale_tabs.add("flops")
-            self._show_tab(self.query_one(TabbedContent).active)
-        self._say(f"table and Beyond FLOPs: {fam}")
-
-    def action_cycle_phase(self) -> None:
-        if not self._full:
-            return
-        self._say(f"table phase: {self.query_one(PointsView).cycle_phase()}")
-
-    def action_cycle_sort(self) -> None:
-        if not self._full:
-            return
-        self._say(f"table sorted by {self.query_one(PointsView).cycle_sort()}")
-
-    def _say(self, text: str) -> None:
-        """A short toast, unless the table (whose title says it) is on screen."""
-        if self.query_one(TabbedContent).active != "points":
-            self.notify(text, timeout=2)
-
-    def action_reverse_sort(self) -> None:
-        if not self._full:
-            return
-        self.query_one(PointsView).toggle_reverse()
-
     def action_recompute(self) -> None:
         self.request_sweep("recompute")
 
-    def _export_dialog(self, ext: str) -> None:
-        if self.snapshot is None:
-            self.notify("nothing to export yet", severity="warning")
-            return
-        snap = self.snapshot
-        # the plan travels in the JSON when it is the current choices' (and, on the Plan tab,
-        # is what the CSV holds)
-        ps = self.plan_snapshot if self._plan_current(self.plan_snapshot) else None
-        on_plan = self._full and self.query_one(TabbedContent).active == "plan" and ps is not None
-        csv_of = "plan" if on_plan else "points"
-
-        def done(path: Optional[str]) -> None:
-            if path:
-                self.last_export = path
-                self.notify(f"wrote {path}", title="exported", timeout=8)
-
-        name = export_name(snap, ext, "plan" if on_plan and ext == "csv" else "")
-        self.push_screen(ExportDialog(name, lambda p, fmt: self.backend.export(snap, p, fmt, ps, csv_of),
-                                      ext), done)
-
-    def action_export(self) -> None:
-        self._export_dialog("json")
-
-    def action_export_csv(self) -> None:
-        self._export_dialog("csv")
-
-    # ------------------------------------------------------------------ measuring
-    def action_measure(self) -> None:
-        if self.runner is not None and self.runner.running:
-            self.notify("already measuring (x cancels)", severity="warning")
-            return
-        if self.choices.gpu != "local":
-            self.notify("measuring runs on this machine: choose GPU 'local' in the setup (s)",
-                        severity="warning", timeout=6)
-            return
-        cmd = self.backend.profile_command(self.choices)
-        self._freeze_heap()
-        self.profile_events = []
-        self.profile_error = ""
-        self.runner = ProfileRunner(cmd, lambda ev: self.post_message(ProfileEvent(ev)))
-        self.query_one("#bottom").add_class("measuring")
-        self.query_one(ProfilePanel).start(self.choices.model)
-        self._profile_worker(self.runner)
-
-    @work(thread=True, exclusive=True, group="profile", exit_on_error=False)
-    def _profile_worker(self, runner: ProfileRunner) -> None:
-        runner.run()
-
-    def on_profile_event(self, msg: ProfileEvent) -> None:
-        if self.closing:
-            return
-        ev = msg.event
-        self.profile_events.append(ev)
-        panel = self.query_one(ProfilePanel)
-        kind = ev.get("event")
-        if kind == "progress":
-            panel.progress(ev)
-            self._measure_dirty = True
-            return
-        text = panel.finish(ev)
-        if kind == "error":
-            self.profile_error = text
-            self.notify(text, title="measuring", severity="error", timeout=12)
-        else:
-            self.notify(text, title="measuring", timeout=6)
-        self._measure_dirty = False
-        self.request_sweep("measure")
-        self._refresh_options()
-
-    @work(thread=True, group="options", exit_on_error=False)
-    def _refresh_options(self) -> None:
-        self.post_message(OptionsReady(self.backend.model_options(), self.backend.gpu_options()))
-
-    def action_cancel_measure(self) -> None:
-        if self.runner is None or not self.runner.running:
-            self.notify("nothing is being measured", timeout=3)
-            return
-        self.runner.cancel()
-        self.query_one(ProfilePanel).cancelling()
-
+    # ------------------------------------------------------------------ quitting
     async def action_quit(self) -> None:
         if self.runner is not None and self.runner.running:
             self.runner.cancel(grace_s=1.0)
@@ -924,30 +631,12 @@ class PisApp(App):
         that are gone (what was measured is already in the cache)."""
         return not self.is_running
 
-    # ------------------------------------------------------------------ frame time
-    def _freeze_heap(self) -> None:
-        """Move every object alive now (modules, widgets, styles: the app's long-lived heap)
-        out of the garbage collector's sight.  A full collection walks the whole heap and took
-        90-115 ms here, in the middle of a frame while measurements streamed in; after the
-        freeze it walks only what was allocated since.  Frozen objects are still freed by
-        reference counting; the heap is handed back to the collector when the app ends."""
-        gc.freeze()
-        self.heap_frozen = True
-
     def on_unmount(self) -> None:
         self._flush_save()
         if self._old_hangup is not None:
             signal.signal(signal.SIGHUP, self._old_hangup)
             self._old_hangup = None
-        if self.heap_frozen:
-            gc.unfreeze()
-            self.heap_frozen = False
-
-    # ------------------------------------------------------------------ lag monitor
-    def _lag_tick(self) -> None:
-        now = time.perf_counter()
-        self.lags.append(max(0.0, now - self._lag_last - 0.02))
-        self._lag_last = now
+        self._thaw_heap()
 
 
 def run_app(**kw) -> None:
