@@ -29,12 +29,12 @@ def test_committed_result_is_what_the_code_gives_now(name):
 
 
 def test_the_readme_tp_table_is_the_benchmarks():
-    """The README's llama-3.1-70b on 8 × h200-sxm tables (fused engine) are the committed
-    result's, line for line, and name the command that makes them."""
-    readme = (BENCH.parents[1] / "README.md").read_text(encoding="utf-8")
+    """docs/tensor-parallelism.md's llama-3.1-70b on 8 × h200-sxm tables (fused engine) are the
+    committed result's, line for line, and name the command that makes them."""
+    readme = (BENCH.parents[1] / "docs" / "tensor-parallelism.md").read_text(encoding="utf-8")
     result = (BENCH / "tp_llama70b_h200.result.md").read_text(encoding="utf-8")
     fused = result.split("## engine fused")[1].split("## engine eager")[0]
     rows = [line for line in fused.splitlines() if line.startswith("| ")]
     assert len(rows) >= 4 + 2 * 8 and all(row in readme for row in rows), \
-        "README's TP tables are stale: copy them from tests/benchmarks/tp_llama70b_h200.result.md"
+        "docs/tensor-parallelism.md's TP tables are stale: copy them from tests/benchmarks/tp_llama70b_h200.result.md"
     assert "python tests/benchmarks/tp_llama70b_h200.py" in readme and "**estimated**" in readme

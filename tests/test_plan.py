@@ -370,7 +370,7 @@ def test_mix_file(tmp_path):
 
 
 def test_readme_states_the_presets():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "planning.md").read_text(encoding="utf-8")
     for name, c in PRESETS.items():
         assert f"| `{name}` | {c.prompt_len:,} | {c.output_len:,} | {c.concurrency} |" in text, name
 

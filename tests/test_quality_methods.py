@@ -205,7 +205,7 @@ def test_the_explorer_command_takes_a_quality_method():
     assert wrong.returncode == 2 and "unknown quality method 'ShortGPT'" in wrong.stderr
 
 
-# ------------------------------------------------------------------------------ the README's comparison with the study
+# ------------------------------------------------- docs/accuracy.md's comparison with the study
 
 @pytest.mark.parametrize("engine,method,winners", [
     ("eager", "best", ("static_depth", "dynamic_depth", "dynamic_depth")),
@@ -213,7 +213,7 @@ def test_the_explorer_command_takes_a_quality_method():
     ("fused", "mean", ("static_depth", "dynamic_depth", "dynamic_depth")),  # the family mean: 30.3 %
 ])
 def test_which_family_wins_at_3_16_27_percent(engine, method, winners):
-    """The README's table: llama-3.1-8b, LoRA, prefill 8 × 1024 on h200-sxm, families only, the
+    """docs/accuracy.md's table: llama-3.1-8b, LoRA, prefill 8 × 1024 on h200-sxm, families only, the
     fastest point within each budget whose quality is not extrapolated."""
     from pis_tui import families
     from pis_tui.decide.sweep import sweep

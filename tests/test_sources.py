@@ -1,4 +1,4 @@
-"""Timing sources: one definition, ranked once, the same words in the README and the schema."""
+"""Timing sources: one definition, ranked once, the same words in docs/engines.md and the schema."""
 
 import re
 
@@ -10,7 +10,7 @@ from helpers import ROOT
 def test_readme_source_table_matches_the_one_definition():
     from pis_tui.pricing.sources import SOURCES, TIMING_SOURCES, weakest
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs" / "engines.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| `([a-z]+)` \| (.+) \|$", text, re.M))
     for name, meaning in SOURCES:
         assert rows.get(name) == meaning, name
