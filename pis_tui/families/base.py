@@ -178,7 +178,7 @@ class Family:
 
     def achieved_sparsity(self, ctx: PhaseContext, shape: LayerShape, ops: list) -> float:
         """The share of the family's own measure actually removed (parameters, hidden size,
-        tokens or attention blocks; see the README)."""
+        tokens or attention blocks; see docs/taxonomy.md)."""
         return 0.0
 
     def final_notes(self, ctx: PhaseContext, shape: LayerShape, ops: list) -> list[str]:

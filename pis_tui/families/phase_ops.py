@@ -10,7 +10,7 @@ per routed sublayer), which the estimator prices at zero on devices timed throug
 With tensor parallelism (``scenario.tp`` > 1) the op list is one rank's, collectives included
 (:mod:`pis_tui.model.tensor_parallel`); tp = 1 is the single-GPU op list, unchanged.
 The op list of one decoder layer is :mod:`pis_tui.model.layer`'s; what each family does to M, N
-and K is in its own module (``pis_tui/families/<family>.py``) and in the README's table.
+and K is in its own module (``pis_tui/families/<family>.py``) and in docs/taxonomy.md's table.
 GEMM convention: Y[M,N] = X[M,K]·Wᵀ, M = tokens (prefill B·S, decode B).
 """
 

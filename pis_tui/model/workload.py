@@ -143,7 +143,7 @@ class Workload:
                 "targets": self.targets.to_dict()}
 
 
-#: the presets: name -> (prompt, output, concurrency, what it stands for); README states them
+#: the presets: name -> (prompt, output, concurrency, what it stands for); docs/planning.md states them
 PRESETS: dict[str, RequestClass] = {
     "chat": RequestClass("chat", 1024, 256, 32, description=(
         "interactive chat: a conversation so far of ~1k tokens, answers of 256, 32 users at once")),

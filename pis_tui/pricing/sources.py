@@ -2,7 +2,7 @@
 
 The one definition: the estimator ranks by it (a phase's source is its weakest op's), the CLI
 tables and the explorer list sources in this order, the JSON Schema's enum is generated from
-it, and the README's table says the same words.
+it, and docs/engines.md's table says the same words.
 """
 
 from __future__ import annotations

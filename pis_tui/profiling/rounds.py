@@ -2,7 +2,7 @@
 combining the rounds into one measurement, and the rules that decide a measurement is not to
 be trusted as it is.
 
-The rules (stated once here, in the README's "How accurate is it" and in the measured
+The rules (stated once here, in docs/accuracy.md and in the measured
 table's method doc):
 
 * **contended rounds**: on the CPU a contention probe runs before each round (a small GEMM on

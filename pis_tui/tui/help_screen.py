@@ -55,7 +55,7 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
   dense against its quality loss (grey: over the budget, too big for the GPU or missing a
   target); the panel gives the recommended model's TTFT, TPOT, request latency and
   throughput, its weights, KV cache per token, how many sequences fit and the memory left,
-  each against dense.  Served by static batching (see the README).  `+`/`-` re-rank it;
+  each against dense.  Served by static batching (docs/planning.md).  `+`/`-` re-rank it;
   `e` puts the plan in the JSON, `E` on this tab writes the plan's CSV.
 
 ## Sources and trust
