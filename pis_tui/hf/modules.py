@@ -5,28 +5,10 @@ the all-reduce after a row-parallel linear, the vocab-parallel embedding and lm_
 
 from __future__ import annotations
 
-import inspect
-
 # ------------------------------------------------------------------ wrapper modules
 # torch.nn is imported lazily: the classes are created on first use.
 
 _CLASSES: dict = {}
-
-
-def _nn():
-    import torch
-
-    return torch.nn
-
-
-def _cache_kw_name(attn_module) -> str:
-    """The KV-cache keyword of an attention forward: ``cache`` (transformers ≥ 5.2x) or
-    ``past_key_values`` (earlier 5.x)."""
-    params = inspect.signature(type(attn_module).forward).parameters
-    for name in ("cache", "past_key_values", "past_key_value"):
-        if name in params:
-            return name
-    return "past_key_values"
 
 
 def _get_cache(kw: dict):
