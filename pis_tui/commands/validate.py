@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Optional
 
 from ..errors import UserError
 from ._store import add_store_arg, open_store, reuse_table
@@ -130,6 +131,65 @@ def _strategies(args) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    spec, strategies, phases = plan.spec, plan.strategies, plan.phases
+    if args.reuse_table and not __import__("os").path.isfile(args.reuse_table):
+        raise UserError(f"--reuse-table {args.reuse_table}: no such file")
+    quiet = args.json_out == "-"
+    warn = (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)) if quiet else None
+    cache = open_store(args.cache, on_warning=warn)
+    if getattr(cache, "read_only", False):  # refused before anything is measured
+        cache.check_writable("validate: the op times and rows it measures could not be stored")
+
+    from .. import validation as v
+    from ..device.local import measuring_device
+    from .common import console
+
+    device = measuring_device()  # torch decides, as for profile and calibrate
+    con = console() if not quiet else None
+    if args.reuse_table:
+        n, _ = reuse_table(cache, args.reuse_table, device.fingerprint)
+        if con is not None:
+            con.print(f"reusing {n} op times from {args.reuse_table}", markup=False)
+    rows_out = _RowsOut(args, con, quiet)
+    if con is not None:
+        con.print(f"validating {spec.name} on {device.display_name}: {len(strategies)} strategies × "
+                  f"{'prefill ' + ','.join(map(str, plan.prefill_batches)) + '×' + str(args.prompt_len) if 'prefill' in phases else ''}"
+                  f"{' + ' if len(phases) == 2 else ''}"
+                  f"{'decode batch ' + ','.join(map(str, plan.decode_batches)) + ' @ ' + str(args.context_len) if 'decode' in phases else ''}"
+                  f", {args.repeats} interleaved rounds", markup=False)
+    rows = _time_rows(args, plan, cache, rows_out)
+    if args.json_out:
+        from .common import dump_json
+
+        dump_json(args.json_out, rows_out.done)
+    if rows_out.seen and con is not None:
+        con.print(f"resumed: {len(rows_out.seen)} row(s) kept from {args.json_out}, {len(rows)} "
+                  "timed now", markup=False)
+    if con is not None:
+        con.print(_table(rows))
+        _print_summary(con, v.accuracy_summary(rows), plan.tolerance, args)
+        _print_row_warnings(con, rows)
+    return 0
+
+
+@dataclass
+class _Plan:
+    """What ``validate``'s arguments ask for, checked (one-line errors) before anything is
+    measured."""
+    spec: object
+    strategies: list
+    phases: tuple
+    prefill_batches: list
+    decode_batches: list
+    dtype: Optional[str]
+    tolerance: float
+    op_repeats: Optional[int]
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Check every argument (the integers are set on ``args`` as ints), the model and the
+    tensor-parallel degree, and warn of strategies the alignment does not fit."""
     from ..device.gpus import LOCAL
 
     if args.gpu not in (LOCAL, None):
@@ -163,16 +223,7 @@ def run(args: argparse.Namespace) -> int:
     _, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
     check_buildable(spec)
     if args.tp > 1:
-        from ..device.local import local_device
-        from ..model.tensor_parallel import check_model
-        from ..timing.collectives import check_world
-
-        check_model(spec, args.tp)
-        if local_device().kind == "cpu":
-            check_world(args.tp, local_device())  # a group this CPU cannot start: exit 2 now
-        if args.resume:
-            raise UserError("--resume is not offered with --tp: the ranks time every row in "
-                            "one group (run the rows you need)")
+        _check_tp(args, spec)
     from ._run import check_align
 
     for w in check_align(spec, [p for st in strategies
@@ -180,127 +231,135 @@ def run(args: argparse.Namespace) -> int:
                          Scenario(dtype=dtype or "fp32"), explicit=args.align is not None,
                          families_flag="" if args.all_ else "--strategy"):
         print(f"pis-tui: warning: {w}", file=sys.stderr)
-    if args.reuse_table and not __import__("os").path.isfile(args.reuse_table):
-        raise UserError(f"--reuse-table {args.reuse_table}: no such file")
-    quiet = args.json_out == "-"
-    warn = (lambda m: print(f"pis-tui: warning: {m}", file=sys.stderr)) if quiet else None
-    cache = open_store(args.cache, on_warning=warn)
-    if getattr(cache, "read_only", False):  # refused before anything is measured
-        cache.check_writable("validate: the op times and rows it measures could not be stored")
+    return _Plan(spec, strategies, phases, prefill_batches, decode_batches, dtype, tolerance,
+                 op_repeats)
 
-    from .. import validation as v
-    from ..device.local import measuring_device
-    from .common import console
 
-    device = measuring_device()  # torch decides, as for profile and calibrate
-    con = console() if not quiet else None
-    if args.reuse_table:
-        n, _ = reuse_table(cache, args.reuse_table, device.fingerprint)
-        if con is not None:
-            con.print(f"reusing {n} op times from {args.reuse_table}", markup=False)
+def _check_tp(args: argparse.Namespace, spec) -> None:
+    """``--tp N``: the model splits into N ranks, this machine can start their group, and no
+    ``--resume``."""
+    from ..device.local import local_device
+    from ..model.tensor_parallel import check_model
+    from ..timing.collectives import check_world
 
-    def progress(msg: str) -> None:
-        if not quiet and sys.stderr.isatty():
+    check_model(spec, args.tp)
+    if local_device().kind == "cpu":
+        check_world(args.tp, local_device())  # a group this CPU cannot start: exit 2 now
+    if args.resume:
+        raise UserError("--resume is not offered with --tp: the ranks time every row in "
+                        "one group (run the rows you need)")
+
+
+class _RowsOut:
+    """Where the rows go as they are timed: ``done`` (with a resumed run's rows first), the
+    --json file rewritten after each, and a line on the console; ``skip`` tells the rows
+    already timed, ``progress`` shows a step on a terminal."""
+
+    def __init__(self, args: argparse.Namespace, con, quiet: bool):
+        self.args, self.con, self.quiet = args, con, quiet
+        self.done: list = _previous_rows(args) if args.resume else []
+        self.seen = {_row_key(r) for r in self.done}
+
+    def progress(self, msg: str) -> None:
+        if not self.quiet and sys.stderr.isatty():
             print(f"\r\033[K{msg[:110]}", end="", file=sys.stderr, flush=True)
 
-    done: list = _previous_rows(args) if args.resume else []
-    seen = {_row_key(r) for r in done}
+    def skip(self, strat, phase, batch, length) -> bool:
+        return (strat.token, round(strat.sparsity, 6), phase, batch, length) in self.seen
 
-    def skip(strat, phase, batch, length) -> bool:
-        return (strat.token, round(strat.sparsity, 6), phase, batch, length) in seen
-
-    def on_row(r) -> None:
-        done.append(r.to_dict())
-        if args.json_out and args.json_out != "-":  # as it goes: an error later loses no row
+    def on_row(self, r) -> None:
+        self.done.append(r.to_dict())
+        json_out = self.args.json_out
+        if json_out and json_out != "-":  # as it goes: an error later loses no row
             from .common import dump_json
 
-            dump_json(args.json_out, done)
-        if not quiet and sys.stderr.isatty():
+            dump_json(json_out, self.done)
+        if not self.quiet and sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-        if con is not None:
-            con.print(_row_line(r))
+        if self.con is not None:
+            self.con.print(_row_line(r))
 
-    if con is not None:
-        con.print(f"validating {spec.name} on {device.display_name}: {len(strategies)} strategies × "
-                  f"{'prefill ' + ','.join(map(str, prefill_batches)) + '×' + str(args.prompt_len) if 'prefill' in phases else ''}"
-                  f"{' + ' if len(phases) == 2 else ''}"
-                  f"{'decode batch ' + ','.join(map(str, decode_batches)) + ' @ ' + str(args.context_len) if 'decode' in phases else ''}"
-                  f", {args.repeats} interleaved rounds", markup=False)
+    def warning(self, m: str) -> None:
+        print(f"\r\033[Kpis-tui: warning: {m}" if not self.quiet
+              and sys.stderr.isatty() else f"pis-tui: warning: {m}", file=sys.stderr)
+
+
+def _time_rows(args: argparse.Namespace, plan: _Plan, cache, out: _RowsOut) -> list:
+    """Time every row: as ``--tp`` ranks, or on this one device."""
     if args.tp > 1:
         from ..validation.tp import validate_tp
 
-        rows = validate_tp(args.model, strategies, phases, tp=args.tp,
-                           prefill_batches=prefill_batches, prompt_len=args.prompt_len,
-                           decode_batches=decode_batches, context_len=args.context_len,
-                           dtype=dtype, repeats=args.repeats, warmup=args.warmup, cache=cache,
-                           on_progress=progress, on_row=on_row, op_repeats=op_repeats)
-    else:
-        rows = v.validate(args.model, strategies, phases, prefill_batches=prefill_batches,
-                          prompt_len=args.prompt_len, decode_batches=decode_batches,
-                          context_len=args.context_len, dtype=dtype, repeats=args.repeats,
-                          warmup=args.warmup, cache=cache, on_progress=progress, on_row=on_row,
-                          op_repeats=op_repeats, tolerance=tolerance, max_rounds=args.max_rounds,
-                          on_warning=lambda m: print(f"\r\033[Kpis-tui: warning: {m}" if not quiet
-                                                     and sys.stderr.isatty() else f"pis-tui: warning: {m}",
-                                                     file=sys.stderr),
-                          skip=skip if seen else None)
-    if args.json_out:
-        from .common import dump_json
+        return validate_tp(args.model, plan.strategies, plan.phases, tp=args.tp,
+                           prefill_batches=plan.prefill_batches, prompt_len=args.prompt_len,
+                           decode_batches=plan.decode_batches, context_len=args.context_len,
+                           dtype=plan.dtype, repeats=args.repeats, warmup=args.warmup,
+                           cache=cache, on_progress=out.progress, on_row=out.on_row,
+                           op_repeats=plan.op_repeats)
+    from .. import validation as v
 
-        dump_json(args.json_out, done)
-    if seen and con is not None:
-        con.print(f"resumed: {len(seen)} row(s) kept from {args.json_out}, {len(rows)} timed now",
+    return v.validate(args.model, plan.strategies, plan.phases,
+                      prefill_batches=plan.prefill_batches, prompt_len=args.prompt_len,
+                      decode_batches=plan.decode_batches, context_len=args.context_len,
+                      dtype=plan.dtype, repeats=args.repeats, warmup=args.warmup, cache=cache,
+                      on_progress=out.progress, on_row=out.on_row, op_repeats=plan.op_repeats,
+                      tolerance=plan.tolerance, max_rounds=args.max_rounds,
+                      on_warning=out.warning, skip=out.skip if out.seen else None)
+
+
+def _print_summary(con, s: dict, tolerance: float, args: argparse.Namespace) -> None:
+    """The accuracy summary: the errors over the stable rows, and how many rows were unstable
+    or rest on a flagged prediction."""
+    if s.get("n"):
+        con.print(f"predicted speedup vs measured: median |error| {s['median_abs_error']:.1%}, "
+                  f"worst {s['worst_abs_error']:.1%} ({s['worst']}); the FLOPs ratio: median "
+                  f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}"
+                  f" (over the {s['n']} stable row(s))", markup=False)
+    if s.get("unstable"):
+        con.print(f"warning: {s['unstable']} row(s) unstable: their measured speedup did not "
+                  f"settle within ±{tolerance:.0%} in {args.max_rounds} rounds of "
+                  f"{args.repeats} pairs (the machine is too noisy for them); shown as an "
+                  "interval and left out of the errors above", markup=False)
+    if s.get("prediction_flagged"):
+        con.print(f"warning: {s['prediction_flagged']} prediction(s) flagged (pred↑ above the "
+                  "ceiling, pred≠ dense and pruned op times measured under different load, "
+                  "pred~ op times measured under load) and "
+                  "left out of the errors: 'pis-tui profile --remeasure all' on a quiet machine",
                   markup=False)
-    if con is not None:
-        con.print(_table(rows))
-        s = v.accuracy_summary(rows)
-        if s.get("n"):
-            con.print(f"predicted speedup vs measured: median |error| {s['median_abs_error']:.1%}, "
-                      f"worst {s['worst_abs_error']:.1%} ({s['worst']}); the FLOPs ratio: median "
-                      f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}"
-                      f" (over the {s['n']} stable row(s))", markup=False)
-        if s.get("unstable"):
-            con.print(f"warning: {s['unstable']} row(s) unstable: their measured speedup did not "
-                      f"settle within ±{tolerance:.0%} in {args.max_rounds} rounds of "
-                      f"{args.repeats} pairs (the machine is too noisy for them); shown as an "
-                      "interval and left out of the errors above", markup=False)
-        if s.get("prediction_flagged"):
-            con.print(f"warning: {s['prediction_flagged']} prediction(s) flagged (pred↑ above the "
-                      "ceiling, pred≠ dense and pruned op times measured under different load, "
-                      "pred~ op times measured under load) and "
-                      "left out of the errors: 'pis-tui profile --remeasure all' on a quiet machine",
-                      markup=False)
-        high = [r for r in rows if r.above_ceiling]
-        if high:
-            con.print(f"warning: {len(high)} row(s) measured above the family's physical ceiling "
-                      "(↑): " + "; ".join(f"{r.strategy} {r.sparsity:g} {r.phase} b{r.batch}: "
-                                          f"{r.measured_low:.2f}–{r.measured_high:.2f}× > "
-                                          f"{r.ceiling:.2f}×" for r in high[:3])
-                      + " — the dense model's run was slowed by something the pruned one escaped",
-                      markup=False)
-        busy = sum(1 for r in rows if r.contended)
-        if busy:
-            con.print(f"warning: {busy} row(s) timed while other processes used this machine's "
-                      "cores (marked 'busy')", markup=False)
-        failed = [r for r in rows if r.capture_failed]
-        if failed:
-            con.print(f"warning: {len(failed)} row(s) timed EAGER because a CUDA graph capture "
-                      "failed (their measured times include host overhead the prediction does "
-                      "not price): " + "; ".join(f"{r.strategy} {r.phase} b{r.batch}: {r.capture_error}"
-                                                 for r in failed[:3]), markup=False)
-        shaky = [r for r in rows if r.tp and r.tp.get("unstable_collectives")]
-        if shaky:
-            colls = shaky[0].tp["collectives"]
-            con.print(f"warning: {len(shaky)} row(s) rest on unstable collectives: the measured "
-                      f"{shaky[0].tp['backend']} collectives ranged "
-                      + "; ".join(f"{c['collective']} {c['bytes']:,} B {c['min_ms']:.3g}–"
-                                  f"{c['max_ms']:.3g} ms (median {c['ms']:.3g})" for c in colls[:4])
-                      + ": measured speedups and their predictions are no better than that",
-                      markup=False)
-        notes = sorted({n for r in rows for n in r.notes})
-        for n in notes:
-            con.print(f"note: {n}", markup=False)
-    return 0
+
+
+def _print_row_warnings(con, rows: list) -> None:
+    """The rows to doubt (above the ceiling, timed while busy, eager after a failed capture,
+    on unstable collectives), then every note the rows carry."""
+    high = [r for r in rows if r.above_ceiling]
+    if high:
+        con.print(f"warning: {len(high)} row(s) measured above the family's physical ceiling "
+                  "(↑): " + "; ".join(f"{r.strategy} {r.sparsity:g} {r.phase} b{r.batch}: "
+                                      f"{r.measured_low:.2f}–{r.measured_high:.2f}× > "
+                                      f"{r.ceiling:.2f}×" for r in high[:3])
+                  + " — the dense model's run was slowed by something the pruned one escaped",
+                  markup=False)
+    busy = sum(1 for r in rows if r.contended)
+    if busy:
+        con.print(f"warning: {busy} row(s) timed while other processes used this machine's "
+                  "cores (marked 'busy')", markup=False)
+    failed = [r for r in rows if r.capture_failed]
+    if failed:
+        con.print(f"warning: {len(failed)} row(s) timed EAGER because a CUDA graph capture "
+                  "failed (their measured times include host overhead the prediction does "
+                  "not price): " + "; ".join(f"{r.strategy} {r.phase} b{r.batch}: {r.capture_error}"
+                                             for r in failed[:3]), markup=False)
+    shaky = [r for r in rows if r.tp and r.tp.get("unstable_collectives")]
+    if shaky:
+        colls = shaky[0].tp["collectives"]
+        con.print(f"warning: {len(shaky)} row(s) rest on unstable collectives: the measured "
+                  f"{shaky[0].tp['backend']} collectives ranged "
+                  + "; ".join(f"{c['collective']} {c['bytes']:,} B {c['min_ms']:.3g}–"
+                              f"{c['max_ms']:.3g} ms (median {c['ms']:.3g})" for c in colls[:4])
+                  + ": measured speedups and their predictions are no better than that",
+                  markup=False)
+    notes = sorted({n for r in rows for n in r.notes})
+    for n in notes:
+        con.print(f"note: {n}", markup=False)
 
 
 def _row_key(d: dict) -> tuple:

@@ -5,28 +5,10 @@ the all-reduce after a row-parallel linear, the vocab-parallel embedding and lm_
 
 from __future__ import annotations
 
-import inspect
-
 # ------------------------------------------------------------------ wrapper modules
 # torch.nn is imported lazily: the classes are created on first use.
 
 _CLASSES: dict = {}
-
-
-def _nn():
-    import torch
-
-    return torch.nn
-
-
-def _cache_kw_name(attn_module) -> str:
-    """The KV-cache keyword of an attention forward: ``cache`` (transformers ≥ 5.2x) or
-    ``past_key_values`` (earlier 5.x)."""
-    params = inspect.signature(type(attn_module).forward).parameters
-    for name in ("cache", "past_key_values", "past_key_value"):
-        if name in params:
-            return name
-    return "past_key_values"
 
 
 def _get_cache(kw: dict):
@@ -42,11 +24,17 @@ def _dtype_of(module):
 
 
 def _make_classes() -> None:
+    """Create the wrapper classes (torch imported here, on first use) into _CLASSES."""
     if _CLASSES:
         return
-    import torch
+    _CLASSES.update(LowRank=_low_rank_class(), HalfLayer=_half_layer_class(),
+                    MappedLayer=_mapped_layer_class(), RoutedLayer=_routed_layer_class(),
+                    RowCache=RowCache, **_tensor_parallel_classes())
 
-    from ..model.layer import kept_tokens as _kept_tokens
+
+def _low_rank_class():
+    """The low-rank linear: two GEMMs through rank r."""
+    import torch
 
     nn = torch.nn
 
@@ -63,6 +51,15 @@ def _make_classes() -> None:
 
         def forward(self, x):
             return self.B(self.A(x))
+
+    return LowRank
+
+
+def _half_layer_class():
+    """The decoder layer that keeps only its attention or only its MLP block."""
+    import torch
+
+    nn = torch.nn
 
     class HalfLayer(nn.Module):
         """A decoder layer of which only the attention or only the MLP block is kept."""
@@ -83,6 +80,15 @@ def _make_classes() -> None:
             if self.keep_mlp:
                 x = x + self.mlp(self.post_attention_layernorm(x))
             return x
+
+    return HalfLayer
+
+
+def _mapped_layer_class():
+    """The SliceGPT-like layer: a residual map around each sublayer."""
+    import torch
+
+    nn = torch.nn
 
     class MappedLayer(nn.Module):
         """SliceGPT-like layer: the residual of each sublayer goes through an H'×H' mapping."""
@@ -112,18 +118,30 @@ def _make_classes() -> None:
             x = self.attn_map(x) + a
             return self.mlp_map(x) + inner.mlp(inner.post_attention_layernorm(x))
 
-    class RowCache:
-        """Stands in for the KV cache while a routed subset of the batch decodes: writes the
-        kept rows' new K/V at the decode position and returns those rows' caches."""
+    return MappedLayer
 
-        def __init__(self, cache, rows, pos: int):
-            self.cache, self.rows, self.pos = cache, rows, pos
 
-        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-            layer = self.cache.layers[layer_idx]
-            layer.keys[self.rows, :, self.pos] = key_states[:, :, 0]
-            layer.values[self.rows, :, self.pos] = value_states[:, :, 0]
-            return layer.keys.index_select(0, self.rows), layer.values.index_select(0, self.rows)
+class RowCache:
+    """Stands in for the KV cache while a routed subset of the batch decodes: writes the
+    kept rows' new K/V at the decode position and returns those rows' caches."""
+
+    def __init__(self, cache, rows, pos: int):
+        self.cache, self.rows, self.pos = cache, rows, pos
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        layer = self.cache.layers[layer_idx]
+        layer.keys[self.rows, :, self.pos] = key_states[:, :, 0]
+        layer.values[self.rows, :, self.pos] = value_states[:, :, 0]
+        return layer.keys.index_select(0, self.rows), layer.values.index_select(0, self.rows)
+
+
+def _routed_layer_class():
+    """The dynamic-depth layer: tokens (prefill) or rows (decode) routed through each sublayer."""
+    import torch
+
+    from ..model.layer import kept_tokens as _kept_tokens
+
+    nn = torch.nn
 
     class RoutedLayer(nn.Module):
         """Dynamic depth (mixture-of-depths-like token routing) around a decoder layer."""
@@ -212,6 +230,16 @@ def _make_classes() -> None:
                 return x + self._attn(x, kw)
             return x + self._mlp(x)
 
+    return RoutedLayer
+
+
+def _tensor_parallel_classes():
+    """The tensor-parallel wrappers: the all-reduce after a row-parallel linear, the
+    vocab-parallel embedding and lm_head."""
+    import torch
+
+    nn = torch.nn
+
     class AllReduceAfter(nn.Module):
         """A row-parallel linear: this rank's partial output, summed over the ranks."""
 
@@ -262,9 +290,8 @@ def _make_classes() -> None:
             dist.all_gather(parts, part)
             return torch.cat(parts, dim=-1)[..., : self.vocab]
 
-    _CLASSES.update(LowRank=LowRank, HalfLayer=HalfLayer, MappedLayer=MappedLayer,
-                    RoutedLayer=RoutedLayer, RowCache=RowCache, AllReduceAfter=AllReduceAfter,
-                    VocabParallelEmbedding=VocabParallelEmbedding, ParallelLMHead=ParallelLMHead)
+    return dict(AllReduceAfter=AllReduceAfter, VocabParallelEmbedding=VocabParallelEmbedding,
+                ParallelLMHead=ParallelLMHead)
 
 
 def low_rank_linear(lin, rank):

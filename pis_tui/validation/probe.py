@@ -3,6 +3,7 @@ host overhead, solved for the cost of each overhead kind."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..families.phase_ops import build_phase_ops
@@ -119,19 +120,51 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     so the estimator prices the overhead ops of every strategy with them.  Returns
     {"path", "ms": {kind: ms per call}, "clones": [...]}.
     """
-    from dataclasses import asdict
+    traw, tspec = tiny_clone(raw, spec)
+    path = overhead_phase(phase, batch)
+    probe = _time_clones(traw, tspec, phase, batch, length, times, repeats)
+    clones = probe.clones
+    for c, t in zip(clones, probe.timed):
+        c["measured_ms"] = t.median_ms
+        c["residual_ms"] = t.median_ms - c["kernels_ms"]
+    solved = _solve_kinds(clones, probe.timed)
+    contended = _contended(probe.others)
+    out = _measurements(spec, phase, batch, length, path, times.dtype, repeats, probe, solved,
+                        contended)
+    times.add(out)
+    if cache is not None:
+        cache.put_measurements(out)
+    return {"path": path, "ms": solved.ms, "clones": clones, "spread": solved.spread,
+            "bounded": solved.bounded, "contended": contended, "remeasured": probe.remeasured}
 
+
+@dataclass
+class _ClonesTimed:
+    """The tiny clones timed end to end: each clone's overhead counts and kernel time
+    (``clones``), their interleaved samples (``timed``), the meter of other processes' CPU
+    meanwhile, whether they were timed twice, and the clones' kernel time with its part
+    measured under load."""
+    clones: list
+    timed: list
+    others: OthersMeter
+    remeasured: bool
+    kernels_ms: float
+    loaded_ms: float
+
+
+def _time_clones(traw: dict, tspec: ModelSpec, phase: str, batch: int, length: int,
+                 times: "OpTimes", repeats: int) -> _ClonesTimed:
+    """Build the tiny clones of :data:`PROBE_STRATEGIES`, price their kernel ops and time them
+    end to end, interleaved (once more, pooled, when a kind's cost spreads too wide); their
+    runs are closed after, whatever happened."""
     from ..pricing.estimator import Estimator
     from ..device.local import local_device
-    from ..pricing.measured_table import METHOD_VERSIONS, Measurement, now_iso, software_versions
-    from ..model.ops import OVERHEAD_KINDS, Overhead
+    from ..model.ops import Overhead
 
-    traw, tspec = tiny_clone(raw, spec)
     dtype = times.dtype
     scen = Scenario(prefill_batch=batch, prompt_len=length if phase == "prefill" else 1,
                     decode_batch=batch, context_len=length if phase == "decode" else 1,
                     dtype=dtype)
-    path = overhead_phase(phase, batch)
     clones, runs, builts = [], [], []
     remeasured = False
     pos = [build_phase_ops(tspec, Strategy(fam, s, align=8), scen, phase)
@@ -148,16 +181,13 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
             pred = sum(p.total_ms for p in priced)
             loaded_ms += sum(p.total_ms for p in priced if p.source == "unstable" or p.loaded)
             kernels_ms += pred
-            counts = {k: 0.0 for k in OVERHEAD_KINDS}
-            for o in po.ops:
-                if isinstance(o, Overhead):
-                    counts[o.kind] += o.count
             built = build_from_spec(traw, tspec, strat, dtype=dtype)
             run = PhaseRun(built, phase, batch, length)
             run.prepare()
             builts.append(built)
             runs.append(run)
-            clones.append({"strategy": fam, "sparsity": s, "counts": counts, "kernels_ms": pred})
+            clones.append({"strategy": fam, "sparsity": s, "counts": _overhead_counts(po),
+                           "kernels_ms": pred})
         with OthersMeter() as others:  # processes that load every core alike, meanwhile
             timed = measure_interleaved(runs, repeats, warmup=2, target_ms=60)
             if _too_wide(clones, timed):  # once more, pooled (as an unstable op is re-measured once)
@@ -167,9 +197,35 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     finally:
         for r in runs:
             r.close()
-    for c, t in zip(clones, timed):
-        c["measured_ms"] = t.median_ms
-        c["residual_ms"] = t.median_ms - c["kernels_ms"]
+    return _ClonesTimed(clones, timed, others, remeasured, kernels_ms, loaded_ms)
+
+
+def _overhead_counts(po) -> dict:
+    """How many calls of each overhead kind a clone's op list makes."""
+    from ..model.ops import OVERHEAD_KINDS, Overhead
+
+    counts = {k: 0.0 for k in OVERHEAD_KINDS}
+    for o in po.ops:
+        if isinstance(o, Overhead):
+            counts[o.kind] += o.count
+    return counts
+
+
+@dataclass
+class _Solved:
+    """Each overhead kind's cost a call (``ms``, bounded by :func:`overhead_bound`), its
+    spread over the rounds' own solves, the kinds whose solve went above the bound (solved,
+    bound), and the rounds' solves."""
+    ms: dict
+    spread: dict
+    bounded: dict
+    per_round: list
+
+
+def _solve_kinds(clones: list, timed: list) -> _Solved:
+    """Solve the clones' residuals (measured − kernels) for each overhead kind's cost."""
+    from ..model.ops import OVERHEAD_KINDS
+
     kinds = [k for k in OVERHEAD_KINDS if any(c["counts"][k] for c in clones)]
     counts = [[c["counts"][k] for k in kinds] for c in clones]
     coef = _solve(counts, [c["residual_ms"] for c in clones])
@@ -185,6 +241,12 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
         ms[k] = v
         vals = sorted(min(max(1e-6, r[j]), limit) for r in per_round)
         spread[k] = _iqr(vals) / v if len(vals) >= 2 and v > 0 else None
+    return _Solved(ms, spread, bounded, per_round)
+
+
+def _contended(others: OthersMeter) -> bool:
+    """Whether other processes used this machine's cores while the clones were timed (the
+    meter), or do now (the probe of contention, advisory)."""
     contended = others.contended
     try:
         from .stability import cpu_contended
@@ -192,43 +254,62 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
         contended = contended or bool(cpu_contended().get("contended"))
     except Exception:  # noqa: BLE001 - the probe of contention is advisory
         pass
+    return contended
+
+
+def _measurements(spec: ModelSpec, phase: str, batch: int, length: int, path: str, dtype: str,
+                  repeats: int, probe: _ClonesTimed, solved: _Solved, contended: bool) -> list:
+    """Each kind's cost as a measurement of its overhead op, unstable (with the reasons in
+    its conditions) when its rounds disagree, its solve was bounded, the machine was busy or
+    the kernel time subtracted was measured under load."""
+    from dataclasses import asdict
+
+    from ..device.local import local_device
+    from ..pricing.measured_table import METHOD_VERSIONS, Measurement, now_iso, software_versions
+    from ..model.ops import Overhead
+
+    clones = probe.clones
     fp = local_device().fingerprint
     sw = software_versions()
     out = []
-    for k, v in ms.items():
+    for k, v in solved.ms.items():
         op = Overhead(f"{k}_overhead", k, path, 1.0, dtype)
-        reasons = []
-        if spread[k] is not None and spread[k] > PROBE_SPREAD_LIMIT:
-            reasons.append(f"its rounds disagree (IQR {spread[k]:.0%} of the median)")
-        if k in bounded:
-            reasons.append(f"the solve gave {bounded[k][0]:.4g} ms a call, above the bound "
-                           f"{bounded[k][1]:.4g} ms (a tiny clone's whole forward over its "
-                           f"{k} calls)")
-        if contended:
-            reasons.append("taken while other processes used this machine's cores"
-                           + (f" ({others.words()})" if others.contended else ""))
-        if kernels_ms > 0 and loaded_ms / kernels_ms > LOADED_SHARE:
-            reasons.append(f"{loaded_ms / kernels_ms:.0%} of the clones' kernel time it "
-                           "subtracts was measured under load")
+        reasons = _unstable_reasons(k, probe, solved, contended)
         cond = {"probe": {"clones": [{kk: c[kk] for kk in ("strategy", "measured_ms",
                                                              "kernels_ms")} for c in clones],
-                          "bound_ms": overhead_bound(clones, k), "rounds": len(per_round),
-                          "remeasured": remeasured}}
+                          "bound_ms": overhead_bound(clones, k), "rounds": len(solved.per_round),
+                          "remeasured": probe.remeasured}}
         if reasons:
             cond["unstable"] = reasons
         out.append(Measurement(
-            key=op.key(), op=asdict(op), ms=v, eager_ms=v, spread=spread[k], repeats=repeats,
+            key=op.key(), op=asdict(op), ms=v, eager_ms=v, spread=solved.spread[k], repeats=repeats,
             status="unstable" if reasons else "ok", method="cpu-wall",
             method_version=METHOD_VERSIONS["cpu-wall"],
             fingerprint=fp, software=sw, measured_at=now_iso(), conditions=cond,
             note=(f"dispatch probe: tiny clones of {spec.name} ({', '.join(f for f, _ in PROBE_STRATEGIES)}), "
                   f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind, "
                   f"bounded by {overhead_bound(clones, k):.4g} ms a call")))
-    times.add(out)
-    if cache is not None:
-        cache.put_measurements(out)
-    return {"path": path, "ms": ms, "clones": clones, "spread": spread, "bounded": bounded,
-            "contended": contended, "remeasured": remeasured}
+    return out
+
+
+def _unstable_reasons(k: str, probe: _ClonesTimed, solved: _Solved, contended: bool) -> list:
+    """Why kind ``k``'s cost is not to be trusted (none: it is)."""
+    spread, bounded = solved.spread, solved.bounded
+    loaded_ms, kernels_ms = probe.loaded_ms, probe.kernels_ms
+    reasons = []
+    if spread[k] is not None and spread[k] > PROBE_SPREAD_LIMIT:
+        reasons.append(f"its rounds disagree (IQR {spread[k]:.0%} of the median)")
+    if k in bounded:
+        reasons.append(f"the solve gave {bounded[k][0]:.4g} ms a call, above the bound "
+                       f"{bounded[k][1]:.4g} ms (a tiny clone's whole forward over its "
+                       f"{k} calls)")
+    if contended:
+        reasons.append("taken while other processes used this machine's cores"
+                       + (f" ({probe.others.words()})" if probe.others.contended else ""))
+    if kernels_ms > 0 and loaded_ms / kernels_ms > LOADED_SHARE:
+        reasons.append(f"{loaded_ms / kernels_ms:.0%} of the clones' kernel time it "
+                       "subtracts was measured under load")
+    return reasons
 
 
 def _too_wide(clones: list, timed: list) -> bool:
