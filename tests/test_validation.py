@@ -353,3 +353,29 @@ def test_the_real_combined_model_has_the_combined_shapes(token):
     if token.startswith("dynamic_depth"):
         assert all(type(x).__name__ == "RoutedLayer" for x in layers(b))
     run_both(b)
+
+
+def test_rows_report_the_absolute_latency_error_beside_the_speedup():
+    """plan's targets are absolute: a row carries predicted / measured − 1 of both latencies,
+    and the summary their bias (signed median), median, p90 and worst |error|."""
+    from pis_tui.validation.compare import ValidationRow, accuracy_summary
+
+    def row(strategy, phase, batch, pred, meas, dpred, dmeas):
+        return ValidationRow(strategy, 0.5, 0.5, phase, batch, 128, pred, meas, dpred, dmeas,
+                             dpred / pred, dmeas / meas, (dpred / pred) / (dmeas / meas) - 1)
+
+    rows = [row("static_depth", "prefill", 1, 40.0, 50.0, 80.0, 100.0),
+            row("low_rank", "prefill", 1, 70.0, 70.0, 80.0, 100.0),
+            row("static_depth", "decode", 1, 9.0, 10.0, 18.0, 20.0)]
+    assert rows[0].latency_error == pytest.approx(-0.2)
+    assert rows[0].dense_latency_error == pytest.approx(-0.2)
+    d = rows[1].to_dict()
+    assert d["latency_error"] == pytest.approx(0.0) and d["dense_latency_error"] == pytest.approx(-0.2)
+    s = accuracy_summary(rows)
+    # the dense model once per case: prefill −20 %, decode −10 %
+    assert s["dense_latency_error"]["median"] == pytest.approx(-0.15)
+    assert s["dense_latency_error"]["worst_abs"] == pytest.approx(0.2)
+    # the pruned rows: −20 %, 0 %, −10 %
+    assert s["latency_error"]["median"] == pytest.approx(-0.1)
+    assert s["latency_error"]["p90_abs"] == pytest.approx(0.2)
+    assert s["p90_abs_error"] >= s["median_abs_error"]

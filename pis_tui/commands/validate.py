@@ -314,6 +314,13 @@ def _print_summary(con, s: dict, tolerance: float, args: argparse.Namespace) -> 
                   f"worst {s['worst_abs_error']:.1%} ({s['worst']}); the FLOPs ratio: median "
                   f"{s['flops_median_abs_error']:.1%}, worst {s['flops_worst_abs_error']:.1%}"
                   f" (over the {s['n']} stable row(s))", markup=False)
+        for key, who in (("dense_latency_error", "the dense model's"),
+                         ("latency_error", "the pruned models'")):
+            e = s.get(key) or {}
+            if e:
+                con.print(f"{who} latency, predicted vs measured: median {e['median']:+.1%} (the "
+                          f"bias), |error| median {e['median_abs']:.1%}, p90 {e['p90_abs']:.1%}, "
+                          f"worst {e['worst_abs']:.1%}", markup=False)
     if s.get("unstable"):
         con.print(f"warning: {s['unstable']} row(s) unstable: their measured speedup did not "
                   f"settle within ±{tolerance:.0%} in {args.max_rounds} rounds of "
@@ -411,6 +418,10 @@ def _timing_label(r) -> str:
     return "FAILED→eager" if r.capture_failed else ("graph" if r.timing == "cuda-graph" else "eager")
 
 
+def _pct_or_dash(x) -> str:
+    return "—" if x is None else f"{x:+.1%}"
+
+
 def _table(rows):
     from rich import box
     from rich.table import Table
@@ -418,13 +429,16 @@ def _table(rows):
     t = Table(title="predicted vs measured (median of interleaved pairs, ~95% interval)",
               box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     # in the JSON too: the lengths, the dense model's own ms, the ceiling
-    for col in ("strategy", "s", "ach.", "phase", "b", "pred\nms", "meas\nms", "pred\n×",
-                "meas\n×", "interval", "error", "FLOPs\n×", "timing"):
+    for col in ("strategy", "s", "ach.", "phase", "b", "dense\npred ms", "dense\nmeas ms",
+                "dense\nerror", "pred\nms", "meas\nms", "ms\nerror", "pred\n×", "meas\n×",
+                "interval", "error", "FLOPs\n×", "timing"):
         t.add_column(col, justify="left" if col in ("strategy", "phase", "timing") else "right",
                      no_wrap=True)
     for r in rows:
         t.add_row(r.strategy, f"{r.sparsity:g}", f"{r.achieved_sparsity:.0%}", r.phase,
-                  str(r.batch), f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}",
+                  str(r.batch), f"{r.dense_predicted_ms:.2f}", f"{r.dense_measured_ms:.2f}",
+                  _pct_or_dash(r.dense_latency_error),
+                  f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}", _pct_or_dash(r.latency_error),
                   f"{r.predicted_speedup:.2f}", "unstable" if not r.stable else f"{r.measured_speedup:.2f}",
                   f"{r.measured_low:.2f}–{r.measured_high:.2f}",
                   f"{r.error:+.1%}" if r.stable else "—",

@@ -5,6 +5,7 @@ compares the speedups."""
 from __future__ import annotations
 
 import os
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -116,6 +117,17 @@ class ValidationRow:
     def status(self) -> str:
         return "ok" if self.stable else "unstable"
 
+    @property
+    def latency_error(self) -> Optional[float]:
+        """The pruned model's predicted latency against its measured one (predicted / measured
+        − 1): what plan's TTFT, TPOT and throughput rest on, which a speedup's error hides."""
+        return _ratio_error(self.predicted_ms, self.measured_ms)
+
+    @property
+    def dense_latency_error(self) -> Optional[float]:
+        """The dense model's predicted latency against its measured one."""
+        return _ratio_error(self.dense_predicted_ms, self.dense_measured_ms)
+
     def to_dict(self, full: bool = False) -> dict:
         keys = ("strategy", "sparsity", "achieved_sparsity", "phase", "batch", "length",
                 "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
@@ -127,6 +139,8 @@ class ValidationRow:
         d["above_ceiling"] = self.above_ceiling
         d["contended"] = self.contended
         d["prediction_flags"] = list(self.prediction_flags)
+        d["latency_error"] = _round(self.latency_error)
+        d["dense_latency_error"] = _round(self.dense_latency_error)
         if not self.stable:  # no figure for an unstable speedup: its interval says what it is
             d["measured_speedup"] = None
             d["error"] = None
@@ -145,6 +159,22 @@ class ValidationRow:
 
 def _round(x):
     return round(x, 6) if isinstance(x, float) else x
+
+
+def _ratio_error(predicted: float, measured: float) -> Optional[float]:
+    if not measured or measured <= 0 or predicted is None:
+        return None
+    return predicted / measured - 1.0
+
+
+def _spread_of(values: list) -> dict:
+    """Median (signed: the bias), median |·|, p90 |·| and worst |·| of relative errors."""
+    if not values:
+        return {}
+    mags = sorted(abs(x) for x in values)
+    p90 = mags[min(len(mags) - 1, max(0, math.ceil(0.9 * len(mags)) - 1))]
+    return {"median": statistics.median(values), "median_abs": statistics.median(mags),
+            "p90_abs": p90, "worst_abs": mags[-1]}
 
 
 def standard_strategies(extra: bool = True, sparsities=STANDARD_SPARSITIES,
@@ -518,10 +548,18 @@ def accuracy_summary(rows: list) -> dict:
     errs = [abs(r.error) for r in rows]
     ferrs = [abs(r.flops_error) for r in rows]
     worst = max(rows, key=lambda r: abs(r.error))
+    # absolute latency: the dense model once per case (phase, batch, length), the pruned ones
+    dense = {(r.phase, r.batch, r.length): r.dense_latency_error for r in rows
+             if r.dense_latency_error is not None}
+    pruned = [r.latency_error for r in rows if r.latency_error is not None]
     return {"n": len(rows), "median_abs_error": statistics.median(errs),
+            "p90_abs_error": _spread_of(errs)["p90_abs"],
             "worst_abs_error": max(errs),
             "worst": f"{worst.strategy} {worst.sparsity:g} {worst.phase} b{worst.batch}",
             "flops_median_abs_error": statistics.median(ferrs),
             "flops_worst_abs_error": max(ferrs), "unstable": unstable,
             "prediction_flagged": flagged,
-            "above_ceiling": sum(1 for r in rows if r.above_ceiling)}
+            "above_ceiling": sum(1 for r in rows if r.above_ceiling),
+            # predicted / measured − 1 of the latencies themselves (median signed = the bias)
+            "dense_latency_error": _spread_of(list(dense.values())),
+            "latency_error": _spread_of(pruned)}

@@ -262,6 +262,13 @@ def render_md(data: dict, rows, overheads) -> str:
     if s.get("n"):
         result += (f"  The FLOPs ratio as a predictor: median {s['flops_median_abs_error']:.1%}, "
                    f"worst {s['flops_worst_abs_error']:.1%}.")
+        for key, who in (("dense_latency_error", "The dense model's"),
+                         ("latency_error", "The pruned models'")):
+            e = s.get(key) or {}
+            if e:
+                result += (f"  {who} absolute latency, predicted vs measured: median {e['median']:+.1%} "
+                           f"(the bias), |error| median {e['median_abs']:.1%}, p90 {e['p90_abs']:.1%}, "
+                           f"worst {e['worst_abs']:.1%}.")
     lines = [
         f"# {'validate_combos_qwen05b_cpu' if combos else 'validate_qwen05b_cpu'}: predicted vs "
         "end-to-end measured speedups",
