@@ -275,7 +275,7 @@ def test_cli_validate_end_to_end_json_and_cache(tmp_path):
             "predicted_ms", "measured_ms", "dense_predicted_ms", "dense_measured_ms",
             "predicted_speedup", "measured_speedup", "error", "timing", "capture_failed",
             "status", "measured_interval", "speedup_ceiling", "above_ceiling", "contended",
-            "prediction_flags"}
+            "prediction_flags", "latency_error", "dense_latency_error"}
     for row in rows:
         assert set(row) == keys
         assert row["timing"] == "eager" and row["capture_failed"] is False  # the CPU: no graphs
