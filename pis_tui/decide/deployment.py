@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Optional
 
 from ..pricing import memory, sources
 from .sweep import (check_collectives, check_dtype, default_dtype, default_strategies,
-                    make_estimator, resolve, software_versions, tensor_parallel_device)
+                    make_estimator, package_versions, resolve, tensor_parallel_device)
 from ..errors import UserError
 from .frontier import beats_dense, frontier, rank_key, tie_ranked
 from .points import Point
@@ -417,7 +417,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     result = PlanResult(
         spec, device, workload, dtype, cands, usable, engine, protocol, metric,
         warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
-        provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
+        provenance={"versions": package_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"})
     result.tp = tp

@@ -100,8 +100,11 @@ def default_strategies() -> tuple[str, ...]:
     return families.pruned() + families.combo_names()
 
 
-def software_versions() -> dict:
-    """Versions without importing the packages (importlib.metadata; read once per process)."""
+def package_versions() -> dict:
+    """The versions of pis-tui and the packages around it (torch, transformers, duckdb,
+    textual) a result's provenance records, without importing them (importlib.metadata; read
+    once per process).  Not :func:`pis_tui.pricing.measured_table.software_versions`: the
+    versions that key measurements."""
     return dict(_package_versions())
 
 
@@ -267,7 +270,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         combo_rule=getattr(quality, "combo_rule", "") if quality is not None else "",
         memory=footprint(spec, device, scenario),
         notices=notices,
-        provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
+        provenance={"versions": package_versions(), "device_fingerprint": device.fingerprint,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"},
     )
