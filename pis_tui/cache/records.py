@@ -79,12 +79,7 @@ class RecordsTables:
             row = tuple(r.get(c) for c in cols) + (
                 json.dumps(extra, sort_keys=True, default=str), to_ts(r.get("measured_at")))
             vals[key(r)] = row
-        if not vals:
-            return 0
-        with self._conn() as con:
-            con.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * (len(cols) + 2))})",
-                            list(vals.values()))
-        return len(vals)
+        return self._upsert(table, list(vals.values()))
 
     def _get_records(self, table: str, cols: tuple, where: dict, order: str) -> list[dict]:
         """The records of ``table`` whose columns equal ``where``'s values (a None or empty
