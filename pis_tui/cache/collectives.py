@@ -34,12 +34,7 @@ class CollectiveTables:
                            json.dumps(r.get("conditions") or {}, sort_keys=True, default=str),
                            json.dumps(r.get("device") or {}, sort_keys=True, default=str),
                            to_ts(r.get("measured_at")))
-        if not vals:
-            return 0
-        with self._conn() as con:
-            con.executemany(f"INSERT OR REPLACE INTO collective_timings ({', '.join(COLLECTIVE_COLS)}) "
-                            f"VALUES ({', '.join('?' * len(COLLECTIVE_COLS))})", list(vals.values()))
-        return len(vals)
+        return self._upsert("collective_timings", list(vals.values()), COLLECTIVE_COLS)
 
     def get_collectives(self, fingerprint: str, backend: Optional[str] = None,
                         world_size: Optional[int] = None, *, any_version: bool = False) -> list[dict]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Callable, Optional
 
 from .store import QUALITY_COLS, VALIDATION_COLS, to_iso, to_ts, utcnow
 
@@ -35,82 +35,66 @@ class RecordsTables:
     def put_validation(self, rows) -> int:
         """Upsert validation results (dicts with the issue-4 columns; model and fingerprint
         required; unknown keys kept in extra_json)."""
-        if isinstance(rows, dict):
-            rows = [rows]
-        vals = {}
-        for r in rows:
-            r = dict(r)
-            missing = [c for c in ("model", "fingerprint", "strategy", "sparsity", "phase", "batch", "length")
-                       if r.get(c) is None]
-            if missing:
-                raise ValueError(f"validation row lacks {', '.join(missing)}")
-            extra = {k: v for k, v in r.items() if k not in VALIDATION_COLS and k != "measured_at"}
-            row = tuple(r.get(c) for c in VALIDATION_COLS) + (
-                json.dumps(extra, sort_keys=True, default=str), to_ts(r.get("measured_at")))
-            vals[(r["model"], r["fingerprint"], r["strategy"], float(r["sparsity"]), r["phase"],
-                  int(r["batch"]), int(r["length"]))] = row
-        if not vals:
-            return 0
-        with self._conn() as con:
-            con.executemany(f"INSERT OR REPLACE INTO validations VALUES ({', '.join('?' * 17)})",
-                            list(vals.values()))
-        return len(vals)
+        return self._put_records(
+            "validations", VALIDATION_COLS, rows, "validation",
+            ("model", "fingerprint", "strategy", "sparsity", "phase", "batch", "length"),
+            lambda r: (r["model"], r["fingerprint"], r["strategy"], float(r["sparsity"]), r["phase"],
+                       int(r["batch"]), int(r["length"])))
 
     def get_validations(self, model: Optional[str] = None, fingerprint: Optional[str] = None) -> list[dict]:
-        q = f"SELECT {', '.join(VALIDATION_COLS)}, extra_json, measured_at FROM validations WHERE 1=1"
-        args = []
-        if model:
-            q += " AND model = ?"
-            args.append(model)
-        if fingerprint:
-            q += " AND fingerprint = ?"
-            args.append(fingerprint)
-        with self._conn() as con:
-            rows = con.execute(q + " ORDER BY model, strategy, sparsity, phase, batch, length", args).fetchall()
-        out = []
-        for r in rows:
-            d = dict(zip(VALIDATION_COLS, r[: len(VALIDATION_COLS)]))
-            d.update(json.loads(r[-2]) if r[-2] else {})
-            d["measured_at"] = to_iso(r[-1])
-            out.append(d)
-        return out
+        return self._get_records("validations", VALIDATION_COLS,
+                                 {"model": model, "fingerprint": fingerprint},
+                                 "model, strategy, sparsity, phase, batch, length")
 
     # ------------------------------------------------------------ quality results
 
     def put_quality_results(self, rows) -> int:
+        return self._put_records(
+            "quality_results", QUALITY_COLS, rows, "quality",
+            ("model", "strategy", "sparsity", "text_sha256", "n_tokens"),
+            lambda r: (r["model"], r["strategy"], float(r["sparsity"]), r["text_sha256"],
+                       int(r["n_tokens"])))
+
+    def get_quality_results(self, model: Optional[str] = None, text_sha256: Optional[str] = None) -> list[dict]:
+        return self._get_records("quality_results", QUALITY_COLS,
+                                 {"model": model, "text_sha256": text_sha256},
+                                 "model, strategy, sparsity")
+
+    # ------------------------------------------------------------ records: columns, extra_json, measured_at
+
+    def _put_records(self, table: str, cols: tuple, rows, what: str, required: tuple,
+                     key: Callable[[dict], tuple]) -> int:
+        """Upsert records (a dict or dicts) into ``table``: its ``cols``, the other keys in
+        extra_json, then measured_at; the last of the records with one ``key`` wins.  A
+        ValueError names the ``required`` columns a record lacks."""
         if isinstance(rows, dict):
             rows = [rows]
         vals = {}
         for r in rows:
             r = dict(r)
-            missing = [c for c in ("model", "strategy", "sparsity", "text_sha256", "n_tokens") if r.get(c) is None]
+            missing = [c for c in required if r.get(c) is None]
             if missing:
-                raise ValueError(f"quality row lacks {', '.join(missing)}")
-            extra = {k: v for k, v in r.items() if k not in QUALITY_COLS and k != "measured_at"}
-            vals[(r["model"], r["strategy"], float(r["sparsity"]), r["text_sha256"], int(r["n_tokens"]))] = \
-                tuple(r.get(c) for c in QUALITY_COLS) + (json.dumps(extra, sort_keys=True, default=str),
-                                                          to_ts(r.get("measured_at")))
-        if not vals:
-            return 0
-        with self._conn() as con:
-            con.executemany(f"INSERT OR REPLACE INTO quality_results VALUES ({', '.join('?' * 11)})",
-                            list(vals.values()))
-        return len(vals)
+                raise ValueError(f"{what} row lacks {', '.join(missing)}")
+            extra = {k: v for k, v in r.items() if k not in cols and k != "measured_at"}
+            row = tuple(r.get(c) for c in cols) + (
+                json.dumps(extra, sort_keys=True, default=str), to_ts(r.get("measured_at")))
+            vals[key(r)] = row
+        return self._upsert(table, list(vals.values()))
 
-    def get_quality_results(self, model: Optional[str] = None, text_sha256: Optional[str] = None) -> list[dict]:
-        q = f"SELECT {', '.join(QUALITY_COLS)}, extra_json, measured_at FROM quality_results WHERE 1=1"
+    def _get_records(self, table: str, cols: tuple, where: dict, order: str) -> list[dict]:
+        """The records of ``table`` whose columns equal ``where``'s values (a None or empty
+        value: any), in ``order``: each its columns, its extra keys and measured_at."""
+        q = f"SELECT {', '.join(cols)}, extra_json, measured_at FROM {table} WHERE 1=1"
         args = []
-        if model:
-            q += " AND model = ?"
-            args.append(model)
-        if text_sha256:
-            q += " AND text_sha256 = ?"
-            args.append(text_sha256)
+        for col, value in where.items():
+            if value:
+                q += f" AND {col} = ?"
+                args.append(value)
         with self._conn() as con:
-            rows = con.execute(q + " ORDER BY model, strategy, sparsity", args).fetchall()
+            rows = con.execute(f"{q} ORDER BY {order}", args).fetchall()
         out = []
         for r in rows:
-            d = dict(zip(QUALITY_COLS, r[: len(QUALITY_COLS)]))
+            d = dict(zip(cols, r[: len(cols)]))
             d.update(json.loads(r[-2]) if r[-2] else {})
             d["measured_at"] = to_iso(r[-1])
             out.append(d)

@@ -417,6 +417,17 @@ class Store:
                 finally:
                     self._held = None
 
+    def _upsert(self, table: str, rows: list, cols: Optional[tuple] = None) -> int:
+        """INSERT OR REPLACE ``rows`` into ``table`` (into its ``cols``, in that order; None:
+        every column, in the table's order); how many."""
+        if not rows:
+            return 0
+        into = f"{table} ({', '.join(cols)}) " if cols else f"{table} "
+        with self._conn() as con:
+            con.executemany(f"INSERT OR REPLACE INTO {into}VALUES ({', '.join('?' * len(rows[0]))})",
+                            rows)
+        return len(rows)
+
     @contextmanager
     def _conn(self):
         """A connection for one operation: opened, used, closed (serialised in-process)."""

@@ -36,12 +36,7 @@ class TimingsTables:
                                json.dumps(m.op, sort_keys=True), dev_json, to_ts(m.measured_at),
                                json.dumps(m.conditions, sort_keys=True, default=str)
                                if m.conditions else None)
-        if not rows:
-            return 0
-        with self._conn() as con:
-            con.executemany(f"INSERT OR REPLACE INTO op_timings ({', '.join(OP_TIMING_COLS)}) VALUES "
-                            f"({', '.join('?' * len(OP_TIMING_COLS))})", list(rows.values()))
-        return len(rows)
+        return self._upsert("op_timings", list(rows.values()), OP_TIMING_COLS)
 
     def get_measurements(self, fingerprint: str, dtype: Optional[str] = None, *,
                          software: Optional[dict] = None, statuses: Optional[Iterable[str]] = None,

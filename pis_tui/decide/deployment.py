@@ -42,22 +42,20 @@ strategy that emits it).  No torch, no transformers.
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from ..pricing import memory, sources
-from .sweep import (check_collectives, check_dtype, default_dtype, default_strategies,
-                    make_estimator, resolve, software_versions, tensor_parallel_device)
+from .sweep import prepare, provenance, sweep_grid
 from ..errors import UserError
 from .frontier import beats_dense, frontier, rank_key, tie_ranked
 from .points import Point
 from ..pricing.estimates import PricedOp, strategy_key
 from ..quality.estimate import QualityEstimate
 from ..model.scenario import Scenario
-from ..families.strategy import Strategy, strategies_grid
+from ..families.strategy import Strategy
 from ..families.phase_ops import build_phase_ops
 from ..model.workload import RequestClass, Targets, Workload
 
@@ -392,20 +390,11 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     the dtype and ``cache``); ``tp``: tensor parallelism over that many GPUs (one rank's
     timings and memory, checked against one GPU)."""
     t0 = time.perf_counter()
-    spec, device = resolve(model, gpu)
-    dtype = dtype or default_dtype(device)
-    check_dtype(device, dtype)
-    Scenario(dtype=dtype, engine=engine, tp=tp)  # an engine and a degree offered (else one line)
-    device = tensor_parallel_device(spec, device, tp)
-    notices: list[str] = []
-    est = estimator if estimator is not None else make_estimator(device, dtype, cache, notices,
-                                                                  engine)
-    if tp > 1:
-        check_collectives(est, tp)
+    spec, device, scenario, est, notices = prepare(model, gpu, dtype=dtype, engine=engine, tp=tp,
+                                                   cache=cache, estimator=estimator)
+    dtype = scenario.dtype
     pricer = _Pricer(spec, dtype, est, engine, tp)
-    grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
-                           None if sparsities is None else tuple(sparsities), granularity, align,
-                           None if combo_sparsities is None else tuple(combo_sparsities))
+    grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities)
     if quality is not None and hasattr(quality, "estimate"):
         from ..quality.priors import remember_params
 
@@ -417,9 +406,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     result = PlanResult(
         spec, device, workload, dtype, cands, usable, engine, protocol, metric,
         warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
-        provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
-                    "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"})
+        provenance=provenance(device))
     result.tp = tp
     result.priced_kernels = len(getattr(pricer, "priced_kernels", {}))
     result.elapsed_s = time.perf_counter() - t0

@@ -12,7 +12,7 @@ import datetime as _dt
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional
 
 from .. import __version__
 from ..pricing import collectives
@@ -100,8 +100,11 @@ def default_strategies() -> tuple[str, ...]:
     return families.pruned() + families.combo_names()
 
 
-def software_versions() -> dict:
-    """Versions without importing the packages (importlib.metadata; read once per process)."""
+def package_versions() -> dict:
+    """The versions of pis-tui and the packages around it (torch, transformers, duckdb,
+    textual) a result's provenance records, without importing them (importlib.metadata; read
+    once per process).  Not :func:`pis_tui.pricing.measured_table.software_versions`: the
+    versions that key measurements."""
     return dict(_package_versions())
 
 
@@ -195,6 +198,58 @@ def resolve(model, gpu) -> tuple[ModelSpec, DeviceProfile]:
     return spec, device
 
 
+class Prepared(NamedTuple):
+    """What a sweep and a plan price with (:func:`prepare`)."""
+
+    spec: ModelSpec
+    device: DeviceProfile  # the device one rank runs on
+    scenario: Scenario
+    estimator: Estimator
+    notices: list  # what the estimator's making said (a shipped table that could not be used)
+
+
+def prepare(model, gpu, scenario: Optional[Scenario] = None, *, dtype: Optional[str] = None,
+            engine: str = "eager", tp: int = 1, cache=None, estimator=None) -> Prepared:
+    """The model's spec, the device one rank runs on, the scenario (``scenario``, else one of
+    ``dtype`` — the device's default when None —, ``engine`` and ``tp``) and the estimator
+    (``estimator``, else :func:`make_estimator`'s for them and ``cache``); one clear UserError
+    for a dtype without a peak on the device, a model whose heads do not split over the ranks
+    or collectives that cannot be priced."""
+    spec, device = resolve(model, gpu)
+    if scenario is None:
+        dtype = dtype or default_dtype(device)
+        check_dtype(device, dtype)
+        scenario = Scenario(dtype=dtype, engine=engine, tp=tp)  # an engine and a degree offered
+    else:
+        check_dtype(device, scenario.dtype)
+    device = tensor_parallel_device(spec, device, scenario.tp)  # one rank's device
+    notices: list[str] = []
+    est = estimator if estimator is not None else make_estimator(device, scenario.dtype, cache,
+                                                                  notices, scenario.engine)
+    if scenario.tp > 1:
+        check_collectives(est, scenario.tp)
+    return Prepared(spec, device, scenario, est, notices)
+
+
+def sweep_grid(strategies: Optional[Iterable[str]] = None,
+               sparsities: Optional[Iterable[float]] = None, granularity: str = "layer",
+               align: int = 128, combo_sparsities: Optional[Iterable[float]] = None) -> list:
+    """The strategies a sweep or a plan prices: ``strategies`` None every registered family and
+    combination (:func:`default_strategies`), ``sparsities`` None each family's default grid,
+    ``combo_sparsities`` None each combination's parts on the coarse grid."""
+    return strategies_grid(default_strategies() if strategies is None else tuple(strategies),
+                           None if sparsities is None else tuple(sparsities), granularity, align,
+                           None if combo_sparsities is None else tuple(combo_sparsities))
+
+
+def provenance(device: DeviceProfile) -> dict:
+    """Where a sweep's or a plan's figures come from: the package versions, the device's
+    fingerprint, when, and the estimator's rule."""
+    return {"versions": package_versions(), "device_fingerprint": device.fingerprint,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"}
+
+
 def sweep(model, gpu, scenario: Optional[Scenario] = None,
           strategies: Optional[Iterable[str]] = None,
           sparsities: Optional[Iterable[float]] = None, *,
@@ -210,22 +265,14 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     ``families.COMBO_SPARSITIES``.  A combination's quality is its parts' composed
     (:func:`pis_tui.quality.compose.combo_estimate`), unless the quality model holds its own.
     """
-    spec, device = resolve(model, gpu)
-    scenario = scenario or Scenario(dtype=default_dtype(device))
-    check_dtype(device, scenario.dtype)
-    notices: list[str] = []
-    device = tensor_parallel_device(spec, device, scenario.tp)  # one rank's device
-    est = make_estimator(device, scenario.dtype, cache, notices, scenario.engine)
+    spec, device, scenario, est, notices = prepare(model, gpu, scenario, cache=cache)
     from ..quality.compose import combo_estimate
     from ..quality.priors import remember_params
 
     if quality is not None:
         remember_params(spec.name, spec.total_params() / 1e9)
 
-    check_collectives(est, scenario.tp)
-    grid = strategies_grid(default_strategies() if strategies is None else tuple(strategies),
-                           None if sparsities is None else tuple(sparsities), granularity, align,
-                           None if combo_sparsities is None else tuple(combo_sparsities))
+    grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities)
     phases = tuple(phases)
     estimates: list[PhaseEstimate] = []
     ops_by_key: dict = {}
@@ -267,9 +314,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         combo_rule=getattr(quality, "combo_rule", "") if quality is not None else "",
         memory=footprint(spec, device, scenario),
         notices=notices,
-        provenance={"versions": software_versions(), "device_fingerprint": device.fingerprint,
-                    "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "estimator": "pis-tui estimator v1 (measured > shipped > interpolated > roofline)"},
+        provenance=provenance(device),
     )
 
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 from ..errors import UserError
 from ..model.spec import ModelSpec, load_model_spec, load_preset_config, preset_names
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+#: our dtype names → torch's (tf32 is fp32 storage with TF32 matmuls: measured, never validated)
+TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+#: the dtypes validate builds a pruned model in
+VALIDATE_DTYPES = ("fp32", "bf16", "fp16")
 
 
 
@@ -131,9 +135,16 @@ def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
     return config
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str, unknown: Optional[Callable[[str], Exception]] = None):
+    """torch's dtype for one of our dtype names.
+
+    By default validate's: a pruned model is built in fp32, bf16 or fp16 (a UserError for
+    another name).  With ``unknown`` (the measuring side's), any name of :data:`TORCH_DTYPES`,
+    tf32 included, and ``unknown(name)`` is raised for another."""
     import torch
 
-    if name not in TORCH_DTYPES:
+    if unknown is None and name not in VALIDATE_DTYPES:
         raise UserError(f"validate runs fp32, bf16 or fp16 models, not {name!r}")
+    if name not in TORCH_DTYPES:
+        raise unknown(name)
     return getattr(torch, TORCH_DTYPES[name])

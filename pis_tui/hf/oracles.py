@@ -67,7 +67,10 @@ def enable_dynamic_depth(model, sparsity: float) -> PruneResult:
 # dynamic_sparse_attention (oracle)
 # ---------------------------------------------------------------------------------------------
 
-_BSA_NAME = "pis_block_sparse"
+#: the oracle's name with transformers' AttentionInterface: not validate's gather-based timing
+#: path (:data:`pis_tui.hf.attention.BLOCK_SPARSE_IMPL`), whose name it once shared, so that
+#: whichever was registered last ran under both
+_BSA_NAME = "pis_block_sparse_oracle"
 
 
 @dataclass
@@ -82,7 +85,7 @@ class BlockTracker:
         pass
 
 
-def _block_sparse_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def _block_sparse_oracle(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Causal attention restricted, per query block and head, to the top (1−s) causal key blocks
     by pooled (mean) q·k score, the diagonal block always kept.  The padding mask is ignored:
     pis-tui only feeds contiguous unpadded windows."""
@@ -133,10 +136,10 @@ def _block_sparse_attention(module, query, key, value, attention_mask, scaling=N
 
 
 def enable_block_sparse_attention(model, sparsity: float, block: int = 64) -> PruneResult:
-    """Switch every attention to :func:`_block_sparse_attention` keeping 1−s of causal blocks."""
+    """Switch every attention to :func:`_block_sparse_oracle` keeping 1−s of causal blocks."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(_BSA_NAME, _block_sparse_attention)
+    AttentionInterface.register(_BSA_NAME, _block_sparse_oracle)
     tracker = BlockTracker()
     for layer in decoder_layers(model):
         layer.self_attn._pis_bsa = {"sparsity": sparsity, "block": int(block), "tracker": tracker}

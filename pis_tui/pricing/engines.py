@@ -93,13 +93,6 @@ class Engine:
         base = op_name.split(".")[0]
         return self.kernels(family, phase, base) if base != op_name else None
 
-    def merged_into(self, op_name: str) -> Optional[str]:
-        """The GEMM this one is computed by (k_proj → q_proj when q/k/v are one GEMM)."""
-        for head, parts in self.merged_gemms.items():
-            if op_name in parts and op_name != head:
-                return head
-        return None
-
 
 #: kernels that are the op itself, priced by the GEMM or attention model rather than by bytes
 LEAF_KERNELS = ("mm", "addmm", "bmm", "matmul", "linear", "_int_mm", "_sparse_semi_structured",

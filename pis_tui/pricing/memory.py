@@ -26,8 +26,15 @@ TIGHT = 0.90  # of the device's memory: activations and workspace need the rest
 GB = 1e9  # datasheets count memory in decimal GB (H200: 141 GB)
 
 
+def kv_bytes(kv_heads: int, head_dim: int, blocks: float, dtype: str) -> float:
+    """KV-cache bytes one token holds in ``blocks`` attention blocks of ``kv_heads`` ×
+    ``head_dim``: K and V, 16-bit when the weights are 8-bit, else in the weights' dtype."""
+    return 2 * kv_heads * head_dim * blocks * max(2, dtype_bytes(dtype))
+
+
 def kv_bytes_per_token(spec, dtype: str) -> int:
-    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max(2, dtype_bytes(dtype))
+    """KV-cache bytes per token of the dense model."""
+    return kv_bytes(spec.num_kv_heads, spec.head_dim, spec.num_layers, dtype)
 
 
 def rank_kv_bytes_per_token(spec, dtype: str, tp: int) -> int:
@@ -35,7 +42,7 @@ def rank_kv_bytes_per_token(spec, dtype: str, tp: int) -> int:
     from ..model.tensor_parallel import rank_heads
 
     kvh = rank_heads(spec.num_heads, spec.num_kv_heads, tp)[1]
-    return 2 * spec.num_layers * kvh * spec.head_dim * max(2, dtype_bytes(dtype))
+    return kv_bytes(kvh, spec.head_dim, spec.num_layers, dtype)
 
 
 def rank_weight_bytes(spec, scenario) -> float:
@@ -141,11 +148,10 @@ def weight_bytes(ops, spec, dtype: str) -> float:
 def kv_bytes_per_token_of(ops, dtype: str) -> int:
     """KV-cache bytes one token of one sequence holds in the pruned model: K and V of every
     attention block that runs (``count``) at its KV heads × head_dim, 16-bit when the weights
-    are 8-bit (as :func:`kv_bytes_per_token`).  Give the prefill's op list: depth pruning keeps
+    are 8-bit (:func:`kv_bytes`).  Give the prefill's op list: depth pruning keeps
     fewer attention blocks, width pruning fewer KV heads; low rank, 2:4, unstructured, dynamic
     depth and block-sparse attention keep the dense cache."""
-    per = max(2, dtype_bytes(dtype))
-    return int(round(sum(2 * o.kv_heads * o.head_dim * o.count * per
+    return int(round(sum(kv_bytes(o.kv_heads, o.head_dim, o.count, dtype)
                          for o in ops if getattr(o, "op_type", "") == "attention")))
 
 

@@ -67,42 +67,50 @@ def label_of(op: Op) -> str:
     return f"{op.kind} {op.rows}×{op.width} {op.dtype}"
 
 
-def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=None,
-                  options=None) -> list[WorkItem]:
+def sweep_phase_ops(spec, scenario: Scenario, strategies=None, sparsities=None, options=None):
+    """(strategy, phase, its op list) for every point of the sweep a worklist plans for:
+    ``strategies`` (None: every pruned family) × ``sparsities`` (None: each family's grid) ×
+    the options' phases, in the grid's order."""
     from .. import families
     from ..families.phase_ops import build_phase_ops
     from ..families.strategy import strategies_grid
 
     opt = WorklistOptions.of(options)
-    strategies = tuple(strategies) if strategies else families.pruned()
-    sparsities = tuple(sparsities) if sparsities else None
+    for strat in strategies_grid(tuple(strategies) if strategies else families.pruned(),
+                                 tuple(sparsities) if sparsities else None, opt.granularity,
+                                 opt.align):
+        for ph in opt.phases:
+            yield strat, ph, build_phase_ops(spec, strat, scenario, ph)
+
+
+def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsities=None,
+                  options=None) -> list[WorkItem]:
+    opt = WorklistOptions.of(options)
     roof = roofline_fn(device)
     found: dict[str, WorkItem] = {}
     dense_pairs: set = set()
     all_pairs: set = set()
     pair_max_m: dict = {}
-    for strat in strategies_grid(strategies, sparsities, opt.granularity, opt.align):
-        for ph in opt.phases:
-            po = build_phase_ops(spec, strat, scenario, ph)
-            times = [(o, roof(o) * o.count) for o in po.ops]
-            total = sum(t for _, t in times) or 1.0
-            for o, t in times:
-                if isinstance(o, (Overhead, Collective)):
-                    continue  # the dispatch probe / torch.distributed measure these, not timing
-                mo = measuring_form(o)
-                k = mo.key()
-                share = t / total
-                cur = found.get(k)
-                if cur is None:
-                    found[k] = WorkItem(mo, share, label=f"{label_of(mo)} ({o.name})")
-                elif share > cur.share:
-                    cur.share = share
-                if isinstance(mo, Gemm):
-                    pair = (mo.n, mo.k, mo.kind, mo.dtype, mo.density)
-                    all_pairs.add(pair)
-                    pair_max_m[pair] = max(pair_max_m.get(pair, 0), mo.m)
-                    if strat.family == "dense":
-                        dense_pairs.add(pair)
+    for strat, _, po in sweep_phase_ops(spec, scenario, strategies, sparsities, opt):
+        times = [(o, roof(o) * o.count) for o in po.ops]
+        total = sum(t for _, t in times) or 1.0
+        for o, t in times:
+            if isinstance(o, (Overhead, Collective)):
+                continue  # the dispatch probe / torch.distributed measure these, not timing
+            mo = measuring_form(o)
+            k = mo.key()
+            share = t / total
+            cur = found.get(k)
+            if cur is None:
+                found[k] = WorkItem(mo, share, label=f"{label_of(mo)} ({o.name})")
+            elif share > cur.share:
+                cur.share = share
+            if isinstance(mo, Gemm):
+                pair = (mo.n, mo.k, mo.kind, mo.dtype, mo.density)
+                all_pairs.add(pair)
+                pair_max_m[pair] = max(pair_max_m.get(pair, 0), mo.m)
+                if strat.family == "dense":
+                    dense_pairs.add(pair)
     planned = sorted(found.values(), key=lambda p: -p.share)
     if opt.grid != "none":
         max_m = max(scenario.prefill_batch * scenario.prompt_len, scenario.decode_batch)
@@ -134,22 +142,14 @@ def collective_worklist(spec, scenario: Scenario, strategies=None, sparsities=No
     """The distinct collectives (tensor parallelism: ``scenario.tp`` > 1) a sweep's op lists
     run, one call each, largest message first; measured through torch.distributed
     (:func:`pis_tui.profiling.measure_collectives`), not by the kernel timing."""
-    from .. import families
-    from ..families.phase_ops import build_phase_ops
-    from ..families.strategy import strategies_grid
-
     if scenario.tp == 1:
         return []
-    opt = WorklistOptions.of(options)
     found: dict = {}
-    for strat in strategies_grid(tuple(strategies) if strategies else families.pruned(),
-                                 tuple(sparsities) if sparsities else None, opt.granularity,
-                                 opt.align):
-        for ph in opt.phases:
-            for o in build_phase_ops(spec, strat, scenario, ph).ops:
-                if isinstance(o, Collective):
-                    found.setdefault(o.key(), Collective("planned", o.kind, o.elems, o.world, 1.0,
-                                                         o.dtype))
+    for _, _, po in sweep_phase_ops(spec, scenario, strategies, sparsities, options):
+        for o in po.ops:
+            if isinstance(o, Collective):
+                found.setdefault(o.key(), Collective("planned", o.kind, o.elems, o.world, 1.0,
+                                                     o.dtype))
     return sorted(found.values(), key=lambda c: (-c.bytes(), c.kind))
 
 
@@ -164,21 +164,14 @@ def source_counts(spec, device, scenario: Scenario, strategies=None, sparsities=
     """How the sweep's distinct ops would be priced now: {measured, shipped, interpolated,
     roofline, unsupported} (what `profile` reports at the end)."""
     from ..decide.sweep import make_estimator
-    from .. import families
-    from ..families.phase_ops import build_phase_ops
-    from ..families.strategy import strategies_grid
 
-    opt = WorklistOptions.of(options)
     est = make_estimator(device, scenario.dtype, cache, engine=scenario.engine)
     seen: dict = {}
-    for strat in strategies_grid(tuple(strategies or families.pruned()),
-                                 tuple(sparsities) if sparsities else None, opt.granularity,
-                                 opt.align):
-        for ph in opt.phases:
-            for o in build_phase_ops(spec, strat, scenario, ph).ops:
-                k = o.key()
-                if k not in seen:
-                    seen[k] = est.price(o).source
+    for _, _, po in sweep_phase_ops(spec, scenario, strategies, sparsities, options):
+        for o in po.ops:
+            k = o.key()
+            if k not in seen:
+                seen[k] = est.price(o).source
     out: dict = {}
     for s in seen.values():
         out[s] = out.get(s, 0) + 1

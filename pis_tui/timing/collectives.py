@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import MeasureError, UserError
+from ..hf.config import TORCH_DTYPES
 from ..pricing.measured_table import (COLLECTIVE_METHOD, COLLECTIVE_METHOD_VERSION, now_iso,
                                       software_versions)
 from ..model.ops import ring_factor
@@ -52,8 +53,6 @@ UNSTABLE_SPREAD = 0.25
 UNSTABLE_RATIO = 2.0
 #: seconds the ranks get to start (import torch) and meet
 START_S = 60.0
-
-_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def backend_for(kind: str) -> str:
@@ -141,7 +140,7 @@ def time_collective(kind: str, dtype: str, elems: int, *, rounds: int = DEFAULT_
     import torch.distributed as dist
 
     world = dist.get_world_size()
-    tdt = getattr(torch, _TORCH_DTYPES.get(dtype, "float32"))
+    tdt = getattr(torch, TORCH_DTYPES.get(dtype, "float32"))
     cuda = str(device).startswith("cuda")
     g = torch.Generator().manual_seed(1234 + dist.get_rank())
     if kind == "all_reduce":

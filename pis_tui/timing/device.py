@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 from ..device import local
 from ..device.gpus import LOCAL
 from ..errors import MeasureError, UserError
+from ..hf.config import torch_dtype as hf_torch_dtype
 from ..pricing.measured_table import METHOD_VERSIONS, software_versions
 from ..model.ops import dtype_bytes
-
-_TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def torch_module():
@@ -108,12 +108,13 @@ class DeviceContext:
             torch_module().cuda.empty_cache()
 
 
-def torch_dtype(dtype: str):
-    torch = torch_module()
-    try:
-        return getattr(torch, _TORCH_DTYPES[dtype])
-    except KeyError:
-        raise MeasureError(f"dtype {dtype} cannot be measured with torch here") from None
+def _unmeasurable(dtype: str) -> MeasureError:
+    return MeasureError(f"dtype {dtype} cannot be measured with torch here")
+
+
+#: torch's dtype for an op's dtype name (:func:`pis_tui.hf.config.torch_dtype`: tf32 included),
+#: a MeasureError for a name torch has none for
+torch_dtype = partial(hf_torch_dtype, unknown=_unmeasurable)
 
 
 def read_clocks(ctx: Optional[DeviceContext] = None) -> dict:

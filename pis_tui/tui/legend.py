@@ -8,7 +8,7 @@ from textual.widgets import Static
 from .fmt import family_names, family_style, rgb, short_name
 
 
-def legend_text(families=None, unplotted=(), combos=(), compact: bool = False) -> Text:
+def legend_text(unplotted=(), combos=(), compact: bool = False) -> Text:
     """The markers; `unplotted`: the families with points that have no quality figure (they
     have no place on a speedup-vs-loss chart; the table lists them); `combos`: the
     combinations the sweep holds (only those); `compact`: their markers in one group
@@ -18,9 +18,7 @@ def legend_text(families=None, unplotted=(), combos=(), compact: bool = False) -
     t = Text()
     shown = []
     for fam in family_names():
-        if registry.is_combo(fam) and fam not in combos and (families is None or fam not in families):
-            continue
-        if families is not None and fam not in families:
+        if registry.is_combo(fam) and fam not in combos:
             continue
         if compact and registry.is_combo(fam):
             shown.append(fam)
@@ -59,9 +57,6 @@ class Legend(Static):
 
     def on_mount(self) -> None:
         self.update(legend_text())
-
-    def show_families(self, families) -> None:
-        self.update(legend_text(families))
 
     def show_unplotted(self, snapshot) -> None:
         """Name the families whose points have no quality figure (the charts' "N without a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -321,9 +321,3 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
             vals[attr] = v
         self.set_error("scenario", "")
         self._post(replace(self.choices, **vals), "scenario")
-
-    def current_model_label(self) -> Optional[str]:
-        for label, v in self._model_options:
-            if v == self.choices.model:
-                return label
-        return None
