@@ -289,10 +289,12 @@ def test_a_lockless_filesystem_falls_back_to_memory(tmp_path, monkeypatch):
     assert c.info()["in_memory"]
 
 
-def test_an_unusable_path_is_a_cache_error(tmp_path):
+def test_an_unusable_path_is_bad_input(tmp_path):
+    """A path nobody can use is the user's to fix (exit 2), not a cache held by another
+    process (CacheError, exit 4): issue 31."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(CacheError):
+    with pytest.raises(UserError, match="cannot create its directory"):
         Cache.open(str(blocker / "sub" / "c.duckdb"))
     with pytest.raises(UserError):
         Cache.open(str(tmp_path))  # a directory

@@ -604,8 +604,15 @@ def test_cache_problems_are_shown_as_notices(tmp_path):
     must say it too), and a busy file does not hold the screen for long."""
     from pis_tui.tui.backend import Backend
 
+    import duckdb
+
     path = tmp_path / "c.duckdb"
-    path.write_bytes(b"\x00garbage, not a DuckDB file" * 200)
+    con = duckdb.connect(str(path))  # a DuckDB file (its header) whose blocks are garbage; a
+    con.execute("CREATE TABLE t (a INTEGER)")  # file that is no DuckDB database is refused
+    con.close()  # untouched instead (issue 30)
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\x00garbage, not a DuckDB block" * ((len(data) - 4096) // 29 + 1)
+    path.write_bytes(bytes(data[: len(path.read_bytes())]))
 
     async def go():
         app = PisApp(Backend(cache_path=str(path)), restore=True, save_delay=0.05)

@@ -153,13 +153,14 @@ def test_validate_rows_carry_interval_ceiling_and_flag_above_it(tiny_cfg, monkey
     from pis_tui import validation as v
     from pis_tui.validation import compare
 
-    # the dense run is slowed 4× by "something else": the measured speedup is far above what
-    # dropping half the layers allows, and the row says so
+    # the dense run is slowed by "something else": the measured speedup is far above what
+    # dropping half the layers allows, and the row says so.  The pairs are timed for real; the
+    # figures are set (a busy 2-core machine can put a real interval's low end anywhere)
     real = compare.measure_speedup
 
     def slowed(d, p, *a, **kw):
         r = real(d, p, *a, **kw)
-        r.speedup, r.low, r.high = r.speedup * 4, r.low * 4, r.high * 4
+        r.speedup, r.low, r.high = 8.0, 7.5, 8.5
         return r
     monkeypatch.setattr(compare, "measure_speedup", slowed)
     warnings = []
