@@ -619,8 +619,9 @@ def recommend_plan(result: PlanResult, budget: float, objective: str = "latency"
                    allow_extrapolated: bool = False,
                    include_flagged: bool = False) -> PlanRecommendation:
     """The best candidate under ``objective`` among those within ``budget`` (quality loss, the
-    result's metric) that fit and meet the targets; ties as :func:`pareto.tie_ranked` (within
-    1 %, the lower loss wins); a candidate with no quality figure is never recommended, nor
+    result's metric) that fit and meet the targets, by the selection rule of
+    :mod:`pis_tui.decide.compare`, as recommend's
+    (pairs of candidates under the objective: :class:`_PlanPairs`); a candidate with no quality figure is never recommended, nor
     one whose quality is extrapolated beyond the data unless ``allow_extrapolated``."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose latency or throughput")

@@ -161,12 +161,6 @@ def _interval(p: Point) -> tuple[float, float]:
     return (min(lo, p.speedup * math.exp(-MIN_HALF_WIDTH)), max(hi, p.speedup * math.exp(MIN_HALF_WIDTH)))
 
 
-def tied(a: Point, b: Point) -> bool:
-    """Two speedups are a tie when their intervals overlap (pis_tui.pricing.uncertainty)."""
-    (la, ha), (lb, hb) = _interval(a), _interval(b)
-    return la <= hb + _TOL and lb <= ha + _TOL
-
-
 def beats_dense(p: Point) -> bool:
     """Faster than the dense model beyond the tie rule: a point whose interval reaches down
     to dense's (1.0×, itself ±MIN_HALF_WIDTH) ties with dense, and dense (no loss, nothing
@@ -314,14 +308,3 @@ def rank_key(p: Point) -> tuple:
     return (-p.speedup, _loss(p), _tiebreak(p))
 
 
-def tie_ranked(ranked: Sequence[Point]) -> list[Point]:
-    """``ranked`` (sorted by :func:`rank_key`, known losses) with the winner of
-    :func:`recommend`'s tie rule first: speedups count as
-    equal when their intervals overlap (:func:`tied`) and the lowest loss among them wins, so
-    dense, losing nothing, wins a near-tie.  The order of the others is kept.  Used by the
-    planner (pis_tui.decide.deployment), whose "speedup" is a gain under its objective."""
-    if not ranked:
-        return []
-    near = [p for p in ranked if tied(p, ranked[0])]
-    top = min(near, key=lambda p: (_loss(p), rank_key(p)))
-    return [top] + [p for p in ranked if p is not top]
