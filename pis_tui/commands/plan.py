@@ -49,6 +49,9 @@ def register(sub) -> None:
                    help="target: time to first token at most this many ms")
     w.add_argument("--tpot-ms", type=_ms("the TPOT target"), default=None,
                    help="target: time per output token at most this many ms")
+    w.add_argument("--include-flagged", action="store_true",
+                   help="also rank candidates flagged as above their physical ceiling or measured "
+                        "under mixed conditions (skipped by default, as recommend skips them)")
     w.add_argument("--objective", choices=("latency", "throughput"), default="latency",
                    help="rank by end-to-end latency at the concurrency, or by throughput at the "
                         "largest batch that fits and meets the targets")
@@ -116,7 +119,8 @@ def run(args) -> int:
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
                   cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager",
                   tp=args.tp)
-    rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated)
+    rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated,
+                         include_flagged=getattr(args, "include_flagged", False))
     for w in result.warnings:
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     if args.json_out:
@@ -146,7 +150,8 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
                align=args.align, quality=quality, cache=cache,
                combo_sparsities=getattr(args, "combo_sps", None))
     allow = getattr(args, "allow_extrapolated", False)
-    recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph, allow_extrapolated=allow)
+    recs = {ph: recommend(sw.phase_points(ph), rec.budget, ph,
+                          getattr(args, "include_flagged", False), allow, pair=sw.pair)
             for ph in ("prefill", "decode")}
     return to_json(sw, recs, plan_dict(result, rec))
 

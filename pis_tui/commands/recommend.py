@@ -24,7 +24,8 @@ def recommendations(result, budget: float, phases, include_flagged: bool = False
                     allow_extrapolated: bool = False) -> dict:
     from ..decide.frontier import recommend
 
-    return {ph: recommend(result.phase_points(ph), budget, ph, include_flagged, allow_extrapolated)
+    return {ph: recommend(result.phase_points(ph), budget, ph, include_flagged, allow_extrapolated,
+                          pair=result.pair)
             for ph in phases}
 
 

@@ -50,7 +50,10 @@ from typing import Callable, Iterable, Optional
 from ..pricing import memory, sources
 from .sweep import prepare, provenance, sweep_grid
 from ..errors import UserError
-from .frontier import beats_dense, frontier, rank_key, tie_ranked
+from ..pricing import uncertainty
+from ..pricing.uncertainty import flag_words as point_flag_words
+from .compare import Comparer, Pair, independent_pair, pair_from
+from .frontier import _gave_up, beats_dense, frontier, rank_key, select
 from .points import Point
 from ..pricing.estimates import PricedOp, strategy_key
 from ..quality.estimate import QualityEstimate
@@ -359,6 +362,11 @@ class PlanRecommendation:
     excluded: dict  # candidate key -> why it may not (in words)
     frontier: tuple[Candidate, ...]  # quality loss against the objective's gain, ranked ones
     status_of: dict = field(default_factory=dict)  # candidate key -> a short status
+    #: candidate key -> its Point under the objective: the gain over dense with its interval,
+    #: ceiling and flags (the same rule as recommend's)
+    points: dict = field(default_factory=dict)
+    #: the candidates the recommendation passed over that are faster, each with its pair
+    passed_over: tuple = ()
 
     def why_not(self, c: Candidate) -> str:
         return self.excluded.get(c.key, "")
@@ -408,6 +416,8 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
         warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
         provenance=provenance(device))
     result.tp = tp
+    result.pricer = pricer  # the estimates behind each figure: plan's pairs and intervals
+    result.strategies = {strategy_key(s.family, s.sparsity, s.parts): s for s in grid}
     result.priced_kernels = len(getattr(pricer, "priced_kernels", {}))
     result.elapsed_s = time.perf_counter() - t0
     return result
@@ -593,10 +603,12 @@ def candidate_name(c: Candidate) -> str:
 
 
 def recommend_plan(result: PlanResult, budget: float, objective: str = "latency",
-                   allow_extrapolated: bool = False) -> PlanRecommendation:
+                   allow_extrapolated: bool = False,
+                   include_flagged: bool = False) -> PlanRecommendation:
     """The best candidate under ``objective`` among those within ``budget`` (quality loss, the
-    result's metric) that fit and meet the targets; ties as :func:`pareto.tie_ranked` (within
-    1 %, the lower loss wins); a candidate with no quality figure is never recommended, nor
+    result's metric) that fit and meet the targets, by the selection rule of
+    :mod:`pis_tui.decide.compare`, as recommend's
+    (pairs of candidates under the objective: :class:`_PlanPairs`); a candidate with no quality figure is never recommended, nor
     one whose quality is extrapolated beyond the data unless ``allow_extrapolated``."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose latency or throughput")
@@ -605,6 +617,7 @@ def recommend_plan(result: PlanResult, budget: float, objective: str = "latency"
     metric = result.quality_metric
     dense = result.dense
     ref = _score(dense, objective) or 1.0
+    pairs = _PlanPairs(result, objective)
     excluded: dict = {}
     status: dict = {}
     points: dict = {}
@@ -632,17 +645,23 @@ def recommend_plan(result: PlanResult, budget: float, objective: str = "latency"
             excluded[c.key] = "; ".join(why)
             status[c.key] = ", ".join(short)
             continue
-        points[c.key] = (Point(c.strategy, c.sparsity, c.achieved_sparsity, "plan", c.e2e_ms,
-                               dense.e2e_ms, score / ref, 1.0, c.timing_source, c.quality,
-                               parts=c.parts, part_achieved=c.part_achieved), c)
+        pt = pairs.point(c, score / ref)
+        if pt.flags and not include_flagged:
+            excluded[c.key] = ("flagged: " + ", ".join(point_flag_words(pt)) +
+                               " (--include-flagged ranks it)")
+            status[c.key] = "flagged"
+            continue
+        points[c.key] = (pt, c)
     by_point = {id(p): c for p, c in points.values()}
-    ranked_pts = tie_ranked(sorted((p for p, _ in points.values()), key=rank_key))
-    ranked = tuple(by_point[id(p)] for p in ranked_pts)
-    fr = tuple(by_point[id(p)] for p in frontier(ranked_pts))
-    if not ranked:
+    order = sorted((p for p, _ in points.values()), key=rank_key)
+    if not order:
         return PlanRecommendation(objective, budget, metric, None, None,
                                   _nothing_reason(result, excluded, budget, objective), (), excluded,
                                   (), status)
+    top, passed = select(order, pairs)
+    ranked_pts = [top] + [p for p in order if p is not top]
+    ranked = tuple(by_point[id(p)] for p in ranked_pts)
+    fr = tuple(by_point[id(p)] for p in frontier(ranked_pts))
     best = ranked[0]
     # a runner-up beats dense beyond the tie (as recommend's): the best of another family, else
     # the next of the same, else dense; none when dense is the best
@@ -654,7 +673,117 @@ def recommend_plan(result: PlanResult, budget: float, objective: str = "latency"
         runner = next((c for c in gainful if c.strategy != best.strategy),
                       gainful[0] if gainful else (dense if dense_ok else None))
     reason = _reason(result, best, runner, budget, objective, ranked)
-    return PlanRecommendation(objective, budget, metric, best, runner, reason, ranked, excluded, fr, status)
+    if passed:
+        reason += "; " + _gave_up(top, passed, metric)
+    return PlanRecommendation(objective, budget, metric, best, runner, reason, ranked, excluded, fr,
+                              status, {c.key: p for p, c in points.values()},
+                              tuple((by_point[id(p)], pr) for p, pr in passed))
+
+
+class _PlanPairs:
+    """Plan candidates compared under an objective as recommend compares points: each
+    candidate's figure rests, per request class, on the prefill of its batch and the decode
+    step at the middle of its answer (the contexts around it move together); a pair's σ is
+    those phases' paired σ weighted by their shares of the class's end-to-end time and summed
+    (their errors taken as moving together, the wider assumption); dominance needs every phase
+    of every class to do no more work at the same batch.  Under the throughput objective each
+    candidate is taken at its own largest batch, so two candidates at different batches share
+    fewer kernels and their pair is wider (no dominance is claimed across batches)."""
+
+    def __init__(self, result: PlanResult, objective: str):
+        self.result, self.objective = result, objective
+        self.pricer = getattr(result, "pricer", None)
+        self.strategies = getattr(result, "strategies", {})
+        self._cmp = Comparer(lambda e: e)
+        self._bases: dict = {}
+
+    def basis(self, c: Candidate) -> Optional[list]:
+        if c.key in self._bases:
+            return self._bases[c.key]
+        strat = self.strategies.get(c.key)
+        out: Optional[list] = None
+        if self.pricer is not None and strat is not None:
+            out = []
+            for k in c.classes:
+                s = k.at_concurrency if self.objective == "latency" else k.at_max_batch
+                if s is None or s.e2e_ms <= 0:
+                    out = None
+                    break
+                P, O = k.cls.prompt_len, k.cls.output_len
+                pre = self.pricer.estimate(strat, "prefill", s.batch, P)
+                dec = self.pricer.estimate(strat, "decode", s.batch, P + O // 2)
+                w = s.ttft_ms / s.e2e_ms
+                out.append((k.share, s.batch, w, pre, O, dec))
+        self._bases[c.key] = out
+        return out
+
+    def __call__(self, a: Point, b: Point) -> Pair:
+        ca, cb = self._cand[id(a)], self._cand[id(b)]
+        ba, bb = self.basis(ca), self.basis(cb)
+        if ba is None or bb is None or len(ba) != len(bb):
+            return independent_pair(a, b)
+        sigma, dominant = 0.0, True
+        for (share, batch, w, pre_a, _, dec_a), (_, batch_b, _, pre_b, _, dec_b) in zip(ba, bb):
+            pp, pd = self._cmp(pre_a, pre_b), self._cmp(dec_a, dec_b)
+            sigma += share * (w * _sigma_of(pp) + (1 - w) * _sigma_of(pd))
+            dominant = dominant and batch == batch_b and pp.dominant in ("a", "both") \
+                and pd.dominant in ("a", "both")
+        return pair_from(a.speedup / b.speedup, sigma, "a" if dominant else None)
+
+    def point(self, c: Candidate, g: float) -> Point:
+        """The candidate's Point under the objective: its gain with the paired interval against
+        dense, the physical ceiling (latency: each phase at its family's ceiling) and flags."""
+        from .. import families
+
+        lo = hi = g
+        ceiling, flags = None, ()
+        base, dense_b = self.basis(c), self.basis(self.result.dense)
+        if base is not None and dense_b is not None and c.strategy != "dense":
+            fam = families.get(c.strategy)
+            sigma, mixed, work_d, work_c, no_ceiling = 0.0, None, 0.0, 0.0, False
+            for (share, _, w, pre, O, dec), (_, _, _, dpre, _, ddec) in zip(base, dense_b):
+                sp = uncertainty.log_sigma(dpre, pre)
+                sd = uncertainty.log_sigma(ddec, dec)
+                sigma += share * (w * sp + (1 - w) * sd)
+                mixed = mixed or uncertainty.mixed_conditions(dpre, pre) or \
+                    uncertainty.mixed_conditions(ddec, dec)
+                work = getattr(self.pricer.est, "work_ms", None)  # None: no roofline to bound it
+                cp = fam.speedup_ceiling([p.op for p in dpre.ops], [p.op for p in pre.ops],
+                                         work) if work else None
+                cd = fam.speedup_ceiling([p.op for p in ddec.ops], [p.op for p in dec.ops],
+                                         work) if work else None
+                if cp is None or cd is None:
+                    no_ceiling = True
+                t_d = dpre.latency_ms + O * ddec.latency_ms
+                work_d += share * t_d
+                if cp is not None and cd is not None:
+                    work_c += share * (dpre.latency_ms / cp + O * ddec.latency_ms / cd)
+            lo, hi = uncertainty.interval(g, sigma)
+            if self.objective == "latency" and work_c > 0 and not no_ceiling:
+                ceiling = work_d / work_c
+            flags = uncertainty.flags(lo, ceiling, mixed)
+            lo, hi, cut = uncertainty.cut_at_ceiling(g, lo, hi, ceiling)
+        else:
+            cut = ""
+        p = Point(c.strategy, c.sparsity, c.achieved_sparsity, "plan", c.e2e_ms,
+                  self.result.dense.e2e_ms, g, 1.0, c.timing_source, c.quality, lo, hi, ceiling,
+                  tuple(flags), parts=c.parts, part_achieved=c.part_achieved, interval_cut=cut)
+        self._cand[id(p)] = c
+        return p
+
+    @property
+    def _cand(self) -> dict:
+        d = self.__dict__.get("_cands")
+        if d is None:
+            d = self.__dict__["_cands"] = {}
+        return d
+
+
+def _sigma_of(p: Pair) -> float:
+    """The σ(log ratio) behind a pair's interval (before any cut)."""
+    if p.ratio <= 0 or p.basis != "paired":
+        return 0.0
+    return p.sigma
 
 
 def objective_words(objective: str) -> str:

@@ -16,9 +16,10 @@ Pure Python; works on :class:`pis_tui.decide.points.Point` from one run.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from ..display import flag_words, strategy_name
+from .compare import Pair, independent_pair
 from .points import Point, Recommendation
 from ..quality.estimate import QualityEstimate
 from ..pricing.uncertainty import BLOCKING_FLAGS, MIN_HALF_WIDTH
@@ -148,20 +149,16 @@ def _dense_baseline(pts: Sequence[Point], phase: str, metric: str) -> Point:
 
 
 #: the tie rule, in words (the JSON carries it with each recommendation)
-TIE_RULE = ("speedups whose intervals overlap (each at least ±0.5 %) are a tie, broken by the "
-            "lower quality loss; a point whose interval reaches dense's does not beat dense")
+TIE_RULE = ("a point ties with the fastest feasible one when the interval of their own speedup "
+            "ratio reaches 1 (the kernels both run cancel; cut at 1 where one op list does no "
+            "more work than the other, op by op); the lowest loss among the fastest and those "
+            "tied with it wins; a point whose interval reaches dense's does not beat dense")
 
 
 def _interval(p: Point) -> tuple[float, float]:
     """A point's speedup interval, at least ±MIN_HALF_WIDTH wide (estimates are not finer)."""
     lo, hi = p.interval
     return (min(lo, p.speedup * math.exp(-MIN_HALF_WIDTH)), max(hi, p.speedup * math.exp(MIN_HALF_WIDTH)))
-
-
-def tied(a: Point, b: Point) -> bool:
-    """Two speedups are a tie when their intervals overlap (pis_tui.pricing.uncertainty)."""
-    (la, ha), (lb, hb) = _interval(a), _interval(b)
-    return la <= hb + _TOL and lb <= ha + _TOL
 
 
 def beats_dense(p: Point) -> bool:
@@ -178,12 +175,12 @@ def flagged(p: Point) -> bool:
 
 
 def recommend(points: Iterable[Point], budget: float, phase: str,
-              include_flagged: bool = False, allow_extrapolated: bool = False) -> Recommendation:
+              include_flagged: bool = False, allow_extrapolated: bool = False,
+              pair: Optional[Callable[[Point, Point], Pair]] = None) -> Recommendation:
     """The fastest point of ``phase`` whose quality loss stays within ``budget``.
 
-    * ``best``: the highest speedup among pruned points with loss ≤ budget (ties: points
-      whose speedup intervals overlap the fastest one's count as equal, so the lowest loss
-      among them wins, then the tie rule above); ``dense`` when no feasible pruned point
+    * ``best``: by the selection rule below among pruned points with loss ≤ budget that beat
+      dense; ``dense`` when no feasible pruned point
       beats dense (:func:`beats_dense`); ``None`` when no pruned point stays within the
       budget at all.  Flagged points (above their physical ceiling, or measured under mixed
       conditions) are skipped unless ``include_flagged``; those skipped that the budget
@@ -194,7 +191,17 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
       best (a point with no speedup over dense is no runner-up); ``margin`` = best −
       runner-up speedup (``None`` with no runner-up).
     * ``frontier``: the phase's frontier, dense included.
+    * ``pair(a, b)``: the comparison of two points by their own ratio
+      (:class:`pis_tui.decide.compare.Comparer` over the sweep's estimates); without it, the
+      two marginal intervals taken as independent errors (:func:`independent_pair`).
+
+    The selection (:data:`pis_tui.decide.compare.SELECTION_RULE`): the fastest feasible point
+    that beats dense leads; each other is compared with the leader only (ties are not
+    transitive); the lowest loss among the leader and the points tied with it wins.  The
+    reason says what the winner gave up: each faster feasible point passed over, by how much
+    (the pair's ratio and interval) and for how much less loss.
     """
+    pair = pair or independent_pair
     if budget is None or not math.isfinite(budget) or budget < 0:
         raise ValueError(f"budget must be a fraction ≥ 0, got {budget!r}")
     pts = [p for p in points if p.phase == phase]
@@ -237,30 +244,22 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
                   f" ({smallest.speedup:.2f}×); keep the dense model")
         return Recommendation(phase, budget, metric, None, None, None, reason, fr, skipped, skipped_x, allow_extrapolated)
 
-    # among points whose speedups cannot be told from the fastest's, the lower loss wins
-    def fastest(cands):
-        near = [p for p in cands if tied(p, cands[0])]
-        return min(near, key=lambda p: (_loss(p), rank(p)))
-
     gainful = [p for p in feasible if beats_dense(p)]
     if not gainful:
-        top = fastest(feasible)
+        top = feasible[0]
         reason = (f"no pruning: nothing within {budget_words} beats dense in {phase} (beyond "
                   f"its interval); the fastest within budget is "
                   f"{_describe(top, metric, short=True)}")
         return Recommendation(phase, budget, metric, dense, None, None, reason, fr, skipped, skipped_x, allow_extrapolated)
 
-    best = fastest(gainful)
+    best, passed = select(gainful, pair)
     rest = [p for p in gainful if p is not best]
     runner = next((p for p in rest if p.strategy != best.strategy), rest[0] if rest else dense)
     margin = best.speedup - runner.speedup
-    if runner is not dense and runner.speedup > best.speedup and tied(best, runner):
-        reason = (f"{_describe(best, metric)}{_method(best)}{_flags(best)}; "
-                  f"{_describe(runner, metric, short=True)} is as fast within their intervals, "
-                  "and the lower loss wins")
-    else:
-        reason = (f"{_describe(best, metric)}{_method(best)}{_flags(best)}; next best "
-                  f"{_describe(runner, metric, short=True)}")
+    reason = f"{_describe(best, metric)}{_method(best)}{_flags(best)}"
+    if passed:
+        reason += "; " + _gave_up(best, passed, metric)
+    reason += f"; next best {_describe(runner, metric, short=True)}"
     faster = [p for p in skipped if p.speedup > best.speedup]
     if faster:
         reason += (f"; {len(faster)} faster point{'s' * (len(faster) > 1)} skipped as flagged "
@@ -269,7 +268,36 @@ def recommend(points: Iterable[Point], budget: float, phase: str,
     if faster_x:
         reason += (f"; {len(faster_x)} faster point{'s' * (len(faster_x) > 1)} skipped: quality "
                    "extrapolated (--allow-extrapolated ranks them)")
-    return Recommendation(phase, budget, metric, best, runner, margin, reason, fr, skipped, skipped_x, allow_extrapolated)
+    return Recommendation(phase, budget, metric, best, runner, margin, reason, fr, skipped,
+                          skipped_x, allow_extrapolated, passed)
+
+
+def select(ranked: Sequence, pair: Callable) -> tuple:
+    """The selection rule over candidates ``ranked`` fastest first (their point estimates):
+    the first leads; each other is compared with it; the lowest loss among the leader and the
+    points tied with it that no faster candidate beats beyond doubt wins (then the higher
+    speedup, then the least pruning).
+    Returns (the winner, ((faster point passed over, its pair against the winner), ...))."""
+    leader = ranked[0]
+    tied_with = [leader] + [p for p in ranked[1:] if pair(p, leader).verdict != "b"]
+    # ties are not transitive: a point tied with the leader that a faster feasible point beats
+    # beyond doubt is no contender (it is certainly not the fastest)
+    contenders = [p for p in tied_with if p is leader or not any(
+        pair(q, p).verdict == "a" for q in ranked if q.speedup > p.speedup and q is not p)]
+    best = min(contenders, key=lambda p: (_loss(p), -p.speedup, _tiebreak(p)))
+    passed = tuple((p, pair(p, best)) for p in ranked if p.speedup > best.speedup and p is not best)
+    return best, passed
+
+
+def _gave_up(best: Point, passed: Sequence, metric: str) -> str:
+    """What the winner gave up: the faster feasible points passed over (at most three named)."""
+    out = []
+    for p, pr in passed[:3]:
+        d = _loss(p) - _loss(best)
+        out.append(f"{_name(p)} ({pr.words()} as fast, {pr.verdict_words()}) for "
+                   f"{_loss_words(d, metric).replace(' loss', '')} more loss")
+    more = f" and {len(passed) - 3} more" if len(passed) > 3 else ""
+    return "passed over " + "; ".join(out) + more
 
 
 # --------------------------------------------------------------------------- the rule, for others
@@ -280,14 +308,3 @@ def rank_key(p: Point) -> tuple:
     return (-p.speedup, _loss(p), _tiebreak(p))
 
 
-def tie_ranked(ranked: Sequence[Point]) -> list[Point]:
-    """``ranked`` (sorted by :func:`rank_key`, known losses) with the winner of
-    :func:`recommend`'s tie rule first: speedups count as
-    equal when their intervals overlap (:func:`tied`) and the lowest loss among them wins, so
-    dense, losing nothing, wins a near-tie.  The order of the others is kept.  Used by the
-    planner (pis_tui.decide.deployment), whose "speedup" is a gain under its objective."""
-    if not ranked:
-        return []
-    near = [p for p in ranked if tied(p, ranked[0])]
-    top = min(near, key=lambda p: (_loss(p), rank_key(p)))
-    return [top] + [p for p in ranked if p is not top]

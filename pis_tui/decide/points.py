@@ -33,6 +33,8 @@ class Point:
     #: a combination: ((family, asked sparsity), ...) of its parts, and each part's achieved
     parts: tuple = ()
     part_achieved: tuple = ()
+    #: "ceiling" when the interval's upper end was cut at the family's ceiling (physics)
+    interval_cut: str = ""
 
     @property
     def key(self) -> tuple:
@@ -70,5 +72,8 @@ class Recommendation:
     #: feasible points left out because their quality is extrapolated (--allow-extrapolated)
     skipped_extrapolated: tuple[Point, ...] = ()
     allow_extrapolated: bool = False
+    #: the faster feasible points the winner passed over, each with its pair against the winner
+    #: (pis_tui.decide.compare.Pair): what the recommendation gave up
+    passed_over: tuple = ()
 
 

@@ -25,6 +25,7 @@ from ..pricing.measured_table import load_shipped
 from ..pricing.memory import footprint
 from ..model.spec import ModelSpec, load_model_spec
 from ..pricing.estimates import PhaseEstimate
+from .compare import Comparer
 from .points import Point
 from ..quality.estimate import QualityEstimate
 from ..model.scenario import PHASES, Scenario
@@ -76,6 +77,19 @@ class SweepResult:
 
     def phase_points(self, phase: str) -> list[Point]:
         return [p for p in self.points if p.phase == phase]
+
+    @property
+    def pair(self) -> "Comparer":
+        """Two points of a phase compared by their own ratio (pis_tui.decide.compare): what
+        recommend and the explorer pass to the selection rule."""
+        c = self.__dict__.get("_comparer")
+        if c is None:
+            by_key = {(e.strategy, round(e.sparsity, 9), e.phase, tuple(e.parts)): e
+                      for e in self.estimates}
+            c = Comparer(lambda p: by_key.get((p.strategy, round(p.sparsity, 9), p.phase,
+                                               tuple(p.parts))))
+            self.__dict__["_comparer"] = c
+        return c
 
     def source_summary(self) -> dict[str, int]:
         """Distinct ops (by kernel key) per timing source, over the whole sweep."""
@@ -332,9 +346,10 @@ def _point(e: PhaseEstimate, d: PhaseEstimate, q: QualityEstimate, est: Estimato
     po = ops_by_key[ops_key(e.strategy, e.sparsity, e.phase, e.parts)]
     ceiling = families.get(e.strategy).speedup_ceiling(dense_ops, po.ops, est.work_ms)
     flags = uncertainty.flags(lo, ceiling, uncertainty.mixed_conditions(d, e))
+    lo, hi, cut = uncertainty.cut_at_ceiling(speedup, lo, hi, ceiling)
     return Point(e.strategy, e.sparsity, e.achieved_sparsity, e.phase, e.latency_ms,
                  d.latency_ms, speedup, flops, e.timing_source, q, lo, hi, ceiling, flags,
-                 tuple(e.parts), tuple(po.part_achieved))
+                 tuple(e.parts), tuple(po.part_achieved), cut)
 
 
 def check_dtype(device: DeviceProfile, dtype: str) -> None:

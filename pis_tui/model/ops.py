@@ -17,7 +17,7 @@ Pure data: no torch, no I/O. Every op is a small frozen dataclass with
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import Optional, Union
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
@@ -323,3 +323,35 @@ def measuring_form(op: Op) -> Op:
     k = replace(kernel_of(op), count=1.0)
     return replace(k, shards=1) if isinstance(k, Gemm) and k.shards != 1 else k
 
+
+# ------------------------------------------------------------------ the order of work
+
+def alignment(x: int) -> int:
+    """The largest power of two dividing x, up to 8 (kernels vectorise on multiples of 8
+    elements: 16 bytes of bf16)."""
+    return min(x & -x, 8) if x > 0 else 1
+
+
+def work_shape(op: dict) -> Optional[tuple]:
+    """(class, dims, alignments) of an op (its dict: ``dataclasses.asdict`` or a measurement's):
+    the order in which one kernel does no more work than another of its class (every dim ≤)
+    and so is not slower, unless it is less aligned (every alignment must be ≥).  One rule
+    for the consistency check of measurements (:mod:`pis_tui.profiling.rounds`) and for
+    comparing two op lists (:mod:`pis_tui.decide.compare`).  None: an op it does not order."""
+    t = op.get("op_type")
+    if t == "gemm":
+        # M's alignment too: a CPU GEMM blocks M into register tiles, and an M off the tile
+        # runs a remainder path (MKL fp32 here: M = 12 rows 1.37× slower than M = 16; dynamic
+        # depth's gathered rows are such Ms), so a less aligned M may be slower, not wrong
+        return (("gemm", op.get("kind"), op.get("dtype"), op.get("density")),
+                (op["m"], op["n"], op["k"]), (alignment(op["m"]), alignment(op["n"]), alignment(op["k"])))
+    if t == "attention":
+        return (("attn", op.get("dtype"), op.get("causal"), op["q_len"] == 1,
+                 op.get("block_density", 1.0) < 1.0, op["head_dim"]),
+                (op["batch"], op["q_heads"], op["kv_heads"], op["q_len"], op["kv_len"],
+                 op.get("block_density", 1.0)), ())
+    if t == "elementwise":
+        sized = op["kind"] in ("gather", "scatter", "kv_write", "topk")
+        return (("ew", op["kind"], op.get("dtype")) + (() if sized else (op.get("extra", 0),)),
+                (op["rows"], op["width"]) + ((op.get("extra", 0),) if sized else ()), ())
+    return None

@@ -19,6 +19,7 @@ from ..pricing.collectives import collective_ms
 from ..decide.sweep import SweepResult
 from ..families import MAX_SPARSITY
 from ..decide.frontier import EXTRAPOLATED_RULE, TIE_RULE
+from ..decide.compare import SELECTION_RULE
 from ..pricing.sources import TIMING_SOURCES
 from ..pricing.uncertainty import BLOCKING_FLAGS
 from ..decide.points import Point, Recommendation
@@ -89,6 +90,7 @@ def point_dict(p: Point, result: SweepResult) -> dict:
         "timing_source": p.timing_source,
         "timing_sources": {k: {"ops": v["ops"], "ms": _r(v["ms"])} for k, v in e.source_counts.items()},
         "speedup_interval": [_r(x) for x in p.interval],
+        "speedup_interval_cut": p.interval_cut or None,
         "speedup_ceiling": _r(p.ceiling),
         "trust_flags": list(p.flags),
         "notes": list(e.notes),
@@ -130,6 +132,12 @@ def recommendation_dict(r: Recommendation) -> dict:
         "skipped_flagged": [{**_ref(p), "speedup": _r(p.speedup), "trust_flags": list(p.flags)}
                             for p in r.skipped],
         "tie_rule": TIE_RULE,
+        "selection_rule": SELECTION_RULE,
+        "passed_over": [{**_ref(p), "speedup": _r(p.speedup), "quality_loss": _r(p.quality_loss),
+                         "ratio": _r(pr.ratio), "ratio_interval": [_r(pr.lo), _r(pr.hi)],
+                         "verdict": pr.verdict, "no_more_work": pr.dominant in ("a", "both"),
+                         "basis": pr.basis}
+                        for p, pr in r.passed_over],
         "quality_method": best.quality.method if best else None,
         "quality_source": best.quality.source if best else None,
         "parts": parts_list(best) if best else [],
@@ -243,6 +251,7 @@ def candidate_dict(c, result, rec) -> dict:
         "latency_gain": _r(gain(c, result.dense, "latency")),
         "throughput_gain": _r(gain(c, result.dense, "throughput")),
         "timing_source": c.timing_source,
+        **_gain_interval(rec.points.get(c.key)),
         "feasible": c.key in ranked,
         "rank": ranked.index(c.key) + 1 if c.key in ranked else None,
         "why_not": rec.why_not(c),
@@ -256,6 +265,16 @@ def candidate_dict(c, result, rec) -> dict:
                      "why_no_batch": k.why_no_batch} for k in c.classes],
         "notes": list(c.notes),
     }
+
+
+def _gain_interval(p) -> dict:
+    """A candidate's gain under the objective as the ranking saw it: its ~95 % interval
+    against dense (paired, cut at the ceiling), the ceiling, the trust flags."""
+    if p is None:
+        return {"gain_interval": None, "gain_interval_cut": None, "gain_ceiling": None,
+                "trust_flags": []}
+    return {"gain_interval": [_r(x) for x in p.interval], "gain_interval_cut": p.interval_cut or None,
+            "gain_ceiling": _r(p.ceiling), "trust_flags": list(p.flags)}
 
 
 def headroom_bytes(c, result) -> float:
@@ -331,6 +350,12 @@ def plan_dict(result, rec) -> dict:
         "recommended": pick_dict(rec.best, result, rec.objective),
         "runner_up": pick_dict(rec.runner_up, result, rec.objective),
         "reason": rec.reason,
+        "selection_rule": SELECTION_RULE,
+        "passed_over": [{**_ref(c), "gain": _r(pl.gain(c, result.dense, rec.objective)),
+                         "quality_loss": _r(c.quality.value), "ratio": _r(pr.ratio),
+                         "ratio_interval": [_r(pr.lo), _r(pr.hi)], "verdict": pr.verdict,
+                         "no_more_work": pr.dominant in ("a", "both"), "basis": pr.basis}
+                        for c, pr in rec.passed_over],
         "frontier": [{**_ref(c), "gain": _r(pl.gain(c, result.dense, rec.objective)),
                       "quality_loss": _r(c.quality.value)} for c in rec.frontier],
         "candidates": [candidate_dict(c, result, rec) for c in result.candidates],

@@ -98,12 +98,22 @@ def _kernels(est) -> dict:
     return out
 
 
+def kernel_table(est) -> dict:
+    """An estimate's kernels, for :func:`log_sigma_tables` (compute once, compare many)."""
+    return _kernels(est)
+
+
 def log_sigma(dense, pruned) -> float:
     """σ(log speedup) of pruned against dense (PhaseEstimates): Σ over kernels of
     (Δshare · u)², plus the covariance of the model errors of distinct kernels that play the
     same role on the two sides (the dense gate_proj and the pruned one)."""
-    d, p = _kernels(dense), _kernels(pruned)
-    td, tp = dense.latency_ms or 1.0, pruned.latency_ms or 1.0
+    return log_sigma_tables(_kernels(dense), dense.latency_ms, _kernels(pruned), pruned.latency_ms)
+
+
+def log_sigma_tables(d: dict, dense_ms: float, p: dict, pruned_ms: float) -> float:
+    """:func:`log_sigma` from the two sides' kernel tables (:func:`kernel_table`) and latencies:
+    any two estimates of one phase, the second taken against the first."""
+    td, tp = dense_ms or 1.0, pruned_ms or 1.0
     items = []
     for k in set(d) | set(p):
         a, b = d.get(k), p.get(k)
@@ -168,6 +178,20 @@ def loaded_ops(dense, pruned) -> Optional[str]:
 def interval(speedup: float, sigma: float, z: float = Z) -> tuple[float, float]:
     half = max(z * sigma, MIN_HALF_WIDTH)
     return speedup * math.exp(-half), speedup * math.exp(half)
+
+
+def cut_at_ceiling(speedup: float, lo: float, hi: float,
+                   ceiling: Optional[float]) -> tuple[float, float, str]:
+    """The interval cut at what physics allows: pruning removes work, it does not make the
+    work it keeps faster, so no speedup exceeds the family's ceiling (each op's least possible
+    time, roofline plus the per-kernel floor; where a phase is compute-bound that is at most
+    the FLOPs ratio).  Returns (lo, hi, "ceiling" when cut else "").  An estimate itself above
+    the ceiling is not cut: it is flagged (``above_ceiling`` when its whole interval is)."""
+    if ceiling is None or not math.isfinite(ceiling) or hi <= ceiling:
+        return lo, hi, ""
+    if speedup > ceiling * math.exp(MIN_HALF_WIDTH):  # the estimate itself above physics
+        return lo, hi, ""
+    return lo, max(ceiling, speedup), "ceiling"  # an interval holds its own estimate
 
 
 def flags(speedup_lo: float, ceiling: Optional[float], mixed: Optional[str]) -> tuple:

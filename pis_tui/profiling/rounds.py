@@ -27,6 +27,7 @@ import threading
 from dataclasses import replace
 from typing import Callable, Iterable, Optional, Union
 
+from ..model.ops import work_shape
 from ..pricing.measured_table import Measurement
 from ..timing.cpu_share import OthersMeter
 
@@ -218,33 +219,6 @@ def measure_rounds(ops: list, ctx, rounds: int, repeats: Optional[int] = None,
 # ---------------------------------------------------------------- consistency
 
 
-def _align(x: int) -> int:
-    """The largest power of two dividing x, up to 8 (kernels vectorise on multiples of 8
-    elements: 16 bytes of bf16)."""
-    return min(x & -x, 8) if x > 0 else 1
-
-
-def _shape(op: dict) -> Optional[tuple]:
-    """(class, dims that must be ≤, dims that must be equal) of a measured op, or None."""
-    t = op.get("op_type")
-    if t == "gemm":
-        # M's alignment too: a CPU GEMM blocks M into register tiles, and an M off the tile
-        # runs a remainder path (MKL fp32 here: M = 12 rows 1.37× slower than M = 16; dynamic
-        # depth's gathered rows are such Ms), so a less aligned M may be slower, not wrong
-        return (("gemm", op.get("kind"), op.get("dtype"), op.get("density")),
-                (op["m"], op["n"], op["k"]), (_align(op["m"]), _align(op["n"]), _align(op["k"])))
-    if t == "attention":
-        return (("attn", op.get("dtype"), op.get("causal"), op["q_len"] == 1,
-                 op.get("block_density", 1.0) < 1.0, op["head_dim"]),
-                (op["batch"], op["q_heads"], op["kv_heads"], op["q_len"], op["kv_len"],
-                 op.get("block_density", 1.0)), ())
-    if t == "elementwise":
-        sized = op["kind"] in ("gather", "scatter", "kv_write", "topk")
-        return (("ew", op["kind"], op.get("dtype")) + (() if sized else (op.get("extra", 0),)),
-                (op["rows"], op["width"]) + ((op.get("extra", 0),) if sized else ()), ())
-    return None
-
-
 def consistency_violations(measurements: Iterable[Measurement]) -> list:
     """Kernels slower than one of their kind that does more work (see the module's rules):
     [(the suspect, the kernel it should not be slower than)], each suspect once (its worst
@@ -253,7 +227,7 @@ def consistency_violations(measurements: Iterable[Measurement]) -> list:
     for m in measurements:
         if m.status != "ok" or not m.ms:
             continue
-        sh = _shape(m.op)
+        sh = work_shape(m.op)
         if sh is not None:
             groups.setdefault(sh[0], []).append((sh[1], sh[2], m))
     out = {}

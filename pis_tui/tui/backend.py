@@ -482,7 +482,8 @@ class Backend:
         from ..decide.frontier import recommend
 
         return {ph: recommend(result.phase_points(ph), budget, ph,
-                              allow_extrapolated=allow_extrapolated) for ph in PHASES}
+                              allow_extrapolated=allow_extrapolated, pair=result.pair)
+                for ph in PHASES}
 
     # ------------------------------------------------------------------ plan
     @staticmethod

@@ -113,6 +113,18 @@ def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
             t.append(warn[0] if level < 2 else fit(warn, room - cell_len(src)), style="yellow")
         if method and level == 0:
             t.append(f"\n  quality: {method}", style="dim")
+    passed = getattr(rec, "passed_over", ())
+    if passed and best is not None:  # what the recommendation gave up, said where it fits
+        p, pr = passed[0]
+        d = (p.quality.value or 0.0) - (best.quality.value or 0.0)
+        n = len(passed)
+        more = f" (+{n - 1} more)" if n > 1 else ""
+        name = f"{_names(p.strategy)[-1]}{_sparsity(p)}"
+        v = {"a": "surely faster", "tie": "a tie", "b": "slower"}[pr.verdict]
+        t.append("\n" + fit([f"  ↑ passed over {name} {pr.words()}, {v}, +{d:.1%} loss{more}",
+                             f"  ↑ passed over {name} {pr.ratio:.2f}×, {v}, +{d:.1%}{more}",
+                             f"  ↑ {n} faster, {v}: lower loss wins", f"  ↑ {n} faster"], room),
+                 style="dim")
     faster = [p for p in rec.skipped if best is None or p.speedup > best.speedup]
     if faster:
         n = len(faster)
