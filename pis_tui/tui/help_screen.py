@@ -60,7 +60,8 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 
 ## Sources and trust
 * Timing: **measured** (on this device, from the cache) > **shipped** (a table measured on
-  that GPU) > **interpolated** (between measured shapes) > **unstable** (measured, but its
+  that GPU) > **interpolated** (between measured shapes) > **solved** (the CPU's framework
+  overhead, solved from timed model clones, not timed itself) > **unstable** (measured, but its
   rounds disagreed or the machine was busy: priced no better than interpolated) >
   **estimated** (a labelled stand-in kernel) > **roofline** (datasheet) > **unsupported**
   (no kernel here: runs dense).
