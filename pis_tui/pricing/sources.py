@@ -42,17 +42,18 @@ TIMING_SOURCES = tuple(name for name, _ in SOURCES)
 #:
 #: * measured: at least 1 % (the rounds of a settled op agree within 10 %, usually far better);
 #: * shipped: at least 3 % (another unit of the same GPU: clocks and thermals differ);
-#: * interpolated: 8 % (leave-one-out on a third party's H200 GEMM table: median 2.8-3.5 %, and
-#:   the 90th percentile under 10 %; `h200_reference_check.result.md`, fitted to that check);
+#: * interpolated: 8 % (leave-one-out on a third party's H200 GEMM table, every other M hidden /
+#:   whole (N, K) pairs hidden: median 2.8 % / 3.5 %, p90 11.9 % / 10.8 %, worst 122 % / 42 %;
+#:   `h200_reference_check.result.md`, fitted to that check);
 #: * solved: at least 10 %, or the solve's own standard error where larger (the least-squares
 #:   residual over the clones' rounds, through the conditioning of their overhead counts:
 #:   s·√[(AᵀA)⁻¹]ₖₖ over its value); a kind the solve pins no better than ±50 % is stored
 #:   unstable instead (:mod:`pis_tui.validation.probe`);
 #: * unstable: at least 25 % (it is unstable because its rounds disagree by more);
 #: * estimated: 25 % (a stand-in kernel scaled: no better than an unstable measurement);
-#: * roofline: 20 % (the analytical model against the same H200 table: median 12 %, 90th
-#:   percentile 36 %; its log errors have σ 0.18 (robust) to 0.22: fitted to that check,
-#:   which is therefore not independent evidence of it);
+#: * roofline: 20 % (the analytical model, fused engine, against the same H200 table: median
+#:   12.9 %, p90 40.0 %, worst 159 %; its log errors have σ 0.18 (robust) to 0.22: fitted to
+#:   that check, which is therefore not independent evidence of it);
 #: * unsupported: as the dense kernel it runs.
 UNCERTAINTY_FLOOR = {"measured": 0.01, "shipped": 0.03, "interpolated": 0.08, "solved": 0.10,
                      "unstable": 0.25, "estimated": 0.25, "roofline": 0.20, "unsupported": 0.0}
