@@ -86,14 +86,25 @@ TRUST_NOTE = ("speedup interval about 95 % (from the uncertainties of the ops be
 #: what the marks and arrows of the CLI tables and the explorer mean
 SPARSITY_NOTE = "sparsity: asked → achieved where the family's rounding made them differ"
 MARKS_NOTE = ("ᵉ extrapolated beyond the data (not ranked), ᵇ borrowed from another model, "
-              "ˢ secondary source, ᶜ composed from a combination's parts")
+              "ˢ secondary source, ᶜ composed from a combination's parts, ᵒ measured on an "
+              "oracle (every update computed, then skipped): an upper bound on quality")
+#: the mark of a quality figure measured on an oracle (an upper bound on quality)
+ORACLE_MARK = "ᵒ"
 
 
 def quality_marks(q) -> str:
     """ᵉ extrapolated beyond the data, ᵇ borrowed from another model, ˢ secondary source,
-    ᶜ composed from a combination's parts."""
+    ᶜ composed from a combination's parts, ᵒ measured on an oracle (an upper bound)."""
     return (("ᵉ" if q.extrapolated else "") + ("ᵇ" if q.borrowed_from else "")
-            + ("ˢ" if q.secondary else "") + ("ᶜ" if getattr(q, "composed", None) else ""))
+            + ("ˢ" if q.secondary else "") + ("ᶜ" if getattr(q, "composed", None) else "")
+            + (ORACLE_MARK if getattr(q, "oracle", False) else ""))
+
+
+def oracle_strategies(points) -> list[str]:
+    """The strategies among ``points`` whose quality figure is an oracle's (an upper bound),
+    in order, once each."""
+    return list(dict.fromkeys(p.strategy for p in points
+                              if getattr(p.quality, "oracle", False) and p.quality.value is not None))
 
 
 def loss_text(q) -> str:
@@ -118,6 +129,9 @@ def flag_words(q, short: bool = False) -> list[str]:
         out.append("extrapolated" if short else "quality extrapolated")
     if q.secondary:
         out.append("secondary source")
+    if getattr(q, "oracle", False):
+        out.append("oracle: an upper bound" if short else
+                   "quality measured on an oracle: an upper bound")
     return out
 
 

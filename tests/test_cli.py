@@ -308,3 +308,34 @@ def test_gpus_says_nominal_and_never_measured_where_nothing_is(capsys, tmp_path)
     assert "2 op timings cached" in local
     data = json.loads(call(capsys, "gpus", "--cache", str(seeded), "--json")[1])
     assert next(d for d in data["devices"] if d["name"] == "local")["op_timings_cached"] == 2
+
+
+def test_recommend_measured_labels_an_oracles_quality_everywhere(capsys, tmp_path):
+    # pis-tui quality's dynamic depth is an oracle (its stored row notes so): recommend
+    # --quality measured shows its figure marked ᵒ, says it is an upper bound, and the JSON
+    # flags it (a new key) and states the rule
+    from pis_tui.cache import Cache
+
+    cache = tmp_path / "c.duckdb"
+    c = Cache.open(str(cache))
+    base = dict(model="llama-3.1-8b", text_sha256="ab", n_tokens=100, ppl_dense=10.0)
+    c.put_quality_results([
+        dict(base, strategy="dynamic_depth", sparsity=0.5, achieved_sparsity=0.5, ppl_pruned=10.5,
+             ppl_increase=0.05, note="oracle: smallest-norm sublayer updates zeroed per token"),
+        dict(base, strategy="static_depth", sparsity=0.5, achieved_sparsity=0.5, ppl_pruned=22.0,
+             ppl_increase=1.2, note="")])
+    c.close()
+    out = tmp_path / "r.json"
+    code, text, err = call(capsys, "recommend", "--model", "llama-3.1-8b", "--gpu", "h200-sxm",
+                           "--quality", "measured", "--ppl-budget", "0.5", "--cache", str(cache),
+                           "--strategies", "dynamic_depth,static_depth", "--sparsities", "0.5",
+                           "--phase", "prefill", "--json", str(out))
+    assert code == 0, err
+    assert "+5.0% pplᵒ" in text and "upper bound" in text and "measured here on an oracle" in text
+    data = json.loads(out.read_text())
+    jsonschema.validate(data, load_schema())
+    flags = {r["strategy"]: r["quality_flags"]["oracle"] for r in data["results"]}
+    assert flags == {"dense": False, "dynamic_depth": True, "static_depth": False}
+    assert "only where nothing else is measured" in data["quality"]["oracle_rule"]
+    rec = data["recommendations"]["prefill"]
+    assert rec["strategy"] == "dynamic_depth" and rec["flags"]["oracle"] is True

@@ -91,3 +91,14 @@ def test_readme_test_command_is_the_one_ci_runs():
     blocks = re.findall(r"^```bash\n(.*?)^```", _text(README), re.M | re.S)
     assert any(command in block.splitlines() for block in blocks), \
         "README.md's test command is not the one .ci/run runs"
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_quoted_median_error_comes_with_its_p90_and_worst(path):
+    """A median alone reads like a bound: wherever the docs quote a median percentage, its p90
+    and worst follow (tests/benchmarks/accuracy_quotes.py computes them from the committed
+    results)."""
+    text = re.sub(r"\s+", " ", _prose(_text(path)))
+    for m in re.finditer(r"\bmedian\b[^%]{0,40}?\d+(?:\.\d+)? ?%", text):
+        tail = text[m.start():m.start() + 160]
+        assert "p90" in tail and "worst" in tail, f"{path.name}: {tail[:100]!r} quotes a median alone"

@@ -101,8 +101,9 @@ def test_dispatch_probe_prices_overhead_ops(tmp_path):
     scen = Scenario(decode_batch=1, context_len=16, dtype="fp32")
     pe = v.predict(spec, Strategy("low_rank", 0.5), scen, "decode", times)
     ovh = [p for p in pe.ops if p.op.op_type == "overhead"]
-    # measured; on a busy machine the probe is stored unstable and priced, labelled, as such
-    assert ovh and all(p.source in ("measured", "unstable") and p.ms_per_call > 0 for p in ovh)
+    # solved (from the timed clones, not timed itself); on a busy machine, or where the solve
+    # cannot pin a kind, the probe is stored unstable and priced, labelled, as such
+    assert ovh and all(p.source in ("solved", "unstable") and p.ms_per_call > 0 for p in ovh)
     # stored: a later OpTimes (the TUI's estimator too) finds them in the cache
     keys = {m.key for m in cache.get_measurements(v.OpTimes("fp32")._fingerprint(), "fp32")}
     assert {"ovh:linear:decode:fp32", "ovh:routing:decode:fp32"} <= keys

@@ -201,3 +201,16 @@ def test_match_strings_pick_the_right_profile():
         prof = _match_profile(line)
         assert prof is not None and prof.name == expected, line
     assert _match_profile("NVIDIA GeForce GTX 1080, 470.1, 8192 MiB") is None
+
+
+def test_the_2_4_bandwidth_share_is_fitted_on_the_gpu_whose_row_it_fits():
+    """rtx-pro-6000's 2:4 bandwidth share is fitted to the study's Table 2 row measured on that
+    GPU (it said "assumed as on h200"): a fitted figure says so and to what, and the row it was
+    fitted to is no independent check; h200-sxm, whose own data it never saw, borrows it."""
+    eff = _raw("gpus", "rtx-pro-6000")["efficiency"]["sparse24_bandwidth"]
+    assert eff["source"] == "fitted"
+    assert "Table 2" in eff["fitted_to"] and "study_table2_check.py" in eff["fitted_to"]
+    assert "not independent" in eff["fitted_to"] and "secondary summaries" in eff["fitted_to"]
+    for name in sorted(EXPECTED_GPUS - {"rtx-pro-6000"}):
+        other = _raw("gpus", name)["efficiency"]["sparse24_bandwidth"]
+        assert other["source"] != "fitted" and "rtx-pro-6000" in other["source"], name

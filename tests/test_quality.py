@@ -263,3 +263,48 @@ def test_measured_rows_switch_to_perplexity_and_use_only_them():
     assert qm.estimate("tiny", "dense", 0.0).metric == "ppl_increase"
     with pytest.raises(UserError):
         build_quality_model(measured_rows=rows, user_csv="x.csv")
+
+
+def test_oracle_rows_are_flagged_and_rank_below_measured_rows_of_the_same_point():
+    # pis-tui quality measures the dynamic families on an oracle (every update computed, then
+    # skipped): its rows note so, and their figure is an upper bound on quality, never
+    # "measured here" without a caveat; a measured row of the same point wins over it
+    from pis_tui.display import flag_words, quality_marks
+    from pis_tui.quality.measured import ORACLE_RULE
+
+    oracle = "oracle: smallest-norm sublayer updates zeroed per token"
+    rows = [{"model": "m", "strategy": "dynamic_depth", "sparsity": 0.25, "ppl_increase": 0.1,
+             "note": oracle},
+            {"model": "m", "strategy": "dynamic_depth", "sparsity": 0.5, "ppl_increase": 0.4,
+             "note": oracle},
+            {"model": "m", "strategy": "dynamic_depth", "sparsity": 0.5, "ppl_increase": 0.6,
+             "oracle": False, "note": "a learned router"},
+            {"model": "m", "strategy": "dynamic_sparse_attention", "sparsity": 0.25,
+             "ppl_increase": 0.02, "oracle": True},
+            ("m", "static_depth", 0.25, 0.3)]
+    qm = build_quality_model(measured_rows=rows)
+    e = qm.estimate("m", "dynamic_depth", 0.25)  # only the oracle measured it: used, flagged
+    assert e.value == pytest.approx(0.1) and e.oracle and "ᵒ" in quality_marks(e)
+    assert "oracle" in e.method and "upper bound" in e.note
+    assert any("upper bound" in w for w in flag_words(e))
+    both = qm.estimate("m", "dynamic_depth", 0.5)  # measured and oracle: the measured one
+    assert both.value == pytest.approx(0.6) and not both.oracle and "ᵒ" not in quality_marks(both)
+    assert qm.estimate("m", "dynamic_sparse_attention", 0.25).oracle
+    plain = qm.estimate("m", "static_depth", 0.25)
+    assert not plain.oracle and plain.method == "measured here"
+    assert "has both, the measured figure is used" in ORACLE_RULE
+    assert "only where nothing else is measured" in ORACLE_RULE and "upper bound" in ORACLE_RULE
+    # a row without a note or flag: its family's quality path says (the dynamic ones are oracles)
+    bare = build_quality_model(measured_rows=[("m", "dynamic_depth", 0.25, 0.1)])
+    assert bare.estimate("m", "dynamic_depth", 0.25).oracle
+    # a combination measured with an oracle part, and one composed from an oracle part
+    combo = build_quality_model(measured_rows=[
+        {"model": "m", "strategy": "dynamic_depth@0.25+static_width@0.25", "sparsity": 0.4375,
+         "ppl_increase": 0.5, "note": "dynamic_depth 0.25: " + oracle},
+        ("m", "static_width", 0.25, 0.3), ("m", "dynamic_depth", 0.125, 0.05)])
+    parts = (("dynamic_depth", 0.25), ("static_width", 0.25))
+    q = combo.estimate_combo("m", "dynamic_depth+static_width", parts, (0.25, 0.25))
+    assert q.source == "measured" and q.oracle and "upper bound" in q.note
+    q = combo.estimate_combo("m", "dynamic_depth+static_width",
+                             (("dynamic_depth", 0.125), ("static_width", 0.25)), (0.125, 0.25))
+    assert q.composed and q.oracle and "ᵒ" in quality_marks(q)

@@ -295,3 +295,77 @@ def test_a_probe_whose_kernels_were_measured_under_load_is_unstable(tmp_path, ti
     _, stored = _probe_to_cache(tmp_path, tiny_cfg)
     assert stored and all(m.status == "unstable" for m in stored)
     assert all("measured under load" in " ".join(m.conditions["unstable"]) for m in stored)
+
+
+def _synthetic_probe(rows, noise, seed=0):
+    """The clones and their timed rounds for overhead counts ``rows`` (forward, block, linear,
+    routing) at known costs, each sample off by ``noise`` (relative, Gaussian)."""
+    import random
+    import statistics
+    from types import SimpleNamespace
+
+    kinds, true = ("forward", "block", "linear", "routing"), (0.5, 0.2, 0.015, 0.05)
+    rnd = random.Random(seed)
+    clones, timed = [], []
+    for r in rows:
+        ovh = sum(a * b for a, b in zip(r, true))
+        samples = [5.0 + ovh * (1 + rnd.gauss(0, noise)) for _ in range(9)]
+        med = statistics.median(samples)
+        clones.append({"counts": dict(zip(kinds, map(float, r))), "kernels_ms": 5.0,
+                       "measured_ms": med, "residual_ms": med - 5.0})
+        timed.append(SimpleNamespace(samples=samples, median_ms=med))
+    return clones, timed
+
+
+def test_the_probe_solve_is_overdetermined_and_says_how_well_it_pins_each_kind():
+    # the four clones solved four kinds exactly (no residual, no slack): a committed run's
+    # per-forward cost came out 0.0000 ms "± 107,775,719 %", stored ok and priced "measured".
+    # Now: more clones than kinds, every round an equation; each kind carries the fit's
+    # standard error (residual × conditioning), and a kind it cannot pin is stored unstable
+    from types import SimpleNamespace
+
+    from pis_tui.model.ops import OVERHEAD_KINDS
+    from pis_tui.validation import probe
+
+    assert len(probe.PROBE_STRATEGIES) > len(OVERHEAD_KINDS)
+    four = [[1, 48, 169, 0], [1, 24, 85, 0], [1, 48, 337, 0], [1, 48, 217, 48]]
+    five = four[:2] + [[1, 6, 22, 0]] + four[2:]  # the shallow clone (static_depth 0.875)
+    assert probe.condition_number(five) < probe.condition_number(four) < 20
+    assert probe.condition_number([[1, 2, 2], [1, 3, 3], [1, 5, 5]]) == float("inf")
+    quiet = probe._solve_kinds(*_synthetic_probe(five, 0.01))
+    assert quiet.fit.equations == 5 * 9 and quiet.fit.unknowns == 4 and quiet.fit.residual_ms > 0
+    assert quiet.ms["block"] == pytest.approx(0.2, rel=0.05)
+    assert all(quiet.relative_se(k) < 0.2 for k in quiet.ms)
+    noisy = probe._solve_kinds(*_synthetic_probe(five, 0.1))
+    # the per-forward cost (one call a forward among hundreds of block and linear calls) is
+    # what the solve pins worst
+    assert noisy.relative_se("forward") == max(noisy.relative_se(k) for k in noisy.ms) > 0.5
+    run = SimpleNamespace(loaded_ms=0.0, kernels_ms=25.0, others=None)
+    why = probe._unstable_reasons("forward", run, noisy, contended=False)
+    assert any(w.startswith("ill-conditioned") and "condition number" in w for w in why)
+    assert not probe._unstable_reasons("block", run, quiet, contended=False)
+
+
+def test_solved_overheads_are_priced_with_their_own_source_and_uncertainty():
+    from pis_tui.device.local import local_device
+    from pis_tui.model.ops import Overhead
+    from pis_tui.pricing import sources
+    from pis_tui.pricing.estimator import Estimator
+
+    names = sources.TIMING_SOURCES
+    assert names.index("interpolated") < names.index("solved") < names.index("unstable")
+    assert sources.weakest(["measured", "solved"]) == "solved"
+    assert "not timed itself" in sources.MEANING["solved"]
+    cpu = local_device()
+    if cpu.kind != "cpu":
+        pytest.skip("needs a CPU-only machine")
+    op = Overhead("linear_overhead", "linear", "decode", 1.0, "fp32")
+    solve = {"equations": 45, "unknowns": 4, "residual_ms": 0.3, "condition_number": 10.5,
+             "standard_error_ms": 0.006, "relative_uncertainty": 0.3}
+    rec = {"key": op.key(), "op": op, "ms": 0.02, "status": "ok",
+           "conditions": {"probe": {"solve": solve}}}
+    p = Estimator(cpu, [rec]).price(op)
+    assert p.source == "solved" and p.uncertainty == pytest.approx(0.3)
+    old = dict(rec, conditions={})  # a probe stored before the solve carried its error
+    p = Estimator(cpu, [old]).price(op)
+    assert p.source == "solved" and p.uncertainty == pytest.approx(sources.UNCERTAINTY_FLOOR["solved"])

@@ -39,6 +39,10 @@ def legend_lines(result, points) -> list[str]:
            MARKS_NOTE, TRUST_NOTE]
     if any(sparsity_text(p) != pct(p.achieved_sparsity) for p in points):
         out.append(SPARSITY_NOTE)
+    if any(getattr(p.quality, "oracle", False) and p.quality.value is not None for p in points):
+        from ..quality.measured import ORACLE_RULE
+
+        out.append(f"ᵒ {ORACLE_RULE}")
     if any(getattr(p, "parts", ()) for p in points):
         from ..quality.compose import COMBO_RULE_TEXT
 

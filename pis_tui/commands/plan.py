@@ -221,6 +221,7 @@ def print_plan(con, result, rec) -> None:
     from ..decide import deployment as pl
     from ..display import latency, loss_text, pct, quality_marks, speed
     from ..pricing.memory import USABLE
+    from ..quality.measured import ORACLE_RULE
 
     wl = result.workload
     metric = "perplexity increase" if result.quality_metric == "ppl_increase" else "accuracy drop"
@@ -282,5 +283,8 @@ def print_plan(con, result, rec) -> None:
               f"{pl.sources.weakest(c.timing_source for c in result.candidates)}; "
               f"{result.priced_kernels} kernels priced in {result.elapsed_s:.2f} s. Quality marks: "
               "ᵉ extrapolated (not ranked unless --allow-extrapolated), ᵇ borrowed from another "
-              "model, ˢ secondary source, ᶜ composed from a combination's parts.",
+              "model, ˢ secondary source, ᶜ composed from a combination's parts, ᵒ measured on "
+              "an oracle (an upper bound on quality)."
+              + (f" ᵒ: {ORACLE_RULE}." if any(getattr(c.quality, "oracle", False)
+                                              for c in result.candidates) else ""),
               style="dim", markup=False)

@@ -356,10 +356,16 @@ class _Measured:
 
     def add(self, cache, spec, st, s, res, r, text_sha, settings) -> None:
         """One pruned model's point, stored in the cache at once."""
+        from .. import families
+
         achieved = res.final_achieved()
         self.results.append((st, s, achieved, r.ppl, res.note))
-        new = measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], self.ppl_dense,
-                                    text_sha, self.dense.n_tokens)
+        # a quality oracle's point (every update computed, then skipped) is an upper bound on
+        # quality: stored as such, so that --quality measured ranks and labels it so
+        oracle = bool(families.get(_base(st)).quality_oracle)
+        new = [dict(row, oracle=oracle) for row in
+               measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], self.ppl_dense,
+                                     text_sha, self.dense.n_tokens)]
         self.rows.extend(new)
         self.n_stored += store_rows(cache, new, dict(settings, note=res.note))
 
@@ -460,13 +466,18 @@ def _print_results(out, spec, tpath, got: _Measured, unsupported) -> None:
                     ("Δ ppl", {"justify": "right"}), ("how", {"overflow": "fold", "ratio": 1})):
         table.add_column(col, **kw)
     table.add_row("dense", "0%", "0%", f"{ppl_dense:.3f}", "0.0%", "baseline")
+    oracles = {row["strategy"] for row in got.rows if row.get("oracle")}
     for st, s, a, ppl, note in got.results:
         inc = (ppl - ppl_dense) / ppl_dense
-        table.add_row(st, f"{s:.1%}", f"{a:.1%}", f"{ppl:.3f}", f"{inc:+.1%}", note)
+        mark = "ᵒ" if st in oracles else ""
+        table.add_row(st, f"{s:.1%}", f"{a:.1%}", f"{ppl:.3f}", f"{inc:+.1%}{mark}", note)
     for st in unsupported:
         table.add_row(st, "", "", "", "", "unsupported (see below)")
     out.print(table)
-    out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)")
+    out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)"
+              + ("; ᵒ measured on an oracle (every update computed, then skipped): an upper "
+                 "bound on quality, used by --quality measured only where nothing else is "
+                 "measured at that point" if oracles else ""))
 
 
 def _print_notes(err, strategies, sparsities, unsupported) -> None:
@@ -490,8 +501,10 @@ def _print_notes(err, strategies, sparsities, unsupported) -> None:
 
 
 def _write_json(args, spec, mdir, tpath, text_sha, ev: _Eval, got: _Measured, unsupported) -> None:
-    """The measured points as a pis-tui/measured-quality/1 document (--json)."""
+    """The measured points as a pis-tui/measured-quality/1 document (--json); a row's
+    ``oracle``: measured on a quality oracle, an upper bound on quality."""
     from .. import families
+    from ..quality.measured import ORACLE_RULE
 
     notes = {(st, s): note for st, s, _, _, note in got.results}
     doc = {
@@ -504,6 +517,7 @@ def _write_json(args, spec, mdir, tpath, text_sha, ev: _Eval, got: _Measured, un
         "ppl_dense": got.ppl_dense,
         "results": [dict(r, quality_metric="ppl_increase", quality_source="measured",
                          note=notes.get((r["strategy"], r["sparsity"]), "")) for r in got.rows],
+        "oracle_rule": ORACLE_RULE,
         "unsupported": [{"strategy": st, "reason": families.get(_base(st)).quality_unsupported_reason}
                         for st in unsupported],
         "provenance": _provenance(),

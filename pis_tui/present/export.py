@@ -36,9 +36,11 @@ def _r(x: Optional[float], nd: int = 6) -> Optional[float]:
 def quality_flags(q) -> dict:
     """A quality figure's caveats (``composed``: the rule a combination's figure was composed
     by, None for a figure of its own; ``floored_by``: the larger model whose own figure the
-    borrowing rule raised it to)."""
+    borrowing rule raised it to; ``oracle``: measured on a quality oracle, an upper bound on
+    quality, ranked below a measured figure of the same point)."""
     return {"extrapolated": q.extrapolated, "borrowed_from": q.borrowed_from,
-            "secondary": q.secondary, "composed": q.composed, "floored_by": q.floored_by}
+            "secondary": q.secondary, "composed": q.composed, "floored_by": q.floored_by,
+            "oracle": bool(getattr(q, "oracle", False))}
 
 
 def parts_list(c) -> list:
@@ -106,7 +108,8 @@ def recommendation_dict(r: Recommendation) -> dict:
     if best is not None:
         q = best.quality
         flags = {"extrapolated": q.extrapolated, "borrowed": q.borrowed_from is not None,
-                 "secondary": q.secondary, "composed": q.composed is not None}
+                 "secondary": q.secondary, "composed": q.composed is not None,
+                 "oracle": bool(getattr(q, "oracle", False))}
         citations = list(q.citations)
     return {
         "strategy": best.strategy if best else None,
@@ -171,6 +174,7 @@ def quality_dict(result: SweepResult) -> dict:
     """The quality side of a sweep: protocol, metric, the method asked and every rule."""
     from ..quality import model as ql
     from ..quality.compose import COMBO_RULE_TEXT
+    from ..quality.measured import ORACLE_RULE
 
     rule = result.combo_rule or "multiplicative"
     return {"protocol": result.quality_protocol, "metric": result.quality_metric,
@@ -178,7 +182,8 @@ def quality_dict(result: SweepResult) -> dict:
             "method": result.quality_method or "mean",
             "method_rule": ql.METHOD_RULE,
             "combo_rule": rule, "combo_rule_text": COMBO_RULE_TEXT.get(rule, ""),
-            "borrowing_rule": ql.BORROWING_RULE, "extrapolation_rule": ql.EXTRAPOLATION_RULE}
+            "borrowing_rule": ql.BORROWING_RULE, "extrapolation_rule": ql.EXTRAPOLATION_RULE,
+            "oracle_rule": ORACLE_RULE}
 
 
 def _curve_json(c: dict) -> dict:
@@ -197,7 +202,7 @@ def to_json(result: SweepResult, recommendations: Optional[dict] = None,
 CSV_COLUMNS = ("strategy", "sparsity", "achieved_sparsity", "phase", "latency_ms",
                "dense_latency_ms", "speedup", "speedup_low", "speedup_high", "speedup_ceiling",
                "flops_speedup", "gap", "quality_loss", "quality_metric", "quality_source",
-               "timing_source", "trust_flags", "parts", "quality_method")
+               "timing_source", "trust_flags", "parts", "quality_method", "quality_oracle")
 
 
 def to_csv(result: SweepResult) -> str:
@@ -208,6 +213,7 @@ def to_csv(result: SweepResult) -> str:
         d = point_dict(p, result)
         d["speedup_low"], d["speedup_high"] = d["speedup_interval"]
         d["trust_flags"] = " ".join(d["trust_flags"])
+        d["quality_oracle"] = d["quality_flags"]["oracle"]
         d["parts"] = " + ".join(f"{x['family']}@{x['sparsity']:g}" for x in d["parts"])
         w.writerow(d)
     return buf.getvalue()
@@ -293,7 +299,8 @@ def pick_dict(c, result, objective: str) -> Optional[dict]:
         "strategy": c.strategy, "sparsity": _r(c.sparsity), "achieved_sparsity": _r(c.achieved_sparsity),
         "quality_loss": _r(c.quality.value), "gain": _r(gain(c, d, objective)),
         "flags": {"extrapolated": c.quality.extrapolated, "borrowed": c.quality.borrowed_from is not None,
-                  "secondary": c.quality.secondary, "composed": c.quality.composed is not None},
+                  "secondary": c.quality.secondary, "composed": c.quality.composed is not None,
+                  "oracle": bool(getattr(c.quality, "oracle", False))},
         "quality_method": c.quality.method, "quality_source": c.quality.source,
         "parts": parts_list(c),
         "per_phase": {
@@ -371,7 +378,7 @@ PLAN_CSV_COLUMNS = (
     "tpot_method", "e2e_ms", "fits", "meets_targets", "max_batch", "max_batch_ttft_ms",
     "max_batch_tpot_ms", "throughput_tok_s", "decode_tok_s", "latency_gain", "throughput_gain",
     "quality_loss", "quality_metric", "quality_source", "timing_source", "rank", "recommended",
-    "why_not", "parts", "quality_method")
+    "why_not", "parts", "quality_method", "quality_oracle")
 
 
 def plan_csv(result, rec) -> str:
@@ -399,7 +406,8 @@ def plan_csv(result, rec) -> str:
                 "quality_source": d["quality_source"], "timing_source": d["timing_source"],
                 "rank": d["rank"], "recommended": c.key == best, "why_not": d["why_not"],
                 "parts": " + ".join(f"{x['family']}@{x['sparsity']:g}" for x in d["parts"]),
-                "quality_method": d["quality_method"]})
+                "quality_method": d["quality_method"],
+                "quality_oracle": d["quality_flags"]["oracle"]})
     return buf.getvalue()
 
 

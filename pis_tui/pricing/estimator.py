@@ -65,6 +65,8 @@ class MeasuredRecord:
     why: str = ""  # unstable: the reasons
     estimated: str = ""  # a timing scaled from another kernel's (FlexAttention fallback): why
     graph_capture: str = ""  # timed without a CUDA graph: eager launches included
+    #: a solved figure (the dispatch probe's overheads): its standard error over its value
+    solve_u: Optional[float] = None
 
 
 def _as_record(m) -> Optional[MeasuredRecord]:
@@ -83,10 +85,13 @@ def _as_record(m) -> Optional[MeasuredRecord]:
         return None
     cond = get("conditions") or {}
     spread = get("spread")
+    solve = (cond.get("probe") or {}).get("solve") or {}
+    solve_u = solve.get("relative_uncertainty")
     return MeasuredRecord(get("key") or op.key(), op, float(ms or 0.0), status,
                           None if spread is None else float(spread), bool(cond.get("loaded")),
                           "; ".join(cond.get("unstable") or ()), str(cond.get("estimated") or ""),
-                          str(cond.get("graph_capture") or ""))
+                          str(cond.get("graph_capture") or ""),
+                          None if solve_u is None else float(solve_u))
 
 
 class Estimator:
@@ -244,13 +249,16 @@ class Estimator:
             hit = self._exact.get(op.key())
             if hit and hit[0].status in ("ok", "unstable") and hit[0].ms and self.device.kind == "cpu":
                 rec = hit[0]
-                if rec.status == "unstable":  # the probe's rounds disagreed, hit its bound, or
-                    # ran on a busy machine: its own (bounded) time, labelled for what it is
+                if rec.status == "unstable":  # the probe's rounds disagreed, its solve was
+                    # ill-conditioned, hit its bound, or ran on a busy machine: its own
+                    # (bounded) time, labelled for what it is
                     return PricedOp(op, rec.ms, "unstable",
                                     f"dispatch probe unstable: {rec.why}",
-                                    uncertainty=sources.uncertainty("unstable", rec.spread),
+                                    uncertainty=sources.uncertainty("unstable", rec.spread, rec.solve_u),
                                     loaded=rec.loaded)
-                return PricedOp(op, rec.ms, hit[1], uncertainty=sources.uncertainty(hit[1], rec.spread),
+                # solved from the timed tiny clones, never timed itself: its own label
+                return PricedOp(op, rec.ms, "solved",
+                                uncertainty=sources.uncertainty("solved", rec.spread, rec.solve_u),
                                 loaded=rec.loaded)
             why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
                    else "eager framework overhead not measured on this CPU")

@@ -17,6 +17,11 @@ SOURCES = (
                 "`profiles/measured/`"),
     ("interpolated", "the roofline time divided by the *utilization* of the nearest measured shapes "
                      "on that device (log-space in M, N, K; never below the roofline)"),
+    ("solved", "solved from timed model clones, not timed itself: the CPU's eager framework "
+               "overhead per forward, block, linear call and routed sublayer, fitted by "
+               "non-negative least squares to tiny clones of the model timed end to end "
+               "(`validate`'s dispatch probe; more equations than kinds), its uncertainty the "
+               "fit's standard error (the residual and the conditioning of the clones' counts)"),
     ("unstable", "timed on this device, but its rounds disagree or it was taken while the machine "
                  "was contended: kept, shown as such, priced no better than interpolated"),
     ("estimated", "a labelled stand-in for a kernel that could not run as asked (e.g. a "
@@ -37,21 +42,29 @@ TIMING_SOURCES = tuple(name for name, _ in SOURCES)
 #:
 #: * measured: at least 1 % (the rounds of a settled op agree within 10 %, usually far better);
 #: * shipped: at least 3 % (another unit of the same GPU: clocks and thermals differ);
-#: * interpolated: 8 % (leave-one-out on a third party's H200 GEMM table: median 2.8-3.5 %, and
-#:   the 90th percentile under 10 %; `h200_reference_check.result.md`, fitted to that check);
+#: * interpolated: 8 % (leave-one-out on a third party's H200 GEMM table, every other M hidden /
+#:   whole (N, K) pairs hidden: median 2.8 % / 3.5 %, p90 11.9 % / 10.8 %, worst 122 % / 42 %;
+#:   `h200_reference_check.result.md`, fitted to that check);
+#: * solved: at least 10 %, or the solve's own standard error where larger (the least-squares
+#:   residual over the clones' rounds, through the conditioning of their overhead counts:
+#:   s·√[(AᵀA)⁻¹]ₖₖ over its value); a kind the solve pins no better than ±50 % is stored
+#:   unstable instead (:mod:`pis_tui.validation.probe`);
 #: * unstable: at least 25 % (it is unstable because its rounds disagree by more);
 #: * estimated: 25 % (a stand-in kernel scaled: no better than an unstable measurement);
-#: * roofline: 20 % (the analytical model against the same H200 table: median 12 %, 90th
-#:   percentile 36 %; its log errors have σ 0.18 (robust) to 0.22: fitted to that check,
-#:   which is therefore not independent evidence of it);
+#: * roofline: 20 % (the analytical model, fused engine, against the same H200 table: median
+#:   12.9 %, p90 40.0 %, worst 159 %; its log errors have σ 0.18 (robust) to 0.22: fitted to
+#:   that check, which is therefore not independent evidence of it);
 #: * unsupported: as the dense kernel it runs.
-UNCERTAINTY_FLOOR = {"measured": 0.01, "shipped": 0.03, "interpolated": 0.08, "unstable": 0.25,
-                     "estimated": 0.25, "roofline": 0.20, "unsupported": 0.0}
+UNCERTAINTY_FLOOR = {"measured": 0.01, "shipped": 0.03, "interpolated": 0.08, "solved": 0.10,
+                     "unstable": 0.25, "estimated": 0.25, "roofline": 0.20, "unsupported": 0.0}
 
 
-def uncertainty(source: str, spread: float | None = None) -> float:
-    """One op's relative 1σ under the rule above (``spread``: the measurement's own)."""
+def uncertainty(source: str, spread: float | None = None, own: float | None = None) -> float:
+    """One op's relative 1σ under the rule above (``spread``: the measurement's own; ``own``:
+    a relative 1σ of its own, a solved figure's standard error over its value)."""
     floor = UNCERTAINTY_FLOOR.get(source, 0.2)
+    if own is not None and own == own:
+        floor = max(floor, float(own))
     if spread is None or spread != spread:
         return floor
     return max(floor, float(spread) / 2.0)

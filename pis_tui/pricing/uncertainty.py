@@ -49,7 +49,7 @@ LOADED_SHARE = 0.10
 #: sources whose errors are model errors (correlated between near shapes), not measurement noise
 MODEL_SOURCES = ("roofline", "interpolated", "estimated")
 #: sources that are timings taken on a machine (their conditions can differ)
-MEASURED_SOURCES = ("measured", "shipped", "unstable")
+MEASURED_SOURCES = ("measured", "shipped", "solved", "unstable")
 #: correlation of the model errors of two shapes of one op (the same role, e.g. the dense and
 #: the pruned gate_proj) at L1 distance d of their log dimensions: NUGGET · max(0, 1 − d/RANGE).
 #: Fitted to the third party's H200 GEMM table (not shipped): the analytical model's log errors

@@ -60,7 +60,8 @@ def compose_estimates(parts: list[QualityEstimate], labels: list[str], rule: str
         n_points=sum(q.n_points for q in parts),
         note="; ".join([note] + [f"{lab}: {n}" for lab, n in zip(labels, extra)]),
         method=" + ".join(q.method or "?" for q in parts), composed=rule, parts=tuple(parts),
-        floored_by=", ".join(q.floored_by for q in parts if q.floored_by) or None)
+        floored_by=", ".join(q.floored_by for q in parts if q.floored_by) or None,
+        oracle=value is not None and any(getattr(q, "oracle", False) for q in parts))
 
 
 def combo_estimate(quality, model_name: str, combo: str, parts, part_achieved) -> QualityEstimate:

@@ -27,6 +27,8 @@ class Obs:
     params_b: Optional[float] = None
     note: str = ""
     method: str = ""  # the method's display name (method_name of the row's method)
+    #: measured from a quality oracle (every update computed, then skipped): an upper bound
+    oracle: bool = False
 
     @property
     def method_key(self) -> str:

@@ -35,5 +35,9 @@ class QualityEstimate:
     parts: tuple = ()
     #: the borrowing rule raised a borrowed figure to this larger model's own
     floored_by: Optional[str] = None
+    #: measured on a quality oracle (``pis-tui quality``'s dynamic depth and dynamic sparse
+    #: attention compute every update, then skip it): an upper bound on quality, ranked below
+    #: a measured figure of the same point (:data:`pis_tui.quality.measured.ORACLE_RULE`)
+    oracle: bool = False
 
 

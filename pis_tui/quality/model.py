@@ -42,7 +42,9 @@ row names one, for every model when ``model`` is empty or ``*``; model-specific 
 over any-model rows.  Families the file does not name keep their priors.
 
 Measured perplexity (``measured_rows``): the metric becomes ``ppl_increase`` and only
-the measured rows are used (no priors, no user file).
+the measured rows are used (no priors, no user file).  Rows measured on a quality oracle
+(dynamic depth, dynamic sparse attention) rank below measured ones of the same point and are
+flagged ``oracle``: an upper bound on quality (:data:`~pis_tui.quality.measured.ORACLE_RULE`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from ..errors import UserError
 from .estimate import QualityEstimate
 from .compose import COMBO_RULES, compose_estimates
 from .curves import AGGREGATES, EPS, Curve, Obs, build_curve, curve_mean_loss
-from .measured import measured_obs
+from .measured import ORACLE_METHOD, measured_obs
 from .priors import (METRICS, PROTOCOLS, UserQualityRow, load_priors, load_user_csv, method_key,
                      method_name, model_distance, model_line, normalize_model_name, params_of)
 
@@ -313,23 +315,32 @@ class QualityModel:
         secondary = any(o.secondary for o in behind)
         if secondary:
             notes.append("secondary or uncertain source")
+        oracle = any(o.oracle for o in behind)
+        if oracle:
+            notes.append("measured on an oracle (every update computed, then skipped): an upper "
+                         "bound on quality")
         cites = tuple(sorted({o.citation for o in behind if o.citation})) or curve_cites
         return QualityEstimate(
             value=value, metric=self.metric, source=curve.source, protocol=curve.protocol,
             extrapolated=extrap, borrowed_from=borrowed, secondary=secondary, citations=cites,
-            n_points=n_points, note="; ".join(notes), method=method, floored_by=floored_by)
+            n_points=n_points, note="; ".join(notes), method=method, floored_by=floored_by,
+            oracle=oracle)
 
     def estimate_combo(self, model_name: str, combo: str, parts, part_achieved) -> QualityEstimate:
         """A combination's quality: the perplexity measured on the real combined model (``pis-tui
         quality``) when the measured rows hold it, else its parts' estimates (each at its
         achieved sparsity alone) composed by :attr:`combo_rule` and flagged ``composed``."""
         key = normalize_model_name(model_name)
-        for m, name, mparts, v, ach in self._measured_combos:
+        for m, name, mparts, v, ach, oracle in self._measured_combos:
             if name == combo and normalize_model_name(m) == key and len(mparts) == len(parts) and \
                     all(a == b and abs(x - y) < 1e-6 for (a, x), (b, y) in zip(mparts, parts)):
+                note = "perplexity of the real combined model, measured locally"
+                if oracle:
+                    note += (" with an oracle part (every update computed, then skipped): an "
+                             "upper bound on quality")
                 return QualityEstimate(v, self.metric, "measured", self.protocol, citations=(),
-                                       n_points=1, method="measured here",
-                                       note="perplexity of the real combined model, measured locally")
+                                       n_points=1, method=ORACLE_METHOD if oracle else "measured here",
+                                       note=note, oracle=oracle)
         ests = [self.estimate(model_name, f, a) for (f, _), a in zip(parts, part_achieved)]
         labels = [f"{f} {a * 100:.1f}%" for (f, _), a in zip(parts, part_achieved)]
         return compose_estimates(ests, labels, self.combo_rule, self.metric, self.protocol)

@@ -66,6 +66,8 @@ def quality_source_text(q) -> str:
         return "none"
     src = {"prior": "prior", "user": "own CSV", "measured": "measured ppl",
            "dense": "dense", "composed": f"composed ({getattr(q, 'composed', '') or '?'})"}.get(q.source, q.source)
+    if getattr(q, "oracle", False):  # an upper bound on quality, not a measurement of it
+        src = "oracle ppl (upper bound)" if q.source == "measured" else f"{src}, oracle"
     if q.citations:
         first = q.citations[0]
         short = first.split("(")[0].strip() if "(" in first else first

@@ -60,7 +60,8 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 
 ## Sources and trust
 * Timing: **measured** (on this device, from the cache) > **shipped** (a table measured on
-  that GPU) > **interpolated** (between measured shapes) > **unstable** (measured, but its
+  that GPU) > **interpolated** (between measured shapes) > **solved** (the CPU's framework
+  overhead, solved from timed model clones, not timed itself) > **unstable** (measured, but its
   rounds disagreed or the machine was busy: priced no better than interpolated) >
   **estimated** (a labelled stand-in kernel) > **roofline** (datasheet) > **unsupported**
   (no kernel here: runs dense).
@@ -75,7 +76,9 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
   **composed** (a combination's, from its parts' by the rule you pick: × or +).  Marks:
   ᵉ extrapolated past the data (shown, not recommended unless you rank them in the setup),
   ᵇ borrowed from a similar model (never below a larger model of its line with data there),
-  ˢ secondary source, ᶜ composed.
+  ˢ secondary source, ᶜ composed, ᵒ measured on an oracle (dynamic depth and sparse attention
+  by `pis-tui quality` compute every update, then skip it: an upper bound on quality, used
+  only where nothing else is measured at that point).
 * Quality method (setup): the **family mean** of the published methods, the **best** single
   method for the model, or one method by name; each recommendation names it.
 * On screen quality loss is a percentage; in exported files it is a fraction (0.10 = 10 %).

@@ -12,6 +12,7 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
+from ..display import oracle_strategies
 from .fmt import family_names, family_style, fit, latency, short_label
 
 FRONTIER_COLOR = (150, 150, 150)
@@ -100,6 +101,10 @@ class ParetoChart(PlotextPlot):
                     f"{unknown} without a quality figure: table (3)",
                     f"{unknown} without quality figure: table (3)",
                     f"{unknown} without quality: table (3)", f"{unknown} without quality (3)"]
+        oracles = oracle_strategies(known)  # their quality is an upper bound: say so
+        if oracles:
+            subs = [f"{subs[0]} · ᵒ oracle quality (upper bound): {', '.join(oracles)}",
+                    f"{subs[0]} · ᵒ oracle quality: upper bound"] + subs
         self._titles = ([f"{scen.label(self.phase)} · {dense}",
                          f"{short_label(scen, self.phase)} · {dense}", f"{self.phase} · {dense}"],
                         subs)
@@ -107,6 +112,8 @@ class ParetoChart(PlotextPlot):
         self._has_data = True
         self.summary = (f"{self.phase}: {len(known)} points, {len(rec.frontier) if rec else 0} on "
                         f"the frontier, best {best.strategy if best else 'none'}")
+        if oracles:
+            self.summary += f"; ᵒ oracle quality, an upper bound: {', '.join(oracles)}"
         if unknown:
             fams = ", ".join(dict.fromkeys(p.strategy for p in pts if p.quality.value is None))
             self.summary += (f"; {unknown} point{'s' if unknown != 1 else ''} without a quality "

@@ -12,6 +12,7 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
+from ..display import oracle_strategies
 from .fmt import family_names, family_style
 from .pareto_chart import BEST_COLOR, BUDGET_COLOR, FRONTIER_COLOR, style_axes
 
@@ -88,7 +89,11 @@ class PlanChart(PlotextPlot):
         plt.ylim(lo - pad, hi + pad)
         style_axes(plt, xmax, lo - pad, hi + pad, self.size, "%")
         self.border_title = ("E2E" if rec.objective == "latency" else "tok/s") + " gain vs quality loss"
-        self.border_subtitle = "grey: may not serve"
+        oracles = oracle_strategies(c for c, _ in pts)  # their quality is an upper bound
+        self.border_subtitle = "grey: may not serve" + (" · ᵒ oracle quality: upper bound"
+                                                        if oracles else "")
         self.summary = (f"plan: {len(pts)} candidates, {len(ok)} may serve, best "
-                        f"{best.strategy if best is not None else 'none'}")
+                        f"{best.strategy if best is not None else 'none'}"
+                        + (f"; ᵒ oracle quality, an upper bound: {', '.join(oracles)}"
+                           if oracles else ""))
         self.refresh()

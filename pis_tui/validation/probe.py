@@ -37,11 +37,19 @@ def tiny_clone(raw: dict, spec: ModelSpec) -> tuple[dict, ModelSpec]:
 # ============================================================== dispatch (framework) overhead
 
 #: tiny clones timed by :func:`dispatch_probe`: their overhead counts (per forward, per block,
-#: per linear, per routed sublayer) differ enough to solve for each kind's cost
-PROBE_STRATEGIES = (("dense", 0.0), ("static_depth", 0.5), ("low_rank", 0.5),
-                    ("dynamic_depth", 0.5))
-#: a kind's cost whose rounds spread wider than this (IQR over the median) is stored unstable
+#: per linear, per routed sublayer) differ enough to solve for each kind's cost.  Five clones
+#: for four kinds, so the solve has more equations than unknowns even before the rounds (each
+#: clone's every round is an equation too): the residual then says how well the kinds fit,
+#: and the shallow clone (a few layers left) pins the per-forward cost, which the four others
+#: left to the difference of two large numbers (a run solved it 0.0000 ms ± 1,000,000 %)
+PROBE_STRATEGIES = (("dense", 0.0), ("static_depth", 0.5), ("static_depth", 0.875),
+                    ("low_rank", 0.5), ("dynamic_depth", 0.5))
+#: a kind's cost whose rounds spread wider than this (IQR over the median), or that the solve
+#: pins no better than this (its standard error over its value), is stored unstable
 PROBE_SPREAD_LIMIT = 0.5
+#: clones whose overhead counts (columns scaled to unit length) have a condition number above
+#: this barely tell the kinds apart: every kind is stored unstable
+PROBE_CONDITION_LIMIT = 1000.0
 
 
 def _solve(a: list, b: list) -> list:
@@ -94,6 +102,109 @@ def _lstsq(a: list, b: list) -> list:
     return [m[i][n] / m[i][i] for i in range(n)]
 
 
+def _inverse(m: list) -> list:
+    """The inverse of a small square matrix (Gauss-Jordan, partial pivoting); MeasureError when
+    it is singular."""
+    n = len(m)
+    a = [list(map(float, row)) + [1.0 if i == j else 0.0 for j in range(n)] for i, row in enumerate(m)]
+    scale = max((abs(x) for row in m for x in row), default=0.0) or 1.0
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(a[r][c]))
+        if abs(a[p][c]) <= 1e-12 * scale:
+            raise MeasureError("dispatch probe: the tiny clones' overhead counts are degenerate")
+        a[c], a[p] = a[p], a[c]
+        piv = a[c][c]
+        a[c] = [x / piv for x in a[c]]
+        for r in range(n):
+            if r != c and a[r][c]:
+                f = a[r][c]
+                a[r] = [x - f * y for x, y in zip(a[r], a[c])]
+    return [row[n:] for row in a]
+
+
+def _eigenvalues(m: list) -> list:
+    """The eigenvalues of a small symmetric matrix (cyclic Jacobi rotations)."""
+    import math
+
+    a = [list(map(float, row)) for row in m]
+    n = len(a)
+    for _ in range(100):
+        off = sum(a[i][j] ** 2 for i in range(n) for j in range(n) if i != j)
+        if off <= 1e-30 * max(1.0, sum(a[i][i] ** 2 for i in range(n))):
+            break
+        for p in range(n):
+            for q in range(p + 1, n):
+                if abs(a[p][q]) < 1e-300:
+                    continue
+                theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q])
+                t = (1.0 if theta >= 0 else -1.0) / (abs(theta) + math.sqrt(theta * theta + 1.0))
+                c = 1.0 / math.sqrt(t * t + 1.0)
+                s_ = t * c
+                for k in range(n):  # columns p, q
+                    akp, akq = a[k][p], a[k][q]
+                    a[k][p], a[k][q] = c * akp - s_ * akq, s_ * akp + c * akq
+                for k in range(n):  # rows p, q
+                    apk, aqk = a[p][k], a[q][k]
+                    a[p][k], a[q][k] = c * apk - s_ * aqk, s_ * apk + c * aqk
+    return sorted(a[i][i] for i in range(n))
+
+
+def condition_number(a: list) -> float:
+    """The 2-norm condition number of the count matrix ``a`` with each column scaled to unit
+    length (so a kind counted once a forward and one counted hundreds of times weigh alike):
+    how far the clones tell the kinds apart (1: perfectly; inf: not at all)."""
+    import math
+
+    n = len(a[0])
+    norms = [math.sqrt(sum(row[j] ** 2 for row in a)) for j in range(n)]
+    if not all(norms):
+        return float("inf")
+    g = [[sum(row[i] * row[j] for row in a) / (norms[i] * norms[j]) for j in range(n)]
+         for i in range(n)]
+    ev = _eigenvalues(g)
+    return math.sqrt(ev[-1] / ev[0]) if ev[0] > 1e-15 * ev[-1] else float("inf")
+
+
+@dataclass
+class _Fit:
+    """How well the solve pins each kind: every clone's every round is an equation
+    (``equations`` of them for ``unknowns`` kinds), ``residual_ms`` the RMS of their residuals
+    at the solved costs, ``condition`` the counts' condition number, ``se`` each kind's standard
+    error (ms a call: s·√[(AᵀA)⁻¹]ₖₖ, s² the residuals' sum of squares over the degrees of
+    freedom; inf where the counts cannot tell the kind apart)."""
+    equations: int
+    unknowns: int
+    clones: int
+    residual_ms: float
+    condition: float
+    se: list
+
+
+def _fit_stats(counts: list, clones: list, timed: list, coef: list) -> _Fit:
+    """:class:`_Fit` of the solved costs ``coef`` over every round of every clone."""
+    import math
+
+    n = len(counts[0])
+    rows, ys = [], []
+    for row, c, t in zip(counts, clones, timed):
+        for sample in t.samples:
+            rows.append(row)
+            ys.append(sample - c["kernels_ms"])
+    m = len(rows)
+    rss = sum((sum(r[j] * coef[j] for j in range(n)) - y) ** 2 for r, y in zip(rows, ys))
+    cond = condition_number(counts)
+    try:
+        inv = _inverse([[sum(r[i] * r[j] for r in rows) for j in range(n)] for i in range(n)])
+    except MeasureError:
+        inv = None
+    if inv is None or m <= n:
+        se = [float("inf")] * n
+    else:
+        s2 = rss / (m - n)
+        se = [math.sqrt(max(0.0, s2 * inv[j][j])) for j in range(n)]
+    return _Fit(m, n, len(counts), math.sqrt(rss / m) if m else 0.0, cond, se)
+
+
 def _round_solves(counts: list, clones: list, timed: list) -> list:
     """One solve per interleaved round (the clones' i-th samples were taken side by side);
     a round whose solve fails is left out."""
@@ -117,8 +228,14 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     (the taxonomy's op list, measured like any op) are subtracted.  What is left is
     ``F + blocks·B + linears·Lin + routed·R``; solving the four clones gives the cost of each
     :class:`~pis_tui.model.ops.Overhead` kind, stored as measurements (keys ``ovh:<kind>:<path>:<dtype>``)
-    so the estimator prices the overhead ops of every strategy with them.  Returns
-    {"path", "ms": {kind: ms per call}, "clones": [...]}.
+    so the estimator prices the overhead ops of every strategy with them, as ``solved`` (never
+    timed themselves).  Five clones for four kinds (a shallow one too), each round of each an
+    equation: the fit's residual and the counts' condition number give each kind a standard
+    error, stored with it (its uncertainty when priced); a kind pinned no better than
+    ±:data:`PROBE_SPREAD_LIMIT` of its value, or clones whose counts are ill-conditioned, is
+    stored ``unstable`` with the reason.  Returns {"path", "ms": {kind: ms per call},
+    "clones": [...], "spread", "bounded", "contended", "remeasured", "solve": {"equations",
+    "unknowns", "residual_ms", "condition_number", "standard_error_ms": {kind: ms}}}.
     """
     traw, tspec = tiny_clone(raw, spec)
     path = overhead_phase(phase, batch)
@@ -134,8 +251,17 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     times.add(out)
     if cache is not None:
         cache.put_measurements(out)
+    fit = solved.fit
     return {"path": path, "ms": solved.ms, "clones": clones, "spread": solved.spread,
-            "bounded": solved.bounded, "contended": contended, "remeasured": probe.remeasured}
+            "bounded": solved.bounded, "contended": contended, "remeasured": probe.remeasured,
+            "solve": {"equations": fit.equations, "unknowns": fit.unknowns,
+                      "residual_ms": fit.residual_ms, "condition_number": _finite(fit.condition),
+                      "standard_error_ms": {k: _finite(v) for k, v in solved.se.items()}}}
+
+
+def _finite(x: float):
+    """``x``, or None where it is not finite (JSON has no infinity)."""
+    return x if x == x and abs(x) != float("inf") else None
 
 
 @dataclass
@@ -215,11 +341,19 @@ def _overhead_counts(po) -> dict:
 class _Solved:
     """Each overhead kind's cost a call (``ms``, bounded by :func:`overhead_bound`), its
     spread over the rounds' own solves, the kinds whose solve went above the bound (solved,
-    bound), and the rounds' solves."""
+    bound), the rounds' solves, each kind's standard error (``se``, ms a call) and the fit
+    behind it."""
     ms: dict
     spread: dict
     bounded: dict
     per_round: list
+    se: dict
+    fit: _Fit
+
+    def relative_se(self, k: str) -> float:
+        """Kind ``k``'s standard error over its cost (inf where the solve cannot pin it)."""
+        v = self.ms[k]
+        return self.se[k] / v if v > 0 else float("inf")
 
 
 def _solve_kinds(clones: list, timed: list) -> _Solved:
@@ -232,16 +366,20 @@ def _solve_kinds(clones: list, timed: list) -> _Solved:
     # one solve per interleaved round as well (the clones' i-th samples were taken side by
     # side): the spread of a kind's cost over the rounds is stored with it
     per_round = _round_solves(counts, clones, timed)
-    ms, spread, bounded = {}, {}, {}
+    # every round of every clone an equation: the residual and the counts' conditioning give
+    # each kind's standard error
+    fit = _fit_stats(counts, clones, timed, coef)
+    ms, spread, bounded, se = {}, {}, {}, {}
     for j, k in enumerate(kinds):
         limit = overhead_bound(clones, k)
         v = min(max(1e-6, coef[j]), limit)
         if coef[j] > limit:
             bounded[k] = (coef[j], limit)
         ms[k] = v
+        se[k] = fit.se[j]
         vals = sorted(min(max(1e-6, r[j]), limit) for r in per_round)
         spread[k] = _iqr(vals) / v if len(vals) >= 2 and v > 0 else None
-    return _Solved(ms, spread, bounded, per_round)
+    return _Solved(ms, spread, bounded, per_round, se, fit)
 
 
 def _contended(others: OthersMeter) -> bool:
@@ -272,13 +410,22 @@ def _measurements(spec: ModelSpec, phase: str, batch: int, length: int, path: st
     fp = local_device().fingerprint
     sw = software_versions()
     out = []
+    fit = solved.fit
+    names = ", ".join(f"{f} {s:g}" if s else f for f, s in PROBE_STRATEGIES)
     for k, v in solved.ms.items():
         op = Overhead(f"{k}_overhead", k, path, 1.0, dtype)
         reasons = _unstable_reasons(k, probe, solved, contended)
-        cond = {"probe": {"clones": [{kk: c[kk] for kk in ("strategy", "measured_ms",
+        rel = solved.relative_se(k)
+        cond = {"probe": {"clones": [{kk: c[kk] for kk in ("strategy", "sparsity", "measured_ms",
                                                              "kernels_ms")} for c in clones],
                           "bound_ms": overhead_bound(clones, k), "rounds": len(solved.per_round),
-                          "remeasured": probe.remeasured}}
+                          "remeasured": probe.remeasured,
+                          "solve": {"equations": fit.equations, "unknowns": fit.unknowns,
+                                    "clones": fit.clones, "residual_ms": fit.residual_ms,
+                                    "condition_number": _finite(fit.condition),
+                                    "standard_error_ms": _finite(solved.se[k]),
+                                    # None: the solve cannot pin it at all (stored unstable)
+                                    "relative_uncertainty": _finite(rel)}}}
         if reasons:
             cond["unstable"] = reasons
         out.append(Measurement(
@@ -286,9 +433,11 @@ def _measurements(spec: ModelSpec, phase: str, batch: int, length: int, path: st
             status="unstable" if reasons else "ok", method="cpu-wall",
             method_version=METHOD_VERSIONS["cpu-wall"],
             fingerprint=fp, software=sw, measured_at=now_iso(), conditions=cond,
-            note=(f"dispatch probe: tiny clones of {spec.name} ({', '.join(f for f, _ in PROBE_STRATEGIES)}), "
-                  f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind, "
-                  f"bounded by {overhead_bound(clones, k):.4g} ms a call")))
+            note=(f"dispatch probe: tiny clones of {spec.name} ({names}), "
+                  f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind "
+                  f"(not timed itself: {fit.equations} equations for {fit.unknowns} kinds, "
+                  f"residual {fit.residual_ms:.3g} ms, condition number {fit.condition:.3g}; "
+                  f"±{solved.se[k]:.3g} ms), bounded by {overhead_bound(clones, k):.4g} ms a call")))
     return out
 
 
@@ -297,6 +446,17 @@ def _unstable_reasons(k: str, probe: _ClonesTimed, solved: _Solved, contended: b
     spread, bounded = solved.spread, solved.bounded
     loaded_ms, kernels_ms = probe.loaded_ms, probe.kernels_ms
     reasons = []
+    fit, rel = solved.fit, solved.relative_se(k)
+    if fit.condition > PROBE_CONDITION_LIMIT:
+        reasons.append(f"the clones' overhead counts barely tell the kinds apart (condition "
+                       f"number {fit.condition:.3g}, above {PROBE_CONDITION_LIMIT:g})")
+    if not rel <= PROBE_SPREAD_LIMIT:
+        pinned = (f"±{solved.se[k]:.3g} ms a call on {solved.ms[k]:.3g} ms"
+                  if solved.se[k] != float("inf") else "not at all")
+        reasons.append(f"ill-conditioned: the solve pins it only to {pinned} (standard error "
+                       f"from a residual of {fit.residual_ms:.3g} ms over {fit.equations} "
+                       f"equations for {fit.unknowns} kinds, condition number "
+                       f"{fit.condition:.3g})")
     if spread[k] is not None and spread[k] > PROBE_SPREAD_LIMIT:
         reasons.append(f"its rounds disagree (IQR {spread[k]:.0%} of the median)")
     if k in bounded:

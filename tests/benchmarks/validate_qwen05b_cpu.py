@@ -298,9 +298,14 @@ def render_md(data: dict, rows, overheads) -> str:
         "Predictions include the eager framework overhead (Python module calls, dispatch, glue: "
         "op kind 'overhead', priced per forward, per attention/MLP block, per linear call and per "
         "routed sublayer from a probe of tiny clones of the model run first on this CPU; "
-        "'ovh ms' = its share of the dense/pruned prediction).  Probe results (ms per call):",
+        "'ovh ms' = its share of the dense/pruned prediction; timing source 'solved': solved "
+        "from the timed clones, not timed itself).  Probe results (ms per call ± the solve's "
+        "standard error, where the probe reports it):",
         "",
         *[f"- {path}: " + ", ".join(_probe_kind(pr, k, ms) for k, ms in pr["ms"].items())
+          + (f" — {pr['solve']['equations']} equations for {pr['solve']['unknowns']} kinds, "
+             f"condition number {pr['solve']['condition_number'] or float('inf'):.3g}"
+             if pr.get("solve") else "")
           + (" (taken while the machine was busy)" if pr.get("contended") else "")
           for path, pr in data.get("dispatch_probes", {}).items()],
         "",
@@ -348,7 +353,10 @@ def render_md(data: dict, rows, overheads) -> str:
 
 def _probe_kind(pr: dict, kind: str, ms: float) -> str:
     sp = (pr.get("spread") or {}).get(kind)
-    return (f"{kind} {ms:.4f}" + (f" (spread {sp:.0%})" if sp is not None else "")
+    solve = pr.get("solve") or {}
+    se = (solve.get("standard_error_ms") or {}).get(kind, "none")
+    pinned = ("" if se == "none" else " ± not pinned" if se is None else f" ± {se:.4f}")
+    return (f"{kind} {ms:.4f}{pinned}" + (f" (spread {sp:.0%})" if sp is not None else "")
             + (" bounded" if kind in (pr.get("bounded") or {}) else ""))
 
 
