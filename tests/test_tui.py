@@ -328,6 +328,123 @@ def test_table_filter_sort_and_drill_down(tmp_path):
     run(go())
 
 
+def test_the_points_tables_loss_column_is_whole_in_view(tmp_path):
+    """Issue 31: the quality column was cut at the view's edge ("10.9%ᵇˢ" showed as "10.9%ᵇ")
+    at 120 columns beside the setup panel, and at 80.  It is its content's width and comes
+    right after the speedup: whole in view with the longest family name and every mark."""
+    from dataclasses import replace
+
+    from rich.cells import cell_len
+
+    def col_end(table, key):
+        x = 0
+        for col in table.ordered_columns:
+            x += col.get_render_width(table)
+            if col.key.value == key:
+                return x, col.get_render_width(table)
+        raise KeyError(key)
+
+    async def go(size):
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            pts = list(snap.result.points)
+            q = pts[3].quality
+            pts[3] = replace(pts[3], strategy="dynamic_sparse_attention",
+                             quality=replace(q, value=0.1094, extrapolated=True,
+                                             borrowed_from="llama-3.1-8b", secondary=True))
+            snap.result.points = pts
+            await pilot.press("3")
+            pv = app.query_one(PointsView)
+            pv.show(snap)
+            await pilot.pause(0.1)
+            table = app.query_one("#points-table", DataTable)
+            row = table.get_row(next(k for k, p in pv.points.items() if p is pts[3]))
+            cell = str(row[COLUMN_KEYS.index("loss")])
+            assert cell == "10.9%ᵉᵇˢ"
+            end, width = col_end(table, "loss")
+            assert width >= cell_len(cell) + 2  # its content's width (cell padding 1 a side)
+            assert width <= max(cell_len(cell), 4) + 2
+            assert end <= table.scrollable_content_region.width, (end, table.scrollable_content_region)
+            return app.query_one(SetupPanel).display
+    assert run(go(BIG)) is True  # beside the setup panel
+    assert run(go((80, 24))) is False
+
+
+def test_the_op_drill_down_fits_where_the_time_goes_at_120_columns(tmp_path):
+    """Issue 31: at 120 columns the op list cut its total ms, share and source columns.  They
+    come first now and fit, with the kind and the shape (a long one wraps); the line under the
+    table gives the highlighted op whole (the roofline's inputs past the view, the note)."""
+    from rich.cells import cell_len
+
+    from pis_tui.tui.backend import Backend
+
+    async def go():
+        app = PisApp(Backend(cache_path=str(tmp_path / "c.duckdb")), restore=False)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            attn = next(p for p in snap.result.points if p.strategy == "dynamic_sparse_attention"
+                        and p.phase == "prefill")
+            for p in (snap.recs["prefill"].best, attn):
+                app.push_screen(OpsScreen(snap, p))
+                await until(pilot, lambda: isinstance(app.screen, OpsScreen), what="ops screen")
+                await pilot.pause(0.1)
+                table = app.screen.query_one(DataTable)
+                x, ends = 0, {}
+                for col in table.ordered_columns:
+                    x += col.get_render_width(table)
+                    ends[str(col.label)] = x
+                view = table.scrollable_content_region.width
+                for name in ("op", "total ms", "share", "ms/call", "count", "kind", "shape", "source"):
+                    assert ends[name] <= view, (name, ends, view)
+                shapes = [str(table.get_row_at(i)[list(ends).index("shape")])
+                          for i in range(table.row_count)]
+                longest = max(shapes, key=cell_len)
+                assert cell_len(longest) > 21 and "B=1 H=32/8 q=1024 kv=1024 d=128" in longest
+                row = next(i for i, sh in enumerate(shapes) if sh == longest)
+                assert table.ordered_rows[row].height >= 2  # wrapped, not cut
+                detail = str(app.screen.query_one("#ops-detail", Static).render())
+                assert " GFLOP · " in detail and " MB · " in detail
+                table.move_cursor(row=next(i for i in range(table.row_count) if str(
+                    table.get_row_at(i)[list(ends).index("source")]).endswith("*")))
+                await pilot.pause(0.05)
+                assert "(CUDA-graph timing: no host overhead)" in str(
+                    app.screen.query_one("#ops-detail", Static).render())
+                await pilot.press("escape")
+                await until(pilot, lambda: not isinstance(app.screen, OpsScreen))
+    run(go())
+
+
+def test_the_points_table_opens_at_the_top_and_home_end_go_to_the_ends(tmp_path):
+    """Issue 31: the table opened scrolled to the recommended row under "sorted by speedup ↓"
+    (the faster rows above it out of view), and Home did not go to the top."""
+    async def go(size):
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            await pilot.press("3")
+            await pilot.pause(0.1)
+            table = app.query_one("#points-table", DataTable)
+            pv = app.query_one(PointsView)
+            assert table.cursor_row == 0 and table.scroll_y == 0
+            assert pv.current() is pv.shown[0] and pv.shown[0].speedup == max(p.speedup for p in pv.shown)
+            await pilot.press("end")
+            await pilot.pause(0.1)
+            assert table.cursor_row == table.row_count - 1 and table.scroll_y > 0
+            assert pv.current() is pv.shown[-1]
+            await pilot.press("home")
+            await pilot.pause(0.1)
+            assert table.cursor_row == 0 and table.scroll_y == 0
+            app.request_sweep("measure")  # a re-sweep keeps the row, still at the top
+            await until(pilot, lambda: not app._sweeping)
+            await pilot.pause(0.1)
+            assert table.cursor_row == 0 and table.scroll_y == 0
+    run(go(BIG))
+    run(go((80, 24)))
+
+
 def test_command_palette_runs_export(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -449,6 +566,29 @@ def test_measure_streams_progress_and_updates_views(tmp_path):
     run(go())
 
 
+def test_the_measuring_bar_counts_remeasures_on_their_own(tmp_path):
+    """Issue 31: re-measures at the end of a run showed "6/6 ops · ETA 0s"; they have their
+    own count and ETA (the NDJSON's "remeasure")."""
+    async def go():
+        app, be = make_app(tmp_path, mode="remeasure", n_ops=6, delay=0.02)
+        async with app.run_test(size=BIG) as pilot:
+            await start_measuring(app, pilot)
+            panel = app.query_one(ProfilePanel)
+            label = panel.query_one("#profile-current", Static)
+            seen = []
+            while panel.state == "running":
+                seen.append(str(label.render()))
+                await pilot.pause(0.02)
+            re = [t for t in seen if "re-measuring" in t]
+            assert re, seen
+            assert re[-1].startswith("re-measuring 2/3 unstable ops · ETA 10s · gemm op2 · ")
+            assert not any("ETA 0s" in t for t in re)
+            bar = panel.query_one("#profile-bar")
+            panel.progress(next(e for e in app.profile_events if e.get("remeasure")))
+            assert bar.total == 3 and str(label.render()).startswith("re-measuring 0/3 ")
+    run(go())
+
+
 def test_heap_is_frozen_while_running_and_handed_back_at_exit(tmp_path):
     """A full garbage collection of the app's heap stalled frames by ~100 ms while measuring:
     the long-lived heap is frozen once the screen is up and again when measuring starts."""
@@ -543,6 +683,115 @@ def test_usable_at_80x24(tmp_path):
             assert app.query_one("#setup").display
             assert app.focused is app.query_one("#model", Select)
     run(go())
+
+
+def test_escape_leaves_a_text_field_so_q_quits(tmp_path):
+    """Issue 31: escape did not leave the model path field (or the plan's), so the next `q`
+    was typed into it."""
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            path = app.query_one("#model-path", Input)
+            path.focus()
+            await pilot.press("a", "escape")
+            assert app.focused is None and path.value == "a"
+            await pilot.press("q")  # a command again, not a letter
+            await pilot.pause(0.1)
+            assert path.value == "a" and app.return_code == 0
+    run(go())
+
+    async def plan():  # the plan's inputs; on the Points tab the table takes the keys back
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await pilot.press("4")
+            prompt = app.query_one("#plan-prompt", Input)
+            prompt.focus()
+            await pilot.press("escape")
+            assert app.focused is None
+            await pilot.press("3")
+            app.query_one("#decode-batch", Input).focus()
+            await pilot.press("escape")
+            assert app.focused is app.query_one("#points-table", DataTable)
+            await pilot.press("q")
+            await pilot.pause(0.1)
+            assert app.return_code == 0
+    run(plan())
+
+
+def test_the_setup_panel_on_a_narrow_terminal_leaves_the_charts_their_room(tmp_path):
+    """Issue 31: at 80×24 the setup panel (s) took half the width, leaving 20-column charts and
+    a one-row Beyond FLOPs plot.  There it is drawn over the charts, which keep their size; it
+    follows the width on a resize until the user shows or hides it."""
+    from textual.widgets import Tabs
+
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await started(app, pilot)
+            setup = app.query_one(SetupPanel)
+            charts = {w: app.query_one(f"#{w}").region for w in ("pareto-prefill", "pareto-decode")}
+            await pilot.press("2")
+            await pilot.pause(0.1)
+            charts["flops-decode"] = app.query_one("#flops-decode").region
+            await pilot.press("s")
+            await pilot.pause(0.1)
+            assert setup.display and setup.has_class("-drawer")
+            assert app.focused is app.query_one("#model", Select)
+            assert app.query_one("#flops-decode").region == charts["flops-decode"]
+            assert app.query_one("#flops-decode").region.width >= 38
+            assert app.query_one("#flops-decode").size.height >= 6  # not squeezed to one row
+            assert app.query_one(Tabs).region.y < setup.region.y  # the tabs stay in view
+            await pilot.press("1")
+            await pilot.pause(0.1)
+            for w in ("pareto-prefill", "pareto-decode"):
+                assert app.query_one(f"#{w}").region == charts[w]
+            await pilot.resize_terminal(120, 36)  # shown by the user: stays, beside the charts
+            await pilot.pause(0.2)
+            assert setup.display and not setup.has_class("-drawer")
+            assert app.query_one("#content").region.x >= setup.region.right
+    run(go())
+
+    async def resize():  # not touched by the user: follows the width
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            setup = app.query_one(SetupPanel)
+            assert setup.display
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause(0.2)
+            assert not setup.display
+            assert app.query_one("#pareto-decode", ParetoChart).size.width >= 30
+            await pilot.resize_terminal(120, 36)
+            await pilot.pause(0.2)
+            assert setup.display and not setup.has_class("-drawer")
+    run(resize())
+
+
+def test_the_beyond_flops_caption_fits_its_border(tmp_path):
+    """Issue 31: "speedup vs achieved sparsity · letters real, dots FLOPs" was cut ("… · lett…")
+    on 40-column charts: the longest wording that fits is shown, whole."""
+    from pis_tui.tui.flops_chart import FlopsChart
+
+    async def go(size, keys=()):
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            await pilot.press("2", *keys)
+            await pilot.pause(0.2)
+            subs = []
+            for ph in ("prefill", "decode"):
+                chart = app.query_one(f"#flops-{ph}", FlopsChart)
+                room = chart.outer_size.width - 6
+                assert len(chart.border_subtitle) <= room, chart.border_subtitle
+                assert "…" not in chart.border_subtitle and len(chart.border_title) <= room
+                assert "letters real" in chart.border_subtitle and "dots FLOPs" in chart.border_subtitle
+                subs.append(chart.border_subtitle)
+            return subs
+    assert run(go(BIG)) == ["letters real, dots FLOPs-predicted"] * 2  # beside the setup panel
+    assert run(go((80, 24))) == ["letters real, dots FLOPs-predicted"] * 2
+    assert run(go(BIG, ("s",)))[0].startswith("speedup vs ")  # the setup hidden: room for more
 
 
 def test_nice_ticks_and_model_resolution(tmp_path):
@@ -781,9 +1030,59 @@ def test_a_long_family_name_keeps_the_recommendation_on_one_line(tmp_path):
     assert narrow[1].startswith("  2nd dyn-depth 37.5% ") and narrow[2].startswith("  13.7 s ")
     assert len(narrow) == 3 and all(len(ln) <= 36 for ln in narrow), narrow
     assert narrow[2] == "  13.7 s roofline ⚠ extrapolated"
-    # a taller panel keeps the rest whole and lets it wrap
+    # a taller panel keeps the rest whole: the runner-up broken before its name, not wrapped
     tall = recommendation_text(snap, "prefill", width=36, height=6).plain
-    assert " at " in tall.splitlines()[1] and "⚠ quality extrapolated" in tall
+    assert tall.splitlines()[1:3] == ["  2nd (+0.05×)", "  dynamic_depth 37.5% 1.25× at 10.0%"]
+    assert "⚠ quality extrapolated" in tall
+
+
+def test_a_combinations_recommendation_keeps_its_loss_with_its_speedup(tmp_path):
+    """Issue 31: a combination's line wrapped, its loss alone on the next line, at 120 columns
+    (beside the setup panel) and at 80: it breaks before the name (the runner-up) or before
+    the figures (a best too long even short), never inside the figures."""
+    from dataclasses import replace
+
+    from pis_tui.tui.recommendation_panel import recommendation_text
+
+    snap = FakeBackend(tmp_path / "measured.txt").compute(Choices())
+    rec = snap.recs["prefill"]
+    combo = next(p for p in snap.result.points if p.parts and p.phase == "prefill")
+
+    def as_combo(p, name, parts, speedup, loss):
+        return replace(combo, strategy=name, parts=parts, part_achieved=tuple(s for _, s in parts),
+                       speedup=speedup, quality=replace(combo.quality, value=loss))
+    ru = as_combo(combo, "static_depth+static_width", (("static_depth", 0.125), ("static_width", 0.115)),
+                  1.14, 0.085)
+    best = as_combo(combo, "dynamic_depth+static_width", (("dynamic_depth", 0.25), ("static_width", 0.125)),
+                    1.14, 0.101)
+    for width in (36, 38):  # the panels' text at 80×24 and at 120×36 beside the setup panel
+        for height in (3, 5):
+            snap.recs = {"prefill": replace(rec, runner_up=ru, margin=0.09)}
+            lines = recommendation_text(snap, "prefill", width=width, height=height).plain.splitlines()
+            assert all(len(ln) <= width for ln in lines), lines
+            two = lines[1:3]
+            assert two == ["  2nd (+0.09×)", "  depth+width 12.5+11.5% 1.14× at 8.5%"] or \
+                two == ["  2nd (+0.09×)", "  depth+width 12.5+11.5% 1.14× 8.5%"], lines
+            snap.recs = {"prefill": replace(rec, best=best, runner_up=None, margin=None)}
+            lines = recommendation_text(snap, "prefill", width=width, height=height).plain.splitlines()
+            assert lines[:2] == ["▶ dyn-depth+width 25.0+12.5%", "  1.14× loss 10.1%"], lines
+
+    async def go(size):  # on screen: the runner-up's line in the panel
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            snap.recs["decode"] = replace(snap.recs["decode"], runner_up=replace(
+                ru, phase="decode"), margin=0.13)
+            panel = app.query_one("#rec-decode", RecommendationPanel)
+            panel.show(snap)
+            lines = panel.plain.splitlines()
+            assert all(len(ln) <= panel.size.width for ln in lines), lines
+            i = next(i for i, ln in enumerate(lines) if ln.startswith("  2nd"))
+            assert lines[i] == "  2nd (+0.13×)" and lines[i + 1].startswith("  ")
+            assert lines[i + 1].rstrip().endswith("1.14× at 8.5%") or lines[i + 1].endswith("1.14× 8.5%")
+    run(go(BIG))
+    run(go((80, 24)))
 
 
 def test_quality_method_combinations_and_extrapolated_choices(tmp_path):

@@ -38,12 +38,32 @@ def test_main_screen_80x24(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready())
 
 
+def test_beyond_flops_120x36(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("2"))
+
+
+def test_beyond_flops_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("2"))
+
+
 def test_points_table(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("3", "f", "f"))
 
 
+def test_points_table_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("3"))
+
+
 def test_op_drill_down(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(100, 30), run_before=ready("3", "d"))
+
+
+def test_op_drill_down_120x36(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("3", "d"))
+
+
+def test_op_drill_down_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("3", "d"))
 
 
 def test_plan_view_120x36(snap_compare, tmp_path):
@@ -52,3 +72,8 @@ def test_plan_view_120x36(snap_compare, tmp_path):
 
 def test_plan_view_80x24(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("4", plan=True))
+
+
+def test_setup_over_the_charts_80x24(snap_compare, tmp_path):
+    """A narrow terminal: the setup panel (s) is drawn over the charts, which keep their size."""
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("2", "s"))

@@ -18,14 +18,15 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 ## Keys
 | key | does |
 |---|---|
-| `s` | show / hide the setup panel (model, GPU, budget, scenario and TP: 1, 2, 4 or 8 GPUs, quality, dtype, kernels: eager or fused engine) |
-| `tab` / `shift+tab` | move between fields; `enter` opens a list or applies a typed value |
+| `s` | show / hide the setup panel (model, GPU, budget, scenario and TP: 1, 2, 4 or 8 GPUs, quality, dtype, kernels: eager or fused engine; under 110 columns drawn over the charts) |
+| `tab` / `shift+tab` | move between fields; `enter` opens a list or applies a typed value; `esc` leaves the field (keys are commands again) |
 | `+` / `-` | quality budget up / down by 1 % (`]` / `[` too) |
 | `1` `2` `3` | Pareto charts · Beyond FLOPs · all points table |
 | `4` | Plan: one pruned model for a workload across both phases (prompt, answer, requests at once, targets) |
 | `d` / `enter` | op list of the highlighted point (what the family did to M, N, K; where the time goes) |
 | `f` | filter by family (cycles) · `p` filter by phase |
 | `o` / `O` | sort the table by the next column / reverse |
+| `home` / `end` | the table's first / last row (it opens at the top: the fastest point) |
 | `m` | measure on the local device (a background process; charts update as timings arrive) |
 | `x` | cancel measuring (what was measured stays in the cache) |
 | `e` / `E` | export JSON (pis-tui/1 schema) / the points as CSV |

@@ -8,6 +8,7 @@ from typing import Optional
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
@@ -20,13 +21,16 @@ from .fmt import (family_names, family_style, loss_text, pct, quality_flags, qua
                   rgb, short_name, sparsity_cell, speed)
 
 #: (key, header, sort key of a Point)
-COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still shows it
+COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still shows it whole
     ("phase", "phase", lambda p: p.phase),
     ("strategy", "strategy", lambda p: p.strategy),
     ("sparsity", "sparsity", lambda p: (p.sparsity, tuple(getattr(p, "parts", ())))),
     ("speedup", "speedup", lambda p: p.speedup),
+    # the quality loss with its marks ("10.9%ᵉᵇˢ"): a header no wider than its cells, so the
+    # column is its content's width, and before the interval, so it ends inside the view of a
+    # 120-column terminal beside the setup panel and of an 80-column one
+    ("loss", "loss", lambda p: (p.quality.value is None, p.quality.value or 0.0)),
     ("interval", "interval", None),  # read beside the speedup, not a sort key
-    ("loss", "quality loss", lambda p: (p.quality.value is None, p.quality.value or 0.0)),
     ("flops", "FLOPs ×", lambda p: p.flops_speedup),
     ("gap", "gap", lambda p: p.gap),
     ("latency", "latency ms", lambda p: p.latency_ms),
@@ -36,6 +40,14 @@ COLUMNS = (  # what decides first (speedup, loss), so a narrow screen still show
 )
 COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
 SORT_KEYS = tuple(c[0] for c in COLUMNS if c[2] is not None)
+
+
+class RowTable(DataTable):
+    """A table of rows: Home and End go to the first and the last row (a DataTable's move to
+    the leftmost and rightmost column, which a row cursor does not have)."""
+
+    BINDINGS = [Binding("home", "scroll_top", "first row", show=False),
+                Binding("end", "scroll_bottom", "last row", show=False)]
 
 
 def row_key(p) -> str:
@@ -61,7 +73,7 @@ class PointsView(Vertical):
         self.shown: list = []
 
     def compose(self) -> ComposeResult:
-        t = DataTable(id="points-table", cursor_type="row", zebra_stripes=True)
+        t = RowTable(id="points-table", cursor_type="row", zebra_stripes=True)
         for key, header, _ in COLUMNS:
             t.add_column(header, key=key)
         yield t
@@ -128,11 +140,6 @@ class PointsView(Vertical):
             t.move_cursor(row=t.get_row_index(key))
         except Exception:  # noqa: BLE001 - row filtered out
             pass
-
-    def select_point(self, p) -> None:
-        if p is not None:
-            self.select_key(row_key(p))
-            self._detail()
 
     def current(self):
         t = self.table
