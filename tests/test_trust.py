@@ -126,6 +126,34 @@ def test_run_profile_remeasures_unstable_ops_once_then_stores_them_unstable(tmp_
     assert calls[224] > before and calls[56] == small
 
 
+def test_remeasure_all_never_replaces_a_stable_figure_with_a_worse_one(tmp_path, monkeypatch):
+    """`profile --remeasure all` on a busy machine: an op whose new rounds never settle keeps
+    its stable cached figure (it replaced 31 stable measurements with unstable ones)."""
+    from pis_tui import timing
+
+    monkeypatch.setattr(timing, "contention_probe", lambda c: {"contended": False, "ratio": 1.0})
+    cache = Cache.open(str(tmp_path / "c.duckdb"))
+    monkeypatch.setattr(timing, "measure_op", lambda op, ctx, repeats=None, **kw: meas(op, 1.0))
+    profiling.run_profile([K_BIG, K_SMALL], fake_ctx(), cache, calibrate=False)
+    first = {m.op["n"]: m for m in cache.get_measurements(FP, software=SW)}
+    assert first[224].status == "ok" and first[56].status == "ok"
+    calls = {}
+
+    def busy(op, ctx, repeats=None, **kw):  # K_BIG never settles now; K_SMALL settles at 0.9
+        calls[op.n] = calls.get(op.n, 0) + 1
+        if op.n == 224:
+            return meas(op, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0][(calls[op.n] - 1) % 6])
+        return meas(op, 0.9)
+    monkeypatch.setattr(timing, "measure_op", busy)
+    rep = profiling.run_profile([K_BIG, K_SMALL], fake_ctx(), cache, calibrate=False,
+                                remeasure="all")
+    after = {m.op["n"]: m for m in cache.get_measurements(FP, software=SW)}
+    assert calls[224] >= 6  # it was measured again ...
+    assert after[224].status == "ok" and after[224].ms == first[224].ms  # ... and kept
+    assert after[56].status == "ok" and after[56].ms == pytest.approx(0.9)  # a good one replaces
+    assert rep.kept_stable == 1 and rep.to_dict()["kept_stable"] == 1
+
+
 # ------------------------------------------------------------------------------ consistency
 
 

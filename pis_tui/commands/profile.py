@@ -452,6 +452,9 @@ def _print_summary(report, sources, cal, cache, device, scenario, coll=None) -> 
                      if report.inconsistent else "")
                   + (": priced no better than interpolated; 'pis-tui profile --remeasure unstable' "
                      "when the machine is quiet" if report.unstable else ""))
+    if report.kept_stable:
+        con.print(f"{report.kept_stable} re-measured op(s) came out worse than their stable cached "
+                  "figure (unstable or failed, a busy machine): the stable figure was kept")
     from ..pricing.sources import TIMING_SOURCES
 
     parts = [f"{sources.get(k, 0)} {k}" for k in TIMING_SOURCES

@@ -67,6 +67,10 @@ class ProfileReport:
     remeasured: int = 0  # ops measured again (unstable, or slower than one doing more work)
     unstable: int = 0  # new measurements stored unstable
     inconsistent: int = 0  # of those: still slower than a kernel doing more work
+    #: ``--remeasure all``: ops whose new figure came out worse (unstable, failed) than the
+    #: stable one cached, which was kept (a re-measurement never replaces a stable figure with a
+    #: worse one)
+    kept_stable: int = 0
 
     def to_dict(self) -> dict:
         return {"measured": self.measured, "reused": self.reused, "failed": self.failed,
@@ -74,6 +78,7 @@ class ProfileReport:
                 "elapsed_s": round(self.elapsed_s, 3), "calibrated": self.calibrated,
                 "contention": self.contention, "remeasured": self.remeasured,
                 "unstable": self.unstable, "inconsistent": self.inconsistent,
+                "kept_stable": self.kept_stable,
                 "failures": [{"key": k, "status": s, "note": n} for k, s, n in self.failures]}
 
 
@@ -142,6 +147,9 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     fp = device_ctx.fingerprint if device_ctx is not None else local_device().fingerprint
     report = ProfileReport(total=len(ops))
     have = _cached_final(cache, fp, remeasure)
+    # what a re-measurement may not make worse: the stable figures cached (--remeasure all)
+    stable = ({m.key: m for m in cache.get_measurements(fp) if m.status == "ok"}
+              if remeasure == "all" and cache is not None else {})
     todo = [o for o in ops if o.key() not in have]
     report.reused = len(ops) - len(todo)
     need_cal = _dtypes_to_calibrate(ops, cache, fp, calibrate, recalibrate)
@@ -157,6 +165,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     run = _ProfileRun(device_ctx, cache, report, progress, roof, cancel=cancel, repeats=repeats,
                       labels=labels, on_measurement=on_measurement, on_warning=on_warning,
                       flush_s=flush_s)
+    run.stable = stable
     try:
         run.calibrate(need_cal, fp)
         run.measure_todo(todo, guesses, chunk_s)
@@ -168,6 +177,11 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     report.elapsed_s = time.monotonic() - t0
     progress("")
     return report
+
+
+def _status_rank(status: str) -> int:
+    """How good a measurement's status is: ok, then unstable, then anything else (failed)."""
+    return {"ok": 0, "unstable": 1}.get(status, 2)
 
 
 def _distinct_measurable(ops: Iterable[Op]) -> list:
@@ -343,6 +357,7 @@ class _ProfileRun:
                               flush_s)
         self.rounds = 1 if self.ctx.is_cuda else CPU_ROUNDS
         self.fresh: dict = {}  # key -> the newest measurement of this run
+        self.stable: dict = {}  # key -> a stable cached figure a worse one may not replace
 
     def _open_device(self, device_ctx):
         from .. import timing
@@ -373,9 +388,17 @@ class _ProfileRun:
             self.on_measurement(m)
 
     def store(self, m: Measurement) -> None:
-        """Write ``m`` (buffered) and keep it as this run's newest for its key."""
+        """Write ``m`` (buffered) and keep it as this run's newest for its key; a figure worse
+        than the stable one cached for its key (``--remeasure all`` on a busy machine) is
+        dropped and the stable one kept."""
         report = self.report
-        self.writer.add(m)
+        old = self.stable.get(m.key)
+        if old is not None and _status_rank(m.status) > _status_rank(old.status):
+            if m.key not in self.fresh:
+                report.kept_stable += 1
+            m = old  # the run goes on with the stable figure; nothing is written over it
+        else:
+            self.writer.add(m)
         if m.key not in self.fresh:
             report.measurements.append(m)
         else:
