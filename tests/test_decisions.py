@@ -182,3 +182,29 @@ def test_the_rule_s_picks_against_the_study_per_engine(engine, picks):
     pts = {(p.strategy, p.sparsity): p for p in r.points}
     dd = r.pair(pts[("dynamic_depth", 0.5)], pts[("dynamic_depth", 0.375)])
     assert dd.verdict == "a" and dd.lo > 1.0
+
+
+def test_flagged_points_are_shown_apart_off_the_axis_scale():
+    """A point flagged above its ceiling (3.5× measured on a busy machine) is marked and does
+    not stretch the speedup axis the trustworthy points are read on."""
+    from dataclasses import replace
+    from types import SimpleNamespace as NS
+
+    from pis_tui.decide.sweep import sweep
+    from pis_tui.quality.model import build_quality_model
+    from pis_tui.tui.pareto_chart import ParetoChart
+
+    r = sweep("llama-3.1-8b", "h200-sxm", quality=build_quality_model(),
+              strategies=["static_depth", "static_width"], phases=("prefill",))
+    pts = list(r.points)
+    i = next(k for k, p in enumerate(pts) if p.strategy == "static_width" and p.sparsity == 0.25)
+    pts[i] = replace(pts[i], speedup=3.5, speedup_lo=3.4, speedup_hi=3.6, flags=("above_ceiling",))
+    res = NS(phase_points=lambda ph: [p for p in pts if p.phase == ph], scenario=r.scenario)
+    rec = recommend(pts, 0.10, "prefill")
+    assert rec.best.flags == ()  # skipped by the rule too
+    chart = ParetoChart("prefill")
+    chart.show(NS(result=res, recs={"prefill": rec}, choices=NS(active_budget=0.10),
+                  metric="accuracy_drop"))
+    top = max(p.speedup for p in pts if not p.flags)
+    assert chart.y_range[1] < top * 1.2 < 3.5
+    assert "1 flagged point(s) marked !" in chart.summary

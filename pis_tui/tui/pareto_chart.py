@@ -13,11 +13,13 @@ from typing import Optional
 from textual_plotext import PlotextPlot
 
 from ..display import oracle_strategies
+from ..pricing.uncertainty import BLOCKING_FLAGS
 from .fmt import family_names, family_style, fit, latency, short_label
 
 FRONTIER_COLOR = (150, 150, 150)
 BUDGET_COLOR = (230, 80, 80)
 BEST_COLOR = (255, 255, 255)
+FLAGGED_COLOR = (230, 190, 60)  # flagged points: shown apart, off the axis scale
 
 
 class ParetoChart(PlotextPlot):
@@ -76,19 +78,29 @@ class ParetoChart(PlotextPlot):
         # the dense baseline last, on top: a family with no gain at zero loss sits on it
         fams = sorted((f for f in family_names() if any(p.strategy == f for p in known)),
                       key=lambda f: f == "dense")
+        # flagged points (above their physical ceiling, measured under mixed conditions) are
+        # shown apart: marked "!", and the axis is scaled to the others (a 3.5× point measured on
+        # a busy machine would squeeze every trustworthy one into a line)
+        flagged_pts = [p for p in known if any(f in BLOCKING_FLAGS for f in p.flags)]
+        sound = [p for p in known if p not in flagged_pts]
         for fam in fams:
-            fp = sorted((p for p in known if p.strategy == fam), key=lambda p: p.sparsity)
+            fp = sorted((p for p in sound if p.strategy == fam), key=lambda p: p.sparsity)
             marker, color = family_style(fam)
             plt.scatter([100 * p.quality.value for p in fp], [p.speedup for p in fp],
                         marker=marker, color=color)
         best = rec.best if rec is not None else None
         if best is not None and best.quality.value is not None:
             plt.scatter([100 * best.quality.value], [best.speedup], marker="@", color=BEST_COLOR)
-        ys = [p.speedup for p in known] + [1.0]
+        ys = [p.speedup for p in sound] + [1.0]
         lo, hi = min(ys), max(ys)
         pad = max(0.02, (hi - lo) * 0.08)
+        if flagged_pts:  # at their speedup when it is on the scale, else pinned to its edge
+            plt.scatter([100 * p.quality.value for p in flagged_pts],
+                        [min(max(p.speedup, lo - pad), hi + pad) for p in flagged_pts],
+                        marker="!", color=FLAGGED_COLOR)
         plt.xlim(0, xmax)
         plt.ylim(lo - pad, hi + pad)
+        self.y_range = (lo - pad, hi + pad)  # the speedup axis as drawn (flagged points aside)
         style_axes(plt, xmax, lo - pad, hi + pad, self.size, "%")
         dense = f"dense {latency(pts[0].dense_latency_ms if pts else 0.0)}"
         scen = result.scenario
@@ -101,6 +113,10 @@ class ParetoChart(PlotextPlot):
                     f"{unknown} without a quality figure: table (3)",
                     f"{unknown} without quality figure: table (3)",
                     f"{unknown} without quality: table (3)", f"{unknown} without quality (3)"]
+        if flagged_pts:
+            n = len(flagged_pts)
+            subs = [f"{subs[0]} · ! {n} flagged, off the scale: see the table (3)",
+                    f"{subs[0]} · ! {n} flagged"] + subs
         oracles = oracle_strategies(known)  # their quality is an upper bound: say so
         if oracles:
             subs = [f"{subs[0]} · ᵒ oracle quality (upper bound): {', '.join(oracles)}",
@@ -114,6 +130,9 @@ class ParetoChart(PlotextPlot):
                         f"the frontier, best {best.strategy if best else 'none'}")
         if oracles:
             self.summary += f"; ᵒ oracle quality, an upper bound: {', '.join(oracles)}"
+        if flagged_pts:
+            self.summary += (f"; {len(flagged_pts)} flagged point(s) marked ! and left out of the "
+                             "axis scale")
         if unknown:
             fams = ", ".join(dict.fromkeys(p.strategy for p in pts if p.quality.value is None))
             self.summary += (f"; {unknown} point{'s' if unknown != 1 else ''} without a quality "
