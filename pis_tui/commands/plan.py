@@ -166,7 +166,7 @@ def _kib(b: int) -> str:
     return f"{b / 1024:.0f} KiB"
 
 
-def pick_lines(result, c, objective: str, label: str) -> list[str]:
+def pick_lines(result, c, objective: str, label: str, rec=None) -> list[str]:
     """The per-phase figures of a picked candidate against dense, one line each: at the
     workload's concurrency, at the largest good batch, and its memory."""
     from ..display import latency as ms, speed
@@ -178,6 +178,10 @@ def pick_lines(result, c, objective: str, label: str) -> list[str]:
     head = f"{label} {candidate_name(c)}"
     if g is not None:
         head += f" · {speed(g)} {'end to end' if objective == 'latency' else 'throughput'}"
+        pt = getattr(rec, "points", {}).get(c.key) if rec is not None else None
+        if pt is not None and pt.speedup_lo is not None and c.strategy != "dense":
+            lo, hi = pt.interval
+            head += f" ({lo:.2f}–{hi:.2f}{', cut at its ceiling' if pt.interval_cut else ''})"
     conc = "/".join(str(k.cls.concurrency) for k in c.classes)
     out = [head,
            f"  at {conc} at once: prefill TTFT {ms(c.ttft_ms)} (dense {ms(d.ttft_ms)}, "
@@ -236,7 +240,7 @@ def print_plan(con, result, rec) -> None:
         con.print(f"  quality method: {rec.best.quality.method}", markup=False)
     for c, label in ((rec.best, "recommended"), (rec.runner_up, "runner-up")):
         if c is not None:
-            for line in pick_lines(result, c, rec.objective, label):
+            for line in pick_lines(result, c, rec.objective, label, rec):
                 con.print(line, markup=False)
             if c.quality.citations and label == "recommended":
                 con.print("  quality source: " + "; ".join(c.quality.citations[:2]), markup=False,
