@@ -331,3 +331,61 @@ def test_a_busy_cpu_is_reported(tmp_path, ctx, monkeypatch):
     cache = Cache.open(str(tmp_path / "c.duckdb"))
     rep = profiling.run_profile(small_ops()[:1], None, cache, calibrate=False, on_warning=warnings.append)
     assert rep.contention == fake and len(warnings) == 1 and "15.00 ms on 2 threads" in warnings[0]
+
+
+def test_remeasures_have_their_own_count_and_eta(tmp_path, monkeypatch, capsys):
+    """Issue 31: while unstable ops were re-measured at the end of a run the bar sat at its end
+    (274/274) with "ETA 0s" for minutes (their extra rounds counted as done).  A re-measure
+    pass has its own count (re-measuring 1/3) and its own ETA, from its own calls' time."""
+    import dataclasses
+    import time
+    import types
+
+    from pis_tui import timing
+    from pis_tui.commands.profile import _Jsonl
+    from pis_tui.pricing.measured_table import METHOD_VERSIONS, Measurement
+
+    fp = "cpu:fake:2t"
+    ctx = types.SimpleNamespace(is_cuda=False, fingerprint=fp, software={"torch": "x"},
+                                device_info=lambda: {"fingerprint": fp}, threads=2)
+    monkeypatch.setattr(timing, "contention_probe", lambda c: {"contended": False, "ratio": 1.0})
+    calls = {}
+
+    def noisy(op, c, repeats=None, **kw):  # n=32: steady; the others' rounds never agree
+        time.sleep(0.01)
+        calls[op.key()] = calls.get(op.key(), 0) + 1
+        ms = 1.0 if op.n == 32 else float(calls[op.key()] % 6 + 1)
+        return Measurement(key=op.key(), op=dataclasses.asdict(op), ms=ms, eager_ms=ms, spread=0.0,
+                           repeats=3, method="cpu-wall", method_version=METHOD_VERSIONS["cpu-wall"],
+                           fingerprint=fp, software={"torch": "x", "cuda": "", "cusparselt": ""})
+    monkeypatch.setattr(timing, "measure_op", noisy)
+    ops = [Gemm("s", 8, 32, 32, dtype="fp32")] + [Gemm(f"g{n}", 8, n, 64, dtype="fp32")
+                                                   for n in (48, 80, 112)]
+    legacy, statuses = [], []
+    rep = profiling.run_profile(ops, ctx, None, calibrate=False, on_status=statuses.append,
+                                on_progress=lambda *a: legacy.append((time.monotonic(), *a)))
+    end = time.monotonic()
+    assert rep.remeasured == 3 and rep.unstable == 3 and all(len(e) == 6 for e in legacy)
+    re = [s.remeasure for s in statuses if s.remeasure is not None]
+    assert len(re) == 3 * 6  # the pass: 3 ops, 6 rounds each (their rounds never agree)
+    assert {(r.total, r.what) for r in re} == {(3, "unstable ops")}
+    dones = [r.done for r in re]
+    assert dones == sorted(dones) and dones[0] == 0 and 0 < dones[-1] < 3
+    assert {r.current for r in re} == {f"GEMM 8×{n}×64 fp32" for n in (48, 80, 112)}
+    # the pass's ETA is its own, never 0 while it runs (the old one read 0 s in the extra
+    # rounds); the run's ETA (the legacy callback's too) is the pass's meanwhile
+    ev = [e for e in legacy if e[3].startswith("re-measuring ")]
+    assert len(ev) == len(re) and ev[0][3].startswith("re-measuring 0/3 unstable ops: ")
+    assert all(e[5] is not None and e[5] > 0 for e in ev), [e[5] for e in ev]
+    for t, *_, eta in ev[3:]:  # once its first calls are timed: near the time left
+        assert eta >= 0.5 * (end - t) - 0.02, (eta, end - t)
+    assert [s.eta_s for s in statuses if s.remeasure] == [r.eta_s for r in re]
+    # the NDJSON progress event: the keys it had, and the pass in a key of its own
+    _Jsonl().status(next(s for s in statuses if s.remeasure and s.remeasure.done == 1))
+    out = json.loads(capsys.readouterr().out)
+    assert {"event", "done", "total", "current", "elapsed_s", "eta_s"} <= set(out)
+    assert out["remeasure"]["done"] == 1 and out["remeasure"]["total"] == 3
+    assert out["remeasure"]["what"] == "unstable ops" and out["remeasure"]["eta_s"] > 0
+    assert out["current"].startswith("re-measuring 1/3 unstable ops: ")
+    _Jsonl().status(statuses[0])
+    assert "remeasure" not in json.loads(capsys.readouterr().out)

@@ -449,6 +449,34 @@ def test_measure_streams_progress_and_updates_views(tmp_path):
     run(go())
 
 
+def test_the_measuring_bar_counts_remeasures_on_their_own(tmp_path):
+    """Issue 31: re-measures at the end of a run showed "6/6 ops · ETA 0s"; they have their
+    own count and ETA (the NDJSON's "remeasure")."""
+    async def go():
+        app, be = make_app(tmp_path, mode="remeasure", n_ops=6, delay=0.02)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            panel = app.query_one(ProfilePanel)
+            label = panel.query_one("#profile-current", Static)
+            seen, shown = [], panel.progress
+
+            def progress(ev):  # every line the bar shows
+                shown(ev)
+                seen.append(str(label.render()))
+            panel.progress = progress
+            app.set_choice("gpu", "local")
+            await pilot.press("m")
+            await until(pilot, lambda: panel.state == "done", timeout=30, what="done")
+            re = [t for t in seen if "re-measuring" in t]
+            assert re, seen
+            assert re[-1].startswith("re-measuring 2/3 unstable ops · ETA 10s · gemm op2 · ")
+            assert not any("ETA 0s" in t for t in re)
+            bar = panel.query_one("#profile-bar")
+            panel.progress(next(e for e in app.profile_events if e.get("remeasure")))
+            assert bar.total == 3 and str(label.render()).startswith("re-measuring 0/3 ")
+    run(go())
+
+
 def test_heap_is_frozen_while_running_and_handed_back_at_exit(tmp_path):
     """A full garbage collection of the app's heap stalled frames by ~100 ms while measuring:
     the long-lived heap is frozen once the screen is up and again when measuring starts."""

@@ -167,7 +167,7 @@ def run(args) -> int:
                 disp.update(0, len(planned), f"device peaks ({dtype})", 0.0, None)
                 state["peaks"] = timing.measure_device_peaks(ctx, dtype)
             report = profiling.run_profile([p.op for p in planned if p.op.key() not in have], ctx,
-                                           None, on_progress=disp.update,
+                                           None, on_status=disp.status,
                                            cancel=cancel, repeats=args.repeats,
                                            on_measurement=on_measurement, calibrate=False,
                                            device=device, labels=labels,

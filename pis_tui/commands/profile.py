@@ -7,6 +7,8 @@ JSON object per line on stdout (the TUI's measuring subprocess reads them)::
 
     {"event": "plan", "total": 376, "cached": 0, "to_measure": 376, ...}
     {"event": "progress", "done": 3, "total": 376, "current": "GEMM ...", "elapsed_s": 1.2, "eta_s": 80.0}
+    {"event": "progress", "done": 378, "total": 388, ..., "eta_s": 40.0,   (re-measures: their own count)
+     "remeasure": {"done": 3, "total": 12, "what": "unstable ops", "current": "GEMM ...", "eta_s": 40.0}}
     {"event": "measurement", "key": "gemm:dense:fp32:...", "status": "ok", "ms": 1.23, ...}
     {"event": "done", "measured": 370, "reused": 0, "failed": 0, "cancelled": false,
      "remeasured": 4, "unstable": 1, "inconsistent": 0,
@@ -81,6 +83,20 @@ class _Plain:
         eta_s = f", ETA {_fmt_s(eta)}" if eta is not None else ""
         print(f"[{done}/{total}] {_fmt_s(elapsed)} elapsed{eta_s}  {label}", file=sys.stderr, flush=True)
 
+    def status(self, st) -> None:
+        """run_profile's on_status: re-measures with their own count and ETA."""
+        re = st.remeasure
+        if re is None:
+            self.update(st.done, st.total, st.current, st.elapsed_s, st.eta_s)
+            return
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        eta_s = f", ETA {_fmt_s(re.eta_s)}" if re.eta_s is not None else ""
+        print(f"[re-measuring {re.done}/{re.total} {re.what}] {_fmt_s(st.elapsed_s)} elapsed{eta_s}  "
+              f"{re.current}", file=sys.stderr, flush=True)
+
 
 class _Rich:
     def __init__(self):
@@ -89,7 +105,7 @@ class _Rich:
                                    TimeElapsedColumn)
 
         self.progress = Progress(
-            TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
             TextColumn("{task.fields[label]}", style="dim"),
             console=Console(stderr=True), transient=False)
@@ -102,11 +118,20 @@ class _Rich:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
-    def update(self, done, total, label, elapsed, eta):
+    def update(self, done, total, label, elapsed, eta, what: str = "measuring"):
         if self.task is None:
-            self.task = self.progress.add_task("measure", total=total, eta="…", label="")
-        self.progress.update(self.task, completed=done, total=total,
+            self.task = self.progress.add_task(what, total=total, eta="…", label="")
+        self.progress.update(self.task, description=what, completed=done, total=total,
                              eta=_fmt_s(eta) if eta is not None else "…", label=label[:60])
+
+    def status(self, st) -> None:
+        """run_profile's on_status: the bar counts a re-measure pass on its own (3/12), its ETA."""
+        re = st.remeasure
+        if re is None:
+            self.update(st.done, st.total, st.current, st.elapsed_s, st.eta_s)
+        else:
+            self.update(re.done, re.total, f"{re.what}: {re.current}", st.elapsed_s, re.eta_s,
+                        what="re-measuring")
 
 
 class _Jsonl:
@@ -119,9 +144,15 @@ class _Jsonl:
     def __exit__(self, *exc):
         return False
 
-    def update(self, done, total, label, elapsed, eta):
-        emit({"event": "progress", "done": done, "total": total, "current": label,
-              "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 1)})
+    def update(self, done, total, label, elapsed, eta, remeasure=None):
+        ev = {"event": "progress", "done": done, "total": total, "current": label,
+              "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 1)}
+        if remeasure is not None:  # a re-measure pass: its own count and ETA
+            ev["remeasure"] = remeasure.to_dict()
+        emit(ev)
+
+    def status(self, st) -> None:
+        self.update(st.done, st.total, st.current, st.elapsed_s, st.eta_s, st.remeasure)
 
 
 def emit(obj: dict) -> None:
@@ -241,7 +272,7 @@ def _run(args) -> int:
     if args.tp > 1:  # the collectives first: a group that cannot start says so at once
         coll = _measure_collectives(args, sweep, scenario, device, cache, jsonl, say)
     with cancel_on_signals(cancel, say), progress_display(jsonl) as disp:
-        report = profiling.run_profile([p.op for p in planned], None, cache, on_progress=disp.update,
+        report = profiling.run_profile([p.op for p in planned], None, cache, on_status=disp.status,
                                        cancel=cancel, repeats=args.repeats,
                                        on_measurement=_measurement_emitter(jsonl), device=device,
                                        labels=labels, recalibrate=args.recalibrate,

@@ -29,11 +29,11 @@ from .worklist import (M_GRID, WorkItem, WorklistOptions, label_of, worklist, co
 from .rounds import (CPU_MAX_ROUNDS, CPU_ROUNDS, MONOTONE_PASSES, MONOTONE_TOL, ROUND_TOL,
                      combine_rounds, measure_rounds, monotone_violations)
 from .run import (BATCH_CHUNK_S, CHUNK_S, FINAL_STATUSES, CollectiveReport, ProfileReport,
-                  busy_warning, contention_message, measure_collectives, measure_ops, run_profile)
+                  ProgressStatus, Remeasuring, busy_warning, contention_message, measure_collectives, measure_ops, run_profile)
 
 __all__ = ["M_GRID", "WorkItem", "WorklistOptions", "label_of", "worklist", "collective_worklist",
            "worklist_detailed", "CollectiveReport", "measure_collectives",
            "source_counts", "CPU_MAX_ROUNDS", "CPU_ROUNDS", "MONOTONE_PASSES", "MONOTONE_TOL",
            "ROUND_TOL", "combine_rounds", "measure_rounds", "monotone_violations", "BATCH_CHUNK_S",
-           "CHUNK_S", "FINAL_STATUSES", "ProfileReport", "busy_warning", "contention_message",
+           "CHUNK_S", "FINAL_STATUSES", "ProfileReport", "ProgressStatus", "Remeasuring", "busy_warning", "contention_message",
            "measure_ops", "run_profile", "measuring_form"]

@@ -11,8 +11,8 @@ from ..errors import MeasureError
 from ..pricing.measured_table import Measurement
 from ..model.ops import Collective, Op, Overhead, measuring_form
 from .worklist import label_of, roofline_fn
-from .rounds import (CPU_ROUNDS, MONOTONE_PASSES, CancelArg, ProgressFn, consistency_violations,
-                     is_cancelled, measure_rounds)
+from .rounds import (CPU_MAX_ROUNDS, CPU_ROUNDS, MONOTONE_PASSES, CancelArg, ProgressFn,
+                     consistency_violations, is_cancelled, measure_rounds)
 
 #: statuses of a cached measurement that are not retried (an "error" is retried next time)
 FINAL_STATUSES = ("ok", "unstable", "unsupported", "oom")
@@ -113,13 +113,16 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
                 calibrate: bool = True, recalibrate: bool = False, flush_s: float = 2.0, device=None,
                 labels: Optional[dict] = None,
                 on_warning: Optional[Callable[[str], None]] = None,
-                chunk_s: float = CHUNK_S, remeasure: str = "none") -> ProfileReport:
+                chunk_s: float = CHUNK_S, remeasure: str = "none",
+                on_status: Optional[Callable[["ProgressStatus"], None]] = None) -> ProfileReport:
     """Measure the ops the cache does not hold yet (for this device and software).
 
     ``device_ctx``: a ``timing.DeviceContext``, or None to open the local device only when
     something must be measured.  ``on_progress(done, total, current_label, elapsed_s, eta_s)``
     is called before each measurement and once at the end (``eta_s`` None until known; ``done``
-    and ``total`` never go down: re-measures add to both).  ``cancel``: a threading.Event or a
+    and ``total`` never go down: re-measures add to both); ``on_status(ProgressStatus)`` hears the
+    same, and while ops are re-measured the pass's own count and ETA too (the ETA both give is
+    then the pass's).  ``cancel``: a threading.Event or a
     callable; checked between measurements.  With ``calibrate`` the device's peak matmul rate
     and copy bandwidth are measured once per dtype (for the estimator's roofline;
     ``recalibrate`` measures them again).  ``remeasure``: ``"unstable"`` measures the cached
@@ -145,7 +148,7 @@ def run_profile(ops: Iterable[Op], device_ctx, cache, on_progress: Optional[Prog
     roof = roofline_fn(device or local_device())
     guesses = [_cost_guess(o, roof) for o in todo]
     progress = _Progress(on_progress, t0, total=len(ops), done=report.reused,
-                         remaining=sum(guesses) + 1.5 * len(need_cal))
+                         remaining=sum(guesses) + 1.5 * len(need_cal), on_status=on_status)
     if not todo and not need_cal:
         report.elapsed_s = time.monotonic() - t0
         progress("")
@@ -194,33 +197,92 @@ def _dtypes_to_calibrate(ops: list, cache, fp: str, calibrate: bool, recalibrate
     return need_cal
 
 
+@dataclass(frozen=True)
+class Remeasuring:
+    """A re-measure pass's own progress: ``done`` of its ``total`` ops (its share of calls made,
+    as the run's count), ``what`` it re-measures ("unstable ops", ...), the op being timed and
+    the pass's ETA in seconds (None until known)."""
+
+    done: int
+    total: int
+    what: str
+    current: str
+    eta_s: Optional[float]
+
+    def to_dict(self) -> dict:
+        return {"done": self.done, "total": self.total, "what": self.what, "current": self.current,
+                "eta_s": None if self.eta_s is None else round(self.eta_s, 1)}
+
+
+@dataclass(frozen=True)
+class ProgressStatus:
+    """What ``on_progress`` hears, and while ops are re-measured the pass's own progress."""
+
+    done: int
+    total: int
+    current: str
+    elapsed_s: float
+    eta_s: Optional[float]
+    remeasure: Optional[Remeasuring] = None
+
+
 class _Progress:
     """Progress and the ETA of a run, told to ``on_progress`` (the ETA scales the time spent by
     the cost guesses still to do against those done).
 
     The chunk being measured (the part): its ops finish together after their last round, so
     progress and the ETA count the share of its calls made so far (the bar moves, the ETA
-    updates)."""
+    updates).  An op whose rounds disagree gets extra rounds (up to ``CPU_MAX_ROUNDS``): the
+    share then counts the rest of the round as still to do, never all of it done.
+
+    A re-measure pass (``begin_part(..., what=...)``, at the end of a run) has its own count and
+    its own ETA, from the time its calls have taken so far (the ops re-measured are the slow or
+    noisy ones: the run's cost guesses say little about them)."""
 
     def __init__(self, on_progress: Optional[ProgressFn], t0: float, *, total: int, done: int,
-                 remaining: float):
-        self.on_progress, self.t0 = on_progress, t0
+                 remaining: float, on_status: Optional[Callable[[ProgressStatus], None]] = None):
+        self.on_progress, self.on_status, self.t0 = on_progress, on_status, t0
         self.total, self.done, self.shown = total, done, 0  # ops
         self.remaining, self.done_guess, self.spent = remaining, 0.0, 0.0  # seconds (guessed, spent)
         self.part_ops, self.part_guess, self.frac, self.since = 0, 0.0, 0.0, None
+        # the part's calls: rounds expected, position of the one starting, made, expected in all
+        self.part_rounds, self.part_pos, self.part_calls, self.expected, self.extra = 1, 0, 0, 0, 0
+        self.what: Optional[str] = None  # the re-measure pass running
+        self.pass_shown = 0
 
     def __call__(self, label: str) -> None:
-        if self.on_progress is None:
+        """Tell where the run stands; ``label``: what is being done (the op being timed)."""
+        if self.on_progress is None and self.on_status is None:
             return
         frac = self.frac
-        spent = self.spent + (time.monotonic() - self.since if self.since else 0.0)
+        now = time.monotonic()
+        spent = self.spent + (now - self.since if self.since else 0.0)
         dg = self.done_guess + frac * self.part_guess
         eta = None
         if dg > 0 and spent > 0:
             eta = max(0.0, spent / dg * (self.remaining - frac * self.part_guess))
+        re = None
+        if self.what is not None and self.since is not None:
+            re = self._remeasuring(label, now, eta)
+            eta = re.eta_s
+            label = f"re-measuring {re.done}/{re.total} {re.what}: {label}"
         # never backwards: a cancelled chunk's partial progress stays shown
         self.shown = max(self.shown, min(self.total, self.done + int(frac * self.part_ops)))
-        self.on_progress(self.shown, self.total, label, time.monotonic() - self.t0, eta)
+        elapsed = now - self.t0
+        if self.on_progress is not None:
+            self.on_progress(self.shown, self.total, label, elapsed, eta)
+        if self.on_status is not None:
+            self.on_status(ProgressStatus(self.shown, self.total, label, elapsed, eta, re))
+
+    def _remeasuring(self, op_label: str, now: float, run_eta: Optional[float]) -> Remeasuring:
+        """The pass's count and ETA: the time per call it has taken so far times the calls still
+        to make (before its first call ends, the run's guess)."""
+        n, pos = self.part_ops, self.part_pos
+        eta = run_eta
+        if self.part_calls > 1 and pos > 0:
+            eta = (now - self.since) / pos * (self.expected - pos)
+        self.pass_shown = max(self.pass_shown, min(n - 1, int(self.frac * n)) if n else 0)
+        return Remeasuring(self.pass_shown, n, self.what, op_label, eta)
 
     def add_work(self, n_ops: int, guess: float) -> None:
         """Ops added to the run (re-measures)."""
@@ -235,16 +297,32 @@ class _Progress:
     def spend_since(self, ts: float) -> None:
         self.spent += time.monotonic() - ts
 
-    def begin_part(self, n_ops: int, guess: float) -> None:
+    def begin_part(self, n_ops: int, guess: float, rounds: int = 1, what: Optional[str] = None) -> None:
+        """A part of ``n_ops`` ops expected to take ``rounds`` rounds each; ``what``: a
+        re-measure pass's (what it re-measures)."""
         self.part_ops, self.part_guess, self.frac, self.since = n_ops, guess, 0.0, time.monotonic()
+        self.part_rounds, self.part_pos, self.part_calls = rounds, 0, 0
+        self.expected, self.extra = rounds * n_ops, 0
+        self.what, self.pass_shown = what, 0
 
-    def set_share(self, r: int, i: int, rounds: int, n: int) -> None:
-        """The part's share done at round ``r``, its op ``i`` of ``n``."""
-        self.frac = min(1.0, (r * n + i) / (rounds * n))
+    def set_share(self, r: int, i: int, n: int) -> None:
+        """The part's share done as its op ``i`` of ``n`` starts round ``r``.  A round past those
+        expected (an op whose rounds disagree gets more, up to ``CPU_MAX_ROUNDS``): the rest of
+        that round (at most) is counted as still to come, never the part as all done."""
+        self.part_calls += 1
+        if r < self.part_rounds:
+            self.part_pos = r * n + i
+        else:
+            self.part_pos = self.part_rounds * n + self.extra
+            self.extra += 1
+            self.expected = max(self.expected, self.part_pos + n - i)
+        self.frac = min(1.0, self.part_pos / max(1, self.expected))
 
     def end_part(self) -> None:
         ts = self.since
         self.part_ops, self.part_guess, self.frac, self.since = 0, 0.0, 0.0, None
+        self.part_rounds, self.part_pos, self.part_calls, self.expected, self.extra = 1, 0, 0, 0, 0
+        self.what = None
         self.spend_since(ts)
 
 
@@ -343,11 +421,11 @@ class _ProfileRun:
         """key -> measurement of the chunk's [(op, cost guess)] that finished all rounds."""
         rounds = self.rounds
         pos = {o.key(): i for i, (o, _) in enumerate(chunk)}
-        self.progress.begin_part(len(chunk), sum(g for _, g in chunk))
+        self.progress.begin_part(len(chunk), sum(g for _, g in chunk), rounds)
 
         def say(op, r):
             label = self._label(op)
-            self.progress.set_share(r, pos.get(op.key(), 0), rounds, len(chunk))
+            self.progress.set_share(r, pos.get(op.key(), 0), len(chunk))
             self.progress(label if rounds == 1 else f"{label} (round {min(r, rounds - 1) + 1}/{rounds})")
         got = measure_rounds([o for o, _ in chunk], self.ctx, rounds, self.repeats, say,
                              self.cancel, self.probe)
@@ -384,18 +462,22 @@ class _ProfileRun:
 
     # ------------------------------------------------------------ re-measures
 
-    def _remeasure(self, pairs: list, label: str) -> dict:
-        """Re-measure [(op, why)] in rounds, counted in the progress and the ETA."""
+    def _remeasure(self, pairs: list, what: str) -> dict:
+        """Re-measure [(op, why)] in rounds, counted in the progress, with the pass's own count
+        and ETA (``what`` it re-measures: "unstable ops", ...)."""
         rounds, progress = self.rounds, self.progress
         ops_ = [o for o, _ in pairs]
         g = [_cost_guess(o, self.roof) for o in ops_]
         progress.add_work(len(ops_), sum(g))
-        progress.begin_part(len(ops_), sum(g))
+        # the ops re-measured are the noisy ones: expect every round they may take (their ETA
+        # an upper bound, not one that reads 0 s for minutes while their extra rounds run)
+        progress.begin_part(len(ops_), sum(g), max(rounds, CPU_MAX_ROUNDS) if rounds > 1 else rounds,
+                            what=what)
         pos = {o.key(): i for i, o in enumerate(ops_)}
 
         def say(op, r):
-            progress.set_share(r, pos.get(op.key(), 0), rounds, len(ops_))
-            progress(f"{label}: {self._label(op)}")
+            progress.set_share(r, pos.get(op.key(), 0), len(ops_))
+            progress(self._label(op))
         got = measure_rounds(ops_, self.ctx, rounds, self.repeats, say, self.cancel, self.probe)
         progress.end_part()
         for o, gg in zip(ops_, g):
@@ -412,7 +494,7 @@ class _ProfileRun:
         shaky = [m for m in report.measurements if m.status == "unstable"]
         if not shaky or report.cancelled:
             return
-        got = self._remeasure([(m.to_op(), "unstable") for m in shaky], "re-measuring unstable ops")
+        got = self._remeasure([(m.to_op(), "unstable") for m in shaky], "unstable ops")
         for m in shaky:
             new = got.get(m.key)
             if new is None:
@@ -443,7 +525,7 @@ class _ProfileRun:
             if not bad:
                 break
             got = self._remeasure([(a.to_op(), b) for a, b in bad],
-                                  f"re-measuring {len(bad)} kernel(s) slower than one doing more work")
+                                  "kernels slower than one doing more work")
             for a, b in bad:
                 m = got.get(a.key)
                 if m is None or m.status != "ok" or m.ms >= a.ms:

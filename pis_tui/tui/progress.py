@@ -1,4 +1,5 @@
-"""The measuring bar: ops done/total, the op being timed, elapsed and ETA; hidden when idle."""
+"""The measuring bar: ops done/total, the op being timed, elapsed and ETA (re-measures at the end
+of a run: their own count and ETA); hidden when idle."""
 
 from __future__ import annotations
 
@@ -42,13 +43,20 @@ class ProfilePanel(Horizontal):
     def progress(self, ev: dict) -> None:
         self.last_event = ev
         done, total = int(ev.get("done") or 0), ev.get("total")
+        eta, current, count = ev.get("eta_s"), ev.get("current", ""), f"{done}/{total or '?'} ops"
+        re = ev.get("remeasure")
+        if isinstance(re, dict) and re.get("total"):
+            # re-measures at the end of a run: their own count and ETA (the run's count sits
+            # at its end while they run)
+            done, total = int(re.get("done") or 0), re["total"]
+            eta, current = re.get("eta_s"), re.get("current", "")
+            count = f"re-measuring {done}/{total} {re.get('what') or 'ops'}"
         bar = self.query_one(ProgressBar)
         bar.update(total=float(total) if total else None, progress=float(done))
-        eta = ev.get("eta_s")
         # a fixed-size line: no layout pass (one ran for every progress event before); the
         # ETA comes first, where a narrow terminal does not cut it off
         self.query_one("#profile-current", Label).update(
-            Text(f"{done}/{total or '?'} ops · ETA {duration(eta)} · {ev.get('current', '')} · "
+            Text(f"{count} · ETA {duration(eta)} · {current} · "
                  f"{duration(ev.get('elapsed_s'))} elapsed"), layout=False)
 
     def cancelling(self) -> None:
