@@ -573,6 +573,41 @@ def test_usable_at_80x24(tmp_path):
     run(go())
 
 
+def test_escape_leaves_a_text_field_so_q_quits(tmp_path):
+    """Issue 31: escape did not leave the model path field (or the plan's), so the next `q`
+    was typed into it."""
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            path = app.query_one("#model-path", Input)
+            path.focus()
+            await pilot.press("a", "escape")
+            assert app.focused is None and path.value == "a"
+            await pilot.press("q")  # a command again, not a letter
+            await pilot.pause(0.1)
+            assert path.value == "a" and app.return_code == 0
+    run(go())
+
+    async def plan():  # the plan's inputs; on the Points tab the table takes the keys back
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await pilot.press("4")
+            prompt = app.query_one("#plan-prompt", Input)
+            prompt.focus()
+            await pilot.press("escape")
+            assert app.focused is None
+            await pilot.press("3")
+            app.query_one("#decode-batch", Input).focus()
+            await pilot.press("escape")
+            assert app.focused is app.query_one("#points-table", DataTable)
+            await pilot.press("q")
+            await pilot.pause(0.1)
+            assert app.return_code == 0
+    run(plan())
+
+
 def test_nice_ticks_and_model_resolution(tmp_path):
     assert nice_ticks(0, 36.3, 4) == [0, 10, 20, 30]
     assert nice_ticks(0.9, 2.1, 3) == [1.0, 1.5, 2.0]

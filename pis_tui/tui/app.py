@@ -597,6 +597,14 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         else:
             self.set_focus(None)  # keys go back to the app, not to a hidden field
 
+    def action_leave_field(self) -> None:
+        """Escape in a setup or plan field: focus goes back to the main view (the Points tab's
+        table, else the app itself), so the next key is a command (`q` quits), not typed."""
+        if self._full and self.query_one(TabbedContent).active == "points":
+            self.query_one("#points-table", DataTable).focus()
+        else:
+            self.set_focus(None)
+
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         if tab == "points" and self._full:

@@ -19,7 +19,7 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 | key | does |
 |---|---|
 | `s` | show / hide the setup panel (model, GPU, budget, scenario and TP: 1, 2, 4 or 8 GPUs, quality, dtype, kernels: eager or fused engine) |
-| `tab` / `shift+tab` | move between fields; `enter` opens a list or applies a typed value |
+| `tab` / `shift+tab` | move between fields; `enter` opens a list or applies a typed value; `esc` leaves the field (keys are commands again) |
 | `+` / `-` | quality budget up / down by 1 % (`]` / `[` too) |
 | `1` `2` `3` | Pareto charts · Beyond FLOPs · all points table |
 | `4` | Plan: one pruned model for a workload across both phases (prompt, answer, requests at once, targets) |

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Optional
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
@@ -28,6 +29,8 @@ MAX_LEN = 1 << 20
 
 
 class PlanInputsBar(Vertical, can_focus=False):
+    #: escape in a field leaves it (keys go back to the app: `q` quits, `+`/`-` re-rank)
+    BINDINGS = [Binding("escape", "app.leave_field", "leave the field", show=False)]
     DEFAULT_CSS = """
     PlanInputsBar { height: auto; padding: 0 1; }
     PlanInputsBar .row { height: 1; }

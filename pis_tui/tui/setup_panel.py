@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
@@ -37,6 +38,8 @@ ERROR_FIELDS = ("model", "gpu", "scenario", "quality", "dtype")  # each has an e
 
 
 class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not the panel
+    #: escape in a field (a typed path, a number) leaves it: the next `q` quits, not typed
+    BINDINGS = [Binding("escape", "app.leave_field", "leave the field", show=False)]
     DEFAULT_CSS = """
     SetupPanel { width: 36; padding: 0 1; border-right: tall $primary 40%;
                  scrollbar-size-vertical: 1; }
