@@ -608,6 +608,55 @@ def test_escape_leaves_a_text_field_so_q_quits(tmp_path):
     run(plan())
 
 
+def test_the_setup_panel_on_a_narrow_terminal_leaves_the_charts_their_room(tmp_path):
+    """Issue 31: at 80×24 the setup panel (s) took half the width, leaving 20-column charts and
+    a one-row Beyond FLOPs plot.  There it is drawn over the charts, which keep their size; it
+    follows the width on a resize until the user shows or hides it."""
+    from textual.widgets import Tabs
+
+    async def go():
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await started(app, pilot)
+            setup = app.query_one(SetupPanel)
+            charts = {w: app.query_one(f"#{w}").region for w in ("pareto-prefill", "pareto-decode")}
+            await pilot.press("2")
+            await pilot.pause(0.1)
+            charts["flops-decode"] = app.query_one("#flops-decode").region
+            await pilot.press("s")
+            await pilot.pause(0.1)
+            assert setup.display and setup.has_class("-drawer")
+            assert app.focused is app.query_one("#model", Select)
+            assert app.query_one("#flops-decode").region == charts["flops-decode"]
+            assert app.query_one("#flops-decode").region.width >= 38
+            assert app.query_one("#flops-decode").size.height >= 6  # not squeezed to one row
+            assert app.query_one(Tabs).region.y < setup.region.y  # the tabs stay in view
+            await pilot.press("1")
+            await pilot.pause(0.1)
+            for w in ("pareto-prefill", "pareto-decode"):
+                assert app.query_one(f"#{w}").region == charts[w]
+            await pilot.resize_terminal(120, 36)  # shown by the user: stays, beside the charts
+            await pilot.pause(0.2)
+            assert setup.display and not setup.has_class("-drawer")
+            assert app.query_one("#content").region.x >= setup.region.right
+    run(go())
+
+    async def resize():  # not touched by the user: follows the width
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            setup = app.query_one(SetupPanel)
+            assert setup.display
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause(0.2)
+            assert not setup.display
+            assert app.query_one("#pareto-decode", ParetoChart).size.width >= 30
+            await pilot.resize_terminal(120, 36)
+            await pilot.pause(0.2)
+            assert setup.display and not setup.has_class("-drawer")
+    run(resize())
+
+
 def test_nice_ticks_and_model_resolution(tmp_path):
     assert nice_ticks(0, 36.3, 4) == [0, 10, 20, 30]
     assert nice_ticks(0.9, 2.1, 3) == [1.0, 1.5, 2.0]

@@ -52,3 +52,8 @@ def test_plan_view_120x36(snap_compare, tmp_path):
 
 def test_plan_view_80x24(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("4", plan=True))
+
+
+def test_setup_over_the_charts_80x24(snap_compare, tmp_path):
+    """A narrow terminal: the setup panel (s) is drawn over the charts, which keep their size."""
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("2", "s"))

@@ -56,6 +56,9 @@ from .recommendation_panel import RecommendationPanel
 from .save_control import SaveControl
 from .setup_panel import ERROR_FIELDS, SetupPanel
 
+#: narrower terminals (columns) hide the setup panel until asked for, then draw it over the charts
+NARROW = 110
+
 CSS = """
 Screen { layout: vertical; }
 #main { height: 1fr; }
@@ -145,6 +148,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         self.lags: list[float] = []
         self._lag_last = 0.0
         self.setup_visible = True
+        self._setup_pinned = False  # shown or hidden by the user (s), not by the width
         self._short: Optional[int] = None  # size tier: 0 short, 1 normal, 2 tall
         self._full = False  # setup panel, Beyond FLOPs and the table mounted
         self._stale_tabs: set = set()
@@ -182,8 +186,8 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
 
     def on_mount(self) -> None:
         self.title = "pis-tui"
+        self.setup_visible = self.size.width >= NARROW
         self._apply_size()
-        self.setup_visible = self.size.width >= 110
         if self.monitor_lag:
             self._start_lag_monitor()
         self.set_interval(min(self.resweep_interval, 0.25), self._coalesced_resweep)
@@ -208,16 +212,33 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         self.exit()
 
     def on_resize(self, event) -> None:
-        if self._short is not None:  # after mount
-            self._apply_size()
-            self._fit_header()
+        if self._short is not None:  # after mount; the event's size (self.size may lag it)
+            self._apply_size(event.size.height)
+            self._fit_header(event.size.width)
+            self._fit_setup(event.size.width)
 
-    def _apply_size(self) -> None:
+    def _fit_setup(self, width: Optional[int] = None) -> None:
+        """The setup panel on a narrow terminal (< NARROW columns): hidden unless asked for
+        (`s`), and then drawn over the charts rather than squeezing them to 20 columns (and
+        Beyond FLOPs to one row).  On a wide one: shown beside them.  A panel the user showed
+        or hid stays so across resizes."""
+        if not self._full:
+            return
+        narrow = (width or self.size.width) < NARROW
+        panel = self.query_one(SetupPanel)
+        panel.set_class(narrow, "-drawer")
+        if not self._setup_pinned and self.setup_visible == narrow:
+            self.setup_visible = not narrow
+            panel.display = self.setup_visible
+            if not self.setup_visible and panel.has_focus_within:
+                self.set_focus(None)
+
+    def _apply_size(self, rows: Optional[int] = None) -> None:
         """Short terminals (< 30 rows): no header, lower recommendation panels; tall ones
         (34+ rows) give the panels a line more, so a wrapped runner-up is not cut off.
         Styles are set on the few widgets concerned (an app-wide class would restyle every
         widget)."""
-        rows = self.size.height
+        rows = rows or self.size.height
         tier = 0 if rows < 30 else (1 if rows < 34 else 2)
         if tier == self._short:
             return
@@ -254,6 +275,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         self._mounting = True
         panel = SetupPanel(self.choices, self.backend.validate_model, id="setup")
         panel.display = self.setup_visible
+        panel.set_class(self.size.width < NARROW, "-drawer")
         await self.query_one("#main").mount(panel, before="#content")
         await self.query_one("#flops", TabPane).mount(
             Horizontal(*(FlopsChart(ph, id=f"flops-{ph}") for ph in PHASES), classes="charts"),
@@ -420,6 +442,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
             # after the first chart otherwise) so the choice can be fixed
             for ph in PHASES:
                 self.query_one(f"#pareto-{ph}", ParetoChart).show_error("cannot compute: see below")
+            self._setup_pinned = True  # to fix the choice: kept up whatever the width
             if not self._full:
                 self.setup_visible = True
                 self.call_after_refresh(self._mount_rest)
@@ -541,10 +564,10 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         st.set_class(error, "error")
         st.update(fit_text([text, *shorter], self.size.width - 2), layout=False)  # no layout pass
 
-    def _fit_header(self) -> None:
+    def _fit_header(self, width: Optional[int] = None) -> None:
         """The header's subtitle, shortened to fit (the header centres "pis-tui — …")."""
         if self._subtitles:
-            self.sub_title = fit_text(self._subtitles, self.size.width - 24)
+            self.sub_title = fit_text(self._subtitles, (width or self.size.width) - 24)
 
     # ------------------------------------------------------------------ choices
     @on(SetupPanel.Changed)
@@ -591,6 +614,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         if not self._full:
             return
         self.setup_visible = not self.setup_visible
+        self._setup_pinned = True
         self.query_one(SetupPanel).display = self.setup_visible
         if self.setup_visible:
             self.query_one("#model").focus()

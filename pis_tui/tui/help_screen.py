@@ -18,7 +18,7 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 ## Keys
 | key | does |
 |---|---|
-| `s` | show / hide the setup panel (model, GPU, budget, scenario and TP: 1, 2, 4 or 8 GPUs, quality, dtype, kernels: eager or fused engine) |
+| `s` | show / hide the setup panel (model, GPU, budget, scenario and TP: 1, 2, 4 or 8 GPUs, quality, dtype, kernels: eager or fused engine; under 110 columns drawn over the charts) |
 | `tab` / `shift+tab` | move between fields; `enter` opens a list or applies a typed value; `esc` leaves the field (keys are commands again) |
 | `+` / `-` | quality budget up / down by 1 % (`]` / `[` too) |
 | `1` `2` `3` | Pareto charts · Beyond FLOPs · all points table |

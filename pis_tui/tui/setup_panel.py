@@ -43,6 +43,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
     DEFAULT_CSS = """
     SetupPanel { width: 36; padding: 0 1; border-right: tall $primary 40%;
                  scrollbar-size-vertical: 1; }
+    /* a narrow terminal: drawn over the charts (they keep their width), not beside them */
+    SetupPanel.-drawer { overlay: screen; width: 50%; margin-top: 2; background: $background; }
     SetupPanel .section { margin-top: 1; text-style: bold; color: $accent; }
     SetupPanel Select { width: 1fr; margin-bottom: 0; }
     SetupPanel Input { width: 1fr; background: $boost; }
