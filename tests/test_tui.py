@@ -328,6 +328,50 @@ def test_table_filter_sort_and_drill_down(tmp_path):
     run(go())
 
 
+def test_the_points_tables_loss_column_is_whole_in_view(tmp_path):
+    """Issue 31: the quality column was cut at the view's edge ("10.9%ᵇˢ" showed as "10.9%ᵇ")
+    at 120 columns beside the setup panel, and at 80.  It is its content's width and comes
+    right after the speedup: whole in view with the longest family name and every mark."""
+    from dataclasses import replace
+
+    from rich.cells import cell_len
+
+    def col_end(table, key):
+        x = 0
+        for col in table.ordered_columns:
+            x += col.get_render_width(table)
+            if col.key.value == key:
+                return x, col.get_render_width(table)
+        raise KeyError(key)
+
+    async def go(size):
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            pts = list(snap.result.points)
+            q = pts[3].quality
+            pts[3] = replace(pts[3], strategy="dynamic_sparse_attention",
+                             quality=replace(q, value=0.1094, extrapolated=True,
+                                             borrowed_from="llama-3.1-8b", secondary=True))
+            snap.result.points = pts
+            await pilot.press("3")
+            pv = app.query_one(PointsView)
+            pv.show(snap)
+            await pilot.pause(0.1)
+            table = app.query_one("#points-table", DataTable)
+            row = table.get_row(next(k for k, p in pv.points.items() if p is pts[3]))
+            cell = str(row[COLUMN_KEYS.index("loss")])
+            assert cell == "10.9%ᵉᵇˢ"
+            end, width = col_end(table, "loss")
+            assert width >= cell_len(cell) + 2  # its content's width (cell padding 1 a side)
+            assert width <= max(cell_len(cell), 4) + 2
+            assert end <= table.scrollable_content_region.width, (end, table.scrollable_content_region)
+            return app.query_one(SetupPanel).display
+    assert run(go(BIG)) is True  # beside the setup panel
+    assert run(go((80, 24))) is False
+
+
 def test_command_palette_runs_export(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 

@@ -42,6 +42,10 @@ def test_points_table(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("3", "f", "f"))
 
 
+def test_points_table_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("3"))
+
+
 def test_op_drill_down(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(100, 30), run_before=ready("3", "d"))
 
