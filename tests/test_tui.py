@@ -372,6 +372,51 @@ def test_the_points_tables_loss_column_is_whole_in_view(tmp_path):
     assert run(go((80, 24))) is False
 
 
+def test_the_op_drill_down_fits_where_the_time_goes_at_120_columns(tmp_path):
+    """Issue 31: at 120 columns the op list cut its total ms, share and source columns.  They
+    come first now and fit, with the kind and the shape (a long one wraps); the line under the
+    table gives the highlighted op whole (the roofline's inputs past the view, the note)."""
+    from rich.cells import cell_len
+
+    from pis_tui.tui.backend import Backend
+
+    async def go():
+        app = PisApp(Backend(cache_path=str(tmp_path / "c.duckdb")), restore=False)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            attn = next(p for p in snap.result.points if p.strategy == "dynamic_sparse_attention"
+                        and p.phase == "prefill")
+            for p in (snap.recs["prefill"].best, attn):
+                app.push_screen(OpsScreen(snap, p))
+                await until(pilot, lambda: isinstance(app.screen, OpsScreen), what="ops screen")
+                await pilot.pause(0.1)
+                table = app.screen.query_one(DataTable)
+                x, ends = 0, {}
+                for col in table.ordered_columns:
+                    x += col.get_render_width(table)
+                    ends[str(col.label)] = x
+                view = table.scrollable_content_region.width
+                for name in ("op", "total ms", "share", "ms/call", "count", "kind", "shape", "source"):
+                    assert ends[name] <= view, (name, ends, view)
+                shapes = [str(table.get_row_at(i)[list(ends).index("shape")])
+                          for i in range(table.row_count)]
+                longest = max(shapes, key=cell_len)
+                assert cell_len(longest) > 21 and "B=1 H=32/8 q=1024 kv=1024 d=128" in longest
+                row = next(i for i, sh in enumerate(shapes) if sh == longest)
+                assert table.ordered_rows[row].height >= 2  # wrapped, not cut
+                detail = str(app.screen.query_one("#ops-detail", Static).render())
+                assert " GFLOP · " in detail and " MB · " in detail
+                table.move_cursor(row=next(i for i in range(table.row_count) if str(
+                    table.get_row_at(i)[list(ends).index("source")]).endswith("*")))
+                await pilot.pause(0.05)
+                assert "(CUDA-graph timing: no host overhead)" in str(
+                    app.screen.query_one("#ops-detail", Static).render())
+                await pilot.press("escape")
+                await until(pilot, lambda: not isinstance(app.screen, OpsScreen))
+    run(go())
+
+
 def test_command_palette_runs_export(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 

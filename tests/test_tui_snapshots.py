@@ -50,6 +50,14 @@ def test_op_drill_down(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(100, 30), run_before=ready("3", "d"))
 
 
+def test_op_drill_down_120x36(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("3", "d"))
+
+
+def test_op_drill_down_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("3", "d"))
+
+
 def test_plan_view_120x36(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("4", plan=True))
 

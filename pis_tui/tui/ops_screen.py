@@ -1,4 +1,9 @@
-"""Drill-down into one point: what the family did to M, N and K, and where the time goes."""
+"""Drill-down into one point: what the family did to M, N and K, and where the time goes.
+
+Where the time goes comes first (total ms, share, ms per call, calls) and fits a 120-column
+terminal with the op's kind, shape (wrapped when long) and timing source; the roofline's inputs
+(kernels, GFLOP, MB) follow, and the line under the table gives all of the highlighted op's,
+with its source's note."""
 
 from __future__ import annotations
 
@@ -12,7 +17,16 @@ from textual.widgets import DataTable, Static
 from .fmt import latency, loss_text, pct, speed
 
 
-def _bar(share: float, width: int = 12) -> str:
+#: (key, header, fixed width or None): where the time goes first
+COLUMNS = (("op", "op", None), ("total", "total ms", None), ("share", "share", None),
+           ("per_call", "ms/call", None), ("count", "count", None), ("kind", "kind", None),
+           ("shape", "shape", 21),  # long ones (attention's) wrap
+           ("source", "source", None), ("kernels", "kernels", None), ("gflop", "GFLOP", None),
+           ("mb", "MB", None))
+BAR = 6
+
+
+def _bar(share: float, width: int = BAR) -> str:
     full = share * width
     n = int(full)
     part = " ▏▎▍▌▋▊▉"[int((full - n) * 8)] if n < width else ""
@@ -33,6 +47,7 @@ class OpsScreen(ModalScreen):
     }
     OpsScreen #ops-head { height: auto; max-height: 10; }
     OpsScreen DataTable { height: 1fr; }
+    OpsScreen #ops-detail { height: auto; max-height: 3; color: $text-muted; }
     """
 
     def __init__(self, snapshot, point):
@@ -47,6 +62,7 @@ class OpsScreen(ModalScreen):
             v.border_subtitle = "esc close · o order by time/position"
             yield Static(self._head(), id="ops-head")
             yield DataTable(id="ops-table", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="ops-detail")
 
     def _point_name(self) -> str:
         from ..display import strategy_name
@@ -77,15 +93,15 @@ class OpsScreen(ModalScreen):
 
     def on_mount(self) -> None:
         t = self.query_one(DataTable)
-        for c in ("op", "kind", "shape", "count", "kernels", "GFLOP", "MB", "ms/call", "total ms", "share",
-                  "", "source"):
-            t.add_column(c, key=c or "bar")
+        for key, header, width in COLUMNS:
+            t.add_column(header, key=key, width=width)
         self._fill()
         t.focus()
 
     def _fill(self) -> None:
         t = self.query_one(DataTable)
         t.clear()
+        self.rows: dict = {}
         p, r = self.point, self.snapshot.result
         try:
             est = r.estimate_for(p.strategy, p.sparsity, p.phase, p.parts)
@@ -95,15 +111,46 @@ class OpsScreen(ModalScreen):
         ops = list(est.ops)
         if self.by_time:
             ops.sort(key=lambda o: -o.total_ms)
+        right = {"total", "per_call", "count", "kernels", "gflop", "mb"}
+        top = max((po.total_ms for po in ops), default=0.0) / total or 1.0
         for i, po in enumerate(ops):
             o = po.op
-            kind = "attention" if o.op_type == "attention" else getattr(o, "kind", o.op_type)
             share = po.total_ms / total
-            t.add_row(o.name, kind, o.shape(), f"{o.count:g}",
-                      "" if po.kernels is None else str(po.kernels), f"{o.flops() / 1e9:.3f}",
-                      f"{o.bytes() / 1e6:.2f}", f"{po.ms_per_call:.4f}", f"{po.total_ms:.3f}",
-                      pct(share), _bar(share), po.source + (f" ({po.note})" if po.note else ""),
-                      key=str(i))
+            cells = {"op": o.name, "total": f"{po.total_ms:.3f}",  # the bar: against the top op's
+                     "share": f"{pct(share):>6} {_bar(share / top)}", "per_call": f"{po.ms_per_call:.4f}",
+                     "count": f"{o.count:g}", "kind": self._kind(o), "shape": o.shape(),
+                     "source": po.source + ("*" if po.note else ""),
+                     "kernels": "" if po.kernels is None else str(po.kernels),
+                     "gflop": f"{o.flops() / 1e9:.3f}", "mb": f"{o.bytes() / 1e6:.2f}"}
+            self.rows[str(i)] = po
+            t.add_row(*(Text(cells[k], justify="right" if k in right else "left")
+                        for k, _, _ in COLUMNS), key=str(i), height=None)
+        self._detail()
+
+    @staticmethod
+    def _kind(o) -> str:
+        return "attention" if o.op_type == "attention" else getattr(o, "kind", o.op_type)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail()
+
+    def _detail(self) -> None:
+        """The highlighted op whole: what the columns past the view hold, and its source's note
+        (a "*" in the source column)."""
+        t = self.query_one(DataTable)
+        d = self.query_one("#ops-detail", Static)
+        try:
+            po = self.rows.get(t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value)
+        except Exception:  # noqa: BLE001 - empty table
+            po = None
+        if po is None:
+            d.update("")
+            return
+        o = po.op
+        kernels = "" if po.kernels is None else f" × {po.kernels} kernel{'s' * (po.kernels != 1)}"
+        d.update(Text(f"{o.name}: {self._kind(o)} {o.shape()} · {o.count:g} call{'s' * (o.count != 1)}"
+                      f"{kernels} · {o.flops() / 1e9:.3f} GFLOP · {o.bytes() / 1e6:.2f} MB · "
+                      f"{po.source}" + (f" ({po.note})" if po.note else "")))
 
     def action_toggle_order(self) -> None:
         self.by_time = not self.by_time
