@@ -975,9 +975,59 @@ def test_a_long_family_name_keeps_the_recommendation_on_one_line(tmp_path):
     assert narrow[1].startswith("  2nd dyn-depth 37.5% ") and narrow[2].startswith("  13.7 s ")
     assert len(narrow) == 3 and all(len(ln) <= 36 for ln in narrow), narrow
     assert narrow[2] == "  13.7 s roofline ⚠ extrapolated"
-    # a taller panel keeps the rest whole and lets it wrap
+    # a taller panel keeps the rest whole: the runner-up broken before its name, not wrapped
     tall = recommendation_text(snap, "prefill", width=36, height=6).plain
-    assert " at " in tall.splitlines()[1] and "⚠ quality extrapolated" in tall
+    assert tall.splitlines()[1:3] == ["  2nd (+0.05×)", "  dynamic_depth 37.5% 1.25× at 10.0%"]
+    assert "⚠ quality extrapolated" in tall
+
+
+def test_a_combinations_recommendation_keeps_its_loss_with_its_speedup(tmp_path):
+    """Issue 31: a combination's line wrapped, its loss alone on the next line, at 120 columns
+    (beside the setup panel) and at 80: it breaks before the name (the runner-up) or before
+    the figures (a best too long even short), never inside the figures."""
+    from dataclasses import replace
+
+    from pis_tui.tui.recommendation_panel import recommendation_text
+
+    snap = FakeBackend(tmp_path / "measured.txt").compute(Choices())
+    rec = snap.recs["prefill"]
+    combo = next(p for p in snap.result.points if p.parts and p.phase == "prefill")
+
+    def as_combo(p, name, parts, speedup, loss):
+        return replace(combo, strategy=name, parts=parts, part_achieved=tuple(s for _, s in parts),
+                       speedup=speedup, quality=replace(combo.quality, value=loss))
+    ru = as_combo(combo, "static_depth+static_width", (("static_depth", 0.125), ("static_width", 0.115)),
+                  1.14, 0.085)
+    best = as_combo(combo, "dynamic_depth+static_width", (("dynamic_depth", 0.25), ("static_width", 0.125)),
+                    1.14, 0.101)
+    for width in (36, 38):  # the panels' text at 80×24 and at 120×36 beside the setup panel
+        for height in (3, 5):
+            snap.recs = {"prefill": replace(rec, runner_up=ru, margin=0.09)}
+            lines = recommendation_text(snap, "prefill", width=width, height=height).plain.splitlines()
+            assert all(len(ln) <= width for ln in lines), lines
+            two = lines[1:3]
+            assert two == ["  2nd (+0.09×)", "  depth+width 12.5+11.5% 1.14× at 8.5%"] or \
+                two == ["  2nd (+0.09×)", "  depth+width 12.5+11.5% 1.14× 8.5%"], lines
+            snap.recs = {"prefill": replace(rec, best=best, runner_up=None, margin=None)}
+            lines = recommendation_text(snap, "prefill", width=width, height=height).plain.splitlines()
+            assert lines[:2] == ["▶ dyn-depth+width 25.0+12.5%", "  1.14× loss 10.1%"], lines
+
+    async def go(size):  # on screen: the runner-up's line in the panel
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            snap = app.snapshot
+            snap.recs["decode"] = replace(snap.recs["decode"], runner_up=replace(
+                ru, phase="decode"), margin=0.13)
+            panel = app.query_one("#rec-decode", RecommendationPanel)
+            panel.show(snap)
+            lines = panel.plain.splitlines()
+            assert all(len(ln) <= panel.size.width for ln in lines), lines
+            i = next(i for i, ln in enumerate(lines) if ln.startswith("  2nd"))
+            assert lines[i] == "  2nd (+0.13×)" and lines[i + 1].startswith("  ")
+            assert lines[i + 1].rstrip().endswith("1.14× at 8.5%") or lines[i + 1].endswith("1.14× 8.5%")
+    run(go(BIG))
+    run(go((80, 24)))
 
 
 def test_quality_method_combinations_and_extrapolated_choices(tmp_path):

@@ -42,11 +42,15 @@ def recommendation_text(snapshot, phase: str, width: Optional[int] = None,
     then where the best's figures come from (timing source, quality flags).
 
     The first line (family, sparsity, speedup, loss) always fits whole in `width` cells (the
-    panel's text width): it falls back to the family's short name and drops the word "loss".
-    The rest wraps while the panel has `height` lines for it, else the runner-up and source
-    lines are shortened the same way (only the dense model's reason still wraps).  The
-    panels are narrow (two side by side, 36 cells of text at 80×24) and a short terminal
-    gives them three lines."""
+    panel's text width): it falls back to the family's short name and drops the word "loss";
+    a combination too long even so ("▶ dyn-depth+width 25.0+12.5% 1.14× 10.1%" in 36 cells)
+    breaks before its figures, speedup and loss together on the next line.  The runner-up
+    never wraps mid-line either (its loss alone on a line): too long, it breaks before its
+    name ("2nd (+0.05×)", then name, sparsity, speedup and loss), else before its figures.
+    The rest is whole while the panel has `height` lines for it, else the runner-up and
+    source lines are shortened (only the dense model's reason still wraps).  The panels are
+    narrow (two side by side, 36 cells of text at 80×24) and a short terminal gives them
+    three lines."""
     if width is None:
         return _text(snapshot, phase, None, 0)
     for level in (0, 1, 2):
@@ -79,22 +83,22 @@ def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
         figures = f"{sparsity} {speed(best.speedup)}"
         loss = loss_text(best.quality)
         variants = [(n, w) for n in _names(best.strategy) for w in ("loss ", "")]
-        name, word = next(((n, w) for n, w in variants
-                           if cell_len(f"▶ {n}{figures} {w}{loss}") <= room), variants[-1])
+        fits = next(((n, w) for n, w in variants
+                     if cell_len(f"▶ {n}{figures} {w}{loss}") <= room), None)
+        # too long even short (a combination's name and parts): break before the figures,
+        # the speedup and its loss together on the next line
+        name, word = fits or (variants[-1][0], "loss ")
         t.append("▶ ", style="bold")
         t.append(name, style=f"bold {rgb(family_style(best.strategy)[1])}")
         t.append(sparsity, style="bold")
-        t.append(f" {speed(best.speedup)}", style="bold green")
+        t.append(f" {speed(best.speedup)}" if fits else f"\n  {speed(best.speedup)}",
+                 style="bold green")
         t.append(f" {word}{loss}")
     if best is None or best.strategy == "dense":
         t.append(f"\n  {rec.reason}", style="italic")  # the rest: wraps
     ru = rec.runner_up
     if ru is not None:
-        margin = f" ({rec.margin:+.2f}×)" if rec.margin is not None else ""
-        head = f"{_sparsity(ru)} {speed(ru.speedup)}"
-        lines = [f"  2nd {n} {head}{at}{loss_text(ru.quality)}{m}"
-                 for n in _names(ru.strategy) for at, m in ((" at ", margin), (" ", margin), (" ", ""))]
-        t.append("\n" + (lines[0] if level < 1 else fit(lines, room)))
+        t.append("\n" + _runner_up(rec, room, whole=level < 1))
     if best is not None:
         src = f"  {latency(best.latency_ms)} {best.timing_source}"
         flags = flag_words(best.quality, short=True)
@@ -127,6 +131,27 @@ def _text(snapshot, phase: str, width: Optional[int], level: int) -> Text:
                              f"  ↑ {n} faster skipped (extrapolated)", f"  ↑ {n} extrapolated"], room),
                  style="yellow")
     return t
+
+
+def _runner_up(rec, room: int, whole: bool) -> str:
+    """The runner-up, its margin over the best: on one line if it fits (`whole`: as it is,
+    else shortened: the short name, no "at", no margin), else broken before its name (the
+    margin on the first line), else before its figures.  Never wrapped mid-line, so its loss
+    never stands alone."""
+    ru = rec.runner_up
+    margin = f" ({rec.margin:+.2f}×)" if rec.margin is not None else ""
+    sp, figs, loss = _sparsity(ru), speed(ru.speedup), loss_text(ru.quality)
+    names = _names(ru.strategy)
+    lines = [f"  2nd {n} {sp} {figs}{at}{loss}{m}"
+             for n in names for at, m in ((" at ", margin), (" ", margin), (" ", ""))]
+    one = next((x for x in (lines[:1] if whole else lines) if cell_len(x) <= room), None)
+    if one is not None:
+        return one
+    bodies = [f"  {n} {sp} {figs}{at}{loss}" for n in names for at in (" at ", " ")]
+    body = next((b for b in bodies if cell_len(b) <= room), None)
+    if body is not None and cell_len(f"  2nd{margin}") <= room:
+        return f"  2nd{margin}\n{body}"
+    return f"  2nd {names[-1]} {sp}\n" + fit([f"    {figs} {loss}{margin}", f"    {figs} {loss}"], room)
 
 
 class RecommendationPanel(Static):
