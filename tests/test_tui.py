@@ -746,6 +746,31 @@ def test_the_setup_panel_on_a_narrow_terminal_leaves_the_charts_their_room(tmp_p
     run(resize())
 
 
+def test_the_beyond_flops_caption_fits_its_border(tmp_path):
+    """Issue 31: "speedup vs achieved sparsity · letters real, dots FLOPs" was cut ("… · lett…")
+    on 40-column charts: the longest wording that fits is shown, whole."""
+    from pis_tui.tui.flops_chart import FlopsChart
+
+    async def go(size, keys=()):
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            await pilot.press("2", *keys)
+            await pilot.pause(0.2)
+            subs = []
+            for ph in ("prefill", "decode"):
+                chart = app.query_one(f"#flops-{ph}", FlopsChart)
+                room = chart.outer_size.width - 6
+                assert len(chart.border_subtitle) <= room, chart.border_subtitle
+                assert "…" not in chart.border_subtitle and len(chart.border_title) <= room
+                assert "letters real" in chart.border_subtitle and "dots FLOPs" in chart.border_subtitle
+                subs.append(chart.border_subtitle)
+            return subs
+    assert run(go(BIG)) == ["letters real, dots FLOPs-predicted"] * 2  # beside the setup panel
+    assert run(go((80, 24))) == ["letters real, dots FLOPs-predicted"] * 2
+    assert run(go(BIG, ("s",)))[0].startswith("speedup vs ")  # the setup hidden: room for more
+
+
 def test_nice_ticks_and_model_resolution(tmp_path):
     assert nice_ticks(0, 36.3, 4) == [0, 10, 20, 30]
     assert nice_ticks(0.9, 2.1, 3) == [1.0, 1.5, 2.0]

@@ -38,6 +38,14 @@ def test_main_screen_80x24(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready())
 
 
+def test_beyond_flops_120x36(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("2"))
+
+
+def test_beyond_flops_80x24(snap_compare, tmp_path):
+    assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("2"))
+
+
 def test_points_table(snap_compare, tmp_path):
     assert snap_compare(app_for(tmp_path), terminal_size=(120, 36), run_before=ready("3", "f", "f"))
 

@@ -12,8 +12,16 @@ from typing import Optional
 
 from textual_plotext import PlotextPlot
 
-from .fmt import family_names, family_style
+from .fmt import family_names, family_style, fit, short_label
 from .pareto_chart import style_axes
+
+
+#: the caption, longest first: the longest that fits the border is shown (a chart is 40 columns
+#: at 80×24 and beside the setup panel at 120)
+CAPTIONS = ("speedup vs achieved sparsity · letters real, dots FLOPs-predicted",
+            "speedup vs achieved sparsity · letters real, dots FLOPs",
+            "speedup vs sparsity · letters real, dots FLOPs",
+            "letters real, dots FLOPs-predicted", "letters real, dots FLOPs")
 
 
 class FlopsChart(PlotextPlot):
@@ -26,6 +34,7 @@ class FlopsChart(PlotextPlot):
         self.phase = phase
         self.summary = ""
         self.border_title = f"{phase}: estimating…"
+        self._titles: Optional[list] = None
 
     def show(self, snapshot, family: Optional[str] = None) -> None:
         result = snapshot.result
@@ -46,6 +55,7 @@ class FlopsChart(PlotextPlot):
             ys_all += [p.speedup for p in fp] + [p.flops_speedup for p in fp]
         if len(xs_all) == 1:
             self.border_title = f"{self.phase}: nothing to show"
+            self.border_subtitle, self._titles = "", None
             self.summary = "empty"
             self.refresh()
             return
@@ -56,10 +66,22 @@ class FlopsChart(PlotextPlot):
         plt.xlim(0, max(xs_all) * 1.05 + 0.5)
         style_axes(plt, max(xs_all) * 1.05 + 0.5, lo - pad, hi + pad, self.size, "%")
         plt.horizontal_line(1.0, color=(110, 110, 110))
-        self.border_title = f"{result.scenario.label(self.phase)}"
-        self.border_subtitle = "speedup vs achieved sparsity · letters real, dots FLOPs"
+        scen = result.scenario
+        self._titles = [scen.label(self.phase), short_label(scen, self.phase), self.phase]
+        self._fit_titles()
         self.summary = f"{self.phase}: {len(pts)} points"
         self.refresh()
+
+    def _fit_titles(self) -> None:
+        """The longest title and caption that fit the border (each side loses 3 cells)."""
+        if self._titles is None:
+            return
+        room = (self.outer_size.width or 40) - 6
+        self.border_title = fit(self._titles, room)
+        self.border_subtitle = fit(CAPTIONS, room)
+
+    def on_resize(self, event) -> None:
+        self._fit_titles()
 
 
 def gap_lines(snapshot, phase: str, family: Optional[str] = None) -> list[tuple[str, float, float, float]]:
