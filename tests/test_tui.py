@@ -417,6 +417,34 @@ def test_the_op_drill_down_fits_where_the_time_goes_at_120_columns(tmp_path):
     run(go())
 
 
+def test_the_points_table_opens_at_the_top_and_home_end_go_to_the_ends(tmp_path):
+    """Issue 31: the table opened scrolled to the recommended row under "sorted by speedup ↓"
+    (the faster rows above it out of view), and Home did not go to the top."""
+    async def go(size):
+        app, be = make_app(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await started(app, pilot)
+            await pilot.press("3")
+            await pilot.pause(0.1)
+            table = app.query_one("#points-table", DataTable)
+            pv = app.query_one(PointsView)
+            assert table.cursor_row == 0 and table.scroll_y == 0
+            assert pv.current() is pv.shown[0] and pv.shown[0].speedup == max(p.speedup for p in pv.shown)
+            await pilot.press("end")
+            await pilot.pause(0.1)
+            assert table.cursor_row == table.row_count - 1 and table.scroll_y > 0
+            assert pv.current() is pv.shown[-1]
+            await pilot.press("home")
+            await pilot.pause(0.1)
+            assert table.cursor_row == 0 and table.scroll_y == 0
+            app.request_sweep("measure")  # a re-sweep keeps the row, still at the top
+            await until(pilot, lambda: not app._sweeping)
+            await pilot.pause(0.1)
+            assert table.cursor_row == 0 and table.scroll_y == 0
+    run(go(BIG))
+    run(go((80, 24)))
+
+
 def test_command_palette_runs_export(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 

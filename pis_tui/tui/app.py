@@ -293,9 +293,8 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         if self.snapshot is not None:
             snap, self.snapshot = self.snapshot, None
             self._show(snap)
-            self.query_one(PointsView).show(snap)
+            self.query_one(PointsView).show(snap)  # opens at its top row (the fastest)
             self._stale_tabs.discard("points")
-            self.query_one(PointsView).select_point(snap.recs["prefill"].best)
         where, text = self._field_error
         if where:
             panel.set_error(where, text)
@@ -477,8 +476,6 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
             else:
                 self._stale_tabs = {"flops", "points"}
                 self._show_tab(self.query_one(TabbedContent).active)
-            if first:
-                pv.select_point(snap.recs["prefill"].best)
         self._update_setup_info()
         r = snap.result
         budget = f"budget {pct(snap.choices.active_budget)}"

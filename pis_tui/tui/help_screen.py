@@ -26,6 +26,7 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 | `d` / `enter` | op list of the highlighted point (what the family did to M, N, K; where the time goes) |
 | `f` | filter by family (cycles) · `p` filter by phase |
 | `o` / `O` | sort the table by the next column / reverse |
+| `home` / `end` | the table's first / last row (it opens at the top: the fastest point) |
 | `m` | measure on the local device (a background process; charts update as timings arrive) |
 | `x` | cancel measuring (what was measured stays in the cache) |
 | `e` / `E` | export JSON (pis-tui/1 schema) / the points as CSV |

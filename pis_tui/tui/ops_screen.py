@@ -15,6 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from .fmt import latency, loss_text, pct, speed
+from .points_table import RowTable
 
 
 #: (key, header, fixed width or None): where the time goes first
@@ -61,7 +62,7 @@ class OpsScreen(ModalScreen):
             v.border_title = f"op list · {self._point_name()} · {self.point.phase}"
             v.border_subtitle = "esc close · o order by time/position"
             yield Static(self._head(), id="ops-head")
-            yield DataTable(id="ops-table", cursor_type="row", zebra_stripes=True)
+            yield RowTable(id="ops-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="ops-detail")
 
     def _point_name(self) -> str:

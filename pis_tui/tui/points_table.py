@@ -8,6 +8,7 @@ from typing import Optional
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
@@ -41,6 +42,14 @@ COLUMN_KEYS = tuple(c[0] for c in COLUMNS)
 SORT_KEYS = tuple(c[0] for c in COLUMNS if c[2] is not None)
 
 
+class RowTable(DataTable):
+    """A table of rows: Home and End go to the first and the last row (a DataTable's move to
+    the leftmost and rightmost column, which a row cursor does not have)."""
+
+    BINDINGS = [Binding("home", "scroll_top", "first row", show=False),
+                Binding("end", "scroll_bottom", "last row", show=False)]
+
+
 def row_key(p) -> str:
     parts = "".join(f"|{f}@{s:.6f}" for f, s in getattr(p, "parts", ()))
     return f"{p.phase}|{p.strategy}|{p.sparsity:.6f}{parts}"
@@ -64,7 +73,7 @@ class PointsView(Vertical):
         self.shown: list = []
 
     def compose(self) -> ComposeResult:
-        t = DataTable(id="points-table", cursor_type="row", zebra_stripes=True)
+        t = RowTable(id="points-table", cursor_type="row", zebra_stripes=True)
         for key, header, _ in COLUMNS:
             t.add_column(header, key=key)
         yield t
@@ -131,11 +140,6 @@ class PointsView(Vertical):
             t.move_cursor(row=t.get_row_index(key))
         except Exception:  # noqa: BLE001 - row filtered out
             pass
-
-    def select_point(self, p) -> None:
-        if p is not None:
-            self.select_key(row_key(p))
-            self._detail()
 
     def current(self):
         t = self.table
