@@ -186,6 +186,31 @@ def test_sweep_error_is_shown_and_last_result_kept(tmp_path):
     run(go())
 
 
+def test_a_sweep_that_fails_first_says_there_is_no_estimate(tmp_path):
+    """Issue 31: TP 4 for qwen2.5-0.5b (4 does not divide its 14 query heads) failed; the
+    status line said why but both recommendation panels stayed at "estimating…"."""
+    from pis_tui.tui.backend import Backend
+
+    async def go(size):
+        app = PisApp(Backend(cache_path=str(tmp_path / "c.duckdb")),
+                     Choices(model="qwen2.5-0.5b", gpu="h200-sxm", tp=4), restore=False)
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: app.last_error and app._full, what="the failure")
+            await pilot.pause(0.1)
+            assert "14 query heads" in str(app.query_one("#status", Static).render())
+            for ph in ("prefill", "decode"):
+                panel = app.query_one(f"#rec-{ph}", RecommendationPanel)
+                assert " ".join(panel.plain.split()) == f"{ph}: no estimate (see the status line)"
+                assert "estimating" not in str(panel.render())
+                assert all(len(ln) <= panel.size.width for ln in panel.plain.splitlines())
+            app.set_choice("tp", 2)
+            await until(pilot, lambda: app.snapshot is not None, what="recovery")
+            await pilot.pause(0.1)
+            assert rec_text(app, "prefill").startswith("▶ ")
+    run(go(BIG))
+    run(go((80, 24)))
+
+
 def test_last_choices_are_restored(tmp_path):
     saved = Choices(model="qwen2.5-0.5b", gpu="a100-80gb", budget=0.07, decode_batch=32)
 
