@@ -186,6 +186,31 @@ def test_sweep_error_is_shown_and_last_result_kept(tmp_path):
     run(go())
 
 
+def test_a_sweep_that_fails_first_says_there_is_no_estimate(tmp_path):
+    """Issue 31: TP 4 for qwen2.5-0.5b (4 does not divide its 14 query heads) failed; the
+    status line said why but both recommendation panels stayed at "estimating…"."""
+    from pis_tui.tui.backend import Backend
+
+    async def go(size):
+        app = PisApp(Backend(cache_path=str(tmp_path / "c.duckdb")),
+                     Choices(model="qwen2.5-0.5b", gpu="h200-sxm", tp=4), restore=False)
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: app.last_error and app._full, what="the failure")
+            await pilot.pause(0.1)
+            assert "14 query heads" in str(app.query_one("#status", Static).render())
+            for ph in ("prefill", "decode"):
+                panel = app.query_one(f"#rec-{ph}", RecommendationPanel)
+                assert " ".join(panel.plain.split()) == f"{ph}: no estimate (see the status line)"
+                assert "estimating" not in str(panel.render())
+                assert all(len(ln) <= panel.size.width for ln in panel.plain.splitlines())
+            app.set_choice("tp", 2)
+            await until(pilot, lambda: app.snapshot is not None, what="recovery")
+            await pilot.pause(0.1)
+            assert rec_text(app, "prefill").startswith("▶ ")
+    run(go(BIG))
+    run(go((80, 24)))
+
+
 def test_last_choices_are_restored(tmp_path):
     saved = Choices(model="qwen2.5-0.5b", gpu="a100-80gb", budget=0.07, decode_batch=32)
 
@@ -572,13 +597,18 @@ def test_the_measuring_bar_counts_remeasures_on_their_own(tmp_path):
     async def go():
         app, be = make_app(tmp_path, mode="remeasure", n_ops=6, delay=0.02)
         async with app.run_test(size=BIG) as pilot:
-            await start_measuring(app, pilot)
+            await started(app, pilot)
             panel = app.query_one(ProfilePanel)
             label = panel.query_one("#profile-current", Static)
-            seen = []
-            while panel.state == "running":
+            seen, shown = [], panel.progress
+
+            def progress(ev):  # every line the bar shows
+                shown(ev)
                 seen.append(str(label.render()))
-                await pilot.pause(0.02)
+            panel.progress = progress
+            app.set_choice("gpu", "local")
+            await pilot.press("m")
+            await until(pilot, lambda: panel.state == "done", timeout=30, what="done")
             re = [t for t in seen if "re-measuring" in t]
             assert re, seen
             assert re[-1].startswith("re-measuring 2/3 unstable ops · ETA 10s · gemm op2 · ")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from pis_tui.tui.app import PisApp
+from pis_tui.tui.backend import Choices
 from tui_fakes import FakeBackend
 
 
@@ -77,3 +78,31 @@ def test_plan_view_80x24(snap_compare, tmp_path):
 def test_setup_over_the_charts_80x24(snap_compare, tmp_path):
     """A narrow terminal: the setup panel (s) is drawn over the charts, which keep their size."""
     assert snap_compare(app_for(tmp_path), terminal_size=(80, 24), run_before=ready("2", "s"))
+
+
+def failed(*keys, quiet: bool = False):
+    """A first sweep that fails (the fake engine refuses the model): nothing to draw; `quiet`:
+    its notice gone."""
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        t0 = time.monotonic()
+        while not (app.last_error and app._full):
+            assert time.monotonic() - t0 < 20, "no failure"
+            await pilot.pause(0.05)
+        if quiet:
+            app.clear_notifications()
+        if keys:
+            await pilot.press(*keys)
+        await pilot.pause(0.3)
+    return run_before
+
+
+def test_first_sweep_failed_120x36(snap_compare, tmp_path):
+    app = PisApp(FakeBackend(tmp_path / "measured.txt"), Choices(model="broken"), restore=False)
+    assert snap_compare(app, terminal_size=(120, 36), run_before=failed())
+
+
+def test_first_sweep_failed_80x24(snap_compare, tmp_path):
+    app = PisApp(FakeBackend(tmp_path / "measured.txt"), Choices(model="broken"), restore=False)
+    # the setup panel, raised over the charts to fix the choice, hidden again (s): the panels
+    assert snap_compare(app, terminal_size=(80, 24), run_before=failed("s", quiet=True))

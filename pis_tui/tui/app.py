@@ -441,6 +441,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
             # after the first chart otherwise) so the choice can be fixed
             for ph in PHASES:
                 self.query_one(f"#pareto-{ph}", ParetoChart).show_error("cannot compute: see below")
+                self.query_one(f"#rec-{ph}", RecommendationPanel).show_error()
             self._setup_pinned = True  # to fix the choice: kept up whatever the width
             if not self._full:
                 self.setup_visible = True

@@ -180,15 +180,30 @@ class RecommendationPanel(Static):
         self.border_title = f"{phase} recommendation"
         self.plain = ""
         self.snapshot = None
+        self._no_estimate = ""  # where the reason is, while there is no estimate
 
     def show(self, snapshot) -> None:
         self.snapshot = snapshot
+        self._no_estimate = ""
         t = recommendation_text(snapshot, self.phase, self.size.width or None,  # the text's size
                                 self.size.height or None)
         self.plain = t.plain
         self.border_title = panel_title(snapshot, self.phase, self.outer_size.width or None)
         self.update(t, layout=False)  # fixed size: no layout pass
 
+    def show_error(self, where: str = "the status line") -> None:
+        """No estimate to recommend from (the sweep failed before any result): say so, rather
+        than "estimating…" for ever."""
+        self.snapshot, self._no_estimate = None, where
+        line, why = f"{self.phase}: no estimate", f"(see {where})"
+        gap = " " if cell_len(f"{line} {why}") <= (self.size.width or 10**6) else "\n"
+        t = Text(f"{line}{gap}{why}", style="italic")
+        self.plain = t.plain
+        self.border_title = f"{self.phase} recommendation"
+        self.update(t)
+
     def on_resize(self, event) -> None:
         if self.snapshot is not None:
             self.show(self.snapshot)
+        elif self._no_estimate:
+            self.show_error(self._no_estimate)
