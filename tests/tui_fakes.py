@@ -125,7 +125,8 @@ class FakeBackend(Backend):
             for i, (fam, s, sp, loss, parts) in enumerate(rows):
                 src = "measured" if i < measured else "roofline"
                 lat = dense_ms / sp
-                op = Gemm("mlp", 64, 256, 256 + 64 * i, count=4)  # a kernel of its own
+                op = Gemm(f"mlp{i}", 64, 256, 256 + 64 * i, count=4)  # a kernel of its own (no
+                # two points share an op: none does no more work than another, op by op)
                 e = PhaseEstimate(fam, s, s, ph, (PricedOp(op, lat / 4, src),), lat, 1e9 * (1 - s),
                                   src, {src: {"ops": 1, "ms": lat}})
                 estimates.append(e)
