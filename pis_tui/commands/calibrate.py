@@ -88,26 +88,10 @@ def run(args) -> int:
     from ..device import local
     from ..pricing.efficiency_fit import fit_efficiency
     from ..pricing.measured_table import build_table, write_table
-    from ..model.spec import preset_names
     from ._store import read_local_table
-    from .profile import cancel_on_signals, emit, measurable_dtypes, progress_display
+    from .profile import cancel_on_signals, emit, progress_display
 
-    if args.gpu not in (None, "local"):
-        raise UserError(f"can only measure the local device: use --gpu local, not {args.gpu!r}")
-    out = check_writable(args.out)
-    if args.models:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        if not models:
-            raise UserError("no model given in --models")
-    else:
-        models = None
-    device = local.measuring_device()  # torch decides, as for profile and validate
-    dtype = args.dtype or ("fp32" if device.kind == "cpu" else "bf16")
-    if dtype not in measurable_dtypes(device):
-        raise UserError(f"cannot measure {dtype} on {device.display_name}: "
-                        f"use one of {', '.join(measurable_dtypes(device))}")
-    if models is None:
-        models = list(preset_names()) if device.kind == "gpu" else list(CPU_DEFAULT_MODELS)
+    out, device, dtype, models = _checked_args(args)
     planned = build_plan(models, device, dtype, args.quick)
     prior, prior_peaks = [], None
     if args.resume and out.exists():
@@ -175,12 +159,47 @@ def run(args) -> int:
     finally:
         # on Ctrl-C, SIGTERM and a CUDA error too: keep what was measured
         save(partial=report is None or report.cancelled)
+    _say_done(measured, planned, prior, report, state["peaks"], out, jsonl)
+    return EXIT_INTERRUPTED if report.cancelled else 0
+
+
+def _checked_args(args):
+    """(output path, the measuring device, dtype, models) from the arguments, each checked
+    before anything is measured (UserError, one line)."""
+    from ..device import local
+    from ..model.spec import preset_names
+    from .profile import measurable_dtypes
+
+    if args.gpu not in (None, "local"):
+        raise UserError(f"can only measure the local device: use --gpu local, not {args.gpu!r}")
+    out = check_writable(args.out)
+    if args.models:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not models:
+            raise UserError("no model given in --models")
+    else:
+        models = None
+    device = local.measuring_device()  # torch decides, as for profile and validate
+    dtype = args.dtype or ("fp32" if device.kind == "cpu" else "bf16")
+    if dtype not in measurable_dtypes(device):
+        raise UserError(f"cannot measure {dtype} on {device.display_name}: "
+                        f"use one of {', '.join(measurable_dtypes(device))}")
+    if models is None:
+        models = list(preset_names()) if device.kind == "gpu" else list(CPU_DEFAULT_MODELS)
+    return out, device, dtype, models
+
+
+def _say_done(measured: dict, planned: list, prior: list, report, peaks: dict, out,
+              jsonl: bool) -> None:
+    """The closing line (or the NDJSON "done" event): what was measured, of what was planned."""
+    from .profile import emit
+
     ok = sum(1 for m in measured.values() if m.status == "ok")
     unstable = sum(1 for m in measured.values() if m.status == "unstable")
     summary = {"out": str(out), "ops": len(measured), "ok": ok, "unstable": unstable,
                "planned": len(planned),
                "failed": report.failed, "cancelled": report.cancelled, "resumed": len(prior),
-               "peak_tflops": state["peaks"]["peak_tflops"], "bandwidth_gbs": state["peaks"]["bandwidth_gbs"],
+               "peak_tflops": peaks["peak_tflops"], "bandwidth_gbs": peaks["bandwidth_gbs"],
                "elapsed_s": round(report.elapsed_s, 1)}
     if jsonl:
         emit({"event": "done", **summary})
@@ -188,9 +207,8 @@ def run(args) -> int:
         print(f"{'cancelled' if report.cancelled else 'done'}: {ok} ops measured ok, "
               f"{unstable} unstable, {len(measured) - ok - unstable} unsupported/failed, of "
               f"{len(planned)} planned, in "
-              f"{report.elapsed_s:.0f} s; peaks {state['peaks']['peak_tflops']:.3f} TFLOP/s matmul, "
-              f"{state['peaks']['bandwidth_gbs']:.1f} GB/s copy → {out}")
-    return EXIT_INTERRUPTED if report.cancelled else 0
+              f"{report.elapsed_s:.0f} s; peaks {peaks['peak_tflops']:.3f} TFLOP/s matmul, "
+              f"{peaks['bandwidth_gbs']:.1f} GB/s copy → {out}")
 
 
 def _suggested_profile(dev, efficiency: dict) -> dict:
