@@ -182,6 +182,15 @@ def test_import_linter_keeps_the_contract():
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
 
 
+def _loads_nothing_heavy(probe: str, tmp_path, timeout: float) -> None:
+    """Run ``probe`` (which prints ``IMPORTED [...]``) in a fresh interpreter, its own cache."""
+    env = {**os.environ, "PIS_TUI_NO_CUDA": "1", "PIS_TUI_CACHE": str(tmp_path / "c.duckdb")}
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=timeout, env=env, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "IMPORTED []" in p.stderr
+
+
 #: the estimating paths, each run as a user runs it; none may load torch or transformers
 ESTIMATING = {
     "sweep": ["sweep", "--model", "llama-3.1-8b", "--gpu", "h200-sxm", "--json", "-"],
@@ -202,11 +211,7 @@ def test_the_estimating_paths_load_no_torch_or_transformers(name, tmp_path):
              f"    rc = main({ESTIMATING[name]!r})\n"
              "bad = [m for m in ('torch', 'transformers', 'textual', 'plotext') if m in sys.modules]\n"
              "print('IMPORTED', bad, file=sys.stderr)\nsys.exit(rc or (3 if bad else 0))\n")
-    env = {**os.environ, "PIS_TUI_NO_CUDA": "1", "PIS_TUI_CACHE": str(tmp_path / "c.duckdb")}
-    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180,
-                       env=env, cwd=str(tmp_path))
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "IMPORTED []" in p.stderr
+    _loads_nothing_heavy(probe, tmp_path, timeout=180)
 
 
 def test_the_explorer_loads_no_torch_or_transformers_until_m(tmp_path):
@@ -233,8 +238,4 @@ def test_the_explorer_loads_no_torch_or_transformers_until_m(tmp_path):
         "asyncio.run(go())\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "print('IMPORTED', bad, file=sys.stderr)\nsys.exit(3 if bad else 0)\n")
-    env = {**os.environ, "PIS_TUI_NO_CUDA": "1", "PIS_TUI_CACHE": str(tmp_path / "c.duckdb")}
-    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=240,
-                       env=env, cwd=str(tmp_path))
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "IMPORTED []" in p.stderr
+    _loads_nothing_heavy(probe, tmp_path, timeout=240)
