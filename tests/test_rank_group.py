@@ -15,17 +15,14 @@ WARNING = ("The following generation flags are not valid: eos_token_id must be N
 
 
 def _worker(tmp_path, monkeypatch, body: str, name: str) -> str:
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
-        import os, signal, sys
-        from pis_tui.timing.collective_worker import run_worker
-
-        def main(path):
-            print({WARNING!r}, file=sys.stderr)
-        {textwrap.indent(textwrap.dedent(body), '    ')}
-
-        if __name__ == "__main__":
-            sys.exit(run_worker(main, sys.argv[1]))
-        """), encoding="utf-8")
+    src = ("import os, signal, sys\n"
+           "from pis_tui.timing.collective_worker import run_worker\n\n"
+           "def main(path):\n"
+           f"    print({WARNING!r}, file=sys.stderr)\n"
+           + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n\n"
+           "if __name__ == '__main__':\n"
+           "    sys.exit(run_worker(main, sys.argv[1]))\n")
+    (tmp_path / f"{name}.py").write_text(src, encoding="utf-8")
     path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     monkeypatch.setenv("PYTHONPATH", path)
     return name
@@ -63,3 +60,21 @@ def test_the_last_traceback_ends_in_its_exception():
     assert _last_exception(text) == "torch.distributed.DistBackendError: peer closed"
     assert _last_exception("only: a warning\n") == ""
     assert _last_exception("Traceback (most recent call last):\n  File \"z\"\nKeyError: 'k'\n") == "KeyError: 'k'"
+
+
+def test_a_rank_that_aborts_in_teardown_after_its_work_loses_nothing(tmp_path, monkeypatch):
+    """gloo's threads can abort a rank at teardown ("terminate called without an active
+    exception", SIGABRT) after it wrote every result: the group returns them."""
+    mod = _worker(tmp_path, monkeypatch, """
+        import json, pathlib
+        from pis_tui.timing.collective_worker import mark_done
+        spec = json.loads(pathlib.Path(path).read_text())
+        rank = int(os.environ["PIS_RANK"])
+        pathlib.Path(spec["status_dir"], f"ready{rank}").write_text("ready")
+        if rank == 0:
+            with open(spec["out"], "a") as f:
+                f.write(json.dumps({"row": 1}) + "\\n")
+        mark_done(spec, rank)
+        os.abort()""", "aborter")
+    with Group(mod, 2, {}, start_s=60.0, timeout_s=60.0) as g:
+        assert g.wait() == [{"row": 1}]

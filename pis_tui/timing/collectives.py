@@ -273,6 +273,11 @@ class Group:
             return raised[:240]
         return f"exit code {code}"
 
+    def _done(self, r: int) -> bool:
+        """Rank ``r`` finished its work and wrote its results (``done<r>``,
+        :func:`pis_tui.timing.collective_worker.mark_done`)."""
+        return (self.dir / f"done{r}").exists()
+
     def _stderr(self, r: int) -> str:
         try:
             return (self.dir / f"err{r}.txt").read_text(encoding="utf-8", errors="replace")
@@ -316,9 +321,9 @@ class Group:
         while True:
             codes = [p.poll() for p in self.procs]
             drain()
-            if all(c == 0 for c in codes):
-                return results
-            failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+            if all(c == 0 or (c is not None and self._done(r)) for r, c in enumerate(codes)):
+                return results  # a rank that crashed in teardown after its work is done is done
+            failed = [r for r, c in enumerate(codes) if c not in (None, 0) and not self._done(r)]
             started = self.ready()
             if failed:
                 time.sleep(0.2)  # a rank that raised writes its cause before it exits

@@ -57,7 +57,7 @@ def main(path: str) -> int:
     import torch.distributed as dist
 
     from ..families.strategy import Strategy
-    from ..timing.collective_worker import join
+    from ..timing.collective_worker import join, mark_done
     from ..timing.collectives import summarise, time_collective
     from .build import build_from_spec
     from ..hf.config import raw_config
@@ -105,6 +105,7 @@ def main(path: str) -> int:
                      "seconds": round(time.perf_counter() - t0, 3)})
             del pruned
         dist.barrier()
+        mark_done(spec_, rank)
     finally:
         dist.destroy_process_group()
     return 0
