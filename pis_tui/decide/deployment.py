@@ -696,6 +696,7 @@ class _PlanPairs:
         self.strategies = getattr(result, "strategies", {})
         self._cmp = Comparer(lambda e: e)
         self._bases: dict = {}
+        self._cand: dict = {}  # id(Point) -> its Candidate (points made by point())
 
     def basis(self, c: Candidate) -> Optional[list]:
         if c.key in self._bases:
@@ -770,13 +771,6 @@ class _PlanPairs:
                   tuple(flags), parts=c.parts, part_achieved=c.part_achieved, interval_cut=cut)
         self._cand[id(p)] = c
         return p
-
-    @property
-    def _cand(self) -> dict:
-        d = self.__dict__.get("_cands")
-        if d is None:
-            d = self.__dict__["_cands"] = {}
-        return d
 
 
 def _sigma_of(p: Pair) -> float:
