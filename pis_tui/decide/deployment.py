@@ -148,13 +148,13 @@ class _Pricer:
             self.est = copy.copy(estimator)
             memo: dict = {}
 
-            def cached(op, family="dense", phase=None):
-                # the kernels an op runs depend on its name, family and phase (the
-                # engine), so the memo does too
-                k = (op.key(), op.name, family, phase)
+            def cached(op, family="dense", phase=None, arch=""):
+                # the kernels an op runs depend on its name, family, phase and architecture
+                # (the engine), so the memo does too
+                k = (op.key(), op.name, family, phase, arch)
                 hit = memo.get(k)
                 if hit is None:
-                    hit = memo[k] = price(op, family, phase)
+                    hit = memo[k] = price(op, family, phase, arch)
                 if hit.op is op:
                     return hit
                 return PricedOp(op, hit.ms_per_call, hit.source, hit.note, hit.uncertainty,

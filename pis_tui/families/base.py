@@ -165,7 +165,8 @@ class Family:
                               shape.attn_layers, ctx.dtype, shape.linear, shape.block_density,
                               tp=ctx.tp)
         if shape.mlp_layers > 0:
-            ops += mlp_block(shape.widths, ctx.m, shape.mlp_layers, ctx.dtype, shape.linear, tp=ctx.tp)
+            ops += mlp_block(shape.widths, ctx.m, shape.mlp_layers, ctx.dtype, shape.linear, tp=ctx.tp,
+                             spec=ctx.spec)
         return ops
 
     def extra_ops(self, ctx: PhaseContext, shape: LayerShape) -> list[Op]:

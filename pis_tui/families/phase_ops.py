@@ -22,6 +22,7 @@ from functools import lru_cache
 from . import registry
 from .base import LayerShape, PhaseContext
 from .combinations import compose_sparsity
+from ..model.architecture import llama_default
 from ..model.layer import overhead_ops, overhead_phase
 from ..model.spec import ModelSpec
 from ..model.ops import Collective, Elementwise, Gemm, Op
@@ -43,6 +44,8 @@ class PhaseOps:
     dims: tuple[tuple[str, str], ...] = ()  # what the family changed, for the drill-down
     #: a combination: each part's achieved sparsity alone (the parts' order)
     part_achieved: tuple[float, ...] = ()
+    #: the architecture whose traced eager kernels price its ops (``Architecture.key``)
+    arch: str = ""
 
 
 # ------------------------------------------------------------------ phase builder
@@ -61,16 +64,28 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
     # tensor parallelism: a vocab-parallel embedding (each rank its rows of the table, then an
     # all-reduce) and lm_head (each rank its share of the logits, then an all-gather)
     vocab = vocab_per_rank(spec.vocab_size, tp)
+    arch = spec.architecture or llama_default()
+    before = {e.name: e for e in arch.before_layers}
     ops: list[Op] = [Elementwise("embedding", "embedding", m, shape.hidden_io, 1, dt, extra=vocab)]
     if tp > 1:
         ops.append(Collective("embed_all_reduce", "all_reduce", m * shape.hidden_io, tp, 1, dt))
+    if "embed_scale" in before:  # Gemma: the embeddings times √hidden
+        ops.append(Elementwise("embed_scale", "scale", m, shape.hidden_io, 1, dt))
+    if "pos_embedding" in before:  # learned positions (OPT, GPT-2): a second table, added
+        ops.append(Elementwise("pos_embedding", "embedding", m, shape.hidden_io, 1, dt,
+                               extra=spec.max_positions or 2048))
+        ops.append(Elementwise("pos_add", "residual_add", m, shape.hidden_io, 1, dt))
     ops += fam.layer_ops(ctx, shape)
     ops += fam.extra_ops(ctx, shape)
-    ops.append(Elementwise("final_norm", "rmsnorm", m, shape.hidden_io, 1, dt))
+    after = {e.name: e for e in arch.after_layers}
+    final = after.get("final_norm")
+    ops.append(Elementwise("final_norm", final.kind if final else "rmsnorm", m, shape.hidden_io, 1, dt))
     ops.append(Gemm("lm_head", ctx.batch, vocab, shape.hidden_io, 1, dt, shards=tp))
     if tp > 1:
         ops.append(Collective("lm_head_gather", "all_gather",
                               ctx.batch * padded_vocab(spec.vocab_size, tp), tp, 1, dt))
+    if "logit_softcap" in after:  # Gemma 2: c·tanh(logits / c)
+        ops.append(Elementwise("logit_softcap", "softcap", ctx.batch, vocab, 1, dt))
     # eager framework overhead (zero on devices timed through CUDA graphs)
     blocks, routed = fam.overhead_counts(ctx, shape)
     ops += overhead_ops(ops, overhead_phase(phase, ctx.batch), blocks, routed, dt)
@@ -83,7 +98,7 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
         achieved = max(0.0, fam.achieved_sparsity(ctx, shape, ops))
     notes = list(shape.notes) + fam.final_notes(ctx, shape, ops)
     return PhaseOps(strategy, phase, tuple(ops), round(achieved, 6), tuple(notes), tuple(shape.dims),
-                    part_achieved)
+                    part_achieved, arch.key)
 
 
 

@@ -3,7 +3,9 @@
 Pure functions over widths and token counts, shared by the generic phase builder
 (:func:`pis_tui.families.phase_ops.build_phase_ops`) and the family modules (``pis_tui/families``),
 which change the widths, the layer counts or the linears and call these to emit ops.
-A decoder layer of a Llama-like model is, per call (M tokens, hidden H)::
+Each layer's ops come from the model's architecture template (:mod:`pis_tui.model.architecture`,
+traced from its own transformers class); a decoder layer of a Llama-like model is, per call
+(M tokens, hidden H)::
 
     rmsnorm → q,k,v GEMMs (+bias, +qk-norm) → rotary → kv_write (decode) → attention → o GEMM
     → residual add → rmsnorm → gate,up GEMMs → SiLU·mul → down GEMM → residual add
@@ -23,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .spec import ModelSpec
-from .ops import Attention, Collective, Elementwise, Gemm, Op, Overhead
+from .ops import ACTIVATIONS, Attention, Collective, Elementwise, Gemm, Op, Overhead
 from .tensor_parallel import kv_shards, rank_heads
 
 ATTN_BLOCK = 64  # block size of block-sparse attention (the attention op's block_size)
@@ -85,47 +87,112 @@ def all_reduce(name: str, m: int, width: int, count: float, dtype: str, tp: int)
 def attn_block(spec: ModelSpec, w: LayerWidths, phase: str, batch: int, q_len: int, kv_len: int,
                count: float, dtype: str, lin: Linear, block_density: float = 1.0,
                tp: int = 1) -> list[Op]:
-    """Ops of the attention sublayer for `batch` sequences of `q_len` new tokens (one rank's
-    at ``tp`` > 1: its query and KV heads, then the all-reduce of o_proj's output)."""
+    """Ops of the attention sublayer for `batch` sequences of `q_len` new tokens, as the model's
+    architecture template lists them (one rank's at ``tp`` > 1: its query and KV heads, then
+    the all-reduce of the output projection's result)."""
     m = batch * q_len
     qh, kvh, _ = rank_heads(w.q_heads, w.kv_heads, tp)
     qd, kvd = qh * w.head_dim, kvh * w.head_dim
     col, kv_col = sharded(lin, tp, tp), sharded(lin, tp, kv_shards(w.kv_heads, tp))
-    ops: list[Op] = [Elementwise("input_norm", "rmsnorm", m, w.hidden, count, dtype)]
-    ops += col("q_proj", m, qd, w.hidden, count)
-    ops += kv_col("k_proj", m, kvd, w.hidden, count)
-    ops += kv_col("v_proj", m, kvd, w.hidden, count)
-    if spec.attention_bias:
-        ops.append(Elementwise("qkv_bias", "bias_add", m, qd + 2 * kvd, count, dtype))
-    if spec.qk_norm:
-        ops.append(Elementwise("qk_norm", "rmsnorm", m * (qh + kvh), w.head_dim,
-                               count, dtype))
-    ops.append(Elementwise("rotary", "rotary", m, qd + kvd, count, dtype, extra=w.head_dim))
-    if phase == "decode":
-        ops.append(Elementwise("kv_write", "kv_write", m, 2 * kvd, count, dtype))
-    ops.append(Attention("attention", batch, qh, kvh, q_len, kv_len, w.head_dim,
-                         causal=True, block_density=block_density, block_size=ATTN_BLOCK,
-                         count=count, dtype=dtype))
-    ops += col("o_proj", m, w.hidden, qd, count)
-    ops += all_reduce("attn_all_reduce", m, w.hidden, count, dtype, tp)
-    ops.append(Elementwise("attn_residual", "residual_add", m, w.hidden, count, dtype))
+    arch = spec.architecture or _llama()
+    entries = _ordered(arch.attention)
+    last_qkv = max(i for i, e in enumerate(entries) if e.role in ("q", "k", "v", "qkv"))
+    ops: list[Op] = []
+    for i, e in enumerate(entries):
+        if e.op == "norm":
+            ops.append(Elementwise(e.name, e.kind, m, w.hidden, count, dtype))
+        elif e.op == "linear":
+            if e.role == "q":
+                ops += col(e.name, m, qd, w.hidden, count)
+            elif e.role in ("k", "v"):
+                ops += kv_col(e.name, m, kvd, w.hidden, count)
+            elif e.role == "qkv":
+                ops += col(e.name, m, qd + 2 * kvd, w.hidden, count)
+            elif e.role == "o":
+                ops += col(e.name, m, w.hidden, qd, count)
+                ops += all_reduce("attn_all_reduce", m, w.hidden, count, dtype, tp)
+            if i == last_qkv and spec.attention_bias:
+                ops.append(Elementwise("qkv_bias", "bias_add", m, qd + 2 * kvd, count, dtype))
+        elif e.op == "qk_norm":
+            ops.append(Elementwise("qk_norm", e.kind or "rmsnorm", m * (qh + kvh), w.head_dim,
+                                   count, dtype))
+        elif e.op == "rotary":
+            rot = spec.rotary_dim or w.head_dim
+            ops.append(Elementwise("rotary", "rotary", m, (qh + kvh) * rot, count, dtype, extra=rot))
+        elif e.op == "kv_write":
+            if phase == "decode":
+                ops.append(Elementwise("kv_write", "kv_write", m, 2 * kvd, count, dtype))
+        elif e.op == "attention":
+            ops += _attention(spec, e, batch, qh, kvh, q_len, kv_len, w.head_dim, block_density,
+                              count, dtype)
+        elif e.op == "residual":
+            ops.append(Elementwise(e.name, "residual_add", m, w.hidden, count, dtype))
     return ops
+
+
+def _attention(spec: ModelSpec, e, batch: int, qh: int, kvh: int, q_len: int, kv_len: int,
+               head_dim: int, block_density: float, count: float, dtype: str) -> list[Op]:
+    """The attention op, split into sliding-window and global layers where the model has both
+    (each count its share of the layers: static depth keeps the model's mix)."""
+    a = Attention("attention", batch, qh, kvh, q_len, kv_len, head_dim, causal=True,
+                  block_density=block_density, block_size=ATTN_BLOCK, count=count, dtype=dtype,
+                  softcap=e.softcap)
+    win, n = spec.sliding_window, spec.sliding_layers
+    if not win or not n or win >= kv_len:
+        return [a]
+    share = n / spec.num_layers
+    if share >= 1.0:
+        return [replace(a, window=win)]
+    return [replace(a, name="attention_sliding", window=win, count=count * share),
+            replace(a, count=count * (1.0 - share))]
+
+
+def _ordered(entries: tuple) -> list:
+    """A template's ops in the order the op list shows them: a merged op (q and k norms as one
+    ``qk_norm``, an activation whose product needs the up projection) sits at its last kernel,
+    after the linears it reads."""
+    out = [e for e in entries if e.op not in ("qk_norm", "act")]
+    for e in entries:
+        if e.op == "qk_norm":
+            at = max(i for i, x in enumerate(out) if x.role in ("q", "k", "v", "qkv")) + 1
+            out.insert(at, e)
+        elif e.op == "act":
+            at = max(i for i, x in enumerate(out) if x.role in ("gate", "up", "gate_up", "in")) + 1
+            out.insert(at, e)
+    return out
 
 
 def mlp_block(w: LayerWidths, m: int, count: float, dtype: str, lin: Linear,
-              tp: int = 1) -> list[Op]:
-    """Ops of the MLP sublayer (one rank's at ``tp`` > 1: its channels, then the all-reduce of
-    down_proj's output)."""
+              tp: int = 1, spec: ModelSpec | None = None) -> list[Op]:
+    """Ops of the MLP sublayer as the architecture template lists them (one rank's at ``tp`` >
+    1: its channels, then the all-reduce of the output projection's result)."""
     inter = w.inter // tp
     col = sharded(lin, tp, tp)
-    ops: list[Op] = [Elementwise("post_attn_norm", "rmsnorm", m, w.hidden, count, dtype)]
-    ops += col("gate_proj", m, inter, w.hidden, count)
-    ops += col("up_proj", m, inter, w.hidden, count)
-    ops.append(Elementwise("silu_mul", "silu_mul", m, inter, count, dtype))
-    ops += col("down_proj", m, w.hidden, inter, count)
-    ops += all_reduce("mlp_all_reduce", m, w.hidden, count, dtype, tp)
-    ops.append(Elementwise("mlp_residual", "residual_add", m, w.hidden, count, dtype))
+    arch = (spec.architecture if spec is not None else None) or _llama()
+    ops: list[Op] = []
+    for e in _ordered(arch.mlp):
+        if e.op == "norm":
+            ops.append(Elementwise(e.name, e.kind, m, w.hidden, count, dtype))
+        elif e.op == "linear":
+            if e.role in ("gate", "up", "in"):
+                ops += col(e.name, m, inter, w.hidden, count)
+            elif e.role == "gate_up":
+                ops += col(e.name, m, 2 * inter, w.hidden, count)
+            elif e.role == "down":
+                ops += col(e.name, m, w.hidden, inter, count)
+                ops += all_reduce("mlp_all_reduce", m, w.hidden, count, dtype, tp)
+        elif e.op == "act":
+            code = ACTIVATIONS.index(e.activation) if e.kind != "silu_mul" else 0
+            ops.append(Elementwise(e.name, e.kind, m, inter, count, dtype, extra=code))
+        elif e.op == "residual":
+            ops.append(Elementwise(e.name, "residual_add", m, w.hidden, count, dtype))
     return ops
+
+
+def _llama():
+    from .architecture import llama_default
+
+    return llama_default()
 
 
 def decoder_params(spec: ModelSpec) -> float:

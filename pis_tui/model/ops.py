@@ -38,7 +38,15 @@ ELEMENTWISE_KINDS = (
     "gather",        # gather `rows` of width `width` (token routing)
     "scatter",       # scatter-add `rows` of width `width` back into the residual
     "block_pool",    # mean-pool q/k [rows,width] into blocks (block-sparse gating)
+    "layernorm",     # LayerNorm: read x[rows,width] + weight/bias, write y
+    "act",           # an ungated activation (ReLU, GELU…; `extra`: its index in ACTIVATIONS)
+    "act_mul",       # a gated activation other than SiLU: act(gate)·up (`extra` as for act)
+    "scale",         # x·c (Gemma's embedding scale)
+    "softcap",       # c·tanh(x/c) (Gemma 2's final logit soft-cap)
 )
+
+#: activation functions of the ``act`` / ``act_mul`` kinds, by ``Elementwise.extra``
+ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh", "quick_gelu", "sigmoid")
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -106,6 +114,12 @@ class Attention:
     block_size: int = 64
     count: float = 1.0
     dtype: str = "bf16"
+    #: sliding-window attention: each query sees at most this many keys (0: no window); a
+    #: kernel with window support computes only those, one with a mask (eager SDPA) all of them
+    window: int = 0
+    #: logit soft-capping (Gemma 2): c·tanh(s/c) on the scores, which eager attention
+    #: materialises (transformers runs such a model with its eager attention)
+    softcap: bool = False
     op_type: str = field(default="attention", init=False)
 
     def _pairs(self) -> float:
@@ -114,9 +128,18 @@ class Attention:
             # query i (offset kv_len - q_len) sees kv_len - q_len + i + 1 keys
             off = self.kv_len - self.q_len
             pairs = self.q_len * off + self.q_len * (self.q_len + 1) / 2
+            if self.window and self.window < self.kv_len:
+                # ... of which at most `window`: sum over i of min(window, off + i + 1)
+                w, q = self.window, self.q_len
+                uncapped = min(q, max(0, w - off - 1))  # queries that see fewer than w keys
+                pairs = uncapped * off + uncapped * (uncapped + 1) / 2 + (q - uncapped) * w
         else:
-            pairs = float(self.q_len * self.kv_len)
+            pairs = float(self.q_len * min(self.kv_len, self.window or self.kv_len))
         return pairs * self.block_density
+
+    def kv_read(self) -> int:
+        """Keys each sequence's step reads in decode (the window, where there is one)."""
+        return min(self.kv_len, self.window) if self.window else self.kv_len
 
     def flops(self) -> float:
         # QKᵀ and PV: 2 GEMMs of 2·d FLOPs per pair and head
@@ -128,7 +151,7 @@ class Attention:
     def bytes(self) -> float:
         b = dtype_bytes(self.dtype)
         q_o = 2 * self.batch * self.q_heads * self.q_len * self.head_dim * b
-        kv = 2 * self.batch * self.kv_heads * self.kv_len * self.head_dim * b
+        kv = 2 * self.batch * self.kv_heads * self.kv_read() * self.head_dim * b
         return q_o + kv * (self.block_density if self.q_len == 1 else 1.0)
 
     def key(self) -> str:
@@ -136,6 +159,7 @@ class Attention:
             f"attn:{self.dtype}:b{self.batch}:h{self.q_heads}/{self.kv_heads}:"
             f"q{self.q_len}:kv{self.kv_len}:d{self.head_dim}:"
             f"{'causal' if self.causal else 'full'}:bd{self.block_density:.4f}:bs{self.block_size}"
+            + (f":w{self.window}" if self.window else "") + (":softcap" if self.softcap else "")
         )
 
     def shape(self) -> str:
@@ -143,6 +167,10 @@ class Attention:
              f"kv={self.kv_len} d={self.head_dim}")
         if self.block_density < 1.0:
             s += f" blocks={self.block_density:.0%}"
+        if self.window:
+            s += f" window={self.window}"
+        if self.softcap:
+            s += " softcap"
         return s
 
 
@@ -161,7 +189,8 @@ class Elementwise:
 
     def flops(self) -> float:
         per = {"rmsnorm": 4, "rotary": 6, "silu_mul": 5, "residual_add": 1, "bias_add": 1,
-               "topk": 2, "block_pool": 1, "scatter": 1}.get(self.kind, 0)
+               "topk": 2, "block_pool": 1, "scatter": 1, "layernorm": 7, "act": 4, "act_mul": 5,
+               "scale": 1, "softcap": 3}.get(self.kind, 0)
         return float(per * self.rows * self.width)
 
     def effective_flops(self) -> float:
@@ -173,7 +202,7 @@ class Elementwise:
         reads_writes = {
             "rmsnorm": 2, "rotary": 2, "silu_mul": 3, "residual_add": 3, "bias_add": 2,
             "embedding": 2, "kv_write": 2, "topk": 1, "gather": 2, "scatter": 3,
-            "block_pool": 1,
+            "block_pool": 1, "layernorm": 2, "act": 2, "act_mul": 3, "scale": 2, "softcap": 2,
         }[self.kind]
         return n * reads_writes
 
@@ -184,6 +213,8 @@ class Elementwise:
         s = f"rows={self.rows} width={self.width}"
         if self.kind == "topk":
             s += f" k={self.extra}"
+        if self.kind in ("act", "act_mul") and 0 <= self.extra < len(ACTIVATIONS):
+            s += f" {ACTIVATIONS[self.extra]}"
         return s
 
 
@@ -321,6 +352,10 @@ def measuring_form(op: Op) -> Op:
     """The kernel call timed for an op: one call (count 1) of :func:`kernel_of` (the key
     ignores names; a GEMM's shards are one rank's kernel all the same)."""
     k = replace(kernel_of(op), count=1.0)
+    if isinstance(k, Attention) and (k.window or k.softcap):
+        # the local device times torch's SDPA: a window is a mask (every pair computed) and the
+        # estimator adds soft-capping's score passes itself
+        k = replace(k, window=0, softcap=False)
     return replace(k, shards=1) if isinstance(k, Gemm) and k.shards != 1 else k
 
 

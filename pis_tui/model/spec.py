@@ -13,8 +13,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import Optional
+
 from ..errors import UserError
 from ..shipped import list_names, profile_path
+from .architecture import Architecture, architecture_for, role_nk, rotary_dim, widths_of_config
 
 _MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
              "num_experts_per_tok", "moe_intermediate_size")
@@ -39,6 +42,12 @@ class ModelSpec:
     attention_bias: bool = False
     qk_norm: bool = False
     source: str = ""
+    #: what a layer runs, traced from the model's own class (:mod:`pis_tui.model.architecture`)
+    architecture: Optional[Architecture] = None
+    rotary_dim: int = 0        # rotated width per head (0: no rotary embedding)
+    sliding_window: int = 0    # keys a sliding-window layer sees (0: none)
+    sliding_layers: int = 0    # how many of the layers use it
+    max_positions: int = 0     # learned position table rows (OPT, GPT-2; 0: none)
 
     @property
     def q_dim(self) -> int:
@@ -52,9 +61,21 @@ class ModelSpec:
     def gqa_group(self) -> int:
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def widths(self) -> dict:
+        return {"hidden": self.hidden_size, "q_dim": self.q_dim, "kv_dim": self.kv_dim,
+                "inter": self.intermediate_size, "vocab": self.vocab_size}
+
     def layer_params(self) -> int:
-        h, i = self.hidden_size, self.intermediate_size
-        return h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h + 3 * h * i
+        if self.architecture is None:
+            h, i = self.hidden_size, self.intermediate_size
+            return h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h + 3 * h * i
+        w = self.widths
+        return sum(n * k for n, k in (role_nk(e.role, w) for e in self.architecture.linears()))
+
+    @property
+    def arch_name(self) -> str:
+        return self.architecture.model_class if self.architecture else "Llama layout"
 
     def total_params(self) -> int:
         emb = self.vocab_size * self.hidden_size
@@ -63,11 +84,15 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["params"] = self.total_params()
+        d["architecture"] = self.architecture.summary() if self.architecture else None
         return d
 
 
-def spec_from_config(cfg: dict, name: str, source: str = "") -> ModelSpec:
-    """Extract a ModelSpec from a config dict (the text config of a multimodal one)."""
+def spec_from_config(cfg: dict, name: str, source: str = "", *, allow_trace: bool = True,
+                     with_architecture: bool = True) -> ModelSpec:
+    """Extract a ModelSpec from a config dict (the text config of a multimodal one), with the
+    architecture template its model type runs (shipped, cached, or traced now where
+    ``allow_trace``)."""
     if not isinstance(cfg, dict):
         raise UserError(f"{name}: config is not a JSON object")
     if isinstance(cfg.get("text_config"), dict):
@@ -82,7 +107,8 @@ def spec_from_config(cfg: dict, name: str, source: str = "") -> ModelSpec:
             raise UserError(f"{name}: mixture-of-experts models are not supported "
                             f"(config has {key}={v})")
     if cfg.get("is_encoder_decoder") or model_type in _NON_DECODER_TYPES or (
-            archs and not any("CausalLM" in a or "ForConditionalGeneration" in a for a in archs)):
+            archs and not any(s in a for a in archs
+                              for s in ("CausalLM", "LMHeadModel", "ForConditionalGeneration"))):
         what = ", ".join(archs) if archs else model_type
         raise UserError(f"{name}: only decoder-only language models are supported (this is {what})")
 
@@ -98,7 +124,14 @@ def spec_from_config(cfg: dict, name: str, source: str = "") -> ModelSpec:
     layers = need("num_hidden_layers", "n_layer", "num_layers")
     hidden = need("hidden_size", "n_embd", "d_model")
     heads = need("num_attention_heads", "n_head")
-    inter = need("intermediate_size", "ffn_dim", "n_inner")
+    if model_type == "gpt2" and cfg.get("n_inner") is None:
+        inter = 4 * hidden  # GPT-2: n_inner null means 4 × n_embd
+    else:
+        inter = need("intermediate_size", "ffn_dim", "n_inner")
+    proj = cfg.get("word_embed_proj_dim")
+    if model_type == "opt" and proj not in (None, hidden):
+        raise UserError(f"{name}: OPT with word_embed_proj_dim={proj} ≠ hidden_size={hidden} "
+                        "(project_in/out around the layers) is not supported")
     kv = cfg.get("num_key_value_heads") or heads
     if not isinstance(kv, int) or kv <= 0 or heads % kv:
         raise UserError(f"{name}: num_key_value_heads={kv!r} does not divide num_attention_heads={heads}")
@@ -108,14 +141,48 @@ def spec_from_config(cfg: dict, name: str, source: str = "") -> ModelSpec:
     if not isinstance(head_dim, int) or head_dim <= 0:
         raise UserError(f"{name}: head_dim={head_dim!r} is not a positive integer")
     vocab = need("vocab_size")
+    arch = architecture_for(cfg, name, allow_trace=allow_trace) if with_architecture else None
+    w = widths_of_config(cfg)
+    w.update(head_dim=head_dim)
+    rot = rotary_dim(w) if arch is None or arch.rotary() else 0
+    window, windowed = _sliding(cfg, layers)
     return ModelSpec(
         name=name, model_type=model_type, num_layers=layers, hidden_size=hidden,
         intermediate_size=inter, num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
         vocab_size=vocab, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        activation=str(cfg.get("hidden_act") or cfg.get("activation_function") or "silu"),
-        attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
-        qk_norm=model_type in ("qwen3",), source=source,
+        activation=str(cfg.get("hidden_activation") or cfg.get("hidden_act")
+                       or cfg.get("activation_function") or "silu"),
+        attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")) and model_type in _QKV_BIAS_OP,
+        qk_norm=(any(e.op == "qk_norm" for e in arch.attention) if arch else model_type == "qwen3"),
+        source=source,
+        architecture=arch, rotary_dim=rot, sliding_window=window, sliding_layers=windowed,
+        max_positions=int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0)
+        if arch is not None and any(e.op == "pos_embedding" for e in arch.before_layers) else 0,
     )
+
+
+#: model types whose q/k/v bias is priced as its own op (``qkv_bias``), as pis-tui always has
+#: for them; elsewhere a linear's bias runs inside its GEMM (addmm), as the trace shows
+_QKV_BIAS_OP = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _sliding(cfg: dict, layers: int) -> tuple[int, int]:
+    """(window, layers using it) from a config: ``layer_types`` where given, else Gemma's
+    ``sliding_window_pattern`` (every n-th layer global), else Gemma 2's alternation, else a
+    window on every layer (Mistral-style, unless ``use_sliding_window`` is false)."""
+    w = cfg.get("sliding_window")
+    if not isinstance(w, int) or isinstance(w, bool) or w <= 0 or cfg.get("use_sliding_window") is False:
+        return 0, 0
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        n = sum(1 for t in types[:layers] if "sliding" in str(t))
+        return (w, n) if n else (0, 0)
+    pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern")
+    if isinstance(pattern, int) and pattern > 1:
+        return w, layers - layers // pattern
+    if cfg.get("model_type") == "gemma2":
+        return w, (layers + 1) // 2  # even layers slide, odd ones are global
+    return w, layers
 
 
 def preset_names() -> list[str]:
@@ -191,7 +258,8 @@ def load_model_spec(ref: str, *, allow_transformers: bool = True) -> ModelSpec:
     ref = str(ref).strip()
     if ref in preset_names():
         cfg = load_preset_config(ref)
-        return spec_from_config(cfg, ref, source=cfg.get("_source", "preset"))
+        return spec_from_config(cfg, ref, source=cfg.get("_source", "preset"),
+                                allow_trace=allow_transformers)
     path = Path(ref).expanduser()
     if path.is_dir():
         cfg_path = path / "config.json"
@@ -199,13 +267,13 @@ def load_model_spec(ref: str, *, allow_transformers: bool = True) -> ModelSpec:
             raise UserError(f"{path}: no config.json in this directory")
         raw = _read_json_file(cfg_path, ref)
         cfg = _maybe_autoconfig(str(path), raw) if allow_transformers else raw
-        return spec_from_config(cfg, path.name, source=str(cfg_path))
+        return spec_from_config(cfg, path.name, source=str(cfg_path), allow_trace=allow_transformers)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise UserError(f"{path}: no such file")
         raw = _read_json_file(path, ref)
         return spec_from_config(raw, path.stem if path.name != "config.json" else path.parent.name,
-                                source=str(path))
+                                source=str(path), allow_trace=allow_transformers)
     if "/" in ref and not ref.startswith((".", "/", "~")):
         if ref not in hf_cache_models():
             raise UserError(f"{ref}: not a preset and not in the local Hugging Face cache "
@@ -213,7 +281,8 @@ def load_model_spec(ref: str, *, allow_transformers: bool = True) -> ModelSpec:
         if not allow_transformers:
             repo = hf_hub_cache() / ("models--" + ref.replace("/", "--"))
             newest = max(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
-            return spec_from_config(_read_json_file(newest, ref), ref, source=f"hf-cache:{ref}")
+            return spec_from_config(_read_json_file(newest, ref), ref, source=f"hf-cache:{ref}",
+                                    allow_trace=False)
         return spec_from_config(_autoconfig_dict(ref), ref, source=f"hf-cache:{ref}")
     raise UserError(f"unknown model {ref!r}: not a preset ({', '.join(preset_names())}), "
                     "a config path or a cached Hugging Face id")
@@ -222,7 +291,7 @@ def load_model_spec(ref: str, *, allow_transformers: bool = True) -> ModelSpec:
 def _maybe_autoconfig(target: str, raw: dict) -> dict:
     """Validate the raw checks first (clear MoE/decoder errors), then let transformers fill
     defaults for keys the file omits; fall back to the raw dict if its type is unknown."""
-    spec_from_config(raw, target)  # raises the clear one-line errors
+    spec_from_config(raw, target, with_architecture=False)  # raises the clear one-line errors
     if all(k in raw for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
                               "num_attention_heads", "vocab_size")):
         return raw

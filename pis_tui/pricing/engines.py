@@ -66,7 +66,7 @@ class Engine:
     #: kernels() answers, by (family, phase, op name): a plan asks the same ones thousands of times
     _looked_up: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def kernels(self, family: str, phase: Optional[str], op_name: str) -> Optional[tuple]:
+    def kernels(self, family: str, phase: Optional[str], op_name: str, arch: str = "") -> Optional[tuple]:
         """The kernels of one call of an op (None: not described: one kernel of its own; an
         empty tuple: it runs inside another op's kernel).
 
@@ -74,12 +74,22 @@ class Engine:
         trace of its own: each op is looked up in its parts' traces, the later part first (it
         was applied to what the earlier one kept, so its trace has the shapes of the op list:
         low rank's factors of width-pruned linears), then the earlier part's (dynamic depth's
-        router, top-k, gather and scatter), then dense's."""
-        key = (family, phase, op_name)
+        router, top-k, gather and scatter), then dense's.
+
+        ``arch`` (:attr:`pis_tui.model.architecture.Architecture.key`): under ``eager``, an
+        architecture other than the Llama layout the engine's own trace came from is priced by
+        the kernels traced from its own modules first (its LayerNorm, its GELU, its attention
+        path), the engine's trace covering only what a family adds (routers, factors)."""
+        key = (family, phase, op_name, arch)
         try:
             return self._looked_up[key]
         except KeyError:
-            got = self._looked_up[key] = self._find(family, phase, op_name)
+            got = None
+            if arch and self.name == "eager" and arch not in LLAMA_TRACED:
+                got = _arch_kernels(arch, phase, op_name)
+            if got is None:
+                got = self._find(family, phase, op_name)
+            self._looked_up[key] = got
             return got
 
     def _find(self, family: str, phase: Optional[str], op_name: str) -> Optional[tuple]:
@@ -92,6 +102,23 @@ class Engine:
                     return got
         base = op_name.split(".")[0]
         return self.kernels(family, phase, base) if base != op_name else None
+
+
+#: architectures whose layer is the one ``eager.json`` was traced from (op names and kernels)
+LLAMA_TRACED = ("", "llama", "mistral", "qwen2", "qwen3")
+
+
+def _arch_kernels(arch: str, phase: Optional[str], op_name: str) -> Optional[tuple]:
+    """An architecture's own traced kernels for one op (None: it has none for that op)."""
+    from ..model.architecture import template_kernels
+
+    by_phase = template_kernels(arch)
+    for ph in dict.fromkeys(p for p in (phase, "prefill", "decode") if p):
+        raw = by_phase.get(ph, {}).get(op_name)
+        if raw is not None:
+            return _kernels(raw)
+    base = op_name.split(".")[0]
+    return _arch_kernels(arch, phase, base) if base != op_name else None
 
 
 #: kernels that are the op itself, priced by the GEMM or attention model rather than by bytes

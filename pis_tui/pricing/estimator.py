@@ -38,7 +38,7 @@ from typing import Iterable, Optional
 
 from . import collectives, engines as execution, sources
 from ..device.gpus import DeviceProfile, efficiency
-from ..model.ops import (Attention, Collective, Elementwise, Gemm, Op, Overhead, kernel_of,
+from ..model.ops import (Attention, Collective, Elementwise, Gemm, Op, Overhead, dtype_bytes, kernel_of,
                          op_from_dict)
 from .estimates import PhaseEstimate, PricedOp
 
@@ -67,6 +67,13 @@ class MeasuredRecord:
     graph_capture: str = ""  # timed without a CUDA graph: eager launches included
     #: a solved figure (the dispatch probe's overheads): its standard error over its value
     solve_u: Optional[float] = None
+
+
+#: transformers' eager attention of a soft-capped model (Gemma 2, transformers 5.25): the
+#: kernels between QKᵀ and PV (scale, ÷cap, tanh, ×cap, +mask, softmax), as traced
+#: (profiles/architectures/gemma2.json), and the passes over the scores they and the GEMMs make
+SCORE_KERNELS = 6
+SCORE_PASSES = 2 * SCORE_KERNELS + 2
 
 
 def _as_record(m) -> Optional[MeasuredRecord]:
@@ -178,35 +185,37 @@ class Estimator:
         t_c = op.flops() / (self.peak(op.dtype) * e["attention" if self.device.kind != "cpu" else "gemm"])
         return max(t_c, op.bytes() / (bw * e["bandwidth"])) * 1e3
 
-    def kernels_of(self, op: Op, family: str = "dense", phase: Optional[str] = None):
-        """The kernels the engine runs for one call of an op (None: one of its own)."""
+    def kernels_of(self, op: Op, family: str = "dense", phase: Optional[str] = None, arch: str = ""):
+        """The kernels the engine runs for one call of an op (None: one of its own); ``arch``: the
+        architecture whose traced kernels come first (:meth:`Engine.kernels`)."""
         if isinstance(op, Overhead):
             return None
-        return self.profile.kernels(family, phase, op.name)
+        return self.profile.kernels(family, phase, op.name, arch)
 
     def launches(self, op: Op, family: str = "dense", phase: Optional[str] = None,
-                 merged: Optional[dict] = None) -> Optional[int]:
+                 merged: Optional[dict] = None, arch: str = "") -> Optional[int]:
         """Kernel launches per call of ``op`` under the engine (None: host overhead,
         no kernel; 0: inside another op's kernel or a merged GEMM)."""
         if isinstance(op, Overhead):
             return None
         if isinstance((merged or {}).get(op.name), str):
             return 0
-        kernels = self.kernels_of(op, family, phase)
+        kernels = self.kernels_of(op, family, phase, arch)
         return 1 if kernels is None else len(kernels)
 
-    def analytical_ms(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> float:
+    def analytical_ms(self, op: Op, family: str = "dense", phase: Optional[str] = None,
+                      arch: str = "") -> float:
         """The documented model (no measurement): each kernel the engine runs for
         the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the
         device's per-kernel floor; the op's own GEMM or attention kernel by the GEMM / attention
         model, the other kernels (casts, reductions, copies, glue) by the bytes they move."""
-        return self._cost(op, family, phase, ideal=False)
+        return self._cost(op, family, phase, ideal=False, arch=arch)
 
-    def _cost(self, op: Op, family: str, phase: Optional[str], ideal: bool) -> float:
+    def _cost(self, op: Op, family: str, phase: Optional[str], ideal: bool, arch: str = "") -> float:
         """analytical_ms, or (``ideal``) the least time the same kernels can take: each at its
         roofline (shares of 1) plus the per-kernel floor (the physical ceiling's work)."""
         floor = self.device.launch_overhead_us * 1e-3
-        kernels = self.kernels_of(op, family, phase)
+        kernels = self.kernels_of(op, family, phase, arch)
         if kernels is not None and not kernels:
             return 0.0  # runs inside another op's kernel (a residual add in a fused norm)
         bw = self.bandwidth(op.dtype) * (1.0 if ideal else self.eff["bandwidth"])
@@ -227,14 +236,16 @@ class Estimator:
 
     # ---------------------------------------------------------------- pricing
 
-    def price(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> PricedOp:
+    def price(self, op: Op, family: str = "dense", phase: Optional[str] = None,
+              arch: str = "") -> PricedOp:
         """One op's time per call, its source, its relative uncertainty and its kernel launches
         per call (:meth:`launches`, the op as its own GEMM: :meth:`estimate` sets a merged
         GEMM's); :meth:`_price_op` says how."""
-        p = self._price_op(op, family, phase)
-        return _with_kernels(p, self.launches(op, family, phase))
+        p = self._price_op(op, family, phase, arch)
+        return _with_kernels(p, self.launches(op, family, phase, arch=arch))
 
-    def _price_op(self, op: Op, family: str = "dense", phase: Optional[str] = None) -> PricedOp:
+    def _price_op(self, op: Op, family: str = "dense", phase: Optional[str] = None,
+                  arch: str = "") -> PricedOp:
         """One op's time per call, its source and its relative uncertainty (the rule in
         :mod:`pis_tui.pricing.sources`).  An ``unstable`` measurement is priced no better than
         interpolated: from its stable neighbours where they reach, else at its own time,
@@ -263,6 +274,8 @@ class Estimator:
             why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
                    else "eager framework overhead not measured on this CPU")
             return PricedOp(op, 0.0, "roofline", why)
+        if isinstance(op, Attention) and (op.window or op.softcap):
+            return self._price_windowed(op, family, phase, arch)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
         if unsupported:
             p = self.price(kernel_of(op, sparse_24=False))
@@ -270,7 +283,7 @@ class Estimator:
                             f"no 2:4 sparse kernel on {self.device.display_name}: runs dense "
                             f"({p.source} time)", p.uncertainty, p.loaded)
         if self.engine != "eager" and isinstance(op, Elementwise):
-            return PricedOp(op, self.analytical_ms(op, family, phase), "roofline",
+            return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
                             f"{self.engine} engine: its own kernels, not the eager ones measured",
                             sources.uncertainty("roofline"))
         hit = self._exact.get(kernel_of(op).key())
@@ -299,8 +312,38 @@ class Estimator:
                             rec.loaded)
         if ms is not None:
             return PricedOp(op, ms, "interpolated", uncertainty=sources.uncertainty("interpolated"))
-        return PricedOp(op, self.analytical_ms(op, family, phase), "roofline",
+        return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
                         uncertainty=sources.uncertainty("roofline"))
+
+    def _price_windowed(self, op: Attention, family: str, phase: Optional[str], arch: str) -> PricedOp:
+        """Sliding-window or soft-capped attention as the engine runs it.  ``fused``
+        (FlashAttention with a window and soft-capping): only the window's pairs, no extra
+        pass.  ``eager`` (transformers): SDPA applies a sliding window as a mask, so every
+        causal pair is computed; a soft-capped model runs transformers' eager attention, which
+        materialises the scores: QKᵀ written, then
+        read by PV: :data:`SCORE_KERNELS` kernels between the two GEMMs, each reading and writing
+        B·H·q·kv elements, plus QKᵀ's write and PV's read — :data:`SCORE_PASSES` passes over the
+        score matrix, priced by bandwidth (and a launch floor each) on top of the attention
+        kernel.  The base kernel
+        keeps its own source; the passes are roofline, so the op is labelled no better."""
+        eager = self.engine == "eager"
+        base = replace(op, window=0 if eager else op.window, softcap=False)
+        p = self._price_op(base, family, phase, arch)
+        notes = [p.note] if p.note else []
+        extra = 0.0
+        if op.window and eager:
+            notes.append(f"eager SDPA applies the {op.window}-key window as a mask: every causal "
+                         "pair is computed")
+        if op.softcap and eager:
+            scores = op.batch * op.q_heads * op.q_len * op.kv_len
+            bw = self.bandwidth(op.dtype) * self.eff["bandwidth"]
+            extra = (SCORE_PASSES * scores * dtype_bytes(op.dtype) / bw * 1e3
+                     + SCORE_KERNELS * self.device.launch_overhead_us * 1e-3)
+            notes.append(f"soft-capped logits: eager attention materialises the scores "
+                         f"({SCORE_KERNELS} kernels, {SCORE_PASSES} passes, priced by bandwidth)")
+        source = p.source if not extra else sources.weakest({p.source, "roofline"})
+        unc = p.uncertainty if not extra else max(p.uncertainty, sources.uncertainty("roofline"))
+        return PricedOp(op, p.ms_per_call + extra, source, "; ".join(notes), unc, p.loaded)
 
     def _merged(self, ops) -> dict:
         """{op name: the GEMM that computes it}: under a profile that merges GEMMs (q/k/v, gate/up)
@@ -321,8 +364,9 @@ class Estimator:
 
     def estimate(self, phase_ops) -> PhaseEstimate:
         fam, phase = phase_ops.strategy.family, phase_ops.phase
+        arch = getattr(phase_ops, "arch", "")
         merged = self._merged(phase_ops.ops) if self.profile.merged_gemms else {}
-        heads = {n: self.price(m, fam, phase) for n, m in merged.items() if not isinstance(m, str)}
+        heads = {n: self.price(m, fam, phase, arch) for n, m in merged.items() if not isinstance(m, str)}
         price, launches = self.price, self.launches
         priced = []
         latency = flops = 0.0
@@ -338,9 +382,9 @@ class Estimator:
                 h = heads[o.name]
                 p = PricedOp(o, h.ms_per_call, h.source,
                              f"one GEMM for {', '.join(self.profile.merged_gemms[o.name])}",
-                             h.uncertainty, h.loaded, launches(o, fam, phase, merged))
+                             h.uncertainty, h.loaded, launches(o, fam, phase, merged, arch))
             else:  # price() counted its launches (a merged GEMM's parts are the cases above)
-                p = price(o, fam, phase)
+                p = price(o, fam, phase, arch)
             priced.append(p)
             total = p.ms_per_call * o.count
             latency += total

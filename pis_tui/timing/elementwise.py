@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import MeasureError
-from ..model.ops import Elementwise, dtype_bytes
+from ..model.ops import ACTIVATIONS, Elementwise, dtype_bytes
 from .case import Case, copies_for, rand_tensor, views
 from .device import DeviceContext, torch_dtype, torch_module
 
@@ -180,8 +180,77 @@ def _block_pool_case(a: _Inputs) -> Case:
     return Case(fn, ref)
 
 
+def _layernorm_case(a: _Inputs) -> Case:
+    torch, F, x = a.torch, a.F, a.x
+    w = rand_tensor(a.ctx, (a.width,), a.op.dtype, seed=6)
+    b = rand_tensor(a.ctx, (a.width,), a.op.dtype, seed=10)
+    eps = 1e-5
+
+    def ref():
+        xd = x.double()
+        mu = xd.mean(-1, keepdim=True)
+        var = ((xd - mu) ** 2).mean(-1, keepdim=True)
+        return (xd - mu) / torch.sqrt(var + eps) * w.double() + b.double()
+    return Case(lambda i: F.layer_norm(x, (a.width,), w, b, eps), ref)  # nn.LayerNorm
+
+
+def _activation(a: _Inputs):
+    """(the function as transformers' activation module runs it, its float64 reference)."""
+    torch, F = a.torch, a.F
+    name = ACTIVATIONS[a.op.extra] if 0 <= a.op.extra < len(ACTIVATIONS) else "?"
+    c = math.sqrt(2.0 / math.pi)
+
+    def gelu_tanh_ref(t):
+        return 0.5 * t * (1.0 + torch.tanh(c * (t + 0.044715 * t.pow(3))))
+    table = {
+        "silu": (F.silu, lambda t: t * torch.sigmoid(t)),
+        "relu": (F.relu, F.relu),
+        "gelu": (F.gelu, lambda t: 0.5 * t * (1.0 + torch.erf(t / math.sqrt(2.0)))),
+        "gelu_tanh": (lambda t: F.gelu(t, approximate="tanh"), gelu_tanh_ref),
+        "quick_gelu": (lambda t: t * torch.sigmoid(1.702 * t), lambda t: t * torch.sigmoid(1.702 * t)),
+        "sigmoid": (torch.sigmoid, torch.sigmoid),
+    }
+    if name not in table:
+        raise MeasureError(f"{a.op.key()}: activation index {a.op.extra} is not one of {ACTIVATIONS}")
+    return table[name]
+
+
+def _act_case(a: _Inputs) -> Case:
+    fn, ref = _activation(a)
+    x = a.x
+    return Case(lambda i: fn(x), lambda: ref(x.double()))
+
+
+def _act_mul_case(a: _Inputs) -> Case:
+    fn, ref = _activation(a)
+    x = a.x
+    up = rand_tensor(a.ctx, (a.rows, a.width), a.op.dtype, seed=7)
+    return Case(lambda i: fn(x) * up, lambda: ref(x.double()) * up.double())
+
+
+def _scale_case(a: _Inputs) -> Case:
+    x = a.x
+    c = math.sqrt(a.width)  # Gemma: embeddings × √hidden (a tensor of the activation dtype)
+    scale = a.torch.tensor(c, dtype=a.dt, device=x.device)
+    return Case(lambda i: x * scale, lambda: x.double() * float(scale))
+
+
+def _softcap_case(a: _Inputs) -> Case:
+    torch, x = a.torch, a.x
+    cap = 30.0  # Gemma 2's final_logit_softcapping
+
+    def fn(i):  # transformers' Gemma2ForCausalLM: logits / cap, tanh, × cap
+        return torch.tanh(x / cap) * cap
+    return Case(fn, lambda: torch.tanh(x.double() / cap) * cap)
+
+
 #: each elementwise kind's case, written the way transformers' modules run it
 _CASES = {
+    "layernorm": _layernorm_case,
+    "act": _act_case,
+    "act_mul": _act_mul_case,
+    "scale": _scale_case,
+    "softcap": _softcap_case,
     "rmsnorm": _rmsnorm_case,
     "rotary": _rotary_case,
     "silu_mul": _silu_mul_case,

@@ -69,6 +69,7 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         self._model_options: list[tuple[str, str]] = [(choices.model, choices.model)]
         self._gpu_options: list[tuple[str, str]] = [(choices.gpu, choices.gpu)]
         self._debounce = None
+        self._own_scenario_error = False  # the scenario line shows its own input check
         self._texts: dict[str, str] = {}  # what each info/error line shows
 
     # ------------------------------------------------------------------ layout
@@ -318,11 +319,18 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
             try:
                 v = int(text)
             except ValueError:
+                self._own_scenario_error = True
                 self.set_error("scenario", f"{attr.replace('_', ' ')}: {text!r} is not a whole number")
                 return
             if not 0 < v <= 1 << 20:
+                self._own_scenario_error = True
                 self.set_error("scenario", f"{attr.replace('_', ' ')} must be 1…{1 << 20}, got {v}")
                 return
             vals[attr] = v
-        self.set_error("scenario", "")
+        if self._own_scenario_error:
+            # only its own line: a debounce that fires after a failed sweep (e.g. --tp 4 on 14
+            # heads) must not wipe the app's error; a changed scenario re-sweeps, and a sweep
+            # that succeeds clears the app's line itself
+            self._own_scenario_error = False
+            self.set_error("scenario", "")
         self._post(replace(self.choices, **vals), "scenario")

@@ -1,0 +1,554 @@
+"""Trace a decoder's own modules into an architecture template (the op list of its layers).
+
+transformers builds the model class for a config on the meta device (no weights, no memory,
+no download); one prefill and one decode forward run under a TorchDispatchMode while module
+hooks keep the stack of modules running, and ``F.scaled_dot_product_attention`` is wrapped
+so the attention kernel is one leaf (on meta it would decompose into its math).  The events of
+decoder layer 0 and of the model around the layers are then mapped onto pis-tui's op
+vocabulary (:mod:`pis_tui.model.architecture`): every linear (``nn.Linear`` or GPT-2's
+``Conv1D``) with its role, found from its name and checked against its weight's shape;
+every normalisation module (RMSNorm or LayerNorm, by what it runs); the rotary embedding
+(the ``neg`` of rotate-half inside attention); attention (SDPA, or the eager softmax path
+with or without logit soft-capping); the activation (gated or not, and which function); the
+residual adds; learned positions, embedding scaling and the final logit soft-cap around
+the layers.  What each op runs is kept as its eager kernels (aten op, tensors as multiples of
+the op's size, dtypes), the way :mod:`pis_tui.validation.kernel_trace` records Llama's.
+
+Anything the mapping cannot place (a module it does not know, a linear whose name has no
+role, a shape that is not its role's) raises :class:`~pis_tui.errors.UserError` naming it:
+such a model is refused, never priced as something else.
+
+``python -m pis_tui.hf.architecture_trace`` regenerates ``profiles/architectures/*.json``
+(the shipped templates) from each architecture's default config; a test checks a fresh
+trace against them.  torch and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+from ..errors import UserError
+from ..model import architecture as A
+from ..shipped import profile_path
+
+#: aten ops that launch no kernel (views, allocations without a fill)
+NO_KERNEL = frozenset({
+    "view", "_unsafe_view", "expand", "transpose", "t", "permute", "unsqueeze", "squeeze",
+    "slice", "select", "as_strided", "alias", "detach", "split", "chunk", "unbind", "narrow",
+    "lift_fresh", "empty", "_reshape_alias", "split_with_sizes", "empty_strided", "empty_like",
+    "_local_scalar_dense", "item", "is_nonzero", "sym_size", "sym_stride", "sym_numel",
+})
+SDPA = "<sdpa>"
+BATCH, PREFILL_LEN = 2, 24  # the traced forward: 2 sequences of 24 tokens, then one step
+GEMM_ATEN = ("mm", "addmm", "linear", "matmul", "bmm", "baddbmm")
+
+#: the shipped architectures and the extra fields their default configs need to build small
+SHIPPED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "opt", "gpt2",
+           "gpt_neox")
+
+
+def _tensors(x) -> list:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
+
+
+def _dtype_name(dt, act) -> str:
+    if dt == act:
+        return "act"
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int64": "int64",
+            "int32": "int32", "bool": "bool"}.get(str(dt).replace("torch.", ""), "fp32")
+
+
+class _Event:
+    __slots__ = ("path", "cls", "aten", "ins", "outs", "phase")
+
+    def __init__(self, path, cls, aten, ins, outs, phase):
+        self.path, self.cls, self.aten, self.ins, self.outs, self.phase = path, cls, aten, ins, outs, phase
+
+
+def build_meta_model(cfg: dict):
+    """transformers' class for ``cfg`` (a config dict), on the meta device, eval mode, bf16."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(cfg)
+    model_type = cfg.pop("model_type", None)
+    if not model_type:
+        raise UserError("config has no model_type: cannot find the class to trace")
+    for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
+              "quantization_config", "auto_map"):
+        cfg.pop(k, None)
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    vocab = cfg.get("vocab_size")
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        v = cfg.get(k)
+        if isinstance(vocab, int) and isinstance(v, int) and not 0 <= v < vocab:
+            cfg[k] = None  # a token id outside the table: irrelevant to the ops, refused by some
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"transformers {_tf_version()} has no config class for model_type "
+                        f"{model_type!r} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        raise UserError(f"transformers {_tf_version()} cannot build a causal LM for model_type "
+                        f"{model_type!r} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return model.eval(), config
+
+
+def _tf_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def record(model) -> list:
+    """Events of one prefill (BATCH × PREFILL_LEN) and one decode step, on the meta device."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    stack: list = []
+    events: list = []
+    phase = ["prefill"]
+    handles = []
+    for name, mod in model.named_modules():
+        handles.append(mod.register_forward_pre_hook(
+            lambda m, a, _n=name or "<model>": (stack.append((_n, type(m).__name__)), None)[1]))
+        handles.append(mod.register_forward_hook(lambda m, a, o: (stack.pop(), None)[1]))
+    real_sdpa = F.scaled_dot_product_attention
+
+    inside = [0]
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            aten = func.overloadpacket.__name__
+            if aten not in NO_KERNEL and not inside[0]:
+                path, cls = stack[-1] if stack else ("-", "")
+                events.append(_Event(path, cls, aten, _tensors(args) + _tensors(kwargs or {}),
+                                     _tensors(out), phase[0]))
+            return out
+
+    def sdpa(*args, **kwargs):
+        # one leaf, as on a device (on meta it would run its math decomposition)
+        inside[0] += 1
+        try:
+            out = real_sdpa(*args, **kwargs)
+        finally:
+            inside[0] -= 1
+        path = (stack[-1][0] if stack else "-") + "." + SDPA
+        events.append(_Event(path, SDPA, "scaled_dot_product_attention", _tensors(args[:3]), [out],
+                             phase[0]))
+        return out
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        ids = torch.zeros(BATCH, PREFILL_LEN, dtype=torch.long, device="meta")
+        with torch.no_grad(), Recorder():
+            out = model(input_ids=ids, use_cache=True)
+            phase[0] = "decode"
+            step = torch.zeros(BATCH, 1, dtype=torch.long, device="meta")
+            model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{type(model).__name__}: its forward cannot be traced on the meta device "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    finally:
+        F.scaled_dot_product_attention = real_sdpa
+        for h in handles:
+            h.remove()
+    return events
+
+
+def _layers_path(model, num_layers: int) -> str:
+    import torch.nn as nn
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == num_layers and num_layers > 0:
+            return name
+    raise UserError(f"{type(model).__name__}: no list of {num_layers} decoder layers found")
+
+
+def _is_linear(mod) -> bool:
+    w = getattr(mod, "weight", None)
+    return w is not None and getattr(w, "dim", lambda: 0)() == 2 and type(mod).__name__ in (
+        "Linear", "Conv1D") and not type(mod).__name__.endswith("Embedding")
+
+
+def _weight_nk(mod) -> tuple[int, int]:
+    w = mod.weight
+    if type(mod).__name__ == "Conv1D":  # GPT-2: weight [in, out]
+        return int(w.shape[1]), int(w.shape[0])
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def _norm_kind(cls: str, atens: list) -> Optional[str]:
+    if "native_layer_norm" in atens or "layer_norm" in atens:
+        return "layernorm"
+    if "rsqrt" in atens and ("mean" in atens or "pow" in atens):
+        return "rmsnorm"
+    if "Norm" in cls:
+        return "rmsnorm" if "RMS" in cls else "layernorm"
+    return None
+
+
+def _activation(atens: list, cfg_act: str) -> str:
+    """The activation function an MLP ran, from its kernels (checked against the config's)."""
+    if "silu" in atens:
+        return "silu"
+    if "relu" in atens:
+        return "relu"
+    if "gelu" in atens:
+        return "gelu_tanh" if "tanh" in cfg_act else "gelu"
+    if "tanh" in atens and "pow" in atens:
+        return "gelu_tanh"  # GPT-2's NewGELU / gelu_new: the tanh approximation, spelled out
+    if "sigmoid" in atens:
+        return "quick_gelu" if "quick" in cfg_act else "sigmoid"
+    raise UserError(f"the MLP's activation ({', '.join(dict.fromkeys(atens)) or 'none'}) is not "
+                    "one pis-tui prices (SiLU, ReLU, GELU, GELU-tanh)")
+
+
+def derive(model, config, events: list) -> dict:
+    """The template of ``model`` from its recorded events (see the module doc)."""
+    widths = A.widths_of_config(config.to_dict())
+    layers_path = _layers_path(model, widths["num_layers"])
+    modules = dict(model.named_modules())
+    l0 = layers_path + ".0"
+    layer_evs = {ph: [e for e in events if e.phase == ph and (e.path == l0 or e.path.startswith(l0 + "."))]
+                 for ph in ("prefill", "decode")}
+    outer = {ph: [e for e in events if e.phase == ph and not e.path.startswith(layers_path + ".")]
+             for ph in ("prefill", "decode")}
+    attn_mod = None
+    for name, mod in modules.items():
+        if name.startswith(l0 + ".") and name.count(".") == l0.count(".") + 1 and "Attention" in type(mod).__name__:
+            attn_mod = name
+            break
+    if attn_mod is None:
+        raise UserError(f"{type(model).__name__}: its decoder layer has no attention module")
+    cfg_act = str(widths.get("activation") or "")
+    ops: list = []          # (block, entry) in call order
+    kernels = {"prefill": {}, "decode": {}}
+    # ---- decoder layer 0, prefill: the op list
+    seen: dict = {}
+    state = {"attn_done": False, "o_done": False, "mlp_started": False, "adds": 0}
+    order: list = []
+    for e in layer_evs["prefill"]:
+        order.append(_classify(e, l0, attn_mod, modules, widths, state, cfg_act))
+    # group consecutive events by op name, keeping the first appearance order
+    entries: dict = {}
+    for e, (name, entry) in zip(layer_evs["prefill"], order):
+        if name is None or (entry.get("glue") and name not in entries):
+            continue  # glue of an op not reached yet: its kernels only (the op sits at its kernel)
+        entry = {k: v for k, v in entry.items() if k != "glue"}
+        if name not in entries:
+            entries[name] = entry
+            seen[name] = len(seen)
+        else:
+            entries[name] = _merge(entries[name], entry)
+    # ---- the blocks: attention up to the first residual add after the o-projection (or, with
+    # no add before the MLP's first linear, up to the o-projection: a parallel residual)
+    names = list(entries)
+    o_idx = max(i for i, n in enumerate(names) if entries[n].get("role") in A.ATTN_OUT_ROLES)
+    in_idx = min((i for i, n in enumerate(names) if entries[n].get("role") in A.MLP_IN_ROLES),
+                 default=None)
+    if in_idx is None:
+        raise UserError(f"{type(model).__name__}: no MLP input projection found in its layer")
+    cut = o_idx + 1
+    for i in range(o_idx + 1, in_idx):
+        if entries[names[i]]["op"] == "residual":
+            cut = i + 1
+            break
+    parallel = not any(entries[names[i]]["op"] == "residual" for i in range(o_idx + 1, in_idx))
+    gated_mlp = any(entries[n].get("role") in ("gate", "gate_up") for n in names)
+    act_name = None
+    for n in names:
+        if entries[n]["op"] == "act":
+            entries[n] = _finish_act(entries[n], cfg_act, gated_mlp)
+            act_name = entries[n]["name"]
+    attention = [entries[n] for n in names[:cut]]
+    mlp = [entries[n] for n in names[cut:]]
+    # kv_write: decode's cache update inside attention (kernels recorded below)
+    if any(e.path == attn_mod and e.aten in ("cat", "index_copy_", "index_copy", "copy_")
+           for e in layer_evs["decode"]):
+        pos = next(i for i, x in enumerate(attention) if x["op"] == "attention")
+        attention.insert(pos, {"op": "kv_write", "name": "kv_write", "phases": ["decode"]})
+    # ---- around the layers
+    model_ops = _model_level(outer["prefill"], modules, widths, layers_path)
+    # ---- kernels per op, both phases
+    for ph in ("prefill", "decode"):
+        st = {"attn_done": False, "o_done": False, "mlp_started": False, "adds": 0}
+        for e in layer_evs[ph]:
+            name, _ = _classify(e, l0, attn_mod, modules, widths, st, cfg_act)
+            if ph == "decode" and e.path == attn_mod and e.aten in ("cat", "index_copy_", "index_copy") \
+                    and not st["attn_done"]:
+                name = "kv_write"
+            if name is None:
+                continue
+            if name == "act" and act_name:
+                name = act_name
+            kernels[ph].setdefault(name, []).append(_kernel(e))
+        for e in outer[ph]:
+            name = _outer_name(e, modules, layers_path, model_ops)
+            if name:
+                kernels[ph].setdefault(name, []).append(_kernel(e))
+        att = kernels[ph].get("attention", [])
+        bmms = [i for i, k in enumerate(att) if k["aten"] in ("bmm", "matmul")]
+        if len(bmms) >= 2 and bmms[1] > bmms[0] + 1:
+            # eager attention's score path (scale, soft-cap, mask, softmax): its tensors are
+            # B·H·q·kv, not a multiple of the queries, so the estimator prices those passes
+            # itself (Estimator._price_windowed); the two GEMMs stay, as the attention's leaves
+            kernels[ph]["attention"] = att[:bmms[0] + 1] + att[bmms[1]:]
+    return {
+        "format": A.FORMAT,
+        "model_type": widths["model_type"],
+        "class": type(model).__name__,
+        "attention_implementation": getattr(config, "_attn_implementation", None) or "sdpa",
+        "structure": A.structure_of(config.to_dict()),
+        "parallel_residual": parallel,
+        "before_layers": model_ops["before"],
+        "attention": attention,
+        "mlp": mlp,
+        "after_layers": model_ops["after"],
+        "kernels": kernels,
+    }
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    if b.get("softcap"):
+        out["softcap"] = True
+    if a.get("op") == "act":
+        out["atens"] = list(a.get("atens", [])) + list(b.get("atens", []))
+        out["gated"] = bool(a.get("gated") or b.get("gated"))
+    return out
+
+
+def _finish_act(entry: dict, cfg_act: str, gated_mlp: bool) -> dict:
+    """An activation entry named by its kind: ``silu_mul`` (SiLU·mul, gated), ``act_mul``
+    (another gated activation), ``act`` (ungated), with the function it runs."""
+    fn = _activation(entry.get("atens", []), cfg_act)
+    kind = ("silu_mul" if fn == "silu" else "act_mul") if gated_mlp else "act"
+    return {"op": "act", "name": kind, "kind": kind, "activation": fn}
+
+
+def _classify(e, l0: str, attn_mod: str, modules: dict, widths: dict, state: dict, cfg_act: str):
+    """(op name, template entry) for one event of decoder layer 0 (name None: no op)."""
+    path = e.path
+    rel = path[len(l0) + 1:] if path.startswith(l0 + ".") else ""
+    mod = modules.get(path)
+    # a linear (any depth): its GEMM and bias
+    if mod is not None and _is_linear(mod):
+        leaf = rel.split(".")[-1]
+        role = A.role_of(leaf, rel)
+        if role is None:
+            raise UserError(f"linear {rel!r} has no role pis-tui knows (q, k, v, qkv, o, gate, up, "
+                            "gate_up, in, down)")
+        n, k = _weight_nk(mod)
+        want = A.role_nk(role, widths)
+        if (n, k) != want:
+            raise UserError(f"linear {rel!r} is {n}×{k}, not its role {role!r}'s {want[0]}×{want[1]}")
+        if role in A.ATTN_OUT_ROLES:
+            state["o_done"] = True
+        if role in A.MLP_IN_ROLES:
+            state["mlp_started"] = True
+        name = A.op_name_of(widths["model_type"], leaf, role)
+        if leaf in ("c_proj", "dense"):  # the same name in both blocks: say which
+            name = ("attn_" if role == "o" else "mlp_") + leaf
+        return name, {"op": "linear", "name": name, "module": rel, "role": role,
+                      "bias": getattr(mod, "bias", None) is not None}
+    if SDPA in path:
+        state["attn_done"] = True
+        return "attention", {"op": "attention", "name": "attention"}
+    # a normalisation module
+    if mod is not None and ("Norm" in type(mod).__name__):
+        kind = _norm_kind(type(mod).__name__, [e.aten])
+        leaf = rel.split(".")[-1]
+        if path.startswith(attn_mod + "."):
+            return "qk_norm", {"op": "qk_norm", "name": "qk_norm", "kind": kind or "rmsnorm",
+                               "module": rel}
+        name = A.op_name_of(widths["model_type"], leaf, "norm")
+        return name, {"op": "norm", "name": name, "kind": kind or "rmsnorm", "module": rel}
+    if path == attn_mod:
+        if not state["attn_done"]:
+            if e.aten in ("bmm", "matmul", "baddbmm") and len(e.ins) >= 2 and e.ins[0].dim() >= 3:
+                state["eager_attention"] = True
+            if state.get("eager_attention"):
+                return "attention", {"op": "attention", "name": "attention",
+                                     "softcap": e.aten == "tanh"}
+            if e.aten == "neg" or state.get("rotary"):
+                if e.aten == "neg":
+                    state["rotary"] = True
+                if e.aten in ("mul", "neg", "cat", "add"):
+                    return "rotary", {"op": "rotary", "name": "rotary"}
+            return "attention", {"op": "attention", "name": "attention", "glue": True}  # before it
+        return "attention", {"op": "attention", "name": "attention", "glue": True}  # reshapes after
+    # the activation (its module, or the MLP's own product of gate and up)
+    if state["mlp_started"] and not path == l0:
+        gated = e.aten == "mul" and len([t for t in e.ins if t.dim() >= 2]) == 2
+        return "act", {"op": "act", "name": "act", "atens": [e.aten], "gated": gated}
+    if path == l0:
+        if e.aten == "add":
+            state["adds"] += 1
+            name = "attn_residual" if not state["mlp_started"] else (
+                "mlp_residual" if "mlp_residual_seen" not in state else "mlp_residual_2")
+            if state["mlp_started"]:
+                state["mlp_residual_seen"] = True
+            return name, {"op": "residual", "name": name}
+        if e.aten in ("mul", "div") and not state["mlp_started"]:
+            return None, None
+        return None, None
+    if mod is not None and not state["mlp_started"] and not state["o_done"]:
+        return "attention", {"op": "attention", "name": "attention", "glue": True}
+    return None, None
+
+
+def _model_level(evs: list, modules: dict, widths: dict, layers_path: str) -> dict:
+    before, after = [], []
+    seen_layers = False
+    embeds = []
+    for e in evs:
+        mod = modules.get(e.path)
+        cls = type(mod).__name__ if mod is not None else ""
+        if e.aten == "embedding":
+            embeds.append(e.path)
+    tok = embeds[0] if embeds else None
+    pos = next((p for p in embeds if p != tok), None)
+    before.append({"op": "embedding", "name": "embedding", "module": tok})
+    if pos:
+        before.append({"op": "pos_embedding", "name": "pos_embedding", "module": pos})
+        before.append({"op": "residual", "name": "pos_add"})
+    if any(e.path == tok and e.aten == "mul" for e in evs):
+        before.append({"op": "scale", "name": "embed_scale", "module": tok})
+    final = None
+    for name, mod in modules.items():
+        if "Norm" in type(mod).__name__ and not name.startswith(layers_path + ".") and not name.startswith(
+                layers_path) and name.count(".") <= 2 and not any(
+                    x in name for x in ("vision", "audio")):
+            final = name
+    if final is None:
+        raise UserError("no final normalisation found after the decoder layers")
+    kind = _norm_kind(type(modules[final]).__name__, [e.aten for e in evs if e.path == final])
+    after.append({"op": "norm", "name": "final_norm", "kind": kind or "rmsnorm", "module": final})
+    after.append({"op": "linear", "name": "lm_head", "role": "lm_head", "module": "lm_head"})
+    lm_seen = False
+    for e in evs:
+        if e.path == "lm_head":
+            lm_seen = True
+        elif lm_seen and e.path == "<model>" and e.aten == "tanh":
+            after.append({"op": "scale", "name": "logit_softcap", "module": "<model>"})
+            break
+    del seen_layers
+    return {"before": before, "after": after}
+
+
+def _outer_name(e, modules: dict, layers_path: str, model_ops: dict) -> Optional[str]:
+    by_module = {}
+    for x in model_ops["before"] + model_ops["after"]:
+        by_module.setdefault(x.get("module"), []).append(x["name"])
+    names = by_module.get(e.path)
+    if e.path == "lm_head":
+        return "lm_head"
+    if names:
+        if "embed_scale" in names and e.aten == "mul":
+            return "embed_scale"
+        return names[0]
+    if e.path == "<model>":
+        return "logit_softcap" if any(x["name"] == "logit_softcap" for x in model_ops["after"]) \
+            and e.aten in ("div", "tanh", "mul") else None
+    if e.path in ("-",):
+        return None
+    # the model's own glue (positions, masks, rotary tables): once per forward
+    if e.aten == "add" and any(x["name"] == "pos_embedding" for x in model_ops["before"]) \
+            and len(e.outs) == 1 and e.outs[0].dim() == 3:
+        return "pos_add"
+    return "embedding"
+
+
+def _kernel(e) -> dict:
+    import torch
+
+    act = torch.bfloat16
+    return {"aten": e.aten,
+            "in": [[int(t.numel()), _dtype_name(t.dtype, act)] for t in e.ins if t.numel()],
+            "out": [[int(t.numel()), _dtype_name(t.dtype, act)] for t in e.outs if t.numel()]}
+
+
+def trace_config(cfg: dict) -> dict:
+    """The architecture template of a config dict (traced on the meta device), with the
+    versions it came from and its kernels as multiples of each op's size."""
+    import torch
+
+    model, config = build_meta_model(cfg)
+    events = record(model)
+    t = derive(model, config, events)
+    widths = A.widths_of_config(config.to_dict())
+    t["kernels"] = A.kernels_as_units(t, widths, BATCH, PREFILL_LEN)
+    t["traced_with"] = {"transformers": _tf_version(), "torch": torch.__version__.split("+")[0],
+                        "device": "meta", "dtype": "bf16", "batch": BATCH, "prompt_len": PREFILL_LEN}
+    A.check_template(t)
+    return t
+
+
+def default_config(model_type: str) -> dict:
+    """The config transformers gives ``model_type`` by default, at a small size to trace (the
+    structure, not the widths, is what a template keeps)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(model_type).to_dict()
+    small = {"num_hidden_layers": 2, "n_layer": 2, "hidden_size": 256, "n_embd": 256,
+             "intermediate_size": 704, "ffn_dim": 704, "n_inner": 704, "num_attention_heads": 8,
+             "n_head": 8, "num_key_value_heads": 2, "head_dim": 48, "vocab_size": 1024,
+             "max_position_embeddings": 512, "n_positions": 512, "word_embed_proj_dim": 256}
+    for k, v in small.items():
+        if k in cfg or k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size"):
+            cfg[k] = v
+    if model_type in ("opt", "gpt2", "gpt_neox"):
+        cfg.pop("head_dim", None)
+        cfg.pop("num_key_value_heads", None)
+        cfg["hidden_size" if model_type != "gpt2" else "n_embd"] = 256
+    if "layer_types" in cfg:
+        cfg.pop("layer_types")
+    cfg["model_type"] = model_type
+    return cfg
+
+
+def write_shipped(types=SHIPPED) -> list:
+    out = []
+    for mt in types:
+        t = trace_config(default_config(mt))
+        path = profile_path("architectures", f"{mt}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(t, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        out.append(path)
+    return out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--config":  # trace one config (first use): template JSON on stdout
+        try:
+            with open(argv[1], encoding="utf-8") as f:
+                cfg = json.load(f)
+            print(json.dumps(trace_config(cfg), sort_keys=True))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    for p in write_shipped(tuple(argv) or SHIPPED):
+        print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Every decoder priced as its own code runs: architecture templates traced from transformers'
+classes (on the meta device), shipped for the common architectures, traced on first use for
+others, refused with one line where they cannot be traced."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pis_tui.errors import UserError
+from pis_tui.families.phase_ops import build_phase_ops
+from pis_tui.families.strategy import Strategy
+from pis_tui.model import architecture as A
+from pis_tui.model.ops import Attention, Elementwise, Gemm
+from pis_tui.model.scenario import Scenario
+from pis_tui.model.spec import load_model_spec, preset_names, spec_from_config
+
+SCEN = Scenario(prefill_batch=1, prompt_len=256, decode_batch=4, context_len=512)
+
+
+def _cfg(model_type: str) -> dict:
+    from pis_tui.hf.architecture_trace import default_config
+
+    return default_config(model_type)
+
+
+def _ops(spec, phase="prefill", strategy=Strategy("dense", 0.0), scen=SCEN):
+    return build_phase_ops(spec, strategy, scen, phase).ops
+
+
+def _by_name(ops):
+    return {o.name: o for o in ops}
+
+
+@pytest.mark.parametrize("model_type", A.shipped_types())
+def test_shipped_template_is_what_a_fresh_trace_gives(model_type):
+    """Regenerated on purpose only: a transformers change that alters a layer shows here."""
+    from pis_tui.hf.architecture_trace import trace_config
+
+    shipped = json.loads(open(A.profile_path("architectures", f"{model_type}.json")).read())
+    fresh = trace_config(_cfg(model_type))
+    for key in ("class", "parallel_residual", "before_layers", "attention", "mlp", "after_layers",
+                "structure"):
+        assert fresh[key] == shipped[key], (model_type, key)
+
+
+@pytest.mark.parametrize("model_type", A.shipped_types())
+def test_op_list_gemms_are_the_real_modules_weights(model_type):
+    """The op list's GEMMs, by name, have the N × K of the real class's linears (meta device)."""
+    from pis_tui.hf.architecture_trace import _is_linear, _weight_nk, build_meta_model
+
+    cfg = _cfg(model_type)
+    model, _ = build_meta_model(cfg)
+    spec = spec_from_config(cfg, model_type)
+    layer0 = [(n, m) for n, m in model.named_modules() if ".0." in n and _is_linear(m)]
+    gemms = {o.name: o for o in _ops(spec) if isinstance(o, Gemm) and o.name != "lm_head"}
+    assert len(gemms) == len(layer0)
+    want = sorted(_weight_nk(m) for _, m in layer0)
+    assert sorted((g.n, g.k) for g in gemms.values()) == want
+    per_layer = sum(n * k for n, k in want)
+    assert spec.layer_params() == per_layer
+
+
+def test_every_preset_uses_a_shipped_template_without_tracing():
+    for name in preset_names():
+        spec = load_model_spec(name, allow_transformers=False)
+        assert spec.architecture.source == "shipped", name
+
+
+def test_opt_is_priced_as_opt_not_llama():
+    spec = spec_from_config(_cfg("opt"), "opt")
+    ops = _by_name(_ops(spec, "decode"))
+    for llama_only in ("gate_proj", "up_proj", "silu_mul", "rotary", "input_norm"):
+        assert llama_only not in ops
+    h, i = spec.hidden_size, spec.intermediate_size
+    assert (ops["fc1"].n, ops["fc1"].k) == (i, h) and (ops["fc2"].n, ops["fc2"].k) == (h, i)
+    assert ops["act"].kind == "act" and ops["act"].shape().endswith("relu")
+    assert ops["self_attn_layer_norm"].kind == "layernorm" and ops["final_norm"].kind == "layernorm"
+    assert ops["pos_embedding"].kind == "embedding" and "pos_add" in ops
+    # two MLP matrices, not three: 4H² + 2HI per layer
+    assert spec.layer_params() == 4 * h * h + 2 * h * i
+
+
+def test_gemma2_four_norms_gelu_tanh_sliding_window_and_softcaps():
+    cfg = _cfg("gemma2")
+    cfg.update(sliding_window=128, num_hidden_layers=4)
+    spec = spec_from_config(cfg, "g2")
+    ops = _ops(spec, "decode")
+    names = [o.name for o in ops]
+    norms = [o for o in ops if isinstance(o, Elementwise) and o.kind == "rmsnorm" and o.name != "final_norm"]
+    assert len(norms) == 4  # input, post-attention, pre- and post-feedforward
+    act = _by_name(ops)["act_mul"]
+    assert act.kind == "act_mul" and act.shape().endswith("gelu_tanh")
+    att = [o for o in ops if isinstance(o, Attention)]
+    assert {a.window for a in att} == {0, 128} and all(a.softcap for a in att)
+    assert sum(a.count for a in att) == pytest.approx(4)  # two sliding, two global layers
+    assert "logit_softcap" in names and "embed_scale" in names
+    assert "silu_mul" not in names
+
+
+def test_phi3_fused_projections_are_one_gemm_each():
+    spec = spec_from_config(_cfg("phi3"), "phi3")
+    ops = _by_name(_ops(spec))
+    assert "q_proj" not in ops and "gate_proj" not in ops
+    assert ops["qkv_proj"].n == spec.q_dim + 2 * spec.kv_dim
+    assert ops["gate_up_proj"].n == 2 * spec.intermediate_size
+    # static width keeps heads and channels of the fused weights: N follows both
+    pruned = _by_name(_ops(spec, strategy=Strategy("static_width", 0.5)))
+    assert pruned["qkv_proj"].n < ops["qkv_proj"].n
+    assert pruned["gate_up_proj"].n == 2 * pruned["down_proj"].k
+
+
+def test_gpt2_is_accepted_and_neox_runs_attention_and_mlp_in_parallel():
+    cfg = _cfg("gpt2")
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    spec = spec_from_config(cfg, "gpt2")
+    ops = _by_name(_ops(spec))
+    assert ops["c_attn"].n == 3 * spec.hidden_size and "pos_embedding" in ops
+    neox = spec_from_config(_cfg("gpt_neox"), "neox")
+    assert neox.architecture.parallel_residual
+    nops = _by_name(_ops(neox))
+    rot = A.rotary_dim({"head_dim": neox.head_dim, "rotary_fraction": 0.25})
+    assert neox.rotary_dim == rot < neox.head_dim  # GPT-NeoX rotates a quarter of each head
+    assert nops["rotary"].width == (neox.num_heads + neox.num_kv_heads) * rot
+
+
+def test_sliding_window_pairs_by_hand():
+    a = Attention("a", 1, 1, 1, q_len=8, kv_len=8, head_dim=8, window=3)
+    assert a._pairs() == 1 + 2 + 3 * 6  # queries 0 and 1 see fewer than 3 keys
+    d = Attention("a", 1, 1, 1, q_len=1, kv_len=500, head_dim=8, window=128)
+    assert d.kv_read() == 128 and d._pairs() == 128
+
+
+def test_an_unshipped_architecture_is_traced_once_then_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIS_TUI_ARCH_CACHE", str(tmp_path))
+    cfg = {"model_type": "olmo", "num_hidden_layers": 2, "hidden_size": 128,
+           "intermediate_size": 352, "num_attention_heads": 4, "vocab_size": 512,
+           "architectures": ["OlmoForCausalLM"]}
+    spec = spec_from_config(cfg, "olmo-tiny")
+    assert spec.architecture.model_class == "OlmoForCausalLM"
+    assert spec.architecture.norm_kind == "layernorm"  # OLMo's non-parametric LayerNorm
+    cached = list(tmp_path.glob("olmo-*.json"))
+    assert len(cached) == 1 and spec.architecture.source == str(cached[0])
+    # the second load reads the cache, never a subprocess
+    monkeypatch.setattr(A, "_trace_in_subprocess", lambda *a: pytest.fail("traced again"))
+    again = spec_from_config(cfg, "olmo-tiny")
+    assert again.architecture.source == str(cached[0])
+    # the estimating path never traces: no template, one line
+    with pytest.raises(UserError, match="no architecture template"):
+        spec_from_config(dict(cfg, model_type="stablelm"), "x", allow_trace=False)
+
+
+def test_an_architecture_that_cannot_be_built_is_refused_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIS_TUI_ARCH_CACHE", str(tmp_path))
+    cfg = {"model_type": "no-such-model", "num_hidden_layers": 2, "hidden_size": 64,
+           "intermediate_size": 128, "num_attention_heads": 4, "vocab_size": 100}
+    with pytest.raises(UserError) as e:
+        spec_from_config(cfg, "mystery")
+    assert "not supported" in str(e.value) and "\n" not in str(e.value)
