@@ -381,3 +381,21 @@ def test_rows_report_the_absolute_latency_error_beside_the_speedup():
     assert s["latency_error"]["median"] == pytest.approx(-0.1)
     assert s["latency_error"]["p90_abs"] == pytest.approx(0.2)
     assert s["p90_abs_error"] >= s["median_abs_error"]
+
+
+def test_the_dense_latency_error_is_against_the_median_of_its_timings_not_the_last_row():
+    """Every row of a case times the same dense model again; on a shared CPU those timings
+    spread wide (a committed quiet run: 72–101 ms for one decode step), so the dense model's
+    error is taken against their median, not against whichever row came last."""
+    from pis_tui.validation.compare import ValidationRow, accuracy_summary
+
+    def row(strategy, dmeas):
+        return ValidationRow(strategy, 0.5, 0.5, "decode", 1, 256, 50.0, 60.0, 80.0, dmeas,
+                             80.0 / 50.0, dmeas / 60.0, (80.0 / 50.0) / (dmeas / 60.0) - 1)
+
+    rows = [row("static_depth", 80.0), row("static_width", 100.0), row("low_rank", 82.0),
+            row("dynamic_depth", 160.0)]  # the last timing slowed by another process
+    s = accuracy_summary(rows)
+    assert s["dense_latency_error"]["median"] == pytest.approx(80.0 / 91.0 - 1)  # median of 4
+    t = s["dense_timings"]["decode b1 @256"]
+    assert t == {"n": 4, "predicted_ms": 80.0, "median_ms": 91.0, "min_ms": 80.0, "max_ms": 160.0}

@@ -549,8 +549,7 @@ def accuracy_summary(rows: list) -> dict:
     ferrs = [abs(r.flops_error) for r in rows]
     worst = max(rows, key=lambda r: abs(r.error))
     # absolute latency: the dense model once per case (phase, batch, length), the pruned ones
-    dense = {(r.phase, r.batch, r.length): r.dense_latency_error for r in rows
-             if r.dense_latency_error is not None}
+    dense, dense_timings = _dense_latency(rows)
     pruned = [r.latency_error for r in rows if r.latency_error is not None]
     return {"n": len(rows), "median_abs_error": statistics.median(errs),
             "p90_abs_error": _spread_of(errs)["p90_abs"],
@@ -562,4 +561,28 @@ def accuracy_summary(rows: list) -> dict:
             "above_ceiling": sum(1 for r in rows if r.above_ceiling),
             # predicted / measured − 1 of the latencies themselves (median signed = the bias)
             "dense_latency_error": _spread_of(list(dense.values())),
+            "dense_timings": dense_timings,
             "latency_error": _spread_of(pruned)}
+
+
+def _dense_latency(rows: list) -> tuple:
+    """The dense model's latency error once per case (phase, batch, length), against the
+    median of its measurements: every row of a case times the same dense model again
+    (interleaved with that row's pruned one), and on a shared CPU those timings of one model
+    spread wide within a run (a committed quiet run: 72–101 ms for one decode step), so
+    whichever row came last is no measure of it.  Returns ({case: error}, {"phase bB @L":
+    {"n", "predicted_ms", "median_ms", "min_ms", "max_ms"}})."""
+    by_case: dict = {}
+    for r in rows:
+        if r.dense_latency_error is not None:
+            by_case.setdefault((r.phase, r.batch, r.length), []).append(r)
+    errors, timings = {}, {}
+    for (phase, batch, length), rs in by_case.items():
+        meas = [r.dense_measured_ms for r in rs]
+        med = statistics.median(meas)
+        pred = statistics.median(r.dense_predicted_ms for r in rs)
+        errors[(phase, batch, length)] = _ratio_error(pred, med)
+        timings[f"{phase} b{batch} @{length}"] = {"n": len(meas), "predicted_ms": pred,
+                                                  "median_ms": med, "min_ms": min(meas),
+                                                  "max_ms": max(meas)}
+    return errors, timings

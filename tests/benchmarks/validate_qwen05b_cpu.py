@@ -269,6 +269,13 @@ def render_md(data: dict, rows, overheads) -> str:
                 result += (f"  {who} absolute latency, predicted vs measured: median {e['median']:+.1%} "
                            f"(the bias), |error| median {e['median_abs']:.1%}, p90 {e['p90_abs']:.1%}, "
                            f"worst {e['worst_abs']:.1%}.")
+        dt = s.get("dense_timings") or {}
+        if dt:  # the same dense model timed once per row: its spread within the run
+            result += ("  The dense model's own timings (one per row; its error is against "
+                       "their median): " + "; ".join(
+                           f"{case} predicted {t['predicted_ms']:.1f} ms, measured median "
+                           f"{t['median_ms']:.1f} ({t['min_ms']:.1f}–{t['max_ms']:.1f}, {t['n']} rows)"
+                           for case, t in dt.items()) + ".")
     lines = [
         f"# {'validate_combos_qwen05b_cpu' if combos else 'validate_qwen05b_cpu'}: predicted vs "
         "end-to-end measured speedups",
