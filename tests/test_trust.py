@@ -368,3 +368,15 @@ def test_a_version_1_cache_is_migrated_keeping_its_rows(tmp_path):
     c.put_measurements([replace(meas(K_BIG, 0.2), conditions={"loaded": True})])
     back = {m.key: m for m in c.get_measurements(FP, software=SW)}
     assert back[K_BIG.key()].conditions == {"loaded": True}
+
+
+def test_an_interval_from_a_wildly_loaded_sigma_is_finite():
+    """Ops timed while the machine ran 300× slower than itself gave a sigma whose e^(2σ)
+    overflowed (validate: 'OverflowError: math range error' in the CI clone's GPU rehearsal)."""
+    import math
+
+    from pis_tui.pricing import uncertainty
+
+    lo, hi = uncertainty.interval(1.3, 1e4)
+    assert 0 < lo < 1.3 < hi and math.isfinite(hi)
+    assert math.log(hi / 1.3) == pytest.approx(uncertainty.MAX_HALF_WIDTH)

@@ -175,8 +175,13 @@ def loaded_ops(dense, pruned) -> Optional[str]:
             "quiet machine ('pis-tui profile --remeasure all')")
 
 
+#: the widest half-width (log) an interval takes: e^±40 is already "any value at all"; a sigma
+#: from ops timed on a machine 300× slower than itself (seen under load) would overflow exp
+MAX_HALF_WIDTH = 40.0
+
+
 def interval(speedup: float, sigma: float, z: float = Z) -> tuple[float, float]:
-    half = max(z * sigma, MIN_HALF_WIDTH)
+    half = min(max(z * sigma, MIN_HALF_WIDTH), MAX_HALF_WIDTH)
     return speedup * math.exp(-half), speedup * math.exp(half)
 
 
