@@ -158,3 +158,37 @@ def test_an_architecture_that_cannot_be_built_is_refused_with_one_line(tmp_path,
     with pytest.raises(UserError) as e:
         spec_from_config(cfg, "mystery")
     assert "not supported" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_fused_engine_fuses_residual_adds_only_into_rmsnorm():
+    """vLLM's fused_add_rms_norm takes the residual add; a LayerNorm model's adds are kernels."""
+    from pis_tui.device.choose import load_gpu
+    from pis_tui.pricing.estimator import Estimator
+
+    est = Estimator(load_gpu("h200-sxm"), engine="fused")
+    launches = {}
+    for mt in ("opt", "gemma2"):
+        spec = spec_from_config(_cfg(mt), mt)
+        e = est.estimate(build_phase_ops(spec, Strategy("dense", 0.0), SCEN, "decode"))
+        launches[mt] = {p.op.name: p.kernels for p in e.ops if p.op.name.endswith("_residual")}
+    assert set(launches["opt"].values()) == {1} and set(launches["gemma2"].values()) == {0}
+
+
+def test_eager_prices_a_window_as_a_mask_and_fused_as_a_window():
+    from pis_tui.device.choose import load_gpu
+    from pis_tui.pricing.estimator import Estimator
+
+    # a decode step of 64 sequences: the KV read, not the launch floor, sets the time
+    a = Attention("attention", 64, 8, 2, q_len=1, kv_len=8192, head_dim=128, window=512)
+    full = Attention("attention", 64, 8, 2, q_len=1, kv_len=8192, head_dim=128)
+    gpu = load_gpu("h200-sxm")
+    eager, fused = Estimator(gpu, engine="eager"), Estimator(gpu, engine="fused")
+    assert eager.price(a).ms_per_call == pytest.approx(eager.price(full).ms_per_call)
+    assert "mask" in eager.price(a).note
+    assert fused.price(a).ms_per_call < fused.price(full).ms_per_call / 4
+    # soft-capping: eager materialises the scores (more time, labelled no better than roofline)
+    capped = Attention("attention", 1, 8, 2, q_len=1024, kv_len=1024, head_dim=128, softcap=True)
+    plain = Attention("attention", 1, 8, 2, q_len=1024, kv_len=1024, head_dim=128)
+    assert eager.price(capped).ms_per_call > eager.price(plain).ms_per_call
+    assert eager.price(capped).source == "roofline"
+    assert fused.price(capped).ms_per_call == pytest.approx(fused.price(plain).ms_per_call)

@@ -232,6 +232,27 @@ def test_llama_family_builds_too():
     run_both(b)
 
 
+def _tiny_gemma3(**over):
+    from pis_tui.hf.architecture_trace import default_config
+
+    cfg = default_config("gemma3_text")
+    cfg.update(num_hidden_layers=6, hidden_size=128, intermediate_size=384, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=32, vocab_size=512, max_position_embeddings=2048,
+               sliding_window=32)
+    cfg.update(over)
+    return cfg
+
+
+@pytest.mark.parametrize("family", ["static_width", "low_rank", "dynamic_depth"])
+def test_gemma3_builds_with_its_own_class_and_runs_past_its_window(family):
+    """A non-Llama architecture validate builds: Gemma 3 (GELU-tanh gated MLP, four norms, QK
+    norms, a scaled embedding, sliding-window layers).  The decode context (80) is past the
+    32-key window: the sliding layers' static cache is full and rolls (it crashed before)."""
+    b = build(family, 0.5, cfg=_tiny_gemma3(), align=32)
+    assert type(b.model).__name__ == "Gemma3ForCausalLM"
+    run_both(b)
+
+
 def test_unsupported_model_type_is_a_user_error():
     cfg = tiny()
     cfg["model_type"] = "gpt2"

@@ -23,13 +23,17 @@ def run(args) -> int:
         print(json.dumps({"presets": [s.to_dict() for s in specs], "hf_cache": cached}, indent=2))
         return 0
     t = Table(title="model presets (profiles/models)", title_justify="left")
-    for c in ("name", "params", "layers", "hidden", "MLP", "heads", "KV heads", "head_dim", "vocab"):
-        t.add_column(c, justify="left" if c == "name" else "right")
+    for c in ("name", "class", "params", "layers", "hidden", "MLP", "heads", "KV heads", "head_dim", "vocab"):
+        t.add_column(c, justify="left" if c in ("name", "class") else "right")
     for s in specs:
-        t.add_row(s.name, f"{s.total_params() / 1e9:.2f}B", str(s.num_layers), str(s.hidden_size),
-                  str(s.intermediate_size), str(s.num_heads), str(s.num_kv_heads), str(s.head_dim),
-                  str(s.vocab_size))
+        t.add_row(s.name, s.arch_name, f"{s.total_params() / 1e9:.2f}B", str(s.num_layers),
+                  str(s.hidden_size), str(s.intermediate_size), str(s.num_heads), str(s.num_kv_heads),
+                  str(s.head_dim), str(s.vocab_size))
     con = console()
     con.print(t)
+    from ..model.architecture import shipped_types
+
+    con.print("architectures shipped (profiles/architectures): " + ", ".join(shipped_types())
+              + "; another decoder type is traced from its transformers class on first use")
     con.print("local Hugging Face cache: " + (", ".join(cached) if cached else "no models found"))
     return 0

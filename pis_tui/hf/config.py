@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from ..errors import UserError
 from ..model.spec import ModelSpec, load_model_spec, load_preset_config, preset_names
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
 #: our dtype names → torch's (tf32 is fp32 storage with TF32 matmuls: measured, never validated)
 TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 #: the dtypes validate builds a pruned model in

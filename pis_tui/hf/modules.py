@@ -55,6 +55,35 @@ def _low_rank_class():
     return LowRank
 
 
+#: a decoder layer's attention-block modules (Gemma's norm of the attention output included)
+ATTN_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm")
+
+
+def mlp_parts(layer) -> tuple:
+    """A decoder layer's MLP-block modules: Gemma 2/3 norm before and after the MLP, the Llama
+    layout before it (its ``post_attention_layernorm``)."""
+    if hasattr(layer, "pre_feedforward_layernorm"):
+        return ("pre_feedforward_layernorm", "mlp", "post_feedforward_layernorm")
+    return ("post_attention_layernorm", "mlp")
+
+
+def attn_branch(layer, x, **kw):
+    """What the attention block adds to the residual, as the layer's own forward computes it:
+    ``self_attn(input_layernorm(x))``, then Gemma's ``post_attention_layernorm``."""
+    a, _ = layer.self_attn(hidden_states=layer.input_layernorm(x), **kw)
+    if hasattr(layer, "pre_feedforward_layernorm"):
+        a = layer.post_attention_layernorm(a)
+    return a
+
+
+def mlp_branch(layer, x):
+    """What the MLP block adds to the residual: the Llama layout's ``mlp(post_attention_layernorm
+    (x))``, Gemma's ``post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))``."""
+    if hasattr(layer, "pre_feedforward_layernorm"):
+        return layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+    return layer.mlp(layer.post_attention_layernorm(x))
+
+
 def _half_layer_class():
     """The decoder layer that keeps only its attention or only its MLP block."""
     import torch
@@ -67,18 +96,18 @@ def _half_layer_class():
         def __init__(self, layer, keep_attn: bool, keep_mlp: bool):
             super().__init__()
             self.keep_attn, self.keep_mlp = keep_attn, keep_mlp
-            self.self_attn = layer.self_attn if keep_attn else None
-            self.input_layernorm = layer.input_layernorm if keep_attn else None
-            self.mlp = layer.mlp if keep_mlp else None
-            self.post_attention_layernorm = layer.post_attention_layernorm if keep_mlp else None
+            for name in (ATTN_PARTS if keep_attn else ()) + (mlp_parts(layer) if keep_mlp else ()):
+                if hasattr(layer, name):
+                    setattr(self, name, getattr(layer, name))
+            if not keep_attn and hasattr(layer, "pre_feedforward_layernorm"):
+                self.pre_feedforward_layernorm = layer.pre_feedforward_layernorm  # marks the layout
 
         def forward(self, hidden_states, **kw):
             x = hidden_states
             if self.keep_attn:
-                a, _ = self.self_attn(hidden_states=self.input_layernorm(x), **kw)
-                x = x + a
+                x = x + attn_branch(self, x, **kw)
             if self.keep_mlp:
-                x = x + self.mlp(self.post_attention_layernorm(x))
+                x = x + mlp_branch(self, x)
             return x
 
     return HalfLayer
@@ -105,18 +134,18 @@ def _mapped_layer_class():
         def forward(self, hidden_states, **kw):
             inner = self.inner
             x = hidden_states
-            a, _ = inner.self_attn(hidden_states=inner.input_layernorm(x), **kw)
+            a = attn_branch(inner, x, **kw)
             if self.tp_slice is not None:  # row-parallel maps, summed into one all-reduce
                 import torch.distributed as dist
 
                 sl = self.tp_slice
                 x = self.attn_map(x[..., sl]) + a
                 dist.all_reduce(x)
-                y = self.mlp_map(x[..., sl]) + inner.mlp(inner.post_attention_layernorm(x))
+                y = self.mlp_map(x[..., sl]) + mlp_branch(inner, x)
                 dist.all_reduce(y)
                 return y
             x = self.attn_map(x) + a
-            return self.mlp_map(x) + inner.mlp(inner.post_attention_layernorm(x))
+            return self.mlp_map(x) + mlp_branch(inner, x)
 
     return MappedLayer
 
@@ -130,8 +159,16 @@ class RowCache:
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         layer = self.cache.layers[layer_idx]
-        layer.keys[self.rows, :, self.pos] = key_states[:, :, 0]
-        layer.values[self.rows, :, self.pos] = value_states[:, :, 0]
+        if self.pos >= layer.keys.shape[2]:
+            # a sliding-window layer past its window: the kept rows roll by one and the new
+            # token takes the last slot, as transformers' full sliding cache does every step
+            for store, new in ((layer.keys, key_states), (layer.values, value_states)):
+                rolled = store.index_select(0, self.rows).roll(-1, dims=2)
+                rolled[:, :, -1] = new[:, :, 0]
+                store.index_copy_(0, self.rows, rolled)
+        else:
+            layer.keys[self.rows, :, self.pos] = key_states[:, :, 0]
+            layer.values[self.rows, :, self.pos] = value_states[:, :, 0]
         return layer.keys.index_select(0, self.rows), layer.values.index_select(0, self.rows)
 
 
@@ -166,11 +203,10 @@ def _routed_layer_class():
             if cache_name is not None:
                 kw[cache_name] = cache
             kw["attention_mask"] = None
-            a, _ = self.inner.self_attn(hidden_states=self.inner.input_layernorm(x), **kw)
-            return a
+            return attn_branch(self.inner, x, **kw)
 
         def _mlp(self, x):
-            return self.inner.mlp(self.inner.post_attention_layernorm(x))
+            return mlp_branch(self.inner, x)
 
         def forward(self, hidden_states, **kw):
             x = hidden_states.contiguous()

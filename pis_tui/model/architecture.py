@@ -212,6 +212,7 @@ def _entry(d: dict) -> Entry:
 
 
 _KERNELS: dict = {}
+_NORMS: dict = {}  # Architecture.key → its layers' norm kind
 
 
 def from_template(t: dict, source: str, key: str = "") -> Architecture:
@@ -219,6 +220,8 @@ def from_template(t: dict, source: str, key: str = "") -> Architecture:
     tw = t.get("traced_with", {})
     key = key or t["model_type"]
     _KERNELS[key] = t.get("kernels", {})
+    _NORMS[key] = next((d.get("kind", "rmsnorm") for d in t["attention"] + t["mlp"] if d["op"] == "norm"),
+                       "rmsnorm")
     return Architecture(
         model_type=t["model_type"], model_class=t.get("class", ""),
         attention_implementation=t.get("attention_implementation", "sdpa"),
@@ -374,6 +377,13 @@ def _trace_in_subprocess(cfg: dict, name: str) -> dict:
         return json.loads(proc.stdout)
     except ValueError:
         raise UserError(f"{name}: tracing its architecture gave no template") from None
+
+
+def template_norm(key: str) -> str:
+    """An architecture's layer norm kind by :attr:`Architecture.key` (rmsnorm when unknown)."""
+    if key not in _NORMS and _shipped(key) is not None:
+        _from_cached(key, "shipped")
+    return _NORMS.get(key, "rmsnorm")
 
 
 def template_kernels(key: str) -> dict:

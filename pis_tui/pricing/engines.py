@@ -87,6 +87,11 @@ class Engine:
             got = None
             if arch and self.name == "eager" and arch not in LLAMA_TRACED:
                 got = _arch_kernels(arch, phase, op_name)
+            elif arch and self.name != "eager" and op_name.endswith("_residual") \
+                    and _arch_norm(arch) == "layernorm":
+                # the engines fuse a residual add into the next RMSNorm only: a LayerNorm model
+                # (OPT, GPT-2, GPT-NeoX) runs its adds as kernels of their own
+                return self._looked_up.setdefault(key, None)
             if got is None:
                 got = self._find(family, phase, op_name)
             self._looked_up[key] = got
@@ -106,6 +111,13 @@ class Engine:
 
 #: architectures whose layer is the one ``eager.json`` was traced from (op names and kernels)
 LLAMA_TRACED = ("", "llama", "mistral", "qwen2", "qwen3")
+
+
+def _arch_norm(arch: str) -> str:
+    """The normalisation an architecture's layers run (``rmsnorm`` or ``layernorm``)."""
+    from ..model.architecture import template_norm
+
+    return template_norm(arch)
 
 
 def _arch_kernels(arch: str, phase: Optional[str], op_name: str) -> Optional[tuple]:

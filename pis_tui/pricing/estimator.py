@@ -245,7 +245,7 @@ class Estimator:
         return _with_kernels(p, self.launches(op, family, phase, arch=arch))
 
     def _price_op(self, op: Op, family: str = "dense", phase: Optional[str] = None,
-                  arch: str = "") -> PricedOp:
+                  arch: str = "", as_is: bool = False) -> PricedOp:
         """One op's time per call, its source and its relative uncertainty (the rule in
         :mod:`pis_tui.pricing.sources`).  An ``unstable`` measurement is priced no better than
         interpolated: from its stable neighbours where they reach, else at its own time,
@@ -274,7 +274,7 @@ class Estimator:
             why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
                    else "eager framework overhead not measured on this CPU")
             return PricedOp(op, 0.0, "roofline", why)
-        if isinstance(op, Attention) and (op.window or op.softcap):
+        if isinstance(op, Attention) and (op.window or op.softcap) and not as_is:
             return self._price_windowed(op, family, phase, arch)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
         if unsupported:
@@ -328,7 +328,7 @@ class Estimator:
         keeps its own source; the passes are roofline, so the op is labelled no better."""
         eager = self.engine == "eager"
         base = replace(op, window=0 if eager else op.window, softcap=False)
-        p = self._price_op(base, family, phase, arch)
+        p = self._price_op(base, family, phase, arch, as_is=True)
         notes = [p.note] if p.note else []
         extra = 0.0
         if op.window and eager:

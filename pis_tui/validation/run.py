@@ -102,6 +102,8 @@ class PhaseRun:
                     **{cache_kw: self.cache})
             for layer in layers:  # back to `length` cached tokens for the next step
                 layer.cumulative_length.fill_(L)
+                if hasattr(layer, "cumulative_length_int"):  # a sliding-window layer's own count
+                    layer.cumulative_length_int = L
             return out
         self._fn = fn
         if self.use_graph:
@@ -129,6 +131,10 @@ class PhaseRun:
             if not isinstance(layer.cumulative_length, torch.Tensor):  # pragma: no cover
                 raise MeasureError("this transformers version's StaticCache has no tensor length")
             layer.cumulative_length.fill_(L)
+            if hasattr(layer, "cumulative_length_int"):
+                # a sliding-window layer counts in a Python int: past its window it is full and
+                # each step rolls it, as transformers runs a long decode
+                layer.cumulative_length_int = L
             layer.is_initialized = True
             used.append(layer)
         self._cache_layers = used

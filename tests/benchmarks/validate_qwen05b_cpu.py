@@ -22,6 +22,12 @@ result (the committed busy run: ``validate_qwen05b_cpu.busy.result.*``).  Target
 core row within 15% or reported unstable (its speedup did not settle within ±5% in validate's
 rounds: no figure).
 
+``--model`` validates another model with the same families and scenario: the committed
+non-Llama run is ``--model tests/benchmarks/gemma3_1b_reduced.json`` (Gemma 3 1B's widths, 6 of
+its 26 layers, a 32k vocabulary; built with transformers' own Gemma3ForCausalLM: GELU-tanh
+gated MLP, four norms a layer, QK norms, a scaled embedding; its 512-key window does not bind at
+these lengths) into ``validate_gemma3_1b_reduced_cpu.result.*``.
+
 ``--combos`` validates combined strategies instead (the real combined models:
 static_depth+static_width, static_width+low_rank and dynamic_depth+static_width, each part at
 25 %; informative, no target) into validate_combos_qwen05b_cpu.result.*.
@@ -110,6 +116,7 @@ def main() -> int:
     ap.add_argument("--max-load", type=float, default=0.6)
     ap.add_argument("--wait", type=float, default=900)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--model", default=MODEL, help="a preset or config path (default %(default)s)")
     ap.add_argument("--combos", action="store_true",
                     help="the combined strategies instead of the families (informative)")
     ap.add_argument("--no-diagnose", action="store_true")
@@ -120,8 +127,11 @@ def main() -> int:
     ap.add_argument("--op-repeats", type=int, default=None,
                     help="timed batches per round of an op measurement (default 3; 3 rounds)")
     args = ap.parse_args()
+    model = args.model
     if args.out is None:
         name = "validate_combos_qwen05b_cpu" if args.combos else "validate_qwen05b_cpu"
+        if model != MODEL:
+            name = f"validate_{Path(model).stem}_cpu"
         args.out = str(HERE / f"{name}.result")
 
     from pis_tui.cache import Cache
@@ -158,7 +168,7 @@ def main() -> int:
     warnings: list = []
     hog.begin()
     try:
-        rows = v.validate(MODEL, strategies, ("prefill", "decode"), prefill_batch=1, prompt_len=128,
+        rows = v.validate(model, strategies, ("prefill", "decode"), prefill_batch=1, prompt_len=128,
                           decode_batches=(1, 16), context_len=256, dtype="fp32",
                           repeats=args.repeats, warmup=1, cache=cache, on_row=on_row,
                           op_repeats=args.op_repeats, probes=probes, on_warning=warnings.append,
@@ -177,7 +187,7 @@ def main() -> int:
 
     # the eager framework overhead inside each prediction (Overhead ops, priced from the
     # dispatch probe that validate() ran first)
-    raw, spec = raw_config(MODEL)
+    raw, spec = raw_config(model)
     times = v.OpTimes("fp32", cache, repeats=args.op_repeats)
     from pis_tui.model.ops import Overhead
 
@@ -221,7 +231,7 @@ def main() -> int:
            "hogs": args.hogs, "hog_window_s": hog.window, "warnings": warnings,
            "row_done_at_s": times_of_rows,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    data = {"model": MODEL, "scenario": {"prefill": "1×128", "decode": "batch 1 and 16 @ 256",
+    data = {"model": model, "scenario": {"prefill": "1×128", "decode": "batch 1 and 16 @ 256",
                                          "dtype": "fp32"}, "combos": args.combos,
             "environment": env, "summary_core": summary, "meets_target": ok,
             "summary_all": v.accuracy_summary(rows),
