@@ -5,6 +5,7 @@ others, refused with one line where they cannot be traced."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -183,9 +184,15 @@ def test_eager_prices_a_window_as_a_mask_and_fused_as_a_window():
     full = Attention("attention", 64, 8, 2, q_len=1, kv_len=8192, head_dim=128)
     gpu = load_gpu("h200-sxm")
     eager, fused = Estimator(gpu, engine="eager"), Estimator(gpu, engine="fused")
-    assert eager.price(a).ms_per_call == pytest.approx(eager.price(full).ms_per_call)
-    assert "mask" in eager.price(a).note
+    # decode: the sliding layer's cache holds the window under either engine
     assert fused.price(a).ms_per_call < fused.price(full).ms_per_call / 4
+    assert eager.price(a).ms_per_call < eager.price(full).ms_per_call / 4
+    # prefill: eager SDPA masks (every causal pair computed), FlashAttention skips
+    pa = Attention("attention", 1, 8, 2, q_len=8192, kv_len=8192, head_dim=128, window=512)
+    pf = replace(pa, window=0)
+    assert eager.price(pa).ms_per_call == pytest.approx(eager.price(pf).ms_per_call)
+    assert "mask" in eager.price(pa).note
+    assert fused.price(pa).ms_per_call < fused.price(pf).ms_per_call / 4
     # soft-capping: eager materialises the scores (more time, labelled no better than roofline)
     capped = Attention("attention", 1, 8, 2, q_len=1024, kv_len=1024, head_dim=128, softcap=True)
     plain = Attention("attention", 1, 8, 2, q_len=1024, kv_len=1024, head_dim=128)

@@ -253,6 +253,40 @@ def test_gemma3_builds_with_its_own_class_and_runs_past_its_window(family):
     run_both(b)
 
 
+def _tiny_of(model_type, **over):
+    from pis_tui.hf.architecture_trace import default_config
+
+    cfg = default_config(model_type)
+    small = {"num_hidden_layers": 4, "hidden_size": 128, "intermediate_size": 384,
+             "num_attention_heads": 4, "vocab_size": 512, "max_position_embeddings": 512,
+             "ffn_dim": 384, "n_layer": 4, "n_embd": 128, "n_head": 4, "n_inner": 384,
+             "n_positions": 512, "word_embed_proj_dim": 128}
+    cfg.update({k: v for k, v in small.items() if k in cfg})
+    if "num_key_value_heads" in cfg:
+        cfg.update(num_key_value_heads=2, head_dim=32)
+    cfg.update(over)
+    return cfg
+
+
+@pytest.mark.parametrize("model_type,family", [
+    ("opt", "static_depth"), ("gpt2", "static_depth"), ("gpt_neox", "static_depth"),
+    ("phi3", "static_width"), ("gemma2", "dynamic_depth"), ("gemma2", "static_width")])
+def test_other_architectures_build_with_their_own_classes(model_type, family):
+    """validate builds each shipped architecture with transformers' own class, for the
+    families its config (or a wrapper that runs the block as the layer does) can express."""
+    b = build(family, 0.5, cfg=_tiny_of(model_type), align=32)
+    assert type(b.model).__name__ == b.spec.architecture.model_class
+    run_both(b)
+    if model_type == "gemma2":  # soft-capped: transformers' eager attention is kept
+        assert b.model.config._attn_implementation == "eager"
+
+
+def test_a_family_an_architecture_cannot_build_is_one_line():
+    with pytest.raises(UserError) as e:
+        build("low_rank", 0.5, cfg=_tiny_of("opt"))
+    assert "static_depth only" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_unsupported_model_type_is_a_user_error():
     cfg = tiny()
     cfg["model_type"] = "gpt2"

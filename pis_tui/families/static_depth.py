@@ -42,8 +42,7 @@ class StaticDepth(Family):
 
     def achieved_sparsity(self, ctx, shape, ops):
         spec, L = ctx.spec, ctx.layers
-        attn_p = spec.hidden_size * (spec.q_dim + 2 * spec.kv_dim) + spec.q_dim * spec.hidden_size
-        mlp_p = 3 * spec.hidden_size * spec.intermediate_size
+        attn_p, mlp_p = spec.attn_params(), spec.mlp_params()
         return ((L - shape.attn_layers) * attn_p + (L - shape.mlp_layers) * mlp_p) / decoder_params(spec)
 
     def prune(self, model, sparsity, cal, *, granularity="layer", **kw):

@@ -511,12 +511,11 @@ def default_config(model_type: str) -> dict:
              "n_head": 8, "num_key_value_heads": 2, "head_dim": 48, "vocab_size": 1024,
              "max_position_embeddings": 512, "n_positions": 512, "word_embed_proj_dim": 256}
     for k, v in small.items():
-        if k in cfg or k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size"):
+        if k in cfg:  # only the type's own keys (GPT-2 says n_layer, not num_hidden_layers)
             cfg[k] = v
     if model_type in ("opt", "gpt2", "gpt_neox"):
         cfg.pop("head_dim", None)
         cfg.pop("num_key_value_heads", None)
-        cfg["hidden_size" if model_type != "gpt2" else "n_embd"] = 256
     if "layer_types" in cfg:
         cfg.pop("layer_types")
     cfg["model_type"] = model_type

@@ -12,7 +12,30 @@ from typing import Callable, Optional
 from ..errors import UserError
 from ..model.spec import ModelSpec, load_model_spec, load_preset_config, preset_names
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
+#: what validate builds with transformers' own classes, and the families it can build each with
+#: (None: every family).  Beyond the Llama layout and Gemma 3, a family is offered only where the
+#: model's config can say the pruned shape (its layer count; Phi-3's heads and channels) or a
+#: wrapper runs the block as the layer's own forward does.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text", "gemma2", "phi3",
+                         "opt", "gpt2", "gpt_neox")
+VALIDATE_FAMILIES = {
+    "gemma2": ("dense", "static_depth", "static_width", "low_rank", "dynamic_depth",
+               "semi_structured_24", "unstructured"),
+    "phi3": ("dense", "static_depth", "static_width"),
+    "opt": ("dense", "static_depth"),
+    "gpt2": ("dense", "static_depth"),
+    "gpt_neox": ("dense", "static_depth"),
+}
+#: the config keys of each dim, per model type (default: the Llama layout's)
+CONFIG_KEYS = {
+    "opt": {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+            "inter": "ffn_dim"},
+    "gpt2": {"layers": "n_layer", "hidden": "n_embd", "heads": "n_head", "inter": "n_inner"},
+    "gpt_neox": {"layers": "num_hidden_layers", "hidden": "hidden_size",
+                 "heads": "num_attention_heads", "inter": "intermediate_size"},
+}
+_LLAMA_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+               "kv": "num_key_value_heads", "head_dim": "head_dim", "inter": "intermediate_size"}
 #: our dtype names → torch's (tf32 is fp32 storage with TF32 matmuls: measured, never validated)
 TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 #: the dtypes validate builds a pruned model in
@@ -54,10 +77,21 @@ def raw_config(model: str | dict) -> tuple[dict, ModelSpec]:
     return cfg, spec
 
 
-def check_buildable(spec: ModelSpec) -> None:
+def check_buildable(spec: ModelSpec, family: Optional[str] = None, granularity: str = "layer") -> None:
     if spec.model_type not in SUPPORTED_MODEL_TYPES:
         raise UserError(f"{spec.name}: validate builds {', '.join(SUPPORTED_MODEL_TYPES)} models; "
                         f"this one is {spec.model_type!r}")
+    allowed = VALIDATE_FAMILIES.get(spec.model_type)
+    if granularity == "sublayer" and spec.model_type in ("opt", "gpt2", "gpt_neox"):
+        raise UserError(f"{spec.name}: validate drops whole {spec.model_type} layers only "
+                        "(--granularity layer)")
+    if family is not None and allowed is not None:
+        parts = family.split("+")
+        bad = [f for f in parts if f not in allowed]
+        if bad:
+            raise UserError(f"{spec.name}: validate builds {spec.model_type} models pruned by "
+                            f"{', '.join(allowed[1:])} only, not {bad[0]} (its estimate stands "
+                            "unvalidated)")
 
 
 @dataclass(frozen=True)
@@ -110,10 +144,14 @@ def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
     cfg = {k: v for k, v in raw.items() if not k.startswith("_") and k not in (
         "model_type", "architectures", "transformers_version", "torch_dtype", "dtype",
         "layer_types", "max_window_layers", "auto_map", "quantization_config")}
-    cfg.update(num_hidden_layers=dims.num_layers, hidden_size=dims.hidden_size,
-               num_attention_heads=dims.num_heads, num_key_value_heads=dims.num_kv_heads,
-               head_dim=dims.head_dim, intermediate_size=dims.intermediate_size,
-               use_cache=True, tie_word_embeddings=spec.tie_embeddings)
+    keys = CONFIG_KEYS.get(spec.model_type, _LLAMA_KEYS)
+    vals = {"layers": dims.num_layers, "hidden": dims.hidden_size, "heads": dims.num_heads,
+            "kv": dims.num_kv_heads, "head_dim": dims.head_dim, "inter": dims.intermediate_size}
+    if "head_dim" not in keys and dims.head_dim * dims.num_heads != dims.hidden_size:
+        raise UserError(f"{spec.name}: a {spec.model_type} config cannot hold {dims.num_heads} heads of "
+                        f"{dims.head_dim} in a hidden size of {dims.hidden_size}")
+    cfg.update({keys[k]: v for k, v in vals.items() if k in keys})
+    cfg.update(use_cache=True, tie_word_embeddings=spec.tie_embeddings)
     if dims.tp > 1:  # one rank's model: its heads, KV heads, channels and rows of the vocabulary
         from ..model.tensor_parallel import vocab_per_rank
 
@@ -125,11 +163,17 @@ def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
         cfg["max_window_layers"] = dims.num_layers
     if spec.model_type == "mistral":
         cfg["sliding_window"] = None
+    vocab = cfg.get("vocab_size")
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        v = cfg.get(k)
+        if isinstance(vocab, int) and isinstance(v, int) and not 0 <= v < vocab:
+            cfg[k] = None  # outside a reduced table (no op depends on it)
     try:
         config = CONFIG_MAPPING[spec.model_type](**cfg)
     except (TypeError, ValueError) as e:
         raise UserError(f"{spec.name}: cannot build a {spec.model_type} config ({e})") from None
-    config._attn_implementation = "sdpa"
+    # a soft-capped model (Gemma 2) runs transformers' eager attention: SDPA cannot soft-cap
+    config._attn_implementation = "eager" if cfg.get("attn_logit_softcapping") else "sdpa"
     if dims.tp > 1:
         config.pis_full_vocab = spec.vocab_size  # the ids a rank's inputs are drawn from
     return config

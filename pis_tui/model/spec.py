@@ -67,11 +67,23 @@ class ModelSpec:
                 "inter": self.intermediate_size, "vocab": self.vocab_size}
 
     def layer_params(self) -> int:
-        if self.architecture is None:
+        return self.attn_params() + self.mlp_params()
+
+    def attn_params(self) -> int:
+        """Weights of one layer's attention projections (q/k/v or qkv, and o)."""
+        return self._params(("q", "k", "v", "qkv", "o"))
+
+    def mlp_params(self) -> int:
+        """Weights of one layer's MLP projections (three gated, two ungated)."""
+        return self._params(("gate", "up", "gate_up", "in", "down"))
+
+    def _params(self, roles: tuple) -> int:
+        if self.architecture is None:  # the Llama layout
             h, i = self.hidden_size, self.intermediate_size
-            return h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h + 3 * h * i
+            return (h * (self.q_dim + 2 * self.kv_dim) + self.q_dim * h) if "q" in roles else 3 * h * i
         w = self.widths
-        return sum(n * k for n, k in (role_nk(e.role, w) for e in self.architecture.linears()))
+        return sum(n * k for n, k in (role_nk(e.role, w) for e in self.architecture.linears()
+                                      if e.role in roles))
 
     @property
     def arch_name(self) -> str:

@@ -318,8 +318,9 @@ class Estimator:
     def _price_windowed(self, op: Attention, family: str, phase: Optional[str], arch: str) -> PricedOp:
         """Sliding-window or soft-capped attention as the engine runs it.  ``fused``
         (FlashAttention with a window and soft-capping): only the window's pairs, no extra
-        pass.  ``eager`` (transformers): SDPA applies a sliding window as a mask, so every
-        causal pair is computed; a soft-capped model runs transformers' eager attention, which
+        pass.  ``eager`` (transformers): in prefill SDPA applies a sliding window as a mask, so
+        every causal pair is computed; in decode the sliding layer's cache holds only the
+        window, so a step reads and computes the window's keys; a soft-capped model runs transformers' eager attention, which
         materialises the scores: QKᵀ written, then
         read by PV: :data:`SCORE_KERNELS` kernels between the two GEMMs, each reading and writing
         B·H·q·kv elements, plus QKᵀ's write and PV's read — :data:`SCORE_PASSES` passes over the
@@ -327,11 +328,12 @@ class Estimator:
         kernel.  The base kernel
         keeps its own source; the passes are roofline, so the op is labelled no better."""
         eager = self.engine == "eager"
-        base = replace(op, window=0 if eager else op.window, softcap=False)
+        masked = eager and op.q_len > 1  # eager prefill: the window is a mask over all pairs
+        base = replace(op, window=0 if masked else op.window, softcap=False)
         p = self._price_op(base, family, phase, arch, as_is=True)
         notes = [p.note] if p.note else []
         extra = 0.0
-        if op.window and eager:
+        if op.window and masked:
             notes.append(f"eager SDPA applies the {op.window}-key window as a mask: every causal "
                          "pair is computed")
         if op.softcap and eager:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from .. import families
 from ..families.strategy import Strategy
 from ..model.spec import ModelSpec
+from ..errors import MeasureError
 from ..hf.attention import ATTN_IMPL, register_attention
 from ..hf.config import PrunedDims, check_buildable, hf_config, raw_config, torch_dtype
 
@@ -34,13 +35,29 @@ class BuiltModel:
         return self.model.config
 
     def attention_modules(self) -> list:
-        return [m for m in self.model.modules() if hasattr(m, "q_proj") and hasattr(m, "o_proj")]
+        """The decoder layers' attention modules (each holds its layer's index in the cache)."""
+        return [m for m in self.model.modules()
+                if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
 
     def describe(self) -> dict:
         d = self.dims.to_dict()
         d.update(family=self.strategy.family, sparsity=self.strategy.sparsity,
-                 decoder_layers=len(self.model.model.layers), notes=list(self.notes))
+                 decoder_layers=len(layer_list(self.model)), notes=list(self.notes))
         return d
+
+
+def layer_list(model):
+    """The ModuleList of decoder layers (``model.layers``, OPT's ``model.decoder.layers``, GPT-2's
+    ``transformer.h``, GPT-NeoX's ``gpt_neox.layers``)."""
+    import torch.nn as nn
+
+    for name in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise MeasureError(f"{type(model).__name__}: no decoder layer list found")
 
 
 def build_model(model: str | dict, strategy: Strategy, *, device: str = "cpu",
@@ -59,7 +76,7 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: Strategy, *, device: s
     import torch
     from transformers import AutoModelForCausalLM
 
-    check_buildable(spec)
+    check_buildable(spec, strategy.family, getattr(strategy, "granularity", "layer"))
     tdt = torch_dtype(dtype)
     dims = pruned_dims(spec, strategy, tp)
     config = hf_config(raw, spec, dims)
@@ -77,7 +94,9 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: Strategy, *, device: s
         m.tie_weights()
     m.eval()
     built.model = m
-    m.config._attn_implementation = ATTN_IMPL
+    if not any(e.softcap for e in (spec.architecture.attention if spec.architecture else ())):
+        m.config._attn_implementation = ATTN_IMPL
+    # else: a soft-capped model keeps transformers' eager attention, which SDPA cannot replace
     fam.validate_finish(built, seed)  # masks, another attention implementation
     if tp > 1:
         from ..hf.modules import tensor_parallel
@@ -125,11 +144,12 @@ def _rebuild_rotary(m, device: str) -> None:
     """``to_empty`` leaves the rotary ``inv_freq`` buffers uninitialised: build them again."""
     import torch
 
-    rot = getattr(m.model, "rotary_emb", None)
-    if rot is None:
-        return
-    with torch.device(device):
-        m.model.rotary_emb = type(rot)(config=m.config)
+    for name, rot in list(m.named_modules()):
+        if not name.endswith("rotary_emb"):
+            continue
+        parent = m.get_submodule(name.rsplit(".", 1)[0]) if "." in name else m
+        with torch.device(device):
+            setattr(parent, name.rsplit(".", 1)[-1], type(rot)(config=m.config))
 
 
 def pruned_dims(spec: ModelSpec, strategy: Strategy, tp: int = 1) -> PrunedDims:

@@ -121,8 +121,9 @@ class PhaseRun:
         for a in self.built.attention_modules():
             idx = a.layer_idx
             layer = cache.layers[idx]
-            kvh = a.k_proj.out_features if hasattr(a.k_proj, "out_features") else None
-            hd = a.head_dim
+            k_proj = getattr(a, "k_proj", None)  # a fused qkv (GPT-2, GPT-NeoX): from the dims
+            kvh = k_proj.out_features if hasattr(k_proj, "out_features") else None
+            hd = getattr(a, "head_dim", None) or getattr(a, "head_size")  # GPT-NeoX: head_size
             kvh = (kvh or self.built.dims.num_kv_heads * hd) // hd
             dummy = torch.zeros(self.batch, kvh, 1, hd, dtype=tdt, device=self.device)
             layer.lazy_initialization(dummy, dummy)
