@@ -199,3 +199,20 @@ def test_eager_prices_a_window_as_a_mask_and_fused_as_a_window():
     assert eager.price(capped).ms_per_call > eager.price(plain).ms_per_call
     assert eager.price(capped).source == "roofline"
     assert fused.price(capped).ms_per_call == pytest.approx(fused.price(plain).ms_per_call)
+
+
+def test_the_explorer_prices_a_non_llama_config_by_its_real_op_names(tmp_path):
+    """The explorer reads a typed config as plain JSON (no transformers import) and finds the
+    shipped template; its drill-down lists the architecture's own ops."""
+    from pis_tui.tui.backend import Backend, Choices
+
+    cfg = _cfg("opt")
+    cfg["architectures"] = ["OPTForCausalLM"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    snap = Backend(cache_path=str(tmp_path / "c.duckdb")).compute(
+        Choices(model=str(path), gpu="h200-sxm"))
+    names = {p.op.name for e in snap.result.estimates for p in e.ops}
+    assert {"fc1", "fc2", "self_attn_layer_norm", "pos_embedding"} <= names
+    assert not names & {"gate_proj", "silu_mul", "rotary"}
+    assert snap.result.spec.arch_name == "OPTForCausalLM"
