@@ -1,0 +1,268 @@
+"""Mixture-of-experts layers: what a config says about its experts, how tokens are routed, and
+the law that sets a step's cost — the distinct experts the step touches.
+
+Pure data and arithmetic (no torch).  A step of T tokens, each routed to k of E experts, reads
+the weights of every expert any of its tokens was routed to.  If a token includes expert e with
+probability q_e (Σ q_e = k, each q_e ≤ 1) independently of the other tokens, the expected number
+of distinct experts touched is
+
+    D(T) = Σ_e [1 − (1 − q_e)^T]
+
+which under balanced routing (q_e = k/E) is E·(1 − (1 − k/E)^T), bounded above by min(E, T·k).
+A skewed router (a power law over the experts, or a histogram recorded from a model) has
+unequal q_e: fewer distinct experts at small T (the popular ones are shared), uneven groups at
+large T.  Each expert's rows (tokens routed to it) are Binomial(T, q_e); a grouped kernel that
+pads each expert's rows to its tile does the padded rows' work.
+
+The routing is a stated input (:func:`routing`): ``balanced``, ``powerlaw:<alpha>`` (expert i's
+routing weight ∝ (i + 1)^−alpha), or a histogram of tokens per expert (per layer) read from a
+file.  Nothing here decides which experts a real router picks; it says what a step costs given
+how tokens are spread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import UserError
+
+#: config keys of the routed expert count, the experts per token and the expert width, by the
+#: names the model families use (Qwen2/3-MoE, OLMoE, Granite-MoE: num_experts; Mixtral:
+#: num_local_experts; DeepSeek: n_routed_experts; others: moe_num_experts)
+EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+TOPK_KEYS = ("num_experts_per_tok", "moe_top_k", "top_k")
+EXPERT_WIDTH_KEYS = ("moe_intermediate_size", "expert_intermediate_size")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """The experts of an MoE decoder, as its config states them."""
+
+    experts: int               # routed experts E
+    top_k: int                 # experts per token k
+    expert_inter: int          # each routed expert's intermediate width I
+    shared_inter: int = 0      # the shared experts' total intermediate width (0: none)
+    moe_layers: int = 0        # layers with an MoE block (the rest are dense MLPs)
+    num_layers: int = 0
+    norm_topk: bool = False    # top-k weights renormalised to sum to 1
+    router_bias: bool = False  # a per-expert bias added to the router scores (selection only)
+
+    @property
+    def dense_layers(self) -> int:
+        return self.num_layers - self.moe_layers
+
+    def expert_params(self, hidden: int) -> int:
+        """Weights of one routed expert: gate, up and down (3·H·I)."""
+        return 3 * hidden * self.expert_inter
+
+
+def _int(cfg: dict, keys: Sequence[str]) -> Optional[int]:
+    for k in keys:
+        v = cfg.get(k)
+        if v is not None:
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise UserError(f"config field {k}={v!r} is not an integer")
+            return v
+    return None
+
+
+def moe_config(cfg: dict, name: str = "model") -> Optional[MoEConfig]:
+    """The MoE description of a config dict, None for a dense model.  Bad values (E = 0, top-k
+    above E, a shared expert without routed ones, an expert width ≤ 0) are one-line errors."""
+    experts = _int(cfg, EXPERT_KEYS)
+    shared_w = _int(cfg, ("shared_expert_intermediate_size",)) or 0
+    n_shared = _int(cfg, ("n_shared_experts", "num_shared_experts")) or 0
+    if experts in (None, 1) and not (shared_w or n_shared):
+        return None
+    if not experts or experts < 1:
+        if shared_w or n_shared:
+            raise UserError(f"{name}: a shared expert is configured but no routed experts "
+                            f"(experts={experts!r})")
+        raise UserError(f"{name}: {experts!r} routed experts: an MoE layer needs at least one")
+    k = _int(cfg, TOPK_KEYS)
+    if k is None or k < 1:
+        raise UserError(f"{name}: num_experts_per_tok={k!r}: each token needs at least one expert")
+    if k > experts:
+        raise UserError(f"{name}: num_experts_per_tok={k} is more than the {experts} experts")
+    width = _int(cfg, EXPERT_WIDTH_KEYS) or _int(cfg, ("intermediate_size",))  # Mixtral
+    if not width or width < 1:
+        raise UserError(f"{name}: the experts' intermediate size {width!r} is not a positive integer")
+    if n_shared and not shared_w:
+        shared_w = n_shared * width  # DeepSeek: n_shared_experts of the routed width, fused
+    layers = _int(cfg, ("num_hidden_layers", "n_layer", "num_layers")) or 0
+    return MoEConfig(experts=experts, top_k=k, expert_inter=width, shared_inter=shared_w,
+                     moe_layers=_moe_layer_count(cfg, layers), num_layers=layers,
+                     norm_topk=bool(cfg.get("norm_topk_prob", False)),
+                     router_bias=bool(cfg.get("router_bias") or cfg.get("topk_method") == "noaux_tc"))
+
+
+def _moe_layer_count(cfg: dict, layers: int) -> int:
+    """Layers that run an MoE block: all but DeepSeek's first_k_dense_replace, those off
+    Qwen-MoE's decoder_sparse_step, and those listed in mlp_only_layers."""
+    first_dense = _int(cfg, ("first_k_dense_replace",)) or 0
+    step = _int(cfg, ("decoder_sparse_step",)) or 1
+    mlp_only = set(cfg.get("mlp_only_layers") or ())
+    return sum(1 for i in range(layers)
+               if i >= first_dense and (i + 1) % step == 0 and i not in mlp_only)
+
+
+# ------------------------------------------------------------------ routing
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How a step's tokens spread over the experts: each expert's share of the routing weight
+    (per layer where a histogram gives layers; one list for every layer otherwise)."""
+
+    name: str
+    shares: tuple  # tuple of per-layer tuples of E shares, each summing to 1
+
+    def layer(self, i: int) -> tuple:
+        return self.shares[i % len(self.shares)]
+
+
+def routing(spec: str, experts: int, *, moe_layers: int = 1) -> Routing:
+    """``balanced``, ``powerlaw:<alpha>`` or the path of a JSON histogram (``{"layers": [[tokens
+    per expert, …], …]}``: one list per MoE layer, E counts each, as a model routed them)."""
+    spec = (spec or "").strip()
+    if spec == "balanced":
+        return Routing("balanced", (tuple([1.0 / experts] * experts),))
+    if spec.startswith("powerlaw:"):
+        try:
+            alpha = float(spec.split(":", 1)[1])
+        except ValueError:
+            raise UserError(f"routing {spec!r}: the power law's exponent is not a number") from None
+        if not 0 <= alpha <= 10:
+            raise UserError(f"routing {spec!r}: the exponent must be within 0…10")
+        w = [(i + 1) ** -alpha for i in range(experts)]
+        tot = sum(w)
+        return Routing(spec, (tuple(x / tot for x in w),))
+    path = Path(spec).expanduser()
+    if spec and path.suffix == ".json":
+        return _histogram(path, experts, moe_layers)
+    raise UserError(f"unknown routing {spec!r}: balanced, powerlaw:<alpha> or a histogram .json file")
+
+
+def _histogram(path: Path, experts: int, moe_layers: int) -> Routing:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the routing histogram ({e.strerror})") from None
+    except ValueError as e:
+        raise UserError(f"{path}: malformed routing histogram ({e})") from None
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, list) or not layers:
+        raise UserError(f"{path}: a routing histogram is {{\"layers\": [[tokens per expert, …], …]}}")
+    shares = []
+    for i, counts in enumerate(layers):
+        if not isinstance(counts, list) or len(counts) != experts:
+            raise UserError(f"{path}: layer {i} has {len(counts) if isinstance(counts, list) else '?'} "
+                            f"counts; this model has {experts} experts")
+        if any(not isinstance(c, (int, float)) or c < 0 for c in counts) or sum(counts) <= 0:
+            raise UserError(f"{path}: layer {i}: counts must be non-negative with a positive sum")
+        tot = float(sum(counts))
+        shares.append(tuple(c / tot for c in counts))
+    if len(shares) not in (1, moe_layers):
+        raise UserError(f"{path}: {len(shares)} layers of counts; this model has {moe_layers} "
+                        "MoE layers (or give one list for all)")
+    return Routing(path.name, tuple(shares))
+
+
+def inclusion(shares: Sequence[float], k: int) -> list[float]:
+    """Each expert's probability of being among a token's k: q_e ∝ its share, Σ q_e = k, capped
+    at 1 (an expert cannot be picked twice by one token), the excess given to the others."""
+    n = len(shares)
+    if k >= n:
+        return [1.0] * n
+    q = [0.0] * n
+    free = [i for i in range(n) if shares[i] > 0]
+    left = float(k)
+    while free:
+        tot = sum(shares[i] for i in free)
+        capped = [i for i in free if left * shares[i] / tot >= 1.0]
+        if not capped:
+            for i in free:
+                q[i] = left * shares[i] / tot
+            break
+        for i in capped:
+            q[i] = 1.0
+        left -= len(capped)
+        free = [i for i in free if i not in capped]
+    return q
+
+
+def distinct_experts(tokens: float, k: int, shares: Sequence[float]) -> float:
+    """Expected distinct experts a step of ``tokens`` tokens touches: Σ_e 1 − (1 − q_e)^T."""
+    if tokens <= 0:
+        return 0.0
+    return sum(1.0 - (1.0 - q) ** tokens for q in inclusion(shares, k))
+
+
+def balanced_distinct(experts: int, k: int, tokens: float) -> float:
+    """E·(1 − (1 − k/E)^T): the balanced-routing case of :func:`distinct_experts`."""
+    return experts * (1.0 - (1.0 - k / experts) ** tokens)
+
+
+@dataclass(frozen=True)
+class StepRouting:
+    """What one MoE layer does in a step of ``tokens`` tokens (expected values)."""
+
+    tokens: float
+    routed_rows: float      # T·k: rows the grouped GEMMs compute
+    distinct: float         # experts touched: their weights are read
+    rows_per_expert: float  # mean rows of an expert that was touched
+    padded_rows: float      # rows computed when each expert's rows are padded to the tile
+    busiest: float          # the most popular expert's expected rows (T·max q_e)
+
+
+def step_routing(tokens: int, k: int, shares: Sequence[float], tile: int = 1) -> StepRouting:
+    """The expected shape of one MoE layer's step.  An expert's rows are Binomial(T, q_e); the
+    padded rows are E[⌈rows/tile⌉·tile] summed over the experts (exact for T ≤ 4096; above,
+    each touched expert adds (tile − 1)/2 rows on average to its mean)."""
+    q = inclusion(shares, k)
+    T = max(0, int(tokens))
+    distinct = sum(1.0 - (1.0 - x) ** T for x in q)
+    rows = T * k
+    padded = 0.0
+    for x in q:
+        if x <= 0 or T == 0:
+            continue
+        if tile <= 1:
+            padded += T * x
+        elif T <= 4096:
+            padded += _padded_binomial(T, x, tile)
+        else:
+            padded += T * x + (tile - 1) / 2.0 * (1.0 - (1.0 - x) ** T)
+    busiest = max((T * x for x in q), default=0.0)
+    return StepRouting(float(T), float(rows), distinct, rows / distinct if distinct else 0.0,
+                       padded if tile > 1 else float(rows), busiest)
+
+
+def _padded_binomial(n: int, p: float, tile: int) -> float:
+    """E[⌈X/tile⌉·tile] for X ~ Binomial(n, p), summed over the pmf (log space, stable)."""
+    if p >= 1.0:
+        return float(math.ceil(n / tile) * tile)
+    lp, lq = math.log(p), math.log1p(-p)
+    mean = n * p
+    sd = math.sqrt(max(mean * (1 - p), 1e-12))
+    lo, hi = max(0, int(mean - 12 * sd) - 1), min(n, int(mean + 12 * sd) + 2)
+    out = 0.0
+    for m in range(lo, hi + 1):
+        logpmf = math.lgamma(n + 1) - math.lgamma(m + 1) - math.lgamma(n - m + 1) + m * lp + (n - m) * lq
+        out += math.exp(logpmf) * math.ceil(m / tile) * tile
+    return out
+
+
+def decode_weight_bytes(cfg: MoEConfig, hidden: int, tokens: int, shares: Sequence[float],
+                        bytes_per_weight: float) -> float:
+    """Expert and router weight bytes one MoE layer reads in a step of ``tokens`` tokens: the
+    distinct routed experts' gate, up and down, the shared experts, the router."""
+    d = distinct_experts(tokens, cfg.top_k, shares)
+    routed = d * cfg.expert_params(hidden)
+    shared = 3 * hidden * cfg.shared_inter
+    router = hidden * cfg.experts
+    return (routed + shared + router) * bytes_per_weight

@@ -1,0 +1,104 @@
+"""The MoE law: distinct experts a step touches, routing inputs, configs — cases by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pis_tui.errors import UserError
+from pis_tui.model import moe
+
+E, K = 128, 8  # Qwen3-30B-A3B's routed experts and experts per token
+
+
+@pytest.mark.parametrize("tokens,want", [(1, 8.0), (4, 29.12), (16, 82.42), (64, 125.94)])
+def test_distinct_experts_under_balanced_routing_by_hand(tokens, want):
+    # 128·(1 − (120/128)^T): T=4 → 128·(1 − 0.77248) = 29.12; T=16 → 128·(1 − 0.35607) = 82.42;
+    # T=64 → 128·(1 − 0.016088) = 125.94
+    shares = [1 / E] * E
+    assert moe.distinct_experts(tokens, K, shares) == pytest.approx(want, abs=0.01)
+    assert moe.balanced_distinct(E, K, tokens) == pytest.approx(want, abs=0.01)
+    assert moe.distinct_experts(tokens, K, shares) <= min(E, tokens * K) + 1e-9
+
+
+def test_a_skewed_router_touches_fewer_experts_at_small_batch():
+    r = moe.routing("powerlaw:1.2", E)
+    skew = r.layer(0)
+    assert sum(skew) == pytest.approx(1.0)
+    for t in (4, 16, 64):
+        assert moe.distinct_experts(t, K, skew) < moe.balanced_distinct(E, K, t)
+    # one token still takes exactly k experts, whatever the skew
+    assert moe.distinct_experts(1, K, skew) == pytest.approx(K)
+
+
+def test_inclusion_caps_an_expert_at_one_per_token():
+    q = moe.inclusion([0.7, 0.1, 0.1, 0.1], 2)
+    assert q[0] == 1.0 and sum(q) == pytest.approx(2.0)
+    assert q[1] == pytest.approx(1 / 3)
+
+
+def test_decode_step_bytes_by_hand():
+    """Qwen3-30B-A3B's layer (H 2048, I 768) at decode batch 1, bf16: 8 experts × 3·2048·768
+    weights, plus the router 2048 × 128, × 2 bytes."""
+    cfg = moe.MoEConfig(experts=E, top_k=K, expert_inter=768, moe_layers=48, num_layers=48)
+    got = moe.decode_weight_bytes(cfg, 2048, 1, [1 / E] * E, 2)
+    assert got == pytest.approx((8 * 3 * 2048 * 768 + 2048 * 128) * 2)
+    # batch 64 reads almost every expert: 125.94 of them
+    got64 = moe.decode_weight_bytes(cfg, 2048, 64, [1 / E] * E, 2)
+    assert got64 / got == pytest.approx((125.94 * 3 * 2048 * 768 + 2048 * 128) / (8 * 3 * 2048 * 768 + 2048 * 128), rel=1e-3)
+
+
+def test_padded_rows_of_a_grouped_kernel():
+    # 16 tokens × 8 experts over 128 experts: ~1 row per touched expert; a 16-row tile computes
+    # 16 rows for each touched expert (82.42 of them)
+    st = moe.step_routing(16, K, [1 / E] * E, tile=16)
+    assert st.routed_rows == 128 and st.distinct == pytest.approx(82.42, abs=0.01)
+    assert st.padded_rows == pytest.approx(16 * 82.42, rel=1e-3)
+    assert moe.step_routing(16, K, [1 / E] * E).padded_rows == 128
+
+
+def test_configs_of_the_mixture_families():
+    qwen = moe.moe_config({"num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                           "num_hidden_layers": 48, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                           "norm_topk_prob": True})
+    assert (qwen.experts, qwen.top_k, qwen.expert_inter, qwen.moe_layers, qwen.norm_topk) == (128, 8, 768, 48, True)
+    mixtral = moe.moe_config({"num_local_experts": 8, "num_experts_per_tok": 2,
+                              "intermediate_size": 14336, "num_hidden_layers": 32})
+    assert (mixtral.experts, mixtral.expert_inter, mixtral.moe_layers) == (8, 14336, 32)
+    ds = moe.moe_config({"n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+                         "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+                         "first_k_dense_replace": 1})
+    assert (ds.shared_inter, ds.moe_layers, ds.dense_layers) == (2 * 1408, 26, 1)
+    assert moe.moe_config({"num_hidden_layers": 2, "intermediate_size": 64}) is None
+
+
+@pytest.mark.parametrize("cfg,msg", [
+    ({"num_experts": 8, "num_experts_per_tok": 9, "moe_intermediate_size": 64}, "more than the 8"),
+    ({"num_experts": 0, "num_experts_per_tok": 1, "moe_intermediate_size": 64}, "at least one"),
+    ({"shared_expert_intermediate_size": 64}, "no routed experts"),
+    ({"num_experts": 8, "num_experts_per_tok": 0, "moe_intermediate_size": 64}, "at least one expert"),
+])
+def test_bad_moe_configs_are_one_line(cfg, msg):
+    with pytest.raises(UserError, match=msg) as e:
+        moe.moe_config(cfg, "m")
+    assert "\n" not in str(e.value)
+
+
+def test_routing_inputs_and_their_bad_forms(tmp_path):
+    h = tmp_path / "routing.json"
+    h.write_text(json.dumps({"layers": [[3, 1, 0, 0], [1, 1, 1, 1]]}))
+    r = moe.routing(str(h), 4, moe_layers=2)
+    assert r.layer(0) == (0.75, 0.25, 0.0, 0.0) and r.layer(1) == (0.25,) * 4
+    # a histogram with two experts hit: a step never touches more than them
+    assert moe.distinct_experts(1000, 1, r.layer(0)) == pytest.approx(2.0)
+    for bad, msg in (("uniformish", "unknown routing"), ("powerlaw:x", "not a number"),
+                     ("powerlaw:99", "within 0"), (str(tmp_path / "none.json"), "cannot read")):
+        with pytest.raises(UserError, match=msg):
+            moe.routing(bad, 4)
+    h.write_text(json.dumps({"layers": [[1, 1, 1]]}))
+    with pytest.raises(UserError, match="has 3 counts; this model has 4 experts"):
+        moe.routing(str(h), 4)
+    h.write_text(json.dumps({"layers": [[1, 1, 1, 1]] * 3}))
+    with pytest.raises(UserError, match="3 layers of counts; this model has 2 MoE layers"):
+        moe.routing(str(h), 4, moe_layers=2)
