@@ -237,25 +237,16 @@ def derive(model, config, events: list) -> dict:
     if attn_mod is None:
         raise UserError(f"{type(model).__name__}: its decoder layer has no attention module")
     cfg_act = str(widths.get("activation") or "")
-    ops: list = []          # (block, entry) in call order
-    kernels = {"prefill": {}, "decode": {}}
-    # ---- decoder layer 0, prefill: the op list
-    seen: dict = {}
+    kernels: dict = {"prefill": {}, "decode": {}}
+    # ---- decoder layer 0, prefill: the op list, each op where its first kernel runs
     state = {"attn_done": False, "o_done": False, "mlp_started": False, "adds": 0}
-    order: list = []
-    for e in layer_evs["prefill"]:
-        order.append(_classify(e, l0, attn_mod, modules, widths, state, cfg_act))
-    # group consecutive events by op name, keeping the first appearance order
     entries: dict = {}
-    for e, (name, entry) in zip(layer_evs["prefill"], order):
+    for e in layer_evs["prefill"]:
+        name, entry = _classify(e, l0, attn_mod, modules, widths, state, cfg_act)
         if name is None or (entry.get("glue") and name not in entries):
             continue  # glue of an op not reached yet: its kernels only (the op sits at its kernel)
         entry = {k: v for k, v in entry.items() if k != "glue"}
-        if name not in entries:
-            entries[name] = entry
-            seen[name] = len(seen)
-        else:
-            entries[name] = _merge(entries[name], entry)
+        entries[name] = _merge(entries[name], entry) if name in entries else entry
     # ---- the blocks: attention up to the first residual add after the o-projection (or, with
     # no add before the MLP's first linear, up to the o-projection: a parallel residual)
     names = list(entries)
@@ -405,9 +396,7 @@ def _classify(e, l0: str, attn_mod: str, modules: dict, widths: dict, state: dic
             if state["mlp_started"]:
                 state["mlp_residual_seen"] = True
             return name, {"op": "residual", "name": name}
-        if e.aten in ("mul", "div") and not state["mlp_started"]:
-            return None, None
-        return None, None
+        return None, None  # the layer's own glue (dropout in eval mode is none)
     if mod is not None and not state["mlp_started"] and not state["o_done"]:
         return "attention", {"op": "attention", "name": "attention", "glue": True}
     return None, None
@@ -415,13 +404,7 @@ def _classify(e, l0: str, attn_mod: str, modules: dict, widths: dict, state: dic
 
 def _model_level(evs: list, modules: dict, widths: dict, layers_path: str) -> dict:
     before, after = [], []
-    seen_layers = False
-    embeds = []
-    for e in evs:
-        mod = modules.get(e.path)
-        cls = type(mod).__name__ if mod is not None else ""
-        if e.aten == "embedding":
-            embeds.append(e.path)
+    embeds = [e.path for e in evs if e.aten == "embedding"]
     tok = embeds[0] if embeds else None
     pos = next((p for p in embeds if p != tok), None)
     before.append({"op": "embedding", "name": "embedding", "module": tok})
@@ -448,7 +431,6 @@ def _model_level(evs: list, modules: dict, widths: dict, layers_path: str) -> di
         elif lm_seen and e.path == "<model>" and e.aten == "tanh":
             after.append({"op": "scale", "name": "logit_softcap", "module": "<model>"})
             break
-    del seen_layers
     return {"before": before, "after": after}
 
 
