@@ -46,7 +46,10 @@ def test_shipped_template_is_what_a_fresh_trace_gives(model_type):
         assert fresh[key] == shipped[key], (model_type, key)
 
 
-@pytest.mark.parametrize("model_type", A.shipped_types())
+MOE_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe")  # tests/test_moe.py
+
+
+@pytest.mark.parametrize("model_type", [t for t in A.shipped_types() if t not in MOE_TYPES])
 def test_op_list_gemms_are_the_real_modules_weights(model_type):
     """The op list's GEMMs, by name, have the N × K of the real class's linears (meta device)."""
     from pis_tui.hf.architecture_trace import _is_linear, _weight_nk, build_meta_model

@@ -36,11 +36,15 @@ def test_multimodal_uses_text_config():
     assert s.hidden_size == 2048 and s.num_layers == 16
 
 
-def test_moe_rejected_with_one_line():
+def test_an_moe_config_is_read_for_its_experts():
+    """Mistral's widths with eight experts of two per token: a Mixtral-layout MoE spec (MoE
+    configs were refused until their law was priced: tests/test_moe.py)."""
     cfg = dict(load_preset_config("mistral-7b-v0.3"), num_local_experts=8, num_experts_per_tok=2,
                architectures=["MixtralForCausalLM"], model_type="mixtral")
-    with pytest.raises(UserError, match="mixture-of-experts.*num_local_experts=8"):
-        spec_from_config(cfg, "mixtral")
+    spec = spec_from_config(cfg, "mixtral")
+    assert (spec.moe.experts, spec.moe.top_k, spec.moe.expert_inter) == (8, 2, 14336)
+    with pytest.raises(UserError, match="more than the 8 experts"):
+        spec_from_config(dict(cfg, num_experts_per_tok=9), "mixtral")
 
 
 def test_non_decoder_rejected():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -102,3 +103,101 @@ def test_routing_inputs_and_their_bad_forms(tmp_path):
     h.write_text(json.dumps({"layers": [[1, 1, 1, 1]] * 3}))
     with pytest.raises(UserError, match="3 layers of counts; this model has 2 MoE layers"):
         moe.routing(str(h), 4, moe_layers=2)
+
+
+# ------------------------------------------------------------------ MoE models priced
+
+MOE_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe")
+
+
+def _moe_cfg(model_type):
+    from pis_tui.hf.architecture_trace import default_config
+
+    return default_config(model_type)
+
+
+@pytest.mark.parametrize("model_type", MOE_TYPES)
+def test_an_moe_layer_s_ops_are_the_real_class_s_weights(model_type):
+    """Router, grouped expert GEMMs and shared experts against the meta-device model's own
+    parameters (transformers' 3-D expert weights: gate_up (E, 2I, H), down (E, H, I))."""
+    from pis_tui.families.phase_ops import build_phase_ops
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.hf.architecture_trace import build_meta_model
+    from pis_tui.model.ops import GroupedGemm
+    from pis_tui.model.scenario import Scenario
+    from pis_tui.model.spec import spec_from_config
+
+    cfg = _moe_cfg(model_type)
+    model, _ = build_meta_model(cfg)
+    spec = spec_from_config(cfg, model_type)
+    params = {n: tuple(p.shape) for n, p in model.named_parameters() if ".0." in n}
+    gu = next(v for n, v in params.items() if n.endswith("experts.gate_up_proj"))
+    dn = next(v for n, v in params.items() if n.endswith("experts.down_proj"))
+    router = next(v for n, v in params.items() if n.endswith(("gate.weight", "router.weight"))
+                  and len(v) == 2 and v[0] == gu[0])
+    ops = {o.name: o for o in build_phase_ops(spec, Strategy("dense", 0.0), Scenario(decode_batch=4),
+                                              "decode").ops}
+    g, d = ops["experts_gate_up"], ops["experts_down"]
+    assert isinstance(g, GroupedGemm)
+    assert (g.experts, g.n, g.k) == gu and (d.experts, d.n, d.k) == dn
+    assert (ops["moe_router"].n, ops["moe_router"].k) == router
+    assert g.rows == 4 * spec.moe.top_k  # decode batch 4: T·k routed rows
+    shared = [n for n in params if ".shared_expert." in n and n.endswith("weight")]
+    assert bool(shared) == ("shared_gate_up" in ops)
+    # every parameter of the layer counted: attention, router, all experts resident, shared
+    layer = sum(math.prod(v) for n, v in params.items() if n.endswith(("proj", "weight"))
+                and "norm" not in n and "layernorm" not in n)
+    assert spec.layer_params() == layer
+
+
+def test_decode_batch_sets_the_experts_read_not_the_tokens():
+    """Qwen3-30B-A3B's shape (E 128, k 8): a batch-1 step reads 8 experts a layer, batch 64
+    reads ~126, prefill every one; the grouped GEMMs' bytes follow."""
+    from pis_tui.families.phase_ops import build_phase_ops
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.model.scenario import Scenario
+    from pis_tui.model.spec import spec_from_config
+
+    cfg = _moe_cfg("qwen3_moe")
+    cfg.update(num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, hidden_size=2048,
+               head_dim=128)
+    spec = spec_from_config(cfg, "q3")
+    touched = {}
+    for b in (1, 64):
+        ops = {o.name: o for o in build_phase_ops(spec, Strategy("dense", 0.0),
+                                                  Scenario(decode_batch=b), "decode").ops}
+        touched[b] = ops["experts_gate_up"].groups
+        assert ops["experts_gate_up"].bytes() >= touched[b] * 2 * 768 * 2048 * 2
+    assert touched[1] == pytest.approx(8) and touched[64] == pytest.approx(125.94, abs=0.01)
+
+
+def test_skewed_routing_is_a_scenario_input_and_bad_names_are_one_line():
+    from pis_tui.model.scenario import Scenario
+
+    assert Scenario(routing="powerlaw:1.0").routing == "powerlaw:1.0"
+    with pytest.raises(UserError, match="unknown routing"):
+        Scenario(routing="zipf")
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"model_type": "gpt_oss"}, "gpt-oss is not priced yet"),
+    ({"kv_lora_rank": 512}, "multi-head latent attention"),
+])
+def test_moe_families_not_priced_yet_are_refused_with_why(extra, msg):
+    from pis_tui.model.spec import spec_from_config
+
+    cfg = dict(_moe_cfg("qwen3_moe"), **extra)
+    with pytest.raises(UserError, match=msg) as e:
+        spec_from_config(cfg, "m")
+    assert "\n" not in str(e.value)
+
+
+def test_tensor_parallel_moe_is_refused_until_priced():
+    from pis_tui.families.phase_ops import build_phase_ops
+    from pis_tui.families.strategy import Strategy
+    from pis_tui.model.scenario import Scenario
+    from pis_tui.model.spec import spec_from_config
+
+    spec = spec_from_config(_moe_cfg("mixtral"), "mx")
+    with pytest.raises(UserError, match="mixture-of-experts model"):
+        build_phase_ops(spec, Strategy("dense", 0.0), Scenario(tp=2), "decode")

@@ -438,7 +438,7 @@ def test_cli_bad_inputs(tiny_dir, tmp_path, capsys):
         (["--model", str(tiny_dir), "--text", str(tmp_path / "nope.txt")], "no such file"),
         (["--model", str(tiny_dir), "--text", str(empty)], "empty"),
         (["--model", str(no_tok), "--text", text], "no tokenizer"),
-        (["--model", str(moe), "--text", text], "mixture-of-experts"),
+        (["--model", str(moe), "--text", text], "needs at least one expert"),
         (["--model", str(bert), "--text", text], "decoder-only"),
         (["--model", str(tiny_dir), "--text", text, "--strategies", "magic"], "unknown strategy"),
         (["--model", str(tiny_dir), "--text", text, "--sparsities", "1.5"], "outside"),

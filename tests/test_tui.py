@@ -156,7 +156,7 @@ def test_typed_model_path_is_validated_on_the_spot(tmp_path):
             inp = app.query_one("#model-path", Input)
             err = app.query_one("#model-error", Static)
             for bad, words in ((tmp_path / "nope" / "config.json", "no such file"),
-                               (tmp_path, "no config.json"), (moe, "mixture-of-experts")):
+                               (tmp_path, "no config.json"), (moe, "needs at least one expert")):
                 inp.focus()
                 inp.value = str(bad)
                 await pilot.press("enter")

@@ -24,7 +24,8 @@ def scenario_from_args(args: argparse.Namespace, device) -> Scenario:
     return Scenario(prefill_batch=args.prefill_batch, prompt_len=args.prompt_len,
                     decode_batch=args.decode_batch, context_len=args.context_len,
                     dtype=args.dtype or default_dtype(device),
-                    engine=getattr(args, "engine", None) or "eager", tp=getattr(args, "tp", 1))
+                    engine=getattr(args, "engine", None) or "eager", tp=getattr(args, "tp", 1),
+                    routing=getattr(args, "routing", None) or "balanced")
 
 
 def open_cache_if_local(args: argparse.Namespace, device):

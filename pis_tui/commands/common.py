@@ -138,6 +138,9 @@ TP_HELP = ("tensor parallelism over N GPUs of one node (1, 2, 4, 8): one rank's 
 
 def add_tp(p) -> None:
     p.add_argument("--tp", type=tp_degree, default=1, metavar="N", help=TP_HELP)
+    p.add_argument("--routing", default="balanced", metavar="R",
+                   help="an MoE model's routing: balanced (default), powerlaw:<alpha> (expert i's "
+                        "share ∝ (i+1)^-alpha) or a histogram .json of tokens per expert per layer")
 
 
 def add_model_gpu(p: argparse.ArgumentParser, model_required: bool = True) -> None:

@@ -91,7 +91,7 @@ def run(args) -> int:
         t.add_column(c, justify="left" if c in ("op", "kind", "shape", "source") else "right")
     for p in est.ops:
         o = p.op
-        kind = getattr(o, "kind", o.op_type)
+        kind = "grouped" if o.op_type == "grouped_gemm" else getattr(o, "kind", o.op_type)
         t.add_row(o.name, kind if o.op_type != "attention" else "attention", o.shape(),
                   f"{o.count:g}", "" if p.kernels is None else str(p.kernels),
                   f"{o.flops() / 1e9:.3f}", f"{o.bytes() / 1e6:.2f}",

@@ -118,7 +118,7 @@ def run(args) -> int:
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
                   cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager",
-                  tp=args.tp)
+                  tp=args.tp, routing=getattr(args, "routing", None) or "balanced")
     rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated,
                          include_flagged=getattr(args, "include_flagged", False))
     for w in result.warnings:

@@ -136,8 +136,10 @@ def mean_step(step: Callable[[int], float], prompt_len: int, output_len: int,
 class _Pricer:
     """Phase estimates for one plan, each op list built once and each op priced once."""
 
-    def __init__(self, spec, dtype: str, estimator, engine: str = "eager", tp: int = 1):
+    def __init__(self, spec, dtype: str, estimator, engine: str = "eager", tp: int = 1,
+                 routing: str = "balanced"):
         self.spec, self.dtype, self.engine, self.tp = spec, dtype, engine, tp
+        self.routing = routing
         self.est = estimator
         self._ops: dict = {}
         self._estimates: dict = {}
@@ -170,9 +172,11 @@ class _Pricer:
         po = self._ops.get(key)
         if po is None:
             if phase == "prefill":
-                scen = Scenario(batch, length, 1, length, self.dtype, self.engine, tp=self.tp)
+                scen = Scenario(batch, length, 1, length, self.dtype, self.engine, tp=self.tp,
+                                routing=self.routing)
             else:
-                scen = Scenario(1, length, batch, length, self.dtype, self.engine, tp=self.tp)
+                scen = Scenario(1, length, batch, length, self.dtype, self.engine, tp=self.tp,
+                                routing=self.routing)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
@@ -387,7 +391,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
          dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
          combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager",
-         tp: int = 1) -> PlanResult:
+         tp: int = 1, routing: str = "balanced") -> PlanResult:
     """Every candidate (dense, then every family × sparsity and every combination × its parts'
     grid: ``strategies`` None every registered family and combination, ``sparsities`` None
     each family's default grid, ``combo_sparsities`` None the coarse combination grid) priced
@@ -401,7 +405,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     spec, device, scenario, est, notices = prepare(model, gpu, dtype=dtype, engine=engine, tp=tp,
                                                    cache=cache, estimator=estimator)
     dtype = scenario.dtype
-    pricer = _Pricer(spec, dtype, est, engine, tp)
+    pricer = _Pricer(spec, dtype, est, engine, tp, routing)
     grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities)
     if quality is not None and hasattr(quality, "estimate"):
         from ..quality.priors import remember_params

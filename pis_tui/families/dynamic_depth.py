@@ -73,7 +73,8 @@ class DynamicDepth(Family):
             ops.append(Elementwise("attn_kv_gather", "gather", kb * kv_len, 2 * kvd, float(L), dt,
                                    extra=batch * kv_len))  # source: the whole batch's cache
         ops += attn_block(spec, w, phase, kb, kq, kkv, count, dt, shape.linear, tp=ctx.tp)
-        ops += mlp_block(w, mk, count, dt, shape.linear, tp=ctx.tp, spec=spec)
+        ops += mlp_block(w, mk, count, dt, shape.linear, tp=ctx.tp, spec=spec,
+                         routing=ctx.scenario.routing)
         # tokens that skip a sublayer still pass through the residual stream: nothing to compute
         return ops
 

@@ -46,7 +46,7 @@ GEMM_ATEN = ("mm", "addmm", "linear", "matmul", "bmm", "baddbmm")
 
 #: the shipped architectures and the extra fields their default configs need to build small
 SHIPPED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "opt", "gpt2",
-           "gpt_neox")
+           "gpt_neox", "qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe")
 
 
 def _tensors(x) -> list:
@@ -238,8 +238,9 @@ def derive(model, config, events: list) -> dict:
         raise UserError(f"{type(model).__name__}: its decoder layer has no attention module")
     cfg_act = str(widths.get("activation") or "")
     kernels: dict = {"prefill": {}, "decode": {}}
+    moe_mod = _moe_block(modules, l0)
     # ---- decoder layer 0, prefill: the op list, each op where its first kernel runs
-    state = {"attn_done": False, "o_done": False, "mlp_started": False, "adds": 0}
+    state = {"attn_done": False, "o_done": False, "mlp_started": False, "adds": 0, "moe": moe_mod}
     entries: dict = {}
     for e in layer_evs["prefill"]:
         name, entry = _classify(e, l0, attn_mod, modules, widths, state, cfg_act)
@@ -251,8 +252,8 @@ def derive(model, config, events: list) -> dict:
     # no add before the MLP's first linear, up to the o-projection: a parallel residual)
     names = list(entries)
     o_idx = max(i for i, n in enumerate(names) if entries[n].get("role") in A.ATTN_OUT_ROLES)
-    in_idx = min((i for i, n in enumerate(names) if entries[n].get("role") in A.MLP_IN_ROLES),
-                 default=None)
+    in_idx = min((i for i, n in enumerate(names) if entries[n].get("role") in A.MLP_IN_ROLES
+                  or entries[n]["op"] == "moe"), default=None)
     if in_idx is None:
         raise UserError(f"{type(model).__name__}: no MLP input projection found in its layer")
     cut = o_idx + 1
@@ -278,7 +279,7 @@ def derive(model, config, events: list) -> dict:
     model_ops = _model_level(outer["prefill"], modules, widths, layers_path)
     # ---- kernels per op, both phases
     for ph in ("prefill", "decode"):
-        st = {"attn_done": False, "o_done": False, "mlp_started": False, "adds": 0}
+        st = {"attn_done": False, "o_done": False, "mlp_started": False, "adds": 0, "moe": moe_mod}
         for e in layer_evs[ph]:
             name, _ = _classify(e, l0, attn_mod, modules, widths, st, cfg_act)
             if ph == "decode" and e.path == attn_mod and e.aten in ("cat", "index_copy_", "index_copy") \
@@ -315,6 +316,17 @@ def derive(model, config, events: list) -> dict:
     }
 
 
+def _moe_block(modules: dict, l0: str) -> Optional[str]:
+    """The decoder layer's mixture-of-experts block: a child module holding ``experts`` (3-D
+    expert weights) beside a router (``mlp`` in Qwen-MoE, Mixtral, OLMoE; ``block_sparse_moe`` in
+    Granite-MoE), or None."""
+    for name, mod in modules.items():
+        if name.startswith(l0 + ".") and name.count(".") == l0.count(".") + 1 \
+                and hasattr(mod, "experts"):
+            return name
+    return None
+
+
 def _merge(a: dict, b: dict) -> dict:
     out = dict(a)
     if b.get("softcap"):
@@ -338,6 +350,12 @@ def _classify(e, l0: str, attn_mod: str, modules: dict, widths: dict, state: dic
     path = e.path
     rel = path[len(l0) + 1:] if path.startswith(l0 + ".") else ""
     mod = modules.get(path)
+    moe = state.get("moe")
+    if moe and (path == moe or path.startswith(moe + ".")):
+        # the mixture-of-experts block (router, experts, shared experts): one template op,
+        # expanded from the config's experts by pis_tui.model.moe
+        state["mlp_started"] = True
+        return "moe", {"op": "moe", "name": "moe", "module": moe[len(l0) + 1:]}
     # a linear (any depth): its GEMM and bias
     if mod is not None and _is_linear(mod):
         leaf = rel.split(".")[-1]

@@ -188,6 +188,11 @@ class Architecture:
     def linears(self) -> tuple:
         return tuple(e for e in self.attention + self.mlp if e.op == "linear")
 
+    @property
+    def moe(self) -> bool:
+        """A mixture-of-experts layer (its MLP block is one ``moe`` op)."""
+        return any(e.op == "moe" for e in self.mlp)
+
     def rotary(self) -> bool:
         return any(e.op == "rotary" for e in self.attention)
 
@@ -242,7 +247,8 @@ def check_template(t: dict) -> None:
     roles = {d.get("role") for d in t.get("attention", []) + t.get("mlp", []) if d.get("op") == "linear"}
     if not ({"q", "k", "v", "o"} <= roles or {"qkv", "o"} <= roles):
         raise UserError(f"{t.get('model_type')}: the traced attention has no q/k/v/o projections")
-    if not (roles & set(MLP_IN_ROLES)) or "down" not in roles:
+    moe = any(d.get("op") == "moe" for d in t.get("mlp", []))
+    if not moe and (not (roles & set(MLP_IN_ROLES)) or "down" not in roles):
         raise UserError(f"{t.get('model_type')}: the traced MLP has no input and output projections")
     if sum(d.get("op") == "attention" for d in t.get("attention", [])) != 1:
         raise UserError(f"{t.get('model_type')}: the traced layer has no single attention op")

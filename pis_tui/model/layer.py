@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .spec import ModelSpec
-from .ops import ACTIVATIONS, Attention, Collective, Elementwise, Gemm, Op, Overhead
+from .ops import ACTIVATIONS, Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, Overhead
 from .tensor_parallel import kv_shards, rank_heads
 
 ATTN_BLOCK = 64  # block size of block-sparse attention (the attention op's block_size)
@@ -163,13 +163,15 @@ def _ordered(entries: tuple) -> list:
 
 
 def mlp_block(w: LayerWidths, m: int, count: float, dtype: str, lin: Linear,
-              tp: int = 1, spec: ModelSpec | None = None) -> list[Op]:
+              tp: int = 1, spec: ModelSpec | None = None, routing: str = "balanced") -> list[Op]:
     """Ops of the MLP sublayer as the architecture template lists them (one rank's at ``tp`` >
     1: its channels, then the all-reduce of the output projection's result)."""
     inter = w.inter // tp
     col = sharded(lin, tp, tp)
     arch = (spec.architecture if spec is not None else None) or _llama()
     ops: list[Op] = []
+    if spec is not None and spec.moe is not None and arch.moe:
+        return _moe_mlp(spec, arch, w, m, count, dtype, lin, routing)
     for e in _ordered(arch.mlp):
         if e.op == "norm":
             ops.append(Elementwise(e.name, e.kind, m, w.hidden, count, dtype))
@@ -186,6 +188,66 @@ def mlp_block(w: LayerWidths, m: int, count: float, dtype: str, lin: Linear,
             ops.append(Elementwise(e.name, e.kind, m, inter, count, dtype, extra=code))
         elif e.op == "residual":
             ops.append(Elementwise(e.name, "residual_add", m, w.hidden, count, dtype))
+    return ops
+
+
+#: a fused-MoE kernel's rows per tile (vLLM's BLOCK_SIZE_M: 16 while experts get few rows, 64
+#: beyond; vllm/model_executor/layers/fused_moe/fused_moe.py get_default_config)
+MOE_TILES = (16, 64)
+
+
+def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype: str,
+             lin: Linear, routing_name: str) -> list[Op]:
+    """The MLP blocks of an MoE model: on its MoE layers the router GEMM [M, H]×[H, E], the
+    top-k, the dispatch of the M·k routed rows to their experts, the experts' grouped GEMMs
+    (gate+up [M_e, H]×[H, 2I], down [M_e, I]×[I, H]) over the distinct experts the step touches
+    (:mod:`pis_tui.model.moe`, under the scenario's routing), their SiLU·mul, the weighted
+    combine back into the M rows, and the shared experts as a dense MLP; on its dense layers
+    (DeepSeek's first ones, Qwen-MoE's mlp_only_layers) a gated SiLU MLP.  Static width keeps
+    its share of the dense and shared experts' channels; the routed experts' width is theirs."""
+    from .moe import routing, step_routing
+
+    e = spec.moe
+    h = w.hidden
+    moe_share = e.moe_layers / max(spec.num_layers, 1)
+    ops: list[Op] = []
+    norms = [x for x in arch.mlp if x.op == "norm"]
+    residuals = [x for x in arch.mlp if x.op == "residual"]
+    for x in norms:
+        ops.append(Elementwise(x.name, x.kind, m, h, count, dtype))
+    c = count * moe_share
+    if c > 0:
+        shares = routing(routing_name, e.experts, moe_layers=e.moe_layers).layer(0)
+        plain = step_routing(m, e.top_k, shares)
+        tile = MOE_TILES[0] if plain.rows_per_expert <= MOE_TILES[0] else MOE_TILES[1]
+        st = step_routing(m, e.top_k, shares, tile=tile)
+        rows = st.routed_rows
+        ops.append(Gemm("moe_router", m, e.experts, h, c, dtype))
+        ops.append(Elementwise("moe_topk", "topk", m, e.experts, c, dtype, extra=e.top_k))
+        ops.append(Elementwise("moe_dispatch", "gather", int(rows), h, c, dtype))
+        ops.append(GroupedGemm("experts_gate_up", e.experts, st.distinct, rows, st.padded_rows,
+                               2 * e.expert_inter, h, c, dtype))
+        ops.append(Elementwise("experts_act", "silu_mul", int(rows), e.expert_inter, c, dtype))
+        ops.append(GroupedGemm("experts_down", e.experts, st.distinct, rows, st.padded_rows,
+                               h, e.expert_inter, c, dtype))
+        ops.append(Elementwise("moe_combine", "scatter", int(rows), h, c, dtype))
+        if e.shared_inter:
+            si = max(1, round(e.shared_inter * w.inter / max(spec.intermediate_size, 1)))
+            ops += lin("shared_gate_up", m, 2 * si, h, c)
+            ops.append(Elementwise("shared_act", "silu_mul", m, si, c, dtype))
+            ops += lin("shared_down", m, h, si, c)
+            if e.shared_gate:  # Qwen2-MoE: sigmoid(x·w) scales the shared experts' output
+                ops.append(Gemm("shared_expert_gate", m, 1, h, c, dtype))
+                ops.append(Elementwise("shared_gate_mul", "act_mul", m, h, c, dtype,
+                                       extra=ACTIVATIONS.index("sigmoid")))
+    cd = count * (1.0 - moe_share)
+    if cd > 0:  # the dense layers' MLP
+        ops += lin("gate_proj", m, w.inter, h, cd)
+        ops += lin("up_proj", m, w.inter, h, cd)
+        ops.append(Elementwise("silu_mul", "silu_mul", m, w.inter, cd, dtype))
+        ops += lin("down_proj", m, h, w.inter, cd)
+    for x in residuals:
+        ops.append(Elementwise(x.name, "residual_add", m, h, count, dtype))
     return ops
 
 
@@ -206,8 +268,8 @@ NON_DECODER_GEMMS = ("lm_head", "router", "block_score")
 def gemm_params(ops) -> float:
     """Weight parameters behind the decoder GEMMs of an op list (per-call weights × count; a
     rank's op list: × the distinct shards the ranks hold, so the whole model's)."""
-    return sum(o.n * o.k * o.density * o.count * o.shards for o in ops
-               if isinstance(o, Gemm) and o.name not in NON_DECODER_GEMMS)
+    return sum(o.n * o.k * o.density * o.count * o.shards * getattr(o, "experts", 1) for o in ops
+               if isinstance(o, (Gemm, GroupedGemm)) and o.name not in NON_DECODER_GEMMS)
 
 
 def overhead_phase(phase: str, batch: int) -> str:

@@ -50,6 +50,7 @@ class MoEConfig:
     num_layers: int = 0
     norm_topk: bool = False    # top-k weights renormalised to sum to 1
     router_bias: bool = False  # a per-expert bias added to the router scores (selection only)
+    shared_gate: bool = False  # Qwen2-MoE: sigmoid([T, H]×[H, 1]) scales the shared experts
 
     @property
     def dense_layers(self) -> int:
@@ -97,7 +98,8 @@ def moe_config(cfg: dict, name: str = "model") -> Optional[MoEConfig]:
     return MoEConfig(experts=experts, top_k=k, expert_inter=width, shared_inter=shared_w,
                      moe_layers=_moe_layer_count(cfg, layers), num_layers=layers,
                      norm_topk=bool(cfg.get("norm_topk_prob", False)),
-                     router_bias=bool(cfg.get("router_bias") or cfg.get("topk_method") == "noaux_tc"))
+                     router_bias=bool(cfg.get("router_bias") or cfg.get("topk_method") == "noaux_tc"),
+                     shared_gate=bool(cfg.get("shared_expert_intermediate_size")))
 
 
 def _moe_layer_count(cfg: dict, layers: int) -> int:

@@ -99,6 +99,51 @@ class Gemm:
 
 
 @dataclass(frozen=True)
+class GroupedGemm:
+    """The routed experts of an MoE layer as one grouped GEMM: for each expert a token was
+    routed to, Y[M_e, N] = X[M_e, K]·W_eᵀ (:mod:`pis_tui.model.moe`).
+
+    ``groups`` is the expected number of distinct experts the step touches (their weights are
+    read), ``rows`` the routed rows Σ M_e = T·k, ``padded_rows`` what a kernel that pads each
+    expert's rows to its tile computes.  All of them resident: ``experts`` is E (the weights the
+    model holds, :func:`pis_tui.model.layer.gemm_params` counts them all)."""
+
+    name: str
+    experts: int
+    groups: float
+    rows: float
+    padded_rows: float
+    n: int
+    k: int
+    count: float = 1.0
+    dtype: str = "bf16"
+    kind: str = "dense"
+    density: float = 1.0
+    shards: int = 1
+    op_type: str = field(default="grouped_gemm", init=False)
+
+    def flops(self) -> float:
+        """FLOPs the kernel executes: the padded rows' (the pad rows are computed too)."""
+        return 2.0 * self.padded_rows * self.n * self.k
+
+    def effective_flops(self) -> float:
+        return 2.0 * self.rows * self.n * self.k
+
+    def bytes(self) -> float:
+        b = dtype_bytes(self.dtype)
+        return self.groups * self.n * self.k * b + (self.rows * self.k + self.rows * self.n) * b
+
+    def key(self) -> str:
+        return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:g{self.groups:.3f}:"
+                f"r{self.rows:.1f}:p{self.padded_rows:.1f}:{self.n}x{self.k}")
+
+    def shape(self) -> str:
+        per = self.rows / self.groups if self.groups else 0.0
+        return (f"E={self.experts} touched={self.groups:.1f} rows={self.rows:g} "
+                f"(≈{per:.1f}/expert) N={self.n} K={self.k}")
+
+
+@dataclass(frozen=True)
 class Attention:
     """Scaled-dot-product attention of one layer (all heads of all sequences)."""
 
@@ -326,15 +371,15 @@ def _size(b: float) -> str:
     return f"{b:.0f} B"
 
 
-Op = Union[Gemm, Attention, Elementwise, Overhead, Collective]
+Op = Union[Gemm, GroupedGemm, Attention, Elementwise, Overhead, Collective]
 
 
 def op_from_dict(d: dict) -> Op:
     """Inverse of ``dataclasses.asdict`` for ops (used by the measuring subprocess)."""
     d = dict(d)
     t = d.pop("op_type")
-    cls = {"gemm": Gemm, "attention": Attention, "elementwise": Elementwise,
-           "overhead": Overhead, "collective": Collective}[t]
+    cls = {"gemm": Gemm, "grouped_gemm": GroupedGemm, "attention": Attention,
+           "elementwise": Elementwise, "overhead": Overhead, "collective": Collective}[t]
     return cls(**d)
 
 

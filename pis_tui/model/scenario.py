@@ -27,6 +27,9 @@ class Scenario:
     #: are then one rank's (see :mod:`pis_tui.model.tensor_parallel`).  After ``engine``: pass it by
     #: keyword (a sixth positional argument is the engine)
     tp: int = 1
+    #: how an MoE model's tokens spread over its experts (:func:`pis_tui.model.moe.routing`):
+    #: ``balanced``, ``powerlaw:<alpha>`` or a histogram file; a dense model ignores it
+    routing: str = "balanced"
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len"):
@@ -42,6 +45,10 @@ class Scenario:
         from .tensor_parallel import check_degree
 
         check_degree(self.tp)
+        r = self.routing
+        if not isinstance(r, str) or not (r == "balanced" or r.startswith("powerlaw:")
+                                           or r.endswith(".json")):
+            raise UserError(f"unknown routing {r!r}: balanced, powerlaw:<alpha> or a histogram .json file")
 
     def batch(self, phase: str) -> int:
         return self.prefill_batch if phase == "prefill" else self.decode_batch
@@ -53,6 +60,7 @@ class Scenario:
             "dtype": self.dtype,
             "engine": self.engine,
             "tp": self.tp,
+            "routing": self.routing,
         }
 
     def label(self, phase: str) -> str:

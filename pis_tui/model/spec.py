@@ -18,9 +18,8 @@ from typing import Optional
 from ..errors import UserError
 from ..shipped import list_names, profile_path
 from .architecture import Architecture, architecture_for, role_nk, rotary_dim, widths_of_config
+from .moe import MoEConfig, moe_config
 
-_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts",
-             "num_experts_per_tok", "moe_intermediate_size")
 _NON_DECODER_TYPES = {"bert", "roberta", "t5", "mt5", "bart", "mbart", "deberta", "deberta-v2",
                       "electra", "distilbert", "albert", "whisper", "vit", "clip", "xlm-roberta",
                       "marian", "pegasus", "longt5", "umt5", "encoder-decoder"}
@@ -48,6 +47,9 @@ class ModelSpec:
     sliding_window: int = 0    # keys a sliding-window layer sees (0: none)
     sliding_layers: int = 0    # how many of the layers use it
     max_positions: int = 0     # learned position table rows (OPT, GPT-2; 0: none)
+    #: a mixture-of-experts model's experts (None: dense); ``intermediate_size`` is then the
+    #: dense layers' MLP width (Mixtral: the experts')
+    moe: Optional[MoEConfig] = None
 
     @property
     def q_dim(self) -> int:
@@ -74,8 +76,17 @@ class ModelSpec:
         return self._params(("q", "k", "v", "qkv", "o"))
 
     def mlp_params(self) -> int:
-        """Weights of one layer's MLP projections (three gated, two ungated)."""
-        return self._params(("gate", "up", "gate_up", "in", "down"))
+        """Weights of one layer's MLP projections (three gated, two ungated); for an MoE model
+        the mean over its layers of every expert (all resident), the router and the shared
+        experts, and the dense layers' MLPs."""
+        if self.moe is None:
+            return self._params(("gate", "up", "gate_up", "in", "down"))
+        h, e = self.hidden_size, self.moe
+        moe_layer = (e.experts * e.expert_params(h) + h * e.experts + 3 * h * e.shared_inter
+                     + (h if e.shared_gate else 0))
+        dense_layer = 3 * h * self.intermediate_size
+        n = max(self.num_layers, 1)
+        return round((e.moe_layers * moe_layer + (n - e.moe_layers) * dense_layer) / n)
 
     def _params(self, roles: tuple) -> int:
         if self.architecture is None:  # the Llama layout
@@ -113,11 +124,14 @@ def spec_from_config(cfg: dict, name: str, source: str = "", *, allow_trace: boo
         cfg.setdefault("tie_word_embeddings", outer.get("tie_word_embeddings", False))
     model_type = str(cfg.get("model_type", "unknown"))
     archs = cfg.get("architectures") or []
-    for key in _MOE_KEYS:
-        v = cfg.get(key)
-        if v not in (None, 0, 1, False):
-            raise UserError(f"{name}: mixture-of-experts models are not supported "
-                            f"(config has {key}={v})")
+    if cfg.get("kv_lora_rank") or cfg.get("q_lora_rank"):
+        raise UserError(f"{name}: multi-head latent attention ({model_type}: DeepSeek V2/V3, Kimi "
+                        "K2) is not priced yet: its compressed KV and absorbed projections are "
+                        "not in pis-tui's op vocabulary")
+    if model_type == "gpt_oss":
+        raise UserError(f"{name}: gpt-oss is not priced yet (attention sinks on alternating "
+                        "sliding windows, biased experts and MXFP4 expert weights)")
+    moe = moe_config(cfg, name)
     if cfg.get("is_encoder_decoder") or model_type in _NON_DECODER_TYPES or (
             archs and not any(s in a for a in archs
                               for s in ("CausalLM", "LMHeadModel", "ForConditionalGeneration"))):
@@ -138,6 +152,8 @@ def spec_from_config(cfg: dict, name: str, source: str = "", *, allow_trace: boo
     heads = need("num_attention_heads", "n_head")
     if model_type == "gpt2" and cfg.get("n_inner") is None:
         inter = 4 * hidden  # GPT-2: n_inner null means 4 × n_embd
+    elif moe is not None and cfg.get("intermediate_size") is None:
+        inter = moe.expert_inter  # no dense layers' width given: the experts'
     else:
         inter = need("intermediate_size", "ffn_dim", "n_inner")
     proj = cfg.get("word_embed_proj_dim")
@@ -154,6 +170,10 @@ def spec_from_config(cfg: dict, name: str, source: str = "", *, allow_trace: boo
         raise UserError(f"{name}: head_dim={head_dim!r} is not a positive integer")
     vocab = need("vocab_size")
     arch = architecture_for(cfg, name, allow_trace=allow_trace) if with_architecture else None
+    if arch is not None and arch.moe != (moe is not None):
+        raise UserError(f"{name}: the config {'has' if moe else 'has no'} experts but "
+                        f"{arch.model_class}'s layer {'has no' if moe else 'has a'} "
+                        "mixture-of-experts block")
     w = widths_of_config(cfg)
     w.update(head_dim=head_dim)
     rot = rotary_dim(w) if arch is None or arch.rotary() else 0
@@ -170,6 +190,7 @@ def spec_from_config(cfg: dict, name: str, source: str = "", *, allow_trace: boo
         architecture=arch, rotary_dim=rot, sliding_window=window, sliding_layers=windowed,
         max_positions=int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0)
         if arch is not None and any(e.op == "pos_embedding" for e in arch.before_layers) else 0,
+        moe=moe,
     )
 
 

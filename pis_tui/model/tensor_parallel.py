@@ -88,6 +88,9 @@ def check_model(spec, tp: int) -> None:
     check_degree(tp)
     if tp == 1:
         return
+    if getattr(spec, "moe", None) is not None:
+        raise UserError(f"--tp {tp}: tensor parallelism of a mixture-of-experts model (its experts "
+                        "sharded on their width) is not priced yet: use --tp 1")
     q, kv, i = spec.num_heads, spec.num_kv_heads, spec.intermediate_size
     bad = []
     if q % tp:

@@ -38,7 +38,7 @@ from typing import Iterable, Optional
 
 from . import collectives, engines as execution, sources
 from ..device.gpus import DeviceProfile, efficiency
-from ..model.ops import (Attention, Collective, Elementwise, Gemm, Op, Overhead, dtype_bytes, kernel_of,
+from ..model.ops import (Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, Overhead, dtype_bytes, kernel_of,
                          op_from_dict)
 from .estimates import PhaseEstimate, PricedOp
 
@@ -179,6 +179,19 @@ class Estimator:
         t_m = e["gemm_latency_us"] * 1e-6 + op.bytes() / (bw * bw_eff)
         return max(t_c, t_m) * 1e3
 
+    def _grouped_ms(self, op: GroupedGemm, ideal: bool = False) -> float:
+        """The routed experts' grouped GEMM: the weights of the experts touched and the rows'
+        activations over the bandwidth, or the rows' FLOPs over the peak, whichever is longer.
+        Under ``fused`` (a fused-MoE kernel as vLLM and SGLang run it: each expert's rows padded
+        to the kernel's BLOCK_SIZE_M) the padded rows are computed; under ``eager`` (torch's
+        grouped_mm) the rows themselves.  No tile or wave model yet: the share of peak is the
+        GEMM efficiency of the device."""
+        rows = op.padded_rows if self.engine == "fused" else op.rows
+        flops = 2.0 * rows * op.n * op.k
+        peak = self.peak(op.dtype) * (1.0 if ideal else self.eff["gemm"])
+        bw = self.bandwidth(op.dtype) * (1.0 if ideal else self.eff["bandwidth"])
+        return max(flops / peak, op.bytes() / bw) * 1e3
+
     def _attention_ms(self, op: Attention) -> float:
         e = self.eff
         bw = self.bandwidth(op.dtype)
@@ -219,6 +232,11 @@ class Estimator:
         if kernels is not None and not kernels:
             return 0.0  # runs inside another op's kernel (a residual add in a fused norm)
         bw = self.bandwidth(op.dtype) * (1.0 if ideal else self.eff["bandwidth"])
+        if isinstance(op, GroupedGemm):
+            # one kernel on a GPU (torch's grouped_mm, a fused-MoE kernel); on the CPU
+            # grouped_mm is a loop over the experts that got tokens: a floor each
+            launches = op.groups if self.device.kind == "cpu" else 1.0
+            return self._grouped_ms(op, ideal) + floor * launches
         if isinstance(op, (Gemm, Attention)):
             if ideal:
                 core = self.roofline_ms(op) + floor
@@ -274,6 +292,10 @@ class Estimator:
             why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
                    else "eager framework overhead not measured on this CPU")
             return PricedOp(op, 0.0, "roofline", why)
+        if isinstance(op, GroupedGemm):
+            return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
+                            "the experts touched (distinct-experts law), estimated: grouped GEMMs "
+                            "are not measured yet", sources.uncertainty("roofline"))
         if isinstance(op, Attention) and (op.window or op.softcap) and not as_is:
             return self._price_windowed(op, family, phase, arch)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24

@@ -66,6 +66,8 @@ def _dims(op) -> tuple:
         v = (op.batch * op.q_heads, op.q_len, op.kv_len, op.head_dim)
     elif t == "elementwise":
         v = (op.rows, op.width)
+    elif t == "grouped_gemm":
+        v = (op.groups, op.rows, op.n, op.k)
     else:
         v = ()
     return tuple(math.log(max(x, 1)) for x in v)

@@ -130,6 +130,8 @@ class OpsScreen(ModalScreen):
 
     @staticmethod
     def _kind(o) -> str:
+        if o.op_type == "grouped_gemm":
+            return "grouped"
         return "attention" if o.op_type == "attention" else getattr(o, "kind", o.op_type)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
