@@ -192,12 +192,24 @@ def test_moe_families_not_priced_yet_are_refused_with_why(extra, msg):
     assert "\n" not in str(e.value)
 
 
-def test_tensor_parallel_moe_is_refused_until_priced():
+def test_tensor_parallel_moe_shards_every_expert_on_its_width():
+    """TP 2: each rank's grouped GEMMs hold half of every expert's I, the same experts touched,
+    one all-reduce after the block; the model's weights still count every expert once."""
     from pis_tui.families.phase_ops import build_phase_ops
     from pis_tui.families.strategy import Strategy
+    from pis_tui.model.layer import gemm_params
     from pis_tui.model.scenario import Scenario
     from pis_tui.model.spec import spec_from_config
 
     spec = spec_from_config(_moe_cfg("mixtral"), "mx")
-    with pytest.raises(UserError, match="mixture-of-experts model"):
-        build_phase_ops(spec, Strategy("dense", 0.0), Scenario(tp=2), "decode")
+    one = {o.name: o for o in build_phase_ops(spec, Strategy("dense", 0.0), Scenario(), "decode").ops}
+    two_ops = build_phase_ops(spec, Strategy("dense", 0.0), Scenario(tp=2), "decode").ops
+    two = {o.name: o for o in two_ops}
+    assert two["experts_gate_up"].n * 2 == one["experts_gate_up"].n
+    assert two["experts_down"].k * 2 == one["experts_down"].k
+    assert two["experts_gate_up"].groups == one["experts_gate_up"].groups
+    assert "moe_all_reduce" in two
+    assert gemm_params(two_ops) == pytest.approx(gemm_params(one.values()), rel=1e-9)
+    odd = dict(_moe_cfg("mixtral"), intermediate_size=702)  # 702 = 2 × 351: no TP 4
+    with pytest.raises(UserError, match="expert channels"):
+        build_phase_ops(spec_from_config(odd, "mx"), Strategy("dense", 0.0), Scenario(tp=4), "decode")

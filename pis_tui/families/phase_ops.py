@@ -97,6 +97,10 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
     else:
         achieved = max(0.0, fam.achieved_sparsity(ctx, shape, ops))
     notes = list(shape.notes) + fam.final_notes(ctx, shape, ops)
+    if spec.moe is not None and strategy.family not in ("dense", "static_depth"):
+        notes.append(f"{spec.name} is a mixture of experts: {strategy.family} leaves its routed "
+                     "experts whole (expert pruning, top-k reduction and expert slimming are not "
+                     "families yet), so expect little speedup except from depth")
     return PhaseOps(strategy, phase, tuple(ops), round(achieved, 6), tuple(notes), tuple(shape.dims),
                     part_achieved, arch.key)
 

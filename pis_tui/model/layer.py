@@ -171,7 +171,7 @@ def mlp_block(w: LayerWidths, m: int, count: float, dtype: str, lin: Linear,
     arch = (spec.architecture if spec is not None else None) or _llama()
     ops: list[Op] = []
     if spec is not None and spec.moe is not None and arch.moe:
-        return _moe_mlp(spec, arch, w, m, count, dtype, lin, routing)
+        return _moe_mlp(spec, arch, w, m, count, dtype, lin, routing, tp)
     for e in _ordered(arch.mlp):
         if e.op == "norm":
             ops.append(Elementwise(e.name, e.kind, m, w.hidden, count, dtype))
@@ -197,14 +197,19 @@ MOE_TILES = (16, 64)
 
 
 def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype: str,
-             lin: Linear, routing_name: str) -> list[Op]:
+             lin: Linear, routing_name: str, tp: int = 1) -> list[Op]:
     """The MLP blocks of an MoE model: on its MoE layers the router GEMM [M, H]×[H, E], the
     top-k, the dispatch of the M·k routed rows to their experts, the experts' grouped GEMMs
     (gate+up [M_e, H]×[H, 2I], down [M_e, I]×[I, H]) over the distinct experts the step touches
     (:mod:`pis_tui.model.moe`, under the scenario's routing), their SiLU·mul, the weighted
     combine back into the M rows, and the shared experts as a dense MLP; on its dense layers
     (DeepSeek's first ones, Qwen-MoE's mlp_only_layers) a gated SiLU MLP.  Static width keeps
-    its share of the dense and shared experts' channels; the routed experts' width is theirs."""
+    its share of the dense and shared experts' channels; the routed experts' width is theirs.
+
+    With tensor parallelism (``tp`` > 1) every rank holds every expert's slice of I (the
+    serving engines' TP for MoE): the grouped GEMMs run N = 2I/tp and K = I/tp over the same
+    touched experts, the router is replicated, the shared experts and dense MLPs are column-
+    then row-parallel, and the block's output is all-reduced once."""
     from .moe import routing, step_routing
 
     e = spec.moe
@@ -225,27 +230,33 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
         ops.append(Gemm("moe_router", m, e.experts, h, c, dtype))
         ops.append(Elementwise("moe_topk", "topk", m, e.experts, c, dtype, extra=e.top_k))
         ops.append(Elementwise("moe_dispatch", "gather", int(rows), h, c, dtype))
+        ei = e.expert_inter // tp
         ops.append(GroupedGemm("experts_gate_up", e.experts, st.distinct, rows, st.padded_rows,
-                               2 * e.expert_inter, h, c, dtype))
-        ops.append(Elementwise("experts_act", "silu_mul", int(rows), e.expert_inter, c, dtype))
+                               2 * ei, h, c, dtype, shards=tp))
+        ops.append(Elementwise("experts_act", "silu_mul", int(rows), ei, c, dtype))
         ops.append(GroupedGemm("experts_down", e.experts, st.distinct, rows, st.padded_rows,
-                               h, e.expert_inter, c, dtype))
+                               h, ei, c, dtype, shards=tp))
         ops.append(Elementwise("moe_combine", "scatter", int(rows), h, c, dtype))
+        col = sharded(lin, tp, tp)
         if e.shared_inter:
-            si = max(1, round(e.shared_inter * w.inter / max(spec.intermediate_size, 1)))
-            ops += lin("shared_gate_up", m, 2 * si, h, c)
+            si = max(1, round(e.shared_inter * w.inter / max(spec.intermediate_size, 1))) // tp
+            ops += col("shared_gate_up", m, 2 * si, h, c)
             ops.append(Elementwise("shared_act", "silu_mul", m, si, c, dtype))
-            ops += lin("shared_down", m, h, si, c)
+            ops += col("shared_down", m, h, si, c)
             if e.shared_gate:  # Qwen2-MoE: sigmoid(x·w) scales the shared experts' output
                 ops.append(Gemm("shared_expert_gate", m, 1, h, c, dtype))
                 ops.append(Elementwise("shared_gate_mul", "act_mul", m, h, c, dtype,
                                        extra=ACTIVATIONS.index("sigmoid")))
+        ops += all_reduce("moe_all_reduce", m, h, c, dtype, tp)
     cd = count * (1.0 - moe_share)
     if cd > 0:  # the dense layers' MLP
-        ops += lin("gate_proj", m, w.inter, h, cd)
-        ops += lin("up_proj", m, w.inter, h, cd)
-        ops.append(Elementwise("silu_mul", "silu_mul", m, w.inter, cd, dtype))
-        ops += lin("down_proj", m, h, w.inter, cd)
+        col = sharded(lin, tp, tp)
+        di = w.inter // tp
+        ops += col("gate_proj", m, di, h, cd)
+        ops += col("up_proj", m, di, h, cd)
+        ops.append(Elementwise("silu_mul", "silu_mul", m, di, cd, dtype))
+        ops += col("down_proj", m, h, di, cd)
+        ops += all_reduce("mlp_all_reduce", m, h, cd, dtype, tp)
     for x in residuals:
         ops.append(Elementwise(x.name, "residual_add", m, h, count, dtype))
     return ops

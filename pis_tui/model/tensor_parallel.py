@@ -88,11 +88,13 @@ def check_model(spec, tp: int) -> None:
     check_degree(tp)
     if tp == 1:
         return
-    if getattr(spec, "moe", None) is not None:
-        raise UserError(f"--tp {tp}: tensor parallelism of a mixture-of-experts model (its experts "
-                        "sharded on their width) is not priced yet: use --tp 1")
     q, kv, i = spec.num_heads, spec.num_kv_heads, spec.intermediate_size
     bad = []
+    moe = getattr(spec, "moe", None)
+    if moe is not None:  # every rank holds every expert's slice of I (vLLM's TP for MoE)
+        for width, what in ((moe.expert_inter, "expert channels"), (moe.shared_inter, "shared-expert channels")):
+            if width and width % tp:
+                bad.append(f"its {width} {what}")
     if q % tp:
         bad.append(f"its {q} query heads")
     elif not heads_ok(q, kv, tp):
