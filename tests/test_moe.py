@@ -213,3 +213,15 @@ def test_tensor_parallel_moe_shards_every_expert_on_its_width():
     odd = dict(_moe_cfg("mixtral"), intermediate_size=702)  # 702 = 2 × 351: no TP 4
     with pytest.raises(UserError, match="expert channels"):
         build_phase_ops(spec_from_config(odd, "mx"), Strategy("dense", 0.0), Scenario(tp=4), "decode")
+
+
+def test_the_explorer_prices_an_moe_preset(tmp_path):
+    """The explorer's backend (no transformers import) sweeps an MoE preset; the drill-down's
+    grouped GEMMs say how many experts a step touches and rows per expert."""
+    from pis_tui.tui.backend import Backend, Choices
+
+    snap = Backend(cache_path=str(tmp_path / "c.duckdb")).compute(
+        Choices(model="qwen3-30b-a3b", gpu="h200-sxm"))
+    grouped = [p.op for e in snap.result.estimates for p in e.ops if p.op.op_type == "grouped_gemm"]
+    assert grouped and all("touched=" in g.shape() and "/expert" in g.shape() for g in grouped)
+    assert snap.result.spec.moe.experts == 128
