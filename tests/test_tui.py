@@ -1261,3 +1261,22 @@ def test_tensor_parallel_bad_input_names_the_field_at_fault(tmp_path, monkeypatc
             panel = app.query_one(PlanPanel)
             assert panel.border_title.endswith("· TP 2") and "TP comm" in panel.plain
     run(go())
+
+
+def test_the_batch_tab_draws_decode_speedup_by_batch_with_the_experts_touched(tmp_path):
+    """Key 5: the Batch tab draws the core families' decode speedup against decode batch; for
+    an MoE preset its subtitle says how many experts a step touches (8 at batch 1 … 128)."""
+    from pis_tui.tui.backend import Backend, Choices
+    from pis_tui.tui.batch_chart import BatchChart
+
+    async def go():
+        app = PisApp(Backend(cache_path=str(tmp_path / "c.duckdb")),
+                     Choices(model="qwen3-30b-a3b", gpu="h200-sxm"), restore=False)
+        async with app.run_test(size=BIG) as pilot:
+            await started(app, pilot)
+            await pilot.press("5")
+            chart = app.query_one(BatchChart)
+            await until(pilot, lambda: "strategies" in chart.summary, what="batch chart")
+            assert "experts touched" in chart.border_subtitle and "128" in chart.border_subtitle
+            assert chart.border_title.startswith("decode speedup by batch")
+    run(go())

@@ -53,6 +53,8 @@ class SweepResult:
     provenance: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)  # memory_fit.footprint: does the dense model fit?
     notices: list = field(default_factory=list)  # e.g. a shipped table that could not be used
+    #: decode speedup against decode batch (:mod:`pis_tui.decide.batch_curve`), where computed
+    batch_curve: object = field(default=None, repr=False)
 
     @property
     def warnings(self) -> list[str]:

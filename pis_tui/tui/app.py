@@ -36,6 +36,7 @@ from ..errors import PisError
 from ..pricing.sources import ordered
 from .backend import PHASES, Backend, Choices, PlanInputs, PlanSnapshot, Snapshot, plan_presets
 from .export_control import ExportControl
+from .batch_chart import BatchChart
 from .flops_chart import FlopsChart, gap_lines, tp_lines
 from .fmt import family_style, metric_label, pct, rgb, speed
 from .fmt import fit as fit_text  # "fit" names the memory-fit warning below
@@ -95,6 +96,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         Binding("2", "tab('flops')", "FLOPs", show=False),
         Binding("3", "tab('points')", "points", show=False),
         Binding("4", "tab('plan')", "plan", show=False),
+        Binding("5", "tab('batch')", "batch", show=False),
         Binding("d", "drill", "ops"),
         Binding("f", "cycle_family", "family"),
         Binding("p", "cycle_phase", "phase", show=False),
@@ -174,6 +176,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
                     yield TabPane("Beyond FLOPs", id="flops")
                     yield TabPane("Points", id="points")
                     yield TabPane("Plan", id="plan")
+                    yield TabPane("Batch", id="batch")
                 with Horizontal(id="recs"):
                     for ph in PHASES:
                         yield RecommendationPanel(ph, id=f"rec-{ph}")
@@ -283,6 +286,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         await self.query_one("#points", TabPane).mount(PointsView(id="points-view"))
         await self.query_one("#plan", TabPane).mount(
             PlanView(self.plan_inputs, plan_presets(), id="plan-view"))
+        await self.query_one("#batch", TabPane).mount(BatchChart(id="batch-chart"))
         self._full = True
         self._freeze_heap()
         if self._quit_after_mount:
@@ -295,6 +299,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
             self._show(snap)
             self.query_one(PointsView).show(snap)  # opens at its top row (the fastest)
             self._stale_tabs.discard("points")
+            self._stale_tabs.add("batch")
         where, text = self._field_error
         if where:
             panel.set_error(where, text)
@@ -475,7 +480,7 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
             if rerank_only:
                 pv.snapshot = snap
             else:
-                self._stale_tabs = {"flops", "points"}
+                self._stale_tabs = {"flops", "points", "batch"}
                 self._show_tab(self.query_one(TabbedContent).active)
         self._update_setup_info()
         r = snap.result
@@ -519,6 +524,8 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
             self._show_gaps()
         elif tab == "points":
             pv.show(self.snapshot)
+        elif tab == "batch":
+            self.query_one(BatchChart).show(self.snapshot)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         tab = event.pane.id or ""

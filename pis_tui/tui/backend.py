@@ -454,10 +454,21 @@ class Backend:
                 quality = self._quality_model(choices, spec, cache)
             result = sweep(spec, device, scenario, self.strategies(choices), quality=quality,
                            cache=cache if device.is_local else None)
+            result.batch_curve = self._batch_curve(result, cache if device.is_local else None)
         if device.is_local:
             measured = result.source_summary().get("measured", 0)
         recs = self.recommend(result, choices.active_budget, choices.allow_extrapolated)
         return Snapshot(choices, result, recs, time.perf_counter() - t0, measured)
+
+    @staticmethod
+    def _batch_curve(result, cache):
+        """The Batch tab's curve, priced like the sweep (its device, engine, context, cache)."""
+        from ..decide.batch_curve import batch_curve
+        from ..decide.sweep import make_estimator
+
+        sc = result.scenario
+        est = make_estimator(result.device, sc.dtype, cache, engine=sc.engine)
+        return batch_curve(result.spec, est, sc)
 
     @staticmethod
     def _check_tp(spec, device, tp: int, cache) -> None:

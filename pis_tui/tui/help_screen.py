@@ -23,6 +23,7 @@ measuring on the local device (`m`) replaces estimates with timings as they arri
 | `+` / `-` | quality budget up / down by 1 % (`]` / `[` too) |
 | `1` `2` `3` | Pareto charts · Beyond FLOPs · all points table |
 | `4` | Plan: one pruned model for a workload across both phases (prompt, answer, requests at once, targets) |
+| `5` | Batch: decode speedup against decode batch for the core families (an MoE model: the experts a step touches) |
 | `d` / `enter` | op list of the highlighted point (what the family did to M, N, K; where the time goes) |
 | `f` | filter by family (cycles) · `p` filter by phase |
 | `o` / `O` | sort the table by the next column / reverse |

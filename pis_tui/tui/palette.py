@@ -17,6 +17,7 @@ ACTIONS = (
     ("Beyond FLOPs", "real vs FLOPs-predicted speedup per family", "tab('flops')"),
     ("Points table", "every point with its sources", "tab('points')"),
     ("Plan", "one pruned model for a workload across both phases, with its memory", "tab('plan')"),
+    ("Batch", "decode speedup against decode batch (an MoE model: the experts a step touches)", "tab('batch')"),
     ("Filter by family", "cycle the family filter (table and Beyond FLOPs)", "cycle_family"),
     ("Filter by phase", "cycle the table's phase filter", "cycle_phase"),
     ("Sort the table", "cycle the sort column", "cycle_sort"),

@@ -28,6 +28,8 @@ SHOTS = (
     ("small-80x24", (80, 24), {}, ()),
     # one model for a workload across both phases (chat preset), setup hidden: the whole view
     ("plan", (120, 36), {}, ("s", "4")),
+    # a mixture of experts: decode speedup against decode batch, and the experts a step touches
+    ("batch-moe", (120, 36), {"model": "qwen3-30b-a3b"}, ("s", "5")),
     # measuring on this machine: the charts mid-profile, with measured kernels in them
     ("measuring-local", (120, 36), {"model": "qwen2.5-0.5b", "gpu": "local", "prompt_len": 128,
                                     "decode_batch": 4, "context_len": 128}, ("m",)),
