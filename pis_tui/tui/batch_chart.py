@@ -24,6 +24,7 @@ class BatchChart(PlotextPlot):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.summary = ""
+        self.legend = ""
         self.border_title = "decode speedup by batch: estimating…"
         self._titles: Optional[list] = None
 
@@ -41,17 +42,20 @@ class BatchChart(PlotextPlot):
         ys_all = [1.0]
         for name, ys in curve.speedups.items():
             marker, color = family_style(name.split()[0])
-            plt.plot(xs, ys, marker=marker, color=color)
+            plt.plot(xs, ys, marker="braille", color=color)
+            plt.scatter(xs, ys, marker=marker, color=color)
             ys_all += [y for y in ys if y == y]
         lo, hi = min(ys_all), max(ys_all)
         pad = max(0.02, (hi - lo) * 0.06)
         plt.ylim(lo - pad, hi + pad)
-        plt.xlim(xs[0] - 0.2, xs[-1] + 0.2)
-        style_axes(plt, xs[-1] + 0.2, lo - pad, hi + pad, self.size, "")
+        plt.xlim(xs[0] - 0.3, xs[-1] + 0.5)
+        style_axes(plt, xs[-1] + 0.5, lo - pad, hi + pad, self.size, "")
         plt.xticks(xs, [str(b) for b in curve.batches])
         plt.horizontal_line(1.0, color=(110, 110, 110))
         ctx = snapshot.result.scenario.context_len
-        self._titles = [f"decode speedup by batch @ {ctx}", "speedup by batch", "by batch"]
+        names = " · ".join(f"{family_style(n.split()[0])[0]} {n}" for n in curve.speedups)
+        self._titles = [f"decode speedup by batch @ {ctx}: {names}",
+                        f"decode speedup by batch @ {ctx}", "speedup by batch", "by batch"]
         if curve.experts_touched is not None:
             touched = " → ".join(f"{t:.0f}" for t in curve.experts_touched[::2])
             self.border_subtitle = fit([f"experts touched of {curve.experts}: {touched}",
@@ -60,6 +64,7 @@ class BatchChart(PlotextPlot):
         else:
             self.border_subtitle = ""
         self._fit_titles()
+        self.legend = "  ".join(f"{family_style(n.split()[0])[0]} {n}" for n in curve.speedups)
         self.summary = f"{len(curve.speedups)} strategies × {len(curve.batches)} batches"
         self.refresh()
 
