@@ -116,20 +116,30 @@ def _moe_cfg(model_type):
     return default_config(model_type)
 
 
-@pytest.mark.parametrize("model_type", MOE_TYPES)
-def test_an_moe_layer_s_ops_are_the_real_class_s_weights(model_type):
+MOE_PRESETS = ("qwen3-30b-a3b", "qwen3-235b-a22b", "mixtral-8x7b", "olmoe-1b-7b",
+               "granite-3.1-1b-a400m")
+
+
+@pytest.mark.parametrize("name", MOE_TYPES + MOE_PRESETS)
+def test_an_moe_layer_s_ops_are_the_real_class_s_weights(name):
     """Router, grouped expert GEMMs and shared experts against the meta-device model's own
-    parameters (transformers' 3-D expert weights: gate_up (E, 2I, H), down (E, H, I))."""
+    parameters (transformers' 3-D expert weights: gate_up (E, 2I, H), down (E, H, I)), for each
+    MoE type's default config and each MoE preset's published one (two layers of it: the meta
+    model holds no memory, but 94 layers of 128 experts take a while to build)."""
     from pis_tui.families.phase_ops import build_phase_ops
     from pis_tui.families.strategy import Strategy
     from pis_tui.hf.architecture_trace import build_meta_model
     from pis_tui.model.ops import GroupedGemm
     from pis_tui.model.scenario import Scenario
-    from pis_tui.model.spec import spec_from_config
+    from pis_tui.model.spec import load_preset_config, spec_from_config
 
-    cfg = _moe_cfg(model_type)
+    if name in MOE_TYPES:
+        cfg = _moe_cfg(name)
+    else:
+        cfg = {k: v for k, v in load_preset_config(name).items() if not k.startswith("_")}
+        cfg["num_hidden_layers"] = 2
     model, _ = build_meta_model(cfg)
-    spec = spec_from_config(cfg, model_type)
+    spec = spec_from_config(cfg, name)
     params = {n: tuple(p.shape) for n, p in model.named_parameters() if ".0." in n}
     gu = next(v for n, v in params.items() if n.endswith("experts.gate_up_proj"))
     dn = next(v for n, v in params.items() if n.endswith("experts.down_proj"))
@@ -142,6 +152,7 @@ def test_an_moe_layer_s_ops_are_the_real_class_s_weights(model_type):
     assert (g.experts, g.n, g.k) == gu and (d.experts, d.n, d.k) == dn
     assert (ops["moe_router"].n, ops["moe_router"].k) == router
     assert g.rows == 4 * spec.moe.top_k  # decode batch 4: T·k routed rows
+    assert f"k={spec.moe.top_k} " in g.shape()
     shared = [n for n in params if ".shared_expert." in n and n.endswith("weight")]
     assert bool(shared) == ("shared_gate_up" in ops)
     # every parameter of the layer counted: attention, router, all experts resident, shared

@@ -232,10 +232,10 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
         ops.append(Elementwise("moe_dispatch", "gather", int(rows), h, c, dtype))
         ei = e.expert_inter // tp
         ops.append(GroupedGemm("experts_gate_up", e.experts, st.distinct, rows, st.padded_rows,
-                               2 * ei, h, c, dtype, shards=tp))
+                               2 * ei, h, c, dtype, shards=tp, top_k=e.top_k))
         ops.append(Elementwise("experts_act", "silu_mul", int(rows), ei, c, dtype))
         ops.append(GroupedGemm("experts_down", e.experts, st.distinct, rows, st.padded_rows,
-                               h, ei, c, dtype, shards=tp))
+                               h, ei, c, dtype, shards=tp, top_k=e.top_k))
         ops.append(Elementwise("moe_combine", "scatter", int(rows), h, c, dtype))
         col = sharded(lin, tp, tp)
         if e.shared_inter:

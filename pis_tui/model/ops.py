@@ -120,6 +120,7 @@ class GroupedGemm:
     kind: str = "dense"
     density: float = 1.0
     shards: int = 1
+    top_k: int = 0  # experts per token (shown; rows = tokens × top_k)
     op_type: str = field(default="grouped_gemm", init=False)
 
     def flops(self) -> float:
@@ -139,7 +140,8 @@ class GroupedGemm:
 
     def shape(self) -> str:
         per = self.rows / self.groups if self.groups else 0.0
-        return (f"E={self.experts} touched={self.groups:.1f} rows={self.rows:g} "
+        k = f" k={self.top_k}" if self.top_k else ""
+        return (f"E={self.experts}{k} touched={self.groups:.1f} rows={self.rows:g} "
                 f"(≈{per:.1f}/expert) N={self.n} K={self.k}")
 
 
