@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -128,6 +129,23 @@ class Routing:
 
 
 def routing(spec: str, experts: int, *, moe_layers: int = 1) -> Routing:
+    """See :func:`_routing`; a named routing is computed once per expert count."""
+    spec = (spec or "").strip()
+    if spec.endswith(".json"):
+        return _histogram_routing(spec, experts, moe_layers)
+    return _named_routing(spec, experts)
+
+
+@lru_cache(maxsize=64)
+def _named_routing(spec: str, experts: int) -> Routing:
+    return _routing(spec, experts, 1)
+
+
+def _histogram_routing(spec: str, experts: int, moe_layers: int) -> Routing:
+    return _routing(spec, experts, moe_layers)
+
+
+def _routing(spec: str, experts: int, moe_layers: int = 1) -> Routing:
     """``balanced``, ``powerlaw:<alpha>`` or the path of a JSON histogram (``{"layers": [[tokens
     per expert, …], …]}``: one list per MoE layer, E counts each, as a model routed them)."""
     spec = (spec or "").strip()
@@ -222,6 +240,12 @@ class StepRouting:
 
 
 def step_routing(tokens: int, k: int, shares: Sequence[float], tile: int = 1) -> StepRouting:
+    """See :func:`_step_routing` (memoised: a sweep asks the same shapes many times)."""
+    return _step_routing(int(tokens), int(k), tuple(shares), int(tile))
+
+
+@lru_cache(maxsize=4096)
+def _step_routing(tokens: int, k: int, shares: tuple, tile: int = 1) -> StepRouting:
     """The expected shape of one MoE layer's step.  An expert's rows are Binomial(T, q_e); the
     padded rows are E[⌈rows/tile⌉·tile] summed over the experts (exact for T ≤ 4096; above,
     each touched expert adds (tile − 1)/2 rows on average to its mean)."""
