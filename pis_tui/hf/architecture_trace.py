@@ -32,14 +32,8 @@ from typing import Optional
 from ..errors import UserError
 from ..model import architecture as A
 from ..shipped import profile_path
+from .dispatch import NO_KERNEL, dtype_name, tensors
 
-#: aten ops that launch no kernel (views, allocations without a fill)
-NO_KERNEL = frozenset({
-    "view", "_unsafe_view", "expand", "transpose", "t", "permute", "unsqueeze", "squeeze",
-    "slice", "select", "as_strided", "alias", "detach", "split", "chunk", "unbind", "narrow",
-    "lift_fresh", "empty", "_reshape_alias", "split_with_sizes", "empty_strided", "empty_like",
-    "_local_scalar_dense", "item", "is_nonzero", "sym_size", "sym_stride", "sym_numel",
-})
 SDPA = "<sdpa>"
 BATCH, PREFILL_LEN = 2, 24  # the traced forward: 2 sequences of 24 tokens, then one step
 GEMM_ATEN = ("mm", "addmm", "linear", "matmul", "bmm", "baddbmm")
@@ -47,25 +41,6 @@ GEMM_ATEN = ("mm", "addmm", "linear", "matmul", "bmm", "baddbmm")
 #: the shipped architectures and the extra fields their default configs need to build small
 SHIPPED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "opt", "gpt2",
            "gpt_neox", "qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe")
-
-
-def _tensors(x) -> list:
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
-    return []
-
-
-def _dtype_name(dt, act) -> str:
-    if dt == act:
-        return "act"
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int64": "int64",
-            "int32": "int32", "bool": "bool"}.get(str(dt).replace("torch.", ""), "fp32")
 
 
 class _Event:
@@ -137,8 +112,8 @@ def record(model) -> list:
             aten = func.overloadpacket.__name__
             if aten not in NO_KERNEL and not inside[0]:
                 path, cls = stack[-1] if stack else ("-", "")
-                events.append(_Event(path, cls, aten, _tensors(args) + _tensors(kwargs or {}),
-                                     _tensors(out), phase[0]))
+                events.append(_Event(path, cls, aten, tensors(args) + tensors(kwargs or {}),
+                                     tensors(out), phase[0]))
             return out
 
     def sdpa(*args, **kwargs):
@@ -149,7 +124,7 @@ def record(model) -> list:
         finally:
             inside[0] -= 1
         path = (stack[-1][0] if stack else "-") + "." + SDPA
-        events.append(_Event(path, SDPA, "scaled_dot_product_attention", _tensors(args[:3]), [out],
+        events.append(_Event(path, SDPA, "scaled_dot_product_attention", tensors(args[:3]), [out],
                              phase[0]))
         return out
 
@@ -480,8 +455,8 @@ def _kernel(e) -> dict:
 
     act = torch.bfloat16
     return {"aten": e.aten,
-            "in": [[int(t.numel()), _dtype_name(t.dtype, act)] for t in e.ins if t.numel()],
-            "out": [[int(t.numel()), _dtype_name(t.dtype, act)] for t in e.outs if t.numel()]}
+            "in": [[int(t.numel()), dtype_name(t.dtype, act)] for t in e.ins if t.numel()],
+            "out": [[int(t.numel()), dtype_name(t.dtype, act)] for t in e.outs if t.numel()]}
 
 
 def trace_config(cfg: dict) -> dict:

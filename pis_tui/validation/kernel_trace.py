@@ -25,15 +25,9 @@ import sys
 from typing import Optional
 
 from ..pricing.engines import unit
+from ..hf.dispatch import NO_KERNEL, dtype_name, tensors
 from ..shipped import profile_path
 
-#: aten ops that launch no kernel (views, allocations without a fill)
-NO_KERNEL = frozenset({
-    "view", "_unsafe_view", "expand", "transpose", "t", "permute", "unsqueeze", "squeeze",
-    "slice", "select", "as_strided", "alias", "detach", "split", "chunk", "unbind", "narrow",
-    "lift_fresh", "empty", "_reshape_alias", "split_with_sizes", "empty_strided", "empty_like",
-    "_local_scalar_dense", "item", "is_nonzero", "sym_size", "sym_stride", "sym_numel",
-})
 #: attention kernels (leaves)
 ATTENTION_LEAVES = ("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention")
 PHASES = ("prefill", "decode")
@@ -43,23 +37,6 @@ TINY = dict(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_att
 BATCH, LENGTH = {"prefill": 2, "decode": 4}, {"prefill": 128, "decode": 128}
 DTYPE = "bf16"
 OUT = profile_path("kernels", "eager.json")
-
-
-def _dtype_name(dt, act) -> str:
-    if dt == act:
-        return "act"
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int64": "int64",
-            "int32": "int32", "bool": "bool"}.get(str(dt).replace("torch.", ""), "fp32")
-
-
-def _tensors(x) -> list:
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    return []
 
 
 def _normalise(path: str) -> str:
@@ -186,8 +163,7 @@ def trace_family(family: str, phase: str) -> dict:
             out = func(*args, **(kwargs or {}))
             aten = func.overloadpacket.__name__
             if aten not in NO_KERNEL:
-                records.append((stack[-1] if stack else "-", aten, _tensors(args) + _tensors(kwargs or {}),
-                                _tensors(out)))
+                records.append((stack[-1] if stack else "-", aten, tensors(args), tensors(out)))
             return out
 
     run = v.PhaseRun(built, phase, batch, length, cuda_graph=False)
@@ -217,7 +193,7 @@ def trace_family(family: str, phase: str) -> dict:
         size_of = units[op]
 
         def sizes(ts):
-            return [[round(t.numel() / size_of, 4), _dtype_name(t.dtype, act)] for t in ts if t.numel()]
+            return [[round(t.numel() / size_of, 4), dtype_name(t.dtype, act)] for t in ts if t.numel()]
         out.setdefault(op, []).append({"aten": aten, "in": sizes(ins), "out": sizes(outs)})
     if unpriced:
         out["_unpriced"] = [{"op": k, "aten": v} for k, v in unpriced.items()]
