@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from ..families.phase_ops import build_phase_ops
 from ..families.strategy import Strategy
-from ..model.moe import routing, step_routing
+from ..model.moe import mean_step, routing
 from ..model.scenario import Scenario
 from ..model.spec import ModelSpec
 
@@ -70,7 +70,7 @@ def batch_curve(spec: ModelSpec, estimator, scenario: Scenario,
             speed[label(s)].append(d / p if p > 0 else float("nan"))
     curve = BatchCurve(tuple(batches), dense_ms, speed)
     if spec.moe is not None:
-        shares = routing(scenario.routing, spec.moe.experts, moe_layers=spec.moe.moe_layers).layer(0)
+        r = routing(scenario.routing, spec.moe.experts, moe_layers=spec.moe.moe_layers, phase="decode")
         curve.experts = spec.moe.experts
-        curve.experts_touched = [step_routing(b, spec.moe.top_k, shares).distinct for b in batches]
+        curve.experts_touched = [mean_step(b, spec.moe.top_k, r).distinct for b in batches]
     return curve

@@ -166,7 +166,7 @@ class Family:
                               tp=ctx.tp)
         if shape.mlp_layers > 0:
             ops += mlp_block(shape.widths, ctx.m, shape.mlp_layers, ctx.dtype, shape.linear, tp=ctx.tp,
-                             spec=ctx.spec, routing=ctx.scenario.routing)
+                             spec=ctx.spec, routing=ctx.scenario.routing, phase=ctx.phase)
         return ops
 
     def extra_ops(self, ctx: PhaseContext, shape: LayerShape) -> list[Op]:

@@ -74,7 +74,7 @@ class DynamicDepth(Family):
                                    extra=batch * kv_len))  # source: the whole batch's cache
         ops += attn_block(spec, w, phase, kb, kq, kkv, count, dt, shape.linear, tp=ctx.tp)
         ops += mlp_block(w, mk, count, dt, shape.linear, tp=ctx.tp, spec=spec,
-                         routing=ctx.scenario.routing)
+                         routing=ctx.scenario.routing, phase=phase)
         # tokens that skip a sublayer still pass through the residual stream: nothing to compute
         return ops
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Optional
 
 from .spec import ModelSpec
 from .ops import ACTIVATIONS, Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, Overhead
@@ -163,7 +163,8 @@ def _ordered(entries: tuple) -> list:
 
 
 def mlp_block(w: LayerWidths, m: int, count: float, dtype: str, lin: Linear,
-              tp: int = 1, spec: ModelSpec | None = None, routing: str = "balanced") -> list[Op]:
+              tp: int = 1, spec: ModelSpec | None = None, routing: str = "balanced",
+              phase: Optional[str] = None) -> list[Op]:
     """Ops of the MLP sublayer as the architecture template lists them (one rank's at ``tp`` >
     1: its channels, then the all-reduce of the output projection's result)."""
     inter = w.inter // tp
@@ -171,7 +172,7 @@ def mlp_block(w: LayerWidths, m: int, count: float, dtype: str, lin: Linear,
     arch = (spec.architecture if spec is not None else None) or _llama()
     ops: list[Op] = []
     if spec is not None and spec.moe is not None and arch.moe:
-        return _moe_mlp(spec, arch, w, m, count, dtype, lin, routing, tp)
+        return _moe_mlp(spec, arch, w, m, count, dtype, lin, routing, tp, phase)
     for e in _ordered(arch.mlp):
         if e.op == "norm":
             ops.append(Elementwise(e.name, e.kind, m, w.hidden, count, dtype))
@@ -197,7 +198,7 @@ MOE_TILES = (16, 64)
 
 
 def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype: str,
-             lin: Linear, routing_name: str, tp: int = 1) -> list[Op]:
+             lin: Linear, routing_name: str, tp: int = 1, phase: Optional[str] = None) -> list[Op]:
     """The MLP blocks of an MoE model: on its MoE layers the router GEMM [M, H]×[H, E], the
     top-k, the dispatch of the M·k routed rows to their experts, the experts' grouped GEMMs
     (gate+up [M_e, H]×[H, 2I], down [M_e, I]×[I, H]) over the distinct experts the step touches
@@ -210,7 +211,7 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
     serving engines' TP for MoE): the grouped GEMMs run N = 2I/tp and K = I/tp over the same
     touched experts, the router is replicated, the shared experts and dense MLPs are column-
     then row-parallel, and the block's output is all-reduced once."""
-    from .moe import routing, step_routing
+    from .moe import mean_step, routing
 
     e = spec.moe
     h = w.hidden
@@ -222,20 +223,22 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
         ops.append(Elementwise(x.name, x.kind, m, h, count, dtype))
     c = count * moe_share
     if c > 0:
-        shares = routing(routing_name, e.experts, moe_layers=e.moe_layers).layer(0)
-        plain = step_routing(m, e.top_k, shares)
+        # a histogram's layers each route their own way: the mean layer (moe.mean_step)
+        r = routing(routing_name, e.experts, moe_layers=e.moe_layers, phase=phase)
+        plain = mean_step(m, e.top_k, r)
         tile = MOE_TILES[0] if plain.rows_per_expert <= MOE_TILES[0] else MOE_TILES[1]
-        st = step_routing(m, e.top_k, shares, tile=tile)
+        st = mean_step(m, e.top_k, r, tile=tile)
         rows = st.routed_rows
+        routed = dict(tokens=int(m), routing=r.id, shares=r.shares)
         ops.append(Gemm("moe_router", m, e.experts, h, c, dtype))
         ops.append(Elementwise("moe_topk", "topk", m, e.experts, c, dtype, extra=e.top_k))
         ops.append(Elementwise("moe_dispatch", "gather", int(rows), h, c, dtype))
         ei = e.expert_inter // tp
         ops.append(GroupedGemm("experts_gate_up", e.experts, st.distinct, rows, st.padded_rows,
-                               2 * ei, h, c, dtype, shards=tp, top_k=e.top_k))
+                               2 * ei, h, c, dtype, shards=tp, top_k=e.top_k, **routed))
         ops.append(Elementwise("experts_act", "silu_mul", int(rows), ei, c, dtype))
         ops.append(GroupedGemm("experts_down", e.experts, st.distinct, rows, st.padded_rows,
-                               h, ei, c, dtype, shards=tp, top_k=e.top_k))
+                               h, ei, c, dtype, shards=tp, top_k=e.top_k, **routed))
         ops.append(Elementwise("moe_combine", "scatter", int(rows), h, c, dtype))
         col = sharded(lin, tp, tp)
         if e.shared_inter:

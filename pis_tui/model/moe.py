@@ -22,6 +22,7 @@ how tokens are spread.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -119,20 +120,36 @@ def _moe_layer_count(cfg: dict, layers: int) -> int:
 @dataclass(frozen=True)
 class Routing:
     """How a step's tokens spread over the experts: each expert's share of the routing weight
-    (per layer where a histogram gives layers; one list for every layer otherwise)."""
+    (per layer where a histogram gives layers; one list for every layer otherwise).
+
+    ``id`` names it in a measurement's key: the name of a named routing; for a histogram its
+    file name, phase and a hash of its shares (two files with the same counts share
+    measurements, an edited file does not)."""
 
     name: str
     shares: tuple  # tuple of per-layer tuples of E shares, each summing to 1
+    id: str = ""
 
     def layer(self, i: int) -> tuple:
         return self.shares[i % len(self.shares)]
 
 
-def routing(spec: str, experts: int, *, moe_layers: int = 1) -> Routing:
-    """See :func:`_routing`; a named routing is computed once per expert count."""
+#: the histogram file format :func:`pis_tui.hf.routing_record.record` writes
+HISTOGRAM_FORMAT = "pis-tui-routing/1"
+PHASES = ("prefill", "decode")
+
+
+def routing(spec: str, experts: int, *, moe_layers: int = 1, phase: Optional[str] = None) -> Routing:
+    """See :func:`_routing`; a named routing is computed once per expert count, a histogram
+    file once per (path, modification time, phase)."""
     spec = (spec or "").strip()
     if spec.endswith(".json"):
-        return _histogram_routing(spec, experts, moe_layers)
+        path = Path(spec).expanduser()
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            mtime = -1  # _histogram says why in one line
+        return _histogram_routing(str(path), mtime, experts, moe_layers, phase)
     return _named_routing(spec, experts)
 
 
@@ -141,16 +158,21 @@ def _named_routing(spec: str, experts: int) -> Routing:
     return _routing(spec, experts, 1)
 
 
-def _histogram_routing(spec: str, experts: int, moe_layers: int) -> Routing:
-    return _routing(spec, experts, moe_layers)
+@lru_cache(maxsize=64)
+def _histogram_routing(spec: str, mtime: int, experts: int, moe_layers: int,
+                       phase: Optional[str]) -> Routing:
+    return _routing(spec, experts, moe_layers, phase)
 
 
-def _routing(spec: str, experts: int, moe_layers: int = 1) -> Routing:
+def _routing(spec: str, experts: int, moe_layers: int = 1, phase: Optional[str] = None) -> Routing:
     """``balanced``, ``powerlaw:<alpha>`` or the path of a JSON histogram (``{"layers": [[tokens
-    per expert, …], …]}``: one list per MoE layer, E counts each, as a model routed them)."""
+    per expert, …], …]}``: one list per MoE layer, E counts each, as a model routed them; a
+    recorded file (:data:`HISTOGRAM_FORMAT`) also has ``phases`` with the prefill's and the
+    decode's own layers, and ``phase`` picks one: a random-weight model routes one sequence's
+    prefill tokens very unevenly and a batch's decode tokens nearly uniformly)."""
     spec = (spec or "").strip()
     if spec == "balanced":
-        return Routing("balanced", (tuple([1.0 / experts] * experts),))
+        return Routing("balanced", (tuple([1.0 / experts] * experts),), "balanced")
     if spec.startswith("powerlaw:"):
         try:
             alpha = float(spec.split(":", 1)[1])
@@ -160,36 +182,47 @@ def _routing(spec: str, experts: int, moe_layers: int = 1) -> Routing:
             raise UserError(f"routing {spec!r}: the exponent must be within 0…10")
         w = [(i + 1) ** -alpha for i in range(experts)]
         tot = sum(w)
-        return Routing(spec, (tuple(x / tot for x in w),))
+        return Routing(spec, (tuple(x / tot for x in w),), spec)
     path = Path(spec).expanduser()
     if spec and path.suffix == ".json":
-        return _histogram(path, experts, moe_layers)
+        return _histogram(path, experts, moe_layers, phase)
     raise UserError(f"unknown routing {spec!r}: balanced, powerlaw:<alpha> or a histogram .json file")
 
 
-def _histogram(path: Path, experts: int, moe_layers: int) -> Routing:
+def _histogram(path: Path, experts: int, moe_layers: int, phase: Optional[str] = None) -> Routing:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise UserError(f"{path}: cannot read the routing histogram ({e.strerror})") from None
     except ValueError as e:
         raise UserError(f"{path}: malformed routing histogram ({e})") from None
-    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a routing histogram is {{\"layers\": [[tokens per expert, …], …]}}")
+    layers, where = data.get("layers"), ""
+    phases = data.get("phases")
+    if phases is not None and not isinstance(phases, dict):
+        raise UserError(f"{path}: \"phases\" must map prefill/decode to {{\"layers\": …}}")
+    if phase is not None and phases and isinstance(phases.get(phase), dict):
+        layers, where = phases[phase].get("layers"), f"{phase} "
     if not isinstance(layers, list) or not layers:
         raise UserError(f"{path}: a routing histogram is {{\"layers\": [[tokens per expert, …], …]}}")
     shares = []
     for i, counts in enumerate(layers):
         if not isinstance(counts, list) or len(counts) != experts:
-            raise UserError(f"{path}: layer {i} has {len(counts) if isinstance(counts, list) else '?'} "
+            raise UserError(f"{path}: {where}layer {i} has "
+                            f"{len(counts) if isinstance(counts, list) else '?'} "
                             f"counts; this model has {experts} experts")
-        if any(not isinstance(c, (int, float)) or c < 0 for c in counts) or sum(counts) <= 0:
-            raise UserError(f"{path}: layer {i}: counts must be non-negative with a positive sum")
+        if (any(isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0 for c in counts)
+                or not 0 < sum(counts) < float("inf")):
+            raise UserError(f"{path}: {where}layer {i}: counts must be non-negative with a positive sum")
         tot = float(sum(counts))
-        shares.append(tuple(c / tot for c in counts))
+        shares.append(tuple(round(c / tot, 9) for c in counts))
     if len(shares) not in (1, moe_layers):
-        raise UserError(f"{path}: {len(shares)} layers of counts; this model has {moe_layers} "
+        raise UserError(f"{path}: {len(shares)} layers of {where}counts; this model has {moe_layers} "
                         "MoE layers (or give one list for all)")
-    return Routing(path.name, tuple(shares))
+    digest = hashlib.sha1(repr(shares).encode()).hexdigest()[:10]
+    tag = f":{phase}" if where else ""
+    return Routing(path.name + tag, tuple(shares), f"{path.stem}{tag}#{digest}")
 
 
 def inclusion(shares: Sequence[float], k: int) -> list[float]:
@@ -266,6 +299,29 @@ def _step_routing(tokens: int, k: int, shares: tuple, tile: int = 1) -> StepRout
     busiest = max((T * x for x in q), default=0.0)
     return StepRouting(float(T), float(rows), distinct, rows / distinct if distinct else 0.0,
                        padded if tile > 1 else float(rows), busiest)
+
+
+_MEAN_STEPS: dict = {}
+
+
+def mean_step(tokens: int, k: int, r: Routing, tile: int = 1) -> StepRouting:
+    """:func:`step_routing` averaged over the routing's layers (a recorded histogram routes each
+    layer its own way): the op list prices one MoE layer × the layer count, so the mean
+    layer's distinct experts and padded rows (the bytes and FLOPs are linear in them)."""
+    key = (int(tokens), int(k), r.id or r.name, len(r.shares), int(tile))
+    hit = _MEAN_STEPS.get(key)
+    if hit is not None and hit[0] is r.shares:
+        return hit[1]
+    steps = [step_routing(tokens, k, sh, tile) for sh in r.shares]
+    n = len(steps)
+    out = steps[0] if n == 1 else StepRouting(
+        steps[0].tokens, steps[0].routed_rows, sum(x.distinct for x in steps) / n,
+        sum(x.rows_per_expert for x in steps) / n, sum(x.padded_rows for x in steps) / n,
+        sum(x.busiest for x in steps) / n)
+    if len(_MEAN_STEPS) > 4096:
+        _MEAN_STEPS.clear()
+    _MEAN_STEPS[key] = (r.shares, out)
+    return out
 
 
 def _padded_binomial(n: int, p: float, tile: int) -> float:

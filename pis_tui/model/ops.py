@@ -121,7 +121,18 @@ class GroupedGemm:
     density: float = 1.0
     shards: int = 1
     top_k: int = 0  # experts per token (shown; rows = tokens × top_k)
+    #: what a measurement needs to draw real steps (:mod:`pis_tui.timing.grouped`): the step's
+    #: tokens T, the routing's id (:attr:`pis_tui.model.moe.Routing.id`) and its per-layer
+    #: shares (left out of equality: the id names them)
+    tokens: int = 0
+    routing: str = ""
+    shares: tuple = field(default=(), compare=False, repr=False)
     op_type: str = field(default="grouped_gemm", init=False)
+
+    def __post_init__(self):
+        # from a measurement's JSON (op_from_dict): lists back to tuples
+        if self.shares and not isinstance(self.shares[0], tuple):
+            object.__setattr__(self, "shares", tuple(tuple(x) for x in self.shares))
 
     def flops(self) -> float:
         """FLOPs the kernel executes: the padded rows' (the pad rows are computed too)."""
@@ -135,6 +146,12 @@ class GroupedGemm:
         return self.groups * self.n * self.k * b + (self.rows * self.k + self.rows * self.n) * b
 
     def key(self) -> str:
+        """A grouped shape is a vector of rows per expert, drawn from the routing: the key names
+        what the vectors are drawn from (E, k, T tokens, the routing's id), not one vector; a
+        measurement is the mean over several drawn steps (:mod:`pis_tui.timing.grouped`)."""
+        if self.tokens:
+            return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:k{self.top_k}:T{self.tokens}:"
+                    f"{self.routing}:{self.n}x{self.k}")
         return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:g{self.groups:.3f}:"
                 f"r{self.rows:.1f}:p{self.padded_rows:.1f}:{self.n}x{self.k}")
 
@@ -427,6 +444,10 @@ def work_shape(op: dict) -> Optional[tuple]:
         # depth's gathered rows are such Ms), so a less aligned M may be slower, not wrong
         return (("gemm", op.get("kind"), op.get("dtype"), op.get("density")),
                 (op["m"], op["n"], op["k"]), (alignment(op["m"]), alignment(op["n"]), alignment(op["k"])))
+    if t == "grouped_gemm" and op.get("tokens"):
+        # the same experts, top-k and routing: more tokens, a wider or deeper expert is more work
+        return (("ggemm", op.get("kind"), op.get("dtype"), op["experts"], op["top_k"], op["routing"]),
+                (op["tokens"], op["n"], op["k"]), (alignment(op["n"]), alignment(op["k"])))
     if t == "attention":
         return (("attn", op.get("dtype"), op.get("causal"), op["q_len"] == 1,
                  op.get("block_density", 1.0) < 1.0, op["head_dim"]),

@@ -292,10 +292,12 @@ class Estimator:
             why = ("CUDA-graph timing: no host overhead" if self.device.kind != "cpu"
                    else "eager framework overhead not measured on this CPU")
             return PricedOp(op, 0.0, "roofline", why)
-        if isinstance(op, GroupedGemm):
+        if isinstance(op, GroupedGemm) and (self.engine != "eager" or not op.tokens):
+            why = (f"{self.engine} engine: a fused-MoE kernel (rows padded to its tile), not the "
+                   "grouped_mm measured" if op.tokens else "no routing to measure it from")
             return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
-                            "the experts touched (distinct-experts law), estimated: grouped GEMMs "
-                            "are not measured yet", sources.uncertainty("roofline"))
+                            f"the experts touched (distinct-experts law), estimated: {why}",
+                            sources.uncertainty("roofline"))
         if isinstance(op, Attention) and (op.window or op.softcap) and not as_is:
             return self._price_windowed(op, family, phase, arch)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
@@ -439,6 +441,8 @@ class Estimator:
         if not cands:
             return None
         roof = self.roofline_ms(op)
+        if isinstance(op, GroupedGemm):
+            return self._grouped_interp(op, cands)
         if isinstance(op, Gemm):
             u = self._gemm_utilization(op, cands)
         elif isinstance(op, Attention):
@@ -484,6 +488,27 @@ class Estimator:
         return usum / wsum
 
 
+    def _grouped_roofline(self, op: GroupedGemm) -> float:
+        """A grouped GEMM's hardware floor as grouped_mm runs it (its rows, no tile padding)."""
+        flops = 2.0 * op.rows * op.n * op.k
+        return max(flops / self.peak(op.dtype), op.bytes() / self.bandwidth(op.dtype)) * 1e3
+
+    def _grouped_interp(self, op: GroupedGemm, cands: list[MeasuredRecord]) -> Optional[float]:
+        """Neighbours of a grouped GEMM: the same experts, top-k, routing, N and K (the class) at
+        other token counts T.  Its share of the roofline (which follows the experts the step
+        touches, the distinct-experts law) is interpolated linearly in log T between the
+        nearest measured T, within the GEMMs' reach (``M_REACH``); none: None."""
+        pts = sorted((math.log(r.op.tokens), self._grouped_roofline(r.op) / r.ms)
+                     for r in cands if r.op.tokens)
+        if not pts or not op.tokens:
+            return None
+        lt = math.log(op.tokens)
+        if not pts[0][0] - M_REACH <= lt <= pts[-1][0] + M_REACH:
+            return None
+        u = _interp_sorted(pts, lt)
+        return self._grouped_roofline(op) / min(u, 1.0) if u > 0 else None
+
+
 def _with_kernels(p: PricedOp, kernels: Optional[int]) -> PricedOp:
     """``p`` with its kernel launches (dataclasses.replace, without its cost: a plan prices
     tens of thousands)."""
@@ -493,6 +518,8 @@ def _with_kernels(p: PricedOp, kernels: Optional[int]) -> PricedOp:
 
 
 def _class_of(op: Op) -> tuple:
+    if isinstance(op, GroupedGemm):
+        return ("ggemm", op.kind, op.dtype, op.experts, op.top_k, op.routing, op.n, op.k)
     if isinstance(op, Gemm):
         kernel = "sparse_24" if op.kind == "sparse_24" else "dense"
         return ("gemm", kernel, op.dtype)

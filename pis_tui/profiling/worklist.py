@@ -3,10 +3,10 @@ then an M grid for interpolation; and how the sweep's ops would be priced now.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
-from ..model.ops import Attention, Collective, Gemm, Op, Overhead, measuring_form
+from ..model.ops import Attention, Collective, Gemm, GroupedGemm, Op, Overhead, measuring_form
 from ..model.scenario import PHASES, Scenario
 
 #: M values around typical GEMM tile boundaries (64/128/256) and powers of two
@@ -58,6 +58,9 @@ def label_of(op: Op) -> str:
     if isinstance(op, Gemm):
         kind = "" if op.kind == "dense" else f" {op.kind}"
         return f"GEMM{kind} {op.m}×{op.n}×{op.k} {op.dtype}"
+    if isinstance(op, GroupedGemm):
+        return (f"grouped GEMM E{op.experts} k{op.top_k} T{op.tokens} ({op.routing}) "
+                f"{op.n}×{op.k} {op.dtype}")
     if isinstance(op, Attention):
         bs = f" block-sparse {op.block_density:.0%}" if op.block_density < 1 else ""
         return (f"attention{bs} B{op.batch} H{op.q_heads}/{op.kv_heads} q{op.q_len} kv{op.kv_len} "
@@ -91,6 +94,7 @@ def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsit
     dense_pairs: set = set()
     all_pairs: set = set()
     pair_max_m: dict = {}
+    grouped: dict = {}  # a grouped GEMM's class → (its largest T, that op)
     for strat, _, po in sweep_phase_ops(spec, scenario, strategies, sparsities, opt):
         times = [(o, roof(o) * o.count) for o in po.ops]
         total = sum(t for _, t in times) or 1.0
@@ -105,6 +109,10 @@ def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsit
                 found[k] = WorkItem(mo, share, label=f"{label_of(mo)} ({o.name})")
             elif share > cur.share:
                 cur.share = share
+            if isinstance(mo, GroupedGemm) and mo.tokens:
+                cls = (mo.kind, mo.dtype, mo.experts, mo.top_k, mo.routing, mo.n, mo.k)
+                if mo.tokens > grouped.get(cls, (0, None))[0]:
+                    grouped[cls] = (mo.tokens, mo)
             if isinstance(mo, Gemm):
                 pair = (mo.n, mo.k, mo.kind, mo.dtype, mo.density)
                 all_pairs.add(pair)
@@ -132,9 +140,30 @@ def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsit
                     continue
                 found[g.key()] = p = WorkItem(g, 0.0, grid=True, label=f"{label_of(g)} (M grid)")
                 grid.append((t, p))
+        # grouped GEMMs: the same experts and routing at powers of two of T up to the largest
+        # T the sweep runs (the decode batch curve's steps), their interpolation's neighbours
+        for top, g0 in grouped.values():
+            for t in (x for x in opt.m_grid if x & (x - 1) == 0 and x < top):
+                g = _grouped_at(g0, t)
+                if g.key() in found:
+                    continue
+                rt = roof(g)
+                if opt.grid_max_ms is not None and rt > opt.grid_max_ms:
+                    continue
+                found[g.key()] = p = WorkItem(g, 0.0, grid=True, label=f"{label_of(g)} (T grid)")
+                grid.append((rt, p))
         grid.sort(key=lambda tp: tp[0])  # cheap points first: the grid fills in quickly
         planned += [p for _, p in grid]
     return planned
+
+
+def _grouped_at(op: GroupedGemm, tokens: int) -> GroupedGemm:
+    """``op``'s grouped GEMM at ``tokens`` tokens (the law's expected shape, for the roofline)."""
+    from ..model.moe import Routing, mean_step
+
+    st = mean_step(tokens, op.top_k, Routing(op.routing, op.shares, op.routing))
+    return replace(op, name="grid", tokens=tokens, groups=st.distinct, rows=st.routed_rows,
+                   padded_rows=st.routed_rows)
 
 
 def collective_worklist(spec, scenario: Scenario, strategies=None, sparsities=None,

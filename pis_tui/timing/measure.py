@@ -9,8 +9,8 @@ from typing import Optional
 
 from ..errors import MeasureError
 from ..pricing.measured_table import Measurement, now_iso
-from ..model.ops import Attention, Elementwise, Gemm, Op
-from . import attention, elementwise, gemm
+from ..model.ops import Attention, Elementwise, Gemm, GroupedGemm, Op
+from . import attention, elementwise, gemm, grouped
 from .case import Case, Unsupported
 from .device import DeviceContext, oom_error, torch_module
 from .loops import GRAPH_CAPTURE_FAILED, NOT_CAPTURABLE, time_cpu, time_cuda
@@ -24,6 +24,8 @@ def build_case(op: Op, ctx: DeviceContext, check: bool = False, **kw) -> Case:
                           f"(measurable: {', '.join(ctx.dtypes)})")
     if isinstance(op, Gemm):
         return gemm.gemm_case(op, ctx, check, kw.get("unstructured_kernel", "dense"))
+    if isinstance(op, GroupedGemm):
+        return grouped.grouped_gemm_case(op, ctx, check)
     if isinstance(op, Attention):
         return attention.attention_case(op, ctx, check)
     if isinstance(op, Elementwise):
@@ -194,7 +196,8 @@ def _measure_once(op: Op, ctx: DeviceContext, *, repeats, warmup, target_ms, max
         if tnote.startswith((GRAPH_CAPTURE_FAILED, NOT_CAPTURABLE)):
             conditions["graph_capture"] = tnote  # eager launches included: an upper bound
         notes = [s for s in (note, tnote, f"flex compile {compile_s:.1f} s" if compile_s else "",
-                             f"{case.copies} rotated copies" if case.copies > 1 else "") if s]
+                             f"{case.copies} rotated copies"
+                             if case.copies > 1 and not isinstance(op, GroupedGemm) else "") if s]
         return _measurement(op, ctx, ms=ms, eager_ms=eager, spread=spread, repeats=n,
                             status="ok", note="; ".join(notes), conditions=conditions)
     finally:
