@@ -134,6 +134,40 @@ class Routing:
         return self.shares[i % len(self.shares)]
 
 
+def kept_experts(shares: Sequence[float], keep: int) -> list[int]:
+    """The ``keep`` experts a layer keeps when experts are pruned: those its routing uses most
+    (the frequency criterion; ties by index, so a balanced routing keeps the first ones)."""
+    order = sorted(range(len(shares)), key=lambda i: (-shares[i], i))
+    return sorted(order[:keep])
+
+
+_PRUNED: dict = {}
+
+
+def pruned_routing(r: Routing, keep: int) -> Routing:
+    """The routing of a model whose layers each keep ``keep`` of their experts
+    (:func:`kept_experts`): the router's scores over the kept experts alone, so the tokens that
+    went to a removed expert spread over the kept ones in proportion to their shares (softmax
+    renormalised).  A layer whose kept experts got no tokens in a histogram is spread evenly."""
+    E = len(r.shares[0])
+    if keep >= E:
+        return r
+    key = (r.id or r.name, len(r.shares), keep)
+    hit = _PRUNED.get(key)
+    if hit is not None and hit[0] is r.shares:
+        return hit[1]
+    layers = []
+    for sh in r.shares:
+        kept = kept_experts(sh, keep)
+        tot = sum(sh[i] for i in kept)
+        layers.append(tuple(sh[i] / tot if tot > 0 else 1.0 / keep for i in kept))
+    out = Routing(f"{r.name}, {keep} of {E} kept", tuple(layers), f"{r.id or r.name}|keep{keep}")
+    if len(_PRUNED) > 1024:
+        _PRUNED.clear()
+    _PRUNED[key] = (r.shares, out)
+    return out
+
+
 #: the histogram file format :func:`pis_tui.hf.routing_record.record` writes
 HISTOGRAM_FORMAT = "pis-tui-routing/1"
 PHASES = ("prefill", "decode")
@@ -272,20 +306,60 @@ class StepRouting:
     busiest: float          # the most popular expert's expected rows (T·max q_e)
 
 
-def step_routing(tokens: int, k: int, shares: Sequence[float], tile: int = 1) -> StepRouting:
+def step_routing(tokens: int, k: int, shares: Sequence[float], tile: int = 1,
+                 k_dist: tuple = ()) -> StepRouting:
     """See :func:`_step_routing` (memoised: a sweep asks the same shapes many times)."""
-    return _step_routing(int(tokens), int(k), tuple(shares), int(tile))
+    return _step_routing(int(tokens), int(k), tuple(shares), int(tile), tuple(k_dist))
+
+
+def check_k_dist(k_dist, top_k: int, what: str = "the distribution of k") -> tuple:
+    """A per-token distribution of experts per token, ``((k, probability), …)``: each k a whole
+    number in 1…``top_k`` (a token cannot take more experts than the model routes it to, nor
+    none), probabilities positive and summing to 1 (within 1e-6).  Returned sorted by k."""
+    out = []
+    for pair in k_dist:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise UserError(f"{what}: give (k, probability) pairs, got {pair!r}")
+        k, p = pair
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top_k:
+            raise UserError(f"{what}: k={k!r} is outside 1…{top_k} (the model routes each token "
+                            f"to {top_k} experts)")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise UserError(f"{what}: probability {p!r} of k={k} is not in (0, 1]")
+        out.append((k, float(p)))
+    if not out or abs(sum(p for _, p in out) - 1.0) > 1e-6 or len({k for k, _ in out}) != len(out):
+        raise UserError(f"{what}: the probabilities must sum to 1, one per k")
+    return tuple(sorted(out))
+
+
+def mean_k(k_dist: tuple, k: int) -> float:
+    return sum(kk * p for kk, p in k_dist) if k_dist else float(k)
+
+
+def mixed_inclusion(shares: Sequence[float], k: int, k_dist: tuple = ()) -> list[float]:
+    """Each expert's inclusion probability for a token whose k is drawn from ``k_dist``
+    (Σ_j p_j · q_e(k_j)); ``k`` itself when there is no distribution.  The distinct-experts law
+    is not linear in k, so a mean k̄ alone would misprice: a token taking 6 or 8 experts at
+    even odds touches other experts than one taking 7."""
+    if not k_dist:
+        return inclusion(shares, k)
+    out = [0.0] * len(shares)
+    for kk, p in k_dist:
+        for i, x in enumerate(inclusion(shares, kk)):
+            out[i] += p * x
+    return out
 
 
 @lru_cache(maxsize=4096)
-def _step_routing(tokens: int, k: int, shares: tuple, tile: int = 1) -> StepRouting:
+def _step_routing(tokens: int, k: int, shares: tuple, tile: int = 1, k_dist: tuple = ()) -> StepRouting:
     """The expected shape of one MoE layer's step.  An expert's rows are Binomial(T, q_e); the
     padded rows are E[⌈rows/tile⌉·tile] summed over the experts (exact for T ≤ 4096; above,
-    each touched expert adds (tile − 1)/2 rows on average to its mean)."""
-    q = inclusion(shares, k)
+    each touched expert adds (tile − 1)/2 rows on average to its mean).  With a per-token
+    distribution of k (``k_dist``) q_e is the mixture's (:func:`mixed_inclusion`)."""
+    q = mixed_inclusion(shares, k, k_dist)
     T = max(0, int(tokens))
     distinct = sum(1.0 - (1.0 - x) ** T for x in q)
-    rows = T * k
+    rows = T * mean_k(k_dist, k)
     padded = 0.0
     for x in q:
         if x <= 0 or T == 0:
@@ -304,15 +378,15 @@ def _step_routing(tokens: int, k: int, shares: tuple, tile: int = 1) -> StepRout
 _MEAN_STEPS: dict = {}
 
 
-def mean_step(tokens: int, k: int, r: Routing, tile: int = 1) -> StepRouting:
+def mean_step(tokens: int, k: int, r: Routing, tile: int = 1, k_dist: tuple = ()) -> StepRouting:
     """:func:`step_routing` averaged over the routing's layers (a recorded histogram routes each
     layer its own way): the op list prices one MoE layer × the layer count, so the mean
     layer's distinct experts and padded rows (the bytes and FLOPs are linear in them)."""
-    key = (int(tokens), int(k), r.id or r.name, len(r.shares), int(tile))
+    key = (int(tokens), int(k), r.id or r.name, len(r.shares), int(tile), tuple(k_dist))
     hit = _MEAN_STEPS.get(key)
     if hit is not None and hit[0] is r.shares:
         return hit[1]
-    steps = [step_routing(tokens, k, sh, tile) for sh in r.shares]
+    steps = [step_routing(tokens, k, sh, tile, k_dist) for sh in r.shares]
     n = len(steps)
     out = steps[0] if n == 1 else StepRouting(
         steps[0].tokens, steps[0].routed_rows, sum(x.distinct for x in steps) / n,
