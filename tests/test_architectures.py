@@ -228,7 +228,6 @@ MOE_OPS = ("moe_router", "moe_topk", "moe_dispatch", "experts_gate_up", "experts
 
 
 def _moe_kernels(model_type, device, phase):
-    A._merged_kernels.cache_clear()
     return {n: [k["aten"] for k in ks] for n, ks in A.template_kernels(model_type, device)[phase].items()
             if n.startswith(("moe_", "experts_", "shared_"))}
 

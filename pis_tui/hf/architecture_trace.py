@@ -11,8 +11,13 @@ every normalisation module (RMSNorm or LayerNorm, by what it runs); the rotary e
 (the ``neg`` of rotate-half inside attention); attention (SDPA, or the eager softmax path
 with or without logit soft-capping); the activation (gated or not, and which function); the
 residual adds; learned positions, embedding scaling and the final logit soft-cap around
-the layers.  What each op runs is kept as its eager kernels (aten op, tensors as multiples of
-the op's size, dtypes), the way :mod:`pis_tui.validation.kernel_trace` records Llama's.
+the layers; a mixture-of-experts block (the module holding ``experts``) as one ``moe`` op
+whose kernels go to the ops it expands into (:func:`_moe_op`).  What each op runs is kept as
+its eager kernels (aten op, tensors as multiples of the op's size, dtypes), the way
+:mod:`pis_tui.validation.kernel_trace` records Llama's.  The meta device takes transformers'
+non-CPU (CUDA) branches; a model with an MoE block is traced again on fake CPU tensors
+(:func:`fake_cpu`), and its MoE ops' CPU kernels are kept apart (``device_kernels.cpu``:
+transformers' experts ``histc`` float ids on a CPU, int32 ones on a GPU).
 
 Anything the mapping cannot place (a module it does not know, a linear whose name has no
 role, a shape that is not its role's) raises :class:`~pis_tui.errors.UserError` naming it:

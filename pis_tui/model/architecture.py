@@ -14,6 +14,11 @@ decoder layer and the ops around the layers, each with the role the pruning fami
   ungated), ``residual``; ``embedding``, ``pos_embedding`` (learned positions), ``scale``
   (Gemma's embedding scale, the final logit soft-cap) around the layers.
 
+Each op's eager kernels are kept per phase (``kernels``, the meta device's trace: transformers'
+CUDA branches) and, for the ops whose modules branch on the device, per device kind
+(``device_kernels.cpu``: an MoE block's ops traced on fake CPU tensors); see
+:func:`template_kernels`.
+
 The estimating paths read templates as JSON: no torch, no transformers.  A model type with no
 shipped template is traced once on first use (in a subprocess, so the caller never imports
 torch) and cached under the user's cache folder, keyed by model type and the config's
