@@ -42,8 +42,8 @@ def test_shipped_template_is_what_a_fresh_trace_gives(model_type):
     shipped = json.loads(open(A.profile_path("architectures", f"{model_type}.json")).read())
     fresh = trace_config(_cfg(model_type))
     for key in ("class", "parallel_residual", "before_layers", "attention", "mlp", "after_layers",
-                "structure"):
-        assert fresh[key] == shipped[key], (model_type, key)
+                "structure", "kernels", "device_kernels"):
+        assert fresh.get(key) == shipped.get(key), (model_type, key)
 
 
 MOE_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe")  # tests/test_moe.py
@@ -219,3 +219,102 @@ def test_the_explorer_prices_a_non_llama_config_by_its_real_op_names(tmp_path):
     assert {"fc1", "fc2", "self_attn_layer_norm", "pos_embedding"} <= names
     assert not names & {"gate_proj", "silu_mul", "rotary"}
     assert snap.result.spec.arch_name == "OPTForCausalLM"
+
+
+# ------------------------------------------------------------------ an MoE block's kernels
+
+MOE_OPS = ("moe_router", "moe_topk", "moe_dispatch", "experts_gate_up", "experts_act",
+           "experts_down", "moe_combine")
+
+
+def _moe_kernels(model_type, device, phase):
+    return {n: [k["aten"] for k in ks] for n, ks in A.template_kernels(model_type, device)[phase].items()
+            if n.startswith(("moe_", "experts_", "shared_"))}
+
+
+@pytest.mark.parametrize("model_type", MOE_TYPES)
+def test_an_moe_block_s_traced_kernels_are_its_ops_own(model_type):
+    """Each MoE op of the op list has the kernels transformers launches for it, per device kind:
+    the router's GEMM, top-k's softmax and top-k, the dispatch's sort, gathers and histc/cumsum,
+    the two grouped GEMMs, SiLU·mul, the combine's weighting, inverse permutation and sum."""
+    spec = spec_from_config(_cfg(model_type), model_type)
+    names = {o.name for o in _ops(spec, "decode")}
+    for phase in ("prefill", "decode"):
+        for device in ("gpu", "cpu"):
+            ks = _moe_kernels(model_type, device, phase)
+            assert set(MOE_OPS) <= set(ks) and set(ks) <= names, (model_type, device, sorted(ks))
+            assert all(ks[n] for n in ks)
+            assert ks["moe_router"] == ["mm"]
+            assert ks["experts_gate_up"] == ks["experts_down"] == ["_grouped_mm"]
+            assert "topk" in ks["moe_topk"] and "_softmax" in ks["moe_topk"]
+            assert ks["moe_dispatch"][:2] == ["sort", "floor_divide"]
+            assert ks["moe_dispatch"][-2:] == ["histc", "cumsum"]
+            assert ks["experts_act"] == ["silu", "mul"]
+            assert {"index_put_", "index", "sum"} <= set(ks["moe_combine"])
+        # the one difference between the devices: histc's input, float ids on the CPU
+        raw = {d: A.template_kernels(model_type, d)[phase]["moe_dispatch"] for d in ("gpu", "cpu")}
+        histc = {d: next(k for k in raw[d] if k["aten"] == "histc")["in"][0][1] for d in raw}
+        assert histc == {"gpu": "int32", "cpu": "fp32"}
+        for op in set(MOE_OPS) - {"moe_dispatch"}:
+            assert A.template_kernels(model_type, "cpu")[phase][op] == \
+                A.template_kernels(model_type, "gpu")[phase][op]
+
+
+def test_qwen2_moe_s_shared_expert_and_its_gate_have_their_kernels():
+    ks = _moe_kernels("qwen2_moe", "gpu", "decode")
+    assert ks["shared_gate_up"] == ["mm", "mm"]  # transformers runs gate and up apart
+    assert ks["shared_act"] == ["silu", "mul"] and ks["shared_down"] == ["mm"]
+    assert ks["shared_expert_gate"] == ["mm"] and ks["shared_gate_mul"] == ["sigmoid", "mul"]
+    assert ks["moe_combine"][-1] == "add"  # the shared and routed outputs summed
+
+
+def test_the_eager_engine_prices_an_moe_op_as_its_traced_kernels_on_each_device():
+    """Under eager an MoE op costs its traced kernels (a floor each): the dispatch's seven, not
+    one kernel of its bytes; a CPU is priced with the CPU's sequence."""
+    from dataclasses import replace as dc_replace
+
+    from pis_tui.device.choose import load_gpu
+    from pis_tui.pricing import engines as execution
+    from pis_tui.pricing.estimator import Estimator
+
+    spec = load_model_spec("qwen3-30b-a3b")
+    arch = spec.architecture.key
+    gpu = load_gpu("h200-sxm")
+    est = Estimator(gpu, [])
+    cpu_est = Estimator(dc_replace(gpu, kind="cpu"), [])
+    ops = _by_name(_ops(spec, "decode"))
+    floor = gpu.launch_overhead_us * 1e-3
+    for name, n in (("moe_topk", 4), ("moe_dispatch", 7), ("moe_combine", 5), ("experts_act", 2)):
+        op = ops[name]
+        assert est.launches(op, "dense", "decode", arch=arch) == n, name
+        assert est.analytical_ms(op, "dense", "decode", arch) >= n * floor, name
+    disp = ops["moe_dispatch"]
+    on = {e: [(k.aten, k.reads[0][1]) for k in x.kernels_of(disp, "dense", "decode", arch)]
+          for e, x in (("gpu", est), ("cpu", cpu_est))}
+    assert ("histc", "int32") in on["gpu"] and ("histc", "fp32") in on["cpu"]
+    eager = execution.load("eager")
+    assert eager.kernels("dense", "decode", "moe_dispatch", arch, "cpu") != \
+        eager.kernels("dense", "decode", "moe_dispatch", arch, "gpu")
+    # the grouped GEMMs stay leaves: their price is the grouped-GEMM model's, not their bytes
+    g = ops["experts_gate_up"]
+    assert [k.aten for k in est.kernels_of(g, "dense", "decode", arch)] == ["_grouped_mm"]
+    assert execution.unit(g) == g.rows * g.n
+
+
+def test_an_moe_block_s_host_overhead_is_a_fixed_share_of_each_probe_clone_s_blocks():
+    """The dispatch probe cannot solve an MoE block's own overhead kind: in every tiny clone it
+    times, MoE blocks are the same share of the blocks (no family drops an MoE block apart from
+    its layer), so such a column would be proportional to the block column; the MoE block's
+    Python is solved inside the per-block cost, its glue kernels priced as traced."""
+    from pis_tui.model.ops import Overhead
+    from pis_tui.validation.probe import PROBE_STRATEGIES
+
+    spec = load_model_spec("qwen3-30b-a3b")
+    ratios = set()
+    for fam, s in PROBE_STRATEGIES:
+        ops = build_phase_ops(spec, Strategy(fam, s, align=8), SCEN, "decode").ops
+        blocks = sum(o.count for o in ops if isinstance(o, Overhead) and o.kind == "block")
+        moe_blocks = sum(o.count for o in ops if o.name == "moe_router")
+        assert blocks > 0 and moe_blocks > 0, fam
+        ratios.add(round(moe_blocks / blocks, 9))
+    assert len(ratios) == 1, ratios

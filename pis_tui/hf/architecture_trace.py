@@ -11,8 +11,13 @@ every normalisation module (RMSNorm or LayerNorm, by what it runs); the rotary e
 (the ``neg`` of rotate-half inside attention); attention (SDPA, or the eager softmax path
 with or without logit soft-capping); the activation (gated or not, and which function); the
 residual adds; learned positions, embedding scaling and the final logit soft-cap around
-the layers.  What each op runs is kept as its eager kernels (aten op, tensors as multiples of
-the op's size, dtypes), the way :mod:`pis_tui.validation.kernel_trace` records Llama's.
+the layers; a mixture-of-experts block (the module holding ``experts``) as one ``moe`` op
+whose kernels go to the ops it expands into (:func:`_moe_op`).  What each op runs is kept as
+its eager kernels (aten op, tensors as multiples of the op's size, dtypes), the way
+:mod:`pis_tui.validation.kernel_trace` records Llama's.  The meta device takes transformers'
+non-CPU (CUDA) branches; a model with an MoE block is traced again on fake CPU tensors
+(:func:`fake_cpu`), and its MoE ops' CPU kernels are kept apart (``device_kernels.cpu``:
+transformers' experts ``histc`` float ids on a CPU, int32 ones on a GPU).
 
 Anything the mapping cannot place (a module it does not know, a linear whose name has no
 role, a shape that is not its role's) raises :class:`~pis_tui.errors.UserError` naming it:
@@ -88,8 +93,11 @@ def _tf_version() -> str:
     return transformers.__version__
 
 
-def record(model) -> list:
-    """Events of one prefill (BATCH × PREFILL_LEN) and one decode step, on the meta device."""
+def record(model, fake=None) -> list:
+    """Events of one prefill (BATCH × PREFILL_LEN) and one decode step, on the meta device
+    (``fake``: under that FakeTensorMode, on the device its fake tensors report)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -110,7 +118,7 @@ def record(model) -> list:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             aten = func.overloadpacket.__name__
-            if aten not in NO_KERNEL and not inside[0]:
+            if aten not in NO_KERNEL and func.namespace != "prim" and not inside[0]:
                 path, cls = stack[-1] if stack else ("-", "")
                 events.append(_Event(path, cls, aten, tensors(args) + tensors(kwargs or {}),
                                      tensors(out), phase[0]))
@@ -130,11 +138,13 @@ def record(model) -> list:
 
     F.scaled_dot_product_attention = sdpa
     try:
-        ids = torch.zeros(BATCH, PREFILL_LEN, dtype=torch.long, device="meta")
-        with torch.no_grad(), Recorder():
+        device = next(model.parameters()).device
+        with fake if fake is not None else contextlib.nullcontext():
+            ids = torch.zeros(BATCH, PREFILL_LEN, dtype=torch.long, device=device)
+            step = torch.zeros(BATCH, 1, dtype=torch.long, device=device)
+        with torch.no_grad(), fake if fake is not None else contextlib.nullcontext(), Recorder():
             out = model(input_ids=ids, use_cache=True)
             phase[0] = "decode"
-            step = torch.zeros(BATCH, 1, dtype=torch.long, device="meta")
             model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
     except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{type(model).__name__}: its forward cannot be traced on the meta device "
@@ -144,6 +154,26 @@ def record(model) -> list:
         for h in handles:
             h.remove()
     return events
+
+
+def fake_cpu(model):
+    """Move a meta model onto fake CPU tensors (no memory: FakeTensorMode), so its forward takes
+    the branches transformers runs on a CPU; returns the mode to trace under."""
+    import torch
+    import torch.nn as nn
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake = FakeTensorMode()
+    with fake:
+        for mod in model.modules():
+            for n, p in list(mod._parameters.items()):
+                if p is not None:
+                    mod._parameters[n] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="cpu"),
+                                                      requires_grad=False)
+            for n, b in list(mod._buffers.items()):
+                if b is not None:
+                    mod._buffers[n] = torch.zeros(b.shape, dtype=b.dtype, device="cpu")
+    return fake
 
 
 def _layers_path(model, num_layers: int) -> str:
@@ -222,6 +252,7 @@ def derive(model, config, events: list) -> dict:
         if name is None or (entry.get("glue") and name not in entries):
             continue  # glue of an op not reached yet: its kernels only (the op sits at its kernel)
         entry = {k: v for k, v in entry.items() if k != "glue"}
+        name = entry["name"] if entry["op"] == "moe" else name  # one op: its parts' kernels apart
         entries[name] = _merge(entries[name], entry) if name in entries else entry
     # ---- the blocks: attention up to the first residual add after the o-projection (or, with
     # no add before the MLP's first linear, up to the o-projection: a parallel residual)
@@ -328,9 +359,11 @@ def _classify(e, l0: str, attn_mod: str, modules: dict, widths: dict, state: dic
     moe = state.get("moe")
     if moe and (path == moe or path.startswith(moe + ".")):
         # the mixture-of-experts block (router, experts, shared experts): one template op,
-        # expanded from the config's experts by pis_tui.model.moe
+        # expanded from the config's experts by pis_tui.model.layer; its kernels go to the
+        # expanded ops (:func:`_moe_op`)
         state["mlp_started"] = True
-        return "moe", {"op": "moe", "name": "moe", "module": moe[len(l0) + 1:]}
+        return _moe_op(e, moe, modules, state), {"op": "moe", "name": "moe",
+                                                 "module": moe[len(l0) + 1:]}
     # a linear (any depth): its GEMM and bias
     if mod is not None and _is_linear(mod):
         leaf = rel.split(".")[-1]
@@ -393,6 +426,56 @@ def _classify(e, l0: str, attn_mod: str, modules: dict, widths: dict, state: dic
     if mod is not None and not state["mlp_started"] and not state["o_done"]:
         return "attention", {"op": "attention", "name": "attention", "glue": True}
     return None, None
+
+
+#: the ops an MoE block expands into (pis_tui.model.layer._moe_mlp), which its kernels go to
+MOE_OPS = ("moe_router", "moe_topk", "moe_dispatch", "experts_gate_up", "experts_act",
+           "experts_down", "moe_combine", "shared_gate_up", "shared_act", "shared_down",
+           "shared_expert_gate", "shared_gate_mul")
+#: the experts' GEMM kernels (transformers' grouped_mm; its batched_mm path runs bmm)
+EXPERT_GEMMS = ("_grouped_mm", "grouped_mm", "bmm", "baddbmm", "mm")
+
+
+def _moe_op(e, moe: str, modules: dict, state: dict) -> str:
+    """The MoE op one kernel of the block belongs to (see docs/moe.md):
+
+    * the router module (``gate``/``router``, a ``…Router``): its GEMM is ``moe_router``; its
+      casts, softmax, top-k and renormalisation are ``moe_topk``;
+    * the experts module, by its place around the two grouped GEMMs: before the first (sort
+      of the expert ids, ``// k``, the gathers of the rows and weights, histc's input cast,
+      histc, cumsum: the rows sorted and counted per expert) ``moe_dispatch``; the first
+      ``experts_gate_up``; between them (SiLU, mul) ``experts_act``; the second
+      ``experts_down``; after it (× routing weight, the inverse permutation: arange,
+      index_put_, the gather back, the sum over k, a cast) ``moe_combine``;
+    * a shared expert's linears ``shared_gate_up`` / ``shared_down``, its other kernels
+      ``shared_act``; Qwen2-MoE's ``shared_expert_gate`` linear; at the block itself, the add
+      of the shared and routed outputs ``moe_combine``, the rest (sigmoid, × the shared output)
+      ``shared_gate_mul``."""
+    sub = e.path[len(moe) + 1:] if e.path != moe else ""
+    head = sub.split(".")[0]
+    head_mod = modules.get(moe + "." + head) if head else None
+    if head_mod is not None and (head in ("gate", "router") or "Router" in type(head_mod).__name__):
+        return "moe_router" if e.aten in GEMM_ATEN else "moe_topk"
+    if head == "experts":
+        seen = state.get("expert_gemms", 0)
+        if e.aten in EXPERT_GEMMS:
+            state["expert_gemms"] = seen + 1
+            return "experts_gate_up" if seen == 0 else "experts_down"
+        return ("moe_dispatch", "experts_act")[seen] if seen < 2 else "moe_combine"
+    if head == "shared_expert_gate":
+        return "shared_expert_gate"
+    if head.startswith("shared_expert"):
+        mod = modules.get(e.path)
+        if mod is not None and _is_linear(mod):
+            role = A.role_of(e.path.split(".")[-1], sub)
+            return "shared_down" if role == "down" else "shared_gate_up"
+        return "shared_act"
+    if sub == "":
+        if e.aten == "add" or not any(n.startswith(moe + ".shared_expert_gate") for n in modules):
+            return "moe_combine"
+        return "shared_gate_mul"
+    raise UserError(f"the MoE block's module {sub!r} ({e.aten}) is not one pis-tui prices "
+                    "(router, experts, shared experts)")
 
 
 def _model_level(evs: list, modules: dict, widths: dict, layers_path: str) -> dict:
@@ -471,6 +554,17 @@ def trace_config(cfg: dict) -> dict:
     t["kernels"] = A.kernels_as_units(t, widths, BATCH, PREFILL_LEN)
     t["traced_with"] = {"transformers": _tf_version(), "torch": torch.__version__.split("+")[0],
                         "device": "meta", "dtype": "bf16", "batch": BATCH, "prompt_len": PREFILL_LEN}
+    if any(d["op"] == "moe" for d in t["mlp"]):
+        # transformers' experts branch on the device (histc of float ids on the CPU, of int
+        # ids elsewhere): the meta trace took the CUDA branch; the CPU's is traced again on
+        # fake CPU tensors and kept for the MoE block's ops
+        cpu_model, _ = build_meta_model(cfg)
+        fake = fake_cpu(cpu_model)
+        cpu = derive(cpu_model, config, record(cpu_model, fake))
+        cpu["kernels"] = {ph: {n: ks for n, ks in by_op.items() if n in MOE_OPS}
+                          for ph, by_op in cpu["kernels"].items()}
+        t["device_kernels"] = {"cpu": A.kernels_as_units(cpu, widths, BATCH, PREFILL_LEN)}
+        t["traced_with"]["device_kernels"] = {"cpu": "fake CPU tensors (FakeTensorMode)"}
     A.check_template(t)
     return t
 

@@ -14,6 +14,11 @@ decoder layer and the ops around the layers, each with the role the pruning fami
   ungated), ``residual``; ``embedding``, ``pos_embedding`` (learned positions), ``scale``
   (Gemma's embedding scale, the final logit soft-cap) around the layers.
 
+Each op's eager kernels are kept per phase (``kernels``, the meta device's trace: transformers'
+CUDA branches) and, for the ops whose modules branch on the device, per device kind
+(``device_kernels.cpu``: an MoE block's ops traced on fake CPU tensors); see
+:func:`template_kernels`.
+
 The estimating paths read templates as JSON: no torch, no transformers.  A model type with no
 shipped template is traced once on first use (in a subprocess, so the caller never imports
 torch) and cached under the user's cache folder, keyed by model type and the config's
@@ -116,6 +121,12 @@ def widths_of_config(cfg: dict) -> dict:
            "vocab": cfg.get("vocab_size"),
            "activation": str(_first(cfg, "hidden_activation", "hidden_act", "activation_function") or ""),
            "rotary_fraction": float(frac) if isinstance(frac, (int, float)) else 1.0}
+    experts = _first(cfg, "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+    if isinstance(experts, int) and experts > 1:  # an MoE block's widths (pis_tui.model.moe)
+        out.update(experts=experts, top_k=_first(cfg, "num_experts_per_tok", "moe_top_k", "top_k"),
+                   expert_inter=_first(cfg, "moe_intermediate_size", "expert_intermediate_size",
+                                       "intermediate_size"),
+                   shared_inter=cfg.get("shared_expert_intermediate_size") or 0)
     if all(isinstance(out[k], int) for k in ("heads", "kv_heads", "head_dim")):
         out["q_dim"] = out["heads"] * out["head_dim"]
         out["kv_dim"] = out["kv_heads"] * out["head_dim"]
@@ -217,6 +228,7 @@ def _entry(d: dict) -> Entry:
 
 
 _KERNELS: dict = {}
+_DEVICE_KERNELS: dict = {}  # Architecture.key → {device kind: {phase: {op: kernels}}}
 _NORMS: dict = {}  # Architecture.key → its layers' norm kind
 
 
@@ -225,6 +237,8 @@ def from_template(t: dict, source: str, key: str = "") -> Architecture:
     tw = t.get("traced_with", {})
     key = key or t["model_type"]
     _KERNELS[key] = t.get("kernels", {})
+    _DEVICE_KERNELS[key] = t.get("device_kernels", {})
+    _merged_kernels.cache_clear()
     _NORMS[key] = next((d.get("kind", "rmsnorm") for d in t["attention"] + t["mlp"] if d["op"] == "norm"),
                        "rmsnorm")
     return Architecture(
@@ -277,7 +291,9 @@ def _units(t: dict, w: dict, m: int, batch: int, phase: str, length: int) -> dic
     rot = rotary_dim(w)
     for d in t["before_layers"] + t["attention"] + t["mlp"] + t["after_layers"]:
         op, name = d["op"], d["name"]
-        if op == "linear":
+        if op == "moe":
+            units.update(moe_units(w, m))
+        elif op == "linear":
             n, _ = role_nk(d["role"], w)
             units[name] = (batch if name == "lm_head" else m) * n
         elif op == "attention":
@@ -295,6 +311,22 @@ def _units(t: dict, w: dict, m: int, batch: int, phase: str, length: int) -> dic
         else:
             units[name] = m * w["hidden"]
     return units
+
+
+def moe_units(w: dict, m: int) -> dict:
+    """The sizes of an MoE block's ops for ``m`` tokens (pis_tui.pricing.engines.unit of the ops
+    pis_tui.model.layer._moe_mlp builds): the router's and top-k's m × E, the dispatch's,
+    combine's and experts' T·k routed rows × their width, the shared experts' m rows."""
+    h, e, k, i = w["hidden"], w["experts"], w["top_k"], w["expert_inter"]
+    si = w.get("shared_inter") or 0
+    rows = m * k
+    out = {"moe_router": m * e, "moe_topk": m * e, "moe_dispatch": rows * h,
+           "experts_gate_up": rows * 2 * i, "experts_act": rows * i, "experts_down": rows * h,
+           "moe_combine": rows * h}
+    if si:
+        out.update(shared_gate_up=m * 2 * si, shared_act=m * si, shared_down=m * h,
+                   shared_expert_gate=m, shared_gate_mul=m * h)
+    return out
 
 
 def rotary_dim(w: dict) -> int:
@@ -392,14 +424,26 @@ def template_norm(key: str) -> str:
     return _NORMS.get(key, "rmsnorm")
 
 
-def template_kernels(key: str) -> dict:
+def template_kernels(key: str, device: str = "") -> dict:
     """An architecture's traced eager kernels (:attr:`Architecture.key`): {phase: {op name:
-    [kernel dict]}}; empty when none was loaded."""
+    [kernel dict]}}; empty when none was loaded.  ``device`` (a device kind, ``cpu`` or
+    ``gpu``): the ops traced for that device kind (``device_kernels``: an MoE block's on the
+    CPU) replace the default trace's (the meta device's, which takes transformers' CUDA
+    branches)."""
+    return _merged_kernels(key, device)
+
+
+@lru_cache(maxsize=None)
+def _merged_kernels(key: str, device: str) -> dict:
     got = _KERNELS.get(key)
     if got is None:
         t = _shipped(key)
         got = _KERNELS[key] = (t or {}).get("kernels", {})
-    return got
+        _DEVICE_KERNELS[key] = (t or {}).get("device_kernels", {})
+    own = _DEVICE_KERNELS.get(key, {}).get(device) if device else None
+    if not own:
+        return got
+    return {ph: {**got.get(ph, {}), **own.get(ph, {})} for ph in dict.fromkeys(list(got) + list(own))}
 
 
 def llama_default() -> Architecture:

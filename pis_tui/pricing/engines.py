@@ -66,7 +66,8 @@ class Engine:
     #: kernels() answers, by (family, phase, op name): a plan asks the same ones thousands of times
     _looked_up: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def kernels(self, family: str, phase: Optional[str], op_name: str, arch: str = "") -> Optional[tuple]:
+    def kernels(self, family: str, phase: Optional[str], op_name: str, arch: str = "",
+                device: str = "") -> Optional[tuple]:
         """The kernels of one call of an op (None: not described: one kernel of its own; an
         empty tuple: it runs inside another op's kernel).
 
@@ -79,14 +80,17 @@ class Engine:
         ``arch`` (:attr:`pis_tui.model.architecture.Architecture.key`): under ``eager``, an
         architecture other than the Llama layout the engine's own trace came from is priced by
         the kernels traced from its own modules first (its LayerNorm, its GELU, its attention
-        path), the engine's trace covering only what a family adds (routers, factors)."""
-        key = (family, phase, op_name, arch)
+        path, its MoE block), the engine's trace covering only what a family adds (routers,
+        factors).  ``device`` (the priced device's kind, ``cpu`` or ``gpu``): the kernels the
+        architecture traced for that kind where they differ (an MoE block's experts run other
+        glue on the CPU: histc of float expert ids, on a GPU of int ones)."""
+        key = (family, phase, op_name, arch, device)
         try:
             return self._looked_up[key]
         except KeyError:
             got = None
             if arch and self.name == "eager" and arch not in LLAMA_TRACED:
-                got = _arch_kernels(arch, phase, op_name)
+                got = _arch_kernels(arch, phase, op_name, device)
             elif arch and self.name != "eager" and op_name.endswith("_residual") \
                     and _arch_norm(arch) == "layernorm":
                 # the engines fuse a residual add into the next RMSNorm only: a LayerNorm model
@@ -120,17 +124,18 @@ def _arch_norm(arch: str) -> str:
     return template_norm(arch)
 
 
-def _arch_kernels(arch: str, phase: Optional[str], op_name: str) -> Optional[tuple]:
-    """An architecture's own traced kernels for one op (None: it has none for that op)."""
+def _arch_kernels(arch: str, phase: Optional[str], op_name: str, device: str = "") -> Optional[tuple]:
+    """An architecture's own traced kernels for one op on a device kind (None: it has none for
+    that op)."""
     from ..model.architecture import template_kernels
 
-    by_phase = template_kernels(arch)
+    by_phase = template_kernels(arch, device)
     for ph in dict.fromkeys(p for p in (phase, "prefill", "decode") if p):
         raw = by_phase.get(ph, {}).get(op_name)
         if raw is not None:
             return _kernels(raw)
     base = op_name.split(".")[0]
-    return _arch_kernels(arch, phase, base) if base != op_name else None
+    return _arch_kernels(arch, phase, base, device) if base != op_name else None
 
 
 #: kernels that are the op itself, priced by the GEMM or attention model rather than by bytes
@@ -150,10 +155,13 @@ def _is_leaf_aten(aten: str) -> bool:
 
 def unit(op) -> float:
     """The size a kernel's tensors are multiples of: an Elementwise op's rows × width, a GEMM's
-    output M × N, attention's queries (batch × heads × q_len × head_dim)."""
+    output M × N, a grouped GEMM's output (routed rows × N), attention's queries (batch ×
+    heads × q_len × head_dim)."""
     t = op.op_type
     if t == "gemm":
         return float(op.m * op.n)
+    if t == "grouped_gemm":
+        return float(op.rows * op.n)
     if t == "attention":
         return float(op.batch * op.q_heads * op.q_len * op.head_dim)
     return float(op.rows * op.width)

@@ -203,7 +203,7 @@ class Estimator:
         architecture whose traced kernels come first (:meth:`Engine.kernels`)."""
         if isinstance(op, Overhead):
             return None
-        return self.profile.kernels(family, phase, op.name, arch)
+        return self.profile.kernels(family, phase, op.name, arch, self.device.kind)
 
     def launches(self, op: Op, family: str = "dense", phase: Optional[str] = None,
                  merged: Optional[dict] = None, arch: str = "") -> Optional[int]:
