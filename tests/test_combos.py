@@ -28,7 +28,8 @@ PREFILL = Scenario(prefill_batch=8, prompt_len=1024, decode_batch=16, context_le
 M = 8 * 1024
 
 THE_SET = ("static_depth+static_width", "static_depth+semi_structured_24", "static_depth+low_rank",
-           "static_width+low_rank", "static_width+semi_structured_24", "dynamic_depth+static_width")
+           "static_width+low_rank", "static_width+semi_structured_24", "dynamic_depth+static_width",
+           "static_depth+expert_pruning", "expert_pruning+expert_slimming")
 
 
 def gemms(po) -> dict:
@@ -84,8 +85,10 @@ def test_pairs_that_cannot_compose_are_refused():
 
 def test_grid_is_coarse_and_parts_compose():
     grid = [s for s in strategies_grid(THE_SET) if s.parts]
-    # 4 combinations of two free parts × 2 × 2, two with 2:4 (its one sparsity) × 2
-    assert len(grid) == 4 * 4 + 2 * 2
+    # 6 combinations of two free parts × 2 × 2, two with 2:4 (its one sparsity) × 2
+    assert len(grid) == 6 * 4 + 2 * 2
+    # a dense model's sweep leaves the two expert-level combinations out
+    assert len([s for s in strategies_grid(THE_SET, spec=SPEC) if s.parts]) == 4 * 4 + 2 * 2
     s = from_token("static_depth@0.25+static_width@0.125")
     assert s.parts == (("static_depth", 0.25), ("static_width", 0.125))
     assert s.sparsity == pytest.approx(1 - 0.75 * 0.875)
@@ -230,8 +233,10 @@ def test_each_part_keeps_its_own_achieved_sparsity(name):
     """A combination's achieved sparsity is 1 − Π(1 − aᵢ), aᵢ each part's achieved alone (the
     figure its quality curve is read at)."""
     s = Strategy(name, 0.25)
-    po = build_phase_ops(SPEC, s, PREFILL, "prefill")
-    alone = tuple(build_phase_ops(SPEC, p, PREFILL, "prefill").achieved_sparsity for p in s.part_strategies)
+    # the expert-level combinations apply to a mixture of experts only
+    spec = SPEC if families.get(name).applies(SPEC) is None else load_model_spec("granite-3.1-1b-a400m")
+    po = build_phase_ops(spec, s, PREFILL, "prefill")
+    alone = tuple(build_phase_ops(spec, p, PREFILL, "prefill").achieved_sparsity for p in s.part_strategies)
     assert po.part_achieved == alone
     assert po.achieved_sparsity == pytest.approx(1 - (1 - alone[0]) * (1 - alone[1]), abs=1e-6)
     assert po.strategy.token == "+".join(f"{f}@{x:g}" for f, x in s.parts)

@@ -15,7 +15,8 @@ from .common import (DEFAULT_ALIGN, align_of, parse_families, parse_fraction, re
 #: the widths a family may round to --align, in words (LayerWidths fields; hidden_io is the
 #: width of the embeddings and of the lm_head's input)
 WIDTH_WORDS = {"hidden": "hidden size", "hidden_io": "hidden size", "inter": "MLP channels",
-               "q_heads": "query heads", "kv_heads": "KV heads", "head_dim": "head dim"}
+               "q_heads": "query heads", "kv_heads": "KV heads", "head_dim": "head dim",
+               "expert_inter": "expert channels"}
 
 
 def scenario_from_args(args: argparse.Namespace, device) -> Scenario:
@@ -87,7 +88,7 @@ def run_sweep(args: argparse.Namespace, with_quality: bool = True):
                   else sweep_sparsities(args.sparsities))
     combo_sps = combo_sparsities_from_args(args)
     align = align_of(args)
-    warnings = check_align(spec, grid_pairs(strategies, sparsities, combo_sps), align, scenario,
+    warnings = check_align(spec, grid_pairs(strategies, sparsities, combo_sps, spec), align, scenario,
                            explicit=getattr(args, "align", None) is not None)
     cache = open_cache_if_local(args, device)
     quality = quality_from_args(args, spec, cache) if with_quality else None
@@ -99,13 +100,16 @@ def run_sweep(args: argparse.Namespace, with_quality: bool = True):
     return result
 
 
-def grid_pairs(names, sparsities, combo_sparsities=None) -> list[tuple[str, float]]:
-    """(family, sparsity) of every pruned point a sweep of `names` × `sparsities` runs (a
-    combination's parts each as its family at its sparsity)."""
+def grid_pairs(names, sparsities, combo_sparsities=None, spec=None) -> list[tuple[str, float]]:
+    """(family, sparsity) of every pruned point a sweep of `names` × `sparsities` runs on
+    ``spec`` (a combination's parts each as its family at its sparsity; the families that do
+    not apply to the model left out)."""
     from ..families.strategy import strategies_grid
+    from ..decide.sweep import default_strategies
 
     out = []
-    for st in strategies_grid(names, sparsities, combo_sparsities=combo_sparsities):
+    for st in strategies_grid(default_strategies() if names is None else names, sparsities,
+                              combo_sparsities=combo_sparsities, spec=spec):
         if families.get(st.family).is_baseline:
             continue
         out += list(st.parts) if st.parts else [(st.family, st.sparsity)]
@@ -121,6 +125,9 @@ def aligned_widths(spec, family: str, sparsity: float, align: int, scenario) -> 
     from ..families.strategy import Strategy
 
     fam = families.get(family)
+    why = fam.applies(spec)
+    if why:
+        raise UserError(f"{family}: {why}")
 
     def widths(a: int):
         st = Strategy(family, sparsity, align=a)

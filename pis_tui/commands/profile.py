@@ -344,7 +344,7 @@ def _plan(args, sweep: _Sweep, device, cache, warn) -> tuple:
     from .common import align_of
 
     scenario, planned = sweep.plan_for(args, device)
-    align_warnings = check_align(sweep.spec, grid_pairs(sweep.strategies, sweep.sparsities),
+    align_warnings = check_align(sweep.spec, grid_pairs(sweep.strategies, sweep.sparsities, spec=sweep.spec),
                                  align_of(args), scenario, explicit=args.align is not None)
     if (device.kind == "cpu" and local.gpu_hint()) or \
             _needs_measuring(planned, cache, device, {p.op.dtype for p in planned}):

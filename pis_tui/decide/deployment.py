@@ -406,7 +406,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
                                                    cache=cache, estimator=estimator)
     dtype = scenario.dtype
     pricer = _Pricer(spec, dtype, est, engine, tp, routing)
-    grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities)
+    grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities, spec=spec)
     if quality is not None and hasattr(quality, "estimate"):
         from ..quality.priors import remember_params
 

@@ -249,13 +249,15 @@ def prepare(model, gpu, scenario: Optional[Scenario] = None, *, dtype: Optional[
 
 def sweep_grid(strategies: Optional[Iterable[str]] = None,
                sparsities: Optional[Iterable[float]] = None, granularity: str = "layer",
-               align: int = 128, combo_sparsities: Optional[Iterable[float]] = None) -> list:
+               align: int = 128, combo_sparsities: Optional[Iterable[float]] = None,
+               spec=None) -> list:
     """The strategies a sweep or a plan prices: ``strategies`` None every registered family and
     combination (:func:`default_strategies`), ``sparsities`` None each family's default grid,
-    ``combo_sparsities`` None each combination's parts on the coarse grid."""
+    ``combo_sparsities`` None each combination's parts on the coarse grid; with ``spec``, only
+    those that apply to that model (the expert-level families need a mixture of experts)."""
     return strategies_grid(default_strategies() if strategies is None else tuple(strategies),
                            None if sparsities is None else tuple(sparsities), granularity, align,
-                           None if combo_sparsities is None else tuple(combo_sparsities))
+                           None if combo_sparsities is None else tuple(combo_sparsities), spec=spec)
 
 
 def provenance(device: DeviceProfile) -> dict:
@@ -288,7 +290,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     if quality is not None:
         remember_params(spec.name, spec.total_params() / 1e9)
 
-    grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities)
+    grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities, spec=spec)
     phases = tuple(phases)
     estimates: list[PhaseEstimate] = []
     ops_by_key: dict = {}

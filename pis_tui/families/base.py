@@ -139,6 +139,20 @@ class Family:
     #: kernel it prices reads: its memory is the dense model's
     validate_dense_weights: bool = False
 
+    # ------------------------------------------------------------ which models
+
+    #: it acts on a mixture of experts' routed experts (a dense model has none to prune)
+    moe_only: bool = False
+
+    def applies(self, spec: "ModelSpec") -> Optional[str]:
+        """None when the family can prune ``spec``, else why not (one line): the expert-level
+        families (``moe_only``) act on a mixture of experts' routed experts, which a dense model
+        lacks.  A sweep leaves out what does not apply; a point asked for by name is refused."""
+        if self.moe_only and getattr(spec, "moe", None) is None:
+            return (f"{spec.name} is a dense model: this family prunes a mixture of experts' "
+                    "routed experts")
+        return None
+
     # ------------------------------------------------------------ sparsities
 
     def effective_sparsity(self, sparsity: float) -> float:

@@ -45,6 +45,8 @@ BUILTIN_COMBOS = (
     ("static_width", "low_rank", "V"),
     ("static_width", "semi_structured_24", "Y"),
     ("dynamic_depth", "static_width", "J"),
+    ("static_depth", "expert_pruning", "P"),
+    ("expert_pruning", "expert_slimming", "O"),
 )
 #: each part's sparsities in a sweep (a coarse grid: 2 × 2 points a pair)
 COMBO_SPARSITIES = (0.125, 0.25)
@@ -88,6 +90,18 @@ class Combo(Family):
         self._layer_owner = routed[0] if routed else None
         counted = [f for f in self.parts if _owns(f, "overhead_counts")]
         self._overhead_owner = counted[0] if counted else None
+
+    @property
+    def moe_only(self) -> bool:
+        return any(f.moe_only for f in self.parts)
+
+    def applies(self, spec) -> Optional[str]:
+        """Both parts must apply to the model."""
+        for f in self.parts:
+            why = f.applies(spec)
+            if why:
+                return why
+        return None
 
     @property
     def part_names(self) -> tuple[str, ...]:

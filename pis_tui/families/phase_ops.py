@@ -29,6 +29,7 @@ from ..model.ops import Collective, Elementwise, Gemm, Op
 from ..model.scenario import Scenario, check_phase
 from .strategy import Strategy
 from ..model.tensor_parallel import check_model, padded_vocab, vocab_per_rank
+from ..errors import UserError
 
 __all__ = ["Strategy", "PhaseOps", "build_phase_ops", "parse_strategies", "strategies_grid", "from_token",
            "family_axis"]
@@ -57,6 +58,9 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
     tp = scenario.tp
     check_model(spec, tp)
     fam = registry.get(strategy.family)
+    why = fam.applies(spec)
+    if why:
+        raise UserError(f"{strategy.family}: {why}")
     ctx = PhaseContext(spec, strategy, scenario, phase, strategy.effective_sparsity)
     dt, m = scenario.dtype, ctx.m
     shape = LayerShape.dense(ctx)
@@ -97,15 +101,25 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
     else:
         achieved = max(0.0, fam.achieved_sparsity(ctx, shape, ops))
     notes = list(shape.notes) + fam.final_notes(ctx, shape, ops)
-    if spec.moe is not None and strategy.family not in ("dense", "static_depth"):
+    if spec.moe is not None and not _moe_aware(fam):
         notes.append(f"{spec.name} is a mixture of experts: {strategy.family} leaves its routed "
-                     "experts whole (expert pruning, top-k reduction and expert slimming are not "
-                     "families yet), so expect little speedup except from depth")
+                     "experts whole (expert pruning, top-k reduction and expert slimming act on "
+                     "them), so expect little speedup except from depth")
     return PhaseOps(strategy, phase, tuple(ops), round(achieved, 6), tuple(notes), tuple(shape.dims),
                     part_achieved, arch.key)
 
 
 
+
+
+#: families that act on what dominates an MoE layer (whole layers, or the routed experts)
+MOE_AWARE = ("dense", "static_depth", "expert_pruning", "topk_reduction", "dynamic_topk",
+             "expert_slimming")
+
+
+def _moe_aware(fam) -> bool:
+    parts = fam.parts if fam.is_combo else (fam,)
+    return any(p.name in MOE_AWARE for p in parts)
 
 
 @lru_cache(maxsize=4096)

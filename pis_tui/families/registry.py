@@ -12,7 +12,8 @@ from .combinations import BUILTIN_COMBOS, SEP, Combo, check_pair, combo_name
 
 #: the built-in families, one module each, in display order
 BUILTIN = ("dense", "static_depth", "dynamic_depth", "static_width", "static_width_hidden",
-           "semi_structured_24", "unstructured", "low_rank", "dynamic_sparse_attention")
+           "semi_structured_24", "unstructured", "low_rank", "dynamic_sparse_attention",
+           "expert_pruning", "topk_reduction", "dynamic_topk", "expert_slimming")
 
 _REGISTRY: dict[str, Family] = {}
 _COMBOS: dict[str, Combo] = {}

@@ -153,16 +153,23 @@ def parse_strategies(text: str | None) -> tuple[str, ...]:
 
 
 def strategies_grid(family_names, sparsities=None, granularity="layer", align=128,
-                    combo_sparsities=None) -> list[Strategy]:
+                    combo_sparsities=None, spec=None) -> list[Strategy]:
     """Dense first, then every family × its sparsities (``sparsities`` None: each family's
     default grid; a fixed-sparsity family such as 2:4 at its one sparsity), and every
     combination named × its parts' grid (``combo_sparsities`` None: each part at
     ``families.COMBO_SPARSITIES``; a combination that would remove more than
-    ``MAX_SPARSITY`` at some pair is left out at that pair)."""
+    ``MAX_SPARSITY`` at some pair is left out at that pair).  With ``spec``, the families that
+    do not apply to that model (:meth:`Family.applies`: the expert-level ones on a dense model)
+    are left out; if every pruning family named is, that is a one-line error."""
     out = [Strategy("dense", 0.0, granularity, align)]
+    skipped = []
     for f in family_names:
         fam = registry.get(f)
         if fam.is_baseline:
+            continue
+        why = fam.applies(spec) if spec is not None else None
+        if why:
+            skipped.append((f, why))
             continue
         if fam.is_combo:
             for pair in fam.part_grid(None if combo_sparsities is None else tuple(combo_sparsities)):
@@ -174,6 +181,9 @@ def strategies_grid(family_names, sparsities=None, granularity="layer", align=12
             continue
         for s in fam.sparsity_grid(None if sparsities is None else tuple(sparsities)):
             out.append(Strategy(f, s, granularity, align))
+    if skipped and len(out) == 1:
+        f, why = skipped[0]
+        raise UserError(f"{f}: {why}")
     return out
 
 

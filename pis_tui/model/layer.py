@@ -53,6 +53,13 @@ class LayerWidths:
     kv_heads: int
     head_dim: int
     inter: int
+    #: an MoE layer's routed experts after expert-level pruning (0: as the config says): the
+    #: experts each layer keeps, the experts per token, each expert's width, and a per-token
+    #: distribution of k ((k, probability), …; empty: every token takes ``top_k``)
+    experts: int = 0
+    top_k: int = 0
+    expert_inter: int = 0
+    k_dist: tuple = ()
 
     @classmethod
     def of(cls, spec: ModelSpec) -> "LayerWidths":
@@ -211,9 +218,12 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
     serving engines' TP for MoE): the grouped GEMMs run N = 2I/tp and K = I/tp over the same
     touched experts, the router is replicated, the shared experts and dense MLPs are column-
     then row-parallel, and the block's output is all-reduced once."""
-    from .moe import mean_step, routing
+    from .moe import mean_step, pruned_routing, routing
 
     e = spec.moe
+    E = w.experts or e.experts
+    k = w.top_k or e.top_k
+    inter = w.expert_inter or e.expert_inter
     h = w.hidden
     moe_share = e.moe_layers / max(spec.num_layers, 1)
     ops: list[Op] = []
@@ -225,21 +235,23 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
     if c > 0:
         # a histogram's layers each route their own way: the mean layer (moe.mean_step)
         r = routing(routing_name, e.experts, moe_layers=e.moe_layers, phase=phase)
-        plain = mean_step(m, e.top_k, r)
+        r = pruned_routing(r, E)  # expert pruning: the kept experts' shares (moe.pruned_routing)
+        kd = tuple(w.k_dist)
+        plain = mean_step(m, k, r, k_dist=kd)
         tile = MOE_TILES[0] if plain.rows_per_expert <= MOE_TILES[0] else MOE_TILES[1]
-        st = mean_step(m, e.top_k, r, tile=tile)
+        st = mean_step(m, k, r, tile=tile, k_dist=kd)
         rows = st.routed_rows
-        routed = dict(tokens=int(m), routing=r.id, shares=r.shares)
-        ops.append(Gemm("moe_router", m, e.experts, h, c, dtype))
-        ops.append(Elementwise("moe_topk", "topk", m, e.experts, c, dtype, extra=e.top_k))
-        ops.append(Elementwise("moe_dispatch", "gather", int(rows), h, c, dtype))
-        ei = e.expert_inter // tp
-        ops.append(GroupedGemm("experts_gate_up", e.experts, st.distinct, rows, st.padded_rows,
-                               2 * ei, h, c, dtype, shards=tp, top_k=e.top_k, **routed))
-        ops.append(Elementwise("experts_act", "silu_mul", int(rows), ei, c, dtype))
-        ops.append(GroupedGemm("experts_down", e.experts, st.distinct, rows, st.padded_rows,
-                               h, ei, c, dtype, shards=tp, top_k=e.top_k, **routed))
-        ops.append(Elementwise("moe_combine", "scatter", int(rows), h, c, dtype))
+        routed = dict(tokens=int(m), routing=r.id, shares=r.shares, k_dist=kd)
+        ops.append(Gemm("moe_router", m, E, h, c, dtype))
+        ops.append(Elementwise("moe_topk", "topk", m, E, c, dtype, extra=k))
+        ops.append(Elementwise("moe_dispatch", "gather", int(round(rows)), h, c, dtype))
+        ei = inter // tp
+        ops.append(GroupedGemm("experts_gate_up", E, st.distinct, rows, st.padded_rows,
+                               2 * ei, h, c, dtype, shards=tp, top_k=k, **routed))
+        ops.append(Elementwise("experts_act", "silu_mul", int(round(rows)), ei, c, dtype))
+        ops.append(GroupedGemm("experts_down", E, st.distinct, rows, st.padded_rows,
+                               h, ei, c, dtype, shards=tp, top_k=k, **routed))
+        ops.append(Elementwise("moe_combine", "scatter", int(round(rows)), h, c, dtype))
         col = sharded(lin, tp, tp)
         if e.shared_inter:
             si = max(1, round(e.shared_inter * w.inter / max(spec.intermediate_size, 1))) // tp

@@ -338,9 +338,11 @@ def mean_k(k_dist: tuple, k: int) -> float:
 
 def mixed_inclusion(shares: Sequence[float], k: int, k_dist: tuple = ()) -> list[float]:
     """Each expert's inclusion probability for a token whose k is drawn from ``k_dist``
-    (Σ_j p_j · q_e(k_j)); ``k`` itself when there is no distribution.  The distinct-experts law
-    is not linear in k, so a mean k̄ alone would misprice: a token taking 6 or 8 experts at
-    even odds touches other experts than one taking 7."""
+    (Σ_j p_j · q_e(k_j)); ``k`` itself when there is no distribution.  With the tokens of a step
+    independent, E[Π_t (1 − q_e(k_t))] = (1 − q̄_e)^T, so the distinct-experts law over this
+    mixture is exact — and it is not the mean of the law at each k (the law is not linear in
+    k).  Under balanced routing q̄_e = k̄/E, the law at the mean k̄; under a skewed router the
+    popular experts stay capped at 1 whatever a token's k, so it is not."""
     if not k_dist:
         return inclusion(shares, k)
     out = [0.0] * len(shares)

@@ -127,12 +127,25 @@ class GroupedGemm:
     tokens: int = 0
     routing: str = ""
     shares: tuple = field(default=(), compare=False, repr=False)
+    #: dynamic top-k: each token's k drawn from ((k, probability), …); empty: every token top_k
+    k_dist: tuple = ()
     op_type: str = field(default="grouped_gemm", init=False)
 
     def __post_init__(self):
         # from a measurement's JSON (op_from_dict): lists back to tuples
         if self.shares and not isinstance(self.shares[0], tuple):
             object.__setattr__(self, "shares", tuple(tuple(x) for x in self.shares))
+        if not isinstance(self.k_dist, tuple) or (self.k_dist and not isinstance(self.k_dist[0], tuple)):
+            object.__setattr__(self, "k_dist", tuple((int(a), float(b)) for a, b in self.k_dist))
+        if not isinstance(self.shares, tuple):
+            object.__setattr__(self, "shares", tuple(self.shares))
+
+    @property
+    def k_label(self) -> str:
+        """``8``, or a distribution of k: ``6:0.5/8:0.5``."""
+        if not self.k_dist:
+            return str(self.top_k)
+        return "/".join(f"{k}:{p:.4g}" for k, p in self.k_dist)
 
     def flops(self) -> float:
         """FLOPs the kernel executes: the padded rows' (the pad rows are computed too)."""
@@ -150,14 +163,14 @@ class GroupedGemm:
         what the vectors are drawn from (E, k, T tokens, the routing's id), not one vector; a
         measurement is the mean over several drawn steps (:mod:`pis_tui.timing.grouped`)."""
         if self.tokens:
-            return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:k{self.top_k}:T{self.tokens}:"
+            return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:k{self.k_label}:T{self.tokens}:"
                     f"{self.routing}:{self.n}x{self.k}")
         return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:g{self.groups:.3f}:"
                 f"r{self.rows:.1f}:p{self.padded_rows:.1f}:{self.n}x{self.k}")
 
     def shape(self) -> str:
         per = self.rows / self.groups if self.groups else 0.0
-        k = f" k={self.top_k}" if self.top_k else ""
+        k = f" k={self.k_label}" if self.top_k else ""
         return (f"E={self.experts}{k} touched={self.groups:.1f} rows={self.rows:g} "
                 f"(≈{per:.1f}/expert) N={self.n} K={self.k}")
 
@@ -446,7 +459,8 @@ def work_shape(op: dict) -> Optional[tuple]:
                 (op["m"], op["n"], op["k"]), (alignment(op["m"]), alignment(op["n"]), alignment(op["k"])))
     if t == "grouped_gemm" and op.get("tokens"):
         # the same experts, top-k and routing: more tokens, a wider or deeper expert is more work
-        return (("ggemm", op.get("kind"), op.get("dtype"), op["experts"], op["top_k"], op["routing"]),
+        kd = tuple(tuple(x) for x in op.get("k_dist") or ())
+        return (("ggemm", op.get("kind"), op.get("dtype"), op["experts"], op["top_k"], kd, op["routing"]),
                 (op["tokens"], op["n"], op["k"]), (alignment(op["n"]), alignment(op["k"])))
     if t == "attention":
         return (("attn", op.get("dtype"), op.get("causal"), op["q_len"] == 1,

@@ -519,7 +519,7 @@ def _with_kernels(p: PricedOp, kernels: Optional[int]) -> PricedOp:
 
 def _class_of(op: Op) -> tuple:
     if isinstance(op, GroupedGemm):
-        return ("ggemm", op.kind, op.dtype, op.experts, op.top_k, op.routing, op.n, op.k)
+        return ("ggemm", op.kind, op.dtype, op.experts, op.top_k, op.k_dist, op.routing, op.n, op.k)
     if isinstance(op, Gemm):
         kernel = "sparse_24" if op.kind == "sparse_24" else "dense"
         return ("gemm", kernel, op.dtype)

@@ -81,7 +81,7 @@ def sweep_phase_ops(spec, scenario: Scenario, strategies=None, sparsities=None, 
     opt = WorklistOptions.of(options)
     for strat in strategies_grid(tuple(strategies) if strategies else families.pruned(),
                                  tuple(sparsities) if sparsities else None, opt.granularity,
-                                 opt.align):
+                                 opt.align, spec=spec):
         for ph in opt.phases:
             yield strat, ph, build_phase_ops(spec, strat, scenario, ph)
 

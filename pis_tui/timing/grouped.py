@@ -68,7 +68,18 @@ def drawn_steps(op: GroupedGemm, draws: int = DRAWS, seed: int = 0) -> list:
                           "(an op list from an older pis-tui): estimated")
     g = torch.Generator().manual_seed(seed)
     L = len(op.shares)
-    return [draw_counts(op.tokens, op.top_k, op.shares[(i * L) // draws], g) for i in range(draws)]
+    if not op.k_dist:
+        return [draw_counts(op.tokens, op.top_k, op.shares[(i * L) // draws], g) for i in range(draws)]
+    # dynamic top-k: each token's k drawn from the distribution, then its k experts
+    ks = torch.tensor([k for k, _ in op.k_dist])
+    ps = torch.tensor([p for _, p in op.k_dist], dtype=torch.float64)
+    out = []
+    for i in range(draws):
+        per = torch.bincount(torch.multinomial(ps, op.tokens, replacement=True, generator=g),
+                             minlength=len(ks))
+        sh = op.shares[(i * L) // draws]
+        out.append(sum(draw_counts(int(n), int(k), sh, g) for k, n in zip(ks.tolist(), per.tolist())))
+    return out
 
 
 def _grouped_fn(ctx: DeviceContext):
@@ -99,7 +110,9 @@ def grouped_gemm_case(op: GroupedGemm, ctx: DeviceContext, check: bool) -> Case:
     if (op.k * b) % ALIGN_BYTES or (op.n * b) % ALIGN_BYTES:
         raise Unsupported(f"grouped_mm needs 16-byte aligned rows: N={op.n}, K={op.k} in {op.dtype}")
     steps = drawn_steps(op, draws=1 if check else DRAWS)
-    rows = int(op.tokens * op.top_k)
+    rows = int(steps[0].sum())  # T·k (a dynamic k: this draw's; the draws' rows differ)
+    if len({int(c.sum()) for c in steps}) > 1:
+        rows = max(int(c.sum()) for c in steps)
     offs = [torch.cumsum(c, 0).to(torch.int32).to(ctx.torch_device) for c in steps]
     offs_host = [o.tolist() for o in offs]
     touched = sum(int((c > 0).sum()) for c in steps) / len(steps)
@@ -124,12 +137,16 @@ def grouped_gemm_case(op: GroupedGemm, ctx: DeviceContext, check: bool) -> Case:
         fn = lambda i: _loop(x, wts[i % C], offs_host[i % D])  # noqa: E731
         capturable = False  # the offsets are read on the host: a sync each call
 
-    def ref():
-        return _loop(x.double(), wts[0].double(), offs_host[0])
+    first = int(offs_host[0][-1]) if offs_host[0] else 0  # rows past a step's last offset:
+    # grouped_mm leaves them unwritten, so a check compares the first step's rows
 
+    def ref():
+        return _loop(x.double(), wts[0].double(), offs_host[0])[:first]
+
+    mean_rows = sum(int(c.sum()) for c in steps) / len(steps)
     note = (f"{how} over {D} drawn steps: {touched:.1f} of {op.experts} experts touched on "
-            f"average (law {op.groups:.1f}), {rows} rows")
+            f"average (law {op.groups:.1f}), {mean_rows:g} rows")
     if grouped is None:
         note += "; host-synced loop, not capturable"
     return Case(fn=fn, ref=ref, copies=max(D, C) if D > 1 or C > 1 else 1,
-                capturable=capturable, note=note)
+                capturable=capturable, note=note, post=lambda out: out[:first])

@@ -1,0 +1,68 @@
+"""dynamic_topk (dynamic k): each token takes its own number of experts, k̄ = (1 − s)·k on average
+(NAEE's dynamic skipping, Ada-K, Ban&Pick: a token's later experts are skipped when the router is
+confident).
+
+Priced from the per-token distribution of k, not from its mean: each expert's inclusion is
+averaged over the tokens' k (:func:`pis_tui.model.moe.mixed_inclusion`, exact for independent
+tokens; the law is not linear in k, so averaging the law at each k would misprice), the rows
+follow k̄ and a tiled kernel's padded rows the distribution.  The distribution here is the least
+spread one with that mean — each token takes ⌊k̄⌋ or ⌈k̄⌉ experts (NAEE's skipping at k = 2 is
+exactly this: 1 or 2) — stated in the drill-down.  The skip decision adds one small op over the
+tokens' top-k weights (``moe_skip``).  The routed rows follow each token's k, so a grouped kernel
+with per-expert offsets (grouped_mm, fused-MoE) needs no change; no weight is removed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from ..model.ops import Elementwise
+from .base import Family
+from .topk_reduction import kept_top_k  # noqa: F401 - the same bounds on k′ (k′ ≥ 1)
+
+
+def k_distribution(k: int, s: float) -> tuple:
+    """((k, p), …) with mean (1 − s)·k over the two whole numbers around it (one if whole)."""
+    mean = max(1.0, (1.0 - s) * k)
+    lo = math.floor(mean + 1e-9)
+    if mean - lo < 1e-9 or lo >= k:
+        return ((min(lo, k), 1.0),)
+    p_hi = round(mean - lo, 9)
+    return ((lo, round(1.0 - p_hi, 9)), (lo + 1, p_hi))
+
+
+class DynamicTopK(Family):
+    name = "dynamic_topk"
+    label = "dynamic top-k"
+    axis = "dynamic k (rows)"
+    description = ("each token skips some of its k experts (k̄ = (1 − s)·k on average, ⌊k̄⌋ or "
+                   "⌈k̄⌉ each): rows and experts touched priced from the distribution, not the mean")
+    mark, color, short = "N", (250, 200, 120), "dyn-top-k"
+    max_sparsity = 0.875
+    moe_only = True
+    quality_unsupported = ("real dynamic expert skipping needs a skipping rule in the model's "
+                           "router: quality and validate refuse it")
+
+    def shape(self, ctx, shape):
+        k = ctx.spec.moe.top_k
+        dist = k_distribution(k, ctx.sparsity)
+        shape.widths = replace(shape.widths, k_dist=dist)
+        mean = sum(a * p for a, p in dist)
+        shape.dims += [("experts per token", f"{k} → {mean:g} on average ("
+                        + ", ".join(f"{a} with p {p:g}" for a, p in dist) + ")")]
+
+    def layer_ops(self, ctx, shape):
+        ops = super().layer_ops(ctx, shape)
+        e = ctx.spec.moe
+        c = shape.mlp_layers * e.moe_layers / max(ctx.spec.num_layers, 1)
+        # the skip decision: each token's top-k weights compared and masked (one pass over them)
+        ops.append(Elementwise("moe_skip", "scale", ctx.m, e.top_k, c, ctx.dtype))
+        return ops
+
+    def achieved_sparsity(self, ctx, shape, ops):
+        k = ctx.spec.moe.top_k
+        return 1.0 - sum(a * p for a, p in shape.widths.k_dist) / k if shape.widths.k_dist else 0.0
+
+
+FAMILY = DynamicTopK()
