@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from pis_tui.cli import main  # noqa: E402
-from pis_tui.errors import UserError  # noqa: E402
-from pis_tui.hf import routing_record as rr  # noqa: E402
+from pis_tui.cli import main
+from pis_tui.errors import UserError
+from pis_tui.hf import routing_record as rr
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=256, max_position_embeddings=512)
@@ -302,8 +302,8 @@ def test_the_command_writes_a_record(capsys, tmp_path):
 
 def test_the_command_reduces_layers_and_records_one_phase(capsys, tmp_path):
     out = tmp_path / "h.json"
-    code, stdout, err = call(capsys, "--model", str(_config(tmp_path, "qwen3_moe",
-                                                            num_hidden_layers=3)),
+    code, _, err = call(capsys, "--model", str(_config(tmp_path, "qwen3_moe",
+                                                       num_hidden_layers=3)),
                              "--layers", "2", "--phase", "prefill", "--prompt-len", "16",
                              "--out", str(out))
     assert code == 0, err
@@ -364,3 +364,13 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, args, message):
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "h.json").exists()
+
+
+def test_a_model_that_does_not_fit_is_refused_before_it_is_built(capsys, tmp_path, monkeypatch):
+    from pis_tui.validation import memory_check
+
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device="cpu": (1e5, "a test"))
+    monkeypatch.setattr(rr, "build_random", lambda *a, **k: pytest.fail("built anyway"))
+    code, _, err = call(capsys, "--model", str(_config(tmp_path)),
+                        "--out", str(tmp_path / "h.json"))
+    assert code == 2 and "lower --layers" in err and "a test" in err

@@ -214,7 +214,7 @@ class RoutingRecorder:
         if not isinstance(idx, torch.Tensor) or idx.is_floating_point():
             raise MeasureError(f"MoE layer {self.layer_ids[j]}: the routed expert ids are not an "
                                "integer tensor")
-        idx = idx.reshape(idx.shape[0], -1) if idx.dim() > 1 else idx.reshape(-1, 1)
+        idx = idx.reshape(-1, idx.shape[-1]) if idx.dim() > 1 else idx.reshape(-1, 1)
         if self.top_k is None:
             self.top_k = int(idx.shape[1])
         E = self.experts
@@ -226,10 +226,14 @@ class RoutingRecorder:
         tokens[j] += int(idx.shape[0])
 
     # -------------------------------------------------------------- results
-    def counts(self, phase: str) -> Optional[list]:
-        """Per MoE layer, the tokens each expert got in ``phase`` (lists of ints), or None."""
+    def counts(self, phase: str, *, required: bool = False) -> Optional[list]:
+        """Per MoE layer, the tokens each expert got in ``phase`` (lists of ints), or None
+        (``required``: a MeasureError) when none was counted."""
         got = self._counts.get(phase)
         if got is None:
+            if required:
+                raise MeasureError(f"{phase}: no MoE layer routed a token while recording (the "
+                                   "hooks saw no experts call)")
             return None
         missing = [self.layer_ids[j] for j, c in enumerate(got) if c is None]
         if missing:
@@ -313,9 +317,10 @@ def record(model, *, prefill_ids=None, decode_prompts=None, decode_steps: int = 
         with RoutingRecorder(model, method=method) as rec:
             if prefill_ids is not None:
                 if prefill_ids.dim() != 2 or 0 in prefill_ids.shape:
-                    raise UserError(f"prefill ids must be [batch, length], got {list(prefill_ids.shape)}")
+                    raise UserError("prefill ids must be [batch, length], got "
+                                    f"{list(prefill_ids.shape)}")
                 _prefill(model, rec, prefill_ids)
-                phases["prefill"] = {"layers": rec.counts("prefill"),
+                phases["prefill"] = {"layers": rec.counts("prefill", required=True),
                                      "tokens": rec.tokens("prefill"),
                                      "sequences": int(prefill_ids.shape[0])}
             if decode_prompts is not None:
@@ -323,7 +328,8 @@ def record(model, *, prefill_ids=None, decode_prompts=None, decode_steps: int = 
                     raise UserError("decode prompts must be [batch, length], got "
                                     f"{list(decode_prompts.shape)}")
                 _decode(model, rec, decode_prompts, decode_steps)
-                phases["decode"] = {"layers": rec.counts("decode"), "tokens": rec.tokens("decode"),
+                phases["decode"] = {"layers": rec.counts("decode", required=True),
+                                    "tokens": rec.tokens("decode"),
                                     "sequences": int(decode_prompts.shape[0]),
                                     "steps": int(decode_steps)}
     finally:
