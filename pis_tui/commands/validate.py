@@ -38,6 +38,10 @@ def register(sub) -> None:
                     "context 256.")
     p.add_argument("--model", "-m", default="qwen2.5-0.5b",
                    help="preset, config.json path or directory, or a cached HF id (default qwen2.5-0.5b)")
+    p.add_argument("--layers", default=None, metavar="N",
+                   help="build only the first N decoder layers (every width, expert and the "
+                        "vocabulary as the model has them): a model too big to hold whole, "
+                        "validated at reduced depth")
     p.add_argument("--gpu", "-g", default="local", help="only 'local': validation runs here")
     p.add_argument("--strategy", "-s", default=None,
                    help="the pruning families (static_depth, static_width, low_rank, dynamic_depth, "
@@ -78,6 +82,10 @@ def register(sub) -> None:
                         "rewritten after every row")
     p.add_argument("--resume", action="store_true",
                    help="with --json FILE: keep the rows FILE already holds and time only the rest")
+    p.add_argument("--routing-dir", metavar="DIR", default=None,
+                   help="an MoE model: where the routing recorded from each model's timed "
+                        "forwards is written (default: FILE.routing/ beside --json FILE, else a "
+                        "new temporary directory); each row names its files")
     p.add_argument("--reuse-table", metavar="FILE", default=None,
                    help="op times measured on this device by 'pis-tui calibrate --out FILE' "
                         "(same torch/CUDA and timing method): used instead of measuring them again")
@@ -178,6 +186,7 @@ class _Plan:
     """What ``validate``'s arguments ask for, checked (one-line errors) before anything is
     measured."""
     spec: object
+    model: object  # what validate builds: the --model as given, or its --layers config dict
     strategies: list
     phases: tuple
     prefill_batches: list
@@ -218,10 +227,17 @@ def _plan(args: argparse.Namespace) -> _Plan:
     Scenario(prefill_batch=max(prefill_batches), prompt_len=args.prompt_len,
              decode_batch=max(decode_batches), context_len=args.context_len,
              dtype=dtype or "fp32")  # validates the numbers (one-line errors)
-    from ..hf.config import raw_config, check_buildable
+    from ..hf.config import raw_config, check_buildable, reduce_layers
 
-    _, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
+    raw, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
+    model = args.model
+    if args.layers is not None:
+        raw = reduce_layers(raw, spec, _one_int(args.layers, "--layers"))
+        raw, spec = raw_config(raw)
+        model = raw
     check_buildable(spec)
+    for st in strategies:  # a family this architecture cannot be built with: one line, now
+        check_buildable(spec, st.family, st.granularity)
     if args.tp > 1:
         _check_tp(args, spec)
     from ._run import check_align
@@ -231,8 +247,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
                          Scenario(dtype=dtype or "fp32"), explicit=args.align is not None,
                          families_flag="" if args.all_ else "--strategy"):
         print(f"pis-tui: warning: {w}", file=sys.stderr)
-    return _Plan(spec, strategies, phases, prefill_batches, decode_batches, dtype, tolerance,
-                 op_repeats)
+    return _Plan(spec, model, strategies, phases, prefill_batches, decode_batches, dtype,
+                 tolerance, op_repeats)
 
 
 def _check_tp(args: argparse.Namespace, spec) -> None:
@@ -242,6 +258,9 @@ def _check_tp(args: argparse.Namespace, spec) -> None:
     from ..model.tensor_parallel import check_model
     from ..timing.collectives import check_world
 
+    if spec.moe is not None:
+        raise UserError(f"{spec.name}: --tp is not offered for mixture-of-experts models (their "
+                        "experts are not sharded by validate's tensor-parallel wrappers)")
     check_model(spec, args.tp)
     if local_device().kind == "cpu":
         check_world(args.tp, local_device())  # a group this CPU cannot start: exit 2 now
@@ -289,7 +308,7 @@ def _time_rows(args: argparse.Namespace, plan: _Plan, cache, out: _RowsOut) -> l
     if args.tp > 1:
         from ..validation.tp import validate_tp
 
-        return validate_tp(args.model, plan.strategies, plan.phases, tp=args.tp,
+        return validate_tp(plan.model, plan.strategies, plan.phases, tp=args.tp,
                            prefill_batches=plan.prefill_batches, prompt_len=args.prompt_len,
                            decode_batches=plan.decode_batches, context_len=args.context_len,
                            dtype=plan.dtype, repeats=args.repeats, warmup=args.warmup,
@@ -297,13 +316,17 @@ def _time_rows(args: argparse.Namespace, plan: _Plan, cache, out: _RowsOut) -> l
                            op_repeats=plan.op_repeats)
     from .. import validation as v
 
-    return v.validate(args.model, plan.strategies, plan.phases,
+    routing_dir = args.routing_dir
+    if routing_dir is None and args.json_out and args.json_out != "-":
+        routing_dir = args.json_out + ".routing"
+    return v.validate(plan.model, plan.strategies, plan.phases,
                       prefill_batches=plan.prefill_batches, prompt_len=args.prompt_len,
                       decode_batches=plan.decode_batches, context_len=args.context_len,
                       dtype=plan.dtype, repeats=args.repeats, warmup=args.warmup, cache=cache,
                       on_progress=out.progress, on_row=out.on_row, op_repeats=plan.op_repeats,
                       tolerance=plan.tolerance, max_rounds=args.max_rounds,
-                      on_warning=out.warning, skip=out.skip if out.seen else None)
+                      on_warning=out.warning, skip=out.skip if out.seen else None,
+                      routing_dir=routing_dir)
 
 
 def _print_summary(con, s: dict, tolerance: float, args: argparse.Namespace) -> None:
@@ -410,8 +433,9 @@ def _row_line(r) -> str:
     flag = " [capture failed: eager]" if r.capture_failed else ""
     flag += f" [{_flags(r)}]" if _flags(r) else ""
     err = f"error {r.error:+.1%}" if r.stable else f"±{(r.measured_high - r.measured_low) / (2 * r.measured_speedup):.0%} after {r.pairs} pairs"
+    routed = f" [{r.routing['label']}]" if r.routing else ""
     return (f"{r.strategy} s={r.sparsity:g} {r.phase} b{r.batch}: predicted {r.predicted_speedup:.2f}× "
-            f"measured {_measured(r)}× ({err}){flag}")
+            f"measured {_measured(r)}× ({err}){flag}{routed}")
 
 
 def _timing_label(r) -> str:

@@ -58,11 +58,13 @@ class LowRank(Family):
 
     def validate_transform(self, model, built, seed):
         from ..hf.layout import PROJ_NAMES
-        from ..hf.modules import low_rank_linear
+        from ..hf.modules import low_rank_linear, mlp_name
 
         ranks = built.dims.ranks
         for layer in model.model.layers:
-            for parent in (layer.self_attn, layer.mlp):
+            # an MoE block holds no gate/up/down linear (its experts are 3-D weights): only a
+            # dense layer's MLP is factorised, as the prediction prices it
+            for parent in (layer.self_attn, getattr(layer, mlp_name(layer))):
                 for name in PROJ_NAMES:
                     lin = getattr(parent, name, None)
                     if lin is not None and name in ranks:

@@ -77,5 +77,17 @@ class StaticWidth(Family):
                     intermediate_size=kept_intermediate(spec, strategy.effective_sparsity,
                                                         strategy.align, tp))
 
+    def validate_transform(self, model, built, seed):
+        """OLMoE normalises q and k over all the heads at once, its norms sized from the
+        hidden size: with fewer heads they are sized to the kept heads' q and k."""
+        for a in model.modules():
+            for norm, proj in (("q_norm", "q_proj"), ("k_norm", "k_proj")):
+                n, lin = getattr(a, norm, None), getattr(a, proj, None)
+                w = getattr(n, "weight", None)
+                if w is None or not hasattr(lin, "out_features"):
+                    continue
+                if w.shape[0] not in (lin.out_features, getattr(a, "head_dim", -1)):
+                    setattr(a, norm, type(n)(lin.out_features, eps=n.variance_epsilon))
+
 
 FAMILY = StaticWidth()

@@ -17,8 +17,19 @@ from ..model.spec import ModelSpec, load_model_spec, load_preset_config, preset_
 #: model's config can say the pruned shape (its layer count; Phi-3's heads and channels) or a
 #: wrapper runs the block as the layer's own forward does.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text", "gemma2", "phi3",
-                         "opt", "gpt2", "gpt_neox")
+                         "opt", "gpt2", "gpt_neox") + ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe",
+                                                        "granitemoe")
+#: the mixture-of-experts model types validate builds (transformers' own classes, their experts
+#: run through ``grouped_mm``): the families that act on their attention, their layers, their
+#: shared experts and dense layers (never on the routed experts: no family prunes those yet)
+MOE_MODEL_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe")
+_MOE_FAMILIES = ("dense", "static_depth", "static_width", "low_rank", "dynamic_depth",
+                 "semi_structured_24", "unstructured", "dynamic_sparse_attention")
 VALIDATE_FAMILIES = {
+    **{t: _MOE_FAMILIES for t in MOE_MODEL_TYPES},
+    # Qwen2-MoE's shared expert is a gate_proj/up_proj pair the prediction prices as one fused
+    # gate_up GEMM: a low-rank factor of the pair is not the factor of the fused one
+    "qwen2_moe": tuple(f for f in _MOE_FAMILIES if f != "low_rank"),
     "gemma2": ("dense", "static_depth", "static_width", "low_rank", "dynamic_depth",
                "semi_structured_24", "unstructured"),
     "phi3": ("dense", "static_depth", "static_width"),
@@ -33,6 +44,18 @@ CONFIG_KEYS = {
     "gpt2": {"layers": "n_layer", "hidden": "n_embd", "heads": "n_head", "inter": "n_inner"},
     "gpt_neox": {"layers": "num_hidden_layers", "hidden": "hidden_size",
                  "heads": "num_attention_heads", "inter": "intermediate_size"},
+    # intermediate_size is these models' routed experts' width, which no family prunes: the
+    # pruned MLP width has no key (their MoE layers have no dense or shared MLP to cut)
+    **{t: {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+           "kv": "num_key_value_heads", "head_dim": "head_dim"}
+       for t in ("mixtral", "olmoe", "granitemoe")},
+}
+#: why a family cannot act on an MoE model validate builds (the one line it is refused with)
+MOE_REFUSED = {
+    "static_width_hidden": "the hidden size runs through every routed expert and the router, "
+                           "which no family prunes",
+    "low_rank": "its shared expert's gate and up projections are priced as one fused GEMM, "
+                "whose low-rank factor is not theirs",
 }
 _LLAMA_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                "kv": "num_key_value_heads", "head_dim": "head_dim", "inter": "intermediate_size"}
@@ -88,6 +111,10 @@ def check_buildable(spec: ModelSpec, family: Optional[str] = None, granularity: 
     if family is not None and allowed is not None:
         parts = family.split("+")
         bad = [f for f in parts if f not in allowed]
+        if bad and spec.model_type in MOE_MODEL_TYPES:
+            why = MOE_REFUSED.get(bad[0], "it has no build for mixture-of-experts models")
+            raise UserError(f"{spec.name}: validate cannot build a {spec.model_type} model pruned "
+                            f"by {bad[0]}: {why} (it builds {', '.join(allowed[1:])})")
         if bad:
             raise UserError(f"{spec.name}: validate builds {spec.model_type} models pruned by "
                             f"{', '.join(allowed[1:])} only, not {bad[0]} (its estimate stands "
@@ -158,11 +185,13 @@ def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
         qh, kvh, inter = rank_widths(dims.to_dict())
         cfg.update(num_attention_heads=qh, num_key_value_heads=kvh, intermediate_size=inter,
                    vocab_size=vocab_per_rank(spec.vocab_size, dims.tp))
-    if spec.model_type in ("qwen2", "qwen3"):
+    if spec.model_type in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe"):
         cfg["use_sliding_window"] = False
         cfg["max_window_layers"] = dims.num_layers
-    if spec.model_type == "mistral":
+    if spec.model_type in ("mistral", "mixtral"):
         cfg["sliding_window"] = None
+    if spec.model_type in MOE_MODEL_TYPES:
+        _moe_config(cfg, spec, dims)
     vocab = cfg.get("vocab_size")
     for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
         v = cfg.get(k)
@@ -174,9 +203,56 @@ def hf_config(raw: dict, spec: ModelSpec, dims: PrunedDims):
         raise UserError(f"{spec.name}: cannot build a {spec.model_type} config ({e})") from None
     # a soft-capped model (Gemma 2) runs transformers' eager attention: SDPA cannot soft-cap
     config._attn_implementation = "eager" if cfg.get("attn_logit_softcapping") else "sdpa"
+    if spec.model_type in MOE_MODEL_TYPES:
+        # the experts as one grouped GEMM per projection (torch.nn.functional.grouped_mm over
+        # the experts that got tokens), as the prediction prices them; never batched_mm, which
+        # copies every token's expert weights.  Asked for by name, transformers raises where
+        # grouped_mm cannot run instead of falling back to its loop
+        config._experts_implementation = EXPERTS_IMPL
     if dims.tp > 1:
         config.pis_full_vocab = spec.vocab_size  # the ids a rank's inputs are drawn from
     return config
+
+
+#: how validate's MoE models run their experts (transformers' ``experts_implementation``)
+EXPERTS_IMPL = "grouped_mm"
+
+
+def _moe_config(cfg: dict, spec: ModelSpec, dims: PrunedDims) -> None:
+    """An MoE config's keys for the pruned dims: a static-depth model's dense layers
+    (``mlp_only_layers``) kept where they fall, Qwen2-MoE's shared expert cut by the share of
+    the dense MLP width kept (as the prediction prices it); the routed experts are untouched."""
+    only = cfg.get("mlp_only_layers")
+    if isinstance(only, list):
+        cfg["mlp_only_layers"] = [i for i in only if isinstance(i, int) and i < dims.num_layers]
+    shared = cfg.get("shared_expert_intermediate_size")
+    if isinstance(shared, int) and shared > 0 and spec.intermediate_size:
+        cfg["shared_expert_intermediate_size"] = max(
+            1, round(shared * dims.intermediate_size / spec.intermediate_size))
+
+
+def reduce_layers(raw: dict, spec: ModelSpec, layers: int) -> dict:
+    """The raw config of ``spec`` with only its first ``layers`` decoder layers (its real
+    widths, experts and vocabulary): what ``validate --layers`` builds for a model too big to
+    hold whole.  Named ``<model>-<layers>L``; one-line errors for a count outside 1…L."""
+    L = spec.num_layers
+    if not isinstance(layers, int) or isinstance(layers, bool) or not 1 <= layers <= L:
+        raise UserError(f"--layers {layers!r}: {spec.name} has {L} decoder layers (give 1…{L})")
+    cfg = dict(raw)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in cfg:
+            cfg[key] = layers
+    if "num_hidden_layers" not in cfg and "n_layer" not in cfg and "num_layers" not in cfg:
+        cfg["num_hidden_layers"] = layers
+    for key in ("layer_types",):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = cfg[key][:layers]
+    if isinstance(cfg.get("mlp_only_layers"), list):
+        cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if isinstance(i, int) and i < layers]
+    if isinstance(cfg.get("max_window_layers"), int):
+        cfg["max_window_layers"] = min(cfg["max_window_layers"], layers)
+    cfg["_name"] = f"{spec.name}-{layers}L" if layers < L else spec.name
+    return cfg
 
 
 def torch_dtype(name: str, unknown: Optional[Callable[[str], Exception]] = None):

@@ -75,7 +75,12 @@ def apply_masks(built, seed: int) -> None:
                                  [0, 1, 1, 0], [0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.bool)
         pool = patterns[torch.randint(0, 6, (pool_n // 4,), generator=g)].reshape(-1)
     pool = pool.to(built.device)
-    linears = list(decoder_linears(built.model).items())
+    if built.spec.moe is not None:  # attention, dense-layer and shared-expert linears
+        from .modules import moe_linears
+
+        linears = list(moe_linears(built.model).items())
+    else:
+        linears = list(decoder_linears(built.model).items())
     with torch.no_grad():
         for _, lin in linears:
             w = lin.weight

@@ -59,29 +59,67 @@ def _low_rank_class():
 ATTN_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm")
 
 
+def mlp_name(layer) -> str:
+    """The attribute of a decoder layer's MLP block: ``mlp``, or Granite-MoE's
+    ``block_sparse_moe``."""
+    return "block_sparse_moe" if hasattr(layer, "block_sparse_moe") else "mlp"
+
+
 def mlp_parts(layer) -> tuple:
     """A decoder layer's MLP-block modules: Gemma 2/3 norm before and after the MLP, the Llama
     layout before it (its ``post_attention_layernorm``)."""
     if hasattr(layer, "pre_feedforward_layernorm"):
         return ("pre_feedforward_layernorm", "mlp", "post_feedforward_layernorm")
-    return ("post_attention_layernorm", "mlp")
+    return ("post_attention_layernorm", mlp_name(layer))
+
+
+def moe_linears(model) -> dict:
+    """The nn.Linear weights of an MoE model's decoder a linear-replacing family acts on, by
+    name: each layer's attention q/k/v/o, a dense layer's gate/up/down and the shared
+    expert's (Qwen2-MoE); the router and the routed experts (3-D weights) are not linears any
+    family prunes."""
+    import torch.nn as nn
+
+    from ..hf.layout import ATTN_LINEARS, MLP_LINEARS
+
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        attn = getattr(layer, "self_attn", None)
+        block = getattr(layer, mlp_name(layer), None)
+        parts = [("self_attn", attn, ATTN_LINEARS), (mlp_name(layer), block, MLP_LINEARS),
+                 (f"{mlp_name(layer)}.shared_expert", getattr(block, "shared_expert", None),
+                  MLP_LINEARS)]
+        for part, mod, names in parts:
+            for n in names:
+                lin = getattr(mod, n, None) if mod is not None else None
+                if isinstance(lin, nn.Linear):
+                    out[f"layers.{i}.{part}.{n}"] = lin
+    return out
+
+
+def _scaled(layer, branch):
+    """Granite's residual multiplier on a branch (the layer's own forward scales both)."""
+    mult = getattr(layer, "residual_multiplier", None)
+    return branch * mult if mult is not None else branch
 
 
 def attn_branch(layer, x, **kw):
     """What the attention block adds to the residual, as the layer's own forward computes it:
-    ``self_attn(input_layernorm(x))``, then Gemma's ``post_attention_layernorm``."""
+    ``self_attn(input_layernorm(x))``, then Gemma's ``post_attention_layernorm`` (Granite:
+    times its ``residual_multiplier``)."""
     a, _ = layer.self_attn(hidden_states=layer.input_layernorm(x), **kw)
     if hasattr(layer, "pre_feedforward_layernorm"):
         a = layer.post_attention_layernorm(a)
-    return a
+    return _scaled(layer, a)
 
 
 def mlp_branch(layer, x):
     """What the MLP block adds to the residual: the Llama layout's ``mlp(post_attention_layernorm
-    (x))``, Gemma's ``post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))``."""
+    (x))`` (an MoE block in its place; Granite: times its ``residual_multiplier``), Gemma's
+    ``post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))``."""
     if hasattr(layer, "pre_feedforward_layernorm"):
         return layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
-    return layer.mlp(layer.post_attention_layernorm(x))
+    return _scaled(layer, getattr(layer, mlp_name(layer))(layer.post_attention_layernorm(x)))
 
 
 def _half_layer_class():
@@ -101,6 +139,8 @@ def _half_layer_class():
                     setattr(self, name, getattr(layer, name))
             if not keep_attn and hasattr(layer, "pre_feedforward_layernorm"):
                 self.pre_feedforward_layernorm = layer.pre_feedforward_layernorm  # marks the layout
+            if hasattr(layer, "residual_multiplier"):  # Granite
+                self.residual_multiplier = layer.residual_multiplier
 
         def forward(self, hidden_states, **kw):
             x = hidden_states
@@ -192,6 +232,11 @@ def _routed_layer_class():
             self.attn_router = nn.Linear(hidden, 1, bias=False, dtype=dt)
             self.mlp_router = nn.Linear(hidden, 1, bias=False, dtype=dt)
             self.plan = {"attn": run_attn, "mlp": run_mlp}
+            name = mlp_name(layer)
+            if hasattr(getattr(layer, name, None), "experts"):
+                # an MoE block shown as this layer's child too (the same module, not a copy),
+                # where a routing recorder looks for it
+                setattr(self, name, getattr(layer, name))
             self.kept_share: dict = {}  # last routing: sublayer → share of tokens kept
 
         def _attn(self, x, kw, pe=None, pos=None, cache=None, cache_name=None):

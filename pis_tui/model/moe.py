@@ -251,7 +251,10 @@ def _histogram(path: Path, experts: int, moe_layers: int, phase: Optional[str] =
             raise UserError(f"{path}: {where}layer {i}: counts must be non-negative with a positive sum")
         tot = float(sum(counts))
         shares.append(tuple(round(c / tot, 9) for c in counts))
-    if len(shares) not in (1, moe_layers):
+    # a record of a pruned model that runs fewer of this model's MoE layers (static depth)
+    # names the model it was pruned from: its layers are the ones that run
+    kept = data.get("pruned_from_moe_layers") == moe_layers and len(shares) < moe_layers
+    if len(shares) not in (1, moe_layers) and not kept:
         raise UserError(f"{path}: {len(shares)} layers of {where}counts; this model has {moe_layers} "
                         "MoE layers (or give one list for all)")
     digest = hashlib.sha1(repr(shares).encode()).hexdigest()[:10]

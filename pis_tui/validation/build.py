@@ -98,11 +98,30 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: Strategy, *, device: s
         m.config._attn_implementation = ATTN_IMPL
     # else: a soft-capped model keeps transformers' eager attention, which SDPA cannot replace
     fam.validate_finish(built, seed)  # masks, another attention implementation
+    if spec.moe is not None:
+        _check_experts(built)
     if tp > 1:
         from ..hf.modules import tensor_parallel
 
         tensor_parallel(built, rank, tp)
     return built
+
+
+#: the names transformers' MoE blocks give their router (Qwen-MoE, Mixtral, OLMoE: gate;
+#: Granite-MoE: router)
+ROUTER_NAMES = ("gate", "router")
+
+
+def _check_experts(built: BuiltModel) -> None:
+    """An MoE model runs its experts through ``grouped_mm`` (never ``batched_mm``, which copies
+    each token's expert weights, nor the per-expert loop the prediction does not price)."""
+    from ..hf.config import EXPERTS_IMPL
+
+    impl = getattr(built.model.config, "_experts_implementation", None)
+    if impl != EXPERTS_IMPL:
+        raise MeasureError(f"{built.spec.name}: transformers runs its experts with {impl!r}, "
+                           f"not {EXPERTS_IMPL!r}: the timing would not be of the priced kernels")
+    built.notes.append(f"experts: transformers' {EXPERTS_IMPL} (torch.nn.functional.grouped_mm)")
 
 
 def _fast_init(m, seed: int) -> None:
@@ -122,6 +141,11 @@ def _fast_init(m, seed: int) -> None:
                     continue
                 if pname == "bias":
                     p.zero_()
+                    continue
+                if mod_name.rsplit(".", 1)[-1] in ROUTER_NAMES and p.dim() == 2:
+                    # an MoE router: drawn for real (it is small), so no two experts share a
+                    # row of scores, as the tiled pool would give every pool_n / H rows
+                    p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
                     continue
                 key = (p.dtype, p.device)
                 if key not in by_dtype:

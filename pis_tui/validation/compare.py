@@ -112,6 +112,11 @@ class ValidationRow:
     #: collectives' time, the collectives measured (with their spread) and whether one was
     #: unstable; None on one device
     tp: Optional[dict] = None
+    #: an MoE model: the routing each prediction was made from, recorded from the model's own
+    #: timed forwards (``{"dense": …, "pruned": …}``, each a
+    #: :class:`pis_tui.validation.routing_files.RecordedRouting` dict with its file); None for a
+    #: dense model
+    routing: Optional[dict] = None
 
     @property
     def status(self) -> str:
@@ -146,6 +151,8 @@ class ValidationRow:
             d["error"] = None
         if self.tp is not None:
             d["tp"] = self.tp
+        if self.routing is not None:
+            d["routing"] = self.routing
         if full:
             for k in ("flops_speedup", "flops_error", "timing_source", "measured_spread",
                       "dense_spread", "repeats", "granularity", "capture_error", "pairs",
@@ -194,7 +201,8 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
              probe_overhead: bool = True, probes: Optional[dict] = None,
              skip: Optional[Callable[[Strategy, str, int, int], bool]] = None,
              tolerance: float = TOLERANCE, max_rounds: int = MAX_ROUNDS,
-             on_warning: Optional[Callable[[str], None]] = None) -> list:
+             on_warning: Optional[Callable[[str], None]] = None,
+             routing_dir: Optional[str] = None) -> list:
     """Build each pruned model, time it against the dense one (interleaved), and compare the
     measured speedups with pis-tui's predictions.  Returns one :class:`ValidationRow` per
     strategy × phase × batch (``prefill_batches``, if given, replaces ``prefill_batch``).
@@ -213,7 +221,11 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     interval is within ``tolerance`` or ``max_rounds`` rounds were taken (then the row is
     unstable: :mod:`pis_tui.validation.stability`); a measured speedup whose interval lies
     above the family's physical ceiling is flagged ``above_ceiling``; on the CPU the machine
-    is probed for contention before each round and ``on_warning`` hears when it is busy."""
+    is probed for contention before each round and ``on_warning`` hears when it is busy.
+
+    An MoE model's predictions use each built model's own routing (dense and pruned apart),
+    recorded from the forwards it times (:mod:`pis_tui.validation.routing_files`) into
+    ``routing_dir`` (a new temporary directory if None): each row names its files."""
     import torch
 
     say = on_progress or (lambda msg: None)
@@ -244,10 +256,16 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                        "latencies read low (the estimates' notes say so)")
     elif device == "cpu" and probe_overhead:
         _probe_overheads(raw, spec, cases, times, dtype, cache, probes, say)
-    _measure_prediction_ops(spec, strategies, cases, times, dtype, device, say)
+    if spec.moe is None:
+        _measure_prediction_ops(spec, strategies, cases, times, dtype, device, say)
+    else:  # the ops hang on each model's recorded routing: measured as each row predicts
+        import tempfile
+
+        routing_dir = routing_dir or tempfile.mkdtemp(prefix="pis-tui-validate-routing-")
     timer = _RowTimer(raw, spec, dtype, device, times, cache, say, seed=seed, repeats=repeats,
                       warmup=warmup, tolerance=tolerance, max_rounds=max_rounds,
-                      contention=_ContentionWatch(device, on_warning), on_row=on_row)
+                      contention=_ContentionWatch(device, on_warning), on_row=on_row,
+                      routing_dir=routing_dir)
     say(f"building dense {spec.name} ({dtype}, {device})")
     dense = build_from_spec(raw, spec, Strategy("dense"), device=device, dtype=dtype, seed=seed)
     try:
@@ -272,12 +290,13 @@ def _cases(phases, prefill_batches: tuple, prompt_len: int, decode_batches,
     return cases
 
 
-def _scenario(ph: str, b: int, length: int, dtype: str) -> Scenario:
-    """The scenario of one row: batch and length on its phase's side, 1 on the other."""
+def _scenario(ph: str, b: int, length: int, dtype: str, routing: str = "balanced") -> Scenario:
+    """The scenario of one row: batch and length on its phase's side, 1 on the other (an MoE
+    model's: the routing file recorded from the model the prediction is of)."""
     return Scenario(prefill_batch=b if ph == "prefill" else 1,
                     prompt_len=length if ph == "prefill" else 1,
                     decode_batch=b if ph == "decode" else 1,
-                    context_len=length if ph == "decode" else 1, dtype=dtype)
+                    context_len=length if ph == "decode" else 1, dtype=dtype, routing=routing)
 
 
 def _check_memory(spec: ModelSpec, strategies: list, cases: list, dtype: str, device: str,
@@ -375,7 +394,8 @@ class _RowTimer:
     def __init__(self, raw: dict, spec: ModelSpec, dtype: str, device: str, times: OpTimes,
                  cache, say: Callable[[str], None], *, seed: int, repeats: int, warmup: int,
                  tolerance: float, max_rounds: int, contention: _ContentionWatch,
-                 on_row: Optional[Callable[[ValidationRow], None]]):
+                 on_row: Optional[Callable[[ValidationRow], None]],
+                 routing_dir: Optional[str] = None):
         self.raw, self.spec, self.dtype, self.device = raw, spec, dtype, device
         self.times, self.cache, self.say = times, cache, say
         self.seed, self.repeats, self.warmup = seed, repeats, warmup
@@ -383,6 +403,8 @@ class _RowTimer:
         self.contention, self.on_row = contention, on_row
         self.rows: list = []
         self.dense_pred: dict = {}
+        self.routing_dir = routing_dir
+        self.dense_routing: dict = {}  # case → the dense model's RecordedRouting
 
     def time_strategy(self, dense, strat: Strategy, cases: list) -> None:
         """Build the pruned model of ``strat`` and time each of its rows; its memory is freed
@@ -398,26 +420,60 @@ class _RowTimer:
             _release(self.device)
 
     def _row(self, dense, pruned, strat: Strategy, ph: str, b: int, length: int) -> ValidationRow:
-        """One row: the two predictions, then the two models timed end to end."""
-        scen = _scenario(ph, b, length, self.dtype)
-        self.say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: predicting")
-        if (ph, b, length) not in self.dense_pred:
-            self.dense_pred[(ph, b, length)] = predict(self.spec, Strategy("dense"), scen, ph,
-                                                       self.times)
-        pe = predict(self.spec, strat, scen, ph, self.times)
-        de = self.dense_pred[(ph, b, length)]
-        self.say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: timing end to end")
+        """One row: the two predictions, then the two models timed end to end.  An MoE model's
+        runs are prepared first and each model's routing recorded from them: each prediction
+        is made from its own model's."""
         runs = [PhaseRun(dense, ph, b, length, seed=self.seed),
                 PhaseRun(pruned, ph, b, length, seed=self.seed)]
-        st, failed = self._time_pair(runs, strat, ph, b)
-        return _compared_row(strat, ph, b, length, de, pe, st, runs, failed, pruned, self.times)
+        case = (ph, b, length)
+        routing = None
+        scen = dense_scen = _scenario(ph, b, length, self.dtype)
+        if self.spec.moe is not None:
+            routing = self._record(runs, strat, case)
+            dense_scen = _scenario(ph, b, length, self.dtype, routing["dense"]["path"])
+            scen = _scenario(ph, b, length, self.dtype, routing["pruned"]["path"])
+        self.say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: predicting")
+        if case not in self.dense_pred:
+            self.dense_pred[case] = predict(self.spec, Strategy("dense"), dense_scen, ph,
+                                            self.times)
+        pe = predict(self.spec, strat, scen, ph, self.times)
+        de = self.dense_pred[case]
+        self.say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: timing end to end")
+        st, failed = self._time_pair(runs, strat, ph, b, prepared=routing is not None)
+        row = _compared_row(strat, ph, b, length, de, pe, st, runs, failed, pruned, self.times)
+        row.routing = routing
+        return row
 
-    def _time_pair(self, runs: list, strat: Strategy, ph: str, b: int) -> tuple:
+    def _record(self, runs: list, strat: Strategy, case: tuple) -> dict:
+        """Prepare both runs and record each model's routing from them (the dense model's once
+        per case: the same model, the same inputs); the runs are closed if this fails."""
+        from .routing_files import record_row
+
+        ph, b, length = case
+        self.say(f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: recording the routing")
+        try:
+            for r in runs:
+                r.prepare()
+            if case not in self.dense_routing:
+                self.dense_routing[case] = record_row(
+                    runs[0].built, runs[0], self.routing_dir, _label("dense", ph, b, length))
+            rec = record_row(runs[1].built, runs[1], self.routing_dir,
+                             _label(f"{strat.token}_s{strat.sparsity:g}", ph, b, length),
+                             dense_moe_layers=self.dense_routing[case].moe_layers)
+        except BaseException:
+            for r in runs:
+                r.close()
+            raise
+        return {"dense": self.dense_routing[case].to_dict(), "pruned": rec.to_dict(),
+                "label": rec.label()}
+
+    def _time_pair(self, runs: list, strat: Strategy, ph: str, b: int,
+                   prepared: bool = False) -> tuple:
         """The measured speedup of the pruned run over the dense one (both eager when either
         capture failed), and the failed captures as (who, run); a run that fails raises
         :class:`MeasureError`.  The runs are closed after, whatever happened."""
         try:
-            for r in runs:
+            for r in runs if not prepared else ():
                 r.prepare()
             failed = [(who, r) for who, r in zip(("dense", "pruned"), runs)
                       if r.capture == "failed"]
@@ -452,6 +508,13 @@ class _RowTimer:
             self.cache.put_validation([validation_record(row, self.spec, self.dtype, self.device)])
         if self.on_row:
             self.on_row(row)
+
+
+def _label(who: str, ph: str, b: int, length: int) -> str:
+    """A routing file's name: the model, the phase, the batch and the length."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{who}_{ph}_b{b}_L{length}")
 
 
 def _compared_row(strat: Strategy, ph: str, b: int, length: int, de, pe, st, runs: list,
