@@ -236,3 +236,19 @@ def test_the_explorer_prices_an_moe_preset(tmp_path):
     grouped = [p.op for e in snap.result.estimates for p in e.ops if p.op.op_type == "grouped_gemm"]
     assert grouped and all("touched=" in g.shape() and "/expert" in g.shape() for g in grouped)
     assert snap.result.spec.moe.experts == 128
+
+
+def test_a_recording_at_reduced_depth_prices_its_mean_layer_for_every_layer(tmp_path):
+    """`pis-tui routing --layers 2` of a 4-layer model: its two layers' mean for all four; a
+    plain histogram of 2 layers for a 4-layer model is still refused (it names no recording)."""
+    h = tmp_path / "rec.json"
+    h.write_text(json.dumps({"format": moe.HISTOGRAM_FORMAT, "layers": [[4, 0, 0, 0], [0, 4, 0, 0]]}))
+    r = moe.routing(str(h), 4, moe_layers=4)
+    assert len(r.shares) == 2
+    assert moe.mean_step(8, 1, r).distinct == pytest.approx(1.0)
+    h.write_text(json.dumps({"format": moe.HISTOGRAM_FORMAT, "layers": [[1, 1, 1, 1]] * 5}))
+    with pytest.raises(UserError, match="5 layers of counts; this model has 4"):
+        moe.routing(str(h), 4, moe_layers=4)
+    h.write_text(json.dumps({"layers": [[1, 1, 1, 1]] * 2}))
+    with pytest.raises(UserError, match="2 layers of counts; this model has 4"):
+        moe.routing(str(h), 4, moe_layers=4)

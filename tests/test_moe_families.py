@@ -136,3 +136,61 @@ def test_expert_pruning_pays_off_with_the_batch():
     sp = list(curve.speedups.values())[0]
     assert sp[0] == pytest.approx(1.0, abs=0.02)
     assert sp[1] > sp[0] + 0.05 and sp[2] > sp[1]
+
+
+def test_the_plan_counts_every_resident_expert_and_the_gpus_it_needs():
+    """Qwen3-30B-A3B in bf16 is 30.5 B parameters, 61 GB: it needs 2 H100s (72 GB usable each)
+    for 64 chat sequences at once; half its experts pruned, one."""
+    from pis_tui.decide.deployment import plan
+    from pis_tui.model.workload import single
+
+    r = plan("qwen3-30b-a3b", "h100-sxm", single("chat", concurrency=64),
+             strategies=["expert_pruning"], sparsities=[0.5])
+    d = r.dense
+    assert 60e9 < d.weights_bytes < 62e9  # every expert resident (30.5 B × 2 bytes)
+    p = next(c for c in r.candidates if c.strategy == "expert_pruning")
+    assert p.weights_bytes < 0.55 * d.weights_bytes
+    assert d.gpus_needed == 2 and p.gpus_needed == 1
+    assert p.max_sequences > 2 * d.max_sequences
+
+
+def test_gpus_needed_by_hand():
+    from pis_tui.pricing.memory import gpus_needed
+
+    # 100 GB of weights, 1 GB a sequence, 10 sequences, 72 GB a GPU: tp 2 holds 50 + 5
+    assert gpus_needed(72e9, 100e9, 1e9, 10, kv_heads=8) == 2
+    # 8 KV heads: beyond 8 GPUs the KV cache no longer shrinks
+    assert gpus_needed(72e9, 10e9, 1e9, 1000, kv_heads=8) is None
+    assert gpus_needed(72e9, 10e9, 1e9, 10, kv_heads=8) == 1
+
+
+def test_a_moe_sweep_carries_its_batch_curve_to_where_every_expert_is_touched():
+    from pis_tui.decide.sweep import sweep
+
+    r = sweep("olmoe-1b-7b", "h200-sxm", Scenario(), ["expert_pruning"], [0.5])
+    c = r.batch_curve
+    assert c is not None and c.batches[0] == 1
+    assert c.experts_touched[-1] >= 0.99 * 64 and c.experts_touched[-2] < 0.99 * 64
+    assert "expert_pruning 50%" in c.speedups
+    dense = sweep("llama-3.1-8b", "h200-sxm", Scenario(), ["static_depth"], [0.5])
+    assert dense.batch_curve is None
+
+
+def test_a_given_distribution_of_k_is_priced_and_checked_against_the_model():
+    from pis_tui.families.strategy import from_token
+
+    s = from_token("dynamic_topk@k6:0.5/8:0.5")
+    assert s.k_dist == ((6, 0.5), (8, 0.5)) and s.token == "dynamic_topk@k6:0.5/8:0.5"
+    po = build_phase_ops(QWEN, s, Scenario(decode_batch=4), "decode")
+    g = grouped(po)
+    assert g.k_dist == ((6, 0.5), (8, 0.5)) and g.rows == pytest.approx(4 * 7)
+    assert po.achieved_sparsity == pytest.approx(1 / 8)
+    with pytest.raises(UserError, match="k=9 is outside 1…8"):
+        build_phase_ops(QWEN, from_token("dynamic_topk@k6:0.5/9:0.5"), Scenario(), "decode")
+    with pytest.raises(UserError, match="sum to 1"):
+        from_token("dynamic_topk@k6:0.5/8:0.4")
+    with pytest.raises(UserError, match="belongs to dynamic_topk"):
+        from_token("topk_reduction@k6:1")
+    r = run_cli("ops", "--model", "mixtral-8x7b", "--strategy", "dynamic_topk@k1:0.5/3:0.5",
+                "--gpu", "h200-sxm")
+    assert r.returncode == 2 and "k=3 is outside 1…2" in r.stderr

@@ -58,3 +58,25 @@ def source_line(result) -> str:
 
     parts = [f"{n} {k}" for k, n in ordered(result.source_summary())]
     return "distinct kernels by timing source: " + ", ".join(parts)
+
+
+def batch_table(curve, title: str = ""):
+    """Decode speedup by batch (:class:`pis_tui.decide.batch_curve.BatchCurve`): dense's step,
+    an MoE model's experts touched, each strategy's speedup."""
+    from rich.table import Table
+
+    t = Table(title=title or None, title_justify="left")
+    t.add_column("batch", justify="right")
+    t.add_column("dense ms", justify="right")
+    if curve.experts_touched is not None:
+        t.add_column(f"experts touched (of {curve.experts})", justify="right")
+    for name in curve.speedups:
+        t.add_column(name, justify="right")
+    for i, b in enumerate(curve.batches):
+        row = [str(b), f"{curve.dense_ms[i]:.3f}"]
+        if curve.experts_touched is not None:
+            row.append(f"{curve.experts_touched[i]:.1f}")
+        row += [f"{curve.speedups[n][i]:.2f}×" for n in curve.speedups]
+        t.add_row(*row)
+    return t
+

@@ -11,7 +11,9 @@ def register(sub) -> None:
     add_model_gpu(p)
     p.add_argument("--strategies", default=None,
                    help="comma-separated family@sparsity (default: static_depth@0.5,"
-                        "static_width@0.5,low_rank@0.5,dynamic_depth@0.5)")
+                        "static_width@0.5,low_rank@0.5,dynamic_depth@0.5; a mixture of experts: "
+                        "static_depth@0.5,expert_pruning@0.5,topk_reduction@0.5,"
+                        "dynamic_topk@0.25,expert_slimming@0.5)")
     p.add_argument("--batches", default=None,
                    help="comma-separated decode batches (default 1,2,4,…,256)")
     add_scenario(p)
@@ -58,11 +60,10 @@ def _batches(text):
 
 
 def run(args) -> int:
-    from rich.table import Table
-
     from ..decide.batch_curve import BATCHES, batch_curve
     from ..decide.sweep import check_collectives, make_estimator, resolve, tensor_parallel_device
     from ._run import open_cache_if_local, scenario_from_args
+    from ._tables import batch_table
     from .common import align_of, console, resolve_gpu
 
     spec, device = resolve(args.model, resolve_gpu(args.gpu))
@@ -82,20 +83,7 @@ def run(args) -> int:
     con = console()
     con.print(f"[bold]{spec.name}[/] · decode @ {scenario.context_len} · {device.display_name} · "
               f"{scenario.dtype} · {scenario.engine} kernels: speedup over dense by decode batch")
-    t = Table(title_justify="left")
-    t.add_column("batch", justify="right")
-    t.add_column("dense ms", justify="right")
-    if curve.experts_touched is not None:
-        t.add_column(f"experts touched (of {curve.experts})", justify="right")
-    for name in curve.speedups:
-        t.add_column(name, justify="right")
-    for i, b in enumerate(curve.batches):
-        row = [str(b), f"{curve.dense_ms[i]:.3f}"]
-        if curve.experts_touched is not None:
-            row.append(f"{curve.experts_touched[i]:.1f}")
-        row += [f"{curve.speedups[n][i]:.2f}×" for n in curve.speedups]
-        t.add_row(*row)
-    con.print(t)
+    con.print(batch_table(curve))
     for name in curve.speedups:
         con.print(f"{name}: largest at batch {curve.best_batch(name)}", markup=False)
     con.print("estimates (sources as in `pis-tui ops`); routing: " + scenario.routing, markup=False)

@@ -78,7 +78,9 @@ def run(args) -> int:
         parts = " (" + " + ".join(f"{f} {s:.1%} → {a:.1%}" for (f, s), a in
                                   zip(strat.parts, po.part_achieved)) + ", composed)"
     con.print(f"[bold]{escape(spec.name)}[/] · {strat.family} ({family_axis(strat.family)}) "
-              f"asked {strat.sparsity:.1%}, achieved {po.achieved_sparsity:.1%}{parts} · "
+              + (f"asked {escape(strat.token.split('@', 1)[1])}" if strat.k_dist
+                 else f"asked {strat.sparsity:.1%}")
+              + f", achieved {po.achieved_sparsity:.1%}{parts} · "
               f"{scenario.label(args.phase)} · {escape(device.display_name)} · {scenario.dtype} · "
               f"{scenario.engine} kernels")
     for k, v in po.dims:

@@ -207,8 +207,17 @@ def pick_lines(result, c, objective: str, label: str, rec=None) -> list[str]:
     out.append(f"  memory: weights {_gb(c.weights_bytes)} GB (dense {_gb(d.weights_bytes)}) · KV "
                f"{_kib(c.kv_bytes_per_token)}/token (dense {_kib(d.kv_bytes_per_token)}) · fits "
                f"{sequences_text(c)} sequences (dense {sequences_text(d)}) · headroom at {conc} "
-               f"{_gb(headroom_bytes(c, result))} GB (dense {_gb(headroom_bytes(d, result))})")
+               f"{_gb(headroom_bytes(c, result))} GB (dense {_gb(headroom_bytes(d, result))})"
+               + (f" · needs {gpus_text(c.gpus_needed)} at {conc} (dense {gpus_text(d.gpus_needed)})"
+                  if c.gpus_needed != 0 else ""))
     return out
+
+
+def gpus_text(n) -> str:
+    """``1 GPU``, ``2 GPUs`` (tensor-parallel), or more than a node's 8."""
+    if n is None:
+        return "more than 8 GPUs"
+    return f"{n} GPU{'s' if n > 1 else ''}"
 
 
 #: the status column on a narrow terminal
@@ -251,9 +260,12 @@ def print_plan(con, result, rec) -> None:
     # what decides first, so a narrow terminal still shows it: memory columns from 140 wide,
     # the rank and full family names from 110
     wide, roomy = con.width >= 140, con.width >= 110
-    cols = [c for c in ("#", "model", "loss", "weights", "seqs", "TTFT", "TPOT", "E2E", "×dense",
-                        "batch", "tok/s", "×dense ", "status")
-            if (wide or c not in ("weights", "seqs", "batch")) and (roomy or c != "#")]
+    # GPUs: the fewest of this kind that hold each at the concurrency (not under --tp)
+    gpus_col = getattr(result, "tp", 1) == 1 and any(c.gpus_needed != 1 for c in result.candidates)
+    cols = [c for c in ("#", "model", "loss", "weights", "seqs", "GPUs", "TTFT", "TPOT", "E2E",
+                        "×dense", "batch", "tok/s", "×dense ", "status")
+            if (wide or c not in ("weights", "seqs", "batch")) and (roomy or c != "#")
+            and (gpus_col or c != "GPUs")]
     for col in cols:
         head = col if roomy or not col.startswith("×") else "×"
         t.add_column(head, justify="left" if col in ("model", "status") else "right",
@@ -270,6 +282,7 @@ def print_plan(con, result, rec) -> None:
             "#": str(ranked.get(c.key, "")), "model": name,
             "loss": loss_text(c.quality) + (quality_marks(c.quality) if c.quality.value is not None else ""),
             "weights": f"{_gb(c.weights_bytes)} GB", "seqs": pl.sequences_text(c),
+            "GPUs": "–" if c.gpus_needed == 0 else (">8" if c.gpus_needed is None else str(c.gpus_needed)),
             "TTFT": latency(c.ttft_ms), "TPOT": latency(c.tpot_ms), "E2E": latency(c.e2e_ms),
             "×dense": speed(pl.gain(c, result.dense, "latency")),
             "batch": "/".join(str(k.at_max_batch.batch) for k in c.classes if k.at_max_batch) or "–",
@@ -283,7 +296,11 @@ def print_plan(con, result, rec) -> None:
               f"Batch: {pl.BATCH_RULE}. Memory: {result.usable_bytes / 1e9:.1f} GB usable of "
               f"{result.device.memory_gb:g} GB ({USABLE:.0%}, decimal GB)"
               + (f" on each of the {result.tp} GPUs (weights, KV cache and timings are one "
-                 "rank's)" if result.tp > 1 else "") + ". Timing: weakest source "
+                 "rank's)" if result.tp > 1 else "")
+              + ("; GPUs: the fewest of this kind (tensor-parallel 1, 2, 4 or 8) holding the weights "
+                 "and the concurrency's KV cache and activations, each GPU a 1/tp share (the KV "
+                 "cache no finer than a head a GPU); the latencies are one GPU's" if gpus_col else "")
+              + ". Timing: weakest source "
               f"{pl.sources.weakest(c.timing_source for c in result.candidates)}; "
               f"{result.priced_kernels} kernels priced in {result.elapsed_s:.2f} s. Quality marks: "
               "ᵉ extrapolated (not ranked unless --allow-extrapolated), ᵇ borrowed from another "

@@ -17,7 +17,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..present.export import to_csv, to_json
     from ._run import run_sweep
-    from ._tables import legend_lines, points_table, source_line
+    from ._tables import batch_table, legend_lines, points_table, source_line
     from .common import check_writable, console, write_text
 
     for out in (args.json_out, args.csv_out):
@@ -32,6 +32,10 @@ def run(args) -> int:
         con = console()
         for ph in ("prefill", "decode"):
             con.print(points_table(result, ph))
+        if result.batch_curve is not None:
+            con.print(batch_table(result.batch_curve, f"decode speedup by batch @ "
+                                  f"{result.scenario.context_len} (the experts a step touches "
+                                  "decide it; `pis-tui batch` for more)"))
         con.print(source_line(result))
         for line in legend_lines(result, result.points):
             con.print(line, markup=False)

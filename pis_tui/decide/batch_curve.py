@@ -25,6 +25,14 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: the strategies drawn by default: the study's four core families at half their weights
 DEFAULT_STRATEGIES = (("static_depth", 0.5), ("static_width", 0.5), ("low_rank", 0.5),
                       ("dynamic_depth", 0.5))
+#: ... and for a mixture of experts: depth and the families that act on its routed experts
+MOE_STRATEGIES = (("static_depth", 0.5), ("expert_pruning", 0.5), ("topk_reduction", 0.5),
+                  ("dynamic_topk", 0.25), ("expert_slimming", 0.5))
+
+
+def default_strategies(spec: ModelSpec) -> list:
+    """What a batch curve draws when no strategy is named: the MoE set for an MoE model."""
+    return [Strategy(f, s) for f, s in (MOE_STRATEGIES if spec.moe is not None else DEFAULT_STRATEGIES)]
 
 
 @dataclass
@@ -58,8 +66,7 @@ def batch_curve(spec: ModelSpec, estimator, scenario: Scenario,
                 batches: Sequence[int] = BATCHES) -> BatchCurve:
     """Dense and each strategy's decode step at every batch of ``batches`` (the scenario's
     context, engine and tensor parallelism), and their speedups."""
-    strategies = list(strategies) if strategies is not None else [
-        Strategy(f, s) for f, s in DEFAULT_STRATEGIES]
+    strategies = list(strategies) if strategies is not None else default_strategies(spec)
     dense_ms, speed = [], {label(s): [] for s in strategies}
     for b in batches:
         scen = replace(scenario, decode_batch=int(b))
@@ -74,3 +81,22 @@ def batch_curve(spec: ModelSpec, estimator, scenario: Scenario,
         curve.experts = spec.moe.experts
         curve.experts_touched = [mean_step(b, spec.moe.top_k, r).distinct for b in batches]
     return curve
+
+
+#: a step touches "every" expert when it touches this share of them (the law approaches E only
+#: asymptotically)
+ALL_TOUCHED = 0.99
+
+
+def moe_batches(spec: ModelSpec, scenario: Scenario, batches: Sequence[int] = BATCHES) -> tuple:
+    """The batches of ``batches`` from 1 to the first at which a decode step touches every
+    expert (:data:`ALL_TOUCHED` of them, under the scenario's routing): where the expert-level
+    families' speedups change."""
+    r = routing(scenario.routing, spec.moe.experts, moe_layers=spec.moe.moe_layers, phase="decode")
+    out = []
+    for b in batches:
+        out.append(b)
+        if mean_step(b, spec.moe.top_k, r).distinct >= ALL_TOUCHED * spec.moe.experts:
+            break
+    return tuple(out)
+

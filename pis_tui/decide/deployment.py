@@ -257,6 +257,10 @@ class Candidate:
     #: a combination: ((family, asked sparsity), ...) of its parts and each part's achieved
     parts: tuple = ()
     part_achieved: tuple = ()
+    #: the fewest GPUs of this kind that hold it at the workload's concurrency (a tensor-
+    #: parallel degree, :func:`pis_tui.pricing.memory.gpus_needed`; None: more than a node's;
+    #: 0: not computed, a plan already split over ``--tp`` GPUs)
+    gpus_needed: Optional[int] = 0
 
     @property
     def key(self) -> tuple:
@@ -461,9 +465,17 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
         used += [at_c.timing_source] + ([at_max.timing_source] if at_max else [])
         notes += pricer.estimate(strat, "decode", cls.concurrency, P).notes
         plans.append(ClassPlan(cls, share, act, per_seq, limit, at_c, at_max, why, one))
+    gpus = 0
+    if pricer.tp == 1:  # the whole model's memory: how many GPUs of this kind it needs
+        kvh = max((getattr(o, "kv_heads", 0) for o in ref.ops if o.op_type == "attention"),
+                  default=spec.num_kv_heads)
+        # a mix's classes are served in batches of their own: the most any of them needs
+        needs = [memory.gpus_needed(usable, weights, p.per_sequence_bytes, p.cls.concurrency, kvh)
+                 for p in plans]
+        gpus = None if any(n is None for n in needs) else max(needs)
     return Candidate(strat.family, strat.sparsity, ref.achieved_sparsity, q, weights, kv_tok,
                      tuple(plans), sources.weakest(used), tuple(dict.fromkeys(notes)),
-                     tuple(strat.parts), tuple(ref.part_achieved))
+                     tuple(strat.parts), tuple(ref.part_achieved), gpus)
 
 
 def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights: float,

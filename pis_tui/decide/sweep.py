@@ -323,6 +323,13 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
                              for f in ([p for p, _ in s.parts] if s.parts else [s.family]))
         for fam in used:
             curves[fam] = quality.curve_info(spec.name, fam)
+    curve = None
+    if spec.moe is not None and "decode" in phases:
+        # a mixture of experts: each expert-level family's decode speedup from batch 1 to where
+        # a step touches every expert (the sweep's one decode batch cannot show it)
+        from .batch_curve import batch_curve, moe_batches
+
+        curve = batch_curve(spec, est, scenario, batches=moe_batches(spec, scenario))
     return SweepResult(
         spec, device, scenario, estimates, points, ops_by_key,
         quality_protocol=getattr(quality, "protocol", "lora"),
@@ -333,6 +340,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         memory=footprint(spec, device, scenario),
         notices=notices,
         provenance=provenance(device),
+        batch_curve=curve,
     )
 
 

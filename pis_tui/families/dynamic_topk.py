@@ -45,12 +45,18 @@ class DynamicTopK(Family):
                            "router: quality and validate refuse it")
 
     def shape(self, ctx, shape):
+        from ..model.moe import check_k_dist
+
         k = ctx.spec.moe.top_k
-        dist = k_distribution(k, ctx.sparsity)
+        given = getattr(ctx.strategy, "k_dist", ())
+        # a distribution the user gave (dynamic_topk@k6:0.5/8:0.5), checked against the model's k
+        dist = (check_k_dist(given, k, f"dynamic_topk on {ctx.spec.name}") if given
+                else k_distribution(k, ctx.sparsity))
         shape.widths = replace(shape.widths, k_dist=dist)
         mean = sum(a * p for a, p in dist)
         shape.dims += [("experts per token", f"{k} → {mean:g} on average ("
-                        + ", ".join(f"{a} with p {p:g}" for a, p in dist) + ")")]
+                        + ", ".join(f"{a} with p {p:g}" for a, p in dist)
+                        + (", as given" if given else ", the least spread with that mean") + ")")]
 
     def layer_ops(self, ctx, shape):
         ops = super().layer_ops(ctx, shape)

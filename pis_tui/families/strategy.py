@@ -24,9 +24,19 @@ class Strategy:
     granularity: str = "layer"  # static_depth: layer | sublayer
     align: int = 128  # static_width / static_width_hidden channel rounding
     parts: tuple = ()  # combinations: ((family, sparsity), ...) in the order applied
+    #: dynamic_topk: a per-token distribution of k given by the user, ((k, probability), …)
+    #: (token ``dynamic_topk@k6:0.5/8:0.5``); empty: the family's own from the sparsity
+    k_dist: tuple = ()
 
     def __post_init__(self) -> None:
         fam = registry.get(self.family)  # UserError naming the families (and combinations)
+        if self.k_dist:
+            from ..model.moe import check_k_dist
+
+            if self.family != "dynamic_topk":
+                raise UserError(f"{self.family}: a distribution of k belongs to dynamic_topk")
+            # the bounds on k need the model (checked when the op list is built)
+            object.__setattr__(self, "k_dist", check_k_dist(self.k_dist, 1 << 20, "dynamic_topk's k"))
         if self.granularity not in ("layer", "sublayer"):
             raise UserError(f"granularity must be layer or sublayer, got {self.granularity!r}")
         if not isinstance(self.align, int) or self.align < 1:
@@ -88,6 +98,8 @@ class Strategy:
     def token(self) -> str:
         """The name a command line takes for exactly this strategy: ``static_depth`` (its
         sparsity given apart), ``static_depth@0.125+static_width@0.25`` for a combination."""
+        if self.k_dist:
+            return f"{self.family}@{k_dist_text(self.k_dist)}"
         if not self.parts:
             return self.family
         return SEP.join(f"{f}@{s:g}" for f, s in self.parts)
@@ -95,9 +107,32 @@ class Strategy:
     @property
     def label(self) -> str:
         """``static_depth 25%`` or ``static_depth 12.5% + static_width 25%`` (asked sparsities)."""
+        if self.k_dist:
+            return f"{self.family} {k_dist_text(self.k_dist)}"
         if not self.parts:
             return f"{self.family} {_pct(self.sparsity)}"
         return " + ".join(f"{f} {_pct(s)}" for f, s in self.parts)
+
+
+def k_dist_text(k_dist) -> str:
+    """``k6:0.5/8:0.5``: a distribution of k as a strategy token writes it."""
+    return "k" + "/".join(f"{k}:{p:g}" for k, p in k_dist)
+
+
+def parse_k_dist(text: str) -> tuple:
+    """``k6:0.5/8:0.5`` → ((6, 0.5), (8, 0.5)); a malformed one is one line."""
+    body = text.strip()[1:] if text.strip().startswith("k") else text.strip()
+    out = []
+    for item in (x.strip() for x in body.split("/") if x.strip()):
+        k, _, p = item.partition(":")
+        try:
+            out.append((int(k), float(p)))
+        except ValueError:
+            raise UserError(f"{text!r}: a distribution of k is k<k>:<probability>/… "
+                            "(e.g. dynamic_topk@k6:0.5/8:0.5)") from None
+    if not out:
+        raise UserError(f"{text!r}: an empty distribution of k")
+    return tuple(out)
 
 
 def _pct(s: float) -> str:
@@ -114,6 +149,9 @@ def from_token(token: str, sparsity=None, granularity: str = "layer", align: int
     ``first+second`` with each part at ``sparsity``; or ``first@0.125+second@0.25``, each part
     at its own (a fixed-sparsity part may leave its own out: ``static_depth@0.25+semi_structured_24``)."""
     text = str(token).strip()
+    if SEP not in text and "@" in text and text.split("@", 1)[1].strip().startswith("k"):
+        fam, dist = text.split("@", 1)
+        return Strategy(fam.strip(), 0.0, granularity, align, k_dist=parse_k_dist(dist))
     if SEP not in text:
         if "@" in text:
             raise UserError(f"{text!r}: a part sparsity (@) belongs to a combination "

@@ -254,7 +254,10 @@ def _histogram(path: Path, experts: int, moe_layers: int, phase: Optional[str] =
     # a record of a pruned model that runs fewer of this model's MoE layers (static depth)
     # names the model it was pruned from: its layers are the ones that run
     kept = data.get("pruned_from_moe_layers") == moe_layers and len(shares) < moe_layers
-    if len(shares) not in (1, moe_layers) and not kept:
+    # a recording of the model at reduced depth (`pis-tui routing --layers N`) describes its
+    # first N MoE layers: the op list prices their mean layer for every layer (moe.mean_step)
+    reduced = data.get("format") == HISTOGRAM_FORMAT and len(shares) < moe_layers
+    if len(shares) not in (1, moe_layers) and not (kept or reduced):
         raise UserError(f"{path}: {len(shares)} layers of {where}counts; this model has {moe_layers} "
                         "MoE layers (or give one list for all)")
     digest = hashlib.sha1(repr(shares).encode()).hexdigest()[:10]

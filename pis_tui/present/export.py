@@ -165,6 +165,9 @@ def to_dict(result: SweepResult, recommendations: Optional[dict] = None,
         "recommendations": {ph: recommendation_dict(r) for ph, r in (recommendations or {}).items()},
         "timing_summary": result.source_summary(),
         **({"memory": result.memory} if result.memory else {}),  # sweeps always have it
+        # a mixture of experts: decode speedup by batch, 1 to where every expert is touched
+        **({"batch_curve": result.batch_curve.to_dict()}
+           if getattr(result, "batch_curve", None) is not None else {}),
         "provenance": result.provenance,
         **({"plan": plan} if plan is not None else {}),
     }
@@ -251,7 +254,7 @@ def candidate_dict(c, result, rec) -> dict:
         "quality_note": q.note, "citations": list(q.citations),
         "quality_method": q.method, "parts": parts_list(c),
         "weights_gb": _gb(c.weights_bytes), "kv_bytes_per_token": c.kv_bytes_per_token,
-        "max_sequences": c.max_sequences,
+        "max_sequences": c.max_sequences, "gpus_needed": c.gpus_needed,
         "ttft_ms": _r(c.ttft_ms), "tpot_ms": _r(c.tpot_ms), "e2e_ms": _r(c.e2e_ms),
         "throughput_tok_s": _r(c.throughput_tok_s, 3),
         "latency_gain": _r(gain(c, result.dense, "latency")),
@@ -316,7 +319,10 @@ def pick_dict(c, result, objective: str) -> Optional[dict]:
                    "dense_kv_bytes_per_token": d.kv_bytes_per_token,
                    "max_sequences": c.max_sequences, "dense_max_sequences": d.max_sequences,
                    "headroom_gb": _gb(headroom_bytes(c, result)),
-                   "dense_headroom_gb": _gb(headroom_bytes(d, result))},
+                   "dense_headroom_gb": _gb(headroom_bytes(d, result)),
+                   # the fewest GPUs of this kind holding it at the concurrency (0: not computed
+                   # under --tp; null: more than a node's 8)
+                   "gpus_needed": c.gpus_needed, "dense_gpus_needed": d.gpus_needed},
         "timing_source": c.timing_source,
     }
 

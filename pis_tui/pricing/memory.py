@@ -132,7 +132,8 @@ def weight_bytes(ops, spec, dtype: str) -> float:
     Each GEMM stores what its kernel reads (``Gemm.bytes`` less its activations): dense and
     unstructured weights whole (zeros are stored), 2:4 the kept half plus its metadata, low
     rank its two factors; the embedding table (vocabulary × the embedding's width) once more
-    unless it is tied to the lm_head."""
+    unless it is tied to the lm_head; a mixture of experts' grouped GEMMs every resident expert
+    (E × N × K each, not only the experts a step touches)."""
     b = dtype_bytes(dtype)
     total = 0.0
     emb = 0.0
@@ -140,6 +141,8 @@ def weight_bytes(ops, spec, dtype: str) -> float:
         kind = getattr(o, "op_type", "")
         if kind == "gemm" and o.name not in _NO_WEIGHT:
             total += (o.bytes() - (o.m * o.k + o.m * o.n) * b) * o.count
+        elif kind == "grouped_gemm":
+            total += o.experts * o.n * o.k * b * o.count
         elif kind == "elementwise" and o.kind == "embedding":
             emb = float(o.extra) * o.width * b
     return total + (0.0 if spec.tie_embeddings else emb)
@@ -174,6 +177,24 @@ def activation_bytes(ops, dtype: str) -> float:
             continue
         best = max(best, v)
     return best
+
+
+#: the tensor-parallel degrees :func:`gpus_needed` tries (one node's GPUs)
+TP_DEGREES = (1, 2, 4, 8)
+
+
+def gpus_needed(usable: float, weights: float, per_sequence: float, sequences: int,
+                kv_heads: int) -> int | None:
+    """The fewest GPUs of this kind (a tensor-parallel degree of :data:`TP_DEGREES`) whose
+    memory holds the model's weights and ``sequences`` sequences at once: each GPU a 1/tp share
+    of the weights and of each sequence's KV cache and activations — the KV cache no finer than
+    one KV head a GPU (heads replicate beyond ``kv_heads`` ranks).  An estimate of what fits
+    (the embedding and norms split or replicate a little differently); None: not on one node."""
+    for tp in TP_DEGREES:
+        per = per_sequence * max(1.0 / tp, 1.0 / max(kv_heads, 1))
+        if weights / tp + sequences * per <= usable:
+            return tp
+    return None
 
 
 def max_sequences(usable: float, weights: float, per_sequence: float, cap: int = 1 << 20) -> int:

@@ -454,7 +454,10 @@ class Backend:
                 quality = self._quality_model(choices, spec, cache)
             result = sweep(spec, device, scenario, self.strategies(choices), quality=quality,
                            cache=cache if device.is_local else None)
-            result.batch_curve = self._batch_curve(result, cache if device.is_local else None)
+            if result.batch_curve is None or result.spec.moe is not None:
+                # the Batch tab's full grid (the sweep's MoE curve stops where every expert is
+                # touched)
+                result.batch_curve = self._batch_curve(result, cache if device.is_local else None)
         if device.is_local:
             measured = result.source_summary().get("measured", 0)
         recs = self.recommend(result, choices.active_budget, choices.allow_extrapolated)

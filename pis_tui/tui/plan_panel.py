@@ -69,6 +69,11 @@ def plan_text(ps) -> Text:
     _row(t, "fits", f"{ps.sequences(best)} seqs", ps.sequences(d))
     conc = "/".join(str(k.cls.concurrency) for k in best.classes)
     _row(t, f"free@{conc}", _gb(ps.headroom_bytes(best)), _gb(ps.headroom_bytes(d)))
+    if tp == 1 and (best.gpus_needed != 1 or d.gpus_needed != 1):
+        # the fewest GPUs of this kind that hold each at the concurrency (tensor-parallel)
+        def g(n):
+            return ">8" if n is None else str(n)
+        _row(t, "GPUs", g(best.gpus_needed), g(d.gpus_needed))
     ru = rec.runner_up
     if ru is not None:
         rg = ps.gain(ru)
