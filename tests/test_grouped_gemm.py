@@ -196,3 +196,45 @@ def test_the_worklist_adds_a_token_grid_for_grouped_gemms():
     assert 16 in ts and 64 in ts  # the sweep's own steps (decode 16, prefill 64)
     assert {1, 2, 4, 8, 32} <= set(ts)  # the T grid below the largest
     assert all(o.shares for o in gg)
+
+
+def test_routings_that_spread_rows_alike_share_a_measurement(tmp_path):
+    """A grouped GEMM's cost ignores which expert gets which rows: a permuted histogram, or one
+    differing by sampling noise, is measured at the same profile (the nearest power law)."""
+    import random
+
+    rng = random.Random(0)
+    base = [int(1000 * (i + 1) ** -1.0) for i in range(E)]
+    perm = base[:]
+    rng.shuffle(perm)
+    noisy = [max(0, c + rng.randint(-3, 3)) for c in base]
+    ids = []
+    for i, counts in enumerate((base, perm, noisy)):
+        h = tmp_path / f"h{i}.json"
+        h.write_text(json.dumps({"layers": [counts]}))
+        ids.append(moe.measured_profile(moe.routing(str(h), E))[0])
+    assert ids[0] == ids[1] == ids[2] == "powerlaw:1"
+    h = tmp_path / "flat.json"
+    h.write_text(json.dumps({"layers": [[100 + (i % 3) for i in range(E)]]}))
+    assert moe.measured_profile(moe.routing(str(h), E))[0] == "balanced"
+
+
+def test_a_measurement_at_the_profile_is_scaled_to_the_steps_own_experts(tmp_path):
+    """The op keeps its own routing's law (experts touched); the measurement, taken at the
+    profile, is scaled by the roofline ratio of the two."""
+    from pis_tui.model.ops import measuring_form
+
+    h = tmp_path / "two.json"
+    h.write_text(json.dumps({"layers": [[1, 1] + [0] * (E - 2)]}))  # only two experts ever used
+    r = moe.routing(str(h), E)
+    pid, prof = moe.measured_profile(r)
+    st = moe.mean_step(2, 1, r)
+    op = GroupedGemm("experts_gate_up", E, st.distinct, st.routed_rows, st.padded_rows, 64, 32,
+                     1.0, "fp32", top_k=1, tokens=2, routing=pid, shares=prof)
+    meas = measuring_form(op)
+    assert meas.key() == op.key() and meas.groups != op.groups
+    est = Estimator(local_device(), [_rec(meas, 2.0)])
+    p = est.price(op)
+    want = 2.0 * est._grouped_roofline(op) / est._grouped_roofline(meas)
+    assert p.source == "measured" and p.ms_per_call == pytest.approx(want)
+    assert "scaled by the roofline" in p.note

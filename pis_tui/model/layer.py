@@ -218,7 +218,7 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
     serving engines' TP for MoE): the grouped GEMMs run N = 2I/tp and K = I/tp over the same
     touched experts, the router is replicated, the shared experts and dense MLPs are column-
     then row-parallel, and the block's output is all-reduced once."""
-    from .moe import mean_step, pruned_routing, routing
+    from .moe import mean_step, measured_profile, pruned_routing, routing
 
     e = spec.moe
     E = w.experts or e.experts
@@ -241,7 +241,9 @@ def _moe_mlp(spec: ModelSpec, arch, w: LayerWidths, m: int, count: float, dtype:
         tile = MOE_TILES[0] if plain.rows_per_expert <= MOE_TILES[0] else MOE_TILES[1]
         st = mean_step(m, k, r, tile=tile, k_dist=kd)
         rows = st.routed_rows
-        routed = dict(tokens=int(m), routing=r.id, shares=r.shares, k_dist=kd)
+        # what a measurement draws from: the routing's permutation-free profile (moe.measured_profile)
+        prof_id, prof = measured_profile(r)
+        routed = dict(tokens=int(m), routing=prof_id, shares=prof, k_dist=kd)
         ops.append(Gemm("moe_router", m, E, h, c, dtype))
         ops.append(Elementwise("moe_topk", "topk", m, E, c, dtype, extra=k))
         ops.append(Elementwise("moe_dispatch", "gather", int(round(rows)), h, c, dtype))

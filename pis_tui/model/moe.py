@@ -141,6 +141,49 @@ def kept_experts(shares: Sequence[float], keep: int) -> list[int]:
     return sorted(order[:keep])
 
 
+#: the power laws a measurement's routing profile is rounded to: exponents in steps of this
+PROFILE_STEP = 0.25
+PROFILE_MAX = 4.0
+_PROFILES: dict = {}
+
+
+def measured_profile(r: Routing) -> tuple:
+    """(id, shares) naming what a grouped GEMM's measurement draws its steps from.
+
+    A grouped GEMM's cost does not depend on which expert gets which rows (every expert has the
+    same shapes), only on how the rows spread, and a recorded histogram's shares carry sampling
+    noise that makes no other kernel.  So a routing is measured at its nearest power law: each
+    layer's shares sorted, averaged over the layers, and the exponent α (in steps of
+    :data:`PROFILE_STEP`, 0 being balanced) whose shares ∝ (i + 1)^−α are closest in squares.
+    Two routings with the same profile — a dense model and a pruned one routing alike, two
+    recordings of one model — share one measurement, so its noise cancels in their ratio as a
+    dense GEMM's does; the estimator scales it by the roofline to the routing's own experts
+    touched (:meth:`pis_tui.pricing.estimator.Estimator._price_op`).  The law's figures
+    (distinct experts, rows, padding) always come from the routing's own per-layer shares."""
+    key = (r.id or r.name, len(r.shares))
+    hit = _PROFILES.get(key)
+    if hit is not None and hit[0] is r.shares:
+        return hit[1]
+    E = len(r.shares[0])
+    if r.id == "balanced" or r.name.startswith("powerlaw:"):
+        out = (r.id or r.name, (tuple(r.shares[0]),))
+    else:
+        mean = [sum(col) / len(r.shares) for col in zip(*(sorted(sh, reverse=True) for sh in r.shares))]
+        best = None
+        for j in range(int(round(PROFILE_MAX / PROFILE_STEP)) + 1):
+            a = round(j * PROFILE_STEP, 6)
+            cand = _named_routing("balanced" if a == 0 else f"powerlaw:{a:g}", E).shares[0]
+            err = sum((x - y) ** 2 for x, y in zip(mean, cand))
+            if best is None or err < best[0] - 1e-15:
+                best = (err, a, cand)
+        _, a, cand = best
+        out = ("balanced" if a == 0 else f"powerlaw:{a:g}", (tuple(cand),))
+    if len(_PROFILES) > 1024:
+        _PROFILES.clear()
+    _PROFILES[key] = (r.shares, out)
+    return out
+
+
 _PRUNED: dict = {}
 
 

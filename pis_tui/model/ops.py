@@ -429,6 +429,14 @@ def measuring_form(op: Op) -> Op:
     """The kernel call timed for an op: one call (count 1) of :func:`kernel_of` (the key
     ignores names; a GEMM's shards are one rank's kernel all the same)."""
     k = replace(kernel_of(op), count=1.0)
+    if isinstance(k, GroupedGemm) and k.tokens and k.shares:
+        # timed at the routing's profile (moe.measured_profile): its own law's experts touched
+        # and rows, which the estimator scales to the step's own by the roofline
+        from .moe import Routing, mean_step
+
+        st = mean_step(k.tokens, k.top_k, Routing(k.routing, k.shares, k.routing), k_dist=k.k_dist)
+        return replace(k, name="grouped", groups=st.distinct, rows=st.routed_rows,
+                       padded_rows=st.routed_rows, shards=1)
     if isinstance(k, Attention) and (k.window or k.softcap):
         # the local device times torch's SDPA: a window is a mask (every pair computed) and the
         # estimator adds soft-capping's score passes itself

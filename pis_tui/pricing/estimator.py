@@ -298,6 +298,18 @@ class Estimator:
             return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
                             f"the experts touched (distinct-experts law), estimated: {why}",
                             sources.uncertainty("roofline"))
+        if isinstance(op, GroupedGemm):
+            hit = self._exact.get(op.key())
+            if hit and hit[0].status == "ok" and not hit[0].estimated:
+                # measured at the routing's profile (moe.measured_profile); this step's own
+                # experts touched and rows by the roofline
+                rec, source = hit
+                scale = self._grouped_roofline(op) / self._grouped_roofline(rec.op)
+                note = "" if abs(scale - 1.0) < 0.01 else (
+                    f"measured at the routing's profile {op.routing} ({rec.op.groups:.1f} experts "
+                    f"touched), scaled by the roofline to this step's {op.groups:.1f}")
+                return PricedOp(op, rec.ms * scale, source, note,
+                                sources.uncertainty(source, rec.spread), loaded=rec.loaded)
         if isinstance(op, Attention) and (op.window or op.softcap) and not as_is:
             return self._price_windowed(op, family, phase, arch)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24

@@ -64,11 +64,9 @@ def model_weights(spec, strategy, dtype: str) -> float:
     if fam.validate_dense_weights:
         strategy = Strategy("dense")
     ops = build_phase_ops(spec, strategy, scen, "prefill").ops
-    # an MoE model's routed experts are all resident, whichever a step touches (weight_bytes
-    # counts the plain GEMMs' weights: a grouped GEMM's are every expert's N × K)
-    experts = sum(o.experts * o.n * o.k * o.count * dtype_bytes(dtype) for o in ops
-                  if getattr(o, "op_type", "") == "grouped_gemm")
-    return weight_bytes(ops, spec, dtype) + experts
+    # an MoE model's routed experts are all resident, whichever a step touches: weight_bytes
+    # counts every expert of a grouped GEMM (E × N × K)
+    return weight_bytes(ops, spec, dtype)
 
 
 def validate_need(spec, strategies: Iterable, dtype: str, *, prefill_batch: int = 1,
