@@ -41,8 +41,6 @@ class DynamicTopK(Family):
     mark, color, short = "N", (250, 200, 120), "dyn-top-k"
     max_sparsity = 0.875
     moe_only = True
-    quality_unsupported = ("real dynamic expert skipping needs a skipping rule in the model's "
-                           "router: quality and validate refuse it")
 
     def shape(self, ctx, shape):
         k = ctx.spec.moe.top_k
@@ -63,6 +61,36 @@ class DynamicTopK(Family):
     def achieved_sparsity(self, ctx, shape, ops):
         k = ctx.spec.moe.top_k
         return 1.0 - sum(a * p for a, p in shape.widths.k_dist) / k if shape.widths.k_dist else 0.0
+
+
+    # ------------------------------------------------------------ real pruning
+
+    def prune(self, model, sparsity, cal, **kw):
+        """Every router wrapped: each token keeps ⌊k̄⌋ or ⌈k̄⌉ of its k highest-weighted experts
+        (a seeded draw at the distribution's probabilities, seed 0), the kept weights
+        renormalised where the model's router normalises its top-k."""
+        from ..hf.experts import shape_of, skip_experts
+        from ..hf.result import PruneResult
+
+        k = shape_of(model)["top_k"]
+        dist = k_distribution(k, sparsity)
+        skip_experts(model, dist, seed=0)
+        mean = sum(a * p for a, p in dist)
+        return PruneResult(self.name, sparsity, 1.0 - mean / k,
+                           note=f"each token keeps {' or '.join(str(a) for a, _ in dist)} of its "
+                                f"top {k} experts ({mean:g} on average; seeded draws)")
+
+    # ------------------------------------------------------------ validate
+
+    def validate_finish(self, built, seed):
+        from ..hf.experts import skip_experts
+
+        k = built.spec.moe.top_k
+        dist = k_distribution(k, built.strategy.effective_sparsity)
+        skip_experts(built.model, dist, seed)
+        built.notes.append("experts per token: " + ", ".join(f"{a} with p {p:g}" for a, p in dist)
+                           + f" of {k} (each token's highest-weighted; the dropped slots skipped "
+                           "by grouped_mm)")
 
 
 FAMILY = DynamicTopK()
