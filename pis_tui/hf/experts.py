@@ -389,6 +389,7 @@ def _skip_router_class():
             self.renorm, self.full = renorm, False
             self.seed, self.offset = seed, 0
             self.draws = torch.empty(0)
+            self._u(0, inner.weight.device)  # drawn now, not inside a CUDA graph's capture
 
         # attributes the block or the recorder read from the router
         @property
@@ -401,7 +402,7 @@ def _skip_router_class():
 
         def _u(self, n: int, device):
             if self.draws.numel() < n + 1 or self.draws.device != device:
-                size = max(8192, 2 * n)
+                size = max(1 << 16, 2 * n)
                 g = torch.Generator().manual_seed(self.seed)
                 self.draws = torch.rand(size, generator=g).to(device)
                 self.offset = 0
@@ -417,9 +418,8 @@ def _skip_router_class():
                 return logits, w, idx
             T, k = idx.shape
             k_t = torch.where(self._u(T, idx.device) < self.p_hi, self.k_hi, self.k_lo)
-            # the router's top-k comes sorted by weight; sort anyway (a class may not)
-            w, order = torch.sort(w, dim=-1, descending=True)
-            idx = torch.gather(idx, 1, order)
+            # the five classes' routers take torch.topk (sorted): a token's first slots are its
+            # highest-weighted experts
             keep = torch.arange(k, device=idx.device)[None, :] < k_t[:, None]
             w = torch.where(keep, w, torch.zeros_like(w))
             if self.renorm:
