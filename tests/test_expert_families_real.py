@@ -334,3 +334,18 @@ def test_cli_quality_leaves_the_expert_families_out_of_a_dense_models_default(tm
                 "expert_pruning", "--cache", str(tmp_path / "c.duckdb"))
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "dense model" in lines[0], r.stderr
+
+
+def test_validate_all_keeps_the_families_each_model_can_be_built_with():
+    """`validate --all`: a dense model's standard set leaves the expert-level families out (it
+    was refused whole), an MoE model's keeps them and leaves static_width_hidden out."""
+    from pis_tui.commands.validate import _fits
+    from pis_tui.validation.compare import standard_strategies
+
+    _, dense = raw_config("qwen2.5-0.5b")
+    _, moe = raw_config(tiny_moe("olmoe"))
+    every = standard_strategies(extra=True)
+    on_dense = {st.family for st in every if _fits(dense, st)}
+    on_moe = {st.family for st in every if _fits(moe, st)}
+    assert not on_dense & set(EXPERT_FAMILIES) and "static_width_hidden" in on_dense
+    assert set(EXPERT_FAMILIES) <= on_moe and "static_width_hidden" not in on_moe

@@ -180,11 +180,16 @@ class ExpertStats:
         return [kept_experts([float(v) for v in c.tolist()], keep) for c in self.counts]
 
     def kept_channels(self, model, keep: int) -> list:
-        """Per block, [E, keep] channel ids (ascending) each expert keeps."""
+        """Per block of ``model`` (the calibrated model or a copy of it), [E, keep] channel
+        ids (ascending) each expert keeps."""
         import torch
 
+        found = blocks(model)
+        if len(found) != len(self.scores):
+            raise MeasureError(f"the calibration saw {len(self.scores)} MoE layers, the model "
+                               f"has {len(found)}")
         out = []
-        for j, (_i, _b, ex, _r) in enumerate(self.blocks):
+        for j, (_i, _b, ex, _r) in enumerate(found):
             s = self.scores[j]
             w = weight_scores(ex)
             if s is None:
