@@ -10,6 +10,10 @@ spread one with that mean — each token takes ⌊k̄⌋ or ⌈k̄⌉ experts (N
 exactly this: 1 or 2) — stated in the drill-down.  The skip decision adds one small op over the
 tokens' top-k weights (``moe_skip``).  The routed rows follow each token's k, so a grouped kernel
 with per-expert offsets (grouped_mm, fused-MoE) needs no change; no weight is removed.
+
+Real skipping (quality, validate: :mod:`pis_tui.hf.experts`): a router wrapper draws each token's
+k from this distribution (seeded) and keeps its highest-weighted experts; the dropped slots are
+ids ``grouped_mm`` skips.
 """
 
 from __future__ import annotations
@@ -61,7 +65,6 @@ class DynamicTopK(Family):
     def achieved_sparsity(self, ctx, shape, ops):
         k = ctx.spec.moe.top_k
         return 1.0 - sum(a * p for a, p in shape.widths.k_dist) / k if shape.widths.k_dist else 0.0
-
 
     # ------------------------------------------------------------ real pruning
 

@@ -9,6 +9,9 @@ dozen tokens) up to E/E′ fewer expert bytes; in compute-bound prefill little a
 routing over the kept experts is the router's over them alone (:func:`pis_tui.model.moe.
 pruned_routing`: each layer keeps the experts its routing uses most, the others' tokens spread
 over them in proportion).  Memory: E′/E of the experts' weights.
+
+Real pruning (quality, validate: :mod:`pis_tui.hf.experts`) uses that same frequency criterion:
+each layer keeps the experts a calibration routed most tokens to.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ class ExpertPruning(Family):
 
     def achieved_sparsity(self, ctx, shape, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)
-
 
     # ------------------------------------------------------------ real pruning
 

@@ -4,6 +4,9 @@ grouped kernel keeps aligned rows.
 
 Cuts the bytes of every expert a step touches and the FLOPs of every routed row, at every
 batch.  Shared experts and dense layers are static width's, not this family's.
+
+Real pruning (quality, validate: :mod:`pis_tui.hf.experts`): each expert keeps its own channels,
+those of highest activation over the calibration tokens routed to it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ class ExpertSlimming(Family):
 
     def achieved_sparsity(self, ctx, shape, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)
-
 
     # ------------------------------------------------------------ real pruning
 

@@ -53,7 +53,6 @@ class TopKReduction(Family):
         k = ctx.spec.moe.top_k
         return (k - (shape.widths.top_k or k)) / k
 
-
     # ------------------------------------------------------------ real pruning
 
     def prune(self, model, sparsity, cal, **kw):
