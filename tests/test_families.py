@@ -161,10 +161,8 @@ def test_lists_of_families_derive_from_the_registry(toy):
     assert "toy_half_mlp" in families.pruned()
     # a family without real pruning says why (the toy inherits the default hook)
     assert "toy_half_mlp" not in measurable()
-    expert_level = {"expert_pruning", "topk_reduction", "dynamic_topk", "expert_slimming"}
-    assert measurable() == tuple(f for f in families.BUILTIN[1:]
-                                 if f != "static_width_hidden" and f not in expert_level)
-    assert set(unsupported()) == {"static_width_hidden", "toy_half_mlp"} | expert_level
+    assert measurable() == tuple(f for f in families.BUILTIN[1:] if f != "static_width_hidden")
+    assert set(unsupported()) == {"static_width_hidden", "toy_half_mlp"}
     assert "no real pruning is implemented" in unsupported()["toy_half_mlp"]
     assert parse_strategies(None)[0] == list(measurable())
     assert validation.standard_families() == ("static_depth", "dynamic_depth", "static_width",

@@ -330,11 +330,15 @@ def test_perplexity_finite_deterministic_and_exact(setup):
 # ------------------------------------------------------------------------------- CLI
 
 def _save_tiny(d):
+    _model("llama").save_pretrained(d)
+    _save_tokenizer(d)
+
+
+def _save_tokenizer(d):
+    """A word-level tokenizer of WORDS saved into ``d``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    m = _model("llama")
-    m.save_pretrained(d)
     vocab = {"[UNK]": 0, "[BOS]": 1, "[EOS]": 2}
     for w in WORDS:
         vocab[w] = len(vocab)

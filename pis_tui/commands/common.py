@@ -174,7 +174,7 @@ def add_strategy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", choices=("layer", "sublayer"), default="layer",
                    help="static_depth: drop whole layers or attention/MLP blocks separately")
     p.add_argument("--align", type=positive_int("alignment"), default=None,
-                   help=f"static_width / static_width_hidden: round kept channels to this "
+                   help=f"static_width / static_width_hidden / expert_slimming: round kept channels to this "
                         f"multiple (default {DEFAULT_ALIGN}); larger than a width it rounds is an error")
 
 

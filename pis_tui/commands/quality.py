@@ -244,6 +244,7 @@ def run(args) -> int:
     if args.json_out and args.json_out != "-":
         check_writable(args.json_out)
     spec = load_model_spec(str(mdir))  # one-line errors for MoE and non-decoder configs
+    strategies = _applicable(spec, strategies, asked=args.strategies is not None)
     if args.align is not None:  # the default adapts to the model (pruning.auto_align)
         import sys
 
@@ -277,7 +278,12 @@ def _measure(args, cache, spec, sparsities, strategies, unsupported, mdir, tpath
     err = Console(stderr=True, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
     out = err if args.json_out == "-" else console()
 
-    ev = _prepare(args, spec, mdir, tpath, text)
+    from .. import families
+
+    # the expert-level families slice transformers' MoE classes as they are (hf/experts.py):
+    # only the other families need the Llama layout
+    experts_only = all(families.get(p).moe_only for st in strategies for p in _base(st).split("+"))
+    ev = _prepare(args, spec, mdir, tpath, text, layout=not experts_only)
     variants = variants_of(strategies, sparsities, getattr(args, "_combo_sps", None))
     got = _Measured()
     t0 = time.time()
@@ -313,16 +319,18 @@ class _Eval:
         self.settings = settings  # stored with each row (the cache's extra_json) and in the JSON
 
 
-def _prepare(args, spec, mdir, tpath, text) -> _Eval:
-    """Load the model (an unsupported layout fails now, before any measuring), tokenize the
-    text and cut it into calibration tokens and evaluation windows."""
+def _prepare(args, spec, mdir, tpath, text, layout: bool = True) -> _Eval:
+    """Load the model (an unsupported layout fails now, before any measuring, unless
+    ``layout`` is off: only expert-level families, which need none), tokenize the text and cut
+    it into calibration tokens and evaluation windows."""
     import torch
 
     from ..hf import perplexity as P
     from ..hf.layout import decoder_layers
 
     model, tok, device, dtype_name = _load(mdir, args.device, args.dtype, spec, args.seq_len)
-    decoder_layers(model)  # an unsupported layout fails now, before any measuring
+    if layout:
+        decoder_layers(model)  # an unsupported layout fails now, before any measuring
     ids = torch.tensor(P.tokenize(tok, text), dtype=torch.long)
     if ids.numel() < 8:
         raise UserError(f"{tpath}: only {ids.numel()} tokens; need at least 8 (calibration + evaluation)")
@@ -523,6 +531,22 @@ def _write_json(args, spec, mdir, tpath, text_sha, ev: _Eval, got: _Measured, un
         "provenance": _provenance(),
     }
     dump_json(args.json_out, doc)
+
+
+def _applicable(spec, strategies: list, asked: bool) -> list:
+    """The strategies whose families can prune ``spec`` (the expert-level ones need a mixture
+    of experts): the default list leaves the others out, one asked by name is refused (one
+    line)."""
+    from .. import families
+
+    out = []
+    for st in strategies:
+        why = families.get(_base(st)).applies(spec)
+        if why and asked:
+            raise UserError(f"{st}: {why}")
+        if not why:
+            out.append(st)
+    return out
 
 
 def _base(name: str) -> str:

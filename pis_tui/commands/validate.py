@@ -236,6 +236,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raw, spec = raw_config(raw)
         model = raw
     check_buildable(spec)
+    if args.all_:  # the standard set: the families this model can be pruned and built with
+        strategies = [st for st in strategies if _fits(spec, st)]
     for st in strategies:  # a family this architecture cannot be built with: one line, now
         check_buildable(spec, st.family, st.granularity)
     if args.tp > 1:
@@ -249,6 +251,21 @@ def _plan(args: argparse.Namespace) -> _Plan:
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     return _Plan(spec, model, strategies, phases, prefill_batches, decode_batches, dtype,
                  tolerance, op_repeats)
+
+
+def _fits(spec, st) -> bool:
+    """``st``'s family applies to ``spec`` (the expert-level ones need a mixture of experts)
+    and validate can build it on this architecture."""
+    from .. import families
+    from ..hf.config import check_buildable
+
+    if families.get(st.family).applies(spec):
+        return False
+    try:
+        check_buildable(spec, st.family, st.granularity)
+    except UserError:
+        return False
+    return True
 
 
 def _check_tp(args: argparse.Namespace, spec) -> None:

@@ -10,6 +10,10 @@ spread one with that mean — each token takes ⌊k̄⌋ or ⌈k̄⌉ experts (N
 exactly this: 1 or 2) — stated in the drill-down.  The skip decision adds one small op over the
 tokens' top-k weights (``moe_skip``).  The routed rows follow each token's k, so a grouped kernel
 with per-expert offsets (grouped_mm, fused-MoE) needs no change; no weight is removed.
+
+Real skipping (quality, validate: :mod:`pis_tui.hf.experts`): a router wrapper draws each token's
+k from this distribution (seeded) and keeps its highest-weighted experts; the dropped slots are
+ids ``grouped_mm`` skips.
 """
 
 from __future__ import annotations
@@ -41,8 +45,6 @@ class DynamicTopK(Family):
     mark, color, short = "N", (250, 200, 120), "dyn-top-k"
     max_sparsity = 0.875
     moe_only = True
-    quality_unsupported = ("real dynamic expert skipping needs a skipping rule in the model's "
-                           "router: quality and validate refuse it")
 
     def shape(self, ctx, shape):
         from ..model.moe import check_k_dist
@@ -69,6 +71,35 @@ class DynamicTopK(Family):
     def achieved_sparsity(self, ctx, shape, ops):
         k = ctx.spec.moe.top_k
         return 1.0 - sum(a * p for a, p in shape.widths.k_dist) / k if shape.widths.k_dist else 0.0
+
+    # ------------------------------------------------------------ real pruning
+
+    def prune(self, model, sparsity, cal, **kw):
+        """Every router wrapped: each token keeps ⌊k̄⌋ or ⌈k̄⌉ of its k highest-weighted experts
+        (a seeded draw at the distribution's probabilities, seed 0), the kept weights
+        renormalised where the model's router normalises its top-k."""
+        from ..hf.experts import shape_of, skip_experts
+        from ..hf.result import PruneResult
+
+        k = shape_of(model)["top_k"]
+        dist = k_distribution(k, sparsity)
+        skip_experts(model, dist, seed=0)
+        mean = sum(a * p for a, p in dist)
+        return PruneResult(self.name, sparsity, 1.0 - mean / k,
+                           note=f"each token keeps {' or '.join(str(a) for a, _ in dist)} of its "
+                                f"top {k} experts ({mean:g} on average; seeded draws)")
+
+    # ------------------------------------------------------------ validate
+
+    def validate_finish(self, built, seed):
+        from ..hf.experts import skip_experts
+
+        k = built.spec.moe.top_k
+        dist = k_distribution(k, built.strategy.effective_sparsity)
+        skip_experts(built.model, dist, seed)
+        built.notes.append("experts per token: " + ", ".join(f"{a} with p {p:g}" for a, p in dist)
+                           + f" of {k} (each token's highest-weighted; the dropped slots skipped "
+                           "by grouped_mm)")
 
 
 FAMILY = DynamicTopK()

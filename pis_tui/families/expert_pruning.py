@@ -9,6 +9,9 @@ dozen tokens) up to E/E′ fewer expert bytes; in compute-bound prefill little a
 routing over the kept experts is the router's over them alone (:func:`pis_tui.model.moe.
 pruned_routing`: each layer keeps the experts its routing uses most, the others' tokens spread
 over them in proportion).  Memory: E′/E of the experts' weights.
+
+Real pruning (quality, validate: :mod:`pis_tui.hf.experts`) uses that same frequency criterion:
+each layer keeps the experts a calibration routed most tokens to.
 """
 
 from __future__ import annotations
@@ -22,13 +25,7 @@ from .base import Family
 
 def kept_experts(spec, s: float) -> int:
     """E′ = E − round(s·E); fewer than the experts each token takes is an error (one line)."""
-    e = spec.moe
-    kept = e.experts - round_half_up(s * e.experts)
-    if kept < e.top_k:
-        raise UserError(f"expert_pruning at {s:.1%} keeps {kept} of {e.experts} experts, fewer than "
-                        f"the {e.top_k} each token is routed to: at most "
-                        f"{(e.experts - e.top_k) / e.experts:.1%} for {spec.name}")
-    return kept
+    return _kept(spec.moe.experts, spec.moe.top_k, s, spec.name)
 
 
 class ExpertPruning(Family):
@@ -39,8 +36,7 @@ class ExpertPruning(Family):
                    "weights together): the same FLOPs per token, fewer experts for a step to touch")
     mark, color, short = "E", (255, 120, 180), "experts"
     moe_only = True
-    quality_unsupported = ("real expert pruning (a criterion over calibration routing, the router "
-                           "sliced with the experts) is not built yet: quality and validate refuse it")
+    needs_calibration = True  # the criterion: the calibration's routing (most used experts)
 
     def shape(self, ctx, shape):
         spec = ctx.spec
@@ -57,6 +53,56 @@ class ExpertPruning(Family):
 
     def achieved_sparsity(self, ctx, shape, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)
+
+    # ------------------------------------------------------------ real pruning
+
+    def prune(self, model, sparsity, cal, **kw):
+        """Each MoE layer keeps the E′ experts the calibration routed most tokens to (the
+        frequency criterion, :func:`pis_tui.model.moe.kept_experts`: the prediction's rule)."""
+        from ..hf.experts import blocks, decoder_weights, shape_of, slice_experts
+        from ..hf.result import PruneResult
+
+        if getattr(cal, "experts", None) is None:
+            raise UserError("expert_pruning needs a calibration that counted the experts' tokens")
+        sh = shape_of(model)
+        keep = _kept(sh["experts"], sh["top_k"], sparsity, type(model).__name__)
+        before = decoder_weights(model)
+        kept = cal.experts.kept_experts(keep)
+        slice_experts(model, kept)
+        after = decoder_weights(model)
+        return PruneResult(self.name, sparsity, 1.0 - after / before,
+                           note=f"{sh['experts']} → {keep} experts per MoE layer: each keeps the "
+                                f"ones {cal.experts.tokens} calibration tokens were routed to most",
+                           details={"kept_experts": {i: k for (i, *_), k in
+                                                     zip(blocks(model), kept)}})
+
+    # ------------------------------------------------------------ validate
+
+    def validate_dims(self, spec, strategy, dims):
+        kept_experts(spec, strategy.effective_sparsity)  # E′ < k: one line, before building
+
+    def validate_finish(self, built, seed):
+        """The built (random-weight) model's layers each keep the E′ experts its own routing
+        of the timed prefill's input ids (batch 1 × 128, seeded as validate draws them) uses
+        most; the router rows and the experts sliced together."""
+        from ..hf.experts import VALIDATE_CAL_TOKENS, calibration_ids, collect, slice_experts
+
+        keep = kept_experts(built.spec, built.strategy.effective_sparsity)
+        m = built.model
+        st = collect(m, calibration_ids(m.config.vocab_size, seed), channels=False)
+        slice_experts(m, st.kept_experts(keep))
+        built.notes.append(f"experts: {built.spec.moe.experts} → {keep} per MoE layer, each "
+                           "keeping the ones its routing of the prefill's seeded input ids (1 × "
+                           f"{VALIDATE_CAL_TOKENS}) used most")
+
+
+def _kept(experts: int, top_k: int, s: float, name: str) -> int:
+    kept = experts - round_half_up(s * experts)
+    if kept < top_k:
+        raise UserError(f"expert_pruning at {s:.1%} keeps {kept} of {experts} experts, fewer than "
+                        f"the {top_k} each token is routed to: at most "
+                        f"{(experts - top_k) / experts:.1%} for {name}")
+    return kept
 
 
 FAMILY = ExpertPruning()

@@ -18,7 +18,10 @@ from .base import Family
 
 def kept_top_k(spec, s: float) -> int:
     """k′ = k − round(s·k); below 1 is an error (one line)."""
-    k = spec.moe.top_k
+    return _kept(spec.moe.top_k, s)
+
+
+def _kept(k: int, s: float) -> int:
     kept = k - round_half_up(s * k)
     if kept < 1:
         raise UserError(f"topk_reduction at {s:.1%} leaves k′ = {kept} of {k} experts per token: "
@@ -34,8 +37,6 @@ class TopKReduction(Family):
                    "experts touched while the batch is small")
     mark, color, short = "T", (255, 170, 90), "top-k"
     moe_only = True
-    quality_unsupported = ("real top-k reduction is a config edit the quality path does not make "
-                           "yet: quality and validate refuse it")
 
     def shape(self, ctx, shape):
         spec = ctx.spec
@@ -51,6 +52,33 @@ class TopKReduction(Family):
         """The share of routed-expert FLOPs per token removed (k − k′)/k: no weight is removed."""
         k = ctx.spec.moe.top_k
         return (k - (shape.widths.top_k or k)) / k
+
+    # ------------------------------------------------------------ real pruning
+
+    def prune(self, model, sparsity, cal, **kw):
+        """k′ on every router (and the config): no weight removed; the achieved share is the
+        routed rows' (k − k′)/k, as the prediction counts it."""
+        from ..hf.experts import set_top_k, shape_of
+        from ..hf.result import PruneResult
+
+        k = shape_of(model)["top_k"]
+        kept = _kept(k, sparsity)
+        set_top_k(model, kept)
+        return PruneResult(self.name, sparsity, (k - kept) / k,
+                           note=f"each token routed to {kept} of its router's top {k} experts "
+                                "(the highest-scored)")
+
+    # ------------------------------------------------------------ validate
+
+    def validate_dims(self, spec, strategy, dims):
+        kept_top_k(spec, strategy.effective_sparsity)  # k′ < 1: one line, before building
+
+    def validate_finish(self, built, seed):
+        from ..hf.experts import set_top_k
+
+        kept = kept_top_k(built.spec, built.strategy.effective_sparsity)
+        set_top_k(built.model, kept)
+        built.notes.append(f"experts per token: {built.spec.moe.top_k} → {kept} (every router)")
 
 
 FAMILY = TopKReduction()

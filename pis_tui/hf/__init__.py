@@ -27,6 +27,11 @@ Importance comes from one calibration pass (:func:`calibrate`) over token window
 * ``dynamic_sparse_attention``: block-sparse causal attention keeping, per query block,
   the top (1−s) of its causal key blocks by pooled q·k score (the diagonal block always
   kept).  Also an oracle: the scores are computed from the full q and k.
+* the expert-level families (``expert_pruning``, ``topk_reduction``, ``dynamic_topk``,
+  ``expert_slimming``) act on transformers' own MoE classes as they are, not the Llama layout
+  (:mod:`.experts`): experts kept per layer by how many calibration tokens were routed to them,
+  k set on every router, each expert's channels by activation, dynamic top-k as a router
+  wrapper whose dropped slots the grouped GEMMs skip.
 * ``static_width_hidden`` (SliceGPT-like) is not implemented: its family's
   ``quality_unsupported`` says why (:func:`unsupported`).
 
@@ -38,5 +43,6 @@ decoder's layers and linears), :mod:`.calibration` (importance statistics), :mod
 (depth, width, low rank), :mod:`.masks` (2:4 and unstructured by Wanda; a built model's
 masks), :mod:`.oracles` (the dynamic families), :mod:`.result`, :mod:`.config` (a pruned
 model's dims and transformers config), :mod:`.modules` (the wrapper modules validate builds),
-:mod:`.attention` (the attention implementations), :mod:`.perplexity`.
+:mod:`.attention` (the attention implementations), :mod:`.experts` (the routed experts'
+surgery and criteria), :mod:`.perplexity`.
 """

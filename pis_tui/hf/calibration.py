@@ -24,6 +24,9 @@ class Calibration:
     mlp_bi: list = field(default_factory=list)
     #: per decoder linear name: sum over tokens of x_j² (float64 tensor of in_features)
     in_sqsum: dict = field(default_factory=dict)
+    #: a mixture of experts: the tokens each routed expert got and its channels' activation
+    #: scores (:class:`pis_tui.hf.experts.ExpertStats`); None for a dense model
+    experts: object = None
 
     def in_norm(self, name: str):
         """‖X_j‖₂ over calibration tokens for the input channels of linear ``name``."""
@@ -37,6 +40,16 @@ def calibrate(model, windows, *, on_progress=None, cancel=None) -> Calibration:
 
     from .perplexity import _check_cancel, _as_windows
 
+    from .routing_record import moe_blocks
+
+    if moe_blocks(model):
+        try:
+            decoder_layers(model)
+        except UserError:  # transformers' MoE classes: the experts' statistics only
+            from .experts import calibrate_experts
+
+            return calibrate_experts(model, windows, cal=Calibration(), on_progress=on_progress,
+                                     cancel=cancel)
     layers = decoder_layers(model)
     lins = decoder_linears(model)
     n = len(layers)

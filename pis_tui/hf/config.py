@@ -21,10 +21,12 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text", "g
                                                         "granitemoe")
 #: the mixture-of-experts model types validate builds (transformers' own classes, their experts
 #: run through ``grouped_mm``): the families that act on their attention, their layers, their
-#: shared experts and dense layers (never on the routed experts: no family prunes those yet)
+#: shared experts and dense layers, and the four that act on the routed experts
+#: (:mod:`pis_tui.hf.experts`: experts sliced, k set, channels sliced, tokens' slots skipped)
 MOE_MODEL_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe")
 _MOE_FAMILIES = ("dense", "static_depth", "static_width", "low_rank", "dynamic_depth",
-                 "semi_structured_24", "unstructured", "dynamic_sparse_attention")
+                 "semi_structured_24", "unstructured", "dynamic_sparse_attention",
+                 "expert_pruning", "topk_reduction", "dynamic_topk", "expert_slimming")
 VALIDATE_FAMILIES = {
     **{t: _MOE_FAMILIES for t in MOE_MODEL_TYPES},
     # Qwen2-MoE's shared expert is a gate_proj/up_proj pair the prediction prices as one fused
@@ -44,8 +46,9 @@ CONFIG_KEYS = {
     "gpt2": {"layers": "n_layer", "hidden": "n_embd", "heads": "n_head", "inter": "n_inner"},
     "gpt_neox": {"layers": "num_hidden_layers", "hidden": "hidden_size",
                  "heads": "num_attention_heads", "inter": "intermediate_size"},
-    # intermediate_size is these models' routed experts' width, which no family prunes: the
-    # pruned MLP width has no key (their MoE layers have no dense or shared MLP to cut)
+    # intermediate_size is these models' routed experts' width, which expert_slimming slices
+    # after building (hf/experts.py): the pruned MLP width has no key (their MoE layers have no
+    # dense or shared MLP to cut)
     **{t: {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
            "kv": "num_key_value_heads", "head_dim": "head_dim"}
        for t in ("mixtral", "olmoe", "granitemoe")},
@@ -53,7 +56,7 @@ CONFIG_KEYS = {
 #: why a family cannot act on an MoE model validate builds (the one line it is refused with)
 MOE_REFUSED = {
     "static_width_hidden": "the hidden size runs through every routed expert and the router, "
-                           "which no family prunes",
+                           "which validate does not slice",
     "low_rank": "its shared expert's gate and up projections are priced as one fused GEMM, "
                 "whose low-rank factor is not theirs",
 }

@@ -122,6 +122,33 @@ def _check_experts(built: BuiltModel) -> None:
         raise MeasureError(f"{built.spec.name}: transformers runs its experts with {impl!r}, "
                            f"not {EXPERTS_IMPL!r}: the timing would not be of the priced kernels")
     built.notes.append(f"experts: transformers' {EXPERTS_IMPL} (torch.nn.functional.grouped_mm)")
+    if families.get(built.strategy.family).moe_only:
+        _check_expert_shape(built)
+
+
+def _check_expert_shape(built: BuiltModel) -> None:
+    """A model whose routed experts were pruned holds what the prediction prices: the experts
+    per layer, k and the experts' width of the op list's grouped GEMM (and, skipping experts,
+    its distribution of k)."""
+    from ..families.phase_ops import build_phase_ops
+    from ..hf.experts import SkipRouter, shape_of
+    from ..model.scenario import Scenario
+
+    scen = Scenario(prefill_batch=1, prompt_len=16, decode_batch=1, context_len=16,
+                    dtype=built.dtype)
+    ops = build_phase_ops(built.spec, built.strategy, scen, "prefill").ops
+    gg = next(o for o in ops if type(o).__name__ == "GroupedGemm" and o.name == "experts_gate_up")
+    want = {"experts": gg.experts, "top_k": gg.top_k, "expert_inter": gg.n // 2}
+    have = shape_of(built.model)
+    skips = [m for m in built.model.modules() if isinstance(m, SkipRouter)]
+    if skips:
+        want["k_dist"] = tuple((int(a), round(float(p), 6)) for a, p in gg.k_dist)
+        r = skips[0]
+        have["k_dist"] = (((r.k_lo, round(1.0 - r.p_hi, 6)), (r.k_hi, round(r.p_hi, 6)))
+                          if r.p_hi > 0 else ((r.k_lo, 1.0),))
+    if have != want:
+        raise MeasureError(f"{built.spec.name}: the built {built.strategy.token} model holds "
+                           f"{have}, the prediction prices {want}")
 
 
 def _fast_init(m, seed: int) -> None:

@@ -84,8 +84,15 @@ def record_row(built, run, out_dir: str | Path, label: str, *, steps: int = DECO
         for m in routed:
             m.plan = {"attn": True, "mlp": True}
         note = "dynamic depth at decode batch 1: recorded with every layer run"
+    from ..hf.experts import dense_counts, full_routing
+
+    skips = full_routing(model)  # dynamic top-k: the router's own k experts per token
+    if skips.routers:
+        note = "; ".join(x for x in (note, "dynamic top-k: recorded with each token's k experts "
+                                     "(the router's own routing; the skip is the family's "
+                                     "distribution of k)") if x)
     try:
-        with RoutingRecorder(model) as rec, torch.inference_mode():
+        with RoutingRecorder(model) as rec, torch.inference_mode(), skips:
             if run.phase == "prefill":
                 rec.phase = "prefill"
                 run._fn()
@@ -113,12 +120,17 @@ def record_row(built, run, out_dir: str | Path, label: str, *, steps: int = DECO
     finally:
         for m, plan in zip(routed, saved):
             m.plan = plan
+    own = counts
+    # expert pruning: the kept experts' counts at the dense model's ids (zeros at the removed),
+    # so the file reads against the model the prediction is of
+    counts, dense_e = dense_counts(model, counts)
+    file_experts = dense_e or experts
     ph = {"layers": counts, "tokens": tokens, "sequences": run.batch}
     if run.phase == "decode":
         # the rows a step's MoE blocks see (dynamic depth routes some of the batch past them)
         ph.update(sequences=max(1, tokens // steps), steps=steps, batch=run.batch)
     data = {"format": FORMAT, "model": built.spec.name, "model_type": built.spec.model_type,
-            "experts": experts, "top_k": top_k, "moe_layers": n, "layer_ids": layer_ids,
+            "experts": file_experts, "top_k": top_k, "moe_layers": n, "layer_ids": layer_ids,
             "source": f"recorded by pis-tui validate from the timed {run.phase} of the "
                       f"{built.strategy.token} model (random weights, seed {run.seed})",
             "text": f"random token ids ({run.phase} batch {run.batch}, length {run.length})",
@@ -130,7 +142,7 @@ def record_row(built, run, out_dir: str | Path, label: str, *, steps: int = DECO
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{label}.json"
     path.write_text(json.dumps(data), encoding="utf-8")
-    mom = statistics.fmean(max(c) / (sum(c) / len(c)) for c in counts)
-    touched = statistics.fmean(sum(1 for x in c if x) for c in counts)
+    mom = statistics.fmean(max(c) / (sum(c) / len(c)) for c in own)
+    touched = statistics.fmean(sum(1 for x in c if x) for c in own)
     return RecordedRouting(str(path), run.phase, tokens, n, experts, top_k, mom, touched,
                            statistics.fmean(per_step) if per_step else touched, note)

@@ -4,7 +4,8 @@ timings on this machine's CPU (fp32).
 Each model is built with transformers' own class (random weights, experts through
 ``grouped_mm``), at reduced depth where it is too big to hold whole with a pruned copy, and
 pruned by static_depth, static_width, low_rank and dynamic_depth at 0.25 and 0.5 (the families
-that act on an MoE model's attention and layers; none prunes the routed experts).  Every
+that act on an MoE model's attention and layers; ``--families`` also takes the four that prune
+the routed experts: expert_pruning, topk_reduction, dynamic_topk, expert_slimming).  Every
 prediction, the dense model's and each pruned model's, is made from that model's own routing,
 recorded from the forwards that are timed (prefill: the same input ids; decode: the timed step
 at its batch over several steps): never ``balanced``.  The routing files are kept beside the
