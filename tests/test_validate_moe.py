@@ -185,8 +185,9 @@ def test_validate_predicts_each_model_from_its_own_recorded_routing(tmp_path, mo
         assert d["routing"]["pruned"]["path"].endswith(".json")
         assert d["routing"]["dense"]["moe_layers"] == 2 and d["routing"]["pruned"]["moe_layers"] == 1
         assert row.predicted_ms > 0 and row.measured_ms > 0
-    # the predictions' grouped GEMMs are keyed by the recorded routing
+    # the predictions' grouped GEMMs follow the recorded routing's law (measured at its profile)
     from pis_tui.hf.config import raw_config
+    from pis_tui.model import moe
 
     _, spec = raw_config(tiny_moe("qwen3_moe"))
     first = [r for fam, ph, r in seen if fam == "dense" and ph == "prefill"][0]
@@ -194,7 +195,11 @@ def test_validate_predicts_each_model_from_its_own_recorded_routing(tmp_path, mo
         prefill_batch=1, prompt_len=16, decode_batch=1, context_len=16, dtype="fp32",
         routing=first), "prefill")
     gg = [o for o in po.ops if type(o).__name__ == "GroupedGemm"]
-    assert gg and all(o.routing.startswith("dense_prefill_b1_L16:prefill#") for o in gg)
+    r = moe.routing(first, spec.moe.experts, moe_layers=spec.moe.moe_layers, phase="prefill")
+    assert r.id.startswith("dense_prefill_b1_L16:prefill#")
+    law = moe.mean_step(16, spec.moe.top_k, r)
+    assert gg and all(o.groups == pytest.approx(law.distinct) for o in gg)
+    assert all(o.routing == moe.measured_profile(r)[0] for o in gg)
 
 
 def _config_dir(tmp_path, cfg):
