@@ -36,6 +36,9 @@ class ExpertPruning(Family):
                    "weights together): the same FLOPs per token, fewer experts for a step to touch")
     mark, color, short = "E", (255, 120, 180), "experts"
     moe_only = True
+    #: its achieved sparsity is a share of the decoder's parameters (a combination of two such
+    #: parts counts the parameters it keeps: they may cut the same weights)
+    achieved_measure = "parameters"
     needs_calibration = True  # the criterion: the calibration's routing (most used experts)
 
     def shape(self, ctx, shape):

@@ -39,6 +39,9 @@ class ExpertSlimming(Family):
                    "fewer bytes per expert touched and fewer FLOPs per routed row, at every batch")
     mark, color, short = "S", (200, 130, 255), "slim"
     moe_only = True
+    #: its achieved sparsity is a share of the decoder's parameters (a combination of two such
+    #: parts counts the parameters it keeps: they may cut the same weights)
+    achieved_measure = "parameters"
     needs_calibration = True  # the criterion: each channel's activation over its tokens
 
     def shape(self, ctx, shape):

@@ -23,7 +23,7 @@ from . import registry
 from .base import LayerShape, PhaseContext
 from .combinations import compose_sparsity
 from ..model.architecture import llama_default
-from ..model.layer import overhead_ops, overhead_phase
+from ..model.layer import decoder_params, gemm_params, overhead_ops, overhead_phase
 from ..model.spec import ModelSpec
 from ..model.ops import Collective, Elementwise, Gemm, Op
 from ..model.scenario import Scenario, check_phase
@@ -98,6 +98,11 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
         part_achieved = tuple(round(max(0.0, _alone(spec, ps, scenario, phase)), 6)
                               for ps in strategy.part_strategies)
         achieved = compose_sparsity(part_achieved)
+        if all(getattr(p, "achieved_measure", "") == "parameters" for p in fam.parts):
+            # parts that cut the same weights (expert pruning and slimming: both the experts')
+            # do not compose as 1 − Π(1 − aᵢ) of their shares of the whole model: the
+            # parameters the op list keeps say what the two together removed
+            achieved = 1.0 - gemm_params(ops) / decoder_params(spec)
     else:
         achieved = max(0.0, fam.achieved_sparsity(ctx, shape, ops))
     notes = list(shape.notes) + fam.final_notes(ctx, shape, ops)

@@ -16,7 +16,7 @@ measured speedup did not settle are reported unstable and left out of the errors
 average is recorded before, during (every 5 s) and after the run.
 
     PYTHONPATH=. python tests/benchmarks/validate_moe_cpu.py [--model granite-3.1-1b-a400m:8]
-        [--model olmoe-1b-7b:4] [--families static_depth] [--sparsity 0.5]
+        [--model olmoe-1b-7b:4] [--families static_depth,dynamic_topk@0.4375] [--sparsity 0.5]
         [--decode-batches 1,16,64] [--phase both] [--repeats 5] [--out NAME]
 
 ``--model NAME[:LAYERS]`` (repeatable; default: granite-3.1-1b-a400m at 8 of its 24 layers and
@@ -120,8 +120,12 @@ def main(argv=None) -> int:
 
     from pis_tui.cache import Cache
 
-    strategies = [Strategy(f, float(s)) for f in args.families.split(",")
-                  for s in args.sparsity.split(",")]
+    # a family@sparsity item keeps its own sparsity (dynamic_topk@0.4375: 4 or 5 experts a token)
+    strategies = [Strategy(f.split("@")[0], float(f.split("@")[1])) if "@" in f else None
+                  for f in args.families.split(",")]
+    strategies = [st for f, st in zip(args.families.split(","), strategies) if st is not None] + [
+        Strategy(f, float(s)) for f in args.families.split(",") if "@" not in f
+        for s in args.sparsity.split(",")]
     phases = ("prefill", "decode") if args.phase == "both" else (args.phase,)
     cache_path = args.cache or str(Path(tempfile.mkdtemp()) / "ops.duckdb")
     routing_root = HERE / f"{args.out}.routing"
