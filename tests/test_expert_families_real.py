@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from helpers import run_cli  # noqa: E402
-from test_validate_moe import _config_dir, _decoder_weights, tiny_moe  # noqa: E402
+from test_validate_moe import (  # noqa: E402
+    _decoder_weights, assert_validate_refuses, tiny_moe)
 
 from pis_tui import families, validation as v  # noqa: E402
 from pis_tui.errors import MeasureError, UserError  # noqa: E402
@@ -269,12 +270,7 @@ def test_validate_run_of_each_family_gives_rows_from_the_pruned_models_routing(t
     (["--strategy", "expert_slimming", "--sparsity", "0.5", "--align", "128"], "wider"),
 ])
 def test_cli_bad_expert_input_is_one_line_exit_2(tmp_path, args, msg):
-    d = _config_dir(tmp_path, tiny_moe("olmoe"))
-    r = run_cli("validate", "--model", str(d), *args, "--json", str(tmp_path / "x.json"),
-                "--cache", str(tmp_path / "c.duckdb"))
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
-    assert not (tmp_path / "x.json").exists()
+    assert_validate_refuses(tmp_path, args, msg)
 
 
 def test_prune_refuses_bad_input_in_one_line():

@@ -219,6 +219,12 @@ def _config_dir(tmp_path, cfg):
     (["--strategy", "static_depth", "--sparsity", "0.5", "--layers", "3"], "has 2 decoder layers"),
 ])
 def test_cli_refusals_are_one_line_exit_2(tmp_path, args, msg):
+    assert_validate_refuses(tmp_path, args, msg)
+
+
+def assert_validate_refuses(tmp_path, args, msg) -> None:
+    """`validate` of a tiny OLMoE with ``args`` exits 2 with one line holding ``msg``, and
+    writes no result."""
     d = _config_dir(tmp_path, tiny_moe("olmoe"))
     r = run_cli("validate", "--model", str(d), *args, "--json", str(tmp_path / "x.json"),
                 "--cache", str(tmp_path / "c.duckdb"))

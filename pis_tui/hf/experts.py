@@ -243,22 +243,11 @@ def calibrate_experts(model, windows, *, cal, on_progress=None, cancel=None):
     transformers MoE class's layers lack the Llama layout the other statistics (Block
     Influence, the linears' inputs) are taken from: they are left empty, and the families that
     need them refuse such a model with their own one line (the layout check)."""
-    import torch
-
-    from .perplexity import _as_windows, _check_cancel
+    from .calibration import run_windows
 
     st = ExpertStats(model)
-    dev = next(model.parameters()).device
-    wins = _as_windows(windows)
-    model.eval()
-    with st, torch.inference_mode():
-        for k, w in enumerate(wins):
-            _check_cancel(cancel)
-            x = w.to(dev).unsqueeze(0) if w.dim() == 1 else w.to(dev)
-            model(input_ids=x, use_cache=False, logits_to_keep=1)
-            cal.n_tokens += x.numel()
-            if on_progress:
-                on_progress(k + 1, len(wins))
+    with st:
+        run_windows(model, windows, cal, on_progress=on_progress, cancel=cancel)
     if cal.n_tokens == 0:
         raise UserError("no calibration tokens")
     cal.experts = st
