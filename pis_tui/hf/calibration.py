@@ -38,6 +38,7 @@ def calibrate(model, windows, *, on_progress=None, cancel=None) -> Calibration:
     collect Block Influence per layer and sublayer and input sum of squares per decoder linear."""
     import torch
 
+    from .perplexity import run_windows
     from .routing_record import moe_blocks
 
     if moe_blocks(model):
@@ -108,24 +109,3 @@ def calibrate(model, windows, *, on_progress=None, cancel=None) -> Calibration:
             lst[i] /= cal.n_tokens
     cal.in_sqsum = {k: v.cpu() for k, v in sq.items() if v is not None}
     return cal
-
-
-def run_windows(model, windows, cal, *, on_progress=None, cancel=None) -> None:
-    """One forward over each calibration window (the hooks a caller set record what they need),
-    counting the tokens in ``cal.n_tokens``; cancellable between windows."""
-    import torch
-
-    from .perplexity import _as_windows, _check_cancel
-
-    device = next(model.parameters()).device
-    wins = _as_windows(windows)
-    model.eval()
-    with torch.inference_mode():
-        for k, w in enumerate(wins):
-            _check_cancel(cancel)
-            ids = w.to(device).unsqueeze(0) if w.dim() == 1 else w.to(device)
-            model(input_ids=ids, use_cache=False, logits_to_keep=1)
-            cal.n_tokens += ids.numel()
-            if on_progress:
-                on_progress(k + 1, len(wins))
-

@@ -243,7 +243,7 @@ def calibrate_experts(model, windows, *, cal, on_progress=None, cancel=None):
     transformers MoE class's layers lack the Llama layout the other statistics (Block
     Influence, the linears' inputs) are taken from: they are left empty, and the families that
     need them refuse such a model with their own one line (the layout check)."""
-    from .calibration import run_windows
+    from .perplexity import run_windows
 
     st = ExpertStats(model)
     with st:

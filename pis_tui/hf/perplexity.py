@@ -164,3 +164,21 @@ def perplexity(model, tokens: Union[str, Sequence[int], "object"], *, tokenizer=
     mean = total_nll / scored
     return PerplexityResult(ppl=math.exp(mean) if mean < 700 else float("inf"), nll=mean, n_tokens=scored,
                             n_windows=len(wins), seq_len=seq_len, stride=min(stride or seq_len - 1, seq_len - 1))
+
+
+def run_windows(model, windows, cal, *, on_progress=None, cancel=None) -> None:
+    """One forward over each calibration window (the hooks a caller set record what they need),
+    counting the tokens in ``cal.n_tokens``; cancellable between windows."""
+    import torch
+
+    device = next(model.parameters()).device
+    wins = _as_windows(windows)
+    model.eval()
+    with torch.inference_mode():
+        for k, w in enumerate(wins):
+            _check_cancel(cancel)
+            ids = w.to(device).unsqueeze(0) if w.dim() == 1 else w.to(device)
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            cal.n_tokens += ids.numel()
+            if on_progress:
+                on_progress(k + 1, len(wins))
