@@ -129,7 +129,7 @@ def profile_from_dict(d: dict) -> DeviceProfile:
 #: 2:4 GEMM), of the bandwidth (every kernel's bytes; 2:4 GEMMs in the memory-bound regime), a
 #: memory-bound GEMM's fixed latency beyond the floor, and the per-kernel floor (µs)
 EFFICIENCY_KEYS = ("gemm", "attention", "bandwidth", "sparse24", "sparse24_bandwidth",
-                   "gemm_latency_us", "kernel_floor_us")
+                   "gemm_latency_us", "kernel_floor_us", "fp8_gemm", "w4a16", "w4a16_bandwidth")
 
 
 #: the analytical model's figures where a profile gives none (the local CPU, a GPU profile
@@ -146,21 +146,59 @@ DEFAULT_EFFICIENCY = {
 DEFAULT_EFFICIENCY_SOURCE = ("assumed (pis-tui's defaults: typical of cuBLAS/FlashAttention-class "
                              "kernels on datacenter GPUs, oneDNN-class kernels on CPUs)")
 
+#: quantized kernels' figures where a profile gives none, by device kind and engine (the
+#: engine's kernel: eager = torch's tinygemm ``_weight_int4pack_mm``, fused = Marlin-class):
+#: ``w4a16`` is the share of the dense kernel's compute rate a 4-bit weight-only kernel keeps
+#: (it dequantizes in its main loop), ``w4a16_bandwidth`` its share of the bandwidth;
+#: ``fp8_gemm`` (the share of the fp8 peak) defaults to the profile's ``gemm`` share
+DEFAULT_QUANT_EFFICIENCY = {
+    ("gpu", "eager"): ({"w4a16": 0.5, "w4a16_bandwidth": 0.6},
+                       "assumed: tinygemm-class int4 kernels (torch _weight_int4pack_mm) are "
+                       "tuned for batch 1 and fall behind the dense GEMM as M grows; not measured"),
+    ("gpu", "fused"): ({"w4a16": 0.9},
+                       "assumed from the Marlin paper (Frantar et al., arXiv 2408.11743): "
+                       "near-ideal 4-bit bandwidth up to batch 16-32, about 10 % below FP16 in "
+                       "large prefills; bandwidth share as the dense GEMM's"),
+    ("cpu", "eager"): ({"w4a16": 0.4},
+                       "assumed from one check on a 2-core x86 CPU (torch 2.13): "
+                       "_weight_int4pack_mm_for_cpu at M = 128 on 4096×4096 ran at 0.42× the "
+                       "bf16 GEMM's rate; measure it (pis-tui validate --precision int4)"),
+}
+
+
+def _quant_defaults(kind: str, engine: Optional[str]) -> tuple[dict, str]:
+    """The quantized kernels' default figures of a device kind under an engine (the CPU has
+    one set: no fused engine runs there)."""
+    return (DEFAULT_QUANT_EFFICIENCY.get((kind, engine or "eager"))
+            or DEFAULT_QUANT_EFFICIENCY[(kind, "eager")])
+
 
 def efficiency(device: DeviceProfile, engine: Optional[str] = None) -> dict:
     """The device's figures for the analytical model: its profile's "efficiency" block (and
     the engine's own figures in it) over the defaults; the floor is the device's."""
-    base = dict(DEFAULT_EFFICIENCY["cpu" if device.kind == "cpu" else "gpu"])
+    kind = "cpu" if device.kind == "cpu" else "gpu"
+    base = dict(DEFAULT_EFFICIENCY[kind])
+    base.update(_quant_defaults(kind, engine)[0])
     base.update(device.efficiency or {})
     if engine:
         base.update((device.efficiency_by_engine or {}).get(engine, {}))
     base["kernel_floor_us"] = device.launch_overhead_us
+    base.setdefault("fp8_gemm", base["gemm"])
+    base.setdefault("w4a16", 1.0)
+    base.setdefault("w4a16_bandwidth", base["bandwidth"])
     return base
 
 
 def efficiency_sources(device: DeviceProfile, engine: Optional[str] = None) -> dict:
     """{figure: its source} for :func:`efficiency` (defaults say they are assumed)."""
     out = {k: DEFAULT_EFFICIENCY_SOURCE for k in EFFICIENCY_KEYS}
+    kind = "cpu" if device.kind == "cpu" else "gpu"
+    figures, why = _quant_defaults(kind, engine)
+    for k in figures:
+        out[k] = why
+    out["fp8_gemm"] = "the profile's gemm share (no fp8 figure of its own)"
+    if "w4a16_bandwidth" not in figures:
+        out["w4a16_bandwidth"] = "the profile's bandwidth share (no weight-only figure of its own)"
     for k, v in (device.efficiency_sources or {}).items():
         if ":" in k:
             eng, key = k.split(":", 1)

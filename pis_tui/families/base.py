@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..model.layer import LayerWidths, Linear, attn_block, dense_linear, mlp_block
 from ..model.ops import Op
+from ..model.precision import k_alignment, lcm
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.spec import ModelSpec
@@ -85,6 +86,16 @@ class PhaseContext:
     def tp(self) -> int:
         """Tensor-parallel degree: the op lists are one rank's (1: a single GPU)."""
         return self.scenario.tp
+
+    @property
+    def k_align(self) -> int:
+        """What a quantized GEMM's K must be a multiple of at the served precision (an int4
+        group; 1 otherwise): a family rounds the widths it cuts to lcm(its alignment, this)."""
+        return k_alignment(self.scenario.precision)
+
+    def width_align(self, align: int) -> int:
+        """``align`` widened to the served precision's K alignment (int4: its group)."""
+        return lcm(align, self.k_align)
 
 
 @dataclass

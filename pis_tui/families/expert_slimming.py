@@ -46,10 +46,10 @@ class ExpertSlimming(Family):
 
     def shape(self, ctx, shape):
         spec = ctx.spec
-        inter = kept_expert_inter(spec, ctx.sparsity, ctx.strategy.align, ctx.tp)
+        inter = kept_expert_inter(spec, ctx.sparsity, ctx.width_align(ctx.strategy.align), ctx.tp)
         shape.widths = replace(shape.widths, expert_inter=inter)
         shape.dims += [("channels per routed expert",
-                        f"{spec.moe.expert_inter} → {inter} (align {ctx.strategy.align})"),
+                        f"{spec.moe.expert_inter} → {inter} (align {ctx.width_align(ctx.strategy.align)})"),
                        ("N of experts' gate/up, K of down", "shrunk")]
 
     def achieved_sparsity(self, ctx, shape, ops):

@@ -23,19 +23,23 @@ class LowRank(Family):
 
     def shape(self, ctx, shape):
         dt, s = ctx.dtype, ctx.sparsity
+        a = ctx.width_align(8)
 
         def lin(name, m, n, k, count):
-            r = factor_rank(n, k, s)
+            r = factor_rank(n, k, s, a)
             if not saves(n, k, r):  # no saving: keep the dense weight
                 return [Gemm(name, m, n, k, count, dt)]
             return [Gemm(name + ".A", m, r, k, count, dt), Gemm(name + ".B", m, n, r, count, dt)]
         shape.linear = lin
         w = shape.widths  # the widths an earlier part of a combination may have cut
         tp = ctx.tp  # under tensor parallelism each rank's shard is factorised on its own
-        r_q = factor_rank(w.q_heads * w.head_dim // tp, w.hidden, s)
+        r_q = factor_rank(w.q_heads * w.head_dim // tp, w.hidden, s, a)
         per = f" per shard (TP {tp})" if tp > 1 else ""
         shape.dims.append(("W[N,K] → B[N,r]·A[r,K]", f"e.g. q_proj r={r_q}; "
-                          f"gate r={factor_rank(w.inter // tp, w.hidden, s)}{per}"))
+                          f"gate r={factor_rank(w.inter // tp, w.hidden, s, a)}{per}"))
+        if a != 8:
+            shape.dims.append(("rank alignment", f"a multiple of {a} (the {ctx.scenario.precision} "
+                                                 "group: the second factor's K is r)"))
 
     def achieved_sparsity(self, ctx, shape, ops):
         return 1.0 - gemm_params(ops) / decoder_params(ctx.spec)

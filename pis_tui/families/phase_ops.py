@@ -26,6 +26,7 @@ from ..model.architecture import llama_default
 from ..model.layer import decoder_params, gemm_params, overhead_ops, overhead_phase
 from ..model.spec import ModelSpec
 from ..model.ops import Collective, Elementwise, Gemm, Op
+from ..model.precision import apply_precision, check_kernel_shapes, parse_precision
 from ..model.scenario import Scenario, check_phase
 from .strategy import Strategy
 from ..model.tensor_parallel import check_model, padded_vocab, vocab_per_rank
@@ -90,6 +91,12 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
                               ctx.batch * padded_vocab(spec.vocab_size, tp), tp, 1, dt))
     if "logit_softcap" in after:  # Gemma 2: c·tanh(logits / c)
         ops.append(Elementwise("logit_softcap", "softcap", ctx.batch, vocab, 1, dt))
+    # the served precision: quantized GEMMs and the ops quantization adds
+    # (pis_tui.model.precision); the overhead counts nn.Linear calls, which it leaves alone
+    if scenario.precision:
+        prec = parse_precision(scenario.precision)
+        ops = apply_precision(ops, prec, scenario.engine)
+        check_kernel_shapes(ops, prec)
     # eager framework overhead (zero on devices timed through CUDA graphs)
     blocks, routed = fam.overhead_counts(ctx, shape)
     ops += overhead_ops(ops, overhead_phase(phase, ctx.batch), blocks, routed, dt)

@@ -42,7 +42,7 @@ class StaticWidth(Family):
     validate_standard = True
 
     def shape(self, ctx, shape):
-        spec, s, align, tp = ctx.spec, ctx.sparsity, ctx.strategy.align, ctx.tp
+        spec, s, align, tp = ctx.spec, ctx.sparsity, ctx.width_align(ctx.strategy.align), ctx.tp
         g = kept_kv_groups(spec, s, tp)
         inter = kept_intermediate(spec, s, align, tp)
         shape.widths = replace(shape.widths, q_heads=g * spec.gqa_group, kv_heads=g, inter=inter)

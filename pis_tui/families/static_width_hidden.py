@@ -24,10 +24,10 @@ class StaticWidthHidden(Family):
                            "stream fused into every layer; not implemented for measured quality")
 
     def shape(self, ctx, shape):
-        h2 = kept_hidden(ctx.spec, ctx.sparsity, ctx.strategy.align)
+        h2 = kept_hidden(ctx.spec, ctx.sparsity, ctx.width_align(ctx.strategy.align))
         shape.widths = replace(shape.widths, hidden=h2)
         shape.hidden_io = h2
-        shape.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.strategy.align})"),
+        shape.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.width_align(ctx.strategy.align)})"),
                       ("K of q/k/v/gate/up, N of o/down, embeddings, lm_head", "shrunk"),
                       ("residual mapping", f"+2 GEMMs {h2}×{h2} per layer")]
         if ctx.tp > 1:  # the residual stream every all-reduce carries is the sliced one

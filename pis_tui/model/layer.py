@@ -324,8 +324,9 @@ def kept_tokens(n: int, s: float) -> int:
 
 
 
-def factor_rank(n: int, k: int, s: float) -> int:
-    """r = (1−s)·N·K/(N+K) rounded to a multiple of 8, at least 8."""
-    return max(8, round_half_up((1 - s) * n * k / (n + k) / 8) * 8)
+def factor_rank(n: int, k: int, s: float, align: int = 8) -> int:
+    """r = (1−s)·N·K/(N+K) rounded to a multiple of ``align`` (8; an int4 group's multiple
+    when the factors are served in int4: the second factor's K is r), at least ``align``."""
+    return max(align, round_half_up((1 - s) * n * k / (n + k) / align) * align)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Optional, Union
 
+from .quant_formats import get as quant_format
+
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
 #: GEMM kinds.  ``unstructured`` has zeros in the weights but runs through the dense
@@ -43,6 +45,8 @@ ELEMENTWISE_KINDS = (
     "act_mul",       # a gated activation other than SiLU: act(gate)·up (`extra` as for act)
     "scale",         # x·c (Gemma's embedding scale)
     "softcap",       # c·tanh(x/c) (Gemma 2's final logit soft-cap)
+    "act_quant",     # W8A8: x [rows,width] → fp8 and a scale per row (`extra` 0: dynamic
+                     # per-token absmax, then the cast; 1: a static per-tensor scale, the cast)
 )
 
 #: activation functions of the ``act`` / ``act_mul`` kinds, by ``Elementwise.extra``
@@ -73,6 +77,9 @@ class Gemm:
     #: fewer; a weight every rank holds whole: 1).  Not part of the kernel (``key``): a rank
     #: runs the GEMM of its shard.  The model's parameters are the shard's times this.
     shards: int = 1
+    #: the served precision of a quantized weight (:mod:`pis_tui.model.precision`: ``fp8-row``,
+    #: ``int4-g128``, ``mxfp4``…); "" runs in ``dtype``.  In the key, with the measuring kernel
+    quant: str = ""
     op_type: str = field(default="gemm", init=False)
 
     def flops(self) -> float:
@@ -85,6 +92,8 @@ class Gemm:
 
     def bytes(self) -> float:
         b = dtype_bytes(self.dtype)
+        if self.quant:
+            return _quant_bytes(self.quant, self.kind, self.n, self.k, self.m, self.m, 1.0, b)
         weight = self.n * self.k * b
         if self.kind == "sparse_24":
             # values at half density plus 2-bit metadata per kept value
@@ -92,7 +101,7 @@ class Gemm:
         return weight + (self.m * self.k + self.m * self.n) * b
 
     def key(self) -> str:
-        return f"gemm:{self.kind}:{self.dtype}:{self.m}x{self.n}x{self.k}"
+        return f"gemm:{self.kind}:{self.dtype}:{_quant_key(self.quant)}{self.m}x{self.n}x{self.k}"
 
     def shape(self) -> str:
         return f"M={self.m} N={self.n} K={self.k}"
@@ -129,6 +138,7 @@ class GroupedGemm:
     shares: tuple = field(default=(), compare=False, repr=False)
     #: dynamic top-k: each token's k drawn from ((k, probability), …); empty: every token top_k
     k_dist: tuple = ()
+    quant: str = ""  # as :attr:`Gemm.quant`
     op_type: str = field(default="grouped_gemm", init=False)
 
     def __post_init__(self):
@@ -156,16 +166,20 @@ class GroupedGemm:
 
     def bytes(self) -> float:
         b = dtype_bytes(self.dtype)
+        if self.quant:
+            return _quant_bytes(self.quant, self.kind, self.n, self.k, self.rows, self.rows,
+                                self.groups, b)
         return self.groups * self.n * self.k * b + (self.rows * self.k + self.rows * self.n) * b
 
     def key(self) -> str:
         """A grouped shape is a vector of rows per expert, drawn from the routing: the key names
         what the vectors are drawn from (E, k, T tokens, the routing's id), not one vector; a
         measurement is the mean over several drawn steps (:mod:`pis_tui.timing.grouped`)."""
+        q = _quant_key(self.quant)
         if self.tokens:
-            return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:k{self.k_label}:T{self.tokens}:"
+            return (f"ggemm:{self.kind}:{self.dtype}:{q}E{self.experts}:k{self.k_label}:T{self.tokens}:"
                     f"{self.routing}:{self.n}x{self.k}")
-        return (f"ggemm:{self.kind}:{self.dtype}:E{self.experts}:g{self.groups:.3f}:"
+        return (f"ggemm:{self.kind}:{self.dtype}:{q}E{self.experts}:g{self.groups:.3f}:"
                 f"r{self.rows:.1f}:p{self.padded_rows:.1f}:{self.n}x{self.k}")
 
     def shape(self) -> str:
@@ -267,7 +281,7 @@ class Elementwise:
     def flops(self) -> float:
         per = {"rmsnorm": 4, "rotary": 6, "silu_mul": 5, "residual_add": 1, "bias_add": 1,
                "topk": 2, "block_pool": 1, "scatter": 1, "layernorm": 7, "act": 4, "act_mul": 5,
-               "scale": 1, "softcap": 3}.get(self.kind, 0)
+               "scale": 1, "softcap": 3, "act_quant": 3}.get(self.kind, 0)
         return float(per * self.rows * self.width)
 
     def effective_flops(self) -> float:
@@ -276,6 +290,10 @@ class Elementwise:
     def bytes(self) -> float:
         b = dtype_bytes(self.dtype)
         n = self.rows * self.width * b
+        if self.kind == "act_quant":
+            # read x (twice when the per-token absmax is a pass of its own), write fp8 + scales
+            reads = 2 if self.extra == 0 else 1
+            return n * reads + self.rows * self.width * 1 + self.rows * 4
         reads_writes = {
             "rmsnorm": 2, "rotary": 2, "silu_mul": 3, "residual_add": 3, "bias_add": 2,
             "embedding": 2, "kv_write": 2, "topk": 1, "gather": 2, "scatter": 3,
@@ -415,6 +433,31 @@ def op_from_dict(d: dict) -> Op:
     return cls(**d)
 
 
+def _quant_key(quant: str) -> str:
+    """A quantized GEMM's part of the key: its precision and the kernel a measurement runs
+    (``int4-g128@int4pack_mm:``); "" for an unquantized one (keys unchanged)."""
+    if not quant:
+        return ""
+    p = quant_format(quant)
+    return f"{quant}@{p.kernel or 'none'}:" if p is not None else f"{quant}:"
+
+
+def _quant_bytes(quant: str, kind: str, n: int, k: int, rows_in: float, rows_out: float,
+                 groups: float, b: int) -> float:
+    """Bytes of one call of a quantized GEMM: ``groups`` weights of [N, K] at the precision
+    (scales included; 2:4 keeps half the values plus 2-bit metadata per kept value), the input
+    at 1 byte for W8A8 (quantized before) or the activation dtype, the output in the
+    activation dtype."""
+    p = quant_format(quant)
+    if p is None:
+        raise ValueError(f"unknown precision {quant!r}")
+    w = p.weight_nbytes(n, k)
+    if kind == "sparse_24":
+        w = w * 0.5 + n * k * 0.5 * 0.25
+    x = 1 if p.act_quant else b
+    return groups * w + rows_in * k * x + rows_out * n * b
+
+
 def kernel_of(op: Op, *, sparse_24: bool = True) -> Op:
     """The kernel call that really runs for an op: the one place that says so (the estimator
     prices it, profiling measures it, validation times it).  An unstructured GEMM runs the dense
@@ -463,12 +506,13 @@ def work_shape(op: dict) -> Optional[tuple]:
         # M's alignment too: a CPU GEMM blocks M into register tiles, and an M off the tile
         # runs a remainder path (MKL fp32 here: M = 12 rows 1.37× slower than M = 16; dynamic
         # depth's gathered rows are such Ms), so a less aligned M may be slower, not wrong
-        return (("gemm", op.get("kind"), op.get("dtype"), op.get("density")),
+        return (("gemm", op.get("kind"), op.get("dtype"), op.get("density"), op.get("quant", "")),
                 (op["m"], op["n"], op["k"]), (alignment(op["m"]), alignment(op["n"]), alignment(op["k"])))
     if t == "grouped_gemm" and op.get("tokens"):
         # the same experts, top-k and routing: more tokens, a wider or deeper expert is more work
         kd = tuple(tuple(x) for x in op.get("k_dist") or ())
-        return (("ggemm", op.get("kind"), op.get("dtype"), op["experts"], op["top_k"], kd, op["routing"]),
+        return (("ggemm", op.get("kind"), op.get("dtype"), op["experts"], op["top_k"], kd, op["routing"],
+                 op.get("quant", "")),
                 (op["tokens"], op["n"], op["k"]), (alignment(op["n"]), alignment(op["k"])))
     if t == "attention":
         return (("attn", op.get("dtype"), op.get("causal"), op["q_len"] == 1,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from .ops import DTYPE_BYTES
+from .quant_formats import get as quant_format
 
 #: the engines (profiles/kernels/<name>.json; pis_tui.pricing.engines reads them)
 ENGINES = ("eager", "fused")
@@ -30,6 +31,10 @@ class Scenario:
     #: how an MoE model's tokens spread over its experts (:func:`pis_tui.model.moe.routing`):
     #: ``balanced``, ``powerlaw:<alpha>`` or a histogram file; a dense model ignores it
     routing: str = "balanced"
+    #: the precision the model is served in (:mod:`pis_tui.model.precision`): a quantized
+    #: format's canonical name (``fp8-row``, ``int4-g128``, ``mxfp4``…) or "" (unquantized: the
+    #: dtype).  ``dtype`` stays the activation dtype (what a measurement runs its inputs in)
+    precision: str = ""
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len"):
@@ -45,6 +50,9 @@ class Scenario:
         from .tensor_parallel import check_degree
 
         check_degree(self.tp)
+        if self.precision and quant_format(self.precision) is None:
+            raise UserError(f"unknown precision {self.precision!r} (a quantized format's canonical "
+                            "name: fp8-row, fp8-tensor, int4-g128, mxfp4…)")
         r = self.routing
         if not isinstance(r, str) or not (r == "balanced" or r.startswith("powerlaw:")
                                            or r.endswith(".json")):
@@ -61,10 +69,18 @@ class Scenario:
             "engine": self.engine,
             "tp": self.tp,
             "routing": self.routing,
+            "precision": self.served,
         }
+
+    @property
+    def served(self) -> str:
+        """The served precision's name: the quantized format's, else the dtype."""
+        return self.precision or self.dtype
 
     def label(self, phase: str) -> str:
         tp = f" · TP {self.tp}" if self.tp > 1 else ""
+        if self.precision:
+            tp += f" · {self.precision}"
         if phase == "prefill":
             return f"prefill {self.prefill_batch}×{self.prompt_len}{tp}"
         return f"decode batch {self.decode_batch} @ {self.context_len}{tp}"

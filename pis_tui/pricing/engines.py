@@ -38,7 +38,7 @@ DEFAULT_ENGINE = ENGINES[0]
 #: imported: the registry loads every family module)
 COMBO_SEP = "+"
 #: bytes per element of the dtypes a kernel names besides the activation's
-_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int64": 8, "int32": 4, "bool": 1}
+_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int64": 8, "int32": 4, "bool": 1, "fp8": 1}
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,10 @@ class Engine:
     merged_gemms: dict  # the GEMM that computes several: {"q_proj": ("q_proj", "k_proj", "v_proj")}
     sources: dict
     traced_with: dict
+    #: the kernel assumed for each quantized GEMM ({"fp8" | "int4" | "mxfp4" | "fp8_emulated" |
+    #: "sparse_fp8" | "sparse_int4" | "act_quant": {"kernel", "source"}}; the profile's
+    #: "quantized" block)
+    quantized: dict = field(default_factory=dict)
     #: kernels() answers, by (family, phase, op name): a plan asks the same ones thousands of times
     _looked_up: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -190,7 +194,8 @@ def load(name: str = DEFAULT_ENGINE) -> Engine:
            for fam, by_phase in data.get("families", {}).items()}
     return Engine(name, data.get("doc", ""), ops,
                             {k: tuple(v) for k, v in data.get("merged_gemms", {}).items()},
-                            data.get("sources", {}), data.get("traced_with", {}))
+                            data.get("sources", {}), data.get("traced_with", {}),
+                            data.get("quantized", {}))
 
 
 def check_engine(name: Optional[str]) -> str:

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
-from . import collectives, engines as execution, sources
+from . import collectives, engines as execution, quantized, sources
 from ..device.gpus import DeviceProfile, efficiency
 from ..model.ops import (Attention, Collective, Elementwise, Gemm, GroupedGemm, Op, Overhead, dtype_bytes, kernel_of,
                          op_from_dict)
@@ -67,6 +67,8 @@ class MeasuredRecord:
     graph_capture: str = ""  # timed without a CUDA graph: eager launches included
     #: a solved figure (the dispatch probe's overheads): its standard error over its value
     solve_u: Optional[float] = None
+    #: the kernel that ran (a quantized GEMM's: ``aten._weight_int4pack_mm_for_cpu``)
+    kernel: str = ""
 
 
 #: transformers' eager attention of a soft-capped model (Gemma 2, transformers 5.25): the
@@ -98,7 +100,7 @@ def _as_record(m) -> Optional[MeasuredRecord]:
                           None if spread is None else float(spread), bool(cond.get("loaded")),
                           "; ".join(cond.get("unstable") or ()), str(cond.get("estimated") or ""),
                           str(cond.get("graph_capture") or ""),
-                          None if solve_u is None else float(solve_u))
+                          None if solve_u is None else float(solve_u), str(cond.get("kernel") or ""))
 
 
 class Estimator:
@@ -142,8 +144,22 @@ class Estimator:
         """The hardware floor of one call: max(FLOPs/peak, bytes/bandwidth)."""
         sparse = isinstance(op, Gemm) and op.kind == "sparse_24" and self.device.sparse_24
         flops = op.flops()
-        peak = self.peak(op.dtype, sparse)
+        peak = self.peak(quantized.compute_dtype(op, self.device), sparse)
         return max(flops / peak, op.bytes() / self.bandwidth(op.dtype)) * 1e3
+
+    def _shares(self, op, sparse: bool = False) -> tuple[float, float, float]:
+        """(peak FLOP/s, share of it, share of the bandwidth) a GEMM's kernel reaches: the
+        dense kernel's, or a quantized one's (:mod:`pis_tui.pricing.quantized`)."""
+        e = self.eff
+        m = quantized.mode(op, self.device)
+        if m == "w8a8":
+            return (self.peak("fp8", sparse), e["sparse24"] if sparse else e["fp8_gemm"],
+                    e["sparse24_bandwidth"] if sparse else e["bandwidth"])
+        if m == "weight_only" or (m == "emulated" and self.engine == "fused"):
+            share = (e["sparse24"] if sparse else e["gemm"]) * e["w4a16"]
+            return self.peak(op.dtype, sparse), share, e["w4a16_bandwidth"]
+        return (self.peak(op.dtype, sparse), e["sparse24"] if sparse else e["gemm"],
+                e["sparse24_bandwidth"] if sparse else e["bandwidth"])
 
     def work_ms(self, op: Op) -> float:
         """The least time one call can take, for a physical ceiling: the roofline of the kernel
@@ -160,11 +176,16 @@ class Estimator:
         bytes over the attainable share of bandwidth, whichever is longer (no floor)."""
         d, e = self.device, self.eff
         bw = self.bandwidth(op.dtype)
-        if d.kind == "cpu":
-            t_c = op.flops() / (self.peak(op.dtype) * e["gemm"])
-            return max(t_c, op.bytes() / (bw * e["bandwidth"])) * 1e3
+        if quantized.mode(op, d) == "emulated" and self.engine == "eager":
+            # a dequantization kernel of its own, then the dense GEMM at the activation dtype
+            dense = replace(op, quant="")
+            return (self._gemm_ms(dense) + quantized.dequant_bytes(op) / (bw * e["bandwidth"]) * 1e3
+                    + d.launch_overhead_us * 1e-3)
         sparse = op.kind == "sparse_24" and d.sparse_24
-        peak = self.peak(op.dtype, sparse)
+        peak, share, bw_share = self._shares(op, sparse)
+        if d.kind == "cpu":
+            t_c = op.flops() / (peak * share)
+            return max(t_c, op.bytes() / (bw * bw_share)) * 1e3
         # the GPU computes whole output tiles in whole waves; when the tiles cannot fill the
         # SMs, kernels split K across CTAs (split-K)
         tile_m = 64 if op.m <= 64 else 128
@@ -173,10 +194,9 @@ class Estimator:
         split = max(1, min(sms // tiles, op.k // SPLIT_K_MIN)) if tiles < sms else 1
         waves = math.ceil(tiles * split / sms)
         per_tile = 2.0 * tile_m * TILE_N * (op.k / split) / (peak / sms)
-        t_c = waves * per_tile / (e["sparse24"] if sparse else e["gemm"])
-        bw_eff = e["sparse24_bandwidth"] if sparse else e["bandwidth"]
+        t_c = waves * per_tile / share
         # a memory-bound GEMM also waits for its first bytes and its last wave to drain
-        t_m = e["gemm_latency_us"] * 1e-6 + op.bytes() / (bw * bw_eff)
+        t_m = e["gemm_latency_us"] * 1e-6 + op.bytes() / (bw * bw_share)
         return max(t_c, t_m) * 1e3
 
     def _grouped_ms(self, op: GroupedGemm, ideal: bool = False) -> float:
@@ -188,9 +208,13 @@ class Estimator:
         GEMM efficiency of the device."""
         rows = op.padded_rows if self.engine == "fused" else op.rows
         flops = 2.0 * rows * op.n * op.k
-        peak = self.peak(op.dtype) * (1.0 if ideal else self.eff["gemm"])
-        bw = self.bandwidth(op.dtype) * (1.0 if ideal else self.eff["bandwidth"])
-        return max(flops / peak, op.bytes() / bw) * 1e3
+        peak, share, bw_share = self._shares(op)
+        if ideal:
+            peak, share, bw_share = self.peak(quantized.compute_dtype(op, self.device)), 1.0, 1.0
+        t = max(flops / (peak * share), op.bytes() / (self.bandwidth(op.dtype) * bw_share)) * 1e3
+        if not ideal and quantized.mode(op, self.device) == "emulated" and self.engine == "eager":
+            t += quantized.dequant_bytes(op) / (self.bandwidth(op.dtype) * self.eff["bandwidth"]) * 1e3
+        return t
 
     def _attention_ms(self, op: Attention) -> float:
         e = self.eff
@@ -274,6 +298,10 @@ class Estimator:
         through torch.distributed, else the interconnect), one kernel under either engine."""
         if isinstance(op, Collective):
             return collectives.pricer(self).price(op)
+        if getattr(op, "quant", "") or (isinstance(op, Elementwise) and op.kind == "act_quant"):
+            q = self._price_quantized(op, family, phase, arch)
+            if q is not None:
+                return q
         if isinstance(op, Overhead):
             hit = self._exact.get(op.key())
             if hit and hit[0].status in ("ok", "unstable") and hit[0].ms and self.device.kind == "cpu":
@@ -331,6 +359,8 @@ class Estimator:
             rec, source = hit
             note = (f"timed without a CUDA graph ({rec.graph_capture}): eager launches included"
                     if rec.graph_capture else "")
+            if rec.kernel:
+                note = "; ".join(x for x in (f"kernel {rec.kernel}", note) if x)
             return PricedOp(op, rec.ms, source, note, sources.uncertainty(source, rec.spread),
                             loaded=rec.loaded)
         if hit and hit[0].status == "unsupported" and isinstance(op, Gemm) and op.kind == "sparse_24":
@@ -347,9 +377,44 @@ class Estimator:
             return PricedOp(op, rec.ms, "unstable", why, sources.uncertainty("unstable", rec.spread),
                             rec.loaded)
         if ms is not None:
-            return PricedOp(op, ms, "interpolated", uncertainty=sources.uncertainty("interpolated"))
+            return PricedOp(op, ms, "interpolated", self._quant_note(op),
+                            uncertainty=sources.uncertainty("interpolated"))
         return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
-                        uncertainty=sources.uncertainty("roofline"))
+                        self._quant_note(op), uncertainty=sources.uncertainty("roofline"))
+
+    def _quant_note(self, op: Op) -> str:
+        """The kernel an unmeasured quantized GEMM is priced as (the engine's assumption)."""
+        key = quantized.kernel_key(op, self.device)
+        if not key:
+            return ""
+        k = self.profile.quantized.get(key) or {}
+        return f"{op.quant}: {k.get('kernel', 'a ' + key + ' kernel')} assumed ({self.engine} engine)"
+
+    def _price_quantized(self, op: Op, family: str, phase: Optional[str], arch: str) -> Optional[PricedOp]:
+        """What quantization changes in pricing before the usual order of trust: fp8 on a
+        device without fp8 tensor cores runs emulated (its activation quantization not at
+        all), and a quantized grouped GEMM is never measured (no torch kernel groups int4
+        experts; fp8's grouped kernel is not timed yet): the analytical model, its kernel
+        named.  None: price it as any op (a quantized GEMM's measurement keys on its kernel)."""
+        native = quantized.fp8_native(self.device)
+        if isinstance(op, Elementwise):  # act_quant
+            if native:
+                return None
+            return PricedOp(op, 0.0, "emulated",
+                            f"not run: fp8 is emulated as weight-only on {self.device.display_name} "
+                            "(no fp8 tensor cores)", 0.0)
+        m = quantized.mode(op, self.device)
+        if m == "emulated":
+            k = self.profile.quantized.get("fp8_emulated") or {}
+            return PricedOp(op, self.analytical_ms(op, family, phase, arch), "emulated",
+                            f"{op.quant} on {self.device.display_name} (no fp8 tensor cores): "
+                            f"{k.get('kernel', 'dequantized to ' + op.dtype)} ({self.engine} engine)",
+                            sources.uncertainty("emulated"))
+        if isinstance(op, GroupedGemm):
+            return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
+                            "the experts touched (distinct-experts law), estimated: "
+                            + self._quant_note(op), sources.uncertainty("roofline"))
+        return None
 
     def _price_windowed(self, op: Attention, family: str, phase: Optional[str], arch: str) -> PricedOp:
         """Sliding-window or soft-capped attention as the engine runs it.  ``fused``
@@ -393,7 +458,8 @@ class Estimator:
             if any(g is None for g in got):
                 continue
             h = got[0]
-            if all((g.m, g.k, g.count, g.dtype, g.kind, g.density) == (h.m, h.k, h.count, h.dtype, h.kind, h.density)
+            if all((g.m, g.k, g.count, g.dtype, g.kind, g.density, g.quant)
+                   == (h.m, h.k, h.count, h.dtype, h.kind, h.density, h.quant)
                    for g in got):
                 out[head] = replace(h, n=sum(g.n for g in got), name=head)
                 for n in parts[1:]:
@@ -419,7 +485,9 @@ class Estimator:
             elif m is not None:
                 h = heads[o.name]
                 p = PricedOp(o, h.ms_per_call, h.source,
-                             f"one GEMM for {', '.join(self.profile.merged_gemms[o.name])}",
+                             "; ".join(x for x in (f"one GEMM for "
+                                                   f"{', '.join(self.profile.merged_gemms[o.name])}",
+                                                   h.note) if x),
                              h.uncertainty, h.loaded, launches(o, fam, phase, merged, arch))
             else:  # price() counted its launches (a merged GEMM's parts are the cases above)
                 p = price(o, fam, phase, arch)
@@ -503,7 +571,8 @@ class Estimator:
     def _grouped_roofline(self, op: GroupedGemm) -> float:
         """A grouped GEMM's hardware floor as grouped_mm runs it (its rows, no tile padding)."""
         flops = 2.0 * op.rows * op.n * op.k
-        return max(flops / self.peak(op.dtype), op.bytes() / self.bandwidth(op.dtype)) * 1e3
+        peak = self.peak(quantized.compute_dtype(op, self.device))
+        return max(flops / peak, op.bytes() / self.bandwidth(op.dtype)) * 1e3
 
     def _grouped_interp(self, op: GroupedGemm, cands: list[MeasuredRecord]) -> Optional[float]:
         """Neighbours of a grouped GEMM: the same experts, top-k, routing, N and K (the class) at
@@ -531,10 +600,11 @@ def _with_kernels(p: PricedOp, kernels: Optional[int]) -> PricedOp:
 
 def _class_of(op: Op) -> tuple:
     if isinstance(op, GroupedGemm):
-        return ("ggemm", op.kind, op.dtype, op.experts, op.top_k, op.k_dist, op.routing, op.n, op.k)
+        return ("ggemm", op.kind, op.dtype, op.experts, op.top_k, op.k_dist, op.routing, op.n, op.k,
+                op.quant)
     if isinstance(op, Gemm):
         kernel = "sparse_24" if op.kind == "sparse_24" else "dense"
-        return ("gemm", kernel, op.dtype)
+        return ("gemm", kernel, op.dtype, op.quant)
     if isinstance(op, Attention):
         return ("attn", op.dtype, op.q_len == 1, op.block_density < 1.0)
     return ("ew", op.kind, op.dtype)

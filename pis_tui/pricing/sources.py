@@ -30,6 +30,10 @@ SOURCES = (
                  "the op costs max(FLOPs / (peak × share), bytes / (bandwidth × share)) plus the "
                  "GPU's per-kernel floor (GEMMs with tile and wave quantization; the shares are "
                  "the GPU profile's `efficiency` block, each with its source)"),
+    ("emulated", "a quantized kernel the device has no hardware for, priced as what would run "
+                 "instead: fp8 without fp8 tensor cores (A100, a CPU) as a weight-only kernel "
+                 "(`fused`: a W8A16 mixed-input kernel) or a dequantization and the dense GEMM "
+                 "(`eager`), by the analytical model"),
     ("unsupported", "the device has no kernel for it (2:4 on a CPU or a GPU without sparse tensor "
                     "cores): priced as the dense kernel it falls back to; no speedup is claimed"),
 )
@@ -54,9 +58,11 @@ TIMING_SOURCES = tuple(name for name, _ in SOURCES)
 #: * roofline: 20 % (the analytical model, fused engine, against the same H200 table: median
 #:   12.9 %, p90 40.0 %, worst 159 %; its log errors have σ 0.18 (robust) to 0.22: fitted to
 #:   that check, which is therefore not independent evidence of it);
+#: * emulated: 30 % (the analytical model of a stand-in no one measured here);
 #: * unsupported: as the dense kernel it runs.
 UNCERTAINTY_FLOOR = {"measured": 0.01, "shipped": 0.03, "interpolated": 0.08, "solved": 0.10,
-                     "unstable": 0.25, "estimated": 0.25, "roofline": 0.20, "unsupported": 0.0}
+                     "unstable": 0.25, "estimated": 0.25, "roofline": 0.20, "emulated": 0.30,
+                     "unsupported": 0.0}
 
 
 def uncertainty(source: str, spread: float | None = None, own: float | None = None) -> float:
