@@ -98,6 +98,12 @@ class PhaseContext:
         return lcm(align, self.k_align)
 
 
+def dims_align(align: int, dims: dict) -> int:
+    """:meth:`PhaseContext.width_align` for a ``validate_dims`` hook: ``align`` widened to the
+    K alignment of the precision the built model is quantized to (``dims["k_align"]``)."""
+    return lcm(align, dims.get("k_align", 1))
+
+
 @dataclass
 class LayerShape:
     """What a family's :meth:`Family.shape` decides before ops are emitted."""

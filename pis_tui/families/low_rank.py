@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..model.layer import decoder_params, factor_rank, gemm_params
 from ..model.ops import Gemm
-from .base import Family
+from .base import Family, dims_align
 
 
 def saves(n: int, k: int, r: int) -> bool:
@@ -53,9 +53,10 @@ class LowRank(Family):
         from ..hf.config import proj_shapes
 
         s = strategy.effective_sparsity
+        a = dims_align(8, dims)  # a quantized model's ranks: multiples of its int4 group
         ranks = {}
         for name, (n, k) in proj_shapes(dims).items():
-            r = factor_rank(n, k, s)
+            r = factor_rank(n, k, s, a)
             if saves(n, k, r):
                 ranks[name] = r
         dims["ranks"] = ranks

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from ..model.layer import decoder_params, gemm_params, round_half_up, round_to
 from ..model.tensor_parallel import nearest_valid, valid_kv_groups
-from .base import Family
+from .base import Family, dims_align
 
 
 def asked_kv_groups(spec, s: float) -> int:
@@ -75,7 +75,7 @@ class StaticWidth(Family):
         g = kept_kv_groups(spec, strategy.effective_sparsity, tp)
         dims.update(num_heads=g * spec.gqa_group, num_kv_heads=g,
                     intermediate_size=kept_intermediate(spec, strategy.effective_sparsity,
-                                                        strategy.align, tp))
+                                                        dims_align(strategy.align, dims), tp))
 
     def validate_transform(self, model, built, seed):
         """OLMoE normalises q and k over all the heads at once, its norms sized from the

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from ..model.layer import decoder_params, gemm_params, round_to
 from ..model.ops import Gemm
-from .base import Family
+from .base import Family, dims_align
 
 
 def kept_hidden(spec, s: float, align: int) -> int:
@@ -52,7 +52,8 @@ class StaticWidthHidden(Family):
                 f"mappings the decoder keeps {kept:.1%} of its parameters"]
 
     def validate_dims(self, spec, strategy, dims):
-        dims.update(hidden_size=kept_hidden(spec, strategy.effective_sparsity, strategy.align),
+        dims.update(hidden_size=kept_hidden(spec, strategy.effective_sparsity,
+                                            dims_align(strategy.align, dims)),
                     residual_map=True)
 
     def validate_transform(self, model, built, seed):

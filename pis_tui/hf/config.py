@@ -141,6 +141,10 @@ class PrunedDims:
     #: tensor parallelism: the model is one rank's of this many (heads, KV heads, MLP channels
     #: and vocabulary split; the fields above are the whole pruned model's, ``ranks`` a shard's)
     tp: int = 1
+    #: the served precision's K alignment (an int4 group; 1 unquantized): the widths a family
+    #: cuts are rounded to lcm(its alignment, this), as the op list at that precision rounds
+    #: them (:attr:`pis_tui.families.base.PhaseContext.width_align`)
+    k_align: int = 1
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

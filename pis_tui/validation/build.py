@@ -29,6 +29,10 @@ class BuiltModel:
     notes: list = field(default_factory=list)
     sparse_kernel: Optional[bool] = None  # 2:4: True when a sparse kernel really runs
     state: dict = field(default_factory=dict)  # runtime state shared with the wrappers
+    #: the served precision its linears were quantized to ("" unquantized) and what
+    #: :func:`pis_tui.hf.quantize.quantize_model` did (None unquantized)
+    precision: str = ""
+    quantized: Optional[dict] = None
 
     @property
     def config(self):
@@ -61,28 +65,34 @@ def layer_list(model):
 
 
 def build_model(model: str | dict, strategy: Strategy, *, device: str = "cpu",
-                dtype: str = "fp32", seed: int = 0) -> BuiltModel:
+                dtype: str = "fp32", seed: int = 0, precision: str = "") -> BuiltModel:
     """Build ``model`` (a preset, config path, cached id or raw config dict) pruned by
     ``strategy`` with random weights, on ``device``, ready for :func:`time_phase`."""
     raw, spec = raw_config(model)
-    return build_from_spec(raw, spec, strategy, device=device, dtype=dtype, seed=seed)
+    return build_from_spec(raw, spec, strategy, device=device, dtype=dtype, seed=seed,
+                           precision=precision)
 
 
 def build_from_spec(raw: dict, spec: ModelSpec, strategy: Strategy, *, device: str = "cpu",
-                    dtype: str = "fp32", seed: int = 0, tp: int = 1, rank: int = 0) -> BuiltModel:
+                    dtype: str = "fp32", seed: int = 0, tp: int = 1, rank: int = 0,
+                    precision: str = "") -> BuiltModel:
     """``tp`` > 1: the model of tensor-parallel rank ``rank`` (its shards, explicitly: see
     :func:`pis_tui.hf.modules.tensor_parallel`; a torch.distributed group of ``tp``
-    ranks must be initialised)."""
+    ranks must be initialised).  ``precision`` (a quantized format's canonical name:
+    ``int4-g128``, ``fp8-row``…): the pruned widths aligned as the op list at that precision
+    aligns them, then every linear the op list quantizes replaced by one running the
+    quantized kernel (:func:`pis_tui.hf.quantize.quantize_model`); "" unquantized."""
     import torch
     from transformers import AutoModelForCausalLM
 
     check_buildable(spec, strategy.family, getattr(strategy, "granularity", "layer"))
     tdt = torch_dtype(dtype)
-    dims = pruned_dims(spec, strategy, tp)
+    dims = pruned_dims(spec, strategy, tp, precision)
     config = hf_config(raw, spec, dims)
     register_attention()
     state: dict = {"decode_pos": None}
-    built = BuiltModel(None, spec, strategy, dims, device, dtype, state=state)
+    built = BuiltModel(None, spec, strategy, dims, device, dtype, state=state,
+                       precision=precision)
     fam = families.get(strategy.family)
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(config, dtype=tdt)
@@ -104,7 +114,22 @@ def build_from_spec(raw: dict, spec: ModelSpec, strategy: Strategy, *, device: s
         from ..hf.modules import tensor_parallel
 
         tensor_parallel(built, rank, tp)
+    if precision:
+        _quantize(built)
     return built
+
+
+def _quantize(built: BuiltModel) -> None:
+    """The materialised model's linears quantized to ``built.precision`` (the lm_head, the
+    embeddings and routers kept), and a note of what was done."""
+    from ..hf.quantize import quantize_model
+
+    q = quantize_model(built.model, built.precision)
+    built.quantized = q
+    kept = sorted({why.split(" (")[0] for why in q["skipped"].values()})
+    built.notes.append(f"{q['precision']}: {len(q['quantized'])} linears through {q['kernel']} "
+                       f"({q['bytes_before'] / 2**20:.1f} → {q['bytes_after'] / 2**20:.1f} MiB, "
+                       f"scales included); kept in {built.dtype}: {', '.join(kept) or 'none'}")
 
 
 #: the names transformers' MoE blocks give their router (Qwen-MoE, Mixtral, OLMoE: gate;
@@ -203,13 +228,18 @@ def _rebuild_rotary(m, device: str) -> None:
             setattr(parent, name.rsplit(".", 1)[-1], type(rot)(config=m.config))
 
 
-def pruned_dims(spec: ModelSpec, strategy: Strategy, tp: int = 1) -> PrunedDims:
+def pruned_dims(spec: ModelSpec, strategy: Strategy, tp: int = 1,
+                precision: str = "") -> PrunedDims:
     """The dense dims, changed by the family's ``validate_dims`` hook (which sees ``tp`` in
-    the dict: widths a family keeps must split over the ranks, as the taxonomy rounds them)."""
+    the dict: widths a family keeps must split over the ranks, as the taxonomy rounds them;
+    and ``k_align``: the K alignment of the ``precision`` the model is quantized to, its
+    widths rounded as the op list at that precision rounds them)."""
+    from ..model.precision import k_alignment
+
     L = spec.num_layers
     d = dict(num_layers=L, attn_layers=L, mlp_layers=L, hidden_size=spec.hidden_size,
              num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
-             intermediate_size=spec.intermediate_size, tp=tp)
+             intermediate_size=spec.intermediate_size, tp=tp, k_align=k_alignment(precision))
     families.get(strategy.family).validate_dims(spec, strategy, d)
     return PrunedDims(**d)
 
