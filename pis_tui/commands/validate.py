@@ -60,6 +60,14 @@ def register(sub) -> None:
     g.add_argument("--decode-batch", default="1,16", help="one or more, e.g. 1,16,64 (default 1,16)")
     g.add_argument("--context-len", default="256")
     g.add_argument("--dtype", default=None, help="fp32 (CPU default), bf16 (GPU default), fp16")
+    g.add_argument("--precision", default=None, metavar="P",
+                   help="serve every model quantized: int4 (= int4-g128), int4-g32|64|256 "
+                        "(weight-only, torch's int4 kernels: real on the CPU and CUDA), fp8 / "
+                        "fp8-tensor (W8A8 _scaled_mm: CUDA 8.9+ only); each model is built, its "
+                        "linears quantized (not the lm_head, embeddings or routers), and "
+                        "compared with the dense model at the same precision; the quantized "
+                        "dense model is also timed against the unquantized one (the "
+                        "quantization's own speedup).  --dtype stays the activation dtype")
     g.add_argument("--tp", type=tp_degree, default=1, metavar="N",
                    help="run each model as N tensor-parallel ranks of torch.distributed (gloo on "
                         "the CPU: a rank a core; NCCL on N GPUs), its linears sharded "
@@ -159,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         n, _ = reuse_table(cache, args.reuse_table, device.fingerprint)
         if con is not None:
             con.print(f"reusing {n} op times from {args.reuse_table}", markup=False)
-    rows_out = _RowsOut(args, con, quiet)
+    rows_out = _RowsOut(args, con, quiet, plan.precision)
     if con is not None:
         con.print(f"validating {spec.name} on {device.display_name}: {len(strategies)} strategies × "
                   f"{'prefill ' + ','.join(map(str, plan.prefill_batches)) + '×' + str(args.prompt_len) if 'prefill' in phases else ''}"
@@ -176,7 +184,10 @@ def run(args: argparse.Namespace) -> int:
                   "timed now", markup=False)
     if con is not None:
         con.print(_table(rows))
-        _print_summary(con, v.accuracy_summary(rows), plan.tolerance, args)
+        summary = v.accuracy_summary(rows)
+        if summary.get("quantization"):
+            con.print(_quant_table(rows))
+        _print_summary(con, summary, plan.tolerance, args)
         _print_row_warnings(con, rows)
     return 0
 
@@ -194,6 +205,7 @@ class _Plan:
     dtype: Optional[str]
     tolerance: float
     op_repeats: Optional[int]
+    precision: str = ""  # a quantized format's canonical name ("" unquantized)
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -222,6 +234,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     dtype = args.dtype
     if dtype is not None and dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"validate runs fp32, bf16 or fp16 models, not {dtype!r}")
+    dtype, precision_asked = _precision_arg(args, dtype)
     from ..model.scenario import Scenario
 
     Scenario(prefill_batch=max(prefill_batches), prompt_len=args.prompt_len,
@@ -242,15 +255,41 @@ def _plan(args: argparse.Namespace) -> _Plan:
         check_buildable(spec, st.family, st.granularity)
     if args.tp > 1:
         _check_tp(args, spec)
+    precision = ""
+    if precision_asked:
+        if args.tp > 1:
+            raise UserError("--precision is not offered with --tp: validate's tensor-parallel "
+                            "ranks shard nn.Linear modules, not quantized ones")
+        from ..validation.quantized import check_precision
+        from ..validation.run import local_torch_device
+
+        precision = check_precision(spec, strategies, precision_asked, local_torch_device())
     from ._run import check_align
 
     for w in check_align(spec, [p for st in strategies
                                 for p in (st.parts or ((st.family, st.sparsity),))], align_of(args),
-                         Scenario(dtype=dtype or "fp32"), explicit=args.align is not None,
+                         Scenario(dtype=dtype or "fp32", precision=precision),
+                         explicit=args.align is not None,
                          families_flag="" if args.all_ else "--strategy"):
         print(f"pis-tui: warning: {w}", file=sys.stderr)
     return _Plan(spec, model, strategies, phases, prefill_batches, decode_batches, dtype,
-                 tolerance, op_repeats)
+                 tolerance, op_repeats, precision)
+
+
+def _precision_arg(args: argparse.Namespace, dtype: Optional[str]) -> tuple:
+    """(the activation dtype, the quantized precision asked or ""): ``--precision bf16`` is
+    ``--dtype bf16`` (a different --dtype beside it is refused)."""
+    if not args.precision:
+        return dtype, ""
+    from ..model.precision import parse_precision
+
+    prec = parse_precision(args.precision)
+    if prec.quantized:
+        return dtype, prec.name
+    if dtype is not None and dtype != prec.name:
+        raise UserError(f"--precision {prec.name} and --dtype {dtype} disagree: an unquantized "
+                        "precision is the dtype (give one of them)")
+    return prec.name, ""
 
 
 def _fits(spec, st) -> bool:
@@ -291,9 +330,15 @@ class _RowsOut:
     --json file rewritten after each, and a line on the console; ``skip`` tells the rows
     already timed, ``progress`` shows a step on a terminal."""
 
-    def __init__(self, args: argparse.Namespace, con, quiet: bool):
+    def __init__(self, args: argparse.Namespace, con, quiet: bool, precision: str = ""):
         self.args, self.con, self.quiet = args, con, quiet
+        self.precision = precision
         self.done: list = _previous_rows(args) if args.resume else []
+        other = {r.get("precision", "") for r in self.done} - {precision}
+        if other:
+            was = other.pop() or "unquantized"
+            raise UserError(f"--resume: {args.json_out} holds {was} rows, and this run is "
+                            f"{precision or 'unquantized'}: give another --json file")
         self.seen = {_row_key(r) for r in self.done}
 
     def progress(self, msg: str) -> None:
@@ -301,7 +346,8 @@ class _RowsOut:
             print(f"\r\033[K{msg[:110]}", end="", file=sys.stderr, flush=True)
 
     def skip(self, strat, phase, batch, length) -> bool:
-        return (strat.token, round(strat.sparsity, 6), phase, batch, length) in self.seen
+        return (strat.token, round(strat.sparsity, 6), phase, batch, length,
+                self.precision) in self.seen
 
     def on_row(self, r) -> None:
         self.done.append(r.to_dict())
@@ -343,7 +389,7 @@ def _time_rows(args: argparse.Namespace, plan: _Plan, cache, out: _RowsOut) -> l
                       on_progress=out.progress, on_row=out.on_row, op_repeats=plan.op_repeats,
                       tolerance=plan.tolerance, max_rounds=args.max_rounds,
                       on_warning=out.warning, skip=out.skip if out.seen else None,
-                      routing_dir=routing_dir)
+                      routing_dir=routing_dir, precision=plan.precision)
 
 
 def _print_summary(con, s: dict, tolerance: float, args: argparse.Namespace) -> None:
@@ -361,6 +407,15 @@ def _print_summary(con, s: dict, tolerance: float, args: argparse.Namespace) -> 
                 con.print(f"{who} latency, predicted vs measured: median {e['median']:+.1%} (the "
                           f"bias), |error| median {e['median_abs']:.1%}, p90 {e['p90_abs']:.1%}, "
                           f"worst {e['worst_abs']:.1%}", markup=False)
+    q = s.get("quantization") or {}
+    if q.get("n"):
+        con.print(f"the quantization's own speedup, predicted vs measured: median |error| "
+                  f"{q['median_abs_error']:.1%}, p90 {q['p90_abs_error']:.1%}, worst "
+                  f"{q['worst_abs_error']:.1%} (over the {q['n']} stable case(s) of "
+                  f"{q['cases']})", markup=False)
+    elif q:
+        con.print(f"the quantization's own speedup: none of its {q['cases']} case(s) settled "
+                  "or went unflagged", markup=False)
     if s.get("unstable"):
         con.print(f"warning: {s['unstable']} row(s) unstable: their measured speedup did not "
                   f"settle within ±{tolerance:.0%} in {args.max_rounds} rounds of "
@@ -410,7 +465,8 @@ def _print_row_warnings(con, rows: list) -> None:
 
 
 def _row_key(d: dict) -> tuple:
-    return (d["strategy"], round(float(d["sparsity"]), 6), d["phase"], int(d["batch"]), int(d["length"]))
+    return (d["strategy"], round(float(d["sparsity"]), 6), d["phase"], int(d["batch"]),
+            int(d["length"]), d.get("precision", ""))
 
 
 def _previous_rows(args) -> list:
@@ -490,4 +546,30 @@ def _table(rows):
     t.caption = ("↑: measured above the family's ceiling; busy: other processes held cores; "
                  "pred↑ / pred≠ / pred~: the prediction above the ceiling / its op times "
                  "measured under different load / under load (left out of the errors)")
+    if rows and rows[0].precision:
+        t.title = (f"{rows[0].precision}: predicted vs measured against the {rows[0].precision} "
+                   "dense model (median of interleaved pairs, ~95% interval)")
+    return t
+
+
+def _quant_table(rows):
+    """The quantization's own speedup, case by case: the quantized dense model against the
+    unquantized one, predicted and measured."""
+    from rich import box
+    from rich.table import Table
+
+    from ..validation.quantized import quantization_rows
+
+    p, dt = rows[0].precision, rows[0].dtype
+    t = Table(title=f"{p} dense vs {dt} dense: the quantization's own speedup",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for col in ("phase", "b", f"{dt}\npred ms", f"{dt}\nmeas ms", f"{p}\npred ms",
+                f"{p}\nmeas ms", "pred\n×", "meas\n×", "interval", "error", "flags"):
+        t.add_column(col, justify="left" if col in ("phase", "flags") else "right", no_wrap=True)
+    for q in quantization_rows(rows):
+        t.add_row(q.phase, str(q.batch), f"{q.dense_predicted_ms:.2f}", f"{q.dense_measured_ms:.2f}",
+                  f"{q.predicted_ms:.2f}", f"{q.measured_ms:.2f}", f"{q.predicted_speedup:.2f}",
+                  "unstable" if not q.stable else f"{q.measured_speedup:.2f}",
+                  f"{q.measured_low:.2f}–{q.measured_high:.2f}",
+                  f"{q.error:+.1%}" if q.stable else "—", _flags(q))
     return t

@@ -117,6 +117,14 @@ class ValidationRow:
     #: :class:`pis_tui.validation.routing_files.RecordedRouting` dict with its file); None for a
     #: dense model
     routing: Optional[dict] = None
+    #: ``validate --precision``: the quantized format every model of the row was served in
+    #: (its speedup: the pruned model against the dense one, both quantized; "" unquantized)
+    #: and the case's quantized dense model against the unquantized one (a row of its own:
+    #: ``predicted_ms`` / ``measured_ms`` the quantized model's, ``dense_…`` the unquantized)
+    precision: str = ""
+    quantization: Optional["ValidationRow"] = None
+    #: the activation dtype (what ``quantization`` compares the quantized model against)
+    dtype: str = ""
 
     @property
     def status(self) -> str:
@@ -153,6 +161,13 @@ class ValidationRow:
             d["tp"] = self.tp
         if self.routing is not None:
             d["routing"] = self.routing
+        if self.precision:
+            from .quantized import quantization_dict
+
+            d["precision"] = self.precision
+            if self.quantization is not None:
+                d["quantization"] = quantization_dict(self.quantization, self.precision,
+                                                      self.dtype)
         if full:
             for k in ("flops_speedup", "flops_error", "timing_source", "measured_spread",
                       "dense_spread", "repeats", "granularity", "capture_error", "pairs",
@@ -202,7 +217,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
              skip: Optional[Callable[[Strategy, str, int, int], bool]] = None,
              tolerance: float = TOLERANCE, max_rounds: int = MAX_ROUNDS,
              on_warning: Optional[Callable[[str], None]] = None,
-             routing_dir: Optional[str] = None) -> list:
+             routing_dir: Optional[str] = None, precision: str = "") -> list:
     """Build each pruned model, time it against the dense one (interleaved), and compare the
     measured speedups with pis-tui's predictions.  Returns one :class:`ValidationRow` per
     strategy × phase × batch (``prefill_batches``, if given, replaces ``prefill_batch``).
@@ -225,7 +240,15 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
 
     An MoE model's predictions use each built model's own routing (dense and pruned apart),
     recorded from the forwards it times (:mod:`pis_tui.validation.routing_files`) into
-    ``routing_dir`` (a new temporary directory if None): each row names its files."""
+    ``routing_dir`` (a new temporary directory if None): each row names its files.
+
+    ``precision`` (``int4``, ``int4-g64``, ``fp8``…; :mod:`pis_tui.validation.quantized`):
+    every model is built, then its linears quantized (:func:`pis_tui.hf.quantize.quantize_model`),
+    and predicted from the op list at that precision; each row's speedup is against the dense
+    model at the same precision, and carries (``quantization``) the case's quantized dense
+    model timed against the unquantized one: the quantization's own speedup, predicted and
+    measured.  On the CPU the dispatch probe's clones are quantized too (a quantized linear
+    runs other Python than nn.Linear), its costs kept for this run's quantized predictions."""
     import torch
 
     say = on_progress or (lambda msg: None)
@@ -234,6 +257,9 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     device = device or local_torch_device()
     dtype = dtype or ("fp32" if device == "cpu" else "bf16")
     torch_dtype(dtype)
+    from .quantized import check_precision
+
+    precision = check_precision(spec, strategies, precision, device)
     if device == "cpu":
         from ..device.local import cpu_threads
 
@@ -244,9 +270,11 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     strategies = [st for st in strategies if todo[st]]
     if not strategies:
         return []
-    _check_memory(spec, strategies, cases, dtype, device, prompt_len, context_len)
+    _check_memory(spec, strategies, cases, dtype, device, prompt_len, context_len, precision)
     cases = [c for c in cases if any(c in todo[st] for st in strategies)]
-    times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
+    plain_times = OpTimes(dtype, cache, on_progress=say, repeats=op_repeats)
+    # a quantized run's predictions: the same op store, the quantized clones' overhead costs
+    times = plain_times.with_overheads() if precision else plain_times
     if device == "cpu" and probe_overhead and spec.model_type in VALIDATE_FAMILIES:
         # the probe's clones (low rank, dynamic depth) cannot be built for this architecture:
         # the eager overhead stays unmeasured and every prediction says it omits it
@@ -255,9 +283,12 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
                        "architecture, so the eager framework overhead is not measured: absolute "
                        "latencies read low (the estimates' notes say so)")
     elif device == "cpu" and probe_overhead:
-        _probe_overheads(raw, spec, cases, times, dtype, cache, probes, say)
+        _probe_overheads(raw, spec, cases, plain_times, dtype, cache, probes, say)
+        if precision:
+            _probe_overheads(raw, spec, cases, times, dtype, None, probes, say, precision)
     if spec.moe is None:
-        _measure_prediction_ops(spec, strategies, cases, times, dtype, device, say)
+        _measure_prediction_ops(spec, strategies, cases, plain_times, dtype, device, say,
+                                precision)
     else:  # the ops hang on each model's recorded routing: measured as each row predicts
         import tempfile
 
@@ -265,14 +296,17 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     timer = _RowTimer(raw, spec, dtype, device, times, cache, say, seed=seed, repeats=repeats,
                       warmup=warmup, tolerance=tolerance, max_rounds=max_rounds,
                       contention=_ContentionWatch(device, on_warning), on_row=on_row,
-                      routing_dir=routing_dir)
-    say(f"building dense {spec.name} ({dtype}, {device})")
-    dense = build_from_spec(raw, spec, Strategy("dense"), device=device, dtype=dtype, seed=seed)
+                      routing_dir=routing_dir, precision=precision, plain_times=plain_times)
+    say(f"building dense {spec.name} ({precision or dtype}, {device})")
+    dense = build_from_spec(raw, spec, Strategy("dense"), device=device, dtype=dtype, seed=seed,
+                            precision=precision)
     try:
+        if precision:
+            timer.time_quantization(dense, cases)
         for strat in strategies:
             timer.time_strategy(dense, strat, todo[strat])
     finally:
-        times.close()
+        plain_times.close()
         del dense
         _release(device)
     return timer.rows
@@ -290,33 +324,43 @@ def _cases(phases, prefill_batches: tuple, prompt_len: int, decode_batches,
     return cases
 
 
-def _scenario(ph: str, b: int, length: int, dtype: str, routing: str = "balanced") -> Scenario:
+def _scenario(ph: str, b: int, length: int, dtype: str, routing: str = "balanced",
+              precision: str = "") -> Scenario:
     """The scenario of one row: batch and length on its phase's side, 1 on the other (an MoE
-    model's: the routing file recorded from the model the prediction is of)."""
+    model's: the routing file recorded from the model the prediction is of), served at
+    ``precision`` when the models timed are quantized."""
     return Scenario(prefill_batch=b if ph == "prefill" else 1,
                     prompt_len=length if ph == "prefill" else 1,
                     decode_batch=b if ph == "decode" else 1,
-                    context_len=length if ph == "decode" else 1, dtype=dtype, routing=routing)
+                    context_len=length if ph == "decode" else 1, dtype=dtype, routing=routing,
+                    precision=precision)
 
 
 def _check_memory(spec: ModelSpec, strategies: list, cases: list, dtype: str, device: str,
-                  prompt_len: int, context_len: int) -> None:
+                  prompt_len: int, context_len: int, precision: str = "") -> None:
     """Refuse, before any model is built, a run whose dense and largest pruned model do not
-    fit the device at once."""
+    fit the device at once (quantized: the quantized dense model and an unquantized one)."""
     from .memory_check import check as check_memory, validate_need
 
     ph_of = {c[0] for c in cases}
     check_memory(validate_need(
         spec, strategies, dtype, prefill_batch=max([c[1] for c in cases if c[0] == "prefill"] or [1]),
         prompt_len=prompt_len, decode_batch=max([c[1] for c in cases if c[0] == "decode"] or [1]),
-        context_len=context_len, phases=tuple(ph for ph in ("prefill", "decode") if ph in ph_of)),
-        device, f"validate {spec.name} ({dtype}: the dense and a pruned model at once)")
+        context_len=context_len, phases=tuple(ph for ph in ("prefill", "decode") if ph in ph_of),
+        precision=precision),
+        device, f"validate {spec.name} ({dtype}: the dense and a pruned model at once)" if not
+        precision else f"validate {spec.name} ({precision}: the quantized dense model and an "
+                       f"unquantized {dtype} one at once)")
 
 
 def _probe_overheads(raw: dict, spec: ModelSpec, cases: list, times: OpTimes, dtype: str,
-                     cache, probes: Optional[dict], say: Callable[[str], None]) -> None:
+                     cache, probes: Optional[dict], say: Callable[[str], None],
+                     precision: str = "") -> None:
     """The CPU's eager framework overhead, probed once per code path the cases take (unless
-    the cache or ``probes`` already holds it); each probe's result goes to ``probes``."""
+    the cache or ``probes`` already holds it); each probe's result goes to ``probes`` (a
+    quantized probe's by "<path> <precision>").  Quantized (``precision``): the clones are
+    quantized, their costs go to ``times`` (an :meth:`OpTimes.with_overheads` view) only,
+    never to the cache, so they are probed in every run."""
     from ..model.ops import Overhead
 
     have = set()
@@ -325,25 +369,31 @@ def _probe_overheads(raw: dict, spec: ModelSpec, cases: list, times: OpTimes, dt
                 if m.key.startswith("ovh:")}
     for ph, b, length in cases:
         path = overhead_phase(ph, b)
+        label = f"{path} {precision}" if precision else path
         if Overhead("x", "forward", path, 1.0, dtype).key() in have or \
-                (probes is not None and path in probes):
+                (probes is not None and label in probes):
             continue
-        say(f"measuring the framework overhead ({path}) with tiny clones")
-        res = dispatch_probe(raw, spec, ph, b, length, times, cache=cache)
+        say(f"measuring the framework overhead ({label}) with tiny clones")
+        res = dispatch_probe(raw, spec, ph, b, length, times, cache=cache, precision=precision)
         have.add(Overhead("x", "forward", path, 1.0, dtype).key())
         if probes is not None:
-            probes[path] = res
+            probes[label] = res
 
 
 def _measure_prediction_ops(spec: ModelSpec, strategies: list, cases: list, times: OpTimes,
-                            dtype: str, device: str, say: Callable[[str], None]) -> None:
+                            dtype: str, device: str, say: Callable[[str], None],
+                            precision: str = "") -> None:
     """Every op the comparisons need, measured in one go: on the CPU an op's rounds then lie
-    far apart in time (a slow spell of the machine spoils rounds, not ops)."""
+    far apart in time (a slow spell of the machine spoils rounds, not ops).  Quantized: every
+    model's at ``precision``, and the unquantized dense model's (the quantization's row)."""
     say("measuring the ops of every prediction")
     every = []
+    for ph, b, length in cases if precision else ():
+        every += build_phase_ops(spec, Strategy("dense"), _scenario(ph, b, length, dtype), ph).ops
     for strat in [Strategy("dense")] + list(strategies):
         for ph, b, length in cases:
-            every += build_phase_ops(spec, strat, _scenario(ph, b, length, dtype), ph).ops
+            every += build_phase_ops(spec, strat, _scenario(ph, b, length, dtype,
+                                                            precision=precision), ph).ops
     times.ensure(every)
     if device == "cpu":
         # ops measured under load are re-measured once if the machine is quiet now, so the
@@ -395,8 +445,12 @@ class _RowTimer:
                  cache, say: Callable[[str], None], *, seed: int, repeats: int, warmup: int,
                  tolerance: float, max_rounds: int, contention: _ContentionWatch,
                  on_row: Optional[Callable[[ValidationRow], None]],
-                 routing_dir: Optional[str] = None):
+                 routing_dir: Optional[str] = None, precision: str = "",
+                 plain_times: Optional[OpTimes] = None):
         self.raw, self.spec, self.dtype, self.device = raw, spec, dtype, device
+        self.precision = precision
+        self.plain_times = plain_times or times  # the unquantized dense model's predictions
+        self.quantization: dict = {}  # case → the quantized dense against the unquantized
         self.times, self.cache, self.say = times, cache, say
         self.seed, self.repeats, self.warmup = seed, repeats, warmup
         self.tolerance, self.max_rounds = tolerance, max_rounds
@@ -411,12 +465,40 @@ class _RowTimer:
         after, whatever happened."""
         self.say(f"building {strat.token} s={strat.sparsity:g}")
         pruned = build_from_spec(self.raw, self.spec, strat, device=self.device,
-                                 dtype=self.dtype, seed=self.seed)
+                                 dtype=self.dtype, seed=self.seed, precision=self.precision)
         try:
             for ph, b, length in cases:
                 self._keep(self._row(dense, pruned, strat, ph, b, length))
         finally:
             del pruned
+            _release(self.device)
+
+    def time_quantization(self, dense, cases: list) -> None:
+        """The quantized dense model against the unquantized one (built here, freed after),
+        case by case: the quantization's own speedup, predicted (the op list at the precision
+        over the unquantized one) and measured; kept by case for the rows to carry."""
+        dense_strat = Strategy("dense")
+        self.say(f"building dense {self.spec.name} ({self.dtype}: the quantization's baseline)")
+        plain = build_from_spec(self.raw, self.spec, dense_strat, device=self.device,
+                                dtype=self.dtype, seed=self.seed)
+        who = f"{self.precision} dense vs {self.dtype}"
+        try:
+            for ph, b, length in cases:
+                case = (ph, b, length)
+                runs = [PhaseRun(plain, ph, b, length, seed=self.seed),
+                        PhaseRun(dense, ph, b, length, seed=self.seed)]
+                self.say(f"{who} {ph} batch {b}: predicting")
+                de = predict(self.spec, dense_strat, _scenario(ph, b, length, self.dtype), ph,
+                             self.plain_times)
+                self.dense_pred[case] = pe = predict(
+                    self.spec, dense_strat,
+                    _scenario(ph, b, length, self.dtype, precision=self.precision), ph, self.times)
+                self.say(f"{who} {ph} batch {b}: timing end to end")
+                st, failed = self._time_pair(runs, dense_strat, ph, b, label=who)
+                self.quantization[case] = _compared_row(dense_strat, ph, b, length, de, pe, st,
+                                                        runs, failed, dense, self.times)
+        finally:
+            del plain
             _release(self.device)
 
     def _row(self, dense, pruned, strat: Strategy, ph: str, b: int, length: int) -> ValidationRow:
@@ -427,7 +509,7 @@ class _RowTimer:
                 PhaseRun(pruned, ph, b, length, seed=self.seed)]
         case = (ph, b, length)
         routing = None
-        scen = dense_scen = _scenario(ph, b, length, self.dtype)
+        scen = dense_scen = _scenario(ph, b, length, self.dtype, precision=self.precision)
         if self.spec.moe is not None:
             routing = self._record(runs, strat, case)
             dense_scen = _scenario(ph, b, length, self.dtype, routing["dense"]["path"])
@@ -442,6 +524,9 @@ class _RowTimer:
         st, failed = self._time_pair(runs, strat, ph, b, prepared=routing is not None)
         row = _compared_row(strat, ph, b, length, de, pe, st, runs, failed, pruned, self.times)
         row.routing = routing
+        if self.precision:
+            row.precision, row.dtype = self.precision, self.dtype
+            row.quantization = self.quantization.get(case)
         return row
 
     def _record(self, runs: list, strat: Strategy, case: tuple) -> dict:
@@ -468,7 +553,7 @@ class _RowTimer:
                 "label": rec.label()}
 
     def _time_pair(self, runs: list, strat: Strategy, ph: str, b: int,
-                   prepared: bool = False) -> tuple:
+                   prepared: bool = False, label: str = "") -> tuple:
         """The measured speedup of the pruned run over the dense one (both eager when either
         capture failed), and the failed captures as (who, run); a run that fails raises
         :class:`MeasureError`.  The runs are closed after, whatever happened."""
@@ -481,16 +566,16 @@ class _RowTimer:
                 for r in runs:
                     r.drop_graph()
             say = self.say
+            label = label or f"{strat.family} s={strat.sparsity:g}"
             st = measure_speedup(
                 runs[0], runs[1], self.repeats, self.warmup, tolerance=self.tolerance,
                 max_rounds=self.max_rounds, contention=self.contention,
                 others=self.contention if self.device == "cpu" else None,
                 on_round=lambda k, m, lo, hi: say(
-                    f"{strat.family} s={strat.sparsity:g} {ph} batch {b}: round {k}: "
-                    f"{m:.2f}× ({lo:.2f}–{hi:.2f})"))
+                    f"{label} {ph} batch {b}: round {k}: {m:.2f}× ({lo:.2f}–{hi:.2f})"))
         except (RuntimeError, NotImplementedError) as e:
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            where = f"{strat.family} s={strat.sparsity:g} {ph} batch {b}"
+            where = f"{label} {ph} batch {b}"
             if self.device != "cpu" and _sticky(msg):
                 raise MeasureError(
                     f"{where}: the GPU hit an unrecoverable error ({msg}); the "
@@ -601,6 +686,8 @@ def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: s
     fp = local_device().fingerprint
     if row.tp is not None:  # a rank's device at tp N: kept apart from its one-device rows
         fp = f"{fp} tp{row.tp['tp']}"
+    if row.precision:  # quantized models: kept apart from the unquantized rows
+        fp = f"{fp} {row.precision}"
     d.update(model=spec.name, dtype=dtype, device=fp, fingerprint=fp, torch_device=device,
              measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return d
@@ -609,12 +696,18 @@ def validation_record(row: ValidationRow, spec: ModelSpec, dtype: str, device: s
 def accuracy_summary(rows: list) -> dict:
     """Median and worst |error| of the predicted speedups (and of the FLOPs ratio) over the
     stable rows whose prediction is unflagged; ``unstable``: how many rows had no settled
-    speedup, ``prediction_flagged``: how many predictions broke the trust rules (left out)."""
+    speedup, ``prediction_flagged``: how many predictions broke the trust rules (left out).
+    Quantized rows (``validate --precision``): ``quantization``, the same over the
+    quantization's own speedups (:func:`pis_tui.validation.quantized.quantization_summary`)."""
+    from .quantized import quantization_summary
+
+    quant = quantization_summary(rows)
+    quant = {"quantization": quant} if quant else {}
     unstable = sum(1 for r in rows if not r.stable)
     flagged = sum(1 for r in rows if r.stable and r.prediction_flags)
     rows = [r for r in rows if r.stable and not r.prediction_flags]
     if not rows:
-        return {"n": 0, "unstable": unstable, "prediction_flagged": flagged}
+        return {"n": 0, "unstable": unstable, "prediction_flagged": flagged, **quant}
     errs = [abs(r.error) for r in rows]
     ferrs = [abs(r.flops_error) for r in rows]
     worst = max(rows, key=lambda r: abs(r.error))
@@ -632,7 +725,7 @@ def accuracy_summary(rows: list) -> dict:
             # predicted / measured − 1 of the latencies themselves (median signed = the bias)
             "dense_latency_error": _spread_of(list(dense.values())),
             "dense_timings": dense_timings,
-            "latency_error": _spread_of(pruned)}
+            "latency_error": _spread_of(pruned), **quant}
 
 
 def _dense_latency(rows: list) -> tuple:

@@ -52,14 +52,16 @@ def available_bytes(device: str = "cpu") -> tuple[float, str]:
         return float("inf"), "unknown"
 
 
-def model_weights(spec, strategy, dtype: str) -> float:
-    """Bytes of the weights of the model built for ``strategy`` (a taxonomy Strategy)."""
+def model_weights(spec, strategy, dtype: str, precision: str = "") -> float:
+    """Bytes of the weights of the model built for ``strategy`` (a taxonomy Strategy), its
+    linears quantized to ``precision`` if given (a quantized format's canonical name)."""
     from .. import families
     from ..families.phase_ops import build_phase_ops
     from ..families.strategy import Strategy
     from ..model.scenario import Scenario
 
-    scen = Scenario(prefill_batch=1, prompt_len=16, decode_batch=1, context_len=16, dtype=dtype)
+    scen = Scenario(prefill_batch=1, prompt_len=16, decode_batch=1, context_len=16, dtype=dtype,
+                    precision=precision)
     fam = families.get(strategy.family)
     if fam.validate_dense_weights:
         strategy = Strategy("dense")
@@ -71,16 +73,21 @@ def model_weights(spec, strategy, dtype: str) -> float:
 
 def validate_need(spec, strategies: Iterable, dtype: str, *, prefill_batch: int = 1,
                   prompt_len: int = 128, decode_batch: int = 1, context_len: int = 256,
-                  phases=("prefill", "decode")) -> dict:
+                  phases=("prefill", "decode"), precision: str = "") -> dict:
     """What ``validate`` needs at its peak: the dense model and the largest pruned one, the
-    KV cache of the largest decode, one op's activations (bytes)."""
+    KV cache of the largest decode, one op's activations (bytes).  At a quantized
+    ``precision`` the dense model held throughout is quantized, and beside it one model is
+    held unquantized: the dense one its quantization is timed against, then each pruned one
+    while it is built (before its linears are quantized)."""
     from ..families.phase_ops import build_phase_ops
     from ..families.strategy import Strategy
     from ..model.scenario import Scenario
 
     dense = Strategy("dense")
-    w_dense = model_weights(spec, dense, dtype)
+    w_dense = model_weights(spec, dense, dtype, precision)
     w_pruned = max((model_weights(spec, st, dtype) for st in strategies), default=0.0)
+    if precision:
+        w_pruned = max(w_pruned, model_weights(spec, dense, dtype))
     scen = Scenario(prefill_batch=prefill_batch, prompt_len=prompt_len, decode_batch=decode_batch,
                     context_len=context_len, dtype=dtype)
     kv = act = 0.0

@@ -115,18 +115,57 @@ class OpTimes:
         return local_device().fingerprint
 
     def records(self) -> list:
-        out = []
-        for m in self._mem.values():
-            if isinstance(m, dict):
-                out.append(m)
-            else:
-                out.append({"key": m.key, "op": m.op, "ms": m.ms, "status": m.status,
-                            "spread": m.spread, "conditions": m.conditions})
-        return out
+        return [_record(m) for m in self._mem.values()]
+
+    def with_overheads(self) -> "OpTimes":
+        """These op times (the same ops, measured into the same store) with eager overhead
+        measurements of their own: what :meth:`add` is given goes to the view only, in place
+        of the same keys.  A quantized model's linears run other Python than nn.Linear, and
+        the overhead keys (``ovh:<kind>:<path>:<dtype>``) do not name a precision: its
+        dispatch probe's costs price its predictions, never the unquantized ones."""
+        return _WithOverheads(self)
 
     def close(self) -> None:
         if self._ctx is not None:
             self._ctx.free()
             self._ctx = None
+
+
+class _WithOverheads(OpTimes):
+    """:meth:`OpTimes.with_overheads`: every op measured by (and stored in) the base; the
+    overhead measurements added here replace the base's in :meth:`records`."""
+
+    def __init__(self, base: OpTimes):
+        self.base = base
+        self.dtype, self.repeats, self.cache = base.dtype, base.repeats, base.cache
+        self.on_progress = base.on_progress
+        self.own: dict = {}
+
+    def ensure(self, ops) -> None:
+        self.base.ensure(ops)
+
+    def unstable(self, ops) -> list:
+        return self.base.unstable(ops)
+
+    def remeasure(self, ops) -> int:
+        return self.base.remeasure(ops)
+
+    def add(self, measurements) -> None:
+        for m in measurements:
+            self.own[m.key] = m
+
+    def records(self) -> list:
+        mem = {**self.base._mem, **self.own}
+        return [_record(m) for m in mem.values()]
+
+    def close(self) -> None:
+        pass  # the base's
+
+
+def _record(m) -> dict:
+    if isinstance(m, dict):
+        return m
+    return {"key": m.key, "op": m.op, "ms": m.ms, "status": m.status, "spread": m.spread,
+            "conditions": m.conditions}
 
 

@@ -20,15 +20,22 @@ from .run import PhaseRun, _summary, measure_interleaved
 if TYPE_CHECKING:  # pragma: no cover
     from .op_times import OpTimes
 
-def tiny_clone(raw: dict, spec: ModelSpec) -> tuple[dict, ModelSpec]:
+def tiny_clone(raw: dict, spec: ModelSpec, precision: str = "") -> tuple[dict, ModelSpec]:
     """The same architecture (layers, GQA ratio, biases, tying) with every width tiny: its
-    forward time is almost all framework overhead (Python, module calls, dispatch, glue ops)."""
+    forward time is almost all framework overhead (Python, module calls, dispatch, glue ops).
+
+    ``precision`` an int4 format (its linears quantized, as the model's): every K a multiple
+    of the group G and every N of 16, and wide enough that low rank still factorises through
+    a rank of G (hidden and MLP widths 3G, head_dim G/2: q is gqa·G wide, k and v G)."""
+    from ..model.precision import k_alignment
     from ..model.spec import spec_from_config
 
     cfg = dict(raw)
     group = spec.gqa_group
-    cfg.update(hidden_size=64, intermediate_size=64, num_attention_heads=2 * group,
-               num_key_value_heads=2, head_dim=16, vocab_size=64)
+    g = k_alignment(precision)
+    width, hd = (64, 16) if g <= 1 else (max(64, 3 * g), max(16, g // 2))
+    cfg.update(hidden_size=width, intermediate_size=width, num_attention_heads=2 * group,
+               num_key_value_heads=2, head_dim=hd, vocab_size=64)
     for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
         cfg.pop(k, None)
     return cfg, spec_from_config(cfg, spec.name + "-tiny")
@@ -219,7 +226,8 @@ def _round_solves(counts: list, clones: list, timed: list) -> list:
 
 
 def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: int,
-                   times: "OpTimes", *, cache=None, repeats: int = 9) -> dict:
+                   times: "OpTimes", *, cache=None, repeats: int = 9,
+                   precision: str = "") -> dict:
     """Measure the eager framework overhead of this device (CPU) for one code path.
 
     Tiny clones of the model (same layers, wrappers and Python; every width tiny, so their
@@ -236,10 +244,18 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     stored ``unstable`` with the reason.  Returns {"path", "ms": {kind: ms per call},
     "clones": [...], "spread", "bounded", "contended", "remeasured", "solve": {"equations",
     "unknowns", "residual_ms", "condition_number", "standard_error_ms": {kind: ms}}}.
+
+    ``precision`` (a quantized format): the clones are built quantized as the model is (its
+    linears' Python is not nn.Linear's: :func:`pis_tui.hf.quantize.quantize_model`), their
+    kernel ops priced at it.  Their costs share the unquantized ones' keys: give such a probe
+    an :meth:`OpTimes.with_overheads` view and no cache.
     """
-    traw, tspec = tiny_clone(raw, spec)
+    if precision and cache is not None:
+        raise ValueError("a quantized probe's costs would replace the unquantized ones in the "
+                         "cache (their keys name no precision): give it no cache")
+    traw, tspec = tiny_clone(raw, spec, precision)
     path = overhead_phase(phase, batch)
-    probe = _time_clones(traw, tspec, phase, batch, length, times, repeats)
+    probe = _time_clones(traw, tspec, phase, batch, length, times, repeats, precision)
     clones = probe.clones
     for c, t in zip(clones, probe.timed):
         c["measured_ms"] = t.median_ms
@@ -247,13 +263,13 @@ def dispatch_probe(raw: dict, spec: ModelSpec, phase: str, batch: int, length: i
     solved = _solve_kinds(clones, probe.timed)
     contended = _contended(probe.others)
     out = _measurements(spec, phase, batch, length, path, times.dtype, repeats, probe, solved,
-                        contended)
+                        contended, precision)
     times.add(out)
     if cache is not None:
         cache.put_measurements(out)
     fit = solved.fit
-    return {"path": path, "ms": solved.ms, "clones": clones, "spread": solved.spread,
-            "bounded": solved.bounded, "contended": contended, "remeasured": probe.remeasured,
+    return {"path": path, "precision": precision or None, "ms": solved.ms, "clones": clones,
+            "spread": solved.spread, "bounded": solved.bounded, "contended": contended, "remeasured": probe.remeasured,
             "solve": {"equations": fit.equations, "unknowns": fit.unknowns,
                       "residual_ms": fit.residual_ms, "condition_number": _finite(fit.condition),
                       "standard_error_ms": {k: _finite(v) for k, v in solved.se.items()}}}
@@ -279,7 +295,7 @@ class _ClonesTimed:
 
 
 def _time_clones(traw: dict, tspec: ModelSpec, phase: str, batch: int, length: int,
-                 times: "OpTimes", repeats: int) -> _ClonesTimed:
+                 times: "OpTimes", repeats: int, precision: str = "") -> _ClonesTimed:
     """Build the tiny clones of :data:`PROBE_STRATEGIES`, price their kernel ops and time them
     end to end, interleaved (once more, pooled, when a kind's cost spreads too wide); their
     runs are closed after, whatever happened."""
@@ -290,7 +306,7 @@ def _time_clones(traw: dict, tspec: ModelSpec, phase: str, batch: int, length: i
     dtype = times.dtype
     scen = Scenario(prefill_batch=batch, prompt_len=length if phase == "prefill" else 1,
                     decode_batch=batch, context_len=length if phase == "decode" else 1,
-                    dtype=dtype)
+                    dtype=dtype, precision=precision)
     clones, runs, builts = [], [], []
     remeasured = False
     pos = [build_phase_ops(tspec, Strategy(fam, s, align=8), scen, phase)
@@ -307,7 +323,7 @@ def _time_clones(traw: dict, tspec: ModelSpec, phase: str, batch: int, length: i
             pred = sum(p.total_ms for p in priced)
             loaded_ms += sum(p.total_ms for p in priced if p.source == "unstable" or p.loaded)
             kernels_ms += pred
-            built = build_from_spec(traw, tspec, strat, dtype=dtype)
+            built = build_from_spec(traw, tspec, strat, dtype=dtype, precision=precision)
             run = PhaseRun(built, phase, batch, length)
             run.prepare()
             builts.append(built)
@@ -396,7 +412,8 @@ def _contended(others: OthersMeter) -> bool:
 
 
 def _measurements(spec: ModelSpec, phase: str, batch: int, length: int, path: str, dtype: str,
-                  repeats: int, probe: _ClonesTimed, solved: _Solved, contended: bool) -> list:
+                  repeats: int, probe: _ClonesTimed, solved: _Solved, contended: bool,
+                  precision: str = "") -> list:
     """Each kind's cost as a measurement of its overhead op, unstable (with the reasons in
     its conditions) when its rounds disagree, its solve was bounded, the machine was busy or
     the kernel time subtracted was measured under load."""
@@ -433,7 +450,8 @@ def _measurements(spec: ModelSpec, phase: str, batch: int, length: int, path: st
             status="unstable" if reasons else "ok", method="cpu-wall",
             method_version=METHOD_VERSIONS["cpu-wall"],
             fingerprint=fp, software=sw, measured_at=now_iso(), conditions=cond,
-            note=(f"dispatch probe: tiny clones of {spec.name} ({names}), "
+            note=(f"dispatch probe: tiny clones of {spec.name} ({names}"
+                  f"{f'; linears quantized to {precision}' if precision else ''}), "
                   f"{phase} batch {batch} × {length}; measured − kernel ops, solved per kind "
                   f"(not timed itself: {fit.equations} equations for {fit.unknowns} kinds, "
                   f"residual {fit.residual_ms:.3g} ms, condition number {fit.condition:.3g}; "
