@@ -66,7 +66,7 @@ class OpsScreen(ModalScreen):
             yield Static("", id="ops-detail")
 
     def _point_name(self) -> str:
-        from ..display import strategy_name
+        from ..display import served_text, strategy_name
 
         p = self.point
         return strategy_name(p, achieved=False) if p.parts else f"{p.strategy} {pct(p.sparsity)}"
@@ -80,7 +80,7 @@ class OpsScreen(ModalScreen):
         t.append(f"{r.spec.name}", style="bold")
         t.append(f" · {p.strategy} ({families.get(p.strategy).axis if known else '?'}) asked {pct(p.sparsity)}, "
                  f"achieved {pct(p.achieved_sparsity)} · {r.scenario.label(p.phase)} · "
-                 f"{r.device.display_name} · {r.scenario.dtype} · {r.scenario.engine} kernels\n")
+                 f"{r.device.display_name} · {served_text(r.scenario.dtype, r.scenario.precision)} · {r.scenario.engine} kernels\n")
         t.append(f"latency {latency(p.latency_ms)} vs dense {latency(p.dense_latency_ms)} → "
                  f"{speed(p.speedup)} (FLOPs predict {speed(p.flops_speedup)}) · quality loss "
                  f"{loss_text(p.quality)} · timing {p.timing_source}\n", style="bold")
