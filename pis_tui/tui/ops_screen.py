@@ -66,13 +66,14 @@ class OpsScreen(ModalScreen):
             yield Static("", id="ops-detail")
 
     def _point_name(self) -> str:
-        from ..display import served_text, strategy_name
+        from ..display import strategy_name
 
         p = self.point
         return strategy_name(p, achieved=False) if p.parts else f"{p.strategy} {pct(p.sparsity)}"
 
     def _head(self) -> Text:
         from .. import families
+        from ..display import served_text
 
         p, r = self.point, self.snapshot.result
         known = families.is_family(p.strategy) or families.is_combo(p.strategy)
