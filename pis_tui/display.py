@@ -147,3 +147,9 @@ def sweep_measured_label(measured: int, kernels: int) -> str:
     the count the explorer's status line lists as "N measured"."""
     return (f"{measured} of {kernels} kernels measured" if measured
             else f"none of {kernels} kernels measured yet")
+
+
+def served_text(dtype: str, precision: str = "") -> str:
+    """The precision a model is served in, for a header: ``bf16``, or ``int4-g128 (bf16
+    activations)`` for a quantized one."""
+    return f"{precision} ({dtype} activations)" if precision else dtype

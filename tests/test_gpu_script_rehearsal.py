@@ -85,7 +85,7 @@ def rehearsal(tmp_path_factory):
                PIS_GPU_PROMPT_LEN="32", PIS_GPU_PREFILL_BATCHES="1,2", PIS_GPU_DECODE_BATCHES="2",
                PIS_GPU_CONTEXT_LEN="32", PIS_GPU_REPEATS="1",
                PIS_GPU_CALIBRATE_ARGS="--quick --repeats 1", PIS_GPU_VALIDATE_ARGS="--op-repeats 1",
-               PIS_GPU_KERNEL_TESTS="tests/gpu/test_cuda_flex.py",
+               PIS_GPU_KERNEL_TESTS="tests/gpu/test_cuda_flex.py tests/gpu/test_cuda_quant.py",
                PIS_GPU_COMMAND_TESTS="tests/gpu/test_cuda_commands.py")
 
     def run(**over):

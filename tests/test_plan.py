@@ -416,7 +416,7 @@ def test_cli_nothing_meets_the_targets_is_exit_0(capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (("--prompt-len=-4",), "prompt length must be positive"),
-    (("--dtype", "fp64"), "no fp64 peak"),
+    (("--dtype", "fp64"), "unknown dtype 'fp64'"),
     (("--budget", "150%"), "outside [0, 1]"),
     (("--mix", "chat:0,rag:0"), "weights sum to 0"),
     (("--workload", "nope"), "unknown workload preset 'nope'"),

@@ -912,7 +912,7 @@ def test_the_backend_names_the_field_at_fault(tmp_path):
     be = Backend(cache_path=str(tmp_path / "c.duckdb"))
     cases = {"model": Choices(model=str(tmp_path / "nope" / "config.json")),
              "gpu": Choices(gpu="no-such-gpu"),
-             "dtype": Choices(gpu="a100-80gb", dtype="fp8"),
+             "dtype": Choices(gpu="a100-80gb", dtype="fp64"),
              "quality": Choices(quality="csv", quality_csv=str(tmp_path / "missing.csv"))}
     for field, choices in cases.items():
         with pytest.raises(PisError) as e:

@@ -20,11 +20,12 @@ WIDTH_WORDS = {"hidden": "hidden size", "hidden_io": "hidden size", "inter": "ML
 
 
 def scenario_from_args(args: argparse.Namespace, device) -> Scenario:
-    from ..decide.sweep import default_dtype
+    from .common import precision_from_args
 
+    dtype, precision = precision_from_args(args, device)
     return Scenario(prefill_batch=args.prefill_batch, prompt_len=args.prompt_len,
                     decode_batch=args.decode_batch, context_len=args.context_len,
-                    dtype=args.dtype or default_dtype(device),
+                    dtype=dtype, precision=precision,
                     engine=getattr(args, "engine", None) or "eager", tp=getattr(args, "tp", 1),
                     routing=getattr(args, "routing", None) or "balanced")
 

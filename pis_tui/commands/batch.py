@@ -60,6 +60,7 @@ def _batches(text):
 
 
 def run(args) -> int:
+    from ..display import served_text
     from ..decide.batch_curve import BATCHES, batch_curve
     from ..decide.sweep import check_collectives, make_estimator, resolve, tensor_parallel_device
     from ._run import open_cache_if_local, scenario_from_args
@@ -82,7 +83,7 @@ def run(args) -> int:
         return 0
     con = console()
     con.print(f"[bold]{spec.name}[/] · decode @ {scenario.context_len} · {device.display_name} · "
-              f"{scenario.dtype} · {scenario.engine} kernels: speedup over dense by decode batch")
+              f"{served_text(scenario.dtype, scenario.precision)} · {scenario.engine} kernels: speedup over dense by decode batch")
     con.print(batch_table(curve))
     for name in curve.speedups:
         con.print(f"{name}: largest at batch {curve.best_batch(name)}", markup=False)

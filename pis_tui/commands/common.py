@@ -156,9 +156,51 @@ def add_scenario(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-len", type=positive_int("prompt length"), default=1024)
     g.add_argument("--decode-batch", type=positive_int("decode batch"), default=16)
     g.add_argument("--context-len", type=positive_int("context length"), default=1024)
-    g.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    g.add_argument("--dtype", default=None, help="the activations' dtype: bf16 (GPU default), fp16, fp32 (CPU default)")
+    add_precision(g)
     add_engine(g)
     add_tp(g)
+
+
+PRECISION_HELP = ("the precision the model is served in: bf16/fp16/fp32 (unquantized: the dtype), "
+                  "fp8 (W8A8, per-channel weights, per-token activations), fp8-tensor, int4 "
+                  "(weight-only, group 128), int4-g32/64/256, mxfp4 (weight-only, estimated)")
+
+
+def add_precision(p) -> None:
+    p.add_argument("--precision", "-q", default=None, metavar="P", help=PRECISION_HELP)
+
+
+def precision_from_args(args: argparse.Namespace, device) -> tuple[str, str]:
+    """(activation dtype, quantized precision or "") from ``--dtype`` and ``--precision``.
+    ``--precision bf16`` is ``--dtype bf16``; ``--dtype fp8`` / ``int8`` (the old spelling) is
+    read as ``--precision fp8`` with a line saying so; a quantized precision's activations
+    are the device's default dtype unless ``--dtype`` says otherwise."""
+    from ..decide.sweep import default_dtype
+    from ..model.precision import PLAIN, parse_precision
+
+    dtype = getattr(args, "dtype", None)
+    asked = getattr(args, "precision", None)
+    if dtype in ("fp8", "int8"):
+        if asked:
+            raise UserError(f"--dtype {dtype} and --precision {asked}: give the activations' dtype "
+                            "(bf16, fp16, fp32) with --dtype and the served precision with --precision")
+        print(f"pis-tui: --dtype {dtype} is read as --precision fp8 (W8A8: fp8 weights and "
+              "activations, the output in bf16)", file=sys.stderr)
+        asked, dtype = "fp8", None
+    if dtype and dtype not in PLAIN:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(PLAIN)} (a quantized "
+                        "precision goes in --precision)")
+    p = parse_precision(asked, dtype or default_dtype(device))
+    if p.name in PLAIN:
+        if dtype and asked and dtype != p.name:
+            raise UserError(f"--dtype {dtype} and --precision {asked} disagree: an unquantized "
+                            "precision is the dtype (give one of them)")
+        return p.name, ""
+    act = dtype or default_dtype(device)
+    if p.act_quant and act == "fp32":
+        act = "bf16"  # W8A8's output is bf16 (row-wise scaled_mm writes bf16)
+    return act, p.name
 
 
 def add_engine(p) -> None:

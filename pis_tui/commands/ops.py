@@ -28,6 +28,7 @@ def run(args) -> int:
 
     from rich.table import Table
 
+    from ..display import served_text
     from ..decide.sweep import check_collectives, make_estimator, resolve, tensor_parallel_device
     from ..errors import UserError
     from ..families import MAX_SPARSITY
@@ -81,7 +82,7 @@ def run(args) -> int:
               + (f"asked {escape(strat.token.split('@', 1)[1])}" if strat.k_dist
                  else f"asked {strat.sparsity:.1%}")
               + f", achieved {po.achieved_sparsity:.1%}{parts} · "
-              f"{scenario.label(args.phase)} · {escape(device.display_name)} · {scenario.dtype} · "
+              f"{scenario.label(args.phase)} · {escape(device.display_name)} · {served_text(scenario.dtype, scenario.precision)} · "
               f"{scenario.engine} kernels")
     for k, v in po.dims:
         con.print(f"  {k}: {v}", markup=False)
@@ -94,6 +95,8 @@ def run(args) -> int:
     for p in est.ops:
         o = p.op
         kind = "grouped" if o.op_type == "grouped_gemm" else getattr(o, "kind", o.op_type)
+        if getattr(o, "quant", ""):
+            kind = f"{kind} {o.quant}"
         t.add_row(o.name, kind if o.op_type != "attention" else "attention", o.shape(),
                   f"{o.count:g}", "" if p.kernels is None else str(p.kernels),
                   f"{o.flops() / 1e9:.3f}", f"{o.bytes() / 1e6:.2f}",

@@ -13,7 +13,7 @@ import argparse
 
 from ._run import (add_budget_args, add_combo_sparsities_arg, add_quality_args, add_ranking_args,
                    add_strategies_arg)
-from .common import (add_cache, add_engine, add_model_gpu, add_outputs, add_strategy_options,
+from .common import (add_cache, add_engine, add_precision, add_model_gpu, add_outputs, add_strategy_options,
                      add_tp, positive_int)
 
 
@@ -59,7 +59,8 @@ def register(sub) -> None:
     p.add_argument("--sparsities", default=None,
                    help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
     add_combo_sparsities_arg(p)
-    p.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16, fp32 (CPU default), fp8, int8")
+    p.add_argument("--dtype", default=None, help="the activations' dtype: bf16 (GPU default), fp16, fp32 (CPU default)")
+    add_precision(p)
     add_engine(p)
     add_tp(p)
     add_strategy_options(p)
@@ -95,7 +96,7 @@ def workload_from_args(args):
 def run(args) -> int:
     import sys
 
-    from ..decide.sweep import default_dtype, resolve
+    from ..decide.sweep import resolve
     from ..decide.deployment import plan, recommend_plan
     from ..families.strategy import Strategy
     from ._run import (budget_from_args, combo_sparsities_from_args, open_cache_if_local,
@@ -108,7 +109,9 @@ def run(args) -> int:
         if out and out != "-":
             check_writable(out)
     spec, device = resolve(args.model, resolve_gpu(args.gpu))
-    dtype = args.dtype or default_dtype(device)
+    from .common import precision_from_args
+
+    dtype, precision = precision_from_args(args, device)
     cache = open_cache_if_local(args, device)
     quality = quality_from_args(args, spec, cache)
     strategies = strategies_from_args(args)
@@ -118,7 +121,8 @@ def run(args) -> int:
     result = plan(spec, device, workload, strategies=strategies, sparsities=sparsities,
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
                   cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager",
-                  tp=args.tp, routing=getattr(args, "routing", None) or "balanced")
+                  tp=args.tp, routing=getattr(args, "routing", None) or "balanced",
+                  precision=precision)
     rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated,
                          include_flagged=getattr(args, "include_flagged", False))
     for w in result.warnings:
@@ -145,7 +149,7 @@ def plan_json(result, rec, strategies, sparsities, args, quality, cache) -> str:
 
     m = result.workload.main
     scen = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
-                    result.dtype, engine=result.engine, tp=result.tp)
+                    result.dtype, engine=result.engine, tp=result.tp, precision=result.precision)
     sw = sweep(result.spec, result.device, scen, strategies, sparsities, granularity=args.granularity,
                align=args.align, quality=quality, cache=cache,
                combo_sparsities=getattr(args, "combo_sps", None))
@@ -232,7 +236,7 @@ def print_plan(con, result, rec) -> None:
 
     from .. import families
     from ..decide import deployment as pl
-    from ..display import latency, loss_text, pct, quality_marks, speed
+    from ..display import latency, loss_text, pct, quality_marks, served_text, speed
     from ..pricing.memory import USABLE
     from ..quality.measured import ORACLE_RULE
 
@@ -241,9 +245,13 @@ def print_plan(con, result, rec) -> None:
     on = (f"{result.tp} × {escape(result.device.display_name)} (TP {result.tp}: one GPU's "
           "share below)" if result.tp > 1 else escape(result.device.display_name))
     con.print(f"[bold]{escape(result.spec.name)}[/] on {on} · "
-              f"{result.dtype} · workload [bold]{escape(wl.label())}[/] · {escape(wl.targets.label())} · "
+              f"{served_text(result.dtype, result.precision)} · workload [bold]{escape(wl.label())}[/] · {escape(wl.targets.label())} · "
               f"objective: {pl.objective_words(rec.objective)} · budget {pct(rec.budget)} "
               f"({result.quality_protocol} {metric})")
+    if getattr(result, "precision_effect", None):
+        from ..decide.precision import precision_line
+
+        con.print(precision_line(result.precision_effect), markup=False)
     con.print(("▶ " if rec.best is not None else "✗ ") + rec.reason, markup=False)
     if rec.best is not None and rec.best.quality.method and rec.best.strategy != "dense":
         con.print(f"  quality method: {rec.best.quality.method}", markup=False)

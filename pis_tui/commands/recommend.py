@@ -50,6 +50,8 @@ def run(args) -> int:
 def print_recommendations(con, result, recs) -> None:
     from rich.markup import escape
     from rich.table import Table
+    from ..display import served_text
+    from ..decide.precision import precision_line
 
     from ..pricing.uncertainty import flag_words
     from ._tables import interval_text, legend_lines, pct, quality_cell, sparsity_text, trust_marks
@@ -59,7 +61,9 @@ def print_recommendations(con, result, recs) -> None:
     tp = result.scenario.tp
     on = f"{tp} × " if tp > 1 else ""  # tensor parallelism: the figures are one rank's
     con.print(f"[bold]{escape(result.spec.name)}[/] on {on}{escape(result.device.display_name)} · "
-              f"{result.scenario.dtype} · quality: {metric}, {result.quality_protocol} protocol{method}")
+              f"{served_text(result.scenario.dtype, result.scenario.precision)} · quality: {metric}, {result.quality_protocol} protocol{method}")
+    if getattr(result, "precision", None):
+        con.print(precision_line(result.precision), markup=False)
     for ph, r in recs.items():
         con.print(f"\n[bold]{ph}[/] ({result.scenario.label(ph)}), budget {pct(r.budget)}:")
         # reasons, citations and notes hold brackets ("[quality borrowed ...]"): not markup

@@ -30,6 +30,10 @@ def run(args) -> int:
         write_text(args.csv_out, to_csv(result))
     if args.json_out != "-":
         con = console()
+        if result.precision:
+            from ..decide.precision import precision_line
+
+            con.print(precision_line(result.precision), markup=False)
         for ph in ("prefill", "decode"):
             con.print(points_table(result, ph))
         if result.batch_curve is not None:

@@ -137,9 +137,9 @@ class _Pricer:
     """Phase estimates for one plan, each op list built once and each op priced once."""
 
     def __init__(self, spec, dtype: str, estimator, engine: str = "eager", tp: int = 1,
-                 routing: str = "balanced"):
+                 routing: str = "balanced", precision: str = ""):
         self.spec, self.dtype, self.engine, self.tp = spec, dtype, engine, tp
-        self.routing = routing
+        self.routing, self.precision = routing, precision
         self.est = estimator
         self._ops: dict = {}
         self._estimates: dict = {}
@@ -173,10 +173,10 @@ class _Pricer:
         if po is None:
             if phase == "prefill":
                 scen = Scenario(batch, length, 1, length, self.dtype, self.engine, tp=self.tp,
-                                routing=self.routing)
+                                routing=self.routing, precision=self.precision)
             else:
                 scen = Scenario(1, length, batch, length, self.dtype, self.engine, tp=self.tp,
-                                routing=self.routing)
+                                routing=self.routing, precision=self.precision)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
@@ -346,6 +346,10 @@ class PlanResult:
     #: tensor parallelism: the candidates are served over this many GPUs; their timings, weights,
     #: KV cache and sequences that fit are one rank's (one GPU's)
     tp: int = 1
+    #: the served precision (a quantized format's name, "" unquantized): every candidate is
+    #: served at it, its weights counted at it, its quality composed with it
+    precision: str = ""
+    precision_effect: dict = field(default_factory=dict)
 
     @property
     def dense(self) -> Candidate:
@@ -395,7 +399,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
          dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
          combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager",
-         tp: int = 1, routing: str = "balanced") -> PlanResult:
+         tp: int = 1, routing: str = "balanced", precision: str = "") -> PlanResult:
     """Every candidate (dense, then every family × sparsity and every combination × its parts'
     grid: ``strategies`` None every registered family and combination, ``sparsities`` None
     each family's default grid, ``combo_sparsities`` None the coarse combination grid) priced
@@ -409,7 +413,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     spec, device, scenario, est, notices = prepare(model, gpu, dtype=dtype, engine=engine, tp=tp,
                                                    cache=cache, estimator=estimator)
     dtype = scenario.dtype
-    pricer = _Pricer(spec, dtype, est, engine, tp, routing)
+    pricer = _Pricer(spec, dtype, est, engine, tp, routing, precision)
     grid = sweep_grid(strategies, sparsities, granularity, align, combo_sparsities, spec=spec)
     if quality is not None and hasattr(quality, "estimate"):
         from ..quality.priors import remember_params
@@ -424,6 +428,14 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
         warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
         provenance=provenance(device))
     result.tp = tp
+    result.precision = precision
+    if precision:  # what the precision itself does, at the workload's main class
+        from .precision import precision_effect
+
+        m = workload.main
+        at = Scenario(m.concurrency, m.prompt_len, m.concurrency, m.prompt_len + m.output_len // 2,
+                      dtype, engine, tp=tp, routing=routing, precision=precision)
+        result.precision_effect = precision_effect(spec, at, est, quality)
     result.pricer = pricer  # the estimates behind each figure: plan's pairs and intervals
     result.strategies = {strategy_key(s.family, s.sparsity, s.parts): s for s in grid}
     result.priced_kernels = len(getattr(pricer, "priced_kernels", {}))
@@ -448,6 +460,11 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
         q = quality.estimate(spec.name, strat.family, ref.achieved_sparsity)
     else:
         q = QualityEstimate(None, metric, "none", protocol, note="no quality model given")
+    if quality is not None and pricer.precision:
+        from ..quality.precision import served
+
+        q = served(q, spec.name, strat.family, ref.achieved_sparsity, pricer.precision,
+                   getattr(quality, "combo_rule", "multiplicative"))
     plans, used, notes = [], [], list(ref.notes)
     for cls, share in zip(workload.classes, workload.shares):
         P, O = cls.prompt_len, cls.output_len

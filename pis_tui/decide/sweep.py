@@ -55,6 +55,9 @@ class SweepResult:
     notices: list = field(default_factory=list)  # e.g. a shipped table that could not be used
     #: decode speedup against decode batch (:mod:`pis_tui.decide.batch_curve`), where computed
     batch_curve: object = field(default=None, repr=False)
+    #: the served precision's own effect (:func:`pis_tui.decide.precision.precision_effect`);
+    #: {} unquantized
+    precision: dict = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
@@ -285,6 +288,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     """
     spec, device, scenario, est, notices = prepare(model, gpu, scenario, cache=cache)
     from ..quality.compose import combo_estimate
+    from ..quality.precision import served
     from ..quality.priors import remember_params
 
     if quality is not None:
@@ -316,6 +320,10 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         if quality is not None and e.strategy == "dense":
             q = QualityEstimate(0.0, metric=getattr(quality, "metric", "accuracy_drop"),
                                 source="dense", protocol=getattr(quality, "protocol", "lora"))
+        if quality is not None and scenario.precision:
+            # the loss against the unquantized model: quantization's own composed with pruning's
+            q = served(q, spec.name, e.strategy, e.achieved_sparsity, scenario.precision,
+                       getattr(quality, "combo_rule", "multiplicative"))
         points.append(_point(e, d, q, est, ops_by_key))
     curves = {}
     if quality is not None and hasattr(quality, "curve_info"):
@@ -330,6 +338,9 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         from .batch_curve import batch_curve, moe_batches
 
         curve = batch_curve(spec, est, scenario, batches=moe_batches(spec, scenario))
+    from .precision import precision_effect
+
+    effect = precision_effect(spec, scenario, est, quality, phases, dense)
     return SweepResult(
         spec, device, scenario, estimates, points, ops_by_key,
         quality_protocol=getattr(quality, "protocol", "lora"),
@@ -341,6 +352,7 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
         notices=notices,
         provenance=provenance(device),
         batch_curve=curve,
+        precision=effect,
     )
 
 

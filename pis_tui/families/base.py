@@ -67,11 +67,13 @@ class PhaseContext:
 
     @property
     def q_len(self) -> int:
-        return self.scenario.prompt_len if self.phase == "prefill" else 1
+        return self.scenario.prompt_len if self.phase == "prefill" else self.scenario.decode_tokens
 
     @property
     def kv_len(self) -> int:
-        return self.scenario.prompt_len if self.phase == "prefill" else self.scenario.context_len
+        if self.phase == "prefill":
+            return self.scenario.prompt_len
+        return self.scenario.context_len + self.scenario.decode_tokens - 1
 
     @property
     def m(self) -> int:

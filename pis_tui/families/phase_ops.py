@@ -85,12 +85,14 @@ def build_phase_ops(spec: ModelSpec, strategy: Strategy, scenario: Scenario, pha
     after = {e.name: e for e in arch.after_layers}
     final = after.get("final_norm")
     ops.append(Elementwise("final_norm", final.kind if final else "rmsnorm", m, shape.hidden_io, 1, dt))
-    ops.append(Gemm("lm_head", ctx.batch, vocab, shape.hidden_io, 1, dt, shards=tp))
+    # the logits of each sequence's last token (a verification's: of every token it checks)
+    rows = ctx.batch * (ctx.q_len if phase == "decode" else 1)
+    ops.append(Gemm("lm_head", rows, vocab, shape.hidden_io, 1, dt, shards=tp))
     if tp > 1:
         ops.append(Collective("lm_head_gather", "all_gather",
-                              ctx.batch * padded_vocab(spec.vocab_size, tp), tp, 1, dt))
+                              rows * padded_vocab(spec.vocab_size, tp), tp, 1, dt))
     if "logit_softcap" in after:  # Gemma 2: c·tanh(logits / c)
-        ops.append(Elementwise("logit_softcap", "softcap", ctx.batch, vocab, 1, dt))
+        ops.append(Elementwise("logit_softcap", "softcap", rows, vocab, 1, dt))
     # the served precision: quantized GEMMs and the ops quantization adds
     # (pis_tui.model.precision); the overhead counts nn.Linear calls, which it leaves alone
     if scenario.precision:

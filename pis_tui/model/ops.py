@@ -90,15 +90,13 @@ class Gemm:
         """FLOPs left after pruning (what a FLOPs count predicts)."""
         return self.flops() * self.density
 
+    def weight_nbytes(self) -> float:
+        """Bytes of the weight as stored (:func:`stored_weight_bytes`)."""
+        return stored_weight_bytes(self.quant, self.kind, self.n, self.k, dtype_bytes(self.dtype))
+
     def bytes(self) -> float:
         b = dtype_bytes(self.dtype)
-        if self.quant:
-            return _quant_bytes(self.quant, self.kind, self.n, self.k, self.m, self.m, 1.0, b)
-        weight = self.n * self.k * b
-        if self.kind == "sparse_24":
-            # values at half density plus 2-bit metadata per kept value
-            weight = self.n * self.k * b * 0.5 + self.n * self.k * 0.5 * 0.25
-        return weight + (self.m * self.k + self.m * self.n) * b
+        return self.weight_nbytes() + self.m * self.k * _input_bytes(self.quant, b) + self.m * self.n * b
 
     def key(self) -> str:
         return f"gemm:{self.kind}:{self.dtype}:{_quant_key(self.quant)}{self.m}x{self.n}x{self.k}"
@@ -164,12 +162,14 @@ class GroupedGemm:
     def effective_flops(self) -> float:
         return 2.0 * self.rows * self.n * self.k
 
+    def weight_nbytes(self) -> float:
+        """Bytes of ONE expert's weight as stored (:func:`stored_weight_bytes`)."""
+        return stored_weight_bytes(self.quant, self.kind, self.n, self.k, dtype_bytes(self.dtype))
+
     def bytes(self) -> float:
         b = dtype_bytes(self.dtype)
-        if self.quant:
-            return _quant_bytes(self.quant, self.kind, self.n, self.k, self.rows, self.rows,
-                                self.groups, b)
-        return self.groups * self.n * self.k * b + (self.rows * self.k + self.rows * self.n) * b
+        return (self.groups * self.weight_nbytes() + self.rows * self.k * _input_bytes(self.quant, b)
+                + self.rows * self.n * b)
 
     def key(self) -> str:
         """A grouped shape is a vector of rows per expert, drawn from the routing: the key names
@@ -442,20 +442,28 @@ def _quant_key(quant: str) -> str:
     return f"{quant}@{p.kernel or 'none'}:" if p is not None else f"{quant}:"
 
 
-def _quant_bytes(quant: str, kind: str, n: int, k: int, rows_in: float, rows_out: float,
-                 groups: float, b: int) -> float:
-    """Bytes of one call of a quantized GEMM: ``groups`` weights of [N, K] at the precision
-    (scales included; 2:4 keeps half the values plus 2-bit metadata per kept value), the input
-    at 1 byte for W8A8 (quantized before) or the activation dtype, the output in the
-    activation dtype."""
-    p = quant_format(quant)
-    if p is None:
-        raise ValueError(f"unknown precision {quant!r}")
-    w = p.weight_nbytes(n, k)
+def stored_weight_bytes(quant: str, kind: str, n: int, k: int, b: int) -> float:
+    """Bytes of an [N, K] weight as its kernel reads it: ``b`` bytes a value, or the quantized
+    format's (scales and zeros included); 2:4 keeps half the values plus 2-bit metadata per
+    kept value."""
+    if quant:
+        p = quant_format(quant)
+        if p is None:
+            raise ValueError(f"unknown precision {quant!r}")
+        w = p.weight_nbytes(n, k)
+        return w * 0.5 + n * k * 0.5 * 0.25 if kind == "sparse_24" else w
     if kind == "sparse_24":
-        w = w * 0.5 + n * k * 0.5 * 0.25
-    x = 1 if p.act_quant else b
-    return groups * w + rows_in * k * x + rows_out * n * b
+        return n * k * b * 0.5 + n * k * 0.5 * 0.25
+    return float(n * k * b)
+
+
+def _input_bytes(quant: str, b: int) -> int:
+    """Bytes of one input value: 1 under W8A8 (quantized before the GEMM), else ``b``."""
+    if quant:
+        p = quant_format(quant)
+        if p is not None and p.act_quant:
+            return 1
+    return b
 
 
 def kernel_of(op: Op, *, sparse_24: bool = True) -> Op:

@@ -38,7 +38,8 @@ from .ops import Elementwise
 from .quant_formats import INT4_GROUPS, PLAIN, QUANTIZED, Precision, get
 
 #: GEMMs served unquantized whatever the precision (see the module's docstring)
-KEEP_UNQUANTIZED = ("lm_head", "moe_router", "shared_expert_gate", "router")
+KEEP_UNQUANTIZED = ("lm_head", "moe_router", "shared_expert_gate", "router",
+                    "block_score")  # block-sparse attention's scores: activations × activations
 #: an int4 GEMM's output width must be a multiple of this (torch's int4 packing: N % 16 on the
 #: CPU kernel, N % 8 on CUDA's; the stricter is checked everywhere)
 INT4_N_ALIGN = 16

@@ -35,6 +35,10 @@ class Scenario:
     #: format's canonical name (``fp8-row``, ``int4-g128``, ``mxfp4``…) or "" (unquantized: the
     #: dtype).  ``dtype`` stays the activation dtype (what a measurement runs its inputs in)
     precision: str = ""
+    #: tokens each sequence feeds one decode forward: 1, or a speculative verification's γ + 1
+    #: (the dense model checks γ drafted tokens and computes one more in one pass:
+    #: :mod:`pis_tui.decide.speculative`); its attention reads the context and those tokens
+    decode_tokens: int = 1
 
     def __post_init__(self) -> None:
         for name in ("prefill_batch", "prompt_len", "decode_batch", "context_len"):
@@ -50,6 +54,9 @@ class Scenario:
         from .tensor_parallel import check_degree
 
         check_degree(self.tp)
+        if not isinstance(self.decode_tokens, int) or isinstance(self.decode_tokens, bool) \
+                or not 1 <= self.decode_tokens <= 64:
+            raise UserError(f"decode tokens must be a whole number from 1 to 64, got {self.decode_tokens!r}")
         if self.precision and quant_format(self.precision) is None:
             raise UserError(f"unknown precision {self.precision!r} (a quantized format's canonical "
                             "name: fp8-row, fp8-tensor, int4-g128, mxfp4…)")

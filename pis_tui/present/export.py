@@ -168,6 +168,8 @@ def to_dict(result: SweepResult, recommendations: Optional[dict] = None,
         # a mixture of experts: decode speedup by batch, 1 to where every expert is touched
         **({"batch_curve": result.batch_curve.to_dict()}
            if getattr(result, "batch_curve", None) is not None else {}),
+        # a served precision: what it does to the dense model, its kernel, its own quality cost
+        **({"precision": result.precision} if getattr(result, "precision", None) else {}),
         "provenance": result.provenance,
         **({"plan": plan} if plan is not None else {}),
     }
@@ -355,6 +357,7 @@ def plan_dict(result, rec) -> dict:
         "workload": result.workload.to_dict(),
         "dtype": result.dtype,
         "engine": result.engine,
+        **({"precision": result.precision_effect} if getattr(result, "precision_effect", None) else {}),
         "rules": {"serving_model": pl.SERVING_MODEL, "tpot": pl.TPOT_RULE, "batch": pl.BATCH_RULE,
                   "throughput": pl.THROUGHPUT_RULE, "memory": pl.MEMORY_RULE},
         "memory": {"device_gb": float(result.device.memory_gb or 0.0),

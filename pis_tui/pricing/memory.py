@@ -5,7 +5,9 @@ is a number about nothing: the sweep reports the footprint and says when it does
 (pruning may make it fit: the footprint is the dense model's).
 
 - weights: every decoder and embedding parameter (``ModelSpec.total_params``) in the
-  scenario's dtype (fp8/int8 weights: one byte each);
+  scenario's dtype (fp8/int8 weights: one byte each), or at its served precision
+  (``Scenario.precision``: the quantized GEMMs' bytes with their scales, from the op list;
+  the embedding, lm_head and routers stay in the dtype);
 - KV cache: ``2 × layers × kv_heads × head_dim`` values per token, kept in 16-bit when the
   weights are 8-bit (the common serving setup) and in the weights' dtype otherwise; prefill
   holds ``batch × prompt_len`` tokens, decode ``batch × context_len``.
@@ -19,6 +21,8 @@ heads (kv/tp, at least one: replicated beyond tp = kv); the fit is checked again
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ..model.ops import dtype_bytes
 
@@ -47,8 +51,6 @@ def rank_kv_bytes_per_token(spec, dtype: str, tp: int) -> int:
 
 def rank_weight_bytes(spec, scenario) -> float:
     """Bytes of the dense model's weights one rank of ``scenario.tp`` holds."""
-    from dataclasses import replace
-
     from ..families.strategy import Strategy
     from ..families.phase_ops import build_phase_ops
 
@@ -61,7 +63,9 @@ def footprint(spec, device, scenario) -> dict:
     """Bytes (in GB) the dense model needs per phase, against the device's memory (one rank's
     against one GPU under tensor parallelism: ``per_rank``)."""
     tp = getattr(scenario, "tp", 1)
-    weights = spec.total_params() * dtype_bytes(scenario.dtype) / GB
+    quantized = bool(getattr(scenario, "precision", ""))
+    weights = (rank_weight_bytes(spec, replace(scenario, tp=1)) if quantized
+               else spec.total_params() * dtype_bytes(scenario.dtype)) / GB
     per_tok = kv_bytes_per_token(spec, scenario.dtype) / GB
     kv = {"prefill": scenario.prefill_batch * scenario.prompt_len * per_tok,
           "decode": scenario.decode_batch * scenario.context_len * per_tok}
@@ -89,7 +93,7 @@ def fit_warnings(spec, device, scenario, weights: float, kv: dict, cap: float) -
     name = device.display_name + (f" (one of {tp} ranks: its share of the weights and KV cache)"
                                   if tp > 1 else "")
     if weights > cap:
-        out.append(f"{spec.name} does not fit on the {name}: its {scenario.dtype} weights alone are "
+        out.append(f"{spec.name} does not fit on the {name}: its {scenario.served} weights alone are "
                    f"{weights:.0f} GB of {cap:.0f} GB (these figures assume it would; pruning by "
                    f"{1 - cap / weights:.0%} or more, or more GPUs, would be needed)")
         return out
@@ -140,9 +144,9 @@ def weight_bytes(ops, spec, dtype: str) -> float:
     for o in ops:
         kind = getattr(o, "op_type", "")
         if kind == "gemm" and o.name not in _NO_WEIGHT:
-            total += (o.bytes() - (o.m * o.k + o.m * o.n) * b) * o.count
+            total += o.weight_nbytes() * o.count
         elif kind == "grouped_gemm":
-            total += o.experts * o.n * o.k * b * o.count
+            total += o.experts * o.weight_nbytes() * o.count
         elif kind == "elementwise" and o.kind == "embedding":
             emb = float(o.extra) * o.width * b
     return total + (0.0 if spec.tie_embeddings else emb)

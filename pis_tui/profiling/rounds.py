@@ -83,8 +83,8 @@ def _cores() -> int:
 
 
 #: what a single timing says about itself and the rounds keep (an estimate's reason, a failed
-#: CUDA-graph capture)
-CARRIED_CONDITIONS = ("estimated", "graph_capture")
+#: CUDA-graph capture, the kernel a quantized GEMM ran)
+CARRIED_CONDITIONS = ("estimated", "graph_capture", "kernel")
 
 
 def combine_rounds(ms: list) -> Measurement:

@@ -29,7 +29,8 @@ computes the right thing.
 
 One job a module: :mod:`.device` (the device opened for measuring), :mod:`.case` (what a timed
 call is, rotation of its state), one case module per op kind mirroring :mod:`pis_tui.model.ops`
-(:mod:`.gemm`, :mod:`.attention`, :mod:`.elementwise`), :mod:`.loops` (the CPU and CUDA timing
+(:mod:`.gemm`, :mod:`.attention`, :mod:`.elementwise`; :mod:`.quantized` the quantized GEMMs
+through torch's int4 and fp8 kernels, and which precisions the device measures), :mod:`.loops` (the CPU and CUDA timing
 loops), :mod:`.measure` (timing and checking one op, the contention probe), :mod:`.peaks`
 (the device's measured peaks).
 """

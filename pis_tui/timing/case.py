@@ -5,7 +5,7 @@ memory as in a forward pass."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .device import DeviceContext, pool_elems, torch_dtype, torch_module
@@ -27,6 +27,9 @@ class Case:
     fallback: Optional[Callable[[str], "Case"]] = None  # FlexAttention: if compiling fails
     scale: float = 1.0  # a labelled estimate scales a measured time (FlexAttention fallback)
     post: Optional[Callable[[object], object]] = None  # output -> tensor compared in verify
+    #: what the measurement records about the call (``kernel``: the aten op a quantized GEMM
+    #: ran), merged into :attr:`Measurement.conditions`
+    conditions: dict = field(default_factory=dict)
 
 
 def copies_for(ctx: DeviceContext, state_bytes: float, check: bool) -> int:

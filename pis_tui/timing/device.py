@@ -12,8 +12,15 @@ from ..device import local
 from ..device.gpus import LOCAL
 from ..errors import MeasureError, UserError
 from ..hf.config import torch_dtype as hf_torch_dtype
+from ..hf.quant_kernels import FP8_KERNEL, fp8_kernel_on, int4_kernel_name
 from ..pricing.measured_table import METHOD_VERSIONS, software_versions
 from ..model.ops import dtype_bytes
+from ..model.quant_formats import PLAIN, QUANTIZED
+from ..model.quant_formats import get as quant_format
+
+#: activation dtypes of the int4 kernels: the CPU kernel's, tinygemm's (CUDA)
+INT4_CPU_DTYPES = ("fp32", "bf16", "fp16")
+INT4_CUDA_DTYPES = ("bf16",)
 
 
 def torch_module():
@@ -62,6 +69,45 @@ class DeviceContext:
     def is_cuda(self) -> bool:
         return self.kind == "cuda"
 
+    def precision_unmeasurable(self, name: str, dtype: str = "") -> Optional[str]:
+        """None where this device times GEMMs served at the precision ``name`` (canonical:
+        ``bf16``, ``fp8-row``, ``int4-g128``… :func:`pis_tui.model.precision.parse_precision`)
+        with activations in ``dtype`` ("": any it takes); else one line saying why not.  int4
+        runs on a CPU (``aten._weight_int4pack_mm_for_cpu``: fp32, bf16, fp16) and on CUDA
+        8.0+ (tinygemm: bf16); fp8 only where :func:`fp8_kernel_on` finds fp8 tensor cores."""
+        p = quant_format(name)
+        if p is None:
+            if name in PLAIN:
+                return None if name in self.dtypes else (
+                    f"dtype {name} is not measured on {self.display_name} "
+                    f"(measurable: {', '.join(self.dtypes)})")
+            return f"unknown precision {name!r}"
+        if not p.kernel:
+            return f"{name} has no torch kernel: estimated only"
+        if p.weight_only:  # int4
+            kernel = int4_kernel_name(self.kind)
+            if not self.is_cuda:
+                if dtype and dtype not in INT4_CPU_DTYPES:
+                    return (f"{kernel} takes {', '.join(INT4_CPU_DTYPES)} activations, not {dtype}")
+                return None
+            cap = self.capability or "0.0"
+            if tuple(int(x) for x in cap.split(".")[:2]) < (8, 0):
+                return (f"{self.display_name} (compute capability {cap}) has no int4 kernel: "
+                        f"tinygemm ({kernel}) needs 8.0+ (bf16 tensor cores): {name} is estimated")
+            if dtype and dtype not in INT4_CUDA_DTYPES:
+                return (f"tinygemm ({kernel}) takes bf16 activations, not {dtype}: "
+                        f"measure {name} at --dtype bf16")
+            return None
+        why = fp8_kernel_on(self.torch_device)
+        if why:
+            return why
+        return fp8_dtype_unmeasurable(name, p.act_quant == "per-token", dtype)
+
+    @property
+    def precisions(self) -> tuple:
+        """The quantized precisions this device times (the others are estimated)."""
+        return tuple(n for n in QUANTIZED if self.precision_unmeasurable(n) is None)
+
     def device_info(self) -> dict:
         """What a measured table / the cache records about the device."""
         return {
@@ -70,7 +116,8 @@ class DeviceContext:
             "driver": self.driver, "capability": self.capability, "memory_gb": round(self.memory_gb, 2),
             "cache_mb": self.cache_mb, "sm_count": self.sm_count, "threads": self.threads,
             "clocks": self.clocks, "sparse_24": self.sparse_24, "sparse_24_note": self.sparse_24_note,
-            "dtypes": list(self.dtypes), "runtime": self.runtime,
+            "dtypes": list(self.dtypes), "precisions": list(self.precisions),
+            "runtime": self.runtime,
             "platform": platform.platform(), "cpu": local._cpu_model(),
             "profile": "built from the device's properties (no profile matches)"
             if self.unknown_profile else "profiles/gpus" if self.is_cuda else "cpu",
@@ -106,6 +153,17 @@ class DeviceContext:
         gc.collect()
         if self.is_cuda and self.sticky_error is None:
             torch_module().cuda.empty_cache()
+
+
+def fp8_dtype_unmeasurable(name: str, per_row: bool, dtype: str) -> Optional[str]:
+    """One line where ``_scaled_mm`` cannot write ``dtype`` (row-wise scales: bf16 only;
+    per-tensor: bf16 or fp16); None where it can ("" : the activation dtype is not known)."""
+    outs = ("bf16",) if per_row else ("bf16", "fp16")
+    if not dtype or dtype in outs:
+        return None
+    how = "with row-wise scales " if per_row else ""
+    return (f"{FP8_KERNEL} {how}writes {' or '.join(outs)}, not {dtype}: "
+            f"measure {name} at --dtype bf16")
 
 
 def _unmeasurable(dtype: str) -> MeasureError:

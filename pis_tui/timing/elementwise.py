@@ -8,6 +8,7 @@ from ..errors import MeasureError
 from ..model.ops import ACTIVATIONS, Elementwise, dtype_bytes
 from .case import Case, copies_for, rand_tensor, views
 from .device import DeviceContext, torch_dtype, torch_module
+from .quantized import act_quant_case
 
 
 class _Inputs:
@@ -235,6 +236,12 @@ def _scale_case(a: _Inputs) -> Case:
     return Case(lambda i: x * scale, lambda: x.double() * float(scale))
 
 
+def _act_quant_case(a: _Inputs) -> Case:
+    # W8A8's activation quantization before a quantized GEMM (the op's extra: 0 dynamic
+    # per-token, 1 static per-tensor); fp8 casts are real on a CPU too
+    return act_quant_case(a.x, a.op.extra, a.check)
+
+
 def _softcap_case(a: _Inputs) -> Case:
     torch, x = a.torch, a.x
     cap = 30.0  # Gemma 2's final_logit_softcapping
@@ -262,4 +269,5 @@ _CASES = {
     "gather": _gather_case,
     "scatter": _scatter_case,
     "block_pool": _block_pool_case,
+    "act_quant": _act_quant_case,
 }

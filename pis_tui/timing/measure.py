@@ -10,18 +10,29 @@ from typing import Optional
 from ..errors import MeasureError
 from ..pricing.measured_table import Measurement, now_iso
 from ..model.ops import Attention, Elementwise, Gemm, GroupedGemm, Op
-from . import attention, elementwise, gemm, grouped
+from . import attention, elementwise, gemm, grouped, quantized
 from .case import Case, Unsupported
 from .device import DeviceContext, oom_error, torch_module
 from .loops import GRAPH_CAPTURE_FAILED, NOT_CAPTURABLE, time_cpu, time_cuda
 
+#: relative Frobenius error allowed against the float64 reference, by the op's dtype.  A
+#: quantized GEMM's reference is the float64 product of the dequantized operands its kernel
+#: multiplies, so the same tolerances hold its accumulation and output rounding (CPU int4:
+#: ~4e-7 in fp32, ~2e-3 in bf16; fp8 with a bf16 output ~2e-3), while a code off by one is
+#: 0.1–0.5 off
 _TOL = {"fp32": 2e-5, "tf32": 5e-3, "bf16": 2e-2, "fp16": 5e-3}
+#: act_quant against its float64 quantize-dequantize: a tie of the fp32 quotient may round one
+#: element one fp8 step (6 %) the other way (~1e-4 of a [37, 1024] tensor); a wrong scale or
+#: format is a few % off everywhere
+ACT_QUANT_TOL = 1e-3
 
 
 def build_case(op: Op, ctx: DeviceContext, check: bool = False, **kw) -> Case:
     if op.dtype not in ctx.dtypes:
         raise Unsupported(f"dtype {op.dtype} is not measured on {ctx.display_name} "
                           f"(measurable: {', '.join(ctx.dtypes)})")
+    if getattr(op, "quant", ""):
+        return quantized.quantized_case(op, ctx, check)
     if isinstance(op, Gemm):
         return gemm.gemm_case(op, ctx, check, kw.get("unstructured_kernel", "dense"))
     if isinstance(op, GroupedGemm):
@@ -187,7 +198,7 @@ def _measure_once(op: Op, ctx: DeviceContext, *, repeats, warmup, target_ms, max
         else:
             ms, eager, spread, n, tnote = time_cpu(case.fn, case.copies, repeats, warmup,
                                                     (target_ms or 10.0) / 1e3, max_op_s)
-        conditions: dict = {}
+        conditions: dict = dict(case.conditions)  # a quantized GEMM's kernel
         if case.scale != 1.0:
             # a labelled estimate (FlexAttention that did not compile: dense SDPA × block
             # density): priced "estimated", never as a measurement of the block-sparse kernel
@@ -216,8 +227,12 @@ def verify_op(op: Op, ctx: DeviceContext, **kw) -> tuple[float, float]:
     Returns (relative Frobenius error, tolerance for the op's dtype).  Raises ``Unsupported``
     when the op has no kernel here.
     """
+    return verify_case(op, build_case(op, ctx, check=True, **kw))
+
+
+def verify_case(op: Op, case: Case) -> tuple[float, float]:
+    """:func:`verify_op` for a case already built (with ``check=True``)."""
     torch = torch_module()
-    case = build_case(op, ctx, check=True, **kw)
     if case.ref is None:
         raise Unsupported(case.note)
     expected = case.ref()  # before fn: some ops (scatter, kv_write) update in place
@@ -235,6 +250,8 @@ def verify_op(op: Op, ctx: DeviceContext, **kw) -> tuple[float, float]:
     tol = _TOL.get(op.dtype, 1e-2)
     if isinstance(op, Attention) or (isinstance(op, Elementwise) and op.kind in ("rmsnorm", "silu_mul", "rotary")):
         tol *= 5  # softmax / transcendental functions in low precision
+    if isinstance(op, Elementwise) and op.kind == "act_quant":
+        tol = ACT_QUANT_TOL
     return err, tol
 
 

@@ -486,9 +486,10 @@ class PisApp(PlanControl, MeasureControl, ExportControl, PointsControl, SaveCont
         r = snap.result
         budget = f"budget {pct(snap.choices.active_budget)}"
         tp = f"{r.scenario.tp} × " if r.scenario.tp > 1 else ""  # tensor parallelism: the GPUs
-        self._subtitles = [f"{r.spec.name} · {tp}{r.device.display_name} · {r.scenario.dtype} "
+        served = r.scenario.precision or r.scenario.dtype
+        self._subtitles = [f"{r.spec.name} · {tp}{r.device.display_name} · {served} "
                            f"{r.scenario.engine} · {budget}",
-                           f"{r.spec.name} · {tp}{snap.choices.gpu} · {r.scenario.dtype} · {budget}",
+                           f"{r.spec.name} · {tp}{snap.choices.gpu} · {served} · {budget}",
                            f"{r.spec.name} · {budget}"]
         self._fit_header()
         kernels = ", ".join(f"{n} {k}" for k, n in ordered(r.source_summary()))

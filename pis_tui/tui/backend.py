@@ -28,7 +28,15 @@ from ..model.tensor_parallel import DEGREES as TP_DEGREES  # tensor parallelism:
 PHASES = ("prefill", "decode")
 QUALITY_SOURCES = ("priors", "csv", "measured")
 PROTOCOLS = ("lora", "training-free")
-DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8", "int8")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+#: the served precision (pis_tui.model.precision): "none" serves the dtype unquantized
+PRECISION_LABELS = (("unquantized (the dtype)", "none"),
+                    ("fp8 W8A8 (per-channel · per-token)", "fp8-row"),
+                    ("fp8 W8A8 per-tensor", "fp8-tensor"),
+                    ("int4 weight-only g128", "int4-g128"), ("int4 weight-only g64", "int4-g64"),
+                    ("int4 weight-only g32", "int4-g32"), ("int4 weight-only g256", "int4-g256"),
+                    ("MXFP4 weight-only (estimated)", "mxfp4"))
+PRECISIONS = tuple(v for _, v in PRECISION_LABELS)
 #: combinations in the sweep, their quality composed by this rule ("off": families only)
 COMBOS = ("multiplicative", "additive", "off")
 EXTRAPOLATED = ("skip", "rank")  # extrapolated quality: shown but not ranked, or ranked
@@ -59,6 +67,7 @@ class Choices:
     extrapolated: str = "skip"  # EXTRAPOLATED: only re-ranks
     engine: str = "eager"  # the engine (pis_tui.pricing.engines)
     tp: int = 1  # tensor parallelism over this many GPUs of one node (1: one GPU)
+    precision: str = "none"  # PRECISIONS: the precision the model is served in
 
     @property
     def allow_extrapolated(self) -> bool:
@@ -112,8 +121,12 @@ class Choices:
             out = replace(out, quality="priors")
         if out.protocol not in PROTOCOLS:
             out = replace(out, protocol="lora")
+        if out.dtype in ("fp8", "int8"):  # saved before precision was its own choice
+            out = replace(out, dtype="auto", precision="fp8-row")
         if out.dtype not in DTYPES:
             out = replace(out, dtype="auto")
+        if out.precision not in PRECISIONS:
+            out = replace(out, precision="none")
         if out.combos not in COMBOS:
             out = replace(out, combos="multiplicative")
         if out.extrapolated not in EXTRAPOLATED:
@@ -432,7 +445,14 @@ class Backend:
         with _blame("dtype"):
             dtype = default_dtype(device) if choices.dtype == "auto" else choices.dtype
             check_dtype(device, dtype)
+            if choices.precision.startswith("fp8") and dtype == "fp32":
+                dtype = "bf16"  # W8A8's output is bf16 (as the CLI's --precision fp8)
         return spec, device, dtype
+
+    @staticmethod
+    def served(choices: Choices) -> str:
+        """The quantized precision the choices serve at ("" unquantized)."""
+        return "" if choices.precision == "none" else choices.precision
 
     def compute(self, choices: Choices) -> Snapshot:
         """Sweep every family × sparsity × phase and recommend per phase (no torch).  A
@@ -445,7 +465,8 @@ class Backend:
         with _blame("scenario"):
             scenario = Scenario(prefill_batch=choices.prefill_batch, prompt_len=choices.prompt_len,
                                 decode_batch=choices.decode_batch, context_len=choices.context_len,
-                                dtype=dtype, engine=choices.engine, tp=choices.tp)
+                                dtype=dtype, engine=choices.engine, tp=choices.tp,
+                                precision=self.served(choices))
         need_cache = device.is_local or choices.quality == "measured"
         measured = 0
         with (self.cache(hold=True) if need_cache else contextlib.nullcontext()) as cache:
@@ -523,7 +544,7 @@ class Backend:
                 quality = self._quality_model(choices, spec, cache)
             result = plan(spec, device, workload, strategies=self.strategies(choices), dtype=dtype,
                           quality=quality, cache=cache if device.is_local else None,
-                          engine=choices.engine, tp=choices.tp)
+                          engine=choices.engine, tp=choices.tp, precision=self.served(choices))
         rec = self.rank_plan(result, choices.active_budget, inputs.objective,
                              choices.allow_extrapolated)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
@@ -544,7 +565,8 @@ class Backend:
                 "--gpu", "local", "--prefill-batch", str(choices.prefill_batch),
                 "--prompt-len", str(choices.prompt_len), "--decode-batch",
                 str(choices.decode_batch), "--context-len", str(choices.context_len),
-                *dtype, *(["--tp", str(choices.tp)] if choices.tp > 1 else []), *cache,
+                *dtype, *(["--tp", str(choices.tp)] if choices.tp > 1 else []),
+                *(["--precision", choices.precision] if self.served(choices) else []), *cache,
                 "--progress-jsonl"]
 
     def export(self, snapshot: Snapshot, path: str, fmt: str = "json",

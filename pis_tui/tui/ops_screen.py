@@ -73,6 +73,7 @@ class OpsScreen(ModalScreen):
 
     def _head(self) -> Text:
         from .. import families
+        from ..display import served_text
 
         p, r = self.point, self.snapshot.result
         known = families.is_family(p.strategy) or families.is_combo(p.strategy)
@@ -80,7 +81,7 @@ class OpsScreen(ModalScreen):
         t.append(f"{r.spec.name}", style="bold")
         t.append(f" · {p.strategy} ({families.get(p.strategy).axis if known else '?'}) asked {pct(p.sparsity)}, "
                  f"achieved {pct(p.achieved_sparsity)} · {r.scenario.label(p.phase)} · "
-                 f"{r.device.display_name} · {r.scenario.dtype} · {r.scenario.engine} kernels\n")
+                 f"{r.device.display_name} · {served_text(r.scenario.dtype, r.scenario.precision)} · {r.scenario.engine} kernels\n")
         t.append(f"latency {latency(p.latency_ms)} vs dense {latency(p.dense_latency_ms)} → "
                  f"{speed(p.speedup)} (FLOPs predict {speed(p.flops_speedup)}) · quality loss "
                  f"{loss_text(p.quality)} · timing {p.timing_source}\n", style="bold")

@@ -20,7 +20,7 @@ from textual.widgets import Input, Label, Select, Static
 
 from ..errors import PisError
 from ..model.spec import preset_names
-from .backend import (DTYPES, ENGINE_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices,
+from .backend import (DTYPES, ENGINE_LABELS, PRECISION_LABELS, MAX_BUDGET, MAX_PPL_BUDGET, Choices,
                       quality_method_options)
 from .budget_control import BudgetControl
 
@@ -105,9 +105,11 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
         yield Select(EXTRAPOLATED_LABELS, value=c.extrapolated, allow_blank=False, compact=True,
                      id="extrapolated")
         yield Static("", id="quality-error", classes="error")
-        yield Label("dtype", classes="section")
+        yield Label("dtype · precision", classes="section")
         yield Select([(d if d != "auto" else "auto (bf16 GPU / fp32 CPU)", d) for d in DTYPES],
                      value=c.dtype, allow_blank=False, compact=True, id="dtype")
+        yield Select(list(PRECISION_LABELS), value=c.precision, allow_blank=False, compact=True,
+                     id="precision")
         yield Static("", id="dtype-error", classes="error")
         yield Label("Kernels", classes="section")
         yield Select(list(ENGINE_LABELS), value=c.engine, allow_blank=False, compact=True, id="engine")
@@ -158,7 +160,7 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
                          ("#protocol", choices.protocol), ("#quality-source", choices.quality),
                          ("#dtype", choices.dtype), ("#combos", choices.combos),
                          ("#extrapolated", choices.extrapolated), ("#tp", choices.tp),
-                         ("#engine", choices.engine)):
+                         ("#engine", choices.engine), ("#precision", choices.precision)):
             s = self.query_one(wid, Select)
             if wid == "#model" and not any(v == val for _, v in self._model_options):
                 self._model_options = self._model_options + [(f"{val}  (typed)", val)]
@@ -257,6 +259,8 @@ class SetupPanel(VerticalScroll, can_focus=False):  # its fields take focus, not
             self._post(replace(c, quality=str(event.value)), "quality")
         elif wid == "dtype":
             self._post(replace(c, dtype=str(event.value)), "dtype")
+        elif wid == "precision":
+            self._post(replace(c, precision=str(event.value)), "dtype")
         elif wid == "tp":
             self.set_error("scenario", "")
             self._post(replace(c, tp=int(event.value)), "scenario")

@@ -10,9 +10,11 @@
 # each result written as soon as it ends:
 #
 #   env               versions, the GPU as torch and NVML see it, its conditions      15
-#   gpu-kernels       pytest tests/gpu/test_cuda_timing.py, test_cuda_flex.py: every op
-#                     kind through CUDA graphs and eager, L2 rotation, 2:4, FlexAttention
-#                     prefill and decode, a sticky CUDA error (cold compiles)          75
+#   gpu-kernels       pytest tests/gpu/test_cuda_timing.py, test_cuda_flex.py,
+#                     test_cuda_quant.py: every op kind through CUDA graphs and eager, L2
+#                     rotation, 2:4, FlexAttention prefill and decode, a sticky CUDA
+#                     error (cold compiles); int4 (tinygemm) beside bf16 at M 1/16/128,
+#                     fp8 _scaled_mm (SM 8.9+), act_quant: their times in the summary  85
 #   calibrate         pis-tui calibrate --gpu local --models llama-3.1-8b --dtype bf16 100
 #   validate-prefill  llama-3.1-8b: dense, static_depth, static_width, low_rank,
 #                     dynamic_depth at 0.25 and 0.5, semi_structured_24;
@@ -58,13 +60,14 @@ CONTEXT_LEN=${PIS_GPU_CONTEXT_LEN:-1024}
 REPEATS=${PIS_GPU_REPEATS:-3}
 CALIBRATE_ARGS=${PIS_GPU_CALIBRATE_ARGS:-}
 VALIDATE_ARGS=${PIS_GPU_VALIDATE_ARGS:-}
-KERNEL_TESTS=${PIS_GPU_KERNEL_TESTS:-tests/gpu/test_cuda_timing.py tests/gpu/test_cuda_flex.py}
+KERNEL_TESTS=${PIS_GPU_KERNEL_TESTS:-tests/gpu/test_cuda_timing.py tests/gpu/test_cuda_flex.py tests/gpu/test_cuda_quant.py}
 COMMAND_TESTS=${PIS_GPU_COMMAND_TESTS:-tests/gpu/test_cuda_commands.py}
 TOTAL_S=${PIS_GPU_TOTAL_S:-340}
 ARCHIVE=$OUT/pis-gpu-run.tar.gz
 
 mkdir -p "$OUT" "$RES" || exit 2
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PIS_GPU_RESULTS="$RES"  # where tests/gpu/test_cuda_quant.py writes the quantized kernels' times
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" TRITON_CACHE_DIR="$WORK/triton"  # compile once
 
@@ -134,7 +137,9 @@ step env 15 "$PY" -m pis_tui gpu-run env "$RES/env.json"
 # is absent here); the JUnit XML is the step's result
 PYTEST=(env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest -q -rfE -p no:cacheprovider)
 
-step gpu-kernels 75 "${PYTEST[@]}" --junitxml="$RES/gpu-kernels.xml" $KERNEL_TESTS
+step gpu-kernels 85 "${PYTEST[@]}" --junitxml="$RES/gpu-kernels.xml" $KERNEL_TESTS
+# the quantized kernels' times beside bf16's (tinygemm's share at each M), as the tests wrote them
+[ -s "$RES/quant-kernels.txt" ] && sed 's/^/  /' "$RES/quant-kernels.txt" >>"$SUMMARY"
 
 step calibrate 100 "$PY" -m pis_tui calibrate --gpu local --models "$MODEL" --dtype "$DTYPE" \
   --out "$RES/calibrate.json" --resume $CALIBRATE_ARGS
