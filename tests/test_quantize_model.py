@@ -185,3 +185,88 @@ def test_fp8_modules_compute_their_quantized_product_and_the_model_runs(precisio
         with torch.inference_mode():
             lin(10 * x)  # a larger input later: the static scale stays
         assert float(lin.input_scale) == s
+
+
+# ------------------------------------------------------------------ validate --precision
+
+from helpers import run_cli  # noqa: E402
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--precision", "fp8"], "cpu has no fp8 GEMM kernel"),
+    (["--precision", "mxfp4"], "no kernel for it"),
+    (["--precision", "int4-g48"], "int4 group size"),
+    (["--precision", "int4", "--tp", "2"], "not offered with --tp"),
+    (["--precision", "bf16", "--dtype", "fp32"], "disagree"),
+    (["--model", "qwen3-30b-a3b", "--precision", "int4"], "mixture-of-experts"),
+])
+def test_cli_validate_precision_refusals_are_one_line(args, msg, tmp_path):
+    r = run_cli("validate", "--strategy", "static_depth", "--sparsity", "0.5", *args,
+                "--json", str(tmp_path / "x.json"))
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and msg in lines[0], r.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_probe_clones_of_a_quantized_model_fit_the_group_and_are_quantized():
+    """The dispatch probe's tiny clones at int4-g128: every K a multiple of 128, low rank
+    still factorising (through rank 128), every linear the op list quantizes quantized."""
+    from pis_tui.hf.config import raw_config
+    from pis_tui.validation.probe import PROBE_STRATEGIES, tiny_clone
+
+    raw, spec = raw_config(tiny())
+    traw, tspec = tiny_clone(raw, spec, "int4-g128")
+    assert (tspec.hidden_size, tspec.intermediate_size, tspec.head_dim) == (384, 384, 64)
+    assert tiny_clone(raw, spec)[1].hidden_size == 64  # unquantized: as before
+    for fam, s in PROBE_STRATEGIES:
+        b = v.build_model(traw, Strategy(fam, s, align=8), precision="int4-g128")
+        if fam == "low_rank":
+            assert b.dims.ranks and set(b.dims.ranks.values()) == {128}
+        assert b.quantized["quantized"] and torch.isfinite(logits(b.model, IDS % 64)).all()
+
+
+@pytest.mark.slow
+def test_validate_at_int4_times_quantized_models_and_the_quantization_itself(tmp_path):
+    """validate --precision int4-g64 on a tiny model: the rows compare quantized models
+    (predicted at the precision), each carries its case's quantized dense vs unquantized
+    dense, and the cache keeps them apart from unquantized rows."""
+    from pis_tui.cache import Cache
+
+    built = []
+    import pis_tui.validation.compare as cmp
+
+    real = cmp.build_from_spec
+
+    def spy(*a, **kw):
+        b = real(*a, **kw)
+        built.append((a[2].family, kw.get("precision", ""), b.quantized is not None))
+        return b
+
+    cmp.build_from_spec = spy
+    try:
+        with Cache.open(str(tmp_path / "c.duckdb")) as cache:
+            rows = v.validate(tiny(), [Strategy("static_depth", 0.5)], ("decode",),
+                              decode_batches=(1,), context_len=24, repeats=2, warmup=0,
+                              cache=cache, max_rounds=1, probe_overhead=False,
+                              precision="int4-g64")
+            stored = cache.get_validations()
+    finally:
+        cmp.build_from_spec = real
+    assert built == [("dense", "int4-g64", True), ("dense", "", False),
+                     ("static_depth", "int4-g64", True)]
+    (row,) = rows
+    d = row.to_dict()
+    assert d["precision"] == "int4-g64"
+    q = d["quantization"]
+    assert q["precision"] == "int4-g64" and q["unquantized"] == "fp32"
+    # the quantized dense model is this row's dense model; its prediction at the precision
+    assert q["predicted_ms"] == d["dense_predicted_ms"]
+    assert q["predicted_speedup"] == pytest.approx(q["dense_predicted_ms"] / q["predicted_ms"],
+                                                   rel=1e-4)
+    assert q["measured_ms"] > 0 and q["dense_measured_ms"] > 0
+    assert any("int4-g64: " in n and "linears through aten._weight_int4pack_mm_for_cpu" in n
+               for n in row.notes)
+    s = v.accuracy_summary(rows)["quantization"]
+    assert s["cases"] == 1
+    assert len(stored) == 1 and stored[0]["fingerprint"].endswith(" int4-g64")

@@ -253,13 +253,13 @@ def _plan(args: argparse.Namespace) -> _Plan:
         strategies = [st for st in strategies if _fits(spec, st)]
     for st in strategies:  # a family this architecture cannot be built with: one line, now
         check_buildable(spec, st.family, st.granularity)
+    if precision_asked and args.tp > 1:
+        raise UserError("--precision is not offered with --tp: validate's tensor-parallel "
+                        "ranks shard nn.Linear modules, not quantized ones")
     if args.tp > 1:
         _check_tp(args, spec)
     precision = ""
     if precision_asked:
-        if args.tp > 1:
-            raise UserError("--precision is not offered with --tp: validate's tensor-parallel "
-                            "ranks shard nn.Linear modules, not quantized ones")
         from ..validation.quantized import check_precision
         from ..validation.run import local_torch_device
 
