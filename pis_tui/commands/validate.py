@@ -263,7 +263,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
         from ..validation.quantized import check_precision
         from ..validation.run import local_torch_device
 
-        precision = check_precision(spec, strategies, precision_asked, local_torch_device())
+        device = local_torch_device()
+        precision = check_precision(spec, strategies, precision_asked, device,
+                                    dtype or ("fp32" if device == "cpu" else "bf16"))
     from ._run import check_align
 
     for w in check_align(spec, [p for st in strategies

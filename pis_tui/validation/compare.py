@@ -259,7 +259,7 @@ def validate(model: str | dict, strategies: list, phases=("prefill", "decode"), 
     torch_dtype(dtype)
     from .quantized import check_precision
 
-    precision = check_precision(spec, strategies, precision, device)
+    precision = check_precision(spec, strategies, precision, device, dtype)
     if device == "cpu":
         from ..device.local import cpu_threads
 

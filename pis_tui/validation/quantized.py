@@ -18,9 +18,11 @@ from typing import Optional
 from ..errors import UserError
 
 
-def check_precision(spec, strategies: list, precision: Optional[str], device: str) -> str:
+def check_precision(spec, strategies: list, precision: Optional[str], device: str,
+                    dtype: str = "") -> str:
     """The canonical name of the quantized ``precision`` validate is to run at ("" for none
-    or an unquantized one), or one line saying why it cannot."""
+    or an unquantized one), or one line saying why it cannot (with activations in ``dtype``:
+    CUDA's int4 kernel, tinygemm, takes bf16 only and needs compute capability 8.0+)."""
     from ..families.phase_ops import build_phase_ops
     from ..families.strategy import Strategy
     from ..model.precision import parse_precision
@@ -40,6 +42,16 @@ def check_precision(spec, strategies: list, precision: Optional[str], device: st
         why = fp8_kernel_on(device)
         if why:
             raise UserError(f"--precision {prec.name}: {why}")
+    elif str(device).startswith("cuda"):  # int4 through tinygemm
+        import torch
+
+        cap = torch.cuda.get_device_capability()
+        if cap < (8, 0):
+            raise UserError(f"--precision {prec.name}: tinygemm (aten._weight_int4pack_mm) needs "
+                            f"compute capability 8.0+, this GPU has {cap[0]}.{cap[1]}")
+        if dtype and dtype != "bf16":
+            raise UserError(f"--precision {prec.name}: tinygemm (aten._weight_int4pack_mm) takes "
+                            f"bf16 activations, not {dtype}: give --dtype bf16")
     if spec.moe is not None:
         raise UserError(f"{spec.name}: --precision {prec.name} is not offered for mixture-of-"
                         "experts models: torch has no grouped int4 / fp8 kernel for their routed "
