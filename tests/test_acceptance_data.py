@@ -18,7 +18,7 @@ import pytest
 from pis_tui import families
 from pis_tui.shipped import profile_path
 
-HEADER = ("method,model,params_b,draft_family,draft_sparsity,draft,shares_weights,task,decoding,"
+HEADER = ("method,model,params_b,draft_family,draft_sparsity,draft,shares_weights,draft_trained,task,decoding,"
           "temperature,gamma,alpha,mean_accepted,alpha_from,speedup_reported,secondary,uncertain,"
           "citation,checked,note").split(",")
 PATH = profile_path("quality", "acceptance.csv")
@@ -57,7 +57,7 @@ def test_flags_and_enums():
     for r in _rows():
         assert r["decoding"] in ("greedy", "sampling")
         assert r["alpha_from"] in ("reported", "derived", "")
-        for col in ("shares_weights", "secondary", "uncertain"):
+        for col in ("shares_weights", "draft_trained", "secondary", "uncertain"):
             assert r[col] in ("true", "false"), (col, r[col])
         t = float(r["temperature"])
         if r["decoding"] == "greedy":
