@@ -58,7 +58,7 @@ def register(sub) -> None:
     s = p.add_argument_group("speculative decoding (a pruned draft of the model itself: lossless)")
     s.add_argument("--drafts", default=None, metavar="LIST",
                    help="drafts to try as self-speculative candidates, family@sparsity "
-                        f"(default {DEFAULT_DRAFTS}: layer-skipping drafts, sharing the dense "
+                        f"(default {default_drafts()}: layer-skipping drafts, sharing the dense "
                         "model's weights); 'none' for no speculative candidates")
     s.add_argument("--gammas", default=None, metavar="LIST",
                    help="drafted tokens per verification to try (default 1,2,3,4,5,6,8; the best shown)")
@@ -88,7 +88,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-DEFAULT_DRAFTS = "static_depth@0.25,static_depth@0.5,static_depth@0.75"
+def default_drafts() -> str:
+    """The drafts a plan tries unless told (:data:`pis_tui.decide.speculative.DEFAULT_DRAFTS`)."""
+    from ..decide.speculative import DEFAULT_DRAFTS
+
+    return ",".join(f"{f}@{s:g}" for f, s in DEFAULT_DRAFTS)
 
 
 def speculative_from_args(args, spec, cache=None):
@@ -101,7 +105,7 @@ def speculative_from_args(args, spec, cache=None):
     from .common import parse_fraction
 
     text = getattr(args, "drafts", None)
-    text = DEFAULT_DRAFTS if text is None else text
+    text = default_drafts() if text is None else text
     if text.strip().lower() == "none":
         return None
     drafts = []

@@ -35,6 +35,9 @@ from functools import lru_cache
 
 #: γ, the drafted tokens per iteration, a plan tries
 GAMMAS = (1, 2, 3, 4, 5, 6, 8)
+#: the drafts a plan tries unless told otherwise: layer skipping (an early exit), which shares
+#: the dense model's weights and cache
+DEFAULT_DRAFTS = (("static_depth", 0.25), ("static_depth", 0.5), ("static_depth", 0.75))
 
 RULE = (
     "self-speculative decoding: each of γ drafted tokens is accepted with probability α, "
