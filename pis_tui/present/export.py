@@ -376,6 +376,8 @@ def plan_dict(result, rec) -> dict:
         "dtype": result.dtype,
         "engine": result.engine,
         **({"precision": result.precision_effect} if getattr(result, "precision_effect", None) else {}),
+        # drafts offered as speculative candidates that had no acceptance figure, and why
+        "speculative_skipped": [{"draft": d, "why": w} for d, w in getattr(result, "spec_skipped", ())],
         "rules": {"serving_model": pl.SERVING_MODEL, "tpot": pl.TPOT_RULE, "batch": pl.BATCH_RULE,
                   "throughput": pl.THROUGHPUT_RULE, "memory": pl.MEMORY_RULE},
         "memory": {"device_gb": float(result.device.memory_gb or 0.0),
