@@ -11,9 +11,9 @@ from pis_tui import families
 from pis_tui.device.gpus import shipped_gpu
 from pis_tui.errors import UserError
 from pis_tui.families.phase_ops import build_phase_ops
-from pis_tui.families.strategy import Strategy, from_token
+from pis_tui.families.strategy import from_token
 from pis_tui.model.ops import Gemm
-from pis_tui.model.precision import CHOICES, apply_precision, parse_precision
+from pis_tui.model.precision import CHOICES, parse_precision
 from pis_tui.model.scenario import Scenario
 from pis_tui.model.spec import load_model_spec
 from pis_tui.pricing import memory

@@ -60,6 +60,12 @@ class RecordsTables:
                                  {"model": model, "text_sha256": text_sha256},
                                  "model, strategy, sparsity")
 
+    def get_acceptance(self, model: Optional[str] = None) -> list[dict]:
+        """Measured quality rows that carry a draft's acceptance rates (``pis-tui quality
+        --acceptance``), newest last: what a plan's speculative candidates read."""
+        return [r for r in self.get_quality_results(model)
+                if r.get("greedy_acceptance") is not None or r.get("sampling_acceptance") is not None]
+
     # ------------------------------------------------------------ records: columns, extra_json, measured_at
 
     def _put_records(self, table: str, cols: tuple, rows, what: str, required: tuple,

@@ -167,6 +167,9 @@ class MemoryStore:
     def get_quality_results(self, model: str) -> list:
         return []
 
+    def get_acceptance(self, model: str) -> list:
+        return []
+
     # ------------------------------------------------------------ collectives
     def put_collectives(self, rows, save: bool = True) -> int:
         from ..cache.collectives import collective_key

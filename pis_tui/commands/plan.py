@@ -55,6 +55,20 @@ def register(sub) -> None:
     w.add_argument("--objective", choices=("latency", "throughput"), default="latency",
                    help="rank by end-to-end latency at the concurrency, or by throughput at the "
                         "largest batch that fits and meets the targets")
+    s = p.add_argument_group("speculative decoding (a pruned draft of the model itself: lossless)")
+    s.add_argument("--drafts", default=None, metavar="LIST",
+                   help="drafts to try as self-speculative candidates, family@sparsity "
+                        f"(default {default_drafts()}: layer-skipping drafts, sharing the dense "
+                        "model's weights); 'none' for no speculative candidates")
+    s.add_argument("--gammas", default=None, metavar="LIST",
+                   help="drafted tokens per verification to try (default 1,2,3,4,5,6,8; the best shown)")
+    s.add_argument("--decoding", choices=("greedy", "sampling"), default="greedy",
+                   help="greedy or sampling acceptance (different rates; never mixed)")
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="the sampling temperature an acceptance figure must match (with --decoding sampling)")
+    s.add_argument("--alpha", type=float, default=None,
+                   help="your own acceptance rate for every draft (else measured by 'pis-tui quality "
+                        "--acceptance', else published figures)")
     add_strategies_arg(p)
     p.add_argument("--sparsities", default=None,
                    help="comma-separated, e.g. 0.25,0.5 (default: each family's grid)")
@@ -72,6 +86,55 @@ def register(sub) -> None:
     p.add_argument("--csv", dest="csv_out", metavar="FILE|-", default=None,
                    help="write the plan as CSV: one row per candidate × request class")
     p.set_defaults(func=run)
+
+
+def default_drafts() -> str:
+    """The drafts a plan tries unless told (:data:`pis_tui.decide.speculative.DEFAULT_DRAFTS`)."""
+    from ..decide.speculative import DEFAULT_DRAFTS
+
+    return ",".join(f"{f}@{s:g}" for f, s in DEFAULT_DRAFTS)
+
+
+def speculative_from_args(args, spec, cache=None):
+    """The speculative candidates the flags ask (None: ``--drafts none``)."""
+    from ..decide.deployment import SpecOptions
+    from ..decide.speculative import GAMMAS
+    from ..errors import UserError
+    from ..families.strategy import from_token
+    from ..quality.acceptance import check_decoding
+    from .common import parse_fraction
+
+    text = getattr(args, "drafts", None)
+    text = default_drafts() if text is None else text
+    if text.strip().lower() == "none":
+        return None
+    drafts = []
+    for tok in (t.strip() for t in text.split(",")):
+        if not tok:
+            continue
+        fam, at, s = tok.partition("@")
+        if not at:
+            raise UserError(f"--drafts: {tok!r} is not family@sparsity (e.g. static_depth@0.5)")
+        drafts.append(from_token(fam.strip(), parse_fraction(s, "draft sparsity", 0.0, 0.9)))
+    if not drafts:
+        raise UserError("--drafts names no draft: give family@sparsity, or 'none'")
+    gammas = GAMMAS
+    if getattr(args, "gammas", None):
+        try:
+            gammas = tuple(sorted({int(g) for g in args.gammas.split(",") if g.strip()}))
+        except ValueError:
+            raise UserError(f"--gammas: {args.gammas!r} is not a list of whole numbers") from None
+        if not gammas or not all(1 <= g <= 16 for g in gammas):
+            raise UserError("--gammas: each γ must be a whole number from 1 to 16")
+    decoding, temp = check_decoding(getattr(args, "decoding", "greedy"),
+                                    getattr(args, "temperature", 1.0))
+    alpha = getattr(args, "alpha", None)
+    if alpha is not None and not 0.0 <= alpha < 1.0:
+        raise UserError(f"--alpha must be in [0, 1), got {alpha}")
+    measured = ()
+    if cache is not None and hasattr(cache, "get_acceptance"):
+        measured = tuple(cache.get_acceptance(spec.name))
+    return SpecOptions(tuple(drafts), gammas, decoding, temp, alpha, measured)
 
 
 def workload_from_args(args):
@@ -122,7 +185,7 @@ def run(args) -> int:
                   granularity=args.granularity, align=args.align, dtype=dtype, quality=quality,
                   cache=cache, combo_sparsities=args.combo_sps, engine=args.engine or "eager",
                   tp=args.tp, routing=getattr(args, "routing", None) or "balanced",
-                  precision=precision)
+                  precision=precision, speculative=speculative_from_args(args, spec, cache))
     rec = recommend_plan(result, budget, args.objective, args.allow_extrapolated,
                          include_flagged=getattr(args, "include_flagged", False))
     for w in result.warnings:
@@ -170,6 +233,21 @@ def _kib(b: int) -> str:
     return f"{b / 1024:.0f} KiB"
 
 
+def speculation_line(s) -> str:
+    """A speculative candidate's draft, γ, α and where it stops paying, in one line."""
+    a = s.acceptance
+    where = a.source + (f", borrowed from {a.borrowed_from}" if a.borrowed_from else "") + \
+        (", an upper bound: a trained draft's" if a.upper_bound else "")
+    draft = ("shares the dense model's weights" + (" and KV cache" if not s.draft_kv_bytes_per_token else "")
+             if s.shares_weights else "its own weights")
+    gammas = ", ".join(f"{g}" for g, _ in s.gammas)
+    stop = (f"stops paying at batch {s.breakeven_batch}" if s.breakeven_batch
+            else "pays up to the memory limit")
+    return (f"speculative: the {s.draft} draft ({draft}) drafts γ {s.gamma} (best of {gammas}) · "
+            f"α {a.alpha:.2f} {a.decoding} (range {a.lo:.2f}–{a.hi:.2f}; {where}) · "
+            f"{s.tokens_per_iteration:.2f} tokens a verification · {stop} · lossless")
+
+
 def pick_lines(result, c, objective: str, label: str, rec=None) -> list[str]:
     """The per-phase figures of a picked candidate against dense, one line each: at the
     workload's concurrency, at the largest good batch, and its memory."""
@@ -203,6 +281,8 @@ def pick_lines(result, c, objective: str, label: str, rec=None) -> list[str]:
     else:
         out.append("  no batch fits and meets the targets: " + "; ".join(
             k.why_no_batch for k in c.classes if k.at_max_batch is None))
+    if c.speculation is not None:
+        out.append("  " + speculation_line(c.speculation))
     if getattr(result, "tp", 1) > 1:
         def coll(k) -> str:
             return f"{ms(k.tpot_collectives_ms)} ({k.tpot_collectives_ms / k.tpot_ms:.0%})"
@@ -253,6 +333,9 @@ def print_plan(con, result, rec) -> None:
 
         con.print(precision_line(result.precision_effect), markup=False)
     con.print(("▶ " if rec.best is not None else "✗ ") + rec.reason, markup=False)
+    for draft, why in getattr(result, "spec_skipped", ()):
+        con.print(f"  no speculative candidate with a {draft} draft: {why} (--alpha gives one; "
+                  "'pis-tui quality --acceptance' measures one)", markup=False)
     if rec.best is not None and rec.best.quality.method and rec.best.strategy != "dense":
         con.print(f"  quality method: {rec.best.quality.method}", markup=False)
     for c, label in ((rec.best, "recommended"), (rec.runner_up, "runner-up")):
@@ -283,7 +366,9 @@ def print_plan(con, result, rec) -> None:
     for c in order:
         name = pl.candidate_name(c).replace(" (no pruning)", "")
         if not roomy:
-            for fam in ([f for f, _ in c.parts] if c.parts else [c.strategy]):
+            fams = ([f for f, _ in c.parts] if c.parts else
+                    [c.speculation.draft_key[0]] if c.speculation is not None else [c.strategy])
+            for fam in fams:
                 name = name.replace(fam, families.get(fam).short or fam, 1)
         thr = c.throughput_tok_s
         cells = {

@@ -212,6 +212,21 @@ def _check_local(gpu) -> None:
                         f"not {gpu!r}")
 
 
+def _precision_unmeasurable(scen, dev) -> str:
+    """One line why the local device cannot time GEMMs at the scenario's precision ("" it can)."""
+    from ..hf.quant_kernels import fp8_kernel_on
+    from ..model.quant_formats import get
+
+    p = get(scen.precision)
+    if p is None or not p.kernel:
+        return f"{scen.precision} has no torch kernel: it is estimated, never measured"
+    if p.act_quant:
+        return fp8_kernel_on("cpu" if dev.kind == "cpu" else "cuda") or ""
+    if dev.kind != "cpu" and scen.dtype != "bf16":
+        return f"tinygemm (aten._weight_int4pack_mm) takes bf16 activations, not {scen.dtype}"
+    return ""
+
+
 def measurable_dtypes(device) -> tuple:
     return ("fp32", "bf16") if device.kind == "cpu" else ("bf16", "fp16", "fp32", "tf32")
 
@@ -317,6 +332,10 @@ class _Sweep:
         if scen.dtype not in measurable_dtypes(dev):
             raise UserError(f"cannot measure {scen.dtype} on {dev.display_name}: "
                             f"use one of {', '.join(measurable_dtypes(dev))}")
+        if scen.precision:
+            why = _precision_unmeasurable(scen, dev)
+            if why:
+                raise UserError(f"cannot measure {scen.precision} on {dev.display_name}: {why}")
         return scen, profiling.worklist_detailed(self.spec, dev, scen, self.strategies,
                                                  self.sparsities, self.options)
 

@@ -61,6 +61,13 @@ def register(subparsers) -> None:
                         "(default 128, or 8 when the intermediate size is under 1024)")
     p.add_argument("--block", type=positive_int("block size"), default=64,
                    help="dynamic_sparse_attention: block size in tokens (capped at seq-len/4)")
+    p.add_argument("--acceptance", action="store_true",
+                   help="also measure each pruned model's acceptance rates as a speculative draft "
+                        "of the dense model (greedy: argmax agreement; sampling: Σ min(p, q) at "
+                        "--temperature), stored beside its perplexity for plan's speculative "
+                        "candidates")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="the sampling temperature of --acceptance (default 1.0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                    help="default fp32 on CPU, bf16 on CUDA")
@@ -172,6 +179,9 @@ def variants_of(strategies, sparsities, combo_sparsities) -> list[tuple[str, flo
 
 
 def _check_inputs(args) -> tuple[Path, Path, str, bytes]:
+    t = getattr(args, "temperature", 1.0)
+    if not (0.0 < t <= 2.0):
+        raise UserError(f"--temperature must be in (0, 2], got {t}")
     mdir = Path(args.model).expanduser()
     if not mdir.exists():
         raise UserError(f"{mdir}: no such directory")
@@ -361,9 +371,11 @@ class _Measured:
         self.n_stored = 0
         self.dense = None
         self.ppl_dense = None
+        self.acceptance: dict = {}  # (strategy, sparsity) -> AcceptanceResult (--acceptance)
 
-    def add(self, cache, spec, st, s, res, r, text_sha, settings) -> None:
-        """One pruned model's point, stored in the cache at once."""
+    def add(self, cache, spec, st, s, res, r, text_sha, settings, acc=None) -> None:
+        """One pruned model's point (with its acceptance rates as a draft, when measured),
+        stored in the cache at once."""
         from .. import families
 
         achieved = res.final_achieved()
@@ -371,9 +383,10 @@ class _Measured:
         # a quality oracle's point (every update computed, then skipped) is an upper bound on
         # quality: stored as such, so that --quality measured ranks and labels it so
         oracle = bool(families.get(_base(st)).quality_oracle)
-        new = [dict(row, oracle=oracle) for row in
+        new = [dict(row, oracle=oracle, **(acc.to_row() if acc is not None else {})) for row in
                measured_quality_rows(spec.name, [(st, s, achieved, r.ppl)], self.ppl_dense,
                                      text_sha, self.dense.n_tokens)]
+        self.acceptance[(st, s)] = acc
         self.rows.extend(new)
         self.n_stored += store_rows(cache, new, dict(settings, note=res.note))
 
@@ -406,8 +419,9 @@ def _measure_points(args, cache, spec, ev: _Eval, strategies, variants, text_sha
 
         for st, s, parts in variants:
             prog.update(task, description=f"{st} {s:.1%}", completed=base[0])
-            res, r = _prune_and_measure(args, ev, st, s, parts, cal, recalibrate, svd_cache, on_prog)
-            got.add(cache, spec, st, s, res, r, text_sha, ev.settings)
+            res, r, acc = _prune_and_measure(args, ev, st, s, parts, cal, recalibrate, svd_cache,
+                                             on_prog)
+            got.add(cache, spec, st, s, res, r, text_sha, ev.settings, acc)
             base[0] += len(ev.windows)
             if (st, s) == next((v[0], v[1]) for v in reversed(variants) if v[0] == st):
                 svd_cache.clear()  # this family's last variant: its decompositions are done
@@ -441,14 +455,15 @@ def _recalibrator(ev: _Eval):
 
 
 def _prune_and_measure(args, ev: _Eval, st, s, parts, cal, recalibrate, svd_cache, on_prog):
-    """(pruning result, perplexity) of a copy of the model pruned by ``st`` at ``s`` (a
-    combination by its ``parts``); the copy is dropped before returning."""
+    """(pruning result, perplexity, acceptance or None) of a copy of the model pruned by ``st``
+    at ``s`` (a combination by its ``parts``); the copy is dropped before returning."""
     import copy
 
     from ..hf import perplexity as P
     from ..families.prune import apply, apply_combo
 
     m = copy.deepcopy(ev.model)
+    acc = None
     try:
         if parts:
             res = apply_combo(m, _base(st), parts, cal, recalibrate=recalibrate,
@@ -457,9 +472,24 @@ def _prune_and_measure(args, ev: _Eval, st, s, parts, cal, recalibrate, svd_cach
             res = apply(m, st, s, cal, align=args.align, granularity=args.granularity,
                         block=ev.block, svd_cache=svd_cache)
         r = _ppl(P, m, ev.eval_ids, ev.seq_len, args, on_prog, f"{st} {s:g}")
+        if getattr(args, "acceptance", False):
+            acc = _acceptance(args, ev, m, f"{st} {s:g}")
     finally:
         del m
-    return res, r
+    return res, r, acc
+
+
+def _acceptance(args, ev: _Eval, draft, what: str):
+    """The pruned model's acceptance rates as a draft of the dense one, over the same text."""
+    import torch
+
+    from ..hf.acceptance import measure
+
+    try:
+        return measure(ev.model, draft, ev.eval_ids, seq_len=ev.seq_len, stride=args.stride,
+                       temperature=args.temperature)
+    except torch.OutOfMemoryError:
+        raise MeasureError(f"{what}: out of memory measuring acceptance (lower --seq-len)") from None
 
 
 def _print_results(out, spec, tpath, got: _Measured, unsupported) -> None:
@@ -469,19 +499,35 @@ def _print_results(out, spec, tpath, got: _Measured, unsupported) -> None:
     ppl_dense = got.ppl_dense
     table = Table(title=f"Measured quality: {spec.name}, perplexity on {tpath.name} "
                         f"({got.dense.n_tokens} tokens; dense ppl {ppl_dense:.3f})")
-    for col, kw in (("strategy", {"no_wrap": True}), ("asked", {"justify": "right"}),
-                    ("achieved", {"justify": "right"}), ("ppl", {"justify": "right"}),
-                    ("Δ ppl", {"justify": "right"}), ("how", {"overflow": "fold", "ratio": 1})):
+    accs = any(v is not None for v in got.acceptance.values())
+    cols = [("strategy", {"no_wrap": True}), ("asked", {"justify": "right"}),
+            ("achieved", {"justify": "right"}), ("ppl", {"justify": "right"}),
+            ("Δ ppl", {"justify": "right"})]
+    if accs:  # as a speculative draft of the dense model
+        cols += [("α greedy", {"justify": "right"}), ("α sampling", {"justify": "right"})]
+    for col, kw in cols + [("how", {"overflow": "fold", "ratio": 1})]:
         table.add_column(col, **kw)
-    table.add_row("dense", "0%", "0%", f"{ppl_dense:.3f}", "0.0%", "baseline")
+    table.add_row("dense", "0%", "0%", f"{ppl_dense:.3f}", "0.0%", *(("", "") if accs else ()),
+                  "baseline")
     oracles = {row["strategy"] for row in got.rows if row.get("oracle")}
     for st, s, a, ppl, note in got.results:
         inc = (ppl - ppl_dense) / ppl_dense
         mark = "ᵒ" if st in oracles else ""
-        table.add_row(st, f"{s:.1%}", f"{a:.1%}", f"{ppl:.3f}", f"{inc:+.1%}{mark}", note)
+        acc = got.acceptance.get((st, s))
+        extra = ()
+        if accs:
+            extra = (f"{acc.greedy:.3f}±{acc.greedy_se:.3f}", f"{acc.sampling:.3f}±{acc.sampling_se:.3f}"
+                     ) if acc is not None else ("", "")
+        table.add_row(st, f"{s:.1%}", f"{a:.1%}", f"{ppl:.3f}", f"{inc:+.1%}{mark}", *extra, note)
     for st in unsupported:
-        table.add_row(st, "", "", "", "", "unsupported (see below)")
+        table.add_row(st, "", "", "", "", *(("", "") if accs else ()), "unsupported (see below)")
     out.print(table)
+    if accs:
+        t = next(v.temperature for v in got.acceptance.values() if v is not None)
+        out.print(f"α: each pruned model as a speculative draft of the dense one, over the same "
+                  f"positions (teacher-forced on your text): greedy = argmax agreement, sampling = "
+                  f"Σ min(p, q) at temperature {t:g}; ± one standard error (positions are "
+                  "correlated: a lower bound); random weights make them meaningless")
     out.print("Δ ppl = (ppl − dense ppl) / dense ppl (metric ppl_increase; not an accuracy drop)"
               + ("; ᵒ measured on an oracle (every update computed, then skipped): an upper "
                  "bound on quality, used by --quality measured only where nothing else is "

@@ -165,10 +165,11 @@ class _Pricer:
             self.est.price = cached
             self.priced_kernels = memo
 
-    def ops(self, strategy: Strategy, phase: str, batch: int, length: int):
+    def ops(self, strategy: Strategy, phase: str, batch: int, length: int, tokens: int = 1):
         """The op list of ``phase`` at ``batch`` and a prompt (prefill) or context (decode)
-        of ``length`` tokens."""
-        key = (strategy, phase, batch, length)
+        of ``length`` tokens; ``tokens``: a decode forward's tokens a sequence (a speculative
+        verification's γ + 1)."""
+        key = (strategy, phase, batch, length, tokens)
         po = self._ops.get(key)
         if po is None:
             if phase == "prefill":
@@ -176,15 +177,17 @@ class _Pricer:
                                 routing=self.routing, precision=self.precision)
             else:
                 scen = Scenario(1, length, batch, length, self.dtype, self.engine, tp=self.tp,
-                                routing=self.routing, precision=self.precision)
+                                routing=self.routing, precision=self.precision,
+                                decode_tokens=tokens)
             po = self._ops[key] = build_phase_ops(self.spec, strategy, scen, phase)
         return po
 
-    def estimate(self, strategy: Strategy, phase: str, batch: int, length: int):
-        key = (strategy, phase, batch, length)
+    def estimate(self, strategy: Strategy, phase: str, batch: int, length: int, tokens: int = 1):
+        key = (strategy, phase, batch, length, tokens)
         e = self._estimates.get(key)
         if e is None:
-            e = self._estimates[key] = self.est.estimate(self.ops(strategy, phase, batch, length))
+            e = self._estimates[key] = self.est.estimate(self.ops(strategy, phase, batch, length,
+                                                                  tokens))
         return e
 
 
@@ -242,6 +245,29 @@ class ClassPlan:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """A speculative candidate's draft and what it rests on (:mod:`pis_tui.decide.speculative`)."""
+
+    draft: str  # the draft in words ("static_depth 50%")
+    draft_key: tuple  # the draft strategy's key
+    gamma: int  # drafted tokens per verification (the best of the grid tried)
+    acceptance: object  # pis_tui.quality.acceptance.AcceptanceEstimate
+    shares_weights: bool  # a layer-skipping draft: the dense model's own weights
+    draft_weights_bytes: float  # its own weights (0 when shared)
+    draft_kv_bytes_per_token: int
+    tokens_per_iteration: float  # E[X] at α
+    #: (γ, end-to-end ms at the workload's concurrency) of every γ tried
+    gammas: tuple = ()
+    #: the workload's main class at its concurrency: the gain over dense at α's range
+    gain_range: tuple = ()
+    #: the smallest batch (powers of two up to the memory limit) at which speculation is no
+    #: faster than the dense model (None: it pays up to the limit)
+    breakeven_batch: Optional[int] = None
+    #: per batch tried: (batch, spec e2e ms, dense e2e ms, the best γ there)
+    by_batch: tuple = ()
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One pruned model (a family at a sparsity, or dense) planned for the workload."""
 
@@ -261,9 +287,14 @@ class Candidate:
     #: parallel degree, :func:`pis_tui.pricing.memory.gpus_needed`; None: more than a node's;
     #: 0: not computed, a plan already split over ``--tp`` GPUs)
     gpus_needed: Optional[int] = 0
+    #: self-speculative decoding (strategy ``speculative``): the dense model served with a
+    #: pruned draft of itself (:class:`Speculation`); None for a pruned model
+    speculation: Optional["Speculation"] = None
 
     @property
     def key(self) -> tuple:
+        if self.speculation is not None:
+            return ("speculative", self.speculation.draft_key, self.speculation.gamma)
         return strategy_key(self.strategy, self.sparsity, self.parts)
 
     def _mean(self, attr: str) -> float:
@@ -350,6 +381,9 @@ class PlanResult:
     #: served at it, its weights counted at it, its quality composed with it
     precision: str = ""
     precision_effect: dict = field(default_factory=dict)
+    #: the speculative candidates asked (None: none) and the drafts with no α figure (why)
+    speculative: Optional[SpecOptions] = None
+    spec_skipped: list = field(default_factory=list)
 
     @property
     def dense(self) -> Candidate:
@@ -399,7 +433,8 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
          sparsities: Optional[Iterable[float]] = None, granularity: str = "layer", align: int = 128,
          dtype: Optional[str] = None, quality=None, cache=None, estimator=None,
          combo_sparsities: Optional[Iterable[float]] = None, engine: str = "eager",
-         tp: int = 1, routing: str = "balanced", precision: str = "") -> PlanResult:
+         tp: int = 1, routing: str = "balanced", precision: str = "",
+         speculative: Optional[SpecOptions] = None) -> PlanResult:
     """Every candidate (dense, then every family × sparsity and every combination × its parts'
     grid: ``strategies`` None every registered family and combination, ``sparsities`` None
     each family's default grid, ``combo_sparsities`` None the coarse combination grid) priced
@@ -423,12 +458,19 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     metric = getattr(quality, "metric", "accuracy_drop")
     protocol = getattr(quality, "protocol", "lora")
     cands = [_candidate(pricer, spec, s, workload, usable, quality, metric, protocol) for s in grid]
+    spec_skipped: list = []
+    if speculative is not None and speculative.drafts:
+        more, spec_skipped = _speculative_candidates(pricer, spec, workload, usable, cands[0],
+                                                     speculative, metric, protocol)
+        cands += more
     result = PlanResult(
         spec, device, workload, dtype, cands, usable, engine, protocol, metric,
         warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
         provenance=provenance(device))
     result.tp = tp
     result.precision = precision
+    result.speculative = speculative
+    result.spec_skipped = spec_skipped
     if precision:  # what the precision itself does, at the workload's main class
         from .precision import precision_effect
 
@@ -495,6 +537,186 @@ def _candidate(pricer: _Pricer, spec, strat: Strategy, workload: Workload, usabl
                      tuple(strat.parts), tuple(ref.part_achieved), gpus)
 
 
+# --------------------------------------------------------------------------- speculation
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """Which speculative candidates a plan prices: the drafts (strategies), the γ grid, the
+    decoding, and where α comes from (``alpha``: the user's own, for every draft; else
+    ``measured`` rows of the cache, then the published figures)."""
+
+    drafts: tuple = ()
+    gammas: tuple = ()
+    decoding: str = "greedy"
+    temperature: float = 0.0
+    alpha: Optional[float] = None
+    measured: tuple = ()
+
+
+def _acceptance(spec, draft: Strategy, opts: SpecOptions, s: float):
+    from ..quality import acceptance as acc
+
+    if opts.alpha is not None:
+        return acc.given(opts.alpha, opts.decoding, opts.temperature)
+    m = acc.from_measured(opts.measured, draft.family, s, opts.decoding, opts.temperature)
+    return m if m is not None else acc.published(spec.name, draft.family, s, opts.decoding,
+                                                 opts.temperature)
+
+
+def _speculative_candidates(pricer: _Pricer, spec, workload: Workload, usable: float,
+                            dense: Candidate, opts: SpecOptions, metric: str, protocol: str,
+                            objective: str = "latency") -> tuple[list, list]:
+    """(candidates, [(draft in words, why none)]): the dense model with each draft at the best
+    γ of the grid for the workload's main class at its concurrency (:mod:`.speculative`)."""
+    from . import speculative as sp
+
+    out, skipped = [], []
+    dense_strat = Strategy("dense")
+    for draft in opts.drafts:
+        ref = pricer.ops(draft, "prefill", 1, workload.main.prompt_len)
+        name = candidate_name_of(draft, ref.achieved_sparsity)
+        a = _acceptance(spec, draft, opts, ref.achieved_sparsity)
+        if a.alpha is None:
+            skipped.append((name, a.note))
+            continue
+        fams = [f for f, _ in (draft.parts or ((draft.family, 0),))]
+        shares = all(f in sp.SHARES_WEIGHTS for f in fams)
+        early = all(f in sp.EARLY_EXIT for f in fams)
+        d_weights = 0.0 if shares else memory.weight_bytes(ref.ops, spec, pricer.dtype)
+        d_kv = 0 if early else memory.kv_bytes_per_token_of(ref.ops, pricer.dtype)
+        weights = dense.weights_bytes + d_weights
+        kv_tok = dense.kv_bytes_per_token + d_kv
+
+        def plans_for(gamma: int, alpha: float):
+            plans = []
+            for k in dense.classes:
+                cls = k.cls
+                P, O = cls.prompt_len, cls.output_len
+                act_v = memory.activation_bytes(pricer.ops(dense_strat, "decode", 1, P + O - 1,
+                                                           gamma + 1).ops, pricer.dtype)
+                per_seq = max(kv_tok * P + k.activation_bytes["prefill"], kv_tok * (P + O) + act_v)
+                limit = memory.max_sequences(usable, weights, per_seq)
+
+                def serve(b: int, cls=cls, per_seq=per_seq, limit=limit) -> Served:
+                    return _serve_speculative(pricer, draft, cls, b, gamma, alpha, weights,
+                                              per_seq, limit, workload.targets, early)
+
+                at_c = serve(cls.concurrency)
+                at_max, why, one = _largest_batch(
+                    pricer, dense_strat, cls, limit, serve, workload.targets, weights, usable,
+                    ttft=lambda b, cls=cls: serve(b).ttft_ms, tpot=lambda b, cls=cls: serve(b).tpot_ms)
+                plans.append(ClassPlan(cls, k.share, {**k.activation_bytes, "decode": act_v},
+                                       per_seq, limit, at_c, at_max, why, one))
+            return plans
+
+        tried = []
+        for g in opts.gammas:
+            plans = plans_for(g, a.alpha)
+            c = Candidate("speculative", ref.achieved_sparsity, ref.achieved_sparsity,
+                          dense.quality, weights, kv_tok, tuple(plans), dense.timing_source)
+            tried.append((g, plans, c))
+        g, plans, best = min(tried, key=lambda t: (_spec_score(t[2], objective), t[0]))
+        main = workload.main
+        d_main = next(k for k in dense.classes if k.cls is main).at_concurrency.e2e_ms
+
+        def e2e_at(alpha: float) -> float:
+            k = next(p for p in plans_for(g, alpha) if p.cls is main)
+            return k.at_concurrency.e2e_ms
+        at_alpha = d_main / next(p for p in plans if p.cls is main).at_concurrency.e2e_ms
+        # the gain over dense at the low and high ends of α's range, relative to α's own
+        gain_range = (d_main / e2e_at(a.lo) / at_alpha, d_main / e2e_at(a.hi) / at_alpha)
+        by_batch, breakeven = _breakeven(pricer, draft, main, g, a.alpha, opts.gammas,
+                                         next(p for p in plans if p.cls is main).max_sequences,
+                                         early)
+        q = QualityEstimate(0.0, metric, "lossless", protocol,
+                            note="speculative decoding keeps the dense model's output (greedy: the "
+                                 "same tokens; sampling: the same distribution), up to numerics")
+        if dense.quality.value:  # a served precision's own loss stays
+            q = QualityEstimate(dense.quality.value, metric, dense.quality.source, protocol,
+                                borrowed_from=dense.quality.borrowed_from,
+                                citations=dense.quality.citations,
+                                note="the dense model's own (its precision's); speculation adds none")
+        info = Speculation(name, strategy_key(draft.family, draft.sparsity, draft.parts), g, a, shares, d_weights, d_kv, sp.expected_tokens(a.alpha, g),
+                           tuple((gg, next(p for p in pl if p.cls is main).at_concurrency.e2e_ms)
+                                 for gg, pl, _ in tried), gain_range, breakeven, by_batch)
+        notes = [f"lossless: the dense model verifies a {name} draft's {g} tokens an iteration "
+                 f"(α {a.alpha:.2f}, {a.source}{'; an upper bound' if a.upper_bound else ''})"]
+        gpus = 0
+        if pricer.tp == 1:
+            needs = [memory.gpus_needed(usable, weights, p.per_sequence_bytes, p.cls.concurrency,
+                                        spec.num_kv_heads) for p in plans]
+            gpus = None if any(n is None for n in needs) else max(needs)
+        out.append(Candidate("speculative", ref.achieved_sparsity, ref.achieved_sparsity, q,
+                             weights, kv_tok, tuple(plans),
+                             sources.weakest([dense.timing_source] + [k.at_concurrency.timing_source
+                                                                      for k in plans]),
+                             tuple(notes), (), (), gpus, info))
+    return out, skipped
+
+
+def _spec_score(c: Candidate, objective: str) -> float:
+    """Lower is better: end-to-end latency, or minus throughput."""
+    if objective == "throughput":
+        t = c.throughput_tok_s
+        return -(t or 0.0)
+    return c.e2e_ms
+
+
+def candidate_name_of(strat: Strategy, achieved: float) -> str:
+    """A strategy in words: ``static_depth 50%`` (a combination by its parts)."""
+    if strat.parts:
+        from ..display import strategy_name
+
+        return strategy_name(strat)
+    s = f"{achieved * 100:.1f}".rstrip("0").rstrip(".")
+    return f"{strat.family} {s}%"
+
+
+def _breakeven(pricer: _Pricer, draft: Strategy, cls: RequestClass, gamma: int, alpha: float,
+               gammas: tuple, limit: int, early: bool = False) -> tuple[tuple, Optional[int]]:
+    """(per batch: (batch, speculative e2e, dense e2e, best γ), the smallest batch where no γ of
+    the grid beats the dense model) over batches 1, 2, 4, … up to ``limit``."""
+    dense = Strategy("dense")
+    P, O = cls.prompt_len, cls.output_len
+    rows, edge = [], None
+    b = 1
+    top = max(1, limit)
+    while b <= top:
+        pre = pricer.estimate(dense, "prefill", b, P).latency_ms
+        d_e2e = pre + O * mean_step(lambda c: pricer.estimate(dense, "decode", b, c).latency_ms, P, O).ms
+        best = min(((_serve_speculative(pricer, draft, cls, b, g, alpha, 0.0, 0.0, b, Targets(),
+                                        early).e2e_ms, g) for g in gammas))
+        rows.append((b, best[0], d_e2e, best[1]))
+        if edge is None and best[0] >= d_e2e:
+            edge = b
+        b *= 2
+    return tuple(rows), edge
+
+
+def _serve_speculative(pricer: _Pricer, draft: Strategy, cls: RequestClass, b: int, gamma: int,
+                       alpha: float, weights: float, per_seq: float, limit: int,
+                       targets: Targets, early: bool = False) -> Served:
+    """A static batch of ``b`` requests served by the dense model with ``draft``: the prompts
+    prefilled (by the draft too, into a cache of its own, unless it is an early exit:
+    ``early``), then iterations (γ draft steps, one verification of γ + 1 tokens) until the
+    slowest sequence has its O tokens."""
+    from . import speculative as sp
+
+    dense = Strategy("dense")
+    P, O = cls.prompt_len, cls.output_len
+    pre = pricer.estimate(dense, "prefill", b, P)
+    dpre = None if early else pricer.estimate(draft, "prefill", b, P)
+    step = mean_step(lambda c: pricer.estimate(draft, "decode", b, c).latency_ms, P, O)
+    ver = mean_step(lambda c: pricer.estimate(dense, "decode", b, c, gamma + 1).latency_ms, P, O)
+    t = sp.spec_timing(alpha, gamma, O, b, step.ms, ver.ms)
+    ttft = pre.latency_ms + (dpre.latency_ms if dpre is not None else 0.0)
+    e2e = ttft + t.decode_ms
+    tpot = t.decode_ms / O
+    srcs = [pre.timing_source] + ([dpre.timing_source] if dpre is not None else [])
+    return Served(b, ttft, tpot, "speculative", ver.contexts, e2e, weights + b * per_seq,
+                  b <= limit, tuple(targets.misses(ttft, tpot)), sources.weakest(srcs), O)
+
+
 def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights: float,
            per_seq: float, limit: int, targets: Targets) -> Served:
     from ..pricing.collectives import collective_ms
@@ -517,7 +739,9 @@ def _serve(pricer: _Pricer, strat: Strategy, cls: RequestClass, b: int, weights:
 
 def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: int,
                    serve: Callable[[int], Served], targets: Targets, weights: float,
-                   usable: float) -> tuple[Optional[Served], str, Optional[Served]]:
+                   usable: float, ttft: Optional[Callable[[int], float]] = None,
+                   tpot: Optional[Callable[[int], float]] = None
+                   ) -> tuple[Optional[Served], str, Optional[Served]]:
     """The largest batch that fits and meets the targets (:data:`BATCH_RULE`), why there is
     none, and batch 1 when none does.
 
@@ -534,11 +758,14 @@ def _largest_batch(pricer: _Pricer, strat: Strategy, cls: RequestClass, limit: i
         return serve(limit), "", None
     P, O = cls.prompt_len, cls.output_len
     slacks = []  # (slack of a batch: figure / target − 1) for each target set, TTFT first
+    # TTFT and TPOT at a batch: the strategy's own phases, or a speculative candidate's
+    ttft = ttft or (lambda b: pricer.estimate(strat, "prefill", b, P).latency_ms)
+    tpot = tpot or (lambda b: mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms,
+                                        P, O).ms)
     if targets.ttft_ms is not None:
-        slacks.append(lambda b: pricer.estimate(strat, "prefill", b, P).latency_ms / targets.ttft_ms - 1.0)
+        slacks.append(lambda b: ttft(b) / targets.ttft_ms - 1.0)
     if targets.tpot_ms is not None:
-        slacks.append(lambda b: mean_step(lambda c: pricer.estimate(strat, "decode", b, c).latency_ms,
-                                          P, O).ms / targets.tpot_ms - 1.0)
+        slacks.append(lambda b: tpot(b) / targets.tpot_ms - 1.0)
     top = limit
     for slack in slacks:
         g_top = slack(top)
@@ -627,6 +854,8 @@ def sequences_text(c: Candidate) -> str:
 def candidate_name(c: Candidate) -> str:
     from ..display import strategy_name
 
+    if c.speculation is not None:
+        return f"speculative ({c.speculation.draft} draft, γ {c.speculation.gamma})"
     if c.strategy == "dense":
         return "dense (no pruning)"
     if c.parts:
@@ -772,7 +1001,14 @@ class _PlanPairs:
         lo = hi = g
         ceiling, flags = None, ()
         base, dense_b = self.basis(c), self.basis(self.result.dense)
-        if base is not None and dense_b is not None and c.strategy != "dense":
+        cut = ""
+        if c.speculation is not None:
+            # the acceptance rate's range (its low and high ends priced as the candidate is)
+            r = c.speculation.gain_range or (1.0, 1.0)
+            lo, hi = g * min(r), g * max(r)
+            if c.speculation.acceptance.upper_bound:
+                flags = ("alpha_upper_bound",)
+        elif base is not None and dense_b is not None and c.strategy != "dense":
             fam = families.get(c.strategy)
             sigma, mixed, work_d, work_c, no_ceiling = 0.0, None, 0.0, 0.0, False
             for (share, _, w, pre, O, dec), (_, _, _, dpre, _, ddec) in zip(base, dense_b):
@@ -797,8 +1033,6 @@ class _PlanPairs:
                 ceiling = work_d / work_c
             flags = uncertainty.flags(lo, ceiling, mixed)
             lo, hi, cut = uncertainty.cut_at_ceiling(g, lo, hi, ceiling)
-        else:
-            cut = ""
         p = Point(c.strategy, c.sparsity, c.achieved_sparsity, "plan", c.e2e_ms,
                   self.result.dense.e2e_ms, g, 1.0, c.timing_source, c.quality, lo, hi, ceiling,
                   tuple(flags), parts=c.parts, part_achieved=c.part_achieved, interval_cut=cut)

@@ -16,8 +16,13 @@ The cost model (:data:`RULE`):
   so a batch takes E[max over its B sequences of the iterations each needs] iterations, not
   O / E[X] (:func:`batch_iterations`, exact for i.i.d. acceptance);
 * the draft: a layer-skipping draft (static or dynamic depth) runs the dense model's own
-  weights (no extra weight memory); any other draft (width, rank…) holds its own copy.  Each
-  draft keeps its own KV cache for the layers it runs and prefills the prompt itself.
+  weights (no extra weight memory); any other draft (width, rank…) holds its own copy.  A
+  static-depth draft is taken as an early exit (the dense model's first layers, as LayerSkip
+  and Kangaroo draft): its layers' KV cache is the dense model's, so it needs neither a cache
+  nor a prefill of its own; any other draft keeps its own cache and prefills the prompt
+  itself.  The verification is priced as the dense model's full forward of the γ + 1 tokens
+  (an early-exit implementation that reuses the draft's first-layer KV does less: the estimate
+  is conservative there).
 
 No torch: arithmetic over the step times the estimator prices.
 """
@@ -30,6 +35,9 @@ from functools import lru_cache
 
 #: γ, the drafted tokens per iteration, a plan tries
 GAMMAS = (1, 2, 3, 4, 5, 6, 8)
+#: the drafts a plan tries unless told otherwise: layer skipping (an early exit), which shares
+#: the dense model's weights and cache
+DEFAULT_DRAFTS = (("static_depth", 0.25), ("static_depth", 0.5), ("static_depth", 0.75))
 
 RULE = (
     "self-speculative decoding: each of γ drafted tokens is accepted with probability α, "
@@ -38,10 +46,15 @@ RULE = (
     "its logits for each; the cache rolled back to the accepted tokens, a pointer move) and "
     "emits (1 − α^(γ+1)) / (1 − α) tokens on average; under static batching a batch iterates "
     "until its slowest sequence has its O tokens (the expected maximum over the batch of the "
-    "iterations each needs); no tree drafting")
+    "iterations each needs); a static-depth draft is an early exit sharing the dense model's "
+    "weights, KV cache and prefill, any other draft prefills into a cache of its own (and a "
+    "width or rank draft holds its own weights); no tree drafting")
 
 #: families whose drafts run the dense model's own weights (a subset of its layers)
 SHARES_WEIGHTS = ("static_depth", "dynamic_depth")
+#: families whose drafts are an early exit (the first layers): the dense model's KV cache and
+#: prefill serve them too
+EARLY_EXIT = ("static_depth",)
 
 
 def check_alpha(alpha: float) -> float:
@@ -72,27 +85,24 @@ def _iterations_cdf(alpha: float, gamma: int, tokens: int, limit: int) -> tuple[
     """P(N ≤ n) for n = 0 … limit, N the iterations one sequence needs to emit ``tokens``: the
     first n at which the running sum of i.i.d. X reaches ``tokens`` (a dynamic program over the
     tokens still missing)."""
+    import numpy as np
+
     pmf = tokens_pmf(alpha, gamma)
-    # dist[r]: probability that r tokens are still missing after n iterations (r ≥ 1), done
-    # accumulates the mass that has finished
-    dist = [0.0] * (tokens + 1)
+    # dist[r]: the probability that r tokens are still missing after n iterations (r ≥ 1);
+    # done: the mass that has finished
+    dist = np.zeros(tokens + 1)
     dist[tokens] = 1.0
     done = 0.0
     cdf = [0.0]
     for _ in range(limit):
-        new = [0.0] * (tokens + 1)
-        for r in range(1, tokens + 1):
-            p = dist[r]
-            if p == 0.0:
-                continue
-            for j, pj in enumerate(pmf, start=1):
-                if j >= r:
-                    done += p * pj
-                else:
-                    new[r - j] += p * pj
+        new = np.zeros(tokens + 1)
+        for j, pj in enumerate(pmf, start=1):
+            if j < tokens:
+                new[1:tokens + 1 - j] += pj * dist[1 + j:]
+            done += pj * float(dist[1:min(j, tokens) + 1].sum())
         dist = new
         cdf.append(min(1.0, done))
-        if done >= 1.0 - 1e-15:
+        if done >= 1.0 - 1e-13:
             break
     return tuple(cdf)
 

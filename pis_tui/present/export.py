@@ -275,7 +275,25 @@ def candidate_dict(c, result, rec) -> dict:
                      "at_max_batch": served_dict(k.at_max_batch),
                      "why_no_batch": k.why_no_batch} for k in c.classes],
         "notes": list(c.notes),
+        # self-speculative decoding: the draft, γ, α and where speculation stops paying
+        **({"speculative": speculation_dict(c.speculation)} if c.speculation is not None else {}),
     }
+
+
+def speculation_dict(s) -> dict:
+    from ..decide.speculative import RULE
+
+    return {"draft": s.draft, "draft_key": list(s.draft_key), "gamma": s.gamma,
+            "gammas": [{"gamma": g, "e2e_ms": _r(ms)} for g, ms in s.gammas],
+            "acceptance": s.acceptance.to_dict(), "shares_weights": s.shares_weights,
+            "draft_weights_gb": _gb(s.draft_weights_bytes),
+            "draft_kv_bytes_per_token": s.draft_kv_bytes_per_token,
+            "tokens_per_iteration": _r(s.tokens_per_iteration),
+            "gain_range_factor": [_r(x) for x in s.gain_range],
+            "breakeven_batch": s.breakeven_batch,
+            "by_batch": [{"batch": b, "e2e_ms": _r(sp), "dense_e2e_ms": _r(d), "gamma": g}
+                         for b, sp, d, g in s.by_batch],
+            "lossless": True, "rule": RULE}
 
 
 def _gain_interval(p) -> dict:
@@ -358,6 +376,8 @@ def plan_dict(result, rec) -> dict:
         "dtype": result.dtype,
         "engine": result.engine,
         **({"precision": result.precision_effect} if getattr(result, "precision_effect", None) else {}),
+        # drafts offered as speculative candidates that had no acceptance figure, and why
+        "speculative_skipped": [{"draft": d, "why": w} for d, w in getattr(result, "spec_skipped", ())],
         "rules": {"serving_model": pl.SERVING_MODEL, "tpot": pl.TPOT_RULE, "batch": pl.BATCH_RULE,
                   "throughput": pl.THROUGHPUT_RULE, "memory": pl.MEMORY_RULE},
         "memory": {"device_gb": float(result.device.memory_gb or 0.0),

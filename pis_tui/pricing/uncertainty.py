@@ -40,7 +40,7 @@ Z = 2.0
 MIN_HALF_WIDTH = 0.005
 #: mixed conditions: the loaded shares of the two sides' own kernels differ by more than this
 MIXED_SHARE = 0.5
-BLOCKING_FLAGS = ("above_ceiling", "mixed_conditions")
+BLOCKING_FLAGS = ("above_ceiling", "mixed_conditions", "alpha_upper_bound")
 #: validate: a prediction with more than this share of either side's time from op times taken
 #: under load is flagged ``loaded_ops`` (:func:`loaded_ops`)
 LOADED_SHARE = 0.10
@@ -217,4 +217,6 @@ def flag_words(point) -> list[str]:
         out.append(f"above its ceiling {point.ceiling:.2f}×" if point.ceiling else "above its ceiling")
     if "mixed_conditions" in point.flags:
         out.append("dense and pruned measured under different load")
+    if "alpha_upper_bound" in point.flags:
+        out.append("its acceptance rate is a trained draft's (an upper bound for a pruned one)")
     return out

@@ -544,10 +544,25 @@ class Backend:
                 quality = self._quality_model(choices, spec, cache)
             result = plan(spec, device, workload, strategies=self.strategies(choices), dtype=dtype,
                           quality=quality, cache=cache if device.is_local else None,
-                          engine=choices.engine, tp=choices.tp, precision=self.served(choices))
+                          engine=choices.engine, tp=choices.tp, precision=self.served(choices),
+                          speculative=self._speculative(spec, cache))
         rec = self.rank_plan(result, choices.active_budget, inputs.objective,
                              choices.allow_extrapolated)
         return PlanSnapshot(choices, inputs, result, rec, time.perf_counter() - t0)
+
+    @staticmethod
+    def _speculative(spec, cache):
+        """The plan's speculative candidates: the default drafts (static depth 25/50/75 %), γ
+        1–8, greedy acceptance measured on this model where the cache holds it, else
+        published (the CLI's ``plan`` defaults)."""
+        from ..decide.deployment import SpecOptions
+        from ..decide.speculative import DEFAULT_DRAFTS, GAMMAS
+        from ..families.strategy import from_token
+
+        measured = tuple(cache.get_acceptance(spec.name)) if cache is not None and hasattr(
+            cache, "get_acceptance") else ()
+        return SpecOptions(tuple(from_token(f, s) for f, s in DEFAULT_DRAFTS), GAMMAS,
+                           measured=measured)
 
     def rank_plan(self, result, budget: float, objective: str, allow_extrapolated: bool = False):
         """Re-rank a plan (budget, objective or the extrapolated rule changed) without pricing

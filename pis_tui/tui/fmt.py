@@ -22,7 +22,13 @@ def family_style(name: str) -> tuple[str, tuple]:
     if _known(name):
         f = families.get(name)
         return f.mark, tuple(f.color)
+    if name == "speculative":  # the dense model with a pruned draft of itself (plan only)
+        return "S", SPECULATIVE_COLOR
     return "?", (255, 255, 255)
+
+
+#: the Plan view's speculative candidates (not a family: the dense model with a draft)
+SPECULATIVE_COLOR = (255, 200, 60)
 
 
 def short_name(name: str) -> str:

@@ -67,13 +67,13 @@ class PlanChart(PlotextPlot):
         xmax = max(max(100 * c.quality.value for c, _ in pts), 100 * budget) * 1.08 + 0.5
         plt.vertical_line(100 * budget, color=BUDGET_COLOR)
         out = [(c, g) for c, g in pts if c.key not in ok]
-        for fam in family_names():
+        for fam in family_names() + ("speculative",):
             marker, _ = family_style(fam)
             fp = [(c, g) for c, g in out if c.strategy == fam]
             if fp:
                 plt.scatter([100 * c.quality.value for c, _ in fp], [g for _, g in fp], marker=marker,
                             color=EXCLUDED_COLOR)
-        fams = sorted((f for f in family_names() if any(c.strategy == f and c.key in ok for c, _ in pts)),
+        fams = sorted((f for f in family_names() + ("speculative",) if any(c.strategy == f and c.key in ok for c, _ in pts)),
                       key=lambda f: f == "dense")  # dense last, on top
         for fam in fams:
             marker, color = family_style(fam)

@@ -69,6 +69,14 @@ def plan_text(ps) -> Text:
     _row(t, "fits", f"{ps.sequences(best)} seqs", ps.sequences(d))
     conc = "/".join(str(k.cls.concurrency) for k in best.classes)
     _row(t, f"free@{conc}", _gb(ps.headroom_bytes(best)), _gb(ps.headroom_bytes(d)))
+    spec = best.speculation
+    if spec is not None:  # the dense model with a pruned draft: what it rests on
+        a = spec.acceptance
+        t.append(f"\n  draft {spec.draft} · γ {spec.gamma} · α {a.alpha:.2f} {a.decoding} "
+                 f"({a.source}{', borrowed' if a.borrowed_from else ''}) · lossless", style="dim")
+        stop = (f"stops paying at batch {spec.breakeven_batch}" if spec.breakeven_batch
+                else "pays up to the memory limit")
+        _row(t, "spec", stop, "–")
     if tp == 1 and (best.gpus_needed != 1 or d.gpus_needed != 1):
         # the fewest GPUs of this kind that hold each at the concurrency (tensor-parallel)
         def g(n):
