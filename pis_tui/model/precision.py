@@ -64,11 +64,18 @@ def parse_precision(text: Optional[str], dtype: str = "bf16") -> Precision:
     raise UserError(f"unknown precision {text!r}; choose one of {', '.join(CHOICES)}")
 
 
+#: fp8 GEMMs (torch's _scaled_mm) need K and N multiples of 16
+FP8_ALIGN = 16
+
+
 def k_alignment(name: str) -> int:
-    """What each quantized GEMM's K must be a multiple of (an int4 group; 1 otherwise): the
-    families round the widths they cut to it (:attr:`pis_tui.families.base.PhaseContext.k_align`)."""
+    """What each quantized GEMM's K must be a multiple of: an int4 group, an MX block (32), 16
+    for fp8 (torch's _scaled_mm), 1 unquantized.  The families round the widths they cut to it
+    (:attr:`pis_tui.families.base.PhaseContext.k_align`)."""
     p = get(name)
-    return p.group if p is not None and p.group and p.kernel else 1
+    if p is None:
+        return 1
+    return p.group if p.group else FP8_ALIGN
 
 
 def lcm(a: int, b: int) -> int:
@@ -116,12 +123,16 @@ def _act_quant(op, rows: int, precision: Precision):
 def check_kernel_shapes(ops: list, precision: Precision) -> None:
     """One line for a quantized GEMM the precision's kernel cannot run (int4: K a multiple of
     the group, N of 16); the families align the widths they cut, so this names a model's own."""
-    if not precision.group or not precision.kernel:
-        return
+    if not precision.kernel:
+        return  # estimated only (MXFP4): no kernel's constraint to meet
     for op in ops:
         if getattr(op, "quant", ""):
-            if op.k % precision.group or op.n % INT4_N_ALIGN:
+            if precision.group and (op.k % precision.group or op.n % INT4_N_ALIGN):
                 raise UserError(
                     f"{precision.name}: {op.name} is {op.n}×{op.k} (N × K); the int4 kernels need "
                     f"K a multiple of the group ({precision.group}) and N of {INT4_N_ALIGN}: "
                     "try another group size (--precision int4-g32)")
+            if not precision.group and (op.k % FP8_ALIGN or op.n % FP8_ALIGN):
+                raise UserError(
+                    f"{precision.name}: {op.name} is {op.n}×{op.k} (N × K); fp8 GEMMs "
+                    f"(_scaled_mm) need both multiples of {FP8_ALIGN}")
