@@ -117,7 +117,8 @@ def test_weight_only_int4_pays_in_small_decode_and_loses_its_gain_as_the_batch_g
         s64, _ = _speedup("h100-sxm", "int4-g128", "decode", engine, decode_batch=64)
         pre, _ = _speedup("h100-sxm", "int4-g128", "prefill", engine, prefill_batch=4)
         assert s1 > 1.0 and s1 > s64, (engine, s1, s64)
-        assert pre < 1.0, (engine, pre)  # compute-bound: the mixed-input kernel is slower
+        # compute-bound: the mixed-input kernel is no faster than the dense one (slower eagerly)
+        assert pre <= 1.0 + 1e-9 and (engine == "fused" or pre < 1.0), (engine, pre)
 
 
 def test_fp8_runs_on_fp8_tensor_cores_and_is_emulated_where_there_are_none():

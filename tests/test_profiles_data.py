@@ -214,3 +214,49 @@ def test_the_2_4_bandwidth_share_is_fitted_on_the_gpu_whose_row_it_fits():
     for name in sorted(EXPECTED_GPUS - {"rtx-pro-6000"}):
         other = _raw("gpus", name)["efficiency"]["sparse24_bandwidth"]
         assert other["source"] != "fitted" and "rtx-pro-6000" in other["source"], name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_GPUS))
+def test_every_gpu_says_which_low_precision_tensor_cores_it_has(name):
+    """The quantization block (fp8 / fp4 / int4 tensor cores, with a source) agrees with the peaks:
+    fp8 tensor cores iff an fp8 peak, fp4 iff an fp4 peak, an int4 peak only with int4 tensor cores."""
+    raw = _raw("gpus", name)
+    q = raw["quantization"]
+    for key in ("fp8_tensor_cores", "fp4_tensor_cores", "int4_tensor_cores"):
+        assert isinstance(q[key], bool), f"{name}: {key}"
+    assert isinstance(q["source"], str) and len(q["source"]) > 40
+    peaks = raw["peak_tflops"]
+    assert q["fp8_tensor_cores"] == ("fp8" in peaks), name
+    assert q["fp4_tensor_cores"] == ("fp4" in peaks), name
+    if "int4" in peaks:
+        assert q["int4_tensor_cores"] and peaks["int4"] >= peaks["int8"], name
+        assert "INT4" in raw["sources"]["peak_tflops"], f"{name}: int4 peak without its source"
+    if not q["int4_tensor_cores"]:
+        assert "int4" not in peaks and "int4" not in raw["sparse_peak_tflops"], name
+
+
+def test_a100_has_no_fp8_tensor_cores_and_its_fp8_share_says_it_is_unused():
+    raw = _raw("gpus", "a100-80gb")
+    assert raw["quantization"]["fp8_tensor_cores"] is False and "fp8" not in raw["peak_tflops"]
+    assert raw["quantization"]["int4_tensor_cores"] is True and raw["peak_tflops"]["int4"] == 1248
+    for block in (raw["efficiency"], raw["efficiency"]["by_engine"]["fused"]):
+        assert "unused" in block["fp8_gemm"]["source"] and "emulated" in block["fp8_gemm"]["source"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_GPUS))
+def test_quantized_kernel_shares_for_both_engines(name):
+    """Every GPU gives the quantized kernels' shares for the eager engine (top level: cuBLASLt fp8,
+    tinygemm int4) and the fused one (CUTLASS fp8, Marlin / Machete int4), each in [0, 1] with a
+    source; the efficiency figures the estimator reads are the profile's, not the defaults."""
+    from pis_tui.device.gpus import efficiency, efficiency_sources
+
+    raw = _raw("gpus", name)
+    fused = raw["efficiency"]["by_engine"]["fused"]
+    prof = load_gpu(name)
+    for engine, block in (("eager", raw["efficiency"]), ("fused", fused)):
+        eff, srcs = efficiency(prof, engine), efficiency_sources(prof, engine)
+        for key in ("fp8_gemm", "w4a16", "w4a16_bandwidth"):
+            e = block[key]
+            assert 0.0 <= e["value"] <= 1.0, f"{name} {engine}: {key}"
+            assert isinstance(e["source"], str) and len(e["source"]) > 40, f"{name} {engine}: {key}"
+            assert eff[key] == e["value"] and srcs[key] == e["source"], f"{name} {engine}: {key}"
