@@ -168,6 +168,15 @@ def test_quality_at_a_precision_composes_or_takes_a_direct_figure():
     assert other.borrowed_from == "Llama-3.1-8B"
     none = served(pruned, "llama-3.1-8b", "static_depth", 0.25, "fp8-row", rows=rows)
     assert none.value is None  # no figure of fp8: no composed figure
+    # a pruned-and-quantized model recovered by training stands for the trained protocol only
+    from dataclasses import replace
+
+    trained = (rows[0], replace(rows[1], protocol="trained"))
+    lora = served(pruned, "llama-3.1-8b", "semi_structured_24", 0.5, "int4-g128", rows=trained)
+    assert lora.source == "composed"
+    t = served(replace(pruned, protocol="trained"), "llama-3.1-8b", "semi_structured_24", 0.5,
+               "int4-g128", rows=trained)
+    assert t.value == 0.05
 
 
 def test_the_command_line_spells_it():

@@ -14,7 +14,7 @@ from pis_tui.shipped import profile_path
 
 HEADER = ["precision", "method", "family", "sparsity", "model", "params_b", "metric_kind", "measure",
           "metric", "dense", "quantized", "quality_loss", "secondary", "uncertain", "citation",
-          "checked", "note"]
+          "checked", "note", "protocol"]
 METRICS = {"accuracy": "accuracy_drop", "perplexity": "ppl_increase"}
 
 

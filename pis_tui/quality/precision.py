@@ -6,7 +6,9 @@ models measured as such (a family and its sparsity, e.g. 2:4 + fp8 Sparse-Llama)
 served at a precision gets, in order:
 
 1. a direct pruned-and-quantized figure of its family at its sparsity (within
-   :data:`DIRECT_REACH`) for the same model line: a published figure beats composition;
+   :data:`DIRECT_REACH`) for the same model line and the same recovery protocol (the
+   published 2:4 + fp8 / int4 models were trained with distillation: they stand for the
+   ``trained`` protocol only): a published figure beats composition;
 2. else its pruning loss composed with the precision's own loss by the combination rule
    (``--combo-quality``), flagged ``composed``;
 3. the dense model at a precision: the precision's own loss.
@@ -32,7 +34,7 @@ from .priors import model_distance, normalize_model_name, params_of
 
 COLUMNS = ("precision", "method", "family", "sparsity", "model", "params_b", "metric_kind",
            "measure", "metric", "dense", "quantized", "quality_loss", "secondary", "uncertain",
-           "citation", "checked", "note")
+           "citation", "checked", "note", "protocol")
 
 #: a direct pruned-and-quantized figure answers for a point within this much sparsity
 DIRECT_REACH = 0.03
@@ -53,6 +55,9 @@ class PrecisionRow:
     citation: str
     measure: str = ""
     note: str = ""
+    #: how a pruned-and-quantized model recovered (``trained``, ``lora``, ``training-free``): a
+    #: direct figure stands only for the same protocol; "" for quantization alone (post-training)
+    protocol: str = ""
 
 
 def precision_path() -> Path:
@@ -93,7 +98,7 @@ def load_rows(path: Optional[str] = None) -> tuple[PrecisionRow, ...]:
                                     _num(r.get("params_b", "")), r["metric"].strip(), loss,
                                     _flag(r.get("secondary", "")), _flag(r.get("uncertain", "")),
                                     r.get("citation", "").strip(), r.get("measure", "").strip(),
-                                    r.get("note", "").strip()))
+                                    r.get("note", "").strip(), (r.get("protocol") or "").strip()))
         except (KeyError, ValueError, AttributeError) as e:
             raise UserError(f"{p}:{i}: malformed row ({e})") from None
     return tuple(out)
@@ -171,7 +176,7 @@ def direct_estimate(model: str, family: str, sparsity: float, precision: str,
     rows = load_rows() if rows is None else rows
     fmts = (precision,) + _stand_ins(precision)
     cands = [r for r in rows if r.family == family and r.metric == metric and r.precision in fmts
-             and abs(r.sparsity - sparsity) <= DIRECT_REACH]
+             and abs(r.sparsity - sparsity) <= DIRECT_REACH and r.protocol in ("", protocol)]
     if not cands:
         return None
     q = params_of(model)
