@@ -333,11 +333,11 @@ def print_plan(con, result, rec) -> None:
 
         con.print(precision_line(result.precision_effect), markup=False)
     con.print(("▶ " if rec.best is not None else "✗ ") + rec.reason, markup=False)
+    if rec.best is not None and rec.best.quality.method and rec.best.strategy != "dense":
+        con.print(f"  quality method: {rec.best.quality.method}", markup=False)
     for draft, why in getattr(result, "spec_skipped", ()):
         con.print(f"  no speculative candidate with a {draft} draft: {why} (--alpha gives one; "
                   "'pis-tui quality --acceptance' measures one)", markup=False)
-    if rec.best is not None and rec.best.quality.method and rec.best.strategy != "dense":
-        con.print(f"  quality method: {rec.best.quality.method}", markup=False)
     for c, label in ((rec.best, "recommended"), (rec.runner_up, "runner-up")):
         if c is not None:
             for line in pick_lines(result, c, rec.objective, label, rec):
