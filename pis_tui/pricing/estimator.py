@@ -341,11 +341,15 @@ class Estimator:
         if isinstance(op, Attention) and (op.window or op.softcap) and not as_is:
             return self._price_windowed(op, family, phase, arch)
         unsupported = isinstance(op, Gemm) and op.kind == "sparse_24" and not self.device.sparse_24
-        if unsupported:
+        # 2:4 with 4-bit weights: torch has no such kernel (Sparse-Marlin is a serving engine's)
+        no_sparse_int4 = (isinstance(op, Gemm) and op.kind == "sparse_24" and self.engine == "eager"
+                          and quantized.mode(op, self.device) == "weight_only")
+        if unsupported or no_sparse_int4:
             p = self.price(kernel_of(op, sparse_24=False))
-            return PricedOp(op, p.ms_per_call, "unsupported",
-                            f"no 2:4 sparse kernel on {self.device.display_name}: runs dense "
-                            f"({p.source} time)", p.uncertainty, p.loaded)
+            where = (f"no 2:4 sparse kernel on {self.device.display_name}" if unsupported else
+                     f"no 2:4 {op.quant} kernel in torch (eager)")
+            return PricedOp(op, p.ms_per_call, "unsupported", f"{where}: runs dense ({p.source} time)",
+                            p.uncertainty, p.loaded)
         if self.engine != "eager" and isinstance(op, Elementwise):
             return PricedOp(op, self.analytical_ms(op, family, phase, arch), "roofline",
                             f"{self.engine} engine: its own kernels, not the eager ones measured",
