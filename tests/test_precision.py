@@ -188,3 +188,11 @@ def test_the_command_line_spells_it():
     r = run_cli("sweep", "--model", "llama-3.2-1b", "--gpu", "h100-sxm", "--dtype", "bf16",
                 "--precision", "fp16")
     assert r.returncode == 2 and "disagree" in r.stderr
+
+
+def test_int4_keeps_static_widths_heads_whole_where_a_cut_leaves_them_off_the_group():
+    # qwen2.5-0.5b: 2 KV groups of 7 heads of 64: one group's o_proj K is 448, no multiple of 128
+    po = _ops("qwen2.5-0.5b", "static_width@0.5", "int4-g128")
+    o = next(x for x in po.ops if x.name == "o_proj")
+    assert o.k == 896 and any("heads not cut" in n for n in po.notes)
+    assert _ops("qwen2.5-0.5b", "static_width@0.5", "int4-g64").ops  # 448 = 7 × 64: cut

@@ -20,11 +20,18 @@ def asked_kv_groups(spec, s: float) -> int:
     return max(1, spec.num_kv_heads - round_half_up(s * spec.num_kv_heads))
 
 
-def kept_kv_groups(spec, s: float, tp: int = 1) -> int:
+def kept_kv_groups(spec, s: float, tp: int = 1, k_align: int = 1) -> int:
+    """The KV groups kept: the asked count, the nearest that splits over ``tp`` ranks, and, at a
+    quantized precision, one whose widths its kernels take (``k_align``: o's K, the query
+    heads' channels, a multiple of it; k/v's N of 16) — all of them where none below does."""
     g = asked_kv_groups(spec, s)
-    if tp == 1:
-        return g
-    return nearest_valid(g, valid_kv_groups(spec.num_kv_heads, spec.gqa_group, tp))
+    valid = (valid_kv_groups(spec.num_kv_heads, spec.gqa_group, tp) if tp > 1
+             else range(1, spec.num_kv_heads + 1))
+    if k_align > 1:
+        hd = spec.head_dim
+        valid = [v for v in valid if (v * spec.gqa_group * hd // tp) % k_align == 0
+                 and (v * hd) % 16 == 0] or [spec.num_kv_heads]
+    return nearest_valid(g, list(valid))
 
 
 def kept_intermediate(spec, s: float, align: int, tp: int = 1) -> int:
@@ -43,7 +50,7 @@ class StaticWidth(Family):
 
     def shape(self, ctx, shape):
         spec, s, align, tp = ctx.spec, ctx.sparsity, ctx.width_align(ctx.strategy.align), ctx.tp
-        g = kept_kv_groups(spec, s, tp)
+        g = kept_kv_groups(spec, s, tp, ctx.k_align)
         inter = kept_intermediate(spec, s, align, tp)
         shape.widths = replace(shape.widths, q_heads=g * spec.gqa_group, kv_heads=g, inter=inter)
         at = f", a multiple of {tp} × {align} at TP {tp}" if tp > 1 else ""
@@ -59,6 +66,11 @@ class StaticWidth(Family):
                 f"{', '.join(map(str, sorted(valid, reverse=True)))} (a multiple of {tp}, or a "
                 f"divisor with the KV heads replicated): {s:.1%} asks {asked}, kept {g}"
                 + (" (heads not cut)" if g == spec.num_kv_heads else ""))
+        elif g != asked and ctx.k_align > 1:
+            shape.notes.append(
+                f"{ctx.scenario.precision}: {asked} of {spec.num_kv_heads} KV groups leave the "
+                f"attention widths off the kernel's multiple of {ctx.k_align}: kept {g}"
+                + (" (heads not cut)" if g == spec.num_kv_heads else ""))
         elif g == spec.num_kv_heads and s > 0:
             shape.notes.append(f"{spec.num_kv_heads} KV groups: heads cannot be cut by {s:.1%}, kept all")
 
@@ -72,7 +84,7 @@ class StaticWidth(Family):
 
     def validate_dims(self, spec, strategy, dims):
         tp = dims.get("tp", 1)
-        g = kept_kv_groups(spec, strategy.effective_sparsity, tp)
+        g = kept_kv_groups(spec, strategy.effective_sparsity, tp, dims.get("k_align", 1))
         dims.update(num_heads=g * spec.gqa_group, num_kv_heads=g,
                     intermediate_size=kept_intermediate(spec, strategy.effective_sparsity,
                                                         dims_align(strategy.align, dims), tp))

@@ -28,6 +28,8 @@ SHOTS = (
     ("small-80x24", (80, 24), {}, ()),
     # one model for a workload across both phases (chat preset), setup hidden: the whole view
     ("plan", (120, 36), {}, ("s", "4")),
+    # served in int4 (weight-only): weights, sequences and the plan at that precision
+    ("plan-int4", (120, 36), {"precision": "int4-g128"}, ("s", "4")),
     # a mixture of experts: decode speedup against decode batch, and the experts a step touches
     ("batch-moe", (120, 36), {"model": "qwen3-30b-a3b"}, ("s", "5")),
     # measuring on this machine: the charts mid-profile, with measured kernels in them
