@@ -32,55 +32,17 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
 
-from pis_tui.hf.config import raw_config, reduce_layers  # noqa: E402
 from pis_tui.validation import speculative as vs  # noqa: E402
-
-
-class LoadWatch:
-    """The 1-minute load average every ``every`` seconds while the run goes."""
-
-    def __init__(self, every: float = 5.0):
-        self.every, self.samples = every, []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        t0 = time.time()
-        while not self._stop.wait(self.every):
-            self.samples.append((round(time.time() - t0, 1), os.getloadavg()[0]))
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-    def summary(self) -> dict:
-        vals = [x for _, x in self.samples] or [os.getloadavg()[0]]
-        return {"median": statistics.median(vals), "max": max(vals), "min": min(vals),
-                "samples": len(vals)}
-
-
-def _model(ref: str) -> tuple:
-    """(raw config to build, its name) for NAME[:LAYERS]."""
-    name, _, layers = ref.partition(":")
-    raw, spec = raw_config(name)
-    if layers:
-        raw = reduce_layers(raw, spec, int(layers))
-        raw, spec = raw_config(raw)
-    return raw, spec.name
+from validate_moe_cpu import LoadWatch, _model  # noqa: E402
 
 
 def main(argv=None) -> int:
