@@ -13,14 +13,13 @@ Sources, in order: the user's ``--alpha`` (given), a rate measured on the user's
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from .priors import model_distance, normalize_model_name, params_of
+from .priors import opt_float, flag, model_distance, normalize_model_name, params_of, read_rows
 
 DECODINGS = ("greedy", "sampling")
 
@@ -92,38 +91,23 @@ def acceptance_path() -> Path:
     return Path(profile_path("quality", "acceptance.csv"))
 
 
-def _num(s) -> Optional[float]:
-    s = (s or "").strip()
-    return float(s) if s else None
-
-
-def _flag(s) -> bool:
-    return (s or "").strip().lower() in ("true", "1", "yes")
-
-
 @lru_cache(maxsize=2)
 def load_rows(path: Optional[str] = None) -> tuple[AcceptanceRow, ...]:
     p = Path(path) if path else acceptance_path()
-    if not p.exists():
-        return ()
-    try:
-        with open(p, newline="", encoding="utf-8") as f:
-            raw = list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: cannot read the acceptance table ({e})") from None
+    raw = read_rows(p, "acceptance table")
     out = []
     for i, r in enumerate(raw, start=2):
         try:
-            g = _num(r.get("gamma"))
+            g = opt_float(r.get("gamma"))
             # "Llama-2-7B (LayerSkip continual pretraining; …)": the model is the name before
             # the remark (the remark stays in the row's citation and note)
             model = r["model"].split(" (")[0].strip()
-            out.append(AcceptanceRow(r["method"].strip(), model, _num(r.get("params_b")),
-                                     r["draft_family"].strip(), _num(r.get("draft_sparsity")),
-                                     r["decoding"].strip(), _num(r.get("temperature")) or 0.0,
-                                     int(g) if g is not None else None, _num(r.get("alpha")),
-                                     _flag(r.get("draft_trained")), _flag(r.get("secondary")),
-                                     _flag(r.get("uncertain")), r.get("citation", "").strip(),
+            out.append(AcceptanceRow(r["method"].strip(), model, opt_float(r.get("params_b")),
+                                     r["draft_family"].strip(), opt_float(r.get("draft_sparsity")),
+                                     r["decoding"].strip(), opt_float(r.get("temperature")) or 0.0,
+                                     int(g) if g is not None else None, opt_float(r.get("alpha")),
+                                     flag(r.get("draft_trained")), flag(r.get("secondary")),
+                                     flag(r.get("uncertain")), r.get("citation", "").strip(),
                                      r.get("task", "").strip()))
         except (KeyError, ValueError) as e:
             raise UserError(f"{p}:{i}: malformed row ({e})") from None

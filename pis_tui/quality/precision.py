@@ -21,7 +21,6 @@ Losses are relative to the unquantized model (its accuracy or perplexity).  No t
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Optional
 from ..errors import UserError
 from .compose import compose_estimates
 from .estimate import QualityEstimate
-from .priors import model_distance, normalize_model_name, params_of
+from .priors import opt_float, flag, model_distance, normalize_model_name, params_of, read_rows
 
 COLUMNS = ("precision", "method", "family", "sparsity", "model", "params_b", "metric_kind",
            "measure", "metric", "dense", "quantized", "quality_loss", "secondary", "uncertain",
@@ -66,37 +65,22 @@ def precision_path() -> Path:
     return Path(profile_path("quality", "precision.csv"))
 
 
-def _flag(s: str) -> bool:
-    return (s or "").strip().lower() in ("true", "1", "yes")
-
-
-def _num(s: str) -> Optional[float]:
-    s = (s or "").strip()
-    return float(s) if s else None
-
-
 @lru_cache(maxsize=4)
 def load_rows(path: Optional[str] = None) -> tuple[PrecisionRow, ...]:
     """The shipped rows (``path``: another file of the same columns); none when absent."""
     p = Path(path) if path else precision_path()
-    if not p.exists():
-        return ()
-    try:
-        with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: cannot read the precision quality table ({e})") from None
+    rows = read_rows(p, "precision quality table")
     out = []
     for i, r in enumerate(rows, start=2):
         try:
-            loss = _num(r.get("quality_loss", ""))
+            loss = opt_float(r.get("quality_loss", ""))
             if loss is None:
                 continue
             out.append(PrecisionRow(r["precision"].strip(), r.get("method", "").strip(),
                                     (r.get("family") or "dense").strip(),
-                                    _num(r.get("sparsity", "")) or 0.0, r["model"].strip(),
-                                    _num(r.get("params_b", "")), r["metric"].strip(), loss,
-                                    _flag(r.get("secondary", "")), _flag(r.get("uncertain", "")),
+                                    opt_float(r.get("sparsity", "")) or 0.0, r["model"].strip(),
+                                    opt_float(r.get("params_b", "")), r["metric"].strip(), loss,
+                                    flag(r.get("secondary", "")), flag(r.get("uncertain", "")),
                                     r.get("citation", "").strip(), r.get("measure", "").strip(),
                                     r.get("note", "").strip(), (r.get("protocol") or "").strip()))
         except (KeyError, ValueError, AttributeError) as e:

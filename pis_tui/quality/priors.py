@@ -96,9 +96,26 @@ def method_key(name: str) -> str:
     return re.sub(r"\s+", " ", method_name(name).strip().lower())
 
 
-def _opt_float(s: str) -> Optional[float]:
+def opt_float(s: str) -> Optional[float]:
     s = (s or "").strip()
     return float(s) if s else None
+
+
+def flag(s) -> bool:
+    """A cited table's true/false cell."""
+    return (s or "").strip().lower() in ("true", "1", "yes")
+
+
+def read_rows(path: Path, what: str) -> list[dict]:
+    """The rows of a shipped CSV table (none when the file is absent); one line for a file that
+    cannot be read."""
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the {what} ({e})") from None
 
 
 def literature_path() -> Path:
@@ -114,10 +131,10 @@ def _load_priors(path: str) -> tuple[QualityRow, ...]:
         for r in csv.DictReader(f):
             out.append(QualityRow(
                 family=r["family"], method=r["method"], protocol=r["protocol"], model=r["model"],
-                params_b=_opt_float(r["params_b"]), ratio=r["ratio"], sparsity=float(r["sparsity"]),
+                params_b=opt_float(r["params_b"]), ratio=r["ratio"], sparsity=float(r["sparsity"]),
                 metric_kind=r["metric_kind"], measure=r["measure"], metric=r["metric"],
-                dense=_opt_float(r["dense"]), pruned=_opt_float(r["pruned"]),
-                quality_loss=_opt_float(r["quality_loss"]), reported_gap=_opt_float(r["reported_gap"]),
+                dense=opt_float(r["dense"]), pruned=opt_float(r["pruned"]),
+                quality_loss=opt_float(r["quality_loss"]), reported_gap=opt_float(r["reported_gap"]),
                 on_curve=r["on_curve"] == "true", secondary=r["secondary"] == "true",
                 uncertain=r["uncertain"] == "true", citation=r["citation"],
                 checked=r.get("checked", ""), note=r.get("note", "")))
