@@ -38,3 +38,16 @@ def seed_local_timings(cache_path, ok: int = 2, unsupported: int = 1) -> None:
     c = Cache.open(str(cache_path))
     c.put_measurements(rows, {"fingerprint": fp, "kind": "cpu"})
     c.close()
+
+
+def tiny_config(preset="qwen2.5-0.5b", **over):
+    """A preset's config at a tiny size (4 layers, hidden 128, vocab 512): what validate's
+    and the quantization's tests build with random weights."""
+    from pis_tui.model.spec import load_preset_config
+
+    cfg = load_preset_config(preset)
+    cfg = {k: val for k, val in cfg.items() if not k.startswith("_")}
+    cfg.update(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=32, vocab_size=512, max_position_embeddings=2048)
+    cfg.update(over)
+    return cfg

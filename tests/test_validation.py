@@ -21,16 +21,10 @@ from pis_tui.model.layer import kept_tokens
 from pis_tui.model.layer import factor_rank, round_half_up  # noqa: E402
 from pis_tui import validation as v
 from pis_tui.hf.layout import decoder_linears  # noqa: E402
-from pis_tui.model.spec import load_preset_config  # noqa: E402
+from helpers import tiny_config  # noqa: E402
 
 
-def tiny(preset="qwen2.5-0.5b", **over):
-    cfg = load_preset_config(preset)
-    cfg = {k: val for k, val in cfg.items() if not k.startswith("_")}
-    cfg.update(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
-               num_key_value_heads=2, head_dim=32, vocab_size=512, max_position_embeddings=2048)
-    cfg.update(over)
-    return cfg
+tiny = tiny_config
 
 
 def build(family, s=0.0, cfg=None, **kw):

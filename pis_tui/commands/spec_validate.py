@@ -117,15 +117,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
         raise UserError(f"--dtype {args.dtype!r}: validate-speculative runs fp32 or bf16")
     if args.json_out and args.json_out != "-":
         check_writable(args.json_out)
-    from ..hf.config import check_buildable, raw_config, reduce_layers
+    from ..hf.config import check_buildable, config_at_depth
     from ..validation.speculative import check_spec, draft_layers_of
 
-    raw, spec = raw_config(args.model)
-    model = args.model
-    if args.layers is not None:
-        raw = reduce_layers(raw, spec, _int(args.layers, "--layers"))
-        raw, spec = raw_config(raw)
-        model = raw
+    raw, spec, model = config_at_depth(
+        args.model, None if args.layers is None else _int(args.layers, "--layers"))
     check_spec(spec)
     check_buildable(spec)
     E = draft_layers_of(spec.num_layers, s, spec)

@@ -240,14 +240,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
     Scenario(prefill_batch=max(prefill_batches), prompt_len=args.prompt_len,
              decode_batch=max(decode_batches), context_len=args.context_len,
              dtype=dtype or "fp32")  # validates the numbers (one-line errors)
-    from ..hf.config import raw_config, check_buildable, reduce_layers
+    from ..hf.config import check_buildable, config_at_depth
 
-    raw, spec = raw_config(args.model)  # unknown model → UserError before anything heavy
-    model = args.model
-    if args.layers is not None:
-        raw = reduce_layers(raw, spec, _one_int(args.layers, "--layers"))
-        raw, spec = raw_config(raw)
-        model = raw
+    # unknown model → UserError before anything heavy
+    raw, spec, model = config_at_depth(
+        args.model, None if args.layers is None else _one_int(args.layers, "--layers"))
     check_buildable(spec)
     if args.all_:  # the standard set: the families this model can be pruned and built with
         strategies = [st for st in strategies if _fits(spec, st)]

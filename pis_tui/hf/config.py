@@ -238,6 +238,17 @@ def _moe_config(cfg: dict, spec: ModelSpec, dims: PrunedDims) -> None:
             1, round(shared * dims.intermediate_size / spec.intermediate_size))
 
 
+def config_at_depth(ref, layers: Optional[int] = None):
+    """(raw config, spec, what to build: ``ref`` itself, or the reduced raw config) of a model
+    reference at its first ``layers`` decoder layers (None: whole); one line for a bad one."""
+    raw, spec = raw_config(ref)
+    if layers is None:
+        return raw, spec, ref
+    raw = reduce_layers(raw, spec, layers)
+    raw, spec = raw_config(raw)
+    return raw, spec, raw
+
+
 def reduce_layers(raw: dict, spec: ModelSpec, layers: int) -> dict:
     """The raw config of ``spec`` with only its first ``layers`` decoder layers (its real
     widths, experts and vocabulary): what ``validate --layers`` builds for a model too big to
