@@ -196,3 +196,16 @@ def test_int4_keeps_static_widths_heads_whole_where_a_cut_leaves_them_off_the_gr
     o = next(x for x in po.ops if x.name == "o_proj")
     assert o.k == 896 and any("heads not cut" in n for n in po.notes)
     assert _ops("qwen2.5-0.5b", "static_width@0.5", "int4-g64").ops  # 448 = 7 × 64: cut
+
+
+def test_a_strategy_the_kernel_cannot_run_is_left_out_not_the_whole_plan():
+    from pis_tui.decide.deployment import plan
+    from pis_tui.model.workload import Targets, single
+
+    # hidden-dim slicing at TP 8: each rank's residual map K = h2 / 8 must fit the int4 group
+    r = plan("llama-3.1-8b", "h100-sxm", single("chat", 1024, 256, 4, Targets()),
+             strategies=("static_width_hidden", "static_depth"), sparsities=(0.25,), tp=8,
+             precision="int4-g128")
+    assert any(c.strategy == "static_depth" for c in r.candidates)
+    hidden = [c for c in r.candidates if c.strategy == "static_width_hidden"]
+    assert hidden or any("left out" in w for w in r.warnings)

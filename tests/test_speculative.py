@@ -170,7 +170,10 @@ def test_speculation_is_lossless_and_pays_while_decode_is_memory_bound():
     # a budget of 0 can now recommend something other than dense
     rec = recommend_plan(r, 0.0)
     assert rec.best is not None and rec.best.speculation is not None
-    assert rec.points[rec.best.key].speedup_lo == rec.points[rec.best.key].speedup_hi  # α given
+    # α given: the interval is the timing's own (the draft step and the verification against
+    # the dense step, roofline-priced here), not zero wide
+    pt = rec.points[rec.best.key]
+    assert pt.speedup_lo < pt.speedup < pt.speedup_hi
 
 
 def test_alphas_range_widens_the_interval_and_a_trained_drafts_alpha_is_flagged():
@@ -202,3 +205,33 @@ def test_the_plan_command_spells_drafts_and_refuses_bad_ones():
                         (("--decoding", "sampling", "--temperature", "0"), "temperature")):
         r = run_cli("plan", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", *bad)
         assert r.returncode == 2 and needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_measured_alpha_is_read_at_the_asked_sparsity_newest_first_and_below_one():
+    from pis_tui.quality.acceptance import MAX_ALPHA, from_measured
+
+    rows = [{"strategy": "static_depth", "sparsity": 0.3, "greedy_acceptance": 0.7,
+             "greedy_acceptance_se": 0.01, "positions": 100, "measured_at": "2026-12-01T00:00:00"},
+            {"strategy": "static_depth", "sparsity": 0.3, "greedy_acceptance": 1.0,
+             "greedy_acceptance_se": 0.0, "positions": 20, "measured_at": "2026-12-02T00:00:00"}]
+    e = from_measured(rows, "static_depth", 0.3)
+    assert e.alpha == MAX_ALPHA and e.source == "measured" and e.n_points == 20  # newest, clamped
+    assert from_measured(rows, "static_depth", 0.3125) is None  # the asked sparsity, not achieved
+
+
+def test_a_precision_without_a_quality_figure_leaves_speculation_without_one():
+    r = _plan(alpha=0.8, precision="mxfp4")
+    dense = r.dense
+    spec = [c for c in r.candidates if c.speculation is not None]
+    assert dense.quality.value is None and spec and all(c.quality.value is None for c in spec)
+
+
+def test_drafts_may_be_combinations_but_not_dense():
+    from helpers import run_cli
+
+    r = run_cli("plan", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--strategies", "static_depth",
+                "--sparsities", "0.25", "--concurrency", "1", "--alpha", "0.8",
+                "--drafts", "static_depth@0.5+static_width@0.25")
+    assert r.returncode == 0 and "static_depth 50% + static_width 25% draft" in r.stdout
+    r = run_cli("plan", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--drafts", "dense@0.3")
+    assert r.returncode == 2 and "no draft of itself" in r.stderr

@@ -177,7 +177,7 @@ def precision_from_args(args: argparse.Namespace, device) -> tuple[str, str]:
     read as ``--precision fp8`` with a line saying so; a quantized precision's activations
     are the device's default dtype unless ``--dtype`` says otherwise."""
     from ..decide.sweep import default_dtype
-    from ..model.precision import PLAIN, parse_precision
+    from ..model.precision import PLAIN, served_dtypes
 
     dtype = getattr(args, "dtype", None)
     asked = getattr(args, "precision", None)
@@ -191,19 +191,7 @@ def precision_from_args(args: argparse.Namespace, device) -> tuple[str, str]:
     if dtype and dtype not in PLAIN:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(PLAIN)} (a quantized "
                         "precision goes in --precision)")
-    p = parse_precision(asked, dtype or default_dtype(device))
-    if p.name in PLAIN:
-        if dtype and asked and dtype != p.name:
-            raise UserError(f"--dtype {dtype} and --precision {asked} disagree: an unquantized "
-                            "precision is the dtype (give one of them)")
-        return p.name, ""
-    act = dtype or default_dtype(device)
-    if act == "fp32" and (p.act_quant or not dtype):
-        # W8A8's output is bf16 (row-wise scaled_mm writes it); a weight-only kernel's fast path
-        # takes bf16 activations (torch's int4 CPU kernel with fp32 ones runs ~8× slower than
-        # the fp32 dense GEMM: asked with --dtype fp32, it is priced and measured as it is)
-        act = "bf16"
-    return act, p.name
+    return served_dtypes(dtype, asked, default_dtype(device))
 
 
 def add_engine(p) -> None:

@@ -112,10 +112,18 @@ def speculative_from_args(args, spec, cache=None):
     for tok in (t.strip() for t in text.split(",")):
         if not tok:
             continue
+        if "+" in tok:  # a combination, each part at its own: static_depth@0.5+static_width@0.25
+            drafts.append(from_token(tok))
+            continue
         fam, at, s = tok.partition("@")
         if not at:
             raise UserError(f"--drafts: {tok!r} is not family@sparsity (e.g. static_depth@0.5)")
-        drafts.append(from_token(fam.strip(), parse_fraction(s, "draft sparsity", 0.0, 0.9)))
+        if fam.strip() == "dense":
+            raise UserError("--drafts: the dense model is no draft of itself: give a pruned family")
+        sp = parse_fraction(s, "draft sparsity", 0.0, 0.9)
+        if sp <= 0:
+            raise UserError(f"--drafts: {tok!r} removes nothing: give a sparsity above 0")
+        drafts.append(from_token(fam.strip(), sp))
     if not drafts:
         raise UserError("--drafts names no draft: give family@sparsity, or 'none'")
     gammas = GAMMAS

@@ -220,9 +220,15 @@ def _precision_unmeasurable(scen, dev) -> str:
     p = get(scen.precision)
     if p is None or not p.kernel:
         return f"{scen.precision} has no torch kernel: it is estimated, never measured"
-    if p.act_quant:
-        return fp8_kernel_on("cpu" if dev.kind == "cpu" else "cuda") or ""
-    if dev.kind != "cpu" and scen.dtype != "bf16":
+    if dev.kind == "cpu":
+        return (fp8_kernel_on("cpu") or "") if p.act_quant else ""
+    cap = tuple(int(x) for x in (dev.capability or "0.0").split(".")[:2])
+    if p.act_quant and cap < (8, 9):
+        return (f"compute capability {dev.capability or '?'} has no fp8 tensor cores (fp8 needs "
+                "8.9+): fp8 is estimated as its emulation, not measured")
+    if not p.act_quant and cap < (8, 0):
+        return f"tinygemm (aten._weight_int4pack_mm) needs compute capability 8.0+, not {dev.capability}"
+    if not p.act_quant and scen.dtype != "bf16":
         return f"tinygemm (aten._weight_int4pack_mm) takes bf16 activations, not {scen.dtype}"
     return ""
 

@@ -280,15 +280,10 @@ def _precision_arg(args: argparse.Namespace, dtype: Optional[str]) -> tuple:
     ``--dtype bf16`` (a different --dtype beside it is refused)."""
     if not args.precision:
         return dtype, ""
-    from ..model.precision import parse_precision
+    from ..model.precision import served_dtypes
 
-    prec = parse_precision(args.precision)
-    if prec.quantized:
-        return dtype, prec.name
-    if dtype is not None and dtype != prec.name:
-        raise UserError(f"--precision {prec.name} and --dtype {dtype} disagree: an unquantized "
-                        "precision is the dtype (give one of them)")
-    return prec.name, ""
+    # a quantized precision's activations: the dtype asked, else bf16 (its kernels' fast path)
+    return served_dtypes(dtype, args.precision, "bf16")
 
 
 def _fits(spec, st) -> bool:

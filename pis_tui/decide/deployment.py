@@ -57,6 +57,7 @@ from .frontier import _gave_up, beats_dense, frontier, rank_key, select
 from .points import Point
 from ..pricing.estimates import PricedOp, strategy_key
 from ..quality.estimate import QualityEstimate
+from ..model.precision import KernelShapeError
 from ..model.scenario import Scenario
 from ..families.strategy import Strategy
 from ..families.phase_ops import build_phase_ops
@@ -265,6 +266,8 @@ class Speculation:
     breakeven_batch: Optional[int] = None
     #: per batch tried: (batch, spec e2e ms, dense e2e ms, the best γ there)
     by_batch: tuple = ()
+    #: the draft (a Strategy), for pricing its steps again (the interval's timing σ)
+    strategy: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -457,7 +460,14 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
     usable = memory.usable_bytes(device)
     metric = getattr(quality, "metric", "accuracy_drop")
     protocol = getattr(quality, "protocol", "lora")
-    cands = [_candidate(pricer, spec, s, workload, usable, quality, metric, protocol) for s in grid]
+    cands, left_out = [], []
+    for s in grid:
+        try:
+            cands.append(_candidate(pricer, spec, s, workload, usable, quality, metric, protocol))
+        except KernelShapeError as e:  # the precision's kernel cannot run this one's widths
+            if s.family == "dense":
+                raise
+            left_out.append(f"{s.family} {s.sparsity:g} left out: {e}")
     spec_skipped: list = []
     if speculative is not None and speculative.drafts:
         more, spec_skipped = _speculative_candidates(pricer, spec, workload, usable, cands[0],
@@ -465,7 +475,7 @@ def plan(model, gpu, workload: Workload, *, strategies: Optional[Iterable[str]] 
         cands += more
     result = PlanResult(
         spec, device, workload, dtype, cands, usable, engine, protocol, metric,
-        warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices,
+        warnings=_memory_warnings(spec, device, workload, cands[0], usable, tp) + notices + left_out,
         provenance=provenance(device))
     result.tp = tp
     result.precision = precision
@@ -554,11 +564,14 @@ class SpecOptions:
 
 
 def _acceptance(spec, draft: Strategy, opts: SpecOptions, s: float):
+    """α of a draft: given, else measured at its asked sparsity (as `quality` stores it), else
+    published at its achieved sparsity ``s``."""
     from ..quality import acceptance as acc
 
     if opts.alpha is not None:
         return acc.given(opts.alpha, opts.decoding, opts.temperature)
-    m = acc.from_measured(opts.measured, draft.family, s, opts.decoding, opts.temperature)
+    m = acc.from_measured(opts.measured, draft.family, draft.sparsity, opts.decoding,
+                          opts.temperature)
     return m if m is not None else acc.published(spec.name, draft.family, s, opts.decoding,
                                                  opts.temperature)
 
@@ -631,14 +644,16 @@ def _speculative_candidates(pricer: _Pricer, spec, workload: Workload, usable: f
         q = QualityEstimate(0.0, metric, "lossless", protocol,
                             note="speculative decoding keeps the dense model's output (greedy: the "
                                  "same tokens; sampling: the same distribution), up to numerics")
-        if dense.quality.value:  # a served precision's own loss stays
-            q = QualityEstimate(dense.quality.value, metric, dense.quality.source, protocol,
-                                borrowed_from=dense.quality.borrowed_from,
-                                citations=dense.quality.citations,
-                                note="the dense model's own (its precision's); speculation adds none")
+        if pricer.precision:  # served at a precision: its own loss stays (or its lack of one)
+            dq = dense.quality
+            q = QualityEstimate(dq.value, metric, dq.source, protocol,
+                                borrowed_from=dq.borrowed_from, secondary=dq.secondary,
+                                citations=dq.citations, method=dq.method,
+                                note="the dense model's own at its precision; speculation adds none"
+                                     + (f" ({dq.note})" if dq.note else ""))
         info = Speculation(name, strategy_key(draft.family, draft.sparsity, draft.parts), g, a, shares, d_weights, d_kv, sp.expected_tokens(a.alpha, g),
                            tuple((gg, next(p for p in pl if p.cls is main).at_concurrency.e2e_ms)
-                                 for gg, pl, _ in tried), gain_range, breakeven, by_batch)
+                                 for gg, pl, _ in tried), gain_range, breakeven, by_batch, draft)
         notes = [f"lossless: the dense model verifies a {name} draft's {g} tokens an iteration "
                  f"(α {a.alpha:.2f}, {a.source}{'; an upper bound' if a.upper_bound else ''})"]
         gpus = 0
@@ -712,7 +727,9 @@ def _serve_speculative(pricer: _Pricer, draft: Strategy, cls: RequestClass, b: i
     ttft = pre.latency_ms + (dpre.latency_ms if dpre is not None else 0.0)
     e2e = ttft + t.decode_ms
     tpot = t.decode_ms / O
-    srcs = [pre.timing_source] + ([dpre.timing_source] if dpre is not None else [])
+    srcs = ([pre.timing_source] + ([dpre.timing_source] if dpre is not None else [])
+            + [pricer.estimate(draft, "decode", b, c).timing_source for c in step.contexts]
+            + [pricer.estimate(dense, "decode", b, c, gamma + 1).timing_source for c in ver.contexts])
     return Served(b, ttft, tpot, "speculative", ver.contexts, e2e, weights + b * per_seq,
                   b <= limit, tuple(targets.misses(ttft, tpot)), sources.weakest(srcs), O)
 
@@ -993,6 +1010,9 @@ class _PlanPairs:
                 and pd.dominant in ("a", "both")
         return pair_from(a.speedup / b.speedup, sigma, "a" if dominant else None)
 
+    def _spec_sigma(self, c: Candidate) -> float:
+        return _spec_sigma_of(self.pricer, c, self.objective)
+
     def point(self, c: Candidate, g: float) -> Point:
         """The candidate's Point under the objective: its gain with the paired interval against
         dense, the physical ceiling (latency: each phase at its family's ceiling) and flags."""
@@ -1003,9 +1023,12 @@ class _PlanPairs:
         base, dense_b = self.basis(c), self.basis(self.result.dense)
         cut = ""
         if c.speculation is not None:
-            # the acceptance rate's range (its low and high ends priced as the candidate is)
+            # the timing's own σ (the draft step and the verification against the dense step
+            # they replace, paired), then the acceptance rate's range (its low and high ends
+            # priced as the candidate is)
+            lo, hi = uncertainty.interval(g, self._spec_sigma(c))
             r = c.speculation.gain_range or (1.0, 1.0)
-            lo, hi = g * min(r), g * max(r)
+            lo, hi = lo * min(r), hi * max(r)
             if c.speculation.acceptance.upper_bound:
                 flags = ("alpha_upper_bound",)
         elif base is not None and dense_b is not None and c.strategy != "dense":
@@ -1038,6 +1061,30 @@ class _PlanPairs:
                   tuple(flags), parts=c.parts, part_achieved=c.part_achieved, interval_cut=cut)
         self._cand[id(p)] = c
         return p
+
+
+def _spec_sigma_of(pricer, c: Candidate, objective: str) -> float:
+    """σ(log gain) of a speculative candidate's timing: per class, the verification's and the
+    draft step's paired σ against the dense decode step (at the middle of the answer), weighted
+    by their shares of an iteration, summed over the classes by share (their errors taken as
+    moving together)."""
+    s = c.speculation
+    if pricer is None or s is None or s.strategy is None:
+        return 0.0
+    dense = Strategy("dense")
+    sigma = 0.0
+    for k in c.classes:
+        served = k.at_concurrency if objective == "latency" else k.at_max_batch
+        if served is None:
+            continue
+        b, ctx = served.batch, k.cls.prompt_len + k.cls.output_len // 2
+        dec = pricer.estimate(dense, "decode", b, ctx)
+        ver = pricer.estimate(dense, "decode", b, ctx, s.gamma + 1)
+        drf = pricer.estimate(s.strategy, "decode", b, ctx)
+        w = ver.latency_ms / (ver.latency_ms + s.gamma * drf.latency_ms)
+        sigma += k.share * (w * uncertainty.log_sigma(dec, ver)
+                            + (1 - w) * uncertainty.log_sigma(dec, drf))
+    return sigma
 
 
 def _sigma_of(p: Pair) -> float:

@@ -24,6 +24,7 @@ from ..device.local import rank_device
 from ..pricing.measured_table import load_shipped
 from ..pricing.memory import footprint
 from ..model.spec import ModelSpec, load_model_spec
+from ..model.precision import KernelShapeError
 from ..pricing.estimates import PhaseEstimate
 from .compare import Comparer
 from .points import Point
@@ -300,8 +301,14 @@ def sweep(model, gpu, scenario: Optional[Scenario] = None,
     ops_by_key: dict = {}
     total = len(grid) * len(phases)
     for i, strat in enumerate(grid):
-        for j, ph in enumerate(phases):
-            po = build_phase_ops(spec, strat, scenario, ph)
+        try:
+            pos = [build_phase_ops(spec, strat, scenario, ph) for ph in phases]
+        except KernelShapeError as e:
+            if strat.family == "dense":
+                raise
+            notices.append(f"{strat.family} {strat.sparsity:g} left out: {e}")
+            continue
+        for j, (ph, po) in enumerate(zip(phases, pos)):
             ops_by_key[ops_key(strat.family, strat.sparsity, ph, strat.parts)] = po
             e = est.estimate(po)
             estimates.append(replace(e, parts=strat.parts) if strat.parts else e)

@@ -24,7 +24,9 @@ class StaticWidthHidden(Family):
                            "stream fused into every layer; not implemented for measured quality")
 
     def shape(self, ctx, shape):
-        h2 = kept_hidden(ctx.spec, ctx.sparsity, ctx.width_align(ctx.strategy.align))
+        # at a quantized precision the residual maps' K is h2 / tp: a multiple of the kernel's
+        h2 = kept_hidden(ctx.spec, ctx.sparsity, ctx.width_align(ctx.strategy.align) * (
+            ctx.tp if ctx.k_align > 1 else 1))
         shape.widths = replace(shape.widths, hidden=h2)
         shape.hidden_io = h2
         shape.dims += [("hidden size", f"{ctx.spec.hidden_size} → {h2} (align {ctx.width_align(ctx.strategy.align)})"),
@@ -52,8 +54,9 @@ class StaticWidthHidden(Family):
                 f"mappings the decoder keeps {kept:.1%} of its parameters"]
 
     def validate_dims(self, spec, strategy, dims):
+        k_tp = dims.get("tp", 1) if dims.get("k_align", 1) > 1 else 1
         dims.update(hidden_size=kept_hidden(spec, strategy.effective_sparsity,
-                                            dims_align(strategy.align, dims)),
+                                            dims_align(strategy.align, dims) * k_tp),
                     residual_map=True)
 
     def validate_transform(self, model, built, seed):

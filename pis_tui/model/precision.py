@@ -68,6 +68,26 @@ def parse_precision(text: Optional[str], dtype: str = "bf16") -> Precision:
 FP8_ALIGN = 16
 
 
+def served_dtypes(dtype: Optional[str], asked: Optional[str], default: str) -> tuple[str, str]:
+    """(the activations' dtype, the quantized precision or "") from a dtype and a precision
+    asked (either may be None; ``default``: the device's dtype).  An unquantized precision is
+    the dtype (a different dtype beside it is refused); a quantized one keeps the dtype asked,
+    else bf16 where the default is fp32: W8A8's output is bf16 (row-wise scaled_mm writes it)
+    and a weight-only kernel's fast path takes bf16 (torch's int4 CPU kernel with fp32
+    activations runs ~8× slower than the fp32 GEMM; asked with an explicit fp32 dtype, it is
+    priced and measured as it is).  The one rule for the CLI, the explorer and validate."""
+    p = parse_precision(asked, dtype or default)
+    if p.name in PLAIN:
+        if dtype and asked and dtype != p.name:
+            raise UserError(f"--dtype {dtype} and --precision {asked} disagree: an unquantized "
+                            "precision is the dtype (give one of them)")
+        return p.name, ""
+    act = dtype or default
+    if act == "fp32" and (p.act_quant or not dtype):
+        act = "bf16"
+    return act, p.name
+
+
 def k_alignment(name: str) -> int:
     """What each quantized GEMM's K must be a multiple of: an int4 group, an MX block (32), 16
     for fp8 (torch's _scaled_mm), 1 unquantized.  The families round the widths they cut to it
@@ -120,19 +140,25 @@ def _act_quant(op, rows: int, precision: Precision):
                        extra=1 if precision.act_quant == "per-tensor" else 0)
 
 
+class KernelShapeError(UserError):
+    """A quantized GEMM of an op list that the precision's kernel cannot run (one line): a sweep
+    or a plan leaves that strategy out, said; the dense model's is an error."""
+
+
 def check_kernel_shapes(ops: list, precision: Precision) -> None:
     """One line for a quantized GEMM the precision's kernel cannot run (int4: K a multiple of
     the group, N of 16); the families align the widths they cut, so this names a model's own."""
     if not precision.kernel:
         return  # estimated only (MXFP4): no kernel's constraint to meet
     for op in ops:
-        if getattr(op, "quant", ""):
+        # grouped GEMMs at a precision are estimated (no torch kernel groups int4 experts)
+        if getattr(op, "quant", "") and op.op_type == "gemm":
             if precision.group and (op.k % precision.group or op.n % INT4_N_ALIGN):
-                raise UserError(
+                raise KernelShapeError(
                     f"{precision.name}: {op.name} is {op.n}×{op.k} (N × K); the int4 kernels need "
                     f"K a multiple of the group ({precision.group}) and N of {INT4_N_ALIGN}: "
                     "try another group size (--precision int4-g32)")
             if not precision.group and (op.k % FP8_ALIGN or op.n % FP8_ALIGN):
-                raise UserError(
+                raise KernelShapeError(
                     f"{precision.name}: {op.name} is {op.n}×{op.k} (N × K); fp8 GEMMs "
                     f"(_scaled_mm) need both multiples of {FP8_ALIGN}")

@@ -56,7 +56,7 @@ def roofline_fn(device):
 
 def label_of(op: Op) -> str:
     if isinstance(op, Gemm):
-        kind = "" if op.kind == "dense" else f" {op.kind}"
+        kind = ("" if op.kind == "dense" else f" {op.kind}") + (f" {op.quant}" if op.quant else "")
         return f"GEMM{kind} {op.m}×{op.n}×{op.k} {op.dtype}"
     if isinstance(op, GroupedGemm):
         return (f"grouped GEMM E{op.experts} k{op.top_k} T{op.tokens} ({op.routing}) "
@@ -114,7 +114,7 @@ def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsit
                 if mo.tokens > grouped.get(cls, (0, None))[0]:
                     grouped[cls] = (mo.tokens, mo)
             if isinstance(mo, Gemm):
-                pair = (mo.n, mo.k, mo.kind, mo.dtype, mo.density)
+                pair = (mo.n, mo.k, mo.kind, mo.dtype, mo.density, mo.quant)
                 all_pairs.add(pair)
                 pair_max_m[pair] = max(pair_max_m.get(pair, 0), mo.m)
                 if strat.family == "dense":
@@ -125,14 +125,14 @@ def worklist_detailed(spec, device, scenario: Scenario, strategies=None, sparsit
         pairs = dense_pairs if opt.grid == "model" else all_pairs
         grid = []
         for pair in sorted(pairs):
-            n, k, kind, dtype, dens = pair
+            n, k, kind, dtype, dens, quant = pair
             # up to the first grid point at or above the largest M this pair runs at (an
             # lm_head runs at M = batch, never at the prompt's M), within the scenario
             top = min([g for g in opt.m_grid if g >= pair_max_m[pair]] or [pair_max_m[pair]])
             for m in opt.m_grid:
                 if m > max_m or m > top:
                     continue
-                g = Gemm("grid", m, n, k, 1.0, dtype, kind=kind, density=dens)
+                g = Gemm("grid", m, n, k, 1.0, dtype, kind=kind, density=dens, quant=quant)
                 if g.key() in found:
                     continue
                 t = roof(g)

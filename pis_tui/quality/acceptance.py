@@ -29,6 +29,8 @@ SPARSITY_REACH = 0.1
 TEMPERATURE_REACH = 0.05
 #: the width added on each side of a borrowed α's range (another model or another sparsity)
 BORROWED_WIDTH = 0.05
+#: the largest α priced (the formula needs α < 1)
+MAX_ALPHA = 0.999
 
 BORROWING_RULE = (
     "a published acceptance figure stands for a draft of the same family whose sparsity is "
@@ -155,7 +157,7 @@ def published(model: str, family: str, sparsity: float, decoding: str = "greedy"
     other_model = all(normalize_model_name(r.model) != normalize_model_name(model) for r in mine)
     other_sparsity = any(abs(r.sparsity - sparsity) > 1e-9 for r in mine)
     widen = BORROWED_WIDTH if (other_model or other_sparsity) else 0.0
-    lo, hi = max(0.0, min(alphas) - widen), min(0.999, max(alphas) + widen)
+    lo, hi = max(0.0, min(alphas) - widen), min(MAX_ALPHA, max(alphas) + widen)
     trained = any(r.trained for r in mine)
     notes = [f"{len(mine)} published {what} figure{'s' if len(mine) > 1 else ''} "
              f"({', '.join(dict.fromkeys(r.method for r in mine))}; tasks: "
@@ -178,7 +180,10 @@ def from_measured(rows, family: str, sparsity: float, decoding: str = "greedy",
     ``strategy``, ``sparsity``, ``greedy_acceptance``, ``sampling_acceptance``,
     ``temperature``, ``windows``…); None where none matches."""
     key = "greedy_acceptance" if decoding == "greedy" else "sampling_acceptance"
-    for r in rows or ():
+
+    def when(r):
+        return str((r.get("measured_at") if isinstance(r, dict) else getattr(r, "measured_at", "")) or "")
+    for r in sorted(rows or (), key=when, reverse=True):  # the newest measurement first
         get = r.get if isinstance(r, dict) else (lambda k, d=None, r=r: getattr(r, k, d))
         if get("strategy") != family or abs(float(get("sparsity") or 0) - sparsity) > 1e-6:
             continue
@@ -188,7 +193,8 @@ def from_measured(rows, family: str, sparsity: float, decoding: str = "greedy",
         if v is None:
             continue
         se = float(get(key + "_se") or 0.0)
-        return AcceptanceEstimate(float(v), max(0.0, v - 2 * se), min(0.999, v + 2 * se), "measured",
+        v = min(float(v), MAX_ALPHA)  # every position accepted on a short text: not quite 1
+        return AcceptanceEstimate(v, max(0.0, v - 2 * se), min(MAX_ALPHA, v + 2 * se), "measured",
                                   decoding, temperature, n_points=int(get("positions") or 0),
                                   note=f"measured on your model over {int(get('positions') or 0)} "
                                        "positions of its text (pis-tui quality --acceptance)")

@@ -437,16 +437,16 @@ class Backend:
         field at fault in its ``field`` attribute."""
         from ..decide.sweep import check_dtype, default_dtype
         from ..device.choose import load_gpu
+        from ..model.precision import served_dtypes
 
         with _blame("model"):
             spec = resolve_model(choices.model)
         with _blame("gpu"):
             device = load_gpu(choices.gpu)
         with _blame("dtype"):
-            dtype = default_dtype(device) if choices.dtype == "auto" else choices.dtype
+            dtype, _ = served_dtypes(None if choices.dtype == "auto" else choices.dtype,
+                                     self.served(choices) or None, default_dtype(device))
             check_dtype(device, dtype)
-            if choices.precision.startswith("fp8") and dtype == "fp32":
-                dtype = "bf16"  # W8A8's output is bf16 (as the CLI's --precision fp8)
         return spec, device, dtype
 
     @staticmethod
