@@ -407,7 +407,9 @@ PLAN_CSV_COLUMNS = (
     "tpot_method", "e2e_ms", "fits", "meets_targets", "max_batch", "max_batch_ttft_ms",
     "max_batch_tpot_ms", "throughput_tok_s", "decode_tok_s", "latency_gain", "throughput_gain",
     "quality_loss", "quality_metric", "quality_source", "timing_source", "rank", "recommended",
-    "why_not", "parts", "quality_method", "quality_oracle")
+    "why_not", "parts", "quality_method", "quality_oracle",
+    # a speculative candidate's draft, γ and α (empty for a pruned model)
+    "draft", "gamma", "alpha", "alpha_source", "breakeven_batch")
 
 
 def plan_csv(result, rec) -> str:
@@ -436,7 +438,12 @@ def plan_csv(result, rec) -> str:
                 "rank": d["rank"], "recommended": c.key == best, "why_not": d["why_not"],
                 "parts": " + ".join(f"{x['family']}@{x['sparsity']:g}" for x in d["parts"]),
                 "quality_method": d["quality_method"],
-                "quality_oracle": d["quality_flags"]["oracle"]})
+                "quality_oracle": d["quality_flags"]["oracle"],
+                **({"draft": c.speculation.draft, "gamma": c.speculation.gamma,
+                    "alpha": c.speculation.acceptance.alpha,
+                    "alpha_source": c.speculation.acceptance.source,
+                    "breakeven_batch": c.speculation.breakeven_batch}
+                   if c.speculation is not None else {})})
     return buf.getvalue()
 
 
