@@ -264,7 +264,8 @@ class Speculation:
     #: the smallest batch (powers of two up to the memory limit) at which speculation is no
     #: faster than the dense model (None: it pays up to the limit)
     breakeven_batch: Optional[int] = None
-    #: per batch tried: (batch, spec e2e ms, dense e2e ms, the best γ there)
+    #: per batch tried: (batch, speculative ms, dense ms, the best γ there): the dense decode
+    #: against the speculative decode plus a draft's own prefill (the shared prefill left out)
     by_batch: tuple = ()
     #: the draft (a Strategy), for pricing its steps again (the interval's timing σ)
     strategy: object = field(default=None, compare=False, repr=False)
@@ -622,22 +623,29 @@ def _speculative_candidates(pricer: _Pricer, spec, workload: Workload, usable: f
                                        per_seq, limit, at_c, at_max, why, one))
             return plans
 
-        tried = []
-        for g in opts.gammas:
-            plans = plans_for(g, a.alpha)
-            c = Candidate("speculative", ref.achieved_sparsity, ref.achieved_sparsity,
-                          dense.quality, weights, kv_tok, tuple(plans), dense.timing_source)
-            tried.append((g, plans, c))
-        g, plans, best = min(tried, key=lambda t: (_spec_score(t[2], objective), t[0]))
         main = workload.main
-        d_main = next(k for k in dense.classes if k.cls is main).at_concurrency.e2e_ms
 
-        def e2e_at(alpha: float) -> float:
-            k = next(p for p in plans_for(g, alpha) if p.cls is main)
-            return k.at_concurrency.e2e_ms
-        at_alpha = d_main / next(p for p in plans if p.cls is main).at_concurrency.e2e_ms
+        def e2e_at(gamma: int, alpha: float) -> float:
+            """The end-to-end latency of the workload's classes at their concurrency (mean by
+            share): what γ is chosen by, cheaper than a whole plan per γ."""
+            return sum(k.share * _serve_speculative(pricer, draft, k.cls, k.cls.concurrency, gamma,
+                                                    alpha, 0.0, 0.0, k.cls.concurrency, Targets(),
+                                                    early).e2e_ms for k in dense.classes)
+        # the grid from γ 1 up, until a longer draft stops helping (the latency is
+        # quasi-convex in γ: E[X] is concave in γ, an iteration's cost about linear)
+        tried: list = []
+        for gg in sorted(opts.gammas):
+            t = e2e_at(gg, a.alpha)
+            if tried and t > tried[-1][1]:
+                tried.append((gg, t))
+                break
+            tried.append((gg, t))
+        tried = tuple(tried)
+        g = min(tried, key=lambda t: (t[1], t[0]))[0]
+        plans = plans_for(g, a.alpha)
+        at_alpha = dict(tried)[g]
         # the gain over dense at the low and high ends of α's range, relative to α's own
-        gain_range = (d_main / e2e_at(a.lo) / at_alpha, d_main / e2e_at(a.hi) / at_alpha)
+        gain_range = (at_alpha / e2e_at(g, a.lo), at_alpha / e2e_at(g, a.hi))
         by_batch, breakeven = _breakeven(pricer, draft, main, g, a.alpha, opts.gammas,
                                          next(p for p in plans if p.cls is main).max_sequences,
                                          early)
@@ -651,9 +659,9 @@ def _speculative_candidates(pricer: _Pricer, spec, workload: Workload, usable: f
                                 citations=dq.citations, method=dq.method,
                                 note="the dense model's own at its precision; speculation adds none"
                                      + (f" ({dq.note})" if dq.note else ""))
-        info = Speculation(name, strategy_key(draft.family, draft.sparsity, draft.parts), g, a, shares, d_weights, d_kv, sp.expected_tokens(a.alpha, g),
-                           tuple((gg, next(p for p in pl if p.cls is main).at_concurrency.e2e_ms)
-                                 for gg, pl, _ in tried), gain_range, breakeven, by_batch, draft)
+        info = Speculation(name, strategy_key(draft.family, draft.sparsity, draft.parts), g, a,
+                           shares, d_weights, d_kv, sp.expected_tokens(a.alpha, g), tried,
+                           gain_range, breakeven, by_batch, draft)
         notes = [f"lossless: the dense model verifies a {name} draft's {g} tokens an iteration "
                  f"(α {a.alpha:.2f}, {a.source}{'; an upper bound' if a.upper_bound else ''})"]
         gpus = 0
@@ -669,14 +677,6 @@ def _speculative_candidates(pricer: _Pricer, spec, workload: Workload, usable: f
     return out, skipped
 
 
-def _spec_score(c: Candidate, objective: str) -> float:
-    """Lower is better: end-to-end latency, or minus throughput."""
-    if objective == "throughput":
-        t = c.throughput_tok_s
-        return -(t or 0.0)
-    return c.e2e_ms
-
-
 def candidate_name_of(strat: Strategy, achieved: float) -> str:
     """A strategy in words: ``static_depth 50%`` (a combination by its parts)."""
     if strat.parts:
@@ -689,20 +689,24 @@ def candidate_name_of(strat: Strategy, achieved: float) -> str:
 
 def _breakeven(pricer: _Pricer, draft: Strategy, cls: RequestClass, gamma: int, alpha: float,
                gammas: tuple, limit: int, early: bool = False) -> tuple[tuple, Optional[int]]:
-    """(per batch: (batch, speculative e2e, dense e2e, best γ), the smallest batch where no γ of
-    the grid beats the dense model) over batches 1, 2, 4, … up to ``limit``."""
+    """(per batch: (batch, speculative ms, dense ms, best γ), the smallest batch where neither γ 1
+    nor the candidate's γ beats the dense model) over batches 1, 2, 4, … up to ``limit``.  The
+    times leave out the dense prefill both run (the edge is the end-to-end one's): the dense
+    decode against the speculative decode plus a draft's own prefill (none for an early exit)."""
     dense = Strategy("dense")
     P, O = cls.prompt_len, cls.output_len
     rows, edge = [], None
     b = 1
     top = max(1, limit)
     while b <= top:
-        pre = pricer.estimate(dense, "prefill", b, P).latency_ms
-        d_e2e = pre + O * mean_step(lambda c: pricer.estimate(dense, "decode", b, c).latency_ms, P, O).ms
+        d_ms = O * mean_step(lambda c: pricer.estimate(dense, "decode", b, c).latency_ms, P, O).ms
+        # the cheapest verification (γ 1) and the candidate's own: the best γ falls with the
+        # batch, and every γ of the grid at every batch would price hundreds of op lists
         best = min(((_serve_speculative(pricer, draft, cls, b, g, alpha, 0.0, 0.0, b, Targets(),
-                                        early).e2e_ms, g) for g in gammas))
-        rows.append((b, best[0], d_e2e, best[1]))
-        if edge is None and best[0] >= d_e2e:
+                                        early, with_prefill=False).e2e_ms, g)
+                    for g in sorted({1, gamma})))
+        rows.append((b, best[0], d_ms, best[1]))
+        if edge is None and best[0] >= d_ms:
             edge = b
         b *= 2
     return tuple(rows), edge
@@ -710,7 +714,7 @@ def _breakeven(pricer: _Pricer, draft: Strategy, cls: RequestClass, gamma: int, 
 
 def _serve_speculative(pricer: _Pricer, draft: Strategy, cls: RequestClass, b: int, gamma: int,
                        alpha: float, weights: float, per_seq: float, limit: int,
-                       targets: Targets, early: bool = False) -> Served:
+                       targets: Targets, early: bool = False, with_prefill: bool = True) -> Served:
     """A static batch of ``b`` requests served by the dense model with ``draft``: the prompts
     prefilled (by the draft too, into a cache of its own, unless it is an early exit:
     ``early``), then iterations (γ draft steps, one verification of γ + 1 tokens) until the
@@ -719,15 +723,15 @@ def _serve_speculative(pricer: _Pricer, draft: Strategy, cls: RequestClass, b: i
 
     dense = Strategy("dense")
     P, O = cls.prompt_len, cls.output_len
-    pre = pricer.estimate(dense, "prefill", b, P)
+    pre = pricer.estimate(dense, "prefill", b, P) if with_prefill else None
     dpre = None if early else pricer.estimate(draft, "prefill", b, P)
     step = mean_step(lambda c: pricer.estimate(draft, "decode", b, c).latency_ms, P, O)
     ver = mean_step(lambda c: pricer.estimate(dense, "decode", b, c, gamma + 1).latency_ms, P, O)
     t = sp.spec_timing(alpha, gamma, O, b, step.ms, ver.ms)
-    ttft = pre.latency_ms + (dpre.latency_ms if dpre is not None else 0.0)
+    ttft = (pre.latency_ms if pre is not None else 0.0) + (dpre.latency_ms if dpre is not None else 0.0)
     e2e = ttft + t.decode_ms
     tpot = t.decode_ms / O
-    srcs = ([pre.timing_source] + ([dpre.timing_source] if dpre is not None else [])
+    srcs = ([p.timing_source for p in (pre, dpre) if p is not None]
             + [pricer.estimate(draft, "decode", b, c).timing_source for c in step.contexts]
             + [pricer.estimate(dense, "decode", b, c, gamma + 1).timing_source for c in ver.contexts])
     return Served(b, ttft, tpot, "speculative", ver.contexts, e2e, weights + b * per_seq,

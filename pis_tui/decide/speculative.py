@@ -87,22 +87,21 @@ def _iterations_cdf(alpha: float, gamma: int, tokens: int, limit: int) -> tuple[
     tokens still missing)."""
     import numpy as np
 
-    pmf = tokens_pmf(alpha, gamma)
-    # dist[r]: the probability that r tokens are still missing after n iterations (r ≥ 1);
-    # done: the mass that has finished
-    dist = np.zeros(tokens + 1)
-    dist[tokens] = 1.0
+    pmf_rev = np.array(tokens_pmf(alpha, gamma)[::-1])
+    L = len(pmf_rev)
+    # a[i]: the probability that i + 1 tokens are still missing after n iterations; one
+    # iteration moves mass from i to i − j (j = 1 … γ+1 tokens, P(X = j)): a convolution whose
+    # first L terms are the mass that has finished (index below 0)
+    a = np.zeros(tokens)
+    a[-1] = 1.0
     done = 0.0
     cdf = [0.0]
     for _ in range(limit):
-        new = np.zeros(tokens + 1)
-        for j, pj in enumerate(pmf, start=1):
-            if j < tokens:
-                new[1:tokens + 1 - j] += pj * dist[1 + j:]
-            done += pj * float(dist[1:min(j, tokens) + 1].sum())
-        dist = new
+        c = np.convolve(a, pmf_rev)
+        done += float(c[:L].sum())
+        a = c[L:]
         cdf.append(min(1.0, done))
-        if done >= 1.0 - 1e-13:
+        if done >= 1.0 - 1e-13 or not a.size:
             break
     return tuple(cdf)
 

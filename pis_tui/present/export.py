@@ -291,7 +291,7 @@ def speculation_dict(s) -> dict:
             "tokens_per_iteration": _r(s.tokens_per_iteration),
             "gain_range_factor": [_r(x) for x in s.gain_range],
             "breakeven_batch": s.breakeven_batch,
-            "by_batch": [{"batch": b, "e2e_ms": _r(sp), "dense_e2e_ms": _r(d), "gamma": g}
+            "by_batch": [{"batch": b, "speculative_ms": _r(sp), "dense_ms": _r(d), "gamma": g}
                          for b, sp, d, g in s.by_batch],
             "lossless": True, "rule": RULE}
 
