@@ -611,9 +611,13 @@ def _speculative_candidates(pricer: _Pricer, spec, workload: Workload, usable: f
                 per_seq = max(kv_tok * P + k.activation_bytes["prefill"], kv_tok * (P + O) + act_v)
                 limit = memory.max_sequences(usable, weights, per_seq)
 
-                def serve(b: int, cls=cls, per_seq=per_seq, limit=limit) -> Served:
-                    return _serve_speculative(pricer, draft, cls, b, gamma, alpha, weights,
-                                              per_seq, limit, workload.targets, early)
+                served: dict = {}  # a batch's figures, once (TTFT's and TPOT's edges share them)
+
+                def serve(b: int, cls=cls, per_seq=per_seq, limit=limit, served=served) -> Served:
+                    if b not in served:
+                        served[b] = _serve_speculative(pricer, draft, cls, b, gamma, alpha, weights,
+                                                       per_seq, limit, workload.targets, early)
+                    return served[b]
 
                 at_c = serve(cls.concurrency)
                 at_max, why, one = _largest_batch(
