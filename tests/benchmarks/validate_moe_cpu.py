@@ -102,11 +102,14 @@ def _pct(x) -> str:
     return "—" if x is None else f"{x:+.1%}"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", default=None, help="NAME[:LAYERS], repeatable")
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--sparsity", default=",".join(map(str, SPARSITIES)))
+def add_case_args(ap, families, sparsities, out: str, extra=()) -> None:
+    """The validate benchmarks' shared flags: the families and sparsities, the scenario, the
+    rounds, the op-time cache and the output name (``extra``: (flag, kwargs) put before the
+    scenario's)."""
+    ap.add_argument("--families", default=",".join(families))
+    ap.add_argument("--sparsity", default=",".join(map(str, sparsities)))
+    for flag, kw in extra:
+        ap.add_argument(flag, **kw)
     ap.add_argument("--phase", choices=("prefill", "decode", "both"), default="both")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--prefill-batches", default="1")
@@ -115,7 +118,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-rounds", type=int, default=4)
     ap.add_argument("--cache", default=None, help="op-time cache (default: a fresh one)")
-    ap.add_argument("--out", default="validate_moe_cpu")
+    ap.add_argument("--out", default=out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", default=None, help="NAME[:LAYERS], repeatable")
+    add_case_args(ap, FAMILIES, SPARSITIES, "validate_moe_cpu")
     args = ap.parse_args(argv)
 
     from pis_tui.cache import Cache
